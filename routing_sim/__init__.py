@@ -1,0 +1,49 @@
+"""routing_sim: attention as a routing protocol between token nodes, on a discrete-event
+simulator, proven equal to matrix-form attention.
+
+>>> import numpy as np, routing_sim as rs
+>>> q = k = v = np.eye(3)
+>>> bool(np.array_equal(rs.simulate(q, k, v).output.shape, (3, 3)))
+True
+"""
+
+from __future__ import annotations
+
+from . import graphs
+from .errors import (
+    DeliveryError,
+    DTypeError,
+    EmptyRowError,
+    InvalidArgumentError,
+    NumericalError,
+    RoutingSimError,
+    ShapeError,
+)
+from .messages import Kind
+from .network import Network
+from .reference import attention
+from .run import Route, RoutingTable, Run, Stats
+from .simulate import simulate
+from .trace import Trace
+
+__all__ = [
+    "DTypeError",
+    "DeliveryError",
+    "EmptyRowError",
+    "InvalidArgumentError",
+    "Kind",
+    "Network",
+    "NumericalError",
+    "Route",
+    "RoutingSimError",
+    "RoutingTable",
+    "Run",
+    "ShapeError",
+    "Stats",
+    "Trace",
+    "attention",
+    "graphs",
+    "simulate",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,46 @@
+"""One exception hierarchy for everything routing_sim raises on purpose.
+
+Every error a user can provoke is a :class:`RoutingSimError`. The subclasses also
+derive from the built-in type that fits (``ValueError``, ``TypeError``), so code that
+already catches those keeps working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DeliveryError",
+    "DTypeError",
+    "EmptyRowError",
+    "InvalidArgumentError",
+    "NumericalError",
+    "RoutingSimError",
+    "ShapeError",
+]
+
+
+class RoutingSimError(Exception):
+    """Base class of every error raised by routing_sim."""
+
+
+class InvalidArgumentError(RoutingSimError, ValueError):
+    """An argument has a value the function cannot accept (NaN input, negative latency, ...)."""
+
+
+class ShapeError(InvalidArgumentError):
+    """Array shapes do not fit together (sequence lengths, feature dims, mask shapes)."""
+
+
+class DTypeError(RoutingSimError, TypeError):
+    """An array has a dtype attention is not defined for (complex, bool, object, ...)."""
+
+
+class EmptyRowError(RoutingSimError, ValueError):
+    """A query token has no route to any key token and ``empty_rows="error"`` was asked for."""
+
+
+class NumericalError(RoutingSimError, ArithmeticError):
+    """A score left the float range (overflow to inf), so no finite answer exists."""
+
+
+class DeliveryError(RoutingSimError, RuntimeError):
+    """Messages the protocol needed never arrived, so the run cannot give a whole answer."""

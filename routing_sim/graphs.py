@@ -1,0 +1,212 @@
+"""Token graphs: which token may pull from which, as a ``networkx.DiGraph``.
+
+An edge ``j -> i`` means "query token ``i`` may pull from key token ``j``" (data flows
+along the edge, from the key/value holder to the asker).
+
+Two numberings are used:
+
+* **self-attention** (one sequence): nodes ``0 .. n-1``; node ``i`` is token ``i``,
+  asking and answering.
+* **cross-attention** (two sequences): query tokens are nodes ``0 .. L-1`` and key/value
+  tokens are nodes ``L .. L+S-1``; the graph carries ``graph.graph["n_queries"] = L``.
+
+Every node has a ``position`` attribute (its index inside its own sequence), a ``side``
+(``"token"``, ``"query"`` or ``"key"``) and optionally a ``label`` (for example the token's
+text). An edge may carry a ``latency`` that overrides the network's latency on that route.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import networkx as nx
+import numpy as np
+
+from .errors import InvalidArgumentError, ShapeError
+
+__all__ = ["causal", "complete", "from_mask", "to_mask"]
+
+
+def complete(n_queries: int, n_keys: int | None = None, *, labels: Sequence[str] | None = None,
+             key_labels: Sequence[str] | None = None) -> nx.DiGraph:
+    """Every query token may pull from every key token (full attention).
+
+    Parameters
+    ----------
+    n_queries : int
+        Number of tokens (self-attention) or of query tokens (cross-attention).
+    n_keys : int, optional
+        Number of key/value tokens. Omit it for self-attention over ``n_queries`` tokens.
+    labels, key_labels : sequence of str, optional
+        Token texts for the query side (or the single sequence) and for the key side.
+
+    Returns
+    -------
+    networkx.DiGraph
+        Edge ``j -> i`` for every allowed route.
+
+    Examples
+    --------
+    >>> g = complete(3, labels=["the", "cat", "sat"])
+    >>> g.number_of_edges(), g.nodes[1]["label"]
+    (9, 'cat')
+    >>> cross = complete(2, 3)
+    >>> cross.graph["n_queries"], sorted(cross.predecessors(0))
+    (2, [2, 3, 4])
+    """
+    allowed = np.ones((_count("n_queries", n_queries),
+                       _count("n_keys", n_queries if n_keys is None else n_keys)), dtype=bool)
+    return from_mask(allowed, cross=n_keys is not None, labels=labels, key_labels=key_labels)
+
+
+def causal(n: int, *, labels: Sequence[str] | None = None) -> nx.DiGraph:
+    """Token ``i`` may pull from tokens ``0 .. i`` (decoder self-attention).
+
+    Examples
+    --------
+    >>> sorted(causal(3).predecessors(2))
+    [0, 1, 2]
+    >>> to_mask(causal(3)).astype(int)
+    array([[1, 0, 0],
+           [1, 1, 0],
+           [1, 1, 1]])
+    """
+    n = _count("n", n)
+    return from_mask(np.tril(np.ones((n, n), dtype=bool)), labels=labels)
+
+
+def from_mask(mask: np.ndarray, *, cross: bool | None = None, labels: Sequence[str] | None = None,
+              key_labels: Sequence[str] | None = None) -> nx.DiGraph:
+    """Build the token graph of a boolean ``(L, S)`` mask (True = route allowed).
+
+    Parameters
+    ----------
+    mask : array_like of bool, shape (L, S)
+        ``mask[i, j]`` allows query token ``i`` to pull from key token ``j``.
+    cross : bool, optional
+        Number the key tokens separately (cross-attention). Defaults to ``L != S``.
+    labels, key_labels : sequence of str, optional
+        Token texts, as in :func:`complete`.
+
+    Examples
+    --------
+    >>> g = from_mask([[True, False], [True, True]])
+    >>> sorted(g.edges())
+    [(0, 0), (0, 1), (1, 1)]
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 2 or mask.dtype != bool:
+        raise ShapeError(f"mask must be a 2-D bool array (L, S), got dtype {mask.dtype} "
+                         f"and shape {mask.shape}")
+    n_queries, n_keys = mask.shape
+    cross = n_queries != n_keys if cross is None else bool(cross)
+    if not cross and n_queries != n_keys:
+        raise ShapeError(f"a self-attention graph needs a square mask, got shape {mask.shape}")
+    graph = nx.DiGraph()
+    key_offset = n_queries if cross else 0
+    if cross:
+        graph.graph["n_queries"] = n_queries
+    query_side = "query" if cross else "token"
+    for i in range(n_queries):
+        graph.add_node(i, position=i, side=query_side)
+    for j in range(n_keys if cross else 0):
+        graph.add_node(key_offset + j, position=j, side="key")
+    _set_labels(graph, "labels", labels, range(n_queries))
+    if key_labels is not None:
+        if not cross:
+            raise InvalidArgumentError("key_labels is only for cross-attention graphs; "
+                                       "use labels for a single sequence")
+        _set_labels(graph, "key_labels", key_labels, range(key_offset, key_offset + n_keys))
+    query_index, key_index = np.nonzero(mask)
+    graph.add_edges_from(zip((key_index + key_offset).tolist(), query_index.tolist()))
+    return graph
+
+
+def to_mask(graph: nx.DiGraph) -> np.ndarray:
+    """The boolean ``(L, S)`` route mask of a token graph (True = route allowed).
+
+    Raises
+    ------
+    ShapeError
+        If the nodes are not numbered as described in the module docstring.
+
+    Examples
+    --------
+    >>> to_mask(complete(2, 3)).shape
+    (2, 3)
+    """
+    n_queries, n_keys = graph_shape(graph)
+    key_offset = n_queries if "n_queries" in graph.graph else 0
+    mask = np.zeros((n_queries, n_keys), dtype=bool)
+    edges = np.array(list(graph.edges()), dtype=np.int64).reshape(-1, 2)
+    source, target = edges[:, 0] - key_offset, edges[:, 1]
+    bad = (target < 0) | (target >= n_queries) | (source < 0) | (source >= n_keys)
+    if bad.any():
+        j, i = edges[np.argmax(bad)]
+        raise ShapeError(f"graph edge {int(j)} -> {int(i)} does not run from a key token to a "
+                         f"query token (edge j -> i means query i pulls from key j)")
+    mask[target, source] = True
+    return mask
+
+
+def graph_shape(graph: nx.DiGraph) -> tuple[int, int]:
+    """``(L, S)``: how many query and key tokens a token graph has."""
+    if not isinstance(graph, nx.DiGraph):
+        raise InvalidArgumentError(f"graph must be a networkx.DiGraph, got {type(graph).__name__}")
+    nodes = list(graph.nodes)
+    if not all(isinstance(node, (int, np.integer)) and not isinstance(node, bool)
+               for node in nodes):
+        bad = next(node for node in nodes if not isinstance(node, (int, np.integer)))
+        raise ShapeError(f"graph nodes must be integers, got node {bad!r}")
+    n_total = len(nodes)
+    if sorted(int(node) for node in nodes) != list(range(n_total)):
+        raise ShapeError(f"graph nodes must be numbered 0 .. {n_total - 1} without gaps, "
+                         f"got {sorted(nodes)[:8]}{' ...' if n_total > 8 else ''}")
+    if "n_queries" in graph.graph:
+        n_queries = int(graph.graph["n_queries"])
+        if not 0 <= n_queries <= n_total:
+            raise ShapeError(f"graph.graph['n_queries'] = {n_queries} is outside 0 .. {n_total}")
+        return n_queries, n_total - n_queries
+    return n_total, n_total
+
+
+def node_labels(graph: nx.DiGraph | None, n_queries: int, n_keys: int
+                ) -> tuple[list[str | None], list[str | None]]:
+    """The ``label`` attributes of the query-side and key-side tokens (None where unset)."""
+    if graph is None:
+        return [None] * n_queries, [None] * n_keys
+    key_offset = n_queries if "n_queries" in graph.graph else 0
+    query_labels = [graph.nodes[i].get("label") for i in range(n_queries)]
+    key_labels = [graph.nodes[key_offset + j].get("label") for j in range(n_keys)]
+    return query_labels, key_labels
+
+
+def route_latency(graph: nx.DiGraph, n_queries: int) -> dict[tuple[int, int], float]:
+    """Per-route latency overrides: ``{(i, j): latency}`` from edge attributes ``latency``."""
+    key_offset = n_queries if "n_queries" in graph.graph else 0
+    overrides = {}
+    for j, i, latency in graph.edges(data="latency"):
+        if latency is None:
+            continue
+        latency = float(latency)
+        if not np.isfinite(latency) or latency < 0:
+            raise InvalidArgumentError(f"graph edge {j} -> {i} has latency {latency}; "
+                                       "a latency must be finite and >= 0")
+        overrides[(int(i), int(j) - key_offset)] = latency
+    return overrides
+
+
+def _count(name: str, n: int) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise InvalidArgumentError(f"{name} must be a non-negative integer, got {n!r}")
+    return int(n)
+
+
+def _set_labels(graph: nx.DiGraph, name: str, labels: Sequence[str] | None, nodes: range) -> None:
+    if labels is None:
+        return
+    labels = list(labels)
+    if len(labels) != len(nodes):
+        raise ShapeError(f"{name} has {len(labels)} entries for {len(nodes)} tokens")
+    for node, label in zip(nodes, labels):
+        graph.nodes[node]["label"] = str(label)

@@ -1,0 +1,183 @@
+"""Checks and normalises the arguments shared by :func:`attention` and :func:`simulate`.
+
+Both entry points call :func:`prepare` first, so they accept and reject exactly the same
+inputs, and the engines below them work on one flat form: ``G`` independent routing
+groups (every batch element and head), each with ``L`` query and ``S`` key tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import networkx as nx
+import numpy as np
+
+from .errors import DTypeError, InvalidArgumentError, ShapeError
+from .masks import route_set
+
+__all__ = ["EMPTY_ROWS", "Problem", "prepare"]
+
+EMPTY_ROWS = ("zero", "nan", "error")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Validated attention inputs, flattened to ``G`` routing groups."""
+
+    query: np.ndarray        # (G, L, E)
+    key: np.ndarray          # (G, S, E)
+    value: np.ndarray        # (G, S, Ev)
+    allowed: np.ndarray      # (G, L, S) bool: which routes exist
+    bias: np.ndarray | None  # (G, L, S) added to scores, or None
+    keep: np.ndarray | None  # (G, L, S) bool: routes dropout keeps, or None
+    dropout_p: float
+    scale: float
+    batch_shape: tuple[int, ...]
+    empty_rows: str
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.query.dtype
+
+    @property
+    def shape(self) -> tuple[int, int, int, int, int]:
+        """``(G, L, S, E, Ev)``."""
+        groups, n_queries, dim = self.query.shape
+        return groups, n_queries, self.key.shape[1], dim, self.value.shape[2]
+
+    def unflatten(self, array: np.ndarray) -> np.ndarray:
+        """Give a ``(G, ...)`` array the caller's leading batch dims back."""
+        return array.reshape(*self.batch_shape, *array.shape[1:])
+
+
+def prepare(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causal: bool = False,
+            scale: float | None = None, enable_gqa: bool = False, *,
+            causal_alignment: str = "top_left", empty_rows: str = "zero", dropout_mask=None,
+            seed: int | None = 0, graph: nx.DiGraph | None = None) -> Problem:
+    """Validate the public arguments and flatten them into a :class:`Problem`."""
+    query, key, value = (_as_float_array(name, x) for name, x in
+                         (("query", query), ("key", key), ("value", value)))
+    dtypes = {query.dtype, key.dtype, value.dtype}
+    if len(dtypes) > 1:
+        raise DTypeError(f"query, key and value must share one dtype, got {query.dtype}, "
+                         f"{key.dtype} and {value.dtype}")
+    n_queries, dim = query.shape[-2:]
+    n_keys, key_dim = key.shape[-2:]
+    if key_dim != dim:
+        raise ShapeError(f"query has E = {dim} features but key has {key_dim}; query (..., L, E) "
+                         f"and key (..., S, E) must match in E (query {query.shape}, "
+                         f"key {key.shape})")
+    if value.shape[-2] != n_keys:
+        raise ShapeError(f"key has S = {n_keys} tokens but value has {value.shape[-2]}; key "
+                         f"(..., S, E) and value (..., S, Ev) must match in S (key {key.shape}, "
+                         f"value {value.shape})")
+    if dim == 0:
+        raise ShapeError(f"query and key need at least one feature (E >= 1), got shapes "
+                         f"{query.shape} and {key.shape}")
+    key, value = _share_kv_heads(query, key, value, enable_gqa)
+    batch_shape = _broadcast("the batch dims of query, key and value",
+                             query.shape[:-2], key.shape[:-2], value.shape[:-2])
+    if empty_rows not in EMPTY_ROWS:
+        raise InvalidArgumentError(f"empty_rows must be one of {EMPTY_ROWS}, got {empty_rows!r}")
+    if not isinstance(is_causal, (bool, np.bool_)):
+        raise InvalidArgumentError(f"is_causal must be True or False, got {is_causal!r}")
+    scale = _scale(scale, dim)
+    allowed, bias = route_set(attn_mask, bool(is_causal), causal_alignment, graph, batch_shape,
+                              n_queries, n_keys, query.dtype)
+    scores_shape = (*batch_shape, n_queries, n_keys)
+    keep = _dropout_keep(dropout_p, dropout_mask, seed, scores_shape)
+    groups = math.prod(batch_shape)
+
+    def flat(array: np.ndarray, tail: tuple[int, ...]) -> np.ndarray:
+        return np.ascontiguousarray(np.broadcast_to(array, (*batch_shape, *tail))
+                                    ).reshape(groups, *tail)
+
+    return Problem(
+        query=flat(query, (n_queries, dim)),
+        key=flat(key, (n_keys, dim)),
+        value=flat(value, (n_keys, value.shape[-1])),
+        allowed=flat(allowed, (n_queries, n_keys)),
+        bias=None if bias is None else flat(bias, (n_queries, n_keys)),
+        keep=None if keep is None else flat(keep, (n_queries, n_keys)),
+        dropout_p=float(dropout_p),
+        scale=scale,
+        batch_shape=batch_shape,
+        empty_rows=empty_rows,
+    )
+
+
+def _as_float_array(name: str, x) -> np.ndarray:
+    try:
+        array = np.asarray(x)
+    except (TypeError, ValueError) as error:
+        raise DTypeError(f"{name} must be a numeric array, got {type(x).__name__}: {error}"
+                         ) from None
+    if array.dtype.kind in "iu":
+        array = array.astype(np.float64)
+    if array.dtype not in (np.float32, np.float64):
+        raise DTypeError(f"{name} must hold float32 or float64 numbers (integers are converted "
+                         f"to float64), got dtype {array.dtype}")
+    if array.ndim < 2:
+        raise ShapeError(f"{name} must have at least 2 dims (..., tokens, features), got shape "
+                         f"{array.shape}")
+    if not np.isfinite(array).all():
+        bad = tuple(int(b) for b in np.argwhere(~np.isfinite(array))[0])
+        raise InvalidArgumentError(f"{name} holds {array[bad]} at index {bad}; attention inputs "
+                                   "must be finite (mask routes with attn_mask instead)")
+    return array
+
+
+def _share_kv_heads(query: np.ndarray, key: np.ndarray, value: np.ndarray, enable_gqa: bool
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Grouped-query attention: query head ``h`` reads key/value head ``h // (Hq / Hkv)``."""
+    if not enable_gqa:
+        return key, value
+    if query.ndim < 3 or key.ndim < 3 or value.ndim < 3:
+        raise ShapeError(f"enable_gqa=True needs a head dim (..., H, L, E); got query "
+                         f"{query.shape}, key {key.shape}, value {value.shape}")
+    query_heads, key_heads, value_heads = query.shape[-3], key.shape[-3], value.shape[-3]
+    if key_heads != value_heads:
+        raise ShapeError(f"key has {key_heads} heads but value has {value_heads}")
+    if key_heads == 0 or query_heads % key_heads:
+        raise ShapeError(f"enable_gqa=True needs the query heads ({query_heads}) to be a "
+                         f"multiple of the key/value heads ({key_heads})")
+    group_size = query_heads // key_heads
+    return np.repeat(key, group_size, axis=-3), np.repeat(value, group_size, axis=-3)
+
+
+def _broadcast(what: str, *shapes: tuple[int, ...]) -> tuple[int, ...]:
+    try:
+        return tuple(np.broadcast_shapes(*shapes))
+    except ValueError:
+        raise ShapeError(f"{what} do not broadcast: {', '.join(map(str, shapes))}") from None
+
+
+def _scale(scale: float | None, dim: int) -> float:
+    if scale is None:
+        return 1.0 / math.sqrt(dim)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating, np.integer)):
+        raise InvalidArgumentError(f"scale must be a real number, got {scale!r}")
+    if not math.isfinite(scale):
+        raise InvalidArgumentError(f"scale must be finite, got {scale!r}")
+    return float(scale)
+
+
+def _dropout_keep(dropout_p: float, dropout_mask, seed: int | None,
+                  shape: tuple[int, ...]) -> np.ndarray | None:
+    """Which routes survive dropout: the given mask, or a seeded draw, or None (no dropout)."""
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float, np.floating)) \
+            or not 0.0 <= dropout_p < 1.0:
+        raise InvalidArgumentError(f"dropout_p must be a probability in [0, 1), got {dropout_p!r}")
+    if dropout_mask is not None:
+        keep = np.asarray(dropout_mask)
+        if keep.dtype != bool:
+            raise DTypeError(f"dropout_mask must be bool (True = route kept), got dtype "
+                             f"{keep.dtype}")
+        if _broadcast("dropout_mask and the scores", keep.shape, shape) != shape:
+            raise ShapeError(f"dropout_mask of shape {keep.shape} does not broadcast to the "
+                             f"scores' shape {shape} (..., L, S)")
+        return keep
+    if dropout_p == 0.0:
+        return None
+    return np.random.default_rng(seed).random(shape) >= dropout_p

@@ -1,0 +1,98 @@
+"""One place that turns ``attn_mask``, ``is_causal`` and a token graph into a route set.
+
+The route set is a boolean array ``allowed (..., L, S)`` (True = query ``i`` may pull from
+key ``j``) and an optional additive ``bias (..., L, S)``. Everything that can block a
+route (a False in a bool mask, a ``-inf`` in a float mask, causality, a missing graph
+edge) ends up as a False in ``allowed``; a route exists only if every source allows it.
+"""
+
+from __future__ import annotations
+
+import networkx as nx
+import numpy as np
+
+from .errors import DTypeError, InvalidArgumentError, ShapeError
+from .graphs import graph_shape, to_mask
+
+__all__ = ["CAUSAL_ALIGNMENTS", "causal_mask", "route_set"]
+
+CAUSAL_ALIGNMENTS = ("top_left", "bottom_right")
+
+
+def causal_mask(n_queries: int, n_keys: int, alignment: str = "top_left") -> np.ndarray:
+    """Boolean ``(L, S)`` causal mask.
+
+    ``"top_left"`` (PyTorch's ``is_causal``) allows ``j <= i``; ``"bottom_right"`` (the
+    KV-cache convention: the last query sees every key) allows ``j <= i + S - L``.
+
+    Examples
+    --------
+    >>> causal_mask(2, 3).astype(int)
+    array([[1, 0, 0],
+           [1, 1, 0]])
+    >>> causal_mask(2, 3, "bottom_right").astype(int)
+    array([[1, 1, 0],
+           [1, 1, 1]])
+    """
+    if alignment not in CAUSAL_ALIGNMENTS:
+        raise InvalidArgumentError(f"causal_alignment must be one of {CAUSAL_ALIGNMENTS}, "
+                                   f"got {alignment!r}")
+    offset = 0 if alignment == "top_left" else n_keys - n_queries
+    return np.tril(np.ones((n_queries, n_keys), dtype=bool), k=offset)
+
+
+def route_set(attn_mask, is_causal: bool, causal_alignment: str, graph: nx.DiGraph | None,
+              batch_shape: tuple[int, ...], n_queries: int, n_keys: int, dtype: np.dtype
+              ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Combine every route restriction into ``(allowed, bias)``.
+
+    Returns
+    -------
+    allowed : ndarray of bool, broadcastable to ``(*batch_shape, L, S)``
+    bias : ndarray of ``dtype`` with the same broadcast shape, or None
+        The finite part of a float mask (blocked entries hold 0).
+    """
+    target = (*batch_shape, n_queries, n_keys)
+    allowed = np.ones((n_queries, n_keys), dtype=bool)
+    bias = None
+    if attn_mask is not None:
+        if is_causal:
+            raise InvalidArgumentError("pass either attn_mask or is_causal=True, not both "
+                                       "(as in PyTorch's scaled_dot_product_attention); "
+                                       "build the causal part into the mask instead")
+        mask = np.asarray(attn_mask)
+        if _broadcast_shape(mask.shape, target) != target:
+            raise ShapeError(f"attn_mask of shape {mask.shape} does not broadcast to the "
+                             f"scores' shape {target} (..., L, S)")
+        if mask.dtype == bool:
+            allowed = mask
+        elif np.issubdtype(mask.dtype, np.floating):
+            if np.isnan(mask).any() or np.isposinf(mask).any():
+                bad = np.argwhere(np.isnan(mask) | np.isposinf(mask))[0]
+                raise InvalidArgumentError(f"attn_mask has {mask[tuple(bad)]} at index "
+                                           f"{tuple(int(b) for b in bad)}; a float mask may hold "
+                                           "finite values and -inf only")
+            allowed = ~np.isneginf(mask)
+            bias = np.where(allowed, mask, 0).astype(dtype)
+        else:
+            raise DTypeError(f"attn_mask must be bool (True = route allowed) or floating "
+                             f"(added to the scores), got dtype {mask.dtype}")
+    elif is_causal:
+        allowed = causal_mask(n_queries, n_keys, causal_alignment)
+    if causal_alignment not in CAUSAL_ALIGNMENTS:
+        raise InvalidArgumentError(f"causal_alignment must be one of {CAUSAL_ALIGNMENTS}, "
+                                   f"got {causal_alignment!r}")
+    if graph is not None:
+        shape = graph_shape(graph)
+        if shape != (n_queries, n_keys):
+            raise ShapeError(f"graph has {shape[0]} query tokens and {shape[1]} key tokens, "
+                             f"but the inputs have L = {n_queries} and S = {n_keys}")
+        allowed = allowed & to_mask(graph)
+    return allowed, bias
+
+
+def _broadcast_shape(*shapes: tuple[int, ...]) -> tuple[int, ...] | None:
+    try:
+        return np.broadcast_shapes(*shapes)
+    except ValueError:
+        return None

@@ -1,0 +1,111 @@
+"""Matrix-form attention: the independent oracle every simulation is compared against.
+
+This module computes ``softmax(Q Kᵀ · scale + bias) V`` with whole-matrix numpy
+operations. It shares argument handling with the simulator (:mod:`routing_sim.inputs`)
+but none of its arithmetic, so an equivalence test really compares two computations.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import EmptyRowError, NumericalError
+from .inputs import Problem, prepare
+
+__all__ = ["attention"]
+
+
+def attention(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causal: bool = False,
+              scale: float | None = None, enable_gqa: bool = False, *,
+              causal_alignment: str = "top_left", empty_rows: str = "zero",
+              dropout_mask=None, seed: int | None = 0, return_weights: bool = False):
+    r"""Scaled dot-product attention in matrix form, with PyTorch's SDPA semantics.
+
+    .. math:: \mathrm{out} = \mathrm{softmax}(Q K^\top \cdot \mathrm{scale} + B)\, V
+
+    Parameters
+    ----------
+    query : array_like, shape (..., L, E)
+        What each query token is looking for.
+    key : array_like, shape (..., S, E)
+        How each key token can be found.
+    value : array_like, shape (..., S, Ev)
+        What each key token hands out when pulled.
+    attn_mask : array_like of bool or float, broadcastable to (..., L, S), optional
+        Bool: True = route allowed. Float: added to the scores; ``-inf`` blocks the route.
+    dropout_p : float
+        Probability of dropping a route after softmax; survivors are rescaled by
+        ``1 / (1 - dropout_p)``. The mask is ``default_rng(seed).random((..., L, S)) >=
+        dropout_p`` unless ``dropout_mask`` gives it.
+    is_causal : bool
+        Allow only ``j <= i`` (aligned as ``causal_alignment`` says). Not with ``attn_mask``.
+    scale : float, optional
+        Score scale; ``1 / sqrt(E)`` by default.
+    enable_gqa : bool
+        Grouped-query attention: query head ``h`` uses key/value head ``h // (Hq // Hkv)``.
+    causal_alignment : {"top_left", "bottom_right"}
+        Where the causal diagonal starts when ``L != S`` (PyTorch's ``is_causal`` is top-left).
+    empty_rows : {"zero", "nan", "error"}
+        What a query with no allowed route gets: zeros (PyTorch's math backend), NaN, or
+        an :class:`~routing_sim.EmptyRowError`.
+    dropout_mask : array_like of bool, optional
+        The exact routes dropout keeps (True = kept), broadcastable to (..., L, S).
+    seed : int, optional
+        Seed of the dropout draw.
+    return_weights : bool
+        Also return the routing tables (attention weights, after dropout).
+
+    Returns
+    -------
+    output : ndarray, shape (..., L, Ev)
+    weights : ndarray, shape (..., L, S)
+        Only with ``return_weights=True``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> q = np.array([[1.0, 0.0]]); k = np.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> v = np.array([[10.0], [20.0]])
+    >>> out, w = attention(q, k, v, scale=np.log(3), return_weights=True)
+    >>> w.round(2)
+    array([[0.75, 0.25]])
+    >>> out.round(2)
+    array([[12.5]])
+    """
+    problem = prepare(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
+                      causal_alignment=causal_alignment, empty_rows=empty_rows,
+                      dropout_mask=dropout_mask, seed=seed)
+    weights = _weights(problem)                                        # (G, L, S)
+    output = weights @ problem.value                                   # (G, L, Ev)
+    has_route = problem.allowed.any(axis=-1)                           # (G, L)
+    if problem.empty_rows == "nan":
+        output[~has_route] = np.nan
+        weights[~has_route] = np.nan
+    output, weights = problem.unflatten(output), problem.unflatten(weights)
+    return (output, weights) if return_weights else output
+
+
+def _weights(problem: Problem) -> np.ndarray:
+    """Routing tables ``(G, L, S)``: stable softmax over allowed routes, then dropout."""
+    scores = problem.query @ problem.key.transpose(0, 2, 1)            # (G, L, S)
+    scores *= problem.dtype.type(problem.scale)
+    if problem.bias is not None:
+        scores += problem.bias
+    overflow = problem.allowed & ~np.isfinite(scores)
+    if overflow.any():
+        g, i, j = np.argwhere(overflow)[0]
+        raise NumericalError(f"the score of query {i} and key {j} (group {g}) overflowed to "
+                             f"{scores[g, i, j]}; scale the inputs down")
+    has_route = problem.allowed.any(axis=-1, keepdims=True)            # (G, L, 1)
+    if problem.empty_rows == "error" and not has_route.all():
+        g, i, _ = np.argwhere(~has_route)[0]
+        raise EmptyRowError(f"query token {i} (group {g}) has no route to any key token")
+    scores = np.where(problem.allowed, scores, -np.inf)
+    # An empty row's max is -inf; shift it by 0 instead so -inf - -inf never happens.
+    row_max = np.where(has_route, scores.max(axis=-1, keepdims=True, initial=-np.inf), 0)
+    weights = np.exp(scores - row_max)                                 # (G, L, S)
+    total = weights.sum(axis=-1, keepdims=True)                        # (G, L, 1)
+    weights /= np.where(has_route, total, 1)
+    if problem.keep is not None:
+        weights *= problem.keep * problem.dtype.type(1.0 / (1.0 - problem.dropout_p))
+    return weights

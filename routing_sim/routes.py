@@ -1,0 +1,70 @@
+"""The route table: every allowed route ``j -> i`` of every routing group, as flat arrays.
+
+Routes are numbered in canonical order: by query node ``u = g · L + i``, then by key
+index ``j``. A query node's routes are the slice ``indptr[u]:indptr[u + 1]``, already
+in source order, which is the order the numerics kernels need.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["RouteTable", "concat_ranges"]
+
+
+class RouteTable:
+    """Allowed routes of ``G`` groups of ``L`` query and ``S`` key tokens.
+
+    Examples
+    --------
+    >>> table = RouteTable(np.array([[[True, False], [True, True]]]))
+    >>> table.query_node.tolist(), table.key_index.tolist(), table.indptr.tolist()
+    ([0, 1, 1], [0, 0, 1], [0, 1, 3])
+    """
+
+    def __init__(self, allowed: np.ndarray) -> None:
+        groups, n_queries, n_keys = allowed.shape                      # (G, L, S)
+        query_node, key_index = np.nonzero(allowed.reshape(groups * n_queries, n_keys))
+        index_type = np.int32 if max(groups * max(n_queries, n_keys), 1) < 2**31 else np.int64
+        self.n_groups, self.n_queries, self.n_keys = groups, n_queries, n_keys
+        self.query_node = query_node.astype(index_type)                # (R,) u = g·L + i
+        self.key_index = key_index.astype(index_type)                  # (R,) j
+        counts = np.bincount(self.query_node, minlength=groups * n_queries)
+        self.indptr = np.concatenate(([0], np.cumsum(counts)))         # (G·L + 1,)
+
+    def __len__(self) -> int:
+        return len(self.key_index)
+
+    @property
+    def n_nodes(self) -> int:
+        """Number of query nodes, ``G · L``."""
+        return self.n_groups * self.n_queries
+
+    def routes_per_node(self) -> np.ndarray:
+        return np.diff(self.indptr)                                    # (G·L,)
+
+    def group(self, routes: np.ndarray) -> np.ndarray:
+        return self.query_node[routes] // self.n_queries
+
+    def query_token(self, routes: np.ndarray) -> np.ndarray:
+        return self.query_node[routes] % self.n_queries
+
+    def routes_of(self, nodes: np.ndarray) -> np.ndarray:
+        """All route ids of the given query nodes, node by node, each in source order."""
+        return concat_ranges(self.indptr[nodes], self.indptr[nodes + 1])
+
+
+def concat_ranges(starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+    """``concatenate([arange(a, b) for a, b in zip(starts, stops)])`` without the loop.
+
+    Examples
+    --------
+    >>> concat_ranges(np.array([0, 5]), np.array([2, 8])).tolist()
+    [0, 1, 5, 6, 7]
+    """
+    lengths = stops - starts
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    offsets = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
+    return np.arange(total, dtype=np.int64) + offsets

@@ -1,0 +1,179 @@
+"""The result of a simulation: outputs, routing tables, the message trace and statistics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import InvalidArgumentError
+from .messages import Kind
+from .trace import Trace
+
+__all__ = ["Route", "RoutingTable", "Run", "Stats"]
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Totals of one run.
+
+    ``messages`` and ``bytes`` are keyed by kind name (QUERY, SCORE, PULL, VALUE);
+    ``makespan`` is the simulated time at which the last output was complete; ``events``
+    counts the SimPy events the transport processed (batching makes it far smaller than
+    the number of messages).
+    """
+
+    messages: dict[str, int]
+    bytes: dict[str, int]
+    makespan: float
+    events: int
+    delivery: str
+    routes: int
+
+    @property
+    def total_messages(self) -> int:
+        return sum(self.messages.values())
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.bytes.values())
+
+    def __str__(self) -> str:
+        lines = [f"{'kind':<6} {'messages':>10} {'bytes':>12}"]
+        lines += [f"{kind:<6} {self.messages[kind]:>10,} {self.bytes[kind]:>12,}"
+                  for kind in self.messages]
+        lines.append(f"{'total':<6} {self.total_messages:>10,} {self.total_bytes:>12,}")
+        lines.append(f"{self.routes:,} routes, last output complete at t={self.makespan:.3f}, "
+                     f"{self.events:,} SimPy events ({self.delivery} delivery)")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Route:
+    """One line of a routing table: where a share of the budget goes."""
+
+    source: int              # key token position
+    label: str | None        # key token text, if the graph has labels
+    score: float             # s_ij
+    share: float             # w_ij, after dropout
+    bytes_pulled: int        # VALUE payload bytes (0 if the route was dropped)
+    arrived: float           # when the VALUE arrived (NaN if never pulled)
+
+    @property
+    def name(self) -> str:
+        return f"{self.label} (#{self.source})" if self.label is not None else f"#{self.source}"
+
+
+@dataclass(frozen=True)
+class RoutingTable:
+    """Token ``token``'s routing table: its routes sorted by share, largest first.
+
+    ``str(table)`` prints one route a line, like ``token cat (#1): 0.50``, followed by
+    the route's score, the bytes pulled and when the share arrived, and a footer.
+    """
+
+    token: int
+    label: str | None
+    where: str
+    routes: list[Route]
+    messages: int
+    completed: float
+
+    def __str__(self) -> str:
+        who = f"token {self.label!r} (#{self.token})" if self.label else f"token #{self.token}"
+        lines = [f"routing table of {who}{self.where}"]
+        width = max((len(route.name) for route in self.routes), default=0)
+        for route in self.routes:
+            pulled = (f"pulled {route.bytes_pulled} B at t={route.arrived:.3f}"
+                      if route.bytes_pulled else "dropped")
+            lines.append(f"  token {route.name:<{width}}: {route.share:.2f}   "
+                         f"score {route.score:+.3f}   {pulled}")
+        if not self.routes:
+            lines.append("  (no routes: this token cannot reach any key)")
+        lines.append(f"  {len(self.routes)} routes, {self.messages} messages, "
+                     f"output complete at t={self.completed:.3f}")
+        return "\n".join(lines)
+
+
+@dataclass
+class Run:
+    """What :func:`~routing_sim.simulate` returns.
+
+    Attributes
+    ----------
+    output : ndarray, shape (..., L, Ev)
+        What every query token pulled: the attention output.
+    weights : ndarray, shape (..., L, S)
+        Row ``i`` is token ``i``'s routing table (shares, after dropout).
+    trace : Trace
+        The message log.
+    stats : Stats
+        Message counts, bytes, makespan and events.
+    """
+
+    output: np.ndarray
+    weights: np.ndarray
+    trace: Trace
+    stats: Stats
+    _scores: np.ndarray = field(repr=False)        # (G, L, S) scores, NaN where no route
+    _arrived: np.ndarray = field(repr=False)       # (G, L, S) VALUE arrival, NaN if none
+    _completed: np.ndarray = field(repr=False)     # (G, L) when each output was complete
+    _labels: tuple[list, list] = field(repr=False)
+    _value_bytes: int = field(repr=False)
+
+    def routing_table(self, i: int, head: int | None = None, batch=None) -> RoutingTable:
+        """Token ``i``'s routing table (for ``head`` of ``batch`` when inputs had those dims).
+
+        With 3-D inputs ``(H, L, E)`` the leading dim is addressed as ``head``; with 4-D
+        inputs ``(N, H, L, E)`` use ``batch=n, head=h``.
+        """
+        batch_shape = self.weights.shape[:-2]
+        n_queries = self.weights.shape[-2]
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < n_queries:
+            raise InvalidArgumentError(f"i must be a query token index in 0 .. {n_queries - 1}, "
+                                       f"got {i!r}")
+        index = _group_index(batch_shape, head, batch)
+        group = int(np.ravel_multi_index(index, batch_shape)) if batch_shape else 0
+        flat = (-1, n_queries, self.weights.shape[-1])
+        scores = self._scores.reshape(flat)[group, i]
+        shares = self.weights.reshape(flat)[group, i]
+        arrived = self._arrived.reshape(flat)[group, i]
+        query_labels, key_labels = self._labels
+        sources = np.flatnonzero(~np.isnan(scores))
+        routes = [Route(int(j), key_labels[j], float(scores[j]), float(shares[j]),
+                        self._value_bytes if not np.isnan(arrived[j]) else 0, float(arrived[j]))
+                  for j in sources]
+        routes.sort(key=lambda route: (-route.share, route.source))
+        pulled = sum(1 for route in routes if route.bytes_pulled)
+        where = "".join(f", {name} {value}" for name, value in
+                        zip(("batch", "head")[-len(index):] if index else (), index))
+        return RoutingTable(int(i), query_labels[i], where, routes,
+                            messages=2 * len(routes) + 2 * pulled,
+                            completed=float(self._completed.reshape(-1, n_queries)[group, i]))
+
+
+def _group_index(batch_shape: tuple[int, ...], head, batch) -> tuple[int, ...]:
+    if not batch_shape:
+        if head is not None or batch is not None:
+            raise InvalidArgumentError("these inputs had no batch or head dims; call "
+                                       "routing_table(i) without head= or batch=")
+        return ()
+    if len(batch_shape) == 1:
+        given = [x for x in (head, batch) if x is not None]
+        if len(given) != 1:
+            raise InvalidArgumentError(f"inputs had one leading dim of size {batch_shape[0]}; "
+                                       "pass head= (or batch=) to pick one")
+        index = (given[0],)
+    else:
+        if head is None or batch is None:
+            raise InvalidArgumentError(f"inputs had leading dims {batch_shape}; pass batch= "
+                                       "(an int, or a tuple for several batch dims) and head=")
+        index = (*(batch if isinstance(batch, tuple) else (batch,)), head)
+    if len(index) != len(batch_shape) or any(
+            isinstance(x, bool) or not isinstance(x, (int, np.integer)) or not 0 <= x < n
+            for x, n in zip(index, batch_shape)):
+        raise InvalidArgumentError(f"batch/head index {index} does not fit leading dims "
+                                   f"{batch_shape}")
+    return tuple(int(x) for x in index)
+
+
