@@ -9,7 +9,7 @@ True
 
 from __future__ import annotations
 
-from . import graphs
+from . import graphs, verify
 from .errors import (
     DeliveryError,
     DTypeError,
@@ -44,6 +44,7 @@ __all__ = [
     "attention",
     "graphs",
     "simulate",
+    "verify",
 ]
 
 __version__ = "0.1.0"

@@ -127,7 +127,7 @@ def _collect(problem: Problem, routes: RouteTable, nodes: TwoPhaseNode, log: Tra
         return array.reshape(groups, n_queries, n_keys)
 
     weights = dense(nodes.shares, 0, problem.dtype)
-    output = nodes.output.reshape(groups, n_queries, -1)
+    output = nodes.output.reshape(groups, n_queries, problem.shape[4])
     if problem.empty_rows == "nan":
         empty = ~has_routes.reshape(groups, n_queries)
         output[empty] = np.nan
