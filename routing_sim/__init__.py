@@ -7,7 +7,6 @@ simulator, proven equal to matrix-form attention.
 True
 """
 
-from __future__ import annotations
 
 from . import graphs, verify
 from .errors import (

@@ -25,10 +25,11 @@ def match_scores(keys: np.ndarray, query: np.ndarray, scale: float,
     >>> match_scores(np.array([[1.0, 2.0], [0.0, 1.0]]), np.array([3.0, 1.0]), 0.5)
     array([2.5, 0.5])
     """
-    scores = keys @ query                                              # (n_routes,)
-    scores *= query.dtype.type(scale)
-    if bias is not None:
-        scores += bias
+    with np.errstate(over="ignore", invalid="ignore"):   # overflow is reported below
+        scores = keys @ query                                          # (n_routes,)
+        scores *= query.dtype.type(scale)
+        if bias is not None:
+            scores += bias
     if not np.isfinite(scores).all():
         raise NumericalError(f"a score overflowed to {scores[~np.isfinite(scores)][0]}; "
                              "scale the inputs down")

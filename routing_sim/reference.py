@@ -87,10 +87,11 @@ def attention(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_caus
 
 def _weights(problem: Problem) -> np.ndarray:
     """Routing tables ``(G, L, S)``: stable softmax over allowed routes, then dropout."""
-    scores = problem.query @ problem.key.transpose(0, 2, 1)            # (G, L, S)
-    scores *= problem.dtype.type(problem.scale)
-    if problem.bias is not None:
-        scores += problem.bias
+    with np.errstate(over="ignore", invalid="ignore"):   # overflow is reported below
+        scores = problem.query @ problem.key.transpose(0, 2, 1)        # (G, L, S)
+        scores *= problem.dtype.type(problem.scale)
+        if problem.bias is not None:
+            scores += problem.bias
     overflow = problem.allowed & ~np.isfinite(scores)
     if overflow.any():
         g, i, j = np.argwhere(overflow)[0]

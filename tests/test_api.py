@@ -1,0 +1,45 @@
+"""The public API is exactly what __all__ says, and the core never imports torch."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import routing_sim as rs
+
+
+def test_public_names_are_exactly_all():
+    public = {name for name in vars(rs) if not name.startswith("_")}
+    modules = {name for name in public if type(getattr(rs, name)).__name__ == "module"}
+    assert rs.__all__ == sorted(rs.__all__)
+    assert set(rs.__all__) == (public - modules) | {"graphs", "verify"}
+
+
+def package_imports(module: str) -> set[str]:
+    """Modules of routing_sim that ``module`` imports, directly or through others."""
+    seen, todo = set(), [module]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        tree = ast.parse((Path(rs.__file__).parent / f"{name}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
+                todo.append(node.module)
+    return seen
+
+
+def test_reference_does_not_import_the_simulator():
+    reached = package_imports("reference")
+    assert "inputs" in reached
+    assert not reached & {"protocol", "transport", "network", "simulate", "run", "routes",
+                          "numerics", "trace"}
+
+
+def test_core_does_not_import_torch_or_matplotlib():
+    code = "import sys, routing_sim; print('torch' in sys.modules, 'matplotlib' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.split() == ["False", "False"]

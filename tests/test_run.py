@@ -1,0 +1,94 @@
+"""Run: routing tables, stats, and the trace's columns."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import routing_sim as rs
+
+
+def seed_example() -> rs.Run:
+    """The reference document's table: token T routes 0.5 / 0.3 / 0.2 to A / B / C."""
+    graph = rs.graphs.complete(1, 3, labels=["T"], key_labels=["A", "B", "C"])
+    key = np.log(np.array([[3.0], [5.0], [2.0]]))
+    return rs.simulate(np.ones((1, 1)), key, np.eye(3), scale=1.0, graph=graph)
+
+
+def test_routing_table_prints_like_the_seed_example():
+    lines = str(seed_example().routing_table(0)).splitlines()
+    assert lines[0] == "routing table of token 'T' (#0)"
+    assert [line.split(":")[0].strip() for line in lines[1:4]] == [
+        "token B (#1)", "token A (#0)", "token C (#2)"]
+    assert [line.split(":")[1].split()[0] for line in lines[1:4]] == ["0.50", "0.30", "0.20"]
+    assert lines[4] == "  3 routes, 12 messages, output complete at t=4.000"
+
+
+def test_routing_table_rows():
+    table = seed_example().routing_table(0)
+    assert [route.source for route in table.routes] == [1, 0, 2]
+    np.testing.assert_allclose([route.share for route in table.routes], [0.5, 0.3, 0.2])
+    np.testing.assert_allclose([route.score for route in table.routes], np.log([5, 3, 2]))
+    assert {route.bytes_pulled for route in table.routes} == {24}
+    assert {route.arrived for route in table.routes} == {4.0}
+
+
+def test_routing_table_for_heads_and_batches():
+    rng = np.random.default_rng(0)
+    query, key, value = rng.normal(size=(3, 2, 3, 4, 5))
+    run = rs.simulate(query, key, value)
+    table = run.routing_table(2, head=1, batch=0)
+    shares = sorted((route.source, route.share) for route in table.routes)
+    np.testing.assert_array_equal([share for _, share in shares], run.weights[0, 1, 2])
+    assert "batch 0, head 1" in str(table)
+    with pytest.raises(rs.InvalidArgumentError, match="batch="):
+        run.routing_table(0, head=1)
+    with pytest.raises(rs.InvalidArgumentError, match="does not fit"):
+        run.routing_table(0, head=3, batch=0)
+    with pytest.raises(rs.InvalidArgumentError, match="0 .. 3"):
+        run.routing_table(4, head=0, batch=0)
+
+
+def test_dropped_routes_show_in_the_table():
+    keep = np.array([[True, False, True]])
+    run = rs.simulate(np.ones((1, 2)), np.ones((3, 2)), np.eye(3), dropout_p=0.5,
+                      dropout_mask=keep)
+    table = run.routing_table(0)
+    assert table.messages == 2 * 3 + 2 * 2
+    assert "dropped" in str(table)
+
+
+def test_trace_columns_follow_the_protocol():
+    run = rs.simulate(np.eye(2), np.eye(2), np.ones((2, 3)), trace="full")
+    trace = run.trace
+    assert len(trace) == 16 and len(trace.kind) == 16
+    queries = trace.kind == rs.Kind.QUERY
+    scores = trace.kind == rs.Kind.SCORE
+    assert set(zip(trace.src[queries].tolist(), trace.dst[queries].tolist())) == \
+        {(0, 0), (0, 1), (1, 0), (1, 1)}
+    # SCORE payloads are the scores the routing tables report.
+    for src, dst, score in zip(trace.src[scores], trace.dst[scores], trace.value[scores]):
+        table = {route.source: route.score for route in run.routing_table(int(dst)).routes}
+        assert table[int(src)] == score
+    assert trace.nbytes[trace.kind == rs.Kind.VALUE].tolist() == [24] * 4
+    assert np.isnan(trace.value[queries]).all()
+
+
+def test_summary_trace_keeps_totals_only():
+    run = rs.simulate(np.eye(2), np.eye(2), np.eye(2), trace="summary")
+    assert len(run.trace) == 16
+    with pytest.raises(rs.InvalidArgumentError, match="trace='full'"):
+        run.trace.arrive
+
+
+def test_auto_trace_switches_to_summary_for_large_runs():
+    small = rs.simulate(np.ones((4, 1)), np.ones((4, 1)), np.ones((4, 1)))
+    assert small.trace.detail == "full"
+    n = int(np.sqrt(rs.trace.AUTO_FULL_LIMIT / 4)) + 1
+    large = rs.simulate(np.ones((n, 1)), np.ones((n, 1)), np.ones((n, 1)))
+    assert large.trace.detail == "summary"
+
+
+def test_stats_text():
+    text = str(rs.simulate(np.eye(2), np.eye(2), np.eye(2)).stats)
+    assert "QUERY" in text and "total" in text and "last output complete at t=4.000" in text
