@@ -82,11 +82,11 @@ class RoutingTable:
     def __str__(self) -> str:
         who = f"token {self.label!r} (#{self.token})" if self.label else f"token #{self.token}"
         lines = [f"routing table of {who}{self.where}"]
-        width = max((len(route.name) for route in self.routes), default=0)
+        width = max((len(route.name) for route in self.routes), default=0) + 1
         for route in self.routes:
             pulled = (f"pulled {route.bytes_pulled} B at t={route.arrived:.3f}"
                       if route.bytes_pulled else "dropped")
-            lines.append(f"  token {route.name:<{width}}: {route.share:.2f}   "
+            lines.append(f"  token {route.name + ':':<{width}} {route.share:.2f}   "
                          f"score {route.score:+.3f}   {pulled}")
         if not self.routes:
             lines.append("  (no routes: this token cannot reach any key)")
