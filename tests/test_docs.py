@@ -1,0 +1,36 @@
+"""Every Python code block in the README and the docs runs as written."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
+
+
+def code_blocks():
+    for page in PAGES:
+        for number, block in enumerate(BLOCK.findall(page.read_text(encoding="utf-8"))):
+            yield pytest.param(block, id=f"{page.relative_to(ROOT)}#{number}")
+
+
+@pytest.mark.parametrize("block", list(code_blocks()))
+def test_code_block_runs(block, capsys):
+    exec(compile(block, "<doc>", "exec"), {})
+    assert capsys.readouterr().out.strip(), "a doc example should show something"
+
+
+def test_both_languages_have_the_same_pages():
+    english = {p.name for p in (ROOT / "docs" / "en").glob("*.md")}
+    chinese = {p.name for p in (ROOT / "docs" / "zh").glob("*.md")}
+    assert english == chinese and english
+
+
+def test_readme_opens_with_the_two_commands():
+    head = (ROOT / "README.md").read_text(encoding="utf-8").split("\n")[:6]
+    assert any(line.startswith("make demo") for line in head)
+    assert any(line.startswith("make test") for line in head)
