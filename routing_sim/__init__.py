@@ -8,7 +8,7 @@ True
 """
 
 
-from . import graphs, verify
+from . import graphs, masks, verify
 from .errors import (
     DeliveryError,
     DTypeError,
@@ -20,6 +20,7 @@ from .errors import (
 )
 from .messages import Kind
 from .network import Network
+from .positions import RotaryEmbedding
 from .reference import attention
 from .run import Route, RoutingTable, Run, Stats
 from .simulate import simulate
@@ -33,6 +34,7 @@ __all__ = [
     "Kind",
     "Network",
     "NumericalError",
+    "RotaryEmbedding",
     "Route",
     "RoutingSimError",
     "RoutingTable",
@@ -42,6 +44,7 @@ __all__ = [
     "Trace",
     "attention",
     "graphs",
+    "masks",
     "simulate",
     "verify",
 ]

@@ -24,7 +24,7 @@ import numpy as np
 
 from .errors import InvalidArgumentError, ShapeError
 
-__all__ = ["causal", "complete", "from_mask", "to_mask"]
+__all__ = ["causal", "complete", "from_mask", "padding", "sliding_window", "to_mask"]
 
 
 def complete(n_queries: int, n_keys: int | None = None, *, labels: Sequence[str] | None = None,
@@ -73,6 +73,56 @@ def causal(n: int, *, labels: Sequence[str] | None = None) -> nx.DiGraph:
     """
     n = _count("n", n)
     return from_mask(np.tril(np.ones((n, n), dtype=bool)), labels=labels)
+
+
+def sliding_window(n_queries: int, window: int, n_keys: int | None = None, *,
+                   alignment: str = "top_left", labels: Sequence[str] | None = None
+                   ) -> nx.DiGraph:
+    """Causal sliding window: token ``i`` pulls from the ``window`` latest tokens up to itself.
+
+    Query ``i`` sits at position ``p = i`` (``"top_left"``) or ``p = i + S - L``
+    (``"bottom_right"``, the KV-cache view) and may pull from keys ``p - window < j <= p``.
+
+    Examples
+    --------
+    >>> to_mask(sliding_window(4, 2)).astype(int)
+    array([[1, 0, 0, 0],
+           [1, 1, 0, 0],
+           [0, 1, 1, 0],
+           [0, 0, 1, 1]])
+    >>> to_mask(sliding_window(2, 2, 4, alignment="bottom_right")).astype(int)
+    array([[0, 1, 1, 0],
+           [0, 0, 1, 1]])
+    """
+    from .masks import causal_mask
+
+    n_queries = _count("n_queries", n_queries)
+    n_keys = n_queries if n_keys is None else _count("n_keys", n_keys)
+    window = _count("window", window)
+    offset = n_keys - n_queries if alignment == "bottom_right" else 0
+    mask = causal_mask(n_queries, n_keys, alignment)
+    mask &= ~np.tril(np.ones((n_queries, n_keys), dtype=bool), k=offset - window)
+    return from_mask(mask, cross=n_keys != n_queries, labels=labels)
+
+
+def padding(n: int, length: int, *, labels: Sequence[str] | None = None) -> nx.DiGraph:
+    """``n`` tokens of which only the first ``length`` are real: nobody pulls from padding.
+
+    Padded tokens still ask (their rows are computed, as in PyTorch's key_padding_mask).
+
+    Examples
+    --------
+    >>> to_mask(padding(3, 2)).astype(int)
+    array([[1, 1, 0],
+           [1, 1, 0],
+           [1, 1, 0]])
+    """
+    n, length = _count("n", n), _count("length", length)
+    if length > n:
+        raise InvalidArgumentError(f"length {length} is more than the {n} tokens")
+    mask = np.zeros((n, n), dtype=bool)
+    mask[:, :length] = True
+    return from_mask(mask, labels=labels)
 
 
 def from_mask(mask: np.ndarray, *, cross: bool | None = None, labels: Sequence[str] | None = None,

@@ -15,6 +15,7 @@ import numpy as np
 
 from .errors import DTypeError, InvalidArgumentError, ShapeError
 from .masks import route_set
+from .positions import alibi_bias, as_rotary, query_positions
 
 __all__ = ["EMPTY_ROWS", "Problem", "prepare"]
 
@@ -54,7 +55,8 @@ class Problem:
 def prepare(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causal: bool = False,
             scale: float | None = None, enable_gqa: bool = False, *,
             causal_alignment: str = "top_left", empty_rows: str = "zero", dropout_mask=None,
-            seed: int | None = 0, graph: nx.DiGraph | None = None) -> Problem:
+            seed: int | None = 0, graph: nx.DiGraph | None = None, alibi_slopes=None,
+            rope=None) -> Problem:
     """Validate the public arguments and flatten them into a :class:`Problem`."""
     query, key, value = (_as_float_array(name, x) for name, x in
                          (("query", query), ("key", key), ("value", value)))
@@ -86,6 +88,13 @@ def prepare(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causal
     allowed, bias = route_set(attn_mask, bool(is_causal), causal_alignment, graph, batch_shape,
                               n_queries, n_keys, query.dtype)
     scores_shape = (*batch_shape, n_queries, n_keys)
+    if alibi_slopes is not None:
+        alibi = _alibi(alibi_slopes, scores_shape, causal_alignment).astype(query.dtype)
+        bias = alibi if bias is None else bias + alibi
+    rotary = as_rotary(rope)
+    if rotary is not None:
+        query = rotary.rotate(query, query_positions(n_queries, n_keys, causal_alignment))
+        key = rotary.rotate(key, np.arange(n_keys))
     keep = _dropout_keep(dropout_p, dropout_mask, seed, scores_shape)
     groups = math.prod(batch_shape)
 
@@ -105,6 +114,21 @@ def prepare(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causal
         batch_shape=batch_shape,
         empty_rows=empty_rows,
     )
+
+
+def _alibi(slopes, scores_shape: tuple[int, ...], alignment: str) -> np.ndarray:
+    """ALiBi biases shaped to broadcast over ``(..., H, L, S)``: heads are the last batch dim."""
+    *batch_shape, n_queries, n_keys = scores_shape
+    bias = alibi_bias(slopes, n_queries, n_keys, alignment)            # (H, L, S)
+    if not batch_shape:
+        if bias.shape[0] != 1:
+            raise ShapeError(f"alibi_slopes has {bias.shape[0]} slopes but the inputs have no "
+                             "head dim; give (..., H, L, E) inputs or one slope")
+        return bias[0]
+    if bias.shape[0] not in (1, batch_shape[-1]):
+        raise ShapeError(f"alibi_slopes has {bias.shape[0]} slopes for {batch_shape[-1]} heads "
+                         f"(inputs' head dim is the last batch dim of {tuple(batch_shape)})")
+    return bias
 
 
 def _as_float_array(name: str, x) -> np.ndarray:

@@ -14,7 +14,7 @@ import numpy as np
 from .errors import DTypeError, InvalidArgumentError, ShapeError
 from .graphs import graph_shape, to_mask
 
-__all__ = ["CAUSAL_ALIGNMENTS", "causal_mask", "route_set"]
+__all__ = ["CAUSAL_ALIGNMENTS", "causal_mask", "padding_mask", "route_set"]
 
 CAUSAL_ALIGNMENTS = ("top_left", "bottom_right")
 
@@ -39,6 +39,26 @@ def causal_mask(n_queries: int, n_keys: int, alignment: str = "top_left") -> np.
                                    f"got {alignment!r}")
     offset = 0 if alignment == "top_left" else n_keys - n_queries
     return np.tril(np.ones((n_queries, n_keys), dtype=bool), k=offset)
+
+
+def padding_mask(lengths, n_keys: int) -> np.ndarray:
+    """SDPA-style bool mask ``(N, 1, 1, S)`` for a batch of padded key sequences.
+
+    ``lengths[n]`` keys of sequence ``n`` are real (True = route allowed); broadcast over
+    heads and queries.
+
+    Examples
+    --------
+    >>> padding_mask([2, 3], 3)[:, 0, 0].astype(int)
+    array([[1, 1, 0],
+           [1, 1, 1]])
+    """
+    lengths = np.asarray(lengths)
+    if lengths.ndim != 1 or lengths.dtype.kind not in "iu" or (lengths < 0).any() \
+            or (lengths > n_keys).any():
+        raise InvalidArgumentError(f"lengths must be a 1-D array of integers in 0 .. {n_keys}, "
+                                   f"got {lengths.tolist()}")
+    return (np.arange(n_keys)[None, :] < lengths[:, None])[:, None, None, :]
 
 
 def route_set(attn_mask, is_causal: bool, causal_alignment: str, graph: nx.DiGraph | None,

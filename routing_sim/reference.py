@@ -18,7 +18,8 @@ __all__ = ["attention"]
 def attention(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causal: bool = False,
               scale: float | None = None, enable_gqa: bool = False, *,
               causal_alignment: str = "top_left", empty_rows: str = "zero",
-              dropout_mask=None, seed: int | None = 0, return_weights: bool = False):
+              dropout_mask=None, seed: int | None = 0, alibi_slopes=None, rope=None,
+              return_weights: bool = False):
     r"""Scaled dot-product attention in matrix form, with PyTorch's SDPA semantics.
 
     .. math:: \mathrm{out} = \mathrm{softmax}(Q K^\top \cdot \mathrm{scale} + B)\, V
@@ -52,6 +53,11 @@ def attention(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_caus
         The exact routes dropout keeps (True = kept), broadcastable to (..., L, S).
     seed : int, optional
         Seed of the dropout draw.
+    alibi_slopes : array_like, shape (H,), optional
+        ALiBi: add ``-alibi_slopes[h] · |pos_i - j|`` to head ``h``'s scores (heads are the
+        last batch dim; positions follow ``causal_alignment``).
+    rope : float or RotaryEmbedding, optional
+        Rotate queries and keys by their positions (a float is the base, layout "half").
     return_weights : bool
         Also return the routing tables (attention weights, after dropout).
 
@@ -74,7 +80,8 @@ def attention(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_caus
     """
     problem = prepare(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
                       causal_alignment=causal_alignment, empty_rows=empty_rows,
-                      dropout_mask=dropout_mask, seed=seed)
+                      dropout_mask=dropout_mask, seed=seed, alibi_slopes=alibi_slopes,
+                      rope=rope)
     weights = _weights(problem)                                        # (G, L, S)
     output = weights @ problem.value                                   # (G, L, Ev)
     has_route = problem.allowed.any(axis=-1)                           # (G, L)

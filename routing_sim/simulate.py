@@ -28,7 +28,8 @@ def simulate(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causa
              graph: nx.DiGraph | None = None, network: Network | None = None,
              numerics: str = "float", softmax: str = "two_phase",
              causal_alignment: str = "top_left", empty_rows: str = "zero", dropout_mask=None,
-             seed: int | None = 0, trace: str = "auto", delivery: str = "window") -> Run:
+             seed: int | None = 0, alibi_slopes=None, rope=None, trace: str = "auto",
+             delivery: str = "window") -> Run:
     r"""Run attention as messages between token nodes and return what they computed.
 
     Every allowed route ``j -> i`` carries four messages (QUERY, SCORE, PULL, VALUE; see
@@ -50,8 +51,9 @@ def simulate(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causa
         Float arithmetic in a fixed order per node.
     softmax : {"two_phase"}
         Wait for every score (a barrier), then allocate the budget.
-    causal_alignment, empty_rows, dropout_mask, seed
-        As in :func:`~routing_sim.attention`.
+    causal_alignment, empty_rows, dropout_mask, seed, alibi_slopes, rope
+        As in :func:`~routing_sim.attention`. RoPE rotates q and k before a token
+        publishes them; ALiBi is added by the key node to the score it sends.
     trace : {"auto", "full", "summary"}
         Keep every message (``"full"``), only totals (``"summary"``), or full up to
         200,000 messages (``"auto"``).
@@ -88,7 +90,8 @@ def simulate(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causa
                                    f"{type(network).__name__}")
     problem = prepare(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
                       causal_alignment=causal_alignment, empty_rows=empty_rows,
-                      dropout_mask=dropout_mask, seed=seed, graph=graph)
+                      dropout_mask=dropout_mask, seed=seed, graph=graph,
+                      alibi_slopes=alibi_slopes, rope=rope)
     routes = RouteTable(problem.allowed)
     _check_empty_rows(problem, routes)
 
