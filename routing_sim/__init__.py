@@ -19,6 +19,7 @@ from .errors import (
     ShapeError,
 )
 from .messages import Kind
+from .modules import MultiHeadAttention
 from .network import Network
 from .positions import RotaryEmbedding
 from .reference import attention
@@ -32,6 +33,7 @@ __all__ = [
     "EmptyRowError",
     "InvalidArgumentError",
     "Kind",
+    "MultiHeadAttention",
     "Network",
     "NumericalError",
     "RotaryEmbedding",

@@ -81,6 +81,16 @@ def test_float32_in_float32_out(inputs, network):
     run = rs.simulate(query, key, value, network=network)
     assert run.output.dtype == np.float32 and run.weights.dtype == np.float32
     expected = rs.attention(*(x.astype(np.float64) for x in inputs))
+    # 1e-5 while scores stay within ±100; the float32 derived bound beyond.
+    output_tol, _ = rs.verify.tolerance(query, key, value)
+    assert (np.abs(run.output - expected) <= output_tol).all()
+
+
+def test_float32_contract_at_moderate_scores():
+    rng = np.random.default_rng(8)
+    query, key, value = (rng.normal(size=(3, 16, 8)) * 2).astype(np.float32)
+    run = rs.simulate(query, key, value)
+    expected = rs.attention(*(x.astype(np.float64) for x in (query, key, value)))
     np.testing.assert_allclose(run.output, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -178,3 +188,41 @@ def test_batched_heads_are_independent_groups():
         for h in range(3):
             single = rs.simulate(query[b, h], key[b, h], value[b, h])
             np.testing.assert_array_equal(run.output[b, h], single.output)
+
+
+@given(st.data())
+def test_multihead_cross_attention_with_broadcast_masks(data):
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    batch, heads = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 3))
+    kv_heads = data.draw(st.sampled_from([h for h in (1, 2, 3) if heads % h == 0]))
+    n_queries, n_keys = data.draw(st.integers(1, 5)), data.draw(st.integers(1, 5))
+    dim, value_dim = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))
+    q = rng.normal(size=(batch, heads, n_queries, dim)) * 3
+    k = rng.normal(size=(batch, kv_heads, n_keys, dim)) * 3
+    v = rng.normal(size=(batch, kv_heads, n_keys, value_dim))
+    mask_shape = data.draw(st.sampled_from([(n_queries, n_keys), (heads, 1, n_keys),
+                                            (batch, 1, n_queries, n_keys)]))
+    mask = rng.random(mask_shape) < 0.6
+    options = dict(attn_mask=mask, enable_gqa=kv_heads != heads,
+                   empty_rows=data.draw(st.sampled_from(["zero", "nan"])))
+    run = rs.simulate(q, k, v, network=rs.Network(jitter=0.7, seed=3), **options)
+    expected, weights = rs.attention(q, k, v, return_weights=True, **options)
+    output_tol, weight_tol = rs.verify.tolerance(q, k, v, **options)
+    assert run.weights.shape == (batch, heads, n_queries, n_keys)
+    np.testing.assert_array_equal(np.isnan(run.output), np.isnan(expected))
+    assert (np.nan_to_num(np.abs(run.output - expected)) <= output_tol).all()
+    assert (np.nan_to_num(np.abs(run.weights - weights)) <= weight_tol).all()
+
+
+def test_sliding_window_and_padding_graphs_route_like_their_masks():
+    rng = np.random.default_rng(2)
+    q, k, v = rng.normal(size=(3, 6, 3))
+    for graph in (rs.graphs.sliding_window(6, 3), rs.graphs.padding(6, 4)):
+        run = rs.simulate(q, k, v, graph=graph)
+        expected = rs.attention(q, k, v, attn_mask=rs.graphs.to_mask(graph))
+        np.testing.assert_allclose(run.output, expected, rtol=1e-12, atol=1e-12)
+    padded = rs.masks.padding_mask([2, 6], 6)
+    batch_q = np.stack([q, q])
+    run = rs.simulate(batch_q[:, None], batch_q[:, None], np.stack([v, v])[:, None],
+                      attn_mask=padded)
+    assert (run.weights[0, 0][:, 2:] == 0).all() and (run.weights[1, 0] > 0).all()

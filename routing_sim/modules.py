@@ -1,0 +1,305 @@
+"""``MultiHeadAttention``: nn.MultiheadAttention's weights and semantics, run as messages."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+from .errors import InvalidArgumentError, ShapeError
+from .reference import attention
+from .simulate import simulate
+
+__all__ = ["MultiHeadAttention"]
+
+ENGINES = ("messages", "matrix")
+
+
+class MultiHeadAttention:
+    r"""Multi-head attention with PyTorch's ``nn.MultiheadAttention`` layout (batch_first).
+
+    .. math:: \mathrm{out} = \mathrm{concat}_h\big(\mathrm{attention}(Q W_q^{h\top},
+              K W_k^{h\top}, V W_v^{h\top})\big) W_o^\top + b_o
+
+    Each head is a routing strategy of its own over the same tokens; with
+    ``engine="messages"`` every head's routes run as messages in one simulation
+    (:func:`~routing_sim.simulate`), with ``engine="matrix"`` through
+    :func:`~routing_sim.attention`. Both give the same numbers.
+
+    Parameters
+    ----------
+    embed_dim, num_heads : int
+        Model width E and number of query heads H (E must divide by H).
+    kdim, vdim : int, optional
+        Feature dims of ``key`` and ``value`` inputs (default E). When either differs from
+        E, the projections are separate (``q_proj_weight`` ...) instead of ``in_proj_weight``.
+    bias : bool
+        Learn ``in_proj_bias`` and ``out_proj.bias``.
+    add_bias_kv : bool
+        Learn ``bias_k`` and ``bias_v``: one extra key/value token every query may pull from.
+    add_zero_attn : bool
+        Append one all-zero key/value token (a route whose value is nothing).
+    num_kv_heads : int, optional
+        Grouped-query attention: H / num_kv_heads query heads share each key/value head.
+        Not in PyTorch's module; with it the projections are separate.
+    seed : int
+        Seed of the initial weights (PyTorch's initialisation scheme).
+
+    Examples
+    --------
+    >>> mha = MultiHeadAttention(8, 2, seed=0)
+    >>> x = np.random.default_rng(0).normal(size=(1, 5, 8))
+    >>> out, weights = mha(x, x, x)
+    >>> out.shape, weights.shape
+    ((1, 5, 8), (1, 5, 5))
+    >>> matrix, _ = mha(x, x, x, engine="matrix")
+    >>> bool(np.allclose(out, matrix, rtol=1e-12, atol=1e-12))
+    True
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, kdim: int | None = None,
+                 vdim: int | None = None, bias: bool = True, add_bias_kv: bool = False,
+                 add_zero_attn: bool = False, num_kv_heads: int | None = None,
+                 seed: int = 0) -> None:
+        self.embed_dim = _positive("embed_dim", embed_dim)
+        self.num_heads = _positive("num_heads", num_heads)
+        self.kdim = self.embed_dim if kdim is None else _positive("kdim", kdim)
+        self.vdim = self.embed_dim if vdim is None else _positive("vdim", vdim)
+        self.num_kv_heads = self.num_heads if num_kv_heads is None else _positive(
+            "num_kv_heads", num_kv_heads)
+        if self.embed_dim % self.num_heads:
+            raise InvalidArgumentError(f"embed_dim {self.embed_dim} is not divisible by "
+                                       f"num_heads {self.num_heads}")
+        if self.num_heads % self.num_kv_heads:
+            raise InvalidArgumentError(f"num_heads {self.num_heads} is not a multiple of "
+                                       f"num_kv_heads {self.num_kv_heads}")
+        self.head_dim = self.embed_dim // self.num_heads
+        self.add_zero_attn = bool(add_zero_attn)
+        self.packed = self.kdim == self.vdim == self.embed_dim and \
+            self.num_kv_heads == self.num_heads
+        self.last_run = None
+        self._parameters = self._initial(np.random.default_rng(seed), bool(bias),
+                                         bool(add_bias_kv))
+
+    @property
+    def kv_dim(self) -> int:
+        """Width of the projected keys and values: num_kv_heads · head_dim."""
+        return self.num_kv_heads * self.head_dim
+
+    def _initial(self, rng: np.random.Generator, bias: bool, add_bias_kv: bool
+                 ) -> dict[str, np.ndarray]:
+        """PyTorch's scheme: xavier-uniform projections, zero biases, xavier-normal bias_k/v."""
+        def xavier(rows: int, cols: int) -> np.ndarray:
+            bound = math.sqrt(6.0 / (rows + cols))
+            return rng.uniform(-bound, bound, size=(rows, cols))
+
+        E, kv = self.embed_dim, self.kv_dim
+        parameters: dict[str, np.ndarray] = {}
+        if self.packed:
+            parameters["in_proj_weight"] = xavier(3 * E, E)
+        else:
+            parameters["q_proj_weight"] = xavier(E, E)
+            parameters["k_proj_weight"] = xavier(kv, self.kdim)
+            parameters["v_proj_weight"] = xavier(kv, self.vdim)
+        if bias:
+            parameters["in_proj_bias"] = np.zeros(E + 2 * kv)
+        if add_bias_kv:
+            parameters["bias_k"] = rng.normal(0, math.sqrt(2.0 / (2 * kv)), size=(1, 1, kv))
+            parameters["bias_v"] = rng.normal(0, math.sqrt(2.0 / (2 * kv)), size=(1, 1, kv))
+        bound = 1 / math.sqrt(E)
+        parameters["out_proj.weight"] = rng.uniform(-bound, bound, size=(E, E))
+        if bias:
+            parameters["out_proj.bias"] = np.zeros(E)
+        return parameters
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """The weights under PyTorch's key names (copies)."""
+        return {name: array.copy() for name, array in self._parameters.items()}
+
+    def load_state_dict(self, mapping: Mapping[str, object]) -> None:
+        """Load weights by PyTorch's key names; values may be anything numpy can convert.
+
+        A torch ``state_dict()`` works as it is (routing_sim never imports torch).
+
+        Raises
+        ------
+        InvalidArgumentError
+            Missing or unexpected keys (named).
+        ShapeError
+            A value of the wrong shape (the key and both shapes are named).
+        """
+        given, expected = set(mapping), set(self._parameters)
+        if given != expected:
+            missing, extra = sorted(expected - given), sorted(given - expected)
+            raise InvalidArgumentError(
+                "state dict does not fit this module: "
+                + "; ".join(part for part in (f"missing keys {missing}" if missing else "",
+                                              f"unexpected keys {extra}" if extra else "")
+                            if part))
+        loaded = {}
+        for name, current in self._parameters.items():
+            array = np.asarray(mapping[name], dtype=np.float64).copy()
+            if array.shape != current.shape:
+                raise ShapeError(f"state dict entry {name!r} has shape {array.shape}, this module "
+                                 f"needs {current.shape}")
+            if not np.isfinite(array).all():
+                raise InvalidArgumentError(f"state dict entry {name!r} holds non-finite values")
+            loaded[name] = array
+        self._parameters = loaded
+
+    def projections(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The query, key and value projection matrices ``(E, E)``, ``(kv, kdim)``, ``(kv, vdim)``."""
+        if self.packed:
+            return tuple(np.split(self._parameters["in_proj_weight"], 3))
+        return (self._parameters["q_proj_weight"], self._parameters["k_proj_weight"],
+                self._parameters["v_proj_weight"])
+
+    def __call__(self, query, key, value, key_padding_mask=None, need_weights: bool = True,
+                 attn_mask=None, average_attn_weights: bool = True, is_causal: bool = False,
+                 engine: str = "messages", **options):
+        """Attend, as ``nn.MultiheadAttention(batch_first=True)`` does.
+
+        Parameters
+        ----------
+        query : array_like, shape (N, L, E) or (L, E)
+        key : array_like, shape (N, S, kdim) or (S, kdim)
+        value : array_like, shape (N, S, vdim) or (S, vdim)
+        key_padding_mask : array_like, shape (N, S) or (S,), optional
+            Bool: True = padded key, ignored. Float: added to the scores.
+        need_weights : bool
+            Also return the attention weights.
+        attn_mask : array_like, shape (L, S) or (N·num_heads, L, S), optional
+            Bool: **True = blocked** (the opposite of SDPA). Float: added to the scores.
+        average_attn_weights : bool
+            Average the returned weights over heads ``(N, L, S)``; else ``(N, H, L, S)``.
+        is_causal : bool
+            Without ``attn_mask``: apply the causal mask. With it: a hint, as in PyTorch
+            (the given mask is used as it is).
+        engine : {"messages", "matrix"}
+            Run the heads as messages (:func:`simulate`; the Run is kept in
+            ``self.last_run``) or in matrix form.
+        **options
+            Passed on to :func:`simulate` / :func:`attention` (``empty_rows``, ``network``,
+            ``numerics``, ...). ``empty_rows="nan"`` reproduces PyTorch's NaN rows when every
+            key of a query is masked and ``need_weights=True``.
+
+        Returns
+        -------
+        output : ndarray, shape (N, L, E) or (L, E)
+        weights : ndarray or None
+        """
+        if engine not in ENGINES:
+            raise InvalidArgumentError(f"engine must be one of {ENGINES}, got {engine!r}")
+        query, key, value, batched = self._inputs(query, key, value)
+        n_batch, n_queries, _ = query.shape
+        q, k, v = self._project(query, key, value)                     # (N, H, L, d), (N, Hkv, S', d) x2
+        mask = self._route_mask(attn_mask, key_padding_mask, is_causal, n_batch, n_queries,
+                                key.shape[1], k.shape[2], batched)
+        arguments = dict(attn_mask=mask, enable_gqa=self.num_kv_heads != self.num_heads,
+                         **options)
+        if engine == "messages":
+            self.last_run = simulate(q, k, v, **arguments)
+            heads, weights = self.last_run.output, self.last_run.weights
+        else:
+            heads, weights = attention(q, k, v, return_weights=True, **arguments)
+        merged = heads.transpose(0, 2, 1, 3).reshape(n_batch, n_queries, self.embed_dim)
+        output = merged @ self._parameters["out_proj.weight"].T        # (N, L, E)
+        if "out_proj.bias" in self._parameters:
+            output = output + self._parameters["out_proj.bias"]
+        if need_weights and average_attn_weights:
+            weights = weights.mean(axis=1)                             # (N, L, S')
+        if not batched:
+            output, weights = output[0], weights[0]
+        return output, (weights if need_weights else None)
+
+    def _inputs(self, query, key, value):
+        arrays = [np.asarray(x) for x in (query, key, value)]
+        for name, array in zip(("query", "key", "value"), arrays):
+            if array.ndim not in (2, 3):
+                raise ShapeError(f"{name} must be (N, L, E) batched or (L, E) unbatched, got shape "
+                                 f"{array.shape}")
+        if len({array.ndim for array in arrays}) > 1:
+            raise ShapeError("query, key and value must all be batched (3-D) or all unbatched "
+                             f"(2-D), got shapes {[a.shape for a in arrays]}")
+        batched = arrays[0].ndim == 3
+        query, key, value = (a if batched else a[None] for a in arrays)
+        for name, array, width in (("query", query, self.embed_dim), ("key", key, self.kdim),
+                                   ("value", value, self.vdim)):
+            if array.shape[-1] != width:
+                option = {"query": "embed_dim", "key": "kdim", "value": "vdim"}[name]
+                raise ShapeError(f"{name} has {array.shape[-1]} features but the module's {option} "
+                                 f"is {width} ({name} shape {array.shape})")
+        if key.shape[:2] != value.shape[:2] or key.shape[0] != query.shape[0]:
+            raise ShapeError(f"batch and sequence dims do not fit: query {query.shape}, key "
+                             f"{key.shape}, value {value.shape}")
+        return query, key, value, batched
+
+    def _project(self, query, key, value):
+        """Project and split into heads; append bias_k/bias_v and the zero-attention token."""
+        w_q, w_k, w_v = self.projections()
+        E, kv = self.embed_dim, self.kv_dim
+        q, k, v = query @ w_q.T, key @ w_k.T, value @ w_v.T            # (N, L, E), (N, S, kv) x2
+        if "in_proj_bias" in self._parameters:
+            b = self._parameters["in_proj_bias"]
+            q, k, v = q + b[:E], k + b[E:E + kv], v + b[E + kv:]
+        n_batch = q.shape[0]
+        extra_k, extra_v = [], []
+        if "bias_k" in self._parameters:
+            extra_k.append(np.broadcast_to(self._parameters["bias_k"], (n_batch, 1, kv)))
+            extra_v.append(np.broadcast_to(self._parameters["bias_v"], (n_batch, 1, kv)))
+        if self.add_zero_attn:
+            extra_k.append(np.zeros((n_batch, 1, kv)))
+            extra_v.append(np.zeros((n_batch, 1, kv)))
+        k = np.concatenate([k, *extra_k], axis=1)                      # (N, S', kv)
+        v = np.concatenate([v, *extra_v], axis=1)
+
+        def heads(x: np.ndarray, count: int) -> np.ndarray:
+            return x.reshape(n_batch, x.shape[1], count, self.head_dim).transpose(0, 2, 1, 3)
+
+        return heads(q, self.num_heads), heads(k, self.num_kv_heads), heads(v, self.num_kv_heads)
+
+    def _route_mask(self, attn_mask, key_padding_mask, is_causal: bool, n_batch: int,
+                    n_queries: int, n_keys: int, n_routes: int, batched: bool):
+        """One SDPA-style mask ``(N, H, L, S')`` from MHA's masks (True = blocked there)."""
+        H = self.num_heads
+        blocked = []                                                   # float (-inf) or bool
+        if attn_mask is not None:
+            mask = np.asarray(attn_mask)
+            if mask.shape == (n_queries, n_keys):
+                mask = mask[None, None]
+            elif mask.shape == (n_batch * H, n_queries, n_keys):
+                mask = mask.reshape(n_batch, H, n_queries, n_keys)
+            else:
+                raise ShapeError(f"attn_mask must be (L, S) = {(n_queries, n_keys)} or "
+                                 f"(N*num_heads, L, S) = {(n_batch * H, n_queries, n_keys)}, "
+                                 f"got {mask.shape}")
+            blocked.append(mask)
+        elif is_causal:
+            blocked.append(np.triu(np.ones((n_queries, n_keys), dtype=bool), k=1)[None, None])
+        if key_padding_mask is not None:
+            padded = np.asarray(key_padding_mask)
+            expected = (n_batch, n_keys) if batched else (n_keys,)
+            if padded.shape != expected:
+                raise ShapeError(f"key_padding_mask must have shape {expected} (batch, S), got "
+                                 f"{padded.shape}")
+            blocked.append(padded.reshape(n_batch, 1, 1, n_keys))
+        if not blocked:
+            return None
+        for mask in blocked:
+            if mask.dtype != bool and not np.issubdtype(mask.dtype, np.floating):
+                raise InvalidArgumentError(f"MHA masks must be bool (True = blocked) or float "
+                                           f"(added), got dtype {mask.dtype}")
+        extra = n_routes - n_keys        # bias_k / zero-attention tokens: always reachable
+        if all(mask.dtype == bool for mask in blocked):
+            allowed = ~np.logical_or.reduce(np.broadcast_arrays(*blocked))
+            return np.pad(allowed, [(0, 0)] * 3 + [(0, extra)], constant_values=True)
+        bias = sum(np.where(mask, -np.inf, 0.0) if mask.dtype == bool else mask.astype(float)
+                   for mask in blocked)
+        return np.pad(bias, [(0, 0)] * 3 + [(0, extra)], constant_values=0.0)
+
+
+def _positive(name: str, number) -> int:
+    if isinstance(number, bool) or not isinstance(number, (int, np.integer)) or number < 1:
+        raise InvalidArgumentError(f"{name} must be a positive integer, got {number!r}")
+    return int(number)
