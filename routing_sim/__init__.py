@@ -20,16 +20,18 @@ from .errors import (
 )
 from .messages import Kind
 from .modules import MultiHeadAttention
-from .network import Network
+from .network import Crash, Network
 from .positions import RotaryEmbedding
 from .reference import attention
-from .run import Route, RoutingTable, Run, Stats
+from .run import DroppedRoute, Route, RoutingTable, Run, Stats
 from .simulate import simulate
 from .trace import Trace
 
 __all__ = [
+    "Crash",
     "DTypeError",
     "DeliveryError",
+    "DroppedRoute",
     "EmptyRowError",
     "InvalidArgumentError",
     "Kind",

@@ -1,6 +1,6 @@
-"""The token node: what it does when each kind of message arrives (two-phase protocol).
+"""The token node: what it does when each kind of message arrives.
 
-For every route ``j -> i``::
+Two-phase (the default), for every route ``j -> i``::
 
     i --QUERY q_i--> j        i asks: "this is what I am looking for"
     i <--SCORE s_ij-- j       j answers with how well its key matches (k_j never leaves j)
@@ -9,10 +9,17 @@ For every route ``j -> i``::
     i <--VALUE v_j-- j        j sends its payload
     i: weighted pull          once every value is in: o_i = Σ_j w_ij v_j, in source order
 
-Handlers receive whole batches of deliveries (all the messages of one kind that the
-transport delivers together) and act on each message at its own arrival time. The
-arithmetic of a node runs once per node, over its whole route list in source order
-(:mod:`routing_sim.numerics`), so no schedule can change a bit of the result.
+Online (``softmax="online"``): no barrier. A SCORE is answered at once with a PULL, and each
+arriving (score, value) pair updates i's running max m, normaliser l and accumulator o,
+rescaling by exp(m_old - m_new): the FlashAttention algebra. Output o / l.
+
+Requests (QUERY, PULL) are retried like RPCs when the network can lose them: a sender
+that has no answer ``timeout`` after sending resends, up to ``retries`` times. Receivers
+are idempotent: a key node answers each request id once; a query node counts the first
+answer per route and ignores copies. Handlers take whole batches of deliveries and act
+on each message at its own arrival time. A node's arithmetic runs once per node, over its
+route list in source order (:mod:`routing_sim.numerics`), so no schedule changes a bit of
+the two-phase result.
 """
 
 from __future__ import annotations
@@ -21,85 +28,166 @@ import numpy as np
 
 from .inputs import Problem
 from .messages import Kind
-from .numerics import match_scores, routing_budget, weighted_pull
+from .numerics import Kernels
 from .routes import RouteTable
-from .transport import Deliveries, Transport
+from .transport import Deliveries, Timers, Transport
 
-__all__ = ["TwoPhaseNode"]
+__all__ = ["OnlineNodes", "TwoPhaseNodes"]
+
+SCORE_PHASE, VALUE_PHASE = 1, 2
 
 
-class TwoPhaseNode:
+class TwoPhaseNodes:
     """The state and handlers of every token node in a run, vectorised over nodes.
 
-    Per route it keeps the score and share once known; per query node the count of
-    arrived scores and values, the barrier time and the time its output was complete.
+    Per route: the score and share once known, when its SCORE and VALUE first arrived,
+    and whether it died (no answer after every retry). Per query node: how many routes
+    are settled in each phase, the barrier time and the time its output was complete.
     """
 
-    def __init__(self, problem: Problem, routes: RouteTable, transport: Transport) -> None:
-        self.problem = problem
-        self.routes = routes
-        self.transport = transport
-        n_nodes, dtype = routes.n_nodes, problem.dtype
-        self.scores = np.zeros(len(routes), dtype=dtype)               # (R,) s_ij
-        self.shares = np.zeros(len(routes), dtype=dtype)               # (R,) w_ij after dropout
-        self.value_arrived = np.full(len(routes), np.nan)              # (R,) when v_j reached i
+    def __init__(self, problem: Problem, routes: RouteTable, transport: Transport,
+                 kernels: Kernels, on_missing: str = "strict") -> None:
+        self.problem, self.routes, self.transport, self.kernels = problem, routes, transport, \
+            kernels
+        self.on_missing = on_missing
+        n_routes, n_nodes, dtype = len(routes), routes.n_nodes, problem.dtype
+        self.scores = np.zeros(n_routes, dtype=dtype)                  # (R,) s_ij
+        self.shares = np.zeros(n_routes, dtype=dtype)                  # (R,) w_ij after dropout
+        self.score_time = np.full(n_routes, np.nan)                    # (R,) first SCORE in
+        self.value_time = np.full(n_routes, np.nan)                    # (R,) first VALUE in
+        self.dead = np.zeros(n_routes, dtype=np.int8)                  # (R,) phase it died in
+        self.would_have = np.full(n_routes, np.nan)                    # (R,) share of a dead route
         self.output = np.zeros((n_nodes, problem.shape[4]), dtype=dtype)  # (G·L, Ev)
         self.barrier_time = np.full(n_nodes, -np.inf)                  # (G·L,)
         self.done_time = np.full(n_nodes, np.nan)                      # (G·L,)
+        self.failed = np.zeros(n_nodes, dtype=bool)                    # strict: gave up
+        self.retransmissions = {Kind.QUERY: 0, Kind.PULL: 0}
+        self.ignored = 0                                               # copies and late answers
         self._needed = routes.routes_per_node()                        # (G·L,)
-        self._scores_in = np.zeros(n_nodes, dtype=np.int64)
-        self._values_in = np.zeros(n_nodes, dtype=np.int64)
         self._kept = None if problem.keep is None else problem.keep.reshape(
             n_nodes, -1)[routes.query_node, routes.key_index]          # (R,) bool
         self._values_needed = self._needed if self._kept is None else np.bincount(
             routes.query_node[self._kept], minlength=n_nodes)
+        self._scores_settled = np.zeros(n_nodes, dtype=np.int64)
+        self._values_settled = np.zeros(n_nodes, dtype=np.int64)
+        self._answered = {Kind.QUERY: np.zeros(n_routes, np.int64),
+                          Kind.PULL: np.zeros(n_routes, np.int64)}    # bit a: attempt a answered
+        self._retrying = transport.network.faulty
+        self._retries = transport.network.retries
+        self._dropout_scale = problem.dtype.type(1.0 / (1.0 - problem.dropout_p))
         self._handlers = {Kind.QUERY: self.on_query, Kind.SCORE: self.on_score,
                           Kind.PULL: self.on_pull, Kind.VALUE: self.on_value}
+        self._processing = transport.network.processing
+        transport.on_deliver, transport.on_timer = self.deliver, self.on_timer
+
+    # ----------------------------------------------------------------- protocol
 
     def start(self) -> None:
         """At time 0 every query node sends a QUERY on each of its routes."""
         every_route = np.arange(len(self.routes))
-        self.transport.send(Kind.QUERY, every_route, np.zeros(len(every_route)))
+        self._request(Kind.QUERY, every_route, np.zeros(len(every_route)), 0)
 
     def deliver(self, batch: Deliveries) -> None:
         self._handlers[batch.kind](batch)
 
     def on_query(self, batch: Deliveries) -> None:
         """Key node j: answer each query with its match score, as soon as it arrives."""
-        self.transport.send(Kind.SCORE, batch.routes, batch.arrive)
+        fresh = self._fresh_requests(batch)
+        self.transport.send(Kind.SCORE, batch.routes[fresh],
+                            batch.arrive[fresh] + self._processing, batch.attempt[fresh])
 
     def on_score(self, batch: Deliveries) -> None:
         """Query node i: when the last score is in, allocate the budget and send PULLs."""
-        ready = self._count_in(batch, self._scores_in, self._needed, self.barrier_time)
-        for node in ready:
-            self._allocate(int(node))
-        pulls = self.routes.routes_of(ready)
-        if self._kept is not None:
-            pulls = pulls[self._kept[pulls]]
-        self.transport.send(Kind.PULL, pulls, self.barrier_time[self.routes.query_node[pulls]])
-        nothing_to_pull = ready[self._values_needed[ready] == 0]
-        self.done_time[nothing_to_pull] = self.barrier_time[nothing_to_pull]
+        routes, times = self._first_answers(batch, self.score_time)
+        self._settle_scores(routes, times)
 
     def on_pull(self, batch: Deliveries) -> None:
         """Key node j: send the value to whoever pulls it."""
-        self.transport.send(Kind.VALUE, batch.routes, batch.arrive)
+        fresh = self._fresh_requests(batch)
+        self.transport.send(Kind.VALUE, batch.routes[fresh],
+                            batch.arrive[fresh] + self._processing, batch.attempt[fresh])
 
     def on_value(self, batch: Deliveries) -> None:
         """Query node i: when the last value is in, add the shares up."""
-        self.value_arrived[batch.routes] = batch.arrive
-        ready = self._count_in(batch, self._values_in, self._values_needed, self.done_time)
-        for node in ready:
+        routes, times = self._first_answers(batch, self.value_time)
+        self._settle_values(routes, times)
+
+    def on_timer(self, timers: Timers) -> None:
+        """A request's timer fired: resend if its answer is not in, or give the route up."""
+        answer_time = self.score_time if timers.kind == Kind.QUERY else self.value_time
+        waiting = ~(answer_time[timers.routes] <= timers.due) & (self.dead[timers.routes] == 0)
+        routes, attempts, due = (x[waiting] for x in (timers.routes, timers.attempts, timers.due))
+        again = attempts < self._retries
+        self.retransmissions[timers.kind] += int(again.sum())
+        self._request(timers.kind, routes[again], due[again], attempts[again] + 1)
+        lost, when = routes[~again], due[~again]
+        if timers.kind == Kind.QUERY:
+            self.dead[lost] = SCORE_PHASE
+            self._settle_scores(lost, when)
+        else:
+            self.dead[lost] = VALUE_PHASE
+            self._settle_values(lost, when)
+
+    # ----------------------------------------------------------------- bookkeeping
+
+    def _request(self, kind: Kind, routes: np.ndarray, ready: np.ndarray, attempt) -> None:
+        self.transport.send(kind, routes, ready, attempt)
+        if self._retrying:
+            self.transport.arm(kind, routes, np.broadcast_to(np.asarray(attempt, np.int64),
+                                                             routes.shape), ready)
+
+    def _fresh_requests(self, batch: Deliveries) -> np.ndarray:
+        """Key-node idempotence: which deliveries are requests not answered before."""
+        answered = self._answered[batch.kind]
+        bits = np.left_shift(np.int64(1), batch.attempt)
+        fresh = (answered[batch.routes] & bits) == 0
+        _, first = np.unique(batch.ids, return_index=True)
+        once = np.zeros(len(batch), dtype=bool)
+        once[first] = True
+        fresh &= once
+        np.bitwise_or.at(answered, batch.routes[fresh], bits[fresh])
+        self.ignored += len(batch) - int(fresh.sum())
+        return fresh
+
+    def _first_answers(self, batch: Deliveries, first_time: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """Query-node idempotence: the first answer per live route counts, copies do not."""
+        new = np.isnan(first_time[batch.routes]) & (self.dead[batch.routes] == 0)
+        _, first = np.unique(batch.routes, return_index=True)
+        once = np.zeros(len(batch), dtype=bool)
+        once[first] = True
+        new &= once
+        self.ignored += len(batch) - int(new.sum())
+        routes, times = batch.routes[new], batch.arrive[new]
+        first_time[routes] = times
+        return routes, times
+
+    def _settle(self, routes: np.ndarray, times: np.ndarray, settled: np.ndarray,
+                needed: np.ndarray, latest: np.ndarray) -> np.ndarray:
+        """Count settled routes per query node; return nodes whose last one just settled."""
+        nodes = self.routes.query_node[routes]
+        counts = np.bincount(nodes, minlength=len(settled))            # (G·L,)
+        touched = np.flatnonzero(counts)
+        settled[touched] += counts[touched]
+        np.fmax.at(latest, nodes, times)
+        return touched[settled[touched] == needed[touched]]
+
+    def _settle_scores(self, routes: np.ndarray, times: np.ndarray) -> None:
+        ready = self._settle(routes, times, self._scores_settled, self._needed,
+                             self.barrier_time)
+        pulls = [self._allocate(int(node)) for node in ready]
+        pulls = np.concatenate(pulls) if pulls else np.zeros(0, np.int64)
+        self._request(Kind.PULL, pulls,
+                      self.barrier_time[self.routes.query_node[pulls]] + self._processing, 0)
+        no_values = ready[(self._values_needed[ready] == 0) & ~self.failed[ready]]
+        self.done_time[no_values] = self.barrier_time[no_values] + self._processing
+
+    def _settle_values(self, routes: np.ndarray, times: np.ndarray) -> None:
+        for node in self._settle(routes, times, self._values_settled, self._values_needed,
+                                 self.done_time):
             self._aggregate(int(node))
 
-    def _count_in(self, batch: Deliveries, arrived: np.ndarray, needed: np.ndarray,
-                  latest: np.ndarray) -> np.ndarray:
-        """Count arrivals per query node; return the nodes whose last one just came in."""
-        nodes = self.routes.query_node[batch.routes]
-        counts = np.bincount(nodes, minlength=len(arrived))           # (G·L,)
-        touched = np.flatnonzero(counts)
-        arrived[touched] += counts[touched]
-        np.fmax.at(latest, nodes, batch.arrive)
-        return touched[arrived[touched] == needed[touched]]
+    # ----------------------------------------------------------------- arithmetic
 
     def _node(self, node: int) -> tuple[int, int, slice]:
         group, token = divmod(node, self.routes.n_queries)
@@ -111,24 +199,166 @@ class TwoPhaseNode:
             return rows[keys[0]:keys[-1] + 1]                          # contiguous: a view
         return rows[keys]
 
-    def _allocate(self, node: int) -> None:
-        """Scores -> stable softmax -> shares (then dropout), for one query node."""
+    def _node_scores(self, node: int) -> None:
+        """Every score of one query node, in source order (the key nodes' answers)."""
         problem = self.problem
         group, token, span = self._node(node)
         keys = self.routes.key_index[span]
         bias = None if problem.bias is None else problem.bias[group, token, keys]
-        scores = match_scores(self._gather(problem.key[group], keys), problem.query[group, token],
-                              problem.scale, bias)                     # (n_routes,)
-        shares = routing_budget(scores)                                # (n_routes,)
+        self.scores[span] = self.kernels.scores(self._gather(problem.key[group], keys),
+                                                problem.query[group, token], problem.scale,
+                                                bias)
+
+    def _budget(self, node: int, alive: np.ndarray) -> np.ndarray:
+        """Shares (after dropout) of a node's live routes; 0 for the dead ones."""
+        _, _, span = self._node(node)
+        shares = np.zeros(span.stop - span.start, dtype=self.problem.dtype)
+        if alive.any():
+            shares[alive] = self.kernels.budget(self.scores[span][alive])
         if self._kept is not None:
-            shares *= self._kept[span] * problem.dtype.type(1.0 / (1.0 - problem.dropout_p))
-        self.scores[span], self.shares[span] = scores, shares
+            shares *= self._kept[span] * self._dropout_scale
+        return shares
+
+    def _allocate(self, node: int) -> np.ndarray:
+        """Barrier passed: scores -> shares. Returns the routes to PULL on."""
+        _, _, span = self._node(node)
+        self._node_scores(node)
+        alive = self.dead[span] == 0
+        if not alive.all():
+            self._note_would_have(node)
+            if self.on_missing == "strict":
+                self.failed[node] = True
+                return np.zeros(0, np.int64)
+        self.shares[span] = self._budget(node, alive)
+        pull = alive if self._kept is None else alive & self._kept[span]
+        self._values_needed[node] = int(pull.sum())
+        return np.flatnonzero(pull) + span.start
+
+    def _note_would_have(self, node: int) -> None:
+        """The shares a node's dead routes would have had had every answer come in."""
+        _, _, span = self._node(node)
+        full = self._budget(node, np.ones(span.stop - span.start, dtype=bool))
+        lost = self.dead[span] != 0
+        self.would_have[span][lost] = full[lost]
 
     def _aggregate(self, node: int) -> None:
         """o_i = Σ_j w_ij v_j over the values node i pulled, in source order."""
         group, _, span = self._node(node)
-        keys, shares = self.routes.key_index[span], self.shares[span]
-        if self._kept is not None:
-            kept = self._kept[span]
-            keys, shares = keys[kept], shares[kept]
-        self.output[node] = weighted_pull(shares, self._gather(self.problem.value[group], keys))
+        if (self.dead[span] == VALUE_PHASE).any():
+            self._note_would_have(node)
+            if self.on_missing == "strict":
+                self.failed[node] = True
+                self.done_time[node] = np.nan
+                return
+            self.shares[span] = self._budget(node, self.dead[span] == 0)
+        pulled = ~np.isnan(self.value_time[span])
+        keys = self.routes.key_index[span][pulled]
+        self.output[node] = self.kernels.pull(self.shares[span][pulled],
+                                              self._gather(self.problem.value[group], keys))
+        self.done_time[node] += self._processing
+
+
+class OnlineNodes(TwoPhaseNodes):
+    """Streaming softmax: no barrier; each (score, value) pair updates (m, l, o) on arrival.
+
+    Pair updates of one node are applied in arrival order (ties by message id) at the end
+    of each delivery step, so the trace's ``rescale`` column holds, for each VALUE, the
+    factor exp(m_old - m_new) its arrival applied to the node's state.
+    """
+
+    def __init__(self, *args, keep_stream: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        n_nodes, dtype = self.routes.n_nodes, self.problem.dtype
+        self.running_max = np.full(n_nodes, -np.inf, dtype=dtype)     # (G·L,) m
+        self.normaliser = np.zeros(n_nodes, dtype=dtype)               # (G·L,) l
+        self.accumulator = np.zeros_like(self.output)                  # (G·L, Ev) o
+        self.rescale = np.full(len(self.routes), np.nan)               # (R,) factor applied
+        self.stream: list[tuple[float, int, np.ndarray]] | None = [] if keep_stream else None
+        self._scored = np.zeros(n_nodes, dtype=bool)
+        self._finished_at = np.full(n_nodes, np.nan)
+        self._updates: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._touched: list[np.ndarray] = []
+        self.transport.on_step_end = self.apply_updates
+
+    def _settle_scores(self, routes: np.ndarray, times: np.ndarray) -> None:
+        """No barrier: PULL each kept route at once; a dropped route updates l alone."""
+        for node in np.unique(self.routes.query_node[routes]):
+            if not self._scored[node]:
+                self._node_scores(int(node))
+                self._scored[node] = True
+        alive = self.dead[routes] == 0
+        kept = alive if self._kept is None else alive & self._kept[routes]
+        self._request(Kind.PULL, routes[kept], times[kept] + self._processing, 0)
+        dropped = alive & ~kept
+        self._updates.append((routes[dropped], times[dropped], np.zeros(int(dropped.sum()), bool)))
+        self._settle(routes, times, self._scores_settled, self._needed, self.barrier_time)
+        self._settle(routes[~kept], times[~kept], self._values_settled, self._needed,
+                     self.done_time)
+        self._touched.append(self.routes.query_node[routes])
+
+    def _settle_values(self, routes: np.ndarray, times: np.ndarray) -> None:
+        alive = self.dead[routes] == 0
+        self._updates.append((routes[alive], times[alive], np.ones(int(alive.sum()), bool)))
+        self._settle(routes, times, self._values_settled, self._needed, self.done_time)
+        self._touched.append(self.routes.query_node[routes])
+
+    def apply_updates(self) -> None:
+        """Apply this step's pair updates, node by node in arrival order, vectorised over nodes."""
+        touched = np.unique(np.concatenate(self._touched)) if self._touched else np.zeros(0, int)
+        self._touched = []
+        if not self._updates:
+            self._finish(touched)
+            return
+        routes, times, has_value = (np.concatenate(part) for part in zip(*self._updates))
+        self._updates = []
+        nodes = self.routes.query_node[routes]
+        order = np.lexsort((routes, times, nodes))
+        routes, times, has_value, nodes = routes[order], times[order], has_value[order], \
+            nodes[order]
+        starts = np.r_[0, np.flatnonzero(np.diff(nodes)) + 1]
+        rank = np.arange(len(nodes)) - np.repeat(starts, np.diff(np.r_[starts, len(nodes)]))
+        value, groups = self.problem.value, self.routes.group(routes)
+        for step in range(int(rank.max(initial=-1)) + 1):
+            at = rank == step
+            node, route = nodes[at], routes[at]
+            score = self.scores[route]
+            old_max = self.running_max[node]
+            new_max = np.maximum(old_max, score)
+            factor = np.exp(old_max - new_max)                          # rescale of (l, o)
+            weight = np.exp(score - new_max)
+            self.normaliser[node] = factor * self.normaliser[node] + weight
+            pulled = weight * has_value[at]
+            self.accumulator[node] = (factor[:, None] * self.accumulator[node]
+                                      + pulled[:, None] * value[groups[at],
+                                                                self.routes.key_index[route]])
+            self.running_max[node] = new_max
+            self.rescale[route] = factor
+            if self.stream is not None:
+                for u, t in zip(node.tolist(), times[at].tolist()):
+                    self.stream.append((t, u, self.accumulator[u] / self.normaliser[u]))
+        self._finish(touched)
+
+    def _finish(self, nodes: np.ndarray) -> None:
+        """Nodes with every route settled: output o / l, and the shares for the tables."""
+        done = nodes[(self._values_settled[nodes] == self._needed[nodes])
+                     & np.isnan(self._finished_at[nodes])]
+        for node in done.tolist():
+            _, _, span = self._node(node)
+            alive = self.dead[span] == 0
+            if not alive.all():
+                self._note_would_have(node)
+                if self.on_missing == "strict":
+                    self.failed[node] = True
+                    self.done_time[node] = np.nan
+                    self._finished_at[node] = -1.0
+                    continue
+            if alive.any():
+                self.output[node] = self.accumulator[node] / self.normaliser[node]
+                if self._kept is not None:
+                    self.output[node] *= self._dropout_scale
+            self.shares[span] = self._budget(node, alive)
+            self.done_time[node] += self._processing
+            self._finished_at[node] = self.done_time[node]
+
+    def _aggregate(self, node: int) -> None:       # pragma: no cover - online has no barrier
+        raise AssertionError("online nodes aggregate as pairs arrive")

@@ -22,8 +22,12 @@ class RouteTable:
     ([0, 1, 1], [0, 0, 1], [0, 1, 3])
     """
 
-    def __init__(self, allowed: np.ndarray) -> None:
+    def __init__(self, allowed: np.ndarray, self_attention: bool = True) -> None:
         groups, n_queries, n_keys = allowed.shape                      # (G, L, S)
+        # Physical nodes: in self-attention token t asks and answers on one node; in
+        # cross-attention the key tokens are nodes of their own, after the query tokens.
+        self.self_attention = self_attention and n_queries == n_keys
+        self.span = n_queries if self.self_attention else n_queries + n_keys
         query_node, key_index = np.nonzero(allowed.reshape(groups * n_queries, n_keys))
         index_type = np.int32 if max(groups * max(n_queries, n_keys), 1) < 2**31 else np.int64
         self.n_groups, self.n_queries, self.n_keys = groups, n_queries, n_keys
@@ -48,6 +52,34 @@ class RouteTable:
 
     def query_token(self, routes: np.ndarray) -> np.ndarray:
         return self.query_node[routes] % self.n_queries
+
+    def endpoints(self, kind, routes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Physical (sender, receiver) node ids of one message of ``kind`` on each route."""
+        group = self.query_node[routes] // self.n_queries
+        asker = group * self.span + self.query_node[routes] % self.n_queries
+        offset = 0 if self.self_attention else self.n_queries
+        answerer = group * self.span + offset + self.key_index[routes]
+        return (asker, answerer) if kind.to_key else (answerer, asker)
+
+    def crash_filter(self, crashes):
+        """``down(nodes, times)``: which (node, time) pairs fall in one of ``crashes``."""
+        windows = []
+        for crash in crashes:
+            local = set()
+            if crash.side in ("query", "both"):
+                local.add(crash.token)
+            if crash.side in ("key", "both"):
+                local.add(crash.token + (0 if self.self_attention else self.n_queries))
+            windows.append((np.array(sorted(local)), crash.start, crash.end))
+
+        def down(nodes: np.ndarray, times: np.ndarray) -> np.ndarray:
+            local = nodes % self.span
+            hit = np.zeros(len(nodes), dtype=bool)
+            for targets, start, end in windows:
+                hit |= np.isin(local, targets) & (times >= start) & (times < end)
+            return hit
+
+        return down
 
     def routes_of(self, nodes: np.ndarray) -> np.ndarray:
         """All route ids of the given query nodes, node by node, each in source order."""

@@ -10,17 +10,21 @@ from .errors import InvalidArgumentError
 from .messages import Kind
 from .trace import Trace
 
-__all__ = ["Route", "RoutingTable", "Run", "Stats"]
+__all__ = ["DroppedRoute", "Route", "RoutingTable", "Run", "Stats"]
 
 
 @dataclass(frozen=True)
 class Stats:
     """Totals of one run.
 
-    ``messages`` and ``bytes`` are keyed by kind name (QUERY, SCORE, PULL, VALUE);
-    ``makespan`` is the simulated time at which the last output was complete; ``events``
-    counts the SimPy events the transport processed (batching makes it far smaller than
-    the number of messages).
+    ``messages`` and ``bytes`` count transmissions put on the wire, by kind name (QUERY,
+    SCORE, PULL, VALUE), retransmissions included and network duplicates not. ``lost``,
+    ``duplicated``, ``retransmitted``, ``dropped`` (at a crashed node: never sent or
+    arrived while down) and ``ignored`` (copies and late answers an idempotent receiver
+    discarded) say what the network did. ``makespan`` is the simulated time at which the
+    last output was complete; ``latency`` holds per-kind delivery latency percentiles;
+    ``node_bytes`` is ``(bytes sent, bytes received)`` per physical node; ``events`` counts
+    the SimPy events the transport processed.
     """
 
     messages: dict[str, int]
@@ -29,6 +33,13 @@ class Stats:
     events: int
     delivery: str
     routes: int
+    lost: dict[str, int] = field(default_factory=dict)
+    duplicated: dict[str, int] = field(default_factory=dict)
+    retransmitted: dict[str, int] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
+    ignored: int = 0
+    latency: dict[str, dict[str, float]] = field(default_factory=dict)
+    node_bytes: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def total_messages(self) -> int:
@@ -39,13 +50,36 @@ class Stats:
         return sum(self.bytes.values())
 
     def __str__(self) -> str:
-        lines = [f"{'kind':<6} {'messages':>10} {'bytes':>12}"]
-        lines += [f"{kind:<6} {self.messages[kind]:>10,} {self.bytes[kind]:>12,}"
-                  for kind in self.messages]
+        faults = any(sum(d.values()) for d in (self.lost, self.duplicated, self.retransmitted,
+                                                self.dropped))
+        header = f"{'kind':<6} {'messages':>10} {'bytes':>12}"
+        if faults:
+            header += f" {'lost':>6} {'dup':>6} {'resent':>6} {'down':>6}"
+        lines = [header]
+        for kind in self.messages:
+            line = f"{kind:<6} {self.messages[kind]:>10,} {self.bytes[kind]:>12,}"
+            if faults:
+                line += (f" {self.lost.get(kind, 0):>6,} {self.duplicated.get(kind, 0):>6,}"
+                         f" {self.retransmitted.get(kind, 0):>6,} {self.dropped.get(kind, 0):>6,}")
+            lines.append(line)
         lines.append(f"{'total':<6} {self.total_messages:>10,} {self.total_bytes:>12,}")
         lines.append(f"{self.routes:,} routes, last output complete at t={self.makespan:.3f}, "
                      f"{self.events:,} SimPy events ({self.delivery} delivery)")
+        if self.ignored:
+            lines.append(f"{self.ignored:,} duplicate or late answers ignored by idempotent "
+                         "receivers")
         return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class DroppedRoute:
+    """A route whose answer never came (``on_missing="degrade"``)."""
+
+    group: tuple[int, ...]   # batch/head index of the routing group
+    query: int               # query token position
+    key: int                 # key token position
+    phase: str               # "score" (QUERY/SCORE lost) or "value" (PULL/VALUE lost)
+    share: float             # the budget share it would have had
 
 
 @dataclass(frozen=True)
@@ -120,6 +154,22 @@ class Run:
     _completed: np.ndarray = field(repr=False)     # (G, L) when each output was complete
     _labels: tuple[list, list] = field(repr=False)
     _value_bytes: int = field(repr=False)
+    dropped: list[DroppedRoute] = field(default_factory=list)
+    _stream: list | None = field(default=None, repr=False)
+
+    def stream(self, i: int, head: int | None = None, batch=None) -> list[tuple[float, np.ndarray]]:
+        """Online softmax with a full trace: token ``i``'s partial output after each arrival.
+
+        Returns ``(time, o / l)`` pairs in the order the node applied them; the last one is
+        the output.
+        """
+        if self._stream is None:
+            raise InvalidArgumentError("stream() needs softmax='online' and trace='full'")
+        batch_shape, n_queries = self.weights.shape[:-2], self.weights.shape[-2]
+        index = _group_index(batch_shape, head, batch)
+        group = int(np.ravel_multi_index(index, batch_shape)) if batch_shape else 0
+        node = group * n_queries + i
+        return [(time, partial) for time, u, partial in self._stream if u == node]
 
     def routing_table(self, i: int, head: int | None = None, batch=None) -> RoutingTable:
         """Token ``i``'s routing table (for ``head`` of ``batch`` when inputs had those dims).

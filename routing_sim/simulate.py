@@ -11,16 +11,17 @@ from .graphs import node_labels, route_latency
 from .inputs import Problem, prepare
 from .messages import Kind, payload_bytes
 from .network import Network
-from .protocol import TwoPhaseNode
+from .numerics import Kernels
+from .protocol import SCORE_PHASE, OnlineNodes, TwoPhaseNodes
 from .routes import RouteTable
-from .run import Run, Stats
+from .run import DroppedRoute, Run, Stats
 from .trace import AUTO_FULL_LIMIT, TRACE_DETAILS, Trace
-from .transport import DELIVERY_MODES, Transport
+from .transport import DELIVERY_MODES, Fate, Transport
 
-__all__ = ["simulate"]
+__all__ = ["NUMERICS", "SOFTMAX", "simulate"]
 
-NUMERICS = ("float",)
-SOFTMAX = ("two_phase",)
+NUMERICS = ("float", "exact")
+SOFTMAX = ("two_phase", "online")
 
 
 def simulate(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causal: bool = False,
@@ -35,7 +36,7 @@ def simulate(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causa
     Every allowed route ``j -> i`` carries four messages (QUERY, SCORE, PULL, VALUE; see
     :mod:`routing_sim.protocol`) over a simulated network. The output equals
     :func:`~routing_sim.attention` on the same arguments, and is bit-identical under
-    every delivery schedule.
+    every delivery schedule (two-phase softmax).
 
     Parameters
     ----------
@@ -46,11 +47,13 @@ def simulate(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causa
         :mod:`routing_sim.graphs`. A route exists only if the graph, ``attn_mask`` and
         ``is_causal`` all allow it. An edge's ``latency`` attribute overrides the network's.
     network : Network, optional
-        Latency and jitter of the simulated network; ``Network()`` by default.
-    numerics : {"float"}
-        Float arithmetic in a fixed order per node.
-    softmax : {"two_phase"}
-        Wait for every score (a barrier), then allocate the budget.
+        Timing and faults of the simulated network; ``Network()`` by default.
+    numerics : {"float", "exact"}
+        Float arithmetic in a fixed order per node, or correctly rounded dot products and
+        sums (bit-identical to ``attention(..., numerics="exact")``).
+    softmax : {"two_phase", "online"}
+        Wait for every score (a barrier), then allocate the budget; or stream: update a
+        running max, normaliser and accumulator as each (score, value) pair arrives.
     causal_alignment, empty_rows, dropout_mask, seed, alibi_slopes, rope
         As in :func:`~routing_sim.attention`. RoPE rotates q and k before a token
         publishes them; ALiBi is added by the key node to the score it sends.
@@ -64,8 +67,14 @@ def simulate(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causa
     Returns
     -------
     Run
-        ``output`` (..., L, Ev), ``weights`` (..., L, S), ``trace``, ``stats`` and
-        ``routing_table(i)``.
+        ``output`` (..., L, Ev), ``weights`` (..., L, S), ``trace``, ``stats``,
+        ``routing_table(i)``, ``dropped`` and (online) ``stream(i)``.
+
+    Raises
+    ------
+    DeliveryError
+        ``on_missing="strict"`` and some answers never arrived, after every retry; the
+        message names each missing (query token, key token, group).
 
     Examples
     --------
@@ -78,11 +87,17 @@ def simulate(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causa
     True
     >>> run.stats.messages
     {'QUERY': 10, 'SCORE': 10, 'PULL': 10, 'VALUE': 10}
+    >>> lossy = rs.Network(loss=0.3, duplicate=0.2, retries=20, seed=1)
+    >>> np.array_equal(rs.simulate(q, k, v, is_causal=True, network=lossy).output, run.output)
+    True
     """
     _check_choice("numerics", numerics, NUMERICS)
     _check_choice("softmax", softmax, SOFTMAX)
     _check_choice("trace", trace, TRACE_DETAILS)
     _check_choice("delivery", delivery, DELIVERY_MODES)
+    if numerics == "exact" and softmax == "online":
+        raise InvalidArgumentError("numerics='exact' needs softmax='two_phase': the online "
+                                   "rescaling rounds at every arrival")
     if network is None:
         network = Network()
     elif not isinstance(network, Network):
@@ -92,8 +107,10 @@ def simulate(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causa
                       causal_alignment=causal_alignment, empty_rows=empty_rows,
                       dropout_mask=dropout_mask, seed=seed, graph=graph,
                       alibi_slopes=alibi_slopes, rope=rope)
-    routes = RouteTable(problem.allowed)
+    self_attention = graph is None or "n_queries" not in graph.graph
+    routes = RouteTable(problem.allowed, self_attention)
     _check_empty_rows(problem, routes)
+    _check_crashes(network, routes)
 
     groups, n_queries, n_keys, dim, value_dim = problem.shape
     nbytes = {kind: payload_bytes(kind, problem.dtype.itemsize, dim, value_dim) for kind in Kind}
@@ -101,27 +118,36 @@ def simulate(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causa
         trace = "full" if len(Kind) * len(routes) <= AUTO_FULL_LIMIT else "summary"
     log = Trace(trace, routes, nbytes)
     env = simpy.Environment()
-    transport = Transport(env, network, _route_latency(network, graph, routes), log.record,
+    transport = Transport(env, network, _route_latency(network, graph, routes), nbytes,
+                          routes.endpoints, routes.crash_filter(network.crashes), log.record,
                           delivery)
-    nodes = TwoPhaseNode(problem, routes, transport)
-    transport.deliver = nodes.deliver
+    arguments = (problem, routes, transport, Kernels(numerics))
+    if softmax == "online":
+        nodes = OnlineNodes(*arguments, on_missing=network.on_missing,
+                            keep_stream=log.full)
+    else:
+        nodes = TwoPhaseNodes(*arguments, on_missing=network.on_missing)
     nodes.start()
     env.process(transport.run())
     env.run()
     return _collect(problem, routes, nodes, log, transport, graph)
 
 
-def _collect(problem: Problem, routes: RouteTable, nodes: TwoPhaseNode, log: Trace,
+def _collect(problem: Problem, routes: RouteTable, nodes: TwoPhaseNodes, log: Trace,
              transport: Transport, graph: nx.DiGraph | None) -> Run:
-    """Check every node finished, then assemble the Run."""
+    """Check every node finished (or say what is missing), then assemble the Run."""
     groups, n_queries, n_keys, _, _ = problem.shape
     has_routes = routes.routes_per_node() > 0
+    dead = np.flatnonzero(nodes.dead)
+    if transport.network.on_missing == "strict" and dead.size:
+        raise DeliveryError(_missing_message(problem, routes, nodes, dead))
     unfinished = np.flatnonzero(has_routes & np.isnan(nodes.done_time))
     if unfinished.size:
         group, token = divmod(int(unfinished[0]), n_queries)
-        raise DeliveryError(f"{unfinished.size} query tokens never received all their values "
-                            f"(first: token {token}, group {group})")
-    log.close(nodes.scores, nodes.shares)
+        raise AssertionError(f"{unfinished.size} query tokens never finished (first: token "
+                             f"{token}, group {group}) with no route reported missing")
+    online = isinstance(nodes, OnlineNodes)
+    log.close(nodes.scores, nodes.shares, nodes.rescale if online else None)
     dense_index = (routes.query_node, routes.key_index)
 
     def dense(per_route: np.ndarray, fill: float, dtype) -> np.ndarray:
@@ -136,20 +162,63 @@ def _collect(problem: Problem, routes: RouteTable, nodes: TwoPhaseNode, log: Tra
         output[empty] = np.nan
         weights[empty] = np.nan
     completed = np.where(has_routes, nodes.done_time, 0.0)
-    stats = Stats(
-        messages={kind.name: log.counts[kind] for kind in Kind},
-        bytes={kind.name: count for kind, count in log.bytes.items()},
-        makespan=float(completed.max(initial=0.0)),
-        events=transport.events, delivery=transport.mode, routes=len(routes),
-    )
     return Run(
         output=problem.unflatten(output), weights=problem.unflatten(weights), trace=log,
-        stats=stats, _scores=dense(nodes.scores, np.nan, np.float64),
-        _arrived=dense(nodes.value_arrived, np.nan, np.float64),
+        stats=_stats(log, transport, nodes, routes, completed),
+        _scores=dense(nodes.scores, np.nan, np.float64),
+        _arrived=dense(nodes.value_time, np.nan, np.float64),
         _completed=completed.reshape(groups, n_queries),
         _labels=node_labels(graph, n_queries, n_keys),
         _value_bytes=log.nbytes_of[Kind.VALUE],
+        dropped=[_dropped(problem, routes, nodes, int(route)) for route in dead],
+        _stream=nodes.stream if online else None,
     )
+
+
+def _stats(log: Trace, transport: Transport, nodes: TwoPhaseNodes, routes: RouteTable,
+           completed: np.ndarray) -> Stats:
+    per_kind = lambda numbers: {kind.name: int(numbers[kind]) for kind in Kind}  # noqa: E731
+    return Stats(
+        messages=per_kind(log.counts),
+        bytes={kind.name: count for kind, count in log.bytes.items()},
+        makespan=float(completed.max(initial=0.0)),
+        events=transport.events, delivery=transport.mode, routes=len(routes),
+        lost=per_kind({kind: log.fates[kind][Fate.LOST] for kind in Kind}),
+        duplicated=per_kind(log.duplicates),
+        retransmitted=per_kind({kind: nodes.retransmissions.get(kind, 0) for kind in Kind}),
+        dropped=per_kind({kind: log.fates[kind][Fate.SENDER_DOWN]
+                          + log.fates[kind][Fate.RECEIVER_DOWN] for kind in Kind}),
+        ignored=nodes.ignored,
+        latency={kind.name: log.latency_percentiles(kind) for kind in Kind},
+        node_bytes=log.node_bytes.reshape(routes.n_groups, routes.span, 2),
+    )
+
+
+def _where(problem: Problem, group: int) -> tuple[int, ...]:
+    return tuple(int(x) for x in np.unravel_index(group, problem.batch_shape)) \
+        if problem.batch_shape else ()
+
+
+def _dropped(problem: Problem, routes: RouteTable, nodes: TwoPhaseNodes, route: int
+             ) -> DroppedRoute:
+    group, token = divmod(int(routes.query_node[route]), routes.n_queries)
+    return DroppedRoute(_where(problem, group), token, int(routes.key_index[route]),
+                        "score" if nodes.dead[route] == SCORE_PHASE else "value",
+                        float(nodes.would_have[route]))
+
+
+def _missing_message(problem: Problem, routes: RouteTable, nodes: TwoPhaseNodes,
+                     dead: np.ndarray) -> str:
+    shown = []
+    for route in dead[:20].tolist():
+        item = _dropped(problem, routes, nodes, route)
+        where = f", group {item.group}" if item.group else ""
+        shown.append(f"(query {item.query}, key {item.key}{where}: {item.phase} lost)")
+    more = f" and {dead.size - 20} more" if dead.size > 20 else ""
+    retries = nodes.transport.network.retries
+    return (f"{dead.size} routes never delivered after {retries} retries: "
+            + ", ".join(shown) + more + "; raise Network(retries=...), or pass "
+            "on_missing='degrade' to renormalise over what arrived")
 
 
 def _route_latency(network: Network, graph: nx.DiGraph | None, routes: RouteTable) -> np.ndarray:
@@ -175,6 +244,15 @@ def _check_empty_rows(problem: Problem, routes: RouteTable) -> None:
         group, token = divmod(int(empty[0]), routes.n_queries)
         raise EmptyRowError(f"query token {token} (group {group}) has no route to any key "
                             f"token ({empty.size} such tokens); empty_rows='error' was asked for")
+
+
+def _check_crashes(network: Network, routes: RouteTable) -> None:
+    for crash in network.crashes:
+        limit = routes.n_queries if crash.side == "query" else routes.n_keys \
+            if crash.side == "key" else max(routes.n_queries, routes.n_keys)
+        if crash.token >= limit:
+            raise InvalidArgumentError(f"crash of token {crash.token} ({crash.side} side): "
+                                       f"there are only {limit} such tokens")
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

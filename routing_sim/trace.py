@@ -1,9 +1,10 @@
 """The message log of a run: every message as a row of compact arrays, or just totals.
 
-``detail="full"`` keeps one row per message (kind, source and destination token, group,
-send and arrival time, bytes, and the scalar payload where there is one); ``"summary"``
-keeps only counts and bytes per kind, so memory does not grow with the number of
-messages; ``"auto"`` keeps full rows up to :data:`AUTO_FULL_LIMIT` messages.
+``detail="full"`` keeps one row per transmission (kind, source and destination token,
+group, send and arrival time, bytes, scalar payload, attempt, copy, fate); ``"summary"``
+keeps counts, bytes, per-node bytes and latency histograms per kind, so memory does not
+grow with the number of messages; ``"auto"`` keeps full rows up to
+:data:`AUTO_FULL_LIMIT` messages.
 """
 
 from __future__ import annotations
@@ -15,22 +16,27 @@ import numpy as np
 from .errors import InvalidArgumentError
 from .messages import Kind
 from .routes import RouteTable
-from .transport import Deliveries
+from .transport import Fate
 
-__all__ = ["AUTO_FULL_LIMIT", "TRACE_DETAILS", "Trace"]
+__all__ = ["AUTO_FULL_LIMIT", "LATENCY_BINS", "TRACE_DETAILS", "Trace"]
 
 TRACE_DETAILS = ("auto", "full", "summary")
 AUTO_FULL_LIMIT = 200_000
-_COLUMNS = ("kind", "route", "id", "sent", "arrive")
+LATENCY_BINS = np.concatenate(([0.0], np.geomspace(1e-6, 1e6, 601)))   # 50 bins per decade
+COLUMNS = ("kind", "src", "dst", "group", "sent", "arrive", "nbytes", "value", "id", "route",
+           "attempt", "copy", "fate", "rescale")
 
 
 class Trace:
-    """Every message a run sent, in order of arrival (ties by message id).
+    """Every transmission of a run, ordered by arrival (unarrived last), then message id.
 
-    Columns (with ``detail="full"``) are numpy arrays of equal length: ``kind``,
-    ``src``, ``dst`` (token positions in their own sequence), ``group`` (flat batch/head
-    index), ``sent``, ``arrive``, ``nbytes``, ``value`` (the score of a SCORE, the share
-    of a PULL, NaN for the vector payloads of QUERY and VALUE) and ``id``.
+    Columns (``detail="full"``) are numpy arrays of equal length: ``kind``, ``src`` and
+    ``dst`` (token positions in their own sequence), ``group`` (flat batch/head index),
+    ``sent``, ``arrive`` (NaN if it never arrived), ``nbytes``, ``value`` (the score of a
+    SCORE, the share of a PULL, NaN for the vector payloads of QUERY and VALUE),
+    ``attempt`` (0 for the first try), ``copy`` (1 for a network duplicate), ``fate``
+    (see :class:`~routing_sim.transport.Fate`), ``rescale`` (online softmax: the factor
+    a VALUE's arrival applied) and ``id``.
     """
 
     def __init__(self, detail: str, routes: RouteTable, nbytes: dict[Kind, int]) -> None:
@@ -38,58 +44,83 @@ class Trace:
             raise InvalidArgumentError(f"trace must be one of {TRACE_DETAILS}, got {detail!r}")
         self.detail = detail
         self.nbytes_of = nbytes
-        self.counts = {kind: 0 for kind in Kind}
+        self.counts = {kind: 0 for kind in Kind}                       # put on the wire
+        self.fates = {kind: np.zeros(len(Fate.NAMES), np.int64) for kind in Kind}
+        self.duplicates = {kind: 0 for kind in Kind}
+        self.latency_histogram = {kind: np.zeros(len(LATENCY_BINS) - 1, np.int64) for kind in Kind}
+        self.node_bytes = np.zeros((routes.n_groups * routes.span, 2), np.int64)  # sent, received
         self._routes = routes
-        self._parts: list[tuple[Kind, np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self._parts: list[tuple] = []
         self._columns: dict[str, np.ndarray] | None = None
 
     @property
     def full(self) -> bool:
         return self.detail == "full"
 
-    def record(self, batch: Deliveries) -> None:
-        """Log a batch of messages as they are sent."""
-        self.counts[batch.kind] += len(batch)
+    def record(self, kind: Kind, routes: np.ndarray, ids: np.ndarray, sent: np.ndarray,
+               arrive: np.ndarray, copy: np.ndarray, fate: np.ndarray) -> None:
+        """Log transmissions once their fate is known."""
+        originals = copy == 0
+        self.counts[kind] += int((originals & (fate != Fate.SENDER_DOWN)).sum())
+        self.duplicates[kind] += int((~originals).sum())
+        self.fates[kind] += np.bincount(fate, minlength=len(Fate.NAMES))
+        arrived = fate == Fate.DELIVERED
+        self.latency_histogram[kind] += np.histogram(arrive[arrived] - sent[arrived],
+                                                     LATENCY_BINS)[0]
+        senders, receivers = self._routes.endpoints(kind, routes)
+        size = self.nbytes_of[kind]
+        left = originals & (fate != Fate.SENDER_DOWN)
+        self.node_bytes[:, 0] += np.bincount(senders[left], minlength=len(self.node_bytes)) * size
+        self.node_bytes[:, 1] += np.bincount(receivers[arrived],
+                                             minlength=len(self.node_bytes)) * size
         if self.full:
-            self._parts.append((batch.kind, batch.routes, batch.ids, batch.sent, batch.arrive))
+            self._parts.append((kind, routes, ids, sent, arrive, copy, fate))
 
-    def close(self, scores: np.ndarray, shares: np.ndarray) -> None:
-        """Freeze the log; ``scores`` and ``shares`` (per route) fill the scalar payloads."""
+    def close(self, scores: np.ndarray, shares: np.ndarray, rescale: np.ndarray | None) -> None:
+        """Freeze the log; per-route ``scores``, ``shares`` and ``rescale`` fill payloads."""
         if not self.full:
             return
-        parts = self._parts
-        kind = np.concatenate([np.full(len(p[1]), p[0], dtype=np.uint8) for p in parts]
-                              ) if parts else np.zeros(0, np.uint8)
-        route, ids, sent, arrive = (np.concatenate([p[k] for p in parts]) if parts
-                                    else np.zeros(0) for k in range(1, 5))
+        parts = self._parts or [(Kind.QUERY, *(np.zeros(0, t) for t in
+                                               (np.int64, np.int64, float, float, np.int8,
+                                                np.int8)))]
+        kind = np.concatenate([np.full(len(p[1]), int(p[0]), np.uint8) for p in parts])
+        route, ids, sent, arrive, copy, fate = (np.concatenate([p[k] for p in parts])
+                                                for k in range(1, 7))
         route = route.astype(np.int64)
-        order = np.lexsort((ids, arrive))
-        kind, route, ids, sent, arrive = kind[order], route[order], ids[order], sent[order], \
-            arrive[order]
+        order = np.lexsort((copy, ids, np.nan_to_num(arrive, nan=np.inf)))
+        kind, route, ids, sent, arrive, copy, fate = (x[order] for x in
+                                                      (kind, route, ids, sent, arrive, copy, fate))
         table = self._routes
         query_token, key_token = table.query_token(route), table.key_index[route]
         to_key = (kind == Kind.QUERY) | (kind == Kind.PULL)
         value = np.full(len(route), np.nan)
-        value[kind == Kind.SCORE] = scores[route[kind == Kind.SCORE]]
-        value[kind == Kind.PULL] = shares[route[kind == Kind.PULL]]
+        for payload_kind, per_route in ((Kind.SCORE, scores), (Kind.PULL, shares)):
+            mine = kind == payload_kind
+            value[mine] = per_route[route[mine]]
+        rescaled = np.full(len(route), np.nan)
+        if rescale is not None:
+            mine = kind == Kind.VALUE
+            rescaled[mine] = rescale[route[mine]]
         self._columns = {
             "kind": kind, "src": np.where(to_key, query_token, key_token),
             "dst": np.where(to_key, key_token, query_token), "group": table.group(route),
             "sent": sent, "arrive": arrive,
             "nbytes": np.array([self.nbytes_of[Kind(k)] for k in range(len(Kind))])[kind],
             "value": value, "id": ids, "route": route,
+            "attempt": ids // (len(Kind) * max(len(table), 1)), "copy": copy, "fate": fate,
+            "rescale": rescaled,
         }
         self._parts = []
 
     def __len__(self) -> int:
+        """Transmissions put on the wire (retries included, duplicates not)."""
         return sum(self.counts.values())
 
     def __getattr__(self, name: str) -> np.ndarray:
         columns = self.__dict__.get("_columns")
         if columns is not None and name in columns:
             return columns[name]
-        if name in ("kind", "src", "dst", "group", "sent", "arrive", "nbytes", "value", "id",
-                    "route"):
+        if name in COLUMNS:
             raise InvalidArgumentError(f"this run kept a {self.detail} trace, which has no "
                                        f"per-message column {name!r}; simulate with "
                                        "trace='full' to keep one")
@@ -97,16 +128,37 @@ class Trace:
 
     @property
     def bytes(self) -> dict[Kind, int]:
-        """Total payload bytes per message kind."""
+        """Total payload bytes put on the wire, per message kind."""
         return {kind: self.counts[kind] * self.nbytes_of[kind] for kind in Kind}
 
+    def latency_percentiles(self, kind: Kind, quantiles=(50, 90, 99)) -> dict[str, float]:
+        """Delivery latency percentiles of one kind: exact with a full trace, else from the
+        histogram (bin upper edges, 50 bins per decade: within 5%)."""
+        if self.full:
+            mine = (self.kind == kind) & (self.fate == Fate.DELIVERED)
+            latency = self.arrive[mine] - self.sent[mine]
+            if not latency.size:
+                return {}
+            return {f"p{q}": float(np.percentile(latency, q, method="inverted_cdf"))
+                    for q in quantiles} | {"max": float(latency.max())}
+        counts = self.latency_histogram[kind]
+        if not counts.sum():
+            return {}
+        cumulative = np.cumsum(counts) / counts.sum()
+        edges = LATENCY_BINS[1:]
+        return {f"p{q}": float(edges[np.searchsorted(cumulative, q / 100)]) for q in quantiles} \
+            | {"max": float(edges[np.flatnonzero(counts)[-1]])}
+
     def rows(self) -> Iterator[dict[str, object]]:
-        """One dict per message, in trace order (for printing and exports)."""
-        for index in range(len(self.kind)):
+        """One dict per transmission, in trace order (for printing and exports)."""
+        columns = [self.id, self.kind, self.src, self.dst, self.group, self.sent, self.arrive,
+                   self.nbytes, self.value, self.attempt, self.copy, self.fate, self.rescale]
+        for (ident, kind, src, dst, group, sent, arrive, nbytes, value, attempt, copy, fate,
+             rescale) in zip(*(column.tolist() for column in columns)):
             yield {
-                "id": int(self.id[index]), "kind": Kind(int(self.kind[index])).name,
-                "src": int(self.src[index]), "dst": int(self.dst[index]),
-                "group": int(self.group[index]), "sent": float(self.sent[index]),
-                "arrive": float(self.arrive[index]), "bytes": int(self.nbytes[index]),
-                "value": None if np.isnan(self.value[index]) else float(self.value[index]),
+                "id": ident, "kind": Kind(kind).name, "src": src, "dst": dst, "group": group,
+                "sent": sent, "arrive": None if arrive != arrive else arrive,
+                "bytes": nbytes, "value": None if value != value else value,
+                "attempt": attempt, "copy": copy, "fate": Fate.NAMES[fate],
+                "rescale": None if rescale != rescale else rescale,
             }

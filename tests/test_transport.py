@@ -48,10 +48,10 @@ def test_arrival_times_do_not_depend_on_send_order():
     network = rs.Network(latency=1.0, jitter=2.0, seed=9)
     ids = np.arange(10, dtype=np.int64)
     base = np.ones(10)
-    forward = network.delays(ids, base)
-    backward = network.delays(ids[::-1].copy(), base)[::-1]
+    forward = network.delays(ids, base, np.zeros(10))
+    backward = network.delays(ids[::-1].copy(), base, np.zeros(10))[::-1]
     np.testing.assert_array_equal(forward, backward)
     assert len(set(forward.tolist())) == 10
     assert ((forward >= 1.0) & (forward < 3.0)).all()
     assert not np.array_equal(forward, rs.Network(latency=1.0, jitter=2.0, seed=10).delays(
-        ids, base))
+        ids, base, np.zeros(10)))
