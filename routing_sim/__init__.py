@@ -18,6 +18,7 @@ from .errors import (
     RoutingSimError,
     ShapeError,
 )
+from .decoder import DecodeStep, Decoder
 from .messages import Kind
 from .modules import MultiHeadAttention
 from .network import Crash, Network
@@ -30,6 +31,8 @@ from .trace import Trace
 __all__ = [
     "Crash",
     "DTypeError",
+    "DecodeStep",
+    "Decoder",
     "DeliveryError",
     "DroppedRoute",
     "EmptyRowError",

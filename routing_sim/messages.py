@@ -6,7 +6,7 @@ For a route ``j -> i`` (query token ``i`` may pull from key token ``j``):
 kind        direction  payload                                bytes
 ==========  =========  =====================================  ==================
 ``QUERY``   i -> j     the query vector q_i (lookup need)     itemsize · E
-``SCORE``   j -> i     the match score s_ij                   itemsize
+``SCORE``   j -> i     the match score s_ij                   itemsize (x2 exact)
 ``PULL``    i -> j     the share w_ij that i wants            itemsize
 ``VALUE``   j -> i     the value vector v_j (payload)         itemsize · Ev
 ==========  =========  =====================================  ==================
@@ -35,13 +35,15 @@ class Kind(IntEnum):
         return self in (Kind.QUERY, Kind.PULL)
 
 
-def payload_bytes(kind: Kind, itemsize: int, dim: int, value_dim: int) -> int:
-    """Size in bytes of one message of ``kind``.
+def payload_bytes(kind: Kind, itemsize: int, dim: int, value_dim: int,
+                  score_floats: int = 1) -> int:
+    """Size in bytes of one message of ``kind`` (exact mode sends a score as 2 floats).
 
     Examples
     --------
     >>> payload_bytes(Kind.QUERY, 8, 64, 32), payload_bytes(Kind.SCORE, 8, 64, 32)
     (512, 8)
     """
-    floats = {Kind.QUERY: dim, Kind.SCORE: 1, Kind.PULL: 1, Kind.VALUE: value_dim}[kind]
+    floats = {Kind.QUERY: dim, Kind.SCORE: score_floats, Kind.PULL: 1,
+              Kind.VALUE: value_dim}[kind]
     return itemsize * floats

@@ -16,8 +16,8 @@ import numpy as np
 
 from .errors import NumericalError
 
-__all__ = ["Kernels", "exact_budget", "exact_pull", "exact_scores", "match_scores",
-           "routing_budget", "weighted_pull"]
+__all__ = ["Kernels", "exact_budget", "exact_pull", "exact_scores", "exact_unnormalised",
+           "match_scores", "merge_states", "online_state", "routing_budget", "weighted_pull"]
 
 
 def match_scores(keys: np.ndarray, query: np.ndarray, scale: float,
@@ -68,17 +68,24 @@ def weighted_pull(shares: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------- exact mode
 #
-# numerics="exact" computes, for every route and query node:
+# numerics="exact" computes, for every route j of query node i (fl = one IEEE rounding to
+# nearest; Σ° = a correctly rounded sum of the exact terms, math.fsum):
 #
-#   s_ij = fl( fl( fl(Σ_d q_id k_jd) · scale ) + b_ij )   dot product correctly rounded
-#   m_i  = max_j s_ij                                     exact
-#   e_ij = exp( fl(s_ij - m_i) )                          numpy's exp (not correctly rounded)
-#   l_i  = fl(Σ_j e_ij)                                   correctly rounded (math.fsum)
-#   w_ij = fl(e_ij / l_i)                                 (· fl(1/(1-p)) under dropout)
-#   o_ic = fl(Σ_j w_ij v_jc)                              correctly rounded
+#   d      = Σ_d q_id k_jd                      exact (error-free products)
+#   d_hi   = fl(d),  d_lo = fl(d - d_hi)        the dot product as a double-double
+#   p_hi + p_lo = d_hi · scale                  exact (TwoProduct)
+#   s_hi   = Σ°(p_hi, p_lo, fl(d_lo · scale), b_ij),  s_lo = Σ°(same terms, -s_hi)
+#   m      = max_j s_hi                         exact
+#   x_hi + x_err = s_hi - m                     exact (TwoSum);  x_lo = fl(x_err + s_lo)
+#   e_ij   = fl(g + fl(g · x_lo)),  g = exp(x_hi)   (numpy's exp: the one inexact step)
+#   l_i    = Σ°_j e_ij
+#   w_ij   = fl(e_ij / l_i)                     the shares (PULL payloads, routing tables)
+#   o_ic   = fl(Σ°_{j pulled} e_ij v_jc / l_i)  (then · fl(1/(1-p)) under dropout)
 #
-# fl() is one IEEE rounding to nearest. Every sum is correctly rounded, so no order of
-# arrival can change a bit, and attention(numerics="exact") runs these same kernels.
+# Scores travel as (s_hi, s_lo): a SCORE carries two floats. Every sum is correctly
+# rounded and every other step is one elementwise operation, so no order of arrival can
+# change a bit, and attention(numerics="exact") runs these same kernels. The work is done
+# in float64 whatever the input dtype; float32 inputs get the result rounded to float32.
 
 _SPLIT = 134217729.0            # 2**27 + 1: Dekker's splitting constant
 _SAFE_MAX = 2.0**500            # beyond this the split could overflow
@@ -86,52 +93,80 @@ _SAFE_MIN = 2.0**-900           # below this a product's error term could underf
 
 
 def exact_scores(keys: np.ndarray, query: np.ndarray, scale: float,
-                 bias: np.ndarray | None = None) -> np.ndarray:
-    """:func:`match_scores` with each dot product correctly rounded.
+                 bias: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Scores as double-doubles ``(s_hi, s_lo)``: ``s_hi`` is the correctly rounded
+    ``q·k·scale + b`` (with the dot product exact) and ``s_lo`` what rounding left out.
 
     Examples
     --------
     >>> keys = np.array([[1e16, 1.0, -1e16]])
-    >>> float(exact_scores(keys, np.array([1.0, 1.0, 1.0]), 1.0)[0])
-    1.0
+    >>> high, low = exact_scores(keys, np.array([1.0, 1.0, 1.0]), 1.0)
+    >>> float(high[0]), float(low[0])
+    (1.0, 0.0)
     """
-    dtype = query.dtype
-    products = keys.astype(np.float64) * query.astype(np.float64)    # (n_routes, E)
-    if _dekker_safe(keys, query):
-        error = _product_error(keys.astype(np.float64), query.astype(np.float64), products)
-        terms = np.concatenate([products, error], axis=1).tolist()    # (n_routes, 2E)
-        dots = np.array([math.fsum(row) for row in terms])
+    keys64, query64 = keys.astype(np.float64), query.astype(np.float64)
+    if _dekker_safe(keys64, query64):
+        products = keys64 * query64                                    # (n_routes, E)
+        error = _product_error(keys64, np.broadcast_to(query64, keys64.shape), products)
+        rows = np.concatenate([products, error], axis=1).tolist()       # (n_routes, 2E)
+        dot_high = np.array([math.fsum(row) for row in rows])
+        dot_low = np.array([math.fsum(row + [-high]) for row, high in zip(rows,
+                                                                         dot_high.tolist())])
     else:
-        dots = np.array([_fraction_dot(row, query) for row in keys])
+        exact = [sum((Fraction(float(x)) * Fraction(float(y)) for x, y in zip(row, query64)),
+                     Fraction(0)) for row in keys64]
+        dot_high = np.array([float(d) for d in exact])
+        dot_low = np.array([float(d - Fraction(h)) for d, h in zip(exact, dot_high.tolist())])
     with np.errstate(over="ignore", invalid="ignore"):
-        scores = dots.astype(dtype) * dtype.type(scale)
-        if bias is not None:
-            scores += bias
-    if not np.isfinite(scores).all():
-        raise NumericalError(f"a score overflowed to {scores[~np.isfinite(scores)][0]}; "
-                             "scale the inputs down")
-    return scores
+        scale64 = np.float64(scale)
+        scaled_high = dot_high * scale64
+        scaled_low = _product_error(dot_high, np.full_like(dot_high, scale64), scaled_high)
+        tail = dot_low * scale64
+    if not (np.isfinite(scaled_high).all() and np.isfinite(scaled_low).all()):
+        raise NumericalError("a score overflowed to inf; scale the inputs down")
+    bias64 = np.zeros(len(dot_high)) if bias is None else bias.astype(np.float64)
+    terms = np.stack([scaled_high, scaled_low, tail, bias64], axis=1).tolist()
+    high = np.array([math.fsum(row) for row in terms])
+    low = np.array([math.fsum(row + [-h]) for row, h in zip(terms, high.tolist())])
+    return high, low
 
 
-def exact_budget(scores: np.ndarray) -> np.ndarray:
-    """:func:`routing_budget` with the normaliser correctly rounded (``math.fsum``)."""
-    shares = np.exp(scores - scores.max())                             # (n_routes,)
-    return shares / scores.dtype.type(math.fsum(shares.tolist()))
+def exact_unnormalised(high: np.ndarray, low: np.ndarray) -> tuple[np.ndarray, float]:
+    """``(e, l)``: the budget before division, ``e_ij ≈ exp(s_ij - m)`` and ``l = Σ° e``."""
+    top = high.max()
+    shifted = high - top                                               # (n_routes,) x_hi
+    error = (high - (shifted + top)) + (-top - (shifted - high))       # TwoSum remainder
+    correction = error + low                                           # x_lo
+    growth = np.exp(shifted)
+    unnormalised = growth + growth * correction
+    return unnormalised, math.fsum(unnormalised.tolist())
 
 
-def exact_pull(shares: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """:func:`weighted_pull` with every output feature correctly rounded."""
+def exact_budget(high: np.ndarray, low: np.ndarray) -> np.ndarray:
+    """Shares ``w = e / l`` of one node's routes (exact mode)."""
+    unnormalised, total = exact_unnormalised(high, low)
+    return unnormalised / total
+
+
+def exact_pull(high: np.ndarray, low: np.ndarray, pulled: np.ndarray, values: np.ndarray
+               ) -> np.ndarray:
+    """``o_c = Σ°_{pulled j} e_j v_jc / l``: the output, with one division at the end."""
     dtype = values.dtype
-    if len(shares) == 0:
+    unnormalised, total = exact_unnormalised(high, low)
+    weights = unnormalised[pulled].astype(np.float64)
+    if len(weights) == 0:
         return np.zeros(values.shape[1], dtype=dtype)
-    weights = np.broadcast_to(shares.astype(np.float64)[:, None], values.shape)
-    if _dekker_safe(weights, values):
-        products = weights * values                                    # (n_routes, Ev)
-        error = _product_error(weights, values.astype(np.float64), products)
-        columns = np.concatenate([products, error], axis=0).T.tolist()  # (Ev, 2·n_routes)
-        return np.array([math.fsum(column) for column in columns], dtype=dtype)
-    return np.array([_fraction_dot(shares, values[:, c]) for c in range(values.shape[1])],
-                    dtype=dtype)
+    values64 = values.astype(np.float64)
+    weights2d = np.broadcast_to(weights[:, None], values64.shape)
+    if _dekker_safe(weights2d, values64):
+        products = weights2d * values64                                # (n_pulled, Ev)
+        error = _product_error(weights2d, values64, products)
+        columns = np.concatenate([products, error], axis=0).T.tolist()  # (Ev, 2·n_pulled)
+        sums = np.array([math.fsum(column) for column in columns])
+    else:
+        sums = np.array([_fraction_dot(weights, values64[:, c]) for c in
+                         range(values.shape[1])])
+    return (sums / total).astype(dtype)
 
 
 def _dekker_safe(a: np.ndarray, b: np.ndarray) -> bool:
@@ -160,11 +195,68 @@ def _fraction_dot(a: np.ndarray, b: np.ndarray) -> float:
 
 
 class Kernels:
-    """The three per-node operations of one numerics mode."""
+    """The per-node operations of one numerics mode, behind one interface.
+
+    ``scores(keys, query, scale, bias) -> (high, low)``: ``low`` is None in float mode.
+    ``budget(high, low) -> shares``. ``pull(high, low, shares, pulled, values) -> output``:
+    float mode adds ``shares[pulled] @ values``; exact mode divides once at the end.
+    """
 
     def __init__(self, numerics: str) -> None:
-        if numerics == "exact":
-            self.scores, self.budget, self.pull = exact_scores, exact_budget, exact_pull
-        else:
-            self.scores, self.budget, self.pull = match_scores, routing_budget, weighted_pull
         self.name = numerics
+        self.exact = numerics == "exact"
+
+    def scores(self, keys, query, scale, bias=None):
+        if self.exact:
+            return exact_scores(keys, query, scale, bias)
+        return match_scores(keys, query, scale, bias), None
+
+    def budget(self, high, low):
+        return exact_budget(high, low) if self.exact else routing_budget(high)
+
+    def pull(self, high, low, shares, pulled, values):
+        if self.exact:
+            return exact_pull(high, low, pulled, values)
+        return weighted_pull(shares[pulled], values)
+
+
+# ---------------------------------------------------------------- online softmax states
+
+
+def online_state(scores: np.ndarray, values: np.ndarray
+                 ) -> tuple[float, float, np.ndarray]:
+    """The streaming state ``(m, l, o)`` after taking in these (score, value) pairs in order.
+
+    ``m`` is the running max, ``l = Σ exp(s - m)`` and ``o = Σ exp(s - m) v``; the output
+    is ``o / l``. Each step rescales by ``exp(m_old - m_new)``.
+
+    Examples
+    --------
+    >>> m, l, o = online_state(np.log(np.array([1.0, 3.0])), np.array([[4.0], [8.0]]))
+    >>> float(m), float(l), (o / l).tolist()
+    (1.0986122886681098, 1.3333333333333333, [7.0])
+    """
+    dtype = values.dtype
+    state = (dtype.type(-np.inf), dtype.type(0), np.zeros(values.shape[1], dtype=dtype))
+    for score, value in zip(scores, values):
+        state = merge_states(state, (score, dtype.type(1), value))
+    return state
+
+
+def merge_states(a: tuple, b: tuple) -> tuple:
+    """Merge two streaming states ``(m, l, o)`` of disjoint key groups (FlashAttention).
+
+    Examples
+    --------
+    >>> scores, values = np.array([0.5, 2.0, -1.0]), np.eye(3)
+    >>> m, l, o = merge_states(online_state(scores[:1], values[:1]),
+    ...                        online_state(scores[1:], values[1:]))
+    >>> np.allclose(o / l, routing_budget(scores) @ values, rtol=1e-15)
+    True
+    """
+    (m_a, l_a, o_a), (m_b, l_b, o_b) = a, b
+    m = max(m_a, m_b)
+    if m == -np.inf:
+        return a
+    c_a, c_b = np.exp(m_a - m), np.exp(m_b - m)
+    return m, c_a * l_a + c_b * l_b, c_a * o_a + c_b * o_b

@@ -51,7 +51,9 @@ class TwoPhaseNodes:
             kernels
         self.on_missing = on_missing
         n_routes, n_nodes, dtype = len(routes), routes.n_nodes, problem.dtype
-        self.scores = np.zeros(n_routes, dtype=dtype)                  # (R,) s_ij
+        score_type = np.float64 if kernels.exact else dtype
+        self.scores = np.zeros(n_routes, dtype=score_type)             # (R,) s_ij (high part)
+        self.score_low = np.zeros(n_routes) if kernels.exact else None  # (R,) exact: low part
         self.shares = np.zeros(n_routes, dtype=dtype)                  # (R,) w_ij after dropout
         self.score_time = np.full(n_routes, np.nan)                    # (R,) first SCORE in
         self.value_time = np.full(n_routes, np.nan)                    # (R,) first VALUE in
@@ -205,16 +207,23 @@ class TwoPhaseNodes:
         group, token, span = self._node(node)
         keys = self.routes.key_index[span]
         bias = None if problem.bias is None else problem.bias[group, token, keys]
-        self.scores[span] = self.kernels.scores(self._gather(problem.key[group], keys),
-                                                problem.query[group, token], problem.scale,
-                                                bias)
+        high, low = self.kernels.scores(self._gather(problem.key[group], keys),
+                                        problem.query[group, token], problem.scale, bias)
+        self.scores[span] = high
+        if low is not None:
+            self.score_low[span] = low
+
+    def _scores_of(self, span: slice, routes: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(high, low) scores of some of a node's routes (a mask over its span)."""
+        low = None if self.score_low is None else self.score_low[span][routes]
+        return self.scores[span][routes], low
 
     def _budget(self, node: int, alive: np.ndarray) -> np.ndarray:
         """Shares (after dropout) of a node's live routes; 0 for the dead ones."""
         _, _, span = self._node(node)
         shares = np.zeros(span.stop - span.start, dtype=self.problem.dtype)
         if alive.any():
-            shares[alive] = self.kernels.budget(self.scores[span][alive])
+            shares[alive] = self.kernels.budget(*self._scores_of(span, alive))
         if self._kept is not None:
             shares *= self._kept[span] * self._dropout_scale
         return shares
@@ -251,10 +260,14 @@ class TwoPhaseNodes:
                 self.done_time[node] = np.nan
                 return
             self.shares[span] = self._budget(node, self.dead[span] == 0)
-        pulled = ~np.isnan(self.value_time[span])
-        keys = self.routes.key_index[span][pulled]
-        self.output[node] = self.kernels.pull(self.shares[span][pulled],
-                                              self._gather(self.problem.value[group], keys))
+        alive = self.dead[span] == 0
+        pulled = ~np.isnan(self.value_time[span][alive])
+        keys = self.routes.key_index[span][alive][pulled]
+        output = self.kernels.pull(*self._scores_of(span, alive), self.shares[span][alive],
+                                   pulled, self._gather(self.problem.value[group], keys))
+        if self.kernels.exact and self._kept is not None:
+            output = output * self._dropout_scale
+        self.output[node] = output
         self.done_time[node] += self._processing
 
 

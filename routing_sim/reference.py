@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import EmptyRowError, NumericalError
+from .errors import EmptyRowError, InvalidArgumentError, NumericalError
 from .inputs import Problem, prepare
+from .numerics import exact_budget, exact_pull, exact_scores
 
 __all__ = ["attention"]
 
@@ -18,8 +19,8 @@ __all__ = ["attention"]
 def attention(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causal: bool = False,
               scale: float | None = None, enable_gqa: bool = False, *,
               causal_alignment: str = "top_left", empty_rows: str = "zero",
-              dropout_mask=None, seed: int | None = 0, alibi_slopes=None, rope=None,
-              return_weights: bool = False):
+              numerics: str = "float", dropout_mask=None, seed: int | None = 0,
+              alibi_slopes=None, rope=None, return_weights: bool = False):
     r"""Scaled dot-product attention in matrix form, with PyTorch's SDPA semantics.
 
     .. math:: \mathrm{out} = \mathrm{softmax}(Q K^\top \cdot \mathrm{scale} + B)\, V
@@ -49,6 +50,10 @@ def attention(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_caus
     empty_rows : {"zero", "nan", "error"}
         What a query with no allowed route gets: zeros (PyTorch's math backend), NaN, or
         an :class:`~routing_sim.EmptyRowError`.
+    numerics : {"float", "exact"}
+        Matrix products (BLAS), or correctly rounded dot products and sums, one query at a
+        time (the formula is in :mod:`routing_sim.numerics`); exact mode is bit-identical
+        to ``simulate(..., numerics="exact")`` under every schedule.
     dropout_mask : array_like of bool, optional
         The exact routes dropout keeps (True = kept), broadcastable to (..., L, S).
     seed : int, optional
@@ -82,8 +87,14 @@ def attention(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_caus
                       causal_alignment=causal_alignment, empty_rows=empty_rows,
                       dropout_mask=dropout_mask, seed=seed, alibi_slopes=alibi_slopes,
                       rope=rope)
-    weights = _weights(problem)                                        # (G, L, S)
-    output = weights @ problem.value                                   # (G, L, Ev)
+    if numerics not in ("float", "exact"):
+        raise InvalidArgumentError(f"numerics must be one of ('float', 'exact'), got "
+                                   f"{numerics!r}")
+    if numerics == "exact":
+        weights, output = _exact(problem)
+    else:
+        weights = _weights(problem)                                    # (G, L, S)
+        output = weights @ problem.value                               # (G, L, Ev)
     has_route = problem.allowed.any(axis=-1)                           # (G, L)
     if problem.empty_rows == "nan":
         output[~has_route] = np.nan
@@ -117,3 +128,27 @@ def _weights(problem: Problem) -> np.ndarray:
     if problem.keep is not None:
         weights *= problem.keep * problem.dtype.type(1.0 / (1.0 - problem.dropout_p))
     return weights
+
+
+def _exact(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
+    """Exact mode: each query's row with correctly rounded dot products and sums."""
+    groups, n_queries, n_keys, _, value_dim = problem.shape
+    weights = np.zeros((groups, n_queries, n_keys), dtype=problem.dtype)
+    output = np.zeros((groups, n_queries, value_dim), dtype=problem.dtype)
+    if problem.empty_rows == "error" and not problem.allowed.any(axis=-1).all():
+        g, i = np.argwhere(~problem.allowed.any(axis=-1))[0]
+        raise EmptyRowError(f"query token {i} (group {g}) has no route to any key token")
+    factor = problem.dtype.type(1.0 / (1.0 - problem.dropout_p))
+    for g, i in zip(*np.nonzero(problem.allowed.any(axis=-1))):
+        keys = np.flatnonzero(problem.allowed[g, i])
+        bias = None if problem.bias is None else problem.bias[g, i, keys]
+        high, low = exact_scores(problem.key[g, keys], problem.query[g, i], problem.scale, bias)
+        shares = exact_budget(high, low).astype(problem.dtype)
+        pulled = np.ones(len(keys), dtype=bool) if problem.keep is None else problem.keep[g, i, keys]
+        row = exact_pull(high, low, pulled, problem.value[g, keys[pulled]])
+        if problem.keep is not None:
+            shares = shares * pulled * factor
+            row = row * factor
+        weights[g, i, keys] = shares
+        output[g, i] = row
+    return weights, output

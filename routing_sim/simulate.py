@@ -113,7 +113,8 @@ def simulate(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causa
     _check_crashes(network, routes)
 
     groups, n_queries, n_keys, dim, value_dim = problem.shape
-    nbytes = {kind: payload_bytes(kind, problem.dtype.itemsize, dim, value_dim) for kind in Kind}
+    nbytes = {kind: payload_bytes(kind, problem.dtype.itemsize, dim, value_dim,
+                                  2 if numerics == "exact" else 1) for kind in Kind}
     if trace == "auto":
         trace = "full" if len(Kind) * len(routes) <= AUTO_FULL_LIMIT else "summary"
     log = Trace(trace, routes, nbytes)

@@ -60,19 +60,18 @@ class Deliveries:
     arrive: np.ndarray   # (m,) arrival (or timer) times
     copy: np.ndarray     # (m,) 0 for the original, 1 for a network duplicate
     received: bool = True   # False: the head has arrived, the receiver NIC is still to come
+    n_routes: int = 1       # R, to read the attempt back out of a message id
 
     def __len__(self) -> int:
         return len(self.routes)
 
     def take(self, index) -> Deliveries:
         return Deliveries(self.kind, self.routes[index], self.ids[index], self.sent[index],
-                          self.arrive[index], self.copy[index], self.received)
+                          self.arrive[index], self.copy[index], self.received, self.n_routes)
 
     @property
     def attempt(self) -> np.ndarray:
         return self.ids // (len(Kind) * self.n_routes)
-
-    n_routes: int = 1
 
 
 @dataclass
@@ -261,10 +260,9 @@ class Transport:
             self.events += 1
             messages, timers = self._collect()
             ready: dict[Kind, list[Deliveries]] = {}
-            for batch in messages:
-                batch = self._receive(batch)
-                if len(batch):
-                    ready.setdefault(batch.kind, []).append(batch)
+            for batch in [m for m in messages if m.received] + self._receive(
+                    [m for m in messages if not m.received]):
+                ready.setdefault(batch.kind, []).append(batch)
             for kind, parts in sorted(ready.items()):
                 self._deliver(_merge(kind, parts, force_sort=len(parts) > 1))
             for due in timers:
@@ -278,27 +276,46 @@ class Transport:
         if isinstance(event.value, Timers):
             self.on_timer(event.value)
             return
-        batch = self._receive(event.value)
+        batch = event.value
+        if not batch.received:
+            batch = (self._receive([batch]) or [batch.take(slice(0, 0))])[0]
         if len(batch):
             self._deliver(batch)
 
-    def _receive(self, batch: Deliveries) -> Deliveries:
-        """The receiver's NIC (with contention): what is fully received now; the rest waits."""
-        if batch.received:
-            return batch
-        _, receivers = self._endpoints(batch.kind, batch.routes)
-        order = np.lexsort((batch.copy, batch.ids, batch.arrive, receivers))
-        batch, receivers = batch.take(order), receivers[order]
-        batch.arrive = self._queue(self._ingress_free, receivers, batch.arrive,
-                                   np.full(len(batch), float(self.nbytes[batch.kind])),
-                                   np.ones(len(batch), bool), start_based=False)
-        batch.received = True
-        batch = batch.take(np.lexsort((batch.copy, batch.ids, batch.arrive)))
-        now = self._inside(batch.arrive) if self.mode != "per_message" else \
-            batch.arrive <= self.env.now
-        if not now.all():
-            self._enqueue(batch.take(~now))
-        return batch.take(now)
+    def _receive(self, batches: list[Deliveries]) -> list[Deliveries]:
+        """Receiver NICs (with contention), first come first served across all kinds.
+
+        Returns, per kind, what is fully received within the current step; the rest is
+        queued again for the time its last byte is in.
+        """
+        if not batches:
+            return []
+        kinds = np.concatenate([np.full(len(b), int(b.kind)) for b in batches])
+        merged = Deliveries(Kind.QUERY, *(np.concatenate([getattr(b, name) for b in batches])
+                                          for name in ("routes", "ids", "sent", "arrive", "copy")),
+                            False, batches[0].n_routes)
+        receivers = np.empty(len(kinds), np.int64)
+        sizes = np.empty(len(kinds))
+        for kind in map(Kind, np.unique(kinds)):
+            mine = kinds == kind
+            receivers[mine] = self._endpoints(kind, merged.routes[mine])[1]
+            sizes[mine] = self.nbytes[kind]
+        order = np.lexsort((merged.copy, merged.ids, merged.arrive, receivers))
+        merged, kinds = merged.take(order), kinds[order]
+        merged.arrive = self._queue(self._ingress_free, receivers[order], merged.arrive,
+                                    sizes[order], np.ones(len(kinds), bool), start_based=False)
+        received = []
+        for kind in map(Kind, np.unique(kinds)):
+            mine = merged.take(kinds == kind)
+            mine.kind, mine.received = kind, True
+            mine = mine.take(np.lexsort((mine.copy, mine.ids, mine.arrive)))
+            due_now = self._inside(mine.arrive) if self.mode != "per_message" else \
+                mine.arrive <= self.env.now
+            if not due_now.all():
+                self._enqueue(mine.take(~due_now))
+            if due_now.any():
+                received.append(mine.take(due_now))
+        return received
 
     def _deliver(self, batch: Deliveries) -> None:
         """Receiver side: crash windows, the log, then the protocol."""
@@ -370,5 +387,5 @@ def _merge(kind: Kind, parts: list[Deliveries], force_sort: bool = False) -> Del
         return parts[0]
     merged = Deliveries(kind, *(np.concatenate([getattr(p, name) for p in parts])
                                 for name in ("routes", "ids", "sent", "arrive", "copy")),
-                        received=parts[0].received, n_routes=parts[0].n_routes)
+                        parts[0].received, parts[0].n_routes)
     return merged.take(np.lexsort((merged.copy, merged.ids, merged.arrive)))
