@@ -167,12 +167,20 @@ class Network:
         """Can a request go unanswered? Then senders arm retry timers."""
         return self.loss > 0 or bool(self.crashes)
 
-    def delays(self, message_ids: np.ndarray, base: np.ndarray, nbytes: np.ndarray
-               ) -> np.ndarray:
-        """Transit time of each message (before NIC queueing), given its route's latency."""
-        delay = base.astype(np.float64)
+    @property
+    def randomised(self) -> bool:
+        """Do message ids feed any random draw (jitter, loss, reordering, spikes, copies)?"""
+        return bool(self.jitter or self.loss or self.reorder or self.spike or self.duplicate)
+
+    def delays(self, message_ids: np.ndarray | None, base, nbytes):
+        """Transit time of each message (before NIC queueing), given its route's latency.
+
+        ``base`` and ``nbytes`` are per-message arrays or scalars; without randomness the
+        result is a scalar when they are, and ``message_ids`` may be None.
+        """
+        delay = np.float64(base) if np.ndim(base) == 0 else np.asarray(base, np.float64)
         if self.bandwidth is not None:
-            delay = delay + nbytes / self.bandwidth
+            delay = delay + np.asarray(nbytes, np.float64) / self.bandwidth
         if self.jitter > 0:
             delay = delay + self._jitter(message_ids, _JITTER)
         if self.reorder > 0:

@@ -28,9 +28,10 @@ import numpy as np
 
 from .inputs import Problem
 from .messages import Kind
-from .numerics import Kernels
+from .errors import NumericalError
+from .numerics import Kernels, weighted_pull
 from .routes import RouteTable
-from .transport import Deliveries, Timers, Transport
+from .transport import Deliveries, Timers, Transport, constant, shifted
 
 __all__ = ["OnlineNodes", "TwoPhaseNodes"]
 
@@ -55,10 +56,16 @@ class TwoPhaseNodes:
         self.scores = np.zeros(n_routes, dtype=score_type)             # (R,) s_ij (high part)
         self.score_low = np.zeros(n_routes) if kernels.exact else None  # (R,) exact: low part
         self.shares = np.zeros(n_routes, dtype=dtype)                  # (R,) w_ij after dropout
-        self.score_time = np.full(n_routes, np.nan)                    # (R,) first SCORE in
+        faulty = transport.network.faulty
+        self._retrying = faulty
+        # Copies and repeated answers exist only with duplication or retries.
+        self._dedupe = transport.network.duplicate > 0 or faulty
+        # First SCORE arrival per route: only retries and copies need it (idempotence).
+        self.score_time = np.full(n_routes, np.nan) if faulty or \
+            transport.network.duplicate > 0 else None                 # (R,)
         self.value_time = np.full(n_routes, np.nan)                    # (R,) first VALUE in
         self.dead = np.zeros(n_routes, dtype=np.int8)                  # (R,) phase it died in
-        self.would_have = np.full(n_routes, np.nan)                    # (R,) share of a dead route
+        self.would_have = np.full(n_routes, np.nan) if faulty else None  # (R,) dead's share
         self.output = np.zeros((n_nodes, problem.shape[4]), dtype=dtype)  # (G·L, Ev)
         self.barrier_time = np.full(n_nodes, -np.inf)                  # (G·L,)
         self.done_time = np.full(n_nodes, np.nan)                      # (G·L,)
@@ -70,11 +77,11 @@ class TwoPhaseNodes:
             n_nodes, -1)[routes.query_node, routes.key_index]          # (R,) bool
         self._values_needed = self._needed if self._kept is None else np.bincount(
             routes.query_node[self._kept], minlength=n_nodes)
+        self._dead_routes = np.zeros(n_nodes, dtype=np.int64)          # (G·L,) per node
         self._scores_settled = np.zeros(n_nodes, dtype=np.int64)
         self._values_settled = np.zeros(n_nodes, dtype=np.int64)
-        self._answered = {Kind.QUERY: np.zeros(n_routes, np.int64),
-                          Kind.PULL: np.zeros(n_routes, np.int64)}    # bit a: attempt a answered
-        self._retrying = transport.network.faulty
+        self._answered = {kind: np.zeros(n_routes if self._dedupe else 0, np.int64)
+                          for kind in (Kind.QUERY, Kind.PULL)}         # bit a: attempt a answered
         self._retries = transport.network.retries
         self._dropout_scale = problem.dtype.type(1.0 / (1.0 - problem.dropout_p))
         self._handlers = {Kind.QUERY: self.on_query, Kind.SCORE: self.on_score,
@@ -86,17 +93,24 @@ class TwoPhaseNodes:
 
     def start(self) -> None:
         """At time 0 every query node sends a QUERY on each of its routes."""
-        every_route = np.arange(len(self.routes))
-        self._request(Kind.QUERY, every_route, np.zeros(len(every_route)), 0)
+        every_route = np.arange(len(self.routes), dtype=self.routes.key_index.dtype)
+        self._request(Kind.QUERY, every_route, 0.0, 0)
 
     def deliver(self, batch: Deliveries) -> None:
         self._handlers[batch.kind](batch)
 
     def on_query(self, batch: Deliveries) -> None:
         """Key node j: answer each query with its match score, as soon as it arrives."""
+        self._answer(Kind.SCORE, batch)
+
+    def _answer(self, kind: Kind, batch: Deliveries) -> None:
+        """Key node j: reply once to every request id it has not answered before."""
+        if not self._dedupe:
+            self.transport.send(kind, batch.routes, shifted(batch.arrive, self._processing), 0)
+            return
         fresh = self._fresh_requests(batch)
-        self.transport.send(Kind.SCORE, batch.routes[fresh],
-                            batch.arrive[fresh] + self._processing, batch.attempt[fresh])
+        self.transport.send(kind, batch.routes[fresh], batch.arrive[fresh] + self._processing,
+                            batch.attempt[fresh])
 
     def on_score(self, batch: Deliveries) -> None:
         """Query node i: when the last score is in, allocate the budget and send PULLs."""
@@ -105,9 +119,7 @@ class TwoPhaseNodes:
 
     def on_pull(self, batch: Deliveries) -> None:
         """Key node j: send the value to whoever pulls it."""
-        fresh = self._fresh_requests(batch)
-        self.transport.send(Kind.VALUE, batch.routes[fresh],
-                            batch.arrive[fresh] + self._processing, batch.attempt[fresh])
+        self._answer(Kind.VALUE, batch)
 
     def on_value(self, batch: Deliveries) -> None:
         """Query node i: when the last value is in, add the shares up."""
@@ -123,6 +135,7 @@ class TwoPhaseNodes:
         self.retransmissions[timers.kind] += int(again.sum())
         self._request(timers.kind, routes[again], due[again], attempts[again] + 1)
         lost, when = routes[~again], due[~again]
+        np.add.at(self._dead_routes, self.routes.query_node[lost], 1)
         if timers.kind == Kind.QUERY:
             self.dead[lost] = SCORE_PHASE
             self._settle_scores(lost, when)
@@ -154,6 +167,10 @@ class TwoPhaseNodes:
     def _first_answers(self, batch: Deliveries, first_time: np.ndarray
                        ) -> tuple[np.ndarray, np.ndarray]:
         """Query-node idempotence: the first answer per live route counts, copies do not."""
+        if not self._dedupe:
+            if first_time is not None:
+                first_time[batch.routes] = batch.arrive
+            return batch.routes, batch.arrive
         new = np.isnan(first_time[batch.routes]) & (self.dead[batch.routes] == 0)
         _, first = np.unique(batch.routes, return_index=True)
         once = np.zeros(len(batch), dtype=bool)
@@ -167,29 +184,97 @@ class TwoPhaseNodes:
     def _settle(self, routes: np.ndarray, times: np.ndarray, settled: np.ndarray,
                 needed: np.ndarray, latest: np.ndarray) -> np.ndarray:
         """Count settled routes per query node; return nodes whose last one just settled."""
-        nodes = self.routes.query_node[routes]
-        counts = np.bincount(nodes, minlength=len(settled))            # (G·L,)
+        if len(routes) == len(self.routes):   # every route once (a whole wave)
+            counts, nodes = self._needed, None
+        else:
+            nodes = self.routes.query_node[routes]
+            counts = np.bincount(nodes, minlength=len(settled))        # (G·L,)
         touched = np.flatnonzero(counts)
         settled[touched] += counts[touched]
-        np.fmax.at(latest, nodes, times)
+        one = constant(times)
+        if one is not None or (len(times) and times.min() == times.max()):  # one instant
+            latest[touched] = np.fmax(latest[touched], times[0])
+        else:
+            np.fmax.at(latest, self.routes.query_node[routes] if nodes is None else nodes, times)
         return touched[settled[touched] == needed[touched]]
 
     def _settle_scores(self, routes: np.ndarray, times: np.ndarray) -> None:
         ready = self._settle(routes, times, self._scores_settled, self._needed,
                              self.barrier_time)
-        pulls = [self._allocate(int(node)) for node in ready]
+        if not len(ready):
+            return
+        whole = ready[self._dead_routes[ready] == 0]
+        pulls = [self._allocate_whole(whole)] if len(whole) else []
+        pulls += [self._allocate(int(node)) for node in ready[self._dead_routes[ready] > 0]]
         pulls = np.concatenate(pulls) if pulls else np.zeros(0, np.int64)
-        self._request(Kind.PULL, pulls,
-                      self.barrier_time[self.routes.query_node[pulls]] + self._processing, 0)
+        barrier = self.barrier_time[ready]
+        if barrier.min() == barrier.max():                             # one instant
+            ready_at = barrier[0] + self._processing
+        else:
+            ready_at = self.barrier_time[self.routes.query_node[pulls]] + self._processing
+        self._request(Kind.PULL, pulls, ready_at, 0)
         no_values = ready[(self._values_needed[ready] == 0) & ~self.failed[ready]]
         self.done_time[no_values] = self.barrier_time[no_values] + self._processing
 
     def _settle_values(self, routes: np.ndarray, times: np.ndarray) -> None:
-        for node in self._settle(routes, times, self._values_settled, self._values_needed,
-                                 self.done_time):
+        ready = self._settle(routes, times, self._values_settled, self._values_needed,
+                             self.done_time)
+        if self.kernels.exact:
+            for node in ready:
+                self._aggregate(int(node))
+            return
+        whole = ready[self._dead_routes[ready] == 0]
+        self._pull_whole(whole)
+        for node in ready[self._dead_routes[ready] > 0]:
             self._aggregate(int(node))
 
     # ----------------------------------------------------------------- arithmetic
+
+    def _allocate_whole(self, nodes: np.ndarray) -> np.ndarray:
+        """Barrier passed for nodes that lost no route: scores, then shares. Returns PULLs.
+
+        Each node's scores are one product over its own keys; the softmax then runs on
+        rows of equal length stacked together, which computes each row exactly as alone.
+        """
+        if self.kernels.exact:
+            return np.concatenate([self._allocate(int(node)) for node in nodes])
+        routes, problem = self.routes, self.problem
+        for node in nodes.tolist():
+            self._node_scores(node)
+        for count in np.unique(self._needed[nodes]).tolist():
+            chosen = nodes[self._needed[nodes] == count]
+            span = self._routes_block(chosen)
+            block = self.scores[span].reshape(len(chosen), count)      # (nodes, routes)
+            if not np.isfinite(block).all():
+                raise NumericalError(f"a score overflowed to {block[~np.isfinite(block)][0]}; "
+                                     "scale the inputs down")
+            shares = self.kernels.budget(block, None)
+            if self._kept is not None:
+                shares *= self._kept[span].reshape(shares.shape) * self._dropout_scale
+            self.shares[span] = shares.reshape(-1)
+        pulls = routes.routes_of(nodes)
+        return pulls if self._kept is None else pulls[self._kept[pulls]]
+
+    def _routes_block(self, nodes: np.ndarray):
+        """The route ids of these nodes: a slice when they are consecutive, else an array."""
+        if nodes[-1] - nodes[0] == len(nodes) - 1:
+            return slice(self.routes.indptr[nodes[0]], self.routes.indptr[nodes[-1] + 1])
+        return self.routes.routes_of(nodes)
+
+    def _pull_whole(self, nodes: np.ndarray) -> None:
+        """o_i = Σ_j w_ij v_j for nodes whose values all came: one product per node."""
+        routes, value, shares = self.routes, self.problem.value, self.shares
+        indptr, keys, n_queries = routes.indptr, routes.key_index, routes.n_queries
+        for node in nodes.tolist():
+            start, stop = indptr[node], indptr[node + 1]
+            pulled = keys[start:stop]
+            weights = shares[start:stop]
+            if self._kept is not None:
+                kept = self._kept[start:stop]
+                pulled, weights = pulled[kept], weights[kept]
+            self.output[node] = weighted_pull(weights,
+                                              self._gather(value[node // n_queries], pulled))
+        self.done_time[nodes] += self._processing
 
     def _node(self, node: int) -> tuple[int, int, slice]:
         group, token = divmod(node, self.routes.n_queries)

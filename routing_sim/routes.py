@@ -28,13 +28,22 @@ class RouteTable:
         # cross-attention the key tokens are nodes of their own, after the query tokens.
         self.self_attention = self_attention and n_queries == n_keys
         self.span = n_queries if self.self_attention else n_queries + n_keys
-        query_node, key_index = np.nonzero(allowed.reshape(groups * n_queries, n_keys))
-        index_type = np.int32 if max(groups * max(n_queries, n_keys), 1) < 2**31 else np.int64
+        index_type = np.int32 if groups * (n_queries + n_keys) < 2**31 else np.int64
+        if allowed.all():          # full attention: no need to search the mask
+            query_node = np.repeat(np.arange(groups * n_queries, dtype=index_type), n_keys)
+            key_index = np.tile(np.arange(n_keys, dtype=index_type), groups * n_queries)
+        else:
+            query_node, key_index = np.nonzero(allowed.reshape(groups * n_queries, n_keys))
         self.n_groups, self.n_queries, self.n_keys = groups, n_queries, n_keys
         self.query_node = query_node.astype(index_type)                # (R,) u = g·L + i
         self.key_index = key_index.astype(index_type)                  # (R,) j
         counts = np.bincount(self.query_node, minlength=groups * n_queries)
         self.indptr = np.concatenate(([0], np.cumsum(counts)))         # (G·L + 1,)
+        group = self.query_node // n_queries
+        offset = 0 if self.self_attention else n_queries
+        # Physical node ids of both ends of every route (for NICs, crashes, node bytes).
+        self.asker = (group * self.span + self.query_node % n_queries).astype(index_type)
+        self.answerer = (group * self.span + offset + self.key_index).astype(index_type)
 
     def __len__(self) -> int:
         return len(self.key_index)
@@ -55,10 +64,7 @@ class RouteTable:
 
     def endpoints(self, kind, routes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Physical (sender, receiver) node ids of one message of ``kind`` on each route."""
-        group = self.query_node[routes] // self.n_queries
-        asker = group * self.span + self.query_node[routes] % self.n_queries
-        offset = 0 if self.self_attention else self.n_queries
-        answerer = group * self.span + offset + self.key_index[routes]
+        asker, answerer = self.asker[routes], self.answerer[routes]
         return (asker, answerer) if kind.to_key else (answerer, asker)
 
     def crash_filter(self, crashes):
@@ -80,6 +86,14 @@ class RouteTable:
             return hit
 
         return down
+
+    def route_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per physical node: how many routes it asks on, and how many it answers on."""
+        size = self.n_groups * self.span
+        asking = np.zeros(size, np.int64)
+        group, token = np.divmod(np.arange(self.n_nodes), self.n_queries)
+        asking[group * self.span + token] = self.routes_per_node()
+        return asking, np.bincount(self.answerer, minlength=size)
 
     def routes_of(self, nodes: np.ndarray) -> np.ndarray:
         """All route ids of the given query nodes, node by node, each in source order."""

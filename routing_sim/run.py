@@ -149,8 +149,9 @@ class Run:
     weights: np.ndarray
     trace: Trace
     stats: Stats
-    _scores: np.ndarray = field(repr=False)        # (G, L, S) scores, NaN where no route
-    _arrived: np.ndarray = field(repr=False)       # (G, L, S) VALUE arrival, NaN if none
+    _routes: object = field(repr=False)            # the RouteTable
+    _scores: np.ndarray = field(repr=False)        # (R,) score of every route
+    _arrived: np.ndarray = field(repr=False)       # (R,) VALUE arrival, NaN if none
     _completed: np.ndarray = field(repr=False)     # (G, L) when each output was complete
     _labels: tuple[list, list] = field(repr=False)
     _value_bytes: int = field(repr=False)
@@ -185,14 +186,15 @@ class Run:
         index = _group_index(batch_shape, head, batch)
         group = int(np.ravel_multi_index(index, batch_shape)) if batch_shape else 0
         flat = (-1, n_queries, self.weights.shape[-1])
-        scores = self._scores.reshape(flat)[group, i]
         shares = self.weights.reshape(flat)[group, i]
-        arrived = self._arrived.reshape(flat)[group, i]
+        node = group * n_queries + i
+        span = slice(self._routes.indptr[node], self._routes.indptr[node + 1])
         query_labels, key_labels = self._labels
-        sources = np.flatnonzero(~np.isnan(scores))
-        routes = [Route(int(j), key_labels[j], float(scores[j]), float(shares[j]),
-                        self._value_bytes if not np.isnan(arrived[j]) else 0, float(arrived[j]))
-                  for j in sources]
+        routes = [Route(int(j), key_labels[j], float(score), float(shares[j]),
+                        self._value_bytes if not np.isnan(arrived) else 0, float(arrived))
+                  for j, score, arrived in zip(self._routes.key_index[span].tolist(),
+                                               self._scores[span].tolist(),
+                                               self._arrived[span].tolist())]
         routes.sort(key=lambda route: (-route.share, route.source))
         pulled = sum(1 for route in routes if route.bytes_pulled)
         where = "".join(f", {name} {value}" for name, value in

@@ -149,14 +149,12 @@ def _collect(problem: Problem, routes: RouteTable, nodes: TwoPhaseNodes, log: Tr
                              f"{token}, group {group}) with no route reported missing")
     online = isinstance(nodes, OnlineNodes)
     log.close(nodes.scores, nodes.shares, nodes.rescale if online else None)
-    dense_index = (routes.query_node, routes.key_index)
-
-    def dense(per_route: np.ndarray, fill: float, dtype) -> np.ndarray:
-        array = np.full((groups * n_queries, n_keys), fill, dtype=dtype)  # (G·L, S)
-        array[dense_index] = per_route
-        return array.reshape(groups, n_queries, n_keys)
-
-    weights = dense(nodes.shares, 0, problem.dtype)
+    weights = np.zeros((groups * n_queries, n_keys), dtype=problem.dtype)  # (G·L, S)
+    if len(routes) == weights.size:                                   # every route exists
+        weights = nodes.shares.reshape(groups, n_queries, n_keys).copy()
+    else:
+        weights[routes.query_node, routes.key_index] = nodes.shares
+        weights = weights.reshape(groups, n_queries, n_keys)
     output = nodes.output.reshape(groups, n_queries, problem.shape[4])
     if problem.empty_rows == "nan":
         empty = ~has_routes.reshape(groups, n_queries)
@@ -166,8 +164,7 @@ def _collect(problem: Problem, routes: RouteTable, nodes: TwoPhaseNodes, log: Tr
     return Run(
         output=problem.unflatten(output), weights=problem.unflatten(weights), trace=log,
         stats=_stats(log, transport, nodes, routes, completed),
-        _scores=dense(nodes.scores, np.nan, np.float64),
-        _arrived=dense(nodes.value_time, np.nan, np.float64),
+        _routes=routes, _scores=nodes.scores, _arrived=nodes.value_time,
         _completed=completed.reshape(groups, n_queries),
         _labels=node_labels(graph, n_queries, n_keys),
         _value_bytes=log.nbytes_of[Kind.VALUE],

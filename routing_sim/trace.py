@@ -16,7 +16,7 @@ import numpy as np
 from .errors import InvalidArgumentError
 from .messages import Kind
 from .routes import RouteTable
-from .transport import Fate
+from .transport import Fate, constant
 
 __all__ = ["AUTO_FULL_LIMIT", "LATENCY_BINS", "TRACE_DETAILS", "Trace"]
 
@@ -50,6 +50,7 @@ class Trace:
         self.latency_histogram = {kind: np.zeros(len(LATENCY_BINS) - 1, np.int64) for kind in Kind}
         self.node_bytes = np.zeros((routes.n_groups * routes.span, 2), np.int64)  # sent, received
         self._routes = routes
+        self._wave_counts: tuple[np.ndarray, np.ndarray] | None = None
         self._parts: list[tuple] = []
         self._columns: dict[str, np.ndarray] | None = None
 
@@ -57,24 +58,63 @@ class Trace:
     def full(self) -> bool:
         return self.detail == "full"
 
-    def record(self, kind: Kind, routes: np.ndarray, ids: np.ndarray, sent: np.ndarray,
-               arrive: np.ndarray, copy: np.ndarray, fate: np.ndarray) -> None:
-        """Log transmissions once their fate is known."""
-        originals = copy == 0
-        self.counts[kind] += int((originals & (fate != Fate.SENDER_DOWN)).sum())
-        self.duplicates[kind] += int((~originals).sum())
-        self.fates[kind] += np.bincount(fate, minlength=len(Fate.NAMES))
-        arrived = fate == Fate.DELIVERED
-        self.latency_histogram[kind] += np.histogram(arrive[arrived] - sent[arrived],
-                                                     LATENCY_BINS)[0]
-        senders, receivers = self._routes.endpoints(kind, routes)
-        size = self.nbytes_of[kind]
-        left = originals & (fate != Fate.SENDER_DOWN)
-        self.node_bytes[:, 0] += np.bincount(senders[left], minlength=len(self.node_bytes)) * size
-        self.node_bytes[:, 1] += np.bincount(receivers[arrived],
-                                             minlength=len(self.node_bytes)) * size
+    def record(self, batch, fate: np.ndarray | None) -> None:
+        """Log transmissions once their fate is known (``fate`` None: all delivered)."""
+        kind, size = batch.kind, self.nbytes_of[batch.kind]
+        if fate is None and batch.copy is None:                       # the common case
+            self.counts[kind] += len(batch)
+            self.fates[kind][Fate.DELIVERED] += len(batch)
+            sent, arrive = constant(batch.sent), constant(batch.arrive)
+            self._add_latency(kind, np.array([arrive - sent]) if sent is not None and
+                              arrive is not None else batch.arrive - batch.sent, len(batch))
+            self._add_bytes(kind, batch.routes)
+        else:
+            senders, receivers = self._routes.endpoints(kind, batch.routes)
+            fate = np.zeros(len(batch), np.int8) if fate is None else fate
+            originals = batch.copies == 0
+            left = originals & (fate != Fate.SENDER_DOWN)
+            arrived = fate == Fate.DELIVERED
+            self.counts[kind] += int(left.sum())
+            self.duplicates[kind] += int((~originals).sum())
+            self.fates[kind] += np.bincount(fate, minlength=len(Fate.NAMES))
+            self._add_latency(kind, batch.arrive[arrived] - batch.sent[arrived])
+            self.node_bytes[:, 0] += np.bincount(senders[left],
+                                                 minlength=len(self.node_bytes)) * size
+            self.node_bytes[:, 1] += np.bincount(receivers[arrived],
+                                                 minlength=len(self.node_bytes)) * size
         if self.full:
-            self._parts.append((kind, routes, ids, sent, arrive, copy, fate))
+            self._parts.append((kind, batch.routes, batch.ids, np.asarray(batch.sent),
+                                np.asarray(batch.arrive), batch.copies,
+                                np.zeros(len(batch), np.int8) if fate is None else fate))
+
+    def _add_bytes(self, kind: Kind, routes: np.ndarray) -> None:
+        size = self.nbytes_of[kind]
+        if len(routes) == len(self._routes):   # every route once: the counts never change
+            if self._wave_counts is None:
+                self._wave_counts = self._routes.route_counts()
+            asker, answerer = self._wave_counts
+            sent, received = (asker, answerer) if kind.to_key else (answerer, asker)
+        else:
+            senders, receivers = self._routes.endpoints(kind, routes)
+            sent = np.bincount(senders, minlength=len(self.node_bytes))
+            received = np.bincount(receivers, minlength=len(self.node_bytes))
+        self.node_bytes[:, 0] += sent * size
+        self.node_bytes[:, 1] += received * size
+
+    def _add_latency(self, kind: Kind, latency: np.ndarray, count: int | None = None) -> None:
+        """Add latencies to the histogram (one value standing for ``count`` messages)."""
+        if not len(latency):
+            return
+        if count is not None or latency.min() == latency.max():       # one bin for all
+            self.latency_histogram[kind][self._bin(latency[:1])[0]] += count or len(latency)
+        else:
+            self.latency_histogram[kind] += np.bincount(self._bin(latency),
+                                                        minlength=len(LATENCY_BINS) - 1)
+
+    @staticmethod
+    def _bin(latency: np.ndarray) -> np.ndarray:
+        return np.clip(np.searchsorted(LATENCY_BINS, latency, side="right") - 1, 0,
+                       len(LATENCY_BINS) - 2)
 
     def close(self, scores: np.ndarray, shares: np.ndarray, rescale: np.ndarray | None) -> None:
         """Freeze the log; per-route ``scores``, ``shares`` and ``rescale`` fill payloads."""

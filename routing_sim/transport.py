@@ -39,7 +39,7 @@ __all__ = ["DELIVERY_MODES", "Deliveries", "Fate", "Timers", "Transport"]
 
 DELIVERY_MODES = ("window", "instant", "per_message")
 _TIMER_PRIORITY = 2**61      # per_message mode: timers after the messages of an instant
-_FLUSH_PRIORITY = 2**62      # ... and the outbox flush after both
+_FLUSH_PRIORITY = 2**62      # ... and the end of the instant after both
 
 
 class Fate:
@@ -49,29 +49,85 @@ class Fate:
     NAMES = ("delivered", "lost", "sender down", "receiver down")
 
 
+def constant(values: np.ndarray) -> float | None:
+    """The one value of an array made by :func:`uniform` (a zero-stride view), else None."""
+    if len(values) and (values.strides == (0,) or len(values) == 1):
+        return float(values[0])
+    return None
+
+
+def uniform(value: float, size: int) -> np.ndarray:
+    """``size`` copies of one time, without the memory: a read-only zero-stride view."""
+    return np.broadcast_to(np.float64(value), (size,))
+
+
+def shifted(times: np.ndarray, delay: float) -> np.ndarray:
+    """``times + delay``, staying a zero-stride view when ``times`` is one."""
+    one = constant(times)
+    return uniform(one + delay, len(times)) if one is not None and len(times) > 1 \
+        else times + delay
+
+
 @dataclass
 class Deliveries:
-    """Messages of one kind (or due timers), sorted by arrival time, then message id."""
+    """Messages of one kind, sorted by arrival time, then message id, then copy.
+
+    A message id is ``(attempt · R + route) · 4 + kind``: unique per transmission, and
+    derived on demand. ``attempts`` None means every message is a first attempt, ``copy``
+    None that none is a network duplicate.
+    """
 
     kind: Kind
-    routes: np.ndarray   # (m,) route ids
-    ids: np.ndarray      # (m,) message ids: (attempt · R + route) · 4 + kind
-    sent: np.ndarray     # (m,) send times
-    arrive: np.ndarray   # (m,) arrival (or timer) times
-    copy: np.ndarray     # (m,) 0 for the original, 1 for a network duplicate
-    received: bool = True   # False: the head has arrived, the receiver NIC is still to come
-    n_routes: int = 1       # R, to read the attempt back out of a message id
+    routes: np.ndarray                   # (m,) route ids
+    sent: np.ndarray                     # (m,) send times (maybe a zero-stride view)
+    arrive: np.ndarray                   # (m,) arrival times
+    attempts: np.ndarray | None = None   # (m,) retry number of each transmission
+    copy: np.ndarray | None = None       # (m,) 1 for a network duplicate
+    received: bool = True                # False: the receiver's NIC is still to come
+    n_routes: int = 1
 
     def __len__(self) -> int:
         return len(self.routes)
 
-    def take(self, index) -> Deliveries:
-        return Deliveries(self.kind, self.routes[index], self.ids[index], self.sent[index],
-                          self.arrive[index], self.copy[index], self.received, self.n_routes)
-
     @property
     def attempt(self) -> np.ndarray:
-        return self.ids // (len(Kind) * self.n_routes)
+        return np.zeros(len(self), np.int64) if self.attempts is None else self.attempts
+
+    @property
+    def ids(self) -> np.ndarray:
+        first = self.routes.astype(np.int64)
+        if self.attempts is not None:
+            first = first + self.attempts * self.n_routes
+        return first * len(Kind) + int(self.kind)
+
+    @property
+    def copies(self) -> np.ndarray:
+        return np.zeros(len(self), np.int8) if self.copy is None else self.copy
+
+    def take(self, index) -> Deliveries:
+        pick = (lambda x: None if x is None else x[index])
+        return Deliveries(self.kind, self.routes[index], self.sent[index], self.arrive[index],
+                          pick(self.attempts), pick(self.copy), self.received, self.n_routes)
+
+    def in_order(self) -> bool:
+        """Already sorted by (arrival, id, copy)? Cheaper to check than to sort."""
+        if len(self) < 2:
+            return True
+        if constant(self.arrive) is not None and self.attempts is None and self.copy is None:
+            return bool((self.routes[1:] > self.routes[:-1]).all())
+        times = self.arrive
+        later = times[1:] > times[:-1]
+        if later.all():
+            return True
+        ids = self.ids
+        same = times[1:] == times[:-1]
+        ahead = (ids[1:] > ids[:-1]) | ((ids[1:] == ids[:-1])
+                                        & (self.copies[1:] > self.copies[:-1]))
+        return bool((later | (same & ahead)).all())
+
+    def sorted(self) -> Deliveries:
+        return self if self.in_order() else self.take(np.lexsort((self.copies, self.ids,
+                                                                  self.arrive)))
 
 
 @dataclass
@@ -90,10 +146,13 @@ class Transport:
     def __init__(self, env: simpy.Environment, network: Network, route_latency: np.ndarray,
                  nbytes: dict[Kind, int], endpoints: Callable[[Kind, np.ndarray], tuple],
                  down: Callable[[np.ndarray, np.ndarray], np.ndarray],
-                 record: Callable[..., None], mode: str = "window") -> None:
+                 record: Callable[[Deliveries, np.ndarray | None], None],
+                 mode: str = "window") -> None:
         self.env = env
         self.network = network
         self.route_latency = route_latency                             # (R,)
+        self._uniform_latency = float(route_latency[0]) if len(route_latency) and (
+            route_latency == route_latency[0]).all() else None
         self.n_routes = len(route_latency)
         self.nbytes = nbytes
         self.mode = mode
@@ -103,7 +162,7 @@ class Transport:
         self.on_step_end: Callable[[], None] | None = None
         self._endpoints = endpoints     # kind, routes -> (sender node ids, receiver node ids)
         self._down = down               # node ids, times -> inside a crash window?
-        self._record = record
+        self._record = record           # (batch, fate or None for all delivered)
         self.timeout = network.round_trip_timeout(
             float(route_latency.max(initial=network.latency)), max(nbytes.values()))
         lookahead = network.min_delay(route_latency, min(nbytes.values()))
@@ -112,7 +171,7 @@ class Transport:
         self._lookahead = lookahead if mode == "window" else 0.0
         self._pending: list[tuple[float, int, object]] = []
         self._order = itertools.count()
-        self._outbox: list[tuple[Kind, np.ndarray, np.ndarray, np.ndarray]] = []
+        self._outbox: list[Deliveries] = []
         self._flush_scheduled = False
         self._window_end = -np.inf
         self._inclusive = False
@@ -121,13 +180,19 @@ class Transport:
 
     # ----------------------------------------------------------------- sending
 
-    def send(self, kind: Kind, routes: np.ndarray, ready: np.ndarray, attempt=0) -> None:
-        """Queue one message of ``kind`` per route, leaving at ``ready`` (flushed later)."""
+    def send(self, kind: Kind, routes: np.ndarray, ready, attempt=0) -> None:
+        """Queue one message of ``kind`` per route, leaving at ``ready`` (flushed later).
+
+        ``ready`` is a time or one per route; ``attempt`` the retry number (or one per route).
+        """
         if len(routes) == 0:
             return
-        attempts = np.broadcast_to(np.asarray(attempt, dtype=np.int64), routes.shape)
-        self._outbox.append((kind, routes.astype(np.int64), np.asarray(ready, np.float64),
-                             attempts))
+        ready = uniform(ready, len(routes)) if np.ndim(ready) == 0 else \
+            np.asarray(ready, np.float64)
+        attempts = None if np.ndim(attempt) == 0 and attempt == 0 else \
+            np.broadcast_to(np.asarray(attempt, np.int64), routes.shape)
+        self._outbox.append(Deliveries(kind, routes, ready, ready, attempts,
+                                       n_routes=self.n_routes))
         self._end_step_later()
 
     def _end_step_later(self) -> None:
@@ -151,8 +216,7 @@ class Transport:
         """Start retry timers for requests just sent: they fire ``timeout`` later."""
         if len(routes) == 0:
             return
-        due = sent + self.timeout
-        timers = Timers(kind, routes, attempts, due)
+        due = np.broadcast_to(np.asarray(sent, np.float64), routes.shape) + self.timeout
         if self.mode == "per_message":
             for index in range(len(routes)):
                 single = Timers(kind, routes[index:index + 1], attempts[index:index + 1],
@@ -160,78 +224,97 @@ class Transport:
                 self._schedule(single, due[index], _TIMER_PRIORITY + int(routes[index]))
         else:
             order = np.argsort(due, kind="stable")
-            sorted_timers = Timers(kind, routes[order], attempts[order], due[order])
-            heapq.heappush(self._pending, (due[order[0]], next(self._order), sorted_timers))
+            timers = Timers(kind, routes[order], np.asarray(attempts)[order], due[order])
+            heapq.heappush(self._pending, (timers.due[0], next(self._order), timers))
 
     def flush(self) -> None:
         """Decide the fate and arrival time of everything in the outbox, in canonical order.
 
-        Canonical order is by ready time, then message id, across all kinds: it is the
-        order a sender's NIC serves its queue in.
+        Canonical order is by ready time, then message id, across all kinds: the order a
+        sender's NIC serves its queue in.
         """
         if not self._outbox:
             return
         parts, self._outbox = self._outbox, []
-        kinds = np.concatenate([np.full(len(p[1]), int(p[0]), np.int64) for p in parts])
-        routes = np.concatenate([p[1] for p in parts])
-        ready = np.concatenate([p[2] for p in parts])
-        attempts = np.concatenate([p[3] for p in parts])
-        ids = (attempts * self.n_routes + routes) * len(Kind) + kinds
-        order = np.lexsort((ids, ready))
-        kinds, routes, ready, ids = kinds[order], routes[order], ready[order], ids[order]
-        network = self.network
-        senders = np.empty(len(routes), np.int64)
-        sizes = np.empty(len(routes))
-        for kind in map(Kind, np.unique(kinds)):
-            mine = kinds == kind
-            senders[mine] = self._endpoints(kind, routes[mine])[0]
-            sizes[mine] = self.nbytes[kind]
-        fate = np.full(len(routes), Fate.DELIVERED, dtype=np.int8)
-        if network.crashes:
-            fate[self._down(senders, ready)] = Fate.SENDER_DOWN
-        fate[(fate == Fate.DELIVERED) & network.lost(ids)] = Fate.LOST
-        arrive = ready + network.delays(ids, self.route_latency[routes], sizes)
-        if network.contention:
-            # The sender's NIC serialises: the size time is spent there, after any queue.
-            leave = self._queue(self._egress_free, senders, ready, sizes,
-                                fate == Fate.DELIVERED, start_based=True)
-            arrive += leave - ready - sizes / network.bandwidth
-        for kind in map(Kind, np.unique(kinds)):
-            mine = kinds == kind
-            self._dispatch(kind, routes[mine], ids[mine], ready[mine], arrive[mine], fate[mine])
+        if self.network.contention:
+            # One NIC queue per sender across kinds: serve them together, in canonical order.
+            self._contend(parts)
+            return
+        for part in parts:
+            self._transmit(part)
 
-    def _dispatch(self, kind: Kind, routes: np.ndarray, ids: np.ndarray, ready: np.ndarray,
-                  arrive: np.ndarray, fate: np.ndarray) -> None:
-        """Log what never left or got lost; duplicate and enqueue the rest."""
+    def _transmit(self, batch: Deliveries, leave: np.ndarray | None = None) -> None:
+        """Fate, duplicates and arrival times of one kind's sends; then enqueue them."""
         network = self.network
-        gone = fate != Fate.DELIVERED
-        if gone.any():
-            self._record(kind, routes[gone], ids[gone], ready[gone],
-                         np.full(int(gone.sum()), np.nan), np.zeros(int(gone.sum()), np.int8),
-                         fate[gone])
-        alive = ~gone
-        batch = Deliveries(kind, routes[alive], ids[alive], ready[alive], arrive[alive],
-                           np.zeros(int(alive.sum()), np.int8),
-                           received=not network.contention, n_routes=self.n_routes)
-        twins = network.duplicated(batch.ids)
-        parts = [batch]
-        if twins.any():
-            copies = batch.take(twins)
-            copies.arrive = copies.arrive + network.duplicate_lag(copies.ids)
-            copies.copy = np.ones(len(copies), np.int8)
-            parts.append(copies)
-        batch = _merge(kind, parts, force_sort=True)
+        ids = batch.ids if network.randomised else None
+        fate = None
+        if network.crashes or network.loss > 0:
+            fate = np.full(len(batch), Fate.DELIVERED, dtype=np.int8)
+            if network.crashes:
+                senders, _ = self._endpoints(batch.kind, batch.routes)
+                fate[self._down(senders, batch.sent)] = Fate.SENDER_DOWN
+            if network.loss > 0:
+                fate[(fate == Fate.DELIVERED) & network.lost(ids)] = Fate.LOST
+        base = self._uniform_latency if self._uniform_latency is not None else \
+            self.route_latency[batch.routes]
+        start = batch.sent if leave is None else leave
+        delay = network.delays(ids, base, self.nbytes[batch.kind])
+        if leave is not None:            # the sender's NIC already spent the size time
+            delay = delay - self.nbytes[batch.kind] / network.bandwidth
+        one = constant(start)
+        batch.arrive = uniform(one + float(delay), len(batch)) if one is not None and \
+            np.ndim(delay) == 0 else start + delay
+        if fate is not None and (fate != Fate.DELIVERED).any():
+            gone = fate != Fate.DELIVERED
+            lost = batch.take(gone)
+            lost.arrive = np.full(len(lost), np.nan)
+            self._record(lost, fate[gone])
+            batch = batch.take(~gone)
+        batch.received = not network.contention
+        if network.duplicate > 0:
+            twins = network.duplicated(batch.ids)
+            if twins.any():
+                copies = batch.take(twins)
+                copies.arrive = copies.arrive + network.duplicate_lag(copies.ids)
+                copies.copy = np.ones(len(copies), np.int8)
+                batch = _merge(batch.kind, [batch, copies])
+        batch = batch.sorted()
         if len(batch):
             if batch.arrive[0] < self._window_end:
                 raise AssertionError("lookahead violated: a message would arrive inside the "
                                      "window that sent it")
             self._enqueue(batch)
 
+    def _contend(self, parts: list[Deliveries]) -> None:
+        """With contention: each sender's NIC serves all kinds first come first served."""
+        kinds = np.concatenate([np.full(len(p), int(p.kind)) for p in parts])
+        merged = _concat(Kind.QUERY, parts)
+        ids = np.concatenate([p.ids for p in parts])
+        order = np.lexsort((ids, merged.sent))
+        merged, kinds = merged.take(order), kinds[order]
+        senders = np.empty(len(kinds), np.int64)
+        sizes = np.empty(len(kinds))
+        for kind in map(Kind, np.unique(kinds)):
+            mine = kinds == kind
+            senders[mine] = self._endpoints(kind, merged.routes[mine])[0]
+            sizes[mine] = self.nbytes[kind]
+        sending = np.ones(len(kinds), bool)
+        if self.network.crashes:
+            sending = ~self._down(senders, merged.sent)
+        leave = self._queue(self._egress_free, senders, merged.sent, sizes, sending,
+                            start_based=True)
+        for kind in map(Kind, np.unique(kinds)):
+            mine = kinds == kind
+            part = merged.take(mine)
+            part.kind = kind
+            self._transmit(part, leave[mine])
+
     def _enqueue(self, batch: Deliveries) -> None:
         if self.mode == "per_message":
+            ids, copies = batch.ids, batch.copies
             for index in range(len(batch)):
                 self._schedule(batch.take(slice(index, index + 1)), batch.arrive[index],
-                               int(batch.ids[index]) * 2 + int(batch.copy[index]))
+                               int(ids[index]) * 2 + int(copies[index]))
         else:
             heapq.heappush(self._pending, (batch.arrive[0], next(self._order), batch))
 
@@ -254,8 +337,8 @@ class Transport:
             if self._lookahead > 0 and first_timer >= start + self._lookahead:
                 self._window_end, self._inclusive = start + self._lookahead, False
             else:
-                self._window_end, self._inclusive = min(first_timer, start) \
-                    if self._lookahead == 0 else first_timer, True
+                self._window_end, self._inclusive = start if self._lookahead == 0 \
+                    else first_timer, True
             yield self.env.timeout(max(start - self.env.now, 0.0))
             self.events += 1
             messages, timers = self._collect()
@@ -264,7 +347,7 @@ class Transport:
                     [m for m in messages if not m.received]):
                 ready.setdefault(batch.kind, []).append(batch)
             for kind, parts in sorted(ready.items()):
-                self._deliver(_merge(kind, parts, force_sort=len(parts) > 1))
+                self._deliver(_merge(kind, parts))
             for due in timers:
                 self.on_timer(due)
             self.end_step()
@@ -291,16 +374,15 @@ class Transport:
         if not batches:
             return []
         kinds = np.concatenate([np.full(len(b), int(b.kind)) for b in batches])
-        merged = Deliveries(Kind.QUERY, *(np.concatenate([getattr(b, name) for b in batches])
-                                          for name in ("routes", "ids", "sent", "arrive", "copy")),
-                            False, batches[0].n_routes)
+        merged = _concat(Kind.QUERY, batches)
+        ids = np.concatenate([b.ids for b in batches])
         receivers = np.empty(len(kinds), np.int64)
         sizes = np.empty(len(kinds))
         for kind in map(Kind, np.unique(kinds)):
             mine = kinds == kind
             receivers[mine] = self._endpoints(kind, merged.routes[mine])[1]
             sizes[mine] = self.nbytes[kind]
-        order = np.lexsort((merged.copy, merged.ids, merged.arrive, receivers))
+        order = np.lexsort((merged.copies, ids, merged.arrive, receivers))
         merged, kinds = merged.take(order), kinds[order]
         merged.arrive = self._queue(self._ingress_free, receivers[order], merged.arrive,
                                     sizes[order], np.ones(len(kinds), bool), start_based=False)
@@ -308,7 +390,7 @@ class Transport:
         for kind in map(Kind, np.unique(kinds)):
             mine = merged.take(kinds == kind)
             mine.kind, mine.received = kind, True
-            mine = mine.take(np.lexsort((mine.copy, mine.ids, mine.arrive)))
+            mine = mine.sorted()
             due_now = self._inside(mine.arrive) if self.mode != "per_message" else \
                 mine.arrive <= self.env.now
             if not due_now.all():
@@ -323,13 +405,10 @@ class Transport:
             _, receivers = self._endpoints(batch.kind, batch.routes)
             down = self._down(receivers, batch.arrive)
             if down.any():
-                dropped = batch.take(down)
-                self._record(batch.kind, dropped.routes, dropped.ids, dropped.sent,
-                             dropped.arrive, dropped.copy,
-                             np.full(len(dropped), Fate.RECEIVER_DOWN, np.int8))
+                self._record(batch.take(down), np.full(int(down.sum()), Fate.RECEIVER_DOWN,
+                                                       np.int8))
                 batch = batch.take(~down)
-        self._record(batch.kind, batch.routes, batch.ids, batch.sent, batch.arrive, batch.copy,
-                     np.full(len(batch), Fate.DELIVERED, np.int8))
+        self._record(batch, None)
         if len(batch):
             self.on_deliver(batch)
 
@@ -344,7 +423,9 @@ class Transport:
         while self._pending and self._inside(np.array([self._pending[0][0]]))[0]:
             _, _, item = heapq.heappop(self._pending)
             times = item.due if isinstance(item, Timers) else item.arrive
-            cut = int(np.searchsorted(times, self._window_end, side=side))
+            cut = len(times) if times[-1] < self._window_end or (
+                self._inclusive and times[-1] == self._window_end) else \
+                int(np.searchsorted(times, self._window_end, side=side))
             if isinstance(item, Timers):
                 head = Timers(item.kind, item.routes[:cut], item.attempts[:cut], item.due[:cut])
                 rest = Timers(item.kind, item.routes[cut:], item.attempts[cut:], item.due[cut:])
@@ -369,7 +450,7 @@ class Transport:
         received at ``t`` unless the NIC is still busy with the previous one.
         """
         bandwidth = self.network.bandwidth
-        done = times.copy()
+        done = np.array(times, dtype=np.float64)
         for index in np.flatnonzero(uses_nic):
             node, busy = int(nodes[index]), float(sizes[index]) / bandwidth
             previous = free.get(node, -np.inf)
@@ -382,10 +463,24 @@ class Transport:
         return done
 
 
-def _merge(kind: Kind, parts: list[Deliveries], force_sort: bool = False) -> Deliveries:
-    if len(parts) == 1 and not force_sort:
+def _concat(kind: Kind, parts: list[Deliveries]) -> Deliveries:
+    """One batch of the parts' messages, in the parts' order (kinds may differ)."""
+    if len(parts) == 1:
+        part = parts[0]
+        return Deliveries(kind, part.routes, part.sent, part.arrive, part.attempts, part.copy,
+                          part.received, part.n_routes)
+    attempts = None if all(p.attempts is None for p in parts) else \
+        np.concatenate([p.attempt for p in parts])
+    copy = None if all(p.copy is None for p in parts) else \
+        np.concatenate([p.copies for p in parts])
+    return Deliveries(kind, np.concatenate([p.routes for p in parts]),
+                      np.concatenate([p.sent for p in parts]),
+                      np.concatenate([p.arrive for p in parts]),
+                      attempts, copy, parts[0].received, parts[0].n_routes)
+
+
+def _merge(kind: Kind, parts: list[Deliveries]) -> Deliveries:
+    """One sorted batch of one kind from several sorted parts."""
+    if len(parts) == 1:
         return parts[0]
-    merged = Deliveries(kind, *(np.concatenate([getattr(p, name) for p in parts])
-                                for name in ("routes", "ids", "sent", "arrive", "copy")),
-                        parts[0].received, parts[0].n_routes)
-    return merged.take(np.lexsort((merged.copy, merged.ids, merged.arrive)))
+    return _concat(kind, parts).sorted()

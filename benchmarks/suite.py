@@ -1,0 +1,125 @@
+"""The benchmark table: simulate against the matrix form, everything measured in one run.
+
+Ratios are taken between timings of the same process run. Peak RSS is measured in a fresh
+interpreter per configuration (``benchmarks.rss``) so one configuration's memory does not
+hide behind another's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+import routing_sim as rs
+
+D_HEAD = 64
+
+
+def best_time(run: Callable[[], object], repeats: int) -> tuple[float, object]:
+    best, result = np.inf, None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = run()
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def plain_numpy(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """softmax(Q Kᵀ / sqrt(d)) V in plain numpy: the independent matrix-form timing."""
+    scores = q @ k.swapaxes(-1, -2) / np.sqrt(q.shape[-1])            # (h, n, n)
+    scores -= scores.max(axis=-1, keepdims=True)
+    weights = np.exp(scores)
+    weights /= weights.sum(axis=-1, keepdims=True)
+    return weights @ v                                                 # (h, n, d)
+
+
+def peak_rss(n: int, heads: int) -> float:
+    result = subprocess.run([sys.executable, "-m", "benchmarks.rss", str(n), str(heads)],
+                            capture_output=True, text=True, check=True,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return int(result.stdout.strip()) / 2**20
+
+
+def inputs(n: int, heads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return tuple(np.random.default_rng(n * 10 + heads).normal(size=(3, heads, n, D_HEAD)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes only (n <= 1024), one repeat: a smoke run")
+    parser.add_argument("--no-rss", action="store_true", help="skip the peak-RSS column")
+    arguments = parser.parse_args(argv)
+    sizes = [256, 1024] if arguments.quick else [256, 1024, 4096]
+    rows = []
+
+    def row(case: str, sim: float, ref: float | None, ref_name: str, messages: int,
+            rss: float | None = None, note: str = "") -> None:
+        rows.append((case, sim, ref, ref_name, messages, rss, note))
+        print(f"  measured {case}", file=sys.stderr, flush=True)
+
+    for n in sizes:
+        for heads in (1, 8):
+            if n == 4096 and heads == 8:
+                rows.append((f"full n={n} h={heads}", None, None, "", 0, None,
+                             "skipped: 134M routes exceed this machine's memory budget"))
+                continue
+            q, k, v = inputs(n, heads)
+            repeats = 1 if n * n * heads > 4_000_000 or arguments.quick else 3
+            t_numpy, _ = best_time(lambda: plain_numpy(q, k, v), repeats)
+            t_matrix, _ = best_time(lambda: rs.attention(q, k, v), repeats)
+            t_sim, run = best_time(lambda: rs.simulate(q, k, v, trace="summary"), repeats)
+            rss = None if arguments.no_rss else peak_rss(n, heads)
+            row(f"full n={n} h={heads}", t_sim, t_numpy, "numpy", run.stats.total_messages, rss,
+                f"rs.attention {t_matrix:.3f} s ({t_sim / t_matrix:.1f}x)")
+
+    q, k, v = inputs(1024, 1)
+    jitter = rs.Network(jitter=0.5, seed=1)
+    t_jitter, run = best_time(lambda: rs.simulate(q, k, v, network=jitter, trace="summary"), 1)
+    t_plain, plain = best_time(lambda: rs.simulate(q, k, v, trace="summary"), 1)
+    row("jitter n=1024 h=1", t_jitter, t_plain, "no jitter", run.stats.total_messages, None,
+        f"{run.stats.events:,} SimPy events")
+
+    q, k, v = inputs(256, 1)
+    t_exact, run = best_time(lambda: rs.simulate(q, k, v, numerics="exact", trace="summary"), 1)
+    t_float, _ = best_time(lambda: rs.simulate(q, k, v, trace="summary"), 3)
+    row("exact n=256 h=1", t_exact, t_float, "float mode", run.stats.total_messages, None,
+        f"{run.stats.routes / t_exact:,.0f} query-key pairs/s")
+
+    q, k, v = inputs(1024, 1)
+    t_online, run = best_time(lambda: rs.simulate(q, k, v, softmax="online", trace="summary"), 1)
+    row("online n=1024 h=1", t_online, t_plain, "two-phase", run.stats.total_messages)
+
+    q, k, v = inputs(128, 1)
+    t_naive, run = best_time(lambda: rs.simulate(q, k, v, delivery="per_message",
+                                                 trace="summary"), 1)
+    t_window, _ = best_time(lambda: rs.simulate(q, k, v, trace="summary"), 3)
+    row("per-message baseline n=128", t_naive, t_window, "batched", run.stats.total_messages,
+        None, "one SimPy event per message")
+
+    print(table(rows))
+    return 0
+
+
+def table(rows: list[tuple]) -> str:
+    header = (f"| {'case':<27} | {'simulate':>9} | {'reference':>20} | {'ratio':>7} | "
+              f"{'messages':>11} | {'messages/s':>11} | {'peak RSS':>9} | notes")
+    lines = [header, "|" + "|".join("-" * (len(cell) + 0) for cell in header.split("|")[1:-1])
+             + "|---"]
+    for case, sim, ref, ref_name, messages, rss, note in rows:
+        if sim is None:
+            lines.append(f"| {case:<27} | {'-':>9} | {'-':>20} | {'-':>7} | {'-':>11} | "
+                         f"{'-':>11} | {'-':>9} | {note}")
+            continue
+        ratio = f"{sim / ref:.2f}x" if ref else "-"
+        reference = f"{ref:.3f} s {ref_name}" if ref else "-"
+        lines.append(f"| {case:<27} | {sim:>7.3f} s | {reference:>20} | {ratio:>7} | "
+                     f"{messages:>11,} | {messages / sim:>11,.0f} | "
+                     f"{(f'{rss:,.0f} MB' if rss else '-'):>9} | {note}")
+    return "\n".join(lines)
