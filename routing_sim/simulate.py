@@ -148,7 +148,9 @@ def _collect(problem: Problem, routes: RouteTable, nodes: TwoPhaseNodes, log: Tr
         raise AssertionError(f"{unfinished.size} query tokens never finished (first: token "
                              f"{token}, group {group}) with no route reported missing")
     online = isinstance(nodes, OnlineNodes)
-    log.close(nodes.scores, nodes.shares, nodes.rescale if online else None)
+    labels = node_labels(graph, n_queries, n_keys)
+    log.close(nodes.scores, nodes.shares, nodes.rescale if online else None,
+              _context(problem, routes, nodes, labels) if log.full else None)
     weights = np.zeros((groups * n_queries, n_keys), dtype=problem.dtype)  # (G·L, S)
     if len(routes) == weights.size:                                   # every route exists
         weights = nodes.shares.reshape(groups, n_queries, n_keys).copy()
@@ -166,11 +168,39 @@ def _collect(problem: Problem, routes: RouteTable, nodes: TwoPhaseNodes, log: Tr
         stats=_stats(log, transport, nodes, routes, completed),
         _routes=routes, _scores=nodes.scores, _arrived=nodes.value_time,
         _completed=completed.reshape(groups, n_queries),
-        _labels=node_labels(graph, n_queries, n_keys),
+        _labels=labels,
         _value_bytes=log.nbytes_of[Kind.VALUE],
         dropped=[_dropped(problem, routes, nodes, int(route)) for route in dead],
         _stream=nodes.stream if online else None,
     )
+
+
+def _context(problem: Problem, routes: RouteTable, nodes: TwoPhaseNodes, labels) -> dict:
+    """Names of nodes and groups, and per-node events, for the trace exporters."""
+    query_labels, key_labels = labels
+    if routes.self_attention:
+        names = [_token_name("token", i, label) for i, label in enumerate(query_labels)]
+    else:
+        names = [_token_name("query", i, label) for i, label in enumerate(query_labels)]
+        names += [_token_name("key", j, label) for j, label in enumerate(key_labels)]
+    groups = [", ".join(f"{name} {value}" for name, value in
+                        zip(("batch",) * (len(problem.batch_shape) - 1) + ("head",),
+                            _where(problem, group))) or "attention"
+              for group in range(routes.n_groups)]
+    events = []
+    for node in np.flatnonzero(routes.routes_per_node() > 0).tolist():
+        group, token = divmod(node, routes.n_queries)
+        if np.isfinite(nodes.barrier_time[node]) and not isinstance(nodes, OnlineNodes):
+            events.append(((group, token), float(nodes.barrier_time[node]),
+                           "allocate budget (softmax)"))
+        if np.isfinite(nodes.done_time[node]):
+            events.append(((group, token), float(nodes.done_time[node]), "output complete"))
+    return {"node_names": names, "group_names": groups, "node_events": events,
+            "key_offset": 0 if routes.self_attention else routes.n_queries}
+
+
+def _token_name(side: str, position: int, label: str | None) -> str:
+    return f"{side} {label} ({position})" if label is not None else f"{side} {position}"
 
 
 def _stats(log: Trace, transport: Transport, nodes: TwoPhaseNodes, routes: RouteTable,

@@ -10,9 +10,11 @@ grow with the number of messages; ``"auto"`` keeps full rows up to
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 
+from . import exports
 from .errors import InvalidArgumentError
 from .messages import Kind
 from .routes import RouteTable
@@ -53,6 +55,7 @@ class Trace:
         self._wave_counts: tuple[np.ndarray, np.ndarray] | None = None
         self._parts: list[tuple] = []
         self._columns: dict[str, np.ndarray] | None = None
+        self.context: dict = {}
 
     @property
     def full(self) -> bool:
@@ -116,8 +119,14 @@ class Trace:
         return np.clip(np.searchsorted(LATENCY_BINS, latency, side="right") - 1, 0,
                        len(LATENCY_BINS) - 2)
 
-    def close(self, scores: np.ndarray, shares: np.ndarray, rescale: np.ndarray | None) -> None:
-        """Freeze the log; per-route ``scores``, ``shares`` and ``rescale`` fill payloads."""
+    def close(self, scores: np.ndarray, shares: np.ndarray, rescale: np.ndarray | None,
+              context: dict | None = None) -> None:
+        """Freeze the log; per-route ``scores``, ``shares`` and ``rescale`` fill payloads.
+
+        ``context`` names the nodes and groups and lists node events (budget allocations,
+        completed outputs) for the exporters.
+        """
+        self.context = context or {}
         if not self.full:
             return
         parts = self._parts or [(Kind.QUERY, *(np.zeros(0, t) for t in
@@ -188,6 +197,29 @@ class Trace:
         edges = LATENCY_BINS[1:]
         return {f"p{q}": float(edges[np.searchsorted(cumulative, q / 100)]) for q in quantiles} \
             | {"max": float(edges[np.flatnonzero(counts)[-1]])}
+
+    def to_perfetto(self, path) -> Path:
+        """Write Chrome trace event JSON for Perfetto UI / chrome://tracing (see
+        :mod:`routing_sim.exports`). Returns the path."""
+        return exports.to_perfetto(self._require_full("to_perfetto"), path)
+
+    def to_mermaid(self, query: int | None = None, group: int = 0) -> str:
+        """A Mermaid ``sequenceDiagram``: every message of ``group``, or one query's."""
+        return exports.to_mermaid(self._require_full("to_mermaid"), query, group)
+
+    def to_jsonl(self, path) -> Path:
+        """Write one JSON object per transmission. Returns the path."""
+        return exports.to_jsonl(self._require_full("to_jsonl"), path)
+
+    def to_csv(self, path) -> Path:
+        """Write one CSV row per transmission (pandas: ``read_csv``). Returns the path."""
+        return exports.to_csv(self._require_full("to_csv"), path)
+
+    def _require_full(self, what: str) -> Trace:
+        if not self.full:
+            raise InvalidArgumentError(f"{what} needs a full trace; this run kept a "
+                                       f"{self.detail} one: simulate with trace='full'")
+        return self
 
     def rows(self) -> Iterator[dict[str, object]]:
         """One dict per transmission, in trace order (for printing and exports)."""
