@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
+from itertools import chain
 
 import numpy as np
 
@@ -109,10 +110,7 @@ def exact_scores(keys: np.ndarray, query: np.ndarray, scale: float,
     if _dekker_safe(keys64, query64):
         products = keys64 * query64                                    # (n_routes, E)
         error = _product_error(keys64, np.broadcast_to(query64, keys64.shape), products)
-        rows = np.concatenate([products, error], axis=1).tolist()       # (n_routes, 2E)
-        dot_high = np.array([math.fsum(row) for row in rows])
-        dot_low = np.array([math.fsum(row + [-high]) for row, high in zip(rows,
-                                                                         dot_high.tolist())])
+        dot_high, dot_low = _row_sums(np.concatenate([products, error], axis=1))
     else:
         exact = [sum((Fraction(float(x)) * Fraction(float(y)) for x, y in zip(row, query64)),
                      Fraction(0)) for row in keys64]
@@ -126,10 +124,18 @@ def exact_scores(keys: np.ndarray, query: np.ndarray, scale: float,
     if not (np.isfinite(scaled_high).all() and np.isfinite(scaled_low).all()):
         raise NumericalError("a score overflowed to inf; scale the inputs down")
     bias64 = np.zeros(len(dot_high)) if bias is None else bias.astype(np.float64)
-    terms = np.stack([scaled_high, scaled_low, tail, bias64], axis=1).tolist()
-    high = np.array([math.fsum(row) for row in terms])
-    low = np.array([math.fsum(row + [-h]) for row, h in zip(terms, high.tolist())])
-    return high, low
+    return _row_sums(np.stack([scaled_high, scaled_low, tail, bias64], axis=1))
+
+
+def _row_sums(terms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: the correctly rounded sum, and the correctly rounded remainder."""
+    terms = np.ascontiguousarray(terms, dtype=np.float64)
+    width = terms.shape[1]
+    flat = memoryview(terms.reshape(-1))          # fsum reads floats straight from memory
+    starts = range(0, len(flat), width)
+    high = [math.fsum(flat[start:start + width]) for start in starts]
+    low = [math.fsum(chain(flat[start:start + width], (-h,))) for start, h in zip(starts, high)]
+    return np.array(high), np.array(low)
 
 
 def exact_unnormalised(high: np.ndarray, low: np.ndarray) -> tuple[np.ndarray, float]:
@@ -140,7 +146,7 @@ def exact_unnormalised(high: np.ndarray, low: np.ndarray) -> tuple[np.ndarray, f
     correction = error + low                                           # x_lo
     growth = np.exp(shifted)
     unnormalised = growth + growth * correction
-    return unnormalised, math.fsum(unnormalised.tolist())
+    return unnormalised, math.fsum(memoryview(np.ascontiguousarray(unnormalised)))
 
 
 def exact_budget(high: np.ndarray, low: np.ndarray) -> np.ndarray:
@@ -162,8 +168,10 @@ def exact_pull(high: np.ndarray, low: np.ndarray, pulled: np.ndarray, values: np
     if _dekker_safe(weights2d, values64):
         products = weights2d * values64                                # (n_pulled, Ev)
         error = _product_error(weights2d, values64, products)
-        columns = np.concatenate([products, error], axis=0).T.tolist()  # (Ev, 2·n_pulled)
-        sums = np.array([math.fsum(column) for column in columns])
+        columns = np.ascontiguousarray(np.concatenate([products, error], axis=0).T)
+        flat, width = memoryview(columns.reshape(-1)), columns.shape[1]  # (Ev, 2·n_pulled)
+        sums = np.array([math.fsum(flat[start:start + width])
+                         for start in range(0, len(flat), width)])
     else:
         sums = np.array([_fraction_dot(weights, values64[:, c]) for c in
                          range(values.shape[1])])

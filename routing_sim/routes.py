@@ -39,11 +39,27 @@ class RouteTable:
         self.key_index = key_index.astype(index_type)                  # (R,) j
         counts = np.bincount(self.query_node, minlength=groups * n_queries)
         self.indptr = np.concatenate(([0], np.cumsum(counts)))         # (G·L + 1,)
-        group = self.query_node // n_queries
-        offset = 0 if self.self_attention else n_queries
-        # Physical node ids of both ends of every route (for NICs, crashes, node bytes).
-        self.asker = (group * self.span + self.query_node % n_queries).astype(index_type)
-        self.answerer = (group * self.span + offset + self.key_index).astype(index_type)
+        self._index_type = index_type
+        self._asker: np.ndarray | None = None
+        self._answerer: np.ndarray | None = None
+
+    @property
+    def asker(self) -> np.ndarray:
+        """Physical node id of every route's query token (built on first use)."""
+        if self._asker is None:
+            group, token = np.divmod(self.query_node, self.n_queries)
+            self._asker = (group * self.span + token).astype(self._index_type)
+        return self._asker
+
+    @property
+    def answerer(self) -> np.ndarray:
+        """Physical node id of every route's key token (built on first use)."""
+        if self._answerer is None:
+            offset = 0 if self.self_attention else self.n_queries
+            group = self.query_node // self.n_queries
+            self._answerer = (group * self.span + offset + self.key_index).astype(
+                self._index_type)
+        return self._answerer
 
     def __len__(self) -> int:
         return len(self.key_index)
@@ -93,10 +109,20 @@ class RouteTable:
         asking = np.zeros(size, np.int64)
         group, token = np.divmod(np.arange(self.n_nodes), self.n_queries)
         asking[group * self.span + token] = self.routes_per_node()
-        return asking, np.bincount(self.answerer, minlength=size)
+        answering = np.zeros(size, np.int64)
+        offset = 0 if self.self_attention else self.n_queries
+        for g in range(self.n_groups):            # one group's routes are one slice
+            routes = slice(self.indptr[g * self.n_queries], self.indptr[(g + 1) * self.n_queries])
+            start = g * self.span + offset
+            answering[start:start + self.n_keys] += np.bincount(self.key_index[routes],
+                                                                minlength=self.n_keys)
+        return asking, answering
 
     def routes_of(self, nodes: np.ndarray) -> np.ndarray:
         """All route ids of the given query nodes, node by node, each in source order."""
+        if len(nodes) and nodes[-1] - nodes[0] == len(nodes) - 1:     # consecutive nodes
+            return np.arange(self.indptr[nodes[0]], self.indptr[nodes[-1] + 1],
+                             dtype=self._index_type)
         return concat_ranges(self.indptr[nodes], self.indptr[nodes + 1])
 
 

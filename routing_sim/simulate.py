@@ -153,7 +153,7 @@ def _collect(problem: Problem, routes: RouteTable, nodes: TwoPhaseNodes, log: Tr
               _context(problem, routes, nodes, labels) if log.full else None)
     weights = np.zeros((groups * n_queries, n_keys), dtype=problem.dtype)  # (G·L, S)
     if len(routes) == weights.size:                                   # every route exists
-        weights = nodes.shares.reshape(groups, n_queries, n_keys).copy()
+        weights = nodes.shares.reshape(groups, n_queries, n_keys)
     else:
         weights[routes.query_node, routes.key_index] = nodes.shares
         weights = weights.reshape(groups, n_queries, n_keys)

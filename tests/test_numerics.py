@@ -97,16 +97,24 @@ def high_precision_attention(query, key, value):
         return out
 
 
-def test_exact_mode_is_at_least_as_close_to_the_true_value():
+def test_exact_mode_is_closer_to_the_true_value():
+    """Against 60-digit decimals: exact mode's errors are several times smaller in total.
+
+    Per case, float mode sometimes lands closer by luck at the last-ulp level (numpy's
+    exp is exact mode's one inexact step), so the claim is about the whole sample.
+    """
     rng = np.random.default_rng(5)
-    worse = 0
-    for _ in range(30):
-        query, key, value = rng.normal(size=(3, 6, 16)) * 4
+    exact_errors, float_errors = [], []
+    for case in range(45):
+        query, key, value = rng.normal(size=(3, 6, 16)) * (1, 4, 10)[case % 3]
         truth = high_precision_attention(query, key, value)
-        exact_error = np.abs(rs.simulate(query, key, value, numerics="exact").output - truth)
-        float_error = np.abs(rs.simulate(query, key, value).output - truth)
-        worse += exact_error.max() > float_error.max()
-    assert worse == 0
+        exact_errors.append(np.abs(rs.simulate(query, key, value, numerics="exact").output
+                                   - truth).max())
+        float_errors.append(np.abs(rs.simulate(query, key, value).output - truth).max())
+    exact_errors, float_errors = np.array(exact_errors), np.array(float_errors)
+    assert exact_errors.sum() < 0.5 * float_errors.sum()
+    assert (exact_errors > float_errors).mean() < 0.2
+    assert (exact_errors <= 4 * np.finfo(float).eps * 10).all()
 
 
 def test_cancellation_is_exact():
