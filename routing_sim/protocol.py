@@ -33,7 +33,7 @@ from .numerics import Kernels, weighted_pull
 from .routes import RouteTable
 from .transport import Deliveries, Timers, Transport, constant, shifted
 
-__all__ = ["OnlineNodes", "TwoPhaseNodes"]
+__all__ = ["OnlineNodes", "TwoPhaseNodes", "top_routes"]
 
 SCORE_PHASE, VALUE_PHASE = 1, 2
 
@@ -47,7 +47,7 @@ class TwoPhaseNodes:
     """
 
     def __init__(self, problem: Problem, routes: RouteTable, transport: Transport,
-                 kernels: Kernels, on_missing: str = "strict") -> None:
+                 kernels: Kernels, on_missing: str = "strict", top_k: int | None = None) -> None:
         self.problem, self.routes, self.transport, self.kernels = problem, routes, transport, \
             kernels
         self.on_missing = on_missing
@@ -67,6 +67,8 @@ class TwoPhaseNodes:
         self.dead = np.zeros(n_routes, dtype=np.int8)                  # (R,) phase it died in
         self.would_have = np.full(n_routes, np.nan) if faulty else None  # (R,) dead's share
         self.output = np.zeros((n_nodes, problem.shape[4]), dtype=dtype)  # (G·L, Ev)
+        self.top_k = top_k             # hard routing: pull only the top_k scores
+        self.chosen = np.ones(n_routes, dtype=bool) if top_k else None  # (R,) routes kept
         self.barrier_time = np.full(n_nodes, -np.inf)                  # (G·L,)
         self.done_time = np.full(n_nodes, np.nan)                      # (G·L,)
         self.failed = np.zeros(n_nodes, dtype=bool)                    # strict: gave up
@@ -248,12 +250,23 @@ class TwoPhaseNodes:
             if not np.isfinite(block).all():
                 raise NumericalError(f"a score overflowed to {block[~np.isfinite(block)][0]}; "
                                      "scale the inputs down")
+            if self.top_k:
+                pick = top_routes(block, self.top_k)
+                self.chosen[span] = pick.reshape(-1)
+                block = np.where(pick, block, -np.inf)
             shares = self.kernels.budget(block, None)
             if self._kept is not None:
                 shares *= self._kept[span].reshape(shares.shape) * self._dropout_scale
             self.shares[span] = shares.reshape(-1)
         pulls = routes.routes_of(nodes)
-        return pulls if self._kept is None else pulls[self._kept[pulls]]
+        if self.top_k:
+            pulls = pulls[self.chosen[pulls]]
+        if self._kept is not None:
+            pulls = pulls[self._kept[pulls]]
+        if self.top_k or self._kept is not None:
+            self._values_needed[nodes] = np.bincount(routes.query_node[pulls],
+                                                     minlength=routes.n_nodes)[nodes]
+        return pulls
 
     def _routes_block(self, nodes: np.ndarray):
         """The route ids of these nodes: a slice when they are consecutive, else an array."""
@@ -304,9 +317,18 @@ class TwoPhaseNodes:
         return self.scores[span][routes], low
 
     def _budget(self, node: int, alive: np.ndarray) -> np.ndarray:
-        """Shares (after dropout) of a node's live routes; 0 for the dead ones."""
+        """Shares (after dropout) of a node's live routes; 0 for the dead ones.
+
+        With hard routing only the ``top_k`` best live routes get a share.
+        """
         _, _, span = self._node(node)
         shares = np.zeros(span.stop - span.start, dtype=self.problem.dtype)
+        if self.top_k and alive.any():
+            pick = np.zeros_like(alive)
+            pick[np.flatnonzero(alive)[top_routes(self.scores[span][alive][None],
+                                                  self.top_k)[0]]] = True
+            self.chosen[span] = pick
+            alive = pick
         if alive.any():
             shares[alive] = self.kernels.budget(*self._scores_of(span, alive))
         if self._kept is not None:
@@ -324,7 +346,8 @@ class TwoPhaseNodes:
                 self.failed[node] = True
                 return np.zeros(0, np.int64)
         self.shares[span] = self._budget(node, alive)
-        pull = alive if self._kept is None else alive & self._kept[span]
+        pull = alive if self.chosen is None else alive & self.chosen[span]
+        pull = pull if self._kept is None else pull & self._kept[span]
         self._values_needed[node] = int(pull.sum())
         return np.flatnonzero(pull) + span.start
 
@@ -354,6 +377,20 @@ class TwoPhaseNodes:
             output = output * self._dropout_scale
         self.output[node] = output
         self.done_time[node] += self._processing
+
+
+def top_routes(scores: np.ndarray, k: int) -> np.ndarray:
+    """Rows of a bool mask: each row's ``k`` highest scores (ties: lower source first).
+
+    Examples
+    --------
+    >>> top_routes(np.array([[0.1, 0.9, 0.9, 0.3]]), 2).astype(int)
+    array([[0, 1, 1, 0]])
+    """
+    order = np.argsort(-scores, axis=-1, kind="stable")[..., :k]       # (rows, k)
+    pick = np.zeros(scores.shape, dtype=bool)
+    np.put_along_axis(pick, order, True, axis=-1)
+    return pick
 
 
 class OnlineNodes(TwoPhaseNodes):

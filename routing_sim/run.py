@@ -102,8 +102,9 @@ class Route:
 class RoutingTable:
     """Token ``token``'s routing table: its routes sorted by share, largest first.
 
-    ``str(table)`` prints one route a line, like ``token cat (#1): 0.50``, followed by
-    the route's score, the bytes pulled and when the share arrived, and a footer.
+    ``str(table)`` prints one route a line, like ``token cat (#1): 0.50 ( 50.0%)``,
+    followed by the route's score, the bytes pulled and when the value arrived, and a
+    footer (routes, messages, when the output was complete).
     """
 
     token: int
@@ -120,8 +121,8 @@ class RoutingTable:
         for route in self.routes:
             pulled = (f"pulled {route.bytes_pulled} B at t={route.arrived:.3f}"
                       if route.bytes_pulled else "dropped")
-            lines.append(f"  token {route.name + ':':<{width}} {route.share:.2f}   "
-                         f"score {route.score:+.3f}   {pulled}")
+            lines.append(f"  token {route.name + ':':<{width}} {route.share:.2f} "
+                         f"({100 * route.share:5.1f}%)   score {route.score:+.3f}   {pulled}")
         if not self.routes:
             lines.append("  (no routes: this token cannot reach any key)")
         lines.append(f"  {len(self.routes)} routes, {self.messages} messages, "

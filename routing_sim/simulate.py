@@ -21,6 +21,7 @@ from .transport import DELIVERY_MODES, Fate, Transport
 __all__ = ["NUMERICS", "SOFTMAX", "simulate"]
 
 NUMERICS = ("float", "exact")
+ROUTING = ("softmax", "topk")
 SOFTMAX = ("two_phase", "online")
 
 
@@ -29,8 +30,8 @@ def simulate(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causa
              graph: nx.DiGraph | None = None, network: Network | None = None,
              numerics: str = "float", softmax: str = "two_phase",
              causal_alignment: str = "top_left", empty_rows: str = "zero", dropout_mask=None,
-             seed: int | None = 0, alibi_slopes=None, rope=None, trace: str = "auto",
-             delivery: str = "window") -> Run:
+             seed: int | None = 0, alibi_slopes=None, rope=None, routing: str = "softmax",
+             top_k: int = 1, trace: str = "auto", delivery: str = "window") -> Run:
     r"""Run attention as messages between token nodes and return what they computed.
 
     Every allowed route ``j -> i`` carries four messages (QUERY, SCORE, PULL, VALUE; see
@@ -57,6 +58,13 @@ def simulate(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causa
     causal_alignment, empty_rows, dropout_mask, seed, alibi_slopes, rope
         As in :func:`~routing_sim.attention`. RoPE rotates q and k before a token
         publishes them; ALiBi is added by the key node to the score it sends.
+    routing : {"softmax", "topk"}
+        Soft routing (attention), or hard routing: each query pulls only its ``top_k``
+        best-scoring routes (ties: lower source first), with the softmax renormalised
+        over them. Hard routing equals attention with those routes as the mask; its
+        gradient with respect to the scores is zero almost everywhere.
+    top_k : int
+        How many routes hard routing keeps per query.
     trace : {"auto", "full", "summary"}
         Keep every message (``"full"``), only totals (``"summary"``), or full up to
         200,000 messages (``"auto"``).
@@ -95,6 +103,12 @@ def simulate(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causa
     _check_choice("softmax", softmax, SOFTMAX)
     _check_choice("trace", trace, TRACE_DETAILS)
     _check_choice("delivery", delivery, DELIVERY_MODES)
+    _check_choice("routing", routing, ROUTING)
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        raise InvalidArgumentError(f"top_k must be a positive integer, got {top_k!r}")
+    if routing == "topk" and softmax == "online":
+        raise InvalidArgumentError("routing='topk' needs every score first: use "
+                                   "softmax='two_phase'")
     if numerics == "exact" and softmax == "online":
         raise InvalidArgumentError("numerics='exact' needs softmax='two_phase': the online "
                                    "rescaling rounds at every arrival")
@@ -127,7 +141,8 @@ def simulate(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causa
         nodes = OnlineNodes(*arguments, on_missing=network.on_missing,
                             keep_stream=log.full)
     else:
-        nodes = TwoPhaseNodes(*arguments, on_missing=network.on_missing)
+        nodes = TwoPhaseNodes(*arguments, on_missing=network.on_missing,
+                              top_k=int(top_k) if routing == "topk" else None)
     nodes.start()
     env.process(transport.run())
     env.run()

@@ -41,6 +41,13 @@ class Verdict:
     within_tolerance: bool
     bit_identical: bool
 
+    def line(self) -> str:
+        """A one-line verdict without machine-dependent digits (for golden outputs)."""
+        if self.within_tolerance:
+            return "verdict: EQUAL to matrix attention (within the float tolerance)"
+        return (f"verdict: MISMATCH with matrix attention (max abs difference "
+                f"{self.max_abs_error:.3g})")
+
     def __str__(self) -> str:
         if self.bit_identical:
             return "EQUAL: bit-identical to matrix attention (max abs difference 0.0)"

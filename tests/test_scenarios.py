@@ -1,0 +1,35 @@
+"""Every scenario runs, ends with an EQUAL verdict, and prints what its golden file holds."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from routing_sim import scenarios
+
+FOLDER = Path(__file__).resolve().parent.parent / "scenarios"
+NAMES = sorted(scenarios.available())
+
+
+def test_every_scenario_has_a_golden_file_and_a_summary():
+    assert len(NAMES) >= 8
+    assert sorted(p.stem for p in FOLDER.glob("*.out")) == NAMES
+    assert all(scenarios.available()[name] for name in NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_scenario_output_matches_its_golden_file(name, capsys):
+    scenarios.load(name).main()
+    printed = capsys.readouterr().out
+    assert printed == (FOLDER / f"{name}.out").read_text(encoding="utf-8")
+    last = printed.rstrip().splitlines()[-1]
+    assert "verdict: EQUAL to matrix attention" in last
+
+
+def test_a_scenario_runs_as_a_script():
+    result = subprocess.run([sys.executable, str(FOLDER / "routing_table.py")],
+                            capture_output=True, text=True, check=True)
+    assert result.stdout == (FOLDER / "routing_table.out").read_text(encoding="utf-8")
