@@ -40,9 +40,10 @@ def plain_numpy(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def peak_rss(n: int, heads: int) -> float:
-    result = subprocess.run([sys.executable, "-m", "benchmarks.rss", str(n), str(heads)],
-                            capture_output=True, text=True, check=True,
-                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    """Peak RSS in MB of a fresh interpreter running one simulation."""
+    folder = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-m", f"{__package__}.rss", str(n), str(heads)],
+                            capture_output=True, text=True, check=True, cwd=folder)
     return int(result.stdout.strip()) / 2**20
 
 

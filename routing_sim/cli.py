@@ -1,14 +1,20 @@
-"""The ``routing-sim`` command."""
+"""The ``routing-sim`` command: demo, scenarios, traces, plots, an equivalence sweep, benchmarks."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
 
 from .errors import RoutingSimError
 
 __all__ = ["main"]
+
+FORMATS = ("perfetto", "mermaid", "jsonl", "csv")
+PLOTS = ("heatmap", "graph", "timeline")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -31,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Attention as a routing protocol between token nodes, simulated as "
                     "messages on SimPy and checked against matrix-form attention.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
     demo = commands.add_parser(
         "demo", help="a six-token sentence routing its attention, with the verdict",
         description="Run a short sentence through the routing protocol: print every token's "
@@ -41,6 +48,73 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--jitter", type=_non_negative, default=0.3,
                       help="largest random extra delay per message (default 0.3)")
     demo.set_defaults(handler=_demo)
+
+    listing = commands.add_parser("list", help="the scenario library, one line each",
+                                  description="List the scenarios with a one-line summary.")
+    listing.set_defaults(handler=_list)
+
+    run = commands.add_parser("run", help="run one scenario by name",
+                              description="Run a scenario from the library and print its "
+                                          "story and verdict (see `routing-sim list`).")
+    run.add_argument("name", help="scenario name, e.g. routing_table")
+    run.set_defaults(handler=_run)
+
+    simulation = argparse.ArgumentParser(add_help=False)
+    group = simulation.add_argument_group("the simulation")
+    group.add_argument("--tokens", default="the cat sat on the mat",
+                       help="the sentence (one token node per word; default %(default)r)")
+    group.add_argument("--heads", type=_positive, default=1, help="attention heads (default 1)")
+    group.add_argument("--dim", type=_positive, default=4, help="head dim E (default 4)")
+    group.add_argument("--causal", action="store_true", help="token i reads tokens 0..i only")
+    group.add_argument("--latency", type=_non_negative, default=1.0, help="default 1.0")
+    group.add_argument("--jitter", type=_non_negative, default=0.3, help="default 0.3")
+    group.add_argument("--loss", type=_probability, default=0.0, help="default 0")
+    group.add_argument("--duplicate", type=_probability, default=0.0, help="default 0")
+    group.add_argument("--retries", type=int, default=10, help="default 10")
+    group.add_argument("--softmax", choices=("two_phase", "online"), default="two_phase")
+    group.add_argument("--numerics", choices=("float", "exact"), default="float")
+    group.add_argument("--seed", type=int, default=0, help="seed of data and network")
+
+    trace = commands.add_parser(
+        "trace", parents=[simulation], help="simulate and write the message trace",
+        description="Run a small simulation and write its trace: Chrome trace JSON for "
+                    "Perfetto UI or chrome://tracing, a Mermaid sequence diagram, JSON Lines "
+                    "or CSV.")
+    trace.add_argument("--format", choices=FORMATS, default="perfetto",
+                       help="default perfetto")
+    trace.add_argument("--output", "-o", type=Path,
+                       help="file to write (default: trace.json / trace.jsonl / trace.csv; "
+                            "Mermaid prints to stdout)")
+    trace.add_argument("--query", type=int, help="Mermaid: draw only this token's messages")
+    trace.set_defaults(handler=_trace)
+
+    plot = commands.add_parser(
+        "plot", parents=[simulation], help="simulate and save a picture (PNG or SVG)",
+        description="Run a small simulation and save a heatmap of the routing tables, the "
+                    "token graph with edges as wide as their share, or a message timeline. "
+                    "Needs the plot extra: pip install 'routing_sim[plot]'.")
+    plot.add_argument("--kind", choices=PLOTS, default="heatmap", help="default heatmap")
+    plot.add_argument("--output", "-o", type=Path, default=Path("routing.png"),
+                      help="image file, .png or .svg (default routing.png)")
+    plot.set_defaults(handler=_plot)
+
+    verify = commands.add_parser(
+        "verify", help="an equivalence sweep over random configurations",
+        description="Simulate random configurations (shapes, heads, masks, loss, jitter), "
+                    "compare each with matrix attention and with a second delivery schedule, "
+                    "and print a summary table; failures come with a command that reproduces "
+                    "them.")
+    verify.add_argument("--cases", type=_positive, default=200, help="default 200")
+    verify.add_argument("--seed", type=int, default=0, help="first case seed (default 0)")
+    verify.add_argument("--only", type=int, help="run just the case with this seed")
+    verify.set_defaults(handler=_verify)
+
+    bench = commands.add_parser(
+        "bench", help="the benchmark table (simulate vs matrix form)",
+        description="Run the benchmarks and print one table; everything is measured in one "
+                    "run. --quick keeps to n <= 1024.")
+    bench.add_argument("--quick", action="store_true", help="small sizes, one repeat")
+    bench.set_defaults(handler=_bench)
     return parser
 
 
@@ -51,14 +125,148 @@ def _demo(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _list(arguments: argparse.Namespace) -> int:
+    from . import scenarios
+
+    available = scenarios.available()
+    width = max(map(len, available))
+    for name, summary in available.items():
+        print(f"{name:<{width}}  {summary}")
+    return 0
+
+
+def _run(arguments: argparse.Namespace) -> int:
+    from . import scenarios
+
+    available = scenarios.available()
+    if arguments.name not in available:
+        print(f"routing-sim: error: no scenario {arguments.name!r}; choose one of "
+              f"{', '.join(available)}", file=sys.stderr)
+        return 1
+    scenarios.load(arguments.name).main()
+    return 0
+
+
+def _simulate(arguments: argparse.Namespace):
+    from .graphs import causal, complete
+    from .network import Network
+    from .simulate import simulate
+
+    words = arguments.tokens.split()
+    if not words:
+        raise _user_error("--tokens needs at least one word")
+    rng = np.random.default_rng(arguments.seed)
+    shape = (arguments.heads, len(words), arguments.dim)
+    query, key, value = (rng.normal(size=shape) for _ in range(3))
+    build = causal if arguments.causal else complete
+    network = Network(latency=arguments.latency, jitter=arguments.jitter, loss=arguments.loss,
+                      duplicate=arguments.duplicate, retries=arguments.retries,
+                      seed=arguments.seed)
+    return simulate(query, key, value, graph=build(len(words), labels=words), network=network,
+                    softmax=arguments.softmax, numerics=arguments.numerics, trace="full")
+
+
+def _trace(arguments: argparse.Namespace) -> int:
+    run = _simulate(arguments)
+    if arguments.format == "mermaid":
+        text = run.trace.to_mermaid(query=arguments.query)
+        if arguments.output:
+            arguments.output.write_text(text, encoding="utf-8")
+            print(f"wrote {arguments.output}")
+        else:
+            print(text, end="")
+        return 0
+    default = {"perfetto": "trace.json", "jsonl": "trace.jsonl", "csv": "trace.csv"}
+    path = arguments.output or Path(default[arguments.format])
+    writer = {"perfetto": run.trace.to_perfetto, "jsonl": run.trace.to_jsonl,
+              "csv": run.trace.to_csv}[arguments.format]
+    writer(path)
+    note = " (open it in https://ui.perfetto.dev or chrome://tracing)" \
+        if arguments.format == "perfetto" else ""
+    print(f"wrote {path}: {len(run.trace.kind)} messages{note}")
+    return 0
+
+
+def _plot(arguments: argparse.Namespace) -> int:
+    from . import plots
+
+    if arguments.output.suffix.lower() not in (".png", ".svg"):
+        raise _user_error(f"--output must end in .png or .svg, got {arguments.output}")
+    figure = getattr(plots, arguments.kind)(_simulate(arguments))
+    figure.savefig(arguments.output, dpi=120)
+    print(f"wrote {arguments.output}")
+    return 0
+
+
+def _verify(arguments: argparse.Namespace) -> int:
+    from .verify import check_case
+
+    seeds = [arguments.only] if arguments.only is not None else \
+        list(range(arguments.seed, arguments.seed + arguments.cases))
+    results = []
+    terminal = sys.stderr.isatty()
+    for done, seed in enumerate(seeds, 1):
+        results.append(check_case(seed))
+        if terminal:
+            filled = int(30 * done / len(seeds))
+            print(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{len(seeds)}", end="",
+                  file=sys.stderr, flush=True)
+    if terminal:
+        print(file=sys.stderr)
+    failures = [r for r in results if not r.passed]
+    print(f"{'cases':<28}{len(results)}")
+    print(f"{'max error / tolerance':<28}{max(r.error_ratio for r in results):.3g}")
+    print(f"{'bit-identical schedules':<28}{sum(r.bit_identical for r in results)}"
+          f" of {len(results)}")
+    print(f"{'failures':<28}{len(failures)}")
+    for failure in failures:
+        print(f"  FAIL {failure.description}: error/tolerance {failure.error_ratio:.3g}, "
+              f"bit-identical {failure.bit_identical}; reproduce with: "
+              f"routing-sim verify --only {failure.seed}")
+    return 1 if failures else 0
+
+
+def _bench(arguments: argparse.Namespace) -> int:
+    from .benchmarks.suite import main as bench_main
+
+    return bench_main(["--quick"] if arguments.quick else [])
+
+
+def _user_error(message: str) -> RoutingSimError:
+    from .errors import InvalidArgumentError
+
+    return InvalidArgumentError(message)
+
+
 def _non_negative(text: str) -> float:
-    try:
-        number = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    number = _number(text)
     if not number >= 0 or number == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
     return number
+
+
+def _probability(text: str) -> float:
+    number = _number(text)
+    if not 0 <= number < 1:
+        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1), got {text!r}")
+    return number
+
+
+def _positive(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return number
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
 if __name__ == "__main__":

@@ -147,3 +147,66 @@ def _tolerance(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
 
 def _gamma(n: int, unit: float) -> float:
     return n * unit / (1 - n * unit)
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """One case of an equivalence sweep (see :func:`check_case`)."""
+
+    seed: int
+    description: str
+    error_ratio: float        # max |sim - ref| / tolerance (<= 1 passes)
+    bit_identical: bool       # two delivery schedules gave the same bits
+    passed: bool
+
+
+def random_case(seed: int) -> tuple[tuple, dict, str]:
+    """A random configuration: ``(q, k, v), keyword arguments, description``."""
+    from .network import Network
+
+    rng = np.random.default_rng(seed)
+    heads = int(rng.integers(1, 4))
+    n_queries, n_keys = (int(x) for x in rng.integers(1, 9, size=2))
+    dim, value_dim = (int(x) for x in rng.integers(1, 9, size=2))
+    magnitude = float(rng.choice([0.5, 3.0, 30.0]))
+    query = rng.normal(size=(heads, n_queries, dim)) * magnitude
+    key = rng.normal(size=(heads, n_keys, dim)) * magnitude
+    value = rng.normal(size=(heads, n_keys, value_dim))
+    mask_kind = str(rng.choice(["none", "bool", "float", "causal", "bottom_right"]))
+    options: dict = {}
+    if mask_kind == "bool":
+        options["attn_mask"] = rng.random((n_queries, n_keys)) < 0.7
+    elif mask_kind == "float":
+        bias = rng.normal(size=(n_queries, n_keys))
+        bias[rng.random(bias.shape) < 0.2] = -np.inf
+        options["attn_mask"] = bias
+    elif mask_kind != "none":
+        options["is_causal"] = True
+        options["causal_alignment"] = "top_left" if mask_kind == "causal" else "bottom_right"
+    network = Network(latency=float(rng.choice([0.0, 1.0])), jitter=float(rng.choice([0, 2.0])),
+                      loss=float(rng.choice([0.0, 0.2])), duplicate=float(rng.choice([0, 0.2])),
+                      retries=50, seed=seed)
+    options["network"] = network
+    description = (f"heads={heads} L={n_queries} S={n_keys} E={dim} Ev={value_dim} "
+                   f"x{magnitude:g} mask={mask_kind} loss={network.loss} "
+                   f"jitter={network.jitter}")
+    return (query, key, value), options, description
+
+
+def check_case(seed: int) -> CaseResult:
+    """Simulate one random case twice (two schedules) and compare with matrix attention."""
+    from .network import Network
+    from .simulate import simulate
+
+    (query, key, value), options, description = random_case(seed)
+    network = options.pop("network")
+    run = simulate(query, key, value, network=network, **options)
+    other = simulate(query, key, value, network=Network(latency=0.5, jitter=3.0,
+                                                        seed=seed + 1), **options)
+    output_tol, _ = tolerance(query, key, value, **options)
+    from .reference import attention
+
+    expected = attention(query, key, value, **options)
+    ratio = float(np.max(np.abs(run.output - expected) / output_tol, initial=0.0))
+    same = bool(np.array_equal(run.output, other.output))
+    return CaseResult(seed, description, ratio, same, ratio <= 1.0 and same)

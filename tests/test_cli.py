@@ -61,3 +61,71 @@ def test_library_errors_become_one_line(monkeypatch, capsys):
     assert main(["demo"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("routing-sim: error: query has E = 2") and err.count("\n") == 1
+
+
+def test_list_names_every_scenario(capsys):
+    from routing_sim import scenarios
+
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name, summary in scenarios.available().items():
+        assert name in out and summary in out
+
+
+def test_run_prints_the_scenario(capsys):
+    assert main(["run", "routing_table"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("(within the float tolerance)")
+    assert main(["run", "nope"]) == 1
+    assert "no scenario 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt, name", [("perfetto", "t.json"), ("jsonl", "t.jsonl"),
+                                       ("csv", "t.csv")])
+def test_trace_writes_files(tmp_path, capsys, fmt, name):
+    path = tmp_path / name
+    assert main(["trace", "--format", fmt, "-o", str(path), "--tokens", "a b c",
+                 "--loss", "0.2"]) == 0
+    assert path.stat().st_size > 100 and f"wrote {path}" in capsys.readouterr().out
+
+
+def test_trace_mermaid_to_stdout(capsys):
+    assert main(["trace", "--format", "mermaid", "--tokens", "a b", "--causal"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("sequenceDiagram") and out.count("QUERY") == 3
+
+
+def test_plot_writes_an_image(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    assert main(["plot", "--kind", "graph", "-o", str(tmp_path / "g.png")]) == 0
+    assert (tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["plot", "-o", str(tmp_path / "g.gif")]) == 1
+    assert ".png or .svg" in capsys.readouterr().err
+
+
+def test_verify_sweep_passes_and_prints_a_table(capsys):
+    assert main(["verify", "--cases", "12"]) == 0
+    out = capsys.readouterr().out
+    assert "cases                       12" in out and "failures                    0" in out
+
+
+def test_verify_reports_a_failure_with_a_reproducer(monkeypatch, capsys):
+    from routing_sim import verify
+
+    real = verify.check_case
+
+    def broken(seed):
+        result = real(seed)
+        return verify.CaseResult(seed, result.description, 2.0, True, False)
+
+    monkeypatch.setattr(verify, "check_case", broken)
+    assert main(["verify", "--cases", "2", "--seed", "5"]) == 1
+    out = capsys.readouterr().out
+    assert "routing-sim verify --only 5" in out and "routing-sim verify --only 6" in out
+
+
+@pytest.mark.parametrize("command", ["list", "run", "trace", "plot", "verify", "bench"])
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    assert f"usage: routing-sim {command}" in capsys.readouterr().out
