@@ -11,6 +11,18 @@ kind        direction  payload                                bytes
 ``VALUE``   j -> i     the value vector v_j (payload)         itemsize · Ev
 ==========  =========  =====================================  ==================
 
+The backward pass (:meth:`Run.backward <routing_sim.Run.backward>`) sends four more kinds
+along the same routes, given the upstream gradient dO:
+
+================  =========  ======================================  ==============
+kind              direction  payload                                 bytes
+================  =========  ======================================  ==============
+``GRAD_OUTPUT``   i -> j     dO_i, to the value holder               itemsize · Ev
+``GRAD_SHARE``    j -> i     dP_ij = dO_i · v_j                      itemsize
+``GRAD_SCORE``    i -> j     dS_ij, after the softmax Jacobian at i  itemsize
+``GRAD_KEY``      j -> i     scale · dS_ij · k_j (k_j stays at j)    itemsize · E
+================  =========  ======================================  ==============
+
 Sizes count the payload only (no headers), at the inputs' float width.
 """
 
@@ -18,7 +30,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-__all__ = ["Kind", "payload_bytes"]
+__all__ = ["BACKWARD", "FORWARD", "Kind", "payload_bytes"]
 
 
 class Kind(IntEnum):
@@ -28,11 +40,19 @@ class Kind(IntEnum):
     SCORE = 1
     PULL = 2
     VALUE = 3
+    GRAD_OUTPUT = 4
+    GRAD_SHARE = 5
+    GRAD_SCORE = 6
+    GRAD_KEY = 7
 
     @property
     def to_key(self) -> bool:
         """True if the message travels from the query token to the key token."""
-        return self in (Kind.QUERY, Kind.PULL)
+        return self in (Kind.QUERY, Kind.PULL, Kind.GRAD_OUTPUT, Kind.GRAD_SCORE)
+
+
+FORWARD = (Kind.QUERY, Kind.SCORE, Kind.PULL, Kind.VALUE)
+BACKWARD = (Kind.GRAD_OUTPUT, Kind.GRAD_SHARE, Kind.GRAD_SCORE, Kind.GRAD_KEY)
 
 
 def payload_bytes(kind: Kind, itemsize: int, dim: int, value_dim: int,
@@ -44,6 +64,7 @@ def payload_bytes(kind: Kind, itemsize: int, dim: int, value_dim: int,
     >>> payload_bytes(Kind.QUERY, 8, 64, 32), payload_bytes(Kind.SCORE, 8, 64, 32)
     (512, 8)
     """
-    floats = {Kind.QUERY: dim, Kind.SCORE: score_floats, Kind.PULL: 1,
-              Kind.VALUE: value_dim}[kind]
+    floats = {Kind.QUERY: dim, Kind.SCORE: score_floats, Kind.PULL: 1, Kind.VALUE: value_dim,
+              Kind.GRAD_OUTPUT: value_dim, Kind.GRAD_SHARE: 1, Kind.GRAD_SCORE: 1,
+              Kind.GRAD_KEY: dim}[kind]
     return itemsize * floats

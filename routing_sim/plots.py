@@ -131,7 +131,7 @@ def timeline(run: Run, bins: int = 40):
     figure = _figure(6, 3.2)
     axis = figure.subplots()
     edges = np.linspace(0, max(float(np.nanmax(trace.arrive, initial=0.0)), 1e-9), bins + 1)
-    for kind in Kind:
+    for kind in trace.kinds:
         mine = arrived & (trace.kind == kind)
         counts, _ = np.histogram(trace.arrive[mine], edges)
         axis.step(edges[:-1], counts, where="post", label=kind.name)

@@ -9,7 +9,7 @@ import simpy
 from .errors import DeliveryError, EmptyRowError, InvalidArgumentError
 from .graphs import node_labels, route_latency
 from .inputs import Problem, prepare
-from .messages import Kind, payload_bytes
+from .messages import FORWARD, Kind, payload_bytes
 from .network import Network
 from .numerics import Kernels
 from .protocol import SCORE_PHASE, OnlineNodes, TwoPhaseNodes
@@ -128,7 +128,7 @@ def simulate(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causa
 
     groups, n_queries, n_keys, dim, value_dim = problem.shape
     nbytes = {kind: payload_bytes(kind, problem.dtype.itemsize, dim, value_dim,
-                                  2 if numerics == "exact" else 1) for kind in Kind}
+                                  2 if numerics == "exact" else 1) for kind in FORWARD}
     if trace == "auto":
         trace = "full" if len(Kind) * len(routes) <= AUTO_FULL_LIMIT else "summary"
     log = Trace(trace, routes, nbytes)
@@ -164,7 +164,8 @@ def _collect(problem: Problem, routes: RouteTable, nodes: TwoPhaseNodes, log: Tr
                              f"{token}, group {group}) with no route reported missing")
     online = isinstance(nodes, OnlineNodes)
     labels = node_labels(graph, n_queries, n_keys)
-    log.close(nodes.scores, nodes.shares, nodes.rescale if online else None,
+    log.close({Kind.SCORE: nodes.scores, Kind.PULL: nodes.shares},
+              nodes.rescale if online else None,
               _context(problem, routes, nodes, labels) if log.full else None)
     weights = np.zeros((groups * n_queries, n_keys), dtype=problem.dtype)  # (G·L, S)
     if len(routes) == weights.size:                                   # every route exists
@@ -220,19 +221,19 @@ def _token_name(side: str, position: int, label: str | None) -> str:
 
 def _stats(log: Trace, transport: Transport, nodes: TwoPhaseNodes, routes: RouteTable,
            completed: np.ndarray) -> Stats:
-    per_kind = lambda numbers: {kind.name: int(numbers[kind]) for kind in Kind}  # noqa: E731
+    per_kind = lambda numbers: {kind.name: int(numbers[kind]) for kind in log.kinds}  # noqa: E731
     return Stats(
         messages=per_kind(log.counts),
         bytes={kind.name: count for kind, count in log.bytes.items()},
         makespan=float(completed.max(initial=0.0)),
         events=transport.events, delivery=transport.mode, routes=len(routes),
-        lost=per_kind({kind: log.fates[kind][Fate.LOST] for kind in Kind}),
+        lost=per_kind({kind: log.fates[kind][Fate.LOST] for kind in log.kinds}),
         duplicated=per_kind(log.duplicates),
-        retransmitted=per_kind({kind: nodes.retransmissions.get(kind, 0) for kind in Kind}),
+        retransmitted=per_kind({kind: nodes.retransmissions.get(kind, 0) for kind in log.kinds}),
         dropped=per_kind({kind: log.fates[kind][Fate.SENDER_DOWN]
-                          + log.fates[kind][Fate.RECEIVER_DOWN] for kind in Kind}),
+                          + log.fates[kind][Fate.RECEIVER_DOWN] for kind in log.kinds}),
         ignored=nodes.ignored,
-        latency={kind.name: log.latency_percentiles(kind) for kind in Kind},
+        latency={kind.name: log.latency_percentiles(kind) for kind in log.kinds},
         node_bytes=log.node_bytes.reshape(routes.n_groups, routes.span, 2),
     )
 

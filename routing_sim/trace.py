@@ -46,6 +46,7 @@ class Trace:
             raise InvalidArgumentError(f"trace must be one of {TRACE_DETAILS}, got {detail!r}")
         self.detail = detail
         self.nbytes_of = nbytes
+        self.kinds = tuple(nbytes)                                     # the kinds it logs
         self.counts = {kind: 0 for kind in Kind}                       # put on the wire
         self.fates = {kind: np.zeros(len(Fate.NAMES), np.int64) for kind in Kind}
         self.duplicates = {kind: 0 for kind in Kind}
@@ -119,9 +120,10 @@ class Trace:
         return np.clip(np.searchsorted(LATENCY_BINS, latency, side="right") - 1, 0,
                        len(LATENCY_BINS) - 2)
 
-    def close(self, scores: np.ndarray, shares: np.ndarray, rescale: np.ndarray | None,
+    def close(self, payloads: dict[Kind, np.ndarray], rescale: np.ndarray | None,
               context: dict | None = None) -> None:
-        """Freeze the log; per-route ``scores``, ``shares`` and ``rescale`` fill payloads.
+        """Freeze the log; per-route arrays fill the scalar payloads of each kind in
+        ``payloads`` (the score of a SCORE, the share of a PULL, ...) and ``rescale``.
 
         ``context`` names the nodes and groups and lists node events (budget allocations,
         completed outputs) for the exporters.
@@ -143,7 +145,7 @@ class Trace:
         query_token, key_token = table.query_token(route), table.key_index[route]
         to_key = (kind == Kind.QUERY) | (kind == Kind.PULL)
         value = np.full(len(route), np.nan)
-        for payload_kind, per_route in ((Kind.SCORE, scores), (Kind.PULL, shares)):
+        for payload_kind, per_route in payloads.items():
             mine = kind == payload_kind
             value[mine] = per_route[route[mine]]
         rescaled = np.full(len(route), np.nan)
@@ -154,7 +156,7 @@ class Trace:
             "kind": kind, "src": np.where(to_key, query_token, key_token),
             "dst": np.where(to_key, key_token, query_token), "group": table.group(route),
             "sent": sent, "arrive": arrive,
-            "nbytes": np.array([self.nbytes_of[Kind(k)] for k in range(len(Kind))])[kind],
+            "nbytes": np.array([self.nbytes_of.get(Kind(k), 0) for k in range(len(Kind))])[kind],
             "value": value, "id": ids, "route": route,
             "attempt": ids // (len(Kind) * max(len(table), 1)), "copy": copy, "fate": fate,
             "rescale": rescaled,
@@ -178,7 +180,7 @@ class Trace:
     @property
     def bytes(self) -> dict[Kind, int]:
         """Total payload bytes put on the wire, per message kind."""
-        return {kind: self.counts[kind] * self.nbytes_of[kind] for kind in Kind}
+        return {kind: self.counts[kind] * self.nbytes_of[kind] for kind in self.kinds}
 
     def latency_percentiles(self, kind: Kind, quantiles=(50, 90, 99)) -> dict[str, float]:
         """Delivery latency percentiles of one kind: exact with a full trace, else from the

@@ -72,8 +72,8 @@ def shifted(times: np.ndarray, delay: float) -> np.ndarray:
 class Deliveries:
     """Messages of one kind, sorted by arrival time, then message id, then copy.
 
-    A message id is ``(attempt · R + route) · 4 + kind``: unique per transmission, and
-    derived on demand. ``attempts`` None means every message is a first attempt, ``copy``
+    A message id is ``(attempt · R + route) · len(Kind) + kind``: unique per transmission,
+    and derived on demand. ``attempts`` None means every message is a first attempt, ``copy``
     None that none is a network duplicate.
     """
 
