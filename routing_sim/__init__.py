@@ -23,7 +23,7 @@ from .messages import Kind
 from .modules import MultiHeadAttention
 from .network import Crash, Network
 from .positions import RotaryEmbedding
-from .reference import attention
+from .reference import attention, attention_backward
 from .run import DroppedRoute, Route, RoutingTable, Run, Stats
 from .simulate import simulate
 from .trace import Trace
@@ -50,6 +50,7 @@ __all__ = [
     "Stats",
     "Trace",
     "attention",
+    "attention_backward",
     "graphs",
     "masks",
     "simulate",

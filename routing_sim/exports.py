@@ -27,7 +27,10 @@ __all__ = ["to_csv", "to_jsonl", "to_mermaid", "to_perfetto"]
 
 MICROSECONDS_PER_UNIT = 1000.0
 MERMAID_LIMIT = 400
-_PAYLOAD = {Kind.QUERY: "q", Kind.SCORE: "s", Kind.PULL: "w", Kind.VALUE: "v"}
+_PAYLOAD = {Kind.QUERY: "q", Kind.SCORE: "s", Kind.PULL: "w", Kind.VALUE: "v",
+            Kind.GRAD_OUTPUT: "dO", Kind.GRAD_SHARE: "dP", Kind.GRAD_SCORE: "dS",
+            Kind.GRAD_KEY: "s*dS*k"}
+_SCALAR = (Kind.SCORE, Kind.PULL, Kind.GRAD_SHARE, Kind.GRAD_SCORE)
 
 
 def to_jsonl(trace, path: str | Path) -> Path:
@@ -158,7 +161,7 @@ def _nodes(info: dict, kind: Kind, src: int, dst: int) -> tuple[int, int]:
 
 
 def _payload(kind: Kind, trace, index: int, info: dict) -> str:
-    if kind in (Kind.SCORE, Kind.PULL):
+    if kind in _SCALAR:
         return f"{_PAYLOAD[kind]}={float(trace.value[index]):.3f}"
     return f"{_PAYLOAD[kind]}[{int(trace.src[index])}]"
 

@@ -36,6 +36,28 @@ class Problem:
     scale: float
     batch_shape: tuple[int, ...]
     empty_rows: str
+    origin: dict = None  # input shapes, GQA group size and rotation: for gradients
+
+    def to_inputs(self, grad: np.ndarray, which: str) -> np.ndarray:
+        """Carry a gradient ``(G, T, F)`` back to the caller's ``query``/``key``/``value``.
+
+        Undoes, in reverse, what :func:`prepare` did: broadcasting over batch dims, the
+        GQA repeat of key/value heads, and the rotary rotation of queries and keys.
+        """
+        origin = self.origin
+        grad = grad.reshape(*self.batch_shape, *grad.shape[1:])
+        rotary = origin["rotary"]
+        if rotary is not None and which != "value":
+            positions = origin["query_positions"] if which == "query" else \
+                np.arange(grad.shape[-2])
+            grad = rotary.rotate(grad, -positions)          # R(θ)ᵀ = R(-θ)
+        shape = origin[f"{which}_shape"]
+        group = origin["kv_group"] if which != "query" else 1
+        if group > 1:
+            repeated = (*shape[:-3], shape[-3] * group, *shape[-2:])
+            grad = _unbroadcast(grad, repeated)
+            grad = grad.reshape(*shape[:-3], shape[-3], group, *shape[-2:]).sum(axis=-3)
+        return _unbroadcast(grad, shape)
 
     @property
     def dtype(self) -> np.dtype:
@@ -77,6 +99,8 @@ def prepare(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causal
     if dim == 0:
         raise ShapeError(f"query and key need at least one feature (E >= 1), got shapes "
                          f"{query.shape} and {key.shape}")
+    origin = {"query_shape": query.shape, "key_shape": key.shape, "value_shape": value.shape,
+              "kv_group": query.shape[-3] // key.shape[-3] if enable_gqa else 1}
     key, value = _share_kv_heads(query, key, value, enable_gqa)
     batch_shape = _broadcast("the batch dims of query, key and value",
                              query.shape[:-2], key.shape[:-2], value.shape[:-2])
@@ -92,8 +116,10 @@ def prepare(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causal
         alibi = _alibi(alibi_slopes, scores_shape, causal_alignment).astype(query.dtype)
         bias = alibi if bias is None else bias + alibi
     rotary = as_rotary(rope)
+    origin["rotary"] = rotary
+    origin["query_positions"] = query_positions(n_queries, n_keys, causal_alignment)
     if rotary is not None:
-        query = rotary.rotate(query, query_positions(n_queries, n_keys, causal_alignment))
+        query = rotary.rotate(query, origin["query_positions"])
         key = rotary.rotate(key, np.arange(n_keys))
     keep = _dropout_keep(dropout_p, dropout_mask, seed, scores_shape)
     groups = math.prod(batch_shape)
@@ -113,7 +139,17 @@ def prepare(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causal
         scale=scale,
         batch_shape=batch_shape,
         empty_rows=empty_rows,
+        origin=origin,
     )
+
+
+def _unbroadcast(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Sum a gradient over the dims that broadcasting added or stretched."""
+    extra = grad.ndim - len(shape)
+    if extra:
+        grad = grad.sum(axis=tuple(range(extra)))
+    stretched = tuple(axis for axis, size in enumerate(shape) if size == 1 and grad.shape[axis] != 1)
+    return grad.sum(axis=stretched, keepdims=True) if stretched else grad
 
 
 def _alibi(slopes, scores_shape: tuple[int, ...], alignment: str) -> np.ndarray:

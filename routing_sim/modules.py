@@ -189,6 +189,84 @@ class MultiHeadAttention:
         output : ndarray, shape (N, L, E) or (L, E)
         weights : ndarray or None
         """
+        output, weights, _ = self._forward(query, key, value, key_padding_mask, need_weights,
+                                           attn_mask, average_attn_weights, is_causal, engine,
+                                           options)
+        return output, weights
+
+    def gradients(self, query, key, value, d_output, key_padding_mask=None,
+                  need_weights: bool = True, attn_mask=None, average_attn_weights: bool = True,
+                  is_causal: bool = False, engine: str = "messages", **options
+                  ) -> dict[str, np.ndarray]:
+        """Gradients of ``sum(output * d_output)`` for every weight and every input.
+
+        Takes the call's arguments plus ``d_output`` (the output's shape). Returns a dict
+        keyed by the state-dict names (``in_proj_weight``, ``out_proj.bias``, ``bias_k``,
+        ...) and ``"query"``, ``"key"``, ``"value"``. With ``engine="messages"`` the
+        attention core's gradients travel back along the routes as messages
+        (:meth:`Run.backward <routing_sim.Run.backward>`); with ``"matrix"`` they come from
+        :func:`~routing_sim.attention_backward`. Inputs passed as the same array still get
+        one gradient each (add them up for shared inputs).
+
+        Examples
+        --------
+        >>> mha = MultiHeadAttention(4, 2, seed=0)
+        >>> x = np.random.default_rng(1).normal(size=(3, 4))
+        >>> grads = mha.gradients(x, x, x, np.ones((3, 4)))
+        >>> sorted(grads)[:3], grads["in_proj_weight"].shape
+        (['in_proj_bias', 'in_proj_weight', 'key'], (12, 4))
+        """
+        from .reference import attention_backward
+
+        _, _, saved = self._forward(query, key, value, key_padding_mask, False, attn_mask,
+                                    average_attn_weights, is_causal, engine, options)
+        inputs, projected, merged, arguments, run, batched = saved
+        upstream = np.asarray(d_output, dtype=np.float64)
+        expected = merged.shape if batched else merged.shape[1:]
+        if upstream.shape != expected:
+            raise ShapeError(f"d_output must have the output's shape {expected}, got "
+                             f"{upstream.shape}")
+        upstream = upstream if batched else upstream[None]             # (N, L, E)
+        grads: dict[str, np.ndarray] = {}
+        grads["out_proj.weight"] = np.einsum("nle,nlf->ef", upstream, merged)
+        if "out_proj.bias" in self._parameters:
+            grads["out_proj.bias"] = upstream.sum(axis=(0, 1))
+        d_merged = upstream @ self._parameters["out_proj.weight"]      # (N, L, E)
+        n_batch, n_queries, _ = d_merged.shape
+        d_heads = d_merged.reshape(n_batch, n_queries, self.num_heads, self.head_dim
+                                   ).transpose(0, 2, 1, 3)             # (N, H, L, d)
+        if run is not None:
+            core = run.backward(d_heads)
+            d_q, d_k, d_v = core.query, core.key, core.value
+        else:
+            d_q, d_k, d_v = attention_backward(*projected, d_heads, **arguments)
+
+        def unheads(x: np.ndarray) -> np.ndarray:                     # (N, H, T, d) -> (N, T, H·d)
+            return x.transpose(0, 2, 1, 3).reshape(x.shape[0], x.shape[2], -1)
+
+        d_q, d_k, d_v = unheads(d_q), unheads(d_k), unheads(d_v)
+        n_keys = inputs[1].shape[1]
+        if "bias_k" in self._parameters:
+            grads["bias_k"] = d_k[:, n_keys].sum(axis=0)[None, None]
+            grads["bias_v"] = d_v[:, n_keys].sum(axis=0)[None, None]
+        d_k, d_v = d_k[:, :n_keys], d_v[:, :n_keys]                   # the real key tokens
+        w_q, w_k, w_v = self.projections()
+        d_weights = [np.einsum("nto,nti->oi", d, x) for d, x in zip((d_q, d_k, d_v), inputs)]
+        if self.packed:
+            grads["in_proj_weight"] = np.concatenate(d_weights)
+        else:
+            for name, d_weight in zip(("q_proj_weight", "k_proj_weight", "v_proj_weight"),
+                                      d_weights):
+                grads[name] = d_weight
+        if "in_proj_bias" in self._parameters:
+            grads["in_proj_bias"] = np.concatenate([d.sum(axis=(0, 1)) for d in (d_q, d_k, d_v)])
+        for name, d, weight in zip(("query", "key", "value"), (d_q, d_k, d_v), (w_q, w_k, w_v)):
+            grads[name] = (d @ weight) if batched else (d @ weight)[0]
+        return grads
+
+    def _forward(self, query, key, value, key_padding_mask, need_weights, attn_mask,
+                 average_attn_weights, is_causal, engine, options):
+        """The forward pass, and what the backward pass needs from it."""
         if engine not in ENGINES:
             raise InvalidArgumentError(f"engine must be one of {ENGINES}, got {engine!r}")
         query, key, value, batched = self._inputs(query, key, value)
@@ -198,9 +276,10 @@ class MultiHeadAttention:
                                 key.shape[1], k.shape[2], batched)
         arguments = dict(attn_mask=mask, enable_gqa=self.num_kv_heads != self.num_heads,
                          **options)
+        run = None
         if engine == "messages":
-            self.last_run = simulate(q, k, v, **arguments)
-            heads, weights = self.last_run.output, self.last_run.weights
+            run = self.last_run = simulate(q, k, v, **arguments)
+            heads, weights = run.output, run.weights
         else:
             heads, weights = attention(q, k, v, return_weights=True, **arguments)
         merged = heads.transpose(0, 2, 1, 3).reshape(n_batch, n_queries, self.embed_dim)
@@ -211,7 +290,11 @@ class MultiHeadAttention:
             weights = weights.mean(axis=1)                             # (N, L, S')
         if not batched:
             output, weights = output[0], weights[0]
-        return output, (weights if need_weights else None)
+        arguments.pop("network", None)
+        for name in ("trace", "delivery", "softmax", "numerics", "routing", "top_k"):
+            arguments.pop(name, None)
+        saved = ((query, key, value), (q, k, v), merged, arguments, run, batched)
+        return output, (weights if need_weights else None), saved
 
     def _inputs(self, query, key, value):
         arrays = [np.asarray(x) for x in (query, key, value)]

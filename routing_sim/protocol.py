@@ -33,77 +33,49 @@ from .numerics import Kernels, weighted_pull
 from .routes import RouteTable
 from .transport import Deliveries, Timers, Transport, constant, shifted
 
-__all__ = ["OnlineNodes", "TwoPhaseNodes", "top_routes"]
+__all__ = ["OnlineNodes", "TokenNodes", "TwoPhaseNodes", "top_routes"]
 
 SCORE_PHASE, VALUE_PHASE = 1, 2
 
 
-class TwoPhaseNodes:
-    """The state and handlers of every token node in a run, vectorised over nodes.
+class TokenNodes:
+    """What every protocol shares: requests retried like RPCs, idempotent receivers, and
+    counting arrivals per query node. Subclasses name their request kinds (each answered
+    by the kind that follows it) and say what happens when a route is given up."""
 
-    Per route: the score and share once known, when its SCORE and VALUE first arrived,
-    and whether it died (no answer after every retry). Per query node: how many routes
-    are settled in each phase, the barrier time and the time its output was complete.
-    """
+    REQUESTS: tuple[Kind, ...] = ()
 
-    def __init__(self, problem: Problem, routes: RouteTable, transport: Transport,
-                 kernels: Kernels, on_missing: str = "strict", top_k: int | None = None) -> None:
-        self.problem, self.routes, self.transport, self.kernels = problem, routes, transport, \
-            kernels
-        self.on_missing = on_missing
-        n_routes, n_nodes, dtype = len(routes), routes.n_nodes, problem.dtype
-        score_type = np.float64 if kernels.exact else dtype
-        self.scores = np.zeros(n_routes, dtype=score_type)             # (R,) s_ij (high part)
-        self.score_low = np.zeros(n_routes) if kernels.exact else None  # (R,) exact: low part
-        self.shares = np.zeros(n_routes, dtype=dtype)                  # (R,) w_ij after dropout
-        faulty = transport.network.faulty
-        self._retrying = faulty
-        # Copies and repeated answers exist only with duplication or retries.
-        self._dedupe = transport.network.duplicate > 0 or faulty
-        # First SCORE arrival per route: only retries and copies need it (idempotence).
-        self.score_time = np.full(n_routes, np.nan) if faulty or \
-            transport.network.duplicate > 0 else None                 # (R,)
-        self.value_time = np.full(n_routes, np.nan)                    # (R,) first VALUE in
+    def __init__(self, problem: Problem, routes: RouteTable, transport: Transport) -> None:
+        self.problem, self.routes, self.transport = problem, routes, transport
+        network = transport.network
+        n_routes = len(routes)
         self.dead = np.zeros(n_routes, dtype=np.int8)                  # (R,) phase it died in
-        self.would_have = np.full(n_routes, np.nan) if faulty else None  # (R,) dead's share
-        self.output = np.zeros((n_nodes, problem.shape[4]), dtype=dtype)  # (G·L, Ev)
-        self.top_k = top_k             # hard routing: pull only the top_k scores
-        self.chosen = np.ones(n_routes, dtype=bool) if top_k else None  # (R,) routes kept
-        self.barrier_time = np.full(n_nodes, -np.inf)                  # (G·L,)
-        self.done_time = np.full(n_nodes, np.nan)                      # (G·L,)
-        self.failed = np.zeros(n_nodes, dtype=bool)                    # strict: gave up
-        self.retransmissions = {Kind.QUERY: 0, Kind.PULL: 0}
+        self.retransmissions = {kind: 0 for kind in self.REQUESTS}
         self.ignored = 0                                               # copies and late answers
-        self._needed = routes.routes_per_node()                        # (G·L,)
-        self._kept = None if problem.keep is None else problem.keep.reshape(
-            n_nodes, -1)[routes.query_node, routes.key_index]          # (R,) bool
-        self._values_needed = self._needed if self._kept is None else np.bincount(
-            routes.query_node[self._kept], minlength=n_nodes)
-        self._dead_routes = np.zeros(n_nodes, dtype=np.int64)          # (G·L,) per node
-        self._scores_settled = np.zeros(n_nodes, dtype=np.int64)
-        self._values_settled = np.zeros(n_nodes, dtype=np.int64)
+        self._retrying = network.faulty
+        self._retries = network.retries
+        # Copies and repeated answers exist only with duplication or retries.
+        self._dedupe = network.duplicate > 0 or network.faulty
         self._answered = {kind: np.zeros(n_routes if self._dedupe else 0, np.int64)
-                          for kind in (Kind.QUERY, Kind.PULL)}         # bit a: attempt a answered
-        self._retries = transport.network.retries
-        self._dropout_scale = problem.dtype.type(1.0 / (1.0 - problem.dropout_p))
-        self._handlers = {Kind.QUERY: self.on_query, Kind.SCORE: self.on_score,
-                          Kind.PULL: self.on_pull, Kind.VALUE: self.on_value}
-        self._processing = transport.network.processing
+                          for kind in self.REQUESTS}                   # bit a: attempt a answered
+        self._dead_routes = np.zeros(routes.n_nodes, dtype=np.int64)   # (G·L,) per node
+        self._processing = network.processing
         transport.on_deliver, transport.on_timer = self.deliver, self.on_timer
-
-    # ----------------------------------------------------------------- protocol
-
-    def start(self) -> None:
-        """At time 0 every query node sends a QUERY on each of its routes."""
-        every_route = np.arange(len(self.routes), dtype=self.routes.key_index.dtype)
-        self._request(Kind.QUERY, every_route, 0.0, 0)
 
     def deliver(self, batch: Deliveries) -> None:
         self._handlers[batch.kind](batch)
 
-    def on_query(self, batch: Deliveries) -> None:
-        """Key node j: answer each query with its match score, as soon as it arrives."""
-        self._answer(Kind.SCORE, batch)
+    def on_timer(self, timers: Timers) -> None:
+        """A request's timer fired: resend if its answer is not in, or give the route up."""
+        answer_time = self._answer_times()[timers.kind]
+        waiting = ~(answer_time[timers.routes] <= timers.due) & (self.dead[timers.routes] == 0)
+        routes, attempts, due = (x[waiting] for x in (timers.routes, timers.attempts, timers.due))
+        again = attempts < self._retries
+        self.retransmissions[timers.kind] += int(again.sum())
+        self._request(timers.kind, routes[again], due[again], attempts[again] + 1)
+        lost, when = routes[~again], due[~again]
+        np.add.at(self._dead_routes, self.routes.query_node[lost], 1)
+        self._give_up(timers.kind, lost, when)
 
     def _answer(self, kind: Kind, batch: Deliveries) -> None:
         """Key node j: reply once to every request id it has not answered before."""
@@ -113,39 +85,6 @@ class TwoPhaseNodes:
         fresh = self._fresh_requests(batch)
         self.transport.send(kind, batch.routes[fresh], batch.arrive[fresh] + self._processing,
                             batch.attempt[fresh])
-
-    def on_score(self, batch: Deliveries) -> None:
-        """Query node i: when the last score is in, allocate the budget and send PULLs."""
-        routes, times = self._first_answers(batch, self.score_time)
-        self._settle_scores(routes, times)
-
-    def on_pull(self, batch: Deliveries) -> None:
-        """Key node j: send the value to whoever pulls it."""
-        self._answer(Kind.VALUE, batch)
-
-    def on_value(self, batch: Deliveries) -> None:
-        """Query node i: when the last value is in, add the shares up."""
-        routes, times = self._first_answers(batch, self.value_time)
-        self._settle_values(routes, times)
-
-    def on_timer(self, timers: Timers) -> None:
-        """A request's timer fired: resend if its answer is not in, or give the route up."""
-        answer_time = self.score_time if timers.kind == Kind.QUERY else self.value_time
-        waiting = ~(answer_time[timers.routes] <= timers.due) & (self.dead[timers.routes] == 0)
-        routes, attempts, due = (x[waiting] for x in (timers.routes, timers.attempts, timers.due))
-        again = attempts < self._retries
-        self.retransmissions[timers.kind] += int(again.sum())
-        self._request(timers.kind, routes[again], due[again], attempts[again] + 1)
-        lost, when = routes[~again], due[~again]
-        np.add.at(self._dead_routes, self.routes.query_node[lost], 1)
-        if timers.kind == Kind.QUERY:
-            self.dead[lost] = SCORE_PHASE
-            self._settle_scores(lost, when)
-        else:
-            self.dead[lost] = VALUE_PHASE
-            self._settle_values(lost, when)
-
-    # ----------------------------------------------------------------- bookkeeping
 
     def _request(self, kind: Kind, routes: np.ndarray, ready: np.ndarray, attempt) -> None:
         self.transport.send(kind, routes, ready, attempt)
@@ -199,6 +138,94 @@ class TwoPhaseNodes:
         else:
             np.fmax.at(latest, self.routes.query_node[routes] if nodes is None else nodes, times)
         return touched[settled[touched] == needed[touched]]
+
+    def _answer_times(self) -> dict[Kind, np.ndarray]:
+        raise NotImplementedError
+
+    def _give_up(self, kind: Kind, routes: np.ndarray, times: np.ndarray) -> None:
+        raise NotImplementedError
+
+class TwoPhaseNodes(TokenNodes):
+    """The state and handlers of every token node in a run, vectorised over nodes.
+
+    Per route: the score and share once known, when its SCORE and VALUE first arrived,
+    and whether it died (no answer after every retry). Per query node: how many routes
+    are settled in each phase, the barrier time and the time its output was complete.
+    """
+
+    REQUESTS = (Kind.QUERY, Kind.PULL)
+
+    def __init__(self, problem: Problem, routes: RouteTable, transport: Transport,
+                 kernels: Kernels, on_missing: str = "strict", top_k: int | None = None) -> None:
+        super().__init__(problem, routes, transport)
+        self.kernels = kernels
+        self.on_missing = on_missing
+        n_routes, n_nodes, dtype = len(routes), routes.n_nodes, problem.dtype
+        score_type = np.float64 if kernels.exact else dtype
+        self.scores = np.zeros(n_routes, dtype=score_type)             # (R,) s_ij (high part)
+        self.score_low = np.zeros(n_routes) if kernels.exact else None  # (R,) exact: low part
+        self.shares = np.zeros(n_routes, dtype=dtype)                  # (R,) w_ij after dropout
+        faulty = transport.network.faulty
+        # First SCORE arrival per route: only retries and copies need it (idempotence).
+        self.score_time = np.full(n_routes, np.nan) if faulty or \
+            transport.network.duplicate > 0 else None                 # (R,)
+        self.value_time = np.full(n_routes, np.nan)                    # (R,) first VALUE in
+        self.would_have = np.full(n_routes, np.nan) if faulty else None  # (R,) dead's share
+        self.output = np.zeros((n_nodes, problem.shape[4]), dtype=dtype)  # (G·L, Ev)
+        self.top_k = top_k             # hard routing: pull only the top_k scores
+        self.chosen = np.ones(n_routes, dtype=bool) if top_k else None  # (R,) routes kept
+        self.barrier_time = np.full(n_nodes, -np.inf)                  # (G·L,)
+        self.done_time = np.full(n_nodes, np.nan)                      # (G·L,)
+        self.failed = np.zeros(n_nodes, dtype=bool)                    # strict: gave up
+        self._needed = routes.routes_per_node()                        # (G·L,)
+        self._kept = None if problem.keep is None else problem.keep.reshape(
+            n_nodes, -1)[routes.query_node, routes.key_index]          # (R,) bool
+        self._values_needed = self._needed if self._kept is None else np.bincount(
+            routes.query_node[self._kept], minlength=n_nodes)
+        self._scores_settled = np.zeros(n_nodes, dtype=np.int64)
+        self._values_settled = np.zeros(n_nodes, dtype=np.int64)
+        self._dropout_scale = problem.dtype.type(1.0 / (1.0 - problem.dropout_p))
+        self._handlers = {Kind.QUERY: self.on_query, Kind.SCORE: self.on_score,
+                          Kind.PULL: self.on_pull, Kind.VALUE: self.on_value}
+
+    # ----------------------------------------------------------------- protocol
+
+    def start(self) -> None:
+        """At time 0 every query node sends a QUERY on each of its routes."""
+        every_route = np.arange(len(self.routes), dtype=self.routes.key_index.dtype)
+        self._request(Kind.QUERY, every_route, 0.0, 0)
+
+    def on_query(self, batch: Deliveries) -> None:
+        """Key node j: answer each query with its match score, as soon as it arrives."""
+        self._answer(Kind.SCORE, batch)
+
+    def on_score(self, batch: Deliveries) -> None:
+        """Query node i: when the last score is in, allocate the budget and send PULLs."""
+        routes, times = self._first_answers(batch, self.score_time)
+        self._settle_scores(routes, times)
+
+    def on_pull(self, batch: Deliveries) -> None:
+        """Key node j: send the value to whoever pulls it."""
+        self._answer(Kind.VALUE, batch)
+
+    def on_value(self, batch: Deliveries) -> None:
+        """Query node i: when the last value is in, add the shares up."""
+        routes, times = self._first_answers(batch, self.value_time)
+        self._settle_values(routes, times)
+
+    def _answer_times(self) -> dict[Kind, np.ndarray]:
+        return {Kind.QUERY: self.score_time, Kind.PULL: self.value_time}
+
+    def _give_up(self, kind: Kind, routes: np.ndarray, times: np.ndarray) -> None:
+        """No answer after every retry: the route is dead; its node settles without it."""
+        if kind == Kind.QUERY:
+            self.dead[routes] = SCORE_PHASE
+            self._settle_scores(routes, times)
+        else:
+            self.dead[routes] = VALUE_PHASE
+            self._settle_values(routes, times)
+
+    # ----------------------------------------------------------------- bookkeeping
 
     def _settle_scores(self, routes: np.ndarray, times: np.ndarray) -> None:
         ready = self._settle(routes, times, self._scores_settled, self._needed,

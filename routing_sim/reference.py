@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import EmptyRowError, InvalidArgumentError, NumericalError
+from .errors import EmptyRowError, InvalidArgumentError, NumericalError, ShapeError
 from .inputs import Problem, prepare
 from .numerics import exact_budget, exact_pull, exact_scores
 
-__all__ = ["attention"]
+__all__ = ["attention", "attention_backward"]
 
 
 def attention(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causal: bool = False,
@@ -103,7 +103,7 @@ def attention(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_caus
     return (output, weights) if return_weights else output
 
 
-def _weights(problem: Problem) -> np.ndarray:
+def _weights(problem: Problem, dropout: bool = True) -> np.ndarray:
     """Routing tables ``(G, L, S)``: stable softmax over allowed routes, then dropout."""
     with np.errstate(over="ignore", invalid="ignore"):   # overflow is reported below
         scores = problem.query @ problem.key.transpose(0, 2, 1)        # (G, L, S)
@@ -125,7 +125,7 @@ def _weights(problem: Problem) -> np.ndarray:
     weights = np.exp(scores - row_max)                                 # (G, L, S)
     total = weights.sum(axis=-1, keepdims=True)                        # (G, L, 1)
     weights /= np.where(has_route, total, 1)
-    if problem.keep is not None:
+    if dropout and problem.keep is not None:
         weights *= problem.keep * problem.dtype.type(1.0 / (1.0 - problem.dropout_p))
     return weights
 
@@ -152,3 +152,58 @@ def _exact(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
         weights[g, i, keys] = shares
         output[g, i] = row
     return weights, output
+
+
+def attention_backward(query, key, value, d_output, attn_mask=None, dropout_p: float = 0.0,
+                       is_causal: bool = False, scale: float | None = None,
+                       enable_gqa: bool = False, *, causal_alignment: str = "top_left",
+                       dropout_mask=None, seed: int | None = 0, alibi_slopes=None, rope=None
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r"""Gradients of :func:`attention` with respect to query, key and value, in matrix form.
+
+    With ``P = softmax(S)``, ``P' = P ⊙ keep / (1-p)`` and ``O = P' V``, given ``dO``:
+
+    .. math:: dV = P'^\top dO,\quad dP = (dO\,V^\top) ⊙ keep / (1-p),\quad
+              dS = P ⊙ (dP - \mathrm{rowsum}(P ⊙ dP)),\quad dQ = s\,dS\,K,\quad
+              dK = s\,dS^\top Q
+
+    then carried back through RoPE, GQA head sharing and broadcasting to the inputs' shapes.
+    Takes the arguments of :func:`attention` (``empty_rows`` rows get zero gradients).
+
+    Examples
+    --------
+    >>> q = np.array([[1.0, 0.0]]); k = np.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> v = np.array([[1.0], [0.0]])
+    >>> dq, dk, dv = attention_backward(q, k, v, np.ones((1, 1)), scale=1.0)
+    >>> dv.round(3).tolist()
+    [[0.731], [0.269]]
+    """
+    problem = prepare(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
+                      causal_alignment=causal_alignment, dropout_mask=dropout_mask, seed=seed,
+                      alibi_slopes=alibi_slopes, rope=rope)
+    groups, n_queries, _, _, value_dim = problem.shape
+    upstream = _upstream(problem, d_output)                           # (G, L, Ev)
+    weights = _weights(problem, dropout=False)                         # (G, L, S)  P
+    factor = 1.0 if problem.keep is None else problem.keep * problem.dtype.type(
+        1.0 / (1.0 - problem.dropout_p))
+    dropped = weights * factor                                         # (G, L, S)  P'
+    d_value = dropped.transpose(0, 2, 1) @ upstream                    # (G, S, Ev)
+    d_weights = (upstream @ problem.value.transpose(0, 2, 1)) * factor  # (G, L, S)  dP
+    d_scores = weights * (d_weights - (weights * d_weights).sum(-1, keepdims=True))
+    d_query = problem.scale * d_scores @ problem.key                   # (G, L, E)
+    d_key = problem.scale * d_scores.transpose(0, 2, 1) @ problem.query  # (G, S, E)
+    return (problem.to_inputs(d_query, "query"), problem.to_inputs(d_key, "key"),
+            problem.to_inputs(d_value, "value"))
+
+
+def _upstream(problem: Problem, d_output) -> np.ndarray:
+    """The upstream gradient, checked against the output's shape and flattened to groups."""
+    groups, n_queries, _, _, value_dim = problem.shape
+    expected = (*problem.batch_shape, n_queries, value_dim)
+    upstream = np.asarray(d_output)
+    if upstream.shape != expected:
+        raise ShapeError(f"d_output must have the output's shape {expected}, got "
+                         f"{upstream.shape}")
+    if upstream.dtype.kind not in "fiu" or not np.isfinite(upstream).all():
+        raise InvalidArgumentError("d_output must hold finite real numbers")
+    return upstream.astype(problem.dtype).reshape(groups, n_queries, value_dim)

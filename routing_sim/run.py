@@ -158,6 +158,34 @@ class Run:
     _value_bytes: int = field(repr=False)
     dropped: list[DroppedRoute] = field(default_factory=list)
     _stream: list | None = field(default=None, repr=False)
+    _forward: tuple | None = field(default=None, repr=False)   # (nodes, network, delivery)
+
+    def backward(self, d_output):
+        """Gradients of ``sum(output * d_output)``, sent back along the routes as messages.
+
+        Returns :class:`~routing_sim.backward.Gradients` with ``query``, ``key`` and
+        ``value`` (the inputs' shapes), and the backward pass's own ``stats`` and ``trace``
+        (see :mod:`routing_sim.backward` for the four message kinds). Covers masks, scale,
+        dropout, heads, GQA, cross-attention, RoPE and hard routing; the arithmetic is float.
+        Online-softmax runs allocate their shares as they stream, so their backward pass
+        uses the final shares, like two-phase.
+
+        Examples
+        --------
+        >>> import numpy as np, routing_sim as rs
+        >>> q, k, v = np.random.default_rng(0).normal(size=(3, 4, 2))
+        >>> grads = rs.simulate(q, k, v, is_causal=True).backward(np.ones((4, 2)))
+        >>> expected = rs.attention_backward(q, k, v, np.ones((4, 2)), is_causal=True)
+        >>> all(np.allclose(a, b, rtol=1e-10, atol=1e-12) for a, b in
+        ...     zip((grads.query, grads.key, grads.value), expected))
+        True
+        >>> grads.stats.messages
+        {'GRAD_OUTPUT': 10, 'GRAD_SHARE': 10, 'GRAD_SCORE': 10, 'GRAD_KEY': 10}
+        """
+        from .backward import backward
+
+        nodes, network, delivery = self._forward
+        return backward(nodes, d_output, network, delivery, self.trace.detail)
 
     def stream(self, i: int, head: int | None = None, batch=None) -> list[tuple[float, np.ndarray]]:
         """Online softmax with a full trace: token ``i``'s partial output after each arrival.

@@ -164,9 +164,9 @@ def _collect(problem: Problem, routes: RouteTable, nodes: TwoPhaseNodes, log: Tr
                              f"{token}, group {group}) with no route reported missing")
     online = isinstance(nodes, OnlineNodes)
     labels = node_labels(graph, n_queries, n_keys)
+    nodes.context = _context(problem, routes, nodes, labels) if log.full else None
     log.close({Kind.SCORE: nodes.scores, Kind.PULL: nodes.shares},
-              nodes.rescale if online else None,
-              _context(problem, routes, nodes, labels) if log.full else None)
+              nodes.rescale if online else None, nodes.context if log.full else None)
     weights = np.zeros((groups * n_queries, n_keys), dtype=problem.dtype)  # (G·L, S)
     if len(routes) == weights.size:                                   # every route exists
         weights = nodes.shares.reshape(groups, n_queries, n_keys)
@@ -188,6 +188,7 @@ def _collect(problem: Problem, routes: RouteTable, nodes: TwoPhaseNodes, log: Tr
         _value_bytes=log.nbytes_of[Kind.VALUE],
         dropped=[_dropped(problem, routes, nodes, int(route)) for route in dead],
         _stream=nodes.stream if online else None,
+        _forward=(nodes, transport.network, transport.mode),
     )
 
 

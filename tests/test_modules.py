@@ -155,3 +155,39 @@ def test_kdim_mismatch_is_named():
     mha = rs.MultiHeadAttention(4, 2, kdim=3, vdim=5)
     with pytest.raises(rs.ShapeError, match="key has 4 features but the module's kdim is 3"):
         mha(np.ones((2, 4)), np.ones((2, 4)), np.ones((2, 5)))
+
+
+@pytest.mark.parametrize("config", [dict(embed_dim=4, num_heads=2),
+                                    dict(embed_dim=4, num_heads=2, kdim=3, vdim=2,
+                                         add_bias_kv=True, add_zero_attn=True),
+                                    dict(embed_dim=4, num_heads=4, num_kv_heads=2)])
+@pytest.mark.parametrize("engine", ["messages", "matrix"])
+def test_module_gradients_equal_finite_differences(config, engine):
+    rng = np.random.default_rng(0)
+    mha = rs.MultiHeadAttention(**config, seed=1)
+    mha.load_state_dict({name: rng.normal(size=value.shape)
+                         for name, value in mha.state_dict().items()})
+    query = rng.normal(size=(2, 3, mha.embed_dim))
+    key, value = rng.normal(size=(2, 4, mha.kdim)), rng.normal(size=(2, 4, mha.vdim))
+    d_output = rng.normal(size=(2, 3, mha.embed_dim))
+    grads = mha.gradients(query, key, value, d_output, is_causal=False, engine=engine)
+    state = mha.state_dict()
+
+    def loss(parameters, inputs):
+        mha.load_state_dict(parameters)
+        return float((mha(*inputs, engine="matrix")[0] * d_output).sum())
+
+    inputs = {"query": query, "key": key, "value": value}
+    for name in list(state) + list(inputs):
+        base = state if name in state else inputs
+        numeric = np.zeros_like(base[name])
+        for index in np.ndindex(numeric.shape):
+            for sign in (1, -1):
+                changed = {**base, name: base[name].copy()}
+                changed[name][index] += sign * 1e-6
+                parameters = changed if name in state else state
+                arrays = changed if name in inputs else inputs
+                numeric[index] += sign * loss(parameters, (arrays["query"], arrays["key"],
+                                                           arrays["value"])) / 2e-6
+        mha.load_state_dict(state)
+        np.testing.assert_allclose(grads[name], numeric, rtol=1e-6, atol=1e-7, err_msg=name)

@@ -164,3 +164,57 @@ def test_every_combination_of_extras_loads():
         ours = rs.MultiHeadAttention(**config)
         ours.load_state_dict(theirs.state_dict())
         assert set(ours.state_dict()) == set(theirs.state_dict())
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("case", ["mask", "gqa", "cross", "causal"])
+def test_sdpa_gradients(seed, case):
+    rng = np.random.default_rng(seed + 100)
+    heads, kv_heads = (4, 2) if case == "gqa" else (2, 2)
+    n_queries, n_keys = (3, 6) if case == "cross" else (5, 5)
+    q = rng.normal(size=(2, heads, n_queries, 4))
+    k = rng.normal(size=(2, kv_heads, n_keys, 4))
+    v = rng.normal(size=(2, kv_heads, n_keys, 3 if case == "cross" else 4))
+    kwargs: dict = {}
+    if case == "mask":
+        kwargs["attn_mask"] = rng.random((n_queries, n_keys)) < 0.7
+    elif case == "gqa":
+        kwargs["enable_gqa"] = True
+    elif case == "causal":
+        kwargs["is_causal"] = True
+    d_output = rng.normal(size=(2, heads, n_queries, v.shape[-1]))
+    leaves = [torch.from_numpy(x.copy()).requires_grad_() for x in (q, k, v)]
+    torch_kwargs = {n: torch.from_numpy(x) if isinstance(x, np.ndarray) else x
+                    for n, x in kwargs.items()}
+    out = F.scaled_dot_product_attention(*leaves, **torch_kwargs)
+    out.backward(torch.from_numpy(d_output))
+    grads = rs.simulate(q, k, v, network=rs.Network(jitter=1.0, seed=seed), **kwargs
+                        ).backward(d_output)
+    for ours, leaf in zip((grads.query, grads.key, grads.value), leaves):
+        np.testing.assert_allclose(ours, leaf.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
+@pytest.mark.parametrize("engine", ["messages", "matrix"])
+def test_multihead_attention_gradients(config, engine):
+    rng = np.random.default_rng(CONFIGS.index(config))
+    theirs = torch_module(config, CONFIGS.index(config))
+    ours = rs.MultiHeadAttention(**config)
+    ours.load_state_dict(theirs.state_dict())
+    embed = config["embed_dim"]
+    query = rng.normal(size=(2, 4, embed))
+    key = rng.normal(size=(2, 5, config.get("kdim", embed)))
+    value = rng.normal(size=(2, 5, config.get("vdim", embed)))
+    mask = rng.random((4, 5)) < 0.3
+    mask[:, 0] = False
+    d_output = rng.normal(size=(2, 4, embed))
+    leaves = [torch.from_numpy(x.copy()).requires_grad_() for x in (query, key, value)]
+    out, _ = theirs(*leaves, attn_mask=torch.from_numpy(mask))
+    out.backward(torch.from_numpy(d_output))
+    grads = ours.gradients(query, key, value, d_output, attn_mask=mask, engine=engine)
+    for name, parameter in theirs.named_parameters():
+        np.testing.assert_allclose(grads[name], parameter.grad.numpy(), rtol=1e-10, atol=1e-12,
+                                   err_msg=name)
+    for name, leaf in zip(("query", "key", "value"), leaves):
+        np.testing.assert_allclose(grads[name], leaf.grad.numpy(), rtol=1e-10, atol=1e-12,
+                                   err_msg=name)

@@ -1,0 +1,211 @@
+"""The backward pass as reverse message passing along the forward pass's routes.
+
+Given the upstream gradient dO (the output's shape), for every route j -> i that carried a
+value forward::
+
+    i --GRAD_OUTPUT dO_i--> j     j accumulates dV_j += w'_ij dO_i (w' the pulled share)
+    i <--GRAD_SHARE dP_ij-- j     dP_ij = dO_i · v_j, the gradient of i's share for j
+    i: softmax Jacobian           once every dP is in: dS_ij = w_ij (dP'_ij - Σ_k w_ik dP'_ik)
+    i --GRAD_SCORE dS_ij--> j     for every route in the softmax; j: dK_j += s · dS_ij q_i
+    i <--GRAD_KEY s·dS_ij·k_j-- j the key stays at j; i adds these up into dQ_i
+
+Every sum is taken once per node over its routes in source order (like the forward pass),
+so the gradients do not depend on the delivery schedule. Requests (GRAD_OUTPUT,
+GRAD_SCORE) are retried on a lossy network like the forward ones; a gradient that still
+cannot be delivered raises :class:`~routing_sim.DeliveryError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import simpy
+
+from .errors import DeliveryError
+from .messages import BACKWARD, Kind, payload_bytes
+from .protocol import TokenNodes, TwoPhaseNodes
+from .reference import _upstream
+from .run import Stats
+from .trace import Trace
+from .transport import Deliveries, Transport
+
+__all__ = ["Gradients", "backward"]
+
+
+@dataclass(frozen=True)
+class Gradients:
+    """Gradients with respect to the simulated inputs, and the messages that carried them."""
+
+    query: np.ndarray
+    key: np.ndarray
+    value: np.ndarray
+    stats: Stats
+    trace: Trace
+
+
+class BackwardNodes(TokenNodes):
+    """The state and handlers of every token node during the backward pass."""
+
+    REQUESTS = (Kind.GRAD_OUTPUT, Kind.GRAD_SCORE)
+
+    def __init__(self, forward: TwoPhaseNodes, upstream: np.ndarray, transport: Transport):
+        super().__init__(forward.problem, forward.routes, transport)
+        routes, problem = forward.routes, forward.problem
+        groups, n_queries, n_keys, dim, value_dim = problem.shape
+        self.forward, self.upstream = forward, upstream                 # (G·L, Ev) dO
+        self.pulled = ~np.isnan(forward.value_time)                    # (R,) carried a value
+        self.in_softmax = forward.dead == 0                            # (R,) had a share
+        if forward.chosen is not None:
+            self.in_softmax &= forward.chosen
+        # A node that pulled nothing (every route dropped) has dS = 0: it sends no dS.
+        pulls = np.bincount(routes.query_node[self.pulled], minlength=routes.n_nodes)
+        self.in_softmax &= pulls[routes.query_node] > 0
+        n_routes = len(routes)
+        self.d_share = np.zeros(n_routes, problem.dtype)               # (R,) dP_ij
+        self.d_score = np.zeros(n_routes, problem.dtype)               # (R,) dS_ij
+        self.output_time = np.full(n_routes, np.nan)                   # GRAD_OUTPUT at j
+        self.share_time = np.full(n_routes, np.nan)                    # GRAD_SHARE at i
+        self.score_time = np.full(n_routes, np.nan)                    # GRAD_SCORE at j
+        self.key_time = np.full(n_routes, np.nan)                      # GRAD_KEY at i
+        self.d_query = np.zeros((groups * n_queries, dim), problem.dtype)
+        self.d_key = np.zeros((groups * n_keys, dim), problem.dtype)
+        self.d_value = np.zeros((groups * n_keys, value_dim), problem.dtype)
+        self.done_time = np.zeros(groups * n_queries)
+        # The key nodes' view: routes sorted by (key node, query), with counts to expect.
+        self.key_node = (routes.query_node // n_queries) * n_keys + routes.key_index  # (R,)
+        order = np.lexsort((routes.query_node, self.key_node))
+        self.by_key = order                                            # (R,) route ids
+        self.key_indptr = np.concatenate(([0], np.cumsum(np.bincount(
+            self.key_node, minlength=groups * n_keys))))
+        count = lambda mask, nodes, size: np.bincount(nodes[mask], minlength=size)  # noqa: E731
+        self._needed = {"shares": count(self.pulled, routes.query_node, routes.n_nodes),
+                        "keys": count(self.in_softmax, routes.query_node, routes.n_nodes),
+                        "outputs": count(self.pulled, self.key_node, groups * n_keys),
+                        "scores": count(self.in_softmax, self.key_node, groups * n_keys)}
+        self._settled = {name: np.zeros_like(needed) for name, needed in self._needed.items()}
+        self._latest = {name: np.full(len(needed), -np.inf)
+                        for name, needed in self._needed.items()}
+        self._handlers = {Kind.GRAD_OUTPUT: self.on_output, Kind.GRAD_SHARE: self.on_share,
+                          Kind.GRAD_SCORE: self.on_score, Kind.GRAD_KEY: self.on_key}
+
+    def start(self) -> None:
+        """At time 0 every query node sends dO_i to the tokens whose values it pulled."""
+        self._request(Kind.GRAD_OUTPUT, np.flatnonzero(self.pulled), 0.0, 0)
+
+    def on_output(self, batch: Deliveries) -> None:
+        """Key node j: answer with dP_ij; once every dO is in, dV_j = Σ_i w'_ij dO_i."""
+        self._answer(Kind.GRAD_SHARE, batch)
+        routes, times = self._first_answers(batch, self.output_time)
+        for node in self._count("outputs", self.key_node[routes], times):
+            routes_in = self._key_routes(node, self.pulled)
+            queries = self.routes.query_node[routes_in]
+            self.d_value[node] = self.forward.shares[routes_in] @ self.upstream[queries]
+
+    def on_share(self, batch: Deliveries) -> None:
+        """Query node i: once every dP is in, apply the softmax Jacobian; send dS."""
+        routes, times = self._first_answers(batch, self.share_time)
+        ready = self._count("shares", self.routes.query_node[routes], times)
+        sends = [self._jacobian(int(node)) for node in ready]
+        if sends:
+            self._request(Kind.GRAD_SCORE, np.concatenate(sends),
+                          self._latest["shares"][self.routes.query_node[np.concatenate(sends)]]
+                          + self._processing, 0)
+
+    def on_score(self, batch: Deliveries) -> None:
+        """Key node j: answer with s·dS_ij·k_j; once every dS is in, dK_j = s Σ_i dS_ij q_i."""
+        self._answer(Kind.GRAD_KEY, batch)
+        routes, times = self._first_answers(batch, self.score_time)
+        problem = self.problem
+        for node in self._count("scores", self.key_node[routes], times):
+            routes_in = self._key_routes(node, self.in_softmax)
+            queries = self.routes.query_node[routes_in]
+            group = node // self.routes.n_keys
+            self.d_key[node] = problem.scale * (
+                self.d_score[routes_in] @ problem.query[group, queries % self.routes.n_queries])
+
+    def on_key(self, batch: Deliveries) -> None:
+        """Query node i: once every s·dS_ij·k_j is in, dQ_i is their sum."""
+        routes, times = self._first_answers(batch, self.key_time)
+        problem = self.problem
+        for node in self._count("keys", self.routes.query_node[routes], times):
+            group, _, span = self.forward._node(node)
+            mine = self.in_softmax[span]
+            keys = self.routes.key_index[span][mine]
+            self.d_query[node] = problem.scale * (
+                self.d_score[span][mine] @ self.forward._gather(problem.key[group], keys))
+            self.done_time[node] = self._latest["keys"][node]
+
+    def _jacobian(self, node: int) -> np.ndarray:
+        """dS for one query node: w ⊙ (dP' - Σ w dP'), over the routes of its softmax."""
+        forward, problem = self.forward, self.problem
+        group, token, span = forward._node(node)
+        mine, pulled = self.in_softmax[span], self.pulled[span]
+        keys = self.routes.key_index[span]
+        d_share = np.zeros(len(keys), problem.dtype)
+        d_share[pulled] = forward._gather(problem.value[group], keys[pulled]) @ \
+            self.upstream[node]                                        # dP_ij = v_j · dO_i
+        self.d_share[span] = d_share
+        weights = np.zeros(len(keys), problem.dtype)
+        weights[mine] = forward.kernels.budget(*forward._scores_of(span, mine))  # w (no dropout)
+        if forward._kept is not None:
+            d_share = d_share * forward._kept[span] * forward._dropout_scale
+        self.d_score[span] = weights * (d_share - weights @ d_share)
+        return np.flatnonzero(mine) + span.start
+
+    def _key_routes(self, node: int, mask: np.ndarray) -> np.ndarray:
+        routes = self.by_key[self.key_indptr[node]:self.key_indptr[node + 1]]
+        return routes[mask[routes]]
+
+    def _count(self, name: str, nodes: np.ndarray, times: np.ndarray) -> np.ndarray:
+        """Count first arrivals per node; return nodes whose last expected one came in."""
+        settled, needed, latest = self._settled[name], self._needed[name], self._latest[name]
+        counts = np.bincount(nodes, minlength=len(settled))
+        touched = np.flatnonzero(counts)
+        settled[touched] += counts[touched]
+        np.fmax.at(latest, nodes, times)
+        return touched[settled[touched] == needed[touched]]
+
+    def _answer_times(self) -> dict[Kind, np.ndarray]:
+        return {Kind.GRAD_OUTPUT: self.share_time, Kind.GRAD_SCORE: self.key_time}
+
+    def _give_up(self, kind: Kind, routes: np.ndarray, times: np.ndarray) -> None:
+        self.dead[routes] = 1
+
+
+def backward(forward: TwoPhaseNodes, d_output, network, delivery: str, detail: str
+             ) -> Gradients:
+    """Run the backward pass of a finished forward run (see :meth:`Run.backward`)."""
+    problem, routes = forward.problem, forward.routes
+    upstream = _upstream(problem, d_output).reshape(-1, problem.shape[4])
+    _, _, _, dim, value_dim = problem.shape
+    nbytes = {kind: payload_bytes(kind, problem.dtype.itemsize, dim, value_dim)
+              for kind in BACKWARD}
+    log = Trace(detail, routes, nbytes)
+    env = simpy.Environment()
+    transport = Transport(env, network, forward.transport.route_latency, nbytes,
+                          routes.endpoints, routes.crash_filter(network.crashes), log.record,
+                          delivery)
+    nodes = BackwardNodes(forward, upstream, transport)
+    nodes.start()
+    env.process(transport.run())
+    env.run()
+    dead = np.flatnonzero(nodes.dead)
+    if dead.size:
+        raise DeliveryError(f"{dead.size} gradient messages never delivered after "
+                            f"{network.retries} retries; raise Network(retries=...)")
+    context = None if forward.context is None else {**forward.context, "node_events": []}
+    log.close({Kind.GRAD_SHARE: nodes.d_share, Kind.GRAD_SCORE: nodes.d_score}, None, context)
+    per_kind = lambda counts: {kind.name: int(counts[kind]) for kind in BACKWARD}  # noqa: E731
+    stats = Stats(messages=per_kind(log.counts),
+                  bytes={kind.name: count for kind, count in log.bytes.items()},
+                  makespan=float(nodes.done_time.max(initial=0.0)), events=transport.events,
+                  delivery=transport.mode, routes=len(routes),
+                  retransmitted=per_kind({k: nodes.retransmissions.get(k, 0) for k in BACKWARD}),
+                  ignored=nodes.ignored)
+    groups = problem.shape[0]
+    return Gradients(
+        query=problem.to_inputs(nodes.d_query.reshape(groups, -1, dim), "query"),
+        key=problem.to_inputs(nodes.d_key.reshape(groups, -1, dim), "key"),
+        value=problem.to_inputs(nodes.d_value.reshape(groups, -1, value_dim), "value"),
+        stats=stats, trace=log)
