@@ -287,17 +287,10 @@ class Transport:
 
     def _contend(self, parts: list[Deliveries]) -> None:
         """With contention: each sender's NIC serves all kinds first come first served."""
-        kinds = np.concatenate([np.full(len(p), int(p.kind)) for p in parts])
-        merged = _concat(Kind.QUERY, parts)
-        ids = np.concatenate([p.ids for p in parts])
+        merged, kinds, ids, senders, sizes = self._nic_view(parts, 0)
         order = np.lexsort((ids, merged.sent))
-        merged, kinds = merged.take(order), kinds[order]
-        senders = np.empty(len(kinds), np.int64)
-        sizes = np.empty(len(kinds))
-        for kind in map(Kind, np.unique(kinds)):
-            mine = kinds == kind
-            senders[mine] = self._endpoints(kind, merged.routes[mine])[0]
-            sizes[mine] = self.nbytes[kind]
+        merged, kinds, senders, sizes = merged.take(order), kinds[order], senders[order], \
+            sizes[order]
         sending = np.ones(len(kinds), bool)
         if self.network.crashes:
             sending = ~self._down(senders, merged.sent)
@@ -308,6 +301,22 @@ class Transport:
             part = merged.take(mine)
             part.kind = kind
             self._transmit(part, leave[mine])
+
+    def _nic_view(self, parts: list[Deliveries], end: int) -> tuple:
+        """All kinds' messages in one batch, with each one's kind, id, NIC and size.
+
+        ``end`` picks the NIC: 0 the sender's, 1 the receiver's.
+        """
+        kinds = np.concatenate([np.full(len(p), int(p.kind)) for p in parts])
+        merged = _concat(Kind.QUERY, parts)
+        ids = np.concatenate([p.ids for p in parts])
+        nodes = np.empty(len(kinds), np.int64)
+        sizes = np.empty(len(kinds))
+        for kind in map(Kind, np.unique(kinds)):
+            mine = kinds == kind
+            nodes[mine] = self._endpoints(kind, merged.routes[mine])[end]
+            sizes[mine] = self.nbytes[kind]
+        return merged, kinds, ids, nodes, sizes
 
     def _enqueue(self, batch: Deliveries) -> None:
         if self.mode == "per_message":
@@ -373,15 +382,7 @@ class Transport:
         """
         if not batches:
             return []
-        kinds = np.concatenate([np.full(len(b), int(b.kind)) for b in batches])
-        merged = _concat(Kind.QUERY, batches)
-        ids = np.concatenate([b.ids for b in batches])
-        receivers = np.empty(len(kinds), np.int64)
-        sizes = np.empty(len(kinds))
-        for kind in map(Kind, np.unique(kinds)):
-            mine = kinds == kind
-            receivers[mine] = self._endpoints(kind, merged.routes[mine])[1]
-            sizes[mine] = self.nbytes[kind]
+        merged, kinds, ids, receivers, sizes = self._nic_view(batches, 1)
         order = np.lexsort((merged.copies, ids, merged.arrive, receivers))
         merged, kinds = merged.take(order), kinds[order]
         merged.arrive = self._queue(self._ingress_free, receivers[order], merged.arrive,
