@@ -18,7 +18,8 @@ import numpy as np
 from .errors import NumericalError
 
 __all__ = ["Kernels", "exact_budget", "exact_pull", "exact_scores", "exact_unnormalised",
-           "match_scores", "merge_states", "online_state", "routing_budget", "weighted_pull"]
+           "match_scores", "merge_states", "online_state", "routing_budget", "scale_scores",
+           "weighted_pull"]
 
 
 def match_scores(keys: np.ndarray, query: np.ndarray, scale: float,
@@ -32,12 +33,17 @@ def match_scores(keys: np.ndarray, query: np.ndarray, scale: float,
     >>> match_scores(np.array([[1.0, 2.0], [0.0, 1.0]]), np.array([3.0, 1.0]), 0.5)
     array([2.5, 0.5])
     """
+    return scale_scores(keys @ query, scale, bias)                     # (n_routes,)
+
+
+def scale_scores(dots: np.ndarray, scale: float, bias: np.ndarray | None = None) -> np.ndarray:
+    """``dots · scale + bias``, in place: elementwise, so a block of nodes gets each node's
+    exact bits."""
     with np.errstate(over="ignore", invalid="ignore"):
-        scores = keys @ query                                          # (n_routes,)
-        scores *= query.dtype.type(scale)
+        dots *= dots.dtype.type(scale)
         if bias is not None:
-            scores += bias
-    return scores
+            dots += bias
+    return dots
 
 
 def routing_budget(scores: np.ndarray) -> np.ndarray:
@@ -52,7 +58,8 @@ def routing_budget(scores: np.ndarray) -> np.ndarray:
     >>> routing_budget(np.log(np.array([5.0, 3.0, 2.0]))).round(2)
     array([0.5, 0.3, 0.2])
     """
-    shares = np.exp(scores - scores.max(axis=-1, keepdims=True))      # (..., n_routes)
+    shares = scores - scores.max(axis=-1, keepdims=True)              # (..., n_routes)
+    np.exp(shares, out=shares)
     shares /= shares.sum(axis=-1, keepdims=True)
     return shares
 

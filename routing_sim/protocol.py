@@ -29,7 +29,7 @@ import numpy as np
 from .inputs import Problem
 from .messages import Kind
 from .errors import NumericalError
-from .numerics import Kernels, weighted_pull
+from .numerics import Kernels, scale_scores, weighted_pull
 from .routes import RouteTable
 from .transport import Deliveries, Timers, Transport, constant, shifted
 
@@ -268,12 +268,23 @@ class TwoPhaseNodes(TokenNodes):
         if self.kernels.exact:
             return np.concatenate([self._allocate(int(node)) for node in nodes])
         routes, problem = self.routes, self.problem
-        for node in nodes.tolist():
-            self._node_scores(node)
+        indptr, key_index, scores = routes.indptr, routes.key_index, self.scores
+        n_queries, n_keys = routes.n_queries, routes.n_keys
+        with np.errstate(over="ignore", invalid="ignore"):        # overflow reported below
+            for node in nodes.tolist():                                # one product per node
+                start, stop = indptr[node], indptr[node + 1]
+                group, token = divmod(node, n_queries)
+                keys = problem.key[group] if stop - start == n_keys else \
+                    self._gather(problem.key[group], key_index[start:stop])
+                scores[start:stop] = keys @ problem.query[group, token]
         for count in np.unique(self._needed[nodes]).tolist():
             chosen = nodes[self._needed[nodes] == count]
             span = self._routes_block(chosen)
-            block = self.scores[span].reshape(len(chosen), count)      # (nodes, routes)
+            block = scores[span].reshape(len(chosen), count)           # (nodes, routes)
+            bias = None if problem.bias is None else problem.bias.reshape(
+                -1, n_keys)[routes.query_node[span], key_index[span]].reshape(block.shape)
+            block = scale_scores(block, problem.scale, bias)
+            scores[span] = block.reshape(-1)
             if not np.isfinite(block).all():
                 raise NumericalError(f"a score overflowed to {block[~np.isfinite(block)][0]}; "
                                      "scale the inputs down")
