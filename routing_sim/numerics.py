@@ -77,25 +77,27 @@ def weighted_pull(shares: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------- exact mode
 #
-# numerics="exact" computes, for every route j of query node i (fl = one IEEE rounding to
-# nearest; Σ° = a correctly rounded sum of the exact terms, math.fsum):
+# numerics="exact" aims at the correctly rounded attention output. For every route j of
+# query node i (Σ° = a correctly rounded sum of exact terms, math.fsum; dd = double-double,
+# an unevaluated sum hi + lo of two floats):
 #
-#   d      = Σ_d q_id k_jd                      exact (error-free products)
-#   d_hi   = fl(d),  d_lo = fl(d - d_hi)        the dot product as a double-double
-#   p_hi + p_lo = d_hi · scale                  exact (TwoProduct)
-#   s_hi   = Σ°(p_hi, p_lo, fl(d_lo · scale), b_ij),  s_lo = Σ°(same terms, -s_hi)
-#   m      = max_j s_hi                         exact
-#   x_hi + x_err = s_hi - m                     exact (TwoSum);  x_lo = fl(x_err + s_lo)
-#   e_ij   = fl(g + fl(g · x_lo)),  g = exp(x_hi)   (numpy's exp: the one inexact step)
-#   l_i    = Σ°_j e_ij
-#   w_ij   = fl(e_ij / l_i)                     the shares (PULL payloads, routing tables)
-#   o_ic   = fl(Σ°_{j pulled} e_ij v_jc / l_i)  (then · fl(1/(1-p)) under dropout)
+#   s_ij  = q_i · k_j · scale + b_ij      dot product exact, then kept as a dd (error 2⁻¹⁰⁶)
+#   m_i   = max_j s_hi
+#   e_ij  = exp(s_ij - m_i)               in dd: range reduction by ln 2, Taylor series,
+#                                         10 squarings (relative error below 1e-28)
+#   l_i   = Σ_j e_ij                      summed exactly, kept as a dd
+#   w_ij  = e_ij / l_i                    one dd division, rounded once: the shares
+#   o_ic  = (Σ_{j pulled} e_ij v_jc) / l_i    numerator: e_hi·v exactly, plus the e_lo·v parts
+#                                         (~2⁻⁵³ of it) in one float sum; one division,
+#                                         rounded once (then · fl(1/(1-p)) under dropout)
 #
-# Scores travel as (s_hi, s_lo): a SCORE carries two floats. Every sum is correctly
-# rounded and every other step is one elementwise operation, so no order of arrival can
-# change a bit, and attention(numerics="exact") runs these same kernels. The work is done
-# in float64 whatever the input dtype; float32 inputs get the result rounded to float32.
+# Every quantity is carried with ~100 bits until one final rounding, so each output is the
+# correctly rounded value of attention on the given floats, except when the exact value
+# lies within ~1e-25 (relative) of a rounding boundary. No order of arrival changes a bit,
+# and attention(numerics="exact") runs these same kernels. The work is done in float64
+# whatever the input dtype; float32 inputs get the result rounded to float32.
 
+_LN2 = (0.6931471805599453, 2.3190468138462996e-17)    # ln 2 as a double-double
 _SPLIT = 134217729.0            # 2**27 + 1: Dekker's splitting constant
 _SAFE_MAX = 2.0**500            # beyond this the split could overflow
 _SAFE_MIN = 2.0**-900           # below this a product's error term could underflow
@@ -145,44 +147,110 @@ def _row_sums(terms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.array(high), np.array(low)
 
 
-def exact_unnormalised(high: np.ndarray, low: np.ndarray) -> tuple[np.ndarray, float]:
-    """``(e, l)``: the budget before division, ``e_ij ≈ exp(s_ij - m)`` and ``l = Σ° e``."""
-    top = high.max()
-    shifted = high - top                                               # (n_routes,) x_hi
-    error = (high - (shifted + top)) + (-top - (shifted - high))       # TwoSum remainder
-    correction = error + low                                           # x_lo
-    growth = np.exp(shifted)
-    unnormalised = growth + growth * correction
-    return unnormalised, math.fsum(memoryview(np.ascontiguousarray(unnormalised)))
+def exact_unnormalised(high: np.ndarray, low: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(e_hi, e_lo, l_hi, l_lo)``: ``e = exp(s - m)`` per route and ``l = Σ e`` per row,
+    as double-doubles. Works on one node's scores or on rows of equal length (elementwise
+    and per-row work only, so a row stacked with others gets its bits alone)."""
+    top = high.max(axis=-1, keepdims=True)
+    shifted, error = _two_sum(high, np.broadcast_to(-top, high.shape))  # exact s_hi - m
+    shifted, correction = _fast_two_sum(shifted, error + low)
+    e_high, e_low = _dd_exp(shifted, correction)
+    rows = np.concatenate([e_high, e_low], axis=-1).reshape(-1, 2 * high.shape[-1])
+    l_high, l_low = _row_sums(rows)
+    return e_high, e_low, l_high.reshape(high.shape[:-1]), l_low.reshape(high.shape[:-1])
 
 
 def exact_budget(high: np.ndarray, low: np.ndarray) -> np.ndarray:
-    """Shares ``w = e / l`` of one node's routes (exact mode)."""
-    unnormalised, total = exact_unnormalised(high, low)
-    return unnormalised / total
+    """Shares ``w = e / l`` of one node's routes (or rows), each rounded once."""
+    e_high, e_low, l_high, l_low = exact_unnormalised(high, low)
+    return _dd_divide(e_high, e_low, l_high[..., None], l_low[..., None])
 
 
-def exact_pull(high: np.ndarray, low: np.ndarray, pulled: np.ndarray, values: np.ndarray
-               ) -> np.ndarray:
-    """``o_c = Σ°_{pulled j} e_j v_jc / l``: the output, with one division at the end."""
+def exact_pull(e_high: np.ndarray, e_low: np.ndarray, l_high: float, l_low: float,
+               values: np.ndarray) -> np.ndarray:
+    """``o_c = Σ_j e_j v_jc / l`` over the pulled routes' ``e``: the numerator summed
+    exactly, divided once."""
     dtype = values.dtype
-    unnormalised, total = exact_unnormalised(high, low)
-    weights = unnormalised[pulled].astype(np.float64)
-    if len(weights) == 0:
+    if len(e_high) == 0:
         return np.zeros(values.shape[1], dtype=dtype)
     values64 = values.astype(np.float64)
-    weights2d = np.broadcast_to(weights[:, None], values64.shape)
-    if _dekker_safe(weights2d, values64):
-        products = weights2d * values64                                # (n_pulled, Ev)
-        error = _product_error(weights2d, values64, products)
-        columns = np.ascontiguousarray(np.concatenate([products, error], axis=0).T)
-        flat, width = memoryview(columns.reshape(-1)), columns.shape[1]  # (Ev, 2·n_pulled)
-        sums = np.array([math.fsum(flat[start:start + width])
-                         for start in range(0, len(flat), width)])
+    weights = np.broadcast_to(e_high[:, None], values64.shape)
+    if _dekker_safe(weights, values64):
+        products = weights * values64                                  # (n_pulled, Ev)
+        # The e_lo parts are ~2⁻⁵³ of the total: one float sum of them is accurate enough.
+        tail = (e_low[:, None] * values64).sum(axis=0, keepdims=True)  # (1, Ev)
+        terms = np.concatenate([products, _product_error(weights, values64, products), tail],
+                               axis=0)                                 # (2·n_pulled + 1, Ev)
+        n_high, n_low = _row_sums(terms.T)
     else:
-        sums = np.array([_fraction_dot(weights, values64[:, c]) for c in
-                         range(values.shape[1])])
-    return (sums / total).astype(dtype)
+        exact = [sum((Fraction(float(h)) + Fraction(float(lo))) * Fraction(float(v))
+                     for h, lo, v in zip(e_high, e_low, values64[:, c]))
+                 for c in range(values.shape[1])]
+        n_high = np.array([float(x) for x in exact])
+        n_low = np.array([float(x - Fraction(h)) for x, h in zip(exact, n_high.tolist())])
+    return _dd_divide(n_high, n_low, l_high, l_low).astype(dtype)
+
+
+def _two_sum(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Knuth's TwoSum: ``a + b = s + e`` exactly."""
+    total = a + b
+    shifted = total - a
+    return total, (a - (total - shifted)) + (b - shifted)
+
+
+def _fast_two_sum(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``a + b = s + e`` exactly, for ``|a| >= |b|``."""
+    total = a + b
+    return total, b - (total - a)
+
+
+def _dd_multiply(a_high, a_low, b_high, b_low) -> tuple[np.ndarray, np.ndarray]:
+    product = a_high * b_high
+    error = _product_error(a_high, b_high, product) + (a_high * b_low + a_low * b_high)
+    return _fast_two_sum(product, error)
+
+
+def _dd_exp(high: np.ndarray, low: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """exp of a double-double ``x <= 0``, as a double-double (relative error < 1e-28).
+
+    x = k·ln 2 + r; exp(r / 1024) by an 11-term Taylor series in Horner form; then ten
+    squarings and a multiplication by 2^k (exact).
+    """
+    with np.errstate(under="ignore"):
+        steps = np.rint(high / _LN2[0])
+        zero = np.zeros_like(high)
+        multiple = _dd_multiply(steps, zero, np.full_like(high, _LN2[0]),
+                                np.full_like(high, _LN2[1]))
+        r_high, error = _two_sum(high, -multiple[0])
+        r_high, r_low = _fast_two_sum(r_high, error + (low - multiple[1]))
+        r_high, r_low = r_high / 1024.0, r_low / 1024.0               # exact: a power of 2
+        t_high, t_low = np.ones_like(high), zero
+        for n in range(11, 0, -1):
+            t_high, t_low = _dd_multiply(t_high, t_low, r_high, r_low)
+            t_high, t_low = _dd_divide_int(t_high, t_low, n)
+            t_high, error = _two_sum(t_high, np.ones_like(high))
+            t_high, t_low = _fast_two_sum(t_high, error + t_low)
+        for _ in range(10):
+            t_high, t_low = _dd_multiply(t_high, t_low, t_high, t_low)
+        exponent = np.maximum(steps, -1100).astype(np.int64)            # below: underflow to 0
+        return np.ldexp(t_high, exponent), np.ldexp(t_low, exponent)
+
+
+def _dd_divide_int(high, low, n: int) -> tuple[np.ndarray, np.ndarray]:
+    quotient = high / n
+    product = quotient * n
+    error = _product_error(quotient, np.full_like(quotient, float(n)), product)
+    return _fast_two_sum(quotient, ((high - product) - error + low) / n)
+
+
+def _dd_divide(n_high, n_low, d_high: float, d_low: float) -> np.ndarray:
+    """``(n_high + n_low) / (d_high + d_low)``, rounded once."""
+    first = n_high / d_high
+    product = first * d_high
+    error = _product_error(first, np.full_like(first, d_high), product)
+    remainder = ((n_high - product) - error + n_low - first * d_low) / d_high
+    return first + remainder
 
 
 def _dekker_safe(a: np.ndarray, b: np.ndarray) -> bool:
@@ -211,11 +279,10 @@ def _fraction_dot(a: np.ndarray, b: np.ndarray) -> float:
 
 
 class Kernels:
-    """The per-node operations of one numerics mode, behind one interface.
+    """The per-node score and budget operations of one numerics mode.
 
-    ``scores(keys, query, scale, bias) -> (high, low)``: ``low`` is None in float mode.
-    ``budget(high, low) -> shares``. ``pull(high, low, shares, pulled, values) -> output``:
-    float mode adds ``shares[pulled] @ values``; exact mode divides once at the end.
+    ``scores(keys, query, scale, bias) -> (high, low)`` (``low`` is None in float mode);
+    ``budget(high, low) -> shares``.
     """
 
     def __init__(self, numerics: str) -> None:
@@ -229,11 +296,6 @@ class Kernels:
 
     def budget(self, high, low):
         return exact_budget(high, low) if self.exact else routing_budget(high)
-
-    def pull(self, high, low, shares, pulled, values):
-        if self.exact:
-            return exact_pull(high, low, pulled, values)
-        return weighted_pull(shares[pulled], values)
 
 
 # ---------------------------------------------------------------- online softmax states

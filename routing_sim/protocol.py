@@ -29,7 +29,8 @@ import numpy as np
 from .inputs import Problem
 from .messages import Kind
 from .errors import NumericalError
-from .numerics import Kernels, scale_scores, weighted_pull
+from .numerics import (Kernels, _dd_divide, exact_pull, exact_unnormalised, routing_budget,
+                       scale_scores, weighted_pull)
 from .routes import RouteTable
 from .transport import Deliveries, Timers, Transport, constant, shifted
 
@@ -164,6 +165,9 @@ class TwoPhaseNodes(TokenNodes):
         score_type = np.float64 if kernels.exact else dtype
         self.scores = np.zeros(n_routes, dtype=score_type)             # (R,) s_ij (high part)
         self.score_low = np.zeros(n_routes) if kernels.exact else None  # (R,) exact: low part
+        if kernels.exact:        # exact mode keeps e = exp(s - m) per route and l per node
+            self._e_high, self._e_low = np.zeros(n_routes), np.zeros(n_routes)
+            self._l_high, self._l_low = np.zeros(routes.n_nodes), np.zeros(routes.n_nodes)
         self.shares = np.zeros(n_routes, dtype=dtype)                  # (R,) w_ij after dropout
         faulty = transport.network.faulty
         # First SCORE arrival per route: only retries and copies need it (idempotence).
@@ -265,13 +269,16 @@ class TwoPhaseNodes(TokenNodes):
         Each node's scores are one product over its own keys; the softmax then runs on
         rows of equal length stacked together, which computes each row exactly as alone.
         """
-        if self.kernels.exact:
+        if self.kernels.exact and self.top_k:
             return np.concatenate([self._allocate(int(node)) for node in nodes])
         routes, problem = self.routes, self.problem
+        if self.kernels.exact:
+            for node in nodes.tolist():
+                self._node_scores(node)
         indptr, key_index, scores = routes.indptr, routes.key_index, self.scores
         n_queries, n_keys = routes.n_queries, routes.n_keys
         with np.errstate(over="ignore", invalid="ignore"):        # overflow reported below
-            for node in nodes.tolist():                                # one product per node
+            for node in [] if self.kernels.exact else nodes.tolist():  # one product per node
                 start, stop = indptr[node], indptr[node + 1]
                 group, token = divmod(node, n_queries)
                 keys = problem.key[group] if stop - start == n_keys else \
@@ -281,6 +288,19 @@ class TwoPhaseNodes(TokenNodes):
             chosen = nodes[self._needed[nodes] == count]
             span = self._routes_block(chosen)
             block = scores[span].reshape(len(chosen), count)           # (nodes, routes)
+            if self.kernels.exact:
+                if not isinstance(span, slice):          # scattered nodes: one at a time
+                    for node in chosen.tolist():
+                        _, _, own = self._node(node)
+                        self.shares[own] = self._budget(node, np.ones(count, dtype=bool))
+                    continue
+                low = self.score_low[span].reshape(block.shape)
+                shares = self._exact_shares(chosen, span, slice(None),
+                                            exact_unnormalised(block, low), True)
+                if self._kept is not None:
+                    shares *= self._kept[span].reshape(shares.shape) * self._dropout_scale
+                self.shares[span] = shares.reshape(-1)
+                continue
             bias = None if problem.bias is None else problem.bias.reshape(
                 -1, n_keys)[routes.query_node[span], key_index[span]].reshape(block.shape)
             block = scale_scores(block, problem.scale, bias)
@@ -354,10 +374,11 @@ class TwoPhaseNodes(TokenNodes):
         low = None if self.score_low is None else self.score_low[span][routes]
         return self.scores[span][routes], low
 
-    def _budget(self, node: int, alive: np.ndarray) -> np.ndarray:
+    def _budget(self, node: int, alive: np.ndarray, remember: bool = True) -> np.ndarray:
         """Shares (after dropout) of a node's live routes; 0 for the dead ones.
 
-        With hard routing only the ``top_k`` best live routes get a share.
+        With hard routing only the ``top_k`` best live routes get a share. ``remember``
+        keeps what the pull will need (the chosen routes; exact mode's e and l).
         """
         _, _, span = self._node(node)
         shares = np.zeros(span.stop - span.start, dtype=self.problem.dtype)
@@ -365,13 +386,28 @@ class TwoPhaseNodes(TokenNodes):
             pick = np.zeros_like(alive)
             pick[np.flatnonzero(alive)[top_routes(self.scores[span][alive][None],
                                                   self.top_k)[0]]] = True
-            self.chosen[span] = pick
+            if remember:
+                self.chosen[span] = pick
             alive = pick
         if alive.any():
-            shares[alive] = self.kernels.budget(*self._scores_of(span, alive))
+            if self.kernels.exact:
+                unnormalised = exact_unnormalised(*self._scores_of(span, alive))
+                shares[alive] = self._exact_shares(node, span, alive, unnormalised, remember)
+            else:
+                shares[alive] = routing_budget(self.scores[span][alive])
         if self._kept is not None:
             shares *= self._kept[span] * self._dropout_scale
         return shares
+
+    def _exact_shares(self, nodes, span, routes, unnormalised, remember: bool) -> np.ndarray:
+        """Exact mode: shares e / l, rounded once; keep e and l for the weighted pull."""
+        e_high, e_low, l_high, l_low = unnormalised
+        if remember:
+            self._e_high[span][routes] = e_high.reshape(-1)
+            self._e_low[span][routes] = e_low.reshape(-1)
+            self._l_high[nodes], self._l_low[nodes] = l_high, l_low
+        return _dd_divide(e_high, e_low, np.asarray(l_high)[..., None],
+                          np.asarray(l_low)[..., None])
 
     def _allocate(self, node: int) -> np.ndarray:
         """Barrier passed: scores -> shares. Returns the routes to PULL on."""
@@ -392,7 +428,7 @@ class TwoPhaseNodes(TokenNodes):
     def _note_would_have(self, node: int) -> None:
         """The shares a node's dead routes would have had had every answer come in."""
         _, _, span = self._node(node)
-        full = self._budget(node, np.ones(span.stop - span.start, dtype=bool))
+        full = self._budget(node, np.ones(span.stop - span.start, dtype=bool), remember=False)
         lost = self.dead[span] != 0
         self.would_have[span][lost] = full[lost]
 
@@ -406,13 +442,15 @@ class TwoPhaseNodes(TokenNodes):
                 self.done_time[node] = np.nan
                 return
             self.shares[span] = self._budget(node, self.dead[span] == 0)
-        alive = self.dead[span] == 0
-        pulled = ~np.isnan(self.value_time[span][alive])
-        keys = self.routes.key_index[span][alive][pulled]
-        output = self.kernels.pull(*self._scores_of(span, alive), self.shares[span][alive],
-                                   pulled, self._gather(self.problem.value[group], keys))
-        if self.kernels.exact and self._kept is not None:
-            output = output * self._dropout_scale
+        pulled = ~np.isnan(self.value_time[span])
+        values = self._gather(self.problem.value[group], self.routes.key_index[span][pulled])
+        if self.kernels.exact:
+            output = exact_pull(self._e_high[span][pulled], self._e_low[span][pulled],
+                                self._l_high[node], self._l_low[node], values)
+            if self._kept is not None:
+                output = output * self._dropout_scale
+        else:
+            output = weighted_pull(self.shares[span][pulled], values)
         self.output[node] = output
         self.done_time[node] += self._processing
 
