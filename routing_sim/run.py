@@ -95,16 +95,17 @@ class Route:
 
     @property
     def name(self) -> str:
-        return f"{self.label} (#{self.source})" if self.label is not None else f"#{self.source}"
+        return self.label if self.label is not None else f"#{self.source}"
 
 
 @dataclass(frozen=True)
 class RoutingTable:
     """Token ``token``'s routing table: its routes sorted by share, largest first.
 
-    ``str(table)`` prints one route a line, like ``token cat (#1): 0.50 ( 50.0%)``,
-    followed by the route's score, the bytes pulled and when the value arrived, and a
-    footer (routes, messages, when the output was complete).
+    ``str(table)`` prints one route a line, like ``token cat: 0.50 ( 50.0%)  position 1``
+    (``token #1: ...`` without labels), followed by the route's score, the bytes pulled
+    and when the value arrived, and a footer (routes, messages, when the output was
+    complete).
     """
 
     token: int
@@ -122,7 +123,8 @@ class RoutingTable:
             pulled = (f"pulled {route.bytes_pulled} B at t={route.arrived:.3f}"
                       if route.bytes_pulled else "dropped")
             lines.append(f"  token {route.name + ':':<{width}} {route.share:.2f} "
-                         f"({100 * route.share:5.1f}%)   score {route.score:+.3f}   {pulled}")
+                         f"({100 * route.share:5.1f}%)  position {route.source:<3} "
+                         f"score {route.score:+.3f}   {pulled}")
         if not self.routes:
             lines.append("  (no routes: this token cannot reach any key)")
         lines.append(f"  {len(self.routes)} routes, {self.messages} messages, "

@@ -25,6 +25,7 @@ __all__ = ["AUTO_FULL_LIMIT", "LATENCY_BINS", "TRACE_DETAILS", "Trace"]
 TRACE_DETAILS = ("auto", "full", "summary")
 AUTO_FULL_LIMIT = 200_000
 LATENCY_BINS = np.concatenate(([0.0], np.geomspace(1e-6, 1e6, 601)))   # 50 bins per decade
+_ALIASES = {"arrives": "arrive", "payload": "value"}   # the record names of ARCHITECTURE.md
 COLUMNS = ("kind", "src", "dst", "group", "sent", "arrive", "nbytes", "value", "id", "route",
            "attempt", "copy", "fate", "rescale")
 
@@ -168,6 +169,7 @@ class Trace:
         return sum(self.counts.values())
 
     def __getattr__(self, name: str) -> np.ndarray:
+        name = _ALIASES.get(name, name)
         columns = self.__dict__.get("_columns")
         if columns is not None and name in columns:
             return columns[name]

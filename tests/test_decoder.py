@@ -41,7 +41,7 @@ def test_routing_table_of_the_new_token():
         step = decoder.step(*rng.normal(size=(3, 4)), label=word)
     table = str(step.run.routing_table(0))
     assert table.startswith("routing table of token 'sat'")
-    assert "token cat (#1)" in table and "token the (#0)" in table
+    assert "token cat:" in table and "token the:" in table and "position 1" in table
 
 
 def test_decoder_rejects_shape_changes_and_masks():

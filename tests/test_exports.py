@@ -151,3 +151,9 @@ def test_summary_trace_cannot_export(tmp_path):
     run = rs.simulate(np.eye(2), np.eye(2), np.eye(2), trace="summary")
     with pytest.raises(rs.InvalidArgumentError, match="trace='full'"):
         run.trace.to_perfetto(tmp_path / "x.json")
+
+
+def test_trace_columns_answer_to_their_record_names():
+    run = small_run()
+    np.testing.assert_array_equal(run.trace.arrives, run.trace.arrive)
+    np.testing.assert_array_equal(run.trace.payload, run.trace.value)
