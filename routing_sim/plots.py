@@ -11,7 +11,6 @@ import networkx as nx
 import numpy as np
 
 from .errors import InvalidArgumentError
-from .messages import Kind
 from .run import Run
 
 __all__ = ["graph", "heatmap", "timeline"]

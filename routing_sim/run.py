@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import InvalidArgumentError
-from .messages import Kind
 from .trace import Trace
 
 __all__ = ["DroppedRoute", "Route", "RoutingTable", "Run", "Stats"]
