@@ -93,7 +93,8 @@ def weighted_pull(shares: np.ndarray, values: np.ndarray) -> np.ndarray:
 #
 # Every quantity is carried with ~100 bits until one final rounding, so each output is the
 # correctly rounded value of attention on the given floats, except when the exact value
-# lies within ~1e-25 (relative) of a rounding boundary. No order of arrival changes a bit,
+# lies within ~1e-25 (relative) of a rounding boundary or is subnormal (the low part of
+# the double-double underflows; the last bit may then be one unit off). No order of arrival changes a bit,
 # and attention(numerics="exact") runs these same kernels. The work is done in float64
 # whatever the input dtype; float32 inputs get the result rounded to float32.
 

@@ -6,9 +6,11 @@ import numpy as np
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
+settings.register_profile("heavy", deadline=None, max_examples=500,
+                          suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("default", deadline=None, max_examples=60,
                           suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile("default")
+settings.load_profile(__import__("os").environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @st.composite
