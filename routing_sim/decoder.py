@@ -8,7 +8,7 @@ per new token, instead of the O(t²) of recomputing the whole sequence.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -31,7 +31,6 @@ class DecodeStep:
     recompute_messages: int     # what recomputing the whole causal sequence would send
 
 
-@dataclass
 class Decoder:
     """A growing cluster of token nodes with a KV cache.
 
@@ -56,19 +55,16 @@ class Decoder:
     ([4, 8, 12, 16, 20], 60)
     """
 
-    options: dict = field(default_factory=dict)
-    keys: np.ndarray | None = None       # (..., t, E) the registry: every published key
-    values: np.ndarray | None = None     # (..., t, Ev)
-    labels: list[str] = field(default_factory=list)
-    messages: int = 0
-
     def __init__(self, **options) -> None:
         for reserved in ("attn_mask", "is_causal", "causal_alignment", "graph"):
             if reserved in options:
                 raise InvalidArgumentError(f"Decoder decides {reserved} itself (bottom-right "
                                            "causal over the cache); do not pass it")
-        self.options, self.keys, self.values, self.labels, self.messages = options, None, \
-            None, [], 0
+        self.options = options
+        self.keys: np.ndarray | None = None      # (..., t, E) the registry of published keys
+        self.values: np.ndarray | None = None    # (..., t, Ev)
+        self.labels: list[str] = []
+        self.messages = 0                        # sent over all steps so far
 
     def __len__(self) -> int:
         return 0 if self.keys is None else self.keys.shape[-2]
