@@ -111,7 +111,11 @@ class TokenNodes:
         """Query-node idempotence: the first answer per live route counts, copies do not."""
         if not self._dedupe:
             if first_time is not None:
-                first_time[batch.routes] = batch.arrive
+                one = constant(batch.arrive)
+                if one is not None and len(batch) == len(first_time):  # every route, in order
+                    first_time[:] = one
+                else:
+                    first_time[batch.routes] = batch.arrive
             return batch.routes, batch.arrive
         new = np.isnan(first_time[batch.routes]) & (self.dead[batch.routes] == 0)
         _, first = np.unique(batch.routes, return_index=True)
@@ -282,7 +286,7 @@ class TwoPhaseNodes(TokenNodes):
                 start, stop = indptr[node], indptr[node + 1]
                 group, token = divmod(node, n_queries)
                 keys = problem.key[group] if stop - start == n_keys else \
-                    self._gather(problem.key[group], key_index[start:stop])
+                    self._gather(problem.key[group], routes.key_index[start:stop])
                 scores[start:stop] = keys @ problem.query[group, token]
         for count in np.unique(self._needed[nodes]).tolist():
             chosen = nodes[self._needed[nodes] == count]
@@ -302,7 +306,7 @@ class TwoPhaseNodes(TokenNodes):
                 self.shares[span] = shares.reshape(-1)
                 continue
             bias = None if problem.bias is None else problem.bias.reshape(
-                -1, n_keys)[routes.query_node[span], key_index[span]].reshape(block.shape)
+                -1, n_keys)[routes.query_node[span], routes.key_index[span]].reshape(block.shape)
             block = scale_scores(block, problem.scale, bias)
             scores[span] = block.reshape(-1)
             if not np.isfinite(block).all():
@@ -335,11 +339,14 @@ class TwoPhaseNodes(TokenNodes):
     def _pull_whole(self, nodes: np.ndarray) -> None:
         """o_i = Σ_j w_ij v_j for nodes whose values all came: one product per node."""
         routes, value, shares = self.routes, self.problem.value, self.shares
-        indptr, keys, n_queries = routes.indptr, routes.key_index, routes.n_queries
+        indptr, n_queries, n_keys = routes.indptr, routes.n_queries, routes.n_keys
         for node in nodes.tolist():
             start, stop = indptr[node], indptr[node + 1]
-            pulled = keys[start:stop]
             weights = shares[start:stop]
+            if self._kept is None and stop - start == n_keys:         # every key: no gather
+                self.output[node] = weighted_pull(weights, value[node // n_queries])
+                continue
+            pulled = routes.key_index[start:stop]
             if self._kept is not None:
                 kept = self._kept[start:stop]
                 pulled, weights = pulled[kept], weights[kept]

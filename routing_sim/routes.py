@@ -29,19 +29,38 @@ class RouteTable:
         self.self_attention = self_attention and n_queries == n_keys
         self.span = n_queries if self.self_attention else n_queries + n_keys
         index_type = np.int32 if groups * (n_queries + n_keys) < 2**31 else np.int64
-        if allowed.all():          # full attention: no need to search the mask
-            query_node = np.repeat(np.arange(groups * n_queries, dtype=index_type), n_keys)
-            key_index = np.tile(np.arange(n_keys, dtype=index_type), groups * n_queries)
+        self.n_groups, self.n_queries, self.n_keys = groups, n_queries, n_keys
+        self._index_type = index_type
+        # Full attention: every row holds every key, so the index arrays follow from the
+        # shape; they are built only if something asks for them.
+        self.full = bool(allowed.all())
+        if self.full:
+            self._query_node = self._key_index = None
+            self.indptr = np.arange(groups * n_queries + 1, dtype=np.int64) * n_keys
         else:
             query_node, key_index = np.nonzero(allowed.reshape(groups * n_queries, n_keys))
-        self.n_groups, self.n_queries, self.n_keys = groups, n_queries, n_keys
-        self.query_node = query_node.astype(index_type)                # (R,) u = g·L + i
-        self.key_index = key_index.astype(index_type)                  # (R,) j
-        counts = np.bincount(self.query_node, minlength=groups * n_queries)
-        self.indptr = np.concatenate(([0], np.cumsum(counts)))         # (G·L + 1,)
-        self._index_type = index_type
+            self._query_node = query_node.astype(index_type)           # (R,) u = g·L + i
+            self._key_index = key_index.astype(index_type)             # (R,) j
+            counts = np.bincount(self._query_node, minlength=groups * n_queries)
+            self.indptr = np.concatenate(([0], np.cumsum(counts)))     # (G·L + 1,)
         self._asker: np.ndarray | None = None
         self._answerer: np.ndarray | None = None
+
+    @property
+    def query_node(self) -> np.ndarray:
+        """``(R,)``: the query node ``u = g·L + i`` of every route."""
+        if self._query_node is None:
+            self._query_node = np.repeat(np.arange(self.n_nodes, dtype=self._index_type),
+                                         self.n_keys)
+        return self._query_node
+
+    @property
+    def key_index(self) -> np.ndarray:
+        """``(R,)``: the key token ``j`` of every route."""
+        if self._key_index is None:
+            self._key_index = np.tile(np.arange(self.n_keys, dtype=self._index_type),
+                                      self.n_nodes)
+        return self._key_index
 
     @property
     def asker(self) -> np.ndarray:
@@ -62,7 +81,7 @@ class RouteTable:
         return self._answerer
 
     def __len__(self) -> int:
-        return len(self.key_index)
+        return int(self.indptr[-1])
 
     @property
     def n_nodes(self) -> int:

@@ -167,10 +167,10 @@ def _collect(problem: Problem, routes: RouteTable, nodes: TwoPhaseNodes, log: Tr
     nodes.context = _context(problem, routes, nodes, labels) if log.full else None
     log.close({Kind.SCORE: nodes.scores, Kind.PULL: nodes.shares},
               nodes.rescale if online else None, nodes.context if log.full else None)
-    weights = np.zeros((groups * n_queries, n_keys), dtype=problem.dtype)  # (G·L, S)
-    if len(routes) == weights.size:                                   # every route exists
+    if routes.full:                                                   # every route exists
         weights = nodes.shares.reshape(groups, n_queries, n_keys)
     else:
+        weights = np.zeros((groups * n_queries, n_keys), dtype=problem.dtype)  # (G·L, S)
         weights[routes.query_node, routes.key_index] = nodes.shares
         weights = weights.reshape(groups, n_queries, n_keys)
     output = nodes.output.reshape(groups, n_queries, problem.shape[4])
