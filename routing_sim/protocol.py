@@ -200,7 +200,7 @@ class TwoPhaseNodes(TokenNodes):
 
     def start(self) -> None:
         """At time 0 every query node sends a QUERY on each of its routes."""
-        every_route = np.arange(len(self.routes), dtype=self.routes.key_index.dtype)
+        every_route = np.arange(len(self.routes), dtype=self.routes.index_type)
         self._request(Kind.QUERY, every_route, 0.0, 0)
 
     def on_query(self, batch: Deliveries) -> None:

@@ -30,7 +30,7 @@ class RouteTable:
         self.span = n_queries if self.self_attention else n_queries + n_keys
         index_type = np.int32 if groups * (n_queries + n_keys) < 2**31 else np.int64
         self.n_groups, self.n_queries, self.n_keys = groups, n_queries, n_keys
-        self._index_type = index_type
+        self.index_type = index_type
         # Full attention: every row holds every key, so the index arrays follow from the
         # shape; they are built only if something asks for them.
         self.full = bool(allowed.all())
@@ -50,7 +50,7 @@ class RouteTable:
     def query_node(self) -> np.ndarray:
         """``(R,)``: the query node ``u = g·L + i`` of every route."""
         if self._query_node is None:
-            self._query_node = np.repeat(np.arange(self.n_nodes, dtype=self._index_type),
+            self._query_node = np.repeat(np.arange(self.n_nodes, dtype=self.index_type),
                                          self.n_keys)
         return self._query_node
 
@@ -58,7 +58,7 @@ class RouteTable:
     def key_index(self) -> np.ndarray:
         """``(R,)``: the key token ``j`` of every route."""
         if self._key_index is None:
-            self._key_index = np.tile(np.arange(self.n_keys, dtype=self._index_type),
+            self._key_index = np.tile(np.arange(self.n_keys, dtype=self.index_type),
                                       self.n_nodes)
         return self._key_index
 
@@ -67,7 +67,7 @@ class RouteTable:
         """Physical node id of every route's query token (built on first use)."""
         if self._asker is None:
             group, token = np.divmod(self.query_node, self.n_queries)
-            self._asker = (group * self.span + token).astype(self._index_type)
+            self._asker = (group * self.span + token).astype(self.index_type)
         return self._asker
 
     @property
@@ -77,7 +77,7 @@ class RouteTable:
             offset = 0 if self.self_attention else self.n_queries
             group = self.query_node // self.n_queries
             self._answerer = (group * self.span + offset + self.key_index).astype(
-                self._index_type)
+                self.index_type)
         return self._answerer
 
     def __len__(self) -> int:
@@ -130,6 +130,10 @@ class RouteTable:
         asking[group * self.span + token] = self.routes_per_node()
         answering = np.zeros(size, np.int64)
         offset = 0 if self.self_attention else self.n_queries
+        if self.full:                             # every query of a group asks every key
+            answering.reshape(self.n_groups, self.span)[:, offset:offset + self.n_keys] = \
+                self.n_queries
+            return asking, answering
         for g in range(self.n_groups):            # one group's routes are one slice
             routes = slice(self.indptr[g * self.n_queries], self.indptr[(g + 1) * self.n_queries])
             start = g * self.span + offset
@@ -141,7 +145,7 @@ class RouteTable:
         """All route ids of the given query nodes, node by node, each in source order."""
         if len(nodes) and nodes[-1] - nodes[0] == len(nodes) - 1:     # consecutive nodes
             return np.arange(self.indptr[nodes[0]], self.indptr[nodes[-1] + 1],
-                             dtype=self._index_type)
+                             dtype=self.index_type)
         return concat_ranges(self.indptr[nodes], self.indptr[nodes + 1])
 
 
