@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from .errors import InvalidArgumentError, ShapeError
-from .reference import attention
+from .reference import attention, attention_backward
 from .simulate import simulate
 
 __all__ = ["MultiHeadAttention"]
@@ -216,8 +216,6 @@ class MultiHeadAttention:
         >>> sorted(grads)[:3], grads["in_proj_weight"].shape
         (['in_proj_bias', 'in_proj_weight', 'key'], (12, 4))
         """
-        from .reference import attention_backward
-
         _, _, saved = self._forward(query, key, value, key_padding_mask, False, attn_mask,
                                     average_attn_weights, is_causal, engine, options)
         inputs, projected, merged, arguments, run, batched = saved

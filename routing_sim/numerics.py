@@ -17,7 +17,8 @@ import numpy as np
 
 from .errors import NumericalError
 
-__all__ = ["Kernels", "exact_budget", "exact_pull", "exact_scores", "exact_unnormalised",
+__all__ = ["Kernels", "exact_budget", "exact_pull", "exact_scores", "exact_shares",
+           "exact_unnormalised",
            "match_scores", "merge_states", "online_state", "routing_budget", "scale_scores",
            "weighted_pull"]
 
@@ -164,8 +165,13 @@ def exact_unnormalised(high: np.ndarray, low: np.ndarray
 
 def exact_budget(high: np.ndarray, low: np.ndarray) -> np.ndarray:
     """Shares ``w = e / l`` of one node's routes (or rows), each rounded once."""
-    e_high, e_low, l_high, l_low = exact_unnormalised(high, low)
-    return _dd_divide(e_high, e_low, l_high[..., None], l_low[..., None])
+    return exact_shares(*exact_unnormalised(high, low))
+
+
+def exact_shares(e_high: np.ndarray, e_low: np.ndarray, l_high, l_low) -> np.ndarray:
+    """``e / l`` from :func:`exact_unnormalised`'s double-doubles, each rounded once."""
+    return _dd_divide(e_high, e_low, np.asarray(l_high)[..., None],
+                      np.asarray(l_low)[..., None])
 
 
 def exact_pull(e_high: np.ndarray, e_low: np.ndarray, l_high: float, l_low: float,

@@ -29,7 +29,7 @@ import numpy as np
 from .inputs import Problem
 from .messages import Kind
 from .errors import NumericalError
-from .numerics import (Kernels, _dd_divide, exact_pull, exact_unnormalised, routing_budget,
+from .numerics import (Kernels, exact_pull, exact_shares, exact_unnormalised, routing_budget,
                        scale_scores, weighted_pull)
 from .routes import RouteTable
 from .transport import Deliveries, Timers, Transport, constant, shifted
@@ -276,18 +276,19 @@ class TwoPhaseNodes(TokenNodes):
         if self.kernels.exact and self.top_k:
             return np.concatenate([self._allocate(int(node)) for node in nodes])
         routes, problem = self.routes, self.problem
+        indptr, scores = routes.indptr, self.scores
+        n_queries, n_keys = routes.n_queries, routes.n_keys
         if self.kernels.exact:
             for node in nodes.tolist():
                 self._node_scores(node)
-        indptr, key_index, scores = routes.indptr, routes.key_index, self.scores
-        n_queries, n_keys = routes.n_queries, routes.n_keys
-        with np.errstate(over="ignore", invalid="ignore"):        # overflow reported below
-            for node in [] if self.kernels.exact else nodes.tolist():  # one product per node
-                start, stop = indptr[node], indptr[node + 1]
-                group, token = divmod(node, n_queries)
-                keys = problem.key[group] if stop - start == n_keys else \
-                    self._gather(problem.key[group], routes.key_index[start:stop])
-                scores[start:stop] = keys @ problem.query[group, token]
+        else:
+            with np.errstate(over="ignore", invalid="ignore"):    # overflow reported below
+                for node in nodes.tolist():                            # one product per node
+                    start, stop = indptr[node], indptr[node + 1]
+                    group, token = divmod(node, n_queries)
+                    keys = problem.key[group] if stop - start == n_keys else \
+                        self._gather(problem.key[group], routes.key_index[start:stop])
+                    scores[start:stop] = keys @ problem.query[group, token]
         for count in np.unique(self._needed[nodes]).tolist():
             chosen = nodes[self._needed[nodes] == count]
             span = self._routes_block(chosen)
@@ -413,8 +414,7 @@ class TwoPhaseNodes(TokenNodes):
             self._e_high[span][routes] = e_high.reshape(-1)
             self._e_low[span][routes] = e_low.reshape(-1)
             self._l_high[nodes], self._l_low[nodes] = l_high, l_low
-        return _dd_divide(e_high, e_low, np.asarray(l_high)[..., None],
-                          np.asarray(l_low)[..., None])
+        return exact_shares(e_high, e_low, l_high, l_low)
 
     def _allocate(self, node: int) -> np.ndarray:
         """Barrier passed: scores -> shares. Returns the routes to PULL on."""
@@ -577,6 +577,3 @@ class OnlineNodes(TwoPhaseNodes):
             self.shares[span] = self._budget(node, alive)
             self.done_time[node] += self._processing
             self._finished_at[node] = self.done_time[node]
-
-    def _aggregate(self, node: int) -> None:       # pragma: no cover - online has no barrier
-        raise AssertionError("online nodes aggregate as pairs arrive")

@@ -11,8 +11,7 @@ import numpy as np
 
 from .errors import EmptyRowError, InvalidArgumentError, NumericalError, ShapeError
 from .inputs import Problem, prepare
-from .numerics import exact_pull, exact_scores, exact_unnormalised
-from .numerics import _dd_divide
+from .numerics import exact_pull, exact_scores, exact_shares, exact_unnormalised
 
 __all__ = ["attention", "attention_backward"]
 
@@ -145,7 +144,7 @@ def _exact(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
         bias = None if problem.bias is None else problem.bias[g, i, keys]
         high, low = exact_scores(problem.key[g, keys], problem.query[g, i], problem.scale, bias)
         e_high, e_low, l_high, l_low = exact_unnormalised(high, low)
-        shares = _dd_divide(e_high, e_low, l_high, l_low).astype(problem.dtype)
+        shares = exact_shares(e_high, e_low, l_high, l_low).astype(problem.dtype)
         pulled = np.ones(len(keys), dtype=bool) if problem.keep is None else problem.keep[g, i, keys]
         row = exact_pull(e_high[pulled], e_low[pulled], l_high, l_low,
                          problem.value[g, keys[pulled]])

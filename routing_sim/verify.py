@@ -25,6 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .inputs import Problem, prepare
+from .network import Network
+from .reference import attention
+from .simulate import simulate
 
 __all__ = ["CONTRACT_SCORE_LIMIT", "Verdict", "tolerance", "verdict"]
 
@@ -86,8 +89,6 @@ def verdict(output: np.ndarray, weights: np.ndarray, query, key, value, **argume
 
     ``arguments`` are the attention arguments the simulation used.
     """
-    from .reference import attention
-
     ref_output, ref_weights = attention(query, key, value, return_weights=True, **arguments)
     output_tol, weight_tol = tolerance(query, key, value, **arguments)
     output_error = np.abs(np.asarray(output, np.float64) - ref_output)
@@ -104,8 +105,6 @@ def verdict(output: np.ndarray, weights: np.ndarray, query, key, value, **argume
 
 
 def _tolerance(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
-    from .reference import attention
-
     q, k, v = (x.astype(np.float64) for x in (problem.query, problem.key, problem.value))
     dtype = problem.dtype
     unit = float(np.finfo(dtype).eps) / 2
@@ -162,8 +161,6 @@ class CaseResult:
 
 def random_case(seed: int) -> tuple[tuple, dict, str]:
     """A random configuration: ``(q, k, v), keyword arguments, description``."""
-    from .network import Network
-
     rng = np.random.default_rng(seed)
     heads = int(rng.integers(1, 4))
     n_queries, n_keys = (int(x) for x in rng.integers(1, 9, size=2))
@@ -195,17 +192,12 @@ def random_case(seed: int) -> tuple[tuple, dict, str]:
 
 def check_case(seed: int) -> CaseResult:
     """Simulate one random case twice (two schedules) and compare with matrix attention."""
-    from .network import Network
-    from .simulate import simulate
-
     (query, key, value), options, description = random_case(seed)
     network = options.pop("network")
     run = simulate(query, key, value, network=network, **options)
     other = simulate(query, key, value, network=Network(latency=0.5, jitter=3.0,
                                                         seed=seed + 1), **options)
     output_tol, _ = tolerance(query, key, value, **options)
-    from .reference import attention
-
     expected = attention(query, key, value, **options)
     ratio = float(np.max(np.abs(run.output - expected) / output_tol, initial=0.0))
     same = bool(np.array_equal(run.output, other.output))
