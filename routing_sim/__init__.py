@@ -17,6 +17,7 @@ from .errors import (
     NumericalError,
     RoutingSimError,
     ShapeError,
+    SummaryTraceError,
 )
 from .decoder import DecodeStep, Decoder
 from .messages import Kind
@@ -48,6 +49,7 @@ __all__ = [
     "Run",
     "ShapeError",
     "Stats",
+    "SummaryTraceError",
     "Trace",
     "attention",
     "attention_backward",

@@ -15,6 +15,7 @@ __all__ = [
     "NumericalError",
     "RoutingSimError",
     "ShapeError",
+    "SummaryTraceError",
 ]
 
 
@@ -28,6 +29,13 @@ class InvalidArgumentError(RoutingSimError, ValueError):
 
 class ShapeError(InvalidArgumentError):
     """Array shapes do not fit together (sequence lengths, feature dims, mask shapes)."""
+
+
+class SummaryTraceError(InvalidArgumentError, AttributeError):
+    """A per-message column or record was asked of a run that kept only a summary trace.
+
+    Also an ``AttributeError``, so ``hasattr(run.trace, "kind")`` answers False.
+    """
 
 
 class DTypeError(RoutingSimError, TypeError):

@@ -6,7 +6,13 @@ Perfetto / chrome://tracing: one process per routing group (batch/head), one thr
 (track) per token node. Each instant a node is busy is one slice, named after what it did
 (received, allocated its budget, sent); messages are flow arrows from the sender's slice to
 the receiver's; a counter track shows the messages in flight. One simulated time unit is
-shown as one millisecond.
+shown as one millisecond. A message that never arrived shows as its send alone, named
+after its fate (``send QUERY (lost)``).
+
+Mermaid: one arrow per transmission, from sender to receiver, in arrival order; requests
+(to the key token) solid, answers dotted. A message that never arrived ends in a cross and
+says why; retries and network duplicates say so. An online PULL carries no share (its
+node does not know it yet), so none is shown.
 """
 
 from __future__ import annotations
@@ -20,10 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InvalidArgumentError
-from .messages import Kind
+from .messages import Kind, Message, towards_key
 from .transport import Fate
 
-__all__ = ["to_csv", "to_jsonl", "to_mermaid", "to_perfetto"]
+__all__ = ["mermaid_text", "to_csv", "to_jsonl", "to_mermaid", "to_perfetto"]
 
 MICROSECONDS_PER_UNIT = 1000.0
 MERMAID_LIMIT = 400
@@ -31,26 +37,25 @@ _PAYLOAD = {Kind.QUERY: "q", Kind.SCORE: "s", Kind.PULL: "w", Kind.VALUE: "v",
             Kind.GRAD_OUTPUT: "dO", Kind.GRAD_SHARE: "dP", Kind.GRAD_SCORE: "dS",
             Kind.GRAD_KEY: "s*dS*k"}
 _SCALAR = (Kind.SCORE, Kind.PULL, Kind.GRAD_SHARE, Kind.GRAD_SCORE)
+_MERMAID_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 _.,()'-")
 
 
 def to_jsonl(trace, path: str | Path) -> Path:
     """Write one JSON object per transmission, in trace order."""
     path = Path(path)
     with path.open("w", encoding="utf-8", newline="\n") as out:
-        for row in trace.rows():
-            out.write(json.dumps(row, separators=(",", ":")) + "\n")
+        for message in trace.rows():
+            out.write(json.dumps(message._asdict(), separators=(",", ":")) + "\n")
     return path
 
 
 def to_csv(trace, path: str | Path) -> Path:
     """Write every transmission as a CSV row (header first): ready for pandas."""
     path = Path(path)
-    rows = list(trace.rows())
     buffer = io.StringIO(newline="")
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["id"],
-                            lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(Message._fields)
+    writer.writerows(trace.rows())
     path.write_text(buffer.getvalue(), encoding="utf-8", newline="")
     return path
 
@@ -73,7 +78,8 @@ def perfetto_events(trace) -> dict:
     for index in range(len(trace.kind)):
         kind, group = Kind(int(trace.kind[index])), int(trace.group[index])
         sender, receiver = _nodes(info, kind, int(trace.src[index]), int(trace.dst[index]))
-        acts[(group, sender)][float(trace.sent[index])].append(f"send {kind.name}")
+        fate = "" if delivered[index] else f" ({Fate.NAMES[int(trace.fate[index])]})"
+        acts[(group, sender)][float(trace.sent[index])].append(f"send {kind.name}{fate}")
         if delivered[index]:
             acts[(group, receiver)][float(trace.arrive[index])].append(f"recv {kind.name}")
         ends.append((sender, receiver))
@@ -109,8 +115,11 @@ def perfetto_events(trace) -> dict:
             "otherData": {"time unit": "1 simulated time unit = 1 ms"}}
 
 
-def to_mermaid(trace, query: int | None = None, group: int = 0) -> str:
+def to_mermaid(trace, query: int | None = None, group: int = 0, fenced: bool = False) -> str:
     """A Mermaid ``sequenceDiagram`` of group ``group``: every message, or one query's.
+
+    ``fenced`` wraps it in a Markdown code fence (```` ```mermaid ````), ready to paste.
+    The caller checks that ``query`` and ``group`` exist.
 
     Raises
     ------
@@ -120,20 +129,21 @@ def to_mermaid(trace, query: int | None = None, group: int = 0) -> str:
     info = trace.context
     mine = trace.group == group
     if query is not None:
-        to_key = (trace.kind == Kind.QUERY) | (trace.kind == Kind.PULL)
-        mine &= np.where(to_key, trace.src, trace.dst) == query
-    rows = np.flatnonzero(mine & (trace.fate == Fate.DELIVERED))
+        mine &= np.where(towards_key(trace.kind), trace.src, trace.dst) == query
+    rows = np.flatnonzero(mine)
     if len(rows) > MERMAID_LIMIT:
         raise InvalidArgumentError(f"{len(rows)} messages are too many for a sequence diagram "
                                    f"(limit {MERMAID_LIMIT}); pass query= to draw one token's "
                                    "conversation")
-    order = rows[np.lexsort((trace.id[rows], trace.arrive[rows]))]
+    delivered = trace.fate[rows] == Fate.DELIVERED
+    when = np.where(delivered, trace.arrive[rows], trace.sent[rows])
+    order = rows[np.lexsort((trace.copy[rows], trace.id[rows], when))]
     involved = set()
     lines = []
     allocations = {node: time for (g, node), time, what in info["node_events"]
                    if g == group and what == "allocate budget (softmax)"}
     noted = set()
-    for index in order:
+    for index in order.tolist():
         kind = Kind(int(trace.kind[index]))
         sender, receiver = _nodes(info, kind, int(trace.src[index]), int(trace.dst[index]))
         involved.update((sender, receiver))
@@ -141,14 +151,33 @@ def to_mermaid(trace, query: int | None = None, group: int = 0) -> str:
         if kind == Kind.PULL and asker not in noted and asker in allocations:
             lines.append(f"    Note over n{asker}: all scores in: softmax, budget shares")
             noted.add(asker)
-        arrow = "->>" if kind.to_key else "-->>"
-        payload = _payload(kind, trace, index, info)
-        lines.append(f"    n{sender}{arrow}n{receiver}: {kind.name} {payload} "
-                     f"(t={float(trace.arrive[index]):g})")
+        fate = int(trace.fate[index])
+        arrow = ("-" if kind.to_key else "--") + (">>" if fate == Fate.DELIVERED else "x")
+        marks = [f"retry {int(trace.attempt[index])}"] if trace.attempt[index] else []
+        marks += ["duplicate"] if trace.copy[index] else []
+        if fate == Fate.DELIVERED:
+            marks.append(f"t={float(trace.arrive[index]):g}")
+        else:
+            marks.append(f"{Fate.NAMES[fate]}, sent t={float(trace.sent[index]):g}")
+        lines.append(f"    n{sender}{arrow}n{receiver}: {kind.name} "
+                     f"{_payload(kind, trace, index)} ({', '.join(marks)})")
     header = ["sequenceDiagram"]
     for node in sorted(involved):
-        header.append(f"    participant n{node} as {info['node_names'][node]}")
-    return "\n".join(header + lines) + "\n"
+        header.append(f"    participant n{node} as {mermaid_text(info['node_names'][node])}")
+    text = "\n".join(header + lines) + "\n"
+    return f"```mermaid\n{text}```\n" if fenced else text
+
+
+def mermaid_text(text: str) -> str:
+    """``text`` safe inside a Mermaid statement: anything but letters, digits, spaces and
+    ``_.,()'-`` becomes an entity code (``;`` -> ``#59;``), as Mermaid documents.
+
+    Examples
+    --------
+    >>> mermaid_text("token x; end (1)")
+    'token x#59; end (1)'
+    """
+    return "".join(char if char in _MERMAID_PLAIN else f"#{ord(char)};" for char in text)
 
 
 def _nodes(info: dict, kind: Kind, src: int, dst: int) -> tuple[int, int]:
@@ -160,9 +189,10 @@ def _nodes(info: dict, kind: Kind, src: int, dst: int) -> tuple[int, int]:
     return src + offset, dst
 
 
-def _payload(kind: Kind, trace, index: int, info: dict) -> str:
+def _payload(kind: Kind, trace, index: int) -> str:
     if kind in _SCALAR:
-        return f"{_PAYLOAD[kind]}={float(trace.value[index]):.3f}"
+        value = float(trace.value[index])
+        return f"{_PAYLOAD[kind]}={value:.3f}" if value == value else "(no share: online)"
     return f"{_PAYLOAD[kind]}[{int(trace.src[index])}]"
 
 

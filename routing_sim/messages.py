@@ -29,8 +29,11 @@ Sizes count the payload only (no headers), at the inputs' float width.
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import NamedTuple
 
-__all__ = ["BACKWARD", "FORWARD", "Kind", "payload_bytes"]
+import numpy as np
+
+__all__ = ["BACKWARD", "FORWARD", "Kind", "Message", "payload_bytes", "towards_key"]
 
 
 class Kind(IntEnum):
@@ -53,6 +56,19 @@ class Kind(IntEnum):
 
 FORWARD = (Kind.QUERY, Kind.SCORE, Kind.PULL, Kind.VALUE)
 BACKWARD = (Kind.GRAD_OUTPUT, Kind.GRAD_SHARE, Kind.GRAD_SCORE, Kind.GRAD_KEY)
+_TOWARDS_KEY = np.array([kind.to_key for kind in Kind])                # (len(Kind),)
+
+
+def towards_key(kinds: np.ndarray) -> np.ndarray:
+    """Per message, given its kind code: True if it travels from the query token to the key
+    token (each kind's :attr:`Kind.to_key`, for whole columns at once).
+
+    Examples
+    --------
+    >>> towards_key(np.array([Kind.QUERY, Kind.SCORE, Kind.GRAD_OUTPUT, Kind.GRAD_KEY])).tolist()
+    [True, False, True, False]
+    """
+    return _TOWARDS_KEY[np.asarray(kinds, dtype=np.intp)]
 
 
 def payload_bytes(kind: Kind, itemsize: int, dim: int, value_dim: int,
@@ -68,3 +84,26 @@ def payload_bytes(kind: Kind, itemsize: int, dim: int, value_dim: int,
               Kind.GRAD_OUTPUT: value_dim, Kind.GRAD_SHARE: 1, Kind.GRAD_SCORE: 1,
               Kind.GRAD_KEY: dim}[kind]
     return itemsize * floats
+
+
+class Message(NamedTuple):
+    """One transmission of a full trace, as ``trace[i]`` and the exports show it.
+
+    ``kind`` and ``fate`` are names (``"QUERY"``, ``"lost"``); ``arrive``, ``value`` and
+    ``rescale`` are None where the trace column holds NaN (never arrived, a vector payload
+    or a PULL of online softmax, not a VALUE of online softmax).
+    """
+
+    id: int
+    kind: str
+    src: int
+    dst: int
+    group: int
+    sent: float
+    arrive: float | None
+    nbytes: int
+    value: float | None
+    attempt: int
+    copy: int
+    fate: str
+    rescale: float | None

@@ -165,7 +165,9 @@ def _collect(problem: Problem, routes: RouteTable, nodes: TwoPhaseNodes, log: Tr
     online = isinstance(nodes, OnlineNodes)
     labels = node_labels(graph, n_queries, n_keys)
     nodes.context = _context(problem, routes, nodes, labels) if log.full else None
-    log.close({Kind.SCORE: nodes.scores, Kind.PULL: nodes.shares},
+    # An online PULL leaves before its node has every score, so it carries no share.
+    log.close({Kind.SCORE: nodes.scores} if online else
+              {Kind.SCORE: nodes.scores, Kind.PULL: nodes.shares},
               nodes.rescale if online else None, nodes.context if log.full else None)
     if routes.full:                                                   # every route exists
         weights = nodes.shares.reshape(groups, n_queries, n_keys)

@@ -5,18 +5,20 @@ group, send and arrival time, bytes, scalar payload, attempt, copy, fate); ``"su
 keeps counts, bytes, per-node bytes and latency histograms per kind, so memory does not
 grow with the number of messages; ``"auto"`` keeps full rows up to
 :data:`AUTO_FULL_LIMIT` messages.
+
+A full trace is also a sequence of :class:`Message` records: ``trace[0]``, ``len(trace)``,
+``for message in trace``, and ``trace.to_pandas()`` (pandas optional).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-
 import numpy as np
 
 from . import exports
-from .errors import InvalidArgumentError
-from .messages import Kind
+from .errors import InvalidArgumentError, SummaryTraceError
+from .messages import Kind, Message, towards_key
 from .routes import RouteTable
 from .transport import Fate, constant
 
@@ -25,7 +27,6 @@ __all__ = ["AUTO_FULL_LIMIT", "LATENCY_BINS", "TRACE_DETAILS", "Trace"]
 TRACE_DETAILS = ("auto", "full", "summary")
 AUTO_FULL_LIMIT = 200_000
 LATENCY_BINS = np.concatenate(([0.0], np.geomspace(1e-6, 1e6, 601)))   # 50 bins per decade
-_ALIASES = {"arrives": "arrive", "payload": "value"}   # the record names of ARCHITECTURE.md
 COLUMNS = ("kind", "src", "dst", "group", "sent", "arrive", "nbytes", "value", "id", "route",
            "attempt", "copy", "fate", "rescale")
 
@@ -36,10 +37,19 @@ class Trace:
     Columns (``detail="full"``) are numpy arrays of equal length: ``kind``, ``src`` and
     ``dst`` (token positions in their own sequence), ``group`` (flat batch/head index),
     ``sent``, ``arrive`` (NaN if it never arrived), ``nbytes``, ``value`` (the score of a
-    SCORE, the share of a PULL, NaN for the vector payloads of QUERY and VALUE),
+    SCORE, the share of a two-phase PULL; NaN for the vector payloads of QUERY and VALUE,
+    and for an online PULL, which is sent before its node knows its share),
     ``attempt`` (0 for the first try), ``copy`` (1 for a network duplicate), ``fate``
     (see :class:`~routing_sim.transport.Fate`), ``rescale`` (online softmax: the factor
-    a VALUE's arrival applied) and ``id``.
+    a VALUE's arrival applied) and ``id``. ``kind`` and ``fate`` hold codes: compare them
+    with :class:`~routing_sim.Kind` and ``Fate`` members; records (``trace[i]``) name them.
+
+    ``src`` and ``dst`` follow each kind's direction (:attr:`Kind.to_key`): QUERY, PULL,
+    GRAD_OUTPUT and GRAD_SCORE go from the query token to the key token, SCORE, VALUE,
+    GRAD_SHARE and GRAD_KEY back.
+
+    A summary trace has none of these columns: asking for one raises
+    :class:`~routing_sim.errors.SummaryTraceError`, an ``AttributeError``.
     """
 
     def __init__(self, detail: str, routes: RouteTable, nbytes: dict[Kind, int]) -> None:
@@ -144,7 +154,7 @@ class Trace:
                                                       (kind, route, ids, sent, arrive, copy, fate))
         table = self._routes
         query_token, key_token = table.query_token(route), table.key_index[route]
-        to_key = (kind == Kind.QUERY) | (kind == Kind.PULL)
+        to_key = towards_key(kind)
         value = np.full(len(route), np.nan)
         for payload_kind, per_route in payloads.items():
             mine = kind == payload_kind
@@ -165,19 +175,35 @@ class Trace:
         self._parts = []
 
     def __len__(self) -> int:
-        """Transmissions put on the wire (retries included, duplicates not)."""
-        return sum(self.counts.values())
+        """Transmissions logged: retries, network duplicates and messages that never left
+        a crashed sender included (a full trace's rows)."""
+        return int(sum(fates.sum() for fates in self.fates.values()))
 
     def __getattr__(self, name: str) -> np.ndarray:
-        name = _ALIASES.get(name, name)
         columns = self.__dict__.get("_columns")
         if columns is not None and name in columns:
             return columns[name]
         if name in COLUMNS:
-            raise InvalidArgumentError(f"this run kept a {self.detail} trace, which has no "
-                                       f"per-message column {name!r}; simulate with "
-                                       "trace='full' to keep one")
-        raise AttributeError(name)
+            raise SummaryTraceError(f"this run kept a {self.detail} trace, which has no "
+                                    f"per-message column {name!r}; simulate with "
+                                    "trace='full' to keep one")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __getitem__(self, index: int) -> Message:
+        """Transmission ``index`` in trace order, as a :class:`Message`."""
+        count = len(self._require_full("trace[i]").kind)
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+            raise InvalidArgumentError(f"a trace is indexed by an integer, got {index!r}")
+        if not -count <= index < count:
+            raise IndexError(f"message {index} is out of range: the trace holds {count}")
+        return next(self._messages(slice(int(index) % count, int(index) % count + 1)))
+
+    def __iter__(self) -> Iterator[Message]:
+        return self.rows()
+
+    def __repr__(self) -> str:
+        kinds = ", ".join(f"{kind.name} {int(self.fates[kind].sum()):,}" for kind in self.kinds)
+        return f"<Trace {self.detail}: {len(self):,} transmissions ({kinds})>"
 
     @property
     def bytes(self) -> dict[Kind, int]:
@@ -207,9 +233,18 @@ class Trace:
         :mod:`routing_sim.exports`). Returns the path."""
         return exports.to_perfetto(self._require_full("to_perfetto"), path)
 
-    def to_mermaid(self, query: int | None = None, group: int = 0) -> str:
-        """A Mermaid ``sequenceDiagram``: every message of ``group``, or one query's."""
-        return exports.to_mermaid(self._require_full("to_mermaid"), query, group)
+    def to_mermaid(self, query: int | None = None, group: int = 0, fenced: bool = False
+                   ) -> str:
+        """A Mermaid ``sequenceDiagram``: every message of ``group`` (flat batch/head
+        index), or those of one ``query`` token; ``fenced`` wraps it in a Markdown
+        ```` ```mermaid ```` fence. Lost, duplicated and retried messages are marked."""
+        self._require_full("to_mermaid")
+        routes = self._routes
+        _check_index("group", group, routes.n_groups, "routing group (flat batch/head index)")
+        if query is not None:
+            _check_index("query", query, routes.n_queries, "query token")
+        return exports.to_mermaid(self, None if query is None else int(query), int(group),
+                                  bool(fenced))
 
     def to_jsonl(self, path) -> Path:
         """Write one JSON object per transmission. Returns the path."""
@@ -219,22 +254,42 @@ class Trace:
         """Write one CSV row per transmission (pandas: ``read_csv``). Returns the path."""
         return exports.to_csv(self._require_full("to_csv"), path)
 
+    def to_pandas(self):
+        """The full trace as a ``pandas.DataFrame``, one row per transmission, with
+        ``kind`` and ``fate`` as named categories (needs pandas)."""
+        try:
+            import pandas
+        except ImportError:
+            raise InvalidArgumentError("to_pandas needs pandas: pip install pandas") from None
+        self._require_full("to_pandas")
+        frame = pandas.DataFrame({name: self._columns[name] for name in Message._fields})
+        frame["kind"] = pandas.Categorical.from_codes(frame["kind"],
+                                                      [kind.name for kind in Kind])
+        frame["fate"] = pandas.Categorical.from_codes(frame["fate"], list(Fate.NAMES))
+        return frame
+
     def _require_full(self, what: str) -> Trace:
         if not self.full:
-            raise InvalidArgumentError(f"{what} needs a full trace; this run kept a "
-                                       f"{self.detail} one: simulate with trace='full'")
+            raise SummaryTraceError(f"{what} needs a full trace; this run kept a "
+                                    f"{self.detail} one: simulate with trace='full'")
         return self
 
-    def rows(self) -> Iterator[dict[str, object]]:
-        """One dict per transmission, in trace order (for printing and exports)."""
-        columns = [self.id, self.kind, self.src, self.dst, self.group, self.sent, self.arrive,
-                   self.nbytes, self.value, self.attempt, self.copy, self.fate, self.rescale]
+    def rows(self) -> Iterator[Message]:
+        """One :class:`Message` per transmission, in trace order."""
+        return self._messages(slice(None))
+
+    def _messages(self, span: slice) -> Iterator[Message]:
+        columns = [self._require_full("the message records")._columns[name][span].tolist()
+                   for name in Message._fields]
         for (ident, kind, src, dst, group, sent, arrive, nbytes, value, attempt, copy, fate,
-             rescale) in zip(*(column.tolist() for column in columns)):
-            yield {
-                "id": ident, "kind": Kind(kind).name, "src": src, "dst": dst, "group": group,
-                "sent": sent, "arrive": None if arrive != arrive else arrive,
-                "bytes": nbytes, "value": None if value != value else value,
-                "attempt": attempt, "copy": copy, "fate": Fate.NAMES[fate],
-                "rescale": None if rescale != rescale else rescale,
-            }
+             rescale) in zip(*columns):
+            yield Message(ident, Kind(kind).name, src, dst, group, sent,
+                          None if arrive != arrive else arrive, nbytes,
+                          None if value != value else value, attempt, copy, Fate.NAMES[fate],
+                          None if rescale != rescale else rescale)
+
+
+def _check_index(name: str, index, count: int, what: str) -> None:
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or \
+            not 0 <= index < count:
+        raise InvalidArgumentError(f"{name} must be a {what} in 0 .. {count - 1}, got {index!r}")
