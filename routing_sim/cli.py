@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +29,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return arguments.handler(arguments)
     except RoutingSimError as error:
         print(f"routing-sim: error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:              # an output file that cannot be written, ...
+        where = f" {error.filename}" if error.filename else ""
+        print(f"routing-sim: error: cannot write{where}: {error.strerror or error}",
+              file=sys.stderr)
+        return 1
+    except ImportError as error:          # an optional extra that is not installed
+        print(f"routing-sim: error: {error}; pip install 'routing_sim[plot]'", file=sys.stderr)
         return 1
 
 
@@ -57,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
                               description="Run a scenario from the library and print its "
                                           "story and verdict (see `routing-sim list`).")
     run.add_argument("name", help="scenario name, e.g. routing_table")
+    run.add_argument("arguments", nargs="*", metavar="ARGUMENT",
+                     help="passed to the scenario, e.g. `run learning_to_route curve.png` "
+                          "also saves its loss curve")
     run.set_defaults(handler=_run)
 
     simulation = argparse.ArgumentParser(add_help=False)
@@ -86,6 +98,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="file to write (default: trace.json / trace.jsonl / trace.csv; "
                             "Mermaid prints to stdout)")
     trace.add_argument("--query", type=int, help="Mermaid: draw only this token's messages")
+    trace.add_argument("--fenced", action="store_true",
+                       help="Mermaid: wrap the diagram in a ```mermaid fence for Markdown")
     trace.set_defaults(handler=_trace)
 
     plot = commands.add_parser(
@@ -143,7 +157,13 @@ def _run(arguments: argparse.Namespace) -> int:
         print(f"routing-sim: error: no scenario {arguments.name!r}; choose one of "
               f"{', '.join(available)}", file=sys.stderr)
         return 1
-    scenarios.load(arguments.name).main()
+    scenario = scenarios.load(arguments.name)
+    try:
+        inspect.signature(scenario.main).bind(*arguments.arguments)
+    except TypeError:
+        raise _user_error(f"scenario {arguments.name} takes no argument "
+                          f"{' '.join(arguments.arguments)!r}") from None
+    scenario.main(*arguments.arguments)
     return 0
 
 
@@ -169,7 +189,7 @@ def _simulate(arguments: argparse.Namespace):
 def _trace(arguments: argparse.Namespace) -> int:
     run = _simulate(arguments)
     if arguments.format == "mermaid":
-        text = run.trace.to_mermaid(query=arguments.query)
+        text = run.trace.to_mermaid(query=arguments.query, fenced=arguments.fenced)
         if arguments.output:
             arguments.output.write_text(text, encoding="utf-8")
             print(f"wrote {arguments.output}")

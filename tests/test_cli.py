@@ -129,3 +129,49 @@ def test_every_subcommand_has_help(command, capsys):
         main([command, "--help"])
     assert exit_.value.code == 0
     assert f"usage: routing-sim {command}" in capsys.readouterr().out
+
+
+def one_line_error(capsys) -> str:
+    """The whole stderr of a failed command: one line, no traceback."""
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("routing-sim: error: "), err
+    return err
+
+
+@pytest.mark.parametrize("argv", [["plot", "-o", "/nonexistent/x.png"],
+                                  ["trace", "-o", "/nonexistent/t.json"],
+                                  ["trace", "--format", "mermaid", "-o", "/nonexistent/m.md"],
+                                  ["trace", "--format", "csv", "-o", "/nonexistent/t.csv"]])
+def test_unwritable_output_is_one_line(argv, capsys):
+    assert main(argv) == 1
+    assert "/nonexistent/" in one_line_error(capsys)
+
+
+def test_output_that_is_a_directory_is_one_line(tmp_path, capsys):
+    assert main(["trace", "--format", "jsonl", "-o", str(tmp_path)]) == 1
+    assert str(tmp_path) in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("option", [["--query", "99"], ["--query", "-1"]])
+def test_mermaid_query_out_of_range_is_an_error(option, capsys):
+    assert main(["trace", "--format", "mermaid", *option]) == 1
+    assert "query must be a query token in 0 .. 5" in one_line_error(capsys)
+
+
+def test_trace_mermaid_fenced(capsys):
+    assert main(["trace", "--format", "mermaid", "--query", "1", "--fenced"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("```mermaid\nsequenceDiagram\n") and text.endswith("\n```\n")
+
+
+def test_run_passes_an_image_name_to_the_scenario(tmp_path, capsys):
+    pytest.importorskip("matplotlib", reason="the plot extra draws the loss curve")
+    image = tmp_path / "curve.png"
+    assert main(["run", "learning_to_route", str(image)]) == 0
+    assert f"saved {image}" in capsys.readouterr().out
+    assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_run_refuses_arguments_a_scenario_does_not_take(capsys):
+    assert main(["run", "routing_table", "x.png"]) == 1
+    assert "scenario routing_table takes no argument 'x.png'" in one_line_error(capsys)
