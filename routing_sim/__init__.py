@@ -60,3 +60,12 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``rs.hf`` imports torch and transformers, so it loads on first use, not with the core."""
+    if name == "hf":
+        import importlib
+
+        return importlib.import_module(".hf", __name__)
+    raise AttributeError(f"module 'routing_sim' has no attribute {name!r}")

@@ -17,7 +17,8 @@ cannot be delivered raises :class:`~routing_sim.DeliveryError`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import simpy
@@ -42,6 +43,29 @@ class Gradients:
     value: np.ndarray
     stats: Stats
     trace: Trace
+    _score: Callable[[], np.ndarray] = field(repr=False, compare=False)
+
+    def score(self) -> np.ndarray:
+        """The gradient of every score ``s_ij`` (scaled, bias included), shape (..., L, S).
+
+        It is what the GRAD_SCORE messages carried, zero where there is no route, and the
+        gradient of an additive ``attn_mask`` or bias (a float mask enters the score as is).
+
+        Examples
+        --------
+        >>> import numpy as np, routing_sim as rs
+        >>> q, k, v = np.random.default_rng(0).normal(size=(3, 3, 2))
+        >>> d_output = np.ones((3, 2))
+        >>> d_score = rs.simulate(q, k, v, is_causal=True).backward(d_output).score()
+        >>> d_score.shape, bool(d_score[0, 1] == 0)
+        ((3, 3), True)
+        >>> weights = rs.attention(q, k, v, is_causal=True, return_weights=True)[1]
+        >>> d_share = d_output @ v.T                                   # (L, S)
+        >>> expected = weights * (d_share - (weights * d_share).sum(-1, keepdims=True))
+        >>> bool(np.allclose(d_score, expected, rtol=1e-12, atol=1e-15))
+        True
+        """
+        return self._score()
 
 
 class BackwardNodes(TokenNodes):
@@ -203,9 +227,15 @@ def backward(forward: TwoPhaseNodes, d_output, network, delivery: str, detail: s
                   delivery=transport.mode, routes=len(routes),
                   retransmitted=per_kind({k: nodes.retransmissions.get(k, 0) for k in BACKWARD}),
                   ignored=nodes.ignored)
-    groups = problem.shape[0]
+    groups, n_queries, n_keys = problem.shape[:3]
+
+    def score() -> np.ndarray:
+        dense = np.zeros((groups * n_queries, n_keys), problem.dtype)  # (G·L, S)
+        dense[routes.query_node, routes.key_index] = nodes.d_score
+        return problem.unflatten(dense.reshape(groups, n_queries, n_keys))
+
     return Gradients(
         query=problem.to_inputs(nodes.d_query.reshape(groups, -1, dim), "query"),
         key=problem.to_inputs(nodes.d_key.reshape(groups, -1, dim), "key"),
         value=problem.to_inputs(nodes.d_value.reshape(groups, -1, value_dim), "value"),
-        stats=stats, trace=log)
+        stats=stats, trace=log, _score=score)

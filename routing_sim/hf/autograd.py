@@ -1,0 +1,83 @@
+"""Simulated attention as a differentiable torch operation: backward is ``run.backward``.
+
+The forward pass runs :func:`~routing_sim.simulate` on the tensors' float data; the
+backward pass sends the gradients back along the same routes as messages
+(:mod:`routing_sim.backward`) and hands torch the gradients of query, key, value and of
+a float mask. The mask enters every score as is, so its gradient is the score gradient
+(``Gradients.score()``), summed over the dimensions the mask was broadcast along; this
+is how T5's relative position bias learns.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..run import Run
+from ..simulate import simulate
+
+__all__ = ["simulated_attention"]
+
+
+def simulated_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                        mask: torch.Tensor | None, arguments: dict[str, Any]
+                        ) -> tuple[torch.Tensor, Run]:
+    """``simulate(query, key, value, attn_mask=mask, **arguments)`` on tensors.
+
+    Returns the output ``(..., L, Ev)`` as a tensor on the query's device, differentiable
+    with respect to query, key, value and a float ``mask``, and the :class:`Run`.
+
+    Examples
+    --------
+    >>> import torch, routing_sim as rs
+    >>> q, k, v = torch.randn(3, 2, 4, 8, dtype=torch.float64).unbind(0)
+    >>> _ = q.requires_grad_()
+    >>> out, run = simulated_attention(q, k, v, None, {"is_causal": True})
+    >>> out.sum().backward()
+    >>> expected = rs.attention_backward(q.detach().numpy(), k.numpy(), v.numpy(),
+    ...                                  torch.ones(2, 4, 8).numpy(), is_causal=True)[0]
+    >>> bool(torch.allclose(q.grad, torch.from_numpy(expected), rtol=1e-10, atol=1e-12))
+    True
+    """
+    holder: list[Run] = []
+    output = _SimulatedAttention.apply(query, key, value, mask, arguments, holder)
+    return output, holder[0]
+
+
+class _SimulatedAttention(torch.autograd.Function):
+    """Forward: ``simulate``; backward: ``run.backward``, the gradients as messages."""
+
+    @staticmethod
+    def forward(ctx, query, key, value, mask, arguments, holder):
+        attn_mask = None if mask is None else _numpy(mask)
+        run = simulate(_numpy(query), _numpy(key), _numpy(value), attn_mask=attn_mask,
+                       **arguments)
+        ctx.run, ctx.mask_shape = run, None if mask is None else mask.shape
+        holder.append(run)
+        return torch.from_numpy(run.output).to(query.device)
+
+    @staticmethod
+    def backward(ctx, d_output):
+        grads = ctx.run.backward(_numpy(d_output))
+        device = d_output.device
+        tensors = [torch.from_numpy(np.ascontiguousarray(grad)).to(device)
+                   for grad in (grads.query, grads.key, grads.value)]
+        d_mask = None
+        if ctx.needs_input_grad[3]:
+            d_mask = torch.from_numpy(_sum_to(grads.score(), ctx.mask_shape)).to(device)
+        return (*tensors, d_mask, None, None)
+
+
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().cpu().numpy()
+
+
+def _sum_to(gradient: np.ndarray, shape: torch.Size) -> np.ndarray:
+    """Sum a gradient over the dimensions its input was broadcast along."""
+    extra = gradient.ndim - len(shape)
+    gradient = gradient.sum(axis=tuple(range(extra))) if extra else gradient
+    axes = tuple(axis for axis, size in enumerate(shape) if size == 1
+                 and gradient.shape[axis] != 1)
+    return gradient.sum(axis=axes, keepdims=True) if axes else gradient

@@ -1,0 +1,207 @@
+"""routing_sim as a transformers attention backend: every attention call runs ``simulate``.
+
+``register(name, **options)`` puts two functions into transformers' registries under
+``name``: the attention function (``AttentionInterface``) and the mask function
+(``AttentionMaskInterface``, transformers' own ``sdpa_mask``). The mask function matters:
+without one, transformers hands a custom backend ``attention_mask=None`` even when there
+is padding or a sliding window. With ``sdpa_mask`` the backend receives exactly the masks
+PyTorch SDPA receives, and reads them the way SDPA does:
+
+- a bool mask ``(B, 1, L, S)``, True = route allowed, is ``attn_mask``;
+- a float mask is added to the scores (``-inf`` blocks a route);
+- ``None`` means "infer causality as SDPA does": causal (top-left) when the query has
+  more than one token and the module is causal, otherwise every key; with a KV cache and
+  a one-token query this is the bottom-right alignment (the new token sees every key);
+- ``position_bias`` (T5) is an additive per-head bias on the allowed routes;
+- ``scaling``, grouped-query heads (``module.num_key_value_groups``) and, in training,
+  ``dropout`` (routing_sim's dropout: routes dropped after the softmax, survivors scaled by
+  ``1 / (1 - p)``, the draw seeded from torch's generator) carry over.
+
+What it cannot do exactly it refuses with :class:`~routing_sim.InvalidArgumentError`:
+soft-capping (``softcap``) on a routing_sim without ``score_mod``, a sliding window that
+would bind while no mask arrived, flex-attention block masks, attention sinks, dtypes
+other than float32/float64, and any other argument it does not know.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AttentionInterface, AttentionMaskInterface
+from transformers.masking_utils import sdpa_mask
+
+from ..errors import DTypeError, InvalidArgumentError
+from ..simulate import simulate
+from . import record
+from .autograd import simulated_attention
+
+__all__ = ["HF_ARGUMENTS", "register", "registered_options"]
+
+# simulate() arguments the model supplies on every call: an option may not set them.
+HF_ARGUMENTS = ("attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa", "graph",
+                "causal_alignment", "dropout_mask", "seed", "alibi_slopes", "rope")
+# Keywords transformers passes that do not change what attention computes: positions are
+# already in q and k, the masks already carry packing, and the rest is bookkeeping.
+_BOOKKEEPING = frozenset({
+    "position_ids", "use_cache", "cache_position", "output_attentions",
+    "output_hidden_states", "output_router_logits", "return_dict", "num_items_in_batch",
+    "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx",
+    "encoder_hidden_states", "past_key_values", "cache", "token_type_ids"})
+_DTYPES = (torch.float32, torch.float64)
+_OPTIONS: dict[str, dict[str, Any]] = {}
+
+
+def register(name: str = "routing_sim", **options) -> str:
+    """Make ``attn_implementation=name`` run every attention call through ``simulate``.
+
+    Parameters
+    ----------
+    name : str
+        The name to register under (registering again replaces the options).
+    **options
+        Keyword options of :func:`~routing_sim.simulate`: ``network``, ``numerics``,
+        ``softmax``, ``routing``, ``top_k``, ``trace`` (``"summary"`` unless given),
+        ``delivery``, ``empty_rows``. The model supplies the rest (masks, causality,
+        scale, GQA, dropout), so those are refused here.
+
+    Returns
+    -------
+    str
+        ``name``, to pass as ``attn_implementation``.
+
+    Raises
+    ------
+    InvalidArgumentError
+        An option ``simulate`` does not take, one the model supplies, or a bad value.
+
+    Examples
+    --------
+    >>> import torch, routing_sim as rs
+    >>> from routing_sim.hf.tiny import tiny_model
+    >>> name = rs.hf.register("routing_sim_doctest", numerics="exact")
+    >>> model = tiny_model("llama", layers=1, attn_implementation=name)
+    >>> reference = tiny_model("llama", layers=1)              # same seed, same weights
+    >>> ids = torch.tensor([[5, 17, 42, 8]])
+    >>> with torch.no_grad():
+    ...     ours, theirs = model(ids).logits, reference(ids).logits
+    >>> bool(torch.allclose(ours, theirs, rtol=1e-12, atol=0))
+    True
+    """
+    if not isinstance(name, str) or not name or name in ("sdpa", "eager") or "|" in name:
+        raise InvalidArgumentError(f"name must be a new attention implementation name, got "
+                                   f"{name!r}")
+    taken = set(options) & set(HF_ARGUMENTS)
+    if taken:
+        raise InvalidArgumentError(f"the model supplies {sorted(taken)} on every call; "
+                                   "register() takes only simulate's other options")
+    known = set(inspect.signature(simulate).parameters) - {"query", "key", "value"}
+    unknown = set(options) - known
+    if unknown:
+        raise InvalidArgumentError(f"simulate has no option {sorted(unknown)}; options are "
+                                   f"{sorted(known - set(HF_ARGUMENTS))}")
+    options = {"trace": "summary", **options}
+    probe = np.zeros((1, 1, 1))                                        # (G, L, E)
+    simulate(probe, probe, probe, **options)                           # bad values fail here
+    _OPTIONS[name] = options
+    AttentionInterface.register(name, _attention_function(name))
+    AttentionMaskInterface.register(name, sdpa_mask)
+    return name
+
+
+def registered_options(name: str) -> dict[str, Any]:
+    """The ``simulate`` options registered under ``name`` (a copy)."""
+    if name not in _OPTIONS:
+        raise InvalidArgumentError(f"no routing_sim backend is registered as {name!r}; "
+                                   f"registered: {sorted(_OPTIONS)}")
+    return dict(_OPTIONS[name])
+
+
+def _attention_function(name: str):
+    """The function transformers calls in place of its attention, for ``name``."""
+
+    def routing_sim_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
+                              scaling: float | None = None, is_causal: bool | None = None,
+                              position_bias=None, sliding_window: int | None = None,
+                              softcap: float | None = None, **kwargs):
+        _refuse_unknown(kwargs)
+        _check_tensors(query, key, value)
+        if softcap is not None:
+            raise InvalidArgumentError(
+                f"softcap={softcap} (logit soft-capping) needs score_mod, which this "
+                "routing_sim does not have yet; use a model without attention soft-capping")
+        n_queries, n_keys = query.shape[-2], key.shape[-2]
+        if attention_mask is not None and not isinstance(attention_mask, torch.Tensor):
+            raise InvalidArgumentError(
+                f"attention_mask must be a tensor (from sdpa_mask), got "
+                f"{type(attention_mask).__name__}; flex-attention block masks are not supported")
+        if attention_mask is None and sliding_window is not None and n_keys > sliding_window:
+            raise InvalidArgumentError(
+                f"sliding_window={sliding_window} binds for {n_keys} keys but no mask arrived; "
+                "register the backend with routing_sim.hf.register (it registers the mask "
+                "function too)")
+        causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
+        causal = bool(n_queries > 1 and attention_mask is None and causal)
+        bias = _additive_bias(attention_mask, position_bias, causal, n_queries, n_keys)
+        groups = getattr(module, "num_key_value_groups", 1)
+        options = dict(_OPTIONS[name])
+        recorder = record.active()
+        if recorder is not None:
+            options["trace"] = recorder.trace
+        seed = 0
+        if dropout:
+            seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+        arguments = {"is_causal": causal and bias is None, "scale": scaling,
+                     "enable_gqa": groups > 1, "dropout_p": float(dropout), "seed": seed,
+                     **options}
+        mask = bias if bias is not None else attention_mask
+        output, run = simulated_attention(query, key, value, mask, arguments)
+        if recorder is not None:
+            recorder.add(module, run)
+        weights = None
+        if kwargs.get("output_attentions"):
+            weights = torch.from_numpy(run.weights).to(query.device)
+        return output.transpose(1, 2).contiguous(), weights
+
+    return routing_sim_attention
+
+
+def _refuse_unknown(kwargs: dict) -> None:
+    for argument, value in kwargs.items():
+        if argument in ("s_aux", "sinks"):
+            raise InvalidArgumentError(f"{argument} (attention sinks) is not supported by the "
+                                       "routing_sim backend")
+        if argument not in _BOOKKEEPING and value is not None:
+            raise InvalidArgumentError(
+                f"the routing_sim backend does not know the attention argument {argument}="
+                f"{value!r}; refusing rather than ignoring something that may change the "
+                "result")
+
+
+def _check_tensors(query, key, value) -> None:
+    for argument, tensor in (("query", query), ("key", key), ("value", value)):
+        if tensor.dtype not in _DTYPES:
+            raise DTypeError(f"{argument} is {tensor.dtype}; the routing_sim backend computes "
+                             "in float32 or float64 (model.to(torch.float64))")
+
+
+def _additive_bias(attention_mask, position_bias, causal: bool, n_queries: int,
+                   n_keys: int):
+    """One float mask holding T5's ``position_bias`` on the allowed routes (-inf elsewhere).
+
+    Built with torch operations so autograd carries the score gradient back to
+    ``position_bias``. None when there is no position bias (the mask goes as it came).
+    """
+    if position_bias is None:
+        return None
+    blocked = torch.tensor(-torch.inf, dtype=position_bias.dtype)
+    if attention_mask is None:
+        if not causal:
+            return position_bias
+        allowed = torch.ones(n_queries, n_keys, dtype=torch.bool).tril()  # (L, S) top-left
+        return torch.where(allowed, position_bias, blocked)
+    if attention_mask.dtype == torch.bool:
+        return torch.where(attention_mask, position_bias, blocked)
+    return position_bias + attention_mask

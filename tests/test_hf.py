@@ -1,0 +1,258 @@
+"""routing_sim as a transformers attention backend, against PyTorch SDPA in float64.
+
+Every model here is a tiny random-init one built from a config (no download); the SDPA
+model is the same architecture with the same seed, so it has the same weights.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the hf extra (torch) is not installed")
+pytest.importorskip("transformers", reason="the hf extra (transformers) is not installed")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import routing_sim as rs  # noqa: E402
+from routing_sim.hf.tiny import tiny_model  # noqa: E402
+
+RTOL = 1e-12
+GRAD_RTOL = 1e-10
+CAUSAL = ("llama", "mistral", "qwen2", "gpt2")
+SEQ2SEQ = ("bart", "t5")
+
+
+@pytest.fixture(scope="module")
+def backend():
+    return rs.hf.register("routing_sim_test")
+
+
+@pytest.fixture(scope="module")
+def models(backend):
+    """family -> (routing_sim model, SDPA model), built once for the whole module."""
+    pairs = {}
+    for family in (*CAUSAL, "bert", *SEQ2SEQ):
+        pairs[family] = (tiny_model(family, attn_implementation=backend), tiny_model(family))
+    return pairs
+
+
+def batch(family: str, length: int = 11, seed: int = 0) -> dict:
+    """Two rows, the second padded (left for decoders, right for encoders)."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 90, (2, length), generator=generator)
+    mask = torch.ones(2, length, dtype=torch.long)
+    if family in CAUSAL:
+        mask[1, :4] = 0
+    else:
+        mask[1, -4:] = 0
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    if family in SEQ2SEQ:
+        inputs["decoder_input_ids"] = torch.randint(3, 90, (2, 6), generator=generator)
+    return inputs
+
+
+def output_of(model, inputs: dict) -> torch.Tensor:
+    result = model(**inputs)
+    return result.logits if hasattr(result, "logits") else result.last_hidden_state
+
+
+def assert_close(ours: torch.Tensor, theirs: torch.Tensor, rtol: float = RTOL) -> None:
+    """Relative to the largest magnitude: |ours - theirs| <= rtol * max|theirs|."""
+    ours, theirs = ours.detach().numpy(), theirs.detach().numpy()
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=rtol * np.abs(theirs).max())
+
+
+@pytest.mark.parametrize("family", [*CAUSAL, "bert", *SEQ2SEQ])
+def test_forward_equals_sdpa(models, family):
+    ours, sdpa = models[family]
+    inputs = batch(family)
+    with torch.no_grad():
+        assert_close(output_of(ours, inputs), output_of(sdpa, inputs))
+
+
+def test_mistral_window_binds(models):
+    """11 tokens and a window of 8: the mask really cuts routes (no window, other logits)."""
+    ours, _ = models["mistral"]
+    inputs = batch("mistral")
+    with torch.no_grad(), rs.hf.record() as rec:
+        windowed = output_of(ours, inputs)
+    weights = rec.runs[0].run.weights                                  # (B, H, L, S)
+    assert not weights[0, :, 10, :3].any() and (weights[0, :, 10, 3:] > 0).all()
+    with torch.no_grad():
+        unwindowed = output_of(tiny_model("mistral", sliding_window=None), inputs)
+    assert not torch.allclose(windowed, unwindowed, rtol=1e-6)
+
+
+@pytest.mark.parametrize("family", [*CAUSAL, *SEQ2SEQ])
+def test_greedy_generation_is_identical(models, family):
+    ours, sdpa = models[family]
+    inputs = batch(family, length=7, seed=1)
+    inputs.pop("decoder_input_ids", None)
+    settings = {"max_new_tokens": 6, "do_sample": False, "pad_token_id": 0,
+                "eos_token_id": None}
+    with torch.no_grad():
+        expected = sdpa.generate(**inputs, **settings)
+        with rs.hf.record(limit=1000) as rec:
+            produced = ours.generate(**inputs, **settings)
+    assert torch.equal(produced, expected)
+    one_token_steps = [r for r in rec.runs if r.step > 0 and r.attention == "self"]
+    assert one_token_steps and all(r.run.output.shape[-2] == 1 for r in one_token_steps)
+
+
+def loss_of(output: torch.Tensor) -> torch.Tensor:
+    """A loss that depends on every output (a sum of squares after LayerNorm would not)."""
+    direction = torch.randn(output.shape, generator=torch.Generator().manual_seed(7),
+                            dtype=output.dtype)
+    return (output * direction).sum()
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "bert", "t5", "bart"])
+def test_gradients_equal_sdpa(models, family):
+    ours, sdpa = models[family]
+    inputs = batch(family, length=6, seed=2)
+    for model in (ours, sdpa):
+        model.zero_grad()
+        loss_of(output_of(model, inputs)).backward()
+    # Key biases shift a whole row of scores, which softmax ignores: their gradient is zero
+    # up to rounding, so a relative comparison of two roundings would be meaningless. Those
+    # are held to the model's largest gradient instead.
+    largest = max(p.grad.abs().max() for p in sdpa.parameters() if p.grad is not None)
+    compared = 0
+    for (name, mine), theirs in zip(ours.named_parameters(), sdpa.parameters()):
+        if theirs.grad is None:
+            assert mine.grad is None, name
+            continue
+        scale = theirs.grad.abs().max()
+        if scale < 1e-12 * largest:
+            scale = largest
+        assert (mine.grad - theirs.grad).abs().max() <= GRAD_RTOL * scale, name
+        compared += 1
+    assert compared > 10
+
+
+def test_t5_position_bias_gradient_is_the_score_gradient(models):
+    """The relative-attention-bias table learns through the backend's score gradient."""
+    ours, sdpa = models["t5"]
+    inputs = batch("t5", length=6, seed=3)
+    table = "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
+    grads = []
+    for model in (ours, sdpa):
+        model.zero_grad()
+        loss_of(output_of(model, inputs)).backward()
+        grads.append(dict(model.named_parameters())[table].grad)
+    assert grads[1].abs().max() > 0
+    assert_close(grads[0], grads[1], GRAD_RTOL)
+
+
+def test_exact_numerics_and_faults_are_bit_identical(backend, models):
+    """Exact mode matches SDPA; loss, duplication and jitter change no bit of the logits."""
+    inputs = batch("llama", length=6)
+    ours, sdpa = models["llama"]
+    with torch.no_grad():
+        plain = output_of(ours, inputs)
+        for options in ({"numerics": "exact"},
+                        {"network": rs.Network(loss=0.2, duplicate=0.2, jitter=0.5,
+                                               retries=50, seed=3)}):
+            rs.hf.register("routing_sim_variant", **options)
+            ours.set_attn_implementation("routing_sim_variant")
+            try:
+                logits = output_of(ours, inputs)
+            finally:
+                ours.set_attn_implementation(backend)
+            if "numerics" in options:
+                assert_close(logits, output_of(sdpa, inputs))
+            else:
+                assert torch.equal(logits, plain)
+
+
+def test_from_pretrained_local_dir(tmp_path, backend):
+    import transformers
+
+    tiny_model("qwen2", layers=1).save_pretrained(tmp_path)
+    ours = transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path, attn_implementation=backend, dtype=torch.float64)
+    sdpa = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float64)
+    inputs = batch("qwen2", length=5)
+    with torch.no_grad():
+        assert_close(output_of(ours, inputs), output_of(sdpa, inputs))
+    assert ours.config._attn_implementation == backend
+
+
+def test_record_counts_layers_and_steps(models):
+    ours, _ = models["bart"]
+    inputs = batch("bart", length=5)
+    with torch.no_grad(), rs.hf.record(limit=7) as rec:
+        output_of(ours, inputs)
+    # 2 encoder layers (self), 2 decoder layers (self + cross): 6 calls in one step.
+    assert [(r.layer, r.step, r.attention) for r in rec.runs] == [
+        (0, 0, "self"), (1, 0, "self"), (0, 0, "self"), (0, 0, "cross"),
+        (1, 0, "self"), (1, 0, "cross")]
+    assert rec.skipped == 0
+    with torch.no_grad(), rs.hf.record(limit=2) as rec:
+        output_of(ours, inputs)
+    assert len(rec.runs) == 2 and rec.skipped == 4 and "limit 2 reached" in str(rec)
+
+
+def test_record_labels_tokens(models):
+    class Words:
+        def convert_ids_to_tokens(self, ids):
+            return [f"w{i}" for i in ids]
+
+    ours, _ = models["gpt2"]
+    ids = torch.tensor([[10, 11, 12]])
+    with torch.no_grad(), rs.hf.record(model=ours, tokenizer=Words()) as rec:
+        produced = ours.generate(ids, max_new_tokens=2, do_sample=False, pad_token_id=0)
+    table = rec.runs[-1].run.routing_table(0, head=0, batch=0)
+    assert table.label == f"w{int(produced[0, 3])}"                   # the newest token
+    assert {route.label for route in table.routes} >= {"w10", "w11", "w12"}
+    assert len(table.routes) == 4
+
+
+def test_dropout_follows_routing_sim_semantics(models):
+    """Training dropout drops routes after the softmax and rescales the survivors."""
+    ours, _ = models["llama"]
+    model = tiny_model("llama", layers=1, attn_implementation="routing_sim_test",
+                       attention_dropout=0.5).train()
+    inputs = batch("llama", length=6)
+    torch.manual_seed(5)
+    with rs.hf.record() as rec:
+        first = output_of(model, inputs)
+    torch.manual_seed(5)
+    assert torch.equal(output_of(model, inputs), first)                 # seeded by torch
+    weights = rec.runs[0].run.weights                                  # (B, H, L, S)
+    kept = weights[0, :, -1] != 0
+    assert 0 < kept.sum() < kept.size
+    first.sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    del ours
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"is_causal": True}, "supplies"),
+    ({"attn_mask": None}, "supplies"),
+    ({"bandwidth": 3}, "no option"),
+    ({"numerics": "fast"}, "numerics"),
+])
+def test_register_refuses(options, message):
+    with pytest.raises(rs.RoutingSimError, match=message):
+        rs.hf.register("routing_sim_bad", **options)
+
+
+def test_call_refuses_what_it_cannot_do_exactly(backend):
+    from transformers import AttentionInterface
+
+    attention = AttentionInterface()[backend]
+    module = torch.nn.Module()
+    q = k = v = torch.zeros(1, 2, 3, 4, dtype=torch.float64)
+    with pytest.raises(rs.InvalidArgumentError, match="softcap"):
+        attention(module, q, k, v, None, softcap=30.0)
+    with pytest.raises(rs.InvalidArgumentError, match="sliding_window=2"):
+        attention(module, q, k, v, None, sliding_window=2)
+    with pytest.raises(rs.InvalidArgumentError, match="s_aux"):
+        attention(module, q, k, v, None, s_aux=torch.zeros(2))
+    with pytest.raises(rs.InvalidArgumentError, match="mystery"):
+        attention(module, q, k, v, None, mystery=1)
+    with pytest.raises(rs.DTypeError, match="bfloat16"):
+        attention(module, *(x.to(torch.bfloat16) for x in (q, k, v)), None)
