@@ -8,7 +8,8 @@ True
 """
 
 
-from . import graphs, masks, verify
+from . import graphs, masks, parallel, verify
+from .cluster import Cluster
 from .errors import (
     DeliveryError,
     DTypeError,
@@ -23,6 +24,7 @@ from .decoder import DecodeStep, Decoder
 from .messages import Kind
 from .modules import MultiHeadAttention
 from .network import Crash, Network
+from .parallel import ParallelRun, context_parallel
 from .positions import RotaryEmbedding
 from .reference import attention, attention_backward
 from .run import DroppedRoute, Route, RoutingTable, Run, Stats
@@ -30,6 +32,7 @@ from .simulate import simulate
 from .trace import Trace
 
 __all__ = [
+    "Cluster",
     "Crash",
     "DTypeError",
     "DecodeStep",
@@ -42,6 +45,7 @@ __all__ = [
     "MultiHeadAttention",
     "Network",
     "NumericalError",
+    "ParallelRun",
     "RotaryEmbedding",
     "Route",
     "RoutingSimError",
@@ -53,6 +57,7 @@ __all__ = [
     "Trace",
     "attention",
     "attention_backward",
+    "context_parallel",
     "graphs",
     "masks",
     "simulate",

@@ -18,7 +18,7 @@ import numpy as np
 from .errors import NumericalError
 
 __all__ = ["Kernels", "exact_budget", "exact_pull", "exact_scores", "exact_shares",
-           "exact_unnormalised",
+           "exact_numerator", "exact_unnormalised",
            "match_scores", "merge_states", "online_state", "routing_budget", "scale_scores",
            "weighted_pull"]
 
@@ -178,10 +178,19 @@ def exact_pull(e_high: np.ndarray, e_low: np.ndarray, l_high: float, l_low: floa
                values: np.ndarray) -> np.ndarray:
     """``o_c = Σ_j e_j v_jc / l`` over the pulled routes' ``e``: the numerator summed
     exactly, divided once."""
-    dtype = values.dtype
     if len(e_high) == 0:
-        return np.zeros(values.shape[1], dtype=dtype)
+        return np.zeros(values.shape[1], dtype=values.dtype)
+    return _dd_divide(*exact_numerator(e_high, e_low, values), l_high, l_low
+                      ).astype(values.dtype)
+
+
+def exact_numerator(e_high: np.ndarray, e_low: np.ndarray, values: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """``n_c = Σ_j e_j v_jc`` as a double-double ``(n_hi, n_lo)``: the numerator of
+    :func:`exact_pull` before its one division (also a partial state's numerator)."""
     values64 = values.astype(np.float64)
+    if len(e_high) == 0:
+        return np.zeros(values.shape[1]), np.zeros(values.shape[1])
     weights = np.broadcast_to(e_high[:, None], values64.shape)
     if _dekker_safe(weights, values64):
         products = weights * values64                                  # (n_pulled, Ev)
@@ -189,14 +198,12 @@ def exact_pull(e_high: np.ndarray, e_low: np.ndarray, l_high: float, l_low: floa
         tail = (e_low[:, None] * values64).sum(axis=0, keepdims=True)  # (1, Ev)
         terms = np.concatenate([products, _product_error(weights, values64, products), tail],
                                axis=0)                                 # (2·n_pulled + 1, Ev)
-        n_high, n_low = _row_sums(terms.T)
-    else:
-        exact = [sum((Fraction(float(h)) + Fraction(float(lo))) * Fraction(float(v))
-                     for h, lo, v in zip(e_high, e_low, values64[:, c]))
-                 for c in range(values.shape[1])]
-        n_high = np.array([float(x) for x in exact])
-        n_low = np.array([float(x - Fraction(h)) for x, h in zip(exact, n_high.tolist())])
-    return _dd_divide(n_high, n_low, l_high, l_low).astype(dtype)
+        return _row_sums(terms.T)
+    exact = [sum((Fraction(float(h)) + Fraction(float(lo))) * Fraction(float(v))
+                 for h, lo, v in zip(e_high, e_low, values64[:, c]))
+             for c in range(values.shape[1])]
+    n_high = np.array([float(x) for x in exact])
+    return n_high, np.array([float(x - Fraction(h)) for x, h in zip(exact, n_high.tolist())])
 
 
 def _two_sum(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -331,6 +338,10 @@ def online_state(scores: np.ndarray, values: np.ndarray
 def merge_states(a: tuple, b: tuple) -> tuple:
     """Merge two streaming states ``(m, l, o)`` of disjoint key groups (FlashAttention).
 
+    Works elementwise on rows too: ``m`` and ``l`` of shape ``(...)``, ``o`` of shape
+    ``(..., Ev)``. A state with no route yet is ``(-inf, 0, 0)``; two of those merge into
+    another (the max is guarded before ``-inf - (-inf)`` can happen).
+
     Examples
     --------
     >>> scores, values = np.array([0.5, 2.0, -1.0]), np.eye(3)
@@ -338,10 +349,13 @@ def merge_states(a: tuple, b: tuple) -> tuple:
     ...                        online_state(scores[1:], values[1:]))
     >>> np.allclose(o / l, routing_budget(scores) @ values, rtol=1e-15)
     True
+    >>> empty = (np.array([-np.inf]), np.array([0.0]), np.zeros((1, 2)))
+    >>> merge_states(empty, empty)[1]
+    array([0.])
     """
     (m_a, l_a, o_a), (m_b, l_b, o_b) = a, b
-    m = max(m_a, m_b)
-    if m == -np.inf:
-        return a
-    c_a, c_b = np.exp(m_a - m), np.exp(m_b - m)
-    return m, c_a * l_a + c_b * l_b, c_a * o_a + c_b * o_b
+    m = np.maximum(m_a, m_b)
+    pivot = np.where(np.isfinite(m), m, 0.0).astype(np.result_type(m))
+    c_a, c_b = np.exp(m_a - pivot), np.exp(m_b - pivot)    # exp(-inf) = 0: an empty side
+    o = np.asarray(c_a)[..., None] * o_a + np.asarray(c_b)[..., None] * o_b
+    return m, c_a * l_a + c_b * l_b, o.reshape(np.shape(o_a))

@@ -1,0 +1,160 @@
+"""Partial softmax states of query blocks: compute one per key block, merge, finish.
+
+A partial state of a query row over a group of keys is ``(m, l, o)``: the max score, the
+normaliser ``l = Σ exp(s - m)`` and the numerator ``o = Σ exp(s - m) v`` (the
+FlashAttention algebra of :func:`routing_sim.numerics.merge_states`). Devices merge the
+states of their key blocks in a canonical order (a fixed list, never arrival order), so
+every schedule gives the same bits.
+
+In exact mode ``l`` and ``o`` are double-doubles (``l_low``, ``o_low`` hold what rounding
+left out), the exp factors of a merge are double-double too, the merged sums are
+correctly rounded (``math.fsum``) and the output is rounded once, in :func:`finish`: the
+correctly rounded attention output, as :func:`routing_sim.attention` gives with
+``numerics="exact"``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import reduce
+
+import numpy as np
+
+from ..errors import NumericalError
+from ..numerics import (
+    _dd_divide,
+    _dd_exp,
+    _dd_multiply,
+    _row_sums,
+    _two_sum,
+    exact_numerator,
+    exact_scores,
+    exact_unnormalised,
+    merge_states,
+    scale_scores,
+)
+
+__all__ = ["PartialState", "block_state", "finish", "merge", "rounded"]
+
+
+@dataclass(frozen=True)
+class PartialState:
+    """``(m, l, o)`` of ``(G, c)`` query rows; ``l_low``/``o_low`` only in exact mode."""
+
+    m: np.ndarray                    # (G, c)
+    l: np.ndarray                    # (G, c)
+    o: np.ndarray                    # (G, c, Ev)
+    l_low: np.ndarray | None = None  # (G, c)
+    o_low: np.ndarray | None = None  # (G, c, Ev)
+
+    @property
+    def exact(self) -> bool:
+        return self.l_low is not None
+
+    def nbytes(self, itemsize: int) -> int:
+        """Bytes of the state on the wire: ``m``, ``l`` and ``o`` at ``itemsize`` each (and
+        the low parts of ``l`` and ``o`` in exact mode)."""
+        parts = 1 + (2 if self.exact else 1) * (1 + self.o.shape[-1])
+        return self.m.size * parts * itemsize
+
+    def rows(self, index) -> PartialState:
+        """The state of some rows, e.g. ``state.rows(np.s_[:, 2:4])``."""
+        low = (None, None) if not self.exact else (self.l_low[index], self.o_low[index])
+        return PartialState(self.m[index], self.l[index], self.o[index], *low)
+
+
+def block_state(query: np.ndarray, key: np.ndarray, value: np.ndarray, allowed: np.ndarray,
+                scale: float, exact: bool) -> PartialState:
+    """The partial state of query rows ``(G, cq, d)`` over one key block ``(G, ck, d)``
+    with values ``(G, ck, Ev)``, where ``allowed`` ``(cq, ck)`` says which routes exist."""
+    if exact:
+        return _exact_block_state(query, key, value, allowed, scale)
+    scores = scale_scores(query @ key.swapaxes(-1, -2), scale)         # (G, cq, ck)
+    if np.isinf(scores[:, allowed]).any():
+        raise NumericalError("a score overflowed to inf; scale the inputs down")
+    scores[:, ~allowed] = -np.inf
+    m = scores.max(axis=-1)                                            # (G, cq)
+    pivot = np.where(np.isfinite(m), m, 0).astype(m.dtype)             # an empty row: 0
+    scores -= pivot[..., None]
+    np.exp(scores, out=scores)                                         # (G, cq, ck)
+    return PartialState(m, scores.sum(axis=-1), scores @ value)        # o: (G, cq, Ev)
+
+
+def _exact_block_state(query, key, value, allowed, scale) -> PartialState:
+    groups, rows = query.shape[:2]
+    m = np.full((groups, rows), -np.inf)                               # (G, cq)
+    l_high, l_low = np.zeros((2, groups, rows))                        # (G, cq) each
+    o_high, o_low = np.zeros((2, groups, rows, value.shape[-1]))       # (G, cq, Ev) each
+    for group in range(groups):
+        for row in np.flatnonzero(allowed.any(axis=1)):
+            keys = key[group][allowed[row]]                            # (n, d)
+            high, low = exact_scores(keys, query[group, row], scale)
+            e_high, e_low, l_high[group, row], l_low[group, row] = exact_unnormalised(high, low)
+            m[group, row] = high.max()
+            o_high[group, row], o_low[group, row] = exact_numerator(
+                e_high, e_low, value[group][allowed[row]])
+    return PartialState(m, l_high, o_high, l_low, o_low)
+
+
+def merge(states: list[PartialState], transit: np.dtype | None = None) -> PartialState:
+    """Merge the states of disjoint key groups, in the order given (the canonical one).
+
+    Float states fold left with :func:`~routing_sim.numerics.merge_states`, each result
+    rounded to ``transit`` when given (a low-precision accumulator); exact states merge all
+    at once, correctly rounded, so their order cannot matter.
+    """
+    if states[0].exact:
+        return _exact_merge(states)
+
+    def fold(a: PartialState, b: PartialState) -> PartialState:
+        return rounded(PartialState(*merge_states((a.m, a.l, a.o), (b.m, b.l, b.o))), transit)
+
+    return reduce(fold, states)
+
+
+def _exact_merge(states: list[PartialState]) -> PartialState:
+    m = np.max([state.m for state in states], axis=0)                  # (G, c)
+    routed = np.isfinite(m)
+    factors = []
+    for state in states:
+        present = np.isfinite(state.m)                                 # an empty state: 0
+        gap_high, gap_low = _two_sum(np.where(present, state.m, 0.0),
+                                     -np.where(present, m, 0.0))
+        f_high, f_low = _dd_exp(gap_high, gap_low)
+        factors.append((np.where(present, f_high, 0.0), np.where(present, f_low, 0.0)))
+    l_terms = [_dd_multiply(f_high, f_low, s.l, s.l_low)
+               for (f_high, f_low), s in zip(factors, states)]
+    o_terms = [_dd_multiply(f_high[..., None], f_low[..., None], s.o, s.o_low)
+               for (f_high, f_low), s in zip(factors, states)]
+    l_high, l_low = _sum_terms(l_terms)
+    o_high, o_low = _sum_terms(o_terms)
+    return PartialState(np.where(routed, m, -np.inf), l_high, o_high, l_low, o_low)
+
+
+def _sum_terms(terms: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Correctly rounded elementwise sums of double-double terms, as a double-double."""
+    shape = terms[0][0].shape
+    stacked = np.stack([part for term in terms for part in term], axis=-1)  # (..., 2·n)
+    high, low = _row_sums(stacked.reshape(-1, stacked.shape[-1]))
+    return high.reshape(shape), low.reshape(shape)
+
+
+def rounded(state: PartialState, transit: np.dtype | None) -> PartialState:
+    """``l`` and ``o`` rounded to ``transit`` (kept in their own dtype); ``m`` is kept, as
+    kernels keep the log-sum-exp in float32 or better."""
+    if transit is None:
+        return state
+    return PartialState(state.m, state.l.astype(transit).astype(state.l.dtype),
+                        state.o.astype(transit).astype(state.o.dtype))
+
+
+def finish(state: PartialState, dtype: np.dtype) -> np.ndarray:
+    """The output ``o / l`` (rows without a route: 0, PyTorch's math backend's policy)."""
+    routed = state.l > 0                                               # (G, c)
+    denominator = np.where(routed, state.l, 1.0).astype(state.l.dtype)[..., None]
+    if state.exact:
+        low = np.where(routed, state.l_low, 0.0)[..., None]
+        output = _dd_divide(state.o, state.o_low, denominator, low)    # (G, c, Ev)
+    else:
+        output = state.o / denominator                                 # (G, c, Ev)
+    return np.where(routed[..., None], output, 0).astype(dtype)

@@ -1,0 +1,248 @@
+"""What each device does in each context-parallel protocol, as SimPy processes.
+
+Every protocol step is an explicit transfer on the :class:`~.fabric.Fabric`; every block of
+attention is a compute slice of ``cluster.attention_time(...)`` seconds. Devices merge the
+partial states of their key blocks in a canonical order (by the block's home device, or by
+the reduction tree), never in arrival order.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import simpy
+
+from ..cluster import Cluster
+from .fabric import Fabric
+from .layouts import allowed_routes
+from .states import PartialState, block_state, finish, merge, rounded
+
+__all__ = ["STRATEGIES", "Job"]
+
+
+@dataclass
+class Job:
+    """One run's inputs ``(B, H, N, d)``, shards, options, and what devices record."""
+
+    env: simpy.Environment
+    fabric: Fabric
+    cluster: Cluster
+    query: np.ndarray                        # (B, H, L, d)
+    key: np.ndarray                          # (B, H, S, d)
+    value: np.ndarray                        # (B, H, S, Ev)
+    query_shards: list[np.ndarray]           # positions of each device's queries
+    key_shards: list[np.ndarray]             # positions of each device's keys and values
+    is_causal: bool
+    scale: float
+    exact: bool
+    transit: np.dtype | None
+    output: np.ndarray                       # (B, H, L, Ev)
+    slices: list[dict] = field(default_factory=list)
+    finished: dict[int, float] = field(default_factory=dict)
+    waiting: dict[int, str] = field(default_factory=dict)
+    milestones: dict[str, list[list[simpy.Event]]] = field(default_factory=dict)
+
+    @property
+    def devices(self) -> int:
+        return self.cluster.devices
+
+    def milestone(self, name: str, device: int, step: int) -> simpy.Event:
+        """A per-(device, step) event shared by all devices, e.g. "computed"."""
+        if name not in self.milestones:
+            self.milestones[name] = [[self.env.event() for _ in range(self.devices)]
+                                     for _ in range(self.devices)]
+        return self.milestones[name][device][step]
+
+    @property
+    def itemsize(self) -> int:
+        return self.query.dtype.itemsize
+
+    def attend(self, device: int, query: np.ndarray, query_positions: np.ndarray,
+               key_positions: np.ndarray, keys: np.ndarray, values: np.ndarray, label: str):
+        """Compute the partial state of ``query`` ``(B, h, cq, d)`` over one key block
+        ``(B, h, ck, d)`` as a compute slice; None if the block is fully masked."""
+        allowed = allowed_routes(query_positions, key_positions, self.is_causal)  # (cq, ck)
+        routes = int(allowed.sum())
+        if routes == 0:
+            return None
+        state = block_state(_groups(query), _groups(keys), _groups(values), allowed,
+                            self.scale, self.exact)
+        cost = self.cluster.attention_time(routes, self.query.shape[-1], self.value.shape[-1],
+                                           query.shape[0] * query.shape[1])
+        start = self.env.now
+        yield self.env.timeout(cost)
+        self.slices.append({"device": device, "name": label, "start": start,
+                            "end": self.env.now, "routes": routes})
+        return rounded(state, self.transit)
+
+    def receive(self, device: int, tag: tuple, what: str):
+        """Wait for a tagged payload, noting what the device waits for (for errors)."""
+        self.waiting[device] = what
+        payload = yield self.fabric.inbox(device, tag)
+        del self.waiting[device]
+        return payload
+
+    def in_transit(self, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Arrays as they arrive: rounded to the transit precision, if one is set."""
+        if self.transit is None:
+            return arrays
+        return tuple(a.astype(self.transit).astype(a.dtype) for a in arrays)
+
+    def kv_bytes(self, device: int) -> int:
+        keys = self.key[:, :, self.key_shards[device]]
+        values = self.value[:, :, self.key_shards[device]]
+        return (keys.size + values.size) * self.itemsize
+
+    def local_query(self, device: int) -> np.ndarray:
+        return self.query[:, :, self.query_shards[device]]             # (B, H, cq, d)
+
+    def local_kv(self, device: int) -> tuple[np.ndarray, np.ndarray]:
+        positions = self.key_shards[device]
+        return self.key[:, :, positions], self.value[:, :, positions]
+
+    def place(self, state: PartialState | None, rows: np.ndarray) -> None:
+        """Write a device's finished query rows (all heads) into the output."""
+        shape = self.output[:, :, rows].shape                          # (B, H, c, Ev)
+        self.output[:, :, rows] = 0 if state is None else finish(
+            state, self.output.dtype).reshape(shape)
+
+
+def _groups(x: np.ndarray) -> np.ndarray:
+    return x.reshape(-1, *x.shape[-2:])                                # (B·h, n, e)
+
+
+def _merged(states: dict[int, PartialState], transit) -> PartialState | None:
+    return merge([states[k] for k in sorted(states)], transit) if states else None
+
+
+def ring(job: Job, device: int):
+    """Keep the query block; K/V blocks travel ``P - 1`` steps around the ring, each
+    forwarded while it is computed on (double buffering)."""
+    count, env = job.devices, job.env
+    successor = (device + 1) % count
+    states, sends = {}, []
+
+    def forward(step: int, home: int, kv: tuple):
+        if step >= 1:       # the successor's second buffer frees after its step - 1
+            yield (job.milestone("computed", successor, step - 1)
+                   & job.milestone("forwarded", successor, step - 1))
+        yield job.fabric.send("kv", device, successor, ("kv", home), job.in_transit(*kv),
+                              job.kv_bytes(home))
+        job.milestone("forwarded", device, step).succeed()
+
+    for step in range(count):
+        home = (device - step) % count
+        kv = job.local_kv(device) if step == 0 else (
+            yield from job.receive(device, ("kv", home), f"the K/V block of device {home}"))
+        if step < count - 1:
+            sends.append(env.process(forward(step, home, kv)))
+        state = yield from job.attend(device, job.local_query(device), job.query_shards[device],
+                                      job.key_shards[home], *kv, f"q{device}·kv{home}")
+        if state is not None:
+            states[home] = state
+        job.milestone("computed", device, step).succeed()
+    yield env.all_of(sends)
+    job.place(_merged(states, job.transit), job.query_shards[device])
+
+
+def allgather(job: Job, device: int):
+    """All-gather K/V as a ring of ``P - 1`` steps, then attend to every block."""
+    count, env = job.devices, job.env
+    successor = (device + 1) % count
+    blocks, sends = {device: job.local_kv(device)}, []
+    for step in range(count - 1):
+        home = (device - step) % count
+        sends.append(job.fabric.send("kv", device, successor, ("kv", home),
+                                     job.in_transit(*blocks[home]), job.kv_bytes(home)))
+        incoming = (home - 1) % count
+        blocks[incoming] = yield from job.receive(device, ("kv", incoming),
+                                                  f"the K/V block of device {incoming}")
+    yield env.all_of(sends)
+    states = {}
+    for home in range(count):
+        state = yield from job.attend(device, job.local_query(device), job.query_shards[device],
+                                      job.key_shards[home], *blocks[home], f"q{device}·kv{home}")
+        if state is not None:
+            states[home] = state
+    job.place(_merged(states, job.transit), job.query_shards[device])
+
+
+def ulysses(job: Job, device: int):
+    """All-to-all from sequence shards to head shards (q, k, v), full attention over
+    ``H / P`` heads, all-to-all of the output back."""
+    count, env = job.devices, job.env
+    width = job.query.shape[1] // count
+    heads = [slice(p * width, (p + 1) * width) for p in range(count)]
+    rows, keys = job.query_shards[device], job.key_shards[device]
+    sends = []
+    for target in [(device + step) % count for step in range(1, count)]:
+        parts = job.in_transit(job.query[:, heads[target]][:, :, rows],
+                               job.key[:, heads[target]][:, :, keys],
+                               job.value[:, heads[target]][:, :, keys])
+        sends.append(job.fabric.send("qkv", device, target, ("qkv", device), parts,
+                                     sum(p.size for p in parts) * job.itemsize))
+    gathered = {device: (job.query[:, heads[device]][:, :, rows],
+                         job.key[:, heads[device]][:, :, keys],
+                         job.value[:, heads[device]][:, :, keys])}
+    for source in [(device - step) % count for step in range(1, count)]:
+        gathered[source] = yield from job.receive(device, ("qkv", source),
+                                                  f"the q/k/v shard of device {source}")
+    order = range(count)
+    query_positions = np.concatenate([job.query_shards[p] for p in order])
+    key_positions = np.concatenate([job.key_shards[p] for p in order])
+    query, key, value = (np.concatenate([gathered[p][i] for p in order], axis=2)
+                         for i in range(3))
+    state = yield from job.attend(device, query, query_positions, key_positions, key, value,
+                                  f"heads {heads[device].start}–{heads[device].stop - 1}")
+    output = np.zeros(query.shape[:-1] + (job.value.shape[-1],), job.output.dtype)
+    if state is not None:
+        output = finish(state, job.output.dtype).reshape(output.shape)  # (B, h, L, Ev)
+    offsets = np.cumsum([0] + [len(job.query_shards[p]) for p in order])
+    for target in [(device + step) % count for step in range(1, count)]:
+        part, = job.in_transit(output[:, :, offsets[target]:offsets[target + 1]])
+        sends.append(job.fabric.send("out", device, target, ("out", device), part,
+                                     part.size * job.itemsize))
+    job.output[:, heads[device], rows] = output[:, :, offsets[device]:offsets[device + 1]]
+    for source in [(device - step) % count for step in range(1, count)]:
+        job.output[:, heads[source], rows] = yield from job.receive(
+            device, ("out", source), f"the output of device {source}")
+    yield env.all_of(sends)
+
+
+def tree(job: Job, device: int):
+    """Decoding: each device attends to its KV-cache shard, then the partial states are
+    reduced up a binary tree in ``⌈log2 P⌉`` rounds to device 0."""
+    everything = np.arange(job.query.shape[2])
+    state = yield from job.attend(device, job.query, everything, job.key_shards[device],
+                                  *job.local_kv(device), f"q·kv{device}")
+    if state is None:
+        state = _empty_state(job)
+    for level in range(math.ceil(math.log2(job.devices))):
+        span = 2 ** level
+        if device % (2 * span) == span:
+            sent = rounded(state, job.transit)
+            yield job.fabric.send("state", device, device - span, ("state", device), sent,
+                                  sent.nbytes(job.itemsize))
+            return
+        if device % (2 * span) == 0 and device + span < job.devices:
+            other = yield from job.receive(device, ("state", device + span),
+                                           f"the partial state of device {device + span}")
+            state = merge([state, other], job.transit)
+    job.output[...] = finish(state, job.output.dtype).reshape(job.output.shape)
+
+
+def _empty_state(job: Job) -> PartialState:
+    batch, heads, rows = job.query.shape[:3]
+    m = np.full((batch * heads, rows), -np.inf, job.output.dtype)
+    zeros = np.zeros_like(m)
+    o = np.zeros((batch * heads, rows, job.value.shape[-1]), job.output.dtype)
+    if job.exact:
+        return PartialState(m.astype(np.float64), zeros.astype(np.float64),
+                            o.astype(np.float64), zeros.astype(np.float64),
+                            o.astype(np.float64))
+    return PartialState(m, zeros, o)
+
+
+STRATEGIES = ("ring", "allgather", "ulysses", "tree")
