@@ -60,6 +60,7 @@ __all__ = [
     "context_parallel",
     "graphs",
     "masks",
+    "plots",
     "simulate",
     "verify",
 ]
@@ -68,9 +69,10 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    """``rs.hf`` imports torch and transformers, so it loads on first use, not with the core."""
-    if name == "hf":
+    """``rs.hf`` (torch, transformers) and ``rs.plots`` (matplotlib when a plot is drawn)
+    load on first use, so the core never needs their extras."""
+    if name in ("hf", "plots"):
         import importlib
 
-        return importlib.import_module(".hf", __name__)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'routing_sim' has no attribute {name!r}")

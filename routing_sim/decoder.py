@@ -14,6 +14,7 @@ import numpy as np
 
 from .errors import InvalidArgumentError, ShapeError
 from .graphs import complete
+from .messages import FORWARD
 from .run import Run
 from .simulate import simulate
 
@@ -26,9 +27,9 @@ class DecodeStep:
 
     position: int
     output: np.ndarray
-    run: Run
-    messages: int
-    recompute_messages: int     # what recomputing the whole causal sequence would send
+    run: Run                    # its query is token ``position``: run.routing_table(position)
+    messages: int               # sent this step, retransmissions included
+    recompute_messages: int     # what recomputing the causal sequence sends, fault-free
 
 
 class Decoder:
@@ -53,6 +54,8 @@ class Decoder:
     True
     >>> [s.messages for s in steps], steps[-1].recompute_messages
     ([4, 8, 12, 16, 20], 60)
+    >>> steps[-1].run.routing_table(4).token
+    4
     """
 
     def __init__(self, **options) -> None:
@@ -83,12 +86,14 @@ class Decoder:
         position = keys.shape[-2] - 1
         labels = [*self.labels, label if label is not None else f"t{position}"]
         graph = complete(1, position + 1, labels=[labels[-1]], key_labels=labels)
+        graph.nodes[0]["position"] = position        # the new token, not the cache's first
         run = simulate(query, keys, values, graph=graph, causal_alignment="bottom_right",
                        **self.options)
         self.keys, self.values, self.labels = keys, values, labels
         self.messages += run.stats.total_messages
         tokens = position + 1
-        per_route = run.stats.total_messages // max(run.stats.routes, 1)
         groups = run.stats.routes // tokens
+        # Every route of the causal triangle, each with its four messages, none resent.
+        recompute = len(FORWARD) * groups * tokens * (tokens + 1) // 2
         return DecodeStep(position, run.output[..., 0, :], run, run.stats.total_messages,
-                          per_route * groups * tokens * (tokens + 1) // 2)
+                          recompute)

@@ -231,6 +231,20 @@ def node_labels(graph: nx.DiGraph | None, n_queries: int, n_keys: int
     return query_labels, key_labels
 
 
+def node_positions(graph: nx.DiGraph | None, n_queries: int, n_keys: int
+                   ) -> tuple[list[int], list[int]]:
+    """Where the query-side and key-side tokens sit in their sequences: each node's integer
+    ``position`` attribute (its index where unset or not an integer)."""
+    def position(node: int, index: int) -> int:
+        value = graph.nodes[node].get("position") if graph is not None else None
+        return int(value) if isinstance(value, (int, np.integer)) and \
+            not isinstance(value, bool) else index
+
+    key_offset = n_queries if graph is not None and "n_queries" in graph.graph else 0
+    return ([position(i, i) for i in range(n_queries)],
+            [position(key_offset + j, j) for j in range(n_keys)])
+
+
 def route_latency(graph: nx.DiGraph, n_queries: int) -> dict[tuple[int, int], float]:
     """Per-route latency overrides: ``{(i, j): latency}`` from edge attributes ``latency``."""
     key_offset = n_queries if "n_queries" in graph.graph else 0

@@ -234,8 +234,9 @@ class MultiHeadAttention:
         d_heads = d_merged.reshape(n_batch, n_queries, self.num_heads, self.head_dim
                                    ).transpose(0, 2, 1, 3)             # (N, H, L, d)
         if run is not None:
-            core = run.backward(d_heads)
-            d_q, d_k, d_v = core.query, core.key, core.value
+            core = run.backward(d_heads if batched else d_heads[0])
+            d_q, d_k, d_v = (d if batched else d[None] for d in (core.query, core.key,
+                                                                 core.value))
         else:
             d_q, d_k, d_v = attention_backward(*projected, d_heads, **arguments)
 
@@ -276,8 +277,15 @@ class MultiHeadAttention:
                          **options)
         run = None
         if engine == "messages":
-            run = self.last_run = simulate(q, k, v, **arguments)
-            heads, weights = run.output, run.weights
+            if batched:
+                run = simulate(q, k, v, **arguments)
+                heads, weights = run.output, run.weights
+            else:      # unbatched: a Run of (H, L, ...) heads, addressed by head= alone
+                mask = arguments["attn_mask"]
+                run = simulate(q[0], k[0], v[0], **{**arguments, "attn_mask": None if mask
+                                                    is None else mask[0]})
+                heads, weights = run.output[None], run.weights[None]
+            self.last_run = run
         else:
             heads, weights = attention(q, k, v, return_weights=True, **arguments)
         merged = heads.transpose(0, 2, 1, 3).reshape(n_batch, n_queries, self.embed_dim)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -97,14 +98,14 @@ class Route:
         return self.label if self.label is not None else f"#{self.source}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class RoutingTable:
     """Token ``token``'s routing table: its routes sorted by share, largest first.
 
-    ``str(table)`` prints one route a line, like ``token cat: 0.50 ( 50.0%)  position 1``
-    (``token #1: ...`` without labels), followed by the route's score, the bytes pulled
-    and when the value arrived, and a footer (routes, messages, when the output was
-    complete).
+    ``str(table)`` (and ``repr``, so a REPL shows it) prints one route a line, like
+    ``token cat: 0.50 ( 50.0%)  position 1`` (``token #1: ...`` without labels), followed
+    by the route's score, the bytes pulled and when the value arrived, and a footer
+    (routes, messages, when the output was complete).
     """
 
     token: int
@@ -130,8 +131,10 @@ class RoutingTable:
                      f"output complete at t={self.completed:.3f}")
         return "\n".join(lines)
 
+    __repr__ = __str__
 
-@dataclass
+
+@dataclass(repr=False)
 class Run:
     """What :func:`~routing_sim.simulate` returns.
 
@@ -160,6 +163,44 @@ class Run:
     dropped: list[DroppedRoute] = field(default_factory=list)
     _stream: list | None = field(default=None, repr=False)
     _forward: tuple | None = field(default=None, repr=False)   # (nodes, network, delivery)
+    _positions: tuple[list[int], list[int]] | None = field(default=None, repr=False)
+
+    def __repr__(self) -> str:
+        """One line: the shapes and the run's totals (``print(run.stats)`` has the rest)."""
+        stats = self.stats
+        return (f"<Run output {self.output.shape}, weights {self.weights.shape}: "
+                f"{stats.routes:,} routes, {stats.total_messages:,} messages, "
+                f"{stats.total_bytes:,} bytes, done at t={stats.makespan:.3f}, "
+                f"{self.trace.detail} trace>")
+
+    def _token_positions(self) -> tuple[Sequence[int], Sequence[int]]:
+        """Positions of the query and key tokens in their sequences (their rows by default)."""
+        query_labels, key_labels = self._labels
+        return self._positions or (range(len(query_labels)), range(len(key_labels)))
+
+    def _row(self, token: int | str) -> int:
+        """The query row of a token given by its position (an int) or its label (a str)."""
+        query_labels = self._labels[0]
+        positions = self._token_positions()[0]
+        if isinstance(token, str):
+            rows = [row for row, label in enumerate(query_labels) if label == token]
+            if not rows:
+                named = [label for label in query_labels if label is not None]
+                raise InvalidArgumentError(f"no query token is labelled {token!r}; the labels "
+                                           f"are {named}")
+            if len(rows) > 1:
+                raise InvalidArgumentError(f"label {token!r} names the query tokens at "
+                                           f"positions {[positions[r] for r in rows]}; pass "
+                                           "one position")
+            return rows[0]
+        if isinstance(token, bool) or not isinstance(token, (int, np.integer)) or \
+                token not in positions:
+            positions = list(positions)
+            where = f"0 .. {len(positions) - 1}" if positions == list(range(len(positions))) \
+                else f"{positions}"
+            raise InvalidArgumentError(f"i must be a query token position in {where} or a "
+                                       f"token label, got {token!r}")
+        return list(positions).index(int(token))
 
     def backward(self, d_output):
         """Gradients of ``sum(output * d_output)``, sent back along the routes as messages.
@@ -188,7 +229,7 @@ class Run:
         nodes, network, delivery = self._forward
         return backward(nodes, d_output, network, delivery, self.trace.detail)
 
-    def stream(self, i: int, head: int | None = None, batch=None) -> list[tuple[float, np.ndarray]]:
+    def stream(self, i: int | str, head: int | None = None, batch=None) -> list[tuple[float, np.ndarray]]:
         """Online softmax with a full trace: token ``i``'s partial output after each arrival.
 
         Returns ``(time, o / l)`` pairs in the order the node applied them; the last one is
@@ -199,20 +240,22 @@ class Run:
         batch_shape, n_queries = self.weights.shape[:-2], self.weights.shape[-2]
         index = _group_index(batch_shape, head, batch)
         group = int(np.ravel_multi_index(index, batch_shape)) if batch_shape else 0
-        node = group * n_queries + i
+        node = group * n_queries + self._row(i)
         return [(time, partial) for time, u, partial in self._stream if u == node]
 
-    def routing_table(self, i: int, head: int | None = None, batch=None) -> RoutingTable:
+    def routing_table(self, i: int | str, head: int | None = None, batch=None
+                      ) -> RoutingTable:
         """Token ``i``'s routing table (for ``head`` of ``batch`` when inputs had those dims).
 
-        With 3-D inputs ``(H, L, E)`` the leading dim is addressed as ``head``; with 4-D
-        inputs ``(N, H, L, E)`` use ``batch=n, head=h``.
+        ``i`` is the token's position or its label (``run.routing_table("cat")``). With 3-D
+        inputs ``(H, L, E)`` the leading dim is addressed as ``head``; with 4-D inputs
+        ``(N, H, L, E)`` use ``batch=n, head=h``. A :class:`~routing_sim.Decoder` step's
+        query sits at its position in the sequence, ``step.position``.
         """
         batch_shape = self.weights.shape[:-2]
         n_queries = self.weights.shape[-2]
-        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < n_queries:
-            raise InvalidArgumentError(f"i must be a query token index in 0 .. {n_queries - 1}, "
-                                       f"got {i!r}")
+        i = self._row(i)
+        query_positions, key_positions = self._token_positions()
         index = _group_index(batch_shape, head, batch)
         group = int(np.ravel_multi_index(index, batch_shape)) if batch_shape else 0
         flat = (-1, n_queries, self.weights.shape[-1])
@@ -220,7 +263,7 @@ class Run:
         node = group * n_queries + i
         span = slice(self._routes.indptr[node], self._routes.indptr[node + 1])
         query_labels, key_labels = self._labels
-        routes = [Route(int(j), key_labels[j], float(score), float(shares[j]),
+        routes = [Route(key_positions[j], key_labels[j], float(score), float(shares[j]),
                         self._value_bytes if not np.isnan(arrived) else 0, float(arrived))
                   for j, score, arrived in zip(self._routes.key_index[span].tolist(),
                                                self._scores[span].tolist(),
@@ -229,7 +272,7 @@ class Run:
         pulled = sum(1 for route in routes if route.bytes_pulled)
         where = "".join(f", {name} {value}" for name, value in
                         zip(("batch", "head")[-len(index):] if index else (), index))
-        return RoutingTable(int(i), query_labels[i], where, routes,
+        return RoutingTable(query_positions[i], query_labels[i], where, routes,
                             messages=2 * len(routes) + 2 * pulled,
                             completed=float(self._completed.reshape(-1, n_queries)[group, i]))
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import networkx as nx
 import numpy as np
 import simpy
 
-from .errors import DeliveryError, EmptyRowError, InvalidArgumentError
-from .graphs import node_labels, route_latency
+from .errors import DeliveryError, EmptyRowError, InvalidArgumentError, ShapeError
+from .graphs import node_labels, node_positions, route_latency
 from .inputs import Problem, prepare
 from .messages import FORWARD, Kind, payload_bytes
 from .network import Network
@@ -31,7 +33,9 @@ def simulate(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causa
              numerics: str = "float", softmax: str = "two_phase",
              causal_alignment: str = "top_left", empty_rows: str = "zero", dropout_mask=None,
              seed: int | None = 0, alibi_slopes=None, rope=None, routing: str = "softmax",
-             top_k: int = 1, trace: str = "auto", delivery: str = "window") -> Run:
+             top_k: int = 1, trace: str = "auto", delivery: str = "window",
+             labels: Sequence[str] | None = None, key_labels: Sequence[str] | None = None
+             ) -> Run:
     r"""Run attention as messages between token nodes and return what they computed.
 
     Every allowed route ``j -> i`` carries four messages (QUERY, SCORE, PULL, VALUE; see
@@ -71,6 +75,10 @@ def simulate(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causa
     delivery : {"window", "instant", "per_message"}
         How the transport groups deliveries into SimPy events (see
         :mod:`routing_sim.transport`); it changes speed, never results or timestamps.
+    labels, key_labels : sequence of str, optional
+        Token texts for routing tables, traces and plots, without building a graph:
+        ``labels`` names the query tokens (and the key tokens too when ``L == S``),
+        ``key_labels`` the key tokens. A graph's ``label`` attributes do the same.
 
     Returns
     -------
@@ -98,6 +106,9 @@ def simulate(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causa
     >>> lossy = rs.Network(loss=0.3, duplicate=0.2, retries=20, seed=1)
     >>> np.array_equal(rs.simulate(q, k, v, is_causal=True, network=lossy).output, run.output)
     True
+    >>> named = rs.simulate(q, k, v, is_causal=True, labels=["we", "route", "the", "tokens"])
+    >>> [route.label for route in named.routing_table("route").routes]
+    ['we', 'route']
     """
     _check_choice("numerics", numerics, NUMERICS)
     _check_choice("softmax", softmax, SOFTMAX)
@@ -121,6 +132,7 @@ def simulate(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causa
                       causal_alignment=causal_alignment, empty_rows=empty_rows,
                       dropout_mask=dropout_mask, seed=seed, graph=graph,
                       alibi_slopes=alibi_slopes, rope=rope)
+    tokens = _token_names(graph, labels, key_labels, problem.shape[1], problem.shape[2])
     self_attention = graph is None or "n_queries" not in graph.graph
     routes = RouteTable(problem.allowed, self_attention)
     _check_empty_rows(problem, routes)
@@ -146,11 +158,34 @@ def simulate(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causa
     nodes.start()
     env.process(transport.run())
     env.run()
-    return _collect(problem, routes, nodes, log, transport, graph)
+    return _collect(problem, routes, nodes, log, transport, tokens)
+
+
+def _token_names(graph: nx.DiGraph | None, labels, key_labels, n_queries: int, n_keys: int
+                 ) -> tuple[tuple[list, list], tuple[list[int], list[int]]]:
+    """((query labels, key labels), (query positions, key positions)) of a run's tokens."""
+    names = node_labels(graph, n_queries, n_keys)
+    if labels is None and key_labels is None:
+        return names, node_positions(graph, n_queries, n_keys)
+    if any(label is not None for side in names for label in side):
+        raise InvalidArgumentError("the graph already labels its tokens; pass labels= or a "
+                                   "labelled graph, not both")
+    given = []
+    for name, texts, count in (("labels", labels, n_queries), ("key_labels", key_labels,
+                                                               n_keys)):
+        texts = None if texts is None else [str(text) for text in texts]
+        if texts is not None and len(texts) != count:
+            raise ShapeError(f"{name} has {len(texts)} entries for {count} tokens")
+        given.append(texts)
+    query_labels, key_names = given
+    if key_names is None and n_queries == n_keys and graph is None:
+        key_names = query_labels                                       # one sequence
+    return ((query_labels or [None] * n_queries, key_names or [None] * n_keys),
+            node_positions(graph, n_queries, n_keys))
 
 
 def _collect(problem: Problem, routes: RouteTable, nodes: TwoPhaseNodes, log: Trace,
-             transport: Transport, graph: nx.DiGraph | None) -> Run:
+             transport: Transport, tokens: tuple) -> Run:
     """Check every node finished (or say what is missing), then assemble the Run."""
     groups, n_queries, n_keys, _, _ = problem.shape
     has_routes = routes.routes_per_node() > 0
@@ -163,8 +198,8 @@ def _collect(problem: Problem, routes: RouteTable, nodes: TwoPhaseNodes, log: Tr
         raise AssertionError(f"{unfinished.size} query tokens never finished (first: token "
                              f"{token}, group {group}) with no route reported missing")
     online = isinstance(nodes, OnlineNodes)
-    labels = node_labels(graph, n_queries, n_keys)
-    nodes.context = _context(problem, routes, nodes, labels) if log.full else None
+    labels, positions = tokens
+    nodes.context = _context(problem, routes, nodes, tokens) if log.full else None
     # An online PULL leaves before its node has every score, so it carries no share.
     log.close({Kind.SCORE: nodes.scores} if online else
               {Kind.SCORE: nodes.scores, Kind.PULL: nodes.shares},
@@ -191,17 +226,20 @@ def _collect(problem: Problem, routes: RouteTable, nodes: TwoPhaseNodes, log: Tr
         dropped=[_dropped(problem, routes, nodes, int(route)) for route in dead],
         _stream=nodes.stream if online else None,
         _forward=(nodes, transport.network, transport.mode),
+        _positions=positions,
     )
 
 
-def _context(problem: Problem, routes: RouteTable, nodes: TwoPhaseNodes, labels) -> dict:
+def _context(problem: Problem, routes: RouteTable, nodes: TwoPhaseNodes, tokens) -> dict:
     """Names of nodes and groups, and per-node events, for the trace exporters."""
-    query_labels, key_labels = labels
+    (query_labels, key_labels), (query_positions, key_positions) = tokens
     if routes.self_attention:
-        names = [_token_name("token", i, label) for i, label in enumerate(query_labels)]
+        names = [_token_name("token", i, label) for i, label in zip(query_positions,
+                                                                    query_labels)]
     else:
-        names = [_token_name("query", i, label) for i, label in enumerate(query_labels)]
-        names += [_token_name("key", j, label) for j, label in enumerate(key_labels)]
+        names = [_token_name("query", i, label) for i, label in zip(query_positions,
+                                                                    query_labels)]
+        names += [_token_name("key", j, label) for j, label in zip(key_positions, key_labels)]
     groups = [", ".join(f"{name} {value}" for name, value in
                         zip(("batch",) * (len(problem.batch_shape) - 1) + ("head",),
                             _where(problem, group))) or "attention"

@@ -24,7 +24,7 @@ def main() -> None:
               f"(recomputing everything: {step.recompute_messages}); "
               f"equals row {t} of causal attention: {'yes' if gap < 1e-12 else 'NO'}")
     print()
-    print(step.run.routing_table(0))
+    print(step.run.routing_table(step.position))
     print(f"\ntotal messages with the cache: {decoder.messages}")
     print(rs.verify.verdict(step.output[None], step.run.weights[0], query[-1:], key, value)
           .line())

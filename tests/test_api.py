@@ -14,7 +14,7 @@ def test_public_names_are_exactly_all():
     public = {name for name in vars(rs) if not name.startswith("_")}
     modules = {name for name in public if type(getattr(rs, name)).__name__ == "module"}
     assert rs.__all__ == sorted(rs.__all__)
-    assert set(rs.__all__) == (public - modules) | {"graphs", "masks", "verify"}
+    assert set(rs.__all__) == (public - modules) | {"graphs", "masks", "plots", "verify"}
 
 
 def package_imports(module: str) -> set[str]:
@@ -39,6 +39,13 @@ def test_reference_does_not_import_the_simulator():
     # nothing that sends, routes or times a message may be reached.
     assert not reached & {"protocol", "transport", "network", "simulate", "run", "routes",
                           "trace", "modules", "decoder"}
+
+
+def test_plots_are_reachable_from_the_package_without_importing_matplotlib():
+    code = ("import sys, routing_sim as rs; figure = rs.plots.heatmap; "
+            "print(figure.__module__, 'matplotlib' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.split() == ["routing_sim.plots", "False"]
 
 
 def test_core_does_not_import_torch_or_matplotlib():

@@ -39,9 +39,30 @@ def test_routing_table_of_the_new_token():
     decoder = rs.Decoder()
     for word in ["the", "cat", "sat"]:
         step = decoder.step(*rng.normal(size=(3, 4)), label=word)
-    table = str(step.run.routing_table(0))
-    assert table.startswith("routing table of token 'sat'")
+    table = str(step.run.routing_table(2))
+    assert table.startswith("routing table of token 'sat' (#2)\n")
     assert "token cat:" in table and "token the:" in table and "position 1" in table
+    assert str(step.run.routing_table("sat")) == table
+    with pytest.raises(rs.InvalidArgumentError, match=r"position in \[2\] .* got 0$"):
+        step.run.routing_table(0)      # token 0 asks nothing in this step: it is cached
+
+
+def test_trace_names_the_new_token_at_its_position():
+    rng = np.random.default_rng(0)
+    decoder = rs.Decoder(trace="full")
+    for word in ["the", "cat", "sat"]:
+        step = decoder.step(*rng.normal(size=(3, 4)), label=word)
+    assert "participant n0 as query sat (2)" in step.run.trace.to_mermaid()
+
+
+def test_recompute_count_does_not_depend_on_losses():
+    rng = np.random.default_rng(1)
+    q, k, v = rng.normal(size=(3, 5, 4))
+    lossy = rs.Decoder(network=rs.Network(loss=0.4, retries=40, seed=3))
+    steps = [lossy.step(q[t], k[t], v[t]) for t in range(5)]
+    assert steps[-1].messages > 4 * 5                   # retransmissions happened
+    # Recomputing the causal triangle of 5 tokens: 15 routes, 4 messages each.
+    assert [s.recompute_messages for s in steps] == [4, 12, 24, 40, 60]
 
 
 def test_decoder_rejects_shape_changes_and_masks():

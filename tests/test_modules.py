@@ -191,3 +191,19 @@ def test_module_gradients_equal_finite_differences(config, engine):
                                                            arrays["value"])) / 2e-6
         mha.load_state_dict(state)
         np.testing.assert_allclose(grads[name], numeric, rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+def test_unbatched_call_keeps_an_unbatched_run():
+    mha = rs.MultiHeadAttention(4, 2, seed=1)
+    x = np.random.default_rng(0).normal(size=(3, 4))
+    _, weights = mha(x, x, x, average_attn_weights=False)
+    assert mha.last_run.weights.shape == (2, 3, 3)
+    np.testing.assert_array_equal(mha.last_run.weights, weights)
+    table = mha.last_run.routing_table(2, head=1)
+    assert str(table).startswith("routing table of token #2, head 1\n")
+    assert [route.share for route in table.routes] == sorted(weights[1, 2], reverse=True)
+    batched = rs.MultiHeadAttention(4, 2, seed=1)
+    grads = batched.gradients(x[None], x[None], x[None], np.ones((1, 3, 4)))
+    for name, gradient in mha.gradients(x, x, x, np.ones((3, 4))).items():
+        expected = grads[name][0] if name in ("query", "key", "value") else grads[name]
+        np.testing.assert_array_equal(gradient, expected)

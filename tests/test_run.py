@@ -93,3 +93,47 @@ def test_auto_trace_switches_to_summary_for_large_runs():
 def test_stats_text():
     text = str(rs.simulate(np.eye(2), np.eye(2), np.eye(2)).stats)
     assert "QUERY" in text and "total" in text and "last output complete at t=4.000" in text
+
+
+def test_repr_of_a_run_is_one_line_of_shapes_and_totals():
+    q, k, v = np.random.default_rng(0).normal(size=(3, 2, 300, 4))
+    run = rs.simulate(q, k, v, trace="summary")
+    text = repr(run)
+    assert "\n" not in text and len(text) < 200
+    assert text == ("<Run output (2, 300, 4), weights (2, 300, 300): 180,000 routes, "
+                    "720,000 messages, 14,400,000 bytes, done at t=4.000, summary trace>")
+
+
+def test_routing_table_repr_is_the_table():
+    run = rs.simulate(np.eye(3), np.eye(3), np.eye(3), labels=["the", "cat", "sat"])
+    table = run.routing_table(1)
+    assert repr(table) == str(table)
+    assert repr(table).startswith("routing table of token 'cat' (#1)\n")
+
+
+def test_routing_table_by_label_and_labels_without_a_graph():
+    q, k, v = np.random.default_rng(1).normal(size=(3, 4, 2))
+    words = ["the", "cat", "sat", "down"]
+    named = rs.simulate(q, k, v, is_causal=True, labels=words)
+    graphed = rs.simulate(q, k, v, graph=rs.graphs.causal(4, labels=words))
+    assert str(named.routing_table("sat")) == str(graphed.routing_table(2))
+    assert [r.label for r in named.routing_table("sat").routes] == \
+        [words[r.source] for r in graphed.routing_table(2).routes]
+    with pytest.raises(rs.InvalidArgumentError, match="no query token is labelled 'dog'"):
+        named.routing_table("dog")
+    repeated = rs.simulate(q, k, v, labels=["a", "b", "a", "c"])
+    with pytest.raises(rs.InvalidArgumentError, match=r"positions \[0, 2\]"):
+        repeated.routing_table("a")
+    with pytest.raises(rs.ShapeError, match="labels has 3 entries for 4 tokens"):
+        rs.simulate(q, k, v, labels=words[:3])
+    with pytest.raises(rs.InvalidArgumentError, match="not both"):
+        rs.simulate(q, k, v, graph=rs.graphs.causal(4, labels=words), labels=words)
+
+
+def test_cross_attention_labels_name_both_sides():
+    rng = np.random.default_rng(2)
+    q, k, v = rng.normal(size=(2, 2)), rng.normal(size=(3, 2)), rng.normal(size=(3, 2))
+    run = rs.simulate(q, k, v, labels=["x", "y"], key_labels=["a", "b", "c"], trace="full")
+    assert {r.label for r in run.routing_table("y").routes} == {"a", "b", "c"}
+    assert "participant n1 as query y (1)" in run.trace.to_mermaid()
+    assert "participant n4 as key c (2)" in run.trace.to_mermaid()
