@@ -18,6 +18,8 @@ import numpy as np
 
 import routing_sim as rs
 
+from .hf import rows as hf_rows
+
 D_HEAD = 64
 
 
@@ -113,8 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     row("per-message baseline n=128", t_naive, t_window, "batched", run.stats.total_messages,
         None, "one SimPy event per message")
 
+    rows += hf_rows(arguments.quick)
     print(table(rows))
     return 0
+
+
+def seconds(duration: float) -> str:
+    """``0.123 s``, or milliseconds below a tenth of a second (per-token and per-call rows)."""
+    return f"{duration:.3f} s" if duration >= 0.1 else f"{1e3 * duration:.2f} ms"
 
 
 def table(rows: list[tuple]) -> str:
@@ -128,8 +136,8 @@ def table(rows: list[tuple]) -> str:
                          f"{'-':>11} | {'-':>9} | {note}")
             continue
         ratio = f"{sim / ref:.2f}x" if ref else "-"
-        reference = f"{ref:.3f} s {ref_name}" if ref else "-"
-        lines.append(f"| {case:<27} | {sim:>7.3f} s | {reference:>20} | {ratio:>7} | "
+        reference = f"{seconds(ref)} {ref_name}" if ref else "-"
+        lines.append(f"| {case:<27} | {seconds(sim):>9} | {reference:>20} | {ratio:>7} | "
                      f"{messages:>11,} | {messages / sim:>11,.0f} | "
                      f"{(f'{rss:,.0f} MB' if rss else '-'):>9} | {note}")
     return "\n".join(lines)

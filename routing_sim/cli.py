@@ -123,6 +123,25 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--only", type=int, help="run just the case with this seed")
     verify.set_defaults(handler=_verify)
 
+    hf = commands.add_parser(
+        "hf", help="a transformers model whose attention runs as messages",
+        description="Run a causal language model with routing_sim as its attention backend: "
+                    "check its logits against PyTorch SDPA (same weights, float64), generate "
+                    "greedily with a KV cache, print the last step's routing table in every "
+                    "layer and head and the messages and bytes per layer. A tiny random-init "
+                    "model from a config by default (no download), or --model PATH, a local "
+                    "checkpoint directory. Needs the hf extra: pip install 'routing_sim[hf]'.")
+    hf.add_argument("--family", choices=("llama", "mistral", "qwen2", "gpt2"), default="llama",
+                    help="architecture of the tiny random-init model (default llama)")
+    hf.add_argument("--layers", type=_positive, default=2, help="its layers (default 2)")
+    hf.add_argument("--model", type=Path, help="a local checkpoint directory (save_pretrained "
+                    "output) instead of a tiny model; its tokenizer is used if it has one")
+    hf.add_argument("--tokens", default="routing is all you need",
+                    help="the prompt (default %(default)r)")
+    hf.add_argument("--new-tokens", type=_positive, default=3,
+                    help="tokens to generate greedily (default 3)")
+    hf.set_defaults(handler=_hf)
+
     bench = commands.add_parser(
         "bench", help="the benchmark table (simulate vs matrix form)",
         description="Run the benchmarks and print one table; everything is measured in one "
@@ -244,6 +263,17 @@ def _verify(arguments: argparse.Namespace) -> int:
               f"bit-identical {failure.bit_identical}; reproduce with: "
               f"routing-sim verify --only {failure.seed}")
     return 1 if failures else 0
+
+
+def _hf(arguments: argparse.Namespace) -> int:
+    try:
+        from .hf.story import load, tell
+    except ImportError as error:
+        print(f"routing-sim: error: {error}", file=sys.stderr)
+        return 1
+    ours, sdpa, tokenizer = load(arguments.family, arguments.layers, arguments.model)
+    print(tell(ours, sdpa, arguments.tokens, tokenizer, arguments.new_tokens))
+    return 0
 
 
 def _bench(arguments: argparse.Namespace) -> int:

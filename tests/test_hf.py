@@ -256,3 +256,29 @@ def test_call_refuses_what_it_cannot_do_exactly(backend):
         attention(module, q, k, v, None, mystery=1)
     with pytest.raises(rs.DTypeError, match="bfloat16"):
         attention(module, *(x.to(torch.bfloat16) for x in (q, k, v)), None)
+
+
+def test_cli_hf_with_a_local_checkpoint(tmp_path, capsys):
+    from routing_sim.cli import main
+
+    tiny_model("gpt2", layers=1).save_pretrained(tmp_path)
+    assert main(["hf", "--model", str(tmp_path), "--tokens", "one two one",
+                 "--new-tokens", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "EQUAL within 1e-12" in printed and "identical to SDPA's" in printed
+    # 1 layer x 4 heads, each the routing table of the last step's query over 4 keys.
+    assert printed.count("routing table of token") == 4
+    assert printed.count("4 routes, 16 messages") == 4
+    assert printed.rstrip().endswith("verdict: EQUAL to matrix attention (within the float "
+                                     "tolerance)")
+
+
+def test_cli_hf_refuses_bad_input(tmp_path, capsys):
+    from routing_sim.cli import main
+
+    assert main(["hf", "--model", str(tmp_path)]) == 1
+    assert main(["hf", "--tokens", "  "]) == 1
+    errors = capsys.readouterr().err.splitlines()
+    assert errors == [f"routing-sim: error: --model must be a local checkpoint directory with "
+                      f"a config.json, got {str(tmp_path)!r}",
+                      "routing-sim: error: --tokens needs at least one word"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,8 @@ from routing_sim import scenarios
 
 FOLDER = Path(__file__).resolve().parent.parent / "scenarios"
 NAMES = sorted(scenarios.available())
+# Scenarios that need an optional extra, and the modules it provides.
+EXTRAS = {"real_model": ("torch", "transformers")}
 
 
 def test_every_scenario_has_a_golden_file_and_a_summary():
@@ -22,6 +25,9 @@ def test_every_scenario_has_a_golden_file_and_a_summary():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_scenario_output_matches_its_golden_file(name, capsys):
+    missing = [m for m in EXTRAS.get(name, ()) if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"scenario {name} needs {', '.join(missing)} (the hf extra)")
     scenarios.load(name).main()
     printed = capsys.readouterr().out
     assert printed == (FOLDER / f"{name}.out").read_text(encoding="utf-8")

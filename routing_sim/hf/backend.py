@@ -34,6 +34,7 @@ from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.masking_utils import sdpa_mask
 
 from ..errors import DTypeError, InvalidArgumentError
+from ..reference import attention
 from ..simulate import simulate
 from . import record
 from .autograd import simulated_attention
@@ -51,6 +52,7 @@ _BOOKKEEPING = frozenset({
     "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx",
     "encoder_hidden_states", "past_key_values", "cache", "token_type_ids"})
 _DTYPES = (torch.float32, torch.float64)
+_ATTENTION_KEYWORDS = frozenset(inspect.signature(attention).parameters)
 _OPTIONS: dict[str, dict[str, Any]] = {}
 
 
@@ -159,13 +161,22 @@ def _attention_function(name: str):
         mask = bias if bias is not None else attention_mask
         output, run = simulated_attention(query, key, value, mask, arguments)
         if recorder is not None:
-            recorder.add(module, run)
+            recorder.add(module, run, _attention_inputs(query, key, value, mask, arguments))
         weights = None
         if kwargs.get("output_attentions"):
             weights = torch.from_numpy(run.weights).to(query.device)
         return output.transpose(1, 2).contiguous(), weights
 
     return routing_sim_attention
+
+
+def _attention_inputs(query, key, value, mask, arguments: dict) -> dict[str, Any]:
+    """Copies of what this call computed on, as keywords of :func:`~routing_sim.attention`."""
+    tensors = {"query": query, "key": key, "value": value, "attn_mask": mask}
+    inputs = {name: None if tensor is None else tensor.detach().cpu().numpy().copy()
+              for name, tensor in tensors.items()}
+    return {**inputs, **{name: value for name, value in arguments.items()
+                         if name in _ATTENTION_KEYWORDS}}
 
 
 def _refuse_unknown(kwargs: dict) -> None:

@@ -19,6 +19,7 @@ from typing import Iterator
 from ..errors import InvalidArgumentError
 from ..run import Run
 from ..trace import TRACE_DETAILS
+from ..verify import Verdict, verdict
 
 __all__ = ["AttentionRecord", "Recorder", "active", "record"]
 
@@ -34,6 +35,11 @@ class AttentionRecord:
     attention: str           # "self" or "cross"
     module: str              # the attention module's class name
     run: Run
+    inputs: dict = field(repr=False)   # query, key, value, attn_mask, ...: attention() keywords
+
+    def verdict(self) -> Verdict:
+        """This call's run against :func:`~routing_sim.attention` on the same inputs."""
+        return verdict(self.run.output, self.run.weights, **self.inputs)
 
     def __repr__(self) -> str:
         return (f"AttentionRecord(layer={self.layer}, step={self.step}, "
@@ -54,7 +60,7 @@ class Recorder:
     _seen: set = field(default_factory=set, repr=False)
     _tokens: dict[str, list[str]] = field(default_factory=dict, repr=False)
 
-    def add(self, module, run: Run) -> None:
+    def add(self, module, run: Run, inputs: dict) -> None:
         """Record one attention call of ``module`` (called by the backend)."""
         if id(module) in self._seen:
             self._step += 1
@@ -66,7 +72,7 @@ class Recorder:
             return
         self._label(module, run, attention)
         self.runs.append(AttentionRecord(getattr(module, "layer_idx", None), self._step,
-                                         attention, type(module).__name__, run))
+                                         attention, type(module).__name__, run, inputs))
 
     def layer(self, layer: int, step: int | None = None) -> list[AttentionRecord]:
         """The records of ``layer`` (at ``step``, if given)."""

@@ -21,18 +21,20 @@ VOCAB = 96
 _SPECS: dict[str, tuple[str, str, dict]] = {
     "llama": ("LlamaConfig", "AutoModelForCausalLM", {
         "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
-        "num_key_value_heads": 2, "max_position_embeddings": 4096}),
+        "num_key_value_heads": 2, "max_position_embeddings": 4096, "initializer_range": 0.2}),
     "mistral": ("MistralConfig", "AutoModelForCausalLM", {
         "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
-        "num_key_value_heads": 2, "sliding_window": 8, "max_position_embeddings": 4096}),
+        "num_key_value_heads": 2, "sliding_window": 8, "max_position_embeddings": 4096,
+        "initializer_range": 0.2}),
     "qwen2": ("Qwen2Config", "AutoModelForCausalLM", {
         "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
-        "num_key_value_heads": 2, "max_position_embeddings": 4096}),
+        "num_key_value_heads": 2, "max_position_embeddings": 4096, "initializer_range": 0.2}),
     "gemma2": ("Gemma2Config", "AutoModelForCausalLM", {
         "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
         "num_key_value_heads": 2, "head_dim": 16, "sliding_window": 6,
         "query_pre_attn_scalar": 16, "attn_logit_softcapping": 2.0,
-        "final_logit_softcapping": 30.0, "max_position_embeddings": 4096}),
+        "final_logit_softcapping": 30.0, "max_position_embeddings": 4096,
+        "initializer_range": 0.2}),
     "gpt2": ("GPT2Config", "AutoModelForCausalLM", {
         "n_embd": 64, "n_head": 4, "n_positions": 4096, "attn_pdrop": 0.0,
         "resid_pdrop": 0.0, "embd_pdrop": 0.0, "bos_token_id": 0, "eos_token_id": 0}),
