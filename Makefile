@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test,plot,hf]' 'torch==2.13.0' 'transformers==5.24.0'
+	$(BIN)/python -m pip install --quiet -e '.[test,plot,hf,distributed]' 'torch==2.13.0' 'transformers==5.24.0'
 	touch $@ $(VENV)/.installed
 
 clean:

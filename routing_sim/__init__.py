@@ -29,6 +29,7 @@ from .positions import RotaryEmbedding
 from .reference import attention, attention_backward
 from .run import DroppedRoute, Route, RoutingTable, Run, Stats
 from .simulate import simulate
+from .sweep import sweep
 from .trace import Trace
 
 __all__ = [
@@ -62,6 +63,7 @@ __all__ = [
     "masks",
     "plots",
     "simulate",
+    "sweep",
     "verify",
 ]
 

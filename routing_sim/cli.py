@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import sweep_cli
 from .errors import RoutingSimError
 
 __all__ = ["main"]
@@ -148,6 +149,7 @@ def _parser() -> argparse.ArgumentParser:
                     "run. --quick keeps to n <= 1024.")
     bench.add_argument("--quick", action="store_true", help="small sizes, one repeat")
     bench.set_defaults(handler=_bench)
+    sweep_cli.add_parser(commands)
     return parser
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from .api import context_parallel
 from .layouts import LAYOUTS, shard
+from .measure import measure
 from .run import ParallelRun, ParallelStats
 from .strategies import STRATEGIES
 from .trace import ParallelTrace
 
 __all__ = ["LAYOUTS", "STRATEGIES", "ParallelRun", "ParallelStats", "ParallelTrace",
-           "context_parallel", "shard"]
+           "context_parallel", "measure", "shard"]
