@@ -18,6 +18,7 @@ cannot be delivered raises :class:`~routing_sim.DeliveryError`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -44,6 +45,7 @@ class Gradients:
     stats: Stats
     trace: Trace
     _score: Callable[[], np.ndarray] = field(repr=False, compare=False)
+    _run: object = field(default=None, repr=False, compare=False)   # the forward Run
 
     def score(self) -> np.ndarray:
         """The gradient of every score ``s_ij`` (scaled, bias included), shape (..., L, S).
@@ -66,6 +68,14 @@ class Gradients:
         True
         """
         return self._score()
+
+    def to_html(self, path) -> Path:
+        """Write the offline replay page of the backward pass: the gradient messages moving
+        back along the routes, with the forward pass's routing tables (see
+        :meth:`Run.to_html <routing_sim.Run.to_html>`). Returns the path."""
+        from .replay import write_html
+
+        return write_html(self._run, path, self.trace, self.stats, phase="backward")
 
 
 class BackwardNodes(TokenNodes):

@@ -1,4 +1,5 @@
-"""The ``routing-sim`` command: demo, scenarios, traces, plots, an equivalence sweep, benchmarks."""
+"""The ``routing-sim`` command: demo, scenarios, traces, replay pages, plots, an equivalence
+sweep, benchmarks."""
 
 from __future__ import annotations
 
@@ -102,6 +103,19 @@ def _parser() -> argparse.ArgumentParser:
     trace.add_argument("--fenced", action="store_true",
                        help="Mermaid: wrap the diagram in a ```mermaid fence for Markdown")
     trace.set_defaults(handler=_trace)
+
+    replay = commands.add_parser(
+        "replay", parents=[simulation], help="simulate and write the offline replay page",
+        description="Run a small simulation and write one self-contained HTML page that "
+                    "replays it: token nodes, messages moving in simulated time, routing "
+                    "tables on click, a head selector and a temperature / top-k what-if. "
+                    "It makes no network request; open it in any browser.")
+    replay.add_argument("--backward", action="store_true",
+                        help="replay the backward pass (gradient messages) instead, with "
+                             "an upstream gradient of ones")
+    replay.add_argument("--output", "-o", type=Path, default=Path("run.html"),
+                        help="HTML file to write (default run.html)")
+    replay.set_defaults(handler=_replay)
 
     plot = commands.add_parser(
         "plot", parents=[simulation], help="simulate and save a picture (PNG or SVG)",
@@ -225,6 +239,19 @@ def _trace(arguments: argparse.Namespace) -> int:
     note = " (open it in https://ui.perfetto.dev or chrome://tracing)" \
         if arguments.format == "perfetto" else ""
     print(f"wrote {path}: {len(run.trace.kind)} messages{note}")
+    return 0
+
+
+def _replay(arguments: argparse.Namespace) -> int:
+    run = _simulate(arguments)
+    if arguments.backward:
+        grads = run.backward(np.ones_like(run.output))
+        path = grads.to_html(arguments.output)
+        what = f"{len(grads.trace)} gradient messages"
+    else:
+        path = run.to_html(arguments.output)
+        what = f"{len(run.trace)} messages"
+    print(f"wrote {path}: {what}, {path.stat().st_size:,} bytes (open it in a browser)")
     return 0
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -133,6 +134,11 @@ class RoutingTable:
 
     __repr__ = __str__
 
+    def _repr_html_(self) -> str:
+        from .replay.notebook import table_html
+
+        return table_html(self)
+
 
 @dataclass(repr=False)
 class Run:
@@ -227,7 +233,34 @@ class Run:
         from .backward import backward
 
         nodes, network, delivery = self._forward
-        return backward(nodes, d_output, network, delivery, self.trace.detail)
+        return replace(backward(nodes, d_output, network, delivery, self.trace.detail),
+                       _run=self)
+
+    def to_html(self, path) -> Path:
+        """Write the offline replay page of this run: one self-contained HTML file.
+
+        Token nodes with the messages moving between them in simulated time (play, pause,
+        step, a time scrubber, messages in flight), each token's routing table on click, a
+        head selector and a temperature / top-k what-if panel. No network request, no
+        library: open it in any browser. Its DOM contract is in docs/en/watching.md.
+        Returns the path.
+
+        Examples
+        --------
+        >>> import numpy as np, routing_sim as rs, tempfile, pathlib
+        >>> q, k, v = np.random.default_rng(0).normal(size=(3, 2, 4, 8))
+        >>> page = rs.simulate(q, k, v).to_html(pathlib.Path(tempfile.mkdtemp()) / "run.html")
+        >>> page.read_text(encoding="utf-8").count('data-role="routing-table"')
+        1
+        """
+        from .replay import write_html
+
+        return write_html(self, path)
+
+    def _repr_html_(self) -> str:
+        from .replay.notebook import run_html
+
+        return run_html(self)
 
     def stream(self, i: int | str, head: int | None = None, batch=None) -> list[tuple[float, np.ndarray]]:
         """Online softmax with a full trace: token ``i``'s partial output after each arrival.

@@ -1,0 +1,61 @@
+"""The offline replay page: one self-contained HTML file that replays a run's messages.
+
+The page is hand-written (``page.html``, ``replay.css``, ``replay.js`` beside this file)
+and gets the run as JSON; :func:`page_html` inlines all four, so the file makes no network
+request. Its DOM contract (what tests and scripts may rely on) is documented in
+``docs/en/watching.md``.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from importlib import resources
+from pathlib import Path
+
+from ..errors import InvalidArgumentError
+from .data import ANIMATED_LIMIT, page_data
+
+__all__ = ["ANIMATED_LIMIT", "page_data", "page_html", "write_html"]
+
+
+def page_html(data: dict, title: str) -> str:
+    """The page for ``data`` (from :func:`page_data`) as one HTML string."""
+    folder = resources.files(__package__)
+    template, style, script = (folder.joinpath(name).read_text(encoding="utf-8")
+                               for name in ("page.html", "replay.css", "replay.js"))
+    # "<" never appears inside the JSON text, so no "</script>" can close the data early.
+    payload = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")
+    parts = {"<!--title-->": html.escape(title), "/*style*/": style, "/*script*/": script,
+             "<!--data-->": payload}
+    for marker, text in parts.items():
+        if marker not in template:
+            raise AssertionError(f"page.html lost its {marker} marker")
+        template = template.replace(marker, text)
+    return template
+
+
+def write_html(run, path, trace=None, stats=None, phase: str = "forward") -> Path:
+    """Write the replay page of ``run`` (messages from ``trace``, default its own) to
+    ``path``; returns the path."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidArgumentError(f"path must be a file path (str or pathlib.Path), got "
+                                   f"{type(path).__name__}")
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise InvalidArgumentError(f"path {str(path)!r}: directory {str(path.parent)!r} does "
+                                   "not exist")
+    path.write_text(page_html(page_data(run, trace, stats, phase), title_of(run, phase)),
+                    encoding="utf-8")
+    return path
+
+
+def title_of(run, phase: str) -> str:
+    """A one-line title: which pass, how many groups and tokens."""
+    shape = run.weights.shape
+    groups = 1
+    for size in shape[:-2]:
+        groups *= size
+    return (f"routing_sim replay: {phase} pass, {groups} head{'s' if groups != 1 else ''}, "
+            f"{shape[-2]} query x {shape[-1]} key tokens")
