@@ -152,6 +152,7 @@ def _attention_function(name: str):
         recorder = record.active()
         if recorder is not None:
             options["trace"] = recorder.trace
+            options.update(recorder.labels(module, n_queries, n_keys))
         seed = 0
         if dropout:
             seed = int(torch.randint(0, 2**31 - 1, (1,)).item())

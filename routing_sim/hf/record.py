@@ -70,7 +70,6 @@ class Recorder:
         if len(self.runs) >= self.limit:
             self.skipped += 1
             return
-        self._label(module, run, attention)
         self.runs.append(AttentionRecord(getattr(module, "layer_idx", None), self._step,
                                          attention, type(module).__name__, run, inputs))
 
@@ -85,17 +84,17 @@ class Recorder:
             text += f"; limit {self.limit} reached, {self.skipped} more calls not recorded"
         return text
 
-    def _label(self, module, run: Run, attention: str) -> None:
-        """Name the tokens of batch row 0 in the run's routing tables, if they are known."""
+    def labels(self, module, n_queries: int, n_keys: int) -> dict[str, list[str]]:
+        """``labels=`` and ``key_labels=`` for simulate: batch row 0's tokens, if known."""
+        attention = "cross" if _is_cross(module) else "self"
         decoder = getattr(module, "is_decoder", False) and "decoder" in self._tokens
         query_side = self._tokens.get("decoder" if decoder else "input")
         key_side = self._tokens.get("input") if attention == "cross" else query_side
-        n_queries, n_keys = run.output.shape[-2], run.weights.shape[-1]
         if query_side is None or key_side is None or n_keys > len(key_side) \
                 or n_queries > len(query_side):
-            return
-        run._labels = (query_side[len(query_side) - n_queries:],     # the newest tokens
-                       key_side[len(key_side) - n_keys:])
+            return {}
+        return {"labels": query_side[len(query_side) - n_queries:],   # the newest tokens
+                "key_labels": key_side[len(key_side) - n_keys:]}
 
     def _hook(self, side: str, tokenizer):
         """A forward pre-hook keeping batch row 0's token texts for ``side``."""
