@@ -8,7 +8,7 @@ True
 """
 
 
-from . import graphs, masks, parallel, verify
+from . import graphs, masks, mods, parallel, patterns, verify
 from .cluster import Cluster
 from .errors import (
     DeliveryError,
@@ -27,6 +27,7 @@ from .network import Crash, Network
 from .parallel import ParallelRun, context_parallel
 from .positions import RotaryEmbedding
 from .reference import attention, attention_backward
+from .routeset import RouteSet
 from .run import DroppedRoute, Route, RoutingTable, Run, Stats
 from .simulate import simulate
 from .sweep import sweep
@@ -49,6 +50,7 @@ __all__ = [
     "ParallelRun",
     "RotaryEmbedding",
     "Route",
+    "RouteSet",
     "RoutingSimError",
     "RoutingTable",
     "Run",
@@ -61,6 +63,8 @@ __all__ = [
     "context_parallel",
     "graphs",
     "masks",
+    "mods",
+    "patterns",
     "plots",
     "simulate",
     "sweep",

@@ -24,7 +24,8 @@ import numpy as np
 
 from .errors import InvalidArgumentError, ShapeError
 
-__all__ = ["causal", "complete", "from_mask", "padding", "sliding_window", "to_mask"]
+__all__ = ["causal", "complete", "from_mask", "from_routes", "graph_edges", "padding",
+           "sliding_window", "to_mask"]
 
 
 def complete(n_queries: int, n_keys: int | None = None, *, labels: Sequence[str] | None = None,
@@ -149,9 +150,26 @@ def from_mask(mask: np.ndarray, *, cross: bool | None = None, labels: Sequence[s
         raise ShapeError(f"mask must be a 2-D bool array (L, S), got dtype {mask.dtype} "
                          f"and shape {mask.shape}")
     n_queries, n_keys = mask.shape
+    return from_routes(n_queries, n_keys, *np.nonzero(mask), cross=cross, labels=labels,
+                       key_labels=key_labels)
+
+
+def from_routes(n_queries: int, n_keys: int, query_index: np.ndarray, key_index: np.ndarray, *,
+                cross: bool | None = None, labels: Sequence[str] | None = None,
+                key_labels: Sequence[str] | None = None) -> nx.DiGraph:
+    """Build the token graph of a list of routes ``key_index[r] -> query_index[r]``.
+
+    Takes the keywords of :func:`from_mask`; never builds an ``(L, S)`` array.
+
+    Examples
+    --------
+    >>> sorted(from_routes(2, 2, np.array([0, 1]), np.array([0, 0])).edges())
+    [(0, 0), (0, 1)]
+    """
     cross = n_queries != n_keys if cross is None else bool(cross)
     if not cross and n_queries != n_keys:
-        raise ShapeError(f"a self-attention graph needs a square mask, got shape {mask.shape}")
+        raise ShapeError(f"a self-attention graph needs L == S, got L = {n_queries} and "
+                         f"S = {n_keys}")
     graph = nx.DiGraph()
     key_offset = n_queries if cross else 0
     if cross:
@@ -167,8 +185,8 @@ def from_mask(mask: np.ndarray, *, cross: bool | None = None, labels: Sequence[s
             raise InvalidArgumentError("key_labels is only for cross-attention graphs; "
                                        "use labels for a single sequence")
         _set_labels(graph, "key_labels", key_labels, range(key_offset, key_offset + n_keys))
-    query_index, key_index = np.nonzero(mask)
-    graph.add_edges_from(zip((key_index + key_offset).tolist(), query_index.tolist()))
+    graph.add_edges_from(zip((np.asarray(key_index) + key_offset).tolist(),
+                             np.asarray(query_index).tolist()))
     return graph
 
 
@@ -186,8 +204,22 @@ def to_mask(graph: nx.DiGraph) -> np.ndarray:
     (2, 3)
     """
     n_queries, n_keys = graph_shape(graph)
-    key_offset = n_queries if "n_queries" in graph.graph else 0
     mask = np.zeros((n_queries, n_keys), dtype=bool)
+    query_index, key_index = graph_edges(graph)
+    mask[query_index, key_index] = True
+    return mask
+
+
+def graph_edges(graph: nx.DiGraph) -> tuple[np.ndarray, np.ndarray]:
+    """``(query_index, key_index)`` of every edge of a token graph, in edge order.
+
+    Raises
+    ------
+    ShapeError
+        If an edge does not run from a key token to a query token.
+    """
+    n_queries, n_keys = graph_shape(graph)
+    key_offset = n_queries if "n_queries" in graph.graph else 0
     edges = np.array(list(graph.edges()), dtype=np.int64).reshape(-1, 2)
     source, target = edges[:, 0] - key_offset, edges[:, 1]
     bad = (target < 0) | (target >= n_queries) | (source < 0) | (source >= n_keys)
@@ -195,8 +227,7 @@ def to_mask(graph: nx.DiGraph) -> np.ndarray:
         j, i = edges[np.argmax(bad)]
         raise ShapeError(f"graph edge {int(j)} -> {int(i)} does not run from a key token to a "
                          f"query token (edge j -> i means query i pulls from key j)")
-    mask[target, source] = True
-    return mask
+    return target, source
 
 
 def graph_shape(graph: nx.DiGraph) -> tuple[int, int]:

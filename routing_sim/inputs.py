@@ -8,6 +8,7 @@ groups (every batch element and head), each with ``L`` query and ``S`` key token
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import networkx as nx
@@ -16,6 +17,8 @@ import numpy as np
 from .errors import DTypeError, InvalidArgumentError, ShapeError
 from .masks import route_set
 from .positions import alibi_bias, as_rotary, query_positions
+from .routeset import RouteSet
+from .sparse import DENSE_LIMIT, SparseRoutes, sparse_routes
 
 __all__ = ["EMPTY_ROWS", "Problem", "prepare"]
 
@@ -29,7 +32,7 @@ class Problem:
     query: np.ndarray        # (G, L, E)
     key: np.ndarray          # (G, S, E)
     value: np.ndarray        # (G, S, Ev)
-    allowed: np.ndarray      # (G, L, S) bool: which routes exist
+    allowed: np.ndarray | None  # (G, L, S) bool: which routes exist (None: see sparse)
     bias: np.ndarray | None  # (G, L, S) added to scores, or None
     keep: np.ndarray | None  # (G, L, S) bool: routes dropout keeps, or None
     dropout_p: float
@@ -37,6 +40,8 @@ class Problem:
     batch_shape: tuple[int, ...]
     empty_rows: str
     origin: dict = None  # input shapes, GQA group size and rotation: for gradients
+    sparse: SparseRoutes | None = None  # per-route form (then allowed/bias/keep are None)
+    score_mod: Callable | None = None   # FlexAttention score_mod, applied before bias
 
     def to_inputs(self, grad: np.ndarray, which: str) -> np.ndarray:
         """Carry a gradient ``(G, T, F)`` back to the caller's ``query``/``key``/``value``.
@@ -77,9 +82,14 @@ class Problem:
 def prepare(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causal: bool = False,
             scale: float | None = None, enable_gqa: bool = False, *,
             causal_alignment: str = "top_left", empty_rows: str = "zero", dropout_mask=None,
-            seed: int | None = 0, graph: nx.DiGraph | None = None, alibi_slopes=None,
-            rope=None) -> Problem:
-    """Validate the public arguments and flatten them into a :class:`Problem`."""
+            seed: int | None = 0, graph: nx.DiGraph | RouteSet | None = None,
+            alibi_slopes=None, rope=None, mask_mod: Callable | None = None,
+            score_mod: Callable | None = None) -> Problem:
+    """Validate the public arguments and flatten them into a :class:`Problem`.
+
+    A RouteSet ``graph`` or a ``mask_mod`` gives the sparse form (``problem.sparse``: one
+    entry per route); otherwise the route set is a dense ``(G, L, S)`` mask.
+    """
     query, key, value = (_as_float_array(name, x) for name, x in
                          (("query", query), ("key", key), ("value", value)))
     dtypes = {query.dtype, key.dtype, value.dtype}
@@ -109,10 +119,24 @@ def prepare(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causal
     if not isinstance(is_causal, (bool, np.bool_)):
         raise InvalidArgumentError(f"is_causal must be True or False, got {is_causal!r}")
     scale = _scale(scale, dim)
-    allowed, bias = route_set(attn_mask, bool(is_causal), causal_alignment, graph, batch_shape,
-                              n_queries, n_keys, query.dtype)
+    if score_mod is not None and not callable(score_mod):
+        raise InvalidArgumentError(f"score_mod must be a function (score, b, h, q_idx, kv_idx) "
+                                   f"-> score, got {type(score_mod).__name__}")
     scores_shape = (*batch_shape, n_queries, n_keys)
-    if alibi_slopes is not None:
+    if isinstance(graph, RouteSet) or mask_mod is not None:
+        if dropout_mask is None and dropout_p and math.prod(scores_shape) > DENSE_LIMIT:
+            raise InvalidArgumentError(f"dropout_p > 0 on scores of shape {scores_shape} draws "
+                                       f"a dense mask of over {DENSE_LIMIT:,} entries; pass "
+                                       "dropout_mask (bool, broadcastable) instead")
+        keep = _dropout_keep(dropout_p, dropout_mask, seed, scores_shape)
+        sparse = sparse_routes(graph, mask_mod, attn_mask, bool(is_causal), causal_alignment,
+                               batch_shape, n_queries, n_keys, query.dtype, alibi_slopes, keep)
+        allowed = bias = keep = None
+    else:
+        sparse = None
+        allowed, bias = route_set(attn_mask, bool(is_causal), causal_alignment, graph,
+                                  batch_shape, n_queries, n_keys, query.dtype)
+    if alibi_slopes is not None and sparse is None:
         alibi = _alibi(alibi_slopes, scores_shape, causal_alignment).astype(query.dtype)
         bias = alibi if bias is None else bias + alibi
     rotary = as_rotary(rope)
@@ -121,7 +145,8 @@ def prepare(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causal
     if rotary is not None:
         query = rotary.rotate(query, origin["query_positions"])
         key = rotary.rotate(key, np.arange(n_keys))
-    keep = _dropout_keep(dropout_p, dropout_mask, seed, scores_shape)
+    if sparse is None:
+        keep = _dropout_keep(dropout_p, dropout_mask, seed, scores_shape)
     groups = math.prod(batch_shape)
 
     def flat(array: np.ndarray, tail: tuple[int, ...]) -> np.ndarray:
@@ -132,7 +157,7 @@ def prepare(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causal
         query=flat(query, (n_queries, dim)),
         key=flat(key, (n_keys, dim)),
         value=flat(value, (n_keys, value.shape[-1])),
-        allowed=flat(allowed, (n_queries, n_keys)),
+        allowed=None if allowed is None else flat(allowed, (n_queries, n_keys)),
         bias=None if bias is None else flat(bias, (n_queries, n_keys)),
         keep=None if keep is None else flat(keep, (n_queries, n_keys)),
         dropout_p=float(dropout_p),
@@ -140,6 +165,8 @@ def prepare(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causal
         batch_shape=batch_shape,
         empty_rows=empty_rows,
         origin=origin,
+        sparse=sparse,
+        score_mod=score_mod,
     )
 
 

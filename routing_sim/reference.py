@@ -11,7 +11,11 @@ import numpy as np
 
 from .errors import EmptyRowError, InvalidArgumentError, NumericalError, ShapeError
 from .inputs import Problem, prepare
+from .mods import derivative, modified
 from .numerics import exact_pull, exact_scores, exact_shares, exact_unnormalised
+from .routeset import batch_head
+from .segments import segment_attention, segment_backward
+from .sparse import DENSE_LIMIT
 
 __all__ = ["attention", "attention_backward"]
 
@@ -20,7 +24,8 @@ def attention(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_caus
               scale: float | None = None, enable_gqa: bool = False, *,
               causal_alignment: str = "top_left", empty_rows: str = "zero",
               numerics: str = "float", dropout_mask=None, seed: int | None = 0,
-              alibi_slopes=None, rope=None, return_weights: bool = False):
+              alibi_slopes=None, rope=None, return_weights: bool = False, graph=None,
+              mask_mod=None, score_mod=None):
     r"""Scaled dot-product attention in matrix form, with PyTorch's SDPA semantics.
 
     .. math:: \mathrm{out} = \mathrm{softmax}(Q K^\top \cdot \mathrm{scale} + B)\, V
@@ -64,7 +69,20 @@ def attention(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_caus
     rope : float or RotaryEmbedding, optional
         Rotate queries and keys by their positions (a float is the base, layout "half").
     return_weights : bool
-        Also return the routing tables (attention weights, after dropout).
+        Also return the routing tables (attention weights, after dropout); dense, so a
+        sparse route set must be small enough (see :data:`~routing_sim.sparse.DENSE_LIMIT`).
+    graph : networkx.DiGraph or RouteSet, optional
+        The routes that exist (see :mod:`routing_sim.graphs`, :mod:`routing_sim.patterns`).
+        A RouteSet is computed sparsely: a softmax per query over its own routes
+        (:mod:`routing_sim.segments`), never an ``L × S`` array.
+    mask_mod : callable, optional
+        ``mask_mod(b, h, q_idx, kv_idx) -> bool`` (FlexAttention): True where the route
+        exists. Combines with ``attn_mask``, ``is_causal`` and ``graph`` (all must allow a
+        route); computed sparsely. See :mod:`routing_sim.mods` for how it is called.
+    score_mod : callable, optional
+        ``score_mod(score, b, h, q_idx, kv_idx) -> score`` (FlexAttention): changes the
+        scaled score ``q·k·scale`` before ``attn_mask``/ALiBi biases are added and before
+        the softmax. Not with ``numerics="exact"``.
 
     Returns
     -------
@@ -86,21 +104,49 @@ def attention(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_caus
     problem = prepare(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
                       causal_alignment=causal_alignment, empty_rows=empty_rows,
                       dropout_mask=dropout_mask, seed=seed, alibi_slopes=alibi_slopes,
-                      rope=rope)
+                      rope=rope, graph=graph, mask_mod=mask_mod, score_mod=score_mod)
     if numerics not in ("float", "exact"):
         raise InvalidArgumentError(f"numerics must be one of ('float', 'exact'), got "
                                    f"{numerics!r}")
+    if numerics == "exact" and score_mod is not None:
+        raise InvalidArgumentError("score_mod runs in float arithmetic; it cannot be combined "
+                                   "with numerics='exact'")
     if numerics == "exact":
-        weights, output = _exact(problem)
+        weights, output = _exact(problem, return_weights)
+    elif problem.sparse is not None:
+        output, shares = segment_attention(problem)                    # (G, L, Ev), (R,)
+        weights = _dense_weights(problem, shares) if return_weights else None
     else:
         weights = _weights(problem)                                    # (G, L, S)
         output = weights @ problem.value                               # (G, L, Ev)
-    has_route = problem.allowed.any(axis=-1)                           # (G, L)
+    has_route = _has_route(problem)                                    # (G, L)
     if problem.empty_rows == "nan":
         output[~has_route] = np.nan
-        weights[~has_route] = np.nan
-    output, weights = problem.unflatten(output), problem.unflatten(weights)
-    return (output, weights) if return_weights else output
+        if weights is not None:
+            weights[~has_route] = np.nan
+    if not return_weights:
+        return problem.unflatten(output)
+    return problem.unflatten(output), problem.unflatten(weights)
+
+
+def _has_route(problem: Problem) -> np.ndarray:
+    """``(G, L)``: which query tokens have at least one route."""
+    if problem.sparse is None:
+        return problem.allowed.any(axis=-1)
+    return (np.diff(problem.sparse.routes.indptr) > 0).reshape(problem.shape[:2])
+
+
+def _dense_weights(problem: Problem, shares: np.ndarray) -> np.ndarray:
+    """The per-route shares as a dense ``(G, L, S)`` array, if that is small enough."""
+    groups, n_queries, n_keys, _, _ = problem.shape
+    if groups * n_queries * n_keys > DENSE_LIMIT:
+        raise InvalidArgumentError(f"return_weights=True would build a dense (G, L, S) = "
+                                   f"{(groups, n_queries, n_keys)} array, over {DENSE_LIMIT:,} "
+                                   "entries; simulate(...).route_weights() gives them per route")
+    routes = problem.sparse.routes
+    weights = np.zeros((groups * n_queries, n_keys), dtype=problem.dtype)
+    weights[routes.query_node, routes.indices] = shares
+    return weights.reshape(groups, n_queries, n_keys)
 
 
 def _weights(problem: Problem, dropout: bool = True) -> np.ndarray:
@@ -108,13 +154,16 @@ def _weights(problem: Problem, dropout: bool = True) -> np.ndarray:
     with np.errstate(over="ignore", invalid="ignore"):   # overflow is reported below
         scores = problem.query @ problem.key.transpose(0, 2, 1)        # (G, L, S)
         scores *= problem.dtype.type(problem.scale)
+        if problem.score_mod is not None:
+            scores = modified(problem.score_mod, scores, *_grid(problem))
         if problem.bias is not None:
             scores += problem.bias
     overflow = problem.allowed & ~np.isfinite(scores)
     if overflow.any():
         g, i, j = np.argwhere(overflow)[0]
-        raise NumericalError(f"the score of query {i} and key {j} (group {g}) overflowed to "
-                             f"{scores[g, i, j]}; scale the inputs down")
+        raise NumericalError(f"the score of query {i} and key {j} (group {g}) overflowed "
+                             f"to {scores[g, i, j]}; scale the inputs down (a score_mod must "
+                             "return finite scores)")
     has_route = problem.allowed.any(axis=-1, keepdims=True)            # (G, L, 1)
     if problem.empty_rows == "error" and not has_route.all():
         g, i, _ = np.argwhere(~has_route)[0]
@@ -130,28 +179,57 @@ def _weights(problem: Problem, dropout: bool = True) -> np.ndarray:
     return weights
 
 
-def _exact(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
+def _grid(problem: Problem) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """FlexAttention's ``(b, h, q_idx, kv_idx)`` as arrays broadcasting to ``(G, L, S)``."""
+    groups, n_queries, n_keys, _, _ = problem.shape
+    batch, head = batch_head(np.arange(groups), problem.batch_shape)
+    return (batch[:, None, None], head[:, None, None], np.arange(n_queries)[None, :, None],
+            np.arange(n_keys)[None, None, :])
+
+
+def _rows(problem: Problem):
+    """``(g, i, keys, bias, keep)`` of every query with a route: dense or sparse form."""
+    if problem.sparse is None:
+        for g, i in zip(*np.nonzero(problem.allowed.any(axis=-1))):
+            keys = np.flatnonzero(problem.allowed[g, i])
+            yield (g, i, keys, None if problem.bias is None else problem.bias[g, i, keys],
+                   None if problem.keep is None else problem.keep[g, i, keys])
+        return
+    sparse, n_queries = problem.sparse, problem.shape[1]
+    indptr = sparse.routes.indptr
+    for node in np.flatnonzero(np.diff(indptr)).tolist():
+        span = slice(indptr[node], indptr[node + 1])
+        yield (node // n_queries, node % n_queries, sparse.routes.indices[span],
+               None if sparse.bias is None else sparse.bias[span],
+               None if sparse.keep is None else sparse.keep[span])
+
+
+def _exact(problem: Problem, return_weights: bool) -> tuple[np.ndarray | None, np.ndarray]:
     """Exact mode: each query's row with correctly rounded dot products and sums."""
     groups, n_queries, n_keys, _, value_dim = problem.shape
-    weights = np.zeros((groups, n_queries, n_keys), dtype=problem.dtype)
+    dense = problem.sparse is None or return_weights
+    if dense and problem.sparse is not None and groups * n_queries * n_keys > DENSE_LIMIT:
+        raise InvalidArgumentError(f"return_weights=True would build a dense {(groups, n_queries, n_keys)} "
+                                   f"array, over {DENSE_LIMIT:,} entries")
+    weights = np.zeros((groups, n_queries, n_keys), dtype=problem.dtype) if dense else None
     output = np.zeros((groups, n_queries, value_dim), dtype=problem.dtype)
-    if problem.empty_rows == "error" and not problem.allowed.any(axis=-1).all():
-        g, i = np.argwhere(~problem.allowed.any(axis=-1))[0]
+    has_route = _has_route(problem)
+    if problem.empty_rows == "error" and not has_route.all():
+        g, i = np.argwhere(~has_route)[0]
         raise EmptyRowError(f"query token {i} (group {g}) has no route to any key token")
     factor = problem.dtype.type(1.0 / (1.0 - problem.dropout_p))
-    for g, i in zip(*np.nonzero(problem.allowed.any(axis=-1))):
-        keys = np.flatnonzero(problem.allowed[g, i])
-        bias = None if problem.bias is None else problem.bias[g, i, keys]
+    for g, i, keys, bias, keep in _rows(problem):
         high, low = exact_scores(problem.key[g, keys], problem.query[g, i], problem.scale, bias)
         e_high, e_low, l_high, l_low = exact_unnormalised(high, low)
         shares = exact_shares(e_high, e_low, l_high, l_low).astype(problem.dtype)
-        pulled = np.ones(len(keys), dtype=bool) if problem.keep is None else problem.keep[g, i, keys]
+        pulled = np.ones(len(keys), dtype=bool) if keep is None else keep
         row = exact_pull(e_high[pulled], e_low[pulled], l_high, l_low,
                          problem.value[g, keys[pulled]])
-        if problem.keep is not None:
+        if keep is not None:
             shares = shares * pulled * factor
             row = row * factor
-        weights[g, i, keys] = shares
+        if weights is not None:
+            weights[g, i, keys] = shares
         output[g, i] = row
     return weights, output
 
@@ -159,7 +237,8 @@ def _exact(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
 def attention_backward(query, key, value, d_output, attn_mask=None, dropout_p: float = 0.0,
                        is_causal: bool = False, scale: float | None = None,
                        enable_gqa: bool = False, *, causal_alignment: str = "top_left",
-                       dropout_mask=None, seed: int | None = 0, alibi_slopes=None, rope=None
+                       dropout_mask=None, seed: int | None = 0, alibi_slopes=None, rope=None,
+                       graph=None, mask_mod=None, score_mod=None
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     r"""Gradients of :func:`attention` with respect to query, key and value, in matrix form.
 
@@ -170,7 +249,10 @@ def attention_backward(query, key, value, d_output, attn_mask=None, dropout_p: f
               dK = s\,dS^\top Q
 
     then carried back through RoPE, GQA head sharing and broadcasting to the inputs' shapes.
-    Takes the arguments of :func:`attention` (``empty_rows`` rows get zero gradients).
+    Takes the arguments of :func:`attention` (``empty_rows`` rows get zero gradients). A
+    ``score_mod`` multiplies ``dS`` by its derivative at the raw score, so it must carry one
+    (:mod:`routing_sim.mods`); a plain function raises InvalidArgumentError. A RouteSet
+    ``graph`` or a ``mask_mod`` is computed sparsely (:mod:`routing_sim.segments`).
 
     Examples
     --------
@@ -182,9 +264,14 @@ def attention_backward(query, key, value, d_output, attn_mask=None, dropout_p: f
     """
     problem = prepare(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
                       causal_alignment=causal_alignment, dropout_mask=dropout_mask, seed=seed,
-                      alibi_slopes=alibi_slopes, rope=rope)
-    groups, n_queries, _, _, value_dim = problem.shape
+                      alibi_slopes=alibi_slopes, rope=rope, graph=graph, mask_mod=mask_mod,
+                      score_mod=score_mod)
+    slope = derivative(score_mod)
     upstream = _upstream(problem, d_output)                           # (G, L, Ev)
+    if problem.sparse is not None:
+        d_query, d_key, d_value = segment_backward(problem, upstream)
+        return (problem.to_inputs(d_query, "query"), problem.to_inputs(d_key, "key"),
+                problem.to_inputs(d_value, "value"))
     weights = _weights(problem, dropout=False)                         # (G, L, S)  P
     factor = 1.0 if problem.keep is None else problem.keep * problem.dtype.type(
         1.0 / (1.0 - problem.dropout_p))
@@ -192,6 +279,9 @@ def attention_backward(query, key, value, d_output, attn_mask=None, dropout_p: f
     d_value = dropped.transpose(0, 2, 1) @ upstream                    # (G, S, Ev)
     d_weights = (upstream @ problem.value.transpose(0, 2, 1)) * factor  # (G, L, S)  dP
     d_scores = weights * (d_weights - (weights * d_weights).sum(-1, keepdims=True))
+    if slope is not None:                                              # through score_mod
+        raw = problem.query @ problem.key.transpose(0, 2, 1) * problem.dtype.type(problem.scale)
+        d_scores = d_scores * slope(raw, *_grid(problem))
     d_query = problem.scale * d_scores @ problem.key                   # (G, L, E)
     d_key = problem.scale * d_scores.transpose(0, 2, 1) @ problem.query  # (G, S, E)
     return (problem.to_inputs(d_query, "query"), problem.to_inputs(d_key, "key"),

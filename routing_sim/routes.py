@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["RouteTable", "concat_ranges"]
+from .routeset import concat_ranges
+
+__all__ = ["RouteTable"]
 
 
 class RouteTable:
@@ -148,18 +150,3 @@ class RouteTable:
                              dtype=self.index_type)
         return concat_ranges(self.indptr[nodes], self.indptr[nodes + 1])
 
-
-def concat_ranges(starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
-    """``concatenate([arange(a, b) for a, b in zip(starts, stops)])`` without the loop.
-
-    Examples
-    --------
-    >>> concat_ranges(np.array([0, 5]), np.array([2, 8])).tolist()
-    [0, 1, 5, 6, 7]
-    """
-    lengths = stops - starts
-    total = int(lengths.sum())
-    if total == 0:
-        return np.zeros(0, dtype=np.int64)
-    offsets = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
-    return np.arange(total, dtype=np.int64) + offsets
