@@ -261,10 +261,8 @@ class RouteSet:
         """The routes where ``keep (R,)`` is True (a route exists only where all allow it)."""
         if keep.all():
             return self
-        counts = np.add.reduceat(keep.astype(np.int64), self.indptr[:-1]) \
-            if len(keep) else np.zeros(len(self.indptr) - 1, np.int64)
-        counts[np.diff(self.indptr) == 0] = 0        # reduceat repeats a value on empty rows
-        return RouteSet(np.concatenate(([0], np.cumsum(counts))), self.indices[keep],
+        kept_before = np.concatenate(([0], np.cumsum(keep, dtype=np.int64)))  # (R + 1,)
+        return RouteSet(kept_before[self.indptr], self.indices[keep],
                         self.n_queries, self.n_keys, self.batch_shape, cross=self.cross)
 
 

@@ -132,6 +132,9 @@ def simulate(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causa
                       causal_alignment=causal_alignment, empty_rows=empty_rows,
                       dropout_mask=dropout_mask, seed=seed, graph=graph,
                       alibi_slopes=alibi_slopes, rope=rope)
+    if problem.sparse is not None:
+        raise InvalidArgumentError("simulate does not take a RouteSet graph yet; pass "
+                                   "graph=routes.to_networkx() or attn_mask=routes.to_mask()")
     tokens = _token_names(graph, labels, key_labels, problem.shape[1], problem.shape[2])
     self_attention = graph is None or "n_queries" not in graph.graph
     routes = RouteTable(problem.allowed, self_attention)
