@@ -154,3 +154,28 @@ def test_routing_table_html_lists_every_route_with_its_share():
     for route in table.routes:
         assert f"{route.share:.4f} ({100 * route.share:.1f}%)" in text
     assert text.count("<tr><td>") == 3
+
+
+def context_parallel_run(trace="full"):
+    q, k, v = np.random.default_rng(8).normal(size=(3, 2, 32, 8))
+    return rs.context_parallel(q, k, v, strategy="ring", cluster=rs.Cluster(devices=4),
+                               is_causal=True, trace=trace, network=rs.Network(
+                                   loss=0.2, duplicate=0.2, retries=20, seed=1))
+
+
+def test_context_parallel_page_has_devices_transfers_and_byte_shares(tmp_path):
+    prun = context_parallel_run()
+    _, data = page_of(prun.to_html(tmp_path / "cp.html"))
+    transfers = prun.trace.transfers
+    assert data["queries"] == [f"device {d}" for d in range(4)] and data["whatIf"] is False
+    assert len(data["messages"]["kind"]) == len(transfers)
+    received = np.zeros((4, 4))                                         # (dst, src) bytes
+    for t in transfers:
+        if t["fate"] == "delivered":
+            received[t["dst"], t["src"]] += t["bytes"]
+    for device, rows in enumerate(data["heads"][0]["tables"]):
+        shares = {row[0]: float(row[2]) for row in rows}
+        assert shares == {src: received[device, src] / received[device].sum()
+                          for src in np.flatnonzero(received[device])}
+    with pytest.raises(rs.InvalidArgumentError, match="summary trace"):
+        context_parallel_run("summary").to_html(tmp_path / "summary.html")

@@ -333,3 +333,27 @@ def test_play_pause_and_step_move_the_clock(scenarios, opened):
     page.click('[data-role="step-back"]')
     assert page.evaluate(value) == pytest.approx(events[events < events[events > paused][0]][-1],
                                                  rel=1e-14)
+
+
+def test_context_parallel_page_counts_transfers_in_flight(tmp_path, opened):
+    q, k, v = inputs((2, 32, 8), 8)
+    prun = rs.context_parallel(q, k, v, strategy="ring", cluster=rs.Cluster(devices=4),
+                               is_causal=True, network=rs.Network(loss=0.2, duplicate=0.2,
+                                                                  retries=20, seed=1))
+    page = opened(prun.to_html(tmp_path / "cp.html"))
+    arrived = [t for t in prun.trace.transfers if t["arrived"] is not None]
+    sent = np.array([t["sent"] for t in arrived])
+    arrive = np.array([t["arrived"] for t in arrived])
+    edges = np.unique(np.concatenate((sent, arrive)))
+    times = np.concatenate((edges, (edges[:-1] + edges[1:]) / 2))
+    for t, text in page.scrub([repr(float(t)) for t in times]):
+        assert int(text.split()[0]) == np.sum((sent <= t) & (t < arrive))
+    page.click_token(2)
+    received = {}
+    for t in prun.trace.transfers:
+        if t["fate"] == "delivered" and t["dst"] == 2:
+            received[t["src"]] = received.get(t["src"], 0) + t["bytes"]
+    assert {j: float(s) for j, s in page.table().items()} == \
+        {src: size / sum(received.values()) for src, size in received.items()}
+    assert page.page.locator('[data-role="what-if-panel"]').is_hidden()
+    non_blank(page.page.screenshot())

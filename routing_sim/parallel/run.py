@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -95,6 +96,14 @@ class ParallelRun:
     strategy: str
     layout: str
     cluster: Cluster
+
+    def to_html(self, path) -> Path:
+        """Write the offline replay page of this run: the devices as nodes and every
+        transfer moving between them in simulated time (see ``docs/en/watching.md``).
+        Needs ``trace="full"`` (or ``"auto"`` below its limit). Returns the path."""
+        from ..replay import write_cluster_html
+
+        return write_cluster_html(self, path)
 
     def __repr__(self) -> str:
         stats = self.stats

@@ -15,9 +15,10 @@ from importlib import resources
 from pathlib import Path
 
 from ..errors import InvalidArgumentError
+from .cluster import cluster_data, cluster_title
 from .data import ANIMATED_LIMIT, page_data
 
-__all__ = ["ANIMATED_LIMIT", "page_data", "page_html", "write_html"]
+__all__ = ["ANIMATED_LIMIT", "page_data", "page_html", "write_cluster_html", "write_html"]
 
 
 def page_html(data: dict, title: str) -> str:
@@ -39,6 +40,16 @@ def page_html(data: dict, title: str) -> str:
 def write_html(run, path, trace=None, stats=None, phase: str = "forward") -> Path:
     """Write the replay page of ``run`` (messages from ``trace``, default its own) to
     ``path``; returns the path."""
+    return _write(path, lambda: page_html(page_data(run, trace, stats, phase),
+                                          title_of(run, phase)))
+
+
+def write_cluster_html(prun, path) -> Path:
+    """Write the replay page of a context-parallel run: devices and their transfers."""
+    return _write(path, lambda: page_html(cluster_data(prun), cluster_title(prun)))
+
+
+def _write(path, page) -> Path:
     if not isinstance(path, (str, os.PathLike)):
         raise InvalidArgumentError(f"path must be a file path (str or pathlib.Path), got "
                                    f"{type(path).__name__}")
@@ -46,8 +57,7 @@ def write_html(run, path, trace=None, stats=None, phase: str = "forward") -> Pat
     if not path.parent.is_dir():
         raise InvalidArgumentError(f"path {str(path)!r}: directory {str(path.parent)!r} does "
                                    "not exist")
-    path.write_text(page_html(page_data(run, trace, stats, phase), title_of(run, phase)),
-                    encoding="utf-8")
+    path.write_text(page(), encoding="utf-8")
     return path
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from ..messages import Kind
 from ..transport import Fate
 
-__all__ = ["ANIMATED_LIMIT", "group_name", "page_data"]
+__all__ = ["ANIMATED_LIMIT", "group_name", "page_data", "steps"]
 
 ANIMATED_LIMIT = 6000    # messages the page animates; beyond, a seeded sample of routes
 
@@ -64,7 +64,7 @@ def _add_messages(data: dict, trace) -> None:
     delivered = trace.fate == Fate.DELIVERED                            # (M,)
     for group, head in enumerate(data["heads"]):
         mine = delivered & (trace.group == group)
-        head["inFlight"] = {"sent": _steps(trace.sent[mine]), "arrive": _steps(trace.arrive[mine])}
+        head["inFlight"] = {"sent": steps(trace.sent[mine]), "arrive": steps(trace.arrive[mine])}
     shown = np.ones(len(trace.kind), bool)                              # (M,)
     if len(trace.kind) > ANIMATED_LIMIT:
         routes = np.unique(trace.route)
@@ -91,7 +91,7 @@ def _table(run, batch_shape: tuple[int, ...], group: int, token: int) -> list[li
              _number(route.arrived)] for route in table.routes]
 
 
-def _steps(times: np.ndarray) -> list[list]:
+def steps(times: np.ndarray) -> list[list]:
     """``[distinct times, how many are <= each]``: a count of times <= t by bisection."""
     distinct, counts = np.unique(times, return_counts=True)
     return [distinct.tolist(), np.cumsum(counts).tolist()]

@@ -11,11 +11,14 @@
     QUERY: "#1f77b4", SCORE: "#ff7f0e", PULL: "#2ca02c", VALUE: "#9467bd",
     GRAD_OUTPUT: "#d62728", GRAD_SHARE: "#8c564b", GRAD_SCORE: "#e377c2", GRAD_KEY: "#17becf",
   };
+  const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#d62728", "#8c564b", "#e377c2", "#17becf"];
+  const colourOf = (kind) => COLOURS[D.kinds[kind]] || PALETTE[kind % PALETTE.length];
   const DELIVERED = 0;
   const W = 960;
   const H = D.selfAttention ? 400 : 360;
   const role = (name) => document.querySelector(`[data-role="${name}"]`);
   const M = D.messages;
+  const cluster = D.phase === "cluster";                // devices and transfers, not tokens
   const state = { head: 0, token: D.queries.length - 1, t: 0, playing: false, speed: 1,
                   temperature: 1, topK: null, last: null };
 
@@ -54,8 +57,9 @@
 
   // ---- numbers ----------------------------------------------------------------------
   // A key token's name in tables: its label and position (labels repeat: "the").
-  const keyName = (j) => D.keys[j] === `#${j}` ? D.keys[j] : `${D.keys[j]} (#${j})`;
-  const fmt = (x) => x === null ? "-" : Math.abs(x) < 1e4 ? x.toFixed(3) : x.toPrecision(4);
+  const keyName = (j) => D.keys[j] === `#${j}` || cluster ? D.keys[j] : `${D.keys[j]} (#${j})`;
+  const fmt = (x) => x === null ? "-" : x === 0 ? "0"
+    : Math.abs(x) < 1e4 && Math.abs(x) >= 0.01 ? x.toFixed(3) : x.toExponential(3);
   // How many of the times behind steps = [distinct times, running counts] are <= t.
   function countUpTo(steps, t) {
     const [times, counts] = steps;
@@ -111,6 +115,7 @@
     "text { font: 12px system-ui, sans-serif; fill: #1d232b; paint-order: stroke; stroke: #fff; stroke-width: 3px; }",
     ".token circle { fill: #fff; stroke: #4a5560; stroke-width: 1.5; cursor: pointer; }",
     ".token.done circle { fill: #cdeed8; }",
+    ".token.busy circle { fill: #ffd98a; }",
     ".token.selected circle { stroke: #0b6bcb; stroke-width: 3.5; }",
     ".key-token circle { fill: #f3f0ff; stroke: #6a5acd; stroke-width: 1.5; }",
     ".route { fill: none; stroke: #0b6bcb; stroke-opacity: 0.28; cursor: help; }",
@@ -132,7 +137,8 @@
                                  "text-anchor": "middle" }, labelLayer);
     label.textContent = name;
     if (spacing(D.queries.length) < 22 && i % Math.ceil(22 / spacing(D.queries.length))) label.setAttribute("visibility", "hidden");
-    make("title", {}, group).textContent = `query token ${name}: click for its routing table`;
+    make("title", {}, group).textContent = cluster ? `${name}: click for the bytes it received`
+      : `query token ${name}: click for its routing table`;
     group.addEventListener("click", () => selectToken(i));
     return group;
   });
@@ -208,7 +214,7 @@
           const circle = dot(shown++);
           circle.setAttribute("cx", at.x);
           circle.setAttribute("cy", at.y);
-          circle.setAttribute("fill", COLOURS[D.kinds[M.kind[m]]] || "#555");
+          circle.setAttribute("fill", colourOf(M.kind[m]));
           circle.setAttribute("stroke", M.copy[m] || M.attempt[m] ? "#000" : "#fff");
           circle.setAttribute("stroke-width", M.copy[m] || M.attempt[m] ? 1.6 : 1);
           circle.setAttribute("stroke-dasharray", M.copy[m] ? "2 2" : "none");
@@ -221,7 +227,11 @@
     for (let k = shown; k < dots.length; k++) dots[k].style.display = "none";
     for (let k = lost; k < crosses.length; k++) crosses[k].style.display = "none";
     const completed = D.heads[state.head].completed;
-    tokens.forEach((token, i) => token.classList.toggle("done", D.heads[state.head].tables[i].length > 0 && completed[i] <= t));
+    const busy = D.heads[state.head].busy;
+    tokens.forEach((token, i) => {
+      token.classList.toggle("done", (cluster || D.heads[state.head].tables[i].length > 0) && completed[i] <= t);
+      token.classList.toggle("busy", Boolean(busy) && busy[i].some(([start, stop]) => start <= t && t < stop));
+    });
     caption.textContent = `${D.heads[state.head].name}, t = ${fmt(t)}`;
   }
 
@@ -296,7 +306,8 @@
   function renderTable() {
     const head = D.heads[state.head], i = state.token;
     const rows = head.tables[i];
-    role("table-title").textContent = `routing table of query token ${D.queries[i]}, ${head.name}`;
+    role("table-title").textContent = cluster ? `what ${D.queries[i]} received, by sender`
+      : `routing table of query token ${D.queries[i]}, ${head.name}`;
     const body = role("routing-table");
     body.replaceChildren();
     for (const [j, score, share, bytes, arrived] of rows) {
@@ -306,15 +317,16 @@
       cell(row, keyName(j));
       cell(row, score === null ? "-" : score.toFixed(3));
       bar(row.insertCell(), Number(share), `${percent(Number(share))}  ${Number(share).toFixed(4)}`);
-      cell(row, bytes ? `${bytes} B` : "dropped");
+      cell(row, bytes ? `${bytes.toLocaleString("en")} B` : "dropped");
       cell(row, arrived === null ? "-" : `t = ${fmt(arrived)}`);
       row.addEventListener("mousemove", (event) => { hotRoute(j, true); showTooltip(event, lifeOf(i, j)); });
       row.addEventListener("mouseleave", () => { hotRoute(j, false); hideTooltip(); });
     }
     const done = head.completed[i];
-    role("table-footer").textContent = rows.length
-      ? `${rows.length} routes; output complete at t = ${fmt(done)}; shares are the run's own (run.weights)`
-      : "no routes: this token cannot reach any key";
+    role("table-footer").textContent = cluster
+      ? `${rows.length} senders; device finished at t = ${fmt(done)} s`
+      : rows.length ? `${rows.length} routes; output complete at t = ${fmt(done)}; shares are the run's own (run.weights)`
+        : "no routes: this token cannot reach any key";
   }
   function hotRoute(j, on) {
     for (const path of routeLayer.querySelectorAll(`[data-route="${j}"]`)) path.classList.toggle("hot", on);
@@ -337,6 +349,7 @@
     return shares;
   }
   function renderWhatIf() {
+    if (D.whatIf === false) return;
     const head = D.heads[state.head], i = state.token, rows = head.tables[i];
     const T = Number(temperature.value);
     topK.max = String(Math.max(1, rows.length));
@@ -426,14 +439,23 @@
   for (const kind of kindsShown) {
     const item = document.createElement("span");
     const swatch = document.createElement("i");
-    swatch.style.background = COLOURS[D.kinds[kind]];
+    swatch.style.background = colourOf(kind);
     item.append(swatch, D.kinds[kind]);
     legend.appendChild(item);
   }
   legend.appendChild(Object.assign(document.createElement("span"), {
-    textContent: "black ring: retry · dashed ring: network duplicate · red ×: lost or dropped · green token: output complete · blue curves: the selected token's routes (width = share)",
+    textContent: `black ring: retry · dashed ring: network duplicate · red ×: lost or dropped · green node: done${cluster ? " · amber: computing" : ""} · blue curves: the selected node's routes (width = share)`,
   }));
   const notes = [];
+  if (D.columns) {
+    document.querySelectorAll(".routes")[0].querySelectorAll("th").forEach((th, c) => { th.textContent = D.columns[c]; });
+  }
+  if (D.whatIf === false) role("what-if-panel").hidden = true;
+  if (cluster) {
+    role("lead").textContent = "Every device is a node. Watch the transfers of the context-parallel protocol move between them (time in seconds); a device is amber while it computes and green once it is done. Click a device for where the bytes it received came from.";
+    notes.push("Context-parallel run: the nodes are devices, the messages transfers; there are no per-token routing tables or scores, so the what-if panel is off.");
+  }
+  if (D.phase === "backward") role("lead").textContent = "Every token is a node. Watch the gradients travel back along the forward routes: dO to the value holders, dP back, dS after the softmax Jacobian, and s·dS·k back to the query tokens.";
   if (D.phase === "backward") notes.push("Backward pass: the messages carry gradients back along the forward routes; the tables are the forward pass's routing tables.");
   if (D.sample) notes.push(`The animation shows a seeded sample: ${D.sample.messages} of ${D.sample.of} messages (${D.sample.routes} of ${D.sample.ofRoutes} routes, each route whole). Tables and in-flight counts are exact.`);
   if (!M) notes.push("This run kept a summary trace: there are no messages to animate (simulate with trace='full'). The tables are exact.");
