@@ -84,15 +84,19 @@ def tolerance(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_caus
     return problem.unflatten(output_tol), problem.unflatten(weight_tol)
 
 
-def verdict(output: np.ndarray, weights: np.ndarray, query, key, value, **arguments) -> Verdict:
+def verdict(output: np.ndarray, weights: np.ndarray | None, query, key, value,
+            **arguments) -> Verdict:
     """Compare a simulated output and weights with :func:`~routing_sim.attention`.
 
-    ``arguments`` are the attention arguments the simulation used.
+    ``arguments`` are the attention arguments the simulation used. ``weights=None``
+    compares the output only (protocols that never form the whole routing table, such
+    as context parallelism).
     """
     ref_output, ref_weights = attention(query, key, value, return_weights=True, **arguments)
     output_tol, weight_tol = tolerance(query, key, value, **arguments)
     output_error = np.abs(np.asarray(output, np.float64) - ref_output)
-    weight_error = np.abs(np.asarray(weights, np.float64) - ref_weights)
+    weight_error = (np.zeros(()) if weights is None
+                    else np.abs(np.asarray(weights, np.float64) - ref_weights))
     empty = np.isnan(ref_output)
     same_nans = np.array_equal(np.isnan(output), empty)
     return Verdict(
