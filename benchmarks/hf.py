@@ -43,12 +43,11 @@ def _measure(quick: bool) -> list[tuple]:
     found = []
     for n in ([128, 512] if quick else [128, 512, 2048]):
         ids = torch.randint(3, 90, (1, n), generator=torch.Generator().manual_seed(n))
-        repeats = 1 if n > 1024 or quick else 5
-        t_sdpa = _best(lambda: sdpa(ids), repeats)
-        with rs.hf.record(limit=2, trace="summary") as rec:
-            t_ours = _best(lambda: ours(ids), 1)
+        with rs.hf.record(limit=2, trace="summary") as rec, torch.no_grad():
+            ours(ids)
         messages = sum(r.run.stats.total_messages for r in rec.runs)
-        t_ours = min(t_ours, _best(lambda: ours(ids), repeats - 1)) if repeats > 1 else t_ours
+        t_ours, t_sdpa = _best_pair(lambda: ours(ids), lambda: sdpa(ids),
+                                    1 if n > 1024 or quick else 5)
         found.append((f"hf llama forward n={n}", t_ours, t_sdpa, "SDPA", messages, None,
                       "2 layers, target <= 10x at n=512" if n == 512 else "2 layers"))
     found += _generation(ours, sdpa, quick)
@@ -64,12 +63,12 @@ def _generation(ours, sdpa, quick: bool) -> list[tuple]:
     ids = torch.randint(3, 90, (1, PROMPT), generator=torch.Generator().manual_seed(1))
     settings = {"max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS,
                 "do_sample": False, "pad_token_id": 0}
-    repeats = 1 if quick else 2
-    t_sdpa = _best(lambda: sdpa.generate(ids, **settings), repeats)
-    with rs.hf.record(limit=1000, trace="summary") as rec:
-        t_ours = _best(lambda: ours.generate(ids, **settings), 1)
-    steps = [r for r in rec.runs if r.step > 0]
-    per_step = sum(r.run.stats.total_messages for r in steps) // max(1, len({r.step for r in steps}))
+    with rs.hf.record(limit=1000, trace="summary") as rec, torch.no_grad():
+        ours.generate(ids, **settings)
+    t_ours, t_sdpa = _best_pair(lambda: ours.generate(ids, **settings),
+                                lambda: sdpa.generate(ids, **settings), 1 if quick else 3)
+    steps = [r for r in rec.runs if r.step > 0]                        # one query each
+    per_step = sum(r.run.stats.total_messages for r in steps) // len({r.step for r in steps})
     return [(f"hf greedy {NEW_TOKENS} tokens, per token", t_ours / NEW_TOKENS,
              t_sdpa / NEW_TOKENS, "SDPA", per_step, None,
              f"prompt {PROMPT}; messages per generated token (1 query node per layer and head)")]
@@ -89,20 +88,23 @@ def _one_query_step(ours, name: str) -> tuple:
     mask = torch.ones(1, 1, 1, PROMPT + NEW_TOKENS, dtype=torch.bool)
     ours_call = AttentionInterface()[name]
     arguments = (module, query, key, value, mask)
-    t_sdpa = _best(lambda: sdpa_attention_forward(*arguments, scaling=0.25), 50)
-    t_ours = _best(lambda: ours_call(*arguments, scaling=0.25), 50)
+    t_ours, t_sdpa = _best_pair(lambda: ours_call(*arguments, scaling=0.25),
+                                lambda: sdpa_attention_forward(*arguments, scaling=0.25), 50)
     messages = 4 * 4 * (PROMPT + NEW_TOKENS)
     return ("hf one-query step, S=160", t_ours, t_sdpa, "SDPA", messages, None,
             f"per-call overhead {1e3 * (t_ours - t_sdpa):.2f} ms")
 
 
-def _best(run: Callable[[], object], repeats: int) -> float:
+def _best_pair(ours: Callable[[], object], sdpa: Callable[[], object], repeats: int
+               ) -> tuple[float, float]:
+    """Best times of both, measured alternately so a busy machine slows both alike."""
     import torch
 
-    best = float("inf")
+    best = [float("inf"), float("inf")]
     with torch.no_grad():
         for _ in range(repeats):
-            start = time.perf_counter()
-            run()
-            best = min(best, time.perf_counter() - start)
-    return best
+            for index, run in enumerate((ours, sdpa)):
+                start = time.perf_counter()
+                run()
+                best[index] = min(best[index], time.perf_counter() - start)
+    return best[0], best[1]

@@ -282,3 +282,47 @@ def test_cli_hf_refuses_bad_input(tmp_path, capsys):
     assert errors == [f"routing-sim: error: --model must be a local checkpoint directory with "
                       f"a config.json, got {str(tmp_path)!r}",
                       "routing-sim: error: --tokens needs at least one word"]
+
+
+def _sdpa_reference(module, q, k, v, mask, **kwargs):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    return sdpa_attention_forward(module, q, k, v, mask, **kwargs)[0]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_every_mask_form_equals_sdpa(backend, seed):
+    """The backend reads each argument form transformers sends as SDPA does.
+
+    Bool and float masks (padding rows included), None with and without causal inference,
+    a KV cache (query shorter than keys, L = 1 or L > 1 with a mask), GQA, scaling and T5's
+    position_bias, on random inputs.
+    """
+    from transformers import AttentionInterface
+
+    rng = np.random.default_rng(seed)
+    batch_size, kv_heads, groups = 2, 2, int(rng.choice([1, 2]))
+    n_keys = int(rng.integers(2, 9))
+    n_queries = int(rng.choice([1, n_keys, max(1, n_keys - 3)]))
+    module = torch.nn.Module()
+    module.is_causal, module.num_key_value_groups = bool(rng.integers(2)), groups
+    tensor = lambda *shape: torch.from_numpy(rng.normal(size=shape) * 2)  # noqa: E731
+    q = tensor(batch_size, kv_heads * groups, n_queries, 16)
+    k, v = tensor(batch_size, kv_heads, n_keys, 16), tensor(batch_size, kv_heads, n_keys, 16)
+    form = ["none", "bool", "float"][seed % 3]
+    mask = None
+    if form == "bool":
+        offset = n_keys - n_queries                                   # cached tokens
+        allowed = np.tril(np.ones((n_queries, n_keys), bool), k=offset)  # bottom-right
+        allowed = np.broadcast_to(allowed, (batch_size, 1, n_queries, n_keys)).copy()
+        allowed[1, ..., : n_keys // 2] = False                        # left padding
+        mask = torch.from_numpy(allowed)
+    elif form == "float":
+        mask = tensor(batch_size, 1, n_queries, n_keys)
+        mask[rng.random(mask.shape) < 0.3] = -torch.inf
+        mask[..., -1] = 0.0                                           # no empty row
+    kwargs = {"scaling": float(rng.uniform(0.1, 1.0))}
+    if seed % 4 == 3:
+        kwargs["position_bias"] = tensor(1, kv_heads * groups, n_queries, n_keys)
+    ours = AttentionInterface()[backend](module, q, k, v, mask, **kwargs)[0]
+    assert_close(ours, _sdpa_reference(module, q, k, v, mask, **kwargs))

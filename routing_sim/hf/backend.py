@@ -13,9 +13,10 @@ PyTorch SDPA receives, and reads them the way SDPA does:
   more than one token and the module is causal, otherwise every key; with a KV cache and
   a one-token query this is the bottom-right alignment (the new token sees every key);
 - ``position_bias`` (T5) is an additive per-head bias on the allowed routes;
-- ``scaling``, grouped-query heads (``module.num_key_value_groups``) and, in training,
-  ``dropout`` (routing_sim's dropout: routes dropped after the softmax, survivors scaled by
-  ``1 / (1 - p)``, the draw seeded from torch's generator) carry over.
+- ``scaling``, grouped-query heads (``module.num_key_value_groups``: the key/value heads
+  are repeated for their query heads) and, in training, ``dropout`` (routing_sim's
+  dropout: routes dropped after the softmax, survivors scaled by ``1 / (1 - p)``, the draw
+  seeded from torch's generator) carry over.
 
 What it cannot do exactly it refuses with :class:`~routing_sim.InvalidArgumentError`:
 soft-capping (``softcap``) on a routing_sim without ``score_mod``, a sliding window that
@@ -148,6 +149,11 @@ def _attention_function(name: str):
         causal = bool(n_queries > 1 and attention_mask is None and causal)
         bias = _additive_bias(attention_mask, position_bias, causal, n_queries, n_keys)
         groups = getattr(module, "num_key_value_groups", 1)
+        if groups > 1:
+            # Each key/value head serves `groups` query heads. Repeating them here (as HF's
+            # SDPA path does) gives the same routes and bits as simulate's enable_gqa at half
+            # its cost today, and autograd sums the repeated heads' gradients back.
+            key, value = (x.repeat_interleave(groups, dim=1) for x in (key, value))
         options = dict(_OPTIONS[name])
         recorder = record.active()
         if recorder is not None:
@@ -157,8 +163,7 @@ def _attention_function(name: str):
         if dropout:
             seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
         arguments = {"is_causal": causal and bias is None, "scale": scaling,
-                     "enable_gqa": groups > 1, "dropout_p": float(dropout), "seed": seed,
-                     **options}
+                     "dropout_p": float(dropout), "seed": seed, **options}
         mask = bias if bias is not None else attention_mask
         output, run = simulated_attention(query, key, value, mask, arguments)
         if recorder is not None:
