@@ -15,15 +15,20 @@ FOLDER = Path(__file__).resolve().parent.parent / "scenarios"
 NAMES = sorted(scenarios.available())
 # Scenarios that need an optional extra, and the modules it provides.
 EXTRAS = {"real_model": ("torch", "transformers")}
+# A training run of ~30 s whose printed digits are not promised from machine to machine
+# (issue 18 asks that its numbers are not asserted): it has no golden file, and
+# test_heads_specialise.py checks what it shows (specialisation, losses, bit-identical reruns).
+TRAINED = ("heads_specialise",)
+GOLDEN = [name for name in NAMES if name not in TRAINED]
 
 
 def test_every_scenario_has_a_golden_file_and_a_summary():
-    assert len(NAMES) >= 8
-    assert sorted(p.stem for p in FOLDER.glob("*.out")) == NAMES
+    assert len(GOLDEN) >= 8 and set(TRAINED) <= set(NAMES)
+    assert sorted(p.stem for p in FOLDER.glob("*.out")) == GOLDEN
     assert all(scenarios.available()[name] for name in NAMES)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", GOLDEN)
 def test_scenario_output_matches_its_golden_file(name, capsys):
     missing = [m for m in EXTRAS.get(name, ()) if importlib.util.find_spec(m) is None]
     if missing:
