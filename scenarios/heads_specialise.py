@@ -89,7 +89,7 @@ def loss_and_gradient(output: np.ndarray, target: np.ndarray) -> tuple[float, np
 
 
 def shares(weights: np.ndarray, relations: dict[str, np.ndarray]) -> np.ndarray:
-    """``(H, R)``: each head's mean share on each relation's routes, from weights ``(B, H, L, S)``."""
+    """``(H, R)``: each head's mean share on each relation's routes; weights ``(B, H, L, S)``."""
     return np.stack([(weights * routes[:, None] if routes.ndim == 3 else weights * routes)
                      .sum(axis=-1).mean(axis=(0, 2))               # (H,)
                      for routes in relations.values()], axis=1)
@@ -127,14 +127,17 @@ def _fit(heads: int, seed: int, steps: int
     weights = layer.state_dict()
     first = {name: np.zeros_like(w) for name, w in weights.items()}
     second = {name: np.zeros_like(w) for name, w in weights.items()}
-    losses, history = [], []
+    losses: list[float] = []
+    history: list[np.ndarray] = []
     for step in range(1, steps + 1):
         x, content, relations = sentences(rng, BATCH)
         output, _ = layer(x, x, x, need_weights=False, trace="summary")
         loss, d_output = loss_and_gradient(output, targets(content, relations))
         losses.append(loss)
         grads = layer.gradients(x, x, x, d_output, trace="summary")
-        history.append(shares(layer.last_run.weights, relations))  # (H, R) on this batch
+        run = layer.last_run                                       # the heads, run as messages
+        assert run is not None
+        history.append(shares(run.weights, relations))             # (H, R) on this batch
         for name, gradient in grads.items():
             if name in weights:
                 first[name] = 0.9 * first[name] + 0.1 * gradient
@@ -145,8 +148,13 @@ def _fit(heads: int, seed: int, steps: int
     return layer, losses, np.array(history)                        # history (steps, H, R)
 
 
-def main(plot_path: str | None = None, seed: int = 0, steps: int | None = None) -> None:
-    result = train(seed, steps)
+def main(plot_path: str | None = None, seed: int | str = 0, steps: int | str | None = None
+         ) -> None:
+    """Train, print the tables and the losses, and save the figure when given a path.
+
+    ``routing-sim run heads_specialise heads.png 3`` passes the seed as text.
+    """
+    result = train(int(seed), None if steps is None else int(steps))
     x, relations = result.batch, result.relations
     before, after = (_routing(layer, x) for layer in (result.untrained, result.model))
     share = shares(after.weights, relations)                       # (H, R)
@@ -160,8 +168,8 @@ def main(plot_path: str | None = None, seed: int = 0, steps: int | None = None) 
                                                  for name, routes in relations.items()})
     print("\nafter training, where each token of sentence 0 sends its biggest share:")
     print("          token " + "".join(f"{i:>3}" for i in range(TOKENS)))
-    for head in range(len(RELATIONS)):
-        print(f"  head {head}        " + "".join(f"{j:>3}" for j in after.weights[0, head].argmax(-1)))
+    for head, table in enumerate(after.weights[0]):                # (L, S) per head
+        print(f"  head {head}        " + "".join(f"{j:>3}" for j in table.argmax(-1)))
     print(f"\nshare of each head's budget on each relation ({len(x)} test sentences):")
     print(" " * 12 + "".join(f"{name:>16}" for name in RELATIONS) + "   matched to")
     one_head = shares(_routing(result.baseline, x).weights, relations)[0]
@@ -183,9 +191,12 @@ def _heads(layer: rs.MultiHeadAttention, x: np.ndarray
            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The layer's queries, keys and values per head ``(B, H, L, d)``, projected by hand."""
     biases = np.split(layer.state_dict()["in_proj_bias"], 3)
-    projected = [x @ weight.T + bias for weight, bias in zip(layer.projections(), biases)]
-    return tuple(p.reshape(*p.shape[:2], layer.num_heads, -1).transpose(0, 2, 1, 3)
-                 for p in projected)                                # each (B, H, L, d)
+    q, k, v = (x @ weight.T + bias for weight, bias in zip(layer.projections(), biases))
+
+    def split(p: np.ndarray) -> np.ndarray:                        # (B, L, E) -> (B, H, L, d)
+        return p.reshape(*p.shape[:2], layer.num_heads, -1).transpose(0, 2, 1, 3)
+
+    return split(q), split(k), split(v)
 
 
 def _routing(layer: rs.MultiHeadAttention, x: np.ndarray) -> rs.Run:
