@@ -28,8 +28,9 @@ from .parallel import ParallelRun, context_parallel
 from .positions import RotaryEmbedding
 from .reference import attention, attention_backward
 from .routeset import RouteSet
-from .run import DroppedRoute, Route, RoutingTable, Run, Stats
-from .simulate import simulate
+from .run import DroppedRoute, Route, RoutingTable, Run
+from .simulation import simulate
+from .stats import Stats
 from .sweep import sweep
 from .trace import Trace
 

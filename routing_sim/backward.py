@@ -17,57 +17,21 @@ cannot be delivered raises :class:`~routing_sim.DeliveryError`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable
-
 import numpy as np
 import simpy
 
 from .errors import DeliveryError
 from .messages import BACKWARD, Kind, payload_bytes
-from .protocol import TokenNodes, TwoPhaseNodes
+from .barrier import gather, scores_of
+from .network import Network
 from .reference import _upstream
-from .run import Stats
+from .retries import TokenNodes
+from .state import ForwardState
+from .stats import Gradients, Stats
 from .trace import Trace
 from .transport import Deliveries, Transport
 
-__all__ = ["Gradients", "backward"]
-
-
-@dataclass(frozen=True)
-class Gradients:
-    """Gradients with respect to the simulated inputs, and the messages that carried them."""
-
-    query: np.ndarray
-    key: np.ndarray
-    value: np.ndarray
-    stats: Stats
-    trace: Trace
-    _score: Callable[[], np.ndarray] = field(repr=False, compare=False)
-    _run: object = field(default=None, repr=False, compare=False)   # the forward Run
-
-    def score(self) -> np.ndarray:
-        """The gradient of every score ``s_ij`` (scaled, bias included), shape (..., L, S).
-
-        It is what the GRAD_SCORE messages carried, zero where there is no route, and the
-        gradient of an additive ``attn_mask`` or bias (a float mask enters the score as is).
-
-        Examples
-        --------
-        >>> import numpy as np, routing_sim as rs
-        >>> q, k, v = np.random.default_rng(0).normal(size=(3, 3, 2))
-        >>> d_output = np.ones((3, 2))
-        >>> d_score = rs.simulate(q, k, v, is_causal=True).backward(d_output).score()
-        >>> d_score.shape, bool(d_score[0, 1] == 0)
-        ((3, 3), True)
-        >>> weights = rs.attention(q, k, v, is_causal=True, return_weights=True)[1]
-        >>> d_share = d_output @ v.T                                   # (L, S)
-        >>> expected = weights * (d_share - (weights * d_share).sum(-1, keepdims=True))
-        >>> bool(np.allclose(d_score, expected, rtol=1e-12, atol=1e-15))
-        True
-        """
-        return self._score()
+__all__ = ["BackwardNodes", "backward"]
 
     def to_html(self, path) -> Path:
         """Write the offline replay page of the backward pass: the gradient messages moving
@@ -83,7 +47,8 @@ class BackwardNodes(TokenNodes):
 
     REQUESTS = (Kind.GRAD_OUTPUT, Kind.GRAD_SCORE)
 
-    def __init__(self, forward: TwoPhaseNodes, upstream: np.ndarray, transport: Transport):
+    def __init__(self, forward: ForwardState, upstream: np.ndarray, transport: Transport
+                 ) -> None:
         super().__init__(forward.problem, forward.routes, transport)
         routes, problem = forward.routes, forward.problem
         groups, n_queries, n_keys, dim, value_dim = problem.shape
@@ -120,17 +85,17 @@ class BackwardNodes(TokenNodes):
         self._settled = {name: np.zeros_like(needed) for name, needed in self._needed.items()}
         self._latest = {name: np.full(len(needed), -np.inf)
                         for name, needed in self._needed.items()}
-        self._handlers = {Kind.GRAD_OUTPUT: self.on_output, Kind.GRAD_SHARE: self.on_share,
+        self.handlers = {Kind.GRAD_OUTPUT: self.on_output, Kind.GRAD_SHARE: self.on_share,
                           Kind.GRAD_SCORE: self.on_score, Kind.GRAD_KEY: self.on_key}
 
     def start(self) -> None:
         """At time 0 every query node sends dO_i to the tokens whose values it pulled."""
-        self._request(Kind.GRAD_OUTPUT, np.flatnonzero(self.pulled), 0.0, 0)
+        self.request(Kind.GRAD_OUTPUT, np.flatnonzero(self.pulled), 0.0, 0)
 
     def on_output(self, batch: Deliveries) -> None:
         """Key node j: answer with dP_ij; once every dO is in, dV_j = Σ_i w'_ij dO_i."""
-        self._answer(Kind.GRAD_SHARE, batch)
-        routes, times = self._first_answers(batch, self.output_time)
+        self.answer(Kind.GRAD_SHARE, batch)
+        routes, times = self.first_answers(batch, self.output_time)
         for node in self._count("outputs", self.key_node[routes], times):
             routes_in = self._key_routes(node, self.pulled)
             queries = self.routes.query_node[routes_in]
@@ -138,18 +103,18 @@ class BackwardNodes(TokenNodes):
 
     def on_share(self, batch: Deliveries) -> None:
         """Query node i: once every dP is in, apply the softmax Jacobian; send dS."""
-        routes, times = self._first_answers(batch, self.share_time)
+        routes, times = self.first_answers(batch, self.share_time)
         ready = self._count("shares", self.routes.query_node[routes], times)
         sends = [self._jacobian(int(node)) for node in ready]
         if sends:
-            self._request(Kind.GRAD_SCORE, np.concatenate(sends),
-                          self._latest["shares"][self.routes.query_node[np.concatenate(sends)]]
-                          + self._processing, 0)
+            self.request(Kind.GRAD_SCORE, np.concatenate(sends),
+                         self._latest["shares"][self.routes.query_node[np.concatenate(sends)]]
+                         + self.processing, 0)
 
     def on_score(self, batch: Deliveries) -> None:
         """Key node j: answer with s·dS_ij·k_j; once every dS is in, dK_j = s Σ_i dS_ij q_i."""
-        self._answer(Kind.GRAD_KEY, batch)
-        routes, times = self._first_answers(batch, self.score_time)
+        self.answer(Kind.GRAD_KEY, batch)
+        routes, times = self.first_answers(batch, self.score_time)
         problem = self.problem
         for node in self._count("scores", self.key_node[routes], times):
             routes_in = self._key_routes(node, self.in_softmax)
@@ -160,30 +125,30 @@ class BackwardNodes(TokenNodes):
 
     def on_key(self, batch: Deliveries) -> None:
         """Query node i: once every s·dS_ij·k_j is in, dQ_i is their sum."""
-        routes, times = self._first_answers(batch, self.key_time)
+        routes, times = self.first_answers(batch, self.key_time)
         problem = self.problem
         for node in self._count("keys", self.routes.query_node[routes], times):
-            group, _, span = self.forward._node(node)
+            group, _, span = self.forward.span(node)
             mine = self.in_softmax[span]
             keys = self.routes.key_index[span][mine]
             self.d_query[node] = problem.scale * (
-                self.d_score[span][mine] @ self.forward._gather(problem.key[group], keys))
+                self.d_score[span][mine] @ gather(problem.key[group], keys))
             self.done_time[node] = self._latest["keys"][node]
 
     def _jacobian(self, node: int) -> np.ndarray:
         """dS for one query node: w ⊙ (dP' - Σ w dP'), over the routes of its softmax."""
         forward, problem = self.forward, self.problem
-        group, token, span = forward._node(node)
+        group, _, span = forward.span(node)
         mine, pulled = self.in_softmax[span], self.pulled[span]
         keys = self.routes.key_index[span]
         d_share = np.zeros(len(keys), problem.dtype)
-        d_share[pulled] = forward._gather(problem.value[group], keys[pulled]) @ \
+        d_share[pulled] = gather(problem.value[group], keys[pulled]) @ \
             self.upstream[node]                                        # dP_ij = v_j · dO_i
         self.d_share[span] = d_share
         weights = np.zeros(len(keys), problem.dtype)
-        weights[mine] = forward.kernels.budget(*forward._scores_of(span, mine))  # w (no dropout)
-        if forward._kept is not None:
-            d_share = d_share * forward._kept[span] * forward._dropout_scale
+        weights[mine] = forward.kernels.budget(*scores_of(forward, span, mine))  # w (no dropout)
+        if forward.kept is not None:
+            d_share = d_share * forward.kept[span] * forward.dropout_scale
         self.d_score[span] = weights * (d_share - weights @ d_share)
         return np.flatnonzero(mine) + span.start
 
@@ -200,15 +165,16 @@ class BackwardNodes(TokenNodes):
         np.fmax.at(latest, nodes, times)
         return touched[settled[touched] == needed[touched]]
 
-    def _answer_times(self) -> dict[Kind, np.ndarray]:
+    def answer_times(self) -> dict[Kind, np.ndarray]:
         return {Kind.GRAD_OUTPUT: self.share_time, Kind.GRAD_SCORE: self.key_time}
 
-    def _give_up(self, kind: Kind, routes: np.ndarray, times: np.ndarray) -> None:
-        self.dead[routes] = 1
+    def give_up(self, kind: Kind, routes: np.ndarray, times: np.ndarray) -> None:
+        """A gradient message never arrived: the pass fails (see :func:`backward`)."""
+        self.dead[routes] = True
 
 
-def backward(forward: TwoPhaseNodes, d_output, network, delivery: str, detail: str
-             ) -> Gradients:
+def backward(forward: ForwardState, d_output: np.ndarray, network: Network, delivery: str,
+             detail: str) -> Gradients:
     """Run the backward pass of a finished forward run (see :meth:`Run.backward`)."""
     problem, routes = forward.problem, forward.routes
     upstream = _upstream(problem, d_output).reshape(-1, problem.shape[4])
@@ -217,7 +183,7 @@ def backward(forward: TwoPhaseNodes, d_output, network, delivery: str, detail: s
               for kind in BACKWARD}
     log = Trace(detail, routes, nbytes)
     env = simpy.Environment()
-    transport = Transport(env, network, forward.transport.route_latency, nbytes,
+    transport = Transport(env, network, forward.route_latency, nbytes,
                           routes.endpoints, routes.crash_filter(network.crashes), log.record,
                           delivery)
     nodes = BackwardNodes(forward, upstream, transport)

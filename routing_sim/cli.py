@@ -205,7 +205,7 @@ def _run(arguments: argparse.Namespace) -> int:
 def _simulate(arguments: argparse.Namespace):
     from .graphs import causal, complete
     from .network import Network
-    from .simulate import simulate
+    from .simulation import simulate
 
     words = arguments.tokens.split()
     if not words:

@@ -16,7 +16,7 @@ from .errors import InvalidArgumentError, ShapeError
 from .graphs import complete
 from .messages import FORWARD
 from .run import Run
-from .simulate import simulate
+from .simulation import simulate
 
 __all__ = ["Decoder", "DecodeStep"]
 

@@ -6,7 +6,7 @@ import numpy as np
 
 from .graphs import causal
 from .network import Network
-from .simulate import simulate
+from .simulation import simulate
 from .verify import verdict
 
 __all__ = ["demo"]

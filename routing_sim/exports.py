@@ -26,8 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InvalidArgumentError
-from .messages import Kind, Message, towards_key
-from .transport import Fate
+from .messages import Fate, Kind, Message, towards_key
 
 __all__ = ["mermaid_text", "to_csv", "to_jsonl", "to_mermaid", "to_perfetto"]
 
@@ -78,7 +77,7 @@ def perfetto_events(trace) -> dict:
     for index in range(len(trace.kind)):
         kind, group = Kind(int(trace.kind[index])), int(trace.group[index])
         sender, receiver = _nodes(info, kind, int(trace.src[index]), int(trace.dst[index]))
-        fate = "" if delivered[index] else f" ({Fate.NAMES[int(trace.fate[index])]})"
+        fate = "" if delivered[index] else f" ({Fate(int(trace.fate[index])).label})"
         acts[(group, sender)][float(trace.sent[index])].append(f"send {kind.name}{fate}")
         if delivered[index]:
             acts[(group, receiver)][float(trace.arrive[index])].append(f"recv {kind.name}")
@@ -158,7 +157,7 @@ def to_mermaid(trace, query: int | None = None, group: int = 0, fenced: bool = F
         if fate == Fate.DELIVERED:
             marks.append(f"t={float(trace.arrive[index]):g}")
         else:
-            marks.append(f"{Fate.NAMES[fate]}, sent t={float(trace.sent[index]):g}")
+            marks.append(f"{Fate(fate).label}, sent t={float(trace.sent[index]):g}")
         lines.append(f"    n{sender}{arrow}n{receiver}: {kind.name} "
                      f"{_payload(kind, trace, index)} ({', '.join(marks)})")
     header = ["sequenceDiagram"]

@@ -33,7 +33,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["BACKWARD", "FORWARD", "Kind", "Message", "payload_bytes", "towards_key"]
+__all__ = ["BACKWARD", "FORWARD", "Fate", "Kind", "Message", "payload_bytes", "towards_key"]
 
 
 class Kind(IntEnum):
@@ -52,6 +52,26 @@ class Kind(IntEnum):
     def to_key(self) -> bool:
         """True if the message travels from the query token to the key token."""
         return self in (Kind.QUERY, Kind.PULL, Kind.GRAD_OUTPUT, Kind.GRAD_SCORE)
+
+
+class Fate(IntEnum):
+    """What became of a transmission (the trace's ``fate`` column).
+
+    Examples
+    --------
+    >>> Fate.SENDER_DOWN.label
+    'sender down'
+    """
+
+    DELIVERED = 0
+    LOST = 1
+    SENDER_DOWN = 2
+    RECEIVER_DOWN = 3
+
+    @property
+    def label(self) -> str:
+        """The fate as the trace exports spell it."""
+        return self.name.lower().replace("_", " ")
 
 
 FORWARD = (Kind.QUERY, Kind.SCORE, Kind.PULL, Kind.VALUE)

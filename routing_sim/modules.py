@@ -9,7 +9,7 @@ import numpy as np
 
 from .errors import InvalidArgumentError, ShapeError
 from .reference import attention, attention_backward
-from .simulate import simulate
+from .simulation import simulate
 
 __all__ = ["MultiHeadAttention"]
 

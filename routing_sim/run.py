@@ -9,67 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InvalidArgumentError
+from .stats import Gradients, Stats
 from .trace import Trace
 
-__all__ = ["DroppedRoute", "Route", "RoutingTable", "Run", "Stats"]
-
-
-@dataclass(frozen=True)
-class Stats:
-    """Totals of one run.
-
-    ``messages`` and ``bytes`` count transmissions put on the wire, by kind name (QUERY,
-    SCORE, PULL, VALUE), retransmissions included and network duplicates not. ``lost``,
-    ``duplicated``, ``retransmitted``, ``dropped`` (at a crashed node: never sent or
-    arrived while down) and ``ignored`` (copies and late answers an idempotent receiver
-    discarded) say what the network did. ``makespan`` is the simulated time at which the
-    last output was complete; ``latency`` holds per-kind delivery latency percentiles;
-    ``node_bytes`` is ``(bytes sent, bytes received)`` per physical node; ``events`` counts
-    the SimPy events the transport processed.
-    """
-
-    messages: dict[str, int]
-    bytes: dict[str, int]
-    makespan: float
-    events: int
-    delivery: str
-    routes: int
-    lost: dict[str, int] = field(default_factory=dict)
-    duplicated: dict[str, int] = field(default_factory=dict)
-    retransmitted: dict[str, int] = field(default_factory=dict)
-    dropped: dict[str, int] = field(default_factory=dict)
-    ignored: int = 0
-    latency: dict[str, dict[str, float]] = field(default_factory=dict)
-    node_bytes: np.ndarray | None = field(default=None, repr=False)
-
-    @property
-    def total_messages(self) -> int:
-        return sum(self.messages.values())
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(self.bytes.values())
-
-    def __str__(self) -> str:
-        faults = any(sum(d.values()) for d in (self.lost, self.duplicated, self.retransmitted,
-                                                self.dropped))
-        header = f"{'kind':<6} {'messages':>10} {'bytes':>12}"
-        if faults:
-            header += f" {'lost':>6} {'dup':>6} {'resent':>6} {'down':>6}"
-        lines = [header]
-        for kind in self.messages:
-            line = f"{kind:<6} {self.messages[kind]:>10,} {self.bytes[kind]:>12,}"
-            if faults:
-                line += (f" {self.lost.get(kind, 0):>6,} {self.duplicated.get(kind, 0):>6,}"
-                         f" {self.retransmitted.get(kind, 0):>6,} {self.dropped.get(kind, 0):>6,}")
-            lines.append(line)
-        lines.append(f"{'total':<6} {self.total_messages:>10,} {self.total_bytes:>12,}")
-        lines.append(f"{self.routes:,} routes, last output complete at t={self.makespan:.3f}, "
-                     f"{self.events:,} SimPy events ({self.delivery} delivery)")
-        if self.ignored:
-            lines.append(f"{self.ignored:,} duplicate or late answers ignored by idempotent "
-                         "receivers")
-        return "\n".join(lines)
+__all__ = ["DroppedRoute", "Route", "RoutingTable", "Run"]
 
 
 @dataclass(frozen=True)
@@ -168,7 +111,7 @@ class Run:
     _value_bytes: int = field(repr=False)
     dropped: list[DroppedRoute] = field(default_factory=list)
     _stream: list | None = field(default=None, repr=False)
-    _forward: tuple | None = field(default=None, repr=False)   # (nodes, network, delivery)
+    _forward: tuple | None = field(default=None, repr=False)   # (state, network, delivery)
     _positions: tuple[list[int], list[int]] | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
@@ -208,10 +151,10 @@ class Run:
                                        f"token label, got {token!r}")
         return list(positions).index(int(token))
 
-    def backward(self, d_output):
+    def backward(self, d_output) -> Gradients:
         """Gradients of ``sum(output * d_output)``, sent back along the routes as messages.
 
-        Returns :class:`~routing_sim.backward.Gradients` with ``query``, ``key`` and
+        Returns :class:`~routing_sim.stats.Gradients` with ``query``, ``key`` and
         ``value`` (the inputs' shapes), and the backward pass's own ``stats`` and ``trace``
         (see :mod:`routing_sim.backward` for the four message kinds). Covers masks, scale,
         dropout, heads, GQA, cross-attention, RoPE and hard routing; the arithmetic is float.
@@ -232,8 +175,8 @@ class Run:
         """
         from .backward import backward
 
-        nodes, network, delivery = self._forward
-        return replace(backward(nodes, d_output, network, delivery, self.trace.detail),
+        state, network, delivery = self._forward
+        return replace(backward(state, d_output, network, delivery, self.trace.detail),
                        _run=self)
 
     def to_html(self, path) -> Path:

@@ -18,9 +18,9 @@ import numpy as np
 
 from . import exports
 from .errors import InvalidArgumentError, SummaryTraceError
-from .messages import Kind, Message, towards_key
+from .messages import Fate, Kind, Message, towards_key
 from .routes import RouteTable
-from .transport import Fate, constant
+from .strides import constant
 
 __all__ = ["AUTO_FULL_LIMIT", "LATENCY_BINS", "TRACE_DETAILS", "Trace"]
 
@@ -40,7 +40,7 @@ class Trace:
     SCORE, the share of a two-phase PULL; NaN for the vector payloads of QUERY and VALUE,
     and for an online PULL, which is sent before its node knows its share),
     ``attempt`` (0 for the first try), ``copy`` (1 for a network duplicate), ``fate``
-    (see :class:`~routing_sim.transport.Fate`), ``rescale`` (online softmax: the factor
+    (see :class:`~routing_sim.messages.Fate`), ``rescale`` (online softmax: the factor
     a VALUE's arrival applied) and ``id``. ``kind`` and ``fate`` hold codes: compare them
     with :class:`~routing_sim.Kind` and ``Fate`` members; records (``trace[i]``) name them.
 
@@ -59,7 +59,7 @@ class Trace:
         self.nbytes_of = nbytes
         self.kinds = tuple(nbytes)                                     # the kinds it logs
         self.counts = {kind: 0 for kind in Kind}                       # put on the wire
-        self.fates = {kind: np.zeros(len(Fate.NAMES), np.int64) for kind in Kind}
+        self.fates = {kind: np.zeros(len(Fate), np.int64) for kind in Kind}
         self.duplicates = {kind: 0 for kind in Kind}
         self.latency_histogram = {kind: np.zeros(len(LATENCY_BINS) - 1, np.int64) for kind in Kind}
         self.node_bytes = np.zeros((routes.n_groups * routes.span, 2), np.int64)  # sent, received
@@ -91,7 +91,7 @@ class Trace:
             arrived = fate == Fate.DELIVERED
             self.counts[kind] += int(left.sum())
             self.duplicates[kind] += int((~originals).sum())
-            self.fates[kind] += np.bincount(fate, minlength=len(Fate.NAMES))
+            self.fates[kind] += np.bincount(fate, minlength=len(Fate))
             self._add_latency(kind, batch.arrive[arrived] - batch.sent[arrived])
             self.node_bytes[:, 0] += np.bincount(senders[left],
                                                  minlength=len(self.node_bytes)) * size
@@ -265,7 +265,7 @@ class Trace:
         frame = pandas.DataFrame({name: self._columns[name] for name in Message._fields})
         frame["kind"] = pandas.Categorical.from_codes(frame["kind"],
                                                       [kind.name for kind in Kind])
-        frame["fate"] = pandas.Categorical.from_codes(frame["fate"], list(Fate.NAMES))
+        frame["fate"] = pandas.Categorical.from_codes(frame["fate"], [fate.label for fate in Fate])
         return frame
 
     def _require_full(self, what: str) -> Trace:
@@ -285,7 +285,7 @@ class Trace:
              rescale) in zip(*columns):
             yield Message(ident, Kind(kind).name, src, dst, group, sent,
                           None if arrive != arrive else arrive, nbytes,
-                          None if value != value else value, attempt, copy, Fate.NAMES[fate],
+                          None if value != value else value, attempt, copy, Fate(fate).label,
                           None if rescale != rescale else rescale)
 
 

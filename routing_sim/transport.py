@@ -32,40 +32,18 @@ from dataclasses import dataclass
 import numpy as np
 import simpy
 
-from .messages import Kind
+from .messages import Fate, Kind
 from .network import Network
+from .strides import constant, uniform
 
-__all__ = ["DELIVERY_MODES", "Deliveries", "Fate", "Timers", "Transport"]
+__all__ = ["DELIVERY_MODES", "Deliveries", "Timers", "Transport"]
 
 DELIVERY_MODES = ("window", "instant", "per_message")
-_TIMER_PRIORITY = 2**61      # per_message mode: timers after the messages of an instant
-_FLUSH_PRIORITY = 2**62      # ... and the end of the instant after both
-
-
-class Fate:
-    """What became of a transmission (the trace's ``fate`` column)."""
-
-    DELIVERED, LOST, SENDER_DOWN, RECEIVER_DOWN = range(4)
-    NAMES = ("delivered", "lost", "sender down", "receiver down")
-
-
-def constant(values: np.ndarray) -> float | None:
-    """The one value of an array made by :func:`uniform` (a zero-stride view), else None."""
-    if len(values) and (values.strides == (0,) or len(values) == 1):
-        return float(values[0])
-    return None
-
-
-def uniform(value: float, size: int) -> np.ndarray:
-    """``size`` copies of one time, without the memory: a read-only zero-stride view."""
-    return np.broadcast_to(np.float64(value), (size,))
-
-
-def shifted(times: np.ndarray, delay: float) -> np.ndarray:
-    """``times + delay``, staying a zero-stride view when ``times`` is one."""
-    one = constant(times)
-    return uniform(one + delay, len(times)) if one is not None and len(times) > 1 \
-        else times + delay
+# per_message mode: the rank of an agenda entry within its instant. Messages rank by
+# 2 · message id + copy, retry timers after every message, the end of the instant last.
+_TIMER_RANK = 2**61
+_END_RANK = 2**62
+_END_OF_INSTANT = None
 
 
 @dataclass
@@ -173,6 +151,8 @@ class Transport:
         self._order = itertools.count()
         self._outbox: list[Deliveries] = []
         self._flush_scheduled = False
+        self._agenda: list[tuple[float, int, int, object]] = []      # per_message mode
+        self._instant = 0.0
         self._window_end = -np.inf
         self._inclusive = False
         self._egress_free: dict[int, float] = {}
@@ -199,10 +179,7 @@ class Transport:
         """per_message mode: end the current instant once all its events are handled."""
         if self.mode == "per_message" and not self._flush_scheduled:
             self._flush_scheduled = True
-            event = simpy.events.Event(self.env)
-            event.callbacks.append(lambda _: self.end_step())
-            event._ok, event._value = True, None
-            self.env.schedule(event, priority=_FLUSH_PRIORITY, delay=0)
+            self._schedule(_END_OF_INSTANT, self._instant, _END_RANK)
 
     def end_step(self) -> None:
         """After a delivery step: let the nodes apply ordered updates, then flush sends."""
@@ -221,7 +198,7 @@ class Transport:
             for index in range(len(routes)):
                 single = Timers(kind, routes[index:index + 1], attempts[index:index + 1],
                                 due[index:index + 1])
-                self._schedule(single, due[index], _TIMER_PRIORITY + int(routes[index]))
+                self._schedule(single, due[index], _TIMER_RANK + int(routes[index]))
         else:
             order = np.argsort(due, kind="stable")
             timers = Timers(kind, routes[order], np.asarray(attempts)[order], due[order])
@@ -327,16 +304,17 @@ class Transport:
         else:
             heapq.heappush(self._pending, (batch.arrive[0], next(self._order), batch))
 
-    def _schedule(self, item, time: float, priority: int) -> None:
-        event = simpy.events.Event(self.env)
-        event._ok, event._value = True, item
-        event.callbacks.append(self._on_event)
-        self.env.schedule(event, priority=priority, delay=max(time - self.env.now, 0.0))
+    def _schedule(self, item: Deliveries | Timers | None, time: float, rank: int) -> None:
+        """per_message mode: put one message, timer or end of instant on the agenda."""
+        heapq.heappush(self._agenda, (float(time), rank, next(self._order), item))
 
     # ----------------------------------------------------------------- delivering
 
     def run(self):
         """The SimPy process that delivers pending batches, window by window."""
+        if self.mode == "per_message":
+            yield from self._run_per_message()
+            return
         self.flush()
         while self._pending:
             start = self._pending[0][0]
@@ -362,13 +340,30 @@ class Transport:
             self.end_step()
         self._window_end = -np.inf
 
-    def _on_event(self, event: simpy.events.Event) -> None:
-        self.events += 1
-        self._end_step_later()
-        if isinstance(event.value, Timers):
-            self.on_timer(event.value)
+    def _run_per_message(self):
+        """The SimPy process of per_message mode: one timeout per agenda entry.
+
+        The agenda is ordered by (time, rank, insertion): at one instant, messages in
+        message-id order, then retry timers, then the end of the instant (the flush).
+        """
+        self.flush()
+        while self._agenda:
+            time, _, _, item = heapq.heappop(self._agenda)
+            yield self.env.timeout(max(time - self.env.now, 0.0))
+            self._instant = time
+            if item is _END_OF_INSTANT:
+                self.end_step()
+                continue
+            self.events += 1
+            self._end_step_later()
+            self._handle(item)
+
+    def _handle(self, item: Deliveries | Timers) -> None:
+        """per_message mode: one message or timer, at its own time."""
+        if isinstance(item, Timers):
+            self.on_timer(item)
             return
-        batch = event.value
+        batch = item
         if not batch.received:
             batch = (self._receive([batch]) or [batch.take(slice(0, 0))])[0]
         if len(batch):
@@ -393,7 +388,7 @@ class Transport:
             mine.kind, mine.received = kind, True
             mine = mine.sorted()
             due_now = self._inside(mine.arrive) if self.mode != "per_message" else \
-                mine.arrive <= self.env.now
+                mine.arrive <= self._instant
             if not due_now.all():
                 self._enqueue(mine.take(~due_now))
             if due_now.any():

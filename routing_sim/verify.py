@@ -27,7 +27,7 @@ import numpy as np
 from .inputs import Problem, prepare
 from .network import Network
 from .reference import attention
-from .simulate import simulate
+from .simulation import simulate
 
 __all__ = ["CONTRACT_SCORE_LIMIT", "Verdict", "tolerance", "verdict"]
 

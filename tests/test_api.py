@@ -38,7 +38,8 @@ def test_reference_does_not_import_the_simulator():
     assert "inputs" in reached
     # numerics.py is shared arithmetic (exact mode must round identically in both);
     # nothing that sends, routes or times a message may be reached.
-    assert not reached & {"protocol", "transport", "network", "simulate", "run", "routes",
+    assert not reached & {"protocol", "transport", "network", "simulation", "run", "routes",
+                          "state", "barrier", "retries", "online", "stats", "strides",
                           "trace", "modules", "decoder"}
 
 

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import routing_sim as rs
-from routing_sim.transport import Fate
+from routing_sim.messages import Fate
 
 
 def small_run(seed: int = 0, **options) -> rs.Run:

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import routing_sim as rs
 from conftest import attention_inputs, route_masks
-from routing_sim.transport import Fate
+from routing_sim.messages import Fate
 
 COLUMNS = ("kind", "src", "dst", "group", "sent", "arrive", "nbytes", "value", "id", "attempt",
            "copy", "fate")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import routing_sim as rs
-from routing_sim.transport import Fate
+from routing_sim.messages import Fate
 
 Q = K = V = np.eye(2)
 

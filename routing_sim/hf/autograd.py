@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..run import Run
-from ..simulate import simulate
+from ..simulation import simulate
 
 __all__ = ["simulated_attention"]
 

@@ -36,7 +36,7 @@ from transformers.masking_utils import sdpa_mask
 
 from ..errors import DTypeError, InvalidArgumentError
 from ..reference import attention
-from ..simulate import simulate
+from ..simulation import simulate
 from . import record
 from .autograd import simulated_attention
 

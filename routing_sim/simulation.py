@@ -11,14 +11,17 @@ import simpy
 from .errors import DeliveryError, EmptyRowError, InvalidArgumentError, ShapeError
 from .graphs import node_labels, node_positions, route_latency
 from .inputs import Problem, prepare
-from .messages import FORWARD, Kind, payload_bytes
+from .messages import FORWARD, Fate, Kind, payload_bytes
 from .network import Network
 from .numerics import Kernels
-from .protocol import SCORE_PHASE, OnlineNodes, TwoPhaseNodes
+from .online import OnlineNodes
+from .protocol import ForwardNodes, TwoPhaseNodes
 from .routes import RouteTable
-from .run import DroppedRoute, Run, Stats
+from .run import DroppedRoute, Run
+from .state import SCORE_PHASE, ForwardState
+from .stats import Stats
 from .trace import AUTO_FULL_LIMIT, TRACE_DETAILS, Trace
-from .transport import DELIVERY_MODES, Fate, Transport
+from .transport import DELIVERY_MODES, Transport
 
 __all__ = ["NUMERICS", "SOFTMAX", "simulate"]
 
@@ -152,6 +155,7 @@ def simulate(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causa
                           routes.endpoints, routes.crash_filter(network.crashes), log.record,
                           delivery)
     arguments = (problem, routes, transport, Kernels(numerics))
+    nodes: ForwardNodes
     if softmax == "online":
         nodes = OnlineNodes(*arguments, on_missing=network.on_missing,
                             keep_stream=log.full)
@@ -187,53 +191,57 @@ def _token_names(graph: nx.DiGraph | None, labels, key_labels, n_queries: int, n
             node_positions(graph, n_queries, n_keys))
 
 
-def _collect(problem: Problem, routes: RouteTable, nodes: TwoPhaseNodes, log: Trace,
+def _collect(problem: Problem, routes: RouteTable, nodes: ForwardNodes, log: Trace,
              transport: Transport, tokens: tuple) -> Run:
     """Check every node finished (or say what is missing), then assemble the Run."""
     groups, n_queries, n_keys, _, _ = problem.shape
+    state = nodes.state
     has_routes = routes.routes_per_node() > 0
-    dead = np.flatnonzero(nodes.dead)
+    dead = np.flatnonzero(state.dead)
     if transport.network.on_missing == "strict" and dead.size:
-        raise DeliveryError(_missing_message(problem, routes, nodes, dead))
-    unfinished = np.flatnonzero(has_routes & np.isnan(nodes.done_time))
+        raise DeliveryError(_missing_message(problem, routes, state, dead,
+                                             transport.network.retries))
+    unfinished = np.flatnonzero(has_routes & np.isnan(state.done_time))
     if unfinished.size:
         group, token = divmod(int(unfinished[0]), n_queries)
         raise AssertionError(f"{unfinished.size} query tokens never finished (first: token "
                              f"{token}, group {group}) with no route reported missing")
     online = isinstance(nodes, OnlineNodes)
     labels, positions = tokens
-    nodes.context = _context(problem, routes, nodes, tokens) if log.full else None
+    state.context = _context(problem, routes, state, online, tokens) if log.full else None
+    state.route_latency = transport.route_latency
     # An online PULL leaves before its node has every score, so it carries no share.
-    log.close({Kind.SCORE: nodes.scores} if online else
-              {Kind.SCORE: nodes.scores, Kind.PULL: nodes.shares},
-              nodes.rescale if online else None, nodes.context if log.full else None)
+    log.close({Kind.SCORE: state.scores} if online else
+              {Kind.SCORE: state.scores, Kind.PULL: state.shares},
+              nodes.rescale if isinstance(nodes, OnlineNodes) else None, state.context)
     if routes.full:                                                   # every route exists
-        weights = nodes.shares.reshape(groups, n_queries, n_keys)
+        weights = state.shares.reshape(groups, n_queries, n_keys)
     else:
         weights = np.zeros((groups * n_queries, n_keys), dtype=problem.dtype)  # (G·L, S)
-        weights[routes.query_node, routes.key_index] = nodes.shares
+        weights[routes.query_node, routes.key_index] = state.shares
         weights = weights.reshape(groups, n_queries, n_keys)
-    output = nodes.output.reshape(groups, n_queries, problem.shape[4])
+    output = state.output.reshape(groups, n_queries, problem.shape[4])
     if problem.empty_rows == "nan":
         empty = ~has_routes.reshape(groups, n_queries)
         output[empty] = np.nan
         weights[empty] = np.nan
-    completed = np.where(has_routes, nodes.done_time, 0.0)
+    completed = np.where(has_routes, state.done_time, 0.0)
     return Run(
         output=problem.unflatten(output), weights=problem.unflatten(weights), trace=log,
         stats=_stats(log, transport, nodes, routes, completed),
-        _routes=routes, _scores=nodes.scores, _arrived=nodes.value_time,
+        _routes=routes, _scores=state.scores, _arrived=state.value_time,
         _completed=completed.reshape(groups, n_queries),
         _labels=labels,
         _value_bytes=log.nbytes_of[Kind.VALUE],
-        dropped=[_dropped(problem, routes, nodes, int(route)) for route in dead],
-        _stream=nodes.stream if online else None,
-        _forward=(nodes, transport.network, transport.mode),
+        dropped=[_dropped(problem, routes, state, int(route)) for route in dead],
+        _stream=nodes.stream if isinstance(nodes, OnlineNodes) else None,
+        _forward=(state, transport.network, transport.mode),
         _positions=positions,
     )
 
 
-def _context(problem: Problem, routes: RouteTable, nodes: TwoPhaseNodes, tokens) -> dict:
+def _context(problem: Problem, routes: RouteTable, state: ForwardState, online: bool,
+             tokens: tuple) -> dict:
     """Names of nodes and groups, and per-node events, for the trace exporters."""
     (query_labels, key_labels), (query_positions, key_positions) = tokens
     if routes.self_attention:
@@ -250,11 +258,11 @@ def _context(problem: Problem, routes: RouteTable, nodes: TwoPhaseNodes, tokens)
     events = []
     for node in np.flatnonzero(routes.routes_per_node() > 0).tolist():
         group, token = divmod(node, routes.n_queries)
-        if np.isfinite(nodes.barrier_time[node]) and not isinstance(nodes, OnlineNodes):
-            events.append(((group, token), float(nodes.barrier_time[node]),
+        if np.isfinite(state.barrier_time[node]) and not online:
+            events.append(((group, token), float(state.barrier_time[node]),
                            "allocate budget (softmax)"))
-        if np.isfinite(nodes.done_time[node]):
-            events.append(((group, token), float(nodes.done_time[node]), "output complete"))
+        if np.isfinite(state.done_time[node]):
+            events.append(((group, token), float(state.done_time[node]), "output complete"))
     return {"node_names": names, "group_names": groups, "node_events": events,
             "key_offset": 0 if routes.self_attention else routes.n_queries}
 
@@ -263,7 +271,7 @@ def _token_name(side: str, position: int, label: str | None) -> str:
     return f"{side} {label} ({position})" if label is not None else f"{side} {position}"
 
 
-def _stats(log: Trace, transport: Transport, nodes: TwoPhaseNodes, routes: RouteTable,
+def _stats(log: Trace, transport: Transport, nodes: ForwardNodes, routes: RouteTable,
            completed: np.ndarray) -> Stats:
     per_kind = lambda numbers: {kind.name: int(numbers[kind]) for kind in log.kinds}  # noqa: E731
     return Stats(
@@ -287,23 +295,22 @@ def _where(problem: Problem, group: int) -> tuple[int, ...]:
         if problem.batch_shape else ()
 
 
-def _dropped(problem: Problem, routes: RouteTable, nodes: TwoPhaseNodes, route: int
+def _dropped(problem: Problem, routes: RouteTable, state: ForwardState, route: int
              ) -> DroppedRoute:
     group, token = divmod(int(routes.query_node[route]), routes.n_queries)
     return DroppedRoute(_where(problem, group), token, int(routes.key_index[route]),
-                        "score" if nodes.dead[route] == SCORE_PHASE else "value",
-                        float(nodes.would_have[route]))
+                        "score" if state.dead[route] == SCORE_PHASE else "value",
+                        float(state.would_have[route]))
 
 
-def _missing_message(problem: Problem, routes: RouteTable, nodes: TwoPhaseNodes,
-                     dead: np.ndarray) -> str:
+def _missing_message(problem: Problem, routes: RouteTable, state: ForwardState,
+                     dead: np.ndarray, retries: int) -> str:
     shown = []
     for route in dead[:20].tolist():
-        item = _dropped(problem, routes, nodes, route)
+        item = _dropped(problem, routes, state, route)
         where = f", group {item.group}" if item.group else ""
         shown.append(f"(query {item.query}, key {item.key}{where}: {item.phase} lost)")
     more = f" and {dead.size - 20} more" if dead.size > 20 else ""
-    retries = nodes.transport.network.retries
     return (f"{dead.size} routes never delivered after {retries} retries: "
             + ", ".join(shown) + more + "; raise Network(retries=...), or pass "
             "on_missing='degrade' to renormalise over what arrived")

@@ -1,0 +1,255 @@
+"""The query node's arithmetic: scores, the budget (softmax), the weighted pull.
+
+Functions over a run's :class:`~routing_sim.state.ForwardState` (which holds the route
+table and the problem) and the query nodes that just passed a barrier. Each node's sums
+run once, over its own routes in source order (:mod:`routing_sim.numerics`), so no
+delivery schedule changes a bit of the result. ``allocate_whole`` and ``pull_whole`` are
+the vectorised paths for nodes that lost no route; ``allocate`` and ``aggregate`` take
+one node at a time and cover dead routes, hard routing and exact mode.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import NumericalError
+from .numerics import exact_pull, exact_shares, exact_unnormalised, routing_budget, \
+    scale_scores, weighted_pull
+from .state import VALUE_PHASE, ForwardState
+
+__all__ = ["aggregate", "allocate", "allocate_whole", "budget", "gather", "node_scores",
+           "note_would_have", "pull_whole", "scores_of", "top_routes"]
+
+
+def gather(rows: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """The rows of ``rows`` (one group's keys or values) for these key indices."""
+    if len(keys) and keys[-1] - keys[0] == len(keys) - 1:
+        return rows[keys[0]:keys[-1] + 1]                              # contiguous: a view
+    return rows[keys]
+
+
+def top_routes(scores: np.ndarray, k: int) -> np.ndarray:
+    """Rows of a bool mask: each row's ``k`` highest scores (ties: lower source first).
+
+    Examples
+    --------
+    >>> top_routes(np.array([[0.1, 0.9, 0.9, 0.3]]), 2).astype(int)
+    array([[0, 1, 1, 0]])
+    """
+    order = np.argsort(-scores, axis=-1, kind="stable")[..., :k]       # (rows, k)
+    pick = np.zeros(scores.shape, dtype=bool)
+    np.put_along_axis(pick, order, True, axis=-1)
+    return pick
+
+
+def node_scores(state: ForwardState, node: int) -> None:
+    """Every score of one query node, in source order (the key nodes' answers)."""
+    problem = state.problem
+    group, token, span = state.span(node)
+    keys = state.routes.key_index[span]
+    bias = None if problem.bias is None else problem.bias[group, token, keys]
+    high, low = state.kernels.scores(gather(problem.key[group], keys),
+                                     problem.query[group, token], problem.scale, bias)
+    state.scores[span] = high
+    if low is not None:
+        state.score_low[span] = low
+
+
+def scores_of(state: ForwardState, span: slice, routes: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray | None]:
+    """(high, low) scores of some of a node's routes (a mask over its span)."""
+    low = None if state.score_low is None else state.score_low[span][routes]
+    return state.scores[span][routes], low
+
+
+def budget(state: ForwardState, node: int, alive: np.ndarray, remember: bool = True
+           ) -> np.ndarray:
+    """Shares (after dropout) of a node's live routes; 0 for the dead ones.
+
+    With hard routing only the ``top_k`` best live routes get a share. ``remember``
+    keeps what the pull will need (the chosen routes; exact mode's e and l).
+    """
+    _, _, span = state.span(node)
+    shares = np.zeros(span.stop - span.start, dtype=state.problem.dtype)
+    if state.top_k and alive.any():
+        pick = np.zeros_like(alive)
+        pick[np.flatnonzero(alive)[top_routes(state.scores[span][alive][None],
+                                              state.top_k)[0]]] = True
+        if remember:
+            state.chosen[span] = pick
+        alive = pick
+    if alive.any():
+        if state.kernels.exact:
+            unnormalised = exact_unnormalised(*scores_of(state, span, alive))
+            shares[alive] = _exact_shares(state, node, span, alive, unnormalised, remember)
+        else:
+            shares[alive] = routing_budget(state.scores[span][alive])
+    if state.kept is not None:
+        shares *= state.kept[span] * state.dropout_scale
+    return shares
+
+
+def _exact_shares(state: ForwardState, nodes, span, routes, unnormalised, remember: bool
+                  ) -> np.ndarray:
+    """Exact mode: shares e / l, rounded once; keep e and l for the weighted pull."""
+    e_high, e_low, l_high, l_low = unnormalised
+    if remember:
+        state.e_high[span][routes] = e_high.reshape(-1)
+        state.e_low[span][routes] = e_low.reshape(-1)
+        state.l_high[nodes], state.l_low[nodes] = l_high, l_low
+    return exact_shares(e_high, e_low, l_high, l_low)
+
+
+def note_would_have(state: ForwardState, node: int) -> None:
+    """The shares a node's dead routes would have had had every answer come in."""
+    _, _, span = state.span(node)
+    full = budget(state, node, np.ones(span.stop - span.start, dtype=bool), remember=False)
+    lost = state.dead[span] != 0
+    state.would_have[span][lost] = full[lost]
+
+
+def allocate(state: ForwardState, node: int) -> np.ndarray:
+    """Barrier passed for one node: scores -> shares. Returns the routes to PULL on."""
+    _, _, span = state.span(node)
+    node_scores(state, node)
+    alive = state.dead[span] == 0
+    if not alive.all():
+        note_would_have(state, node)
+        if state.on_missing == "strict":
+            state.failed[node] = True
+            return np.zeros(0, np.int64)
+    state.shares[span] = budget(state, node, alive)
+    pull = alive if state.chosen is None else alive & state.chosen[span]
+    pull = pull if state.kept is None else pull & state.kept[span]
+    state.values_needed[node] = int(pull.sum())
+    return np.flatnonzero(pull) + span.start
+
+
+def allocate_whole(state: ForwardState, nodes: np.ndarray) -> np.ndarray:
+    """Barrier passed for nodes that lost no route: scores, then shares. Returns PULLs.
+
+    Each node's scores are one product over its own keys; the softmax then runs on
+    rows of equal length stacked together, which computes each row exactly as alone.
+    """
+    if state.kernels.exact and state.top_k:
+        return np.concatenate([allocate(state, int(node)) for node in nodes])
+    if state.kernels.exact:
+        for node in nodes.tolist():
+            node_scores(state, node)
+    else:
+        _float_scores(state, nodes)
+    for count in np.unique(state.needed[nodes]).tolist():
+        chosen = nodes[state.needed[nodes] == count]
+        if state.kernels.exact:
+            _exact_block(state, chosen, count)
+        else:
+            _float_block(state, chosen, count)
+    routes = state.routes
+    pulls = routes.routes_of(nodes)
+    if state.top_k:
+        pulls = pulls[state.chosen[pulls]]
+    if state.kept is not None:
+        pulls = pulls[state.kept[pulls]]
+    if state.top_k or state.kept is not None:
+        state.values_needed[nodes] = np.bincount(routes.query_node[pulls],
+                                                 minlength=routes.n_nodes)[nodes]
+    return pulls
+
+
+def _float_scores(state: ForwardState, nodes: np.ndarray) -> None:
+    """Unscaled dot products q_i · k_j of these nodes' routes: one product per node."""
+    routes, problem = state.routes, state.problem
+    indptr, n_queries, n_keys = routes.indptr, routes.n_queries, routes.n_keys
+    with np.errstate(over="ignore", invalid="ignore"):                 # overflow reported later
+        for node in nodes.tolist():
+            start, stop = indptr[node], indptr[node + 1]
+            group, token = divmod(node, n_queries)
+            keys = problem.key[group] if stop - start == n_keys else \
+                gather(problem.key[group], routes.key_index[start:stop])
+            state.scores[start:stop] = keys @ problem.query[group, token]
+
+
+def _routes_block(state: ForwardState, nodes: np.ndarray) -> slice | np.ndarray:
+    """The route ids of these nodes: a slice when they are consecutive, else an array."""
+    if nodes[-1] - nodes[0] == len(nodes) - 1:
+        return slice(state.routes.indptr[nodes[0]], state.routes.indptr[nodes[-1] + 1])
+    return state.routes.routes_of(nodes)
+
+
+def _float_block(state: ForwardState, chosen: np.ndarray, count: int) -> None:
+    """Scale, bias, (top-k) and softmax of nodes with ``count`` routes each, stacked."""
+    routes, problem = state.routes, state.problem
+    span = _routes_block(state, chosen)
+    block = state.scores[span].reshape(len(chosen), count)            # (nodes, routes)
+    bias = None if problem.bias is None else problem.bias.reshape(
+        -1, routes.n_keys)[routes.query_node[span], routes.key_index[span]].reshape(block.shape)
+    block = scale_scores(block, problem.scale, bias)
+    state.scores[span] = block.reshape(-1)
+    if not np.isfinite(block).all():
+        raise NumericalError(f"a score overflowed to {block[~np.isfinite(block)][0]}; "
+                             "scale the inputs down")
+    if state.top_k:
+        pick = top_routes(block, state.top_k)
+        state.chosen[span] = pick.reshape(-1)
+        block = np.where(pick, block, -np.inf)
+    shares = state.kernels.budget(block, None)
+    if state.kept is not None:
+        shares *= state.kept[span].reshape(shares.shape) * state.dropout_scale
+    state.shares[span] = shares.reshape(-1)
+
+
+def _exact_block(state: ForwardState, chosen: np.ndarray, count: int) -> None:
+    """Exact shares of nodes with ``count`` routes each (scores already in)."""
+    span = _routes_block(state, chosen)
+    if not isinstance(span, slice):                    # scattered nodes: one at a time
+        for node in chosen.tolist():
+            _, _, own = state.span(node)
+            state.shares[own] = budget(state, node, np.ones(count, dtype=bool))
+        return
+    block = state.scores[span].reshape(len(chosen), count)            # (nodes, routes)
+    low = state.score_low[span].reshape(block.shape)
+    shares = _exact_shares(state, chosen, span, slice(None), exact_unnormalised(block, low),
+                           True)
+    if state.kept is not None:
+        shares *= state.kept[span].reshape(shares.shape) * state.dropout_scale
+    state.shares[span] = shares.reshape(-1)
+
+
+def pull_whole(state: ForwardState, nodes: np.ndarray) -> None:
+    """o_i = Σ_j w_ij v_j for nodes whose values all came: one product per node."""
+    routes, value, shares, kept = state.routes, state.problem.value, state.shares, state.kept
+    indptr, n_queries, n_keys = routes.indptr, routes.n_queries, routes.n_keys
+    for node in nodes.tolist():
+        start, stop = indptr[node], indptr[node + 1]
+        weights = shares[start:stop]
+        if kept is None and stop - start == n_keys:                   # every key: no gather
+            state.output[node] = weighted_pull(weights, value[node // n_queries])
+            continue
+        pulled = routes.key_index[start:stop]
+        if kept is not None:
+            pulled, weights = pulled[kept[start:stop]], weights[kept[start:stop]]
+        state.output[node] = weighted_pull(weights, gather(value[node // n_queries], pulled))
+    state.done_time[nodes] += state.processing
+
+
+def aggregate(state: ForwardState, node: int) -> None:
+    """o_i = Σ_j w_ij v_j over the values node i pulled, in source order."""
+    group, _, span = state.span(node)
+    if (state.dead[span] == VALUE_PHASE).any():
+        note_would_have(state, node)
+        if state.on_missing == "strict":
+            state.failed[node] = True
+            state.done_time[node] = np.nan
+            return
+        state.shares[span] = budget(state, node, state.dead[span] == 0)
+    pulled = ~np.isnan(state.value_time[span])
+    values = gather(state.problem.value[group], state.routes.key_index[span][pulled])
+    if state.kernels.exact:
+        output = exact_pull(state.e_high[span][pulled], state.e_low[span][pulled],
+                            state.l_high[node], state.l_low[node], values)
+        if state.kept is not None:
+            output = output * state.dropout_scale
+    else:
+        output = weighted_pull(state.shares[span][pulled], values)
+    state.output[node] = output
+    state.done_time[node] += state.processing

@@ -1,0 +1,131 @@
+"""Streaming softmax (``softmax="online"``): no barrier, one update per arriving pair.
+
+A SCORE is answered at once with a PULL, and each arriving (score, value) pair updates
+the query node's running max m, normaliser l and accumulator o, rescaling by
+exp(m_old - m_new): the FlashAttention algebra. The output is o / l. Unlike the
+two-phase result, its last bits may depend on arrival order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .barrier import budget, node_scores, note_would_have
+from .inputs import Problem
+from .messages import Kind
+from .numerics import Kernels
+from .protocol import ForwardNodes, settle
+from .routes import RouteTable
+from .transport import Transport
+
+__all__ = ["OnlineNodes"]
+
+
+class OnlineNodes(ForwardNodes):
+    """Streaming softmax: no barrier; each (score, value) pair updates (m, l, o) on arrival.
+
+    Pair updates of one node are applied in arrival order (ties by message id) at the end
+    of each delivery step, so the trace's ``rescale`` column holds, for each VALUE, the
+    factor exp(m_old - m_new) its arrival applied to the node's state.
+    """
+
+    def __init__(self, problem: Problem, routes: RouteTable, transport: Transport,
+                 kernels: Kernels, on_missing: str = "strict", keep_stream: bool = False
+                 ) -> None:
+        super().__init__(problem, routes, transport, kernels, on_missing)
+        n_nodes, dtype = routes.n_nodes, problem.dtype
+        self.running_max = np.full(n_nodes, -np.inf, dtype=dtype)     # (G·L,) m
+        self.normaliser = np.zeros(n_nodes, dtype=dtype)               # (G·L,) l
+        self.accumulator = np.zeros_like(self.state.output)            # (G·L, Ev) o
+        self.rescale = np.full(len(routes), np.nan)                    # (R,) factor applied
+        self.stream: list[tuple[float, int, np.ndarray]] | None = [] if keep_stream else None
+        self._scored = np.zeros(n_nodes, dtype=bool)
+        self._finished_at = np.full(n_nodes, np.nan)
+        self._updates: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._touched: list[np.ndarray] = []
+        transport.on_step_end = self.apply_updates
+
+    def _settle_scores(self, routes: np.ndarray, times: np.ndarray) -> None:
+        """No barrier: PULL each kept route at once; a dropped route updates l alone."""
+        state = self.state
+        for node in np.unique(self.routes.query_node[routes]):
+            if not self._scored[node]:
+                node_scores(state, int(node))
+                self._scored[node] = True
+        alive = self.dead[routes] == 0
+        kept = alive if state.kept is None else alive & state.kept[routes]
+        self.request(Kind.PULL, routes[kept], times[kept] + self.processing, 0)
+        dropped = alive & ~kept
+        self._updates.append((routes[dropped], times[dropped], np.zeros(int(dropped.sum()), bool)))
+        settle(self.routes, routes, times, self._scores_settled, state.needed,
+               state.barrier_time)
+        settle(self.routes, routes[~kept], times[~kept], self._values_settled, state.needed,
+               state.done_time)
+        self._touched.append(self.routes.query_node[routes])
+
+    def _settle_values(self, routes: np.ndarray, times: np.ndarray) -> None:
+        """Queue each live (score, value) pair's update for the end of the step."""
+        alive = self.dead[routes] == 0
+        self._updates.append((routes[alive], times[alive], np.ones(int(alive.sum()), bool)))
+        settle(self.routes, routes, times, self._values_settled, self.state.needed,
+               self.state.done_time)
+        self._touched.append(self.routes.query_node[routes])
+
+    def apply_updates(self) -> None:
+        """Apply this step's pair updates, node by node in arrival order, vectorised over nodes."""
+        touched = np.unique(np.concatenate(self._touched)) if self._touched else np.zeros(0, int)
+        self._touched = []
+        if not self._updates:
+            self._finish(touched)
+            return
+        routes, times, has_value = (np.concatenate(part) for part in zip(*self._updates))
+        self._updates = []
+        nodes = self.routes.query_node[routes]
+        order = np.lexsort((routes, times, nodes))
+        routes, times, has_value, nodes = routes[order], times[order], has_value[order], \
+            nodes[order]
+        starts = np.r_[0, np.flatnonzero(np.diff(nodes)) + 1]
+        rank = np.arange(len(nodes)) - np.repeat(starts, np.diff(np.r_[starts, len(nodes)]))
+        value, groups, scores = self.problem.value, self.routes.group(routes), self.state.scores
+        for step in range(int(rank.max(initial=-1)) + 1):
+            at = rank == step
+            node, route = nodes[at], routes[at]
+            score = scores[route]
+            old_max = self.running_max[node]
+            new_max = np.maximum(old_max, score)
+            factor = np.exp(old_max - new_max)                          # rescale of (l, o)
+            weight = np.exp(score - new_max)
+            self.normaliser[node] = factor * self.normaliser[node] + weight
+            pulled = weight * has_value[at]
+            self.accumulator[node] = (factor[:, None] * self.accumulator[node]
+                                      + pulled[:, None] * value[groups[at],
+                                                                self.routes.key_index[route]])
+            self.running_max[node] = new_max
+            self.rescale[route] = factor
+            if self.stream is not None:
+                for u, t in zip(node.tolist(), times[at].tolist()):
+                    self.stream.append((t, u, self.accumulator[u] / self.normaliser[u]))
+        self._finish(touched)
+
+    def _finish(self, nodes: np.ndarray) -> None:
+        """Nodes with every route settled: output o / l, and the shares for the tables."""
+        state = self.state
+        done = nodes[(self._values_settled[nodes] == state.needed[nodes])
+                     & np.isnan(self._finished_at[nodes])]
+        for node in done.tolist():
+            _, _, span = state.span(node)
+            alive = self.dead[span] == 0
+            if not alive.all():
+                note_would_have(state, node)
+                if state.on_missing == "strict":
+                    state.failed[node] = True
+                    state.done_time[node] = np.nan
+                    self._finished_at[node] = -1.0
+                    continue
+            if alive.any():
+                state.output[node] = self.accumulator[node] / self.normaliser[node]
+                if state.kept is not None:
+                    state.output[node] *= state.dropout_scale
+            state.shares[span] = budget(state, node, alive)
+            state.done_time[node] += self.processing
+            self._finished_at[node] = state.done_time[node]

@@ -1,0 +1,43 @@
+"""Zero-stride time arrays: one instant for many messages, without the memory.
+
+A wave of messages that all leave (or arrive) at one time carries its times as a
+read-only view of a single float (``strides == (0,)``); these helpers make such views,
+recognise them, and shift them while keeping them views.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["constant", "shifted", "uniform"]
+
+
+def constant(values: np.ndarray) -> float | None:
+    """The one value of an array made by :func:`uniform` (a zero-stride view), else None.
+
+    Examples
+    --------
+    >>> constant(uniform(2.5, 4)), constant(np.array([1.0, 2.0]))
+    (2.5, None)
+    """
+    if len(values) and (values.strides == (0,) or len(values) == 1):
+        return float(values[0])
+    return None
+
+
+def uniform(value: float, size: int) -> np.ndarray:
+    """``size`` copies of one time, without the memory: a read-only zero-stride view."""
+    return np.broadcast_to(np.float64(value), (size,))
+
+
+def shifted(times: np.ndarray, delay: float) -> np.ndarray:
+    """``times + delay``, staying a zero-stride view when ``times`` is one.
+
+    Examples
+    --------
+    >>> shifted(uniform(1.0, 3), 0.5).strides, shifted(uniform(1.0, 3), 0.5).tolist()
+    ((0,), [1.5, 1.5, 1.5])
+    """
+    one = constant(times)
+    return uniform(one + delay, len(times)) if one is not None and len(times) > 1 \
+        else times + delay
