@@ -29,7 +29,8 @@ from .retries import TokenNodes
 from .state import ForwardState
 from .stats import Gradients, Stats
 from .trace import Trace
-from .transport import Deliveries, Transport
+from .deliveries import Deliveries
+from .transport import Transport
 
 __all__ = ["BackwardNodes", "backward"]
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from .errors import InvalidArgumentError
 
-__all__ = ["Crash", "Network"]
+__all__ = ["Crash", "Network", "nic_queue"]
 
 JITTER_DISTRIBUTIONS = ("uniform", "exponential")
 ON_MISSING = ("strict", "degrade")
@@ -252,3 +252,31 @@ def _finite(x) -> bool:
 def _check_non_negative(name: str, number) -> None:
     if not _finite(number) or number < 0:
         raise InvalidArgumentError(f"{name} must be a finite number >= 0, got {number!r}")
+
+
+def nic_queue(free: dict[int, float], nodes: np.ndarray, times: np.ndarray,
+              busy: np.ndarray, uses_nic: np.ndarray, start_based: bool) -> np.ndarray:
+    """First-come-first-served NICs; message ``m`` holds its node's NIC for ``busy[m]``.
+
+    Sending (``start_based``): a message can start at its ready time and leaves when
+    its last byte is out. Receiving: a message whose last byte arrives at ``t`` is
+    received at ``t`` unless the NIC is still busy with the previous one. ``free`` maps
+    a node to the time its NIC is next free, and is updated.
+
+    Examples
+    --------
+    >>> nic_queue({}, np.array([0, 0]), np.array([0.0, 0.0]), np.array([2.0, 2.0]),
+    ...           np.array([True, True]), start_based=True).tolist()
+    [2.0, 4.0]
+    """
+    done = np.array(times, dtype=np.float64)
+    for index in np.flatnonzero(uses_nic):
+        node, hold = int(nodes[index]), float(busy[index])
+        previous = free.get(node, -np.inf)
+        if start_based:
+            finish = max(float(times[index]), previous) + hold
+        else:
+            finish = max(float(times[index]), previous + hold)
+        free[node] = finish
+        done[index] = finish
+    return done

@@ -31,7 +31,8 @@ from .retries import TokenNodes
 from .routes import RouteTable
 from .state import SCORE_PHASE, VALUE_PHASE, ForwardState
 from .strides import constant
-from .transport import Deliveries, Transport
+from .deliveries import Deliveries
+from .transport import Transport
 
 __all__ = ["ForwardNodes", "TwoPhaseNodes", "settle", "top_routes"]
 

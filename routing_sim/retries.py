@@ -18,7 +18,8 @@ from .inputs import Problem
 from .messages import Kind
 from .routes import RouteTable
 from .strides import constant, shifted
-from .transport import Deliveries, Timers, Transport
+from .deliveries import Deliveries, Timers
+from .transport import Transport
 
 __all__ = ["TokenNodes"]
 

@@ -27,16 +27,15 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass
-
 import numpy as np
 import simpy
 
 from .messages import Fate, Kind
-from .network import Network
+from .deliveries import Deliveries, Timers, concat, merge
+from .network import Network, nic_queue
 from .strides import constant, uniform
 
-__all__ = ["DELIVERY_MODES", "Deliveries", "Timers", "Transport"]
+__all__ = ["DELIVERY_MODES", "Transport"]
 
 DELIVERY_MODES = ("window", "instant", "per_message")
 # per_message mode: the rank of an agenda entry within its instant. Messages rank by
@@ -44,78 +43,6 @@ DELIVERY_MODES = ("window", "instant", "per_message")
 _TIMER_RANK = 2**61
 _END_RANK = 2**62
 _END_OF_INSTANT = None
-
-
-@dataclass
-class Deliveries:
-    """Messages of one kind, sorted by arrival time, then message id, then copy.
-
-    A message id is ``(attempt · R + route) · len(Kind) + kind``: unique per transmission,
-    and derived on demand. ``attempts`` None means every message is a first attempt, ``copy``
-    None that none is a network duplicate.
-    """
-
-    kind: Kind
-    routes: np.ndarray                   # (m,) route ids
-    sent: np.ndarray                     # (m,) send times (maybe a zero-stride view)
-    arrive: np.ndarray                   # (m,) arrival times
-    attempts: np.ndarray | None = None   # (m,) retry number of each transmission
-    copy: np.ndarray | None = None       # (m,) 1 for a network duplicate
-    received: bool = True                # False: the receiver's NIC is still to come
-    n_routes: int = 1
-
-    def __len__(self) -> int:
-        return len(self.routes)
-
-    @property
-    def attempt(self) -> np.ndarray:
-        return np.zeros(len(self), np.int64) if self.attempts is None else self.attempts
-
-    @property
-    def ids(self) -> np.ndarray:
-        first = self.routes.astype(np.int64)
-        if self.attempts is not None:
-            first = first + self.attempts * self.n_routes
-        return first * len(Kind) + int(self.kind)
-
-    @property
-    def copies(self) -> np.ndarray:
-        return np.zeros(len(self), np.int8) if self.copy is None else self.copy
-
-    def take(self, index) -> Deliveries:
-        pick = (lambda x: None if x is None else x[index])
-        return Deliveries(self.kind, self.routes[index], self.sent[index], self.arrive[index],
-                          pick(self.attempts), pick(self.copy), self.received, self.n_routes)
-
-    def in_order(self) -> bool:
-        """Already sorted by (arrival, id, copy)? Cheaper to check than to sort."""
-        if len(self) < 2:
-            return True
-        if constant(self.arrive) is not None and self.attempts is None and self.copy is None:
-            return bool((self.routes[1:] > self.routes[:-1]).all())
-        times = self.arrive
-        later = times[1:] > times[:-1]
-        if later.all():
-            return True
-        ids = self.ids
-        same = times[1:] == times[:-1]
-        ahead = (ids[1:] > ids[:-1]) | ((ids[1:] == ids[:-1])
-                                        & (self.copies[1:] > self.copies[:-1]))
-        return bool((later | (same & ahead)).all())
-
-    def sorted(self) -> Deliveries:
-        return self if self.in_order() else self.take(np.lexsort((self.copies, self.ids,
-                                                                  self.arrive)))
-
-
-@dataclass
-class Timers:
-    """Retry timers of one request kind that are due: ``(route, attempt, time)``."""
-
-    kind: Kind
-    routes: np.ndarray
-    attempts: np.ndarray
-    due: np.ndarray
 
 
 class Transport:
@@ -254,7 +181,7 @@ class Transport:
                 copies = batch.take(twins)
                 copies.arrive = copies.arrive + network.duplicate_lag(copies.ids)
                 copies.copy = np.ones(len(copies), np.int8)
-                batch = _merge(batch.kind, [batch, copies])
+                batch = merge(batch.kind, [batch, copies])
         batch = batch.sorted()
         if len(batch):
             if batch.arrive[0] < self._window_end:
@@ -271,8 +198,8 @@ class Transport:
         sending = np.ones(len(kinds), bool)
         if self.network.crashes:
             sending = ~self._down(senders, merged.sent)
-        leave = self._queue(self._egress_free, senders, merged.sent, sizes, sending,
-                            start_based=True)
+        leave = nic_queue(self._egress_free, senders, merged.sent, sizes / self.network.bandwidth,
+                          sending, start_based=True)
         for kind in map(Kind, np.unique(kinds)):
             mine = kinds == kind
             part = merged.take(mine)
@@ -285,7 +212,7 @@ class Transport:
         ``end`` picks the NIC: 0 the sender's, 1 the receiver's.
         """
         kinds = np.concatenate([np.full(len(p), int(p.kind)) for p in parts])
-        merged = _concat(Kind.QUERY, parts)
+        merged = concat(Kind.QUERY, parts)
         ids = np.concatenate([p.ids for p in parts])
         nodes = np.empty(len(kinds), np.int64)
         sizes = np.empty(len(kinds))
@@ -334,7 +261,7 @@ class Transport:
                     [m for m in messages if not m.received]):
                 ready.setdefault(batch.kind, []).append(batch)
             for kind, parts in sorted(ready.items()):
-                self._deliver(_merge(kind, parts))
+                self._deliver(merge(kind, parts))
             for due in timers:
                 self.on_timer(due)
             self.end_step()
@@ -380,8 +307,9 @@ class Transport:
         merged, kinds, ids, receivers, sizes = self._nic_view(batches, 1)
         order = np.lexsort((merged.copies, ids, merged.arrive, receivers))
         merged, kinds = merged.take(order), kinds[order]
-        merged.arrive = self._queue(self._ingress_free, receivers[order], merged.arrive,
-                                    sizes[order], np.ones(len(kinds), bool), start_based=False)
+        merged.arrive = nic_queue(self._ingress_free, receivers[order], merged.arrive,
+                                  sizes[order] / self.network.bandwidth,
+                                  np.ones(len(kinds), bool), start_based=False)
         received = []
         for kind in map(Kind, np.unique(kinds)):
             mine = merged.take(kinds == kind)
@@ -431,52 +359,8 @@ class Transport:
                 taken.setdefault((item.kind, item.received), []).append(head)
             if cut < len(times):
                 heapq.heappush(self._pending, (times[cut], next(self._order), rest))
-        messages = [_merge(kind, parts) for (kind, _), parts in sorted(taken.items())]
+        messages = [merge(kind, parts) for (kind, _), parts in sorted(taken.items())]
         due = [Timers(kind, *(np.concatenate([getattr(p, f) for p in parts])
                               for f in ("routes", "attempts", "due")))
                for kind, parts in sorted(timers.items())]
         return messages, due
-
-    def _queue(self, free: dict[int, float], nodes: np.ndarray, times: np.ndarray,
-               sizes: np.ndarray, uses_nic: np.ndarray, start_based: bool) -> np.ndarray:
-        """First-come-first-served NIC; each message holds it for size / bandwidth.
-
-        Sending (``start_based``): a message can start at its ready time and leaves when
-        its last byte is out. Receiving: a message whose last byte arrives at ``t`` is
-        received at ``t`` unless the NIC is still busy with the previous one.
-        """
-        bandwidth = self.network.bandwidth
-        done = np.array(times, dtype=np.float64)
-        for index in np.flatnonzero(uses_nic):
-            node, busy = int(nodes[index]), float(sizes[index]) / bandwidth
-            previous = free.get(node, -np.inf)
-            if start_based:
-                finish = max(float(times[index]), previous) + busy
-            else:
-                finish = max(float(times[index]), previous + busy)
-            free[node] = finish
-            done[index] = finish
-        return done
-
-
-def _concat(kind: Kind, parts: list[Deliveries]) -> Deliveries:
-    """One batch of the parts' messages, in the parts' order (kinds may differ)."""
-    if len(parts) == 1:
-        part = parts[0]
-        return Deliveries(kind, part.routes, part.sent, part.arrive, part.attempts, part.copy,
-                          part.received, part.n_routes)
-    attempts = None if all(p.attempts is None for p in parts) else \
-        np.concatenate([p.attempt for p in parts])
-    copy = None if all(p.copy is None for p in parts) else \
-        np.concatenate([p.copies for p in parts])
-    return Deliveries(kind, np.concatenate([p.routes for p in parts]),
-                      np.concatenate([p.sent for p in parts]),
-                      np.concatenate([p.arrive for p in parts]),
-                      attempts, copy, parts[0].received, parts[0].n_routes)
-
-
-def _merge(kind: Kind, parts: list[Deliveries]) -> Deliveries:
-    """One sorted batch of one kind from several sorted parts."""
-    if len(parts) == 1:
-        return parts[0]
-    return _concat(kind, parts).sorted()
