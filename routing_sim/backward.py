@@ -24,7 +24,6 @@ from .errors import DeliveryError
 from .messages import BACKWARD, Kind, payload_bytes
 from .barrier import gather, scores_of
 from .network import Network
-from .reference import _upstream
 from .retries import TokenNodes
 from .state import ForwardState
 from .stats import Gradients, Stats
@@ -178,7 +177,7 @@ def backward(forward: ForwardState, d_output: np.ndarray, network: Network, deli
              detail: str) -> Gradients:
     """Run the backward pass of a finished forward run (see :meth:`Run.backward`)."""
     problem, routes = forward.problem, forward.routes
-    upstream = _upstream(problem, d_output).reshape(-1, problem.shape[4])
+    upstream = problem.upstream(d_output).reshape(-1, problem.shape[4])
     _, _, _, dim, value_dim = problem.shape
     nbytes = {kind: payload_bytes(kind, problem.dtype.itemsize, dim, value_dim)
               for kind in BACKWARD}

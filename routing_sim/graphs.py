@@ -23,6 +23,7 @@ import networkx as nx
 import numpy as np
 
 from .errors import InvalidArgumentError, ShapeError
+from .masks import causal_mask
 
 __all__ = ["causal", "complete", "from_mask", "from_routes", "graph_edges", "padding",
            "sliding_window", "to_mask"]
@@ -95,8 +96,6 @@ def sliding_window(n_queries: int, window: int, n_keys: int | None = None, *,
     array([[0, 1, 1, 0],
            [0, 0, 1, 1]])
     """
-    from .masks import causal_mask
-
     n_queries = _count("n_queries", n_queries)
     n_keys = n_queries if n_keys is None else _count("n_keys", n_keys)
     window = _count("window", window)
@@ -228,6 +227,22 @@ def graph_edges(graph: nx.DiGraph) -> tuple[np.ndarray, np.ndarray]:
         raise ShapeError(f"graph edge {int(j)} -> {int(i)} does not run from a key token to a "
                          f"query token (edge j -> i means query i pulls from key j)")
     return target, source
+
+
+def graph_mask(graph: nx.DiGraph, n_queries: int, n_keys: int) -> np.ndarray:
+    """A token graph's ``(L, S)`` route mask, checked against the inputs' L and S.
+
+    Examples
+    --------
+    >>> graph_mask(causal(2), 2, 2).astype(int)
+    array([[1, 0],
+           [1, 1]])
+    """
+    shape = graph_shape(graph)
+    if shape != (n_queries, n_keys):
+        raise ShapeError(f"graph has {shape[0]} query tokens and {shape[1]} key tokens, "
+                         f"but the inputs have L = {n_queries} and S = {n_keys}")
+    return to_mask(graph)
 
 
 def graph_shape(graph: nx.DiGraph) -> tuple[int, int]:

@@ -15,6 +15,7 @@ import networkx as nx
 import numpy as np
 
 from .errors import DTypeError, InvalidArgumentError, ShapeError
+from .graphs import graph_mask
 from .masks import route_set
 from .positions import alibi_bias, as_rotary, query_positions
 from .routeset import RouteSet
@@ -73,6 +74,18 @@ class Problem:
         """``(G, L, S, E, Ev)``."""
         groups, n_queries, dim = self.query.shape
         return groups, n_queries, self.key.shape[1], dim, self.value.shape[2]
+
+    def upstream(self, d_output) -> np.ndarray:
+        """The upstream gradient, checked against the output's shape, flattened to groups."""
+        groups, n_queries, _, _, value_dim = self.shape
+        expected = (*self.batch_shape, n_queries, value_dim)
+        upstream = np.asarray(d_output)
+        if upstream.shape != expected:
+            raise ShapeError(f"d_output must have the output's shape {expected}, got "
+                             f"{upstream.shape}")
+        if upstream.dtype.kind not in "fiu" or not np.isfinite(upstream).all():
+            raise InvalidArgumentError("d_output must hold finite real numbers")
+        return upstream.astype(self.dtype).reshape(groups, n_queries, value_dim)
 
     def unflatten(self, array: np.ndarray) -> np.ndarray:
         """Give a ``(G, ...)`` array the caller's leading batch dims back."""
@@ -134,7 +147,8 @@ def prepare(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causal
         allowed = bias = keep = None
     else:
         sparse = None
-        allowed, bias = route_set(attn_mask, bool(is_causal), causal_alignment, graph,
+        allowed, bias = route_set(attn_mask, bool(is_causal), causal_alignment,
+                                  None if graph is None else graph_mask(graph, n_queries, n_keys),
                                   batch_shape, n_queries, n_keys, query.dtype)
     if alibi_slopes is not None and sparse is None:
         alibi = _alibi(alibi_slopes, scores_shape, causal_alignment).astype(query.dtype)

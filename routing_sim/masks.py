@@ -1,4 +1,4 @@
-"""One place that turns ``attn_mask``, ``is_causal`` and a token graph into a route set.
+"""One place that turns ``attn_mask``, ``is_causal`` and a token graph's mask into a route set.
 
 The route set is a boolean array ``allowed (..., L, S)`` (True = query ``i`` may pull from
 key ``j``) and an optional additive ``bias (..., L, S)``. Everything that can block a
@@ -8,11 +8,9 @@ edge) ends up as a False in ``allowed``; a route exists only if every source all
 
 from __future__ import annotations
 
-import networkx as nx
 import numpy as np
 
 from .errors import DTypeError, InvalidArgumentError, ShapeError
-from .graphs import graph_shape, to_mask
 
 __all__ = ["CAUSAL_ALIGNMENTS", "causal_mask", "padding_mask", "route_set"]
 
@@ -61,10 +59,13 @@ def padding_mask(lengths, n_keys: int) -> np.ndarray:
     return (np.arange(n_keys)[None, :] < lengths[:, None])[:, None, None, :]
 
 
-def route_set(attn_mask, is_causal: bool, causal_alignment: str, graph: nx.DiGraph | None,
+def route_set(attn_mask, is_causal: bool, causal_alignment: str, graph_mask: np.ndarray | None,
               batch_shape: tuple[int, ...], n_queries: int, n_keys: int, dtype: np.dtype
               ) -> tuple[np.ndarray, np.ndarray | None]:
     """Combine every route restriction into ``(allowed, bias)``.
+
+    ``graph_mask`` is a token graph's ``(L, S)`` route mask
+    (:func:`routing_sim.graphs.graph_mask`), or None for no graph.
 
     Returns
     -------
@@ -102,12 +103,8 @@ def route_set(attn_mask, is_causal: bool, causal_alignment: str, graph: nx.DiGra
     if causal_alignment not in CAUSAL_ALIGNMENTS:
         raise InvalidArgumentError(f"causal_alignment must be one of {CAUSAL_ALIGNMENTS}, "
                                    f"got {causal_alignment!r}")
-    if graph is not None:
-        shape = graph_shape(graph)
-        if shape != (n_queries, n_keys):
-            raise ShapeError(f"graph has {shape[0]} query tokens and {shape[1]} key tokens, "
-                             f"but the inputs have L = {n_queries} and S = {n_keys}")
-        allowed = allowed & to_mask(graph)
+    if graph_mask is not None:
+        allowed = allowed & graph_mask
     return allowed, bias
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import EmptyRowError, InvalidArgumentError, NumericalError, ShapeError
+from .errors import EmptyRowError, InvalidArgumentError, NumericalError
 from .inputs import Problem, prepare
 from .mods import derivative, modified
 from .numerics import exact_pull, exact_scores, exact_shares, exact_unnormalised
@@ -267,7 +267,7 @@ def attention_backward(query, key, value, d_output, attn_mask=None, dropout_p: f
                       alibi_slopes=alibi_slopes, rope=rope, graph=graph, mask_mod=mask_mod,
                       score_mod=score_mod)
     slope = derivative(score_mod)
-    upstream = _upstream(problem, d_output)                           # (G, L, Ev)
+    upstream = problem.upstream(d_output)                           # (G, L, Ev)
     if problem.sparse is not None:
         d_query, d_key, d_value = segment_backward(problem, upstream)
         return (problem.to_inputs(d_query, "query"), problem.to_inputs(d_key, "key"),
@@ -286,16 +286,3 @@ def attention_backward(query, key, value, d_output, attn_mask=None, dropout_p: f
     d_key = problem.scale * d_scores.transpose(0, 2, 1) @ problem.query  # (G, S, E)
     return (problem.to_inputs(d_query, "query"), problem.to_inputs(d_key, "key"),
             problem.to_inputs(d_value, "value"))
-
-
-def _upstream(problem: Problem, d_output) -> np.ndarray:
-    """The upstream gradient, checked against the output's shape and flattened to groups."""
-    groups, n_queries, _, _, value_dim = problem.shape
-    expected = (*problem.batch_shape, n_queries, value_dim)
-    upstream = np.asarray(d_output)
-    if upstream.shape != expected:
-        raise ShapeError(f"d_output must have the output's shape {expected}, got "
-                         f"{upstream.shape}")
-    if upstream.dtype.kind not in "fiu" or not np.isfinite(upstream).all():
-        raise InvalidArgumentError("d_output must hold finite real numbers")
-    return upstream.astype(problem.dtype).reshape(groups, n_queries, value_dim)
