@@ -45,3 +45,16 @@ def test_a_scenario_runs_as_a_script():
     result = subprocess.run([sys.executable, str(FOLDER / "routing_table.py")],
                             capture_output=True, text=True, check=True)
     assert result.stdout == (FOLDER / "routing_table.out").read_text(encoding="utf-8")
+
+
+def test_scenarios_and_benchmarks_import_from_a_plain_checkout_as_installed():
+    # The checkout's own routing_sim/ comes first on the path, as in `python -c` from the
+    # repository root without installing: the package's scenarios/benchmarks resolve there.
+    root = FOLDER.parent
+    code = ("import routing_sim.scenarios as s, routing_sim.benchmarks.suite as b; "
+            "print(s.__file__); print(b.__file__); print(sorted(s.available()))")
+    lines = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
+                           text=True, check=True).stdout.splitlines()
+    assert lines[0] == str(root / "routing_sim" / "scenarios" / "__init__.py")
+    assert lines[1] == str(root / "routing_sim" / "benchmarks" / "suite.py")
+    assert lines[2] == str(NAMES)
