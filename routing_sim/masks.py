@@ -12,7 +12,7 @@ import numpy as np
 
 from .errors import DTypeError, InvalidArgumentError, ShapeError
 
-__all__ = ["CAUSAL_ALIGNMENTS", "causal_mask", "padding_mask", "route_set"]
+__all__ = ["CAUSAL_ALIGNMENTS", "causal_mask", "mha_route_mask", "padding_mask", "route_set"]
 
 CAUSAL_ALIGNMENTS = ("top_left", "bottom_right")
 
@@ -106,6 +106,57 @@ def route_set(attn_mask, is_causal: bool, causal_alignment: str, graph_mask: np.
     if graph_mask is not None:
         allowed = allowed & graph_mask
     return allowed, bias
+
+
+def mha_route_mask(attn_mask, key_padding_mask, is_causal: bool, n_heads: int, n_batch: int,
+                   n_queries: int, n_keys: int, n_routes: int, batched: bool
+                   ) -> np.ndarray | None:
+    """One SDPA-style mask ``(N, H, L, S')`` from ``nn.MultiheadAttention``'s masks.
+
+    MHA's bool masks mean True = blocked; the result means True = route allowed (or is
+    an additive float mask). ``n_routes - n_keys`` extra keys (``bias_k``, the
+    zero-attention token) are always reachable.
+
+    Examples
+    --------
+    >>> mha_route_mask(None, np.array([[False, True]]), False, 1, 1, 1, 2, 3, True).astype(int)
+    array([[[[1, 0, 1]]]])
+    """
+    H = n_heads
+    blocked = []                                                   # float (-inf) or bool
+    if attn_mask is not None:
+        mask = np.asarray(attn_mask)
+        if mask.shape == (n_queries, n_keys):
+            mask = mask[None, None]
+        elif mask.shape == (n_batch * H, n_queries, n_keys):
+            mask = mask.reshape(n_batch, H, n_queries, n_keys)
+        else:
+            raise ShapeError(f"attn_mask must be (L, S) = {(n_queries, n_keys)} or "
+                             f"(N*num_heads, L, S) = {(n_batch * H, n_queries, n_keys)}, "
+                             f"got {mask.shape}")
+        blocked.append(mask)
+    elif is_causal:
+        blocked.append(np.triu(np.ones((n_queries, n_keys), dtype=bool), k=1)[None, None])
+    if key_padding_mask is not None:
+        padded = np.asarray(key_padding_mask)
+        expected = (n_batch, n_keys) if batched else (n_keys,)
+        if padded.shape != expected:
+            raise ShapeError(f"key_padding_mask must have shape {expected} (batch, S), got "
+                             f"{padded.shape}")
+        blocked.append(padded.reshape(n_batch, 1, 1, n_keys))
+    if not blocked:
+        return None
+    for mask in blocked:
+        if mask.dtype != bool and not np.issubdtype(mask.dtype, np.floating):
+            raise InvalidArgumentError(f"MHA masks must be bool (True = blocked) or float "
+                                       f"(added), got dtype {mask.dtype}")
+    extra = n_routes - n_keys        # bias_k / zero-attention tokens: always reachable
+    if all(mask.dtype == bool for mask in blocked):
+        allowed = ~np.logical_or.reduce(np.broadcast_arrays(*blocked))
+        return np.pad(allowed, [(0, 0)] * 3 + [(0, extra)], constant_values=True)
+    bias = sum(np.where(mask, -np.inf, 0.0) if mask.dtype == bool else mask.astype(float)
+               for mask in blocked)
+    return np.pad(bias, [(0, 0)] * 3 + [(0, extra)], constant_values=0.0)
 
 
 def _broadcast_shape(*shapes: tuple[int, ...]) -> tuple[int, ...] | None:

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from .errors import InvalidArgumentError, ShapeError
+from .masks import mha_route_mask
 from .reference import attention, attention_backward
 from .simulation import simulate
 
@@ -271,8 +272,8 @@ class MultiHeadAttention:
         query, key, value, batched = self._inputs(query, key, value)
         n_batch, n_queries, _ = query.shape
         q, k, v = self._project(query, key, value)                     # (N, H, L, d), (N, Hkv, S', d) x2
-        mask = self._route_mask(attn_mask, key_padding_mask, is_causal, n_batch, n_queries,
-                                key.shape[1], k.shape[2], batched)
+        mask = mha_route_mask(attn_mask, key_padding_mask, is_causal, self.num_heads, n_batch,
+                              n_queries, key.shape[1], k.shape[2], batched)
         arguments = dict(attn_mask=mask, enable_gqa=self.num_kv_heads != self.num_heads,
                          **options)
         run = None
@@ -347,45 +348,6 @@ class MultiHeadAttention:
             return x.reshape(n_batch, x.shape[1], count, self.head_dim).transpose(0, 2, 1, 3)
 
         return heads(q, self.num_heads), heads(k, self.num_kv_heads), heads(v, self.num_kv_heads)
-
-    def _route_mask(self, attn_mask, key_padding_mask, is_causal: bool, n_batch: int,
-                    n_queries: int, n_keys: int, n_routes: int, batched: bool):
-        """One SDPA-style mask ``(N, H, L, S')`` from MHA's masks (True = blocked there)."""
-        H = self.num_heads
-        blocked = []                                                   # float (-inf) or bool
-        if attn_mask is not None:
-            mask = np.asarray(attn_mask)
-            if mask.shape == (n_queries, n_keys):
-                mask = mask[None, None]
-            elif mask.shape == (n_batch * H, n_queries, n_keys):
-                mask = mask.reshape(n_batch, H, n_queries, n_keys)
-            else:
-                raise ShapeError(f"attn_mask must be (L, S) = {(n_queries, n_keys)} or "
-                                 f"(N*num_heads, L, S) = {(n_batch * H, n_queries, n_keys)}, "
-                                 f"got {mask.shape}")
-            blocked.append(mask)
-        elif is_causal:
-            blocked.append(np.triu(np.ones((n_queries, n_keys), dtype=bool), k=1)[None, None])
-        if key_padding_mask is not None:
-            padded = np.asarray(key_padding_mask)
-            expected = (n_batch, n_keys) if batched else (n_keys,)
-            if padded.shape != expected:
-                raise ShapeError(f"key_padding_mask must have shape {expected} (batch, S), got "
-                                 f"{padded.shape}")
-            blocked.append(padded.reshape(n_batch, 1, 1, n_keys))
-        if not blocked:
-            return None
-        for mask in blocked:
-            if mask.dtype != bool and not np.issubdtype(mask.dtype, np.floating):
-                raise InvalidArgumentError(f"MHA masks must be bool (True = blocked) or float "
-                                           f"(added), got dtype {mask.dtype}")
-        extra = n_routes - n_keys        # bias_k / zero-attention tokens: always reachable
-        if all(mask.dtype == bool for mask in blocked):
-            allowed = ~np.logical_or.reduce(np.broadcast_arrays(*blocked))
-            return np.pad(allowed, [(0, 0)] * 3 + [(0, extra)], constant_values=True)
-        bias = sum(np.where(mask, -np.inf, 0.0) if mask.dtype == bool else mask.astype(float)
-                   for mask in blocked)
-        return np.pad(bias, [(0, 0)] * 3 + [(0, extra)], constant_values=0.0)
 
 
 def _positive(name: str, number) -> int:

@@ -54,7 +54,7 @@ def heatmap(run: Run, batch=None):
     3
     """
     tables, titles = _tables(run, batch)
-    query_labels, key_labels = run._labels
+    query_labels, key_labels = run.labels
     figure = _figure(3.2 * len(tables) + 0.8, 3.4)
     axes = figure.subplots(1, len(tables), squeeze=False)[0]
     image = None
@@ -85,8 +85,8 @@ def graph(run: Run, head: int = 0, batch=None):
         raise InvalidArgumentError(f"head must be in 0 .. {len(tables) - 1}, got {head}")
     table = tables[head]
     n_queries, n_keys = table.shape
-    query_labels, key_labels = run._labels
-    cross = run._routes.span != n_queries
+    query_labels, key_labels = run.labels
+    cross = not run.self_attention
     drawing = nx.DiGraph()
     names_q = _names(query_labels, n_queries)
     names_k = _names(key_labels, n_keys) if cross else names_q

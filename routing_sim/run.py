@@ -205,6 +205,19 @@ class Run:
 
         return run_html(self)
 
+    @property
+    def labels(self) -> tuple[list, list]:
+        """Token labels (query side, key side), from the graph's ``label`` attributes.
+
+        An unlabelled token's entry is None.
+        """
+        return self._labels
+
+    @property
+    def self_attention(self) -> bool:
+        """True when each token asks and answers on one node (keys are the queries' tokens)."""
+        return bool(self._routes.self_attention)
+
     def stream(self, i: int | str, head: int | None = None, batch=None) -> list[tuple[float, np.ndarray]]:
         """Online softmax with a full trace: token ``i``'s partial output after each arrival.
 
