@@ -207,7 +207,7 @@ class Run:
 
     @property
     def labels(self) -> tuple[list, list]:
-        """Token labels (query side, key side), from the graph's ``label`` attributes.
+        """Token labels (query side, key side): ``labels=``, or the graph's ``label`` attributes.
 
         An unlabelled token's entry is None.
         """
