@@ -33,15 +33,6 @@ from .transport import Transport
 
 __all__ = ["BackwardNodes", "backward"]
 
-    def to_html(self, path) -> Path:
-        """Write the offline replay page of the backward pass: the gradient messages moving
-        back along the routes, with the forward pass's routing tables (see
-        :meth:`Run.to_html <routing_sim.Run.to_html>`). Returns the path."""
-        from .replay import write_html
-
-        return write_html(self._run, path, self.trace, self.stats, phase="backward")
-
-
 class BackwardNodes(TokenNodes):
     """The state and handlers of every token node during the backward pass."""
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InvalidArgumentError
+from .state import ForwardState
 from .stats import Gradients, Stats
 from .trace import Trace
 
@@ -204,6 +205,14 @@ class Run:
         from .replay.notebook import run_html
 
         return run_html(self)
+
+    @property
+    def state(self) -> ForwardState:
+        """What the token nodes knew when the run ended: scores, shares, times per route.
+
+        The backward pass and the replay page read it; see :mod:`routing_sim.state`.
+        """
+        return self._forward[0]
 
     @property
     def labels(self) -> tuple[list, list]:

@@ -11,7 +11,7 @@ import pytest
 import routing_sim as rs
 from routing_sim.cli import main
 from routing_sim.replay import ANIMATED_LIMIT
-from routing_sim.transport import Fate
+from routing_sim.messages import Fate
 
 DATA = re.compile(r'<script type="application/json" id="replay-data">(.*?)</script>', re.DOTALL)
 

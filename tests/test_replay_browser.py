@@ -17,7 +17,7 @@ import pytest
 
 import routing_sim as rs
 from routing_sim.cli import main
-from routing_sim.transport import Fate
+from routing_sim.messages import Fate
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if CHROMIUM is None:

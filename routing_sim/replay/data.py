@@ -13,8 +13,7 @@ import math
 
 import numpy as np
 
-from ..messages import Kind
-from ..transport import Fate
+from ..messages import Fate, Kind
 
 __all__ = ["ANIMATED_LIMIT", "group_name", "page_data", "steps"]
 
@@ -28,9 +27,9 @@ def page_data(run, trace=None, stats=None, phase: str = "forward") -> dict:
     stats = run.stats if stats is None else stats
     weights = np.asarray(run.weights)
     batch_shape, (n_queries, n_keys) = weights.shape[:-2], weights.shape[-2:]
-    query_labels, key_labels = run._labels
+    query_labels, key_labels = run.labels
     groups = [group_name(batch_shape, group) for group in range(_size(batch_shape))]
-    values = np.asarray(run._forward[0].problem.value)                  # (G, S, Ev)
+    values = np.asarray(run.state.problem.value)                  # (G, S, Ev)
     outputs = np.asarray(run.output).reshape(len(groups), n_queries, -1)  # (G, L, Ev)
     heads = [{"name": name,
               "tables": [_table(run, batch_shape, group, i) for i in range(n_queries)],
@@ -40,12 +39,12 @@ def page_data(run, trace=None, stats=None, phase: str = "forward") -> dict:
              for group, name in enumerate(groups)]
     data = {
         "phase": phase,
-        "selfAttention": bool(run._routes.self_attention) and n_queries == n_keys,
+        "selfAttention": run.self_attention and n_queries == n_keys,
         "queries": [_label(label, i) for i, label in enumerate(query_labels)],
         "keys": [_label(label, j) for j, label in enumerate(key_labels)],
         "kinds": [kind.name for kind in Kind],
         "toKey": [kind.to_key for kind in Kind],
-        "fates": list(Fate.NAMES),
+        "fates": [fate.label for fate in Fate],
         "heads": heads,
         "stats": str(stats),
         "makespan": float(stats.makespan),

@@ -60,7 +60,7 @@ def _grids(run) -> str:
     if max(n_queries, n_keys) > GRID_LIMIT:
         return (f"<p>Routing tables: {n_queries} x {n_keys} tokens are too many to draw here; "
                 "see <code>run.routing_table(i)</code> or the replay page.</p>")
-    query_labels, key_labels = run._labels
+    query_labels, key_labels = run.labels
     name = lambda labels, i: html.escape(str(labels[i]) if labels[i] is not None  # noqa: E731
                                          else f"#{i}")
     flat = weights.reshape(-1, n_queries, n_keys)                      # (G, L, S)
