@@ -87,7 +87,8 @@ def bigbird(n: int, block: int, *, window_blocks: int = 3, global_blocks: int = 
     2`` neighbours each side) and ``random_blocks`` other blocks drawn, block by block in
     ascending order, by ``np.random.default_rng(seed).choice(candidates, size, replace=
     False)`` from the blocks neither global nor in its window. Fan-in: ``n`` for a global
-    token, else at most ``block · (window_blocks + global_blocks + random_blocks)``.
+    token, else at most ``block · (2 · (window_blocks // 2) + 1 + global_blocks +
+    random_blocks)`` (the window always holds the query's own block).
 
     Examples
     --------

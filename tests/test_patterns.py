@@ -36,7 +36,12 @@ def test_longformer(n, window, data):
     i, j = grid(n)
     is_global = np.isin(np.arange(n), chosen)
     expected = (np.abs(i - j) <= window // 2) | is_global[:, None] | is_global[None, :]
-    check(patterns.longformer(n, window, chosen), expected)
+    routes = patterns.longformer(n, window, chosen)
+    check(routes, expected)
+    # The docstring's fan-in: n for a global token, else the band plus the global keys.
+    fan_in = routes.routes_per_query()
+    assert (fan_in[is_global] == n).all()
+    assert (fan_in[~is_global] <= 2 * (window // 2) + 1 + len(set(chosen))).all()
     first = min(n, len(chosen))
     check(patterns.longformer(n, window, first),
           (np.abs(i - j) <= window // 2) | (i < first) | (j < first))
@@ -61,9 +66,14 @@ def test_bigbird(n, block, window_blocks, global_blocks, random_blocks, seed):
                            size=min(random_blocks, len(candidates)), replace=False)
         sees[row, drawn] = True
     i, j = grid(n)
-    check(patterns.bigbird(n, block, window_blocks=window_blocks, global_blocks=global_blocks,
-                           random_blocks=random_blocks, seed=seed),
-          sees[i // block, j // block])
+    routes = patterns.bigbird(n, block, window_blocks=window_blocks, global_blocks=global_blocks,
+                              random_blocks=random_blocks, seed=seed)
+    check(routes, sees[i // block, j // block])
+    # The docstring's fan-in: n for a global token, else at most the blocks it may see.
+    fan_in, token_is_global = routes.routes_per_query(), is_global[np.arange(n) // block]
+    assert (fan_in[token_is_global] == n).all()
+    seen_blocks = 2 * (window_blocks // 2) + 1 + global_blocks + random_blocks
+    assert (fan_in[~token_is_global] <= block * seen_blocks).all()
 
 
 def test_bigbird_seed_changes_only_the_random_blocks():
@@ -78,7 +88,9 @@ def test_bigbird_seed_changes_only_the_random_blocks():
 def test_dilated(n, window, dilation):
     i, j = grid(n)
     expected = (j <= i) & ((i - j) % dilation == 0) & (i - j < window * dilation)
-    check(patterns.dilated(n, window, dilation), expected)
+    routes = patterns.dilated(n, window, dilation)
+    check(routes, expected)
+    assert (routes.routes_per_query() == np.minimum(window, np.arange(n) // dilation + 1)).all()
 
 
 @given(st.lists(st.integers(0, 6), max_size=6), st.booleans())
@@ -89,13 +101,20 @@ def test_document(lengths, causal):
     expected = owner[:, None] == owner[None, :]
     if causal:
         expected &= j <= i
-    check(patterns.document(lengths, causal=causal), expected)
+    routes = patterns.document(lengths, causal=causal)
+    check(routes, expected)
+    sizes = np.asarray(lengths, dtype=np.int64)
+    start = np.repeat(np.cumsum(sizes) - sizes, sizes)                 # first token of its doc
+    fan_in = np.arange(n) - start + 1 if causal else np.repeat(sizes, sizes)
+    assert (routes.routes_per_query() == fan_in).all()
 
 
 @given(st.integers(0, 30), st.integers(0, 35))
 def test_prefix_lm(n, prefix):
     i, j = grid(n)
-    check(patterns.prefix_lm(n, prefix), (j < prefix) | (j <= i))
+    routes = patterns.prefix_lm(n, prefix)
+    check(routes, (j < prefix) | (j <= i))
+    assert (routes.routes_per_query() == np.minimum(n, np.maximum(prefix, np.arange(n) + 1))).all()
 
 
 def test_patterns_scale_with_routes_not_n_squared():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -162,3 +164,20 @@ def test_plain_score_mod_has_no_gradient():
     q = np.eye(3)
     with pytest.raises(rs.InvalidArgumentError, match="needs the derivative of score_mod"):
         rs.attention_backward(q, q, q, np.ones((3, 3)), score_mod=lambda s, b, h, i, j: s)
+
+
+def test_sparse_reference_memory_grows_with_routes_not_l_times_s():
+    # 200,000 tokens in a window of 4 + 1 sink: an L x S bool mask alone would be 40 GB.
+    n, dim = 200_000, 4
+    rng = np.random.default_rng(6)
+    q, k, v = rng.normal(size=(3, n, dim))
+    routes = patterns.sliding_window(n, 4, sinks=1)
+    tracemalloc.start()
+    try:
+        rs.attention(q, k, v, graph=routes)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # Budget: the output and a few per-route arrays, plus one chunk of gathered rows.
+    budget = 4 * n * dim * 8 + 64 * len(routes) + 4 * segments.CHUNK_ROUTES * dim * 8
+    assert peak < budget < n * n // 100
