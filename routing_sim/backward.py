@@ -20,11 +20,14 @@ from __future__ import annotations
 import numpy as np
 import simpy
 
-from .errors import DeliveryError
+from .errors import DeliveryError, InvalidArgumentError
+from .mods import derivative
+from .routeset import batch_head
 from .messages import BACKWARD, Kind, payload_bytes
 from .barrier import gather, scores_of
 from .network import Network
 from .retries import TokenNodes
+from .sparse import DENSE_LIMIT
 from .state import ForwardState
 from .stats import Gradients, Stats
 from .trace import Trace
@@ -54,6 +57,10 @@ class BackwardNodes(TokenNodes):
         n_routes = len(routes)
         self.d_share = np.zeros(n_routes, problem.dtype)               # (R,) dP_ij
         self.d_score = np.zeros(n_routes, problem.dtype)               # (R,) dS_ij
+        # With a score_mod, the key and query gradients go through its derivative at the
+        # scaled score: dS_ij · mod'(raw_ij) (derivative() refuses a mod without one).
+        self.slope = derivative(problem.score_mod)
+        self.d_raw = self.d_score if self.slope is None else np.zeros(n_routes, problem.dtype)
         self.output_time = np.full(n_routes, np.nan)                   # GRAD_OUTPUT at j
         self.share_time = np.full(n_routes, np.nan)                    # GRAD_SHARE at i
         self.score_time = np.full(n_routes, np.nan)                    # GRAD_SCORE at j
@@ -112,7 +119,7 @@ class BackwardNodes(TokenNodes):
             queries = self.routes.query_node[routes_in]
             group = node // self.routes.n_keys
             self.d_key[node] = problem.scale * (
-                self.d_score[routes_in] @ problem.query[group, queries % self.routes.n_queries])
+                self.d_raw[routes_in] @ problem.query[group, queries % self.routes.n_queries])
 
     def on_key(self, batch: Deliveries) -> None:
         """Query node i: once every s·dS_ij·k_j is in, dQ_i is their sum."""
@@ -123,7 +130,7 @@ class BackwardNodes(TokenNodes):
             mine = self.in_softmax[span]
             keys = self.routes.key_index[span][mine]
             self.d_query[node] = problem.scale * (
-                self.d_score[span][mine] @ gather(problem.key[group], keys))
+                self.d_raw[span][mine] @ gather(problem.key[group], keys))
             self.done_time[node] = self._latest["keys"][node]
 
     def _jacobian(self, node: int) -> np.ndarray:
@@ -141,6 +148,12 @@ class BackwardNodes(TokenNodes):
         if forward.kept is not None:
             d_share = d_share * forward.kept[span] * forward.dropout_scale
         self.d_score[span] = weights * (d_share - weights @ d_share)
+        if self.slope is not None:
+            routes = self.routes
+            nodes = routes.query_node[span]
+            batch, head = batch_head(nodes // routes.n_queries, problem.batch_shape)
+            self.d_raw[span] = self.d_score[span] * self.slope(
+                forward.raw[span], batch, head, nodes % routes.n_queries, keys)
         return np.flatnonzero(mine) + span.start
 
     def _key_routes(self, node: int, mask: np.ndarray) -> np.ndarray:
@@ -197,6 +210,9 @@ def backward(forward: ForwardState, d_output: np.ndarray, network: Network, deli
     groups, n_queries, n_keys = problem.shape[:3]
 
     def score() -> np.ndarray:
+        if groups * n_queries * n_keys > DENSE_LIMIT:
+            raise InvalidArgumentError(f"grads.score() would be a dense {(groups, n_queries, n_keys)}"
+                                       f" array, over {DENSE_LIMIT:,} entries")
         dense = np.zeros((groups * n_queries, n_keys), problem.dtype)  # (G·L, S)
         dense[routes.query_node, routes.key_index] = nodes.d_score
         return problem.unflatten(dense.reshape(groups, n_queries, n_keys))

@@ -13,11 +13,13 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import NumericalError
+from .mods import modified
+from .routeset import batch_head
 from .numerics import exact_pull, exact_shares, exact_unnormalised, routing_budget, \
     scale_scores, weighted_pull
 from .state import VALUE_PHASE, ForwardState
 
-__all__ = ["aggregate", "allocate", "allocate_whole", "budget", "gather", "node_scores",
+__all__ = ["aggregate", "allocate", "allocate_whole", "budget", "gather", "modify", "node_scores",
            "note_would_have", "pull_whole", "scores_of", "top_routes"]
 
 
@@ -47,12 +49,33 @@ def node_scores(state: ForwardState, node: int) -> None:
     problem = state.problem
     group, token, span = state.span(node)
     keys = state.routes.key_index[span]
-    bias = None if problem.bias is None else problem.bias[group, token, keys]
+    bias = None if state.bias is None else state.bias[span]
+    if state.raw is not None:                                          # float mode only
+        scaled = state.kernels.scores(gather(problem.key[group], keys),
+                                      problem.query[group, token], problem.scale)[0]
+        state.scores[span] = modify(state, span, scaled, bias)
+        return
     high, low = state.kernels.scores(gather(problem.key[group], keys),
                                      problem.query[group, token], problem.scale, bias)
     state.scores[span] = high
     if low is not None:
         state.score_low[span] = low
+
+
+def modify(state: ForwardState, span: slice | np.ndarray, scaled: np.ndarray,
+           bias: np.ndarray | None) -> np.ndarray:
+    """The key node's score_mod on scaled scores of routes ``span`` (kept in
+    ``state.raw`` for the backward pass), then the bias."""
+    routes = state.routes
+    state.raw[span] = scaled.reshape(-1)
+    nodes = routes.query_node[span]
+    batch, head = batch_head(nodes // routes.n_queries, state.problem.batch_shape)
+    scores = modified(state.problem.score_mod, scaled.reshape(-1), batch, head,
+                      nodes % routes.n_queries, routes.key_index[span]).reshape(scaled.shape)
+    if bias is not None:
+        with np.errstate(over="ignore", invalid="ignore"):
+            scores = scores + bias.reshape(scaled.shape)
+    return scores
 
 
 def scores_of(state: ForwardState, span: slice, routes: np.ndarray
@@ -178,12 +201,14 @@ def _routes_block(state: ForwardState, nodes: np.ndarray) -> slice | np.ndarray:
 
 def _float_block(state: ForwardState, chosen: np.ndarray, count: int) -> None:
     """Scale, bias, (top-k) and softmax of nodes with ``count`` routes each, stacked."""
-    routes, problem = state.routes, state.problem
+    problem = state.problem
     span = _routes_block(state, chosen)
     block = state.scores[span].reshape(len(chosen), count)            # (nodes, routes)
-    bias = None if problem.bias is None else problem.bias.reshape(
-        -1, routes.n_keys)[routes.query_node[span], routes.key_index[span]].reshape(block.shape)
-    block = scale_scores(block, problem.scale, bias)
+    bias = None if state.bias is None else state.bias[span].reshape(block.shape)
+    if state.raw is None:
+        block = scale_scores(block, problem.scale, bias)
+    else:
+        block = modify(state, span, scale_scores(block, problem.scale), bias)
     state.scores[span] = block.reshape(-1)
     if not np.isfinite(block).all():
         raise NumericalError(f"a score overflowed to {block[~np.isfinite(block)][0]}; "

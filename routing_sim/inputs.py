@@ -87,6 +87,23 @@ class Problem:
             raise InvalidArgumentError("d_output must hold finite real numbers")
         return upstream.astype(self.dtype).reshape(groups, n_queries, value_dim)
 
+    def per_route(self, name: str, query_node, key_index) -> np.ndarray | None:
+        """``bias`` or ``keep`` of every route ``(R,)`` in canonical order, or None.
+
+        ``query_node`` and ``key_index`` are callables giving the routes' ``(R,)`` query
+        nodes and key indices (asked for only when a dense array must be gathered).
+        """
+        if self.sparse is not None:
+            return getattr(self.sparse, name)
+        dense = getattr(self, name)                                    # (G, L, S) or None
+        if dense is None:
+            return None
+        flat = dense.reshape(-1, dense.shape[-1])                      # (G·L, S)
+        nodes, keys = query_node(), key_index()
+        if len(nodes) == flat.size:                                    # every route
+            return flat.reshape(-1)
+        return flat[nodes, keys]
+
     def unflatten(self, array: np.ndarray) -> np.ndarray:
         """Give a ``(G, ...)`` array the caller's leading batch dims back."""
         return array.reshape(*self.batch_shape, *array.shape[1:])

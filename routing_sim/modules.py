@@ -183,7 +183,10 @@ class MultiHeadAttention:
         **options
             Passed on to :func:`simulate` / :func:`attention` (``empty_rows``, ``network``,
             ``numerics``, ...). ``empty_rows="nan"`` reproduces PyTorch's NaN rows when every
-            key of a query is masked and ``need_weights=True``.
+            key of a query is masked and ``need_weights=True``. ``graph`` (a RouteSet over
+            ``L`` and ``S``), ``mask_mod`` and ``score_mod`` work as in :func:`simulate`,
+            with ``b`` the batch and ``h`` the head; a sparse run's weights are dense, so
+            pass ``need_weights=False`` past :data:`~routing_sim.run.WEIGHTS_LIMIT`.
 
         Returns
         -------
@@ -280,15 +283,18 @@ class MultiHeadAttention:
         if engine == "messages":
             if batched:
                 run = simulate(q, k, v, **arguments)
-                heads, weights = run.output, run.weights
+                heads = run.output
+                weights = run.weights if need_weights else None
             else:      # unbatched: a Run of (H, L, ...) heads, addressed by head= alone
                 mask = arguments["attn_mask"]
                 run = simulate(q[0], k[0], v[0], **{**arguments, "attn_mask": None if mask
                                                     is None else mask[0]})
-                heads, weights = run.output[None], run.weights[None]
+                heads = run.output[None]
+                weights = run.weights[None] if need_weights else None
             self.last_run = run
         else:
-            heads, weights = attention(q, k, v, return_weights=True, **arguments)
+            heads, weights = attention(q, k, v, return_weights=True, **arguments) \
+                if need_weights else (attention(q, k, v, **arguments), None)
         merged = heads.transpose(0, 2, 1, 3).reshape(n_batch, n_queries, self.embed_dim)
         output = merged @ self._parameters["out_proj.weight"].T        # (N, L, E)
         if "out_proj.bias" in self._parameters:
@@ -296,7 +302,7 @@ class MultiHeadAttention:
         if need_weights and average_attn_weights:
             weights = weights.mean(axis=1)                             # (N, L, S')
         if not batched:
-            output, weights = output[0], weights[0]
+            output, weights = output[0], None if weights is None else weights[0]
         arguments.pop("network", None)
         for name in ("trace", "delivery", "softmax", "numerics", "routing", "top_k"):
             arguments.pop(name, None)

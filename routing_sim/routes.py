@@ -48,6 +48,34 @@ class RouteTable:
         self._asker: np.ndarray | None = None
         self._answerer: np.ndarray | None = None
 
+    @classmethod
+    def from_csr(cls, indptr: np.ndarray, key_index: np.ndarray | None, n_groups: int,
+                 n_queries: int, n_keys: int, self_attention: bool = True) -> RouteTable:
+        """The table of a sparse route set: ``indptr (G·L + 1,)`` and ``key_index (R,)``
+        (None: every key), never an ``L × S`` array.
+
+        Examples
+        --------
+        >>> table = RouteTable.from_csr(np.array([0, 1, 3]), np.array([0, 0, 1]), 1, 2, 2)
+        >>> table.query_node.tolist(), len(table), table.full
+        ([0, 1, 1], 3, False)
+        """
+        table = cls.__new__(cls)
+        table.self_attention = self_attention and n_queries == n_keys
+        table.span = n_queries if table.self_attention else n_queries + n_keys
+        table.n_groups, table.n_queries, table.n_keys = n_groups, n_queries, n_keys
+        table.index_type = np.int32 if n_groups * (n_queries + n_keys) < 2**31 else np.int64
+        table.indptr = np.asarray(indptr, dtype=np.int64)              # (G·L + 1,)
+        table.full = key_index is None or len(key_index) == n_groups * n_queries * n_keys
+        table._key_index = None if table.full else np.asarray(key_index).astype(
+            table.index_type, copy=False)                              # (R,) j
+        table._query_node = None
+        if not table.full:
+            table._query_node = np.repeat(np.arange(n_groups * n_queries, dtype=table.index_type),
+                                          np.diff(table.indptr))       # (R,) u = g·L + i
+        table._asker = table._answerer = None
+        return table
+
     @property
     def query_node(self) -> np.ndarray:
         """``(R,)``: the query node ``u = g·L + i`` of every route."""

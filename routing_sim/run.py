@@ -5,15 +5,30 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from .errors import InvalidArgumentError
+from .sparse import DENSE_LIMIT
 from .state import ForwardState
 from .stats import Gradients, Stats
 from .trace import Trace
 
-__all__ = ["DroppedRoute", "Route", "RoutingTable", "Run"]
+__all__ = ["DroppedRoute", "Route", "RouteWeights", "RoutingTable", "Run", "WEIGHTS_LIMIT"]
+
+WEIGHTS_LIMIT = DENSE_LIMIT    # largest G·L·S a Run builds as the dense ``weights`` (256 MB)
+
+
+class RouteWeights(NamedTuple):
+    """Every route's share, in canonical order (by group, query, then key): four ``(R,)``
+    arrays. ``group`` is the flat batch/head index (``np.unravel_index(group,
+    batch_shape)`` gives the leading dims back), ``query`` and ``key`` the token rows."""
+
+    group: np.ndarray        # (R,) flat batch/head index
+    query: np.ndarray        # (R,) query token row i
+    key: np.ndarray          # (R,) key token row j
+    share: np.ndarray        # (R,) w_ij after dropout (NaN rows: empty_rows="nan")
 
 
 @dataclass(frozen=True)
@@ -93,7 +108,9 @@ class Run:
     output : ndarray, shape (..., L, Ev)
         What every query token pulled: the attention output.
     weights : ndarray, shape (..., L, S)
-        Row ``i`` is token ``i``'s routing table (shares, after dropout).
+        Row ``i`` is token ``i``'s routing table (shares, after dropout), built on first
+        use; past :data:`WEIGHTS_LIMIT` entries asking for it raises an error that points
+        to :meth:`route_weights`, which has the same shares per route at any size.
     trace : Trace
         The message log.
     stats : Stats
@@ -101,7 +118,7 @@ class Run:
     """
 
     output: np.ndarray
-    weights: np.ndarray
+    _shares: np.ndarray = field(repr=False)        # (R,) share of every route
     trace: Trace
     stats: Stats
     _routes: object = field(repr=False)            # the RouteTable
@@ -114,11 +131,64 @@ class Run:
     _stream: list | None = field(default=None, repr=False)
     _forward: tuple | None = field(default=None, repr=False)   # (state, network, delivery)
     _positions: tuple[list[int], list[int]] | None = field(default=None, repr=False)
+    _empty_nan: bool = field(default=False, repr=False)        # empty_rows="nan"
+    _weights: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def weights_shape(self) -> tuple[int, ...]:
+        """``(..., L, S)``: the shape of :attr:`weights`, without building it."""
+        return (*self.output.shape[:-1], self._routes.n_keys)
+
+    @property
+    def weights(self) -> np.ndarray:
+        """The dense routing tables ``(..., L, S)``: zero where there is no route."""
+        if self._weights is None:
+            self._weights = self._dense_weights()
+        return self._weights
+
+    def _dense_weights(self) -> np.ndarray:
+        table, shape = self._routes, self.weights_shape
+        groups, n_queries, n_keys = table.n_groups, table.n_queries, table.n_keys
+        if groups * n_queries * n_keys > WEIGHTS_LIMIT:
+            raise InvalidArgumentError(
+                f"run.weights would be a dense {shape} array ({groups * n_queries * n_keys:,} "
+                f"entries, over the limit of {WEIGHTS_LIMIT:,}); run.route_weights() gives "
+                "the shares per route, and run.routing_table(i) one token's table")
+        if table.full:                                                 # every route exists
+            weights = self._shares.reshape(groups, n_queries, n_keys)
+        else:
+            weights = np.zeros((groups * n_queries, n_keys), dtype=self._shares.dtype)
+            weights[table.query_node, table.key_index] = self._shares  # (G·L, S)
+            weights = weights.reshape(groups, n_queries, n_keys)
+        if self._empty_nan:
+            weights[(table.routes_per_node() == 0).reshape(groups, n_queries)] = np.nan
+        return weights.reshape(shape)
+
+    def route_weights(self) -> RouteWeights:
+        """Every route's share with its (group, query, key) indices, in canonical order.
+
+        Works at any size (memory grows with the routes, not with ``L · S``).
+
+        Examples
+        --------
+        >>> import numpy as np, routing_sim as rs
+        >>> q, k, v = np.random.default_rng(0).normal(size=(3, 3, 2))
+        >>> run = rs.simulate(q, k, v, is_causal=True)
+        >>> shares = run.route_weights()
+        >>> shares.query.tolist(), shares.key.tolist()
+        ([0, 1, 1, 2, 2, 2], [0, 0, 1, 0, 1, 2])
+        >>> bool(np.array_equal(run.weights[shares.query, shares.key], shares.share))
+        True
+        """
+        table = self._routes
+        nodes = table.query_node
+        return RouteWeights(nodes // table.n_queries, nodes % table.n_queries,
+                            table.key_index, self._shares)
 
     def __repr__(self) -> str:
         """One line: the shapes and the run's totals (``print(run.stats)`` has the rest)."""
         stats = self.stats
-        return (f"<Run output {self.output.shape}, weights {self.weights.shape}: "
+        return (f"<Run output {self.output.shape}, weights {self.weights_shape}: "
                 f"{stats.routes:,} routes, {stats.total_messages:,} messages, "
                 f"{stats.total_bytes:,} bytes, done at t={stats.makespan:.3f}, "
                 f"{self.trace.detail} trace>")
@@ -235,7 +305,7 @@ class Run:
         """
         if self._stream is None:
             raise InvalidArgumentError("stream() needs softmax='online' and trace='full'")
-        batch_shape, n_queries = self.weights.shape[:-2], self.weights.shape[-2]
+        batch_shape, n_queries = self.weights_shape[:-2], self.weights_shape[-2]
         index = _group_index(batch_shape, head, batch)
         group = int(np.ravel_multi_index(index, batch_shape)) if batch_shape else 0
         node = group * n_queries + self._row(i)
@@ -250,22 +320,23 @@ class Run:
         ``(N, H, L, E)`` use ``batch=n, head=h``. A :class:`~routing_sim.Decoder` step's
         query sits at its position in the sequence, ``step.position``.
         """
-        batch_shape = self.weights.shape[:-2]
-        n_queries = self.weights.shape[-2]
+        batch_shape = self.weights_shape[:-2]
+        n_queries = self.weights_shape[-2]
         i = self._row(i)
         query_positions, key_positions = self._token_positions()
         index = _group_index(batch_shape, head, batch)
         group = int(np.ravel_multi_index(index, batch_shape)) if batch_shape else 0
-        flat = (-1, n_queries, self.weights.shape[-1])
-        shares = self.weights.reshape(flat)[group, i]
         node = group * n_queries + i
         span = slice(self._routes.indptr[node], self._routes.indptr[node + 1])
+        keys = (np.arange(self._routes.n_keys) if self._routes.full
+                else self._routes.key_index[span])                     # one CSR row
         query_labels, key_labels = self._labels
-        routes = [Route(key_positions[j], key_labels[j], float(score), float(shares[j]),
+        routes = [Route(key_positions[j], key_labels[j], float(score), float(share),
                         self._value_bytes if not np.isnan(arrived) else 0, float(arrived))
-                  for j, score, arrived in zip(self._routes.key_index[span].tolist(),
-                                               self._scores[span].tolist(),
-                                               self._arrived[span].tolist())]
+                  for j, score, share, arrived in zip(keys.tolist(),
+                                                      self._scores[span].tolist(),
+                                                      self._shares[span].tolist(),
+                                                      self._arrived[span].tolist())]
         routes.sort(key=lambda route: (-route.share, route.source))
         pulled = sum(1 for route in routes if route.bytes_pulled)
         where = "".join(f", {name} {value}" for name, value in

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import networkx as nx
 import numpy as np
@@ -17,6 +17,7 @@ from .numerics import Kernels
 from .online import OnlineNodes
 from .protocol import ForwardNodes, TwoPhaseNodes
 from .routes import RouteTable
+from .routeset import RouteSet
 from .run import DroppedRoute, Run
 from .state import SCORE_PHASE, ForwardState
 from .stats import Stats
@@ -37,8 +38,8 @@ def simulate(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causa
              causal_alignment: str = "top_left", empty_rows: str = "zero", dropout_mask=None,
              seed: int | None = 0, alibi_slopes=None, rope=None, routing: str = "softmax",
              top_k: int = 1, trace: str = "auto", delivery: str = "window",
-             labels: Sequence[str] | None = None, key_labels: Sequence[str] | None = None
-             ) -> Run:
+             labels: Sequence[str] | None = None, key_labels: Sequence[str] | None = None,
+             mask_mod: Callable | None = None, score_mod: Callable | None = None) -> Run:
     r"""Run attention as messages between token nodes and return what they computed.
 
     Every allowed route ``j -> i`` carries four messages (QUERY, SCORE, PULL, VALUE; see
@@ -50,10 +51,12 @@ def simulate(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causa
     ----------
     query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa
         As in :func:`~routing_sim.attention` (PyTorch's ``scaled_dot_product_attention``).
-    graph : networkx.DiGraph, optional
+    graph : networkx.DiGraph or RouteSet, optional
         The token graph (edge ``j -> i``: token ``i`` may pull from token ``j``); see
-        :mod:`routing_sim.graphs`. A route exists only if the graph, ``attn_mask`` and
-        ``is_causal`` all allow it. An edge's ``latency`` attribute overrides the network's.
+        :mod:`routing_sim.graphs`. A route exists only if the graph, ``attn_mask``,
+        ``is_causal`` and ``mask_mod`` all allow it. An edge's ``latency`` attribute
+        overrides the network's. A :class:`~routing_sim.RouteSet` (or a ``mask_mod``) runs
+        sparsely: memory and time grow with the routes, never with ``L · S``.
     network : Network, optional
         Timing and faults of the simulated network; ``Network()`` by default.
     numerics : {"float", "exact"}
@@ -78,6 +81,17 @@ def simulate(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causa
     delivery : {"window", "instant", "per_message"}
         How the transport groups deliveries into SimPy events (see
         :mod:`routing_sim.transport`); it changes speed, never results or timestamps.
+    mask_mod : callable, optional
+        FlexAttention's ``mask_mod(b, h, q_idx, kv_idx) -> bool``: True where the route
+        exists. A masked route carries no message. Called as in
+        :meth:`RouteSet.from_mask_mod <routing_sim.RouteSet.from_mask_mod>` (or with flat
+        per-route arrays when combined with a ``graph``).
+    score_mod : callable, optional
+        FlexAttention's ``score_mod(score, b, h, q_idx, kv_idx) -> score``: the key node
+        applies it to the scaled score it sends, before the bias is added. It is called
+        with flat per-route arrays (see :mod:`routing_sim.mods`); ``run.backward`` needs
+        a mod that carries its derivative (``rs.mods.softcap``, ``alibi``,
+        ``relative_bias``).
     labels, key_labels : sequence of str, optional
         Token texts for routing tables, traces and plots, without building a graph:
         ``labels`` names the query tokens (and the key tokens too when ``L == S``),
@@ -86,8 +100,10 @@ def simulate(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causa
     Returns
     -------
     Run
-        ``output`` (..., L, Ev), ``weights`` (..., L, S), ``trace``, ``stats``,
-        ``routing_table(i)``, ``dropped`` and (online) ``stream(i)``.
+        ``output`` (..., L, Ev), ``weights`` (..., L, S; dense, for runs up to
+        :data:`~routing_sim.run.WEIGHTS_LIMIT` entries), ``route_weights()`` (per route, any
+        size), ``trace``, ``stats``, ``routing_table(i)``, ``dropped`` and (online)
+        ``stream(i)``.
 
     Raises
     ------
@@ -123,6 +139,9 @@ def simulate(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causa
     if routing == "topk" and softmax == "online":
         raise InvalidArgumentError("routing='topk' needs every score first: use "
                                    "softmax='two_phase'")
+    if numerics == "exact" and score_mod is not None:
+        raise InvalidArgumentError("score_mod runs in float arithmetic; it cannot be combined "
+                                   "with numerics='exact'")
     if numerics == "exact" and softmax == "online":
         raise InvalidArgumentError("numerics='exact' needs softmax='two_phase': the online "
                                    "rescaling rounds at every arrival")
@@ -134,13 +153,11 @@ def simulate(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causa
     problem = prepare(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
                       causal_alignment=causal_alignment, empty_rows=empty_rows,
                       dropout_mask=dropout_mask, seed=seed, graph=graph,
-                      alibi_slopes=alibi_slopes, rope=rope)
-    if problem.sparse is not None:
-        raise InvalidArgumentError("simulate does not take a RouteSet graph yet; pass "
-                                   "graph=routes.to_networkx() or attn_mask=routes.to_mask()")
-    tokens = _token_names(graph, labels, key_labels, problem.shape[1], problem.shape[2])
-    self_attention = graph is None or "n_queries" not in graph.graph
-    routes = RouteTable(problem.allowed, self_attention)
+                      alibi_slopes=alibi_slopes, rope=rope, mask_mod=mask_mod,
+                      score_mod=score_mod)
+    token_graph = graph if isinstance(graph, nx.DiGraph) else None
+    tokens = _token_names(token_graph, labels, key_labels, problem.shape[1], problem.shape[2])
+    routes = _route_table(problem, graph)
     _check_empty_rows(problem, routes)
     _check_crashes(network, routes)
 
@@ -151,7 +168,7 @@ def simulate(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causa
         trace = "full" if len(Kind) * len(routes) <= AUTO_FULL_LIMIT else "summary"
     log = Trace(trace, routes, nbytes)
     env = simpy.Environment()
-    transport = Transport(env, network, _route_latency(network, graph, routes), nbytes,
+    transport = Transport(env, network, _route_latency(network, token_graph, routes), nbytes,
                           routes.endpoints, routes.crash_filter(network.crashes), log.record,
                           delivery)
     arguments = (problem, routes, transport, Kernels(numerics))
@@ -166,6 +183,20 @@ def simulate(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causa
     env.process(transport.run())
     env.run()
     return _collect(problem, routes, nodes, log, transport, tokens)
+
+
+def _route_table(problem: Problem, graph) -> RouteTable:
+    """The run's routes: from the sparse route set (CSR), or from the dense mask."""
+    if isinstance(graph, RouteSet):
+        self_attention = not graph.cross
+    else:
+        self_attention = graph is None or "n_queries" not in graph.graph
+    if problem.sparse is None:
+        return RouteTable(problem.allowed, self_attention)
+    groups, n_queries, n_keys, _, _ = problem.shape
+    routes = problem.sparse.routes
+    return RouteTable.from_csr(routes.indptr, None if routes.full else routes.indices,
+                               groups, n_queries, n_keys, self_attention)
 
 
 def _token_names(graph: nx.DiGraph | None, labels, key_labels, n_queries: int, n_keys: int
@@ -194,7 +225,7 @@ def _token_names(graph: nx.DiGraph | None, labels, key_labels, n_queries: int, n
 def _collect(problem: Problem, routes: RouteTable, nodes: ForwardNodes, log: Trace,
              transport: Transport, tokens: tuple) -> Run:
     """Check every node finished (or say what is missing), then assemble the Run."""
-    groups, n_queries, n_keys, _, _ = problem.shape
+    groups, n_queries, _, _, _ = problem.shape
     state = nodes.state
     has_routes = routes.routes_per_node() > 0
     dead = np.flatnonzero(state.dead)
@@ -214,20 +245,12 @@ def _collect(problem: Problem, routes: RouteTable, nodes: ForwardNodes, log: Tra
     log.close({Kind.SCORE: state.scores} if online else
               {Kind.SCORE: state.scores, Kind.PULL: state.shares},
               nodes.rescale if isinstance(nodes, OnlineNodes) else None, state.context)
-    if routes.full:                                                   # every route exists
-        weights = state.shares.reshape(groups, n_queries, n_keys)
-    else:
-        weights = np.zeros((groups * n_queries, n_keys), dtype=problem.dtype)  # (G·L, S)
-        weights[routes.query_node, routes.key_index] = state.shares
-        weights = weights.reshape(groups, n_queries, n_keys)
     output = state.output.reshape(groups, n_queries, problem.shape[4])
     if problem.empty_rows == "nan":
-        empty = ~has_routes.reshape(groups, n_queries)
-        output[empty] = np.nan
-        weights[empty] = np.nan
+        output[~has_routes.reshape(groups, n_queries)] = np.nan
     completed = np.where(has_routes, state.done_time, 0.0)
     return Run(
-        output=problem.unflatten(output), weights=problem.unflatten(weights), trace=log,
+        output=problem.unflatten(output), _shares=state.shares, trace=log,
         stats=_stats(log, transport, nodes, routes, completed),
         _routes=routes, _scores=state.scores, _arrived=state.value_time,
         _completed=completed.reshape(groups, n_queries),
@@ -237,6 +260,7 @@ def _collect(problem: Problem, routes: RouteTable, nodes: ForwardNodes, log: Tra
         _stream=nodes.stream if isinstance(nodes, OnlineNodes) else None,
         _forward=(state, transport.network, transport.mode),
         _positions=positions,
+        _empty_nan=problem.empty_rows == "nan",
     )
 
 

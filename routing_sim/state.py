@@ -47,6 +47,8 @@ class ForwardState:
     would_have: np.ndarray | None = field(init=False)  # (R,) a dead route's full share
     chosen: np.ndarray | None = field(init=False)   # (R,) hard routing: routes kept
     kept: np.ndarray | None = field(init=False)     # (R,) dropout: routes kept
+    bias: np.ndarray | None = field(init=False)     # (R,) added to the scores, or None
+    raw: np.ndarray | None = field(init=False)      # (R,) score_mod: q·k·scale before it
     dropout_scale: np.generic = field(init=False)   # 1 / (1 - p) in the inputs' dtype
     needed: np.ndarray = field(init=False)          # (G·L,) routes per node
     values_needed: np.ndarray = field(init=False)   # (G·L,) VALUEs a node waits for
@@ -71,8 +73,10 @@ class ForwardState:
         self.value_time = np.full(n_routes, np.nan)
         self.would_have = np.full(n_routes, np.nan) if self.faulty else None
         self.chosen = np.ones(n_routes, dtype=bool) if self.top_k else None
-        self.kept = None if problem.keep is None else problem.keep.reshape(
-            n_nodes, -1)[routes.query_node, routes.key_index]          # (R,) bool
+        where = (lambda: routes.query_node, lambda: routes.key_index)
+        self.kept = problem.per_route("keep", *where)                  # (R,) bool or None
+        self.bias = problem.per_route("bias", *where)                  # (R,) or None
+        self.raw = None if problem.score_mod is None else np.zeros(n_routes, dtype=dtype)
         self.dropout_scale = dtype.type(1.0 / (1.0 - problem.dropout_p))
         self.needed = routes.routes_per_node()
         self.values_needed = self.needed.copy() if self.kept is None else np.bincount(

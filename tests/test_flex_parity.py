@@ -81,3 +81,22 @@ def test_patterns_match_flex_attention():
     expected = flex_reference(q, k, v, lambda b, h, i, j: mask[i, j], None)
     np.testing.assert_allclose(rs.attention(q, k, v, graph=routes), expected, rtol=RTOL,
                                atol=1e-13)
+
+
+@pytest.mark.parametrize("mask_name", sorted(MASKS))
+@pytest.mark.parametrize("mod_name", ["none", "softcap", "alibi", "relative"])
+def test_simulate_matches_flex_attention(mask_name, mod_name):
+    """The message simulator, with the mods and on the mask_mod's RouteSet, against torch."""
+    rng = np.random.default_rng(len(mask_name) * 7 + len(mod_name))
+    n_queries = n_keys = int(rng.integers(5, 13))
+    q, k, v = rng.normal(size=(3, 2, 3, n_queries, 8))
+    ours_mod, torch_mod = torch_mods()[mod_name]
+    mask_mod = MASKS[mask_name]
+    expected = flex_reference(q, k, v, mask_mod, torch_mod)
+    run = rs.simulate(q, k, v, mask_mod=mask_mod, score_mod=ours_mod)
+    np.testing.assert_allclose(run.output, expected, rtol=RTOL, atol=1e-13)
+    if mask_mod is not None:
+        routes = rs.RouteSet.from_mask_mod(mask_mod, n_queries, n_keys, batch_shape=(2, 3))
+        on_routes = rs.simulate(q, k, v, graph=routes, score_mod=ours_mod)
+        np.testing.assert_allclose(on_routes.output, expected, rtol=RTOL, atol=1e-13)
+        assert on_routes.stats.routes == len(routes)
