@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from . import sweep_cli
+from .cli_args import count, non_negative, positive, probability, seed, check_size
 from .errors import RoutingSimError
 
 __all__ = ["main"]
@@ -54,9 +55,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Run a short sentence through the routing protocol: print every token's "
                     "routing table, the messages on the network, the outputs, and the verdict "
                     "against matrix attention.")
-    demo.add_argument("--seed", type=int, default=0, help="seed of embeddings, projections "
+    demo.add_argument("--seed", type=seed, default=0, help="seed of embeddings, projections "
                       "and jitter (default 0)")
-    demo.add_argument("--jitter", type=_non_negative, default=0.3,
+    demo.add_argument("--jitter", type=non_negative, default=0.3,
                       help="largest random extra delay per message (default 0.3)")
     demo.set_defaults(handler=_demo)
 
@@ -77,17 +78,17 @@ def _parser() -> argparse.ArgumentParser:
     group = simulation.add_argument_group("the simulation")
     group.add_argument("--tokens", default="the cat sat on the mat",
                        help="the sentence (one token node per word; default %(default)r)")
-    group.add_argument("--heads", type=_positive, default=1, help="attention heads (default 1)")
-    group.add_argument("--dim", type=_positive, default=4, help="head dim E (default 4)")
+    group.add_argument("--heads", type=positive, default=1, help="attention heads (default 1)")
+    group.add_argument("--dim", type=positive, default=4, help="head dim E (default 4)")
     group.add_argument("--causal", action="store_true", help="token i reads tokens 0..i only")
-    group.add_argument("--latency", type=_non_negative, default=1.0, help="default 1.0")
-    group.add_argument("--jitter", type=_non_negative, default=0.3, help="default 0.3")
-    group.add_argument("--loss", type=_probability, default=0.0, help="default 0")
-    group.add_argument("--duplicate", type=_probability, default=0.0, help="default 0")
-    group.add_argument("--retries", type=int, default=10, help="default 10")
+    group.add_argument("--latency", type=non_negative, default=1.0, help="default 1.0")
+    group.add_argument("--jitter", type=non_negative, default=0.3, help="default 0.3")
+    group.add_argument("--loss", type=probability, default=0.0, help="default 0")
+    group.add_argument("--duplicate", type=probability, default=0.0, help="default 0")
+    group.add_argument("--retries", type=count, default=10, help="default 10")
     group.add_argument("--softmax", choices=("two_phase", "online"), default="two_phase")
     group.add_argument("--numerics", choices=("float", "exact"), default="float")
-    group.add_argument("--seed", type=int, default=0, help="seed of data and network")
+    group.add_argument("--seed", type=seed, default=0, help="seed of data and network")
 
     trace = commands.add_parser(
         "trace", parents=[simulation], help="simulate and write the message trace",
@@ -133,9 +134,9 @@ def _parser() -> argparse.ArgumentParser:
                     "compare each with matrix attention and with a second delivery schedule, "
                     "and print a summary table; failures come with a command that reproduces "
                     "them.")
-    verify.add_argument("--cases", type=_positive, default=200, help="default 200")
-    verify.add_argument("--seed", type=int, default=0, help="first case seed (default 0)")
-    verify.add_argument("--only", type=int, help="run just the case with this seed")
+    verify.add_argument("--cases", type=positive, default=200, help="default 200")
+    verify.add_argument("--seed", type=seed, default=0, help="first case seed (default 0)")
+    verify.add_argument("--only", type=seed, help="run just the case with this seed")
     verify.set_defaults(handler=_verify)
 
     hf = commands.add_parser(
@@ -148,12 +149,12 @@ def _parser() -> argparse.ArgumentParser:
                     "checkpoint directory. Needs the hf extra: pip install 'routing_sim[hf]'.")
     hf.add_argument("--family", choices=("llama", "mistral", "qwen2", "gpt2"), default="llama",
                     help="architecture of the tiny random-init model (default llama)")
-    hf.add_argument("--layers", type=_positive, default=2, help="its layers (default 2)")
+    hf.add_argument("--layers", type=positive, default=2, help="its layers (default 2)")
     hf.add_argument("--model", type=Path, help="a local checkpoint directory (save_pretrained "
                     "output) instead of a tiny model; its tokenizer is used if it has one")
     hf.add_argument("--tokens", default="routing is all you need",
                     help="the prompt (default %(default)r)")
-    hf.add_argument("--new-tokens", type=_positive, default=3,
+    hf.add_argument("--new-tokens", type=positive, default=3,
                     help="tokens to generate greedily (default 3)")
     hf.set_defaults(handler=_hf)
 
@@ -210,6 +211,7 @@ def _simulate(arguments: argparse.Namespace):
     words = arguments.tokens.split()
     if not words:
         raise _user_error("--tokens needs at least one word")
+    check_size(arguments.heads, len(words), arguments.dim)
     rng = np.random.default_rng(arguments.seed)
     shape = (arguments.heads, len(words), arguments.dim)
     query, key, value = (rng.normal(size=shape) for _ in range(3))
@@ -233,6 +235,9 @@ def _trace(arguments: argparse.Namespace) -> int:
         return 0
     default = {"perfetto": "trace.json", "jsonl": "trace.jsonl", "csv": "trace.csv"}
     path = arguments.output or Path(default[arguments.format])
+    if path.is_dir():
+        raise _user_error(f"--output {path} is a directory; give a file name, e.g. "
+                          f"{path / default[arguments.format]}")
     writer = {"perfetto": run.trace.to_perfetto, "jsonl": run.trace.to_jsonl,
               "csv": run.trace.to_csv}[arguments.format]
     writer(path)
@@ -315,37 +320,6 @@ def _user_error(message: str) -> RoutingSimError:
     from .errors import InvalidArgumentError
 
     return InvalidArgumentError(message)
-
-
-def _non_negative(text: str) -> float:
-    number = _number(text)
-    if not number >= 0 or number == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return number
-
-
-def _probability(text: str) -> float:
-    number = _number(text)
-    if not 0 <= number < 1:
-        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1), got {text!r}")
-    return number
-
-
-def _positive(text: str) -> int:
-    try:
-        number = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return number
-
-
-def _number(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import networkx as nx
 import numpy as np
 
+from .arrays import as_numpy
 from .errors import DTypeError, InvalidArgumentError, ShapeError
 from .graphs import graph_mask
 from .masks import route_set
@@ -79,7 +80,7 @@ class Problem:
         """The upstream gradient, checked against the output's shape, flattened to groups."""
         groups, n_queries, _, _, value_dim = self.shape
         expected = (*self.batch_shape, n_queries, value_dim)
-        upstream = np.asarray(d_output)
+        upstream = as_numpy("d_output", d_output)
         if upstream.shape != expected:
             raise ShapeError(f"d_output must have the output's shape {expected}, got "
                              f"{upstream.shape}")
@@ -227,7 +228,7 @@ def _alibi(slopes, scores_shape: tuple[int, ...], alignment: str) -> np.ndarray:
 
 def _as_float_array(name: str, x) -> np.ndarray:
     try:
-        array = np.asarray(x)
+        array = as_numpy(name, x)
     except (TypeError, ValueError) as error:
         raise DTypeError(f"{name} must be a numeric array, got {type(x).__name__}: {error}"
                          ) from None
@@ -288,7 +289,7 @@ def _dropout_keep(dropout_p: float, dropout_mask, seed: int | None,
             or not 0.0 <= dropout_p < 1.0:
         raise InvalidArgumentError(f"dropout_p must be a probability in [0, 1), got {dropout_p!r}")
     if dropout_mask is not None:
-        keep = np.asarray(dropout_mask)
+        keep = as_numpy("dropout_mask", dropout_mask)
         if keep.dtype != bool:
             raise DTypeError(f"dropout_mask must be bool (True = route kept), got dtype "
                              f"{keep.dtype}")

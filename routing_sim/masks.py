@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .arrays import as_numpy
 from .errors import DTypeError, InvalidArgumentError, ShapeError
 
 __all__ = ["CAUSAL_ALIGNMENTS", "causal_mask", "mha_route_mask", "padding_mask", "route_set"]
@@ -81,7 +82,7 @@ def route_set(attn_mask, is_causal: bool, causal_alignment: str, graph_mask: np.
             raise InvalidArgumentError("pass either attn_mask or is_causal=True, not both "
                                        "(as in PyTorch's scaled_dot_product_attention); "
                                        "build the causal part into the mask instead")
-        mask = np.asarray(attn_mask)
+        mask = as_numpy("attn_mask", attn_mask)
         if _broadcast_shape(mask.shape, target) != target:
             raise ShapeError(f"attn_mask of shape {mask.shape} does not broadcast to the "
                              f"scores' shape {target} (..., L, S)")
@@ -125,7 +126,7 @@ def mha_route_mask(attn_mask, key_padding_mask, is_causal: bool, n_heads: int, n
     H = n_heads
     blocked = []                                                   # float (-inf) or bool
     if attn_mask is not None:
-        mask = np.asarray(attn_mask)
+        mask = as_numpy("attn_mask", attn_mask)
         if mask.shape == (n_queries, n_keys):
             mask = mask[None, None]
         elif mask.shape == (n_batch * H, n_queries, n_keys):
@@ -138,7 +139,7 @@ def mha_route_mask(attn_mask, key_padding_mask, is_causal: bool, n_heads: int, n
     elif is_causal:
         blocked.append(np.triu(np.ones((n_queries, n_keys), dtype=bool), k=1)[None, None])
     if key_padding_mask is not None:
-        padded = np.asarray(key_padding_mask)
+        padded = as_numpy("key_padding_mask", key_padding_mask)
         expected = (n_batch, n_keys) if batched else (n_keys,)
         if padded.shape != expected:
             raise ShapeError(f"key_padding_mask must have shape {expected} (batch, S), got "

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from .arrays import as_numpy
 from .errors import InvalidArgumentError, ShapeError
 from .masks import mha_route_mask
 from .reference import attention, attention_backward
@@ -15,6 +16,9 @@ from .simulation import simulate
 __all__ = ["MultiHeadAttention"]
 
 ENGINES = ("messages", "matrix")
+# Arguments of attention that the module sets itself, and what to use instead.
+OWN_OPTIONS = {"enable_gqa": "grouped-query attention follows num_kv_heads",
+               "return_weights": "use need_weights"}
 
 
 class MultiHeadAttention:
@@ -182,11 +186,14 @@ class MultiHeadAttention:
             ``self.last_run``) or in matrix form.
         **options
             Passed on to :func:`simulate` / :func:`attention` (``empty_rows``, ``network``,
-            ``numerics``, ...). ``empty_rows="nan"`` reproduces PyTorch's NaN rows when every
-            key of a query is masked and ``need_weights=True``. ``graph`` (a RouteSet over
-            ``L`` and ``S``), ``mask_mod`` and ``score_mod`` work as in :func:`simulate`,
-            with ``b`` the batch and ``h`` the head; a sparse run's weights are dense, so
-            pass ``need_weights=False`` past :data:`~routing_sim.run.WEIGHTS_LIMIT`.
+            ``numerics``, ...), and to the gradient engines by :meth:`gradients`: every
+            argument of :func:`attention` but ``enable_gqa`` (set by ``num_kv_heads``) and
+            ``return_weights`` (``need_weights``), which raise InvalidArgumentError.
+            ``empty_rows="nan"`` reproduces PyTorch's NaN rows when every key of a query is
+            masked and ``need_weights=True``. ``graph`` (a RouteSet over ``L`` and ``S``),
+            ``mask_mod`` and ``score_mod`` work as in :func:`simulate`, with ``b`` the batch
+            and ``h`` the head; a sparse run's weights are dense, so pass
+            ``need_weights=False`` past :data:`~routing_sim.run.WEIGHTS_LIMIT`.
 
         Returns
         -------
@@ -223,7 +230,7 @@ class MultiHeadAttention:
         _, _, saved = self._forward(query, key, value, key_padding_mask, False, attn_mask,
                                     average_attn_weights, is_causal, engine, options)
         inputs, projected, merged, arguments, run, batched = saved
-        upstream = np.asarray(d_output, dtype=np.float64)
+        upstream = as_numpy("d_output", d_output, np.float64)
         expected = merged.shape if batched else merged.shape[1:]
         if upstream.shape != expected:
             raise ShapeError(f"d_output must have the output's shape {expected}, got "
@@ -272,6 +279,10 @@ class MultiHeadAttention:
         """The forward pass, and what the backward pass needs from it."""
         if engine not in ENGINES:
             raise InvalidArgumentError(f"engine must be one of {ENGINES}, got {engine!r}")
+        for name, instead in OWN_OPTIONS.items():
+            if name in options:
+                raise InvalidArgumentError(f"{name} is not an option of MultiHeadAttention: "
+                                           f"{instead}")
         query, key, value, batched = self._inputs(query, key, value)
         n_batch, n_queries, _ = query.shape
         q, k, v = self._project(query, key, value)                     # (N, H, L, d), (N, Hkv, S', d) x2
@@ -310,7 +321,8 @@ class MultiHeadAttention:
         return output, (weights if need_weights else None), saved
 
     def _inputs(self, query, key, value):
-        arrays = [np.asarray(x) for x in (query, key, value)]
+        arrays = [as_numpy(name, x) for name, x in zip(("query", "key", "value"),
+                                                       (query, key, value))]
         for name, array in zip(("query", "key", "value"), arrays):
             if array.ndim not in (2, 3):
                 raise ShapeError(f"{name} must be (N, L, E) batched or (L, E) unbatched, got shape "

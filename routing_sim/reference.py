@@ -237,9 +237,10 @@ def _exact(problem: Problem, return_weights: bool) -> tuple[np.ndarray | None, n
 def attention_backward(query, key, value, d_output, attn_mask=None, dropout_p: float = 0.0,
                        is_causal: bool = False, scale: float | None = None,
                        enable_gqa: bool = False, *, causal_alignment: str = "top_left",
-                       dropout_mask=None, seed: int | None = 0, alibi_slopes=None, rope=None,
-                       graph=None, mask_mod=None, score_mod=None
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                       empty_rows: str = "zero", numerics: str = "float", dropout_mask=None,
+                       seed: int | None = 0, alibi_slopes=None, rope=None,
+                       return_weights: bool = False, graph=None, mask_mod=None,
+                       score_mod=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     r"""Gradients of :func:`attention` with respect to query, key and value, in matrix form.
 
     With ``P = softmax(S)``, ``P' = P ⊙ keep / (1-p)`` and ``O = P' V``, given ``dO``:
@@ -249,7 +250,13 @@ def attention_backward(query, key, value, d_output, attn_mask=None, dropout_p: f
               dK = s\,dS^\top Q
 
     then carried back through RoPE, GQA head sharing and broadcasting to the inputs' shapes.
-    Takes the arguments of :func:`attention` (``empty_rows`` rows get zero gradients). A
+    Takes every argument of :func:`attention`. A query with no route gets zero gradients
+    whatever ``empty_rows`` says (its output does not depend on the inputs);
+    ``empty_rows="error"`` raises :class:`~routing_sim.EmptyRowError` as in the forward
+    pass. The arithmetic is float: ``numerics="exact"`` is accepted (the gradients of an
+    exact forward pass) and computed in float, as :meth:`Run.backward
+    <routing_sim.Run.backward>` does. ``return_weights=True`` is refused with an
+    :class:`~routing_sim.InvalidArgumentError`: take the weights from :func:`attention`. A
     ``score_mod`` multiplies ``dS`` by its derivative at the raw score, so it must carry one
     (:mod:`routing_sim.mods`); a plain function raises InvalidArgumentError. A RouteSet
     ``graph`` or a ``mask_mod`` is computed sparsely (:mod:`routing_sim.segments`).
@@ -263,9 +270,15 @@ def attention_backward(query, key, value, d_output, attn_mask=None, dropout_p: f
     [[0.731], [0.269]]
     """
     problem = prepare(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
-                      causal_alignment=causal_alignment, dropout_mask=dropout_mask, seed=seed,
-                      alibi_slopes=alibi_slopes, rope=rope, graph=graph, mask_mod=mask_mod,
-                      score_mod=score_mod)
+                      causal_alignment=causal_alignment, empty_rows=empty_rows,
+                      dropout_mask=dropout_mask, seed=seed, alibi_slopes=alibi_slopes,
+                      rope=rope, graph=graph, mask_mod=mask_mod, score_mod=score_mod)
+    if numerics not in ("float", "exact"):
+        raise InvalidArgumentError(f"numerics must be one of ('float', 'exact'), got "
+                                   f"{numerics!r}")
+    if return_weights is not False:
+        raise InvalidArgumentError("attention_backward returns (d_query, d_key, d_value) only; "
+                                   "return_weights=True belongs to attention()")
     slope = derivative(score_mod)
     upstream = problem.upstream(d_output)                           # (G, L, Ev)
     if problem.sparse is not None:

@@ -67,7 +67,8 @@ def simulate(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causa
         running max, normaliser and accumulator as each (score, value) pair arrives.
     causal_alignment, empty_rows, dropout_mask, seed, alibi_slopes, rope
         As in :func:`~routing_sim.attention`. RoPE rotates q and k before a token
-        publishes them; ALiBi is added by the key node to the score it sends.
+        publishes them; ALiBi is added by the key node to the score it sends. Not taken:
+        ``return_weights`` (a Run always has ``weights``).
     routing : {"softmax", "topk"}
         Soft routing (attention), or hard routing: each query pulls only its ``top_k``
         best-scoring routes (ties: lower source first), with the softmax renormalised

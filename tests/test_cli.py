@@ -175,3 +175,30 @@ def test_run_passes_an_image_name_to_the_scenario(tmp_path, capsys):
 def test_run_refuses_arguments_a_scenario_does_not_take(capsys):
     assert main(["run", "routing_table", "x.png"]) == 1
     assert "scenario routing_table takes no argument 'x.png'" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("command", ["trace", "plot", "demo", "verify", "replay"])
+def test_negative_seed_is_refused_while_parsing(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--seed", "-1"])
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err
+    assert "argument --seed: expected a seed >= 0, got '-1'" in error
+    assert "Traceback" not in error
+
+
+def test_negative_retries_are_refused_while_parsing(capsys):
+    with pytest.raises(SystemExit):
+        main(["trace", "--retries", "-1"])
+    assert "argument --retries: expected a whole number >= 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt", ["csv", "perfetto"])
+def test_trace_into_a_directory_names_a_file_instead(fmt, tmp_path, capsys):
+    assert main(["trace", "--format", fmt, "-o", str(tmp_path)]) == 1
+    assert f"--output {tmp_path} is a directory" in one_line_error(capsys)
+
+
+def test_huge_sizes_are_refused_before_allocating(capsys):
+    assert main(["trace", "--heads", "100000", "--dim", "100000"]) == 1
+    assert "--heads 100000 × 6 tokens × --dim 100000 needs about" in one_line_error(capsys)
