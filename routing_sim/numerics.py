@@ -20,7 +20,7 @@ from .errors import NumericalError
 __all__ = ["Kernels", "exact_budget", "exact_pull", "exact_scores", "exact_shares",
            "exact_numerator", "exact_unnormalised",
            "match_scores", "merge_states", "online_state", "routing_budget", "scale_scores",
-           "weighted_pull"]
+           "value_shift", "weighted_pull"]
 
 
 def match_scores(keys: np.ndarray, query: np.ndarray, scale: float,
@@ -359,3 +359,24 @@ def merge_states(a: tuple, b: tuple) -> tuple:
     c_a, c_b = np.exp(m_a - pivot), np.exp(m_b - pivot)    # exp(-inf) = 0: an empty side
     o = np.asarray(c_a)[..., None] * o_a + np.asarray(c_b)[..., None] * o_b
     return m, c_a * l_a + c_b * l_b, o.reshape(np.shape(o_a))
+
+
+HEADROOM = 960          # accumulate values below 2^960: room for 2^63 terms under 2^1024
+
+
+def value_shift(values: np.ndarray) -> np.ndarray:
+    """Per row of values, the power of two that brings its largest entry below 2^960.
+
+    The accumulator ``o = Σ exp(s - m) v`` holds ``o · 2^-shift``: a sum of many values
+    near the largest float overflows although the output (a weighted mean) does not.
+    Scaling by a power of two is exact (bar values under 2^-1022+shift, too small to
+    change such an output), and ``shift`` is 0 for values below 2^960, so ordinary runs
+    get the same bits as without it.
+
+    Examples
+    --------
+    >>> value_shift(np.array([[1.0, -2.0], [1e307, 0.0]])).tolist()
+    [0, 60]
+    """
+    _, exponent = np.frexp(np.abs(values).max(axis=-1, initial=0.0))  # |v| < 2^exponent
+    return np.maximum(exponent - HEADROOM, 0).astype(np.int64)

@@ -13,7 +13,7 @@ import numpy as np
 from .barrier import budget, node_scores, note_would_have
 from .inputs import Problem
 from .messages import Kind
-from .numerics import Kernels
+from .numerics import Kernels, value_shift
 from .protocol import ForwardNodes, settle
 from .routes import RouteTable
 from .transport import Transport
@@ -36,7 +36,8 @@ class OnlineNodes(ForwardNodes):
         n_nodes, dtype = routes.n_nodes, problem.dtype
         self.running_max = np.full(n_nodes, -np.inf, dtype=dtype)     # (G·L,) m
         self.normaliser = np.zeros(n_nodes, dtype=dtype)               # (G·L,) l
-        self.accumulator = np.zeros_like(self.state.output)            # (G·L, Ev) o
+        self.accumulator = np.zeros_like(self.state.output)            # (G·L, Ev) o · 2^-shift
+        self.shift = np.zeros(n_nodes, dtype=np.int64)                 # (G·L,) exponent of o
         self.rescale = np.full(len(routes), np.nan)                    # (R,) factor applied
         self.stream: list[tuple[float, int, np.ndarray]] | None = [] if keep_stream else None
         self._scored = np.zeros(n_nodes, dtype=bool)
@@ -97,15 +98,22 @@ class OnlineNodes(ForwardNodes):
             weight = np.exp(score - new_max)
             self.normaliser[node] = factor * self.normaliser[node] + weight
             pulled = weight * has_value[at]
-            self.accumulator[node] = (factor[:, None] * self.accumulator[node]
-                                      + pulled[:, None] * value[groups[at],
-                                                                self.routes.key_index[route]])
+            pair_value = value[groups[at], self.routes.key_index[route]]  # (n, Ev)
+            shift = np.maximum(self.shift[node], value_shift(pair_value))   # (n,)
+            kept = np.ldexp(self.accumulator[node], (self.shift[node] - shift)[:, None])
+            self.accumulator[node] = (factor[:, None] * kept
+                                      + pulled[:, None] * np.ldexp(pair_value, -shift[:, None]))
+            self.shift[node] = shift
             self.running_max[node] = new_max
             self.rescale[route] = factor
             if self.stream is not None:
                 for u, t in zip(node.tolist(), times[at].tolist()):
-                    self.stream.append((t, u, self.accumulator[u] / self.normaliser[u]))
+                    self.stream.append((t, u, self.output_of(u)))
         self._finish(touched)
+
+    def output_of(self, node: int) -> np.ndarray:
+        """The running output ``o / l`` of one node, scaled back by its power of two."""
+        return np.ldexp(self.accumulator[node] / self.normaliser[node], self.shift[node])
 
     def _finish(self, nodes: np.ndarray) -> None:
         """Nodes with every route settled: output o / l, and the shares for the tables."""
@@ -123,7 +131,7 @@ class OnlineNodes(ForwardNodes):
                     self._finished_at[node] = -1.0
                     continue
             if alive.any():
-                state.output[node] = self.accumulator[node] / self.normaliser[node]
+                state.output[node] = self.output_of(node)
                 if state.kept is not None:
                     state.output[node] *= state.dropout_scale
             state.shares[span] = budget(state, node, alive)

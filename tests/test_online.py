@@ -83,3 +83,60 @@ def test_exact_online_is_refused():
         assert "two_phase" in str(error)
     else:
         raise AssertionError("exact online should be refused")
+
+
+@st.composite
+def top_of_range(draw):
+    """(query, key, value) with ordinary scores and values near the largest float
+    (log-uniform in [1e290, max], random signs; some rows all equal to one value)."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    n_queries, n_keys, dim = draw(st.integers(1, 4)), draw(st.integers(1, 40)), 2
+    exponent = rng.uniform(290, 308.25, size=(n_keys, 2))
+    value = np.minimum(10.0 ** exponent, np.finfo(float).max) * rng.choice([-1, 1], (n_keys, 2))
+    if draw(st.booleans()):
+        value[:] = value[0]                           # the sum of values overflows
+    return rng.normal(size=(n_queries, dim)), rng.normal(size=(n_keys, dim)), value
+
+
+def assert_close_to(output, expected, weights, value):
+    """Within 1e-12 of Σ w·|v|, the conditioning of a weighted mean (scaled by 2^-64 so
+    the bound itself cannot overflow)."""
+    assert np.isfinite(output).all()
+    bound = 1e-12 * (weights @ np.ldexp(np.abs(value), -64))
+    assert (np.abs(np.ldexp(output, -64) - np.ldexp(expected, -64)) <= bound).all()
+
+
+@given(top_of_range(), st.integers(0, 100))
+def test_online_stays_finite_near_the_largest_float(inputs, seed):
+    query, key, value = inputs
+    online = rs.simulate(query, key, value, softmax="online",
+                         network=rs.Network(jitter=2.0, seed=seed))
+    two_phase = rs.simulate(query, key, value)
+    expected, weights = rs.attention(query, key, value, return_weights=True)
+    assert np.isfinite(expected).all()
+    assert_close_to(online.output, expected, weights, value)
+    assert_close_to(online.output, two_phase.output, weights, value)
+    merged = merge_states(online_state(np.zeros(1), value[:1] / 2), online_state(np.zeros(1),
+                                                                                 value[:1] / 2))
+    np.testing.assert_array_equal(merged[2] / merged[1], value[0] / 2)
+
+
+def test_online_reproducer_of_issue_16():
+    run = rs.simulate(np.zeros((1, 1)), np.zeros((20, 1)), np.full((20, 1), 1e307), scale=1.0,
+                      softmax="online")
+    assert run.output.tolist() == [[1e307]]
+    largest = np.finfo(float).max
+    run = rs.simulate(np.zeros((1, 1)), np.zeros((20, 1)), np.full((20, 1), largest),
+                      scale=1.0, softmax="online", network=rs.Network(jitter=1.0))
+    np.testing.assert_allclose(run.output, [[largest]], rtol=1e-12)
+
+
+@given(top_of_range(), st.sampled_from(["ring", "allgather", "tree"]), st.integers(2, 4))
+def test_context_parallel_states_stay_finite(inputs, strategy, devices):
+    _, key, value = inputs
+    n_keys = len(key) - len(key) % devices or devices
+    key, value = np.resize(key, (n_keys, 2)), np.resize(value, (n_keys, 2))
+    run = rs.context_parallel(key, key, value, strategy=strategy,
+                              cluster=rs.Cluster(devices=devices))
+    expected, weights = rs.attention(key, key, value, return_weights=True)
+    assert_close_to(run.output, expected, weights, value)

@@ -32,6 +32,7 @@ from ..numerics import (
     exact_unnormalised,
     merge_states,
     scale_scores,
+    value_shift,
 )
 
 __all__ = ["PartialState", "block_state", "finish", "merge", "rounded"]
@@ -46,6 +47,7 @@ class PartialState:
     o: np.ndarray                    # (G, c, Ev)
     l_low: np.ndarray | None = None  # (G, c)
     o_low: np.ndarray | None = None  # (G, c, Ev)
+    shift: np.ndarray | None = None  # (G, c) float mode: o holds o · 2^-shift (None: 0)
 
     @property
     def exact(self) -> bool:
@@ -55,12 +57,13 @@ class PartialState:
         """Bytes of the state on the wire: ``m``, ``l`` and ``o`` at ``itemsize`` each (and
         the low parts of ``l`` and ``o`` in exact mode)."""
         parts = 1 + (2 if self.exact else 1) * (1 + self.o.shape[-1])
-        return self.m.size * parts * itemsize
+        return self.m.size * (parts + (self.shift is not None)) * itemsize
 
     def rows(self, index) -> PartialState:
         """The state of some rows, e.g. ``state.rows(np.s_[:, 2:4])``."""
         low = (None, None) if not self.exact else (self.l_low[index], self.o_low[index])
-        return PartialState(self.m[index], self.l[index], self.o[index], *low)
+        shift = None if self.shift is None else self.shift[index]
+        return PartialState(self.m[index], self.l[index], self.o[index], *low, shift)
 
 
 def block_state(query: np.ndarray, key: np.ndarray, value: np.ndarray, allowed: np.ndarray,
@@ -77,7 +80,12 @@ def block_state(query: np.ndarray, key: np.ndarray, value: np.ndarray, allowed: 
     pivot = np.where(np.isfinite(m), m, 0).astype(m.dtype)             # an empty row: 0
     scores -= pivot[..., None]
     np.exp(scores, out=scores)                                         # (G, cq, ck)
-    return PartialState(m, scores.sum(axis=-1), scores @ value)        # o: (G, cq, Ev)
+    shift = value_shift(value.reshape(len(value), -1))                 # (G,)
+    if not shift.any():
+        return PartialState(m, scores.sum(axis=-1), scores @ value)    # o: (G, cq, Ev)
+    scaled = np.ldexp(value, -shift[:, None, None])                    # (G, ck, Ev)
+    return PartialState(m, scores.sum(axis=-1), scores @ scaled,
+                        shift=np.repeat(shift[:, None], m.shape[1], axis=1))
 
 
 def _exact_block_state(query, key, value, allowed, scale) -> PartialState:
@@ -107,7 +115,15 @@ def merge(states: list[PartialState], transit: np.dtype | None = None) -> Partia
         return _exact_merge(states)
 
     def fold(a: PartialState, b: PartialState) -> PartialState:
-        return rounded(PartialState(*merge_states((a.m, a.l, a.o), (b.m, b.l, b.o))), transit)
+        if a.shift is None and b.shift is None:
+            return rounded(PartialState(*merge_states((a.m, a.l, a.o), (b.m, b.l, b.o))),
+                           transit)
+        a_shift, b_shift = (np.zeros(a.m.shape, np.int64) if s.shift is None else s.shift
+                            for s in (a, b))
+        shift = np.maximum(a_shift, b_shift)                           # (G, c)
+        merged = merge_states((a.m, a.l, np.ldexp(a.o, (a_shift - shift)[..., None])),
+                              (b.m, b.l, np.ldexp(b.o, (b_shift - shift)[..., None])))
+        return rounded(PartialState(*merged, shift=shift), transit)
 
     return reduce(fold, states)
 
@@ -145,7 +161,7 @@ def rounded(state: PartialState, transit: np.dtype | None) -> PartialState:
     if transit is None:
         return state
     return PartialState(state.m, state.l.astype(transit).astype(state.l.dtype),
-                        state.o.astype(transit).astype(state.o.dtype))
+                        state.o.astype(transit).astype(state.o.dtype), shift=state.shift)
 
 
 def finish(state: PartialState, dtype: np.dtype) -> np.ndarray:
@@ -157,4 +173,6 @@ def finish(state: PartialState, dtype: np.dtype) -> np.ndarray:
         output = _dd_divide(state.o, state.o_low, denominator, low)    # (G, c, Ev)
     else:
         output = state.o / denominator                                 # (G, c, Ev)
+        if state.shift is not None:
+            output = np.ldexp(output, state.shift[..., None])
     return np.where(routed[..., None], output, 0).astype(dtype)
