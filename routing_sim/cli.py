@@ -88,6 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument("--retries", type=count, default=10, help="default 10")
     group.add_argument("--softmax", choices=("two_phase", "online"), default="two_phase")
     group.add_argument("--numerics", choices=("float", "exact"), default="float")
+    group.add_argument("--engine", choices=("fast", "plain"), default="fast", help="plain: "
+                       "one SimPy process per token node (reliable network only)")
     group.add_argument("--seed", type=seed, default=0, help="seed of data and network")
 
     trace = commands.add_parser(
@@ -220,7 +222,8 @@ def _simulate(arguments: argparse.Namespace):
                       duplicate=arguments.duplicate, retries=arguments.retries,
                       seed=arguments.seed)
     return simulate(query, key, value, graph=build(len(words), labels=words), network=network,
-                    softmax=arguments.softmax, numerics=arguments.numerics, trace="full")
+                    softmax=arguments.softmax, numerics=arguments.numerics, trace="full",
+                    engine=arguments.engine)
 
 
 def _trace(arguments: argparse.Namespace) -> int:

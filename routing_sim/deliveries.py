@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .messages import Kind
+from .messages import Kind, message_ids
 from .strides import constant
 
 __all__ = ["Deliveries", "Timers", "concat", "merge"]
@@ -16,8 +16,7 @@ __all__ = ["Deliveries", "Timers", "concat", "merge"]
 class Deliveries:
     """Messages of one kind, sorted by arrival time, then message id, then copy.
 
-    A message id is ``(attempt · R + route) · len(Kind) + kind``: unique per transmission,
-    and derived on demand. ``attempts`` None means every message is a first attempt, ``copy``
+    A message id (:func:`~routing_sim.messages.message_ids`) is derived on demand. ``attempts`` None means every message is a first attempt, ``copy``
     None that none is a network duplicate.
     """
 
@@ -39,10 +38,7 @@ class Deliveries:
 
     @property
     def ids(self) -> np.ndarray:
-        first = self.routes.astype(np.int64)
-        if self.attempts is not None:
-            first = first + self.attempts * self.n_routes
-        return first * len(Kind) + int(self.kind)
+        return message_ids(self.kind, self.routes, self.attempts, self.n_routes)
 
     @property
     def copies(self) -> np.ndarray:

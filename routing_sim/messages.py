@@ -33,7 +33,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["BACKWARD", "FORWARD", "Fate", "Kind", "Message", "payload_bytes", "towards_key"]
+__all__ = ["BACKWARD", "FORWARD", "Fate", "Kind", "Message", "message_ids", "payload_bytes",
+           "towards_key"]
 
 
 class Kind(IntEnum):
@@ -89,6 +90,24 @@ def towards_key(kinds: np.ndarray) -> np.ndarray:
     [True, False, True, False]
     """
     return _TOWARDS_KEY[np.asarray(kinds, dtype=np.intp)]
+
+
+def message_ids(kind: Kind, routes: np.ndarray, attempts: np.ndarray | None = None,
+                n_routes: int = 1) -> np.ndarray:
+    """Id of each transmission: ``(attempt · R + route) · len(Kind) + kind``.
+
+    Unique per transmission of a run with ``R = n_routes`` routes; a first attempt's id is
+    ``8 · route + kind``. Every random draw of the network is keyed by it.
+
+    Examples
+    --------
+    >>> message_ids(Kind.PULL, np.array([0, 5])).tolist()
+    [2, 42]
+    """
+    first = routes.astype(np.int64)
+    if attempts is not None:
+        first = first + attempts * n_routes
+    return first * len(Kind) + int(kind)
 
 
 def payload_bytes(kind: Kind, itemsize: int, dim: int, value_dim: int,

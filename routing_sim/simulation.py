@@ -15,6 +15,7 @@ from .messages import FORWARD, Fate, Kind, payload_bytes
 from .network import Network
 from .numerics import Kernels
 from .online import OnlineNodes
+from .plain import PlainEngine, Wire, check_plain
 from .protocol import ForwardNodes, TwoPhaseNodes
 from .routes import RouteTable
 from .routeset import RouteSet
@@ -28,6 +29,7 @@ __all__ = ["NUMERICS", "SOFTMAX", "simulate"]
 
 NUMERICS = ("float", "exact")
 ROUTING = ("softmax", "topk")
+ENGINES = ("fast", "plain")
 SOFTMAX = ("two_phase", "online")
 
 
@@ -39,7 +41,8 @@ def simulate(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causa
              seed: int | None = 0, alibi_slopes=None, rope=None, routing: str = "softmax",
              top_k: int = 1, trace: str = "auto", delivery: str = "window",
              labels: Sequence[str] | None = None, key_labels: Sequence[str] | None = None,
-             mask_mod: Callable | None = None, score_mod: Callable | None = None) -> Run:
+             mask_mod: Callable | None = None, score_mod: Callable | None = None,
+             engine: str = "fast") -> Run:
     r"""Run attention as messages between token nodes and return what they computed.
 
     Every allowed route ``j -> i`` carries four messages (QUERY, SCORE, PULL, VALUE; see
@@ -97,6 +100,10 @@ def simulate(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causa
         Token texts for routing tables, traces and plots, without building a graph:
         ``labels`` names the query tokens (and the key tokens too when ``L == S``),
         ``key_labels`` the key tokens. A graph's ``label`` attributes do the same.
+    engine : {"fast", "plain"}
+        ``"plain"`` runs :mod:`routing_sim.plain`, the protocol as a learner reads it (one
+        SimPy process per token node, messages carrying their payloads): the same
+        messages at the same times, on a reliable network, two-phase softmax only.
 
     Returns
     -------
@@ -135,6 +142,7 @@ def simulate(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causa
     _check_choice("trace", trace, TRACE_DETAILS)
     _check_choice("delivery", delivery, DELIVERY_MODES)
     _check_choice("routing", routing, ROUTING)
+    _check_choice("engine", engine, ENGINES)
     if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
         raise InvalidArgumentError(f"top_k must be a positive integer, got {top_k!r}")
     if routing == "topk" and softmax == "online":
@@ -168,8 +176,15 @@ def simulate(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causa
     if trace == "auto":
         trace = "full" if len(Kind) * len(routes) <= AUTO_FULL_LIMIT else "summary"
     log = Trace(trace, routes, nbytes)
+    latency = _route_latency(network, token_graph, routes)
+    if engine == "plain":
+        check_plain(softmax, network, problem)
+        plain = PlainEngine(problem, routes, network, latency, nbytes, Kernels(numerics),
+                            int(top_k) if routing == "topk" else None)
+        plain.run(log)
+        return _collect(problem, routes, plain, log, plain.wire, tokens)
     env = simpy.Environment()
-    transport = Transport(env, network, _route_latency(network, token_graph, routes), nbytes,
+    transport = Transport(env, network, latency, nbytes,
                           routes.endpoints, routes.crash_filter(network.crashes), log.record,
                           delivery)
     arguments = (problem, routes, transport, Kernels(numerics))
@@ -223,8 +238,8 @@ def _token_names(graph: nx.DiGraph | None, labels, key_labels, n_queries: int, n
             node_positions(graph, n_queries, n_keys))
 
 
-def _collect(problem: Problem, routes: RouteTable, nodes: ForwardNodes, log: Trace,
-             transport: Transport, tokens: tuple) -> Run:
+def _collect(problem: Problem, routes: RouteTable, nodes: ForwardNodes | PlainEngine,
+             log: Trace, transport: Transport | Wire, tokens: tuple) -> Run:
     """Check every node finished (or say what is missing), then assemble the Run."""
     groups, n_queries, _, _, _ = problem.shape
     state = nodes.state
@@ -296,8 +311,8 @@ def _token_name(side: str, position: int, label: str | None) -> str:
     return f"{side} {label} ({position})" if label is not None else f"{side} {position}"
 
 
-def _stats(log: Trace, transport: Transport, nodes: ForwardNodes, routes: RouteTable,
-           completed: np.ndarray) -> Stats:
+def _stats(log: Trace, transport: Transport | Wire, nodes: ForwardNodes | PlainEngine,
+           routes: RouteTable, completed: np.ndarray) -> Stats:
     per_kind = lambda numbers: {kind.name: int(numbers[kind]) for kind in log.kinds}  # noqa: E731
     return Stats(
         messages=per_kind(log.counts),

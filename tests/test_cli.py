@@ -202,3 +202,18 @@ def test_trace_into_a_directory_names_a_file_instead(fmt, tmp_path, capsys):
 def test_huge_sizes_are_refused_before_allocating(capsys):
     assert main(["trace", "--heads", "100000", "--dim", "100000"]) == 1
     assert "--heads 100000 × 6 tokens × --dim 100000 needs about" in one_line_error(capsys)
+
+
+def test_trace_with_the_plain_engine(tmp_path, capsys):
+    """--engine plain writes the same message times as the fast engine; refusals are one line."""
+    columns = []
+    for engine in ("fast", "plain"):
+        path = tmp_path / f"{engine}.csv"
+        assert main(["trace", "--format", "csv", "-o", str(path), "--tokens", "a b c",
+                     "--engine", engine]) == 0
+        columns.append([line.split(",")[:8] for line in path.read_text().splitlines()])
+    assert columns[0] == columns[1]
+    capsys.readouterr()
+    assert main(["trace", "--engine", "plain", "--loss", "0.1"]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("routing-sim: error: engine='plain'") and error.count("\n") == 1
