@@ -211,8 +211,9 @@ def backward(forward: ForwardState, d_output: np.ndarray, network: Network, deli
 
     def score() -> np.ndarray:
         if groups * n_queries * n_keys > DENSE_LIMIT:
-            raise InvalidArgumentError(f"grads.score() would be a dense {(groups, n_queries, n_keys)}"
-                                       f" array, over {DENSE_LIMIT:,} entries")
+            raise InvalidArgumentError(f"grads.score() would be a dense "
+                                       f"{(groups, n_queries, n_keys)} array, over "
+                                       f"{DENSE_LIMIT:,} entries")
         dense = np.zeros((groups * n_queries, n_keys), problem.dtype)  # (G·L, S)
         dense[routes.query_node, routes.key_index] = nodes.d_score
         return problem.unflatten(dense.reshape(groups, n_queries, n_keys))

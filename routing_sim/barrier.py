@@ -20,7 +20,7 @@ from .numerics import exact_pull, exact_shares, exact_unnormalised, routing_budg
 from .state import VALUE_PHASE, ForwardState
 
 __all__ = ["aggregate", "allocate", "allocate_whole", "budget", "gather", "modify", "node_scores",
-           "note_would_have", "pull_whole", "scores_of", "top_routes"]
+           "note_would_have", "pull_whole", "scores_of", "tiled_shares", "top_routes"]
 
 
 def gather(rows: np.ndarray, keys: np.ndarray) -> np.ndarray:
@@ -156,13 +156,14 @@ def allocate_whole(state: ForwardState, nodes: np.ndarray) -> np.ndarray:
     """
     if state.kernels.exact and state.top_k:
         return np.concatenate([allocate(state, int(node)) for node in nodes])
-    if state.kernels.exact:
+    if state.tiles is not None:
+        tiled_shares(state)
+    elif state.kernels.exact:
         for node in nodes.tolist():
             node_scores(state, node)
     else:
         _float_scores(state, nodes)
-    for count in np.unique(state.needed[nodes]).tolist():
-        chosen = nodes[state.needed[nodes] == count]
+    for chosen, count in ([] if state.tiles is not None else _by_count(state, nodes)):
         if state.kernels.exact:
             _exact_block(state, chosen, count)
         else:
@@ -177,6 +178,37 @@ def allocate_whole(state: ForwardState, nodes: np.ndarray) -> np.ndarray:
         state.values_needed[nodes] = np.bincount(routes.query_node[pulls],
                                                  minlength=routes.n_nodes)[nodes]
     return pulls
+
+
+def _by_count(state: ForwardState, nodes: np.ndarray) -> list[tuple[np.ndarray, int]]:
+    """The nodes grouped by how many routes they have: ``[(nodes, count), ...]``."""
+    counts = state.needed[nodes]
+    if len(counts) and counts.min() == counts.max():
+        return [(nodes, int(counts[0]))]
+    order = np.argsort(counts, kind="stable")
+    bounds = np.flatnonzero(np.diff(counts[order])) + 1
+    return [(same, int(state.needed[same[0]])) for same in np.split(nodes[order], bounds)]
+
+
+def tiled_shares(state: ForwardState) -> None:
+    """Sparse fast path, at the first barrier: every route's score and share at once.
+
+    The dot products come from the fixed tiles (:mod:`routing_sim.tiles`), the softmax
+    runs row by row; the same products whatever order the barriers pass in, so a node's
+    shares are the same bits under every schedule. A node that later loses a route
+    recomputes its own (:func:`allocate`), after this: the two-phase nodes call it at
+    their first barrier, whichever node passes it.
+    """
+    if state.tiled_shares:
+        return
+    problem = state.problem
+    dim = problem.shape[3]
+    with np.errstate(over="ignore", invalid="ignore"):                 # overflow reported later
+        state.tiles.dots(problem.query.reshape(-1, dim), problem.key.reshape(-1, dim),
+                         out=state.scores)
+    for chosen, count in _by_count(state, np.flatnonzero(state.needed)):
+        _float_block(state, chosen, count)
+    state.tiled_shares = True
 
 
 def _float_scores(state: ForwardState, nodes: np.ndarray) -> None:
@@ -217,7 +249,10 @@ def _float_block(state: ForwardState, chosen: np.ndarray, count: int) -> None:
         pick = top_routes(block, state.top_k)
         state.chosen[span] = pick.reshape(-1)
         block = np.where(pick, block, -np.inf)
-    shares = state.kernels.budget(block, None)
+    if isinstance(span, slice) and not state.kernels.exact:          # straight into shares
+        shares = routing_budget(block, out=state.shares[span].reshape(block.shape))
+    else:
+        shares = state.kernels.budget(block, None)
     if state.kept is not None:
         shares *= state.kept[span].reshape(shares.shape) * state.dropout_scale
     state.shares[span] = shares.reshape(-1)
@@ -242,6 +277,17 @@ def _exact_block(state: ForwardState, chosen: np.ndarray, count: int) -> None:
 
 def pull_whole(state: ForwardState, nodes: np.ndarray) -> None:
     """o_i = Σ_j w_ij v_j for nodes whose values all came: one product per node."""
+    if state.tiles is not None:                        # sparse fast path: every pull at once
+        if state.tiled_output is None:
+            value = state.problem.value
+            state.tiled_output = state.tiles.pull(state.shares,
+                                                  value.reshape(-1, value.shape[2]))
+        if len(nodes) == state.routes.n_nodes:         # the whole wave: no copy
+            state.output = state.tiled_output
+        else:
+            state.output[nodes] = state.tiled_output[nodes]
+        state.done_time[nodes] += state.processing
+        return
     routes, value, shares, kept = state.routes, state.problem.value, state.shares, state.kept
     indptr, n_queries, n_keys = routes.indptr, routes.n_queries, routes.n_keys
     for node in nodes.tolist():

@@ -281,6 +281,9 @@ def node_positions(graph: nx.DiGraph | None, n_queries: int, n_keys: int
                    ) -> tuple[list[int], list[int]]:
     """Where the query-side and key-side tokens sit in their sequences: each node's integer
     ``position`` attribute (its index where unset or not an integer)."""
+    if graph is None:
+        return list(range(n_queries)), list(range(n_keys))
+
     def position(node: int, index: int) -> int:
         value = graph.nodes[node].get("position") if graph is not None else None
         return int(value) if isinstance(value, (int, np.integer)) and \

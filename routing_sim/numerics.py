@@ -47,7 +47,7 @@ def scale_scores(dots: np.ndarray, scale: float, bias: np.ndarray | None = None)
     return dots
 
 
-def routing_budget(scores: np.ndarray) -> np.ndarray:
+def routing_budget(scores: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Stable softmax of one node's scores (or of rows of equal length): budget shares.
 
     The row max is subtracted before ``exp``; there is no epsilon and no clamping. Every
@@ -59,7 +59,7 @@ def routing_budget(scores: np.ndarray) -> np.ndarray:
     >>> routing_budget(np.log(np.array([5.0, 3.0, 2.0]))).round(2)
     array([0.5, 0.3, 0.2])
     """
-    shares = scores - scores.max(axis=-1, keepdims=True)              # (..., n_routes)
+    shares = np.subtract(scores, scores.max(axis=-1, keepdims=True), out=out)  # (..., n_routes)
     np.exp(shares, out=shares)
     shares /= shares.sum(axis=-1, keepdims=True)
     return shares

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .barrier import aggregate, allocate, allocate_whole, pull_whole, top_routes
+from .barrier import aggregate, allocate, allocate_whole, pull_whole, tiled_shares, top_routes
 from .inputs import Problem
 from .messages import Kind
 from .numerics import Kernels
@@ -82,8 +82,7 @@ class ForwardNodes(TokenNodes):
 
     def start(self) -> None:
         """At time 0 every query node sends a QUERY on each of its routes."""
-        every_route = np.arange(len(self.routes), dtype=self.routes.index_type)
-        self.request(Kind.QUERY, every_route, 0.0, 0)
+        self.request(Kind.QUERY, self.routes.every_route(), 0.0, 0)
 
     def on_query(self, batch: Deliveries) -> None:
         """Key node j: answer each query with its match score, as soon as it arrives."""
@@ -132,10 +131,13 @@ class TwoPhaseNodes(ForwardNodes):
                        state.barrier_time)
         if not len(ready):
             return
+        if state.tiles is not None:
+            tiled_shares(state)                        # first, before any node's own shares
         whole = ready[self.dead_routes[ready] == 0]
         pulls = [allocate_whole(state, whole)] if len(whole) else []
         pulls += [allocate(state, int(node)) for node in ready[self.dead_routes[ready] > 0]]
-        pulls = np.concatenate(pulls) if pulls else np.zeros(0, np.int64)
+        pulls = pulls[0] if len(pulls) == 1 else np.concatenate(pulls) if pulls else \
+            np.zeros(0, np.int64)
         barrier = state.barrier_time[ready]
         if barrier.min() == barrier.max():                             # one instant
             ready_at = barrier[0] + self.processing

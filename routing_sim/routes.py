@@ -47,6 +47,7 @@ class RouteTable:
             self.indptr = np.concatenate(([0], np.cumsum(counts)))     # (G·L + 1,)
         self._asker: np.ndarray | None = None
         self._answerer: np.ndarray | None = None
+        self._every: np.ndarray | None = None
 
     @classmethod
     def from_csr(cls, indptr: np.ndarray, key_index: np.ndarray | None, n_groups: int,
@@ -69,11 +70,8 @@ class RouteTable:
         table.full = key_index is None or len(key_index) == n_groups * n_queries * n_keys
         table._key_index = None if table.full else np.asarray(key_index).astype(
             table.index_type, copy=False)                              # (R,) j
-        table._query_node = None
-        if not table.full:
-            table._query_node = np.repeat(np.arange(n_groups * n_queries, dtype=table.index_type),
-                                          np.diff(table.indptr))       # (R,) u = g·L + i
-        table._asker = table._answerer = None
+        table._query_node = None                                       # built on first use
+        table._asker = table._answerer = table._every = None
         return table
 
     @property
@@ -81,7 +79,7 @@ class RouteTable:
         """``(R,)``: the query node ``u = g·L + i`` of every route."""
         if self._query_node is None:
             self._query_node = np.repeat(np.arange(self.n_nodes, dtype=self.index_type),
-                                         self.n_keys)
+                                         np.diff(self.indptr))
         return self._query_node
 
     @property
@@ -164,17 +162,27 @@ class RouteTable:
             answering.reshape(self.n_groups, self.span)[:, offset:offset + self.n_keys] = \
                 self.n_queries
             return asking, answering
+        chunk = 2**20                             # bincount in pieces: no (R,) int64 copy
         for g in range(self.n_groups):            # one group's routes are one slice
-            routes = slice(self.indptr[g * self.n_queries], self.indptr[(g + 1) * self.n_queries])
+            first, last = self.indptr[g * self.n_queries], self.indptr[(g + 1) * self.n_queries]
             start = g * self.span + offset
-            answering[start:start + self.n_keys] += np.bincount(self.key_index[routes],
-                                                                minlength=self.n_keys)
+            for at in range(int(first), int(last), chunk):
+                answering[start:start + self.n_keys] += np.bincount(
+                    self.key_index[at:min(at + chunk, last)], minlength=self.n_keys)
         return asking, answering
+
+    def every_route(self) -> np.ndarray:
+        """``arange(R)``: the route ids of a whole wave (kept: the waves share it)."""
+        if self._every is None:
+            self._every = np.arange(len(self), dtype=self.index_type)
+        return self._every
 
     def routes_of(self, nodes: np.ndarray) -> np.ndarray:
         """All route ids of the given query nodes, node by node, each in source order."""
         if len(nodes) and nodes[-1] - nodes[0] == len(nodes) - 1:     # consecutive nodes
-            return np.arange(self.indptr[nodes[0]], self.indptr[nodes[-1] + 1],
-                             dtype=self.index_type)
+            first, last = self.indptr[nodes[0]], self.indptr[nodes[-1] + 1]
+            if first == 0 and last == len(self):
+                return self.every_route()
+            return np.arange(first, last, dtype=self.index_type)
         return concat_ranges(self.indptr[nodes], self.indptr[nodes + 1])
 

@@ -297,7 +297,8 @@ class Run:
         """True when each token asks and answers on one node (keys are the queries' tokens)."""
         return bool(self._routes.self_attention)
 
-    def stream(self, i: int | str, head: int | None = None, batch=None) -> list[tuple[float, np.ndarray]]:
+    def stream(self, i: int | str, head: int | None = None, batch=None
+               ) -> list[tuple[float, np.ndarray]]:
         """Online softmax with a full trace: token ``i``'s partial output after each arrival.
 
         Returns ``(time, o / l)`` pairs in the order the node applied them; the last one is

@@ -22,6 +22,8 @@ from .routeset import RouteSet
 from .run import DroppedRoute, Run
 from .state import SCORE_PHASE, ForwardState
 from .stats import Stats
+from .strides import uniform
+from .tiles import Tiles
 from .trace import AUTO_FULL_LIMIT, TRACE_DETAILS, Trace
 from .transport import DELIVERY_MODES, Transport
 
@@ -195,6 +197,10 @@ def simulate(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causa
     else:
         nodes = TwoPhaseNodes(*arguments, on_missing=network.on_missing,
                               top_k=int(top_k) if routing == "topk" else None)
+        if problem.sparse is not None and numerics == "float" and routing == "softmax" \
+                and not routes.full:
+            tiles = Tiles(routes.indptr, routes.key_index, routes.n_queries, routes.n_keys)
+            nodes.state.tiles = tiles if tiles.worthwhile() else None
     nodes.start()
     env.process(transport.run())
     env.run()
@@ -358,9 +364,9 @@ def _missing_message(problem: Problem, routes: RouteTable, state: ForwardState,
 
 def _route_latency(network: Network, graph: nx.DiGraph | None, routes: RouteTable) -> np.ndarray:
     """Base latency of every route: the network's, unless the graph's edge overrides it."""
+    if graph is None:                                  # one latency: a zero-stride view
+        return uniform(float(network.latency), len(routes))
     latency = np.full(len(routes), float(network.latency))             # (R,)
-    if graph is None:
-        return latency
     for (token, source), edge_latency in route_latency(graph, routes.n_queries).items():
         for group in range(routes.n_groups):
             node = group * routes.n_queries + token

@@ -16,6 +16,7 @@ import numpy as np
 from .inputs import Problem
 from .numerics import Kernels
 from .routes import RouteTable
+from .tiles import Tiles
 
 __all__ = ["ForwardState", "SCORE_PHASE", "VALUE_PHASE"]
 
@@ -56,6 +57,9 @@ class ForwardState:
     barrier_time: np.ndarray = field(init=False)    # (G·L,) last SCORE settled
     done_time: np.ndarray = field(init=False)       # (G·L,) output complete
     failed: np.ndarray = field(init=False)          # (G·L,) strict: gave up
+    tiles: Tiles | None = None                      # sparse fast path (see tiles.py)
+    tiled_shares: bool = False                      # every route's share is in (tiles)
+    tiled_output: np.ndarray | None = None          # (G·L, Ev) every node's pull (tiles)
     context: dict | None = None                     # names and events for the exporters
     route_latency: np.ndarray | None = None         # (R,) base latency the run used
 

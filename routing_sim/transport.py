@@ -56,8 +56,9 @@ class Transport:
         self.env = env
         self.network = network
         self.route_latency = route_latency                             # (R,)
-        self._uniform_latency = float(route_latency[0]) if len(route_latency) and (
-            route_latency == route_latency[0]).all() else None
+        self._uniform_latency = constant(route_latency) if route_latency.strides == (0,) \
+            else float(route_latency[0]) if len(route_latency) and (
+                route_latency == route_latency[0]).all() else None
         self.n_routes = len(route_latency)
         self.nbytes = nbytes
         self.mode = mode

@@ -235,3 +235,18 @@ def test_multihead_attention_takes_route_sets_and_mods(engine):
     reference = mha.gradients(x, x, x, d_output, engine="matrix", **options)
     for name, value in reference.items():
         np.testing.assert_allclose(grads[name], value, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_lost_routes_on_a_route_set_degrade_as_on_the_same_graph(seed):
+    """Dead routes (degrade) take the per-node path; the rest come from the fast path."""
+    routes = PATTERNS["window"]()
+    q, k, v = inputs(seed)
+    network = rs.Network(loss=0.3, retries=1, on_missing="degrade", seed=seed)
+    sparse_run = rs.simulate(q, k, v, graph=routes, network=network)
+    dense_run = rs.simulate(q, k, v, graph=routes.to_networkx(), network=network)
+    where = [(d.group, d.query, d.key, d.phase) for d in sparse_run.dropped]
+    assert where == [(d.group, d.query, d.key, d.phase) for d in dense_run.dropped] and where
+    close([d.share for d in sparse_run.dropped], [d.share for d in dense_run.dropped])
+    close(sparse_run.output, dense_run.output)
+    close(sparse_run.weights, dense_run.weights)
