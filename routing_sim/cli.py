@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import sweep_cli
+from . import pattern_cli, sweep_cli
 from .cli_args import count, non_negative, positive, probability, seed, check_size
 from .errors import RoutingSimError
 
@@ -91,6 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument("--engine", choices=("fast", "plain"), default="fast", help="plain: "
                        "one SimPy process per token node (reliable network only)")
     group.add_argument("--seed", type=seed, default=0, help="seed of data and network")
+    pattern_cli.add_arguments(group)
 
     trace = commands.add_parser(
         "trace", parents=[simulation], help="simulate and write the message trace",
@@ -217,11 +218,13 @@ def _simulate(arguments: argparse.Namespace):
     rng = np.random.default_rng(arguments.seed)
     shape = (arguments.heads, len(words), arguments.dim)
     query, key, value = (rng.normal(size=shape) for _ in range(3))
-    build = causal if arguments.causal else complete
+    graph = pattern_cli.pattern_graph(arguments, words)
+    if graph is None:
+        graph = (causal if arguments.causal else complete)(len(words), labels=words)
     network = Network(latency=arguments.latency, jitter=arguments.jitter, loss=arguments.loss,
                       duplicate=arguments.duplicate, retries=arguments.retries,
                       seed=arguments.seed)
-    return simulate(query, key, value, graph=build(len(words), labels=words), network=network,
+    return simulate(query, key, value, graph=graph, network=network,
                     softmax=arguments.softmax, numerics=arguments.numerics, trace="full",
                     engine=arguments.engine)
 
