@@ -1,5 +1,12 @@
 """The token node of the fast engine: what it does when each kind of message arrives.
 
+New here? Read :mod:`routing_sim.plain` first: the same protocol with one SimPy process
+per token node, messages that carry their payloads, and a handler per kind in which the
+key node computes its score when the QUERY arrives (``simulate(..., engine="plain")``).
+This module is the engine that runs by default; it sends the same messages at the same
+times (tests/test_plain.py holds the two logs equal), but evaluates the arithmetic
+elsewhere, as said below.
+
 Two-phase (the default), for every route ``j -> i``::
 
     i --QUERY q_i--> j        i asks: "this is what I am looking for"
@@ -13,9 +20,10 @@ Where the fast engine does the arithmetic, and why: deliveries carry route ids, 
 payloads, and a key node's handler only schedules its answer. The query node evaluates
 every score, its softmax and its weighted pull once its barrier passes
 (:mod:`routing_sim.barrier`), as one product over its routes in source order. The numbers
-a message would carry are the same; computing them in one place, in one order, is what
-makes the result bit-identical under every schedule and lets a node's work be one
-vectorised call. Retries and idempotent receivers live in :mod:`routing_sim.retries`,
+a message would carry are the same (in float mode up to the last bit: a one-row product
+and the node's whole product may round differently); computing them in one place, in one
+order, is what makes the result bit-identical under every schedule, whatever batches the
+transport delivers, and lets a node's work be one vectorised call. Retries and idempotent receivers live in :mod:`routing_sim.retries`,
 the streaming variant (``softmax="online"``) in :mod:`routing_sim.online`.
 """
 
