@@ -20,8 +20,35 @@ from routing_sim.hf.tiny import tiny_model  # noqa: E402
 
 RTOL = 1e-12
 GRAD_RTOL = 1e-10
-CAUSAL = ("llama", "mistral", "qwen2", "gpt2")
+CAUSAL = ("llama", "mistral", "qwen2", "gemma2", "gpt2")
 SEQ2SEQ = ("bart", "t5")
+FLOAT64_EAGER = "float64_eager_reference"
+
+
+def float64_eager(module, query, key, value, attention_mask, dropout: float = 0.0,
+                  scaling: float | None = None, softcap: float | None = None, **kwargs):
+    """An independent float64 reference where HF has no SDPA path (Gemma-2's soft-capping).
+
+    Plain torch, as HF's eager attention but in float64 throughout (HF's own runs its
+    softmax in float32): scores scaled, soft-capped, masked, softmax, values. A query row
+    with no allowed key gives zeros, the convention of the backend and of SDPA's math path.
+    """
+    groups = getattr(module, "num_key_value_groups", 1)
+    key, value = (x.repeat_interleave(groups, dim=1) for x in (key, value))
+    scores = query @ key.transpose(-1, -2) * scaling                  # (B, H, L, S)
+    if softcap is not None:
+        scores = softcap * torch.tanh(scores / softcap)
+    if attention_mask is None:
+        if query.shape[-2] > 1 and module.is_causal:
+            allowed = torch.ones(scores.shape[-2:], dtype=torch.bool).tril()
+            scores = scores.masked_fill(~allowed, -torch.inf)
+    elif attention_mask.dtype == torch.bool:
+        scores = scores.masked_fill(~attention_mask, -torch.inf)
+    else:
+        scores = scores + attention_mask
+    empty = torch.isneginf(scores).all(dim=-1, keepdim=True)          # (B, H, L, 1)
+    weights = torch.softmax(scores.masked_fill(empty, 0.0), dim=-1).masked_fill(empty, 0.0)
+    return (weights @ value).transpose(1, 2).contiguous(), weights
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +58,21 @@ def backend():
 
 @pytest.fixture(scope="module")
 def models(backend):
-    """family -> (routing_sim model, SDPA model), built once for the whole module."""
+    """family -> (routing_sim model, reference model), built once for the whole module.
+
+    The reference is the same architecture with the same seed, so the same weights, on
+    SDPA; for Gemma-2 (no SDPA path: soft-capping) on :func:`float64_eager`.
+    """
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import sdpa_mask
+
+    AttentionInterface.register(FLOAT64_EAGER, float64_eager)
+    AttentionMaskInterface.register(FLOAT64_EAGER, sdpa_mask)
     pairs = {}
     for family in (*CAUSAL, "bert", *SEQ2SEQ):
-        pairs[family] = (tiny_model(family, attn_implementation=backend), tiny_model(family))
+        reference = FLOAT64_EAGER if family == "gemma2" else "sdpa"
+        pairs[family] = (tiny_model(family, attn_implementation=backend),
+                         tiny_model(family, attn_implementation=reference))
     return pairs
 
 
@@ -108,7 +146,7 @@ def loss_of(output: torch.Tensor) -> torch.Tensor:
     return (output * direction).sum()
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2", "bert", "t5", "bart"])
+@pytest.mark.parametrize("family", ["llama", "gemma2", "gpt2", "bert", "t5", "bart"])
 def test_gradients_equal_sdpa(models, family):
     ours, sdpa = models[family]
     inputs = batch(family, length=6, seed=2)
@@ -130,6 +168,25 @@ def test_gradients_equal_sdpa(models, family):
         assert (mine.grad - theirs.grad).abs().max() <= GRAD_RTOL * scale, name
         compared += 1
     assert compared > 10
+
+
+def test_gemma2_soft_caps_and_alternates_sliding_and_global_layers(backend, models):
+    """Layer 0 slides (window 6 of 11 tokens), layer 1 is global; both soft-cap at 2."""
+    ours, _ = models["gemma2"]
+    assert ours.config.layer_types == ["sliding_attention", "full_attention"]
+    inputs = batch("gemma2")
+    with torch.no_grad(), rs.hf.record() as rec:
+        capped = output_of(ours, inputs)
+    sliding, full = (rec.layer(i)[0].run.weights for i in (0, 1))    # (B, H, L, S) each
+    assert not sliding[0, :, 10, :5].any() and (sliding[0, :, 10, 5:] > 0).all()
+    assert (full[0, :, 10] > 0).all()
+    for entry in rec.runs:
+        assert entry.verdict().within_tolerance
+        assert repr(entry.inputs["score_mod"]) == "softcap(2.0)"
+    with torch.no_grad():
+        uncapped = output_of(tiny_model("gemma2", attn_implementation=backend,
+                                        attn_logit_softcapping=None), inputs)
+    assert not torch.allclose(capped, uncapped, rtol=1e-3)
 
 
 def test_t5_position_bias_gradient_is_the_score_gradient(models):
@@ -246,8 +303,13 @@ def test_call_refuses_what_it_cannot_do_exactly(backend):
     attention = AttentionInterface()[backend]
     module = torch.nn.Module()
     q = k = v = torch.zeros(1, 2, 3, 4, dtype=torch.float64)
-    with pytest.raises(rs.InvalidArgumentError, match="softcap"):
-        attention(module, q, k, v, None, softcap=30.0)
+    exact = AttentionInterface()[rs.hf.register("routing_sim_exact", numerics="exact")]
+    with pytest.raises(rs.InvalidArgumentError, match="softcap=30.0: soft-capping"):
+        exact(module, q, k, v, None, softcap=30.0)
+    capped = AttentionInterface()[rs.hf.register("routing_sim_capped",
+                                                 score_mod=rs.mods.softcap(5.0))]
+    with pytest.raises(rs.InvalidArgumentError, match="register it without score_mod"):
+        capped(module, q, k, v, None, softcap=30.0)
     with pytest.raises(rs.InvalidArgumentError, match="sliding_window=2"):
         attention(module, q, k, v, None, sliding_window=2)
     with pytest.raises(rs.InvalidArgumentError, match="s_aux"):
@@ -326,3 +388,8 @@ def test_every_mask_form_equals_sdpa(backend, seed):
         kwargs["position_bias"] = tensor(1, kv_heads * groups, n_queries, n_keys)
     ours = AttentionInterface()[backend](module, q, k, v, mask, **kwargs)[0]
     assert_close(ours, _sdpa_reference(module, q, k, v, mask, **kwargs))
+    if "position_bias" not in kwargs:                                 # as Gemma-2 calls it
+        cap = float(rng.uniform(0.5, 3.0))
+        capped = AttentionInterface()[backend](module, q, k, v, mask, softcap=cap, **kwargs)
+        assert_close(capped[0], float64_eager(module, q, k, v, mask, softcap=cap,
+                                              **kwargs)[0])

@@ -13,13 +13,15 @@ PyTorch SDPA receives, and reads them the way SDPA does:
   more than one token and the module is causal, otherwise every key; with a KV cache and
   a one-token query this is the bottom-right alignment (the new token sees every key);
 - ``position_bias`` (T5) is an additive per-head bias on the allowed routes;
+- ``softcap`` (Gemma-2) is ``score_mod=rs.mods.softcap(cap)``: ``cap · tanh(s / cap)`` on
+  the scaled score ``s`` before the mask is added, with its derivative for training;
 - ``scaling``, grouped-query heads (``module.num_key_value_groups``: the key/value heads
   are repeated for their query heads) and, in training, ``dropout`` (routing_sim's
   dropout: routes dropped after the softmax, survivors scaled by ``1 / (1 - p)``, the draw
   seeded from torch's generator) carry over.
 
 What it cannot do exactly it refuses with :class:`~routing_sim.InvalidArgumentError`:
-soft-capping (``softcap``) on a routing_sim without ``score_mod``, a sliding window that
+soft-capping in exact mode (``tanh`` is not correctly rounded), a sliding window that
 would bind while no mask arrived, flex-attention block masks, attention sinks, dtypes
 other than float32/float64, and any other argument it does not know.
 """
@@ -34,6 +36,7 @@ import torch
 from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.masking_utils import sdpa_mask
 
+from .. import mods
 from ..errors import DTypeError, InvalidArgumentError
 from ..reference import attention
 from ..simulation import simulate
@@ -131,10 +134,6 @@ def _attention_function(name: str):
                               softcap: float | None = None, **kwargs):
         _refuse_unknown(kwargs)
         _check_tensors(query, key, value)
-        if softcap is not None:
-            raise InvalidArgumentError(
-                f"softcap={softcap} (logit soft-capping) needs score_mod, which this "
-                "routing_sim does not have yet; use a model without attention soft-capping")
         n_queries, n_keys = query.shape[-2], key.shape[-2]
         if attention_mask is not None and not isinstance(attention_mask, torch.Tensor):
             raise InvalidArgumentError(
@@ -155,6 +154,8 @@ def _attention_function(name: str):
             # its cost today, and autograd sums the repeated heads' gradients back.
             key, value = (x.repeat_interleave(groups, dim=1) for x in (key, value))
         options = dict(_OPTIONS[name])
+        if softcap is not None:
+            options["score_mod"] = _softcap(softcap, options)
         recorder = record.active()
         if recorder is not None:
             options["trace"] = recorder.trace
@@ -174,6 +175,20 @@ def _attention_function(name: str):
         return output.transpose(1, 2).contiguous(), weights
 
     return routing_sim_attention
+
+
+def _softcap(cap, options: dict) -> mods.softcap:
+    """Gemma-2's logit soft-capping, ``cap · tanh(score / cap)`` on the scaled score before
+    the mask, as a score mod that carries its derivative for the backward pass."""
+    if options.get("score_mod") is not None:
+        raise InvalidArgumentError(
+            f"the model soft-caps its scores (softcap={cap}) and the backend was registered "
+            f"with score_mod={options['score_mod']!r}; register it without score_mod")
+    if options.get("numerics") == "exact":
+        raise InvalidArgumentError(
+            f"softcap={cap}: soft-capping runs tanh in float arithmetic, so it cannot be "
+            "combined with numerics='exact'; register the backend with numerics='float'")
+    return mods.softcap(float(cap))
 
 
 def _attention_inputs(query, key, value, mask, arguments: dict) -> dict[str, Any]:
