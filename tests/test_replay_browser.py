@@ -320,7 +320,13 @@ def test_play_pause_and_step_move_the_clock(scenarios, opened):
     page = opened(path).page
     value = "() => Number(document.querySelector('[data-role=\"time\"]').value)"
     page.click('[data-role="play"]')
-    page.wait_for_function(f"({value})() > 0")
+    # Poll from Python: wait_for_function evaluates its predicate with eval() in the page
+    # once the first check fails, which the page's Content-Security-Policy blocks.
+    for _ in range(500):
+        if page.evaluate(value) > 0:
+            break
+        page.wait_for_timeout(20)
+    assert page.evaluate(value) > 0
     page.click('[data-role="play"]')                                   # pause
     paused = page.evaluate(value)
     page.wait_for_timeout(150)
