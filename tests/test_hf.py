@@ -335,6 +335,34 @@ def test_cli_hf_with_a_local_checkpoint(tmp_path, capsys):
                                      "tolerance)")
 
 
+def test_cli_hf_with_a_checkpoint_and_its_tokenizer(tmp_path, capsys):
+    """A checkpoint directory with a tokenizer: tables name the words; ids the tokenizer
+    does not know (this model has 96, the tokenizer 8) print as #id."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from routing_sim.cli import main
+
+    words = ["<pad>", "<unk>", "<s>", "routing", "is", "all", "you", "need"]
+    wordlevel = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)},
+                                           unk_token="<unk>"))
+    wordlevel.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=wordlevel, pad_token="<pad>",
+                            unk_token="<unk>").save_pretrained(tmp_path)
+    tiny_model("llama", layers=1).save_pretrained(tmp_path)
+    assert main(["hf", "--model", str(tmp_path), "--tokens", "routing is all you need",
+                 "--new-tokens", "2"]) == 0
+    printed = capsys.readouterr().out
+    generated = next(line for line in printed.splitlines() if line.startswith("greedy"))
+    new = generated.split("KV cache: routing is all you need ")[1].split(" (")[0].split()
+    assert len(new) == 2 and all(w in words or w.startswith("#") for w in new)
+    assert generated.endswith("(identical to SDPA's)")
+    # the last step's query is the 6th token; it routes to all 6, the first five by name
+    assert printed.count("6 routes, 24 messages") == 4
+    for word in words[3:]:
+        assert printed.count(f"  token {word}: ") >= 4
+
+
 def test_cli_hf_refuses_bad_input(tmp_path, capsys):
     from routing_sim.cli import main
 

@@ -21,7 +21,7 @@ from ..run import Run
 from ..trace import TRACE_DETAILS
 from ..verify import Verdict, verdict
 
-__all__ = ["AttentionRecord", "Recorder", "active", "record"]
+__all__ = ["AttentionRecord", "Recorder", "active", "record", "token_texts"]
 
 _ACTIVE: ContextVar[Recorder | None] = ContextVar("routing_sim_hf_recorder", default=None)
 
@@ -106,10 +106,26 @@ class Recorder:
                 return
             cache = kwargs.get("past_key_values", kwargs.get("cache"))
             seen = cache.get_seq_length() if cache is not None else 0     # tokens cached
-            texts = tokenizer.convert_ids_to_tokens(ids[0].tolist())
+            texts = token_texts(tokenizer, ids[0].tolist())
             self._tokens[side] = self._tokens.get(side, [])[:seen] + list(texts)
 
         return remember
+
+
+def token_texts(tokenizer, ids: list[int]) -> list[str]:
+    """Each id's text from ``tokenizer.convert_ids_to_tokens``; ``#id`` for an id it does not
+    know (a model's vocabulary is often larger than its tokenizer's).
+
+    Examples
+    --------
+    >>> class Words:
+    ...     def convert_ids_to_tokens(self, ids):
+    ...         return [{3: "cat"}.get(i) for i in ids]
+    >>> token_texts(Words(), [3, 90])
+    ['cat', '#90']
+    """
+    return [f"#{i}" if text is None else str(text)
+            for i, text in zip(ids, tokenizer.convert_ids_to_tokens(ids))]
 
 
 def active() -> Recorder | None:

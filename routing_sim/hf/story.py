@@ -17,7 +17,7 @@ import transformers
 
 from ..errors import InvalidArgumentError
 from .backend import register
-from .record import record
+from .record import record, token_texts
 from .tiny import tiny_model
 
 __all__ = ["WordTokenizer", "load", "tell"]
@@ -97,7 +97,7 @@ def tell(ours, sdpa, text: str, tokenizer=None, new_tokens: int = 3) -> str:
         reference = sdpa.generate(ids, **settings)
         with record(limit=10_000, model=ours, tokenizer=tokenizer) as rec:
             produced = ours.generate(ids, **settings)
-    words = tokenizer.convert_ids_to_tokens(produced[0].tolist())
+    words = token_texts(tokenizer, produced[0].tolist())
     same = "identical to" if torch.equal(produced, reference) else "DIFFERENT from"
     lines.append(f"greedy generation, {new_tokens} tokens with a KV cache: {' '.join(words)}"
                  f" ({same} SDPA's)")
