@@ -146,7 +146,8 @@ def loss_of(output: torch.Tensor) -> torch.Tensor:
     return (output * direction).sum()
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma2", "gpt2", "bert", "t5", "bart"])
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "gemma2", "gpt2", "bert", "t5",
+                                    "bart"])
 def test_gradients_equal_sdpa(models, family):
     ours, sdpa = models[family]
     inputs = batch(family, length=6, seed=2)
