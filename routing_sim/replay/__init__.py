@@ -1,8 +1,9 @@
 """The offline replay page: one self-contained HTML file that replays a run's messages.
 
-The page is hand-written (``page.html``, ``replay.css``, ``replay.js`` beside this file)
-and gets the run as JSON; :func:`page_html` inlines all four, so the file makes no network
-request. Its DOM contract (what tests and scripts may rely on) is documented in
+The page is hand-written (``page.html``, ``replay.css`` and the script in two parts,
+``stage.js`` and ``panels.js``, beside this file) and gets the run as JSON; :func:`page_html`
+inlines them all, the two parts in that order into one function body, so the file makes
+no network request. Its DOM contract (what tests and scripts may rely on) is documented in
 ``docs/en/watching.md``.
 """
 
@@ -24,8 +25,10 @@ __all__ = ["ANIMATED_LIMIT", "page_data", "page_html", "write_cluster_html", "wr
 def page_html(data: dict, title: str) -> str:
     """The page for ``data`` (from :func:`page_data`) as one HTML string."""
     folder = resources.files(__package__)
-    template, style, script = (folder.joinpath(name).read_text(encoding="utf-8")
-                               for name in ("page.html", "replay.css", "replay.js"))
+    template, style, stage, panels = (folder.joinpath(name).read_text(encoding="utf-8")
+                                      for name in ("page.html", "replay.css", "stage.js",
+                                                   "panels.js"))
+    script = stage + "\n" + panels                   # one scope: panels uses stage's names
     # "<" never appears inside the JSON text, so no "</script>" can close the data early.
     payload = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")
     parts = {"<!--title-->": html.escape(title), "/*style*/": style, "/*script*/": script,
