@@ -21,6 +21,8 @@ ON_MISSING = ("strict", "degrade")
 _GOLDEN = 0x9E3779B97F4A7C15
 # Independent random streams, one per purpose.
 _JITTER, _LOSS, _DUPLICATE, _DUPLICATE_JITTER, _REORDER, _REORDER_DELAY, _SPIKE = range(7)
+# The largest exponential jitter draw: -log1p(-u) for u = 1 - 2^-53.
+_EXPONENTIAL_TAIL = 53 * math.log(2)
 
 
 @dataclass(frozen=True)
@@ -84,9 +86,13 @@ class Network:
     retries : int
         How many times a sender resends a request (QUERY, PULL) that got no answer.
     timeout : float, optional
-        How long a sender waits for an answer; by default twice the slowest round trip
-        the network's parameters allow (jitter taken at its mean plus 4 standard
-        deviations when exponential).
+        How long a sender waits for an answer, from the moment the request leaves its
+        NIC; by default twice the slowest round trip the network's parameters allow
+        (jitter taken at its mean plus 4 standard deviations when exponential). With
+        contention each expiry doubles the next wait, and the last attempt waits for the
+        slowest answer the NIC queues allow (:mod:`routing_sim.timers`), so contention
+        never makes a route fail. Parameters whose times could pass the float64 range
+        are refused with an InvalidArgumentError naming them.
     on_missing : {"strict", "degrade"}
         When answers are still missing after every retry: raise a
         :class:`~routing_sim.DeliveryError` naming each missing route, or renormalise over
@@ -161,6 +167,8 @@ class Network:
         object.__setattr__(self, "crashes", crashes)
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
             raise InvalidArgumentError(f"seed must be an integer, got {self.seed!r}")
+        timeout = self.round_trip_timeout(self.latency, 0)
+        self.check_clock(timeout, max(timeout, self.slowest_round_trip(self.latency, 0)))
 
     @property
     def faulty(self) -> bool:
@@ -224,6 +232,39 @@ class Network:
                    + 2 * (self.latency + self.jitter) * (self.reorder > 0)
                    + (max_bytes / self.bandwidth if self.bandwidth else 0.0))
         return 2 * (2 * one_way + self.processing) or 1.0
+
+    def slowest_round_trip(self, max_latency: float, max_bytes: int) -> float:
+        """An upper bound on a round trip without queueing: every draw at its largest."""
+        jitter = self.jitter * (1.0 if self.jitter_dist == "uniform" else _EXPONENTIAL_TAIL)
+        one_way = (max_latency + jitter + self.spike_delay * (self.spike > 0)
+                   + 2 * (self.latency + self.jitter) * (self.reorder > 0)
+                   + (max_bytes / self.bandwidth if self.bandwidth else 0.0))
+        return 2 * one_way + self.processing
+
+    def check_clock(self, timeout: float, give_up: float) -> None:
+        """Refuse parameters under which a run's times could pass the largest float64.
+
+        A run has two phases; each waits at most ``retries + 1`` retry timers of at most
+        ``give_up`` (after crash windows). Later times would be infinite.
+        """
+        end = max((crash.end for crash in self.crashes), default=0.0)
+        horizon = end + 2 * ((self.retries + 1) * give_up + timeout)
+        if math.isfinite(4 * horizon):
+            return
+        scales = {name: float(getattr(self, name)) for name in
+                  ("latency", "jitter", "processing", "spike_delay")}
+        if self.timeout is not None:
+            scales["timeout"] = float(self.timeout)
+        if self.bandwidth is not None:
+            scales["1 / bandwidth"] = 1.0 / self.bandwidth
+        largest = max(scales.values())
+        named = ", ".join(f"{name}={value:g}" for name, value in scales.items()
+                          if value >= largest * 1e-3)
+        length = f"about {horizon:.3g}" if math.isfinite(horizon) else "more than 1.8e308"
+        raise InvalidArgumentError(
+            f"{named}: a run on this network may last {length} time units (with retries="
+            f"{self.retries} and its NIC queues), past a quarter of the largest float64 "
+            "(1.8e308), so its events cannot share one clock; scale these parameters down")
 
     def draw(self, message_ids: np.ndarray, purpose: int) -> np.ndarray:
         """Uniform numbers in [0, 1): splitmix64 of ``(seed, purpose, message id)``."""

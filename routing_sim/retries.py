@@ -52,6 +52,7 @@ class TokenNodes:
         self._answered = {kind: np.zeros(n_routes if self._dedupe else 0, np.int64)
                           for kind in self.REQUESTS}                   # bit a: attempt a answered
         transport.on_deliver, transport.on_timer = self.deliver, self.on_timer
+        transport.timed = frozenset(self.REQUESTS) if self._retrying else frozenset()
 
     def deliver(self, batch: Deliveries) -> None:
         self.handlers[batch.kind](batch)
@@ -78,11 +79,9 @@ class TokenNodes:
                             batch.attempt[fresh])
 
     def request(self, kind: Kind, routes: np.ndarray, ready, attempt) -> None:
-        """Send requests and, on a network that can lose them, arm their retry timers."""
+        """Send requests; on a network that can lose them, the transport arms their retry
+        timers when they leave their NICs (:mod:`routing_sim.timers`)."""
         self.transport.send(kind, routes, ready, attempt)
-        if self._retrying:
-            self.transport.arm(kind, routes, np.broadcast_to(np.asarray(attempt, np.int64),
-                                                             routes.shape), ready)
 
     def _fresh_requests(self, batch: Deliveries) -> np.ndarray:
         """Key-node idempotence: which deliveries are requests not answered before."""

@@ -34,6 +34,7 @@ from .messages import Fate, Kind
 from .deliveries import Deliveries, Timers, concat, merge
 from .network import Network, nic_queue
 from .strides import constant, uniform
+from .timers import retransmission_timer
 
 __all__ = ["DELIVERY_MODES", "Transport"]
 
@@ -69,8 +70,9 @@ class Transport:
         self._endpoints = endpoints     # kind, routes -> (sender node ids, receiver node ids)
         self._down = down               # node ids, times -> inside a crash window?
         self._record = record           # (batch, fate or None for all delivered)
-        self.timeout = network.round_trip_timeout(
-            float(route_latency.max(initial=network.latency)), max(nbytes.values()))
+        self.timer = retransmission_timer(network, route_latency, nbytes, endpoints)
+        self.timeout = self.timer.timeout
+        self.timed: frozenset[Kind] = frozenset()     # request kinds whose sends arm timers
         lookahead = network.min_delay(route_latency, min(nbytes.values()))
         if network.faulty:
             lookahead = min(lookahead, self.timeout)
@@ -116,20 +118,19 @@ class Transport:
             self.on_step_end()
         self.flush()
 
-    def arm(self, kind: Kind, routes: np.ndarray, attempts: np.ndarray, sent: np.ndarray
-            ) -> None:
-        """Start retry timers for requests just sent: they fire ``timeout`` later."""
-        if len(routes) == 0:
-            return
-        due = np.broadcast_to(np.asarray(sent, np.float64), routes.shape) + self.timeout
+    def _arm(self, batch: Deliveries, leave: np.ndarray) -> None:
+        """Start retry timers for requests that left their NICs at ``leave``."""
+        due = self.timer.due(np.broadcast_to(np.asarray(leave, np.float64), batch.routes.shape),
+                             batch.attempt)
+        routes, attempts = batch.routes, batch.attempt
         if self.mode == "per_message":
             for index in range(len(routes)):
-                single = Timers(kind, routes[index:index + 1], attempts[index:index + 1],
+                single = Timers(batch.kind, routes[index:index + 1], attempts[index:index + 1],
                                 due[index:index + 1])
                 self._schedule(single, due[index], _TIMER_RANK + int(routes[index]))
         else:
             order = np.argsort(due, kind="stable")
-            timers = Timers(kind, routes[order], np.asarray(attempts)[order], due[order])
+            timers = Timers(batch.kind, routes[order], attempts[order], due[order])
             heapq.heappush(self._pending, (timers.due[0], next(self._order), timers))
 
     def flush(self) -> None:
@@ -163,6 +164,8 @@ class Transport:
         base = self._uniform_latency if self._uniform_latency is not None else \
             self.route_latency[batch.routes]
         start = batch.sent if leave is None else leave
+        if batch.kind in self.timed and len(batch):
+            self._arm(batch, start)
         delay = network.delays(ids, base, self.nbytes[batch.kind])
         if leave is not None:            # the sender's NIC already spent the size time
             delay = delay - self.nbytes[batch.kind] / network.bandwidth
@@ -249,10 +252,13 @@ class Transport:
             # A window may not run past a timer: messages up to its due time come first.
             first_timer = min((item.due[0] for _, _, item in self._pending
                                if isinstance(item, Timers)), default=np.inf)
-            if self._lookahead > 0 and first_timer >= start + self._lookahead:
-                self._window_end, self._inclusive = start + self._lookahead, False
+            # A lookahead below half an ulp of the clock cannot advance it: such a window
+            # is one instant, as with zero lookahead.
+            lookahead = self._lookahead if start + self._lookahead > start else 0.0
+            if lookahead > 0 and first_timer >= start + lookahead:
+                self._window_end, self._inclusive = start + lookahead, False
             else:
-                self._window_end, self._inclusive = start if self._lookahead == 0 \
+                self._window_end, self._inclusive = start if lookahead == 0 \
                     else first_timer, True
             yield self.env.timeout(max(start - self.env.now, 0.0))
             self.events += 1
