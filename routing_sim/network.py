@@ -180,14 +180,15 @@ class Network:
         """Do message ids feed any random draw (jitter, loss, reordering, spikes, copies)?"""
         return bool(self.jitter or self.loss or self.reorder or self.spike or self.duplicate)
 
-    def delays(self, message_ids: np.ndarray | None, base, nbytes):
+    def delays(self, message_ids: np.ndarray | None, base, nbytes, sized: bool = True):
         """Transit time of each message (before NIC queueing), given its route's latency.
 
         ``base`` and ``nbytes`` are per-message arrays or scalars; without randomness the
-        result is a scalar when they are, and ``message_ids`` may be None.
+        result is a scalar when they are, and ``message_ids`` may be None. ``sized=False``
+        leaves out ``nbytes / bandwidth`` (a sender's NIC already spent it).
         """
         delay = np.float64(base) if np.ndim(base) == 0 else np.asarray(base, np.float64)
-        if self.bandwidth is not None:
+        if self.bandwidth is not None and sized:
             delay = delay + np.asarray(nbytes, np.float64) / self.bandwidth
         if self.jitter > 0:
             delay = delay + self._jitter(message_ids, _JITTER)

@@ -357,11 +357,11 @@ def _missing_message(problem: Problem, routes: RouteTable, state: ForwardState,
         where = f", group {item.group}" if item.group else ""
         shown.append(f"(query {item.query}, key {item.key}{where}: {item.phase} lost)")
     more = f" and {dead.size - 20} more" if dead.size > 20 else ""
-    return (f"{dead.size} routes never delivered after {retries} retries (every attempt "
-            "was lost or dropped: the last one waited for the slowest answer the network "
-            "and its NIC queues allow): "
-            + ", ".join(shown) + more + "; raise Network(retries=...), or pass "
-            "on_missing='degrade' to renormalise over what arrived")
+    return (f"{dead.size} routes never delivered after {retries} retries: "
+            + ", ".join(shown) + more + "; every attempt was lost or dropped (the last one "
+            "waited for the slowest answer the network and its NIC queues allow): raise "
+            "Network(retries=...), or pass on_missing='degrade' to renormalise over what "
+            "arrived")
 
 
 def _route_latency(network: Network, graph: nx.DiGraph | None, routes: RouteTable) -> np.ndarray:

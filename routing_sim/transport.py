@@ -73,10 +73,10 @@ class Transport:
         self.timer = retransmission_timer(network, route_latency, nbytes, endpoints)
         self.timeout = self.timer.timeout
         self.timed: frozenset[Kind] = frozenset()     # request kinds whose sends arm timers
-        lookahead = network.min_delay(route_latency, min(nbytes.values()))
-        if network.faulty:
-            lookahead = min(lookahead, self.timeout)
-        self._lookahead = lookahead if mode == "window" else 0.0
+        self._min_delay = network.min_delay(route_latency, min(nbytes.values()))
+        self._min_latency = network.min_delay(route_latency, 0)
+        self._min_size = min(nbytes.values()) / network.bandwidth if network.bandwidth else 0.0
+        self._windowed = mode == "window"
         self._pending: list[tuple[float, int, object]] = []
         self._order = itertools.count()
         self._outbox: list[Deliveries] = []
@@ -166,9 +166,8 @@ class Transport:
         start = batch.sent if leave is None else leave
         if batch.kind in self.timed and len(batch):
             self._arm(batch, start)
-        delay = network.delays(ids, base, self.nbytes[batch.kind])
-        if leave is not None:            # the sender's NIC already spent the size time
-            delay = delay - self.nbytes[batch.kind] / network.bandwidth
+        # With contention the sender's NIC already spent the size time.
+        delay = network.delays(ids, base, self.nbytes[batch.kind], sized=leave is None)
         one = constant(start)
         batch.arrive = uniform(one + float(delay), len(batch)) if one is not None and \
             np.ndim(delay) == 0 else start + delay
@@ -254,11 +253,11 @@ class Transport:
                                if isinstance(item, Timers)), default=np.inf)
             # A lookahead below half an ulp of the clock cannot advance it: such a window
             # is one instant, as with zero lookahead.
-            lookahead = self._lookahead if start + self._lookahead > start else 0.0
-            if lookahead > 0 and first_timer >= start + lookahead:
-                self._window_end, self._inclusive = start + lookahead, False
+            reach = self._reach(start) if self._windowed else start
+            if reach > start and first_timer >= reach:
+                self._window_end, self._inclusive = reach, False
             else:
-                self._window_end, self._inclusive = start if lookahead == 0 \
+                self._window_end, self._inclusive = start if reach == start \
                     else first_timer, True
             yield self.env.timeout(max(start - self.env.now, 0.0))
             self.events += 1
@@ -273,6 +272,15 @@ class Transport:
                 self.on_timer(due)
             self.end_step()
         self._window_end = -np.inf
+
+    def _reach(self, start: float) -> float:
+        """The earliest anything sent at or after ``start`` can arrive or time out, rounded
+        as arrivals are (so nothing sent inside a window lands inside it)."""
+        if self.network.contention:     # it leaves its NIC after its size time, then travels
+            reach = (start + self._min_size) + self._min_latency
+        else:
+            reach = start + self._min_delay
+        return min(reach, start + self.timeout) if self.network.faulty else reach
 
     def _run_per_message(self):
         """The SimPy process of per_message mode: one timeout per agenda entry.
