@@ -278,14 +278,15 @@ def _exact_block(state: ForwardState, chosen: np.ndarray, count: int) -> None:
 def pull_whole(state: ForwardState, nodes: np.ndarray) -> None:
     """o_i = Σ_j w_ij v_j for nodes whose values all came: one product per node."""
     if state.tiles is not None:                        # sparse fast path: every pull at once
-        if state.tiled_output is None:
+        if not state.tiled_output:
+            # Every row at once, straight into the outputs; a node that lost a route keeps
+            # (or later gets) its own row from aggregate().
+            lost = np.unique(state.routes.query_node[np.flatnonzero(state.dead)])
+            rows = state.output[lost]
             value = state.problem.value
-            state.tiled_output = state.tiles.pull(state.shares,
-                                                  value.reshape(-1, value.shape[2]))
-        if len(nodes) == state.routes.n_nodes:         # the whole wave: no copy
-            state.output = state.tiled_output
-        else:
-            state.output[nodes] = state.tiled_output[nodes]
+            state.tiles.pull(state.shares, value.reshape(-1, value.shape[2]), out=state.output)
+            state.output[lost] = rows
+            state.tiled_output = True
         state.done_time[nodes] += state.processing
         return
     routes, value, shares, kept = state.routes, state.problem.value, state.shares, state.kept

@@ -154,6 +154,8 @@ class TwoPhaseNodes(ForwardNodes):
         self.request(Kind.PULL, pulls, ready_at, 0)
         no_values = ready[(state.values_needed[ready] == 0) & ~state.failed[ready]]
         state.done_time[no_values] = state.barrier_time[no_values] + self.processing
+        # Nothing to pull: a zero row (the tile path may have filled it beforehand).
+        state.output[no_values] = 0.0
 
     def _settle_values(self, routes: np.ndarray, times: np.ndarray) -> None:
         """Nodes whose every value settled add their shares up."""

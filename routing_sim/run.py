@@ -146,14 +146,20 @@ class Run:
             self._weights = self._dense_weights()
         return self._weights
 
+    def require_dense(self, what: str = "run.weights") -> None:
+        """Raise a clear error if the dense ``(..., L, S)`` tables are over the limit."""
+        table, shape = self._routes, self.weights_shape
+        entries = table.n_groups * table.n_queries * table.n_keys
+        if entries > WEIGHTS_LIMIT:
+            raise InvalidArgumentError(
+                f"{what} needs the dense routing tables {shape} ({entries:,} entries), over "
+                f"the limit rs.run.WEIGHTS_LIMIT = {WEIGHTS_LIMIT:,}; run.route_weights() "
+                "gives the shares per route, and run.routing_table(i) one token's table")
+
     def _dense_weights(self) -> np.ndarray:
+        self.require_dense()
         table, shape = self._routes, self.weights_shape
         groups, n_queries, n_keys = table.n_groups, table.n_queries, table.n_keys
-        if groups * n_queries * n_keys > WEIGHTS_LIMIT:
-            raise InvalidArgumentError(
-                f"run.weights would be a dense {shape} array ({groups * n_queries * n_keys:,} "
-                f"entries, over the limit of {WEIGHTS_LIMIT:,}); run.route_weights() gives "
-                "the shares per route, and run.routing_table(i) one token's table")
         if table.full:                                                 # every route exists
             weights = self._shares.reshape(groups, n_queries, n_keys)
         else:

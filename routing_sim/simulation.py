@@ -199,7 +199,8 @@ def simulate(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causa
                               top_k=int(top_k) if routing == "topk" else None)
         if problem.sparse is not None and numerics == "float" and routing == "softmax" \
                 and not routes.full:
-            tiles = Tiles(routes.indptr, routes.key_index, routes.n_queries, routes.n_keys)
+            tiles = Tiles(routes.indptr, routes.key_index, routes.n_queries, routes.n_keys,
+                          dim=max(problem.shape[3:]))
             nodes.state.tiles = tiles if tiles.worthwhile() else None
     nodes.start()
     env.process(transport.run())

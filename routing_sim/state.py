@@ -59,7 +59,7 @@ class ForwardState:
     failed: np.ndarray = field(init=False)          # (G·L,) strict: gave up
     tiles: Tiles | None = None                      # sparse fast path (see tiles.py)
     tiled_shares: bool = False                      # every route's share is in (tiles)
-    tiled_output: np.ndarray | None = None          # (G·L, Ev) every node's pull (tiles)
+    tiled_output: bool = False                      # every node's pull is in (tiles)
     context: dict | None = None                     # names and events for the exporters
     route_latency: np.ndarray | None = None         # (R,) base latency the run used
 

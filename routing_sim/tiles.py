@@ -22,21 +22,21 @@ from .routeset import concat_ranges
 
 __all__ = ["PANEL_ENTRIES", "Tiles", "tile_size"]
 
-PANEL_ENTRIES = 2**21    # block entries per np.matmul batch (16 MB of float64: reused heap)
+PANEL_ENTRIES = 2**21    # entries of a batch's blocks or gathered keys (16 MB of float64)
 MAX_WASTE = 4.0          # tile blocks may hold at most this many entries per route
 
 
 def tile_size(indptr: np.ndarray) -> int:
-    """Query nodes per tile: about half the mean fan-in, a power of two in 8 .. 128.
+    """Query nodes per tile: about the mean fan-in, a power of two in 8 .. 64.
 
     Examples
     --------
     >>> tile_size(np.arange(0, 1321, 132)), tile_size(np.arange(0, 201, 20))
-    (64, 8)
+    (64, 16)
     """
     nodes = max(len(indptr) - 1, 1)
     mean = max((indptr[-1] - indptr[0]) / nodes, 1.0)
-    return int(2 ** np.clip(np.floor(np.log2(max(mean / 2, 1.0))), 3, 7))
+    return int(2 ** np.clip(np.round(np.log2(mean)), 3, 6))
 
 
 class Tiles:
@@ -50,6 +50,11 @@ class Tiles:
         Every route's key index, ascending within each row.
     n_queries, n_keys : int
         ``L`` and ``S``; the key rows of group ``g`` are ``g · S + j``.
+    size : int, optional
+        Query nodes per tile (default :func:`tile_size`).
+    dim : int
+        The widest feature size (``max(E, Ev)``): batches are cut so that neither the
+        blocks nor the gathered keys and values pass :data:`PANEL_ENTRIES` entries.
 
     Examples
     --------
@@ -63,8 +68,9 @@ class Tiles:
     """
 
     def __init__(self, indptr: np.ndarray, keys: np.ndarray, n_queries: int, n_keys: int,
-                 size: int | None = None) -> None:
+                 size: int | None = None, dim: int = 64) -> None:
         self.size = tile_size(indptr) if size is None else int(size)
+        self.dim = int(dim)                                            # widest of E, Ev
         self.n_nodes, self.n_routes = len(indptr) - 1, int(indptr[-1])
         self.n_queries, self.n_keys = n_queries, n_keys
         per_group = -(-n_queries // self.size)                        # tiles per group
@@ -116,7 +122,7 @@ class Tiles:
             if not len(same) or self.width[same[0]] == 0:
                 continue
             rows, width = int(self.rows[same[0]]), int(self.width[same[0]])
-            step = max(1, PANEL_ENTRIES // (rows * width))
+            step = max(1, PANEL_ENTRIES // (width * max(rows, self.dim)))  # block, keys
             for at in range(0, len(same), step):
                 panels.append((same[at:at + step], rows, width))
                 rank[same[at:at + step]] = np.arange(len(same[at:at + step]))
@@ -143,7 +149,9 @@ class Tiles:
         out = np.zeros(self.n_routes, dtype=query.dtype) if out is None else out  # (R,)
         for tiles, rows, width in self.panels:
             nodes, key_rows, routes = self._panel(tiles, rows, width)
-            keys_t = np.ascontiguousarray(key[key_rows].transpose(0, 2, 1))  # (n, E, |U|)
+            keys_t = key[key_rows].transpose(0, 2, 1)                  # (n, E, |U|)
+            if width > 64:                             # measured: the copy pays off here
+                keys_t = np.ascontiguousarray(keys_t)
             block = np.matmul(query[nodes], keys_t)                    # (n, T, |U|)
             out[routes] = block.reshape(-1)[self.slot[routes]]
         return out
@@ -158,8 +166,12 @@ class Tiles:
             nodes, key_rows, routes = self._panel(tiles, rows, width)
             weights = np.zeros(len(tiles) * rows * width, dtype=value.dtype)
             weights[self.slot[routes]] = shares[routes]
-            out[nodes.reshape(-1)] = np.matmul(weights.reshape(len(tiles), rows, width),
-                                               value[key_rows]).reshape(-1, value.shape[1])
+            pulled = np.matmul(weights.reshape(len(tiles), rows, width), value[key_rows])
+            rows_out = nodes.reshape(-1)
+            if rows_out[-1] - rows_out[0] == len(rows_out) - 1:       # consecutive nodes
+                out[rows_out[0]:rows_out[-1] + 1] = pulled.reshape(-1, value.shape[1])
+            else:
+                out[rows_out] = pulled.reshape(-1, value.shape[1])
         return out
 
 

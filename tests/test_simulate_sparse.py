@@ -166,7 +166,7 @@ def test_exact_numerics_on_a_route_set_and_no_score_mod_with_it():
         rs.simulate(q, k, v, score_mod=mods.softcap(1.0), numerics="exact")
 
 
-def test_route_weights_in_canonical_order_and_the_weights_limit(monkeypatch):
+def test_route_weights_in_canonical_order_and_the_weights_limit(monkeypatch, tmp_path):
     routes = patterns.sliding_window(N, 3, sinks=1)
     q, k, v = inputs(8, shape=(2,))
     run = rs.simulate(q, k, v, graph=routes)
@@ -186,6 +186,8 @@ def test_route_weights_in_canonical_order_and_the_weights_limit(monkeypatch):
     with pytest.raises(InvalidArgumentError, match=r"run\.route_weights\(\)"):
         fresh.weights
     assert fresh.weights_shape == (2, N, N)
+    with pytest.raises(InvalidArgumentError, match="replay page.*WEIGHTS_LIMIT"):
+        fresh.to_html(tmp_path / "run.html")
     assert "weights (2, 24, 24)" in repr(fresh)
 
 

@@ -43,6 +43,7 @@ def page_html(data: dict, title: str) -> str:
 def write_html(run, path, trace=None, stats=None, phase: str = "forward") -> Path:
     """Write the replay page of ``run`` (messages from ``trace``, default its own) to
     ``path``; returns the path."""
+    run.require_dense(f"the replay page ({phase} pass)")
     return _write(path, lambda: page_html(page_data(run, trace, stats, phase),
                                           title_of(run, phase)))
 
