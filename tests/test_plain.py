@@ -227,3 +227,21 @@ def test_message_ids_key_the_network_draws():
     assert ids.tolist() == [1, 9, 17, 25]
     one_by_one = [float(network.delays(ids[[n]], 1.0, 8)[0]) for n in range(4)]
     assert one_by_one == network.delays(ids, 1.0, 8).tolist()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_plain_equals_pytorch_sdpa(seed):
+    """Heads, GQA, a batch-broadcast bool mask and cross-attention, against torch itself."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(seed)
+    n_queries, n_keys = rng.integers(1, 7, 2)
+    q = rng.normal(size=(2, 4, n_queries, 8))
+    k, v = rng.normal(size=(2, 2, n_keys, 8)), rng.normal(size=(2, 2, n_keys, 5))
+    mask = rng.random((2, 1, n_queries, n_keys)) < 0.7
+    mask[..., 0] = True                                 # no empty rows: SDPA gives NaN there
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        *(torch.from_numpy(x) for x in (q, k, v)), attn_mask=torch.from_numpy(mask),
+        enable_gqa=True).numpy()
+    run = rs.simulate(q, k, v, attn_mask=mask, enable_gqa=True, engine="plain",
+                      network=rs.Network(jitter=0.5, seed=seed))
+    np.testing.assert_allclose(run.output, expected, rtol=1e-12, atol=1e-12)
