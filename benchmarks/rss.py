@@ -1,5 +1,8 @@
 """Peak RSS of one simulation in a fresh interpreter: ``python -m benchmarks.rss N HEADS``.
 
+``python -m benchmarks.rss N HEADS WINDOW SINKS`` simulates on the causal sliding window
+``rs.patterns.sliding_window(N, WINDOW, sinks=SINKS)`` instead of the full graph.
+
 Prints bytes. Reads VmHWM (the high-water mark of this address space) rather than
 ``ru_maxrss``: the latter survives ``exec`` and so counts the resident pages of whatever
 process forked this one.
@@ -27,9 +30,10 @@ def peak_bytes() -> int:
 
 
 def main() -> None:
-    n, heads = int(sys.argv[1]), int(sys.argv[2])
+    n, heads, *pattern = (int(word) for word in sys.argv[1:])
     q, k, v = np.random.default_rng(0).normal(size=(3, heads, n, 64))
-    rs.simulate(q, k, v, trace="summary")
+    graph = rs.patterns.sliding_window(n, pattern[0], sinks=pattern[1]) if pattern else None
+    rs.simulate(q, k, v, graph=graph, trace="summary")
     print(peak_bytes())
 
 

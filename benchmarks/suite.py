@@ -19,6 +19,7 @@ import numpy as np
 import routing_sim as rs
 
 from .hf import rows as hf_rows
+from .sparse import rows as sparse_rows
 
 D_HEAD = 64
 
@@ -41,10 +42,12 @@ def plain_numpy(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
     return weights @ v                                                 # (h, n, d)
 
 
-def peak_rss(n: int, heads: int) -> float:
-    """Peak RSS in MB of a fresh interpreter running one simulation."""
+def peak_rss(n: int, heads: int, *pattern: int) -> float:
+    """Peak RSS in MB of a fresh interpreter running one simulation (``pattern``: the
+    window and sinks of a causal sliding window; none: the full graph)."""
     folder = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    result = subprocess.run([sys.executable, "-m", f"{__package__}.rss", str(n), str(heads)],
+    result = subprocess.run([sys.executable, "-m", f"{__package__}.rss", str(n), str(heads),
+                             *map(str, pattern)],
                             capture_output=True, text=True, check=True, cwd=folder)
     return int(result.stdout.strip()) / 2**20
 
@@ -115,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     row("per-message baseline n=128", t_naive, t_window, "batched", run.stats.total_messages,
         None, "one SimPy event per message")
 
+    for found in sparse_rows(arguments.quick, None if arguments.no_rss else peak_rss):
+        row(*found)
     rows += hf_rows(arguments.quick)
     print(table(rows))
     return 0

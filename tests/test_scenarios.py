@@ -21,6 +21,9 @@ EXTRAS = {"real_model": ("torch", "transformers")}
 # bit-identical reruns).
 TRAINED = ("heads_specialise",)
 GOLDEN = [name for name in NAMES if name not in TRAINED]
+# Scenarios whose default size takes a minute (a million tokens): their golden file holds
+# a smaller run, with these arguments (`routing-sim run long_context 4096`).
+ARGUMENTS = {"long_context": ("4096",), "sparse_patterns": ("512",)}
 
 
 def test_every_scenario_has_a_golden_file_and_a_summary():
@@ -34,7 +37,7 @@ def test_scenario_output_matches_its_golden_file(name, capsys):
     missing = [m for m in EXTRAS.get(name, ()) if importlib.util.find_spec(m) is None]
     if missing:
         pytest.skip(f"scenario {name} needs {', '.join(missing)} (the hf extra)")
-    scenarios.load(name).main()
+    scenarios.load(name).main(*ARGUMENTS.get(name, ()))
     printed = capsys.readouterr().out
     assert printed == (FOLDER / f"{name}.out").read_text(encoding="utf-8")
     last = printed.rstrip().splitlines()[-1]
