@@ -15,12 +15,14 @@ import numpy as np
 from .errors import NumericalError
 from .mods import modified
 from .routeset import batch_head
-from .numerics import exact_pull, exact_shares, exact_unnormalised, routing_budget, \
-    scale_scores, weighted_pull
+from .exact import exact_pull, exact_shares, exact_unnormalised
+from .exact_row import exact_row
+from .numerics import routing_budget, scale_scores, weighted_pull
 from .state import VALUE_PHASE, ForwardState
 
-__all__ = ["aggregate", "allocate", "allocate_whole", "budget", "gather", "modify", "node_scores",
-           "note_would_have", "pull_whole", "scores_of", "tiled_shares", "top_routes"]
+__all__ = ["aggregate", "allocate", "allocate_whole", "budget", "exact_fallback", "gather",
+           "modify", "node_scores", "note_would_have", "pull_whole", "scores_of",
+           "softmax_routes", "tiled_shares", "top_routes"]
 
 
 def gather(rows: np.ndarray, keys: np.ndarray) -> np.ndarray:
@@ -103,8 +105,11 @@ def budget(state: ForwardState, node: int, alive: np.ndarray, remember: bool = T
         alive = pick
     if alive.any():
         if state.kernels.exact:
-            unnormalised = exact_unnormalised(*scores_of(state, span, alive))
-            shares[alive] = _exact_shares(state, node, span, alive, unnormalised, remember)
+            high, low = scores_of(state, span, alive)
+            shares[alive] = _exact_shares(state, node, span, alive, exact_unnormalised(high, low),
+                                          high.max(), remember)
+            if np.isnan(shares[alive]).any():                         # undecided: integers
+                shares[alive] = exact_fallback(state, node, alive)[0]
         else:
             shares[alive] = routing_budget(state.scores[span][alive])
     if state.kept is not None:
@@ -112,15 +117,35 @@ def budget(state: ForwardState, node: int, alive: np.ndarray, remember: bool = T
     return shares
 
 
-def _exact_shares(state: ForwardState, nodes, span, routes, unnormalised, remember: bool
-                  ) -> np.ndarray:
+def _exact_shares(state: ForwardState, nodes, span, routes, unnormalised, top,
+                  remember: bool) -> np.ndarray:
     """Exact mode: shares e / l, rounded once; keep e and l for the weighted pull."""
     e_high, e_low, l_high, l_low = unnormalised
     if remember:
         state.e_high[span][routes] = e_high.reshape(-1)
         state.e_low[span][routes] = e_low.reshape(-1)
         state.l_high[nodes], state.l_low[nodes] = l_high, l_low
-    return exact_shares(e_high, e_low, l_high, l_low)
+    return exact_shares(e_high, e_low, l_high, l_low, top)
+
+
+def softmax_routes(state: ForwardState, span: slice) -> np.ndarray:
+    """The routes of a node its softmax runs over: the live ones (the chosen, top-k)."""
+    members = state.dead[span] == 0
+    return members if state.chosen is None else members & state.chosen[span]
+
+
+def exact_fallback(state: ForwardState, node: int, routes: np.ndarray,
+                   pulled: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Exact mode, a node the double-doubles cannot decide: shares over ``routes`` (a
+    mask over its span) and, given ``pulled``, its output, from the exact scores the key
+    nodes computed (:func:`~routing_sim.exact_row.exact_row`)."""
+    problem = state.problem
+    group, token, span = state.span(node)
+    keys = state.routes.key_index[span][routes]
+    bias = None if state.bias is None else state.bias[span][routes]
+    values = None if pulled is None else gather(problem.value[group], keys)
+    return exact_row(gather(problem.key[group], keys), problem.query[group, token],
+                     problem.scale, bias, values, pulled)
 
 
 def note_would_have(state: ForwardState, node: int) -> None:
@@ -269,7 +294,9 @@ def _exact_block(state: ForwardState, chosen: np.ndarray, count: int) -> None:
     block = state.scores[span].reshape(len(chosen), count)            # (nodes, routes)
     low = state.score_low[span].reshape(block.shape)
     shares = _exact_shares(state, chosen, span, slice(None), exact_unnormalised(block, low),
-                           True)
+                           block.max(axis=1), True)
+    for row in np.flatnonzero(np.isnan(shares).any(axis=1)).tolist():  # undecided: integers
+        shares[row] = exact_fallback(state, int(chosen[row]), np.ones(count, dtype=bool))[0]
     if state.kept is not None:
         shares *= state.kept[span].reshape(shares.shape) * state.dropout_scale
     state.shares[span] = shares.reshape(-1)
@@ -317,8 +344,13 @@ def aggregate(state: ForwardState, node: int) -> None:
     pulled = ~np.isnan(state.value_time[span])
     values = gather(state.problem.value[group], state.routes.key_index[span][pulled])
     if state.kernels.exact:
+        members = softmax_routes(state, span)
+        top = state.scores[span][members].max(initial=-np.inf)
         output = exact_pull(state.e_high[span][pulled], state.e_low[span][pulled],
-                            state.l_high[node], state.l_low[node], values)
+                            state.l_high[node], state.l_low[node], values, top)
+        if np.isnan(output).any():                                    # undecided: integers
+            output = exact_fallback(state, node, members, pulled[members])[1].astype(
+                values.dtype)
         if state.kept is not None:
             output = output * state.dropout_scale
     else:

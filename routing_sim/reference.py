@@ -12,7 +12,8 @@ import numpy as np
 from .errors import EmptyRowError, InvalidArgumentError, NumericalError
 from .inputs import Problem, prepare
 from .mods import derivative, modified
-from .numerics import exact_pull, exact_scores, exact_shares, exact_unnormalised
+from .exact import exact_pull, exact_scores, exact_shares, exact_unnormalised
+from .exact_row import exact_row
 from .routeset import batch_head
 from .segments import segment_attention, segment_backward
 from .sparse import DENSE_LIMIT
@@ -221,10 +222,14 @@ def _exact(problem: Problem, return_weights: bool) -> tuple[np.ndarray | None, n
     for g, i, keys, bias, keep in _rows(problem):
         high, low = exact_scores(problem.key[g, keys], problem.query[g, i], problem.scale, bias)
         e_high, e_low, l_high, l_low = exact_unnormalised(high, low)
-        shares = exact_shares(e_high, e_low, l_high, l_low).astype(problem.dtype)
+        shares = exact_shares(e_high, e_low, l_high, l_low, high.max())
         pulled = np.ones(len(keys), dtype=bool) if keep is None else keep
         row = exact_pull(e_high[pulled], e_low[pulled], l_high, l_low,
-                         problem.value[g, keys[pulled]])
+                         problem.value[g, keys[pulled]], high.max())
+        if np.isnan(shares).any() or np.isnan(row).any():             # undecided: integers
+            shares, row = exact_row(problem.key[g, keys], problem.query[g, i], problem.scale,
+                                    bias, problem.value[g, keys], pulled)
+        shares, row = shares.astype(problem.dtype), row.astype(problem.dtype)
         if keep is not None:
             shares = shares * pulled * factor
             row = row * factor

@@ -21,7 +21,7 @@ from functools import reduce
 import numpy as np
 
 from ..errors import NumericalError
-from ..numerics import (
+from ..exact import (
     _dd_divide,
     _dd_exp,
     _dd_multiply,
@@ -30,10 +30,8 @@ from ..numerics import (
     exact_numerator,
     exact_scores,
     exact_unnormalised,
-    merge_states,
-    scale_scores,
-    value_shift,
 )
+from ..numerics import merge_states, scale_scores, value_shift
 
 __all__ = ["PartialState", "block_state", "finish", "merge", "rounded"]
 
@@ -97,7 +95,8 @@ def _exact_block_state(query, key, value, allowed, scale) -> PartialState:
         for row in np.flatnonzero(allowed.any(axis=1)):
             keys = key[group][allowed[row]]                            # (n, d)
             high, low = exact_scores(keys, query[group, row], scale)
-            e_high, e_low, l_high[group, row], l_low[group, row] = exact_unnormalised(high, low)
+            unnormalised = exact_unnormalised(high, low, decide=False)
+            e_high, e_low, l_high[group, row], l_low[group, row] = unnormalised
             m[group, row] = high.max()
             o_high[group, row], o_low[group, row] = exact_numerator(
                 e_high, e_low, value[group][allowed[row]])
