@@ -352,7 +352,8 @@ def aggregate(state: ForwardState, node: int) -> None:
             output = exact_fallback(state, node, members, pulled[members])[1].astype(
                 values.dtype)
         if state.kept is not None:
-            output = output * state.dropout_scale
+            with np.errstate(over="ignore"):      # 1/(1-p) may take it past the float range
+                output = output * state.dropout_scale
     else:
         output = weighted_pull(state.shares[span][pulled], values)
     state.output[node] = output

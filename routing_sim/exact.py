@@ -32,7 +32,7 @@ import numpy as np
 from .errors import NumericalError
 
 __all__ = ["exact_budget", "exact_numerator", "exact_pull", "exact_scores", "exact_shares",
-           "exact_unnormalised"]
+           "exact_unnormalised", "rounded_or_nan"]
 
 _LN2 = (0.6931471805599453, 2.3190468138462996e-17)    # ln 2 as a double-double
 _SPLIT = 134217729.0            # 2**27 + 1: Dekker's splitting constant
@@ -135,35 +135,35 @@ def _row_sums(terms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.array(high), np.array(low)
 
 
-def exact_unnormalised(high: np.ndarray, low: np.ndarray, decide: bool = True
+def exact_unnormalised(high: np.ndarray, low: np.ndarray, dd_max: bool = True
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(e_hi, e_lo, l_hi, l_lo)``: ``e = exp(s - m)`` per route and ``l = Σ e`` per row,
     as double-doubles. Works on one node's scores or on rows of equal length (elementwise
     and per-row work only, so a row stacked with others gets its bits alone).
 
-    A weight below e⁻⁷⁶⁰ is 0 (bounded by :func:`exact_shares` and :func:`exact_pull`). A
-    row the double-doubles cannot decide gets NaN throughout (``decide=False``: its
-    approximation instead, for callers without an exact fallback).
+    ``m`` is the largest score as a double-double (``dd_max=False``: its high part, the
+    ``m`` a partial state carries). A weight below e⁻⁷⁶⁰ is 0 (bounded by
+    :func:`exact_shares` and :func:`exact_pull`). A row the double-doubles cannot decide
+    gets NaN throughout.
     """
     top = high.max(axis=-1, keepdims=True)                             # (..., 1)
-    # the reference: the largest score as a double-double (decide=False: its high part)
     candidates = np.where(high == top, low, -np.inf)                   # (..., n)
     reference = np.argmax(candidates, axis=-1)[..., None]              # (..., 1)
-    top_low = np.take_along_axis(candidates, reference, -1) if decide else np.zeros_like(top)
+    top_low = np.take_along_axis(candidates, reference, -1) if dd_max else np.zeros_like(top)
     with np.errstate(over="ignore", invalid="ignore"):
         near = (high - top) >= -2048.0                                 # else e < e^-2048
         # |s - s_hi - s_lo| <= 2^-104·|s_hi| at both ends: the error of d = s - m
         slack = 2.0**-103 * np.abs(high) + 2.0**-103 * np.abs(top) + 2.0**-1060
-    np.put_along_axis(slack, reference, 0.0, -1)                       # d = 0 exactly
+    if dd_max:
+        np.put_along_axis(slack, reference, 0.0, -1)                   # d = 0 exactly
     shifted, error = _two_sum(np.where(near, high, top), np.broadcast_to(-top, high.shape))
     d_high, d_low = _fast_two_sum(shifted, error + (np.where(near, low, top_low) - top_low))
     bounded = ~near | (d_high + slack < _BOUNDED)
-    kept = near & (d_high - slack >= _KEPT) & (slack <= 2.0**-30)
-    if not decide:
-        kept = ~bounded
+    kept = near & (d_high - slack >= _KEPT) & (slack <= 2.0**-30) & (d_high <= 1.0)
     e_high, e_low = _dd_exp(np.where(kept, d_high, 0.0), np.where(kept, d_low, 0.0))
     e_high, e_low = np.where(kept, e_high, 0.0), np.where(kept, e_low, 0.0)
-    undecided = (~bounded & ~kept).any(axis=-1, keepdims=True)         # (..., 1)
+    undecided = ((~bounded & ~kept).any(axis=-1, keepdims=True)        # (..., 1)
+                 | ~kept.any(axis=-1, keepdims=True))                  # m above every s
     e_high = np.where(undecided, np.nan, e_high)
     rows = np.concatenate([e_high, e_low], axis=-1).reshape(-1, 2 * high.shape[-1])
     l_high, l_low = _row_sums(rows)
@@ -188,7 +188,7 @@ def exact_shares(e_high: np.ndarray, e_low: np.ndarray, l_high, l_low, top) -> n
     first, rest = _dd_quotient(e_high, e_low, l_high, l_low)
     with np.errstate(over="ignore"):                                   # inf: undecided
         error = 2.5 * _relative(top)[..., None] * np.abs(first)
-    return _rounded(first, rest, error, np.ones(first.shape, dtype=bool))
+    return rounded_or_nan(first, rest, error, np.ones(first.shape, dtype=bool))
 
 
 def exact_pull(e_high: np.ndarray, e_low: np.ndarray, l_high: float, l_low: float,
@@ -211,10 +211,10 @@ def exact_pull(e_high: np.ndarray, e_low: np.ndarray, l_high: float, l_low: floa
         error = ((2 * _relative(top) + len(e_high) * 2.0**-104) * magnitude * 1.01 + tail
                  + underflow) / l_high + 2.0**-98 * np.abs(first)
     decided = (np.abs(first) >= _TINY) | ((magnitude == 0) & (tail == 0))
-    return _rounded(first, rest, error, decided).astype(values.dtype)
+    return rounded_or_nan(first, rest, error, decided).astype(values.dtype)
 
 
-def _rounded(first: np.ndarray, rest: np.ndarray, error: np.ndarray, decided: np.ndarray
+def rounded_or_nan(first: np.ndarray, rest: np.ndarray, error: np.ndarray, decided: np.ndarray
              ) -> np.ndarray:
     """``fl(first + rest)`` where every number within ``error`` of it rounds the same
     (Ziv's test), else NaN."""
@@ -232,6 +232,8 @@ def exact_numerator(e_high: np.ndarray, e_low: np.ndarray, values: np.ndarray
     values64 = values.astype(np.float64)
     if len(e_high) == 0:
         return np.zeros(values.shape[1]), np.zeros(values.shape[1])
+    if np.isnan(e_high).any() or not np.abs(values64).max() < 2.0**990:
+        return np.full((2, values.shape[1]), np.nan)                  # undecided: NaN
     weights = np.broadcast_to(e_high[:, None], values64.shape)
     if _dekker_safe(weights, values64):
         products = weights * values64                                  # (n_pulled, Ev)
@@ -305,19 +307,13 @@ def _dd_divide_int(high, low, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _dd_quotient(n_high, n_low, d_high, d_low) -> tuple[np.ndarray, np.ndarray]:
     """``(n_high + n_low) / (d_high + d_low)`` as ``first + rest`` (``rest`` unrounded
-    into ``first``), for :func:`_rounded`."""
+    into ``first``), for :func:`rounded_or_nan`."""
     with np.errstate(all="ignore"):
         first = n_high / d_high
         product = first * d_high
         error = _product_error(first, np.broadcast_to(d_high, np.shape(first)), product)
         rest = ((n_high - product) - error + n_low - first * d_low) / d_high
     return first, rest
-
-
-def _dd_divide(n_high, n_low, d_high, d_low) -> np.ndarray:
-    """``(n_high + n_low) / (d_high + d_low)``, rounded once."""
-    first, rest = _dd_quotient(n_high, n_low, d_high, d_low)
-    return first + rest
 
 
 def _dekker_safe(a: np.ndarray, b: np.ndarray) -> bool:

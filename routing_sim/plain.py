@@ -38,8 +38,9 @@ from .errors import InvalidArgumentError, NumericalError
 from .inputs import Problem
 from .messages import FORWARD, Kind, message_ids
 from .network import Network
-from .numerics import Kernels, exact_pull, exact_shares, exact_unnormalised, \
-    routing_budget, weighted_pull
+from .exact import exact_pull, exact_shares, exact_unnormalised
+from .exact_row import exact_row
+from .numerics import Kernels, routing_budget, weighted_pull
 from .routes import RouteTable
 from .state import ForwardState
 from .trace import Trace
@@ -172,7 +173,10 @@ class TokenNode:
         shares = np.zeros(len(high), dtype=engine.problem.dtype)
         if engine.kernels.exact:                # keep e = exp(s - max) and l = Σ e
             e_high, e_low, *self.total = exact_unnormalised(high[chosen], low[chosen])
-            shares[chosen] = exact_shares(e_high, e_low, *self.total)
+            self.chosen, self.top = chosen, high[chosen].max()
+            shares[chosen] = exact_shares(e_high, e_low, *self.total, self.top)
+            if np.isnan(shares[chosen]).any():  # undecided: the row in integers
+                shares[chosen] = self.exact_row()[0]
             self.exp = dict(zip([s.route for s, pick in zip(scores, chosen) if pick],
                                 zip(e_high, e_low)))
         else:
@@ -195,7 +199,11 @@ class TokenNode:
             len(pulled), engine.problem.shape[4])                      # (pulled, Ev)
         if engine.kernels.exact:                # Σ e_ij v_j exactly, one division by l
             exp = np.array([self.exp[route] for route in pulled]).reshape(len(pulled), 2)
-            output = exact_pull(exp[:, 0], exp[:, 1], *self.total, values)
+            output = exact_pull(exp[:, 0], exp[:, 1], *self.total, values, self.top)
+            if np.isnan(output).any():          # undecided: the row in integers
+                taken = [route in self.pulls for (route, _), pick in zip(self.routes, self.chosen)
+                         if pick]
+                output = self.exact_row(np.array(taken, dtype=bool))[1].astype(values.dtype)
             if engine.problem.keep is not None:
                 output = output * engine.dropout_scale
         else:
@@ -203,6 +211,16 @@ class TokenNode:
                                             dtype=values.dtype), values)
         engine.note_output(self.group, self.i, self.values.values(), output,
                            now + engine.processing)
+
+    def exact_row(self, pulled: np.ndarray | None = None):
+        """Exact mode, a row the double-doubles cannot decide: shares over my chosen routes
+        (and the output over ``pulled``) in integers, from the keys my key nodes hold."""
+        problem = self.engine.problem
+        keys = np.array([j for (_, j), pick in zip(self.routes, self.chosen) if pick])
+        bias = None if problem.bias is None else problem.bias[self.group, self.i, keys]
+        values = None if pulled is None else problem.value[self.group, keys]
+        return exact_row(problem.key[self.group, keys], problem.query[self.group, self.i],
+                         problem.scale, bias, values, pulled)
 
     def reply(self, request: Message, kind: type[Message], **payload) -> None:
         """Key node j answers a request ``processing`` after it arrived."""

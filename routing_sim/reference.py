@@ -231,8 +231,8 @@ def _exact(problem: Problem, return_weights: bool) -> tuple[np.ndarray | None, n
                                     bias, problem.value[g, keys], pulled)
         shares, row = shares.astype(problem.dtype), row.astype(problem.dtype)
         if keep is not None:
-            shares = shares * pulled * factor
-            row = row * factor
+            with np.errstate(over="ignore"):      # 1/(1-p) may take it past the float range
+                shares, row = shares * pulled * factor, row * factor
         if weights is not None:
             weights[g, i, keys] = shares
         output[g, i] = row

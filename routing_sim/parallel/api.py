@@ -9,12 +9,13 @@ import numpy as np
 import simpy
 
 from ..cluster import Cluster
+from ..exact_row import exact_row
 from ..errors import DeliveryError, DTypeError, InvalidArgumentError, ShapeError
 from ..inputs import _as_float_array, _scale
 from ..network import Network
 from . import strategies
 from .fabric import Fabric
-from .layouts import LAYOUTS, shard
+from .layouts import LAYOUTS, allowed_routes, shard
 from .run import ParallelRun, ParallelStats
 from .trace import ParallelTrace
 
@@ -134,12 +135,26 @@ def context_parallel(query, key, value, *, strategy: Strategy, cluster: Cluster,
         retries = network.retries if network is not None else 0
         raise DeliveryError("transfers never arrived after " f"{retries} retries: " + "; ".join(
             f"device {device} still waits for {what}" for device, what in sorted(missing.items())))
+    if job.exact:
+        _finish_undecided(job)
     trace_record = ParallelTrace(devices, cluster.bandwidth, job.slices, transfers)
     stats = ParallelStats.collect(trace_record, fabric.link_bytes, job.finished)
     if trace == "summary":
         trace_record = ParallelTrace(devices, cluster.bandwidth, [], [])
     return ParallelRun(job.output.reshape(output_shape), stats, trace_record, strategy, layout,
                        cluster)
+
+
+def _finish_undecided(job: strategies.Job) -> None:
+    """Exact mode: the rows the double-double states could not decide (extreme scores or
+    values, weights in the subnormal band; docs/numerics.md), computed in integers from
+    the row's keys and values. Not timed: a rare fallback outside the protocol."""
+    key_positions = np.arange(job.key.shape[2])
+    for batch, head, row in zip(*np.nonzero(np.isnan(job.output).any(axis=-1))):
+        keys = allowed_routes(np.array([row]), key_positions, job.is_causal)[0]
+        job.output[batch, head, row] = exact_row(
+            job.key[batch, head, keys], job.query[batch, head, row], job.scale, None,
+            job.value[batch, head, keys])[1]
 
 
 def _timed(job: strategies.Job, device: int, protocol):

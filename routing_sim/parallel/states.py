@@ -22,12 +22,13 @@ import numpy as np
 
 from ..errors import NumericalError
 from ..exact import (
-    _dd_divide,
     _dd_exp,
+    _dd_quotient,
     _dd_multiply,
     _row_sums,
     _two_sum,
     exact_numerator,
+    rounded_or_nan,
     exact_scores,
     exact_unnormalised,
 )
@@ -95,7 +96,7 @@ def _exact_block_state(query, key, value, allowed, scale) -> PartialState:
         for row in np.flatnonzero(allowed.any(axis=1)):
             keys = key[group][allowed[row]]                            # (n, d)
             high, low = exact_scores(keys, query[group, row], scale)
-            unnormalised = exact_unnormalised(high, low, decide=False)
+            unnormalised = exact_unnormalised(high, low, dd_max=False)   # NaN: undecided
             e_high, e_low, l_high[group, row], l_low[group, row] = unnormalised
             m[group, row] = high.max()
             o_high[group, row], o_low[group, row] = exact_numerator(
@@ -133,9 +134,12 @@ def _exact_merge(states: list[PartialState]) -> PartialState:
     factors = []
     for state in states:
         present = np.isfinite(state.m)                                 # an empty state: 0
-        gap_high, gap_low = _two_sum(np.where(present, state.m, 0.0),
-                                     -np.where(present, m, 0.0))
+        with np.errstate(over="ignore", invalid="ignore"):
+            far = present & ~(state.m - m >= -660.0)                   # e^gap not a normal dd
+        gap_high, gap_low = _two_sum(np.where(present & ~far, state.m, 0.0),
+                                     -np.where(present & ~far, m, 0.0))
         f_high, f_low = _dd_exp(gap_high, gap_low)
+        f_high = np.where(far, np.nan, f_high)         # undecided: finished in integers
         factors.append((np.where(present, f_high, 0.0), np.where(present, f_low, 0.0)))
     l_terms = [_dd_multiply(f_high, f_low, s.l, s.l_low)
                for (f_high, f_low), s in zip(factors, states)]
@@ -163,15 +167,27 @@ def rounded(state: PartialState, transit: np.dtype | None) -> PartialState:
                         state.o.astype(transit).astype(state.o.dtype), shift=state.shift)
 
 
-def finish(state: PartialState, dtype: np.dtype) -> np.ndarray:
-    """The output ``o / l`` (rows without a route: 0, PyTorch's math backend's policy)."""
+def finish(state: PartialState, dtype: np.dtype, value_bound: np.ndarray | None = None
+           ) -> np.ndarray:
+    """The output ``o / l`` (rows without a route: 0, PyTorch's math backend's policy).
+
+    In exact mode ``value_bound`` (``(G, 1, 1)``, the largest |value| of each group)
+    bounds the error of the double-double result: ``Σ e |v| <= l · max |v|``. An output
+    it cannot round with certainty (Ziv's test, as in :mod:`routing_sim.exact`) is NaN:
+    :func:`routing_sim.parallel.api.context_parallel` finishes it in integers."""
     routed = state.l > 0                                               # (G, c)
     denominator = np.where(routed, state.l, 1.0).astype(state.l.dtype)[..., None]
     if state.exact:
         low = np.where(routed, state.l_low, 0.0)[..., None]
-        output = _dd_divide(state.o, state.o_low, denominator, low)    # (G, c, Ev)
+        first, rest = _dd_quotient(state.o, state.o_low, denominator, low)  # (G, c, Ev)
+        size = np.inf if value_bound is None else value_bound
+        with np.errstate(over="ignore", invalid="ignore"):
+            error = ((2.0**-84 + 2.0**-99 * np.abs(state.m)[..., None]) * size
+                     + 2.0**-98 * np.abs(first))
+        output = rounded_or_nan(first, rest, error, (np.abs(first) >= 2.0**-960)
+                                | (size == 0))
     else:
         output = state.o / denominator                                 # (G, c, Ev)
         if state.shift is not None:
             output = np.ldexp(output, state.shift[..., None])
-    return np.where(routed[..., None], output, 0).astype(dtype)
+    return np.where(routed[..., None] | np.isnan(state.l)[..., None], output, 0).astype(dtype)

@@ -106,7 +106,13 @@ class Job:
         """Write a device's finished query rows (all heads) into the output."""
         shape = self.output[:, :, rows].shape                          # (B, H, c, Ev)
         self.output[:, :, rows] = 0 if state is None else finish(
-            state, self.output.dtype).reshape(shape)
+            state, self.output.dtype, self.value_bound()).reshape(shape)
+
+    def value_bound(self, heads: slice = slice(None)) -> np.ndarray:
+        """``(B·h, 1, 1)``: the largest |value| of each head, which bounds exact mode's
+        rounding error (:func:`~routing_sim.parallel.states.finish`)."""
+        size = np.abs(self.value[:, heads]).max(axis=(-2, -1), initial=0.0)  # (B, h)
+        return size.reshape(-1, 1, 1).astype(np.float64)
 
 
 def _groups(x: np.ndarray) -> np.ndarray:
@@ -198,7 +204,8 @@ def ulysses(job: Job, device: int):
                                   f"heads {heads[device].start}–{heads[device].stop - 1}")
     output = np.zeros(query.shape[:-1] + (job.value.shape[-1],), job.output.dtype)
     if state is not None:
-        output = finish(state, job.output.dtype).reshape(output.shape)  # (B, h, L, Ev)
+        output = finish(state, job.output.dtype, job.value_bound(heads[device])
+                        ).reshape(output.shape)                        # (B, h, L, Ev)
     offsets = np.cumsum([0] + [len(job.query_shards[p]) for p in order])
     for target in [(device + step) % count for step in range(1, count)]:
         part, = job.in_transit(output[:, :, offsets[target]:offsets[target + 1]])
@@ -230,7 +237,8 @@ def tree(job: Job, device: int):
             other = yield from job.receive(device, ("state", device + span),
                                            f"the partial state of device {device + span}")
             state = merge([state, other], job.transit)
-    job.output[...] = finish(state, job.output.dtype).reshape(job.output.shape)
+    job.output[...] = finish(state, job.output.dtype, job.value_bound()
+                             ).reshape(job.output.shape)
 
 
 def _empty_state(job: Job) -> PartialState:
