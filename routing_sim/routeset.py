@@ -70,17 +70,13 @@ class RouteSet:
         if indices.dtype.kind not in "iu" or indices.shape != (int(self.indptr[-1]),):
             raise ShapeError(f"indices must be an integer array of the {int(self.indptr[-1])} "
                              f"routes indptr counts, got {indices.dtype} {indices.shape}")
-        step = np.diff(indices.astype(np.int64))                       # (R - 1,)
-        row_start = np.zeros(len(step), dtype=bool)
-        row_start[self.indptr[1:-1][(self.indptr[1:-1] > 0)
-                                    & (self.indptr[1:-1] < len(indices))] - 1] = True
         if len(indices) and (indices.min() < 0 or indices.max() >= self.n_keys):
             raise ShapeError(f"key indices must lie in 0 .. {self.n_keys - 1}, got "
                              f"{int(indices.min())} .. {int(indices.max())}")
-        if ((step <= 0) & ~row_start).any():
+        self._indices = indices.astype(self.index_type, copy=False)
+        if not _ascending(self.indptr, self._indices):
             raise InvalidArgumentError("each query's key indices must be strictly ascending "
                                        "(canonical order, no repeated route)")
-        self._indices = indices.astype(self.index_type, copy=False)
         self.full = len(indices) == nodes * self.n_keys
 
     # ----------------------------------------------------------------- constructors
@@ -313,6 +309,18 @@ def _tile(mask_mod: Callable, batch: int, head: int, rows: np.ndarray, left: int
                          f"to the tile of q_idx {rows.shape} and kv_idx {keys.shape}") from None
     row, key = np.nonzero(allowed)
     return row + int(rows[0, 0]), key + left
+
+
+def _ascending(indptr: np.ndarray, indices: np.ndarray) -> bool:
+    """Strictly ascending keys within every row, checked in pieces (small temporaries)."""
+    chunk = 2**20
+    for at in range(1, len(indices), chunk):
+        falls = np.flatnonzero(np.diff(indices[at - 1:at + chunk]) <= 0) + at  # (k,) routes
+        if len(falls):
+            where = np.searchsorted(indptr, falls)
+            if not (indptr[np.minimum(where, len(indptr) - 1)] == falls).all():
+                return False                          # a fall that does not start a row
+    return True
 
 
 def concat_ranges(starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
