@@ -75,7 +75,7 @@ def route_set(attn_mask, is_causal: bool, causal_alignment: str, graph_mask: np.
         The finite part of a float mask (blocked entries hold 0).
     """
     target = (*batch_shape, n_queries, n_keys)
-    allowed = np.ones((n_queries, n_keys), dtype=bool)
+    allowed = np.ones((1, 1), dtype=bool)                              # every route (broadcasts)
     bias = None
     if attn_mask is not None:
         if is_causal:

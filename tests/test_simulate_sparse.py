@@ -196,23 +196,29 @@ def test_a_long_sparse_run_never_allocates_l_by_s():
     rng = np.random.default_rng(0)
     q, k, v = rng.normal(size=(3, n, dim))
     routes = patterns.sliding_window(n, window)
+    padded = np.zeros(n, dtype=bool)
+    padded[[5, 17, n - 2]] = True                           # a key padding mask, (S,)
     tracemalloc.start()
-    run = rs.simulate(q, k, v, graph=routes, trace="summary")
+    run = rs.simulate(q, k, v, graph=routes, attn_mask=~padded, trace="summary")
     table = run.routing_table(n - 1)
     shares = run.route_weights()
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 64 * 2**20 < n * n * 8 // 40              # L·S·8 bytes is 3.2 GB
-    assert run.stats.routes == len(routes) == n * window - window * (window - 1) // 2
-    assert [route.source for route in table.routes] != [] and len(table.routes) == window
-    rows = rng.choice(n, 50, replace=False)                  # an independent banded check
+    padded_routes = sum(min(window, n - j) for j in np.flatnonzero(padded).tolist())
+    assert run.stats.routes == len(routes) - padded_routes
+    assert len(routes) == n * window - window * (window - 1) // 2
+    assert sorted(route.source for route in table.routes) == [n - 8, n - 7, n - 6, n - 5,
+                                                              n - 4, n - 3, n - 1]
+    rows = np.r_[rng.choice(n, 50, replace=False), 5, 17, n - 1]   # an independent banded check
     for i in rows.tolist():
         keys = np.arange(max(0, i - window + 1), i + 1)
+        keys = keys[~padded[keys]]
         scores = k[keys] @ q[i] / np.sqrt(dim)
         weights = np.exp(scores - scores.max())
         weights /= weights.sum()
         close(run.output[i], weights @ v[keys])
-    assert len(shares.share) == len(routes)
+    assert len(shares.share) == run.stats.routes
     with pytest.raises(InvalidArgumentError, match="route_weights"):
         run.weights
 
