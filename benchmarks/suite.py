@@ -101,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     row("jitter n=1024 h=1", t_jitter, t_plain, "no jitter", run.stats.total_messages, None,
         f"{run.stats.events:,} SimPy events")
 
+    zero_latency_rows(row)
+
     q, k, v = inputs(256, 1)
     t_exact, run = best_time(lambda: rs.simulate(q, k, v, numerics="exact", trace="summary"), 1)
     t_float, _ = best_time(lambda: rs.simulate(q, k, v, trace="summary"), 3)
@@ -123,6 +125,23 @@ def main(argv: list[str] | None = None) -> int:
     rows += hf_rows(arguments.quick)
     print(table(rows))
     return 0
+
+
+def zero_latency_rows(row: Callable[..., None]) -> None:
+    """Issue 16: zero latency keeps the batched path (target: within 3x of latency 1, at
+    the same jitter, in both softmax modes, measured in the same run)."""
+    rng = np.random.default_rng(16)
+    q, k, v = rng.normal(size=(45, 8)), rng.normal(size=(150, 8)), rng.normal(size=(150, 8))
+    for softmax in ("two_phase", "online"):
+        times, events = {}, {}
+        for latency in (1.0, 0.0):
+            network = rs.Network(latency=latency, jitter=2.0, seed=1)
+            times[latency], run = best_time(lambda: rs.simulate(
+                q, k, v, network=network, softmax=softmax, trace="summary"), 3)
+            events[latency] = run.stats.events
+        row(f"latency 0 {softmax} 45x150", times[0.0], times[1.0], "latency 1",
+            run.stats.total_messages, None, f"jitter 2, target <= 3x; SimPy events "
+            f"{events[0.0]} (latency 1: {events[1.0]})")
 
 
 def seconds(duration: float) -> str:

@@ -132,6 +132,11 @@ class ForwardNodes(TokenNodes):
 class TwoPhaseNodes(ForwardNodes):
     """Two-phase softmax: a barrier per query node, then the budget, then the pull."""
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # A barrier counts arrivals and takes the latest time: handling order is free.
+        self.transport.order_free = True
+
     def _settle_scores(self, routes: np.ndarray, times: np.ndarray) -> None:
         """Barrier: nodes whose every score settled allocate their budget and PULL."""
         state = self.state

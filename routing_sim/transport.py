@@ -19,7 +19,9 @@ Three delivery modes, identical in what they deliver and when:
     possible transit time (and retry timeout). Nothing sent inside a window can arrive
     inside it, so handling the window's messages together, each at its own arrival time,
     cannot change what happens: conservative synchronisation, as in parallel
-    discrete-event simulation.
+    discrete-event simulation. When the nodes' handlers commute and there is no retry
+    timer and no NIC queue, arrival times are known when messages are sent, and one
+    window takes everything pending: one event per wave, even at zero latency.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ class Transport:
         self.timer = retransmission_timer(network, route_latency, nbytes, endpoints)
         self.timeout = self.timer.timeout
         self.timed: frozenset[Kind] = frozenset()     # request kinds whose sends arm timers
+        self.order_free = False         # do the nodes' handlers commute? (see _whole_waves)
         self._min_delay = network.min_delay(route_latency, min(nbytes.values()))
         self._min_latency = network.min_delay(route_latency, 0)
         self._min_size = min(nbytes.values()) / network.bandwidth if network.bandwidth else 0.0
@@ -187,7 +190,7 @@ class Transport:
                 batch = merge(batch.kind, [batch, copies])
         batch = batch.sorted()
         if len(batch):
-            if batch.arrive[0] < self._window_end:
+            if batch.arrive[0] < self._window_end and self._window_end < np.inf:
                 raise AssertionError("lookahead violated: a message would arrive inside the "
                                      "window that sent it")
             self._enqueue(batch)
@@ -253,7 +256,8 @@ class Transport:
                                if isinstance(item, Timers)), default=np.inf)
             # A lookahead below half an ulp of the clock cannot advance it: such a window
             # is one instant, as with zero lookahead.
-            reach = self._reach(start) if self._windowed else start
+            reach = np.inf if self._whole_waves() else \
+                self._reach(start) if self._windowed else start
             if reach > start and first_timer >= reach:
                 self._window_end, self._inclusive = reach, False
             else:
@@ -272,6 +276,19 @@ class Transport:
                 self.on_timer(due)
             self.end_step()
         self._window_end = -np.inf
+
+    def _whole_waves(self) -> bool:
+        """Can one window take everything pending, each message at its own time?
+
+        Yes when the nodes' handlers do not depend on the order messages are handled in
+        (``order_free``: a barrier counts and takes the latest time) and nothing else
+        does: no retry timer (they must see every answer due before them), no NIC queue
+        (first come first served). Copies of a message always travel in one wave. Arrival
+        times are then known when messages are sent, whatever the latency.
+        """
+        network = self.network
+        return self._windowed and self.order_free and not network.faulty \
+            and not network.contention
 
     def _reach(self, start: float) -> float:
         """The earliest anything sent at or after ``start`` can arrive or time out, rounded

@@ -64,3 +64,28 @@ def test_arrival_times_do_not_depend_on_send_order():
     assert ((forward >= 1.0) & (forward < 3.0)).all()
     assert not np.array_equal(forward, rs.Network(latency=1.0, jitter=2.0, seed=10).delays(
         ids, base, np.zeros(10)))
+
+
+@given(st.data())
+def test_zero_latency_runs_whole_waves_with_the_same_trace(data):
+    """Without timers or NIC queues a window takes every pending message: one event per
+    wave (QUERY, SCORE, PULL, VALUE) whatever the latency, the same trace as per message.
+    Online runs with dropout keep the windows (a dropped route updates with the SCOREs)."""
+    query, key, value = data.draw(attention_inputs(max_len=6))
+    network = rs.Network(latency=0.0, jitter=data.draw(st.sampled_from([0.5, 2.0])),
+                         jitter_dist=data.draw(st.sampled_from(["uniform", "exponential"])),
+                         reorder=data.draw(st.sampled_from([0.0, 0.5])),
+                         spike=data.draw(st.sampled_from([0.0, 0.3])), spike_delay=4.0,
+                         duplicate=data.draw(st.sampled_from([0.0, 0.3])),
+                         seed=data.draw(st.integers(0, 100)))
+    softmax = data.draw(st.sampled_from(["two_phase", "online"]))
+    dropout = data.draw(st.sampled_from([0.0, 0.3]))
+    runs = [rs.simulate(query, key, value, network=network, trace="full", delivery=mode,
+                        softmax=softmax, dropout_p=dropout, seed=3)
+            for mode in ("per_message", "window")]
+    for column in COLUMNS:
+        np.testing.assert_array_equal(getattr(runs[1].trace, column),
+                                      getattr(runs[0].trace, column), err_msg=column)
+    np.testing.assert_array_equal(runs[1].output, runs[0].output)
+    if softmax == "two_phase" or dropout == 0.0:
+        assert runs[1].stats.events <= 4          # a wave may be empty (dropout)
