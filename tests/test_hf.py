@@ -190,6 +190,11 @@ def test_gemma2_soft_caps_and_alternates_sliding_and_global_layers(backend, mode
     assert not torch.allclose(capped, uncapped, rtol=1e-3)
 
 
+def test_tiny_gemma2_on_sdpa_is_a_clear_error():
+    with pytest.raises(rs.InvalidArgumentError, match="Gemma-2 has no SDPA path"):
+        tiny_model("gemma2", layers=1)
+
+
 def test_t5_position_bias_gradient_is_the_score_gradient(models):
     """The relative-attention-bias table learns through the backend's score gradient."""
     ours, sdpa = models["t5"]

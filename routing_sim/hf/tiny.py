@@ -68,6 +68,8 @@ def tiny_model(family: str, layers: int = 2, *, attn_implementation: str = "sdpa
         Hidden layers (each of encoder and decoder for BART and T5).
     attn_implementation : str
         ``"sdpa"``, ``"eager"`` or a name given to :func:`routing_sim.hf.register`.
+        Gemma-2 has no SDPA path in transformers (SDPA cannot soft-cap scores): give it
+        ``"eager"`` or a registered name.
     dtype : torch.dtype
         float64 by default, so comparisons can hold to 1e-12.
     seed : int
@@ -85,6 +87,10 @@ def tiny_model(family: str, layers: int = 2, *, attn_implementation: str = "sdpa
         raise InvalidArgumentError(f"family must be one of {FAMILIES}, got {family!r}")
     if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
         raise InvalidArgumentError(f"layers must be a positive integer, got {layers!r}")
+    if family == "gemma2" and attn_implementation == "sdpa":
+        raise InvalidArgumentError("attn_implementation='sdpa': Gemma-2 has no SDPA path in "
+                                   "transformers (SDPA cannot soft-cap scores); pass 'eager' or "
+                                   "a name from routing_sim.hf.register")
     config_name, auto_name, fields = _SPECS[family]
     layer_fields = dict.fromkeys(_LAYER_KEYWORDS.get(family, ("num_hidden_layers",)), layers)
     config = getattr(transformers, config_name)(vocab_size=VOCAB,
