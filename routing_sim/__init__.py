@@ -8,13 +8,14 @@ True
 """
 
 
-from . import graphs, masks, mods, parallel, patterns, verify
+from . import budget, graphs, masks, mods, parallel, patterns, verify
 from .cluster import Cluster
 from .errors import (
     DeliveryError,
     DTypeError,
     EmptyRowError,
     InvalidArgumentError,
+    MemoryBudgetError,
     NumericalError,
     RoutingSimError,
     ShapeError,
@@ -45,6 +46,7 @@ __all__ = [
     "EmptyRowError",
     "InvalidArgumentError",
     "Kind",
+    "MemoryBudgetError",
     "MultiHeadAttention",
     "Network",
     "NumericalError",
@@ -61,6 +63,7 @@ __all__ = [
     "Trace",
     "attention",
     "attention_backward",
+    "budget",
     "context_parallel",
     "graphs",
     "masks",

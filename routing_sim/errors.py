@@ -12,6 +12,7 @@ __all__ = [
     "DTypeError",
     "EmptyRowError",
     "InvalidArgumentError",
+    "MemoryBudgetError",
     "NumericalError",
     "RoutingSimError",
     "ShapeError",
@@ -52,3 +53,12 @@ class NumericalError(RoutingSimError, ArithmeticError):
 
 class DeliveryError(RoutingSimError, RuntimeError):
     """Messages the protocol needed never arrived, so the run cannot give a whole answer."""
+
+
+class MemoryBudgetError(RoutingSimError):
+    """A run would need more memory than is available, so it was refused before allocating.
+
+    Deliberately not a ``MemoryError``: nothing ran out, the estimate
+    (:mod:`routing_sim.budget`) said the run would not fit. The message gives the
+    estimate, the budget and the way out (``trace="summary"``, a sparse route set).
+    """

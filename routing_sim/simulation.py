@@ -8,6 +8,7 @@ import networkx as nx
 import numpy as np
 import simpy
 
+from . import budget
 from .errors import DeliveryError, EmptyRowError, InvalidArgumentError, ShapeError
 from .graphs import node_labels, node_positions, route_latency
 from .inputs import Problem, prepare
@@ -83,7 +84,8 @@ def simulate(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causa
         How many routes hard routing keeps per query.
     trace : {"auto", "full", "summary"}
         Keep every message (``"full"``), only totals (``"summary"``), or full up to
-        200,000 messages (``"auto"``).
+        200,000 messages (``"auto"``: four per route, so up to 50,000 routes; retries and
+        network duplicates are not foreseen).
     delivery : {"window", "instant", "per_message"}
         How the transport groups deliveries into SimPy events (see
         :mod:`routing_sim.transport`); it changes speed, never results or timestamps.
@@ -117,6 +119,9 @@ def simulate(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causa
 
     Raises
     ------
+    MemoryBudgetError
+        The run would need more memory than is available (see :mod:`routing_sim.budget`);
+        raised before anything large is allocated.
     DeliveryError
         ``on_missing="strict"`` and some answers never arrived, after every retry; the
         message names each missing (query token, key token, group).
@@ -168,6 +173,14 @@ def simulate(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causa
                       score_mod=score_mod)
     token_graph = graph if isinstance(graph, nx.DiGraph) else None
     tokens = _token_names(token_graph, labels, key_labels, problem.shape[1], problem.shape[2])
+    n_routes = int(np.count_nonzero(problem.allowed)) if problem.sparse is None else \
+        len(problem.sparse.routes)
+    if trace == "auto":
+        trace = "full" if len(FORWARD) * n_routes <= AUTO_FULL_LIMIT else "summary"
+    budget.check_simulation(problem.shape, n_routes, trace=trace, softmax=softmax,
+                            numerics=numerics, itemsize=problem.dtype.itemsize,
+                            transmissions=(1 + network.duplicate) / (1 - network.loss),
+                            dense=problem.sparse is None)
     routes = _route_table(problem, graph)
     _check_empty_rows(problem, routes)
     _check_crashes(network, routes)
@@ -175,8 +188,6 @@ def simulate(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causa
     groups, n_queries, n_keys, dim, value_dim = problem.shape
     nbytes = {kind: payload_bytes(kind, problem.dtype.itemsize, dim, value_dim,
                                   2 if numerics == "exact" else 1) for kind in FORWARD}
-    if trace == "auto":
-        trace = "full" if len(Kind) * len(routes) <= AUTO_FULL_LIMIT else "summary"
     log = Trace(trace, routes, nbytes)
     latency = _route_latency(network, token_graph, routes)
     if engine == "plain":

@@ -14,8 +14,8 @@ def test_public_names_are_exactly_all():
     public = {name for name in vars(rs) if not name.startswith("_")}
     modules = {name for name in public if type(getattr(rs, name)).__name__ == "module"}
     assert rs.__all__ == sorted(rs.__all__)
-    assert set(rs.__all__) == (public - modules) | {"graphs", "masks", "mods", "patterns", "plots",
-                                                    "verify"}
+    assert set(rs.__all__) == (public - modules) | {"budget", "graphs", "masks", "mods",
+                                                    "patterns", "plots", "verify"}
 
 
 def package_imports(module: str) -> set[str]:
