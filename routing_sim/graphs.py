@@ -1,7 +1,10 @@
 """Token graphs: which token may pull from which, as a ``networkx.DiGraph``.
 
 An edge ``j -> i`` means "query token ``i`` may pull from key token ``j``" (data flows
-along the edge, from the key/value holder to the asker).
+along the edge, from the key/value holder to the asker). That is the opposite of the
+QUERY message, which goes from ``i`` to ``j``: a graph built with "``i`` asks ``j``"
+edges silently transposes the pattern (a causal one becomes anti-causal). :func:`reads`
+takes "who reads whom" and draws the edges the right way round.
 
 Two numberings are used:
 
@@ -17,7 +20,7 @@ text). An edge may carry a ``latency`` that overrides the network's latency on t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import networkx as nx
 import numpy as np
@@ -26,7 +29,7 @@ from .errors import InvalidArgumentError, ShapeError
 from .masks import causal_mask
 
 __all__ = ["causal", "complete", "from_mask", "from_routes", "graph_edges", "padding",
-           "sliding_window", "to_mask"]
+           "reads", "sliding_window", "to_mask"]
 
 
 def complete(n_queries: int, n_keys: int | None = None, *, labels: Sequence[str] | None = None,
@@ -123,6 +126,44 @@ def padding(n: int, length: int, *, labels: Sequence[str] | None = None) -> nx.D
     mask = np.zeros((n, n), dtype=bool)
     mask[:, :length] = True
     return from_mask(mask, labels=labels)
+
+
+def reads(table: Mapping[int, Iterable[int]], n_queries: int, n_keys: int | None = None, *,
+          labels: Sequence[str] | None = None, key_labels: Sequence[str] | None = None
+          ) -> nx.DiGraph:
+    """Build a token graph from "who reads whom": query ``i`` reads the keys ``table[i]``.
+
+    Each pair becomes the edge ``j -> i`` (data flows from key ``j`` to reader ``i``).
+    Queries missing from ``table`` read nothing; ``n_keys`` makes a cross-attention graph,
+    and ``labels``/``key_labels`` are as in :func:`complete`.
+
+    Examples
+    --------
+    >>> g = reads({0: [0], 1: [0, 1]}, 2)       # token 1 reads tokens 0 and 1
+    >>> sorted(g.edges())                        # edges point from the read to the reader
+    [(0, 0), (0, 1), (1, 1)]
+    >>> to_mask(g).astype(int)                   # mask[i, j]: i reads j
+    array([[1, 0],
+           [1, 1]])
+    """
+    n_queries = _count("n_queries", n_queries)
+    width = n_queries if n_keys is None else _count("n_keys", n_keys)
+    if not isinstance(table, Mapping):
+        raise InvalidArgumentError(f"table must map each query token to the key tokens it "
+                                   f"reads ({{0: [0], 1: [0, 1]}}), got {type(table).__name__}")
+    pairs = []
+    for query, keys in table.items():
+        if isinstance(keys, (str, bytes)) or not isinstance(keys, Iterable):
+            raise InvalidArgumentError(f"table[{query!r}] must list the key tokens query "
+                                       f"{query!r} reads, got {keys!r}")
+        pairs += [(query, key) for key in keys]
+    for query, key in pairs:
+        if not (_is_index(query, n_queries) and _is_index(key, width)):
+            raise InvalidArgumentError(f"query {query!r} reads key {key!r}: queries must be in "
+                                       f"0 .. {n_queries - 1} and keys in 0 .. {width - 1}")
+    query_index, key_index = np.array(pairs, dtype=np.int64).reshape(-1, 2).T
+    return from_routes(n_queries, width, query_index, key_index, cross=n_keys is not None,
+                       labels=labels, key_labels=key_labels)
 
 
 def from_mask(mask: np.ndarray, *, cross: bool | None = None, labels: Sequence[str] | None = None,
@@ -313,6 +354,11 @@ def _count(name: str, n: int) -> int:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
         raise InvalidArgumentError(f"{name} must be a non-negative integer, got {n!r}")
     return int(n)
+
+
+def _is_index(value, size: int) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and \
+        0 <= value < size
 
 
 def _set_labels(graph: nx.DiGraph, name: str, labels: Sequence[str] | None, nodes: range) -> None:

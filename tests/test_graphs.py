@@ -66,3 +66,41 @@ def test_cross_graph_edge_between_two_queries_is_rejected():
 def test_labels_must_fit():
     with pytest.raises(rs.ShapeError, match="labels has 2 entries for 3 tokens"):
         graphs.complete(3, labels=["a", "b"])
+
+
+@pytest.mark.parametrize("n_queries, n_keys", [(5, None), (3, 4)])
+def test_reads_builds_the_mask_it_is_given(n_queries, n_keys):
+    width = n_queries if n_keys is None else n_keys
+    mask = np.random.default_rng(n_queries).random((n_queries, width)) < 0.5
+    mask[:, 0] = True
+    table = {i: np.flatnonzero(mask[i]).tolist() for i in range(n_queries)}
+    graph = rs.graphs.reads(table, n_queries, n_keys)
+    np.testing.assert_array_equal(rs.graphs.to_mask(graph), mask)
+    rng = np.random.default_rng(1)
+    q, k, v = rng.normal(size=(n_queries, 3)), rng.normal(size=(width, 3)), \
+        rng.normal(size=(width, 2))
+    run = rs.simulate(q, k, v, graph=graph)
+    np.testing.assert_allclose(run.output, rs.attention(q, k, v, attn_mask=mask),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_reads_is_not_the_asks_direction():
+    causal = rs.graphs.reads({i: range(i + 1) for i in range(4)}, 4)
+    np.testing.assert_array_equal(rs.graphs.to_mask(causal), rs.masks.causal_mask(4, 4))
+    asks = nx.DiGraph((i, j) for i in range(4) for j in range(i + 1))   # "i asks j": wrong
+    np.testing.assert_array_equal(rs.graphs.to_mask(asks), rs.masks.causal_mask(4, 4).T)
+
+
+@pytest.mark.parametrize("table, match", [({0: [5]}, "keys in 0 .. 1"),
+                                          ({2: [0]}, "queries must be in 0 .. 1"),
+                                          ({0: 1}, "must list the key tokens"),
+                                          ([(0, 1)], "must map each query")])
+def test_reads_rejects_bad_tables(table, match):
+    with pytest.raises(rs.InvalidArgumentError, match=match):
+        rs.graphs.reads(table, 2)
+
+
+def test_reads_keeps_labels():
+    graph = rs.graphs.reads({0: [1]}, 1, 2, labels=["q"], key_labels=["a", "b"])
+    assert [graph.nodes[n].get("label") for n in graph] == ["q", "a", "b"]
+    assert list(graph.edges) == [(2, 0)]
