@@ -85,7 +85,8 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument("--jitter", type=non_negative, default=0.3, help="default 0.3")
     group.add_argument("--loss", type=probability, default=0.0, help="default 0")
     group.add_argument("--duplicate", type=probability, default=0.0, help="default 0")
-    group.add_argument("--retries", type=count, default=10, help="default 10")
+    group.add_argument("--retries", type=count, default=10,
+                       help="default 10 (Network() has 3: more, so --loss runs finish)")
     group.add_argument("--softmax", choices=("two_phase", "online"), default="two_phase")
     group.add_argument("--numerics", choices=("float", "exact"), default="float")
     group.add_argument("--engine", choices=("fast", "plain"), default="fast", help="plain: "

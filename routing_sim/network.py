@@ -84,7 +84,10 @@ class Network:
     crashes : sequence of Crash
         Node crash/restart windows.
     retries : int
-        How many times a sender resends a request (QUERY, PULL) that got no answer.
+        How many times a sender resends a request (QUERY, PULL) that got no answer
+        (default 3; the command line uses 10, because its ``--loss`` runs are meant to
+        finish: at loss 0.2 a request stays lost after 3 retries with probability
+        0.2⁴ = 0.0016, which a run of a few hundred routes already meets).
     timeout : float, optional
         How long a sender waits for an answer, from the moment the request leaves its
         NIC; by default twice the slowest round trip the network's parameters allow
@@ -96,7 +99,7 @@ class Network:
     on_missing : {"strict", "degrade"}
         When answers are still missing after every retry: raise a
         :class:`~routing_sim.DeliveryError` naming each missing route, or renormalise over
-        what arrived and report the dropped routes in ``Run.dropped``.
+        what arrived and list the routes lost for good in ``Run.dropped``.
     seed : int
         Seed of every random draw.
 

@@ -81,7 +81,7 @@ class RoutingTable:
         width = max((len(route.name) for route in self.routes), default=0) + 1
         for route in self.routes:
             pulled = (f"pulled {route.bytes_pulled} B at t={route.arrived:.3f}"
-                      if route.bytes_pulled else "dropped")
+                      if route.bytes_pulled else "not pulled")
             lines.append(f"  token {route.name + ':':<{width}} {route.share:.2f} "
                          f"({100 * route.share:5.1f}%)  position {route.source:<3} "
                          f"score {route.score:+.3f}   {pulled}")
@@ -89,6 +89,10 @@ class RoutingTable:
             lines.append("  (no routes: this token cannot reach any key)")
         lines.append(f"  {len(self.routes)} routes, {self.messages} messages, "
                      f"output complete at t={self.completed:.3f}")
+        total = sum(route.share for route in self.routes)
+        if self.routes and abs(total - 1) > 1e-9:
+            lines.append(f"  shares sum to {100 * total:.1f}%: dropout scaled the kept routes "
+                         "by 1/(1 - p), so each share is right in expectation")
         return "\n".join(lines)
 
     __repr__ = __str__

@@ -13,9 +13,9 @@ With unit roundoff ``u`` (2⁻⁵³ for float64) and ``γ_n = n·u / (1 - n·u)`
 3. the weighted pull adds ``γ_S`` relative to ``Σ_j w_ij |v_j|`` per implementation.
 
 So ``|o_sim - o_ref| <= Σ_j w_ij |v_j| · (exp(2Δ_i) - 1 + 2·(u·|s_ij - m_i| + 2γ_S + 3u))``
-(the ``|s - m|`` term taken inside the sum), and likewise for each weight. The contract of
-ARCHITECTURE.md is rtol = atol = 1e-12 while every score stays within ±100; beyond that
-the bound above is what a correct simulation can promise, and :func:`tolerance` returns it.
+(the ``|s - m|`` term taken inside the sum), and likewise for each weight. The project's
+contract (docs/design.md, "How close is equal") is rtol = atol = 1e-12 while every score
+stays within ±100; beyond that the bound above is what a correct simulation can promise, and :func:`tolerance` returns it.
 """
 
 from __future__ import annotations

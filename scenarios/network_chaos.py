@@ -33,7 +33,7 @@ def main() -> None:
         print(f"  DeliveryError: {str(error)[:110]}...")
     degraded = rs.simulate(query, key, value, is_causal=True,
                            network=rs.Network(on_missing="degrade", **fragile))
-    print(f"no retries, degrade mode: {len(degraded.dropped)} routes dropped, e.g.")
+    print(f"no retries, degrade mode: {len(degraded.dropped)} routes lost for good, e.g.")
     for route in degraded.dropped[:3]:
         print(f"  query {route.query} lost key {route.key} in the {route.phase} phase "
               f"(its share would have been {route.share:.3f})")

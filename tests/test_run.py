@@ -56,7 +56,7 @@ def test_dropped_routes_show_in_the_table():
                       dropout_mask=keep)
     table = run.routing_table(0)
     assert table.messages == 2 * 3 + 2 * 2
-    assert "dropped" in str(table)
+    assert "not pulled" in str(table)
 
 
 def test_trace_columns_follow_the_protocol():

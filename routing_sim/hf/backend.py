@@ -17,7 +17,7 @@ PyTorch SDPA receives, and reads them the way SDPA does:
   the scaled score ``s`` before the mask is added, with its derivative for training;
 - ``scaling``, grouped-query heads (``module.num_key_value_groups``: the key/value heads
   are repeated for their query heads) and, in training, ``dropout`` (routing_sim's
-  dropout: routes dropped after the softmax, survivors scaled by ``1 / (1 - p)``, the draw
+  dropout: routes dropped out after the softmax, the kept ones scaled by ``1 / (1 - p)``, the draw
   seeded from torch's generator) carry over.
 
 What it cannot do exactly it refuses with :class:`~routing_sim.InvalidArgumentError`:

@@ -27,7 +27,7 @@ def table_html(table) -> str:
     rows = []
     for route in table.routes:
         pulled = (f"{route.bytes_pulled} B at t={route.arrived:.3f}" if route.bytes_pulled
-                  else "dropped")
+                  else "not pulled")
         rows.append(
             f"<tr><td>{html.escape(route.name)}</td><td style='text-align:left'>"
             f"<span style='{_BAR};width:{100 * route.share:.1f}px'></span>"

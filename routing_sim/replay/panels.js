@@ -27,7 +27,7 @@ function renderTable() {
     cell(row, keyName(j));
     cell(row, score === null ? "-" : score.toFixed(3));
     bar(row.insertCell(), Number(share), `${percent(Number(share))}  ${Number(share).toFixed(4)}`);
-    cell(row, bytes ? `${bytes.toLocaleString("en")} B` : "dropped");
+    cell(row, bytes ? `${bytes.toLocaleString("en")} B` : "not pulled");
     cell(row, arrived === null ? "-" : `t = ${fmt(arrived)}`);
     row.addEventListener("mousemove", (event) => { hotRoute(j, true); showTooltip(event, lifeOf(i, j)); });
     row.addEventListener("mouseleave", () => { hotRoute(j, false); hideTooltip(); });
@@ -154,7 +154,7 @@ for (const kind of kindsShown) {
   legend.appendChild(item);
 }
 legend.appendChild(Object.assign(document.createElement("span"), {
-  textContent: `black ring: retry · dashed ring: network duplicate · red ×: lost or dropped · green node: done${cluster ? " · amber: computing" : ""} · blue curves: the selected node's routes (width = share)`,
+  textContent: `black ring: retry · dashed ring: network duplicate · red ×: lost (network or crashed node) · green node: done${cluster ? " · amber: computing" : ""} · blue curves: the selected node's routes (width = share)`,
 }));
 const notes = [];
 if (D.columns) {
