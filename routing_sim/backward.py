@@ -25,6 +25,7 @@ from .mods import derivative
 from .routeset import batch_head
 from .messages import BACKWARD, Kind, payload_bytes
 from .barrier import gather, scores_of
+from .budget import check_simulation
 from .network import Network
 from .retries import TokenNodes
 from .sparse import DENSE_LIMIT
@@ -185,6 +186,9 @@ def backward(forward: ForwardState, d_output: np.ndarray, network: Network, deli
     _, _, _, dim, value_dim = problem.shape
     nbytes = {kind: payload_bytes(kind, problem.dtype.itemsize, dim, value_dim)
               for kind in BACKWARD}
+    check_simulation(problem.shape, len(routes), trace=detail, itemsize=problem.dtype.itemsize,
+                     transmissions=(1 + network.duplicate) / (1 - network.loss), dense=False,
+                     backward=True)
     log = Trace(detail, routes, nbytes)
     env = simpy.Environment()
     transport = Transport(env, network, forward.route_latency, nbytes,

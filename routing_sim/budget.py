@@ -37,6 +37,7 @@ __all__ = ["ENVIRONMENT", "MemoryEstimate", "available_memory", "check", "check_
 
 ENVIRONMENT = "ROUTING_SIM_MEMORY"
 ROUTE_BYTES = {"two_phase": 64, "online": 144}   # per route, trace="summary" (measured 62, 114)
+BACKWARD_ROUTE_BYTES = 144  # run.backward, per route, trace="summary" (measured 130)
 EXACT_ROUTE_BYTES = 200     # numerics="exact": error-free sums' temporaries (measured 195)
 MESSAGE_BYTES = {"two_phase": 112, "online": 200}  # per message of a full trace (108, 190)
 MASK_BYTES = 4         # per (G, L, S) entry: the bool mask and its temporaries (measured 4)
@@ -70,7 +71,8 @@ class MemoryEstimate:
 def estimate(groups: int, n_queries: int, n_keys: int, routes: int, *, dim: int = 0,
              value_dim: int = 0, itemsize: int = 8, trace: str = "summary",
              softmax: str = "two_phase", numerics: str = "float",
-             transmissions: float = 1.0, dense: bool = True) -> MemoryEstimate:
+             transmissions: float = 1.0, dense: bool = True,
+             backward: bool = False) -> MemoryEstimate:
     """Estimate the memory of a simulated run with ``routes`` routes in ``groups`` groups.
 
     Parameters
@@ -92,6 +94,9 @@ def estimate(groups: int, n_queries: int, n_keys: int, routes: int, *, dim: int 
         The run builds a dense ``(G, L, S)`` bool route mask (an attention mask, no
         RouteSet); False for a sparse route set. ``run.weights`` is not counted: it is
         built on first use and only up to :data:`~routing_sim.run.WEIGHTS_LIMIT` entries.
+    backward : bool
+        Estimate :meth:`Run.backward <routing_sim.Run.backward>` instead (its four gradient
+        messages per route, on top of the forward run already in memory).
 
     Examples
     --------
@@ -103,7 +108,8 @@ def estimate(groups: int, n_queries: int, n_keys: int, routes: int, *, dim: int 
     True
     """
     entries = groups * n_queries * n_keys                               # G·L·S
-    per_route = ROUTE_BYTES[softmax] + (EXACT_ROUTE_BYTES if numerics == "exact" else 0)
+    per_route = BACKWARD_ROUTE_BYTES if backward else \
+        ROUTE_BYTES[softmax] + (EXACT_ROUTE_BYTES if numerics == "exact" else 0)
     parts = {
         "inputs and outputs": groups * (n_queries * (dim + 2 * value_dim)
                                         + n_keys * (dim + value_dim)) * itemsize,
@@ -169,7 +175,8 @@ def check(needed: MemoryEstimate, what: str, way_out: str) -> None:
 
 def check_simulation(shape: tuple[int, int, int, int, int], routes: int, *, trace: str,
                      softmax: str = "two_phase", numerics: str = "float", itemsize: int = 8,
-                     transmissions: float = 1.0, dense: bool = True) -> None:
+                     transmissions: float = 1.0, dense: bool = True,
+                     backward: bool = False) -> None:
     """:func:`check` a simulated run of ``shape = (G, L, S, E, Ev)`` with ``routes`` routes.
 
     The way out named in the error is ``trace="summary"`` (with its own estimate) for a
@@ -182,12 +189,12 @@ def check_simulation(shape: tuple[int, int, int, int, int], routes: int, *, trac
     groups, n_queries, n_keys, dim, value_dim = shape
     sized = partial(estimate, groups, n_queries, n_keys, routes, dim=dim, value_dim=value_dim,
                     itemsize=itemsize, softmax=softmax, numerics=numerics,
-                    transmissions=transmissions, dense=dense)
+                    transmissions=transmissions, dense=dense, backward=backward)
     needed, summary = sized(trace=trace), sized(trace="summary")
     way_out = "fewer routes: a sparse pattern such as graph=rs.patterns.sliding_window(n, 64)"
     if trace == "full":
         way_out = f"trace='summary' (about {format_bytes(summary.total)}), or " + way_out
-    check(needed, f"simulate with {routes:,} routes (G = {groups}, L = {n_queries}, "
+    check(needed, f"{'run.backward' if backward else 'simulate'} with {routes:,} routes (G = {groups}, L = {n_queries}, "
                   f"S = {n_keys}) and trace={trace!r}", way_out)
 
 

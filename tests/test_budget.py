@@ -73,3 +73,15 @@ def test_auto_keeps_a_full_trace_up_to_200000_messages(n_keys, detail):
     assert sum(run.stats.messages.values()) == 4 * n_keys
     if detail == "full":
         assert len(run.trace) == 200_000
+
+
+def test_a_backward_pass_over_the_budget_is_refused(monkeypatch):
+    q = k = v = np.random.default_rng(0).normal(size=(64, 4))
+    run = rs.simulate(q, k, v, trace="full")
+    monkeypatch.setenv(budget.ENVIRONMENT, "1M")
+    with pytest.raises(MemoryBudgetError, match="run.backward with 4,096 routes"):
+        run.backward(np.ones((64, 4)))
+    monkeypatch.setenv(budget.ENVIRONMENT, "64M")
+    grads = run.backward(np.ones((64, 4)))
+    expected = rs.attention_backward(q, k, v, np.ones((64, 4)))
+    np.testing.assert_allclose(grads.query, expected[0], rtol=1e-10, atol=1e-12)
