@@ -42,7 +42,7 @@ def anchors(page: Path) -> set[str]:
         heading = re.match(r"#{1,6}\s+(.*?)\s*#*\s*$", line)
         if fenced or heading is None:
             continue
-        text = re.sub(r"[`*_]|\[([^\]]*)\]\([^)]*\)", lambda m: m.group(1) or "",
+        text = re.sub(r"[`*]|\[([^\]]*)\]\([^)]*\)", lambda m: m.group(1) or "",
                       heading.group(1))
         slug = re.sub(r"[^\w\- ]", "", text.strip().lower()).replace(" ", "-")
         count = seen.get(slug, 0)
