@@ -98,10 +98,19 @@ class Tiles:
         shift = (rank[run_tile] * self.rows[run_tile] * self.width[run_tile]
                  + (run_node - self.first[run_tile]) * self.width[run_tile]
                  + column0[run_interval] - self.union_start[run_interval])  # (runs,)
-        slot_type = np.int32 if max(PANEL_ENTRIES, int((self.rows * self.width).max(
-            initial=0))) < 2**31 - n_keys else np.int64
-        self.slot = np.repeat(shift.astype(slot_type), runs[1])       # (R,)
-        self.slot += keys
+        self.keys = keys                                               # (R,) the table's
+        self.run_first, self.run_length, self.run_shift = runs[0], runs[1], shift  # (runs,)
+        self.tile_runs = np.searchsorted(runs[0], np.stack([self.route_start,
+                                                            self.route_stop]))  # (2, tiles)
+
+    def _slots(self, tiles: np.ndarray, routes: np.ndarray | slice) -> np.ndarray:
+        """Each route's slot in its panel's blocks: ``rank·T·|U| + row·|U| + column``,
+        with ``column = key + shift`` per run (built a panel at a time: no (R,) array)."""
+        if isinstance(routes, slice):
+            runs = slice(int(self.tile_runs[0, tiles[0]]), int(self.tile_runs[1, tiles[-1]]))
+        else:
+            runs = concat_ranges(self.tile_runs[0, tiles], self.tile_runs[1, tiles])
+        return self.keys[routes] + np.repeat(self.run_shift[runs], self.run_length[runs])
 
     @property
     def waste(self) -> float:
@@ -153,7 +162,7 @@ class Tiles:
             if width > 64:                             # measured: the copy pays off here
                 keys_t = np.ascontiguousarray(keys_t)
             block = np.matmul(query[nodes], keys_t)                    # (n, T, |U|)
-            out[routes] = block.reshape(-1)[self.slot[routes]]
+            out[routes] = block.reshape(-1)[self._slots(tiles, routes)]
         return out
 
     def pull(self, shares: np.ndarray, value: np.ndarray, out: np.ndarray | None = None
@@ -165,7 +174,7 @@ class Tiles:
         for tiles, rows, width in self.panels:
             nodes, key_rows, routes = self._panel(tiles, rows, width)
             weights = np.zeros(len(tiles) * rows * width, dtype=value.dtype)
-            weights[self.slot[routes]] = shares[routes]
+            weights[self._slots(tiles, routes)] = shares[routes]
             pulled = np.matmul(weights.reshape(len(tiles), rows, width), value[key_rows])
             rows_out = nodes.reshape(-1)
             if rows_out[-1] - rows_out[0] == len(rows_out) - 1:       # consecutive nodes
