@@ -46,8 +46,8 @@ class OnlineNodes(ForwardNodes):
         self._touched: list[np.ndarray] = []
         transport.on_step_end = self.apply_updates
         # Pair updates apply in arrival order within a step. Every VALUE of a node comes in
-        # one wave, but with dropout a dropped route's update comes with the SCOREs.
-        transport.order_free = self.state.kept is None
+        # one wave, unless retries resend some, or dropout updates with the SCOREs.
+        transport.order_free = self.state.kept is None and not transport.network.faulty
 
     def _settle_scores(self, routes: np.ndarray, times: np.ndarray) -> None:
         """No barrier: PULL each kept route at once; a dropped route updates l alone."""

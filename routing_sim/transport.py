@@ -74,6 +74,8 @@ class Transport:
         self._record = record           # (batch, fate or None for all delivered)
         self.timer = retransmission_timer(network, route_latency, nbytes, endpoints)
         self.timeout = self.timer.timeout
+        self._answers_in_time = self.timeout >= network.slowest_round_trip(
+            float(route_latency.max(initial=network.latency)), max(nbytes.values()))
         self.timed: frozenset[Kind] = frozenset()     # request kinds whose sends arm timers
         self.order_free = False         # do the nodes' handlers commute? (see _whole_waves)
         self._min_delay = network.min_delay(route_latency, min(nbytes.values()))
@@ -88,6 +90,8 @@ class Transport:
         self._instant = 0.0
         self._window_end = -np.inf
         self._inclusive = False
+        self._whole = False             # this window takes every message up to a timer
+        self._timers_wait = False       # ... and leaves the timers for after them
         self._egress_free: dict[int, float] = {}
         self._ingress_free: dict[int, float] = {}
 
@@ -190,7 +194,7 @@ class Transport:
                 batch = merge(batch.kind, [batch, copies])
         batch = batch.sorted()
         if len(batch):
-            if batch.arrive[0] < self._window_end and self._window_end < np.inf:
+            if batch.arrive[0] < self._window_end and not self._whole:
                 raise AssertionError("lookahead violated: a message would arrive inside the "
                                      "window that sent it")
             self._enqueue(batch)
@@ -256,13 +260,19 @@ class Transport:
                                if isinstance(item, Timers)), default=np.inf)
             # A lookahead below half an ulp of the clock cannot advance it: such a window
             # is one instant, as with zero lookahead.
-            reach = np.inf if self._whole_waves() else \
-                self._reach(start) if self._windowed else start
-            if reach > start and first_timer >= reach:
-                self._window_end, self._inclusive = reach, False
+            self._whole = self._whole_waves()
+            if self._whole:      # every message up to the first timer, then the timers
+                first_message = min((item.arrive[0] for _, _, item in self._pending
+                                     if not isinstance(item, Timers)), default=np.inf)
+                self._window_end, self._inclusive = first_timer, True
+                self._timers_wait = first_message <= first_timer
             else:
-                self._window_end, self._inclusive = start if reach == start \
-                    else first_timer, True
+                reach = self._reach(start) if self._windowed else start
+                if reach > start and first_timer >= reach:
+                    self._window_end, self._inclusive = reach, False
+                else:
+                    self._window_end, self._inclusive = start if reach == start \
+                        else first_timer, True
             yield self.env.timeout(max(start - self.env.now, 0.0))
             self.events += 1
             messages, timers = self._collect()
@@ -275,20 +285,24 @@ class Transport:
             for due in timers:
                 self.on_timer(due)
             self.end_step()
-        self._window_end = -np.inf
+        self._window_end, self._whole = -np.inf, False
 
     def _whole_waves(self) -> bool:
         """Can one window take everything pending, each message at its own time?
 
         Yes when the nodes' handlers do not depend on the order messages are handled in
         (``order_free``: a barrier counts and takes the latest time) and nothing else
-        does: no retry timer (they must see every answer due before them), no NIC queue
-        (first come first served). Copies of a message always travel in one wave. Arrival
-        times are then known when messages are sent, whatever the latency.
+        does: no NIC queue (first come first served), and retry timers that never fire
+        before an answer that is still on its way (the timeout is at least the slowest
+        round trip), so that no route ever has a late answer that a later window could
+        hand over before an earlier one. Timers then fire once every message due before
+        them is handled, as with one event per message. Copies of a message travel in
+        one batch. Arrival times are known when messages are sent, whatever the latency.
         """
         network = self.network
-        return self._windowed and self.order_free and not network.faulty \
-            and not network.contention
+        if not (self._windowed and self.order_free) or network.contention:
+            return False
+        return not network.faulty or self._answers_in_time
 
     def _reach(self, start: float) -> float:
         """The earliest anything sent at or after ``start`` can arrive or time out, rounded
@@ -376,8 +390,13 @@ class Transport:
         taken: dict[tuple, list[Deliveries]] = {}
         timers: dict[Kind, list[Timers]] = {}
         side = "right" if self._inclusive else "left"
+        waiting = []
         while self._pending and self._inside(np.array([self._pending[0][0]]))[0]:
-            _, _, item = heapq.heappop(self._pending)
+            entry = heapq.heappop(self._pending)
+            item = entry[2]
+            if self._timers_wait and isinstance(item, Timers):
+                waiting.append(entry)
+                continue
             times = item.due if isinstance(item, Timers) else item.arrive
             cut = len(times) if times[-1] < self._window_end or (
                 self._inclusive and times[-1] == self._window_end) else \
@@ -391,6 +410,9 @@ class Transport:
                 taken.setdefault((item.kind, item.received), []).append(head)
             if cut < len(times):
                 heapq.heappush(self._pending, (times[cut], next(self._order), rest))
+        for entry in waiting:
+            heapq.heappush(self._pending, entry)
+        self._timers_wait = False
         messages = [merge(kind, parts) for (kind, _), parts in sorted(taken.items())]
         due = [Timers(kind, *(np.concatenate([getattr(p, f) for p in parts])
                               for f in ("routes", "attempts", "due")))
