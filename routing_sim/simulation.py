@@ -140,6 +140,11 @@ def simulate(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causa
     >>> lossy = rs.Network(loss=0.3, duplicate=0.2, retries=20, seed=1)
     >>> np.array_equal(rs.simulate(q, k, v, is_causal=True, network=lossy).output, run.output)
     True
+    >>> window = rs.patterns.sliding_window(4, 2, sinks=1)          # a sparse RouteSet
+    >>> capped = rs.simulate(q, k, v, graph=window, score_mod=rs.mods.softcap(1.0))
+    >>> expected = rs.attention(q, k, v, graph=window, score_mod=rs.mods.softcap(1.0))
+    >>> capped.stats.routes, bool(np.allclose(capped.output, expected, rtol=1e-12))
+    (9, True)
     >>> named = rs.simulate(q, k, v, is_causal=True, labels=["we", "route", "the", "tokens"])
     >>> [route.label for route in named.routing_table("route").routes]
     ['we', 'route']

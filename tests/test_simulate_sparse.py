@@ -108,9 +108,14 @@ def test_schedules_do_not_change_a_bit():
     q, k, v = inputs(5)
     mod = mods.softcap(2.0)
     first = rs.simulate(q, k, v, graph=routes, score_mod=mod)
-    for network in (rs.Network(latency=0.5, jitter=0.9, seed=3),
-                    rs.Network(loss=0.2, duplicate=0.2, retries=30, seed=4)):
-        again = rs.simulate(q, k, v, graph=routes, score_mod=mod, network=network)
+    assert first.state.tiles is not None                    # the tile path ran
+    for network, delivery in ((rs.Network(latency=0.5, jitter=0.9, seed=3), "window"),
+                              (rs.Network(latency=0.5, jitter=0.9, seed=5), "per_message"),
+                              (rs.Network(jitter=0.3, seed=6), "instant"),
+                              (rs.Network(loss=0.2, duplicate=0.2, retries=30, seed=4),
+                               "window")):
+        again = rs.simulate(q, k, v, graph=routes, score_mod=mod, network=network,
+                            delivery=delivery)
         np.testing.assert_array_equal(again.output, first.output)
         np.testing.assert_array_equal(again.route_weights().share, first.route_weights().share)
 
