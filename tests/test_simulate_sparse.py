@@ -263,3 +263,14 @@ def test_lost_routes_on_a_route_set_degrade_as_on_the_same_graph(seed):
     close([d.share for d in sparse_run.dropped], [d.share for d in dense_run.dropped])
     close(sparse_run.output, dense_run.output)
     close(sparse_run.weights, dense_run.weights)
+
+
+def test_float32_stays_float32_on_the_tile_path():
+    routes = PATTERNS["longformer"]()
+    q, k, v = (x.astype(np.float32) for x in inputs(13))
+    run = rs.simulate(q, k, v, graph=routes, score_mod=mods.softcap(2.0))
+    assert run.state.tiles is not None
+    assert run.output.dtype == np.float32 and run.route_weights().share.dtype == np.float32
+    expected = rs.attention(q.astype(np.float64), k.astype(np.float64), v.astype(np.float64),
+                            graph=routes, score_mod=mods.softcap(2.0))
+    np.testing.assert_allclose(run.output, expected, rtol=1e-5, atol=1e-6)
