@@ -36,7 +36,7 @@ __all__ = ["ENVIRONMENT", "MemoryEstimate", "available_memory", "check", "check_
            "estimate", "format_bytes"]
 
 ENVIRONMENT = "ROUTING_SIM_MEMORY"
-ROUTE_BYTES = {"two_phase": 64, "online": 144}   # per route, trace="summary" (measured 62, 114)
+ROUTE_BYTES = {"two_phase": 88, "online": 160}   # per route, trace="summary" (measured 81, 139)
 BACKWARD_ROUTE_BYTES = 144  # run.backward, per route, trace="summary" (measured 130)
 EXACT_ROUTE_BYTES = 200     # numerics="exact": error-free sums' temporaries (measured 195)
 MESSAGE_BYTES = {"two_phase": 112, "online": 200}  # per message of a full trace (108, 190)
