@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import time
 from collections.abc import Callable
+from functools import partial
 
 PROMPT, NEW_TOKENS = 128, 32
 
@@ -46,7 +47,7 @@ def _measure(quick: bool) -> list[tuple]:
         with rs.hf.record(limit=2, trace="summary") as rec, torch.no_grad():
             ours(ids)
         messages = sum(r.run.stats.total_messages for r in rec.runs)
-        t_ours, t_sdpa = _best_pair(lambda: ours(ids), lambda: sdpa(ids),
+        t_ours, t_sdpa = _best_pair(partial(ours, ids), partial(sdpa, ids),
                                     1 if n > 1024 or quick else 5)
         found.append((f"hf llama forward n={n}", t_ours, t_sdpa, "SDPA", messages, None,
                       "2 layers, target <= 10x at n=512" if n == 512 else "2 layers"))

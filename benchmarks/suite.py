@@ -13,6 +13,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
+from typing import TypeVar
 
 import numpy as np
 
@@ -23,10 +25,15 @@ from .sparse import rows as sparse_rows
 
 D_HEAD = 64
 
+Result = TypeVar("Result")
 
-def best_time(run: Callable[[], object], repeats: int) -> tuple[float, object]:
-    best, result = np.inf, None
-    for _ in range(repeats):
+
+def best_time(run: Callable[[], Result], repeats: int) -> tuple[float, Result]:
+    """The fastest of ``repeats`` calls (at least one), and the last call's result."""
+    start = time.perf_counter()
+    result = run()
+    best = time.perf_counter() - start
+    for _ in range(repeats - 1):
         start = time.perf_counter()
         result = run()
         best = min(best, time.perf_counter() - start)
@@ -74,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [256, 1024] if arguments.quick else [256, 1024, 4096]
     rows = []
 
-    def row(case: str, sim: float, ref: float | None, ref_name: str, messages: int,
+    def row(case: str, sim: float | None, ref: float | None, ref_name: str, messages: int,
             rss: float | None = None, note: str = "") -> None:
         rows.append((case, sim, ref, ref_name, messages, rss, note))
         print(f"  measured {case}", file=sys.stderr, flush=True)
@@ -87,9 +94,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             q, k, v = inputs(n, heads)
             repeats = 1 if n * n * heads > 4_000_000 or arguments.quick else 3
-            t_numpy, _ = best_time(lambda: plain_numpy(q, k, v), repeats)
-            t_matrix, _ = best_time(lambda: rs.attention(q, k, v), repeats)
-            t_sim, run = best_time(lambda: rs.simulate(q, k, v, trace="summary"), repeats)
+            t_numpy, _ = best_time(partial(plain_numpy, q, k, v), repeats)
+            t_matrix, _ = best_time(partial(rs.attention, q, k, v), repeats)
+            t_sim, run = best_time(partial(rs.simulate, q, k, v, trace="summary"), repeats)
             rss = None if arguments.no_rss else peak_rss(n, heads)
             row(f"full n={n} h={heads}", t_sim, t_numpy, "numpy", run.stats.total_messages, rss,
                 f"rs.attention {t_matrix:.3f} s ({t_sim / t_matrix:.1f}x)")
@@ -136,8 +143,8 @@ def zero_latency_rows(row: Callable[..., None]) -> None:
         times, events = {}, {}
         for latency in (1.0, 0.0):
             network = rs.Network(latency=latency, jitter=2.0, seed=1)
-            times[latency], run = best_time(lambda: rs.simulate(
-                q, k, v, network=network, softmax=softmax, trace="summary"), 3)
+            times[latency], run = best_time(partial(
+                rs.simulate, q, k, v, network=network, softmax=softmax, trace="summary"), 3)
             events[latency] = run.stats.events
         row(f"latency 0 {softmax} 45x150", times[0.0], times[1.0], "latency 1",
             run.stats.total_messages, None, f"jitter 2, target <= 3x; SimPy events "

@@ -8,8 +8,9 @@ True
 """
 
 
-from . import budget, graphs, masks, mods, parallel, patterns, verify
+from . import budget, graphs, masks, mods, patterns, verify
 from .cluster import Cluster
+from .decoder import Decoder, DecodeStep
 from .errors import (
     DeliveryError,
     DTypeError,
@@ -21,7 +22,6 @@ from .errors import (
     ShapeError,
     SummaryTraceError,
 )
-from .decoder import DecodeStep, Decoder
 from .messages import Kind
 from .modules import MultiHeadAttention
 from .network import Crash, Network

@@ -30,7 +30,9 @@ def as_numpy(name: str, x, dtype=None) -> np.ndarray:
     >>> as_numpy("query", Tracked())
     Traceback (most recent call last):
     ...
-    routing_sim.errors.DTypeError: query is a tensor that requires grad; pass query.detach() (routing_sim does not follow autograd: gradients come from Run.backward or attention_backward)
+    routing_sim.errors.DTypeError: query is a tensor that requires grad; pass query.detach()
+    (routing_sim does not follow autograd: gradients come from Run.backward or
+    attention_backward)
     """
     if getattr(x, "requires_grad", False) is True:
         raise DTypeError(f"{name} is a tensor that requires grad; pass {name}.detach() "

@@ -20,19 +20,19 @@ from __future__ import annotations
 import numpy as np
 import simpy
 
-from .errors import DeliveryError, InvalidArgumentError
-from .mods import derivative
-from .routeset import batch_head
-from .messages import BACKWARD, Kind, payload_bytes
 from .barrier import gather, scores_of
 from .budget import check_simulation
+from .deliveries import Deliveries
+from .errors import DeliveryError, InvalidArgumentError
+from .messages import BACKWARD, Kind, payload_bytes
+from .mods import derivative
 from .network import Network
 from .retries import TokenNodes
+from .routeset import batch_head
 from .sparse import DENSE_LIMIT
 from .state import ForwardState
 from .stats import Gradients, Stats
 from .trace import Trace
-from .deliveries import Deliveries
 from .transport import Transport
 
 __all__ = ["BackwardNodes", "backward"]
@@ -153,6 +153,7 @@ class BackwardNodes(TokenNodes):
             routes = self.routes
             nodes = routes.query_node[span]
             batch, head = batch_head(nodes // routes.n_queries, problem.batch_shape)
+            assert forward.raw is not None                             # kept for score_mod
             self.d_raw[span] = self.d_score[span] * self.slope(
                 forward.raw[span], batch, head, nodes % routes.n_queries, keys)
         return np.flatnonzero(mine) + span.start
@@ -170,7 +171,7 @@ class BackwardNodes(TokenNodes):
         np.fmax.at(latest, nodes, times)
         return touched[settled[touched] == needed[touched]]
 
-    def answer_times(self) -> dict[Kind, np.ndarray]:
+    def answer_times(self) -> dict[Kind, np.ndarray | None]:
         return {Kind.GRAD_OUTPUT: self.share_time, Kind.GRAD_SCORE: self.key_time}
 
     def give_up(self, kind: Kind, routes: np.ndarray, times: np.ndarray) -> None:
@@ -191,6 +192,7 @@ def backward(forward: ForwardState, d_output: np.ndarray, network: Network, deli
                      backward=True)
     log = Trace(detail, routes, nbytes)
     env = simpy.Environment()
+    assert forward.route_latency is not None, "simulate records the forward route latency"
     transport = Transport(env, network, forward.route_latency, nbytes,
                           routes.endpoints, routes.crash_filter(network.crashes), log.record,
                           delivery)
@@ -215,7 +217,7 @@ def backward(forward: ForwardState, d_output: np.ndarray, network: Network, deli
 
     def score() -> np.ndarray:
         if groups * n_queries * n_keys > DENSE_LIMIT:
-            raise InvalidArgumentError(f"grads.score() would be a dense "
+            raise InvalidArgumentError("grads.score() would be a dense "
                                        f"{(groups, n_queries, n_keys)} array, over "
                                        f"{DENSE_LIMIT:,} entries")
         dense = np.zeros((groups * n_queries, n_keys), problem.dtype)  # (G·L, S)

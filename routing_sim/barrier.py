@@ -13,12 +13,12 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import NumericalError
-from .mods import modified
-from .routeset import batch_head
 from .exact import exact_pull, exact_shares, exact_unnormalised
 from .exact_row import exact_row
+from .mods import modified
 from .numerics import routing_budget, scale_scores, weighted_pull
-from .state import VALUE_PHASE, ForwardState
+from .routeset import batch_head
+from .state import VALUE_PHASE, ExactParts, ForwardState
 
 __all__ = ["aggregate", "allocate", "allocate_whole", "budget", "exact_fallback", "gather",
            "modify", "node_scores", "note_would_have", "pull_whole", "scores_of",
@@ -60,19 +60,20 @@ def node_scores(state: ForwardState, node: int) -> None:
     high, low = state.kernels.scores(gather(problem.key[group], keys),
                                      problem.query[group, token], problem.scale, bias)
     state.scores[span] = high
-    if low is not None:
-        state.score_low[span] = low
+    if state.exact is not None and low is not None:
+        state.exact.score_low[span] = low
 
 
 def modify(state: ForwardState, span: slice | np.ndarray, scaled: np.ndarray,
            bias: np.ndarray | None) -> np.ndarray:
     """The key node's score_mod on scaled scores of routes ``span`` (kept in
     ``state.raw`` for the backward pass), then the bias."""
-    routes = state.routes
-    state.raw[span] = scaled.reshape(-1)
+    routes, score_mod, raw = state.routes, state.problem.score_mod, state.raw
+    assert score_mod is not None and raw is not None, "only a score_mod modifies scores"
+    raw[span] = scaled.reshape(-1)
     nodes = routes.query_node[span]
     batch, head = batch_head(nodes // routes.n_queries, state.problem.batch_shape)
-    scores = modified(state.problem.score_mod, scaled.reshape(-1), batch, head,
+    scores = modified(score_mod, scaled.reshape(-1), batch, head,
                       nodes % routes.n_queries, routes.key_index[span]).reshape(scaled.shape)
     if bias is not None:
         with np.errstate(over="ignore", invalid="ignore"):
@@ -83,7 +84,7 @@ def modify(state: ForwardState, span: slice | np.ndarray, scaled: np.ndarray,
 def scores_of(state: ForwardState, span: slice, routes: np.ndarray
               ) -> tuple[np.ndarray, np.ndarray | None]:
     """(high, low) scores of some of a node's routes (a mask over its span)."""
-    low = None if state.score_low is None else state.score_low[span][routes]
+    low = None if state.exact is None else state.exact.score_low[span][routes]
     return state.scores[span][routes], low
 
 
@@ -100,14 +101,15 @@ def budget(state: ForwardState, node: int, alive: np.ndarray, remember: bool = T
         pick = np.zeros_like(alive)
         pick[np.flatnonzero(alive)[top_routes(state.scores[span][alive][None],
                                               state.top_k)[0]]] = True
-        if remember:
+        if remember and state.chosen is not None:
             state.chosen[span] = pick
         alive = pick
     if alive.any():
-        if state.kernels.exact:
-            high, low = scores_of(state, span, alive)
-            shares[alive] = _exact_shares(state, node, span, alive, exact_unnormalised(high, low),
-                                          high.max(), remember)
+        if state.exact is not None:
+            high, low = state.scores[span][alive], state.exact.score_low[span][alive]
+            keep = state.exact if remember else None
+            shares[alive] = _exact_shares(keep, node, span, alive, exact_unnormalised(high, low),
+                                          high.max())
             if np.isnan(shares[alive]).any():                         # undecided: integers
                 shares[alive] = exact_fallback(state, node, alive)[0]
         else:
@@ -117,14 +119,16 @@ def budget(state: ForwardState, node: int, alive: np.ndarray, remember: bool = T
     return shares
 
 
-def _exact_shares(state: ForwardState, nodes, span, routes, unnormalised, top,
-                  remember: bool) -> np.ndarray:
-    """Exact mode: shares e / l, rounded once; keep e and l for the weighted pull."""
+def _exact_shares(keep: ExactParts | None, nodes: int | np.ndarray, span: slice,
+                  routes: np.ndarray | slice,
+                  unnormalised: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+                  top: np.ndarray | float) -> np.ndarray:
+    """Exact mode: shares e / l, rounded once; ``keep`` e and l for the weighted pull."""
     e_high, e_low, l_high, l_low = unnormalised
-    if remember:
-        state.e_high[span][routes] = e_high.reshape(-1)
-        state.e_low[span][routes] = e_low.reshape(-1)
-        state.l_high[nodes], state.l_low[nodes] = l_high, l_low
+    if keep is not None:
+        keep.e_high[span][routes] = e_high.reshape(-1)
+        keep.e_low[span][routes] = e_low.reshape(-1)
+        keep.l_high[nodes], keep.l_low[nodes] = l_high, l_low
     return exact_shares(e_high, e_low, l_high, l_low, top)
 
 
@@ -153,6 +157,7 @@ def note_would_have(state: ForwardState, node: int) -> None:
     _, _, span = state.span(node)
     full = budget(state, node, np.ones(span.stop - span.start, dtype=bool), remember=False)
     lost = state.dead[span] != 0
+    assert state.would_have is not None, "routes die only on a faulty network"
     state.would_have[span][lost] = full[lost]
 
 
@@ -195,7 +200,7 @@ def allocate_whole(state: ForwardState, nodes: np.ndarray) -> np.ndarray:
             _float_block(state, chosen, count)
     routes = state.routes
     pulls = routes.routes_of(nodes)
-    if state.top_k:
+    if state.chosen is not None:
         pulls = pulls[state.chosen[pulls]]
     if state.kept is not None:
         pulls = pulls[state.kept[pulls]]
@@ -226,6 +231,7 @@ def tiled_shares(state: ForwardState) -> None:
     """
     if state.tiled_shares:
         return
+    assert state.tiles is not None, "a sparse run's state has tiles"
     problem = state.problem
     dim = problem.shape[3]
     with np.errstate(over="ignore", invalid="ignore"):                 # overflow reported later
@@ -270,7 +276,7 @@ def _float_block(state: ForwardState, chosen: np.ndarray, count: int) -> None:
     if not np.isfinite(block).all():
         raise NumericalError(f"a score overflowed to {block[~np.isfinite(block)][0]}; "
                              "scale the inputs down")
-    if state.top_k:
+    if state.top_k and state.chosen is not None:
         pick = top_routes(block, state.top_k)
         state.chosen[span] = pick.reshape(-1)
         block = np.where(pick, block, -np.inf)
@@ -292,9 +298,10 @@ def _exact_block(state: ForwardState, chosen: np.ndarray, count: int) -> None:
             state.shares[own] = budget(state, node, np.ones(count, dtype=bool))
         return
     block = state.scores[span].reshape(len(chosen), count)            # (nodes, routes)
-    low = state.score_low[span].reshape(block.shape)
-    shares = _exact_shares(state, chosen, span, slice(None), exact_unnormalised(block, low),
-                           block.max(axis=1), True)
+    assert state.exact is not None                                     # exact mode
+    low = state.exact.score_low[span].reshape(block.shape)
+    shares = _exact_shares(state.exact, chosen, span, slice(None), exact_unnormalised(block, low),
+                           block.max(axis=1))
     for row in np.flatnonzero(np.isnan(shares).any(axis=1)).tolist():  # undecided: integers
         shares[row] = exact_fallback(state, int(chosen[row]), np.ones(count, dtype=bool))[0]
     if state.kept is not None:
@@ -343,14 +350,16 @@ def aggregate(state: ForwardState, node: int) -> None:
         state.shares[span] = budget(state, node, state.dead[span] == 0)
     pulled = ~np.isnan(state.value_time[span])
     values = gather(state.problem.value[group], state.routes.key_index[span][pulled])
-    if state.kernels.exact:
+    exact = state.exact
+    if exact is not None:
         members = softmax_routes(state, span)
         top = state.scores[span][members].max(initial=-np.inf)
-        output = exact_pull(state.e_high[span][pulled], state.e_low[span][pulled],
-                            state.l_high[node], state.l_low[node], values, top)
+        output = exact_pull(exact.e_high[span][pulled], exact.e_low[span][pulled],
+                            exact.l_high[node], exact.l_low[node], values, top)
         if np.isnan(output).any():                                    # undecided: integers
-            output = exact_fallback(state, node, members, pulled[members])[1].astype(
-                values.dtype)
+            decided = exact_fallback(state, node, members, pulled[members])[1]
+            assert decided is not None                                 # pulled given
+            output = decided.astype(values.dtype)
         if state.kept is not None:
             with np.errstate(over="ignore"):      # 1/(1-p) may take it past the float range
                 output = output * state.dropout_scale

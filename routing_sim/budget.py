@@ -2,9 +2,9 @@
 
 A simulated run keeps a few numbers per route (scores, shares, arrival times, indices),
 a dense ``(G, L, S)`` route mask unless its routes come as a RouteSet, and with
-``trace="full"`` one row per message. At tens of thousands of tokens that is tens or hundreds of GB, and numpy would
-fail late with a raw ``MemoryError`` (or the OOM killer would end the process). Entry
-points call :func:`check` with an :func:`estimate` first and raise
+``trace="full"`` one row per message. At tens of thousands of tokens that is tens or
+hundreds of GB, and numpy would fail late with a raw ``MemoryError`` (or the OOM killer
+would end the process). Entry points call :func:`check` with an :func:`estimate` first and raise
 :class:`~routing_sim.errors.MemoryBudgetError` within seconds instead, naming the estimate
 and what would make the run fit.
 
@@ -194,7 +194,8 @@ def check_simulation(shape: tuple[int, int, int, int, int], routes: int, *, trac
     way_out = "fewer routes: a sparse pattern such as graph=rs.patterns.sliding_window(n, 64)"
     if trace == "full":
         way_out = f"trace='summary' (about {format_bytes(summary.total)}), or " + way_out
-    check(needed, f"{'run.backward' if backward else 'simulate'} with {routes:,} routes (G = {groups}, L = {n_queries}, "
+    entry = "run.backward" if backward else "simulate"
+    check(needed, f"{entry} with {routes:,} routes (G = {groups}, L = {n_queries}, "
                   f"S = {n_keys}) and trace={trace!r}", way_out)
 
 

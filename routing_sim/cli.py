@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from . import pattern_cli, sweep_cli
-from .cli_args import count, non_negative, positive, probability, seed, check_size
+from .cli_args import check_size, count, non_negative, positive, probability, seed
 from .errors import RoutingSimError
 
 __all__ = ["main"]
@@ -285,8 +285,8 @@ def _verify(arguments: argparse.Namespace) -> int:
         list(range(arguments.seed, arguments.seed + arguments.cases))
     results = []
     terminal = sys.stderr.isatty()
-    for done, seed in enumerate(seeds, 1):
-        results.append(check_case(seed))
+    for done, case_seed in enumerate(seeds, 1):
+        results.append(check_case(case_seed))
         if terminal:
             filled = int(30 * done / len(seeds))
             print(f"\r[{'#' * filled}{'.' * (30 - filled)}] {done}/{len(seeds)}", end="",

@@ -25,7 +25,9 @@ def check_size(heads: int, tokens: int, dim: int) -> None:
     >>> check_size(100_000, 6, 100_000)
     Traceback (most recent call last):
     ...
-    routing_sim.errors.InvalidArgumentError: --heads 100000 × 6 tokens × --dim 100000 needs about 1.34e+03 GiB, over the command line's 2 GiB limit; use the Python API (routing_sim.simulate) for large runs
+    routing_sim.errors.InvalidArgumentError: --heads 100000 × 6 tokens × --dim 100000 needs
+    about 1.34e+03 GiB, over the command line's 2 GiB limit; use the Python API
+    (routing_sim.simulate) for large runs
     """
     inputs = 3 * heads * tokens * dim * 8                  # q, k, v in float64
     tables = 16 * heads * tokens * tokens * 8              # per-route state and trace rows

@@ -75,9 +75,9 @@ class Decoder:
     def step(self, query, key, value, label: str | None = None) -> DecodeStep:
         """Add one token (its query ``(..., E)``, key ``(..., E)``, value ``(..., Ev)``)."""
         query, key, value = (np.asarray(x)[..., None, :] for x in (query, key, value))
-        if self.keys is not None and (key.shape[:-2] != self.keys.shape[:-2]
-                                      or key.shape[-1] != self.keys.shape[-1]
-                                      or value.shape[-1] != self.values.shape[-1]):
+        if self.keys is not None and self.values is not None and (
+                key.shape[:-2] != self.keys.shape[:-2] or key.shape[-1] != self.keys.shape[-1]
+                or value.shape[-1] != self.values.shape[-1]):
             raise ShapeError(f"token {len(self)} has key {key.shape[:-2] + key.shape[-1:]} and "
                              f"value {value.shape[:-2] + value.shape[-1:]}, but the cache holds "
                              f"keys {self.keys.shape} and values {self.values.shape}")

@@ -45,8 +45,10 @@ class Deliveries:
     def copies(self) -> np.ndarray:
         return np.zeros(len(self), np.int8) if self.copy is None else self.copy
 
-    def take(self, index) -> Deliveries:
-        pick = (lambda x: None if x is None else x[index])
+    def take(self, index: slice | np.ndarray) -> Deliveries:
+        def pick(column: np.ndarray | None) -> np.ndarray | None:
+            return None if column is None else column[index]
+
         return Deliveries(self.kind, self.routes[index], self.sent[index], self.arrive[index],
                           pick(self.attempts), pick(self.copy), self.received, self.n_routes)
 

@@ -98,7 +98,8 @@ def _safe_rows(products, error, scaled, scaled_error, scale, bias) -> np.ndarray
     """Rows where every product by the scale and its error term is exact in floats and
     no partial sum can overflow."""
     scale_ok = scale == 0 or 2.0**-400 <= abs(scale) <= 2.0**400
-    return (scale_ok & (_in_range(products) & _in_range(scaled) & _in_range(scaled_error)).all(axis=1)
+    in_range = _in_range(products) & _in_range(scaled) & _in_range(scaled_error)
+    return (scale_ok & in_range.all(axis=1)
             & (np.abs(error) < 2.0**990).all(axis=1)
             & (np.abs(scaled).sum(axis=1) * 2 + np.abs(bias) < 2.0**1020))
 
@@ -128,7 +129,7 @@ def _row_sums(terms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per row: the correctly rounded sum, and the correctly rounded remainder."""
     terms = np.ascontiguousarray(terms, dtype=np.float64)
     width = terms.shape[1]
-    flat = memoryview(terms.reshape(-1))          # fsum reads floats straight from memory
+    flat = terms.reshape(-1).data                 # fsum reads floats straight from memory
     starts = range(0, len(flat), width)
     high = [math.fsum(flat[start:start + width]) for start in starts]
     low = [math.fsum(chain(flat[start:start + width], (-h,))) for start, h in zip(starts, high)]
@@ -191,8 +192,9 @@ def exact_shares(e_high: np.ndarray, e_low: np.ndarray, l_high, l_low, top) -> n
     return rounded_or_nan(first, rest, error, np.ones(first.shape, dtype=bool))
 
 
-def exact_pull(e_high: np.ndarray, e_low: np.ndarray, l_high: float, l_low: float,
-               values: np.ndarray, top: float) -> np.ndarray:
+def exact_pull(e_high: np.ndarray, e_low: np.ndarray, l_high: np.ndarray | float,
+               l_low: np.ndarray | float, values: np.ndarray, top: np.ndarray | float
+               ) -> np.ndarray:
     """``o_c = Σ_j e_j v_j / l`` over the pulled routes' ``e``: the numerator summed
     exactly, divided once; NaN where the result is not decided (see the module docs)."""
     if len(e_high) == 0:
@@ -233,7 +235,8 @@ def exact_numerator(e_high: np.ndarray, e_low: np.ndarray, values: np.ndarray
     if len(e_high) == 0:
         return np.zeros(values.shape[1]), np.zeros(values.shape[1])
     if np.isnan(e_high).any() or not np.abs(values64).max() < 2.0**990:
-        return np.full((2, values.shape[1]), np.nan)                  # undecided: NaN
+        undecided = np.full(values.shape[1], np.nan)
+        return undecided, undecided.copy()
     weights = np.broadcast_to(e_high[:, None], values64.shape)
     if _dekker_safe(weights, values64):
         products = weights * values64                                  # (n_pulled, Ev)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -60,9 +60,9 @@ def exact_row(keys: np.ndarray, query: np.ndarray, scale: float, bias: np.ndarra
     kept = [gap >= -NEGLIGIBLE << FLOOR for gap in gaps]
     value_rows = None if values is None else [[v.as_integer_ratio() for v in row]
                                               for row in np.asarray(values, np.float64).tolist()]
-    pulled = [True] * len(gaps) if pulled is None else [bool(p) for p in pulled]
+    pulls = [True] * len(gaps) if pulled is None else [bool(p) for p in pulled]
     for precision in PRECISIONS:
-        decided = _attempt(gaps, kept, value_rows, pulled, precision,
+        decided = _attempt(gaps, kept, value_rows, pulls, precision,
                            last=precision == PRECISIONS[-1])
         if decided is not None:
             return decided
@@ -103,7 +103,7 @@ def _to_float(numerator: int | Fraction, denominator: int = 1) -> float:
         return math.copysign(math.inf, numerator)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _ln2(bits: int) -> int:
     """ln 2 · 2^bits, within 2 units: ln 2 = Σ 1/(k·2^k)."""
     guard = bits + 16

@@ -137,7 +137,7 @@ def to_mermaid(trace, query: int | None = None, group: int = 0, fenced: bool = F
     delivered = trace.fate[rows] == Fate.DELIVERED
     when = np.where(delivered, trace.arrive[rows], trace.sent[rows])
     order = rows[np.lexsort((trace.copy[rows], trace.id[rows], when))]
-    involved = set()
+    involved: set[int] = set()
     lines = []
     allocations = {node: time for (g, node), time, what in info["node_events"]
                    if g == group and what == "allocate budget (softmax)"}

@@ -358,7 +358,7 @@ def _count(name: str, n: int) -> int:
 
 def _is_index(value, size: int) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and \
-        0 <= value < size
+        bool(0 <= value < size)
 
 
 def _set_labels(graph: nx.DiGraph, name: str, labels: Sequence[str] | None, nodes: range) -> None:

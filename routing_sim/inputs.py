@@ -41,9 +41,23 @@ class Problem:
     scale: float
     batch_shape: tuple[int, ...]
     empty_rows: str
-    origin: dict = None  # input shapes, GQA group size and rotation: for gradients
+    origin: dict | None = None  # input shapes, GQA group size and rotation: for gradients
     sparse: SparseRoutes | None = None  # per-route form (then allowed/bias/keep are None)
     score_mod: Callable | None = None   # FlexAttention score_mod, applied before bias
+
+    @property
+    def dense_allowed(self) -> np.ndarray:
+        """``allowed`` of the dense form ``(G, L, S)``; the sparse form has none."""
+        if self.allowed is None:
+            raise TypeError("a sparse problem has no dense allowed mask: use .sparse")
+        return self.allowed
+
+    @property
+    def sparse_form(self) -> SparseRoutes:
+        """``sparse`` of the per-route form; the dense form has none."""
+        if self.sparse is None:
+            raise TypeError("a dense problem has no per-route form: use .allowed")
+        return self.sparse
 
     def to_inputs(self, grad: np.ndarray, which: str) -> np.ndarray:
         """Carry a gradient ``(G, T, F)`` back to the caller's ``query``/``key``/``value``.
@@ -52,6 +66,7 @@ class Problem:
         GQA repeat of key/value heads, and the rotary rotation of queries and keys.
         """
         origin = self.origin
+        assert origin is not None, "prepare() records where the inputs came from"
         grad = grad.reshape(*self.batch_shape, *grad.shape[1:])
         rotary = origin["rotary"]
         if rotary is not None and which != "value":
@@ -207,7 +222,8 @@ def _unbroadcast(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     extra = grad.ndim - len(shape)
     if extra:
         grad = grad.sum(axis=tuple(range(extra)))
-    stretched = tuple(axis for axis, size in enumerate(shape) if size == 1 and grad.shape[axis] != 1)
+    stretched = tuple(axis for axis, size in enumerate(shape)
+                      if size == 1 and grad.shape[axis] != 1)
     return grad.sum(axis=stretched, keepdims=True) if stretched else grad
 
 

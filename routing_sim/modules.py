@@ -154,9 +154,11 @@ class MultiHeadAttention:
         self._parameters = loaded
 
     def projections(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The query, key and value projection matrices ``(E, E)``, ``(kv, kdim)``, ``(kv, vdim)``."""
+        """The query, key and value projection matrices: ``(E, E)``, ``(kv, kdim)`` and
+        ``(kv, vdim)``."""
         if self.packed:
-            return tuple(np.split(self._parameters["in_proj_weight"], 3))
+            query, key, value = np.split(self._parameters["in_proj_weight"], 3)
+            return query, key, value
         return (self._parameters["q_proj_weight"], self._parameters["k_proj_weight"],
                 self._parameters["v_proj_weight"])
 
@@ -249,7 +251,8 @@ class MultiHeadAttention:
             d_q, d_k, d_v = (d if batched else d[None] for d in (core.query, core.key,
                                                                  core.value))
         else:
-            d_q, d_k, d_v = attention_backward(*projected, d_heads, **arguments)
+            q, k, v = projected
+            d_q, d_k, d_v = attention_backward(q, k, v, d_heads, **arguments)
 
         def unheads(x: np.ndarray) -> np.ndarray:                     # (N, H, T, d) -> (N, T, H·d)
             return x.transpose(0, 2, 1, 3).reshape(x.shape[0], x.shape[2], -1)
@@ -285,7 +288,8 @@ class MultiHeadAttention:
                                            f"{instead}")
         query, key, value, batched = self._inputs(query, key, value)
         n_batch, n_queries, _ = query.shape
-        q, k, v = self._project(query, key, value)                     # (N, H, L, d), (N, Hkv, S', d) x2
+        # q: (N, H, L, d); k, v: (N, Hkv, S', d)
+        q, k, v = self._project(query, key, value)
         mask = mha_route_mask(attn_mask, key_padding_mask, is_causal, self.num_heads, n_batch,
                               n_queries, key.shape[1], k.shape[2], batched)
         arguments = dict(attn_mask=mask, enable_gqa=self.num_kv_heads != self.num_heads,

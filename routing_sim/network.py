@@ -193,6 +193,9 @@ class Network:
         delay = np.float64(base) if np.ndim(base) == 0 else np.asarray(base, np.float64)
         if self.bandwidth is not None and sized:
             delay = delay + np.asarray(nbytes, np.float64) / self.bandwidth
+        if not (self.jitter > 0 or self.reorder > 0 or self.spike > 0):
+            return delay
+        assert message_ids is not None, "random delays are drawn per message id"
         if self.jitter > 0:
             delay = delay + self._jitter(message_ids, _JITTER)
         if self.reorder > 0:

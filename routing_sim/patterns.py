@@ -120,8 +120,8 @@ def bigbird(n: int, block: int, *, window_blocks: int = 3, global_blocks: int = 
         seen.append(np.flatnonzero(chosen))
     width = max(map(len, seen), default=0)
     blocks = np.full((n_blocks, width), -1)                            # (blocks, ranges)
-    for row, chosen in enumerate(seen):
-        blocks[row, :len(chosen)] = chosen
+    for row, picked in enumerate(seen):
+        blocks[row, :len(picked)] = picked
     per_token = blocks[np.arange(n) // block]                          # (n, ranges)
     starts = np.where(per_token >= 0, per_token * block, 0)
     return from_ranges(n, n, starts, np.where(per_token >= 0, starts + block, 0))
@@ -163,17 +163,17 @@ def document(lengths: Sequence[int], *, causal: bool = False) -> RouteSet:
            [1, 1, 0],
            [0, 0, 1]])
     """
-    lengths = np.asarray(lengths)
-    if lengths.size == 0:
-        lengths = lengths.astype(np.int64)
-    if lengths.ndim != 1 or lengths.dtype.kind not in "iu" or (lengths < 0).any():
+    sizes = np.asarray(lengths)
+    if sizes.size == 0:
+        sizes = sizes.astype(np.int64)
+    if sizes.ndim != 1 or sizes.dtype.kind not in "iu" or (sizes < 0).any():
         raise InvalidArgumentError(f"lengths must be a 1-D list of non-negative integers, got "
-                                   f"{np.asarray(lengths).tolist()!r}")
-    ends = np.cumsum(lengths)
+                                   f"{sizes.tolist()!r}")
+    ends = np.cumsum(sizes)
     n = int(ends[-1]) if len(ends) else 0
     rows = np.arange(n)
     which = np.searchsorted(ends, rows, side="right")                  # (n,) document
-    starts = (ends - lengths)[which]
+    starts = (ends - sizes)[which]
     stops = rows + 1 if causal else ends[which]
     return from_ranges(n, n, starts[:, None], stops[:, None])
 

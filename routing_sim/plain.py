@@ -35,11 +35,11 @@ import simpy
 from .barrier import top_routes
 from .deliveries import Deliveries
 from .errors import InvalidArgumentError, NumericalError
+from .exact import exact_pull, exact_shares, exact_unnormalised
+from .exact_row import exact_row
 from .inputs import Problem
 from .messages import FORWARD, Kind, message_ids
 from .network import Network
-from .exact import exact_pull, exact_shares, exact_unnormalised
-from .exact_row import exact_row
 from .numerics import Kernels, routing_budget, weighted_pull
 from .routes import RouteTable
 from .state import ForwardState
@@ -126,6 +126,12 @@ class TokenNode:
         self.handlers = {Kind.QUERY: self.on_query, Kind.SCORE: self.on_score,
                          Kind.PULL: self.on_pull, Kind.VALUE: self.on_value}
 
+    @property
+    def query_token(self) -> int:
+        """``i``: only a node that asks (has routes) allocates and aggregates."""
+        assert self.i is not None
+        return self.i
+
     def run(self):
         """The node's process: handle each message as it arrives."""
         for route, j in self.routes:
@@ -138,9 +144,9 @@ class TokenNode:
     def on_query(self, message: Query) -> None:
         """Key node j: match the query against my key and answer with the score."""
         problem = self.engine.problem
-        bias = None if problem.bias is None else problem.bias[self.group, message.i, [self.j]]
+        bias = None if problem.bias is None else problem.bias[self.group, message.i, [message.j]]
         with np.errstate(over="ignore", invalid="ignore"):
-            high, low = self.engine.kernels.scores(problem.key[self.group, [self.j]],
+            high, low = self.engine.kernels.scores(problem.key[self.group, [message.j]],
                                                    message.query, problem.scale, bias)  # (1,)
         if not np.isfinite(high[0]):
             raise NumericalError(f"a score overflowed to {high[0]}; scale the inputs down")
@@ -172,21 +178,22 @@ class TokenNode:
             np.ones(len(high), dtype=bool)                             # hard routing
         shares = np.zeros(len(high), dtype=engine.problem.dtype)
         if engine.kernels.exact:                # keep e = exp(s - max) and l = Σ e
-            e_high, e_low, *self.total = exact_unnormalised(high[chosen], low[chosen])
+            e_high, e_low, l_high, l_low = exact_unnormalised(high[chosen], low[chosen])
+            self.total = (l_high, l_low)
             self.chosen, self.top = chosen, high[chosen].max()
-            shares[chosen] = exact_shares(e_high, e_low, *self.total, self.top)
+            shares[chosen] = exact_shares(e_high, e_low, l_high, l_low, self.top)
             if np.isnan(shares[chosen]).any():  # undecided: the row in integers
                 shares[chosen] = self.exact_row()[0]
             self.exp = dict(zip([s.route for s, pick in zip(scores, chosen) if pick],
                                 zip(e_high, e_low)))
         else:
             shares[chosen] = routing_budget(high[chosen])
-        kept = chosen & engine.kept(self.group, self.i)                # dropout
+        kept = chosen & engine.kept(self.group, self.query_token)      # dropout
         shares *= np.where(kept, engine.dropout_scale, 0).astype(shares.dtype)
         engine.note_barrier(scores, shares, chosen, now)
         for score, share, pull in zip(scores, shares, kept):
             if pull:
-                self.pulls[score.route] = Pull(score.route, self.group, self.i, score.j,
+                self.pulls[score.route] = Pull(score.route, self.group, self.query_token, score.j,
                                                now + engine.processing, share=share)
                 self.send(self.pulls[score.route])
         if not self.pulls:
@@ -209,7 +216,7 @@ class TokenNode:
         else:
             output = weighted_pull(np.array([self.pulls[route].share for route in pulled],
                                             dtype=values.dtype), values)
-        engine.note_output(self.group, self.i, self.values.values(), output,
+        engine.note_output(self.group, self.query_token, self.values.values(), output,
                            now + engine.processing)
 
     def exact_row(self, pulled: np.ndarray | None = None):
@@ -314,8 +321,8 @@ class PlainEngine:
         """Record a query node's scores and shares, for the Run."""
         routes = [score.route for score in scores]
         self.state.scores[routes] = [score.score for score in scores]
-        if self.state.score_low is not None:
-            self.state.score_low[routes] = [score.low for score in scores]
+        if self.state.exact is not None:
+            self.state.exact.score_low[routes] = [score.low for score in scores]
         self.state.shares[routes] = shares
         if self.state.chosen is not None:
             self.state.chosen[routes] = chosen

@@ -23,8 +23,9 @@ every score, its softmax and its weighted pull once its barrier passes
 a message would carry are the same (in float mode up to the last bit: a one-row product
 and the node's whole product may round differently); computing them in one place, in one
 order, is what makes the result bit-identical under every schedule, whatever batches the
-transport delivers, and lets a node's work be one vectorised call. Retries and idempotent receivers live in :mod:`routing_sim.retries`,
-the streaming variant (``softmax="online"``) in :mod:`routing_sim.online`.
+transport delivers, and lets a node's work be one vectorised call. Retries and idempotent
+receivers live in :mod:`routing_sim.retries`, the streaming variant (``softmax="online"``)
+in :mod:`routing_sim.online`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from __future__ import annotations
 import numpy as np
 
 from .barrier import aggregate, allocate, allocate_whole, pull_whole, tiled_shares, top_routes
+from .deliveries import Deliveries
 from .inputs import Problem
 from .messages import Kind
 from .numerics import Kernels
@@ -39,7 +41,6 @@ from .retries import TokenNodes
 from .routes import RouteTable
 from .state import SCORE_PHASE, VALUE_PHASE, ForwardState
 from .strides import constant
-from .deliveries import Deliveries
 from .transport import Transport
 
 __all__ = ["ForwardNodes", "TwoPhaseNodes", "settle", "top_routes"]
@@ -110,7 +111,7 @@ class ForwardNodes(TokenNodes):
         routes, times = self.first_answers(batch, self.state.value_time)
         self._settle_values(routes, times)
 
-    def answer_times(self) -> dict[Kind, np.ndarray]:
+    def answer_times(self) -> dict[Kind, np.ndarray | None]:
         return {Kind.QUERY: self.state.score_time, Kind.PULL: self.state.value_time}
 
     def give_up(self, kind: Kind, routes: np.ndarray, times: np.ndarray) -> None:
@@ -147,9 +148,9 @@ class TwoPhaseNodes(ForwardNodes):
         if state.tiles is not None:
             tiled_shares(state)                        # first, before any node's own shares
         whole = ready[self.dead_routes[ready] == 0]
-        pulls = [allocate_whole(state, whole)] if len(whole) else []
-        pulls += [allocate(state, int(node)) for node in ready[self.dead_routes[ready] > 0]]
-        pulls = pulls[0] if len(pulls) == 1 else np.concatenate(pulls) if pulls else \
+        parts = [allocate_whole(state, whole)] if len(whole) else []
+        parts += [allocate(state, int(node)) for node in ready[self.dead_routes[ready] > 0]]
+        pulls = parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else \
             np.zeros(0, np.int64)
         barrier = state.barrier_time[ready]
         if barrier.min() == barrier.max():                             # one instant

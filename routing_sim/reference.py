@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import EmptyRowError, InvalidArgumentError, NumericalError
-from .inputs import Problem, prepare
-from .mods import derivative, modified
 from .exact import exact_pull, exact_scores, exact_shares, exact_unnormalised
 from .exact_row import exact_row
+from .inputs import Problem, prepare
+from .mods import derivative, modified
 from .routeset import batch_head
 from .segments import segment_attention, segment_backward
 from .sparse import DENSE_LIMIT
@@ -127,13 +127,14 @@ def attention(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_caus
             weights[~has_route] = np.nan
     if not return_weights:
         return problem.unflatten(output)
+    assert weights is not None                                         # built when asked
     return problem.unflatten(output), problem.unflatten(weights)
 
 
 def _has_route(problem: Problem) -> np.ndarray:
     """``(G, L)``: which query tokens have at least one route."""
     if problem.sparse is None:
-        return problem.allowed.any(axis=-1)
+        return np.asarray(problem.dense_allowed.any(axis=-1))
     return (np.diff(problem.sparse.routes.indptr) > 0).reshape(problem.shape[:2])
 
 
@@ -144,7 +145,7 @@ def _dense_weights(problem: Problem, shares: np.ndarray) -> np.ndarray:
         raise InvalidArgumentError(f"return_weights=True would build a dense (G, L, S) = "
                                    f"{(groups, n_queries, n_keys)} array, over {DENSE_LIMIT:,} "
                                    "entries; simulate(...).route_weights() gives them per route")
-    routes = problem.sparse.routes
+    routes = problem.sparse_form.routes
     weights = np.zeros((groups * n_queries, n_keys), dtype=problem.dtype)
     weights[routes.query_node, routes.indices] = shares
     return weights.reshape(groups, n_queries, n_keys)
@@ -152,6 +153,7 @@ def _dense_weights(problem: Problem, shares: np.ndarray) -> np.ndarray:
 
 def _weights(problem: Problem, dropout: bool = True) -> np.ndarray:
     """Routing tables ``(G, L, S)``: stable softmax over allowed routes, then dropout."""
+    allowed = problem.dense_allowed                                    # (G, L, S)
     with np.errstate(over="ignore", invalid="ignore"):   # overflow is reported below
         scores = problem.query @ problem.key.transpose(0, 2, 1)        # (G, L, S)
         scores *= problem.dtype.type(problem.scale)
@@ -159,17 +161,17 @@ def _weights(problem: Problem, dropout: bool = True) -> np.ndarray:
             scores = modified(problem.score_mod, scores, *_grid(problem))
         if problem.bias is not None:
             scores += problem.bias
-    overflow = problem.allowed & ~np.isfinite(scores)
+    overflow = allowed & ~np.isfinite(scores)
     if overflow.any():
         g, i, j = np.argwhere(overflow)[0]
         raise NumericalError(f"the score of query {i} and key {j} (group {g}) overflowed "
                              f"to {scores[g, i, j]}; scale the inputs down (a score_mod must "
                              "return finite scores)")
-    has_route = problem.allowed.any(axis=-1, keepdims=True)            # (G, L, 1)
+    has_route = allowed.any(axis=-1, keepdims=True)                    # (G, L, 1)
     if problem.empty_rows == "error" and not has_route.all():
         g, i, _ = np.argwhere(~has_route)[0]
         raise EmptyRowError(f"query token {i} (group {g}) has no route to any key token")
-    scores = np.where(problem.allowed, scores, -np.inf)
+    scores = np.where(allowed, scores, -np.inf)
     # An empty row's max is -inf; shift it by 0 instead so -inf - -inf never happens.
     row_max = np.where(has_route, scores.max(axis=-1, keepdims=True, initial=-np.inf), 0)
     weights = np.exp(scores - row_max)                                 # (G, L, S)
@@ -191,8 +193,9 @@ def _grid(problem: Problem) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
 def _rows(problem: Problem):
     """``(g, i, keys, bias, keep)`` of every query with a route: dense or sparse form."""
     if problem.sparse is None:
-        for g, i in zip(*np.nonzero(problem.allowed.any(axis=-1))):
-            keys = np.flatnonzero(problem.allowed[g, i])
+        allowed = problem.dense_allowed
+        for g, i in zip(*np.nonzero(allowed.any(axis=-1))):
+            keys = np.flatnonzero(allowed[g, i])
             yield (g, i, keys, None if problem.bias is None else problem.bias[g, i, keys],
                    None if problem.keep is None else problem.keep[g, i, keys])
         return
@@ -210,8 +213,9 @@ def _exact(problem: Problem, return_weights: bool) -> tuple[np.ndarray | None, n
     groups, n_queries, n_keys, _, value_dim = problem.shape
     dense = problem.sparse is None or return_weights
     if dense and problem.sparse is not None and groups * n_queries * n_keys > DENSE_LIMIT:
-        raise InvalidArgumentError(f"return_weights=True would build a dense {(groups, n_queries, n_keys)} "
-                                   f"array, over {DENSE_LIMIT:,} entries")
+        raise InvalidArgumentError("return_weights=True would build a dense "
+                                   f"{(groups, n_queries, n_keys)} array, over "
+                                   f"{DENSE_LIMIT:,} entries")
     weights = np.zeros((groups, n_queries, n_keys), dtype=problem.dtype) if dense else None
     output = np.zeros((groups, n_queries, value_dim), dtype=problem.dtype)
     has_route = _has_route(problem)
@@ -227,8 +231,10 @@ def _exact(problem: Problem, return_weights: bool) -> tuple[np.ndarray | None, n
         row = exact_pull(e_high[pulled], e_low[pulled], l_high, l_low,
                          problem.value[g, keys[pulled]], high.max())
         if np.isnan(shares).any() or np.isnan(row).any():             # undecided: integers
-            shares, row = exact_row(problem.key[g, keys], problem.query[g, i], problem.scale,
-                                    bias, problem.value[g, keys], pulled)
+            shares, decided = exact_row(problem.key[g, keys], problem.query[g, i],
+                                        problem.scale, bias, problem.value[g, keys], pulled)
+            assert decided is not None                                 # values given
+            row = decided
         shares, row = shares.astype(problem.dtype), row.astype(problem.dtype)
         if keep is not None:
             with np.errstate(over="ignore"):      # 1/(1-p) may take it past the float range

@@ -14,11 +14,11 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .deliveries import Deliveries, Timers
 from .inputs import Problem
 from .messages import Kind
 from .routes import RouteTable
 from .strides import constant, shifted
-from .deliveries import Deliveries, Timers
 from .transport import Transport
 
 __all__ = ["TokenNodes"]
@@ -60,6 +60,7 @@ class TokenNodes:
     def on_timer(self, timers: Timers) -> None:
         """A request's timer fired: resend if its answer is not in, or give the route up."""
         answer_time = self.answer_times()[timers.kind]
+        assert answer_time is not None, "a network that loses messages keeps answer times"
         waiting = ~(answer_time[timers.routes] <= timers.due) & (self.dead[timers.routes] == 0)
         routes, attempts, due = (x[waiting] for x in (timers.routes, timers.attempts, timers.due))
         again = attempts < self._retries
@@ -111,6 +112,7 @@ class TokenNodes:
                 else:
                     first_time[batch.routes] = batch.arrive
             return batch.routes, batch.arrive
+        assert first_time is not None, "copies and retries keep first arrival times"
         new = np.isnan(first_time[batch.routes]) & (self.dead[batch.routes] == 0)
         _, first = np.unique(batch.routes, return_index=True)
         once = np.zeros(len(batch), dtype=bool)
@@ -121,7 +123,7 @@ class TokenNodes:
         first_time[routes] = times
         return routes, times
 
-    def answer_times(self) -> dict[Kind, np.ndarray]:
+    def answer_times(self) -> dict[Kind, np.ndarray | None]:
         """Per request kind: when each route's answer first arrived (NaN: not yet)."""
         raise NotImplementedError
 

@@ -10,6 +10,8 @@ from typing import NamedTuple
 import numpy as np
 
 from .errors import InvalidArgumentError
+from .network import Network
+from .routes import RouteTable
 from .sparse import DENSE_LIMIT
 from .state import ForwardState
 from .stats import Gradients, Stats
@@ -125,15 +127,15 @@ class Run:
     _shares: np.ndarray = field(repr=False)        # (R,) share of every route
     trace: Trace
     stats: Stats
-    _routes: object = field(repr=False)            # the RouteTable
+    _routes: RouteTable = field(repr=False)
     _scores: np.ndarray = field(repr=False)        # (R,) score of every route
     _arrived: np.ndarray = field(repr=False)       # (R,) VALUE arrival, NaN if none
     _completed: np.ndarray = field(repr=False)     # (G, L) when each output was complete
     _labels: tuple[list, list] = field(repr=False)
     _value_bytes: int = field(repr=False)
+    _forward: tuple[ForwardState, Network, str] = field(repr=False)  # state, network, delivery
     dropped: list[DroppedRoute] = field(default_factory=list)
     _stream: list | None = field(default=None, repr=False)
-    _forward: tuple | None = field(default=None, repr=False)   # (state, network, delivery)
     _positions: tuple[list[int], list[int]] | None = field(default=None, repr=False)
     _empty_nan: bool = field(default=False, repr=False)        # empty_rows="nan"
     _weights: np.ndarray | None = field(default=None, repr=False)
@@ -295,6 +297,12 @@ class Run:
         return self._forward[0]
 
     @property
+    def completed(self) -> np.ndarray:
+        """When each query token's output was complete, ``(G, L)`` over the routing groups
+        (0 for a token with no route)."""
+        return self._completed
+
+    @property
     def labels(self) -> tuple[list, list]:
         """Token labels (query side, key side): ``labels=``, or the graph's ``label`` attributes.
 
@@ -307,7 +315,7 @@ class Run:
         """True when each token asks and answers on one node (keys are the queries' tokens)."""
         return bool(self._routes.self_attention)
 
-    def stream(self, i: int | str, head: int | None = None, batch=None
+    def stream(self, i: int | str, head: int | None = None, batch: int | None = None
                ) -> list[tuple[float, np.ndarray]]:
         """Online softmax with a full trace: token ``i``'s partial output after each arrival.
 

@@ -32,7 +32,7 @@ class Chunk:
     """One run of whole segments: the routes of query nodes ``first .. last - 1``."""
 
     def __init__(self, problem: Problem, first: int, last: int) -> None:
-        routes = problem.sparse.routes
+        routes = problem.sparse_form.routes
         groups, n_queries, n_keys, _, _ = problem.shape
         self.span = slice(int(routes.indptr[first]), int(routes.indptr[last]))
         counts = np.diff(routes.indptr[first:last + 1])                # (nodes,)
@@ -57,7 +57,7 @@ class Chunk:
 
 def chunks(problem: Problem) -> Iterator[Chunk]:
     """Whole segments, about CHUNK_ROUTES routes at a time."""
-    indptr = problem.sparse.routes.indptr
+    indptr = problem.sparse_form.routes.indptr
     first, n_nodes = 0, len(indptr) - 1
     while first < n_nodes:
         last = int(np.searchsorted(indptr, indptr[first] + CHUNK_ROUTES, side="right")) - 1
@@ -76,14 +76,14 @@ def route_scores(problem: Problem, chunk: Chunk) -> tuple[np.ndarray, np.ndarray
         raw = np.einsum("re,re->r", queries, keys) * problem.dtype.type(problem.scale)
         scores = raw if problem.score_mod is None else modified(
             problem.score_mod, raw, chunk.batch, chunk.head, chunk.query_token, chunk.key_token)
-        if problem.sparse.bias is not None:
-            scores = scores + problem.sparse.bias[chunk.span]
+        if problem.sparse_form.bias is not None:
+            scores = scores + problem.sparse_form.bias[chunk.span]
     if not np.isfinite(scores).all():
         bad = int(np.flatnonzero(~np.isfinite(scores))[0])
         raise NumericalError(f"the score of query {chunk.query_token[bad]} and key "
                              f"{chunk.key_token[bad]} (group {chunk.node[bad] // problem.shape[1]})"
-                             f" overflowed to {scores[bad]}; scale the inputs down (a score_mod must "
-                             "return finite scores)")
+                             f" overflowed to {scores[bad]}; scale the inputs down (a score_mod "
+                             "must return finite scores)")
     return raw, scores
 
 
@@ -95,7 +95,7 @@ def route_shares(chunk: Chunk, scores: np.ndarray) -> np.ndarray:
 
 
 def dropout_factor(problem: Problem, chunk: Chunk) -> np.ndarray | float:
-    keep = problem.sparse.keep
+    keep = problem.sparse_form.keep
     if keep is None:
         return 1.0
     return keep[chunk.span] * problem.dtype.type(1.0 / (1.0 - problem.dropout_p))
@@ -106,7 +106,7 @@ def segment_attention(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
     groups, n_queries, _, _, value_dim = problem.shape
     _check_empty(problem)
     output = np.zeros((groups * n_queries, value_dim), dtype=problem.dtype)
-    shares = np.zeros(len(problem.sparse.routes), dtype=problem.dtype)
+    shares = np.zeros(len(problem.sparse_form.routes), dtype=problem.dtype)
     values = problem.value.reshape(-1, value_dim)
     for chunk in chunks(problem):
         _, scores = route_scores(problem, chunk)
@@ -147,7 +147,7 @@ def segment_backward(problem: Problem, upstream: np.ndarray
 def _check_empty(problem: Problem) -> None:
     if problem.empty_rows != "error":
         return
-    empty = np.flatnonzero(np.diff(problem.sparse.routes.indptr) == 0)
+    empty = np.flatnonzero(np.diff(problem.sparse_form.routes.indptr) == 0)
     if empty.size:
         group, token = divmod(int(empty[0]), problem.shape[1])
         raise EmptyRowError(f"query token {token} (group {group}) has no route to any key token")

@@ -178,7 +178,7 @@ def simulate(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causa
                       score_mod=score_mod)
     token_graph = graph if isinstance(graph, nx.DiGraph) else None
     tokens = _token_names(token_graph, labels, key_labels, problem.shape[1], problem.shape[2])
-    n_routes = int(np.count_nonzero(problem.allowed)) if problem.sparse is None else \
+    n_routes = int(np.count_nonzero(problem.dense_allowed)) if problem.sparse is None else \
         len(problem.sparse.routes)
     if trace == "auto":
         trace = "full" if len(FORWARD) * n_routes <= AUTO_FULL_LIMIT else "summary"
@@ -231,7 +231,7 @@ def _route_table(problem: Problem, graph) -> RouteTable:
     else:
         self_attention = graph is None or "n_queries" not in graph.graph
     if problem.sparse is None:
-        return RouteTable(problem.allowed, self_attention)
+        return RouteTable(problem.dense_allowed, self_attention)
     groups, n_queries, n_keys, _, _ = problem.shape
     routes = problem.sparse.routes
     return RouteTable.from_csr(routes.indptr, None if routes.full else routes.indices,
@@ -361,6 +361,7 @@ def _where(problem: Problem, group: int) -> tuple[int, ...]:
 def _dropped(problem: Problem, routes: RouteTable, state: ForwardState, route: int
              ) -> DroppedRoute:
     group, token = divmod(int(routes.query_node[route]), routes.n_queries)
+    assert state.would_have is not None, "routes die only on a faulty network"
     return DroppedRoute(_where(problem, group), token, int(routes.key_index[route]),
                         "score" if state.dead[route] == SCORE_PHASE else "value",
                         float(state.would_have[route]))

@@ -106,7 +106,7 @@ def _gather(array: np.ndarray, routes: RouteSet) -> np.ndarray:
     group, query = np.divmod(routes.query_node, routes.n_queries)
     full = np.broadcast_to(array, (*routes.batch_shape, routes.n_queries, routes.n_keys))
     batch = np.unravel_index(group, routes.batch_shape) if routes.batch_shape else ()
-    return full[(*batch, query, routes.indices)]
+    return full[tuple(batch) + (query, routes.indices)]
 
 
 def _alibi(slopes, routes: RouteSet, alignment: str) -> np.ndarray:

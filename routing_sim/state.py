@@ -18,9 +18,27 @@ from .numerics import Kernels
 from .routes import RouteTable
 from .tiles import Tiles
 
-__all__ = ["ForwardState", "SCORE_PHASE", "VALUE_PHASE"]
+__all__ = ["ExactParts", "ForwardState", "SCORE_PHASE", "VALUE_PHASE"]
 
 SCORE_PHASE, VALUE_PHASE = 1, 2     # ForwardState.dead: QUERY/SCORE lost, or PULL/VALUE lost
+
+
+@dataclass
+class ExactParts:
+    """What exact mode keeps besides the float state: each score's low part, and the
+    budget's numerators e = exp(s - m) and normaliser l = Σ e as double-doubles
+    (high + low), which the weighted pull divides by once."""
+
+    score_low: np.ndarray                # (R,)
+    e_high: np.ndarray                   # (R,)
+    e_low: np.ndarray                    # (R,)
+    l_high: np.ndarray                   # (G·L,)
+    l_low: np.ndarray                    # (G·L,)
+
+    @classmethod
+    def zeros(cls, n_routes: int, n_nodes: int) -> ExactParts:
+        return cls(np.zeros(n_routes), np.zeros(n_routes), np.zeros(n_routes),
+                   np.zeros(n_nodes), np.zeros(n_nodes))
 
 
 @dataclass
@@ -37,11 +55,7 @@ class ForwardState:
     faulty: bool = False                 # retries possible: keep what idempotence needs
     duplicates: bool = False             # network copies possible
     scores: np.ndarray = field(init=False)          # (R,) s_ij (exact: high part)
-    score_low: np.ndarray | None = field(init=False)  # (R,) exact: low part
-    e_high: np.ndarray | None = field(init=False)   # (R,) exact: e = exp(s - m), high part
-    e_low: np.ndarray | None = field(init=False)    # (R,) exact: low part
-    l_high: np.ndarray | None = field(init=False)   # (G·L,) exact: l = Σ e, high part
-    l_low: np.ndarray | None = field(init=False)    # (G·L,) exact: low part
+    exact: ExactParts | None = field(init=False)    # exact mode only
     shares: np.ndarray = field(init=False)          # (R,) w_ij after dropout
     score_time: np.ndarray | None = field(init=False)  # (R,) first SCORE in (idempotence)
     value_time: np.ndarray = field(init=False)      # (R,) first VALUE in, NaN if none
@@ -67,11 +81,7 @@ class ForwardState:
         problem, routes, exact = self.problem, self.routes, self.kernels.exact
         n_routes, n_nodes, dtype = len(routes), routes.n_nodes, problem.dtype
         self.scores = np.zeros(n_routes, dtype=np.float64 if exact else dtype)
-        self.score_low = np.zeros(n_routes) if exact else None
-        self.e_high = np.zeros(n_routes) if exact else None
-        self.e_low = np.zeros(n_routes) if exact else None
-        self.l_high = np.zeros(n_nodes) if exact else None
-        self.l_low = np.zeros(n_nodes) if exact else None
+        self.exact = ExactParts.zeros(n_routes, n_nodes) if exact else None
         self.shares = np.zeros(n_routes, dtype=dtype)
         self.score_time = np.full(n_routes, np.nan) if self.faulty or self.duplicates else None
         self.value_time = np.full(n_routes, np.nan)

@@ -106,6 +106,7 @@ class Tiles:
     def _slots(self, tiles: np.ndarray, routes: np.ndarray | slice) -> np.ndarray:
         """Each route's slot in its panel's blocks: ``rank·T·|U| + row·|U| + column``,
         with ``column = key + shift`` per run (built a panel at a time: no (R,) array)."""
+        runs: slice | np.ndarray
         if isinstance(routes, slice):
             runs = slice(int(self.tile_runs[0, tiles[0]]), int(self.tile_runs[1, tiles[-1]]))
         else:
@@ -146,6 +147,7 @@ class Tiles:
         group = np.repeat(self.first[tiles] // max(self.n_queries, 1), width)
         key_rows = (concat_ranges(self.union_start[mine], self.union_stop[mine])
                     + group * self.n_keys).reshape(len(tiles), width)  # (n, |U|) g·S + j
+        routes: np.ndarray | slice
         if (np.diff(tiles) == 1).all():                                # consecutive tiles
             routes = slice(int(self.route_start[tiles[0]]), int(self.route_stop[tiles[-1]]))
         else:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+
 import numpy as np
 
 from . import exports
@@ -279,8 +280,9 @@ class Trace:
         return self._messages(slice(None))
 
     def _messages(self, span: slice) -> Iterator[Message]:
-        columns = [self._require_full("the message records")._columns[name][span].tolist()
-                   for name in Message._fields]
+        full = self._require_full("the message records")._columns
+        assert full is not None                                        # a full trace's
+        columns = [full[name][span].tolist() for name in Message._fields]
         for (ident, kind, src, dst, group, sent, arrive, nbytes, value, attempt, copy, fate,
              rescale) in zip(*columns):
             yield Message(ident, Kind(kind).name, src, dst, group, sent,

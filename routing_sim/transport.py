@@ -29,11 +29,13 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Callable
+from typing import Literal
+
 import numpy as np
 import simpy
 
-from .messages import Fate, Kind
 from .deliveries import Deliveries, Timers, concat, merge
+from .messages import Fate, Kind
 from .network import Network, nic_queue
 from .strides import constant, uniform
 from .timers import retransmission_timer
@@ -46,6 +48,10 @@ DELIVERY_MODES = ("window", "instant", "per_message")
 _TIMER_RANK = 2**61
 _END_RANK = 2**62
 _END_OF_INSTANT = None
+
+
+def _unattached(_: Deliveries | Timers) -> None:
+    raise RuntimeError("no token nodes are attached to this transport")
 
 
 class Transport:
@@ -66,8 +72,8 @@ class Transport:
         self.nbytes = nbytes
         self.mode = mode
         self.events = 0
-        self.on_deliver: Callable[[Deliveries], None] | None = None
-        self.on_timer: Callable[[Timers], None] | None = None
+        self.on_deliver: Callable[[Deliveries], None] = _unattached
+        self.on_timer: Callable[[Timers], None] = _unattached
         self.on_step_end: Callable[[], None] | None = None
         self._endpoints = endpoints     # kind, routes -> (sender node ids, receiver node ids)
         self._down = down               # node ids, times -> inside a crash window?
@@ -82,11 +88,11 @@ class Transport:
         self._min_latency = network.min_delay(route_latency, 0)
         self._min_size = min(nbytes.values()) / network.bandwidth if network.bandwidth else 0.0
         self._windowed = mode == "window"
-        self._pending: list[tuple[float, int, object]] = []
+        self._pending: list[tuple[float, int, Deliveries | Timers]] = []
         self._order = itertools.count()
         self._outbox: list[Deliveries] = []
         self._flush_scheduled = False
-        self._agenda: list[tuple[float, int, int, object]] = []      # per_message mode
+        self._agenda: list[tuple[float, int, int, Deliveries | Timers | None]] = []  # per_message
         self._instant = 0.0
         self._window_end = -np.inf
         self._inclusive = False
@@ -167,6 +173,7 @@ class Transport:
                 senders, _ = self._endpoints(batch.kind, batch.routes)
                 fate[self._down(senders, batch.sent)] = Fate.SENDER_DOWN
             if network.loss > 0:
+                assert ids is not None                                 # loss is random
                 fate[(fate == Fate.DELIVERED) & network.lost(ids)] = Fate.LOST
         base = self._uniform_latency if self._uniform_latency is not None else \
             self.route_latency[batch.routes]
@@ -389,7 +396,7 @@ class Transport:
         """Pop every pending message and timer of the current window."""
         taken: dict[tuple, list[Deliveries]] = {}
         timers: dict[Kind, list[Timers]] = {}
-        side = "right" if self._inclusive else "left"
+        side: Literal["left", "right"] = "right" if self._inclusive else "left"
         waiting = []
         while self._pending and self._inside(np.array([self._pending[0][0]]))[0]:
             entry = heapq.heappop(self._pending)
@@ -401,13 +408,15 @@ class Transport:
             cut = len(times) if times[-1] < self._window_end or (
                 self._inclusive and times[-1] == self._window_end) else \
                 int(np.searchsorted(times, self._window_end, side=side))
+            rest: Deliveries | Timers
             if isinstance(item, Timers):
-                head = Timers(item.kind, item.routes[:cut], item.attempts[:cut], item.due[:cut])
                 rest = Timers(item.kind, item.routes[cut:], item.attempts[cut:], item.due[cut:])
-                timers.setdefault(item.kind, []).append(head)
+                timers.setdefault(item.kind, []).append(
+                    Timers(item.kind, item.routes[:cut], item.attempts[:cut], item.due[:cut]))
             else:
-                head, rest = item.take(slice(0, cut)), item.take(slice(cut, None))
-                taken.setdefault((item.kind, item.received), []).append(head)
+                rest = item.take(slice(cut, None))
+                taken.setdefault((item.kind, item.received), []).append(
+                    item.take(slice(0, cut)))
             if cut < len(times):
                 heapq.heappush(self._pending, (times[cut], next(self._order), rest))
         for entry in waiting:

@@ -15,7 +15,8 @@ With unit roundoff ``u`` (2⁻⁵³ for float64) and ``γ_n = n·u / (1 - n·u)`
 So ``|o_sim - o_ref| <= Σ_j w_ij |v_j| · (exp(2Δ_i) - 1 + 2·(u·|s_ij - m_i| + 2γ_S + 3u))``
 (the ``|s - m|`` term taken inside the sum), and likewise for each weight. The project's
 contract (docs/design.md, "How close is equal") is rtol = atol = 1e-12 while every score
-stays within ±100; beyond that the bound above is what a correct simulation can promise, and :func:`tolerance` returns it.
+stays within ±100; beyond that the bound above is what a correct simulation can promise,
+and :func:`tolerance` returns it.
 """
 
 from __future__ import annotations
@@ -114,19 +115,20 @@ def _tolerance(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
     unit = float(np.finfo(dtype).eps) / 2
     dim, n_keys = q.shape[-1], k.shape[-2]
     contract = _CONTRACT[dtype]
+    allowed = problem.dense_allowed                                    # (G, L, S)
     scores = q @ k.transpose(0, 2, 1) * problem.scale                  # (G, L, S)
     bias = 0.0 if problem.bias is None else np.abs(problem.bias.astype(np.float64))
     magnitude = np.abs(q) @ np.abs(k).transpose(0, 2, 1) * abs(problem.scale)  # (G, L, S)
     score_error = _gamma(dim, unit) * magnitude + 2 * unit * (np.abs(scores) + bias)
-    score_error = np.where(problem.allowed, score_error, 0)
+    score_error = np.where(allowed, score_error, 0)
     spread = 2 * score_error.max(axis=-1, keepdims=True)               # (G, L, 1) Δ_i
-    shifted = np.where(problem.allowed, scores + (0 if problem.bias is None else problem.bias),
+    shifted = np.where(allowed, scores + (0 if problem.bias is None else problem.bias),
                        -np.inf)
-    row_max = np.where(problem.allowed.any(-1, keepdims=True),
+    row_max = np.where(allowed.any(-1, keepdims=True),
                        shifted.max(-1, keepdims=True, initial=-np.inf), 0)
-    distance = np.where(problem.allowed, row_max - shifted, 0)         # (G, L, S) |s - m|
+    distance = np.where(allowed, row_max - shifted, 0)         # (G, L, S) |s - m|
     weights = attention(q, k, v, scale=problem.scale,
-                        attn_mask=np.where(problem.allowed,
+                        attn_mask=np.where(allowed,
                                            0.0 if problem.bias is None else problem.bias,
                                            -np.inf),
                         return_weights=True)[1]
@@ -138,7 +140,7 @@ def _tolerance(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
     output_bound = weight_bound @ np.abs(v)                            # (G, L, Ev)
     with np.errstate(invalid="ignore"):
         ref_output = weights @ v
-    in_contract = (np.abs(np.where(problem.allowed, shifted, 0)).max(initial=0.0)
+    in_contract = (np.abs(np.where(allowed, shifted, 0)).max(initial=0.0)
                    <= CONTRACT_SCORE_LIMIT)
     output_tol = contract * (1 + np.abs(ref_output))
     weight_tol = contract * (1 + weights)

@@ -1,4 +1,4 @@
-"""Causal balance on 8 devices: the contiguous ring is imbalanced, zigzag and striped layouts balance it.
+"""Causal balance on 8 devices: a contiguous ring is imbalanced, zigzag and striped balance it.
 
 With a causal mask the device holding the last block attends to every earlier token while
 the first attends only to its own block: masked routes cost nothing, so the last device

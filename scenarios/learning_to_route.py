@@ -1,4 +1,4 @@
-"""Learning to route: gradients flow back along the routes and the routing table learns; top-1 cannot.
+"""Learning to route: gradients flow back along the routes, the routing table learns; top-1 not.
 
 The task: every token must fetch the value of the token just before it. Queries and keys
 are learned projections of (content, position); values are the content. Training uses the

@@ -1,4 +1,4 @@
-"""Masks and topologies: causal, sliding window and a custom networkx graph decide which routes exist.
+"""Masks and topologies: causal, sliding window or a custom networkx graph decide the routes.
 
 The same six tokens under three route sets. A route exists only where the mask or graph
 allows it, and only existing routes carry messages, so the message count is the route

@@ -46,8 +46,8 @@ def main() -> None:
     print()
     print("every token, every head (where the biggest share goes):")
     for i, token in enumerate(SENTENCE):
-        picks = [SENTENCE[int(np.argmax(run.weights[h, i]))] + f"#{int(np.argmax(run.weights[h, i]))}"
-                 for h in range(3)]
+        biggest = [int(np.argmax(run.weights[h, i])) for h in range(3)]
+        picks = [f"{SENTENCE[j]}#{j}" for j in biggest]
         print(f"  {token:<4} #{i}:  " + "   ".join(f"{name}: {p:<6}" for name, p in
                                                    zip(names, picks)))
     print(f"\n{run.stats.total_messages} messages: 3 heads x {run.stats.routes // 3} routes x 4")

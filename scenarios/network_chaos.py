@@ -1,4 +1,4 @@
-"""Network chaos: latency, jitter, loss, duplicates and reordering, and the answer stays the same bits.
+"""Network chaos: latency, jitter, loss, duplicates and reordering; the answer keeps its bits.
 
 The protocol behaves like an RPC layer: a sender with no answer after a timeout resends,
 receivers ignore copies. With enough retries the output is bit-identical to a clean

@@ -1,4 +1,4 @@
-"""Ring Attention on 4 devices: a per-device timeline, bytes equal to the formula, overlap around c*.
+"""Ring Attention on 4 devices: per-device timeline, bytes equal to the formula, overlap at c*.
 
 Each device keeps its query block while the K/V blocks travel P - 1 steps around the ring,
 each one forwarded while it is computed on. Per step a device computes 4c²dH/F and moves

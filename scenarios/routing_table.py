@@ -22,7 +22,7 @@ def main() -> None:
     print(run.routing_table(0))
     print()
     print("weighted pull: 0.5 * v_A + 0.3 * v_B + 0.2 * v_C")
-    for name, share, row in zip("ABC", run.weights[0], value):
+    for share, row in zip(run.weights[0], value):
         print(f"  {share:.1f} * {row.tolist()}")
     print(f"  = {np.round(run.output[0], 6).tolist()}")
     print()

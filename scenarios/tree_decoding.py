@@ -1,4 +1,4 @@
-"""Tree decoding on 8 devices: a KV cache sharded over devices, partial states reduced in ⌈log2 P⌉ rounds.
+"""Tree decoding on 8 devices: a KV cache sharded over devices, states reduced in ⌈log2 P⌉ rounds.
 
 When decoding, a few query tokens meet a long KV cache. Each device attends to its shard
 of the cache and keeps a partial state (max, denominator, numerator); the states meet up a

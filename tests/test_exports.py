@@ -110,7 +110,7 @@ def test_mermaid_sequence_diagram():
     assert sorted(participants.values()) == sorted(
         ["token we (0)", "token route (1)", "token the (2)", "token tokens (3)"])
     assert len(messages) == 4 * 10
-    for src, arrow, dst, kind in messages:
+    for _, arrow, _, kind in messages:
         assert (arrow == "->>") == (kind in ("QUERY", "PULL"))
     one = parse_mermaid(run.trace.to_mermaid(query=2))[1]
     assert len(one) == 4 * 3

@@ -110,7 +110,8 @@ def test_is_causal_without_mask_builds_the_causal_mask():
 
 
 @pytest.mark.parametrize("build, error, words", [
-    (lambda: rs.MultiHeadAttention(10, 3), rs.InvalidArgumentError, ["embed_dim 10", "num_heads 3"]),
+    (lambda: rs.MultiHeadAttention(10, 3), rs.InvalidArgumentError,
+     ["embed_dim 10", "num_heads 3"]),
     (lambda: rs.MultiHeadAttention(8, 4, num_kv_heads=3), rs.InvalidArgumentError,
      ["num_heads 4", "num_kv_heads 3"]),
     (lambda: rs.MultiHeadAttention(0, 1), rs.InvalidArgumentError, ["embed_dim", "0"]),
@@ -136,7 +137,8 @@ def test_state_dict_errors_name_the_key():
 @pytest.mark.parametrize("call, error, words", [
     (lambda m, x: m(x[..., :3], x, x), rs.ShapeError, ["query has 3 features", "embed_dim is 4"]),
     (lambda m, x: m(x, x[:, :2], x), rs.ShapeError, ["batch and sequence dims"]),
-    (lambda m, x: m(x, x, x, attn_mask=np.ones((2, 2), bool)), rs.ShapeError, ["attn_mask", "(3, 3)"]),
+    (lambda m, x: m(x, x, x, attn_mask=np.ones((2, 2), bool)), rs.ShapeError,
+     ["attn_mask", "(3, 3)"]),
     (lambda m, x: m(x, x, x, key_padding_mask=np.ones(3, bool)), rs.ShapeError,
      ["key_padding_mask", "(2, 3)"]),
     (lambda m, x: m(x, x, x, engine="gpu"), rs.InvalidArgumentError, ["engine", "gpu"]),

@@ -53,7 +53,7 @@ def test_partial_states_merge(n_keys, split, seed):
     rng = np.random.default_rng(seed)
     scores, values = rng.normal(size=n_keys) * 5, rng.normal(size=(n_keys, 3))
     split = min(split, n_keys)
-    m, l, o = merge_states(online_state(scores[:split], values[:split]),
+    m, l, o = merge_states(online_state(scores[:split], values[:split]),  # noqa: E741 (m, l, o)
                            online_state(scores[split:], values[split:]))
     whole = np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum() @ values
     np.testing.assert_allclose(o / l, whole, rtol=1e-12, atol=1e-12)

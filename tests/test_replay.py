@@ -10,8 +10,8 @@ import pytest
 
 import routing_sim as rs
 from routing_sim.cli import main
-from routing_sim.replay import ANIMATED_LIMIT
 from routing_sim.messages import Fate
+from routing_sim.replay import ANIMATED_LIMIT
 
 DATA = re.compile(r'<script type="application/json" id="replay-data">(.*?)</script>', re.DOTALL)
 
@@ -44,7 +44,7 @@ def test_tables_carry_the_exact_weights_of_every_head(jitter_run, tmp_path):
     for head, weights in zip(data["heads"], jitter_run.weights):
         for i, rows in enumerate(head["tables"]):
             assert sorted(row[0] for row in rows) == list(range(i + 1))   # causal routes
-            for j, score, share, _, _ in rows:
+            for j, _, share, _, _ in rows:
                 assert share == repr(float(weights[i, j]))
                 assert float(share) == weights[i, j]
 
@@ -59,12 +59,15 @@ def test_in_flight_steps_count_the_trace_at_any_time(jitter_run, tmp_path):
         sent, arrive = (np.array(head["inFlight"][side][0]) for side in ("sent", "arrive"))
         sent_counts, arrive_counts = (np.array(head["inFlight"][side][1])
                                       for side in ("sent", "arrive"))
+        def below(steps: np.ndarray, counts: np.ndarray, t: float) -> int:
+            """The step function's value at t: the count of the last step at or before t."""
+            i = np.searchsorted(steps, t, side="right")
+            return counts[i - 1] if i else 0
+
         for t in times:
-            below = lambda steps, counts: counts[i - 1] if (i := np.searchsorted(  # noqa: E731
-                steps, t, side="right")) else 0
             expected = np.sum(delivered & (trace.group == group) & (trace.sent <= t)
                               & (t < trace.arrive))
-            assert below(sent, sent_counts) - below(arrive, arrive_counts) == expected
+            assert below(sent, sent_counts, t) - below(arrive, arrive_counts, t) == expected
 
 
 def test_labels_cannot_break_out_of_the_data(tmp_path):

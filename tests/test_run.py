@@ -79,7 +79,7 @@ def test_summary_trace_keeps_totals_only():
     run = rs.simulate(np.eye(2), np.eye(2), np.eye(2), trace="summary")
     assert len(run.trace) == 16
     with pytest.raises(rs.InvalidArgumentError, match="trace='full'"):
-        run.trace.arrive
+        _ = run.trace.arrive
 
 
 def test_auto_trace_switches_to_summary_for_large_runs():

@@ -189,7 +189,7 @@ def test_route_weights_in_canonical_order_and_the_weights_limit(monkeypatch, tmp
     monkeypatch.setattr(rs.run, "WEIGHTS_LIMIT", 10)
     fresh = rs.simulate(q, k, v, graph=routes)
     with pytest.raises(InvalidArgumentError, match=r"run\.route_weights\(\)"):
-        fresh.weights
+        _ = fresh.weights
     assert fresh.weights_shape == (2, N, N)
     with pytest.raises(InvalidArgumentError, match="replay page.*WEIGHTS_LIMIT"):
         fresh.to_html(tmp_path / "run.html")
@@ -225,7 +225,7 @@ def test_a_long_sparse_run_never_allocates_l_by_s():
         close(run.output[i], weights @ v[keys])
     assert len(shares.share) == run.stats.routes
     with pytest.raises(InvalidArgumentError, match="route_weights"):
-        run.weights
+        _ = run.weights
 
 
 @pytest.mark.parametrize("engine", ["messages", "matrix"])

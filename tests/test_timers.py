@@ -44,7 +44,8 @@ def test_issue_reproducer_contention_with_little_loss_delivers():
 
 
 @given(loss=st.floats(0.0, 0.3), retries=st.integers(0, 12), seed=st.integers(0, 2**16),
-       n_queries=st.integers(1, 3), n_keys=st.integers(1, 24), duplicate=st.sampled_from([0.0, 0.2]),
+       n_queries=st.integers(1, 3), n_keys=st.integers(1, 24),
+       duplicate=st.sampled_from([0.0, 0.2]),
        bandwidth=st.sampled_from([1.0, 16.0, 1e3]), jitter=st.sampled_from([0.0, 0.7]),
        online=st.booleans())
 @settings(max_examples=40)

@@ -13,7 +13,7 @@ def test_a_summary_trace_has_no_columns_and_hasattr_says_so():
     run = rs.simulate(np.eye(2), np.eye(2), np.eye(2), trace="summary")
     assert not hasattr(run.trace, "kind")
     with pytest.raises(rs.SummaryTraceError, match="trace='full'") as caught:
-        run.trace.arrive
+        _ = run.trace.arrive
     assert isinstance(caught.value, AttributeError)
     assert isinstance(caught.value, rs.InvalidArgumentError)
     for use in (lambda t: t[0], list, lambda t: t.to_mermaid()):
@@ -25,7 +25,7 @@ def test_the_trace_answers_only_to_its_documented_names():
     trace = rs.simulate(np.eye(2), np.eye(2), np.eye(2), trace="full").trace
     assert not hasattr(trace, "arrives") and not hasattr(trace, "payload")
     with pytest.raises(AttributeError, match="'Trace' object has no attribute 'arrives'"):
-        trace.arrives
+        _ = trace.arrives
 
 
 def test_a_full_trace_is_a_sequence_of_named_records():

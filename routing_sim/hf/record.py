@@ -11,10 +11,10 @@ model and its tokenizer, the runs' routing tables name the tokens.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from ..errors import InvalidArgumentError
 from ..run import Run

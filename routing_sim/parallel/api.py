@@ -9,10 +9,11 @@ import numpy as np
 import simpy
 
 from ..cluster import Cluster
-from ..exact_row import exact_row
 from ..errors import DeliveryError, DTypeError, InvalidArgumentError, ShapeError
+from ..exact_row import exact_row
 from ..inputs import _as_float_array, _scale
 from ..network import Network
+from ..options import Numerics, TraceDetail
 from . import strategies
 from .fabric import Fabric
 from .layouts import LAYOUTS, allowed_routes, shard
@@ -28,9 +29,9 @@ TRANSIT_DTYPES = (None, "float32", "float16")
 def context_parallel(query, key, value, *, strategy: Strategy, cluster: Cluster,
                      layout: str = "contiguous", is_causal: bool = False,
                      scale: float | None = None, network: Network | None = None,
-                     numerics: Literal["float", "exact"] = "float",
+                     numerics: Numerics = "float",
                      transit_dtype: str | None = None, seed: int = 0,
-                     trace: Literal["auto", "full", "summary"] = "auto") -> ParallelRun:
+                     trace: TraceDetail = "auto") -> ParallelRun:
     """Attention with the sequence sharded over ``cluster.devices`` simulated devices.
 
     Every protocol step is an explicit transfer on SimPy, timed by the cluster's model

@@ -13,13 +13,13 @@ to ``retries`` times. Receivers keep the first copy of each transfer and ignore 
 from __future__ import annotations
 
 import itertools
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import simpy
 
-from ..network import Network
 from ..cluster import Cluster
+from ..network import Network
 
 __all__ = ["ACK_BYTES", "Fabric"]
 
@@ -80,7 +80,8 @@ class Fabric:
         lost = bool(network is not None and network.lost(np.array([ident]))[0])
         extra = 0.0
         if network is not None and network.randomised:
-            extra = float(network.delays(np.array([ident]), base=np.zeros(1), nbytes=np.zeros(1))[0])
+            extra = float(network.delays(np.array([ident]), base=np.zeros(1),
+                                         nbytes=np.zeros(1))[0])
         record = {"id": ident, "kind": kind, "src": source, "dst": target, "tag": list(tag),
                   "bytes": nbytes, "attempt": attempt, "sent": None, "arrived": None,
                   "fate": "delivered"}
@@ -130,6 +131,7 @@ class Fabric:
     def _wait_while_down(self, device: int):
         while self._down(device):
             now = self.env.now
+            assert self.network is not None                            # _down says so
             end = min(crash.end for crash in self.network.crashes
                       if crash.token == device and crash.start <= now < crash.end)
             yield self.env.timeout(end - now)
@@ -138,6 +140,7 @@ class Fabric:
         """Twice the slowest round trip: hops × (2 latency + (b + ack) / B), plus the
         network's own spread (jitter, reordering, spikes)."""
         network = self.network
+        assert network is not None, "only a network with faults retries"
         if network.timeout is not None:
             return float(network.timeout)
         hops = len(self.cluster.path(source, target))

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..cluster import Cluster
+from ..cluster import Cluster, Topology
+from ..options import Numerics
 from ..reference import attention
-from .api import context_parallel
+from .api import Strategy, context_parallel
+from .layouts import Layout
 
 __all__ = ["measure"]
 
 
-def measure(strategy: str = "ring", devices: int = 4, tokens: int = 64, heads: int = 4,
+def measure(strategy: Strategy = "ring", devices: int = 4, tokens: int = 64, heads: int = 4,
             dim: int = 16, queries: int = 1, bandwidth: float = 1e10, latency: float = 1e-6,
-            flops: float = 1e12, topology: str = "ring", layout: str = "contiguous",
-            is_causal: bool = False, numerics: str = "float", transit_dtype: str | None = None,
-            seed: int = 0) -> dict[str, float]:
+            flops: float = 1e12, topology: Topology = "ring", layout: Layout = "contiguous",
+            is_causal: bool = False, numerics: Numerics = "float",
+            transit_dtype: str | None = None, seed: int = 0) -> dict[str, float]:
     """Run ``strategy`` on seeded normal inputs ``(heads, tokens, dim)`` and summarise it.
 
     ``queries`` is the number of query rows for ``"tree"`` (decoding); the other strategies

@@ -23,14 +23,14 @@ import numpy as np
 from ..errors import NumericalError
 from ..exact import (
     _dd_exp,
-    _dd_quotient,
     _dd_multiply,
+    _dd_quotient,
     _row_sums,
     _two_sum,
     exact_numerator,
-    rounded_or_nan,
     exact_scores,
     exact_unnormalised,
+    rounded_or_nan,
 )
 from ..numerics import merge_states, scale_scores, value_shift
 
@@ -42,7 +42,7 @@ class PartialState:
     """``(m, l, o)`` of ``(G, c)`` query rows; ``l_low``/``o_low`` only in exact mode."""
 
     m: np.ndarray                    # (G, c)
-    l: np.ndarray                    # (G, c)
+    l: np.ndarray                    # (G, c)  # noqa: E741 (the normaliser l of m, l, o)
     o: np.ndarray                    # (G, c, Ev)
     l_low: np.ndarray | None = None  # (G, c)
     o_low: np.ndarray | None = None  # (G, c, Ev)
@@ -60,9 +60,11 @@ class PartialState:
 
     def rows(self, index) -> PartialState:
         """The state of some rows, e.g. ``state.rows(np.s_[:, 2:4])``."""
-        low = (None, None) if not self.exact else (self.l_low[index], self.o_low[index])
         shift = None if self.shift is None else self.shift[index]
-        return PartialState(self.m[index], self.l[index], self.o[index], *low, shift)
+        if self.l_low is None or self.o_low is None:
+            return PartialState(self.m[index], self.l[index], self.o[index], None, None, shift)
+        return PartialState(self.m[index], self.l[index], self.o[index], self.l_low[index],
+                            self.o_low[index], shift)
 
 
 def block_state(query: np.ndarray, key: np.ndarray, value: np.ndarray, allowed: np.ndarray,
@@ -123,7 +125,8 @@ def merge(states: list[PartialState], transit: np.dtype | None = None) -> Partia
         shift = np.maximum(a_shift, b_shift)                           # (G, c)
         merged = merge_states((a.m, a.l, np.ldexp(a.o, (a_shift - shift)[..., None])),
                               (b.m, b.l, np.ldexp(b.o, (b_shift - shift)[..., None])))
-        return rounded(PartialState(*merged, shift=shift), transit)
+        m, l, o = merged  # noqa: E741 (the normaliser l of m, l, o)
+        return rounded(PartialState(m, l, o, shift=shift), transit)
 
     return reduce(fold, states)
 
@@ -177,7 +180,7 @@ def finish(state: PartialState, dtype: np.dtype, value_bound: np.ndarray | None 
     :func:`routing_sim.parallel.api.context_parallel` finishes it in integers."""
     routed = state.l > 0                                               # (G, c)
     denominator = np.where(routed, state.l, 1.0).astype(state.l.dtype)[..., None]
-    if state.exact:
+    if state.l_low is not None and state.o_low is not None:                # exact mode
         low = np.where(routed, state.l_low, 0.0)[..., None]
         first, rest = _dd_quotient(state.o, state.o_low, denominator, low)  # (G, c, Ev)
         size = np.inf if value_bound is None else value_bound

@@ -144,8 +144,9 @@ def ring(job: Job, device: int):
             yield from job.receive(device, ("kv", home), f"the K/V block of device {home}"))
         if step < count - 1:
             sends.append(env.process(forward(step, home, kv)))
+        keys, values = kv
         state = yield from job.attend(device, job.local_query(device), job.query_shards[device],
-                                      job.key_shards[home], *kv, f"q{device}·kv{home}")
+                                      job.key_shards[home], keys, values, f"q{device}·kv{home}")
         if state is not None:
             states[home] = state
         job.milestone("computed", device, step).succeed()

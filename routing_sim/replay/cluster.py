@@ -70,7 +70,7 @@ def _tables(arrived: list[dict], devices: int) -> list[list[list]]:
     tables = []
     for device in range(devices):
         total = sum(received[device].values())
-        rows = [[src, None, repr(size / total), size, last[(device, src)]]
-                for src, size in received[device].items()]
-        tables.append(sorted(rows, key=lambda row: (-row[3], row[0])))
+        senders = sorted(received[device].items(), key=lambda item: (-item[1], item[0]))
+        tables.append([[src, None, repr(size / total), size, last[(device, src)]]
+                       for src, size in senders])
     return tables

@@ -34,7 +34,7 @@ def page_data(run, trace=None, stats=None, phase: str = "forward") -> dict:
     heads = [{"name": name,
               "tables": [_table(run, batch_shape, group, i) for i in range(n_queries)],
               "values": _numbers(values[group]), "outputs": _numbers(outputs[group]),
-              "completed": _numbers(run._completed.reshape(-1, n_queries)[group]),
+              "completed": _numbers(run.completed.reshape(-1, n_queries)[group]),
               "inFlight": None}
              for group, name in enumerate(groups)]
     data = {
@@ -90,7 +90,7 @@ def _table(run, batch_shape: tuple[int, ...], group: int, token: int) -> list[li
              _number(route.arrived)] for route in table.routes]
 
 
-def steps(times: np.ndarray) -> list[list]:
+def steps(times: np.ndarray | list[float]) -> list[list]:
     """``[distinct times, how many are <= each]``: a count of times <= t by bisection."""
     distinct, counts = np.unique(times, return_counts=True)
     return [distinct.tolist(), np.cumsum(counts).tolist()]
@@ -131,4 +131,6 @@ def _numbers(array: np.ndarray) -> list:
     array = np.asarray(array, dtype=np.float64)
     if np.isfinite(array).all():
         return array.tolist()
-    return np.where(np.isfinite(array), array, None).tolist()
+    numbers = array.astype(object)
+    numbers[~np.isfinite(array)] = None
+    return numbers.tolist()
