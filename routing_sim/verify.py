@@ -21,14 +21,16 @@ and :func:`tolerance` returns it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from .errors import InvalidArgumentError
 from .inputs import Problem, prepare
 from .network import Network
 from .reference import attention
 from .simulation import simulate
+from .sparse import DENSE_LIMIT
 
 __all__ = ["CONTRACT_SCORE_LIMIT", "Verdict", "tolerance", "verdict"]
 
@@ -79,8 +81,8 @@ def tolerance(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_caus
     >>> out_tol.shape, float(out_tol.max())
     ((1, 3), 2e-12)
     """
-    problem = prepare(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
-                      **options)
+    problem = _dense(prepare(query, key, value, attn_mask, dropout_p, is_causal, scale,
+                             enable_gqa, **options))
     output_tol, weight_tol = _tolerance(problem)
     return problem.unflatten(output_tol), problem.unflatten(weight_tol)
 
@@ -107,6 +109,30 @@ def verdict(output: np.ndarray, weights: np.ndarray | None, query, key, value,
                               and (np.nan_to_num(weight_error) <= weight_tol).all()),
         bit_identical=bool(np.array_equal(output, ref_output, equal_nan=True)),
     )
+
+
+def _dense(problem: Problem) -> Problem:
+    """A sparse problem (RouteSet ``graph``, ``mask_mod``) in the dense form the bound's
+    ``(G, L, S)`` arithmetic needs, up to :data:`~routing_sim.sparse.DENSE_LIMIT` entries."""
+    if problem.sparse is None:
+        return problem
+    groups, n_queries, n_keys, _, _ = problem.shape
+    if groups * n_queries * n_keys > DENSE_LIMIT:
+        raise InvalidArgumentError(f"the tolerance is computed on dense (G, L, S) = "
+                                   f"{(groups, n_queries, n_keys)} arrays, over {DENSE_LIMIT:,} "
+                                   "entries; check sampled rows of a long run instead")
+    routes, sparse = problem.sparse.routes, problem.sparse
+    nodes, keys = routes.query_node, routes.indices                    # (R,), (R,)
+
+    def spread(per_route: np.ndarray | None, fill) -> np.ndarray | None:
+        if per_route is None:
+            return None
+        dense = np.full((groups * n_queries, n_keys), fill, dtype=per_route.dtype)
+        dense[nodes, keys] = per_route
+        return dense.reshape(groups, n_queries, n_keys)
+
+    return replace(problem, allowed=spread(np.ones(len(routes), bool), False),
+                   bias=spread(sparse.bias, 0), keep=spread(sparse.keep, False), sparse=None)
 
 
 def _tolerance(problem: Problem) -> tuple[np.ndarray, np.ndarray]:

@@ -265,6 +265,18 @@ def test_lost_routes_on_a_route_set_degrade_as_on_the_same_graph(seed):
     close(sparse_run.weights, dense_run.weights)
 
 
+@pytest.mark.parametrize("pattern", ["window", "bigbird", "document"])
+def test_verdict_takes_route_sets_and_mask_mods(pattern):
+    routes = PATTERNS[pattern]()
+    q, k, v = inputs(14)
+    options = dict(graph=routes, mask_mod=MASK_MODS["per_head"], is_causal=True)
+    run = rs.simulate(q, k, v, **options)
+    assert rs.verify.verdict(run.output, run.weights, q, k, v, **options).within_tolerance
+    wrong = run.output.copy()
+    wrong[0, 1, 5, 0] += 1e-6
+    assert not rs.verify.verdict(wrong, run.weights, q, k, v, **options).within_tolerance
+
+
 def test_float32_stays_float32_on_the_tile_path():
     routes = PATTERNS["longformer"]()
     q, k, v = (x.astype(np.float32) for x in inputs(13))
