@@ -176,7 +176,7 @@ class BackwardNodes(TokenNodes):
 
     def give_up(self, kind: Kind, routes: np.ndarray, times: np.ndarray) -> None:
         """A gradient message never arrived: the pass fails (see :func:`backward`)."""
-        self.dead[routes] = True
+        self.dead[routes] = self.phase(kind)
 
 
 def backward(forward: ForwardState, d_output: np.ndarray, network: Network, delivery: str,

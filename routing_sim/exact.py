@@ -76,7 +76,7 @@ def exact_scores(keys: np.ndarray, query: np.ndarray, scale: float,
         if bias is None:           # q·k as a dd first: its error is 2⁻¹⁰⁶ of the score
             dot_high, dot_low = np.zeros((2, len(keys64), 1))          # (n, 1) each
             if exact_products.any():
-                sums = _row_sums(np.concatenate([products, error], axis=1)[exact_products])
+                sums = row_sums(np.concatenate([products, error], axis=1)[exact_products])
                 dot_high[exact_products, 0], dot_low[exact_products, 0] = sums
             products, error = dot_high, dot_low
         scaled, scaled_error = products * scale64, error * scale64     # (n, E) or (n, 1)
@@ -88,7 +88,7 @@ def exact_scores(keys: np.ndarray, query: np.ndarray, scale: float,
                                            bias64)
     high, low = np.zeros(len(keys64)), np.zeros(len(keys64))
     if safe.any():
-        high[safe], low[safe] = _row_sums(terms[safe])
+        high[safe], low[safe] = row_sums(terms[safe])
     for row in np.flatnonzero(~safe).tolist():
         high[row], low[row] = _fraction_score(keys64[row], query64, scale64, bias64[row])
     return high, low
@@ -125,7 +125,7 @@ def _fraction_score(key: np.ndarray, query: np.ndarray, scale: float, bias: floa
     return high, float(exact - Fraction(high))
 
 
-def _row_sums(terms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def row_sums(terms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per row: the correctly rounded sum, and the correctly rounded remainder."""
     terms = np.ascontiguousarray(terms, dtype=np.float64)
     width = terms.shape[1]
@@ -157,17 +157,17 @@ def exact_unnormalised(high: np.ndarray, low: np.ndarray, dd_max: bool = True
         slack = 2.0**-103 * np.abs(high) + 2.0**-103 * np.abs(top) + 2.0**-1060
     if dd_max:
         np.put_along_axis(slack, reference, 0.0, -1)                   # d = 0 exactly
-    shifted, error = _two_sum(np.where(near, high, top), np.broadcast_to(-top, high.shape))
+    shifted, error = two_sum(np.where(near, high, top), np.broadcast_to(-top, high.shape))
     d_high, d_low = _fast_two_sum(shifted, error + (np.where(near, low, top_low) - top_low))
     bounded = ~near | (d_high + slack < _BOUNDED)
     kept = near & (d_high - slack >= _KEPT) & (slack <= 2.0**-30) & (d_high <= 1.0)
-    e_high, e_low = _dd_exp(np.where(kept, d_high, 0.0), np.where(kept, d_low, 0.0))
+    e_high, e_low = dd_exp(np.where(kept, d_high, 0.0), np.where(kept, d_low, 0.0))
     e_high, e_low = np.where(kept, e_high, 0.0), np.where(kept, e_low, 0.0)
     undecided = ((~bounded & ~kept).any(axis=-1, keepdims=True)        # (..., 1)
                  | ~kept.any(axis=-1, keepdims=True))                  # m above every s
     e_high = np.where(undecided, np.nan, e_high)
     rows = np.concatenate([e_high, e_low], axis=-1).reshape(-1, 2 * high.shape[-1])
-    l_high, l_low = _row_sums(rows)
+    l_high, l_low = row_sums(rows)
     return e_high, e_low, l_high.reshape(high.shape[:-1]), l_low.reshape(high.shape[:-1])
 
 
@@ -186,7 +186,7 @@ def exact_shares(e_high: np.ndarray, e_low: np.ndarray, l_high, l_low, top) -> n
     """``e / l`` from :func:`exact_unnormalised`'s double-doubles, each rounded once; NaN
     where the error bound (``top``: the row's max score) straddles a rounding boundary."""
     l_high, l_low = np.asarray(l_high)[..., None], np.asarray(l_low)[..., None]
-    first, rest = _dd_quotient(e_high, e_low, l_high, l_low)
+    first, rest = dd_quotient(e_high, e_low, l_high, l_low)
     with np.errstate(over="ignore"):                                   # inf: undecided
         error = 2.5 * _relative(top)[..., None] * np.abs(first)
     return rounded_or_nan(first, rest, error, np.ones(first.shape, dtype=bool))
@@ -203,7 +203,7 @@ def exact_pull(e_high: np.ndarray, e_low: np.ndarray, l_high: np.ndarray | float
     if not (np.abs(values64).max(initial=0) < 2.0**990) or np.isnan(l_high):
         return np.full(values.shape[1], np.nan, dtype=values.dtype)
     n_high, n_low = exact_numerator(e_high, e_low, values64)           # (Ev,) each
-    first, rest = _dd_quotient(n_high, n_low, l_high, l_low)
+    first, rest = dd_quotient(n_high, n_low, l_high, l_low)
     size = np.abs(values64)                                            # (n, Ev)
     bounded = (e_high == 0)[:, None]
     magnitude = (np.where(bounded, 0.0, e_high[:, None]) * size).sum(axis=0)  # Σ e|v|
@@ -244,7 +244,7 @@ def exact_numerator(e_high: np.ndarray, e_low: np.ndarray, values: np.ndarray
         tail = (e_low[:, None] * values64).sum(axis=0, keepdims=True)  # (1, Ev)
         terms = np.concatenate([products, _product_error(weights, values64, products), tail],
                                axis=0)                                 # (2·n_pulled + 1, Ev)
-        return _row_sums(terms.T)
+        return row_sums(terms.T)
     exact = [sum((Fraction(float(h)) + Fraction(float(lo))) * Fraction(float(v))
                  for h, lo, v in zip(e_high, e_low, values64[:, c]))
              for c in range(values.shape[1])]
@@ -252,7 +252,7 @@ def exact_numerator(e_high: np.ndarray, e_low: np.ndarray, values: np.ndarray
     return n_high, np.array([float(x - Fraction(h)) for x, h in zip(exact, n_high.tolist())])
 
 
-def _two_sum(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def two_sum(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Knuth's TwoSum: ``a + b = s + e`` exactly."""
     total = a + b
     shifted = total - a
@@ -265,13 +265,13 @@ def _fast_two_sum(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return total, b - (total - a)
 
 
-def _dd_multiply(a_high, a_low, b_high, b_low) -> tuple[np.ndarray, np.ndarray]:
+def dd_multiply(a_high, a_low, b_high, b_low) -> tuple[np.ndarray, np.ndarray]:
     product = a_high * b_high
     error = _product_error(a_high, b_high, product) + (a_high * b_low + a_low * b_high)
     return _fast_two_sum(product, error)
 
 
-def _dd_exp(high: np.ndarray, low: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def dd_exp(high: np.ndarray, low: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """exp of a double-double ``x <= 0``, as a double-double (relative error < 1e-28 for
     ``x >= -660``; 0 below -800, where it underflows).
 
@@ -283,19 +283,19 @@ def _dd_exp(high: np.ndarray, low: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     with np.errstate(under="ignore"):
         steps = np.rint(high / _LN2[0])
         zero = np.zeros_like(high)
-        multiple = _dd_multiply(steps, zero, np.full_like(high, _LN2[0]),
+        multiple = dd_multiply(steps, zero, np.full_like(high, _LN2[0]),
                                 np.full_like(high, _LN2[1]))
-        r_high, error = _two_sum(high, -multiple[0])
+        r_high, error = two_sum(high, -multiple[0])
         r_high, r_low = _fast_two_sum(r_high, error + (low - multiple[1]))
         r_high, r_low = r_high / 1024.0, r_low / 1024.0               # exact: a power of 2
         t_high, t_low = np.ones_like(high), zero
         for n in range(11, 0, -1):
-            t_high, t_low = _dd_multiply(t_high, t_low, r_high, r_low)
+            t_high, t_low = dd_multiply(t_high, t_low, r_high, r_low)
             t_high, t_low = _dd_divide_int(t_high, t_low, n)
-            t_high, error = _two_sum(t_high, np.ones_like(high))
+            t_high, error = two_sum(t_high, np.ones_like(high))
             t_high, t_low = _fast_two_sum(t_high, error + t_low)
         for _ in range(10):
-            t_high, t_low = _dd_multiply(t_high, t_low, t_high, t_low)
+            t_high, t_low = dd_multiply(t_high, t_low, t_high, t_low)
         exponent = steps.astype(np.int64)
         t_high, t_low = np.ldexp(t_high, exponent), np.ldexp(t_low, exponent)
     return np.where(gone, 0.0, t_high), np.where(gone, 0.0, t_low)
@@ -308,7 +308,7 @@ def _dd_divide_int(high, low, n: int) -> tuple[np.ndarray, np.ndarray]:
     return _fast_two_sum(quotient, ((high - product) - error + low) / n)
 
 
-def _dd_quotient(n_high, n_low, d_high, d_low) -> tuple[np.ndarray, np.ndarray]:
+def dd_quotient(n_high, n_low, d_high, d_low) -> tuple[np.ndarray, np.ndarray]:
     """``(n_high + n_low) / (d_high + d_low)`` as ``first + rest`` (``rest`` unrounded
     into ``first``), for :func:`rounded_or_nan`."""
     with np.errstate(all="ignore"):

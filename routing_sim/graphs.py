@@ -59,8 +59,8 @@ def complete(n_queries: int, n_keys: int | None = None, *, labels: Sequence[str]
     >>> cross.graph["n_queries"], sorted(cross.predecessors(0))
     (2, [2, 3, 4])
     """
-    allowed = np.ones((_count("n_queries", n_queries),
-                       _count("n_keys", n_queries if n_keys is None else n_keys)), dtype=bool)
+    allowed = np.ones((check_count("n_queries", n_queries),
+                       check_count("n_keys", n_queries if n_keys is None else n_keys)), dtype=bool)
     return from_mask(allowed, cross=n_keys is not None, labels=labels, key_labels=key_labels)
 
 
@@ -76,7 +76,7 @@ def causal(n: int, *, labels: Sequence[str] | None = None) -> nx.DiGraph:
            [1, 1, 0],
            [1, 1, 1]])
     """
-    n = _count("n", n)
+    n = check_count("n", n)
     return from_mask(np.tril(np.ones((n, n), dtype=bool)), labels=labels)
 
 
@@ -99,9 +99,9 @@ def sliding_window(n_queries: int, window: int, n_keys: int | None = None, *,
     array([[0, 1, 1, 0],
            [0, 0, 1, 1]])
     """
-    n_queries = _count("n_queries", n_queries)
-    n_keys = n_queries if n_keys is None else _count("n_keys", n_keys)
-    window = _count("window", window)
+    n_queries = check_count("n_queries", n_queries)
+    n_keys = n_queries if n_keys is None else check_count("n_keys", n_keys)
+    window = check_count("window", window)
     offset = n_keys - n_queries if alignment == "bottom_right" else 0
     mask = causal_mask(n_queries, n_keys, alignment)
     mask &= ~np.tril(np.ones((n_queries, n_keys), dtype=bool), k=offset - window)
@@ -120,7 +120,7 @@ def padding(n: int, length: int, *, labels: Sequence[str] | None = None) -> nx.D
            [1, 1, 0],
            [1, 1, 0]])
     """
-    n, length = _count("n", n), _count("length", length)
+    n, length = check_count("n", n), check_count("length", length)
     if length > n:
         raise InvalidArgumentError(f"length {length} is more than the {n} tokens")
     mask = np.zeros((n, n), dtype=bool)
@@ -146,8 +146,8 @@ def reads(table: Mapping[int, Iterable[int]], n_queries: int, n_keys: int | None
     array([[1, 0],
            [1, 1]])
     """
-    n_queries = _count("n_queries", n_queries)
-    width = n_queries if n_keys is None else _count("n_keys", n_keys)
+    n_queries = check_count("n_queries", n_queries)
+    width = n_queries if n_keys is None else check_count("n_keys", n_keys)
     if not isinstance(table, Mapping):
         raise InvalidArgumentError(f"table must map each query token to the key tokens it "
                                    f"reads ({{0: [0], 1: [0, 1]}}), got {type(table).__name__}")
@@ -350,7 +350,7 @@ def route_latency(graph: nx.DiGraph, n_queries: int) -> dict[tuple[int, int], fl
     return overrides
 
 
-def _count(name: str, n: int) -> int:
+def check_count(name: str, n: int) -> int:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
         raise InvalidArgumentError(f"{name} must be a non-negative integer, got {n!r}")
     return int(n)

@@ -136,7 +136,7 @@ def prepare(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causal
     A RouteSet ``graph`` or a ``mask_mod`` gives the sparse form (``problem.sparse``: one
     entry per route); otherwise the route set is a dense ``(G, L, S)`` mask.
     """
-    query, key, value = (_as_float_array(name, x) for name, x in
+    query, key, value = (as_float_array(name, x) for name, x in
                          (("query", query), ("key", key), ("value", value)))
     dtypes = {query.dtype, key.dtype, value.dtype}
     if len(dtypes) > 1:
@@ -164,7 +164,7 @@ def prepare(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causal
         raise InvalidArgumentError(f"empty_rows must be one of {EMPTY_ROWS}, got {empty_rows!r}")
     if not isinstance(is_causal, (bool, np.bool_)):
         raise InvalidArgumentError(f"is_causal must be True or False, got {is_causal!r}")
-    scale = _scale(scale, dim)
+    scale = resolve_scale(scale, dim)
     if score_mod is not None and not callable(score_mod):
         raise InvalidArgumentError(f"score_mod must be a function (score, b, h, q_idx, kv_idx) "
                                    f"-> score, got {type(score_mod).__name__}")
@@ -242,7 +242,7 @@ def _alibi(slopes, scores_shape: tuple[int, ...], alignment: str) -> np.ndarray:
     return bias
 
 
-def _as_float_array(name: str, x) -> np.ndarray:
+def as_float_array(name: str, x) -> np.ndarray:
     try:
         array = as_numpy(name, x)
     except (TypeError, ValueError) as error:
@@ -288,7 +288,7 @@ def _broadcast(what: str, *shapes: tuple[int, ...]) -> tuple[int, ...]:
         raise ShapeError(f"{what} do not broadcast: {', '.join(map(str, shapes))}") from None
 
 
-def _scale(scale: float | None, dim: int) -> float:
+def resolve_scale(scale: float | None, dim: int) -> float:
     if scale is None:
         return 1.0 / math.sqrt(dim)
     if isinstance(scale, bool) or not isinstance(scale, (int, float, np.floating, np.integer)):

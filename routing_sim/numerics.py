@@ -87,7 +87,6 @@ class Kernels:
     """
 
     def __init__(self, numerics: str) -> None:
-        self.name = numerics
         self.exact = numerics == "exact"
 
     def scores(self, keys, query, scale, bias=None):

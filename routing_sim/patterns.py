@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .errors import InvalidArgumentError
-from .graphs import _count
+from .graphs import check_count
 from .routeset import RouteSet, from_ranges
 
 __all__ = ["bigbird", "dilated", "document", "longformer", "prefix_lm", "sliding_window"]
@@ -35,7 +35,8 @@ def sliding_window(n: int, window: int, *, sinks: int = 0) -> RouteSet:
            [1, 0, 1, 1, 0],
            [1, 0, 0, 1, 1]])
     """
-    n, window, sinks = _count("n", n), _positive("window", window), _count("sinks", sinks)
+    n, window = check_count("n", n), _positive("window", window)
+    sinks = check_count("sinks", sinks)
     rows = np.arange(n)
     sink_stop = np.minimum(sinks, rows + 1)
     starts = np.stack([np.zeros(n, np.int64), np.maximum(rows - window + 1, sink_stop)], 1)
@@ -59,7 +60,7 @@ def longformer(n: int, window: int, global_tokens: int | Sequence[int]) -> Route
            [0, 0, 1, 1, 1],
            [1, 1, 1, 1, 1]])
     """
-    n, window = _count("n", n), _count("window", window)
+    n, window = check_count("n", n), check_count("window", window)
     chosen = _positions("global_tokens", global_tokens, n)
     rows, half = np.arange(n), window // 2
     band = (rows - half, rows + half + 1)
@@ -98,11 +99,11 @@ def bigbird(n: int, block: int, *, window_blocks: int = 3, global_blocks: int = 
     >>> bigbird(10, 2, window_blocks=1, random_blocks=1).routes_per_query().tolist()
     [10, 10, 8, 8, 8, 8, 8, 8, 10, 10]
     """
-    n, block = _count("n", n), _positive("block", block)
-    window_blocks, random_blocks = _count("window_blocks", window_blocks), \
-        _count("random_blocks", random_blocks)
+    n, block = check_count("n", n), _positive("block", block)
+    window_blocks, random_blocks = check_count("window_blocks", window_blocks), \
+        check_count("random_blocks", random_blocks)
     n_blocks = -(-n // block)
-    first, last = -(-_count("global_blocks", global_blocks) // 2), global_blocks // 2
+    first, last = -(-check_count("global_blocks", global_blocks) // 2), global_blocks // 2
     is_global = np.zeros(n_blocks, bool)
     is_global[:first], is_global[n_blocks - last:] = True, True
     rng = np.random.default_rng(seed)
@@ -139,7 +140,7 @@ def dilated(n: int, window: int, dilation: int) -> RouteSet:
     array([[0, 0, 1, 0, 1, 0],
            [0, 0, 0, 1, 0, 1]])
     """
-    n, window, dilation = _count("n", n), _positive("window", window), \
+    n, window, dilation = check_count("n", n), _positive("window", window), \
         _positive("dilation", dilation)
     rows = np.arange(n)
     counts = np.minimum(window, rows // dilation + 1)                  # (n,)
@@ -192,7 +193,7 @@ def prefix_lm(n: int, prefix: int) -> RouteSet:
            [1, 1, 1, 0],
            [1, 1, 1, 1]])
     """
-    n, prefix = _count("n", n), _count("prefix", prefix)
+    n, prefix = check_count("n", n), check_count("prefix", prefix)
     rows = np.arange(n)
     return from_ranges(n, n, np.zeros((n, 1), np.int64), np.maximum(prefix, rows + 1)[:, None])
 
@@ -211,6 +212,6 @@ def _positions(name: str, tokens, n: int) -> np.ndarray:
 
 
 def _positive(name: str, n) -> int:
-    if _count(name, n) == 0:
+    if check_count(name, n) == 0:
         raise InvalidArgumentError(f"{name} must be at least 1, got {n!r}")
     return int(n)

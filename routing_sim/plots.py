@@ -19,7 +19,7 @@ __all__ = ["graph", "heatmap", "timeline"]
 MASKED = "#dddddd"        # the heatmap's colour for cells with no route
 
 
-def _figure(width: float, height: float):
+def new_figure(width: float, height: float):
     try:
         from matplotlib.figure import Figure
     except ImportError:
@@ -70,7 +70,7 @@ def heatmap(run: Run, batch=None):
 
     tables, exists, titles = _tables(run, batch)
     query_labels, key_labels = run.labels
-    figure = _figure(3.2 * len(tables) + 0.8, 3.6)
+    figure = new_figure(3.2 * len(tables) + 0.8, 3.6)
     axes = figure.subplots(1, len(tables), squeeze=False)[0]
     image = None
     for axis, table, routed, title in zip(axes, tables, exists, titles):
@@ -112,7 +112,7 @@ def graph(run: Run, head: int | None = None, batch=None):
         raise InvalidArgumentError(f"head must be None (every head) or in 0 .. "
                                    f"{len(tables) - 1}, got {head!r}")
     shown = range(len(tables)) if head is None else [int(head)]
-    figure = _figure(4.6 * len(shown), 4.8)
+    figure = new_figure(4.6 * len(shown), 4.8)
     axes = figure.subplots(1, len(shown), squeeze=False)[0]
     for axis, index in zip(axes, shown):
         _draw_graph(axis, run, tables[index])
@@ -173,7 +173,7 @@ def timeline(run: Run, bins: int = 40, group: int = 0):
                                    f"in 0 .. {int(trace.group.max(initial=0))}, got {group!r}")
     arrived = ~np.isnan(trace.arrive)
     lanes, names = _lanes(run)
-    figure = _figure(6.4, 3.0 + 0.22 * len(names))
+    figure = new_figure(6.4, 3.0 + 0.22 * len(names))
     counts_axis, lane_axis = figure.subplots(2, 1, sharex=True,
                                              height_ratios=[2, 1 + 0.15 * len(names)])
     edges = np.linspace(0, max(float(np.nanmax(trace.arrive, initial=0.0)), 1e-9), bins + 1)

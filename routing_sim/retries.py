@@ -123,6 +123,11 @@ class TokenNodes:
         first_time[routes] = times
         return routes, times
 
+    def phase(self, kind: Kind) -> int:
+        """The phase a request of ``kind`` opens, counted from 1 in ``REQUESTS`` order: what
+        ``dead`` records for a route given up on it (forward: QUERY 1, PULL 2)."""
+        return self.REQUESTS.index(kind) + 1
+
     def answer_times(self) -> dict[Kind, np.ndarray | None]:
         """Per request kind: when each route's answer first arrived (NaN: not yet)."""
         raise NotImplementedError

@@ -17,7 +17,7 @@ import networkx as nx
 import numpy as np
 
 from .errors import DTypeError, InvalidArgumentError, ShapeError
-from .graphs import _count
+from .graphs import check_count
 
 __all__ = ["RouteSet", "batch_head", "concat_ranges", "from_ranges"]
 
@@ -50,7 +50,8 @@ class RouteSet:
 
     def __init__(self, indptr, indices, n_queries: int, n_keys: int,
                  batch_shape: tuple[int, ...] = (), *, cross: bool | None = None) -> None:
-        self.n_queries, self.n_keys = _count("n_queries", n_queries), _count("n_keys", n_keys)
+        self.n_queries = check_count("n_queries", n_queries)
+        self.n_keys = check_count("n_keys", n_keys)
         self.batch_shape = tuple(int(n) for n in batch_shape)
         self.n_groups = math.prod(self.batch_shape)
         self.cross = self.n_queries != self.n_keys if cross is None else bool(cross)
@@ -91,8 +92,8 @@ class RouteSet:
         >>> len(RouteSet.complete(3, 4, (2,)))
         24
         """
-        nodes = math.prod(batch_shape) * _count("n_queries", n_queries)
-        return cls(np.arange(nodes + 1, dtype=np.int64) * _count("n_keys", n_keys), None,
+        nodes = math.prod(batch_shape) * check_count("n_queries", n_queries)
+        return cls(np.arange(nodes + 1, dtype=np.int64) * check_count("n_keys", n_keys), None,
                    n_queries, n_keys, batch_shape, cross=cross)
 
     @classmethod
@@ -151,8 +152,8 @@ class RouteSet:
         >>> RouteSet.from_mask_mod(causal, 3, 3, block_size=2).indices.tolist()
         [0, 0, 1, 0, 1, 2]
         """
-        n_queries, n_keys = _count("n_queries", n_queries), _count("n_keys", n_keys)
-        block_size = _count("block_size", block_size)
+        n_queries, n_keys = check_count("n_queries", n_queries), check_count("n_keys", n_keys)
+        block_size = check_count("block_size", block_size)
         if not callable(mask_mod) or block_size == 0:
             raise InvalidArgumentError("from_mask_mod needs a callable mask_mod and "
                                        f"block_size >= 1, got {mask_mod!r}, {block_size}")

@@ -11,7 +11,7 @@ import simpy
 from ..cluster import Cluster
 from ..errors import DeliveryError, DTypeError, InvalidArgumentError, ShapeError
 from ..exact_row import exact_row
-from ..inputs import _as_float_array, _scale
+from ..inputs import as_float_array, resolve_scale
 from ..network import Network
 from ..options import Numerics, TraceDetail
 from . import strategies
@@ -125,7 +125,8 @@ def context_parallel(query, key, value, *, strategy: Strategy, cluster: Cluster,
     fabric = Fabric(env, cluster, network, transfers)
     dtype = np.result_type(query, key, value)
     job = strategies.Job(env, fabric, cluster, query, key, value, query_shards, key_shards,
-                         bool(is_causal), _scale(scale, query.shape[-1]), numerics == "exact",
+                         bool(is_causal), resolve_scale(scale, query.shape[-1]),
+                         numerics == "exact",
                          None if transit_dtype is None else np.dtype(transit_dtype),
                          np.zeros(query.shape[:3] + (value.shape[-1],), dtype))
     for device in range(devices):
@@ -170,7 +171,7 @@ def _protocol(job: strategies.Job, strategy: str, device: int):
 
 def _check_inputs(query, key, value) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple]:
     """The inputs as ``(B, H, N, d)`` arrays of one dtype, and the output's shape."""
-    arrays = [_as_float_array(name, x) for name, x in
+    arrays = [as_float_array(name, x) for name, x in
               (("query", query), ("key", key), ("value", value))]
     query, key, value = (a.astype(np.result_type(*arrays), copy=False) for a in arrays)
     if not (query.shape[:-2] == key.shape[:-2] == value.shape[:-2]):

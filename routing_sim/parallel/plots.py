@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..errors import InvalidArgumentError
-from ..plots import _figure
+from ..plots import new_figure
 from .run import ParallelRun
 
 __all__ = ["error_curve", "gantt", "makespan_curve"]
@@ -35,7 +35,7 @@ def gantt(run: ParallelRun):
         raise InvalidArgumentError("gantt needs the run's events; run with trace='auto' or "
                                    "'full', not 'summary'")
     devices = trace.devices
-    figure = _figure(9, 0.9 * devices + 1.2)
+    figure = new_figure(9, 0.9 * devices + 1.2)
     axes = figure.add_subplot()
     scale, unit = _time_unit(run.stats.makespan)
     lanes: dict[tuple[int, str], list[tuple[float, float]]] = {}
@@ -74,7 +74,7 @@ def makespan_curve(records: Sequence[dict], x: str = "block", y: str = "makespan
                    group: str | None = "strategy", critical: float | None = None):
     """A line per ``group`` of sweep records, ``y`` against ``x`` on log axes; a vertical
     line at ``critical`` (c*, say)."""
-    figure = _figure(6, 4)
+    figure = new_figure(6, 4)
     axes = figure.add_subplot()
     series: dict[object, list[tuple[float, float]]] = {}
     for record in records:

@@ -22,15 +22,15 @@ import numpy as np
 
 from ..errors import NumericalError
 from ..exact import (
-    _dd_exp,
-    _dd_multiply,
-    _dd_quotient,
-    _row_sums,
-    _two_sum,
+    dd_exp,
+    dd_multiply,
+    dd_quotient,
     exact_numerator,
     exact_scores,
     exact_unnormalised,
     rounded_or_nan,
+    row_sums,
+    two_sum,
 )
 from ..numerics import merge_states, scale_scores, value_shift
 
@@ -139,14 +139,14 @@ def _exact_merge(states: list[PartialState]) -> PartialState:
         present = np.isfinite(state.m)                                 # an empty state: 0
         with np.errstate(over="ignore", invalid="ignore"):
             far = present & ~(state.m - m >= -660.0)                   # e^gap not a normal dd
-        gap_high, gap_low = _two_sum(np.where(present & ~far, state.m, 0.0),
+        gap_high, gap_low = two_sum(np.where(present & ~far, state.m, 0.0),
                                      -np.where(present & ~far, m, 0.0))
-        f_high, f_low = _dd_exp(gap_high, gap_low)
+        f_high, f_low = dd_exp(gap_high, gap_low)
         f_high = np.where(far, np.nan, f_high)         # undecided: finished in integers
         factors.append((np.where(present, f_high, 0.0), np.where(present, f_low, 0.0)))
-    l_terms = [_dd_multiply(f_high, f_low, s.l, s.l_low)
+    l_terms = [dd_multiply(f_high, f_low, s.l, s.l_low)
                for (f_high, f_low), s in zip(factors, states)]
-    o_terms = [_dd_multiply(f_high[..., None], f_low[..., None], s.o, s.o_low)
+    o_terms = [dd_multiply(f_high[..., None], f_low[..., None], s.o, s.o_low)
                for (f_high, f_low), s in zip(factors, states)]
     l_high, l_low = _sum_terms(l_terms)
     o_high, o_low = _sum_terms(o_terms)
@@ -157,7 +157,7 @@ def _sum_terms(terms: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, 
     """Correctly rounded elementwise sums of double-double terms, as a double-double."""
     shape = terms[0][0].shape
     stacked = np.stack([part for term in terms for part in term], axis=-1)  # (..., 2·n)
-    high, low = _row_sums(stacked.reshape(-1, stacked.shape[-1]))
+    high, low = row_sums(stacked.reshape(-1, stacked.shape[-1]))
     return high.reshape(shape), low.reshape(shape)
 
 
@@ -182,7 +182,7 @@ def finish(state: PartialState, dtype: np.dtype, value_bound: np.ndarray | None 
     denominator = np.where(routed, state.l, 1.0).astype(state.l.dtype)[..., None]
     if state.l_low is not None and state.o_low is not None:                # exact mode
         low = np.where(routed, state.l_low, 0.0)[..., None]
-        first, rest = _dd_quotient(state.o, state.o_low, denominator, low)  # (G, c, Ev)
+        first, rest = dd_quotient(state.o, state.o_low, denominator, low)  # (G, c, Ev)
         size = np.inf if value_bound is None else value_bound
         with np.errstate(over="ignore", invalid="ignore"):
             error = ((2.0**-84 + 2.0**-99 * np.abs(state.m)[..., None]) * size
