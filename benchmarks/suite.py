@@ -149,6 +149,17 @@ def zero_latency_rows(row: Callable[..., None]) -> None:
         row(f"latency 0 {softmax} 45x150", times[0.0], times[1.0], "latency 1",
             run.stats.total_messages, None, f"jitter 2, target <= 3x; SimPy events "
             f"{events[0.0]} (latency 1: {events[1.0]})")
+    q, k, v = (rng.normal(size=(9, n, 8)) for n in (5, 150, 150))
+    times, events = {}, {}
+    for latency in (1.0, 0.0):
+        network = rs.Network(latency=latency, jitter=2.0, loss=0.1, duplicate=0.1, reorder=0.2,
+                             retries=20, seed=1)
+        times[latency], run = best_time(lambda: rs.simulate(
+            q, k, v, network=network, softmax="online", trace="summary"), 1)
+        events[latency] = run.stats.events
+    row("latency 0 faults 9x5x150", times[0.0], times[1.0], "latency 1",
+        run.stats.total_messages, None, f"loss, copies, reordering; SimPy events "
+        f"{events[0.0]} (latency 1: {events[1.0]})")
 
 
 def seconds(duration: float) -> str:

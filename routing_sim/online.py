@@ -45,9 +45,12 @@ class OnlineNodes(ForwardNodes):
         self._updates: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._touched: list[np.ndarray] = []
         transport.on_step_end = self.apply_updates
-        # Pair updates apply in arrival order within a step. Every VALUE of a node comes in
-        # one wave, unless retries resend some, or dropout updates with the SCOREs.
-        transport.order_free = self.state.kept is None and not transport.network.faulty
+        # Pair updates wait until nothing earlier can still arrive (Transport.horizon), so
+        # they apply in arrival order however the transport groups deliveries. Ties at one
+        # time keep per-instant order only if no message takes zero time: a transit is
+        # positive, or jittered (zero with probability 2^-53).
+        self._held: list[np.ndarray] = [np.zeros(0, np.int64), np.zeros(0), np.zeros(0, bool)]
+        transport.order_free = transport.min_delay > 0 or transport.network.jitter > 0
 
     def _settle_scores(self, routes: np.ndarray, times: np.ndarray) -> None:
         """No barrier: PULL each kept route at once; a dropped route updates l alone."""
@@ -76,14 +79,21 @@ class OnlineNodes(ForwardNodes):
         self._touched.append(self.routes.query_node[routes])
 
     def apply_updates(self) -> None:
-        """Apply this step's pair updates, node by node in arrival order, vectorised over nodes."""
+        """Apply the pair updates no later arrival can precede, node by node in arrival
+        order, vectorised over nodes; finish nodes with every route settled and applied."""
         touched = np.unique(np.concatenate(self._touched)) if self._touched else np.zeros(0, int)
         self._touched = []
-        if not self._updates:
+        routes, times, has_value = (np.concatenate(part) for part in zip(self._held,
+                                                                         *self._updates))
+        self._updates = []
+        due = times < self.transport.horizon()
+        self._held = [routes[~due], times[~due], has_value[~due]]
+        routes, times, has_value = routes[due], times[due], has_value[due]
+        waiting = np.unique(self.routes.query_node[self._held[0]])
+        touched = np.setdiff1d(np.union1d(touched, self.routes.query_node[routes]), waiting)
+        if not len(routes):
             self._finish(touched)
             return
-        routes, times, has_value = (np.concatenate(part) for part in zip(*self._updates))
-        self._updates = []
         nodes = self.routes.query_node[routes]
         order = np.lexsort((routes, times, nodes))
         routes, times, has_value, nodes = routes[order], times[order], has_value[order], \

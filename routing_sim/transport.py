@@ -84,7 +84,7 @@ class Transport:
             float(route_latency.max(initial=network.latency)), max(nbytes.values()))
         self.timed: frozenset[Kind] = frozenset()     # request kinds whose sends arm timers
         self.order_free = False         # do the nodes' handlers commute? (see _whole_waves)
-        self._min_delay = network.min_delay(route_latency, min(nbytes.values()))
+        self.min_delay = network.min_delay(route_latency, min(nbytes.values()))  # transit
         self._min_latency = network.min_delay(route_latency, 0)
         self._min_size = min(nbytes.values()) / network.bandwidth if network.bandwidth else 0.0
         self._windowed = mode == "window"
@@ -271,8 +271,11 @@ class Transport:
             if self._whole:      # every message up to the first timer, then the timers
                 first_message = min((item.arrive[0] for _, _, item in self._pending
                                      if not isinstance(item, Timers)), default=np.inf)
-                self._window_end, self._inclusive = first_timer, True
                 self._timers_wait = first_message <= first_timer
+                # Timers of different routes do not interact: fire all that are due
+                # before the next message together, each at its own time.
+                self._window_end, self._inclusive = (first_timer, True) if \
+                    self._timers_wait else (first_message, False)
             else:
                 reach = self._reach(start) if self._windowed else start
                 if reach > start and first_timer >= reach:
@@ -311,13 +314,25 @@ class Transport:
             return False
         return not network.faulty or self._answers_in_time
 
+    def horizon(self) -> float:
+        """No delivery still to come can be earlier than this (inf: nothing can come
+        earlier than what was handled, as inside lookahead windows and instants).
+
+        Whole-wave windows hand over messages out of time order across windows; what is
+        pending or about to be sent bounds what a later window can bring.
+        """
+        if not self._whole:
+            return np.inf
+        first = self._pending[0][0] if self._pending else np.inf
+        return min([first] + [float(part.sent.min()) for part in self._outbox if len(part)])
+
     def _reach(self, start: float) -> float:
         """The earliest anything sent at or after ``start`` can arrive or time out, rounded
         as arrivals are (so nothing sent inside a window lands inside it)."""
         if self.network.contention:     # it leaves its NIC after its size time, then travels
             reach = (start + self._min_size) + self._min_latency
         else:
-            reach = start + self._min_delay
+            reach = start + self.min_delay
         return min(reach, start + self.timeout) if self.network.faulty else reach
 
     def _run_per_message(self):
