@@ -154,8 +154,8 @@ def zero_latency_rows(row: Callable[..., None]) -> None:
     for latency in (1.0, 0.0):
         network = rs.Network(latency=latency, jitter=2.0, loss=0.1, duplicate=0.1, reorder=0.2,
                              retries=20, seed=1)
-        times[latency], run = best_time(lambda: rs.simulate(
-            q, k, v, network=network, softmax="online", trace="summary"), 1)
+        times[latency], run = best_time(partial(rs.simulate, q, k, v, network=network,
+                                                softmax="online", trace="summary"), 1)
         events[latency] = run.stats.events
     row("latency 0 faults 9x5x150", times[0.0], times[1.0], "latency 1",
         run.stats.total_messages, None, f"loss, copies, reordering; SimPy events "
