@@ -55,22 +55,32 @@ def flex_reference(q, k, v, mask_mod, score_mod):
                                    block_mask=block_mask).numpy()
 
 
+def engine_output(engine: str, q, k, v, **options) -> tuple[np.ndarray, int | None]:
+    """The output of ``rs.attention`` or of the message simulator (and its route count)."""
+    if engine == "attention":
+        return rs.attention(q, k, v, **options), None
+    run = rs.simulate(q, k, v, **options)
+    return run.output, run.stats.routes
+
+
 @pytest.mark.parametrize("mask_name", sorted(MASKS))
 @pytest.mark.parametrize("mod_name", ["none", "softcap", "alibi", "relative"])
 @pytest.mark.parametrize("seed", range(2))
-def test_attention_matches_flex_attention(mask_name, mod_name, seed):
+@pytest.mark.parametrize("engine", ["attention", "simulate"])
+def test_matches_flex_attention(engine, mask_name, mod_name, seed):
     rng = np.random.default_rng(seed)
     n_queries = n_keys = int(rng.integers(5, 13))
     q, k, v = rng.normal(size=(3, 2, 3, n_queries, 8))
     ours_mod, torch_mod = torch_mods()[mod_name]
     mask_mod = MASKS[mask_name]
     expected = flex_reference(q, k, v, mask_mod, torch_mod)
-    got = rs.attention(q, k, v, mask_mod=mask_mod, score_mod=ours_mod)
+    got, _ = engine_output(engine, q, k, v, mask_mod=mask_mod, score_mod=ours_mod)
     np.testing.assert_allclose(got, expected, rtol=RTOL, atol=1e-13)
     if mask_mod is not None:                    # the same routes, as a RouteSet graph
         routes = rs.RouteSet.from_mask_mod(mask_mod, n_queries, n_keys, batch_shape=(2, 3))
-        np.testing.assert_allclose(rs.attention(q, k, v, graph=routes, score_mod=ours_mod),
-                                   expected, rtol=RTOL, atol=1e-13)
+        got, count = engine_output(engine, q, k, v, graph=routes, score_mod=ours_mod)
+        np.testing.assert_allclose(got, expected, rtol=RTOL, atol=1e-13)
+        assert count in (None, len(routes))
 
 
 def test_patterns_match_flex_attention():
@@ -82,21 +92,5 @@ def test_patterns_match_flex_attention():
     np.testing.assert_allclose(rs.attention(q, k, v, graph=routes), expected, rtol=RTOL,
                                atol=1e-13)
 
-
-@pytest.mark.parametrize("mask_name", sorted(MASKS))
-@pytest.mark.parametrize("mod_name", ["none", "softcap", "alibi", "relative"])
-def test_simulate_matches_flex_attention(mask_name, mod_name):
-    """The message simulator, with the mods and on the mask_mod's RouteSet, against torch."""
-    rng = np.random.default_rng(len(mask_name) * 7 + len(mod_name))
-    n_queries = n_keys = int(rng.integers(5, 13))
-    q, k, v = rng.normal(size=(3, 2, 3, n_queries, 8))
-    ours_mod, torch_mod = torch_mods()[mod_name]
-    mask_mod = MASKS[mask_name]
-    expected = flex_reference(q, k, v, mask_mod, torch_mod)
-    run = rs.simulate(q, k, v, mask_mod=mask_mod, score_mod=ours_mod)
-    np.testing.assert_allclose(run.output, expected, rtol=RTOL, atol=1e-13)
-    if mask_mod is not None:
-        routes = rs.RouteSet.from_mask_mod(mask_mod, n_queries, n_keys, batch_shape=(2, 3))
-        on_routes = rs.simulate(q, k, v, graph=routes, score_mod=ours_mod)
-        np.testing.assert_allclose(on_routes.output, expected, rtol=RTOL, atol=1e-13)
-        assert on_routes.stats.routes == len(routes)
+    np.testing.assert_allclose(rs.simulate(q, k, v, graph=routes).output, expected, rtol=RTOL,
+                               atol=1e-13)
