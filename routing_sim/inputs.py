@@ -245,6 +245,8 @@ def _alibi(slopes, scores_shape: tuple[int, ...], alignment: str) -> np.ndarray:
 def as_float_array(name: str, x) -> np.ndarray:
     try:
         array = as_numpy(name, x)
+    except DTypeError:                   # already says what to do (a tensor needing grad)
+        raise
     except (TypeError, ValueError) as error:
         raise DTypeError(f"{name} must be a numeric array, got {type(x).__name__}: {error}"
                          ) from None
