@@ -14,6 +14,7 @@ import numpy as np
 from . import pattern_cli, sweep_cli
 from .cli_args import check_size, count, non_negative, positive, probability, seed
 from .errors import RoutingSimError
+from .options import ENGINES, NUMERICS, SOFTMAX
 
 __all__ = ["main"]
 
@@ -87,9 +88,9 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument("--duplicate", type=probability, default=0.0, help="default 0")
     group.add_argument("--retries", type=count, default=10,
                        help="default 10 (Network() has 3: more, so --loss runs finish)")
-    group.add_argument("--softmax", choices=("two_phase", "online"), default="two_phase")
-    group.add_argument("--numerics", choices=("float", "exact"), default="float")
-    group.add_argument("--engine", choices=("fast", "plain"), default="fast", help="plain: "
+    group.add_argument("--softmax", choices=SOFTMAX, default="two_phase")
+    group.add_argument("--numerics", choices=NUMERICS, default="float")
+    group.add_argument("--engine", choices=ENGINES, default="fast", help="plain: "
                        "one SimPy process per token node (reliable network only)")
     group.add_argument("--seed", type=seed, default=0, help="seed of data and network")
     pattern_cli.add_arguments(group)

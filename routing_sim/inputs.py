@@ -18,13 +18,13 @@ from .arrays import as_numpy
 from .errors import DTypeError, InvalidArgumentError, ShapeError
 from .graphs import graph_mask
 from .masks import route_set
+from .options import EMPTY_ROWS, check_choice
 from .positions import alibi_bias, as_rotary, query_positions
 from .routeset import RouteSet
 from .sparse import DENSE_LIMIT, SparseRoutes, sparse_routes
 
 __all__ = ["EMPTY_ROWS", "Problem", "prepare"]
 
-EMPTY_ROWS = ("zero", "nan", "error")
 
 
 @dataclass(frozen=True)
@@ -160,8 +160,7 @@ def prepare(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causal
     key, value = _share_kv_heads(query, key, value, enable_gqa)
     batch_shape = _broadcast("the batch dims of query, key and value",
                              query.shape[:-2], key.shape[:-2], value.shape[:-2])
-    if empty_rows not in EMPTY_ROWS:
-        raise InvalidArgumentError(f"empty_rows must be one of {EMPTY_ROWS}, got {empty_rows!r}")
+    check_choice("empty_rows", empty_rows, EMPTY_ROWS)
     if not isinstance(is_causal, (bool, np.bool_)):
         raise InvalidArgumentError(f"is_causal must be True or False, got {is_causal!r}")
     scale = resolve_scale(scale, dim)

@@ -12,10 +12,10 @@ import numpy as np
 
 from .arrays import as_numpy
 from .errors import DTypeError, InvalidArgumentError, ShapeError
+from .options import CAUSAL_ALIGNMENTS
 
 __all__ = ["CAUSAL_ALIGNMENTS", "causal_mask", "mha_route_mask", "padding_mask", "route_set"]
 
-CAUSAL_ALIGNMENTS = ("top_left", "bottom_right")
 
 
 def causal_mask(n_queries: int, n_keys: int, alignment: str = "top_left") -> np.ndarray:

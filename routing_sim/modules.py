@@ -10,12 +10,12 @@ import numpy as np
 from .arrays import as_numpy
 from .errors import InvalidArgumentError, ShapeError
 from .masks import mha_route_mask
+from .options import MHA_ENGINES, check_choice
 from .reference import attention, attention_backward
 from .simulation import simulate
 
 __all__ = ["MultiHeadAttention"]
 
-ENGINES = ("messages", "matrix")
 # Arguments of attention that the module sets itself, and what to use instead.
 OWN_OPTIONS = {"enable_gqa": "grouped-query attention follows num_kv_heads",
                "return_weights": "use need_weights"}
@@ -280,8 +280,7 @@ class MultiHeadAttention:
     def _forward(self, query, key, value, key_padding_mask, need_weights, attn_mask,
                  average_attn_weights, is_causal, engine, options):
         """The forward pass, and what the backward pass needs from it."""
-        if engine not in ENGINES:
-            raise InvalidArgumentError(f"engine must be one of {ENGINES}, got {engine!r}")
+        check_choice("engine", engine, MHA_ENGINES)
         for name, instead in OWN_OPTIONS.items():
             if name in options:
                 raise InvalidArgumentError(f"{name} is not an option of MultiHeadAttention: "

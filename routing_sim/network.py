@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import InvalidArgumentError
+from .options import ON_MISSING
 
 __all__ = ["Crash", "Network", "nic_queue"]
 
 JITTER_DISTRIBUTIONS = ("uniform", "exponential")
-ON_MISSING = ("strict", "degrade")
 _GOLDEN = 0x9E3779B97F4A7C15
 # Independent random streams, one per purpose.
 _JITTER, _LOSS, _DUPLICATE, _DUPLICATE_JITTER, _REORDER, _REORDER_DELAY, _SPIKE = range(7)

@@ -20,10 +20,10 @@ from typing import Literal, get_args
 
 from .errors import InvalidArgumentError
 
-__all__ = ["CAUSAL_ALIGNMENTS", "DELIVERY_MODES", "EMPTY_ROWS", "ENGINES", "NUMERICS",
-           "ON_MISSING", "ROUTING", "SOFTMAX", "TRACE_DETAILS", "CausalAlignment", "Delivery",
-           "EmptyRows", "Engine", "Numerics", "OnMissing", "Routing", "Softmax",
-           "TraceDetail", "check_choice"]
+__all__ = ["CAUSAL_ALIGNMENTS", "DELIVERY_MODES", "EMPTY_ROWS", "ENGINES", "MHA_ENGINES",
+           "NUMERICS", "ON_MISSING", "ROUTING", "SOFTMAX", "TRACE_DETAILS", "CausalAlignment",
+           "Delivery", "EmptyRows", "Engine", "MhaEngine", "Numerics", "OnMissing", "Routing",
+           "Softmax", "TraceDetail", "check_choice"]
 
 Numerics = Literal["float", "exact"]                 # float64 arithmetic, or correctly rounded
 Softmax = Literal["two_phase", "online"]             # a barrier per node, or streaming (m, l, o)
@@ -34,6 +34,7 @@ EmptyRows = Literal["zero", "nan", "error"]          # a query token with no rou
 CausalAlignment = Literal["top_left", "bottom_right"]    # is_causal: j <= i, or j <= i + S - L
 OnMissing = Literal["strict", "degrade"]             # a route given up: fail, or renormalise
 Engine = Literal["fast", "plain"]                    # simulate's engine: batched, or readable
+MhaEngine = Literal["messages", "matrix"]            # MultiHeadAttention: simulate, or matrix
 
 NUMERICS: tuple[Numerics, ...] = get_args(Numerics)
 SOFTMAX: tuple[Softmax, ...] = get_args(Softmax)
@@ -44,6 +45,7 @@ EMPTY_ROWS: tuple[EmptyRows, ...] = get_args(EmptyRows)
 CAUSAL_ALIGNMENTS: tuple[CausalAlignment, ...] = get_args(CausalAlignment)
 ON_MISSING: tuple[OnMissing, ...] = get_args(OnMissing)
 ENGINES: tuple[Engine, ...] = get_args(Engine)
+MHA_ENGINES: tuple[MhaEngine, ...] = get_args(MhaEngine)
 
 
 def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:

@@ -14,6 +14,7 @@ from .exact import exact_pull, exact_scores, exact_shares, exact_unnormalised
 from .exact_row import exact_row
 from .inputs import Problem, prepare
 from .mods import derivative, modified
+from .options import NUMERICS, CausalAlignment, EmptyRows, Numerics, check_choice
 from .routeset import batch_head
 from .segments import segment_attention, segment_backward
 from .sparse import DENSE_LIMIT
@@ -23,8 +24,8 @@ __all__ = ["attention", "attention_backward"]
 
 def attention(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causal: bool = False,
               scale: float | None = None, enable_gqa: bool = False, *,
-              causal_alignment: str = "top_left", empty_rows: str = "zero",
-              numerics: str = "float", dropout_mask=None, seed: int | None = 0,
+              causal_alignment: CausalAlignment = "top_left", empty_rows: EmptyRows = "zero",
+              numerics: Numerics = "float", dropout_mask=None, seed: int | None = 0,
               alibi_slopes=None, rope=None, return_weights: bool = False, graph=None,
               mask_mod=None, score_mod=None):
     r"""Scaled dot-product attention in matrix form, with PyTorch's SDPA semantics.
@@ -106,9 +107,7 @@ def attention(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_caus
                       causal_alignment=causal_alignment, empty_rows=empty_rows,
                       dropout_mask=dropout_mask, seed=seed, alibi_slopes=alibi_slopes,
                       rope=rope, graph=graph, mask_mod=mask_mod, score_mod=score_mod)
-    if numerics not in ("float", "exact"):
-        raise InvalidArgumentError(f"numerics must be one of ('float', 'exact'), got "
-                                   f"{numerics!r}")
+    check_choice("numerics", numerics, NUMERICS)
     if numerics == "exact" and score_mod is not None:
         raise InvalidArgumentError("score_mod runs in float arithmetic; it cannot be combined "
                                    "with numerics='exact'")
@@ -284,9 +283,7 @@ def attention_backward(query, key, value, d_output, attn_mask=None, dropout_p: f
                       causal_alignment=causal_alignment, empty_rows=empty_rows,
                       dropout_mask=dropout_mask, seed=seed, alibi_slopes=alibi_slopes,
                       rope=rope, graph=graph, mask_mod=mask_mod, score_mod=score_mod)
-    if numerics not in ("float", "exact"):
-        raise InvalidArgumentError(f"numerics must be one of ('float', 'exact'), got "
-                                   f"{numerics!r}")
+    check_choice("numerics", numerics, NUMERICS)
     if return_weights is not False:
         raise InvalidArgumentError("attention_backward returns (d_query, d_key, d_value) only; "
                                    "return_weights=True belongs to attention()")

@@ -16,6 +16,23 @@ from .messages import FORWARD, Fate, Kind, payload_bytes
 from .network import Network
 from .numerics import Kernels
 from .online import OnlineNodes
+from .options import (
+    DELIVERY_MODES,
+    ENGINES,
+    NUMERICS,
+    ROUTING,
+    SOFTMAX,
+    TRACE_DETAILS,
+    CausalAlignment,
+    Delivery,
+    EmptyRows,
+    Engine,
+    Numerics,
+    Routing,
+    Softmax,
+    TraceDetail,
+    check_choice,
+)
 from .plain import PlainEngine, Wire, check_plain
 from .protocol import ForwardNodes, TwoPhaseNodes
 from .routes import RouteTable
@@ -25,27 +42,23 @@ from .state import SCORE_PHASE, ForwardState
 from .stats import Stats
 from .strides import uniform
 from .tiles import Tiles
-from .trace import AUTO_FULL_LIMIT, TRACE_DETAILS, Trace
-from .transport import DELIVERY_MODES, Transport
+from .trace import AUTO_FULL_LIMIT, Trace
+from .transport import Transport
 
-__all__ = ["NUMERICS", "SOFTMAX", "simulate"]
-
-NUMERICS = ("float", "exact")
-ROUTING = ("softmax", "topk")
-ENGINES = ("fast", "plain")
-SOFTMAX = ("two_phase", "online")
+__all__ = ["simulate"]
 
 
 def simulate(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causal: bool = False,
              scale: float | None = None, enable_gqa: bool = False, *,
              graph: nx.DiGraph | None = None, network: Network | None = None,
-             numerics: str = "float", softmax: str = "two_phase",
-             causal_alignment: str = "top_left", empty_rows: str = "zero", dropout_mask=None,
-             seed: int | None = 0, alibi_slopes=None, rope=None, routing: str = "softmax",
-             top_k: int = 1, trace: str = "auto", delivery: str = "window",
+             numerics: Numerics = "float", softmax: Softmax = "two_phase",
+             causal_alignment: CausalAlignment = "top_left", empty_rows: EmptyRows = "zero",
+             dropout_mask=None, seed: int | None = 0, alibi_slopes=None, rope=None,
+             routing: Routing = "softmax", top_k: int = 1, trace: TraceDetail = "auto",
+             delivery: Delivery = "window",
              labels: Sequence[str] | None = None, key_labels: Sequence[str] | None = None,
              mask_mod: Callable | None = None, score_mod: Callable | None = None,
-             engine: str = "fast") -> Run:
+             engine: Engine = "fast") -> Run:
     r"""Run attention as messages between token nodes and return what they computed.
 
     Every allowed route ``j -> i`` carries four messages (QUERY, SCORE, PULL, VALUE; see
@@ -149,12 +162,12 @@ def simulate(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causa
     >>> [route.label for route in named.routing_table("route").routes]
     ['we', 'route']
     """
-    _check_choice("numerics", numerics, NUMERICS)
-    _check_choice("softmax", softmax, SOFTMAX)
-    _check_choice("trace", trace, TRACE_DETAILS)
-    _check_choice("delivery", delivery, DELIVERY_MODES)
-    _check_choice("routing", routing, ROUTING)
-    _check_choice("engine", engine, ENGINES)
+    check_choice("numerics", numerics, NUMERICS)
+    check_choice("softmax", softmax, SOFTMAX)
+    check_choice("trace", trace, TRACE_DETAILS)
+    check_choice("delivery", delivery, DELIVERY_MODES)
+    check_choice("routing", routing, ROUTING)
+    check_choice("engine", engine, ENGINES)
     if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
         raise InvalidArgumentError(f"top_k must be a positive integer, got {top_k!r}")
     if routing == "topk" and softmax == "online":
@@ -414,8 +427,3 @@ def _check_crashes(network: Network, routes: RouteTable) -> None:
         if crash.token >= limit:
             raise InvalidArgumentError(f"crash of token {crash.token} ({crash.side} side): "
                                        f"there are only {limit} such tokens")
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise InvalidArgumentError(f"{name} must be one of {choices}, got {value!r}")

@@ -16,7 +16,8 @@ import networkx as nx
 import numpy as np
 
 from .errors import DTypeError, InvalidArgumentError, ShapeError
-from .masks import CAUSAL_ALIGNMENTS, route_set
+from .masks import route_set
+from .options import CAUSAL_ALIGNMENTS
 from .positions import query_positions
 from .routeset import RouteSet, batch_head
 

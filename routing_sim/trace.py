@@ -20,12 +20,12 @@ import numpy as np
 from . import exports
 from .errors import InvalidArgumentError, SummaryTraceError
 from .messages import Fate, Kind, Message, towards_key
+from .options import TRACE_DETAILS, check_choice
 from .routes import RouteTable
 from .strides import constant
 
 __all__ = ["AUTO_FULL_LIMIT", "LATENCY_BINS", "TRACE_DETAILS", "Trace"]
 
-TRACE_DETAILS = ("auto", "full", "summary")
 AUTO_FULL_LIMIT = 200_000
 LATENCY_BINS = np.concatenate(([0.0], np.geomspace(1e-6, 1e6, 601)))   # 50 bins per decade
 COLUMNS = ("kind", "src", "dst", "group", "sent", "arrive", "nbytes", "value", "id", "route",
@@ -55,7 +55,7 @@ class Trace:
 
     def __init__(self, detail: str, routes: RouteTable, nbytes: dict[Kind, int]) -> None:
         if detail not in ("full", "summary"):
-            raise InvalidArgumentError(f"trace must be one of {TRACE_DETAILS}, got {detail!r}")
+            check_choice("trace", detail, TRACE_DETAILS)
         self.detail = detail
         self.nbytes_of = nbytes
         self.kinds = tuple(nbytes)                                     # the kinds it logs

@@ -37,12 +37,12 @@ import simpy
 from .deliveries import Deliveries, Timers, concat, merge
 from .messages import Fate, Kind
 from .network import Network, nic_queue
+from .options import DELIVERY_MODES
 from .strides import constant, uniform
 from .timers import retransmission_timer
 
 __all__ = ["DELIVERY_MODES", "Transport"]
 
-DELIVERY_MODES = ("window", "instant", "per_message")
 # per_message mode: the rank of an agenda entry within its instant. Messages rank by
 # 2 · message id + copy, retry timers after every message, the end of the instant last.
 _TIMER_RANK = 2**61

@@ -17,8 +17,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from ..errors import InvalidArgumentError
+from ..options import TRACE_DETAILS
 from ..run import Run
-from ..trace import TRACE_DETAILS
 from ..verify import Verdict, verdict
 
 __all__ = ["AttentionRecord", "Recorder", "active", "record", "token_texts"]

@@ -13,7 +13,7 @@ from ..errors import DeliveryError, DTypeError, InvalidArgumentError, ShapeError
 from ..exact_row import exact_row
 from ..inputs import as_float_array, resolve_scale
 from ..network import Network
-from ..options import Numerics, TraceDetail
+from ..options import NUMERICS, TRACE_DETAILS, Numerics, TraceDetail, check_choice
 from . import strategies
 from .fabric import Fabric
 from .layouts import LAYOUTS, allowed_routes, shard
@@ -200,15 +200,13 @@ def _check_options(strategy, cluster, layout, numerics, transit_dtype, trace, se
                                    f"{type(cluster).__name__}")
     if layout not in LAYOUTS:
         raise InvalidArgumentError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    if numerics not in ("float", "exact"):
-        raise InvalidArgumentError(f"numerics must be 'float' or 'exact', got {numerics!r}")
+    check_choice("numerics", numerics, NUMERICS)
     if transit_dtype not in TRANSIT_DTYPES:
         raise DTypeError(f"transit_dtype must be one of {TRANSIT_DTYPES}, got "
                          f"{transit_dtype!r}")
     if transit_dtype is not None and numerics == "exact":
         raise InvalidArgumentError("transit_dtype rounds what travels, which numerics='exact' "
                                    "rules out; use one or the other")
-    if trace not in ("auto", "full", "summary"):
-        raise InvalidArgumentError(f"trace must be 'auto', 'full' or 'summary', got {trace!r}")
+    check_choice("trace", trace, TRACE_DETAILS)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise InvalidArgumentError(f"seed must be an integer, got {seed!r}")
