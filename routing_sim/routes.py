@@ -3,6 +3,25 @@
 Routes are numbered in canonical order: by query node ``u = g · L + i``, then by key
 index ``j``. A query node's routes are the slice ``indptr[u]:indptr[u + 1]``, already
 in source order, which is the order the numerics kernels need.
+
+"Node" has three numberings; every module uses these names for them (``g`` is the
+routing group, i.e. batch element and head; ``L`` query and ``S`` key tokens per group):
+
+==============  =======================================  ================================
+name            id                                       what is indexed by it
+==============  =======================================  ================================
+query node u    ``g · L + i``                            ``RouteTable.query_node``,
+                                                         ``indptr``, ForwardState's
+                                                         ``(G·L,)`` arrays, outputs, dQ
+key node        ``g · S + j``                            the backward pass's ``key_node``,
+                                                         dK and dV rows
+physical node   self-attention: ``g · L + t`` (token     ``asker``, ``answerer``, crash
+                t asks and answers there); cross:        windows, NIC queues,
+                ``g · (L + S) + i`` for query token i,   ``Stats.node_bytes``
+                ``g · (L + S) + L + j`` for key token j
+==============  =======================================  ================================
+
+``span`` is the number of physical nodes per group (``L``, or ``L + S`` in cross-attention).
 """
 
 from __future__ import annotations
