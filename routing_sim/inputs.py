@@ -16,7 +16,7 @@ import numpy as np
 
 from .arrays import as_numpy
 from .errors import DTypeError, InvalidArgumentError, ShapeError
-from .graphs import graph_mask
+from .graph_reading import graph_mask
 from .masks import route_set
 from .options import EMPTY_ROWS, check_choice
 from .positions import alibi_bias, as_rotary, query_positions

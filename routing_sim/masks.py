@@ -66,7 +66,7 @@ def route_set(attn_mask, is_causal: bool, causal_alignment: str, graph_mask: np.
     """Combine every route restriction into ``(allowed, bias)``.
 
     ``graph_mask`` is a token graph's ``(L, S)`` route mask
-    (:func:`routing_sim.graphs.graph_mask`), or None for no graph.
+    (:func:`routing_sim.graph_reading.graph_mask`), or None for no graph.
 
     Returns
     -------

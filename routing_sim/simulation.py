@@ -10,7 +10,7 @@ import simpy
 
 from . import budget
 from .errors import DeliveryError, EmptyRowError, InvalidArgumentError, ShapeError
-from .graphs import node_labels, node_positions, route_latency
+from .graph_reading import node_labels, node_positions, route_latency
 from .inputs import Problem, prepare
 from .messages import FORWARD, Fate, Kind, payload_bytes
 from .network import Network
