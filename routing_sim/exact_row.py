@@ -16,7 +16,10 @@ result too close to a rounding boundary. This module then computes the row exact
 * the output ``Σ e_j v_j / Σ e_j`` and each share ``e_j / Σ e_j`` as exact fractions
   with an error bound; if both ends of the interval round to the same float, that is
   the correctly rounded result (``float(Fraction)`` rounds correctly), else ``W``
-  doubles (Ziv's strategy), up to 4096 bits.
+  doubles (Ziv's strategy), up to 4096 bits;
+* if the interval holds one rounding boundary ``c``, the sign of ``Σ e_j (v_j - c)`` over
+  every route, bounded weights included, decides the side (:func:`_settle`): a tie of the
+  rest is decided by the tiny weights, so the result is correctly rounded in every case.
 """
 
 from __future__ import annotations
@@ -147,13 +150,18 @@ def _attempt(gaps, kept, value_rows, pulled, precision: int, last: bool):
     total_error = sum(r * m for r, m in zip(relative, mantissas)) + dropped * TAIL / unit
     low_total = total - total_error
     shares = []
-    for mantissa, keep, rel in zip(mantissas, kept, relative):
+    for index, (mantissa, keep, rel) in enumerate(zip(mantissas, kept, relative)):
         if not keep:
             shares.append(0.0)                        # e_j / l < 2^-2308: rounds to 0
             continue
         share = Fraction(mantissa, total)
         error = (rel * mantissa + share * total_error) / low_total
-        decided = _decide(share, error, last)
+        decided = _decide(share, error, False)
+        if decided is None:
+            decided = _settle(share, error, gaps, [Fraction(int(j == index))
+                                                   for j in range(len(gaps))])
+        if decided is None:
+            decided = _decide(share, error, last)
         if decided is None:
             return None
         shares.append(decided)
@@ -174,11 +182,71 @@ def _attempt(gaps, kept, value_rows, pulled, precision: int, last: bool):
                 tail += abs(value)
         mean = numerator / total
         error = (magnitude + tail * TAIL / unit + abs(mean) * total_error) / low_total
-        decided = _decide(mean, error, last)
+        decided = _decide(mean, error, False)
+        if decided is None:
+            decided = _settle(mean, error, gaps,
+                              [Fraction(*row[column]) if take else Fraction(0)
+                               for take, row in zip(pulled, value_rows)])
+        if decided is None:
+            decided = _decide(mean, error, last)
         if decided is None:
             return None
         output.append(decided)
     return np.array(shares), np.array(output)
+
+
+def _settle(x: Fraction, error: Fraction, gaps: list[int], values: list[Fraction]
+            ) -> float | None:
+    """Round ``y = Σ e_j v_j / Σ e_j`` (``y`` within ``error`` of ``x``) when that interval
+    holds exactly one rounding boundary ``c``: the side of ``c`` is the sign of
+    ``Σ e_j (v_j - c)``, decided by :func:`_sign_at` with every weight, the bounded ones
+    included. None if the interval is wider than one boundary."""
+    low, high = _to_float(x - error), _to_float(x + error)
+    if math.isinf(low) or math.isinf(high) or high != math.nextafter(low, math.inf):
+        return None
+    boundary = (Fraction(low) + Fraction(high)) / 2
+    sign = _sign_at(gaps, values, boundary)
+    return high if sign > 0 else low if sign < 0 else float(boundary)  # exact tie: to even
+
+
+def _sign_at(gaps: list[int], values: list[Fraction], boundary: Fraction) -> int:
+    """The sign of ``Σ_j exp(gap_j · 2^-FLOOR) (v_j - boundary)``, exactly.
+
+    Routes with the same gap share one weight; their coefficients are summed exactly.
+    If every coefficient is 0 the sum is 0 (an exact tie). Otherwise it is not 0: the
+    exponentials of distinct rationals are linearly independent over the rationals
+    (Lindemann–Weierstrass), so raising the precision, and the cutoff below which a
+    weight is only bounded, always decides the sign; weights far below the top nonzero
+    group are no longer negligible here, they are what decides a tie of the rest.
+
+    >>> _sign_at([0, 0, -5 << FLOOR], [Fraction(0), Fraction(2), Fraction(3)], Fraction(1))
+    1
+    """
+    groups: dict[int, Fraction] = {}
+    for gap, value in zip(gaps, values):
+        groups[gap] = groups.get(gap, Fraction(0)) + value - boundary
+    live = {gap: c for gap, c in groups.items() if c}
+    if not live:
+        return 0
+    top = max(live)
+    precision = PRECISIONS[0]
+    while precision <= 1 << 20:
+        bits = precision + 32
+        total, error = Fraction(0), Fraction(0)
+        for gap, coefficient in live.items():
+            shift = gap - top                                       # <= 0, times 2^-FLOOR
+            if shift < -bits << FLOOR:
+                error += abs(coefficient) / (1 << bits)             # e^-bits < 2^-bits
+                continue
+            mantissa, k = _exp(shift, bits)
+            weight = Fraction(mantissa) * Fraction(2) ** (k - bits)
+            total += coefficient * weight
+            if shift:
+                error += abs(coefficient) * weight / (1 << (precision - 1))
+        if abs(total) > error:
+            return 1 if total > 0 else -1
+        precision *= 2
+    raise AssertionError("unreachable: a nonzero sum of exponentials has a sign")
 
 
 def _decide(x: Fraction, error: Fraction, last: bool) -> float | None:

@@ -127,6 +127,18 @@ REPRODUCERS = [  # issue 16: (query, key, value, keyword arguments)
      {"attn_mask": np.array([[0.0, 0.0, -1000.0]])}),
     ([[1.0]], [[0.0], [0.0], [0.0]], [[1e-300], [0.0], [1e300]],   # e^-1000·1e300 decides
      {"attn_mask": np.array([[0.0, 0.0, -1000.0]])}),
+    # the rest of the row lies exactly halfway between two floats; a weight below e^-1600
+    # (never computed, only bounded) decides the side of the tie
+    ([[1.0]], [[0.0], [0.0], [0.0]], [[1.0], [1.0 + 2.0**-52], [2.0]],
+     {"attn_mask": np.array([[0.0, 0.0, -1800.0]])}),
+    ([[1.0]], [[0.0], [0.0], [0.0]], [[1.0 + 2.0**-52], [1.0 + 2.0**-51], [0.0]],
+     {"attn_mask": np.array([[0.0, 0.0, -1800.0]])}),
+    ([[1.0]], [[0.0], [0.0], [0.0], [0.0]],                          # tail terms cancel:
+     [[1.0 + 2.0**-52], [1.0 + 2.0**-51], [2.0], [0.0]],               # an exact tie, to even
+     {"attn_mask": np.array([[0.0, 0.0, -1800.0, -1800.0]])}),
+    ([[1.0]], [[0.0], [0.0], [0.0], [0.0]],                          # the nearer of two
+     [[1.0], [1.0 + 2.0**-52], [3.0], [-1.0]],                         # opposite tail terms
+     {"attn_mask": np.array([[0.0, 0.0, -1700.0, -1700.000001]])}),
 ]
 
 
