@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 import numpy as np
@@ -10,6 +9,7 @@ import numpy as np
 from .arrays import as_numpy
 from .errors import InvalidArgumentError, ShapeError
 from .masks import mha_route_mask
+from .mha_weights import checked_weights, initial_weights
 from .options import MHA_ENGINES, check_choice
 from .reference import attention, attention_backward
 from .simulation import simulate
@@ -84,39 +84,14 @@ class MultiHeadAttention:
         self.packed = self.kdim == self.vdim == self.embed_dim and \
             self.num_kv_heads == self.num_heads
         self.last_run = None
-        self._parameters = self._initial(np.random.default_rng(seed), bool(bias),
-                                         bool(add_bias_kv))
+        self._parameters = initial_weights(np.random.default_rng(seed), self.embed_dim,
+                                           self.kv_dim, self.kdim, self.vdim, self.packed,
+                                           bool(bias), bool(add_bias_kv))
 
     @property
     def kv_dim(self) -> int:
         """Width of the projected keys and values: num_kv_heads · head_dim."""
         return self.num_kv_heads * self.head_dim
-
-    def _initial(self, rng: np.random.Generator, bias: bool, add_bias_kv: bool
-                 ) -> dict[str, np.ndarray]:
-        """PyTorch's scheme: xavier-uniform projections, zero biases, xavier-normal bias_k/v."""
-        def xavier(rows: int, cols: int) -> np.ndarray:
-            bound = math.sqrt(6.0 / (rows + cols))
-            return rng.uniform(-bound, bound, size=(rows, cols))
-
-        E, kv = self.embed_dim, self.kv_dim
-        parameters: dict[str, np.ndarray] = {}
-        if self.packed:
-            parameters["in_proj_weight"] = xavier(3 * E, E)
-        else:
-            parameters["q_proj_weight"] = xavier(E, E)
-            parameters["k_proj_weight"] = xavier(kv, self.kdim)
-            parameters["v_proj_weight"] = xavier(kv, self.vdim)
-        if bias:
-            parameters["in_proj_bias"] = np.zeros(E + 2 * kv)
-        if add_bias_kv:
-            parameters["bias_k"] = rng.normal(0, math.sqrt(2.0 / (2 * kv)), size=(1, 1, kv))
-            parameters["bias_v"] = rng.normal(0, math.sqrt(2.0 / (2 * kv)), size=(1, 1, kv))
-        bound = 1 / math.sqrt(E)
-        parameters["out_proj.weight"] = rng.uniform(-bound, bound, size=(E, E))
-        if bias:
-            parameters["out_proj.bias"] = np.zeros(E)
-        return parameters
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """The weights under PyTorch's key names (copies)."""
@@ -134,24 +109,7 @@ class MultiHeadAttention:
         ShapeError
             A value of the wrong shape (the key and both shapes are named).
         """
-        given, expected = set(mapping), set(self._parameters)
-        if given != expected:
-            missing, extra = sorted(expected - given), sorted(given - expected)
-            raise InvalidArgumentError(
-                "state dict does not fit this module: "
-                + "; ".join(part for part in (f"missing keys {missing}" if missing else "",
-                                              f"unexpected keys {extra}" if extra else "")
-                            if part))
-        loaded = {}
-        for name, current in self._parameters.items():
-            array = np.asarray(mapping[name], dtype=np.float64).copy()
-            if array.shape != current.shape:
-                raise ShapeError(f"state dict entry {name!r} has shape {array.shape}, this module "
-                                 f"needs {current.shape}")
-            if not np.isfinite(array).all():
-                raise InvalidArgumentError(f"state dict entry {name!r} holds non-finite values")
-            loaded[name] = array
-        self._parameters = loaded
+        self._parameters = checked_weights(mapping, self._parameters)
 
     def projections(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The query, key and value projection matrices: ``(E, E)``, ``(kv, kdim)`` and
