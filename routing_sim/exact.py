@@ -24,6 +24,7 @@ changes a bit. The work is in float64 whatever the input dtype.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from fractions import Fraction
 from itertools import chain
 
@@ -46,14 +47,16 @@ _TINY = 2.0**-960               # results below: the dd division may underflow
 
 
 def exact_scores(keys: np.ndarray, query: np.ndarray, scale: float,
-                 bias: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 bias: np.ndarray | None = None, *,
+                 name: Callable[[int], str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Scores as double-doubles ``(s_hi, s_lo)``: ``s_hi`` is the correctly rounded
     ``q·k·scale + b`` and ``s_lo`` the correctly rounded rest.
 
     Rows whose products the float error-free transformations cannot take (huge or tiny
     entries, intermediate overflow) are computed with ``fractions.Fraction``. A score
-    whose correctly rounded value is ±inf raises NumericalError; any finite score works,
-    whatever its intermediate products.
+    whose correctly rounded value is ±inf raises NumericalError (``name(j)`` names the
+    score of key row ``j`` in it); any finite score works, whatever its intermediate
+    products.
 
     Examples
     --------
@@ -90,7 +93,8 @@ def exact_scores(keys: np.ndarray, query: np.ndarray, scale: float,
     if safe.any():
         high[safe], low[safe] = row_sums(terms[safe])
     for row in np.flatnonzero(~safe).tolist():
-        high[row], low[row] = _fraction_score(keys64[row], query64, scale64, bias64[row])
+        high[row], low[row] = _fraction_score(keys64[row], query64, scale64, bias64[row],
+                                              "a score" if name is None else name(row))
     return high, low
 
 
@@ -110,8 +114,8 @@ def _in_range(x: np.ndarray) -> np.ndarray:
     return (size == 0) | ((size >= _SAFE_MIN) & (size < 2.0**990))
 
 
-def _fraction_score(key: np.ndarray, query: np.ndarray, scale: float, bias: float
-                    ) -> tuple[float, float]:
+def _fraction_score(key: np.ndarray, query: np.ndarray, scale: float, bias: float,
+                    name: str) -> tuple[float, float]:
     """One score exactly, in fractions: (correctly rounded, correctly rounded rest)."""
     exact = sum((Fraction(x) * Fraction(y) for x, y in zip(key.tolist(), query.tolist())),
                 Fraction(0)) * Fraction(float(scale)) + Fraction(float(bias))
@@ -120,7 +124,7 @@ def _fraction_score(key: np.ndarray, query: np.ndarray, scale: float, bias: floa
     except OverflowError:
         high = math.inf
     if math.isinf(high):
-        raise NumericalError("a score overflowed float64 (|q·k·scale + bias| rounds to inf); "
+        raise NumericalError(f"{name} overflowed float64 (|q·k·scale + bias| rounds to inf); "
                              "scale the inputs down")
     return high, float(exact - Fraction(high))
 

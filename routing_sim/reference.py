@@ -7,6 +7,8 @@ but none of its arithmetic, so an equivalence test really compares two computati
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 
 from .errors import EmptyRowError, InvalidArgumentError, NumericalError
@@ -207,6 +209,11 @@ def _rows(problem: Problem):
                None if sparse.keep is None else sparse.keep[span])
 
 
+def _score_name(group: int, query: int, keys: np.ndarray, row: int) -> str:
+    """How an exact-mode error names the score of key row ``row`` of a query's routes."""
+    return f"the score of query {query} and key {keys[row]} (group {group})"
+
+
 def _exact(problem: Problem, return_weights: bool) -> tuple[np.ndarray | None, np.ndarray]:
     """Exact mode: each query's row with correctly rounded dot products and sums."""
     groups, n_queries, n_keys, _, value_dim = problem.shape
@@ -223,7 +230,9 @@ def _exact(problem: Problem, return_weights: bool) -> tuple[np.ndarray | None, n
         raise EmptyRowError(f"query token {i} (group {g}) has no route to any key token")
     factor = problem.dtype.type(1.0 / (1.0 - problem.dropout_p))
     for g, i, keys, bias, keep in _rows(problem):
-        high, low = exact_scores(problem.key[g, keys], problem.query[g, i], problem.scale, bias)
+        high, low = exact_scores(
+            problem.key[g, keys], problem.query[g, i], problem.scale, bias,
+            name=partial(_score_name, g, i, keys))
         e_high, e_low, l_high, l_low = exact_unnormalised(high, low)
         shares = exact_shares(e_high, e_low, l_high, l_low, high.max())
         pulled = np.ones(len(keys), dtype=bool) if keep is None else keep

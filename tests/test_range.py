@@ -158,6 +158,9 @@ def test_reproducers_of_issue_16(query, key, value, options):
 def test_a_score_that_rounds_to_inf_is_named():
     with pytest.raises(rs.NumericalError, match="overflow"):
         rs.attention([[1e155]], [[1.5e154]], [[1.0]], scale=1.0, numerics="exact")
+    with pytest.raises(rs.NumericalError, match=r"query 1 and key 2 \(group 0\) overflow"):
+        rs.attention([[0.0], [1e155]], [[0.0], [1.0], [1.5e154]], [[1.0]] * 3, scale=1.0,
+                     numerics="exact")
 
 
 def test_ordinary_rows_never_need_the_integer_fallback(monkeypatch):
