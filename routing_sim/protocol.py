@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .barrier import aggregate, allocate, allocate_whole, pull_whole, tiled_shares, top_routes
+from .barrier import aggregate, allocate, top_routes
+from .barrier_whole import allocate_whole, pull_whole, tiled_shares
 from .deliveries import Deliveries
 from .inputs import Problem
 from .messages import Kind
