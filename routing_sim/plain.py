@@ -22,6 +22,10 @@ each query node's barrier: the same numbers, in one place and one order, which i
 makes it fast and bit-identical under every schedule. It also covers what this engine
 refuses: lost, duplicated and crashed messages (retries), NIC contention, the online
 softmax and sparse route sets.
+
+What turns the nodes' results into a :class:`~routing_sim.Run` (the record the fast engine
+keeps, the trace, exact mode's arithmetic and its fallback) is in
+:mod:`routing_sim.plain_run`: not needed to follow the protocol.
 """
 
 from __future__ import annotations
@@ -33,14 +37,12 @@ import numpy as np
 import simpy
 
 from .barrier import top_routes
-from .deliveries import Deliveries
-from .errors import InvalidArgumentError, NumericalError
-from .exact import exact_pull, exact_shares, exact_unnormalised
-from .exact_row import exact_row
+from .errors import NumericalError
 from .inputs import Problem
-from .messages import FORWARD, Kind, message_ids
+from .messages import Kind, message_ids
 from .network import Network
 from .numerics import Kernels, routing_budget, weighted_pull
+from .plain_run import ExactNode, check_plain, note_barrier, note_output, record_log
 from .routes import RouteTable
 from .state import ForwardState
 from .trace import Trace
@@ -178,19 +180,13 @@ class TokenNode:
             np.ones(len(high), dtype=bool)                             # hard routing
         shares = np.zeros(len(high), dtype=engine.problem.dtype)
         if engine.kernels.exact:                # keep e = exp(s - max) and l = Σ e
-            e_high, e_low, l_high, l_low = exact_unnormalised(high[chosen], low[chosen])
-            self.total = (l_high, l_low)
-            self.chosen, self.top = chosen, high[chosen].max()
-            shares[chosen] = exact_shares(e_high, e_low, l_high, l_low, self.top)
-            if np.isnan(shares[chosen]).any():  # undecided: the row in integers
-                shares[chosen] = self.exact_row()[0]
-            self.exp = dict(zip([s.route for s, pick in zip(scores, chosen) if pick],
-                                zip(e_high, e_low)))
+            self.exact = ExactNode(engine.problem, self.group, self.query_token, self.routes)
+            self.exact.allocate(shares, high, low, chosen, scores)
         else:
             shares[chosen] = routing_budget(high[chosen])
         kept = chosen & engine.kept(self.group, self.query_token)      # dropout
         shares *= np.where(kept, engine.dropout_scale, 0).astype(shares.dtype)
-        engine.note_barrier(scores, shares, chosen, now)
+        note_barrier(engine.state, engine.table, scores, shares, chosen, now)
         for score, share, pull in zip(scores, shares, kept):
             if pull:
                 self.pulls[score.route] = Pull(score.route, self.group, self.query_token, score.j,
@@ -205,29 +201,12 @@ class TokenNode:
         values = np.array([self.values[route].value for route in pulled]).reshape(
             len(pulled), engine.problem.shape[4])                      # (pulled, Ev)
         if engine.kernels.exact:                # Σ e_ij v_j exactly, one division by l
-            exp = np.array([self.exp[route] for route in pulled]).reshape(len(pulled), 2)
-            output = exact_pull(exp[:, 0], exp[:, 1], *self.total, values, self.top)
-            if np.isnan(output).any():          # undecided: the row in integers
-                taken = [route in self.pulls for (route, _), pick in zip(self.routes, self.chosen)
-                         if pick]
-                output = self.exact_row(np.array(taken, dtype=bool))[1].astype(values.dtype)
-            if engine.problem.keep is not None:
-                output = output * engine.dropout_scale
+            output = self.exact.pull(pulled, self.pulls, values, engine.dropout_scale)
         else:
             output = weighted_pull(np.array([self.pulls[route].share for route in pulled],
                                             dtype=values.dtype), values)
-        engine.note_output(self.group, self.query_token, self.values.values(), output,
-                           now + engine.processing)
-
-    def exact_row(self, pulled: np.ndarray | None = None):
-        """Exact mode, a row the double-doubles cannot decide: shares over my chosen routes
-        (and the output over ``pulled``) in integers, from the keys my key nodes hold."""
-        problem = self.engine.problem
-        keys = np.array([j for (_, j), pick in zip(self.routes, self.chosen) if pick])
-        bias = None if problem.bias is None else problem.bias[self.group, self.i, keys]
-        values = None if pulled is None else problem.value[self.group, keys]
-        return exact_row(problem.key[self.group, keys], problem.query[self.group, self.i],
-                         problem.scale, bias, values, pulled)
+        note_output(engine.state, engine.table, self.group, self.query_token,
+                    self.values.values(), output, now + engine.processing)
 
     def reply(self, request: Message, kind: type[Message], **payload) -> None:
         """Key node j answers a request ``processing`` after it arrived."""
@@ -290,13 +269,7 @@ class PlainEngine:
         for node in self.nodes:
             self.env.process(node.run())
         self.env.run()
-        for kind in FORWARD:                    # the wire's log, one batch per kind
-            sent = [message for message in self.wire.log if message.KIND == kind]
-            if sent:
-                log.record(Deliveries(kind, np.array([m.route for m in sent]),
-                                      np.array([m.sent for m in sent]),
-                                      np.array([m.arrive for m in sent]),
-                                      n_routes=len(self.table)), None)
+        record_log(log, self.wire.log, self.table)
 
     def receiver(self, message: Message) -> TokenNode:
         """Requests (QUERY, PULL) go to the key token's node, answers to the query token's."""
@@ -315,37 +288,3 @@ class PlainEngine:
         keys = [j for _, j in self.routes_of(group, i)]
         return np.ones(len(keys), bool) if self.problem.keep is None else \
             self.problem.keep[group, i, keys]
-
-    def note_barrier(self, scores: list[Score], shares: np.ndarray, chosen: np.ndarray,
-                     now: float) -> None:
-        """Record a query node's scores and shares, for the Run."""
-        routes = [score.route for score in scores]
-        self.state.scores[routes] = [score.score for score in scores]
-        if self.state.exact is not None:
-            self.state.exact.score_low[routes] = [score.low for score in scores]
-        self.state.shares[routes] = shares
-        if self.state.chosen is not None:
-            self.state.chosen[routes] = chosen
-        self.state.barrier_time[self.table.query_node[routes[0]]] = now
-
-    def note_output(self, group: int, i: int, values, output: np.ndarray, done: float
-                    ) -> None:
-        """Record a query node's output and when its values came, for the Run."""
-        for value in values:
-            self.state.value_time[value.route] = value.arrive
-        node = group * self.table.n_queries + i
-        self.state.output[node], self.state.done_time[node] = output, done
-
-
-def check_plain(softmax: str, network: Network, problem: Problem) -> None:
-    """Refuse, naming the argument, what only the fast engine simulates."""
-    refused = [("softmax='online'", softmax == "online"),
-               ("a lossy network (loss, crashes)", network.faulty),
-               ("duplicate > 0", network.duplicate > 0),
-               ("contention=True", network.contention),
-               ("a RouteSet graph or mask_mod", problem.sparse is not None),
-               ("score_mod", problem.score_mod is not None)]
-    for what, asked in refused:
-        if asked:
-            raise InvalidArgumentError(f"engine='plain' runs the two-phase protocol on a "
-                                       f"reliable network; {what} needs engine='fast'")
