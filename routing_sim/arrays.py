@@ -7,13 +7,14 @@ and converted through numpy's array protocol like any other array-like.
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from .errors import DTypeError
 
 __all__ = ["as_numpy"]
 
 
-def as_numpy(name: str, x, dtype=None) -> np.ndarray:
+def as_numpy(name: str, x: ArrayLike, dtype: DTypeLike | None = None) -> np.ndarray:
     """``np.asarray(x, dtype)``, refusing tensors that track gradients with a clear error.
 
     routing_sim computes its own gradients (:meth:`Run.backward

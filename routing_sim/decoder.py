@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .errors import InvalidArgumentError, ShapeError
 from .graphs import complete
@@ -72,7 +73,8 @@ class Decoder:
     def __len__(self) -> int:
         return 0 if self.keys is None else self.keys.shape[-2]
 
-    def step(self, query, key, value, label: str | None = None) -> DecodeStep:
+    def step(self, query: ArrayLike, key: ArrayLike, value: ArrayLike,
+             label: str | None = None) -> DecodeStep:
         """Add one token (its query ``(..., E)``, key ``(..., E)``, value ``(..., Ev)``)."""
         query, key, value = (np.asarray(x)[..., None, :] for x in (query, key, value))
         if self.keys is not None and self.values is not None and (

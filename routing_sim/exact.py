@@ -29,6 +29,7 @@ from fractions import Fraction
 from itertools import chain
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .errors import NumericalError
 
@@ -181,12 +182,13 @@ def exact_budget(high: np.ndarray, low: np.ndarray) -> np.ndarray:
     return exact_shares(*exact_unnormalised(high, low), top=high.max(axis=-1))
 
 
-def _relative(top) -> np.ndarray:
+def _relative(top: ArrayLike) -> np.ndarray:
     """Relative error bound of each e: exp and rounding, plus the scores' dd error."""
     return _RELATIVE + 2.0**-100 * np.abs(np.asarray(top, np.float64))
 
 
-def exact_shares(e_high: np.ndarray, e_low: np.ndarray, l_high, l_low, top) -> np.ndarray:
+def exact_shares(e_high: np.ndarray, e_low: np.ndarray, l_high: ArrayLike, l_low: ArrayLike,
+                 top: ArrayLike) -> np.ndarray:
     """``e / l`` from :func:`exact_unnormalised`'s double-doubles, each rounded once; NaN
     where the error bound (``top``: the row's max score) straddles a rounding boundary."""
     l_high, l_low = np.asarray(l_high)[..., None], np.asarray(l_low)[..., None]
@@ -269,7 +271,8 @@ def _fast_two_sum(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return total, b - (total - a)
 
 
-def dd_multiply(a_high, a_low, b_high, b_low) -> tuple[np.ndarray, np.ndarray]:
+def dd_multiply(a_high: np.ndarray, a_low: np.ndarray, b_high: np.ndarray, b_low: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
     product = a_high * b_high
     error = _product_error(a_high, b_high, product) + (a_high * b_low + a_low * b_high)
     return _fast_two_sum(product, error)
@@ -312,7 +315,8 @@ def _dd_divide_int(high, low, n: int) -> tuple[np.ndarray, np.ndarray]:
     return _fast_two_sum(quotient, ((high - product) - error + low) / n)
 
 
-def dd_quotient(n_high, n_low, d_high, d_low) -> tuple[np.ndarray, np.ndarray]:
+def dd_quotient(n_high: np.ndarray, n_low: np.ndarray, d_high: np.ndarray | float,
+                d_low: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
     """``(n_high + n_low) / (d_high + d_low)`` as ``first + rest`` (``rest`` unrounded
     into ``first``), for :func:`rounded_or_nan`."""
     with np.errstate(all="ignore"):

@@ -20,13 +20,18 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import InvalidArgumentError
 from .messages import Fate, Kind, Message, towards_key
+
+if TYPE_CHECKING:
+    from .trace import Trace
 
 __all__ = ["mermaid_text", "to_csv", "to_jsonl", "to_mermaid", "to_perfetto"]
 
@@ -39,7 +44,7 @@ _SCALAR = (Kind.SCORE, Kind.PULL, Kind.GRAD_SHARE, Kind.GRAD_SCORE)
 _MERMAID_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 _.,()'-")
 
 
-def to_jsonl(trace, path: str | Path) -> Path:
+def to_jsonl(trace: Trace, path: str | os.PathLike[str]) -> Path:
     """Write one JSON object per transmission, in trace order."""
     path = Path(path)
     with path.open("w", encoding="utf-8", newline="\n") as out:
@@ -48,7 +53,7 @@ def to_jsonl(trace, path: str | Path) -> Path:
     return path
 
 
-def to_csv(trace, path: str | Path) -> Path:
+def to_csv(trace: Trace, path: str | os.PathLike[str]) -> Path:
     """Write every transmission as a CSV row (header first): ready for pandas."""
     path = Path(path)
     buffer = io.StringIO(newline="")
@@ -59,7 +64,7 @@ def to_csv(trace, path: str | Path) -> Path:
     return path
 
 
-def to_perfetto(trace, path: str | Path) -> Path:
+def to_perfetto(trace: Trace, path: str | os.PathLike[str]) -> Path:
     """Write Chrome trace event JSON that Perfetto UI and chrome://tracing open."""
     path = Path(path)
     path.write_text(json.dumps(perfetto_events(trace), separators=(",", ":")) + "\n",
@@ -67,7 +72,7 @@ def to_perfetto(trace, path: str | Path) -> Path:
     return path
 
 
-def perfetto_events(trace) -> dict:
+def perfetto_events(trace: Trace) -> dict:
     """The trace as a Chrome trace event document (``{"traceEvents": [...]}``)."""
     info = trace.context
     delivered = trace.fate == Fate.DELIVERED
@@ -114,7 +119,7 @@ def perfetto_events(trace) -> dict:
             "otherData": {"time unit": "1 simulated time unit = 1 ms"}}
 
 
-def to_mermaid(trace, query: int | None = None, group: int = 0, fenced: bool = False) -> str:
+def to_mermaid(trace: Trace, query: int | None = None, group: int = 0, fenced: bool = False) -> str:
     """A Mermaid ``sequenceDiagram`` of group ``group``: every message, or one query's.
 
     ``fenced`` wraps it in a Markdown code fence (```` ```mermaid ````), ready to paste.

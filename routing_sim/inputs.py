@@ -13,13 +13,14 @@ from dataclasses import dataclass
 
 import networkx as nx
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .arrays import as_numpy
 from .errors import DTypeError, InvalidArgumentError, ShapeError
 from .graph_reading import graph_mask
 from .masks import route_set
-from .options import EMPTY_ROWS, check_choice
-from .positions import alibi_bias, as_rotary, query_positions
+from .options import EMPTY_ROWS, CausalAlignment, EmptyRows, check_choice
+from .positions import RotaryEmbedding, alibi_bias, as_rotary, query_positions
 from .routeset import RouteSet
 from .sparse import DENSE_LIMIT, SparseRoutes, sparse_routes
 
@@ -91,7 +92,7 @@ class Problem:
         groups, n_queries, dim = self.query.shape
         return groups, n_queries, self.key.shape[1], dim, self.value.shape[2]
 
-    def upstream(self, d_output) -> np.ndarray:
+    def upstream(self, d_output: ArrayLike) -> np.ndarray:
         """The upstream gradient, checked against the output's shape, flattened to groups."""
         groups, n_queries, _, _, value_dim = self.shape
         expected = (*self.batch_shape, n_queries, value_dim)
@@ -103,7 +104,8 @@ class Problem:
             raise InvalidArgumentError("d_output must hold finite real numbers")
         return upstream.astype(self.dtype).reshape(groups, n_queries, value_dim)
 
-    def per_route(self, name: str, query_node, key_index) -> np.ndarray | None:
+    def per_route(self, name: str, query_node: Callable[[], np.ndarray],
+                  key_index: Callable[[], np.ndarray]) -> np.ndarray | None:
         """``bias`` or ``keep`` of every route ``(R,)`` in canonical order, or None.
 
         ``query_node`` and ``key_index`` are callables giving the routes' ``(R,)`` query
@@ -125,11 +127,13 @@ class Problem:
         return array.reshape(*self.batch_shape, *array.shape[1:])
 
 
-def prepare(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causal: bool = False,
+def prepare(query: ArrayLike, key: ArrayLike, value: ArrayLike,
+            attn_mask: ArrayLike | None = None, dropout_p: float = 0.0, is_causal: bool = False,
             scale: float | None = None, enable_gqa: bool = False, *,
-            causal_alignment: str = "top_left", empty_rows: str = "zero", dropout_mask=None,
-            seed: int | None = 0, graph: nx.DiGraph | RouteSet | None = None,
-            alibi_slopes=None, rope=None, mask_mod: Callable | None = None,
+            causal_alignment: CausalAlignment = "top_left", empty_rows: EmptyRows = "zero",
+            dropout_mask: ArrayLike | None = None, seed: int | None = 0,
+            graph: nx.DiGraph | RouteSet | None = None, alibi_slopes: ArrayLike | None = None,
+            rope: RotaryEmbedding | float | None = None, mask_mod: Callable | None = None,
             score_mod: Callable | None = None) -> Problem:
     """Validate the public arguments and flatten them into a :class:`Problem`.
 
@@ -187,9 +191,10 @@ def prepare(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causal
         bias = alibi if bias is None else bias + alibi
     rotary = as_rotary(rope)
     origin["rotary"] = rotary
-    origin["query_positions"] = query_positions(n_queries, n_keys, causal_alignment)
+    positions = query_positions(n_queries, n_keys, causal_alignment)          # (L,)
+    origin["query_positions"] = positions
     if rotary is not None:
-        query = rotary.rotate(query, origin["query_positions"])
+        query = rotary.rotate(query, positions)
         key = rotary.rotate(key, np.arange(n_keys))
     if sparse is None:
         keep = _dropout_keep(dropout_p, dropout_mask, seed, scores_shape)
@@ -226,7 +231,8 @@ def _unbroadcast(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return grad.sum(axis=stretched, keepdims=True) if stretched else grad
 
 
-def _alibi(slopes, scores_shape: tuple[int, ...], alignment: str) -> np.ndarray:
+def _alibi(slopes: ArrayLike, scores_shape: tuple[int, ...], alignment: CausalAlignment
+           ) -> np.ndarray:
     """ALiBi biases shaped to broadcast over ``(..., H, L, S)``: heads are the last batch dim."""
     *batch_shape, n_queries, n_keys = scores_shape
     bias = alibi_bias(slopes, n_queries, n_keys, alignment)            # (H, L, S)
@@ -241,7 +247,7 @@ def _alibi(slopes, scores_shape: tuple[int, ...], alignment: str) -> np.ndarray:
     return bias
 
 
-def as_float_array(name: str, x) -> np.ndarray:
+def as_float_array(name: str, x: ArrayLike) -> np.ndarray:
     try:
         array = as_numpy(name, x)
     except DTypeError:                   # already says what to do (a tensor needing grad)

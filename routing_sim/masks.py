@@ -9,10 +9,11 @@ edge) ends up as a False in ``allowed``; a route exists only if every source all
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .arrays import as_numpy
 from .errors import DTypeError, InvalidArgumentError, ShapeError
-from .options import CAUSAL_ALIGNMENTS
+from .options import CAUSAL_ALIGNMENTS, CausalAlignment
 
 __all__ = ["CAUSAL_ALIGNMENTS", "causal_mask", "mha_route_mask", "padding_mask", "route_set"]
 
@@ -40,7 +41,7 @@ def causal_mask(n_queries: int, n_keys: int, alignment: str = "top_left") -> np.
     return np.tril(np.ones((n_queries, n_keys), dtype=bool), k=offset)
 
 
-def padding_mask(lengths, n_keys: int) -> np.ndarray:
+def padding_mask(lengths: ArrayLike, n_keys: int) -> np.ndarray:
     """SDPA-style bool mask ``(N, 1, 1, S)`` for a batch of padded key sequences.
 
     ``lengths[n]`` keys of sequence ``n`` are real (True = route allowed); broadcast over
@@ -60,7 +61,8 @@ def padding_mask(lengths, n_keys: int) -> np.ndarray:
     return (np.arange(n_keys)[None, :] < lengths[:, None])[:, None, None, :]
 
 
-def route_set(attn_mask, is_causal: bool, causal_alignment: str, graph_mask: np.ndarray | None,
+def route_set(attn_mask: ArrayLike | None, is_causal: bool, causal_alignment: CausalAlignment,
+              graph_mask: np.ndarray | None,
               batch_shape: tuple[int, ...], n_queries: int, n_keys: int, dtype: np.dtype
               ) -> tuple[np.ndarray, np.ndarray | None]:
     """Combine every route restriction into ``(allowed, bias)``.
@@ -109,7 +111,8 @@ def route_set(attn_mask, is_causal: bool, causal_alignment: str, graph_mask: np.
     return allowed, bias
 
 
-def mha_route_mask(attn_mask, key_padding_mask, is_causal: bool, n_heads: int, n_batch: int,
+def mha_route_mask(attn_mask: ArrayLike | None, key_padding_mask: ArrayLike | None,
+                   is_causal: bool, n_heads: int, n_batch: int,
                    n_queries: int, n_keys: int, n_routes: int, batched: bool
                    ) -> np.ndarray | None:
     """One SDPA-style mask ``(N, H, L, S')`` from ``nn.MultiheadAttention``'s masks.

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .errors import InvalidArgumentError, ShapeError
 
@@ -33,7 +34,8 @@ class ScoreMod:
     def __call__(self, score, b, h, q_idx, kv_idx):
         raise NotImplementedError
 
-    def grad(self, score, b, h, q_idx, kv_idx):
+    def grad(self, score: np.ndarray, b: ArrayLike, h: ArrayLike, q_idx: ArrayLike,
+             kv_idx: ArrayLike) -> np.ndarray:
         raise NotImplementedError
 
 
@@ -56,7 +58,8 @@ class softcap(ScoreMod):  # noqa: N801 - named like the function users call
     def __call__(self, score, b, h, q_idx, kv_idx):
         return self.cap * np.tanh(score / self.cap)
 
-    def grad(self, score, b, h, q_idx, kv_idx):
+    def grad(self, score: np.ndarray, b: ArrayLike, h: ArrayLike, q_idx: ArrayLike,
+             kv_idx: ArrayLike) -> np.ndarray:
         # sech²(x) = 4 e^{-2|x|} / (1 + e^{-2|x|})²: no cancellation (1 - tanh² has it) and
         # no overflow for large |x|.
         decay = np.exp(-2.0 * np.abs(score / self.cap))
@@ -85,7 +88,8 @@ class alibi(ScoreMod):  # noqa: N801
         distance = np.abs(np.asarray(q_idx) - np.asarray(kv_idx))
         return score - self.slopes[np.asarray(h) % len(self.slopes)] * distance
 
-    def grad(self, score, b, h, q_idx, kv_idx):
+    def grad(self, score: np.ndarray, b: ArrayLike, h: ArrayLike, q_idx: ArrayLike,
+             kv_idx: ArrayLike) -> np.ndarray:
         return np.ones(np.broadcast_shapes(*map(np.shape, (score, h, q_idx, kv_idx))))
 
     def __repr__(self) -> str:
@@ -118,14 +122,16 @@ class relative_bias(ScoreMod):  # noqa: N801
             return score + self.table[bucket]
         return score + self.table[np.asarray(h) % len(self.table), bucket]
 
-    def grad(self, score, b, h, q_idx, kv_idx):
+    def grad(self, score: np.ndarray, b: ArrayLike, h: ArrayLike, q_idx: ArrayLike,
+             kv_idx: ArrayLike) -> np.ndarray:
         return np.ones(np.broadcast_shapes(*map(np.shape, (score, h, q_idx, kv_idx))))
 
     def __repr__(self) -> str:
         return f"relative_bias(table of shape {self.table.shape})"
 
 
-def modified(score_mod: Callable, scores: np.ndarray, b, h, q_idx, kv_idx) -> np.ndarray:
+def modified(score_mod: Callable, scores: np.ndarray, b: ArrayLike, h: ArrayLike,
+             q_idx: ArrayLike, kv_idx: ArrayLike) -> np.ndarray:
     """``score_mod`` applied to ``scores``, checked: real, the shape of ``scores``.
 
     Callers check the modded scores of existing routes are finite (a score_mod that

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .arrays import as_numpy
 from .errors import InvalidArgumentError, ShapeError
 from .masks import mha_route_mask
 from .mha_weights import checked_weights, initial_weights
-from .options import MHA_ENGINES, check_choice
+from .options import MHA_ENGINES, MhaEngine, check_choice
 from .reference import attention, attention_backward
 from .simulation import simulate
 
@@ -165,10 +167,11 @@ class MultiHeadAttention:
                                            options)
         return output, weights
 
-    def gradients(self, query, key, value, d_output, key_padding_mask=None,
-                  need_weights: bool = True, attn_mask=None, average_attn_weights: bool = True,
-                  is_causal: bool = False, engine: str = "messages", **options
-                  ) -> dict[str, np.ndarray]:
+    def gradients(self, query: ArrayLike, key: ArrayLike, value: ArrayLike,
+                  d_output: ArrayLike, key_padding_mask: ArrayLike | None = None,
+                  need_weights: bool = True, attn_mask: ArrayLike | None = None,
+                  average_attn_weights: bool = True, is_causal: bool = False,
+                  engine: MhaEngine = "messages", **options: Any) -> dict[str, np.ndarray]:
         """Gradients of ``sum(output * d_output)`` for every weight and every input.
 
         Takes the call's arguments plus ``d_output`` (the output's shape). Returns a dict

@@ -183,7 +183,9 @@ class Network:
         """Do message ids feed any random draw (jitter, loss, reordering, spikes, copies)?"""
         return bool(self.jitter or self.loss or self.reorder or self.spike or self.duplicate)
 
-    def delays(self, message_ids: np.ndarray | None, base, nbytes, sized: bool = True):
+    def delays(self, message_ids: np.ndarray | None, base: np.ndarray | float,
+               nbytes: np.ndarray | float,
+               sized: bool = True) -> np.ndarray | np.float64:
         """Transit time of each message (before NIC queueing), given its route's latency.
 
         ``base`` and ``nbytes`` are per-message arrays or scalars; without randomness the

@@ -94,8 +94,12 @@ class Kernels:
             return exact_scores(keys, query, scale, bias)
         return match_scores(keys, query, scale, bias), None
 
-    def budget(self, high, low):
-        return exact_budget(high, low) if self.exact else routing_budget(high)
+    def budget(self, high: np.ndarray, low: np.ndarray | None) -> np.ndarray:
+        """Shares of the scores ``high`` (plus ``low``: exact mode's double-doubles)."""
+        if not self.exact:
+            return routing_budget(high)
+        assert low is not None, "exact scores are double-doubles (high, low)"
+        return exact_budget(high, low)
 
 
 # ---------------------------------------------------------------- online softmax states

@@ -7,6 +7,8 @@ Needs the ``plot`` extra (matplotlib). Every function returns a
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import networkx as nx
 import numpy as np
 
@@ -14,12 +16,15 @@ from .errors import InvalidArgumentError
 from .messages import towards_key
 from .run import Run
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 __all__ = ["graph", "heatmap", "timeline"]
 
 MASKED = "#dddddd"        # the heatmap's colour for cells with no route
 
 
-def new_figure(width: float, height: float):
+def new_figure(width: float, height: float) -> Figure:
     try:
         from matplotlib.figure import Figure
     except ImportError:
@@ -28,7 +33,8 @@ def new_figure(width: float, height: float):
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def _tables(run: Run, batch) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _tables(run: Run, batch: int | tuple[int, ...] | None
+            ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """The routing tables ``(heads, L, S)`` of one batch element, which of their cells
     are routes (bool, same shape), and head titles."""
     weights = run.weights
@@ -50,7 +56,7 @@ def _names(labels: list, count: int) -> list[str]:
             for i, label in enumerate(labels[:count])]
 
 
-def heatmap(run: Run, batch=None):
+def heatmap(run: Run, batch: int | tuple[int, ...] | None = None) -> Figure:
     """Routing tables as heatmaps, one panel per head: row i is where token i's budget goes.
 
     Cells with no route (masked by the attention mask, causality or the graph) are drawn
@@ -87,11 +93,13 @@ def heatmap(run: Run, batch=None):
     if not exists.all():
         figure.legend(handles=[Patch(facecolor=MASKED, hatch="///", edgecolor="grey",
                                      label="no route (masked)")], loc="outside lower center")
+    assert image is not None, "a run has at least one routing table to draw"
     figure.colorbar(image, ax=list(axes), label="share of the budget")
     return figure
 
 
-def graph(run: Run, head: int | None = None, batch=None):
+def graph(run: Run, head: int | None = None, batch: int | tuple[int, ...] | None = None
+          ) -> Figure:
     """The token graph, each edge j -> i drawn as wide as i's share for j.
 
     One panel per head (``head=None``, the default), or only head ``head``.
@@ -142,7 +150,7 @@ def _draw_graph(axis, run: Run, table: np.ndarray) -> None:
     axis.set_axis_off()
 
 
-def timeline(run: Run, bins: int = 40, group: int = 0):
+def timeline(run: Run, bins: int = 40, group: int = 0) -> Figure:
     """Messages over simulated time (needs a full trace).
 
     The top panel counts the messages of each kind arriving per time bin (integer counts,

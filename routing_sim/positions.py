@@ -14,8 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .errors import InvalidArgumentError, ShapeError
+from .options import CausalAlignment
 
 __all__ = ["RotaryEmbedding", "alibi_bias", "query_positions"]
 
@@ -34,7 +36,8 @@ def query_positions(n_queries: int, n_keys: int, alignment: str) -> np.ndarray:
     return np.arange(n_queries) + offset
 
 
-def alibi_bias(slopes, n_queries: int, n_keys: int, alignment: str = "top_left") -> np.ndarray:
+def alibi_bias(slopes: ArrayLike, n_queries: int, n_keys: int,
+               alignment: CausalAlignment = "top_left") -> np.ndarray:
     """ALiBi biases ``(H, L, S)``: ``-slopes[h] · |pos_i - j|``.
 
     Examples
@@ -101,7 +104,7 @@ class RotaryEmbedding:
         return np.stack([rotated_first, rotated_second], axis=-1).reshape(x.shape)
 
 
-def as_rotary(rope) -> RotaryEmbedding | None:
+def as_rotary(rope: RotaryEmbedding | float | None) -> RotaryEmbedding | None:
     """Accept ``None``, a base (float) or a :class:`RotaryEmbedding`."""
     if rope is None or isinstance(rope, RotaryEmbedding):
         return rope

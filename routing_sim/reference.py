@@ -7,9 +7,12 @@ but none of its arithmetic, so an equivalence test really compares two computati
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
+from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .errors import EmptyRowError, InvalidArgumentError, NumericalError
 from .exact import exact_pull, exact_scores, exact_shares, exact_unnormalised
@@ -21,15 +24,25 @@ from .routeset import batch_head
 from .segments import segment_attention, segment_backward
 from .sparse import DENSE_LIMIT
 
+if TYPE_CHECKING:
+    import networkx as nx
+
+    from .positions import RotaryEmbedding
+    from .routeset import RouteSet
+
 __all__ = ["attention", "attention_backward"]
 
 
-def attention(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causal: bool = False,
-              scale: float | None = None, enable_gqa: bool = False, *,
+def attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
+              attn_mask: ArrayLike | None = None, dropout_p: float = 0.0,
+              is_causal: bool = False, scale: float | None = None, enable_gqa: bool = False, *,
               causal_alignment: CausalAlignment = "top_left", empty_rows: EmptyRows = "zero",
-              numerics: Numerics = "float", dropout_mask=None, seed: int | None = 0,
-              alibi_slopes=None, rope=None, return_weights: bool = False, graph=None,
-              mask_mod=None, score_mod=None):
+              numerics: Numerics = "float", dropout_mask: ArrayLike | None = None,
+              seed: int | None = 0, alibi_slopes: ArrayLike | None = None,
+              rope: RotaryEmbedding | float | None = None, return_weights: bool = False,
+              graph: nx.DiGraph | RouteSet | None = None, mask_mod: Callable | None = None,
+              score_mod: Callable | None = None
+              ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     r"""Scaled dot-product attention in matrix form, with PyTorch's SDPA semantics.
 
     .. math:: \mathrm{out} = \mathrm{softmax}(Q K^\top \cdot \mathrm{scale} + B)\, V
@@ -253,13 +266,18 @@ def _exact(problem: Problem, return_weights: bool) -> tuple[np.ndarray | None, n
     return weights, output
 
 
-def attention_backward(query, key, value, d_output, attn_mask=None, dropout_p: float = 0.0,
+def attention_backward(query: ArrayLike, key: ArrayLike, value: ArrayLike, d_output: ArrayLike,
+                       attn_mask: ArrayLike | None = None, dropout_p: float = 0.0,
                        is_causal: bool = False, scale: float | None = None,
-                       enable_gqa: bool = False, *, causal_alignment: str = "top_left",
-                       empty_rows: str = "zero", numerics: str = "float", dropout_mask=None,
-                       seed: int | None = 0, alibi_slopes=None, rope=None,
-                       return_weights: bool = False, graph=None, mask_mod=None,
-                       score_mod=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                       enable_gqa: bool = False, *,
+                       causal_alignment: CausalAlignment = "top_left",
+                       empty_rows: EmptyRows = "zero", numerics: Numerics = "float",
+                       dropout_mask: ArrayLike | None = None, seed: int | None = 0,
+                       alibi_slopes: ArrayLike | None = None,
+                       rope: RotaryEmbedding | float | None = None,
+                       return_weights: bool = False, graph: nx.DiGraph | RouteSet | None = None,
+                       mask_mod: Callable | None = None, score_mod: Callable | None = None
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     r"""Gradients of :func:`attention` with respect to query, key and value, in matrix form.
 
     With ``P = softmax(S)``, ``P' = P ⊙ keep / (1-p)`` and ``O = P' V``, given ``dO``:

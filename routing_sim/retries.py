@@ -79,7 +79,8 @@ class TokenNodes:
         self.transport.send(kind, batch.routes[fresh], batch.arrive[fresh] + self.processing,
                             batch.attempt[fresh])
 
-    def request(self, kind: Kind, routes: np.ndarray, ready, attempt) -> None:
+    def request(self, kind: Kind, routes: np.ndarray, ready: np.ndarray | float,
+                attempt: np.ndarray | int) -> None:
         """Send requests; on a network that can lose them, the transport arms their retry
         timers when they leave their NICs (:mod:`routing_sim.timers`)."""
         self.transport.send(kind, routes, ready, attempt)

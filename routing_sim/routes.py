@@ -26,9 +26,16 @@ physical node   self-attention: ``g · L + t`` (token     ``asker``, ``answerer`
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from .routeset import concat_ranges
+
+if TYPE_CHECKING:
+    from .messages import Kind
+    from .network import Crash
 
 __all__ = ["RouteTable"]
 
@@ -144,12 +151,13 @@ class RouteTable:
     def query_token(self, routes: np.ndarray) -> np.ndarray:
         return self.query_node[routes] % self.n_queries
 
-    def endpoints(self, kind, routes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def endpoints(self, kind: Kind, routes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Physical (sender, receiver) node ids of one message of ``kind`` on each route."""
         asker, answerer = self.asker[routes], self.answerer[routes]
         return (asker, answerer) if kind.to_key else (answerer, asker)
 
-    def crash_filter(self, crashes):
+    def crash_filter(self, crashes: Iterable[Crash]
+                     ) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
         """``down(nodes, times)``: which (node, time) pairs fall in one of ``crashes``."""
         windows = []
         for crash in crashes:

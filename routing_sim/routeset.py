@@ -11,10 +11,11 @@ implicit until something asks for them.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import networkx as nx
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .errors import DTypeError, InvalidArgumentError, ShapeError
 from .graphs import check_count
@@ -97,7 +98,7 @@ class RouteSet:
                    n_queries, n_keys, batch_shape, cross=cross)
 
     @classmethod
-    def from_mask(cls, mask) -> RouteSet:
+    def from_mask(cls, mask: ArrayLike) -> RouteSet:
         """The routes of a boolean mask ``(..., L, S)`` (True = route allowed).
 
         Examples
@@ -215,7 +216,8 @@ class RouteSet:
         mask[self.query_node, self.indices] = True
         return mask.reshape(*self.batch_shape, self.n_queries, self.n_keys)
 
-    def to_networkx(self, group: int = 0, *, labels=None, key_labels=None) -> nx.DiGraph:
+    def to_networkx(self, group: int = 0, *, labels: Sequence[str] | None = None,
+                    key_labels: Sequence[str] | None = None) -> nx.DiGraph:
         """The token graph of one group (edge ``j -> i`` per route), numbered as in
         :mod:`routing_sim.graphs`.
 

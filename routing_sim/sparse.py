@@ -14,10 +14,11 @@ from collections.abc import Callable
 
 import networkx as nx
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .errors import DTypeError, InvalidArgumentError, ShapeError
 from .masks import route_set
-from .options import CAUSAL_ALIGNMENTS
+from .options import CAUSAL_ALIGNMENTS, CausalAlignment
 from .positions import query_positions
 from .routeset import RouteSet, batch_head
 
@@ -42,9 +43,12 @@ def route_coordinates(routes: RouteSet) -> tuple[np.ndarray, np.ndarray, np.ndar
     return batch, head, query, routes.indices
 
 
-def sparse_routes(graph, mask_mod: Callable | None, attn_mask, is_causal: bool,
-                  causal_alignment: str, batch_shape: tuple[int, ...], n_queries: int,
-                  n_keys: int, dtype: np.dtype, alibi_slopes=None, keep=None) -> SparseRoutes:
+def sparse_routes(graph: nx.DiGraph | RouteSet | None, mask_mod: Callable | None,
+                  attn_mask: ArrayLike | None, is_causal: bool,
+                  causal_alignment: CausalAlignment, batch_shape: tuple[int, ...],
+                  n_queries: int, n_keys: int, dtype: np.dtype,
+                  alibi_slopes: ArrayLike | None = None, keep: np.ndarray | None = None
+                  ) -> SparseRoutes:
     """Every route restriction, applied route by route (a route exists where all allow it)."""
     if causal_alignment not in CAUSAL_ALIGNMENTS:
         raise InvalidArgumentError(f"causal_alignment must be one of {CAUSAL_ALIGNMENTS}, "

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .trace import Trace
+
+if TYPE_CHECKING:
+    from .run import Run
 
 __all__ = ["Gradients", "Stats"]
 
@@ -81,7 +86,7 @@ class Gradients:
     stats: Stats
     trace: Trace
     _score: Callable[[], np.ndarray] = field(repr=False, compare=False)
-    _run: object = field(default=None, repr=False, compare=False)   # the forward Run
+    _run: Run | None = field(default=None, repr=False, compare=False)   # the forward Run
 
     def score(self) -> np.ndarray:
         """The gradient of every score ``s_ij`` (scaled, bias included), shape (..., L, S).
@@ -105,10 +110,11 @@ class Gradients:
         """
         return self._score()
 
-    def to_html(self, path) -> Path:
+    def to_html(self, path: str | os.PathLike[str]) -> Path:
         """Write the offline replay page of the backward pass: the gradient messages moving
         back along the routes, with the forward pass's routing tables (see
         :meth:`Run.to_html <routing_sim.Run.to_html>`). Returns the path."""
         from .replay import write_html
 
+        assert self._run is not None, "Run.backward keeps the forward Run"
         return write_html(self._run, path, self.trace, self.stats, phase="backward")

@@ -19,7 +19,7 @@ __all__ = ["grid_points", "sweep"]
 
 
 def sweep(function: Callable[..., Mapping[str, Any]], grid: Mapping[str, Sequence], *,
-          executor=None, progress: bool | None = None) -> list[dict[str, Any]]:
+          executor: Any = None, progress: bool | None = None) -> list[dict[str, Any]]:
     """Run ``function(**point)`` for every point of ``grid``; one record per point.
 
     Parameters

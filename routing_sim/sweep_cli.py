@@ -22,7 +22,7 @@ __all__ = ["add_parser", "parse_grid", "resolve"]
 SWEEP_FORMATS = ("csv", "jsonl")
 
 
-def add_parser(commands) -> None:
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``sweep`` command to the ``routing-sim`` subcommands."""
     parser = commands.add_parser(
         "sweep", help="run a function over a parameter grid; CSV or JSON Lines",

@@ -12,8 +12,10 @@ A full trace is also a sequence of :class:`Message` records: ``trace[0]``, ``len
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,6 +25,11 @@ from .messages import Fate, Kind, Message, towards_key
 from .options import TRACE_DETAILS, check_choice
 from .routes import RouteTable
 from .strides import constant
+
+if TYPE_CHECKING:
+    import pandas
+
+    from .deliveries import Deliveries
 
 __all__ = ["AUTO_FULL_LIMIT", "LATENCY_BINS", "TRACE_DETAILS", "Trace"]
 
@@ -74,7 +81,7 @@ class Trace:
     def full(self) -> bool:
         return self.detail == "full"
 
-    def record(self, batch, fate: np.ndarray | None) -> None:
+    def record(self, batch: Deliveries, fate: np.ndarray | None) -> None:
         """Log transmissions once their fate is known (``fate`` None: all delivered)."""
         kind, size = batch.kind, self.nbytes_of[batch.kind]
         if fate is None and batch.copy is None:                       # the common case
@@ -211,7 +218,8 @@ class Trace:
         """Total payload bytes put on the wire, per message kind."""
         return {kind: self.counts[kind] * self.nbytes_of[kind] for kind in self.kinds}
 
-    def latency_percentiles(self, kind: Kind, quantiles=(50, 90, 99)) -> dict[str, float]:
+    def latency_percentiles(self, kind: Kind, quantiles: Sequence[float] = (50, 90, 99)
+                            ) -> dict[str, float]:
         """Delivery latency percentiles of one kind: exact with a full trace, else from the
         histogram (bin upper edges, 50 bins per decade: within 5%)."""
         if self.full:
@@ -229,7 +237,7 @@ class Trace:
         return {f"p{q}": float(edges[np.searchsorted(cumulative, q / 100)]) for q in quantiles} \
             | {"max": float(edges[np.flatnonzero(counts)[-1]])}
 
-    def to_perfetto(self, path) -> Path:
+    def to_perfetto(self, path: str | os.PathLike[str]) -> Path:
         """Write Chrome trace event JSON for Perfetto UI / chrome://tracing (see
         :mod:`routing_sim.exports`). Returns the path."""
         return exports.to_perfetto(self._require_full("to_perfetto"), path)
@@ -247,23 +255,24 @@ class Trace:
         return exports.to_mermaid(self, None if query is None else int(query), int(group),
                                   bool(fenced))
 
-    def to_jsonl(self, path) -> Path:
+    def to_jsonl(self, path: str | os.PathLike[str]) -> Path:
         """Write one JSON object per transmission. Returns the path."""
         return exports.to_jsonl(self._require_full("to_jsonl"), path)
 
-    def to_csv(self, path) -> Path:
+    def to_csv(self, path: str | os.PathLike[str]) -> Path:
         """Write one CSV row per transmission (pandas: ``read_csv``). Returns the path."""
         return exports.to_csv(self._require_full("to_csv"), path)
 
-    def to_pandas(self):
+    def to_pandas(self) -> pandas.DataFrame:
         """The full trace as a ``pandas.DataFrame``, one row per transmission, with
         ``kind`` and ``fate`` as named categories (needs pandas)."""
         try:
             import pandas
         except ImportError:
             raise InvalidArgumentError("to_pandas needs pandas: pip install pandas") from None
-        self._require_full("to_pandas")
-        frame = pandas.DataFrame({name: self._columns[name] for name in Message._fields})
+        columns = self._require_full("to_pandas")._columns
+        assert columns is not None                                     # a full trace's
+        frame = pandas.DataFrame({name: columns[name] for name in Message._fields})
         frame["kind"] = pandas.Categorical.from_codes(frame["kind"],
                                                       [kind.name for kind in Kind])
         frame["fate"] = pandas.Categorical.from_codes(frame["fate"], [fate.label for fate in Fate])

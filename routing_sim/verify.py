@@ -22,8 +22,10 @@ and :func:`tolerance` returns it.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .errors import InvalidArgumentError
 from .inputs import Problem, prepare
@@ -63,9 +65,10 @@ class Verdict:
                 f"({'within' if self.within_tolerance else 'outside'} the float tolerance)")
 
 
-def tolerance(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causal: bool = False,
-              scale: float | None = None, enable_gqa: bool = False, **options
-              ) -> tuple[np.ndarray, np.ndarray]:
+def tolerance(query: ArrayLike, key: ArrayLike, value: ArrayLike,
+              attn_mask: ArrayLike | None = None, dropout_p: float = 0.0,
+              is_causal: bool = False, scale: float | None = None, enable_gqa: bool = False,
+              **options: Any) -> tuple[np.ndarray, np.ndarray]:
     """Allowed absolute difference from matrix attention, per output and per weight.
 
     Takes the arguments of :func:`~routing_sim.attention`. Returns arrays shaped like the
@@ -87,8 +90,8 @@ def tolerance(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_caus
     return problem.unflatten(output_tol), problem.unflatten(weight_tol)
 
 
-def verdict(output: np.ndarray, weights: np.ndarray | None, query, key, value,
-            **arguments) -> Verdict:
+def verdict(output: np.ndarray, weights: np.ndarray | None, query: ArrayLike, key: ArrayLike,
+            value: ArrayLike, **arguments: Any) -> Verdict:
     """Compare a simulated output and weights with :func:`~routing_sim.attention`.
 
     ``arguments`` are the attention arguments the simulation used. ``weights=None``

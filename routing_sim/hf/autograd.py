@@ -50,7 +50,9 @@ class _SimulatedAttention(torch.autograd.Function):
     """Forward: ``simulate``; backward: ``run.backward``, the gradients as messages."""
 
     @staticmethod
-    def forward(ctx, query, key, value, mask, arguments, holder):
+    def forward(ctx: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                mask: torch.Tensor | None, arguments: dict[str, Any], holder: list[Run]
+                ) -> torch.Tensor:
         attn_mask = None if mask is None else _numpy(mask)
         run = simulate(_numpy(query), _numpy(key), _numpy(value), attn_mask=attn_mask,
                        **arguments)
@@ -59,7 +61,7 @@ class _SimulatedAttention(torch.autograd.Function):
         return torch.from_numpy(run.output).to(query.device)
 
     @staticmethod
-    def backward(ctx, d_output):
+    def backward(ctx: Any, d_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         grads = ctx.run.backward(_numpy(d_output))
         device = d_output.device
         tensors = [torch.from_numpy(np.ascontiguousarray(grad)).to(device)

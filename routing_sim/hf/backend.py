@@ -60,7 +60,7 @@ _ATTENTION_KEYWORDS = frozenset(inspect.signature(attention).parameters)
 _OPTIONS: dict[str, dict[str, Any]] = {}
 
 
-def register(name: str = "routing_sim", **options) -> str:
+def register(name: str = "routing_sim", **options: Any) -> str:
     """Make ``attn_implementation=name`` run every attention call through ``simulate``.
 
     Parameters

@@ -15,11 +15,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidArgumentError
-from ..options import TRACE_DETAILS
+from ..options import TRACE_DETAILS, TraceDetail
 from ..run import Run
 from ..verify import Verdict, verdict
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["AttentionRecord", "Recorder", "active", "record", "token_texts"]
 
@@ -60,7 +64,7 @@ class Recorder:
     _seen: set = field(default_factory=set, repr=False)
     _tokens: dict[str, list[str]] = field(default_factory=dict, repr=False)
 
-    def add(self, module, run: Run, inputs: dict) -> None:
+    def add(self, module: torch.nn.Module, run: Run, inputs: dict) -> None:
         """Record one attention call of ``module`` (called by the backend)."""
         if id(module) in self._seen:
             self._step += 1
@@ -84,7 +88,7 @@ class Recorder:
             text += f"; limit {self.limit} reached, {self.skipped} more calls not recorded"
         return text
 
-    def labels(self, module, n_queries: int, n_keys: int) -> dict[str, list[str]]:
+    def labels(self, module: torch.nn.Module, n_queries: int, n_keys: int) -> dict[str, list[str]]:
         """``labels=`` and ``key_labels=`` for simulate: batch row 0's tokens, if known."""
         attention = "cross" if _is_cross(module) else "self"
         decoder = getattr(module, "is_decoder", False) and "decoder" in self._tokens
@@ -112,7 +116,7 @@ class Recorder:
         return remember
 
 
-def token_texts(tokenizer, ids: list[int]) -> list[str]:
+def token_texts(tokenizer: Any, ids: list[int]) -> list[str]:
     """Each id's text from ``tokenizer.convert_ids_to_tokens``; ``#id`` for an id it does not
     know (a model's vocabulary is often larger than its tokenizer's).
 
@@ -134,8 +138,8 @@ def active() -> Recorder | None:
 
 
 @contextmanager
-def record(limit: int = 64, trace: str = "auto", *, model=None, tokenizer=None
-           ) -> Iterator[Recorder]:
+def record(limit: int = 64, trace: TraceDetail = "auto", *,
+           model: Any = None, tokenizer: Any = None) -> Iterator[Recorder]:
     """Keep one :class:`AttentionRecord` per attention call of a routing_sim backend.
 
     Parameters

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,7 +54,7 @@ class WordTokenizer:
 
 
 def load(family: str = "llama", layers: int = 2, model: str | Path | None = None,
-         name: str = "routing_sim"):
+         name: str = "routing_sim") -> tuple[Any, Any, Any]:
     """(routing_sim model, SDPA model, tokenizer or None), float64, in eval mode.
 
     ``model`` is a local checkpoint directory (``save_pretrained``); otherwise a tiny
@@ -76,7 +77,7 @@ def load(family: str = "llama", layers: int = 2, model: str | Path | None = None
     return (*loaded, tokenizer)
 
 
-def tell(ours, sdpa, text: str, tokenizer=None, new_tokens: int = 3) -> str:
+def tell(ours: Any, sdpa: Any, text: str, tokenizer: Any = None, new_tokens: int = 3) -> str:
     """Run ``text`` through both models and return the story as text."""
     if not text.split():
         raise InvalidArgumentError("--tokens needs at least one word")

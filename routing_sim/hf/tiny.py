@@ -8,6 +8,8 @@ position bias, Gemma-2's soft-capping).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import transformers
 
@@ -58,7 +60,8 @@ FAMILIES = tuple(_SPECS)
 
 
 def tiny_model(family: str, layers: int = 2, *, attn_implementation: str = "sdpa",
-               dtype: torch.dtype = torch.float64, seed: int = 0, **overrides):
+               dtype: torch.dtype = torch.float64, seed: int = 0, **overrides: Any
+               ) -> Any:
     """A random-init model of ``family`` with ``layers`` layers, in eval mode.
 
     Parameters

@@ -7,6 +7,7 @@ from typing import Literal
 
 import numpy as np
 import simpy
+from numpy.typing import ArrayLike
 
 from ..cluster import Cluster
 from ..errors import DeliveryError, DTypeError, InvalidArgumentError, ShapeError
@@ -26,7 +27,8 @@ Strategy = Literal["ring", "allgather", "ulysses", "tree"]
 TRANSIT_DTYPES = (None, "float32", "float16")
 
 
-def context_parallel(query, key, value, *, strategy: Strategy, cluster: Cluster,
+def context_parallel(query: ArrayLike, key: ArrayLike, value: ArrayLike, *,
+                     strategy: Strategy, cluster: Cluster,
                      layout: str = "contiguous", is_causal: bool = False,
                      scale: float | None = None, network: Network | None = None,
                      numerics: Numerics = "float",

@@ -43,7 +43,7 @@ class Fabric:
         """The event that fires with the payload tagged ``tag`` once it reaches ``device``."""
         return self._inbox.setdefault((device, tag), self.env.event())
 
-    def send(self, kind: str, source: int, target: int, tag: tuple, payload, nbytes: int
+    def send(self, kind: str, source: int, target: int, tag: tuple, payload: object, nbytes: int
              ) -> simpy.Process:
         """Carry ``payload`` to ``target``'s inbox; the process ends when it is delivered
         (acknowledged, under faults) or every retry is spent."""
@@ -80,8 +80,8 @@ class Fabric:
         lost = bool(network is not None and network.lost(np.array([ident]))[0])
         extra = 0.0
         if network is not None and network.randomised:
-            extra = float(network.delays(np.array([ident]), base=np.zeros(1),
-                                         nbytes=np.zeros(1))[0])
+            extra = float(np.asarray(network.delays(np.array([ident]), base=np.zeros(1),
+                                                    nbytes=np.zeros(1)))[0])
         record = {"id": ident, "kind": kind, "src": source, "dst": target, "tag": list(tag),
                   "bytes": nbytes, "attempt": attempt, "sent": None, "arrived": None,
                   "fate": "delivered"}

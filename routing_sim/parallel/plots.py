@@ -7,10 +7,14 @@ Needs the ``plot`` extra (matplotlib); every function returns a
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ..errors import InvalidArgumentError
 from ..plots import new_figure
 from .run import ParallelRun
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["error_curve", "gantt", "makespan_curve"]
 
@@ -18,7 +22,7 @@ _COLOURS = {"compute": "tab:blue", "send": "tab:orange", "receive": "tab:green",
             "lost": "tab:red"}
 
 
-def gantt(run: ParallelRun):
+def gantt(run: ParallelRun) -> Figure:
     """Each device's compute slices and its send/receive NIC busy times, against time.
 
     Examples
@@ -71,7 +75,7 @@ def gantt(run: ParallelRun):
 
 
 def makespan_curve(records: Sequence[dict], x: str = "block", y: str = "makespan",
-                   group: str | None = "strategy", critical: float | None = None):
+                   group: str | None = "strategy", critical: float | None = None) -> Figure:
     """A line per ``group`` of sweep records, ``y`` against ``x`` on log axes; a vertical
     line at ``critical`` (c*, say)."""
     figure = new_figure(6, 4)
@@ -92,7 +96,7 @@ def makespan_curve(records: Sequence[dict], x: str = "block", y: str = "makespan
     return figure
 
 
-def error_curve(records: Sequence[dict], group: str = "precision"):
+def error_curve(records: Sequence[dict], group: str = "precision") -> Figure:
     """Relative error against the device count, a line per precision (exact mode, whose
     error is 0, is drawn on the axis floor)."""
     figure = makespan_curve([{**r, "max_relative_error": max(r["max_relative_error"], 1e-17)}

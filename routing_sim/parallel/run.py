@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,7 +98,7 @@ class ParallelRun:
     layout: str
     cluster: Cluster
 
-    def to_html(self, path) -> Path:
+    def to_html(self, path: str | os.PathLike[str]) -> Path:
         """Write the offline replay page of this run: the devices as nodes and every
         transfer moving between them in simulated time (see ``docs/en/watching.md``).
         Needs ``trace="full"`` (or ``"auto"`` below its limit). Returns the path."""

@@ -58,7 +58,7 @@ class PartialState:
         parts = 1 + (2 if self.exact else 1) * (1 + self.o.shape[-1])
         return self.m.size * (parts + (self.shift is not None)) * itemsize
 
-    def rows(self, index) -> PartialState:
+    def rows(self, index: int | slice | tuple[int | slice, ...] | np.ndarray) -> PartialState:
         """The state of some rows, e.g. ``state.rows(np.s_[:, 2:4])``."""
         shift = None if self.shift is None else self.shift[index]
         if self.l_low is None or self.o_low is None:
@@ -144,10 +144,11 @@ def _exact_merge(states: list[PartialState]) -> PartialState:
         f_high, f_low = dd_exp(gap_high, gap_low)
         f_high = np.where(far, np.nan, f_high)         # undecided: finished in integers
         factors.append((np.where(present, f_high, 0.0), np.where(present, f_low, 0.0)))
-    l_terms = [dd_multiply(f_high, f_low, s.l, s.l_low)
-               for (f_high, f_low), s in zip(factors, states)]
-    o_terms = [dd_multiply(f_high[..., None], f_low[..., None], s.o, s.o_low)
-               for (f_high, f_low), s in zip(factors, states)]
+    l_terms, o_terms = [], []
+    for (f_high, f_low), s in zip(factors, states):
+        assert s.l_low is not None and s.o_low is not None, "exact states carry low parts"
+        l_terms.append(dd_multiply(f_high, f_low, s.l, s.l_low))
+        o_terms.append(dd_multiply(f_high[..., None], f_low[..., None], s.o, s.o_low))
     l_high, l_low = _sum_terms(l_terms)
     o_high, o_low = _sum_terms(o_terms)
     return PartialState(np.where(routed, m, -np.inf), l_high, o_high, l_low, o_low)

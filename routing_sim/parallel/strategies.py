@@ -9,7 +9,9 @@ the reduction tree), never in arrival order.
 from __future__ import annotations
 
 import math
+from collections.abc import Generator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import simpy
@@ -60,7 +62,8 @@ class Job:
         return self.query.dtype.itemsize
 
     def attend(self, device: int, query: np.ndarray, query_positions: np.ndarray,
-               key_positions: np.ndarray, keys: np.ndarray, values: np.ndarray, label: str):
+               key_positions: np.ndarray, keys: np.ndarray, values: np.ndarray, label: str
+               ) -> Generator[simpy.Event, Any, PartialState | None]:
         """Compute the partial state of ``query`` ``(B, h, cq, d)`` over one key block
         ``(B, h, ck, d)`` as a compute slice; None if the block is fully masked."""
         allowed = allowed_routes(query_positions, key_positions, self.is_causal)  # (cq, ck)
@@ -77,7 +80,7 @@ class Job:
                             "end": self.env.now, "routes": routes})
         return rounded(state, self.transit)
 
-    def receive(self, device: int, tag: tuple, what: str):
+    def receive(self, device: int, tag: tuple, what: str) -> Generator[simpy.Event, Any, Any]:
         """Wait for a tagged payload, noting what the device waits for (for errors)."""
         self.waiting[device] = what
         payload = yield self.fabric.inbox(device, tag)
@@ -123,7 +126,7 @@ def _merged(states: dict[int, PartialState], transit) -> PartialState | None:
     return merge([states[k] for k in sorted(states)], transit) if states else None
 
 
-def ring(job: Job, device: int):
+def ring(job: Job, device: int) -> Generator[simpy.Event, Any, None]:
     """Keep the query block; K/V blocks travel ``P - 1`` steps around the ring, each
     forwarded while it is computed on (double buffering)."""
     count, env = job.devices, job.env
@@ -154,7 +157,7 @@ def ring(job: Job, device: int):
     job.place(_merged(states, job.transit), job.query_shards[device])
 
 
-def allgather(job: Job, device: int):
+def allgather(job: Job, device: int) -> Generator[simpy.Event, Any, None]:
     """All-gather K/V as a ring of ``P - 1`` steps, then attend to every block."""
     count, env = job.devices, job.env
     successor = (device + 1) % count
@@ -176,7 +179,7 @@ def allgather(job: Job, device: int):
     job.place(_merged(states, job.transit), job.query_shards[device])
 
 
-def ulysses(job: Job, device: int):
+def ulysses(job: Job, device: int) -> Generator[simpy.Event, Any, None]:
     """All-to-all from sequence shards to head shards (q, k, v), full attention over
     ``H / P`` heads, all-to-all of the output back."""
     count, env = job.devices, job.env
@@ -219,7 +222,7 @@ def ulysses(job: Job, device: int):
     yield env.all_of(sends)
 
 
-def tree(job: Job, device: int):
+def tree(job: Job, device: int) -> Generator[simpy.Event, Any, None]:
     """Decoding: each device attends to its KV-cache shard, then the partial states are
     reduced up a binary tree in ``⌈log2 P⌉`` rounds to device 0."""
     everything = np.arange(job.query.shape[2])

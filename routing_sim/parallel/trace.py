@@ -8,6 +8,7 @@ sequence diagram for a few devices; JSONL writes one event a line.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from ..errors import InvalidArgumentError
@@ -47,7 +48,7 @@ class ParallelTrace:
         return sorted(records, key=lambda r: (r.get("start", r.get("sent")) or 0.0,
                                               r["type"], r.get("id", -1)))
 
-    def to_jsonl(self, path) -> Path:
+    def to_jsonl(self, path: str | os.PathLike[str]) -> Path:
         """Write one event a line (JSON)."""
         path = Path(path)
         with path.open("w", encoding="utf-8") as stream:
@@ -55,7 +56,7 @@ class ParallelTrace:
                 stream.write(json.dumps(record) + "\n")
         return path
 
-    def to_perfetto(self, path) -> Path:
+    def to_perfetto(self, path: str | os.PathLike[str]) -> Path:
         """Write Chrome trace event JSON (open it in ui.perfetto.dev or chrome://tracing)."""
         path = Path(path)
         path.write_text(json.dumps(self.perfetto_events()), encoding="utf-8")

@@ -14,10 +14,17 @@ import json
 import os
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import InvalidArgumentError
 from .cluster import cluster_data, cluster_title
 from .data import ANIMATED_LIMIT, page_data
+
+if TYPE_CHECKING:
+    from ..parallel.run import ParallelRun
+    from ..run import Run
+    from ..stats import Stats
+    from ..trace import Trace
 
 __all__ = ["ANIMATED_LIMIT", "page_data", "page_html", "write_cluster_html", "write_html"]
 
@@ -40,7 +47,9 @@ def page_html(data: dict, title: str) -> str:
     return template
 
 
-def write_html(run, path, trace=None, stats=None, phase: str = "forward") -> Path:
+def write_html(run: Run, path: str | os.PathLike[str], trace: Trace | None = None,
+               stats: Stats | None = None,
+               phase: str = "forward") -> Path:
     """Write the replay page of ``run`` (messages from ``trace``, default its own) to
     ``path``; returns the path."""
     run.require_dense(f"the replay page ({phase} pass)")
@@ -48,7 +57,7 @@ def write_html(run, path, trace=None, stats=None, phase: str = "forward") -> Pat
                                           title_of(run, phase)))
 
 
-def write_cluster_html(prun, path) -> Path:
+def write_cluster_html(prun: ParallelRun, path: str | os.PathLike[str]) -> Path:
     """Write the replay page of a context-parallel run: devices and their transfers."""
     return _write(path, lambda: page_html(cluster_data(prun), cluster_title(prun)))
 
@@ -65,7 +74,7 @@ def _write(path, page) -> Path:
     return path
 
 
-def title_of(run, phase: str) -> str:
+def title_of(run: Run, phase: str) -> str:
     """A one-line title: which pass, how many groups and tokens."""
     shape = run.weights.shape
     groups = 1

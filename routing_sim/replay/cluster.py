@@ -4,16 +4,20 @@ the messages, and for each device where the bytes it received came from."""
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import TYPE_CHECKING
 
 from ..errors import InvalidArgumentError
 from .data import steps
+
+if TYPE_CHECKING:
+    from ..parallel.run import ParallelRun
 
 __all__ = ["cluster_data", "cluster_title"]
 
 _ANSWERS = ("delivered", "duplicate")      # transfers that reached their receiver
 
 
-def cluster_data(prun) -> dict:
+def cluster_data(prun: ParallelRun) -> dict:
     """Page data for a :class:`~routing_sim.parallel.ParallelRun` (see :mod:`.data`)."""
     trace, stats = prun.trace, prun.stats
     if sum(stats.messages.values()) and not trace.transfers:
@@ -51,7 +55,7 @@ def cluster_data(prun) -> dict:
     }
 
 
-def cluster_title(prun) -> str:
+def cluster_title(prun: ParallelRun) -> str:
     return (f"routing_sim replay: context-parallel {prun.strategy} ({prun.layout} layout), "
             f"{prun.cluster.devices} devices")
 

@@ -10,17 +10,24 @@ outputs the what-if panel needs. Messages to animate come from the full trace; a
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..messages import Fate, Kind
+
+if TYPE_CHECKING:
+    from ..run import Run
+    from ..stats import Stats
+    from ..trace import Trace
 
 __all__ = ["ANIMATED_LIMIT", "group_name", "page_data", "steps"]
 
 ANIMATED_LIMIT = 6000    # messages the page animates; beyond, a seeded sample of routes
 
 
-def page_data(run, trace=None, stats=None, phase: str = "forward") -> dict:
+def page_data(run: Run, trace: Trace | None = None, stats: Stats | None = None,
+              phase: str = "forward") -> dict:
     """The page's data for ``run``: its tables, and the messages of ``trace`` (default
     ``run.trace``; the backward pass passes its own trace and ``stats``)."""
     trace = run.trace if trace is None else trace

@@ -7,11 +7,15 @@ inline (in a sandboxed ``iframe``, so its script and style stay its own).
 from __future__ import annotations
 
 import html
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import page_data, page_html, title_of
 from .data import group_name
+
+if TYPE_CHECKING:
+    from ..run import RoutingTable, Run
 
 __all__ = ["INLINE_LIMIT", "GRID_LIMIT", "run_html", "table_html"]
 
@@ -21,7 +25,7 @@ _BAR = ("display:inline-block;height:9px;background:#0b6bcb;vertical-align:middl
         "margin-right:6px")
 
 
-def table_html(table) -> str:
+def table_html(table: RoutingTable) -> str:
     """A routing table as an HTML table with a bar per share."""
     who = f"token {table.label} (#{table.token})" if table.label else f"token #{table.token}"
     rows = []
@@ -43,7 +47,7 @@ def table_html(table) -> str:
             f"messages, output complete at t={table.completed:.3f}</p>")
 
 
-def run_html(run) -> str:
+def run_html(run: Run) -> str:
     """A run: summary line, share grids per head, and the replay page inline."""
     stats = run.stats
     summary = (f"<p><b>Run</b>: output {run.output.shape}, weights {run.weights.shape}, "
