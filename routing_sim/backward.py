@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 import simpy
+from numpy.typing import ArrayLike
 
 from .barrier import gather, scores_of
 from .budget import check_simulation
@@ -179,7 +180,7 @@ class BackwardNodes(TokenNodes):
         self.dead[routes] = self.phase(kind)
 
 
-def backward(forward: ForwardState, d_output: np.ndarray, network: Network, delivery: str,
+def backward(forward: ForwardState, d_output: ArrayLike, network: Network, delivery: str,
              detail: str) -> Gradients:
     """Run the backward pass of a finished forward run (see :meth:`Run.backward`)."""
     problem, routes = forward.problem, forward.routes

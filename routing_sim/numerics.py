@@ -89,7 +89,10 @@ class Kernels:
     def __init__(self, numerics: str) -> None:
         self.exact = numerics == "exact"
 
-    def scores(self, keys, query, scale, bias=None):
+    def scores(self, keys: np.ndarray, query: np.ndarray, scale: float,
+               bias: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Scores of ``query`` against ``keys``: ``(high, low)`` double-doubles in exact
+        mode, ``(scores, None)`` in float mode."""
         if self.exact:
             return exact_scores(keys, query, scale, bias)
         return match_scores(keys, query, scale, bias), None

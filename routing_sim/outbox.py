@@ -83,14 +83,15 @@ class Outbox:
 
     # ----------------------------------------------------------------- sending
 
-    def send(self, kind: Kind, routes: np.ndarray, ready, attempt=0) -> None:
+    def send(self, kind: Kind, routes: np.ndarray, ready: np.ndarray | float,
+             attempt: np.ndarray | int = 0) -> None:
         """Queue one message of ``kind`` per route, leaving at ``ready`` (flushed later).
 
         ``ready`` is a time or one per route; ``attempt`` the retry number (or one per route).
         """
         if len(routes) == 0:
             return
-        ready = uniform(ready, len(routes)) if np.ndim(ready) == 0 else \
+        ready = uniform(float(ready), len(routes)) if np.ndim(ready) == 0 else \
             np.asarray(ready, np.float64)
         attempts = None if np.ndim(attempt) == 0 and attempt == 0 else \
             np.broadcast_to(np.asarray(attempt, np.int64), routes.shape)

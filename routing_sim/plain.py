@@ -30,8 +30,9 @@ keeps, the trace, exact mode's arithmetic and its fallback) is in
 
 from __future__ import annotations
 
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import simpy
@@ -108,7 +109,7 @@ class Wire:
         self.log.append(message)
         self.env.process(self.carry(message, to.inbox))
 
-    def carry(self, message: Message, inbox: simpy.Store):
+    def carry(self, message: Message, inbox: simpy.Store) -> Generator[simpy.Event, Any, None]:
         yield self.env.timeout(max(message.arrive - self.env.now, 0.0))
         self.events += 1
         yield inbox.put(message)
@@ -125,8 +126,9 @@ class TokenNode:
         self.scores: dict[int, Score] = {}      # by route, as they come
         self.pulls: dict[int, Pull] = {}        # by route: what I asked for
         self.values: dict[int, Value] = {}      # by route, as they come
-        self.handlers = {Kind.QUERY: self.on_query, Kind.SCORE: self.on_score,
-                         Kind.PULL: self.on_pull, Kind.VALUE: self.on_value}
+        self.handlers: dict[Kind, Callable[[Any], None]] = {
+            Kind.QUERY: self.on_query, Kind.SCORE: self.on_score,
+            Kind.PULL: self.on_pull, Kind.VALUE: self.on_value}
 
     @property
     def query_token(self) -> int:
@@ -134,11 +136,11 @@ class TokenNode:
         assert self.i is not None
         return self.i
 
-    def run(self):
+    def run(self) -> Generator[simpy.Event, Any, None]:
         """The node's process: handle each message as it arrives."""
         for route, j in self.routes:
-            self.send(Query(route, self.group, self.i, j, 0.0,
-                            query=self.engine.problem.query[self.group, self.i]))
+            self.send(Query(route, self.group, self.query_token, j, 0.0,
+                            query=self.engine.problem.query[self.group, self.query_token]))
         while True:
             message = yield self.inbox.get()
             self.handlers[message.KIND](message)
@@ -147,6 +149,7 @@ class TokenNode:
         """Key node j: match the query against my key and answer with the score."""
         problem = self.engine.problem
         bias = None if problem.bias is None else problem.bias[self.group, message.i, [message.j]]
+        assert message.query is not None, "a Query message carries the query vector"
         with np.errstate(over="ignore", invalid="ignore"):
             high, low = self.engine.kernels.scores(problem.key[self.group, [message.j]],
                                                    message.query, problem.scale, bias)  # (1,)
@@ -208,7 +211,7 @@ class TokenNode:
         note_output(engine.state, engine.table, self.group, self.query_token,
                     self.values.values(), output, now + engine.processing)
 
-    def reply(self, request: Message, kind: type[Message], **payload) -> None:
+    def reply(self, request: Message, kind: type[Message], **payload: Any) -> None:
         """Key node j answers a request ``processing`` after it arrived."""
         self.send(kind(request.route, self.group, request.i, request.j,
                        request.arrive + self.engine.processing, **payload))

@@ -61,12 +61,15 @@ class ExactNode:
         if np.isnan(output).any():              # undecided: the row in integers
             taken = [route in pulls for (route, _), pick in zip(self.routes, self.chosen)
                      if pick]
-            output = self.exact_row(np.array(taken, dtype=bool))[1].astype(values.dtype)
+            exact = self.exact_row(np.array(taken, dtype=bool))[1]
+            assert exact is not None, "exact_row gives the output over the pulled routes"
+            output = exact.astype(values.dtype)
         if self.problem.keep is not None:
             output = output * dropout_scale
         return output
 
-    def exact_row(self, pulled: np.ndarray | None = None):
+    def exact_row(self, pulled: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
         """Shares over my chosen routes (and the output over ``pulled``) in integers
         (:func:`~routing_sim.exact_row.exact_row`)."""
         problem = self.problem

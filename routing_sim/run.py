@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .errors import InvalidArgumentError
 from .network import Network
@@ -151,7 +153,7 @@ class Run:
                                        f"token label, got {token!r}")
         return list(positions).index(int(token))
 
-    def backward(self, d_output) -> Gradients:
+    def backward(self, d_output: ArrayLike) -> Gradients:
         """Gradients of ``sum(output * d_output)``, sent back along the routes as messages.
 
         Returns :class:`~routing_sim.stats.Gradients` with ``query``, ``key`` and
@@ -179,7 +181,7 @@ class Run:
         return replace(backward(state, d_output, network, delivery, self.trace.detail),
                        _run=self)
 
-    def to_html(self, path) -> Path:
+    def to_html(self, path: str | os.PathLike[str]) -> Path:
         """Write the offline replay page of this run: one self-contained HTML file.
 
         Token nodes with the messages moving between them in simulated time (play, pause,
@@ -247,8 +249,8 @@ class Run:
         node = group * n_queries + self._row(i)
         return [(time, partial) for time, u, partial in self._stream if u == node]
 
-    def routing_table(self, i: int | str, head: int | None = None, batch=None
-                      ) -> RoutingTable:
+    def routing_table(self, i: int | str, head: int | None = None,
+                      batch: int | None = None) -> RoutingTable:
         """Token ``i``'s routing table (for ``head`` of ``batch`` when inputs had those dims).
 
         ``i`` is the token's position or its label (``run.routing_table("cat")``). With 3-D

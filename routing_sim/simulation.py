@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 import networkx as nx
 import numpy as np
 import simpy
+from numpy.typing import ArrayLike
 
 from . import budget
 from .errors import EmptyRowError, InvalidArgumentError, ShapeError
@@ -35,6 +36,7 @@ from .options import (
     check_choice,
 )
 from .plain import PlainEngine, check_plain
+from .positions import RotaryEmbedding
 from .protocol import ForwardNodes, TwoPhaseNodes
 from .routes import RouteTable
 from .routeset import RouteSet
@@ -48,12 +50,14 @@ from .transport import Transport
 __all__ = ["simulate"]
 
 
-def simulate(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causal: bool = False,
+def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
+             attn_mask: ArrayLike | None = None, dropout_p: float = 0.0, is_causal: bool = False,
              scale: float | None = None, enable_gqa: bool = False, *,
              graph: nx.DiGraph | None = None, network: Network | None = None,
              numerics: Numerics = "float", softmax: Softmax = "two_phase",
              causal_alignment: CausalAlignment = "top_left", empty_rows: EmptyRows = "zero",
-             dropout_mask=None, seed: int | None = 0, alibi_slopes=None, rope=None,
+             dropout_mask: ArrayLike | None = None, seed: int | None = 0,
+             alibi_slopes: ArrayLike | None = None, rope: RotaryEmbedding | float | None = None,
              routing: Routing = "softmax", top_k: int = 1, trace: TraceDetail = "auto",
              delivery: Delivery = "window",
              labels: Sequence[str] | None = None, key_labels: Sequence[str] | None = None,

@@ -29,9 +29,11 @@ Three delivery modes, identical in what they deliver and when:
 from __future__ import annotations
 
 import heapq
-from typing import Literal
+from collections.abc import Generator
+from typing import Any, Literal
 
 import numpy as np
+import simpy
 
 from .deliveries import Deliveries, Timers, merge
 from .messages import Fate, Kind
@@ -54,7 +56,7 @@ class Transport(Outbox):
 
     # ----------------------------------------------------------------- delivering
 
-    def run(self):
+    def run(self) -> Generator[simpy.Event, Any, None]:
         """The SimPy process that delivers pending batches, window by window."""
         if self.mode == "per_message":
             yield from self._run_per_message()
