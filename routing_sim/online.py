@@ -38,6 +38,7 @@ class OnlineNodes(ForwardNodes):
         self.normaliser = np.zeros(n_nodes, dtype=dtype)               # (G·L,) l
         self.accumulator = np.zeros_like(self.state.output)            # (G·L, Ev) o · 2^-shift
         self.shift = np.zeros(n_nodes, dtype=np.int64)                 # (G·L,) exponent of o
+        self.value_shift = value_shift(self.problem.value)              # (G, S) per value row
         self.rescale = np.full(len(routes), np.nan)                    # (R,) factor applied
         self.stream: list[tuple[float, int, np.ndarray]] | None = [] if keep_stream else None
         self._scored = np.zeros(n_nodes, dtype=bool)
@@ -111,11 +112,14 @@ class OnlineNodes(ForwardNodes):
             weight = np.exp(score - new_max)
             self.normaliser[node] = factor * self.normaliser[node] + weight
             pulled = weight * has_value[at]
-            pair_value = value[groups[at], self.routes.key_index[route]]  # (n, Ev)
-            shift = np.maximum(self.shift[node], value_shift(pair_value))   # (n,)
-            kept = np.ldexp(self.accumulator[node], (self.shift[node] - shift)[:, None])
-            self.accumulator[node] = (factor[:, None] * kept
-                                      + pulled[:, None] * np.ldexp(pair_value, -shift[:, None]))
+            key = groups[at], self.routes.key_index[route]
+            pair_value = value[key]                                      # (n, Ev)
+            shift = np.maximum(self.shift[node], self.value_shift[key])  # (n,)
+            kept = self.accumulator[node]
+            if shift.any():                     # values near the largest float: scale exactly
+                kept = np.ldexp(kept, (self.shift[node] - shift)[:, None])
+                pair_value = np.ldexp(pair_value, -shift[:, None])
+            self.accumulator[node] = factor[:, None] * kept + pulled[:, None] * pair_value
             self.shift[node] = shift
             self.running_max[node] = new_max
             self.rescale[route] = factor
