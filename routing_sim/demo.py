@@ -7,6 +7,7 @@ import numpy as np
 from .graphs import causal
 from .network import Network
 from .simulation import simulate
+from .times import format_time
 from .verify import verdict
 
 __all__ = ["demo"]
@@ -60,7 +61,7 @@ def demo(seed: int = 0, jitter: float = 0.3) -> str:
     lines += [
         "",
         f"second run: latency 2.5, jitter up to 4.0, one SimPy event per message "
-        f"({other.stats.events:,} events, last output at t={other.stats.makespan:.3f})",
+        f"({other.stats.events:,} events, last output at t={format_time(other.stats.makespan)})",
         f"max abs difference from matrix attention: {check.max_abs_error:.3g}",
         f"verdict: {'EQUAL' if check.within_tolerance else 'MISMATCH'} to matrix attention; "
         f"bit-identical across both delivery schedules: {'yes' if same else 'NO'}",

@@ -29,6 +29,7 @@ import numpy as np
 
 from .errors import InvalidArgumentError
 from .messages import Fate, Kind, Message, towards_key
+from .times import format_time
 
 if TYPE_CHECKING:
     from .trace import Trace
@@ -160,9 +161,9 @@ def to_mermaid(trace: Trace, query: int | None = None, group: int = 0, fenced: b
         marks = [f"retry {int(trace.attempt[index])}"] if trace.attempt[index] else []
         marks += ["duplicate"] if trace.copy[index] else []
         if fate == Fate.DELIVERED:
-            marks.append(f"t={float(trace.arrive[index]):g}")
+            marks.append(f"t={format_time(trace.arrive[index])}")
         else:
-            marks.append(f"{Fate(fate).label}, sent t={float(trace.sent[index]):g}")
+            marks.append(f"{Fate(fate).label}, sent t={format_time(trace.sent[index])}")
         lines.append(f"    n{sender}{arrow}n{receiver}: {kind.name} "
                      f"{_payload(kind, trace, index)} ({', '.join(marks)})")
     header = ["sequenceDiagram"]

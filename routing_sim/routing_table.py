@@ -9,6 +9,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .times import format_time
+
 __all__ = ["DroppedRoute", "Route", "RouteWeights", "RoutingTable"]
 
 
@@ -72,7 +74,7 @@ class RoutingTable:
         lines = [f"routing table of {who}{self.where}"]
         width = max((len(route.name) for route in self.routes), default=0) + 1
         for route in self.routes:
-            pulled = (f"pulled {route.bytes_pulled} B at t={route.arrived:.3f}"
+            pulled = (f"pulled {route.bytes_pulled} B at t={format_time(route.arrived)}"
                       if route.bytes_pulled else "not pulled")
             lines.append(f"  token {route.name + ':':<{width}} {route.share:.2f} "
                          f"({100 * route.share:5.1f}%)  position {route.source:<3} "
@@ -80,7 +82,7 @@ class RoutingTable:
         if not self.routes:
             lines.append("  (no routes: this token cannot reach any key)")
         lines.append(f"  {len(self.routes)} routes, {self.messages} messages, "
-                     f"output complete at t={self.completed:.3f}")
+                     f"output complete at t={format_time(self.completed)}")
         total = sum(route.share for route in self.routes)
         if self.routes and abs(total - 1) > 1e-9:
             lines.append(f"  shares sum to {100 * total:.1f}%: dropout scaled the kept routes "

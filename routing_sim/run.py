@@ -17,6 +17,7 @@ from .routing_table import DroppedRoute, Route, RouteWeights, RoutingTable
 from .sparse import DENSE_LIMIT
 from .state import ForwardState
 from .stats import Gradients, Stats
+from .times import format_time
 from .trace import Trace
 
 __all__ = ["DroppedRoute", "Route", "RouteWeights", "RoutingTable", "Run", "WEIGHTS_LIMIT"]
@@ -121,7 +122,7 @@ class Run:
         stats = self.stats
         return (f"<Run output {self.output.shape}, weights {self.weights_shape}: "
                 f"{stats.routes:,} routes, {stats.total_messages:,} messages, "
-                f"{stats.total_bytes:,} bytes, done at t={stats.makespan:.3f}, "
+                f"{stats.total_bytes:,} bytes, done at t={format_time(stats.makespan)}, "
                 f"{self.trace.detail} trace>")
 
     def _token_positions(self) -> tuple[Sequence[int], Sequence[int]]:

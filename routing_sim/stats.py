@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .times import format_time
 from .trace import Trace
 
 if TYPE_CHECKING:
@@ -68,8 +69,9 @@ class Stats:
                          f" {self.retransmitted.get(kind, 0):>6,} {self.dropped.get(kind, 0):>6,}")
             lines.append(line)
         lines.append(f"{'total':<6} {self.total_messages:>10,} {self.total_bytes:>12,}")
-        lines.append(f"{self.routes:,} routes, last output complete at t={self.makespan:.3f}, "
-                     f"{self.events:,} SimPy events ({self.delivery} delivery)")
+        lines.append(f"{self.routes:,} routes, last output complete at "
+                     f"t={format_time(self.makespan)}, {self.events:,} SimPy events "
+                     f"({self.delivery} delivery)")
         if self.ignored:
             lines.append(f"{self.ignored:,} duplicate or late answers ignored by idempotent "
                          "receivers")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -30,6 +31,16 @@ def test_demo_shares_match_matrix_attention(capsys):
     first_table = text.split("routing table of token 'cat' (#1)\n")[1].split("\n  2 routes")[0]
     shares = sorted(float(line.split(":")[1].split()[0]) for line in first_table.splitlines())
     assert abs(sum(shares) - 1) < 0.011 and len(shares) == 2
+
+
+@pytest.mark.parametrize("jitter", ["1e200", "1e-9"])
+def test_demo_prints_readable_times_at_any_jitter(jitter, capsys):
+    assert main(["demo", "--jitter", jitter]) == 0
+    times = re.findall(r"t=(\S+?)[,)]?(?:\s|$)", capsys.readouterr().out)
+    assert len(times) > 2 * len(SENTENCE)
+    assert all(len(time) <= 12 for time in times), max(times, key=len)
+    if jitter == "1e200":
+        assert any("e+" in time for time in times)
 
 
 def test_bad_option_is_one_line_and_nonzero():

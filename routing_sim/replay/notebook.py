@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..times import format_time
 from . import page_data, page_html, title_of
 from .data import group_name
 
@@ -30,7 +31,7 @@ def table_html(table: RoutingTable) -> str:
     who = f"token {table.label} (#{table.token})" if table.label else f"token #{table.token}"
     rows = []
     for route in table.routes:
-        pulled = (f"{route.bytes_pulled} B at t={route.arrived:.3f}" if route.bytes_pulled
+        pulled = (f"{route.bytes_pulled} B at t={format_time(route.arrived)}" if route.bytes_pulled
                   else "not pulled")
         rows.append(
             f"<tr><td>{html.escape(route.name)}</td><td style='text-align:left'>"
@@ -44,7 +45,7 @@ def table_html(table: RoutingTable) -> str:
             "<thead><tr><th>key token</th><th>share</th><th>score</th><th>value pulled</th>"
             f"</tr></thead><tbody>{''.join(rows)}</tbody></table>"
             f"<p style='font-size:smaller'>{len(table.routes)} routes, {table.messages} "
-            f"messages, output complete at t={table.completed:.3f}</p>")
+            f"messages, output complete at t={format_time(table.completed)}</p>")
 
 
 def run_html(run: Run) -> str:
@@ -52,7 +53,7 @@ def run_html(run: Run) -> str:
     stats = run.stats
     summary = (f"<p><b>Run</b>: output {run.output.shape}, weights {run.weights.shape}, "
                f"{stats.routes:,} routes, {stats.total_messages:,} messages "
-               f"({stats.total_bytes:,} bytes), last output at t={stats.makespan:.3f}, "
+               f"({stats.total_bytes:,} bytes), last output at t={format_time(stats.makespan)}, "
                f"{html.escape(run.trace.detail)} trace</p>")
     return summary + _grids(run) + _inline_page(run)
 
