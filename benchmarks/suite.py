@@ -1,8 +1,10 @@
 """The benchmark table: simulate against the matrix form, everything measured in one run.
 
-Ratios are taken between timings of the same process run. Peak RSS is measured in a fresh
-interpreter per configuration (``benchmarks.rss``) so one configuration's memory does not
-hide behind another's.
+Ratios are taken between timings of the same process run, all of them with numpy's
+huge-page advice off, as :func:`routing_sim.simulate` runs (see ``routing_sim/pages.py``):
+the matrix-form timings allocate under the same page policy as the simulator's. Peak RSS
+is measured in a fresh interpreter per configuration (``benchmarks.rss``) so one
+configuration's memory does not hide behind another's.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import TypeVar
 import numpy as np
 
 import routing_sim as rs
+from routing_sim.pages import small_pages
 
 from .hf import rows as hf_rows
 from .sparse import rows as sparse_rows
@@ -78,7 +81,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="small sizes only (n <= 1024), one repeat: a smoke run")
     parser.add_argument("--no-rss", action="store_true", help="skip the peak-RSS column")
     arguments = parser.parse_args(argv)
-    sizes = [256, 1024] if arguments.quick else [256, 1024, 4096]
+    with small_pages():                                # what simulate itself runs with
+        rows = measure(arguments.quick, arguments.no_rss)
+    print(table(rows))
+    return 0
+
+
+def measure(quick: bool, no_rss: bool) -> list[tuple]:
+    """Every row of the table: (case, sim, ref, ref name, messages, rss, note)."""
+    sizes = [256, 1024] if quick else [256, 1024, 4096]
     rows = []
 
     def row(case: str, sim: float | None, ref: float | None, ref_name: str, messages: int,
@@ -93,11 +104,11 @@ def main(argv: list[str] | None = None) -> int:
                              "skipped: would not fit in this machine's memory"))
                 continue
             q, k, v = inputs(n, heads)
-            repeats = 1 if n * n * heads > 4_000_000 or arguments.quick else 3
+            repeats = 1 if n * n * heads > 4_000_000 or quick else 3
             t_numpy, _ = best_time(partial(plain_numpy, q, k, v), repeats)
             t_matrix, _ = best_time(partial(rs.attention, q, k, v), repeats)
             t_sim, run = best_time(partial(rs.simulate, q, k, v, trace="summary"), repeats)
-            rss = None if arguments.no_rss else peak_rss(n, heads)
+            rss = None if no_rss else peak_rss(n, heads)
             row(f"full n={n} h={heads}", t_sim, t_numpy, "numpy", run.stats.total_messages, rss,
                 f"rs.attention {t_matrix:.3f} s ({t_sim / t_matrix:.1f}x)")
 
@@ -127,11 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     row("per-message baseline n=128", t_naive, t_window, "batched", run.stats.total_messages,
         None, "one SimPy event per message")
 
-    for found in sparse_rows(arguments.quick, None if arguments.no_rss else peak_rss):
+    for found in sparse_rows(quick, None if no_rss else peak_rss):
         row(*found)
-    rows += hf_rows(arguments.quick)
-    print(table(rows))
-    return 0
+    rows += hf_rows(quick)
+    return rows
 
 
 def zero_latency_rows(row: Callable[..., None]) -> None:

@@ -167,7 +167,8 @@ def pull_whole(state: ForwardState, nodes: np.ndarray) -> None:
         if not state.tiled_output:
             # Every row at once, straight into the outputs; a node that lost a route keeps
             # (or later gets) its own row from aggregate().
-            lost = np.unique(state.routes.query_node[np.flatnonzero(state.dead)])
+            dead = np.flatnonzero(state.dead)
+            lost = np.unique(state.routes.query_node[dead]) if len(dead) else dead
             rows = state.output[lost]
             value = state.problem.value
             state.tiles.pull(state.shares, value.reshape(-1, value.shape[2]), out=state.output)

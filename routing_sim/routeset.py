@@ -10,6 +10,7 @@ implicit until something asks for them.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 
@@ -249,6 +250,10 @@ class RouteSet:
             raise ShapeError(f"a route set of batch shape {self.batch_shape} does not "
                              f"broadcast to {batch_shape}")
         groups = math.prod(batch_shape)
+        if groups == 1:                                # one group either way: share the arrays
+            same = copy.copy(self)
+            same.batch_shape = batch_shape
+            return same
         if self.full:
             return RouteSet.complete(self.n_queries, self.n_keys, batch_shape, cross=self.cross)
         offsets = np.arange(groups, dtype=np.int64)[:, None] * len(self)

@@ -12,6 +12,7 @@ from numpy.typing import ArrayLike
 
 from .errors import InvalidArgumentError
 from .network import Network
+from .pages import small_pages
 from .routes import RouteTable
 from .routing_table import DroppedRoute, Route, RouteWeights, RoutingTable
 from .sparse import DENSE_LIMIT
@@ -154,6 +155,7 @@ class Run:
                                        f"token label, got {token!r}")
         return list(positions).index(int(token))
 
+    @small_pages()
     def backward(self, d_output: ArrayLike) -> Gradients:
         """Gradients of ``sum(output * d_output)``, sent back along the routes as messages.
 

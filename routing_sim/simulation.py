@@ -35,6 +35,7 @@ from .options import (
     TraceDetail,
     check_choice,
 )
+from .pages import small_pages
 from .plain import PlainEngine, check_plain
 from .positions import RotaryEmbedding
 from .protocol import ForwardNodes, TwoPhaseNodes
@@ -50,6 +51,7 @@ from .transport import Transport
 __all__ = ["simulate"]
 
 
+@small_pages()
 def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
              attn_mask: ArrayLike | None = None, dropout_p: float = 0.0, is_causal: bool = False,
              scale: float | None = None, enable_gqa: bool = False, *,
