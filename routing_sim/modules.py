@@ -14,6 +14,7 @@ from .masks import mha_route_mask
 from .mha_weights import checked_weights, initial_weights
 from .options import MHA_ENGINES, MhaEngine, check_choice
 from .reference import attention, attention_backward
+from .run import WEIGHTS_LIMIT
 from .simulation import simulate
 
 __all__ = ["MultiHeadAttention"]
@@ -256,6 +257,13 @@ class MultiHeadAttention:
                          **options)
         run = None
         if engine == "messages":
+            entries = q.shape[0] * q.shape[1] * n_queries * k.shape[2]   # N·H·L·S'
+            if need_weights and entries > WEIGHTS_LIMIT:
+                raise InvalidArgumentError(
+                    f"need_weights=True returns dense weights (N, H, L, S) of {entries:,} "
+                    f"entries, over rs.run.WEIGHTS_LIMIT = {WEIGHTS_LIMIT:,}: pass "
+                    "need_weights=False (the module's last_run.route_weights() then has "
+                    "the shares per route)")
             if batched:
                 run = simulate(q, k, v, **arguments)
                 heads = run.output

@@ -250,6 +250,23 @@ def test_multihead_attention_takes_route_sets_and_mods(engine):
         np.testing.assert_allclose(grads[name], value, rtol=1e-10, atol=1e-12)
 
 
+def test_multihead_attention_refuses_dense_weights_of_a_long_run_before_running():
+    n = 4200                                         # 2 heads: 35 M dense entries
+    mha = rs.MultiHeadAttention(4, 2, seed=0)
+    x = np.random.default_rng(3).normal(size=(n, 4))
+    routes = rs.patterns.sliding_window(n, 8, sinks=1)
+    assert 2 * n * n > rs.run.WEIGHTS_LIMIT
+    with pytest.raises(InvalidArgumentError, match="need_weights=False"):
+        mha(x, x, x, graph=routes)
+    assert mha.last_run is None                      # refused before simulating
+    out, weights = mha(x, x, x, graph=routes, need_weights=False)
+    assert weights is None
+    shares = mha.last_run.route_weights()
+    np.testing.assert_allclose(np.bincount(shares.group * n + shares.query,
+                                           weights=shares.share), 1.0, rtol=1e-12)
+    close(out, mha(x, x, x, graph=routes, need_weights=False, engine="matrix")[0])
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_lost_routes_on_a_route_set_degrade_as_on_the_same_graph(seed):
     """Dead routes (degrade) take the per-node path; the rest come from the fast path."""
