@@ -101,9 +101,14 @@ class OnlineNodes(ForwardNodes):
             nodes[order]
         starts = np.r_[0, np.flatnonzero(np.diff(nodes)) + 1]
         rank = np.arange(len(nodes)) - np.repeat(starts, np.diff(np.r_[starts, len(nodes)]))
+        # Step k updates every node's k-th pair: one slice per step, nodes ascending in it.
+        by_step = np.argsort(rank, kind="stable")
+        routes, times, has_value, nodes = routes[by_step], times[by_step], \
+            has_value[by_step], nodes[by_step]
+        bounds = np.searchsorted(rank[by_step], np.arange(int(rank.max(initial=-1)) + 2))
         value, groups, scores = self.problem.value, self.routes.group(routes), self.state.scores
-        for step in range(int(rank.max(initial=-1)) + 1):
-            at = rank == step
+        for step in range(len(bounds) - 1):
+            at = slice(bounds[step], bounds[step + 1])
             node, route = nodes[at], routes[at]
             score = scores[route]
             old_max = self.running_max[node]
@@ -115,11 +120,19 @@ class OnlineNodes(ForwardNodes):
             key = groups[at], self.routes.key_index[route]
             pair_value = value[key]                                      # (n, Ev)
             shift = np.maximum(self.shift[node], self.value_shift[key])  # (n,)
-            kept = self.accumulator[node]
+            # Consecutive nodes (a window's steps): update the rows in place, no gather.
+            rows = slice(node[0], node[-1] + 1) if node[-1] - node[0] == len(node) - 1 \
+                else node
+            kept = self.accumulator[rows]                                # (n, Ev)
+            in_place = isinstance(rows, slice)
             if shift.any():                     # values near the largest float: scale exactly
                 kept = np.ldexp(kept, (self.shift[node] - shift)[:, None])
                 pair_value = np.ldexp(pair_value, -shift[:, None])
-            self.accumulator[node] = factor[:, None] * kept + pulled[:, None] * pair_value
+                in_place = False
+            kept *= factor[:, None]
+            kept += pulled[:, None] * pair_value
+            if not in_place:
+                self.accumulator[rows] = kept
             self.shift[node] = shift
             self.running_max[node] = new_max
             self.rescale[route] = factor
