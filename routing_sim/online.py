@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .barrier import budget, node_scores, note_would_have
+from .barrier_whole import tiled_shares
 from .inputs import Problem
 from .messages import Kind
 from .numerics import Kernels, value_shift
@@ -54,12 +55,18 @@ class OnlineNodes(ForwardNodes):
         transport.order_free = transport.min_delay > 0 or transport.network.jitter > 0
 
     def _settle_scores(self, routes: np.ndarray, times: np.ndarray) -> None:
-        """No barrier: PULL each kept route at once; a dropped route updates l alone."""
+        """No barrier: PULL each kept route at once; a dropped route updates l alone.
+
+        On a sparse run's tiles every score (and its share, for the routing tables) is
+        computed at the first SCORE, as in two-phase: fixed products, any schedule."""
         state = self.state
-        for node in np.unique(self.routes.query_node[routes]):
-            if not self._scored[node]:
-                node_scores(state, int(node))
-                self._scored[node] = True
+        if state.tiles is not None:
+            tiled_shares(state)
+        else:
+            for node in np.unique(self.routes.query_node[routes]):
+                if not self._scored[node]:
+                    node_scores(state, int(node))
+                    self._scored[node] = True
         alive = self.dead[routes] == 0
         kept = alive if state.kept is None else alive & state.kept[routes]
         self.request(Kind.PULL, routes[kept], times[kept] + self.processing, 0)
@@ -150,6 +157,10 @@ class OnlineNodes(ForwardNodes):
         state = self.state
         done = nodes[(self._values_settled[nodes] == state.needed[nodes])
                      & np.isnan(self._finished_at[nodes])]
+        if state.tiled_shares:                 # shares in already: whole nodes at once
+            whole = done[self.dead_routes[done] == 0]
+            done = done[self.dead_routes[done] > 0]
+            self._finish_whole(whole)
         for node in done.tolist():
             _, _, span = state.span(node)
             alive = self.dead[span] == 0
@@ -167,3 +178,16 @@ class OnlineNodes(ForwardNodes):
             state.shares[span] = budget(state, node, alive)
             state.done_time[node] += self.processing
             self._finished_at[node] = state.done_time[node]
+
+    def _finish_whole(self, nodes: np.ndarray) -> None:
+        """Nodes that lost no route, their shares already computed (tiles): ``o / l``
+        row by row, as :meth:`output_of` computes it for one node."""
+        state = self.state
+        rows = nodes[state.needed[nodes] > 0]                          # a node without
+        state.output[rows] = np.ldexp(self.accumulator[rows]           # routes keeps 0
+                                      / self.normaliser[rows][:, None],
+                                      self.shift[rows][:, None])
+        if state.kept is not None:
+            state.output[rows] *= state.dropout_scale
+        state.done_time[nodes] += self.processing
+        self._finished_at[nodes] = state.done_time[nodes]

@@ -232,11 +232,11 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
     else:
         nodes = TwoPhaseNodes(*arguments, on_missing=network.on_missing,
                               top_k=int(top_k) if routing == "topk" else None)
-        if problem.sparse is not None and numerics == "float" and routing == "softmax" \
-                and not routes.full:
-            tiles = Tiles(routes.indptr, routes.key_index, routes.n_queries, routes.n_keys,
-                          dim=max(problem.shape[3:]))
-            nodes.state.tiles = tiles if tiles.worthwhile() else None
+    if problem.sparse is not None and numerics == "float" and routing == "softmax" \
+            and not routes.full:
+        tiles = Tiles(routes.indptr, routes.key_index, routes.n_queries, routes.n_keys,
+                      dim=max(problem.shape[3:]))
+        nodes.state.tiles = tiles if tiles.worthwhile() else None
     nodes.start()
     env.process(transport.run())
     env.run()
