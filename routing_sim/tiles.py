@@ -204,6 +204,9 @@ def _unions(run_start: np.ndarray, run_length: np.ndarray, run_tile: np.ndarray,
     Returns ``(start, stop, tile)`` of the intervals, each run's interval and each
     interval's first column in its tile's union.
     """
+    if not len(run_start):                                             # no route at all
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty, empty, empty
     order = np.lexsort((run_start, run_tile))
     span = n_keys + 1                                                  # keeps tiles apart
     lo = run_tile[order].astype(np.int64) * span + run_start[order]

@@ -319,3 +319,17 @@ def test_float32_stays_float32_on_the_tile_path():
     expected = rs.attention(q.astype(np.float64), k.astype(np.float64), v.astype(np.float64),
                             graph=routes, score_mod=mods.softcap(2.0))
     np.testing.assert_allclose(run.output, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("softmax", ["two_phase", "online"])
+def test_a_route_set_without_any_route_gives_zero_rows_like_the_reference(softmax):
+    q, k, v = inputs(12, shape=(2,), n=6)
+    for options in (dict(graph=rs.RouteSet.from_mask(np.zeros((6, 6), bool))),
+                    dict(mask_mod=lambda b, h, i, j: i < 0)):
+        run = rs.simulate(q, k, v, softmax=softmax, **options)
+        assert run.stats.routes == 0 and run.stats.total_messages == 0
+        np.testing.assert_array_equal(run.output, rs.attention(q, k, v, **options))
+        np.testing.assert_array_equal(run.output, np.zeros_like(q))
+        np.testing.assert_array_equal(run.backward(np.ones_like(q)).query, np.zeros_like(q))
+        with pytest.raises(rs.EmptyRowError):
+            rs.simulate(q, k, v, softmax=softmax, empty_rows="error", **options)
