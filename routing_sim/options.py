@@ -21,9 +21,10 @@ from typing import Literal, get_args
 from .errors import InvalidArgumentError
 
 __all__ = ["CAUSAL_ALIGNMENTS", "DELIVERY_MODES", "EMPTY_ROWS", "ENGINES", "MHA_ENGINES",
-           "NUMERICS", "ON_MISSING", "ROUTING", "SOFTMAX", "TRACE_DETAILS", "CausalAlignment",
-           "Delivery", "EmptyRows", "Engine", "MhaEngine", "Numerics", "OnMissing", "Routing",
-           "Softmax", "TraceDetail", "check_choice"]
+           "NUMERICS", "ON_MISSING", "PATTERN_NAMES", "ROUTING", "SOFTMAX", "TRACE_DETAILS",
+           "VERIFY_PATTERNS", "CausalAlignment", "Delivery", "EmptyRows", "Engine",
+           "MhaEngine", "Numerics", "OnMissing", "PatternName", "Routing", "Softmax",
+           "TraceDetail", "check_choice"]
 
 Numerics = Literal["float", "exact"]                 # float64 arithmetic, or correctly rounded
 Softmax = Literal["two_phase", "online"]             # a barrier per node, or streaming (m, l, o)
@@ -35,6 +36,8 @@ CausalAlignment = Literal["top_left", "bottom_right"]    # is_causal: j <= i, or
 OnMissing = Literal["strict", "degrade"]             # a route given up: fail, or renormalise
 Engine = Literal["fast", "plain"]                    # simulate's engine: batched, or readable
 MhaEngine = Literal["messages", "matrix"]            # MultiHeadAttention: simulate, or matrix
+PatternName = Literal["sliding_window", "longformer", "bigbird", "dilated", "document",
+                      "prefix_lm"]                   # the builders of rs.patterns
 
 NUMERICS: tuple[Numerics, ...] = get_args(Numerics)
 SOFTMAX: tuple[Softmax, ...] = get_args(Softmax)
@@ -46,6 +49,9 @@ CAUSAL_ALIGNMENTS: tuple[CausalAlignment, ...] = get_args(CausalAlignment)
 ON_MISSING: tuple[OnMissing, ...] = get_args(OnMissing)
 ENGINES: tuple[Engine, ...] = get_args(Engine)
 MHA_ENGINES: tuple[MhaEngine, ...] = get_args(MhaEngine)
+PATTERN_NAMES: tuple[PatternName, ...] = get_args(PatternName)
+# routing-sim verify --pattern: any pattern, none (dense masks only), or one pattern
+VERIFY_PATTERNS: tuple[str, ...] = ("any", "full", *PATTERN_NAMES)
 
 
 def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:

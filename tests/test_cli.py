@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -119,19 +120,48 @@ def test_verify_sweep_passes_and_prints_a_table(capsys):
     assert "cases                       12" in out and "failures                    0" in out
 
 
-def test_verify_reports_a_failure_with_a_reproducer(monkeypatch, capsys):
-    from routing_sim import verify
+def test_verify_reports_a_broken_pattern_case_with_a_reproducer(monkeypatch, capsys):
+    from routing_sim import verify_cases
 
-    real = verify.check_case
+    real = verify_cases.simulate
 
-    def broken(seed):
-        result = real(seed)
-        return verify.CaseResult(seed, result.description, 2.0, True, False)
+    def off_by_a_little(*args, **options):     # a simulator one output entry off by 1e-9
+        run = real(*args, **options)
+        output = run.output.copy()
+        output.flat[-1] += 1e-9
+        return SimpleNamespace(output=output, weights=run.weights)
 
-    monkeypatch.setattr(verify, "check_case", broken)
-    assert main(["verify", "--cases", "2", "--seed", "5"]) == 1
-    out = capsys.readouterr().out
-    assert "routing-sim verify --only 5" in out and "routing-sim verify --only 6" in out
+    monkeypatch.setattr(verify_cases, "simulate", off_by_a_little)
+    assert main(["verify", "--cases", "2", "--seed", "5", "--pattern", "longformer"]) == 1
+    failures = [line for line in capsys.readouterr().out.splitlines() if "FAIL" in line]
+    assert len(failures) == 2 and all("  FAIL longformer(" in line for line in failures)
+    assert failures[0].endswith("reproduce with: routing-sim verify --only 5 --pattern longformer")
+    # The reproducer rebuilds the same case: the same line again.
+    assert main(["verify", "--only", "5", "--pattern", "longformer"]) == 1
+    assert [line for line in capsys.readouterr().out.splitlines() if "FAIL" in line] == \
+        failures[:1]
+
+
+def test_verify_pattern_any_runs_only_pattern_cases(monkeypatch, capsys):
+    from routing_sim import verify_cases
+
+    drawn = []
+
+    def record(seed, pattern):
+        drawn.append(verify_cases.random_case(seed, pattern)[2])
+        return verify_cases.CaseResult(seed, drawn[-1], 0.5, True, True)
+
+    monkeypatch.setattr(verify_cases, "check_case", record)
+    assert main(["verify", "--cases", "12", "--pattern", "any"]) == 0
+    names = {text.split("(")[0] for text in drawn}
+    assert len(drawn) == 12 and names <= set(rs.patterns.__all__) and len(names) > 2
+
+
+def test_verify_refuses_an_unknown_pattern(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["verify", "--pattern", "window"])
+    assert exit_.value.code == 2
+    assert "invalid choice: 'window'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command", ["list", "run", "trace", "plot", "verify", "bench"])
