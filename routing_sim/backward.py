@@ -13,6 +13,13 @@ Every sum is taken once per node over its routes in source order (like the forwa
 so the gradients do not depend on the delivery schedule. Requests (GRAD_OUTPUT,
 GRAD_SCORE) are retried on a lossy network like the forward ones; a gradient that still
 cannot be delivered raises :class:`~routing_sim.DeliveryError`.
+
+On a sparse run whose forward pass took the tiles and lost no route, the handlers send the
+same messages at the same times but leave the arithmetic to
+:class:`~routing_sim.backward_tiles.TiledGradients`: each gradient for every node at once,
+in products fixed by the route table, at the first handler that needs it. Everything
+else (a route lost forward, top-k, exact mode, online softmax, dense tables) takes the
+per-node arithmetic below.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import numpy as np
 import simpy
 from numpy.typing import ArrayLike
 
+from .backward_tiles import TiledGradients, key_major_order
 from .barrier import gather, scores_of
 from .budget import check_simulation
 from .deliveries import Deliveries
@@ -33,6 +41,7 @@ from .routeset import batch_head
 from .sparse import DENSE_LIMIT
 from .state import ForwardState
 from .stats import Gradients, Stats
+from .strides import constant
 from .trace import Trace
 from .transport import Transport
 
@@ -54,8 +63,11 @@ class BackwardNodes(TokenNodes):
         if forward.chosen is not None:
             self.in_softmax &= forward.chosen
         # A node that pulled nothing (every route dropped) has dS = 0: it sends no dS.
-        pulls = np.bincount(routes.query_node[self.pulled], minlength=routes.n_nodes)
-        self.in_softmax &= pulls[routes.query_node] > 0
+        every_query = routes.routes_per_node()                         # (G·L,)
+        pulls = every_query if self.pulled.all() else np.bincount(
+            routes.query_node[self.pulled], minlength=routes.n_nodes)
+        if ((pulls == 0) & (every_query > 0)).any():
+            self.in_softmax &= pulls[routes.query_node] > 0
         n_routes = len(routes)
         self.d_share = np.zeros(n_routes, problem.dtype)               # (R,) dP_ij
         self.d_score = np.zeros(n_routes, problem.dtype)               # (R,) dS_ij
@@ -63,30 +75,39 @@ class BackwardNodes(TokenNodes):
         # scaled score: dS_ij · mod'(raw_ij) (derivative() refuses a mod without one).
         self.slope = derivative(problem.score_mod)
         self.d_raw = self.d_score if self.slope is None else np.zeros(n_routes, problem.dtype)
-        self.output_time = np.full(n_routes, np.nan)                   # GRAD_OUTPUT at j
-        self.share_time = np.full(n_routes, np.nan)                    # GRAD_SHARE at i
-        self.score_time = np.full(n_routes, np.nan)                    # GRAD_SCORE at j
-        self.key_time = np.full(n_routes, np.nan)                      # GRAD_KEY at i
+        # First arrivals per route: kept only where copies and retries need them.
+        first = (lambda: np.full(n_routes, np.nan)) if self._dedupe else (lambda: None)
+        self.output_time, self.share_time = first(), first()           # GRAD_OUTPUT at j, ...
+        self.score_time, self.key_time = first(), first()              # GRAD_SCORE at j, ...
         self.d_query = np.zeros((groups * n_queries, dim), problem.dtype)
         self.d_key = np.zeros((groups * n_keys, dim), problem.dtype)
         self.d_value = np.zeros((groups * n_keys, value_dim), problem.dtype)
         self.done_time = np.zeros(groups * n_queries)
         # The key nodes' view: routes sorted by (key node, query), with counts to expect.
-        self.key_node = (routes.query_node // n_queries) * n_keys + routes.key_index  # (R,)
-        order = np.lexsort((routes.query_node, self.key_node))
-        self.by_key = order                                            # (R,) route ids
-        self.key_indptr = np.concatenate(([0], np.cumsum(np.bincount(
-            self.key_node, minlength=groups * n_keys))))
-        count = lambda mask, nodes, size: np.bincount(nodes[mask], minlength=size)  # noqa: E731
-        self._needed = {"shares": count(self.pulled, routes.query_node, routes.n_nodes),
-                        "keys": count(self.in_softmax, routes.query_node, routes.n_nodes),
-                        "outputs": count(self.pulled, self.key_node, groups * n_keys),
-                        "scores": count(self.in_softmax, self.key_node, groups * n_keys)}
+        self.key_node = routes.key_index if groups == 1 else \
+            routes.query_node // n_queries * n_keys + routes.key_index  # (R,) g·S + j
+        self.by_key = key_major_order(self.key_node, groups * n_keys)  # (R,) route ids
+        every_key = np.bincount(self.key_node, minlength=groups * n_keys)  # (G·S,)
+        self.key_indptr = np.concatenate(([0], np.cumsum(every_key)))
+
+        def count(mask: np.ndarray, nodes: np.ndarray, every: np.ndarray) -> np.ndarray:
+            return every if mask.all() else np.bincount(nodes[mask], minlength=len(every))
+
+        self._needed = {"shares": count(self.pulled, routes.query_node, every_query),
+                        "keys": count(self.in_softmax, routes.query_node, every_query),
+                        "outputs": count(self.pulled, self.key_node, every_key),
+                        "scores": count(self.in_softmax, self.key_node, every_key)}
+        self._every = {"shares": every_query, "keys": every_query, "outputs": every_key,
+                       "scores": every_key}
         self._settled = {name: np.zeros_like(needed) for name, needed in self._needed.items()}
         self._latest = {name: np.full(len(needed), -np.inf)
                         for name, needed in self._needed.items()}
         self.handlers = {Kind.GRAD_OUTPUT: self.on_output, Kind.GRAD_SHARE: self.on_share,
                           Kind.GRAD_SCORE: self.on_score, Kind.GRAD_KEY: self.on_key}
+        # The sparse fast path (backward_tiles.py) for tiled runs that lost no route.
+        self.tiled = TiledGradients(forward, upstream, self.by_key, self.key_indptr,
+                                    self.slope) \
+            if forward.tiles is not None and not forward.dead.any() else None
 
     def start(self) -> None:
         """At time 0 every query node sends dO_i to the tokens whose values it pulled."""
@@ -96,7 +117,13 @@ class BackwardNodes(TokenNodes):
         """Key node j: answer with dP_ij; once every dO is in, dV_j = Σ_i w'_ij dO_i."""
         self.answer(Kind.GRAD_SHARE, batch)
         routes, times = self.first_answers(batch, self.output_time)
-        for node in self._count("outputs", self.key_node[routes], times):
+        ready = self._count("outputs", self.key_node, routes, times)
+        tiled = self.tiled
+        if tiled is not None and tiled.transposed is not None:
+            if len(ready) and tiled.once("values"):
+                tiled.values(self.d_value)                             # every node, once
+            return
+        for node in ready.tolist():
             routes_in = self._key_routes(node, self.pulled)
             queries = self.routes.query_node[routes_in]
             self.d_value[node] = self.forward.shares[routes_in] @ self.upstream[queries]
@@ -104,19 +131,36 @@ class BackwardNodes(TokenNodes):
     def on_share(self, batch: Deliveries) -> None:
         """Query node i: once every dP is in, apply the softmax Jacobian; send dS."""
         routes, times = self.first_answers(batch, self.share_time)
-        ready = self._count("shares", self.routes.query_node[routes], times)
-        sends = [self._jacobian(int(node)) for node in ready]
-        if sends:
-            self.request(Kind.GRAD_SCORE, np.concatenate(sends),
-                         self._latest["shares"][self.routes.query_node[np.concatenate(sends)]]
-                         + self.processing, 0)
+        ready = self._count("shares", self.routes.query_node, routes, times)
+        if not len(ready):
+            return
+        if self.tiled is None:
+            for node in ready.tolist():
+                self._jacobian(node)
+        elif self.tiled.once("scores"):                                # every route, once
+            self.tiled.scores(self.d_share, self.d_score, self.d_raw, self.pulled,
+                              self.in_softmax)
+        sends = self.routes.routes_of(ready)
+        if not self.in_softmax.all():
+            sends = sends[self.in_softmax[sends]]
+        latest = self._latest["shares"]
+        ready_at = latest[ready[0]] + self.processing if \
+            latest[ready].min() == latest[ready].max() else \
+            latest[self.routes.query_node[sends]] + self.processing   # one instant, or each
+        self.request(Kind.GRAD_SCORE, sends, ready_at, 0)
 
     def on_score(self, batch: Deliveries) -> None:
         """Key node j: answer with s·dS_ij·k_j; once every dS is in, dK_j = s Σ_i dS_ij q_i."""
         self.answer(Kind.GRAD_KEY, batch)
         routes, times = self.first_answers(batch, self.score_time)
+        ready = self._count("scores", self.key_node, routes, times)
+        tiled = self.tiled
+        if tiled is not None and tiled.transposed is not None:
+            if len(ready) and tiled.once("keys"):
+                tiled.keys(self.d_key, self.d_raw)                     # every node, once
+            return
         problem = self.problem
-        for node in self._count("scores", self.key_node[routes], times):
+        for node in ready.tolist():
             routes_in = self._key_routes(node, self.in_softmax)
             queries = self.routes.query_node[routes_in]
             group = node // self.routes.n_keys
@@ -126,16 +170,21 @@ class BackwardNodes(TokenNodes):
     def on_key(self, batch: Deliveries) -> None:
         """Query node i: once every s·dS_ij·k_j is in, dQ_i is their sum."""
         routes, times = self.first_answers(batch, self.key_time)
+        ready = self._count("keys", self.routes.query_node, routes, times)
+        self.done_time[ready] = self._latest["keys"][ready]
+        if self.tiled is not None:
+            if len(ready) and self.tiled.once("queries"):
+                self.tiled.queries(self.d_query, self.d_raw)           # every node, once
+            return
         problem = self.problem
-        for node in self._count("keys", self.routes.query_node[routes], times):
+        for node in ready.tolist():
             group, _, span = self.forward.span(node)
             mine = self.in_softmax[span]
             keys = self.routes.key_index[span][mine]
             self.d_query[node] = problem.scale * (
                 self.d_raw[span][mine] @ gather(problem.key[group], keys))
-            self.done_time[node] = self._latest["keys"][node]
 
-    def _jacobian(self, node: int) -> np.ndarray:
+    def _jacobian(self, node: int) -> None:
         """dS for one query node: w ⊙ (dP' - Σ w dP'), over the routes of its softmax."""
         forward, problem = self.forward, self.problem
         group, _, span = forward.span(node)
@@ -157,19 +206,28 @@ class BackwardNodes(TokenNodes):
             assert forward.raw is not None                             # kept for score_mod
             self.d_raw[span] = self.d_score[span] * self.slope(
                 forward.raw[span], batch, head, nodes % routes.n_queries, keys)
-        return np.flatnonzero(mine) + span.start
 
     def _key_routes(self, node: int, mask: np.ndarray) -> np.ndarray:
         routes = self.by_key[self.key_indptr[node]:self.key_indptr[node + 1]]
         return routes[mask[routes]]
 
-    def _count(self, name: str, nodes: np.ndarray, times: np.ndarray) -> np.ndarray:
-        """Count first arrivals per node; return nodes whose last expected one came in."""
+    def _count(self, name: str, nodes_of: np.ndarray, routes: np.ndarray, times: np.ndarray
+               ) -> np.ndarray:
+        """Count first arrivals per node (``nodes_of`` maps a route to its node); return
+        the nodes whose last expected one came in."""
         settled, needed, latest = self._settled[name], self._needed[name], self._latest[name]
-        counts = np.bincount(nodes, minlength=len(settled))
+        nodes = None
+        if len(routes) == len(self.routes):                            # every route once
+            counts = self._every[name]
+        else:
+            nodes = nodes_of[routes]
+            counts = np.bincount(nodes, minlength=len(settled))
         touched = np.flatnonzero(counts)
         settled[touched] += counts[touched]
-        np.fmax.at(latest, nodes, times)
+        if constant(times) is not None or (len(times) and times.min() == times.max()):
+            latest[touched] = np.fmax(latest[touched], times[0])      # one instant
+        else:
+            np.fmax.at(latest, nodes_of[routes] if nodes is None else nodes, times)
         return touched[settled[touched] == needed[touched]]
 
     def answer_times(self) -> dict[Kind, np.ndarray | None]:
