@@ -54,8 +54,9 @@ def key_major_order(key_node: np.ndarray, n_key_nodes: int) -> np.ndarray:
     order: np.ndarray | None = None
     for shift in range(0, max(int(n_key_nodes - 1).bit_length(), 1), 16):
         nodes = key_node if order is None else key_node[order]
-        digit = ((nodes >> shift) & 0xFFFF).astype(np.uint16)
-        step = np.argsort(digit, kind="stable")
+        if shift:
+            nodes = np.right_shift(nodes, shift, out=nodes)             # a fresh gather
+        step = np.argsort(nodes.astype(np.uint16), kind="stable")      # the low 16 bits
         order = step if order is None else order[step]
     assert order is not None                                           # one pass at least
     return order
@@ -85,6 +86,7 @@ class TiledGradients:
         problem, routes = forward.problem, forward.routes
         self.n_groups, self.n_queries, self.n_keys, self.dim, self.value_dim = problem.shape
         self.done: set[str] = set()
+        self.buffer: np.ndarray | None = None                          # weights, key-major
         fan_in = np.diff(key_indptr)                                   # (G·S,)
         heavy = fan_in > HEAVY * max(len(routes) / max(len(fan_in), 1), 1.0)
         self.heavy = np.flatnonzero(heavy)                             # summed alone
@@ -165,7 +167,9 @@ class TiledGradients:
         """``out[j] = Σ_i weights_ij rows_i`` for every key node ``j``: the light ones by
         the key-major tiles, the heavy ones alone, a chunk of routes at a time."""
         assert self.transposed is not None, "the key side takes the tiles"
-        self.transposed.pull(weights[self.light], rows, out=out)       # (G·S, ·)
+        if self.buffer is None or self.buffer.dtype != weights.dtype:
+            self.buffer = np.empty(len(self.light), weights.dtype)     # (R',) key-major
+        self.transposed.pull(np.take(weights, self.light, out=self.buffer), rows, out=out)
         query_node, step = self.forward.routes.query_node, max(PANEL_ENTRIES // out.shape[1], 1)
         for node in self.heavy.tolist():
             mine = self.by_key[self.key_indptr[node]:self.key_indptr[node + 1]]
