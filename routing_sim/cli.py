@@ -143,7 +143,9 @@ def _parser() -> argparse.ArgumentParser:
                     "them.")
     verify.add_argument("--cases", type=positive, default=200, help="default 200")
     verify.add_argument("--seed", type=seed, default=0, help="first case seed (default 0)")
-    verify.add_argument("--only", type=seed, help="run just the case with this seed")
+    verify.add_argument("--only", type=seed, metavar="SEED",
+                        help="run just the case with this seed (with the sweep's --pattern, "
+                             "if it had one: the reproducer line says so)")
     verify.add_argument("--pattern", choices=VERIFY_PATTERNS,
                         help="only cases on this sparse pattern (any: any of them; full: "
                              "only dense masks, no pattern); default: a mix")
