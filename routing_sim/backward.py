@@ -14,12 +14,13 @@ so the gradients do not depend on the delivery schedule. Requests (GRAD_OUTPUT,
 GRAD_SCORE) are retried on a lossy network like the forward ones; a gradient that still
 cannot be delivered raises :class:`~routing_sim.DeliveryError`.
 
-On a sparse run whose forward pass took the tiles and lost no route, the handlers send the
-same messages at the same times but leave the arithmetic to
+On a sparse run whose forward pass took the tiles, the handlers send the same messages at
+the same times but leave the arithmetic to
 :class:`~routing_sim.backward_tiles.TiledGradients`: each gradient for every node at once,
-in products fixed by the route table, at the first handler that needs it. Everything
-else (a route lost forward, top-k, exact mode, online softmax, dense tables) takes the
-per-node arithmetic below.
+in products fixed by the route table, at the first handler that needs it. The nodes at
+either end of a route lost forward (degrade) then redo their own sums with the per-node
+arithmetic below, which everything else (top-k, exact mode, online softmax, dense tables)
+takes throughout.
 """
 
 from __future__ import annotations
@@ -104,10 +105,13 @@ class BackwardNodes(TokenNodes):
                         for name, needed in self._needed.items()}
         self.handlers = {Kind.GRAD_OUTPUT: self.on_output, Kind.GRAD_SHARE: self.on_share,
                           Kind.GRAD_SCORE: self.on_score, Kind.GRAD_KEY: self.on_key}
-        # The sparse fast path (backward_tiles.py) for tiled runs that lost no route.
-        self.tiled = TiledGradients(forward, upstream, self.by_key, self.key_indptr,
-                                    self.slope) \
-            if forward.tiles is not None and not forward.dead.any() else None
+        # The sparse fast path (backward_tiles.py) for tiled runs; the nodes with a route
+        # lost forward (degrade) then redo their own sums per node, as without tiles.
+        self.tiled = None if forward.tiles is None else TiledGradients(
+            forward, upstream, self.by_key, self.key_indptr, self.slope)
+        dead = np.flatnonzero(forward.dead)                            # (lost routes,)
+        self.lost_queries = np.unique(routes.query_node[dead]).tolist()
+        self.lost_keys = np.unique(self.key_node[dead]).tolist()
 
     def start(self) -> None:
         """At time 0 every query node sends dO_i to the tokens whose values it pulled."""
@@ -122,11 +126,11 @@ class BackwardNodes(TokenNodes):
         if tiled is not None and tiled.transposed is not None:
             if len(ready) and tiled.once("values"):
                 tiled.values(self.d_value)                             # every node, once
+                for node in self.lost_keys:
+                    self._value_gradient(node)
             return
         for node in ready.tolist():
-            routes_in = self._key_routes(node, self.pulled)
-            queries = self.routes.query_node[routes_in]
-            self.d_value[node] = self.forward.shares[routes_in] @ self.upstream[queries]
+            self._value_gradient(node)
 
     def on_share(self, batch: Deliveries) -> None:
         """Query node i: once every dP is in, apply the softmax Jacobian; send dS."""
@@ -140,6 +144,8 @@ class BackwardNodes(TokenNodes):
         elif self.tiled.once("scores"):                                # every route, once
             self.tiled.scores(self.d_share, self.d_score, self.d_raw, self.pulled,
                               self.in_softmax)
+            for node in self.lost_queries:
+                self._jacobian(node)
         sends = self.routes.routes_of(ready)
         if not self.in_softmax.all():
             sends = sends[self.in_softmax[sends]]
@@ -158,14 +164,11 @@ class BackwardNodes(TokenNodes):
         if tiled is not None and tiled.transposed is not None:
             if len(ready) and tiled.once("keys"):
                 tiled.keys(self.d_key, self.d_raw)                     # every node, once
+                for node in self.lost_keys:
+                    self._key_gradient(node)
             return
-        problem = self.problem
         for node in ready.tolist():
-            routes_in = self._key_routes(node, self.in_softmax)
-            queries = self.routes.query_node[routes_in]
-            group = node // self.routes.n_keys
-            self.d_key[node] = problem.scale * (
-                self.d_raw[routes_in] @ problem.query[group, queries % self.routes.n_queries])
+            self._key_gradient(node)
 
     def on_key(self, batch: Deliveries) -> None:
         """Query node i: once every s·dS_ij·k_j is in, dQ_i is their sum."""
@@ -175,14 +178,35 @@ class BackwardNodes(TokenNodes):
         if self.tiled is not None:
             if len(ready) and self.tiled.once("queries"):
                 self.tiled.queries(self.d_query, self.d_raw)           # every node, once
+                for node in self.lost_queries:
+                    self._query_gradient(node)
             return
-        problem = self.problem
         for node in ready.tolist():
-            group, _, span = self.forward.span(node)
-            mine = self.in_softmax[span]
-            keys = self.routes.key_index[span][mine]
-            self.d_query[node] = problem.scale * (
-                self.d_raw[span][mine] @ gather(problem.key[group], keys))
+            self._query_gradient(node)
+
+    def _value_gradient(self, node: int) -> None:
+        """dV_j = Σ_i w'_ij dO_i for one key node, over the routes that carried a value."""
+        routes_in = self._key_routes(node, self.pulled)
+        queries = self.routes.query_node[routes_in]
+        self.d_value[node] = self.forward.shares[routes_in] @ self.upstream[queries]
+
+    def _key_gradient(self, node: int) -> None:
+        """dK_j = s Σ_i dS_ij q_i for one key node, over the routes of the softmaxes."""
+        problem = self.problem
+        routes_in = self._key_routes(node, self.in_softmax)
+        queries = self.routes.query_node[routes_in]
+        group = node // self.routes.n_keys
+        self.d_key[node] = problem.scale * (
+            self.d_raw[routes_in] @ problem.query[group, queries % self.routes.n_queries])
+
+    def _query_gradient(self, node: int) -> None:
+        """dQ_i = s Σ_j dS_ij k_j for one query node, over the routes of its softmax."""
+        problem = self.problem
+        group, _, span = self.forward.span(node)
+        mine = self.in_softmax[span]
+        keys = self.routes.key_index[span][mine]
+        self.d_query[node] = problem.scale * (
+            self.d_raw[span][mine] @ gather(problem.key[group], keys))
 
     def _jacobian(self, node: int) -> None:
         """dS for one query node: w ⊙ (dP' - Σ w dP'), over the routes of its softmax."""

@@ -18,9 +18,10 @@ summed alone, a matrix-vector product per chunk of routes.
 
 Like the forward tiles, every product is decided by the route table alone and computed in
 full at the first handler that needs it, whatever order the messages come in: the
-gradients are the same bits under every schedule. Runs the tiles do not cover (a route
-lost in the forward pass, top-k, exact mode, online softmax, dense route tables) keep the
-per-node handlers of :mod:`routing_sim.backward`.
+gradients are the same bits under every schedule. A lost route (``on_missing="degrade"``)
+carries no share and no dS, so it adds nothing here; the query and key nodes at its ends
+then redo their own sums with the per-node handlers of :mod:`routing_sim.backward`, which
+also cover what has no tiles (top-k, exact mode, online softmax, dense route tables).
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class TiledGradients:
     Parameters
     ----------
     forward : ForwardState
-        A finished forward run that took the tile path and lost no route.
+        A finished forward run that took the tile path.
     upstream : ndarray, shape (G·L, Ev)
         dO.
     by_key, key_indptr : ndarray, shapes (R,) and (G·S + 1,)

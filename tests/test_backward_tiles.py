@@ -139,9 +139,11 @@ def test_tiled_gradients_are_the_same_bits_under_every_schedule(tiled, network, 
         np.testing.assert_array_equal(ours, theirs)
 
 
-def test_a_run_that_lost_routes_takes_the_per_node_path(tiled):
-    """Degrade: the lost route's node renormalises; the gradients match the same pattern
-    given as a dense graph (which never takes the tiles)."""
+def test_nodes_that_lost_a_route_redo_their_own_sums(tiled, monkeypatch):
+    """Degrade: the tiles compute every gradient, then the nodes at either end of a lost
+    route redo theirs per node: a query node's dS and dQ, a key node's dV are the bits the
+    per-node path gives on the same forward run; everything matches the same pattern given
+    as a dense graph (which never takes the tiles)."""
     routes = patterns.sliding_window(24, 5, sinks=2)
     q, k, v = np.random.default_rng(1).normal(size=(3, 2, 24, 8))
     d_output = np.random.default_rng(2).normal(size=v.shape)
@@ -154,7 +156,15 @@ def test_a_run_that_lost_routes_takes_the_per_node_path(tiled):
         for ours, theirs in zip((sparse.query, sparse.key, sparse.value, sparse.score()),
                                 (dense.query, dense.key, dense.value, dense.score())):
             np.testing.assert_allclose(ours, theirs, rtol=RTOL, atol=ATOL)
-    assert not tiled                                 # no tiles on the backward of either
+        with monkeypatch.context() as patch:         # the per-node path, same forward run
+            patch.setattr(backward, "TiledGradients", lambda *args: None)
+            per_node = sparse_run.backward(d_output)
+        queries = tuple(zip(*((*d.group, d.query) for d in sparse_run.dropped)))
+        keys = tuple(zip(*((*d.group, d.key) for d in sparse_run.dropped)))
+        np.testing.assert_array_equal(sparse.score()[queries], per_node.score()[queries])
+        np.testing.assert_array_equal(sparse.query[queries], per_node.query[queries])
+        np.testing.assert_array_equal(sparse.value[keys], per_node.value[keys])
+    assert len(tiled) == 2                           # the sparse runs took the tiles
 
 
 def test_float32_stays_float32(tiled):
