@@ -21,7 +21,7 @@ So ``|o_sim - o_ref| <= Σ_j w_ij |v_j| · (exp(2Δ_i) - 1 + 2·(u·|s_ij - m_i|
 (the ``|s - m|`` term taken inside the sum), and likewise for each weight.
 
 ``L_f`` and ``ε_f`` of the built-in mods (:mod:`routing_sim.mods`): every one has
-``L_f = 1``. ``alibi`` and ``relative_bias`` add a term both implementations compute
+``L_f <= 1``. ``alibi`` and ``relative_bias`` add a term both implementations compute
 identically (the same float product ``slope · |i - j|``, the same table entry), so
 ``L_f = 1`` and ``ε_f = u·|f(t)|``, the one addition. ``softcap``'s ``cap · tanh(t / cap)``
 has slope ``sech²(t / cap)``, which falls with ``|t|``: an input within ``r = e + u·|t|`` of
