@@ -25,6 +25,9 @@ takes throughout.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import numpy as np
 import simpy
 from numpy.typing import ArrayLike
@@ -112,6 +115,7 @@ class BackwardNodes(TokenNodes):
         dead = np.flatnonzero(forward.dead)                            # (lost routes,)
         self.lost_queries = np.unique(routes.query_node[dead]).tolist()
         self.lost_keys = np.unique(self.key_node[dead]).tolist()
+        self._computed: set[str] = set()                               # by the tiles
 
     def start(self) -> None:
         """At time 0 every query node sends dO_i to the tokens whose values it pulled."""
@@ -123,14 +127,9 @@ class BackwardNodes(TokenNodes):
         routes, times = self.first_answers(batch, self.output_time)
         ready = self._count("outputs", self.key_node, routes, times)
         tiled = self.tiled
-        if tiled is not None and tiled.transposed is not None:
-            if len(ready) and tiled.once("values"):
-                tiled.values(self.d_value)                             # every node, once
-                for node in self.lost_keys:
-                    self._value_gradient(node)
-            return
-        for node in ready.tolist():
-            self._value_gradient(node)
+        whole = None if tiled is None or tiled.transposed is None else \
+            partial(tiled.values, self.d_value)
+        self._settle(ready, "values", whole, self._value_gradient, self.lost_keys)
 
     def on_share(self, batch: Deliveries) -> None:
         """Query node i: once every dP is in, apply the softmax Jacobian; send dS."""
@@ -138,14 +137,10 @@ class BackwardNodes(TokenNodes):
         ready = self._count("shares", self.routes.query_node, routes, times)
         if not len(ready):
             return
-        if self.tiled is None:
-            for node in ready.tolist():
-                self._jacobian(node)
-        elif self.tiled.once("scores"):                                # every route, once
-            self.tiled.scores(self.d_share, self.d_score, self.d_raw, self.pulled,
-                              self.in_softmax)
-            for node in self.lost_queries:
-                self._jacobian(node)
+        whole = None if self.tiled is None else partial(
+            self.tiled.scores, self.d_share, self.d_score, self.d_raw, self.pulled,
+            self.in_softmax)
+        self._settle(ready, "scores", whole, self._jacobian, self.lost_queries)
         sends = self.routes.routes_of(ready)
         if not self.in_softmax.all():
             sends = sends[self.in_softmax[sends]]
@@ -161,28 +156,32 @@ class BackwardNodes(TokenNodes):
         routes, times = self.first_answers(batch, self.score_time)
         ready = self._count("scores", self.key_node, routes, times)
         tiled = self.tiled
-        if tiled is not None and tiled.transposed is not None:
-            if len(ready) and tiled.once("keys"):
-                tiled.keys(self.d_key, self.d_raw)                     # every node, once
-                for node in self.lost_keys:
-                    self._key_gradient(node)
-            return
-        for node in ready.tolist():
-            self._key_gradient(node)
+        whole = None if tiled is None or tiled.transposed is None else \
+            partial(tiled.keys, self.d_key, self.d_raw)
+        self._settle(ready, "keys", whole, self._key_gradient, self.lost_keys)
 
     def on_key(self, batch: Deliveries) -> None:
         """Query node i: once every s·dS_ij·k_j is in, dQ_i is their sum."""
         routes, times = self.first_answers(batch, self.key_time)
         ready = self._count("keys", self.routes.query_node, routes, times)
         self.done_time[ready] = self._latest["keys"][ready]
-        if self.tiled is not None:
-            if len(ready) and self.tiled.once("queries"):
-                self.tiled.queries(self.d_query, self.d_raw)           # every node, once
-                for node in self.lost_queries:
-                    self._query_gradient(node)
-            return
-        for node in ready.tolist():
-            self._query_gradient(node)
+        whole = None if self.tiled is None else partial(self.tiled.queries, self.d_query,
+                                                         self.d_raw)
+        self._settle(ready, "queries", whole, self._query_gradient, self.lost_queries)
+
+    def _settle(self, ready: np.ndarray, name: str, whole: Callable[[], None] | None,
+                per_node: Callable[[int], None], lost: list[int]) -> None:
+        """Nodes that just got every input compute their part: with the tiles (``whole``),
+        every node at the first batch that has any, then the nodes at the ends of a lost
+        route redo theirs per node; without, each ready node on its own."""
+        if whole is None:
+            for node in ready.tolist():
+                per_node(node)
+        elif len(ready) and name not in self._computed:
+            self._computed.add(name)
+            whole()                                                    # every node, once
+            for node in lost:
+                per_node(node)
 
     def _value_gradient(self, node: int) -> None:
         """dV_j = Σ_i w'_ij dO_i for one key node, over the routes that carried a value."""

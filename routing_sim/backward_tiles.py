@@ -64,7 +64,7 @@ def key_major_order(key_node: np.ndarray, n_key_nodes: int) -> np.ndarray:
 
 
 class TiledGradients:
-    """Every gradient of a tiled forward run, each computed once, at first need.
+    """Every gradient of a tiled forward run, for every node at once.
 
     Parameters
     ----------
@@ -86,7 +86,6 @@ class TiledGradients:
         self.by_key, self.key_indptr = by_key, key_indptr
         problem, routes = forward.problem, forward.routes
         self.n_groups, self.n_queries, self.n_keys, self.dim, self.value_dim = problem.shape
-        self.done: set[str] = set()
         self.buffer: np.ndarray | None = None                          # weights, key-major
         fan_in = np.diff(key_indptr)                                   # (G·S,)
         heavy = fan_in > HEAVY * max(len(routes) / max(len(fan_in), 1), 1.0)
@@ -100,12 +99,6 @@ class TiledGradients:
         transposed = Tiles(light_ptr, queries, self.n_keys, self.n_queries,
                            dim=max(self.dim, self.value_dim))
         self.transposed = transposed if transposed.worthwhile() else None  # None: per node
-
-    def once(self, name: str) -> bool:
-        """True the first time ``name`` is asked for, then False."""
-        first = name not in self.done
-        self.done.add(name)
-        return first
 
     def scores(self, d_share: np.ndarray, d_score: np.ndarray, d_raw: np.ndarray,
                pulled: np.ndarray, in_softmax: np.ndarray) -> None:
