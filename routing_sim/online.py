@@ -130,15 +130,13 @@ class OnlineNodes(ForwardNodes):
             # Consecutive nodes (a window's steps): update the rows in place, no gather.
             rows = slice(node[0], node[-1] + 1) if node[-1] - node[0] == len(node) - 1 \
                 else node
-            kept = self.accumulator[rows]                                # (n, Ev)
-            in_place = isinstance(rows, slice)
+            kept = self.accumulator[rows]                # (n, Ev): a view for a slice
             if shift.any():                     # values near the largest float: scale exactly
                 kept = np.ldexp(kept, (self.shift[node] - shift)[:, None])
                 pair_value = np.ldexp(pair_value, -shift[:, None])
-                in_place = False
             kept *= factor[:, None]
             kept += pulled[:, None] * pair_value
-            if not in_place:
+            if not np.may_share_memory(kept, self.accumulator):        # a copy: write back
                 self.accumulator[rows] = kept
             self.shift[node] = shift
             self.running_max[node] = new_max
