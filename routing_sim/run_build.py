@@ -31,7 +31,7 @@ def collect(problem: Problem, routes: RouteTable, nodes: ForwardNodes | PlainEng
     dead = np.flatnonzero(state.dead)
     if transport.network.on_missing == "strict" and dead.size:
         raise DeliveryError(_missing_message(problem, routes, state, dead,
-                                             transport.network.retries))
+                                             transport.network.retries, tokens[1]))
     unfinished = np.flatnonzero(has_routes & np.isnan(state.done_time))
     if unfinished.size:
         group, token = divmod(int(unfinished[0]), n_queries)
@@ -56,7 +56,7 @@ def collect(problem: Problem, routes: RouteTable, nodes: ForwardNodes | PlainEng
         _completed=completed.reshape(groups, n_queries),
         _labels=labels,
         _value_bytes=log.nbytes_of[Kind.VALUE],
-        dropped=[_dropped(problem, routes, state, int(route)) for route in dead],
+        dropped=[_dropped(problem, routes, state, int(route), positions) for route in dead],
         _stream=nodes.stream if isinstance(nodes, OnlineNodes) else None,
         _forward=(state, transport.network, transport.mode),
         _positions=positions,
@@ -119,20 +119,25 @@ def _where(problem: Problem, group: int) -> tuple[int, ...]:
         if problem.batch_shape else ()
 
 
-def _dropped(problem: Problem, routes: RouteTable, state: ForwardState, route: int
-             ) -> DroppedRoute:
+def _dropped(problem: Problem, routes: RouteTable, state: ForwardState, route: int,
+             positions: tuple[list[int], list[int]]) -> DroppedRoute:
+    """Route ``route`` lost for good, named by its tokens' positions (a Decoder round's
+    queries sit after the cache)."""
     group, token = divmod(int(routes.query_node[route]), routes.n_queries)
+    query_positions, key_positions = positions
     assert state.would_have is not None, "routes die only on a faulty network"
-    return DroppedRoute(_where(problem, group), token, int(routes.key_index[route]),
+    return DroppedRoute(_where(problem, group), query_positions[token],
+                        key_positions[int(routes.key_index[route])],
                         "score" if state.dead[route] == SCORE_PHASE else "value",
                         float(state.would_have[route]))
 
 
 def _missing_message(problem: Problem, routes: RouteTable, state: ForwardState,
-                     dead: np.ndarray, retries: int) -> str:
+                     dead: np.ndarray, retries: int, positions: tuple[list[int], list[int]]
+                     ) -> str:
     shown = []
     for route in dead[:20].tolist():
-        item = _dropped(problem, routes, state, route)
+        item = _dropped(problem, routes, state, route, positions)
         where = f", group {item.group}" if item.group else ""
         shown.append(f"(query {item.query}, key {item.key}{where}: {item.phase} lost)")
     more = f" and {dead.size - 20} more" if dead.size > 20 else ""
