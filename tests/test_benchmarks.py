@@ -18,10 +18,20 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import routing_sim as rs
-from routing_sim.benchmarks import harness, suite
-from routing_sim.benchmarks.harness import (BEGIN, COLUMNS, END, MIN_PUBLISHED, Row, Timing,
-                                            block, header_cells, interleave, table,
-                                            with_small_pages)
+from routing_sim.benchmarks import suite
+from routing_sim.benchmarks.harness import (
+    BEGIN,
+    COLUMNS,
+    END,
+    MIN_PUBLISHED,
+    Row,
+    Timing,
+    block,
+    header_cells,
+    interleave,
+    table,
+    with_small_pages,
+)
 from routing_sim.cli import main as cli_main
 from routing_sim.pages import huge_pages_advised
 
