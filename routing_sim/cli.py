@@ -8,6 +8,7 @@ import inspect
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
@@ -170,11 +171,14 @@ def _parser() -> argparse.ArgumentParser:
                     help="tokens to generate greedily (default 3)")
     hf.set_defaults(handler=_hf)
 
+    from .benchmarks.suite import add_options
+
     bench = commands.add_parser(
         "bench", help="the benchmark table (simulate vs matrix form)",
-        description="Run the benchmarks and print one table; everything is measured in one "
-                    "run. --quick keeps to n <= 1024.")
-    bench.add_argument("--quick", action="store_true", help="small sizes, one repeat")
+        description="Run the benchmarks and print their tables (python -m benchmarks): every "
+                    "row the best and the median of --repeats runs per side, its sides run in "
+                    "turns. --quick keeps to n <= 1024.")
+    add_options(bench)
     bench.set_defaults(handler=_bench)
     sweep_cli.add_parser(commands)
     return parser
@@ -328,9 +332,12 @@ def _hf(arguments: argparse.Namespace) -> int:
 
 
 def _bench(arguments: argparse.Namespace) -> int:
-    from .benchmarks.suite import main as bench_main
+    from .benchmarks.suite import run
 
-    return bench_main(["--quick"] if arguments.quick else [])
+    def refuse(message: str) -> NoReturn:
+        raise _user_error(message)
+
+    return run(arguments, refuse)
 
 
 def _user_error(message: str) -> RoutingSimError:
