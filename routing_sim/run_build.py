@@ -6,18 +6,18 @@ from __future__ import annotations
 
 import numpy as np
 
+from .engines.fast.online import OnlineNodes
+from .engines.fast.two_phase import ForwardNodes
+from .engines.plain import PlainEngine, Wire
+from .engines.state import SCORE_PHASE, ForwardState
 from .errors import DeliveryError
-from .inputs import Problem
-from .messages import Fate, Kind
-from .online import OnlineNodes
-from .plain import PlainEngine, Wire
-from .protocol import ForwardNodes
-from .routes import RouteTable
-from .run import DroppedRoute, Run
-from .state import SCORE_PHASE, ForwardState
-from .stats import Stats
-from .trace import Trace
-from .transport import Transport
+from .network.messages import Fate, Kind
+from .network.transport import Transport
+from .results.run import DroppedRoute, Run
+from .routes.problem import Problem
+from .routes.table import RouteTable
+from .trace.log import Trace
+from .trace.stats import Stats
 
 __all__ = ["collect"]
 

@@ -10,14 +10,19 @@ import numpy as np
 import simpy
 from numpy.typing import ArrayLike
 
-from . import budget
+from .engines import memory as budget
+from .engines.fast.online import OnlineNodes
+from .engines.fast.two_phase import ForwardNodes, TwoPhaseNodes
+from .engines.pages import small_pages
+from .engines.plain import PlainEngine, check_plain
 from .errors import EmptyRowError, InvalidArgumentError, ShapeError
-from .graph_reading import node_labels, node_positions, route_latency
-from .inputs import Problem, prepare
-from .messages import FORWARD, payload_bytes
-from .network import Network
-from .numerics import Kernels
-from .online import OnlineNodes
+from .inputs.positions import RotaryEmbedding
+from .network.conditions import Network
+from .network.messages import FORWARD, payload_bytes
+from .network.transport import Transport
+from .network.wave_times import uniform
+from .numerics.kernels import Kernels
+from .numerics.tiles import Tiles
 from .options import (
     DELIVERY_MODES,
     ENGINES,
@@ -35,18 +40,13 @@ from .options import (
     TraceDetail,
     check_choice,
 )
-from .pages import small_pages
-from .plain import PlainEngine, check_plain
-from .positions import RotaryEmbedding
-from .protocol import ForwardNodes, TwoPhaseNodes
-from .routes import RouteTable
-from .routeset import RouteSet
-from .run import Run
+from .results.run import Run
+from .routes.graph_reading import node_labels, node_positions, route_latency
+from .routes.problem import Problem, prepare
+from .routes.route_set import RouteSet
+from .routes.table import RouteTable
 from .run_build import collect
-from .strides import uniform
-from .tiles import Tiles
-from .trace import AUTO_FULL_LIMIT, Trace
-from .transport import Transport
+from .trace.log import AUTO_FULL_LIMIT, Trace
 
 __all__ = ["simulate"]
 

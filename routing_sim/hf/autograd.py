@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..run import Run
+from ..results.run import Run
 from ..simulation import simulate
 
 __all__ = ["simulated_attention"]

@@ -21,7 +21,7 @@ from functools import reduce
 import numpy as np
 
 from ..errors import NumericalError
-from ..exact import (
+from ..numerics.exact import (
     dd_exp,
     dd_multiply,
     dd_quotient,
@@ -32,7 +32,7 @@ from ..exact import (
     row_sums,
     two_sum,
 )
-from ..numerics import merge_states, scale_scores, value_shift
+from ..numerics.kernels import merge_states, scale_scores, value_shift
 
 __all__ = ["PartialState", "block_state", "finish", "merge", "rounded"]
 
