@@ -1,4 +1,4 @@
-"""The replay page's file and data, without a browser (tests/views/test_replay_browser.py opens it)."""
+"""The replay page's file and data, without a browser (test_replay_browser.py opens it)."""
 
 from __future__ import annotations
 
