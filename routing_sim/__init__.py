@@ -108,7 +108,7 @@ _MOVED_MODULES = {
     "exact": "numerics.exact",
     "exact_row": "numerics.exact_row",
     "exports": "trace.exports",
-    "graph_reading": "routes.graph_reading",
+    "graph_reading": "routes.graphs",
     "graphs": "routes.graphs",
     "masks": "inputs.masks",
     "messages": "network.messages",

@@ -41,7 +41,7 @@ from .options import (
     check_choice,
 )
 from .results.run import Run
-from .routes.graph_reading import node_labels, node_positions, route_latency
+from .routes.graphs import node_labels, node_positions, route_latency
 from .routes.problem import Problem, prepare
 from .routes.route_set import RouteSet
 from .routes.table import RouteTable

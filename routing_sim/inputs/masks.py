@@ -68,7 +68,7 @@ def route_set(attn_mask: ArrayLike | None, is_causal: bool, causal_alignment: Ca
     """Combine every route restriction into ``(allowed, bias)``.
 
     ``graph_mask`` is a token graph's ``(L, S)`` route mask
-    (:func:`routing_sim.graph_reading.graph_mask`), or None for no graph.
+    (:func:`routing_sim.routes.graphs.graph_mask`), or None for no graph.
 
     Returns
     -------

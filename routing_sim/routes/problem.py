@@ -20,7 +20,7 @@ from ..inputs.arrays import as_numpy
 from ..inputs.masks import route_set
 from ..inputs.positions import RotaryEmbedding, alibi_bias, as_rotary, query_positions
 from ..options import EMPTY_ROWS, CausalAlignment, EmptyRows, check_choice
-from .graph_reading import graph_mask
+from .graphs import graph_mask
 from .restrictions import DENSE_LIMIT, SparseRoutes, sparse_routes
 from .route_set import RouteSet
 

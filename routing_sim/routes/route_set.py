@@ -129,7 +129,7 @@ class RouteSet:
         >>> RouteSet.from_graph(graphs.causal(3)).indices.tolist()
         [0, 0, 1, 0, 1, 2]
         """
-        from .graph_reading import graph_edges, graph_shape
+        from .graphs import graph_edges, graph_shape
 
         n_queries, n_keys = graph_shape(graph)
         queries, keys = graph_edges(graph)                             # (R,), (R,)
