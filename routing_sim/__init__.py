@@ -98,7 +98,7 @@ _MOVED_MODULES = {
     "backward": "engines.fast.backward",
     "backward_tiles": "engines.fast.backward_tiles",
     "barrier": "engines.fast.barrier",
-    "barrier_whole": "engines.fast.barrier_whole",
+    "barrier_whole": "engines.fast.barrier",
     "budget": "engines.memory",
     "cli_args": "cli.arguments",
     "cluster": "parallel.cluster",

@@ -15,8 +15,7 @@ from ...network.transport import Transport
 from ...numerics.kernels import Kernels, value_shift
 from ...routes.problem import Problem
 from ...routes.table import RouteTable
-from .barrier import budget, node_scores, note_would_have
-from .barrier_whole import tiled_shares
+from .barrier import budget, node_scores, note_would_have, tiled_shares
 from .two_phase import ForwardNodes, settle
 
 __all__ = ["OnlineNodes"]

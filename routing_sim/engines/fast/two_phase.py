@@ -40,8 +40,7 @@ from ...numerics.kernels import Kernels
 from ...routes.problem import Problem
 from ...routes.table import RouteTable
 from ..state import SCORE_PHASE, VALUE_PHASE, ForwardState
-from .barrier import aggregate, allocate, top_routes
-from .barrier_whole import allocate_whole, pull_whole, tiled_shares
+from .barrier import aggregate, allocate, allocate_whole, pull_whole, tiled_shares, top_routes
 from .nodes import TokenNodes
 
 __all__ = ["ForwardNodes", "TwoPhaseNodes", "settle", "top_routes"]
