@@ -112,7 +112,7 @@ _MOVED_MODULES = {
     "graphs": "routes.graphs",
     "masks": "inputs.masks",
     "messages": "network.messages",
-    "mha_weights": "nn.mha_weights",
+    "mha_weights": "nn.multihead",
     "mods": "inputs.mods",
     "modules": "nn.multihead",
     "online": "engines.fast.online",
