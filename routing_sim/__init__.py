@@ -131,7 +131,7 @@ _MOVED_MODULES = {
     "replay.notebook": "views.replay.notebook",
     "retries": "engines.fast.nodes",
     "routeset": "routes.route_set",
-    "routing_table": "results.routing_table",
+    "routing_table": "results.run",
     "run": "results.run",
     "segments": "reference.segments",
     "sparse": "routes.restrictions",
