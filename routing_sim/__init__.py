@@ -116,7 +116,7 @@ _MOVED_MODULES = {
     "mods": "inputs.mods",
     "modules": "nn.multihead",
     "online": "engines.fast.online",
-    "outbox": "network.outbox",
+    "outbox": "network.transport",
     "pages": "engines.pages",
     "pattern_cli": "cli.pattern_options",
     "patterns": "routes.patterns",
