@@ -133,6 +133,7 @@ _MOVED_MODULES = {
     "routeset": "routes.route_set",
     "routing_table": "results.run",
     "run": "results.run",
+    "run_build": "simulation",
     "segments": "reference.segments",
     "sparse": "routes.restrictions",
     "state": "engines.state",
