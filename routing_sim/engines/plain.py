@@ -40,11 +40,10 @@ import simpy
 from ..errors import NumericalError
 from ..network.conditions import Network
 from ..network.messages import Kind, message_ids
-from ..numerics.kernels import Kernels, routing_budget, weighted_pull
+from ..numerics.kernels import Kernels, routing_budget, top_routes, weighted_pull
 from ..routes.problem import Problem
 from ..routes.table import RouteTable
 from ..trace.log import Trace
-from .fast.barrier import top_routes
 from .plain_record import ExactNode, check_plain, note_barrier, note_output, record_log
 from .state import ForwardState
 

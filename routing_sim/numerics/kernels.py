@@ -23,7 +23,7 @@ from .exact import (
 __all__ = ["Kernels", "exact_budget", "exact_pull", "exact_scores", "exact_shares",
            "exact_numerator", "exact_unnormalised",
            "match_scores", "merge_states", "online_state", "routing_budget", "scale_scores",
-           "value_shift", "weighted_pull"]
+           "top_routes", "value_shift", "weighted_pull"]
 
 
 def match_scores(keys: np.ndarray, query: np.ndarray, scale: float,
@@ -173,3 +173,17 @@ def value_shift(values: np.ndarray) -> np.ndarray:
     """
     _, exponent = np.frexp(np.abs(values).max(axis=-1, initial=0.0))  # |v| < 2^exponent
     return np.maximum(exponent - HEADROOM, 0).astype(np.int64)
+
+
+def top_routes(scores: np.ndarray, k: int) -> np.ndarray:
+    """Rows of a bool mask: each row's ``k`` highest scores (ties: lower source first).
+
+    Examples
+    --------
+    >>> top_routes(np.array([[0.1, 0.9, 0.9, 0.3]]), 2).astype(int)
+    array([[0, 1, 1, 0]])
+    """
+    order = np.argsort(-scores, axis=-1, kind="stable")[..., :k]       # (rows, k)
+    pick = np.zeros(scores.shape, dtype=bool)
+    np.put_along_axis(pick, order, True, axis=-1)
+    return pick

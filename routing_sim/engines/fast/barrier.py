@@ -19,13 +19,13 @@ from ...errors import NumericalError
 from ...inputs.mods import modified
 from ...numerics.exact import exact_pull, exact_shares, exact_unnormalised
 from ...numerics.exact_row import exact_row
-from ...numerics.kernels import routing_budget, scale_scores, weighted_pull
+from ...numerics.kernels import routing_budget, scale_scores, top_routes, weighted_pull
 from ...routes.route_set import batch_head
 from ..state import VALUE_PHASE, ExactParts, ForwardState
 
 __all__ = ["aggregate", "allocate", "allocate_whole", "budget", "exact_budget_shares",
            "exact_fallback", "gather", "modify", "node_scores", "note_would_have", "pull_whole",
-           "scores_of", "softmax_routes", "tiled_shares", "top_routes"]
+           "scores_of", "softmax_routes", "tiled_shares"]
 
 
 def gather(rows: np.ndarray, keys: np.ndarray) -> np.ndarray:
@@ -33,20 +33,6 @@ def gather(rows: np.ndarray, keys: np.ndarray) -> np.ndarray:
     if len(keys) and keys[-1] - keys[0] == len(keys) - 1:
         return rows[keys[0]:keys[-1] + 1]                              # contiguous: a view
     return rows[keys]
-
-
-def top_routes(scores: np.ndarray, k: int) -> np.ndarray:
-    """Rows of a bool mask: each row's ``k`` highest scores (ties: lower source first).
-
-    Examples
-    --------
-    >>> top_routes(np.array([[0.1, 0.9, 0.9, 0.3]]), 2).astype(int)
-    array([[0, 1, 1, 0]])
-    """
-    order = np.argsort(-scores, axis=-1, kind="stable")[..., :k]       # (rows, k)
-    pick = np.zeros(scores.shape, dtype=bool)
-    np.put_along_axis(pick, order, True, axis=-1)
-    return pick
 
 
 def node_scores(state: ForwardState, node: int) -> None:

@@ -40,10 +40,10 @@ from ...numerics.kernels import Kernels
 from ...routes.problem import Problem
 from ...routes.table import RouteTable
 from ..state import SCORE_PHASE, VALUE_PHASE, ForwardState
-from .barrier import aggregate, allocate, allocate_whole, pull_whole, tiled_shares, top_routes
+from .barrier import aggregate, allocate, allocate_whole, pull_whole, tiled_shares
 from .nodes import TokenNodes
 
-__all__ = ["ForwardNodes", "TwoPhaseNodes", "settle", "top_routes"]
+__all__ = ["ForwardNodes", "TwoPhaseNodes", "settle"]
 
 
 def settle(table: RouteTable, routes: np.ndarray, times: np.ndarray, settled: np.ndarray,
