@@ -14,10 +14,11 @@ import numpy as np
 
 from ..errors import InvalidArgumentError
 from ..network.messages import towards_key
-from ..results.run import Run
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+    from ..results.run import Run
 
 __all__ = ["graph", "heatmap", "timeline"]
 
