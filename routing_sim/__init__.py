@@ -143,7 +143,7 @@ _MOVED_MODULES = {
     "sweep_cli": "cli.sweep",
     "tiles": "numerics.tiles",
     "timers": "network.timers",
-    "times": "trace.time_format",
+    "times": "views.time_format",
     "transport": "network.transport",
     "verify": "reference.verify",
     "verify_cases": "cli.verify_cases",

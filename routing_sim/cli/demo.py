@@ -8,7 +8,7 @@ from ..network.conditions import Network
 from ..reference.verify import verdict
 from ..routes.graphs import causal
 from ..simulation import simulate
-from ..trace.time_format import format_time
+from ..views.time_format import format_time
 
 __all__ = ["demo"]
 

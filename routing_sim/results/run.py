@@ -24,7 +24,7 @@ from ..routes.restrictions import DENSE_LIMIT
 from ..routes.table import RouteTable
 from ..trace.log import Trace
 from ..trace.stats import Gradients, Stats
-from ..trace.time_format import format_time
+from ..views.time_format import format_time
 
 __all__ = ["DroppedRoute", "Route", "RouteWeights", "RoutingTable", "Run", "WEIGHTS_LIMIT"]
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import InvalidArgumentError
 from ..network.messages import Fate, Kind, Message, towards_key
-from .time_format import format_time
+from ..views.time_format import format_time
 
 if TYPE_CHECKING:
     from .log import Trace

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..views.time_format import format_time
 from .log import Trace
-from .time_format import format_time
 
 if TYPE_CHECKING:
     from ..results.run import Run

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ...trace.time_format import format_time
+from ..time_format import format_time
 from . import page_data, page_html, title_of
 from .data import group_name
 

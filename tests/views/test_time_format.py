@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import routing_sim as rs
-from routing_sim.trace.time_format import format_time
+from routing_sim.views.time_format import format_time
 
 FINITE = st.floats(allow_nan=False, allow_infinity=False)
 
