@@ -1,13 +1,24 @@
-"""The public API is exactly what __all__ says, and the core never imports torch."""
+"""The public API is exactly what __all__ says, every module path a user wrote still
+imports, and the core never imports torch."""
 
 from __future__ import annotations
 
-import ast
+import importlib
+import importlib.util
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import routing_sim as rs
+
+ROOT = Path(__file__).resolve().parent.parent
+# The flat layout of routing_sim 0.1 (before the subpackages): every module path and the
+# names its __all__ exported, read from the last flat commit (ebd1d92) with ast.
+FLAT_LAYOUT = json.loads((Path(__file__).parent / "flat_layout.json").read_text())
 
 
 def test_public_names_are_exactly_all():
@@ -18,36 +29,68 @@ def test_public_names_are_exactly_all():
                                                     "patterns", "plots", "verify"}
 
 
-def package_imports(module: str) -> set[str]:
-    """Modules of routing_sim (dotted, below the package) that ``module`` imports, directly
-    or through others."""
-    seen, todo = set(), [module]
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        path = Path(rs.__file__).parent.joinpath(*name.split("."))
-        path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
-        base = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level and node.module:
-                todo.append(".".join(base[:len(base) - node.level + 1] + [node.module]))
-    return seen
+def test_dir_shows_the_public_api_not_the_modules_it_is_built_from():
+    assert dir(rs) == sorted([*rs.__all__, "__version__", "hf"])
+    assert not {"barrier_whole", "exact_row", "strides", "engines", "run"} & set(dir(rs))
 
 
-def test_reference_does_not_import_the_simulator():
-    reached = package_imports("reference.matrix")
-    assert "routes.problem" in reached
-    # numerics is shared arithmetic (exact mode must round identically in both);
-    # nothing that sends, routes or times a message may be reached.
-    assert not reached & {"engines.fast.two_phase", "network.transport", "network.conditions",
-                          "simulation", "results.run", "routes.table", "engines.state",
-                          "engines.fast.barrier", "engines.fast.nodes", "engines.fast.online",
-                          "trace.stats", "network.wave_times", "trace.log", "nn.multihead",
-                          "nn.decoder", "network.messages", "network.deliveries",
-                          "engines.plain", "parallel.cluster", "engines.fast.backward",
-                          "reference.verify", "parallel.sweep"}
+@pytest.mark.parametrize("old", sorted(FLAT_LAYOUT))
+def test_every_module_path_of_the_flat_layout_still_imports_with_its_names(old):
+    module = importlib.import_module(f"routing_sim.{old}")
+    missing = [name for name in FLAT_LAYOUT[old] if not hasattr(module, name)]
+    assert missing == []
+    # the module itself, under the name of its new home, not a copy or a stub (no flat
+    # file is left at the root: tests/test_structure.py lists the root)
+    assert sys.modules[module.__name__] is module
+
+
+def test_an_old_path_and_the_new_one_are_one_module():
+    from routing_sim.engines.plain import PlainEngine
+    from routing_sim.plain import PlainEngine as old
+
+    assert old is PlainEngine
+    import routing_sim.backward
+    import routing_sim.engines.fast.backward
+
+    assert routing_sim.backward is routing_sim.engines.fast.backward
+    assert rs.run is sys.modules["routing_sim.results.run"]
+
+
+def _documented_paths() -> list[str]:
+    """Every dotted path below ``routing_sim.`` or ``rs.`` the README, the docs and the
+    package's own docstrings and code name."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")),
+             *sorted((ROOT / "routing_sim").rglob("*.py"))]
+    found = set()
+    for page in pages:
+        for match in re.finditer(r"(?<![\w.])(routing_sim|rs)((?:\.[A-Za-z_]\w*)+)",
+                                 page.read_text(encoding="utf-8")):
+            found.add("routing_sim" + match.group(2))
+    return sorted(found)
+
+
+DOCUMENTED = _documented_paths()
+HAS_HF = all(importlib.util.find_spec(name) for name in ("torch", "transformers"))
+
+
+@pytest.mark.parametrize("path", DOCUMENTED)
+def test_every_documented_path_resolves(path):
+    if path.startswith("routing_sim.hf") and not HAS_HF:
+        pytest.skip("routing_sim.hf needs torch and transformers")
+    found: object = rs
+    walked = "routing_sim"
+    for part in path.split(".")[1:]:
+        walked += f".{part}"
+        if not hasattr(found, part) and type(found).__name__ == "module":
+            found = importlib.import_module(walked)
+        else:
+            found = getattr(found, part)
+
+
+def test_the_documented_paths_were_found():
+    assert {"routing_sim.graphs", "routing_sim.run.WEIGHTS_LIMIT", "routing_sim.hf.tiny",
+            "routing_sim.numerics.merge_states", "routing_sim.pages.small_pages"} <= set(
+        DOCUMENTED)
 
 
 def test_plots_are_reachable_from_the_package_without_importing_matplotlib():

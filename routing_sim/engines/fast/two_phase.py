@@ -36,14 +36,14 @@ from ...network.deliveries import Deliveries
 from ...network.messages import Kind
 from ...network.transport import Transport
 from ...network.wave_times import constant
-from ...numerics.kernels import Kernels
+from ...numerics.kernels import Kernels, top_routes
 from ...routes.problem import Problem
 from ...routes.table import RouteTable
 from ..state import SCORE_PHASE, VALUE_PHASE, ForwardState
 from .barrier import aggregate, allocate, allocate_whole, pull_whole, tiled_shares
 from .nodes import TokenNodes
 
-__all__ = ["ForwardNodes", "TwoPhaseNodes", "settle"]
+__all__ = ["ForwardNodes", "TwoPhaseNodes", "settle", "top_routes"]
 
 
 def settle(table: RouteTable, routes: np.ndarray, times: np.ndarray, settled: np.ndarray,
