@@ -73,7 +73,7 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
     r"""Run attention as messages between token nodes and return what they computed.
 
     Every allowed route ``j -> i`` carries four messages (QUERY, SCORE, PULL, VALUE; see
-    :mod:`routing_sim.protocol`) over a simulated network. The output equals
+    :mod:`routing_sim.engines.fast.two_phase`) over a simulated network. The output equals
     :func:`~routing_sim.attention` on the same arguments, and is bit-identical under
     every delivery schedule (two-phase softmax).
 
@@ -112,7 +112,7 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
         network duplicates are not foreseen).
     delivery : {"window", "instant", "per_message"}
         How the transport groups deliveries into SimPy events (see
-        :mod:`routing_sim.transport`); it changes speed, never results or timestamps.
+        :mod:`routing_sim.network.transport`); it changes speed, never results or timestamps.
     mask_mod : callable, optional
         FlexAttention's ``mask_mod(b, h, q_idx, kv_idx) -> bool``: True where the route
         exists. A masked route carries no message. Called as in
@@ -129,7 +129,7 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
         ``labels`` names the query tokens (and the key tokens too when ``L == S``),
         ``key_labels`` the key tokens. A graph's ``label`` attributes do the same.
     engine : {"fast", "plain"}
-        ``"plain"`` runs :mod:`routing_sim.plain`, the protocol as a learner reads it (one
+        ``"plain"`` runs :mod:`routing_sim.engines.plain`, the protocol as a learner reads it (one
         SimPy process per token node, messages carrying their payloads): the same
         messages at the same times, on a reliable network, two-phase softmax only.
 

@@ -57,10 +57,12 @@ def test_an_old_path_and_the_new_one_are_one_module():
 
 
 def _documented_paths() -> list[str]:
-    """Every dotted path below ``routing_sim.`` or ``rs.`` the README, the docs and the
-    package's own docstrings and code name."""
+    """Every dotted path below ``routing_sim.`` or ``rs.`` the README, the docs, the
+    scenarios, the benchmarks and the package's own docstrings and code name."""
     pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")),
-             *sorted((ROOT / "routing_sim").rglob("*.py"))]
+             *sorted((ROOT / "routing_sim").rglob("*.py")),
+             *sorted((ROOT / "scenarios").rglob("*.py")),
+             *sorted((ROOT / "benchmarks").rglob("*.py"))]
     found = set()
     for page in pages:
         for match in re.finditer(r"(?<![\w.])(routing_sim|rs)((?:\.[A-Za-z_]\w*)+)",
@@ -89,7 +91,7 @@ def test_every_documented_path_resolves(path):
 
 def test_the_documented_paths_were_found():
     assert {"routing_sim.graphs", "routing_sim.run.WEIGHTS_LIMIT", "routing_sim.hf.tiny",
-            "routing_sim.numerics.merge_states", "routing_sim.pages.small_pages"} <= set(
+            "routing_sim.numerics.merge_states", "routing_sim.pages"} <= set(
         DOCUMENTED)
 
 

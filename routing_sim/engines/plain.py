@@ -16,16 +16,16 @@ its arrival time, drawn from the same :class:`~routing_sim.Network` as the fast 
 and keyed by the same message id (``8 · route + kind``), so both engines send the same
 messages at the same times; a node's clock is the stamp of the message it handles.
 
-The fast engine (:mod:`routing_sim.protocol`, the default) runs this protocol with route
-ids instead of payloads and evaluates the scores, softmax and weighted sum in batches at
-each query node's barrier: the same numbers, in one place and one order, which is what
-makes it fast and bit-identical under every schedule. It also covers what this engine
-refuses: lost, duplicated and crashed messages (retries), NIC contention, the online
-softmax and sparse route sets.
+The fast engine (:mod:`routing_sim.engines.fast.two_phase`, the default) runs this protocol with
+route ids instead of payloads and evaluates the scores, softmax and weighted sum in batches at
+each query node's barrier: the same numbers, in one place and one order, which is what makes it
+fast and bit-identical under every schedule. It also covers what this engine refuses: lost,
+duplicated and crashed messages (retries), NIC contention, the online softmax and sparse route
+sets.
 
 What turns the nodes' results into a :class:`~routing_sim.Run` (the record the fast engine
 keeps, the trace, exact mode's arithmetic and its fallback) is in
-:mod:`routing_sim.plain_run`: not needed to follow the protocol.
+:mod:`routing_sim.engines.plain_record`: not needed to follow the protocol.
 """
 
 from __future__ import annotations
@@ -222,7 +222,7 @@ class TokenNode:
 class PlainEngine:
     """The token nodes of one run, the wire between them, and what they computed.
 
-    ``state`` (:class:`~routing_sim.state.ForwardState`, the fast engine's record) keeps
+    ``state`` (:class:`~routing_sim.engines.state.ForwardState`, the fast engine's record) keeps
     the scores, shares, times and outputs, so the :class:`~routing_sim.Run` is the same.
     :func:`~routing_sim.simulate` builds it for ``engine="plain"``.
 

@@ -1,8 +1,8 @@
 """What turns the plain engine's messages into a :class:`~routing_sim.Run`.
 
-:mod:`routing_sim.plain` is the protocol a learner reads; this module holds its plumbing:
+:mod:`routing_sim.engines.plain` is the protocol a learner reads; this module holds its plumbing:
 the record of what the nodes computed (the fast engine's
-:class:`~routing_sim.state.ForwardState`, so the Run, its routing tables and the backward
+:class:`~routing_sim.engines.state.ForwardState`, so the Run, its routing tables and the backward
 pass are the same), the wire's log written as a :class:`~routing_sim.Trace`, exact mode's
 arithmetic at one query node (with its whole-row fallback in integers), and the check of
 what only the fast engine simulates.
@@ -71,7 +71,7 @@ class ExactNode:
     def exact_row(self, pulled: np.ndarray | None = None
                   ) -> tuple[np.ndarray, np.ndarray | None]:
         """Shares over my chosen routes (and the output over ``pulled``) in integers
-        (:func:`~routing_sim.exact_row.exact_row`)."""
+        (:func:`~routing_sim.numerics.exact_row.exact_row`)."""
         problem = self.problem
         keys = np.array([j for (_, j), pick in zip(self.routes, self.chosen) if pick])
         bias = None if problem.bias is None else problem.bias[self.group, self.i, keys]

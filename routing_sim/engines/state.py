@@ -1,9 +1,9 @@
 """What the token nodes of a forward run know: one public record, per route and per node.
 
 The two-phase and online handlers write it, the barrier arithmetic
-(:mod:`routing_sim.barrier`) reads and writes it, and the backward pass
-(:mod:`routing_sim.backward`) reads it when the forward run is over. Route arrays are
-indexed by route id (canonical order, see :mod:`routing_sim.routes`); node arrays by
+(:mod:`routing_sim.engines.fast.barrier`) reads and writes it, and the backward pass
+(:mod:`routing_sim.engines.fast.backward`) reads it when the forward run is over. Route arrays are
+indexed by route id (canonical order, see :mod:`routing_sim.routes.table`); node arrays by
 query node ``u = g · L + i``.
 """
 

@@ -5,7 +5,7 @@ in the routing protocol the key node applies it to the score it sends. Any eleme
 numpy function of ``(score, b, h, q_idx, kv_idx)`` works in the forward pass: routing_sim
 calls it with arrays that broadcast together (flat per-route arrays in the simulator,
 ``(G, 1, 1)`` / ``(1, L, 1)`` / ``(1, 1, S)`` grids in the matrix reference). ``b`` and
-``h`` index the leading batch and head dims (see :func:`~routing_sim.routeset.batch_head`).
+``h`` index the leading batch and head dims (see :func:`~routing_sim.routes.route_set.batch_head`).
 
 The backward pass needs ``d score' / d score`` as well, so it accepts only mods that carry
 it: the built-ins below (or any object with a matching ``grad`` method). A plain function

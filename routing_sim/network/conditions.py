@@ -93,7 +93,7 @@ class Network:
         NIC; by default twice the slowest round trip the network's parameters allow
         (jitter taken at its mean plus 4 standard deviations when exponential). With
         contention each expiry doubles the next wait, and the last attempt waits for the
-        slowest answer the NIC queues allow (:mod:`routing_sim.timers`), so contention
+        slowest answer the NIC queues allow (:mod:`routing_sim.network.timers`), so contention
         never makes a route fail. Parameters whose times could pass the float64 range
         are refused with an InvalidArgumentError naming them.
     on_missing : {"strict", "degrade"}

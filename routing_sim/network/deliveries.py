@@ -16,7 +16,7 @@ __all__ = ["Deliveries", "Timers", "concat", "merge"]
 class Deliveries:
     """Messages of one kind, sorted by arrival time, then message id, then copy.
 
-    A message id (:func:`~routing_sim.messages.message_ids`) is derived on demand.
+    A message id (:func:`~routing_sim.network.messages.message_ids`) is derived on demand.
     ``attempts`` None means every message is a first attempt, ``copy`` None that none is a
     network duplicate.
     """

@@ -17,7 +17,7 @@ for the bounded weights): if every number within it rounds to the same float, th
 is the correctly rounded result. Otherwise, or when the double-doubles cannot hold the
 row (a weight between e⁻⁷⁶⁰ and e⁻⁶⁶⁰, scores beyond 2⁷⁰ that do not dominate, values
 beyond 2⁹⁹⁰, a result below 2⁻⁹⁶⁰), the row's results are NaN: the callers then compute
-that row with :func:`routing_sim.exact_row.exact_row`, in integers. No order of arrival
+that row with :func:`routing_sim.numerics.exact_row.exact_row`, in integers. No order of arrival
 changes a bit. The work is in float64 whatever the input dtype.
 """
 
@@ -178,7 +178,7 @@ def exact_unnormalised(high: np.ndarray, low: np.ndarray, dd_max: bool = True
 
 def exact_budget(high: np.ndarray, low: np.ndarray) -> np.ndarray:
     """Shares ``w = e / l`` of one node's routes (or rows), each rounded once (NaN for a
-    row only :func:`~routing_sim.exact_row.exact_row` can decide)."""
+    row only :func:`~routing_sim.numerics.exact_row.exact_row` can decide)."""
     return exact_shares(*exact_unnormalised(high, low), top=high.max(axis=-1))
 
 

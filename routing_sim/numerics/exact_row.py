@@ -1,6 +1,6 @@
 """One query row of exact mode in integer arithmetic: the fallback that always decides.
 
-The double-double kernels of :mod:`routing_sim.exact` are fast and carry about 90 bits,
+The double-double kernels of :mod:`routing_sim.numerics.exact` are fast and carry about 90 bits,
 which decides the correctly rounded result of almost every row. They hand a row over
 (by returning NaN for it) when they cannot: scores too large for 90 bits to pin the
 gaps between them, a weight in the subnormal band, values near the largest float, a

@@ -1,7 +1,7 @@
 """Matrix-form attention: the independent oracle every simulation is compared against.
 
 This module computes ``softmax(Q Kᵀ · scale + bias) V`` with whole-matrix numpy
-operations. It shares argument handling with the simulator (:mod:`routing_sim.inputs`)
+operations. It shares argument handling with the simulator (:mod:`routing_sim.routes.problem`)
 but none of its arithmetic, so an equivalence test really compares two computations.
 """
 
@@ -74,7 +74,7 @@ def attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
         an :class:`~routing_sim.EmptyRowError`.
     numerics : {"float", "exact"}
         Matrix products (BLAS), or correctly rounded dot products and sums, one query at a
-        time (the formula is in :mod:`routing_sim.numerics`); exact mode is bit-identical
+        time (the formula is in :mod:`routing_sim.numerics.kernels`); exact mode is bit-identical
         to ``simulate(..., numerics="exact")`` under every schedule.
     dropout_mask : array_like of bool, optional
         The exact routes dropout keeps (True = kept), broadcastable to (..., L, S).
@@ -87,11 +87,12 @@ def attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
         Rotate queries and keys by their positions (a float is the base, layout "half").
     return_weights : bool
         Also return the routing tables (attention weights, after dropout); dense, so a
-        sparse route set must be small enough (see :data:`~routing_sim.sparse.DENSE_LIMIT`).
+        sparse route set must be small enough (see
+        :data:`~routing_sim.routes.restrictions.DENSE_LIMIT`).
     graph : networkx.DiGraph or RouteSet, optional
         The routes that exist (see :mod:`routing_sim.graphs`, :mod:`routing_sim.patterns`).
         A RouteSet is computed sparsely: a softmax per query over its own routes
-        (:mod:`routing_sim.segments`), never an ``L × S`` array.
+        (:mod:`routing_sim.reference.segments`), never an ``L × S`` array.
     mask_mod : callable, optional
         ``mask_mod(b, h, q_idx, kv_idx) -> bool`` (FlexAttention): True where the route
         exists. Combines with ``attn_mask``, ``is_causal`` and ``graph`` (all must allow a
@@ -296,7 +297,7 @@ def attention_backward(query: ArrayLike, key: ArrayLike, value: ArrayLike, d_out
     :class:`~routing_sim.InvalidArgumentError`: take the weights from :func:`attention`. A
     ``score_mod`` multiplies ``dS`` by its derivative at the raw score, so it must carry one
     (:mod:`routing_sim.mods`); a plain function raises InvalidArgumentError. A RouteSet
-    ``graph`` or a ``mask_mod`` is computed sparsely (:mod:`routing_sim.segments`).
+    ``graph`` or a ``mask_mod`` is computed sparsely (:mod:`routing_sim.reference.segments`).
 
     Examples
     --------

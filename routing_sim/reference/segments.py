@@ -8,7 +8,7 @@ The routes of query node ``u`` are one segment of the flat route list. For every
           o_u = \sum_{r \in u} w_r v_j
 
 computed with gathers, ``einsum`` and ``np.*.reduceat`` over chunks of whole segments, so
-memory stays at a chunk of routes times the feature size. Like :mod:`routing_sim.reference`
+memory stays at a chunk of routes times the feature size. Like :mod:`routing_sim.reference.matrix`
 it shares argument handling with the simulator and none of its arithmetic.
 """
 

@@ -142,7 +142,8 @@ def verdict(output: np.ndarray, weights: np.ndarray | None, query: ArrayLike, ke
 
 def _dense(problem: Problem) -> Problem:
     """A sparse problem (RouteSet ``graph``, ``mask_mod``) in the dense form the bound's
-    ``(G, L, S)`` arithmetic needs, up to :data:`~routing_sim.sparse.DENSE_LIMIT` entries."""
+    ``(G, L, S)`` arithmetic needs, up to
+    :data:`~routing_sim.routes.restrictions.DENSE_LIMIT` entries."""
     if problem.sparse is None:
         return problem
     groups, n_queries, n_keys, _, _ = problem.shape

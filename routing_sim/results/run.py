@@ -165,11 +165,11 @@ class Run:
     def backward(self, d_output: ArrayLike) -> Gradients:
         """Gradients of ``sum(output * d_output)``, sent back along the routes as messages.
 
-        Returns :class:`~routing_sim.stats.Gradients` with ``query``, ``key`` and
-        ``value`` (the inputs' shapes), and the backward pass's own ``stats`` and ``trace``
-        (see :mod:`routing_sim.backward` for the four message kinds). Covers masks, scale,
-        dropout, heads, GQA, cross-attention, RoPE and hard routing; the arithmetic is float.
-        Online-softmax runs allocate their shares as they stream, so their backward pass
+        Returns :class:`~routing_sim.trace.stats.Gradients` with ``query``, ``key`` and
+        ``value`` (the inputs' shapes), and the backward pass's own ``stats`` and ``trace`` (see
+        :mod:`routing_sim.engines.fast.backward` for the four message kinds). Covers masks,
+        scale, dropout, heads, GQA, cross-attention, RoPE and hard routing; the arithmetic is
+        float. Online-softmax runs allocate their shares as they stream, so their backward pass
         uses the final shares, like two-phase.
 
         Examples
@@ -220,7 +220,7 @@ class Run:
     def state(self) -> ForwardState:
         """What the token nodes knew when the run ended: scores, shares, times per route.
 
-        The backward pass and the replay page read it; see :mod:`routing_sim.state`.
+        The backward pass and the replay page read it; see :mod:`routing_sim.engines.state`.
         """
         return self._forward[0]
 

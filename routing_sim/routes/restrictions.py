@@ -1,7 +1,7 @@
 """Route restrictions on a sparse route set: one entry per route, never an ``L × S`` array.
 
 When ``graph`` is a :class:`~routing_sim.RouteSet` or a ``mask_mod`` is given,
-:func:`~routing_sim.inputs.prepare` calls :func:`sparse_routes` instead of building the
+:func:`~routing_sim.routes.problem.prepare` calls :func:`sparse_routes` instead of building the
 dense ``(G, L, S)`` mask: the route set of every group, then each other restriction
 (``mask_mod``, ``is_causal``, ``attn_mask``) evaluated on its routes only, and the additive
 biases (a float ``attn_mask``, ALiBi) and dropout's kept routes (read from the same

@@ -48,7 +48,7 @@ class Trace:
     SCORE, the share of a two-phase PULL; NaN for the vector payloads of QUERY and VALUE,
     and for an online PULL, which is sent before its node knows its share),
     ``attempt`` (0 for the first try), ``copy`` (1 for a network duplicate), ``fate``
-    (see :class:`~routing_sim.messages.Fate`), ``rescale`` (online softmax: the factor
+    (see :class:`~routing_sim.network.messages.Fate`), ``rescale`` (online softmax: the factor
     a VALUE's arrival applied) and ``id``. ``kind`` and ``fate`` hold codes: compare them
     with :class:`~routing_sim.Kind` and ``Fate`` members; records (``trace[i]``) name them.
 
@@ -239,7 +239,7 @@ class Trace:
 
     def to_perfetto(self, path: str | os.PathLike[str]) -> Path:
         """Write Chrome trace event JSON for Perfetto UI / chrome://tracing (see
-        :mod:`routing_sim.exports`). Returns the path."""
+        :mod:`routing_sim.trace.exports`). Returns the path."""
         return exports.to_perfetto(self._require_full("to_perfetto"), path)
 
     def to_mermaid(self, query: int | None = None, group: int = 0, fenced: bool = False

@@ -1,6 +1,6 @@
 """The backward pass's sparse fast path: every gradient of a tiled run in a few products.
 
-When the forward pass took the tile path (:mod:`routing_sim.tiles`) and lost no route,
+When the forward pass took the tile path (:mod:`routing_sim.numerics.tiles`) and lost no route,
 the arithmetic inside the backward handlers is a handful of route-proportional products
 instead of a Python loop per node::
 
@@ -16,12 +16,12 @@ A key node read far more often than the mean (an attention sink, a global token)
 make its tile's key union as wide as the sequence, so it is left out of the tiles and
 summed alone, a matrix-vector product per chunk of routes.
 
-Like the forward tiles, every product is decided by the route table alone and computed in
-full at the first handler that needs it, whatever order the messages come in: the
-gradients are the same bits under every schedule. A lost route (``on_missing="degrade"``)
-carries no share and no dS, so it adds nothing here; the query and key nodes at its ends
-then redo their own sums with the per-node handlers of :mod:`routing_sim.backward`, which
-also cover what has no tiles (top-k, exact mode, online softmax, dense route tables).
+Like the forward tiles, every product is decided by the route table alone and computed in full
+at the first handler that needs it, whatever order the messages come in: the gradients are the
+same bits under every schedule. A lost route (``on_missing="degrade"``) carries no share and no
+dS, so it adds nothing here; the query and key nodes at its ends then redo their own sums with
+the per-node handlers of :mod:`routing_sim.engines.fast.backward`, which also cover what has no
+tiles (top-k, exact mode, online softmax, dense route tables).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Functions over a run's :class:`~routing_sim.engines.state.ForwardState` (which holds the
 route table and the problem) and the query nodes that just passed a barrier. Each node's
-sums run once, over its own routes in source order (:mod:`routing_sim.numerics`), so no
+sums run once, over its own routes in source order (:mod:`routing_sim.numerics.kernels`), so no
 delivery schedule changes a bit of the result. ``allocate`` and ``aggregate`` take one node
 at a time and cover dead routes, hard routing and exact mode. ``allocate_whole`` and
 ``pull_whole``, after them, are the vectorised paths for nodes that lost no route: the
@@ -131,7 +131,7 @@ def exact_fallback(state: ForwardState, node: int, routes: np.ndarray,
                    pulled: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Exact mode, a node the double-doubles cannot decide: shares over ``routes`` (a
     mask over its span) and, given ``pulled``, its output, from the exact scores the key
-    nodes computed (:func:`~routing_sim.exact_row.exact_row`)."""
+    nodes computed (:func:`~routing_sim.numerics.exact_row.exact_row`)."""
     problem = state.problem
     group, token, span = state.span(node)
     keys = state.routes.key_index[span][routes]
@@ -243,7 +243,7 @@ def _by_count(state: ForwardState, nodes: np.ndarray) -> list[tuple[np.ndarray, 
 def tiled_shares(state: ForwardState) -> None:
     """Sparse fast path, at the first barrier: every route's score and share at once.
 
-    The dot products come from the fixed tiles (:mod:`routing_sim.tiles`), the softmax
+    The dot products come from the fixed tiles (:mod:`routing_sim.numerics.tiles`), the softmax
     runs row by row; the same products whatever order the barriers pass in, so a node's
     shares are the same bits under every schedule. A node that later loses a route
     recomputes its own (:func:`allocate`), after this: the two-phase nodes call it at

@@ -82,7 +82,7 @@ class TokenNodes:
     def request(self, kind: Kind, routes: np.ndarray, ready: np.ndarray | float,
                 attempt: np.ndarray | int) -> None:
         """Send requests; on a network that can lose them, the transport arms their retry
-        timers when they leave their NICs (:mod:`routing_sim.timers`)."""
+        timers when they leave their NICs (:mod:`routing_sim.network.timers`)."""
         self.transport.send(kind, routes, ready, attempt)
 
     def _fresh_requests(self, batch: Deliveries) -> np.ndarray:

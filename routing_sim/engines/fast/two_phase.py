@@ -1,6 +1,6 @@
 """The token node of the fast engine: what it does when each kind of message arrives.
 
-New here? Read :mod:`routing_sim.plain` first: the same protocol with one SimPy process
+New here? Read :mod:`routing_sim.engines.plain` first: the same protocol with one SimPy process
 per token node, messages that carry their payloads, and a handler per kind in which the
 key node computes its score when the QUERY arrives (``simulate(..., engine="plain")``).
 This module is the engine that runs by default; it sends the same messages at the same
@@ -16,16 +16,15 @@ Two-phase (the default), for every route ``j -> i``::
     i <--VALUE v_j-- j        j sends its payload
     i: weighted pull          once every value is in: o_i = Σ_j w_ij v_j, in source order
 
-Where the fast engine does the arithmetic, and why: deliveries carry route ids, not
-payloads, and a key node's handler only schedules its answer. The query node evaluates
-every score, its softmax and its weighted pull once its barrier passes
-(:mod:`routing_sim.barrier`), as one product over its routes in source order. The numbers
-a message would carry are the same (in float mode up to the last bit: a one-row product
-and the node's whole product may round differently); computing them in one place, in one
-order, is what makes the result bit-identical under every schedule, whatever batches the
-transport delivers, and lets a node's work be one vectorised call. Retries and idempotent
-receivers live in :mod:`routing_sim.retries`, the streaming variant (``softmax="online"``)
-in :mod:`routing_sim.online`.
+Where the fast engine does the arithmetic, and why: deliveries carry route ids, not payloads,
+and a key node's handler only schedules its answer. The query node evaluates every score, its
+softmax and its weighted pull once its barrier passes (:mod:`routing_sim.engines.fast.barrier`),
+as one product over its routes in source order. The numbers a message would carry are the same
+(in float mode up to the last bit: a one-row product and the node's whole product may round
+differently); computing them in one place, in one order, is what makes the result bit-identical
+under every schedule, whatever batches the transport delivers, and lets a node's work be one
+vectorised call. Retries and idempotent receivers live in :mod:`routing_sim.engines.fast.nodes`,
+the streaming variant (``softmax="online"``) in :mod:`routing_sim.engines.fast.online`.
 """
 
 from __future__ import annotations
@@ -70,7 +69,7 @@ def settle(table: RouteTable, routes: np.ndarray, times: np.ndarray, settled: np
 class ForwardNodes(TokenNodes):
     """The handlers every forward protocol shares; subclasses say how routes settle.
 
-    What the nodes know is :attr:`state` (a :class:`~routing_sim.state.ForwardState`).
+    What the nodes know is :attr:`state` (a :class:`~routing_sim.engines.state.ForwardState`).
     A key node answers at once; a query node counts the first answer per route and hands
     it to ``_settle_scores`` / ``_settle_values``, which the two-phase and online nodes
     define.
