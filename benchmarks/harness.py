@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from routing_sim.pages import huge_pages_advised, small_pages
+from routing_sim.engines.pages import huge_pages_advised, small_pages
 
 NOISY = 2.0          # a median above this many times its best is flagged "noisy"
 MIN_PUBLISHED = 5    # runs per side of a table pasted into the README
@@ -268,9 +268,9 @@ def block(sections: Sequence[tuple[str, Sequence[Row]]], repeats: int, command: 
              f"- Method: every row is the best and the median of {repeats} runs per side (more "
              f"where the runs column says so), the sides run in turns (simulate, reference, "
              f"numpy default, simulate, ...). simulate and its reference allocate with "
-             f"ordinary pages (`routing_sim.pages.small_pages`); \"numpy default\" is plain "
-             f"numpy under numpy's own page policy (huge-page advice {advice} here). Ratios: "
-             f"simulate / reference, best to best and median to median. Peak RSS: a fresh "
+             f"ordinary pages (`routing_sim.engines.pages.small_pages`); \"numpy default\" "
+             f"is plain numpy under numpy's own page policy (huge-page advice {advice} here). "
+             f"Ratios: simulate / reference, best to best and median to median. Peak RSS: a fresh "
              f"process running the one simulation. A side whose median is more than "
              f"{NOISY:g}x its best is flagged noisy.",
              *([f"- Notes: {note}"] if note else [])]

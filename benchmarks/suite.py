@@ -3,7 +3,7 @@
 Every row runs its sides in turns, ``--repeats`` times each (at least 5 for the table the
 README publishes), and reports the best and the median of each side (``benchmarks.harness``).
 The simulation and its reference allocate under the same page policy, ordinary pages, as
-:func:`routing_sim.simulate` runs (``routing_sim/pages.py``); the dense rows add plain numpy
+:func:`routing_sim.simulate` runs (``routing_sim/engines/pages.py``); the dense rows add plain numpy
 under numpy's default policy (huge-page advice on) as a third side. Peak RSS is measured in
 a fresh interpreter per configuration (``benchmarks.rss``) so one configuration's memory does
 not hide behind another's. ``--markdown`` prints the dated block the README's Performance
@@ -26,6 +26,7 @@ from typing import NoReturn
 import numpy as np
 
 import routing_sim as rs
+from routing_sim.options import Softmax
 
 from . import hf, sparse
 from .harness import MIN_PUBLISHED, Case, Row, block, interleave, skipped, table, with_small_pages
@@ -201,7 +202,7 @@ def jitter_row(case: str, repeats: int) -> Row:
                   lambda run, _: f"{run.stats.events:,} SimPy events")
 
 
-def zero_latency_row(softmax: str, case: str, repeats: int) -> Row:
+def zero_latency_row(softmax: Softmax, case: str, repeats: int) -> Row:
     """Issue 16: zero latency keeps the batched path (target: within 3x of latency 1, at
     the same jitter, in both softmax modes)."""
     rng = np.random.default_rng(16)

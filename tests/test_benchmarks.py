@@ -33,7 +33,7 @@ from routing_sim.benchmarks.harness import (
     with_small_pages,
 )
 from routing_sim.cli import main as cli_main
-from routing_sim.pages import huge_pages_advised
+from routing_sim.engines.pages import huge_pages_advised
 
 ROOT = Path(__file__).resolve().parent.parent
 

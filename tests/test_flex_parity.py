@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import routing_sim as rs
-from routing_sim import mods, patterns
+from routing_sim.inputs import mods
+from routing_sim.routes import patterns
 
 torch = pytest.importorskip("torch")
 flex = pytest.importorskip("torch.nn.attention.flex_attention")

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import routing_sim as rs
-from conftest import attention_inputs, route_masks
+from tests.conftest import attention_inputs, route_masks
 
 
 @st.composite

@@ -15,8 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import routing_sim as rs
-from routing_sim import mods, patterns
 from routing_sim.errors import InvalidArgumentError
+from routing_sim.inputs import mods
+from routing_sim.routes import patterns
 
 RTOL, ATOL = 1e-12, 1e-13
 N = 24

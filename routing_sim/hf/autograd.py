@@ -2,7 +2,7 @@
 
 The forward pass runs :func:`~routing_sim.simulate` on the tensors' float data; the
 backward pass sends the gradients back along the same routes as messages
-(:mod:`routing_sim.backward`) and hands torch the gradients of query, key, value and of
+(:mod:`routing_sim.engines.fast.backward`) and hands torch the gradients of query, key, value and of
 a float mask. The mask enters every score as is, so its gradient is the score gradient
 (``Gradients.score()``), summed over the dimensions the mask was broadcast along; this
 is how T5's relative position bias learns.
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..run import Run
+from ..results.run import Run
 from ..simulation import simulate
 
 __all__ = ["simulated_attention"]

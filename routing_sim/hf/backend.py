@@ -36,9 +36,9 @@ import torch
 from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.masking_utils import sdpa_mask
 
-from .. import mods
 from ..errors import DTypeError, InvalidArgumentError
-from ..reference import attention
+from ..inputs import mods
+from ..reference.matrix import attention
 from ..simulation import simulate
 from . import record
 from .autograd import simulated_attention

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidArgumentError
 from ..options import TRACE_DETAILS, TraceDetail
-from ..run import Run
-from ..verify import Verdict, verdict
+from ..reference.verify import Verdict, verdict
+from ..results.run import Run
 
 if TYPE_CHECKING:
     import torch

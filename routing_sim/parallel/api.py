@@ -9,13 +9,13 @@ import numpy as np
 import simpy
 from numpy.typing import ArrayLike
 
-from ..cluster import Cluster
 from ..errors import DeliveryError, DTypeError, InvalidArgumentError, ShapeError
-from ..exact_row import exact_row
-from ..inputs import as_float_array, resolve_scale
-from ..network import Network
+from ..network.conditions import Network
+from ..numerics.exact_row import exact_row
 from ..options import NUMERICS, TRACE_DETAILS, Numerics, TraceDetail, check_choice
+from ..routes.problem import as_float_array, resolve_scale
 from . import strategies
+from .cluster import Cluster
 from .fabric import Fabric
 from .layouts import LAYOUTS, allowed_routes, shard
 from .run import ParallelRun, ParallelStats

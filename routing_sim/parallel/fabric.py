@@ -18,8 +18,8 @@ from collections.abc import Callable
 import numpy as np
 import simpy
 
-from ..cluster import Cluster
-from ..network import Network
+from ..network.conditions import Network
+from .cluster import Cluster
 
 __all__ = ["ACK_BYTES", "Fabric"]
 

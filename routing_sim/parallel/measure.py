@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..cluster import Cluster, Topology
 from ..options import Numerics
-from ..reference import attention
+from ..reference.matrix import attention
 from .api import Strategy, context_parallel
+from .cluster import Cluster, Topology
 from .layouts import Layout
 
 __all__ = ["measure"]

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ..errors import InvalidArgumentError
-from ..plots import new_figure
+from ..views.plots import new_figure
 from .run import ParallelRun
 
 if TYPE_CHECKING:

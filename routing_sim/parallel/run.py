@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cluster import Cluster
+from .cluster import Cluster
 from .trace import ParallelTrace
 
 __all__ = ["ParallelRun", "ParallelStats"]
@@ -102,7 +102,7 @@ class ParallelRun:
         """Write the offline replay page of this run: the devices as nodes and every
         transfer moving between them in simulated time (see ``docs/en/watching.md``).
         Needs ``trace="full"`` (or ``"auto"`` below its limit). Returns the path."""
-        from ..replay import write_cluster_html
+        from ..views.replay import write_cluster_html
 
         return write_cluster_html(self, path)
 

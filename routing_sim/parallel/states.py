@@ -21,7 +21,7 @@ from functools import reduce
 import numpy as np
 
 from ..errors import NumericalError
-from ..exact import (
+from ..numerics.exact import (
     dd_exp,
     dd_multiply,
     dd_quotient,
@@ -32,7 +32,7 @@ from ..exact import (
     row_sums,
     two_sum,
 )
-from ..numerics import merge_states, scale_scores, value_shift
+from ..numerics.kernels import merge_states, scale_scores, value_shift
 
 __all__ = ["PartialState", "block_state", "finish", "merge", "rounded"]
 
@@ -177,7 +177,7 @@ def finish(state: PartialState, dtype: np.dtype, value_bound: np.ndarray | None 
 
     In exact mode ``value_bound`` (``(G, 1, 1)``, the largest |value| of each group)
     bounds the error of the double-double result: ``Σ e |v| <= l · max |v|``. An output
-    it cannot round with certainty (Ziv's test, as in :mod:`routing_sim.exact`) is NaN:
+    it cannot round with certainty (Ziv's test, as in :mod:`routing_sim.numerics.exact`) is NaN:
     :func:`routing_sim.parallel.api.context_parallel` finishes it in integers."""
     routed = state.l > 0                                               # (G, c)
     denominator = np.where(routed, state.l, 1.0).astype(state.l.dtype)[..., None]

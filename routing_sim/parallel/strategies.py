@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import simpy
 
-from ..cluster import Cluster
+from .cluster import Cluster
 from .fabric import Fabric
 from .layouts import allowed_routes
 from .states import PartialState, block_state, finish, merge, rounded

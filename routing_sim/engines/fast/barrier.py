@@ -1,0 +1,359 @@
+"""The query node's arithmetic: scores, the budget (softmax), the weighted pull.
+
+Functions over a run's :class:`~routing_sim.engines.state.ForwardState` (which holds the
+route table and the problem) and the query nodes that just passed a barrier. Each node's
+sums run once, over its own routes in source order (:mod:`routing_sim.numerics.kernels`), so no
+delivery schedule changes a bit of the result. ``allocate`` and ``aggregate`` take one node
+at a time and cover dead routes, hard routing and exact mode. ``allocate_whole`` and
+``pull_whole``, after them, are the vectorised paths for nodes that lost no route: the
+scores and shares of every node that passed its barrier in one step (rows of equal length
+stacked together, or the sparse tiles), then their outputs; each row is computed exactly as
+it would be alone, so the result is the same bits as the one-node paths.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ...errors import NumericalError
+from ...inputs.mods import modified
+from ...numerics.exact import exact_pull, exact_shares, exact_unnormalised
+from ...numerics.exact_row import exact_row
+from ...numerics.kernels import routing_budget, scale_scores, top_routes, weighted_pull
+from ...routes.route_set import batch_head
+from ..state import VALUE_PHASE, ExactParts, ForwardState
+
+__all__ = ["aggregate", "allocate", "allocate_whole", "budget", "exact_budget_shares",
+           "exact_fallback", "gather", "modify", "node_scores", "note_would_have", "pull_whole",
+           "scores_of", "softmax_routes", "tiled_shares"]
+
+
+def gather(rows: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """The rows of ``rows`` (one group's keys or values) for these key indices."""
+    if len(keys) and keys[-1] - keys[0] == len(keys) - 1:
+        return rows[keys[0]:keys[-1] + 1]                              # contiguous: a view
+    return rows[keys]
+
+
+def node_scores(state: ForwardState, node: int) -> None:
+    """Every score of one query node, in source order (the key nodes' answers)."""
+    problem = state.problem
+    group, token, span = state.span(node)
+    keys = state.routes.key_index[span]
+    bias = None if state.bias is None else state.bias[span]
+    if state.raw is not None:                                          # float mode only
+        scaled = state.kernels.scores(gather(problem.key[group], keys),
+                                      problem.query[group, token], problem.scale)[0]
+        state.scores[span] = modify(state, span, scaled, bias)
+        return
+    high, low = state.kernels.scores(gather(problem.key[group], keys),
+                                     problem.query[group, token], problem.scale, bias)
+    state.scores[span] = high
+    if state.exact is not None and low is not None:
+        state.exact.score_low[span] = low
+
+
+def modify(state: ForwardState, span: slice | np.ndarray, scaled: np.ndarray,
+           bias: np.ndarray | None) -> np.ndarray:
+    """The key node's score_mod on scaled scores of routes ``span`` (kept in
+    ``state.raw`` for the backward pass), then the bias."""
+    routes, score_mod, raw = state.routes, state.problem.score_mod, state.raw
+    assert score_mod is not None and raw is not None, "only a score_mod modifies scores"
+    raw[span] = scaled.reshape(-1)
+    nodes = routes.query_node[span]
+    batch, head = batch_head(nodes // routes.n_queries, state.problem.batch_shape)
+    scores = modified(score_mod, scaled.reshape(-1), batch, head,
+                      nodes % routes.n_queries, routes.key_index[span]).reshape(scaled.shape)
+    if bias is not None:
+        with np.errstate(over="ignore", invalid="ignore"):
+            scores = scores + bias.reshape(scaled.shape)
+    return scores
+
+
+def scores_of(state: ForwardState, span: slice, routes: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray | None]:
+    """(high, low) scores of some of a node's routes (a mask over its span)."""
+    low = None if state.exact is None else state.exact.score_low[span][routes]
+    return state.scores[span][routes], low
+
+
+def budget(state: ForwardState, node: int, alive: np.ndarray, remember: bool = True
+           ) -> np.ndarray:
+    """Shares (after dropout) of a node's live routes; 0 for the dead ones.
+
+    With hard routing only the ``top_k`` best live routes get a share. ``remember``
+    keeps what the pull will need (the chosen routes; exact mode's e and l).
+    """
+    _, _, span = state.span(node)
+    shares = np.zeros(span.stop - span.start, dtype=state.problem.dtype)
+    if state.top_k and alive.any():
+        pick = np.zeros_like(alive)
+        pick[np.flatnonzero(alive)[top_routes(state.scores[span][alive][None],
+                                              state.top_k)[0]]] = True
+        if remember and state.chosen is not None:
+            state.chosen[span] = pick
+        alive = pick
+    if alive.any():
+        if state.exact is not None:
+            high, low = state.scores[span][alive], state.exact.score_low[span][alive]
+            keep = state.exact if remember else None
+            shares[alive] = exact_budget_shares(keep, node, span, alive,
+                                                exact_unnormalised(high, low), high.max())
+            if np.isnan(shares[alive]).any():                         # undecided: integers
+                shares[alive] = exact_fallback(state, node, alive)[0]
+        else:
+            shares[alive] = routing_budget(state.scores[span][alive])
+    if state.kept is not None:
+        shares *= state.kept[span] * state.dropout_scale
+    return shares
+
+
+def exact_budget_shares(keep: ExactParts | None, nodes: int | np.ndarray, span: slice,
+                  routes: np.ndarray | slice,
+                  unnormalised: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+                  top: np.ndarray | float) -> np.ndarray:
+    """Exact mode: shares e / l, rounded once; ``keep`` e and l for the weighted pull."""
+    e_high, e_low, l_high, l_low = unnormalised
+    if keep is not None:
+        keep.e_high[span][routes] = e_high.reshape(-1)
+        keep.e_low[span][routes] = e_low.reshape(-1)
+        keep.l_high[nodes], keep.l_low[nodes] = l_high, l_low
+    return exact_shares(e_high, e_low, l_high, l_low, top)
+
+
+def softmax_routes(state: ForwardState, span: slice) -> np.ndarray:
+    """The routes of a node its softmax runs over: the live ones (the chosen, top-k)."""
+    members = state.dead[span] == 0
+    return members if state.chosen is None else members & state.chosen[span]
+
+
+def exact_fallback(state: ForwardState, node: int, routes: np.ndarray,
+                   pulled: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Exact mode, a node the double-doubles cannot decide: shares over ``routes`` (a
+    mask over its span) and, given ``pulled``, its output, from the exact scores the key
+    nodes computed (:func:`~routing_sim.numerics.exact_row.exact_row`)."""
+    problem = state.problem
+    group, token, span = state.span(node)
+    keys = state.routes.key_index[span][routes]
+    bias = None if state.bias is None else state.bias[span][routes]
+    values = None if pulled is None else gather(problem.value[group], keys)
+    return exact_row(gather(problem.key[group], keys), problem.query[group, token],
+                     problem.scale, bias, values, pulled)
+
+
+def note_would_have(state: ForwardState, node: int) -> None:
+    """The shares a node's dead routes would have had had every answer come in."""
+    _, _, span = state.span(node)
+    full = budget(state, node, np.ones(span.stop - span.start, dtype=bool), remember=False)
+    lost = state.dead[span] != 0
+    assert state.would_have is not None, "routes die only on a faulty network"
+    state.would_have[span][lost] = full[lost]
+
+
+def allocate(state: ForwardState, node: int) -> np.ndarray:
+    """Barrier passed for one node: scores -> shares. Returns the routes to PULL on."""
+    _, _, span = state.span(node)
+    node_scores(state, node)
+    alive = state.dead[span] == 0
+    if not alive.all():
+        note_would_have(state, node)
+        if state.on_missing == "strict":
+            state.failed[node] = True
+            return np.zeros(0, np.int64)
+    state.shares[span] = budget(state, node, alive)
+    pull = alive if state.chosen is None else alive & state.chosen[span]
+    pull = pull if state.kept is None else pull & state.kept[span]
+    state.values_needed[node] = int(pull.sum())
+    return np.flatnonzero(pull) + span.start
+
+
+def aggregate(state: ForwardState, node: int) -> None:
+    """o_i = Σ_j w_ij v_j over the values node i pulled, in source order."""
+    group, _, span = state.span(node)
+    if (state.dead[span] == VALUE_PHASE).any():
+        note_would_have(state, node)
+        if state.on_missing == "strict":
+            state.failed[node] = True
+            state.done_time[node] = np.nan
+            return
+        state.shares[span] = budget(state, node, state.dead[span] == 0)
+    pulled = ~np.isnan(state.value_time[span])
+    values = gather(state.problem.value[group], state.routes.key_index[span][pulled])
+    exact = state.exact
+    if exact is not None:
+        members = softmax_routes(state, span)
+        top = state.scores[span][members].max(initial=-np.inf)
+        output = exact_pull(exact.e_high[span][pulled], exact.e_low[span][pulled],
+                            exact.l_high[node], exact.l_low[node], values, top)
+        if np.isnan(output).any():                                    # undecided: integers
+            decided = exact_fallback(state, node, members, pulled[members])[1]
+            assert decided is not None                                 # pulled given
+            output = decided.astype(values.dtype)
+        if state.kept is not None:
+            with np.errstate(over="ignore"):      # 1/(1-p) may take it past the float range
+                output = output * state.dropout_scale
+    else:
+        output = weighted_pull(state.shares[span][pulled], values)
+    state.output[node] = output
+    state.done_time[node] += state.processing
+
+
+def allocate_whole(state: ForwardState, nodes: np.ndarray) -> np.ndarray:
+    """Barrier passed for nodes that lost no route: scores, then shares. Returns PULLs.
+
+    Each node's scores are one product over its own keys; the softmax then runs on
+    rows of equal length stacked together, which computes each row exactly as alone.
+    """
+    if state.kernels.exact and state.top_k:
+        return np.concatenate([allocate(state, int(node)) for node in nodes])
+    if state.tiles is not None:
+        tiled_shares(state)
+    elif state.kernels.exact:
+        for node in nodes.tolist():
+            node_scores(state, node)
+    else:
+        _float_scores(state, nodes)
+    for chosen, count in ([] if state.tiles is not None else _by_count(state, nodes)):
+        if state.kernels.exact:
+            _exact_block(state, chosen, count)
+        else:
+            _float_block(state, chosen, count)
+    routes = state.routes
+    pulls = routes.routes_of(nodes)
+    if state.chosen is not None:
+        pulls = pulls[state.chosen[pulls]]
+    if state.kept is not None:
+        pulls = pulls[state.kept[pulls]]
+    if state.top_k or state.kept is not None:
+        state.values_needed[nodes] = np.bincount(routes.query_node[pulls],
+                                                 minlength=routes.n_nodes)[nodes]
+    return pulls
+
+
+def _by_count(state: ForwardState, nodes: np.ndarray) -> list[tuple[np.ndarray, int]]:
+    """The nodes grouped by how many routes they have: ``[(nodes, count), ...]``."""
+    counts = state.needed[nodes]
+    if len(counts) and counts.min() == counts.max():
+        return [(nodes, int(counts[0]))]
+    order = np.argsort(counts, kind="stable")
+    bounds = np.flatnonzero(np.diff(counts[order])) + 1
+    return [(same, int(state.needed[same[0]])) for same in np.split(nodes[order], bounds)]
+
+
+def tiled_shares(state: ForwardState) -> None:
+    """Sparse fast path, at the first barrier: every route's score and share at once.
+
+    The dot products come from the fixed tiles (:mod:`routing_sim.numerics.tiles`), the softmax
+    runs row by row; the same products whatever order the barriers pass in, so a node's
+    shares are the same bits under every schedule. A node that later loses a route
+    recomputes its own (:func:`allocate`), after this: the two-phase nodes call it at
+    their first barrier, whichever node passes it.
+    """
+    if state.tiled_shares:
+        return
+    assert state.tiles is not None, "a sparse run's state has tiles"
+    problem = state.problem
+    dim = problem.shape[3]
+    with np.errstate(over="ignore", invalid="ignore"):                 # overflow reported later
+        state.tiles.dots(problem.query.reshape(-1, dim), problem.key.reshape(-1, dim),
+                         out=state.scores)
+    for chosen, count in _by_count(state, np.flatnonzero(state.needed)):
+        _float_block(state, chosen, count)
+    state.tiled_shares = True
+
+
+def _float_scores(state: ForwardState, nodes: np.ndarray) -> None:
+    """Unscaled dot products q_i · k_j of these nodes' routes: one product per node."""
+    routes, problem = state.routes, state.problem
+    indptr, n_queries, n_keys = routes.indptr, routes.n_queries, routes.n_keys
+    with np.errstate(over="ignore", invalid="ignore"):                 # overflow reported later
+        for node in nodes.tolist():
+            start, stop = indptr[node], indptr[node + 1]
+            group, token = divmod(node, n_queries)
+            keys = problem.key[group] if stop - start == n_keys else \
+                gather(problem.key[group], routes.key_index[start:stop])
+            state.scores[start:stop] = keys @ problem.query[group, token]
+
+
+def _routes_block(state: ForwardState, nodes: np.ndarray) -> slice | np.ndarray:
+    """The route ids of these nodes: a slice when they are consecutive, else an array."""
+    if nodes[-1] - nodes[0] == len(nodes) - 1:
+        return slice(state.routes.indptr[nodes[0]], state.routes.indptr[nodes[-1] + 1])
+    return state.routes.routes_of(nodes)
+
+
+def _float_block(state: ForwardState, chosen: np.ndarray, count: int) -> None:
+    """Scale, bias, (top-k) and softmax of nodes with ``count`` routes each, stacked."""
+    problem = state.problem
+    span = _routes_block(state, chosen)
+    block = state.scores[span].reshape(len(chosen), count)            # (nodes, routes)
+    bias = None if state.bias is None else state.bias[span].reshape(block.shape)
+    if state.raw is None:
+        block = scale_scores(block, problem.scale, bias)
+    else:
+        block = modify(state, span, scale_scores(block, problem.scale), bias)
+    state.scores[span] = block.reshape(-1)
+    if not np.isfinite(block).all():
+        raise NumericalError(f"a score overflowed to {block[~np.isfinite(block)][0]}; "
+                             "scale the inputs down")
+    if state.top_k and state.chosen is not None:
+        pick = top_routes(block, state.top_k)
+        state.chosen[span] = pick.reshape(-1)
+        block = np.where(pick, block, -np.inf)
+    if isinstance(span, slice) and not state.kernels.exact:          # straight into shares
+        shares = routing_budget(block, out=state.shares[span].reshape(block.shape))
+    else:
+        shares = state.kernels.budget(block, None)
+    if state.kept is not None:
+        shares *= state.kept[span].reshape(shares.shape) * state.dropout_scale
+    state.shares[span] = shares.reshape(-1)
+
+
+def _exact_block(state: ForwardState, chosen: np.ndarray, count: int) -> None:
+    """Exact shares of nodes with ``count`` routes each (scores already in)."""
+    span = _routes_block(state, chosen)
+    if not isinstance(span, slice):                    # scattered nodes: one at a time
+        for node in chosen.tolist():
+            _, _, own = state.span(node)
+            state.shares[own] = budget(state, node, np.ones(count, dtype=bool))
+        return
+    block = state.scores[span].reshape(len(chosen), count)            # (nodes, routes)
+    assert state.exact is not None                                     # exact mode
+    low = state.exact.score_low[span].reshape(block.shape)
+    shares = exact_budget_shares(state.exact, chosen, span, slice(None),
+                                 exact_unnormalised(block, low), block.max(axis=1))
+    for row in np.flatnonzero(np.isnan(shares).any(axis=1)).tolist():  # undecided: integers
+        shares[row] = exact_fallback(state, int(chosen[row]), np.ones(count, dtype=bool))[0]
+    if state.kept is not None:
+        shares *= state.kept[span].reshape(shares.shape) * state.dropout_scale
+    state.shares[span] = shares.reshape(-1)
+
+
+def pull_whole(state: ForwardState, nodes: np.ndarray) -> None:
+    """o_i = Σ_j w_ij v_j for nodes whose values all came: one product per node."""
+    if state.tiles is not None:                        # sparse fast path: every pull at once
+        if not state.tiled_output:
+            # Every row at once, straight into the outputs; a node that lost a route keeps
+            # (or later gets) its own row from aggregate().
+            dead = np.flatnonzero(state.dead)
+            lost = np.unique(state.routes.query_node[dead]) if len(dead) else dead
+            rows = state.output[lost]
+            value = state.problem.value
+            state.tiles.pull(state.shares, value.reshape(-1, value.shape[2]), out=state.output)
+            state.output[lost] = rows
+            state.tiled_output = True
+        state.done_time[nodes] += state.processing
+        return
+    routes, value, shares, kept = state.routes, state.problem.value, state.shares, state.kept
+    indptr, n_queries, n_keys = routes.indptr, routes.n_queries, routes.n_keys
+    for node in nodes.tolist():
+        start, stop = indptr[node], indptr[node + 1]
+        weights = shares[start:stop]
+        if kept is None and stop - start == n_keys:                   # every key: no gather
+            state.output[node] = weighted_pull(weights, value[node // n_queries])
+            continue
+        pulled = routes.key_index[start:stop]
+        if kept is not None:
+            pulled, weights = pulled[kept[start:stop]], weights[kept[start:stop]]
+        state.output[node] = weighted_pull(weights, gather(value[node // n_queries], pulled))
+    state.done_time[nodes] += state.processing

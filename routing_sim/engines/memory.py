@@ -1,0 +1,274 @@
+"""Memory budget: estimate what a run will allocate, and refuse before allocating it.
+
+A simulated run keeps a few numbers per route (scores, shares, arrival times, indices),
+a dense ``(G, L, S)`` route mask unless its routes come as a RouteSet, and with
+``trace="full"`` one row per message. At tens of thousands of tokens that is tens or
+hundreds of GB, and numpy would fail late with a raw ``MemoryError`` (or the OOM killer
+would end the process). Entry points call :func:`check` with an :func:`estimate` first and raise
+:class:`~routing_sim.errors.MemoryBudgetError` within seconds instead, naming the estimate
+and what would make the run fit.
+
+The budget (:func:`available_memory`) is the smallest of
+
+* the memory the system reports available (``MemAvailable`` on Linux, else the physical
+  memory),
+* the address-space limit (``ulimit -v``, ``RLIMIT_AS``) minus what the process already
+  uses,
+* the cgroup v2 memory limit (containers) minus what the cgroup already uses,
+* the environment variable ``ROUTING_SIM_MEMORY`` (bytes, or with a suffix: ``"16G"``,
+  ``"512M"``), which also lets a user raise the budget above the system's answer.
+
+The per-route and per-message costs are tracemalloc peaks of :func:`~routing_sim.simulate`
+(numpy 2, float64, four features), rounded up; they are estimates, not guarantees.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from functools import partial
+
+from ..errors import InvalidArgumentError, MemoryBudgetError
+
+__all__ = ["ENVIRONMENT", "MemoryEstimate", "available_memory", "check", "check_simulation",
+           "estimate", "format_bytes"]
+
+ENVIRONMENT = "ROUTING_SIM_MEMORY"
+ROUTE_BYTES = {"two_phase": 88, "online": 160}   # per route, trace="summary" (measured 81, 139)
+BACKWARD_ROUTE_BYTES = 144  # run.backward, per route, trace="summary" (measured 130)
+EXACT_ROUTE_BYTES = 200     # numerics="exact": error-free sums' temporaries (measured 195)
+MESSAGE_BYTES = {"two_phase": 112, "online": 200}  # per message of a full trace (108, 190)
+MASK_BYTES = 4         # per (G, L, S) entry: the bool mask and its temporaries (measured 4)
+MESSAGES_PER_ROUTE = 4                            # QUERY, SCORE, PULL, VALUE
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """What a run would allocate, by part (bytes).
+
+    Examples
+    --------
+    >>> part = MemoryEstimate({"routes": 3 * 2**30, "trace rows": 2**30})
+    >>> part.total == 4 * 2**30, str(part)
+    (True, '4.0 GB (routes 3.0 GB, trace rows 1.0 GB)')
+    """
+
+    parts: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.parts.values())
+
+    def __str__(self) -> str:
+        shown = ", ".join(f"{name} {format_bytes(size)}" for name, size in self.parts.items()
+                          if size)
+        return f"{format_bytes(self.total)} ({shown})"
+
+
+def estimate(groups: int, n_queries: int, n_keys: int, routes: int, *, dim: int = 0,
+             value_dim: int = 0, itemsize: int = 8, trace: str = "summary",
+             softmax: str = "two_phase", numerics: str = "float",
+             transmissions: float = 1.0, dense: bool = True,
+             backward: bool = False) -> MemoryEstimate:
+    """Estimate the memory of a simulated run with ``routes`` routes in ``groups`` groups.
+
+    Parameters
+    ----------
+    groups, n_queries, n_keys : int
+        ``G`` routing groups (batch × heads) of ``L`` query and ``S`` key tokens.
+    routes : int
+        How many routes exist (at most ``G·L·S``).
+    dim, value_dim, itemsize : int
+        Feature sizes ``E``, ``Ev`` and bytes per number (inputs and outputs).
+    trace : {"full", "summary"}
+        A full trace adds a row per message.
+    softmax, numerics : str
+        As in :func:`~routing_sim.simulate`.
+    transmissions : float
+        Expected transmissions per message (``(1 + duplicate) / (1 - loss)`` on a lossy
+        network); only a full trace grows with it.
+    dense : bool
+        The run builds a dense ``(G, L, S)`` bool route mask (an attention mask, no
+        RouteSet); False for a sparse route set. ``run.weights`` is not counted: it is
+        built on first use and only up to :data:`~routing_sim.run.WEIGHTS_LIMIT` entries.
+    backward : bool
+        Estimate :meth:`Run.backward <routing_sim.Run.backward>` instead (its four gradient
+        messages per route, on top of the forward run already in memory).
+
+    Examples
+    --------
+    >>> full = estimate(1, 24_000, 24_000, 24_000**2, trace="full")
+    >>> full.total > 250 * 2**30               # a full trace at n = 24,000: hundreds of GB
+    True
+    >>> window = estimate(1, 24_000, 24_000, 24_000 * 64, dense=False)   # 64-wide window
+    >>> window.total < 2**30
+    True
+    """
+    entries = groups * n_queries * n_keys                               # G·L·S
+    per_route = BACKWARD_ROUTE_BYTES if backward else \
+        ROUTE_BYTES[softmax] + (EXACT_ROUTE_BYTES if numerics == "exact" else 0)
+    parts = {
+        "inputs and outputs": groups * (n_queries * (dim + 2 * value_dim)
+                                        + n_keys * (dim + value_dim)) * itemsize,
+        "dense route mask": entries * MASK_BYTES if dense else 0,
+        "per-route state": routes * per_route,
+        "trace rows": math.ceil(routes * MESSAGES_PER_ROUTE * transmissions
+                                * MESSAGE_BYTES[softmax]) if trace == "full" else 0,
+    }
+    return MemoryEstimate(parts)
+
+
+def available_memory() -> tuple[int, str]:
+    """The memory budget in bytes and where it comes from (see the module docstring).
+
+    Examples
+    --------
+    >>> size, source = available_memory()
+    >>> size > 0 and isinstance(source, str)
+    True
+    """
+    limits = []
+    override = os.environ.get(ENVIRONMENT)
+    if override:
+        return parse_bytes(override), f"{ENVIRONMENT}={override}"
+    system = _meminfo("MemAvailable")
+    if system is not None:
+        limits.append((system, "memory available"))
+    else:
+        try:
+            limits.append((os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"),
+                           "physical memory"))
+        except (ValueError, OSError, AttributeError):
+            pass
+    address_space = _address_space()
+    if address_space is not None:
+        limits.append(address_space)
+    group = _cgroup()
+    if group is not None:
+        limits.append(group)
+    return min(limits) if limits else (2**63, "no known limit")
+
+
+def check(needed: MemoryEstimate, what: str, way_out: str) -> None:
+    """Raise :class:`~routing_sim.errors.MemoryBudgetError` if ``needed`` exceeds the budget.
+
+    ``what`` names the run (``"simulate at L = S = 24,000 with trace='full'"``) and
+    ``way_out`` says what would make it fit.
+
+    Examples
+    --------
+    >>> check(MemoryEstimate({"routes": 1024}), "a tiny run", "nothing")
+    >>> check(MemoryEstimate({"routes": 2**62}), "a huge run", "fewer routes")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    routing_sim.errors.MemoryBudgetError: a huge run would need about 4194304.0 TB ...
+    """
+    budget, source = available_memory()
+    if needed.total > budget:
+        raise MemoryBudgetError(f"{what} would need about {needed} but {format_bytes(budget)} "
+                                f"is available ({source}); {way_out}; or set {ENVIRONMENT} "
+                                "(bytes, e.g. 64G) to raise the budget")
+
+
+def check_simulation(shape: tuple[int, int, int, int, int], routes: int, *, trace: str,
+                     softmax: str = "two_phase", numerics: str = "float", itemsize: int = 8,
+                     transmissions: float = 1.0, dense: bool = True,
+                     backward: bool = False) -> None:
+    """:func:`check` a simulated run of ``shape = (G, L, S, E, Ev)`` with ``routes`` routes.
+
+    The way out named in the error is ``trace="summary"`` (with its own estimate) for a
+    full trace, and fewer routes (a sparse pattern) in every case.
+
+    Examples
+    --------
+    >>> check_simulation((1, 8, 8, 4, 4), 36, trace="full")        # a small causal run
+    """
+    groups, n_queries, n_keys, dim, value_dim = shape
+    sized = partial(estimate, groups, n_queries, n_keys, routes, dim=dim, value_dim=value_dim,
+                    itemsize=itemsize, softmax=softmax, numerics=numerics,
+                    transmissions=transmissions, dense=dense, backward=backward)
+    needed, summary = sized(trace=trace), sized(trace="summary")
+    way_out = "fewer routes: a sparse pattern such as graph=rs.patterns.sliding_window(n, 64)"
+    if trace == "full":
+        way_out = f"trace='summary' (about {format_bytes(summary.total)}), or " + way_out
+    entry = "run.backward" if backward else "simulate"
+    check(needed, f"{entry} with {routes:,} routes (G = {groups}, L = {n_queries}, "
+                  f"S = {n_keys}) and trace={trace!r}", way_out)
+
+
+def format_bytes(size: float) -> str:
+    """``1536 -> '1.5 KB'`` (binary units).
+
+    Examples
+    --------
+    >>> format_bytes(1536), format_bytes(3 * 2**30)
+    ('1.5 KB', '3.0 GB')
+    """
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024:
+            return f"{size:.0f} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TB"
+
+
+def parse_bytes(text: str) -> int:
+    """``"16G" -> 17179869184``: a byte count with an optional K, M, G or T suffix.
+
+    Examples
+    --------
+    >>> parse_bytes("512M"), parse_bytes("1024")
+    (536870912, 1024)
+    """
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*", str(text), re.IGNORECASE)
+    if match is None:
+        raise InvalidArgumentError(f"{ENVIRONMENT} must be a byte count such as 17179869184, "
+                                   f"512M or 16G, got {text!r}")
+    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+
+
+def _meminfo(field: str) -> int | None:
+    try:
+        with open("/proc/meminfo") as info:
+            for line in info:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _address_space() -> tuple[int, str] | None:
+    """``RLIMIT_AS`` minus the address space this process already maps."""
+    try:
+        import resource
+    except ImportError:                                                # not on Windows
+        return None
+    limit, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if limit == resource.RLIM_INFINITY:
+        return None
+    used = 0
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmSize:"):
+                    used = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return max(limit - used, 0), (f"address-space limit {format_bytes(limit)} "
+                                  f"(RLIMIT_AS, ulimit -v) minus {format_bytes(used)} in use")
+
+
+def _cgroup() -> tuple[int, str] | None:
+    try:
+        with open("/sys/fs/cgroup/memory.max") as limit_file:
+            limit = limit_file.read().strip()
+        if limit == "max":
+            return None
+        with open("/sys/fs/cgroup/memory.current") as current_file:
+            used = int(current_file.read().strip())
+    except (OSError, ValueError):
+        return None
+    return max(int(limit) - used, 0), f"cgroup memory limit {format_bytes(int(limit))}"

@@ -1,0 +1,106 @@
+"""What the token nodes of a forward run know: one public record, per route and per node.
+
+The two-phase and online handlers write it, the barrier arithmetic
+(:mod:`routing_sim.engines.fast.barrier`) reads and writes it, and the backward pass
+(:mod:`routing_sim.engines.fast.backward`) reads it when the forward run is over. Route arrays are
+indexed by route id (canonical order, see :mod:`routing_sim.routes.table`); node arrays by
+query node ``u = g · L + i``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..numerics.kernels import Kernels
+from ..numerics.tiles import Tiles
+from ..routes.problem import Problem
+from ..routes.table import RouteTable
+
+__all__ = ["ExactParts", "ForwardState", "SCORE_PHASE", "VALUE_PHASE"]
+
+SCORE_PHASE, VALUE_PHASE = 1, 2     # ForwardState.dead: QUERY/SCORE lost, or PULL/VALUE lost
+
+
+@dataclass
+class ExactParts:
+    """What exact mode keeps besides the float state: each score's low part, and the
+    budget's numerators e = exp(s - m) and normaliser l = Σ e as double-doubles
+    (high + low), which the weighted pull divides by once."""
+
+    score_low: np.ndarray                # (R,)
+    e_high: np.ndarray                   # (R,)
+    e_low: np.ndarray                    # (R,)
+    l_high: np.ndarray                   # (G·L,)
+    l_low: np.ndarray                    # (G·L,)
+
+    @classmethod
+    def zeros(cls, n_routes: int, n_nodes: int) -> ExactParts:
+        return cls(np.zeros(n_routes), np.zeros(n_routes), np.zeros(n_routes),
+                   np.zeros(n_nodes), np.zeros(n_nodes))
+
+
+@dataclass
+class ForwardState:
+    """Every token node's state in one run, vectorised over routes and nodes."""
+
+    problem: Problem
+    routes: RouteTable
+    kernels: Kernels
+    dead: np.ndarray                     # (R,) 0, or the phase the route died in
+    processing: float                    # a node's compute time per step
+    on_missing: str = "strict"
+    top_k: int | None = None             # hard routing: pull only the top_k scores
+    faulty: bool = False                 # retries possible: keep what idempotence needs
+    duplicates: bool = False             # network copies possible
+    scores: np.ndarray = field(init=False)          # (R,) s_ij (exact: high part)
+    exact: ExactParts | None = field(init=False)    # exact mode only
+    shares: np.ndarray = field(init=False)          # (R,) w_ij after dropout
+    score_time: np.ndarray | None = field(init=False)  # (R,) first SCORE in (idempotence)
+    value_time: np.ndarray = field(init=False)      # (R,) first VALUE in, NaN if none
+    would_have: np.ndarray | None = field(init=False)  # (R,) a dead route's full share
+    chosen: np.ndarray | None = field(init=False)   # (R,) hard routing: routes kept
+    kept: np.ndarray | None = field(init=False)     # (R,) dropout: routes kept
+    bias: np.ndarray | None = field(init=False)     # (R,) added to the scores, or None
+    raw: np.ndarray | None = field(init=False)      # (R,) score_mod: q·k·scale before it
+    dropout_scale: np.generic = field(init=False)   # 1 / (1 - p) in the inputs' dtype
+    needed: np.ndarray = field(init=False)          # (G·L,) routes per node
+    values_needed: np.ndarray = field(init=False)   # (G·L,) VALUEs a node waits for
+    output: np.ndarray = field(init=False)          # (G·L, Ev) o_i
+    barrier_time: np.ndarray = field(init=False)    # (G·L,) last SCORE settled
+    done_time: np.ndarray = field(init=False)       # (G·L,) output complete
+    failed: np.ndarray = field(init=False)          # (G·L,) strict: gave up
+    tiles: Tiles | None = None                      # sparse fast path (see tiles.py)
+    tiled_shares: bool = False                      # every route's share is in (tiles)
+    tiled_output: bool = False                      # every node's pull is in (tiles)
+    context: dict | None = None                     # names and events for the exporters
+    route_latency: np.ndarray | None = None         # (R,) base latency the run used
+
+    def __post_init__(self) -> None:
+        problem, routes, exact = self.problem, self.routes, self.kernels.exact
+        n_routes, n_nodes, dtype = len(routes), routes.n_nodes, problem.dtype
+        self.scores = np.zeros(n_routes, dtype=np.float64 if exact else dtype)
+        self.exact = ExactParts.zeros(n_routes, n_nodes) if exact else None
+        self.shares = np.zeros(n_routes, dtype=dtype)
+        self.score_time = np.full(n_routes, np.nan) if self.faulty or self.duplicates else None
+        self.value_time = np.full(n_routes, np.nan)
+        self.would_have = np.full(n_routes, np.nan) if self.faulty else None
+        self.chosen = np.ones(n_routes, dtype=bool) if self.top_k else None
+        where = (lambda: routes.query_node, lambda: routes.key_index)
+        self.kept = problem.per_route("keep", *where)                  # (R,) bool or None
+        self.bias = problem.per_route("bias", *where)                  # (R,) or None
+        self.raw = None if problem.score_mod is None else np.zeros(n_routes, dtype=dtype)
+        self.dropout_scale = dtype.type(1.0 / (1.0 - problem.dropout_p))
+        self.needed = routes.routes_per_node()
+        self.values_needed = self.needed.copy() if self.kept is None else np.bincount(
+            routes.query_node[self.kept], minlength=n_nodes)
+        self.output = np.zeros((n_nodes, problem.shape[4]), dtype=dtype)
+        self.barrier_time = np.full(n_nodes, -np.inf)
+        self.done_time = np.full(n_nodes, np.nan)
+        self.failed = np.zeros(n_nodes, dtype=bool)
+
+    def span(self, node: int) -> tuple[int, int, slice]:
+        """``(group, token, routes)`` of one query node: its routes are one slice."""
+        group, token = divmod(node, self.routes.n_queries)
+        return group, token, slice(self.routes.indptr[node], self.routes.indptr[node + 1])

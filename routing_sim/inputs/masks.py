@@ -1,0 +1,170 @@
+"""One place that turns ``attn_mask``, ``is_causal`` and a token graph's mask into a route set.
+
+The route set is a boolean array ``allowed (..., L, S)`` (True = query ``i`` may pull from
+key ``j``) and an optional additive ``bias (..., L, S)``. Everything that can block a
+route (a False in a bool mask, a ``-inf`` in a float mask, causality, a missing graph
+edge) ends up as a False in ``allowed``; a route exists only if every source allows it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from ..errors import DTypeError, InvalidArgumentError, ShapeError
+from ..options import CAUSAL_ALIGNMENTS, CausalAlignment
+from .arrays import as_numpy
+
+__all__ = ["CAUSAL_ALIGNMENTS", "causal_mask", "mha_route_mask", "padding_mask", "route_set"]
+
+
+
+def causal_mask(n_queries: int, n_keys: int, alignment: str = "top_left") -> np.ndarray:
+    """Boolean ``(L, S)`` causal mask.
+
+    ``"top_left"`` (PyTorch's ``is_causal``) allows ``j <= i``; ``"bottom_right"`` (the
+    KV-cache convention: the last query sees every key) allows ``j <= i + S - L``.
+
+    Examples
+    --------
+    >>> causal_mask(2, 3).astype(int)
+    array([[1, 0, 0],
+           [1, 1, 0]])
+    >>> causal_mask(2, 3, "bottom_right").astype(int)
+    array([[1, 1, 0],
+           [1, 1, 1]])
+    """
+    if alignment not in CAUSAL_ALIGNMENTS:
+        raise InvalidArgumentError(f"causal_alignment must be one of {CAUSAL_ALIGNMENTS}, "
+                                   f"got {alignment!r}")
+    offset = 0 if alignment == "top_left" else n_keys - n_queries
+    return np.tril(np.ones((n_queries, n_keys), dtype=bool), k=offset)
+
+
+def padding_mask(lengths: ArrayLike, n_keys: int) -> np.ndarray:
+    """SDPA-style bool mask ``(N, 1, 1, S)`` for a batch of padded key sequences.
+
+    ``lengths[n]`` keys of sequence ``n`` are real (True = route allowed); broadcast over
+    heads and queries.
+
+    Examples
+    --------
+    >>> padding_mask([2, 3], 3)[:, 0, 0].astype(int)
+    array([[1, 1, 0],
+           [1, 1, 1]])
+    """
+    lengths = np.asarray(lengths)
+    if lengths.ndim != 1 or lengths.dtype.kind not in "iu" or (lengths < 0).any() \
+            or (lengths > n_keys).any():
+        raise InvalidArgumentError(f"lengths must be a 1-D array of integers in 0 .. {n_keys}, "
+                                   f"got {lengths.tolist()}")
+    return (np.arange(n_keys)[None, :] < lengths[:, None])[:, None, None, :]
+
+
+def route_set(attn_mask: ArrayLike | None, is_causal: bool, causal_alignment: CausalAlignment,
+              graph_mask: np.ndarray | None,
+              batch_shape: tuple[int, ...], n_queries: int, n_keys: int, dtype: np.dtype
+              ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Combine every route restriction into ``(allowed, bias)``.
+
+    ``graph_mask`` is a token graph's ``(L, S)`` route mask
+    (:func:`routing_sim.routes.graphs.graph_mask`), or None for no graph.
+
+    Returns
+    -------
+    allowed : ndarray of bool, broadcastable to ``(*batch_shape, L, S)``
+    bias : ndarray of ``dtype`` with the same broadcast shape, or None
+        The finite part of a float mask (blocked entries hold 0).
+    """
+    target = (*batch_shape, n_queries, n_keys)
+    allowed = np.ones((1, 1), dtype=bool)                              # every route (broadcasts)
+    bias = None
+    if attn_mask is not None:
+        if is_causal:
+            raise InvalidArgumentError("pass either attn_mask or is_causal=True, not both "
+                                       "(as in PyTorch's scaled_dot_product_attention); "
+                                       "build the causal part into the mask instead")
+        mask = as_numpy("attn_mask", attn_mask)
+        if _broadcast_shape(mask.shape, target) != target:
+            raise ShapeError(f"attn_mask of shape {mask.shape} does not broadcast to the "
+                             f"scores' shape {target} (..., L, S)")
+        if mask.dtype == bool:
+            allowed = mask
+        elif np.issubdtype(mask.dtype, np.floating):
+            if np.isnan(mask).any() or np.isposinf(mask).any():
+                bad = np.argwhere(np.isnan(mask) | np.isposinf(mask))[0]
+                raise InvalidArgumentError(f"attn_mask has {mask[tuple(bad)]} at index "
+                                           f"{tuple(int(b) for b in bad)}; a float mask may hold "
+                                           "finite values and -inf only")
+            allowed = ~np.isneginf(mask)
+            bias = np.where(allowed, mask, 0).astype(dtype)
+        else:
+            raise DTypeError(f"attn_mask must be bool (True = route allowed) or floating "
+                             f"(added to the scores), got dtype {mask.dtype}")
+    elif is_causal:
+        allowed = causal_mask(n_queries, n_keys, causal_alignment)
+    if causal_alignment not in CAUSAL_ALIGNMENTS:
+        raise InvalidArgumentError(f"causal_alignment must be one of {CAUSAL_ALIGNMENTS}, "
+                                   f"got {causal_alignment!r}")
+    if graph_mask is not None:
+        allowed = allowed & graph_mask
+    return allowed, bias
+
+
+def mha_route_mask(attn_mask: ArrayLike | None, key_padding_mask: ArrayLike | None,
+                   is_causal: bool, n_heads: int, n_batch: int,
+                   n_queries: int, n_keys: int, n_routes: int, batched: bool
+                   ) -> np.ndarray | None:
+    """One SDPA-style mask ``(N, H, L, S')`` from ``nn.MultiheadAttention``'s masks.
+
+    MHA's bool masks mean True = blocked; the result means True = route allowed (or is
+    an additive float mask). ``n_routes - n_keys`` extra keys (``bias_k``, the
+    zero-attention token) are always reachable.
+
+    Examples
+    --------
+    >>> mha_route_mask(None, np.array([[False, True]]), False, 1, 1, 1, 2, 3, True).astype(int)
+    array([[[[1, 0, 1]]]])
+    """
+    H = n_heads
+    blocked = []                                                   # float (-inf) or bool
+    if attn_mask is not None:
+        mask = as_numpy("attn_mask", attn_mask)
+        if mask.shape == (n_queries, n_keys):
+            mask = mask[None, None]
+        elif mask.shape == (n_batch * H, n_queries, n_keys):
+            mask = mask.reshape(n_batch, H, n_queries, n_keys)
+        else:
+            raise ShapeError(f"attn_mask must be (L, S) = {(n_queries, n_keys)} or "
+                             f"(N*num_heads, L, S) = {(n_batch * H, n_queries, n_keys)}, "
+                             f"got {mask.shape}")
+        blocked.append(mask)
+    elif is_causal:
+        blocked.append(np.triu(np.ones((n_queries, n_keys), dtype=bool), k=1)[None, None])
+    if key_padding_mask is not None:
+        padded = as_numpy("key_padding_mask", key_padding_mask)
+        expected = (n_batch, n_keys) if batched else (n_keys,)
+        if padded.shape != expected:
+            raise ShapeError(f"key_padding_mask must have shape {expected} (batch, S), got "
+                             f"{padded.shape}")
+        blocked.append(padded.reshape(n_batch, 1, 1, n_keys))
+    if not blocked:
+        return None
+    for mask in blocked:
+        if mask.dtype != bool and not np.issubdtype(mask.dtype, np.floating):
+            raise InvalidArgumentError(f"MHA masks must be bool (True = blocked) or float "
+                                       f"(added), got dtype {mask.dtype}")
+    extra = n_routes - n_keys        # bias_k / zero-attention tokens: always reachable
+    if all(mask.dtype == bool for mask in blocked):
+        allowed = ~np.logical_or.reduce(np.broadcast_arrays(*blocked))
+        return np.pad(allowed, [(0, 0)] * 3 + [(0, extra)], constant_values=True)
+    bias = sum(np.where(mask, -np.inf, 0.0) if mask.dtype == bool else mask.astype(float)
+               for mask in blocked)
+    return np.pad(bias, [(0, 0)] * 3 + [(0, extra)], constant_values=0.0)
+
+
+def _broadcast_shape(*shapes: tuple[int, ...]) -> tuple[int, ...] | None:
+    try:
+        return np.broadcast_shapes(*shapes)
+    except ValueError:
+        return None

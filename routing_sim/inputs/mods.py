@@ -1,0 +1,167 @@
+"""Score mods: FlexAttention's ``score_mod(score, b, h, q_idx, kv_idx)``, with derivatives.
+
+A score mod changes the scaled score ``q_i · k_j · scale`` of a route before the softmax;
+in the routing protocol the key node applies it to the score it sends. Any elementwise
+numpy function of ``(score, b, h, q_idx, kv_idx)`` works in the forward pass: routing_sim
+calls it with arrays that broadcast together (flat per-route arrays in the simulator,
+``(G, 1, 1)`` / ``(1, L, 1)`` / ``(1, 1, S)`` grids in the matrix reference). ``b`` and
+``h`` index the leading batch and head dims (see :func:`~routing_sim.routes.route_set.batch_head`).
+
+The backward pass needs ``d score' / d score`` as well, so it accepts only mods that carry
+it: the built-ins below (or any object with a matching ``grad`` method). A plain function
+gets a clear error there, never a wrong gradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from ..errors import InvalidArgumentError, ShapeError
+
+__all__ = ["ScoreMod", "alibi", "derivative", "modified", "relative_bias", "softcap"]
+
+
+class ScoreMod:
+    """A score mod that knows its derivative with respect to the score.
+
+    Subclasses define ``__call__(score, b, h, q_idx, kv_idx)`` and ``grad(...)`` with the
+    same arguments, both elementwise.
+    """
+
+    def __call__(self, score, b, h, q_idx, kv_idx):
+        raise NotImplementedError
+
+    def grad(self, score: np.ndarray, b: ArrayLike, h: ArrayLike, q_idx: ArrayLike,
+             kv_idx: ArrayLike) -> np.ndarray:
+        raise NotImplementedError
+
+
+class softcap(ScoreMod):  # noqa: N801 - named like the function users call
+    """Soft-capping ``cap · tanh(score / cap)`` (Gemma 2): scores stay inside ``(-cap, cap)``.
+
+    Examples
+    --------
+    >>> mod = softcap(2.0)
+    >>> float(mod(np.float64(100.0), 0, 0, 0, 0)), float(mod.grad(np.float64(0.0), 0, 0, 0, 0))
+    (2.0, 1.0)
+    """
+
+    def __init__(self, cap: float) -> None:
+        if isinstance(cap, bool) or not isinstance(cap, (int, float, np.floating, np.integer)) \
+                or not np.isfinite(cap) or cap <= 0:
+            raise InvalidArgumentError(f"softcap cap must be a finite number > 0, got {cap!r}")
+        self.cap = float(cap)
+
+    def __call__(self, score, b, h, q_idx, kv_idx):
+        return self.cap * np.tanh(score / self.cap)
+
+    def grad(self, score: np.ndarray, b: ArrayLike, h: ArrayLike, q_idx: ArrayLike,
+             kv_idx: ArrayLike) -> np.ndarray:
+        # sech²(x) = 4 e^{-2|x|} / (1 + e^{-2|x|})²: no cancellation (1 - tanh² has it) and
+        # no overflow for large |x|.
+        decay = np.exp(-2.0 * np.abs(score / self.cap))
+        return 4.0 * decay / (1.0 + decay) ** 2
+
+    def __repr__(self) -> str:
+        return f"softcap({self.cap})"
+
+
+class alibi(ScoreMod):  # noqa: N801
+    """ALiBi: ``score - slopes[h] · |q_idx - kv_idx|`` (as ``alibi_slopes``, top-left).
+
+    Examples
+    --------
+    >>> alibi([0.5, 1.0])(np.zeros(2), 0, np.array([0, 1]), 3, 1).tolist()
+    [-1.0, -2.0]
+    """
+
+    def __init__(self, slopes) -> None:
+        self.slopes = np.asarray(slopes, dtype=np.float64)
+        if self.slopes.ndim != 1 or not np.isfinite(self.slopes).all():
+            raise ShapeError(f"alibi slopes must be a 1-D array of finite numbers, one per "
+                             f"head, got shape {self.slopes.shape}")
+
+    def __call__(self, score, b, h, q_idx, kv_idx):
+        distance = np.abs(np.asarray(q_idx) - np.asarray(kv_idx))
+        return score - self.slopes[np.asarray(h) % len(self.slopes)] * distance
+
+    def grad(self, score: np.ndarray, b: ArrayLike, h: ArrayLike, q_idx: ArrayLike,
+             kv_idx: ArrayLike) -> np.ndarray:
+        return np.ones(np.broadcast_shapes(*map(np.shape, (score, h, q_idx, kv_idx))))
+
+    def __repr__(self) -> str:
+        return f"alibi({self.slopes.tolist()})"
+
+
+class relative_bias(ScoreMod):  # noqa: N801
+    """A learned bias per relative distance: ``score + table[..., q_idx - kv_idx + M - 1]``.
+
+    ``table`` is ``(2M - 1,)`` (shared) or ``(H, 2M - 1)`` (per head) and covers distances
+    ``-(M - 1) .. M - 1``; longer distances use the end buckets (as T5 does).
+
+    Examples
+    --------
+    >>> relative_bias([10.0, 20.0, 30.0])(np.zeros(3), 0, 0, 2, np.array([0, 2, 3])).tolist()
+    [30.0, 20.0, 10.0]
+    """
+
+    def __init__(self, table) -> None:
+        self.table = np.asarray(table, dtype=np.float64)
+        if self.table.ndim not in (1, 2) or self.table.shape[-1] % 2 != 1 \
+                or not np.isfinite(self.table).all():
+            raise ShapeError(f"relative_bias table must be (2M - 1,) or (H, 2M - 1) finite "
+                             f"numbers, got shape {self.table.shape}")
+
+    def __call__(self, score, b, h, q_idx, kv_idx):
+        reach = self.table.shape[-1] // 2
+        bucket = np.clip(np.asarray(q_idx) - np.asarray(kv_idx), -reach, reach) + reach
+        if self.table.ndim == 1:
+            return score + self.table[bucket]
+        return score + self.table[np.asarray(h) % len(self.table), bucket]
+
+    def grad(self, score: np.ndarray, b: ArrayLike, h: ArrayLike, q_idx: ArrayLike,
+             kv_idx: ArrayLike) -> np.ndarray:
+        return np.ones(np.broadcast_shapes(*map(np.shape, (score, h, q_idx, kv_idx))))
+
+    def __repr__(self) -> str:
+        return f"relative_bias(table of shape {self.table.shape})"
+
+
+def modified(score_mod: Callable, scores: np.ndarray, b: ArrayLike, h: ArrayLike,
+             q_idx: ArrayLike, kv_idx: ArrayLike) -> np.ndarray:
+    """``score_mod`` applied to ``scores``, checked: real, the shape of ``scores``.
+
+    Callers check the modded scores of existing routes are finite (a score_mod that
+    returns ``-inf`` does not remove a route: use ``mask_mod`` for that).
+
+    Examples
+    --------
+    >>> modified(softcap(1.0), np.array([0.0, 50.0]), 0, 0, 0, np.array([0, 1])).tolist()
+    [0.0, 1.0]
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        result = np.asarray(score_mod(scores, b, h, q_idx, kv_idx))
+    if result.dtype.kind not in "fiu":
+        raise InvalidArgumentError(f"score_mod must return real scores, got dtype {result.dtype}")
+    try:
+        result = np.broadcast_to(result, scores.shape)
+    except ValueError:
+        raise ShapeError(f"score_mod returned shape {result.shape} for scores of shape "
+                         f"{scores.shape}; it must work elementwise") from None
+    return result.astype(scores.dtype)
+
+
+def derivative(score_mod: Callable | None) -> Callable | None:
+    """``score_mod.grad``, or a clear error for a mod that does not carry its derivative."""
+    if score_mod is None:
+        return None
+    grad = getattr(score_mod, "grad", None)
+    if not callable(grad):
+        raise InvalidArgumentError(
+            f"the backward pass needs the derivative of score_mod {score_mod!r}; use a "
+            "built-in (rs.mods.softcap, alibi, relative_bias) or give an object with a "
+            "grad(score, b, h, q_idx, kv_idx) method")
+    return grad

@@ -1,0 +1,348 @@
+"""Incremental decoding: tokens join the cluster one at a time (or a chunk at a time), with a
+KV cache.
+
+Each new token publishes its key and value into the registry (they stay on its node:
+publishing costs no message), then queries every token before it and itself, with the
+bottom-right causal alignment of a KV cache. That is one routing round of O(t) messages
+per new token, instead of the O(t²) of recomputing the whole sequence.
+
+A round is one :func:`~routing_sim.simulate` call over the ``T`` new tokens (queries) and
+the ``t + T`` cached ones (keys), where ``t`` is the cache length before the round. Every
+option that depends on a position sees the token's place in the whole sequence, so each
+round computes exactly the rows ``t .. t+T-1`` of whole-sequence causal attention:
+
+* ALiBi (``alibi_slopes``) and RoPE (``rope``) place query ``i`` of the round at
+  ``t + i`` through the bottom-right alignment;
+* ``mask_mod`` and ``score_mod`` receive ``q_idx = t + i`` (a score mod's derivative too,
+  so ``step.run.backward`` stays right) and ``kv_idx`` = the key's position;
+* a route-set ``graph`` (a pattern of :mod:`routing_sim.patterns`) over the whole
+  sequence is read at its rows ``t .. t+T-1``;
+* a :class:`~routing_sim.Crash` names a token by its position (each round's simulated
+  clock starts at 0, so a crash window applies within every round).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import networkx as nx
+import numpy as np
+from numpy.typing import ArrayLike
+
+from ..errors import InvalidArgumentError, ShapeError
+from ..inputs.mods import derivative
+from ..network.conditions import Network
+from ..network.messages import FORWARD
+from ..results.run import Run
+from ..routes.graphs import complete
+from ..routes.route_set import RouteSet
+from ..simulation import simulate
+
+__all__ = ["Decoder", "DecodeStep"]
+
+# Options a Decoder cannot pass through unchanged, and why: each would mean something else
+# in a round of T queries over t + T keys than over the whole sequence.
+_REFUSED = {
+    "is_causal": "the Decoder decides it: every round is causal over the cache",
+    "causal_alignment": "the Decoder decides it: bottom-right over the cache (the newest "
+                        "token sees every cached one)",
+    "attn_mask": "a mask is shaped for one call, and each round has other shapes and "
+                 "positions; pass mask_mod(b, h, q_idx, kv_idx) or a RouteSet graph over the "
+                 "whole sequence, which see true positions",
+    "dropout_mask": "each round would read it against its own (T, t + T) scores, not the "
+                    "whole sequence's; attention dropout is for training, where simulate "
+                    "runs the whole sequence",
+    "labels": "label each token as it joins: step(..., label=) or extend(..., labels=)",
+    "key_labels": "label each token as it joins: step(..., label=) or extend(..., labels=)",
+}
+_OPTIONS = frozenset(inspect.signature(simulate).parameters) - {"query", "key", "value"}
+
+
+@dataclass(frozen=True)
+class DecodeStep:
+    """One round: its output, its Run (routing tables, trace) and message counts.
+
+    ``position`` is the first new token's position (the only one for
+    :meth:`Decoder.step`); ``tokens`` counts the new tokens and ``positions`` lists them.
+    """
+
+    position: int
+    output: np.ndarray          # (..., Ev) after step(), (..., T, Ev) after extend()
+    run: Run                    # its queries are the new tokens: run.routing_table(position)
+    messages: int               # sent this round, retransmissions included
+    recompute_messages: int     # what recomputing the causal sequence sends, fault-free
+    tokens: int = 1
+
+    @property
+    def positions(self) -> range:
+        """The positions of the tokens this round added."""
+        return range(self.position, self.position + self.tokens)
+
+
+class Decoder:
+    """A growing cluster of token nodes with a KV cache.
+
+    Round by round it computes causal attention ``softmax(q_i · K[:p+1]ᵀ · scale + bias)
+    V[:p+1]`` for each new token at position ``p``: the rows of whole-sequence
+    :func:`~routing_sim.attention` with ``is_causal=True`` and the same options.
+
+    Parameters
+    ----------
+    graph : RouteSet, optional
+        A self-attention route set over the whole sequence (``n_queries == n_keys == N``,
+        one group, e.g. ``rs.patterns.sliding_window(N, 4)``); a round reads its rows at
+        the new tokens' positions, together with causality. Decoding past ``N`` tokens
+        raises :class:`~routing_sim.ShapeError`.
+    mask_mod, score_mod : callable, optional
+        As in :func:`~routing_sim.simulate`, called with ``q_idx`` the query's position in
+        the whole sequence.
+    network : Network, optional
+        As in :func:`~routing_sim.simulate`; a :class:`~routing_sim.Crash` names a token by
+        its position, and its window applies within each round (every round's clock starts
+        at 0).
+    **options
+        Passed to every :func:`~routing_sim.simulate` round unchanged: ``scale``,
+        ``enable_gqa``, ``numerics``, ``softmax``, ``alibi_slopes``, ``rope``, ``routing``,
+        ``top_k``, ``empty_rows``, ``trace``, ``delivery``, ``engine``, ``seed``.
+
+    Raises
+    ------
+    InvalidArgumentError
+        For an option a round cannot honour, naming it and saying why: ``is_causal`` and
+        ``causal_alignment`` (the Decoder sets them), ``attn_mask`` (use ``mask_mod`` or a
+        RouteSet ``graph``), ``dropout_p > 0`` and ``dropout_mask`` (a round would draw or
+        read its own dropout, not the whole sequence's), ``labels``/``key_labels`` (label
+        tokens as they join), a networkx ``graph`` or a cross-attention or per-head
+        RouteSet; and for a keyword :func:`~routing_sim.simulate` does not take.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> q, k, v = rng.normal(size=(3, 5, 4))
+    >>> decoder = Decoder()
+    >>> steps = [decoder.step(q[t], k[t], v[t]) for t in range(5)]
+    >>> from routing_sim import attention
+    >>> full = attention(q, k, v, is_causal=True)
+    >>> all(np.allclose(s.output, full[s.position], rtol=1e-12, atol=1e-12) for s in steps)
+    True
+    >>> [s.messages for s in steps], steps[-1].recompute_messages
+    ([4, 8, 12, 16, 20], 60)
+    >>> steps[-1].run.routing_table(4).token
+    4
+
+    A ``mask_mod`` sees each token's true position, here a window of the two latest tokens;
+    ``extend`` adds a chunk of tokens in one round (token 3 sees tokens 2 and 3, token 4
+    sees 3 and 4):
+
+    >>> window = lambda b, h, q_idx, kv_idx: q_idx - kv_idx <= 1
+    >>> decoder = Decoder(mask_mod=window)
+    >>> first = decoder.extend(q[:3], k[:3], v[:3])
+    >>> chunk = decoder.extend(q[3:], k[3:], v[3:])
+    >>> chunk.positions, chunk.output.shape
+    (range(3, 5), (2, 4))
+    >>> full = attention(q, k, v, is_causal=True, mask_mod=window)
+    >>> bool(np.allclose(chunk.output, full[3:], rtol=1e-12, atol=1e-12))
+    True
+    >>> sorted(route.source for route in chunk.run.routing_table(4).routes), chunk.messages
+    ([3, 4], 16)
+    """
+
+    def __init__(self, *, graph: RouteSet | None = None, mask_mod: Callable | None = None,
+                 score_mod: Callable | None = None, network: Network | None = None,
+                 **options) -> None:
+        for name in options:
+            if name in _REFUSED:
+                raise InvalidArgumentError(f"Decoder does not take {name}: {_REFUSED[name]}")
+            if name not in _OPTIONS:
+                raise InvalidArgumentError(f"Decoder got an unknown option {name!r}; it takes "
+                                           f"simulate's keywords: {sorted(_OPTIONS)}")
+        if options.get("dropout_p", 0.0) != 0.0:
+            raise InvalidArgumentError(f"Decoder does not take dropout_p="
+                                       f"{options['dropout_p']!r}: each round would draw its "
+                                       "own dropout for its own (T, t + T) scores, not the "
+                                       "whole sequence's; attention dropout is for training, "
+                                       "where simulate runs the whole sequence")
+        for name, mod in (("mask_mod", mask_mod), ("score_mod", score_mod)):
+            if mod is not None and not callable(mod):
+                raise InvalidArgumentError(f"{name} must be a function, got "
+                                           f"{type(mod).__name__}")
+        self.pattern = None if graph is None else _Pattern(graph)
+        self.mask_mod = mask_mod
+        self.score_mod = score_mod
+        self.network = network
+        self.options = options
+        self.keys: np.ndarray | None = None      # (..., t, E) the registry of published keys
+        self.values: np.ndarray | None = None    # (..., t, Ev)
+        self.labels: list[str] = []
+        self.messages = 0                        # sent over all rounds so far
+        self.routes = 0                          # routes over all rounds: the causal sequence's
+
+    def __len__(self) -> int:
+        return 0 if self.keys is None else self.keys.shape[-2]
+
+    def step(self, query: ArrayLike, key: ArrayLike, value: ArrayLike,
+             label: str | None = None) -> DecodeStep:
+        """Add one token (its query ``(..., E)``, key ``(..., E)``, value ``(..., Ev)``).
+
+        Returns a :class:`DecodeStep` whose ``output`` is ``(..., Ev)``: row ``position``
+        of whole-sequence causal attention.
+        """
+        tokens = []
+        for name, array in (("query", query), ("key", key), ("value", value)):
+            array = np.asarray(array)
+            if array.ndim < 1:
+                raise ShapeError(f"step takes one token: {name} must be (..., features), got "
+                                 f"shape {array.shape}")
+            tokens.append(array[..., None, :])                          # (..., 1, F)
+        query, key, value = tokens
+        joined = self.extend(query, key, value, None if label is None else [label])
+        return replace(joined, output=joined.output[..., 0, :])
+
+    def extend(self, query: ArrayLike, key: ArrayLike, value: ArrayLike,
+               labels: Sequence[str] | None = None) -> DecodeStep:
+        """Add a chunk of ``T`` tokens in one round (query ``(..., T, E)``, key
+        ``(..., T, E)``, value ``(..., T, Ev)``), as a prefill or speculative decoding does.
+
+        Token ``i`` of the chunk sits at position ``t + i`` (``t = len(decoder)``) and
+        sees the cache and the chunk's tokens up to itself (bottom-right causal). Returns a
+        :class:`DecodeStep` whose ``output`` is ``(..., T, Ev)``: rows ``t .. t+T-1`` of
+        whole-sequence causal attention.
+        """
+        query, key, value = (np.asarray(x) for x in (query, key, value))
+        for name, array in (("query", query), ("key", key), ("value", value)):
+            if array.ndim < 2:
+                raise ShapeError(f"extend takes a chunk: {name} must be (..., T, features), "
+                                 f"got shape {array.shape}; step() takes one token")
+        count = query.shape[-2]
+        if count == 0 or key.shape[-2] != count or value.shape[-2] != count:
+            raise ShapeError(f"a chunk needs the same T >= 1 new tokens in query, key and "
+                             f"value, got query {query.shape}, key {key.shape} and value "
+                             f"{value.shape}")
+        if self.keys is not None and self.values is not None and (
+                key.shape[:-2] != self.keys.shape[:-2] or key.shape[-1] != self.keys.shape[-1]
+                or value.shape[-1] != self.values.shape[-1]):
+            raise ShapeError(f"token {len(self)} has key {key.shape[:-2] + key.shape[-1:]} and "
+                             f"value {value.shape[:-2] + value.shape[-1:]}, but the cache holds "
+                             f"keys {self.keys.shape} and values {self.values.shape}")
+        first = len(self)
+        stop = first + count
+        if self.pattern is not None:
+            self.pattern.check_covers(stop)
+        if labels is not None and len(labels) != count:
+            raise ShapeError(f"labels has {len(labels)} entries for a chunk of {count} tokens")
+        new_labels = [f"t{position}" for position in range(first, stop)] if labels is None \
+            else [str(label) for label in labels]
+        keys = key if self.keys is None else np.concatenate([self.keys, key], axis=-2)
+        values = value if self.values is None else np.concatenate([self.values, value], axis=-2)
+        graph = complete(count, stop, labels=new_labels, key_labels=[*self.labels, *new_labels])
+        for offset in range(count):                 # the new tokens, not the cache's first
+            graph.nodes[offset]["position"] = first + offset
+        mask_mod = None if self.pattern is None and self.mask_mod is None else \
+            _MaskAtPositions(self.mask_mod, self.pattern, first)
+        score_mod = None if self.score_mod is None else _ScoreAtPositions(self.score_mod, first)
+        run = simulate(query, keys, values, is_causal=True, graph=graph,
+                       network=_round_network(self.network, first, stop),
+                       causal_alignment="bottom_right", mask_mod=mask_mod,
+                       score_mod=score_mod, **self.options)
+        self.keys, self.values = keys, values
+        self.labels += new_labels
+        self.messages += run.stats.total_messages
+        # Rows of causal attention depend only on the keys up to them, so the routes of
+        # every round so far are exactly the routes of the causal sequence: four messages
+        # each, none resent.
+        self.routes += run.stats.routes
+        return DecodeStep(first, run.output, run, run.stats.total_messages,
+                          len(FORWARD) * self.routes, count)
+
+
+class _Pattern:
+    """A one-group self-attention RouteSet over the whole sequence, asked route by route."""
+
+    def __init__(self, routes: RouteSet) -> None:
+        if isinstance(routes, nx.DiGraph):
+            raise InvalidArgumentError("Decoder takes graph= as a RouteSet over the whole "
+                                       "sequence (e.g. rs.patterns.sliding_window(n, w) or "
+                                       "rs.RouteSet.from_graph(graph)): it labels and places "
+                                       "each round's tokens itself")
+        if not isinstance(routes, RouteSet):
+            raise InvalidArgumentError(f"Decoder's graph must be a RouteSet, got "
+                                       f"{type(routes).__name__}")
+        if routes.cross or routes.n_queries != routes.n_keys or routes.n_groups != 1:
+            raise InvalidArgumentError(f"Decoder's graph must be one self-attention route set "
+                                       f"shared by every batch element and head, got {routes!r}"
+                                       f"{' (cross-attention)' if routes.cross else ''}; for "
+                                       "per-head routes pass a mask_mod")
+        self.routes = routes
+        # Route (i, j) as the code i·N + j: CSR order makes the codes ascending.
+        self.codes = routes.query_node.astype(np.int64) * routes.n_keys + routes.indices  # (R,)
+
+    def check_covers(self, stop: int) -> None:
+        if stop > self.routes.n_keys:
+            raise ShapeError(f"the Decoder's graph covers {self.routes.n_keys} tokens; token "
+                             f"{stop - 1} would be past its end")
+
+    def allows(self, position: ArrayLike, kv_idx: ArrayLike) -> np.ndarray:
+        """Whether the route set holds each route ``(position, kv_idx)`` (broadcast)."""
+        codes = np.asarray(position, dtype=np.int64) * self.routes.n_keys + \
+            np.asarray(kv_idx, dtype=np.int64)
+        found = np.minimum(np.searchsorted(self.codes, codes), len(self.codes) - 1)
+        return (self.codes[found] == codes) if len(self.codes) else np.zeros(codes.shape, bool)
+
+
+class _MaskAtPositions:
+    """A round's mask_mod: the pattern's rows and the user's mask_mod at true positions."""
+
+    def __init__(self, mask_mod: Callable | None, pattern: _Pattern | None, first: int) -> None:
+        self.mask_mod, self.pattern, self.first = mask_mod, pattern, first
+
+    def __call__(self, b, h, q_idx, kv_idx):
+        position = q_idx + self.first
+        if self.pattern is None:
+            assert self.mask_mod is not None, "built only with a pattern or a mask_mod"
+            return self.mask_mod(b, h, position, kv_idx)
+        allowed = self.pattern.allows(position, kv_idx)
+        if self.mask_mod is None:
+            return allowed
+        return allowed & np.asarray(self.mask_mod(b, h, position, kv_idx))
+
+    def __repr__(self) -> str:
+        parts = [repr(part) for part in (self.pattern and self.pattern.routes, self.mask_mod)
+                 if part is not None]
+        return f"{' & '.join(parts)} at query positions {self.first}+"
+
+
+class _ScoreAtPositions:
+    """A round's score_mod: the user's, called with the queries' true positions."""
+
+    def __init__(self, score_mod: Callable, first: int) -> None:
+        self.score_mod, self.first = score_mod, first
+
+    def __call__(self, score, b, h, q_idx, kv_idx):
+        return self.score_mod(score, b, h, q_idx + self.first, kv_idx)
+
+    @property
+    def grad(self) -> Callable:
+        """The user's derivative at the same positions (a clear error if it has none)."""
+        slope = derivative(self.score_mod)
+        assert slope is not None, "a score_mod is set"
+        return lambda score, b, h, q_idx, kv_idx: slope(score, b, h, q_idx + self.first, kv_idx)
+
+    def __repr__(self) -> str:
+        return f"{self.score_mod!r} at query positions {self.first}+"
+
+
+def _round_network(network: Network | None, first: int, stop: int) -> Network | None:
+    """The network of the round adding tokens ``first .. stop-1``: each crash moved from the
+    token's position to its node in the round (query ``i`` is token ``first + i``, key ``j``
+    is token ``j``), dropped while that token is not in the round."""
+    if network is None or not network.crashes:
+        return network
+    crashes = []
+    for crash in network.crashes:
+        if crash.side in ("query", "both") and first <= crash.token < stop:
+            crashes.append(replace(crash, token=crash.token - first, side="query"))
+        if crash.side in ("key", "both") and crash.token < stop:
+            crashes.append(replace(crash, side="key"))
+    return replace(network, crashes=tuple(crashes))

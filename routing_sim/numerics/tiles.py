@@ -1,0 +1,227 @@
+"""Fixed tiles of query nodes: the sparse fast path's dot products and weighted pulls.
+
+A sparse route set's rows are mostly runs of consecutive keys (a window, sinks, blocks),
+and neighbouring query tokens read overlapping runs. :class:`Tiles` cuts the query nodes
+of each group into tiles of ``T`` consecutive nodes; a tile's *key union* ``U`` is the
+merge of its rows' runs. One dense product ``Q_tile @ K_Uᵀ`` (``T × |U|``) then holds
+every score of the tile, and one product ``W_tile @ V_U`` (``W_tile`` the shares scattered
+into ``T × |U|``) every output row: BLAS work in place of per-route Python. Tiles of one
+shape go through one batched ``np.matmul`` a panel at a time, so memory stays at a panel
+of blocks.
+
+The partition depends on the route table alone, never on the delivery schedule, and the
+simulator computes every tile in the same products whatever order the barriers pass in:
+that keeps the fast path bit-identical under every schedule (see docs/design.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..routes.route_set import concat_ranges
+
+__all__ = ["PANEL_ENTRIES", "Tiles", "tile_size"]
+
+PANEL_ENTRIES = 2**21    # entries of a batch's blocks or gathered keys (16 MB of float64)
+MAX_WASTE = 4.0          # tile blocks may hold at most this many entries per route
+
+
+def tile_size(indptr: np.ndarray) -> int:
+    """Query nodes per tile: about the mean fan-in, a power of two in 8 .. 64.
+
+    Examples
+    --------
+    >>> tile_size(np.arange(0, 1321, 132)), tile_size(np.arange(0, 201, 20))
+    (64, 16)
+    """
+    nodes = max(len(indptr) - 1, 1)
+    mean = max((indptr[-1] - indptr[0]) / nodes, 1.0)
+    return int(2 ** np.clip(np.round(np.log2(mean)), 3, 6))
+
+
+class Tiles:
+    """Tiles of ``size`` consecutive query nodes of one group and their key unions.
+
+    Parameters
+    ----------
+    indptr : ndarray, shape (G·L + 1,)
+        A route table's rows (query node ``u`` owns routes ``indptr[u]:indptr[u + 1]``).
+    keys : ndarray, shape (R,)
+        Every route's key index, ascending within each row.
+    n_queries, n_keys : int
+        ``L`` and ``S``; the key rows of group ``g`` are ``g · S + j``.
+    size : int, optional
+        Query nodes per tile (default :func:`tile_size`).
+    dim : int
+        The widest feature size (``max(E, Ev)``): batches are cut so that neither the
+        blocks nor the gathered keys and values pass :data:`PANEL_ENTRIES` entries.
+
+    Examples
+    --------
+    >>> indptr, keys = np.array([0, 1, 3, 5]), np.array([0, 0, 1, 1, 2])
+    >>> tiles = Tiles(indptr, keys, 3, 3, size=2)
+    >>> q = k = np.eye(3)
+    >>> tiles.dots(q, k).tolist()                       # q_i · k_j of every route
+    [1.0, 0.0, 1.0, 0.0, 1.0]
+    >>> tiles.pull(np.ones(5), np.eye(3)).tolist()      # Σ_j w_ij v_j of every row
+    [[1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.0, 1.0, 1.0]]
+    """
+
+    def __init__(self, indptr: np.ndarray, keys: np.ndarray, n_queries: int, n_keys: int,
+                 size: int | None = None, dim: int = 64) -> None:
+        self.size = tile_size(indptr) if size is None else int(size)
+        self.dim = int(dim)                                            # widest of E, Ev
+        self.n_nodes, self.n_routes = len(indptr) - 1, int(indptr[-1])
+        self.n_queries, self.n_keys = n_queries, n_keys
+        per_group = -(-n_queries // self.size)                        # tiles per group
+        groups = self.n_nodes // max(n_queries, 1)
+        first = (np.arange(groups)[:, None] * n_queries
+                 + np.minimum(np.arange(per_group) * self.size, n_queries)[None, :])
+        self.first = first.reshape(-1)                                 # (tiles,) first node
+        self.rows = np.minimum(self.first + self.size,
+                               np.repeat(np.arange(1, groups + 1) * n_queries, per_group)
+                               ) - self.first                         # (tiles,) nodes in it
+        self.route_start = indptr[self.first]                          # (tiles,)
+        self.route_stop = indptr[self.first + self.rows]
+        runs = _runs(indptr, keys)
+        run_node = np.searchsorted(indptr, runs[0], side="right") - 1  # (runs,)
+        run_tile = (run_node // max(n_queries, 1)) * per_group + \
+            (run_node % max(n_queries, 1)) // self.size
+        self.union_start, self.union_stop, self.union_tile, run_interval, column0 = _unions(
+            keys[runs[0]], runs[1], run_tile, len(self.first), n_keys)
+        self.width = np.bincount(self.union_tile, self.union_stop - self.union_start,
+                                 minlength=len(self.first)).astype(np.int64)  # (tiles,) |U|
+        self.entries = int((self.rows * self.width).sum())
+        self.panels, rank = self._panels()
+        # Each route's slot in its panel's blocks: rank·T·|U| + row·|U| + column, where
+        # column = key + (the run's interval offset - the interval's first key).
+        shift = (rank[run_tile] * self.rows[run_tile] * self.width[run_tile]
+                 + (run_node - self.first[run_tile]) * self.width[run_tile]
+                 + column0[run_interval] - self.union_start[run_interval])  # (runs,)
+        self.keys = keys                                               # (R,) the table's
+        self.run_first, self.run_length, self.run_shift = runs[0], runs[1], shift  # (runs,)
+        self.tile_runs = np.searchsorted(runs[0], np.stack([self.route_start,
+                                                            self.route_stop]))  # (2, tiles)
+
+    def _slots(self, tiles: np.ndarray, routes: np.ndarray | slice) -> np.ndarray:
+        """Each route's slot in its panel's blocks: ``rank·T·|U| + row·|U| + column``,
+        with ``column = key + shift`` per run (built a panel at a time: no (R,) array)."""
+        runs: slice | np.ndarray
+        if isinstance(routes, slice):
+            runs = slice(int(self.tile_runs[0, tiles[0]]), int(self.tile_runs[1, tiles[-1]]))
+        else:
+            runs = concat_ranges(self.tile_runs[0, tiles], self.tile_runs[1, tiles])
+        return self.keys[routes] + np.repeat(self.run_shift[runs], self.run_length[runs])
+
+    @property
+    def waste(self) -> float:
+        """Block entries per route: 1 is a perfect fit."""
+        return self.entries / max(self.n_routes, 1)
+
+    def worthwhile(self) -> bool:
+        return self.n_routes > 0 and self.waste <= MAX_WASTE
+
+    def _panels(self) -> tuple[list[tuple[np.ndarray, int, int]], np.ndarray]:
+        """``(tiles, T, |U|)`` batches of one shape, at most PANEL_ENTRIES a batch, and each
+        tile's rank in its batch."""
+        panels, rank = [], np.zeros(len(self.first), dtype=np.int64)
+        shapes = self.rows * (self.width.max(initial=0) + 1) + self.width
+        order = np.argsort(shapes, kind="stable")
+        bounds = np.flatnonzero(np.diff(shapes[order])) + 1
+        for same in np.split(order, bounds):
+            if not len(same) or self.width[same[0]] == 0:
+                continue
+            rows, width = int(self.rows[same[0]]), int(self.width[same[0]])
+            step = max(1, PANEL_ENTRIES // (width * max(rows, self.dim)))  # block, keys
+            for at in range(0, len(same), step):
+                panels.append((same[at:at + step], rows, width))
+                rank[same[at:at + step]] = np.arange(len(same[at:at + step]))
+        return panels, rank
+
+    def _panel(self, tiles: np.ndarray, rows: int, width: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray | slice]:
+        """``(nodes (n, T), key rows (n, |U|), routes)`` of one panel."""
+        nodes = self.first[tiles][:, None] + np.arange(rows)           # (n, T)
+        mine = np.isin(self.union_tile, tiles) if len(tiles) < len(self.first) else \
+            np.ones(len(self.union_tile), bool)
+        group = np.repeat(self.first[tiles] // max(self.n_queries, 1), width)
+        key_rows = (concat_ranges(self.union_start[mine], self.union_stop[mine])
+                    + group * self.n_keys).reshape(len(tiles), width)  # (n, |U|) g·S + j
+        routes: np.ndarray | slice
+        if (np.diff(tiles) == 1).all():                                # consecutive tiles
+            routes = slice(int(self.route_start[tiles[0]]), int(self.route_stop[tiles[-1]]))
+        else:
+            routes = concat_ranges(self.route_start[tiles], self.route_stop[tiles])
+        return nodes, key_rows, routes
+
+    def dots(self, query: np.ndarray, key: np.ndarray, out: np.ndarray | None = None
+             ) -> np.ndarray:
+        """``q_u · k_j`` of every route (unscaled), for ``query (G·L, E)``, ``key (G·S, E)``."""
+        out = np.zeros(self.n_routes, dtype=query.dtype) if out is None else out  # (R,)
+        for tiles, rows, width in self.panels:
+            nodes, key_rows, routes = self._panel(tiles, rows, width)
+            keys_t = key[key_rows].transpose(0, 2, 1)                  # (n, E, |U|)
+            if width > 64:                             # measured: the copy pays off here
+                keys_t = np.ascontiguousarray(keys_t)
+            block = np.matmul(query[nodes], keys_t)                    # (n, T, |U|)
+            out[routes] = block.reshape(-1)[self._slots(tiles, routes)]
+        return out
+
+    def pull(self, shares: np.ndarray, value: np.ndarray, out: np.ndarray | None = None
+             ) -> np.ndarray:
+        """``Σ_j w_uj v_j`` of every query node, for ``shares (R,)``, ``value (G·S, Ev)``;
+        rows of nodes without routes keep what ``out`` holds."""
+        if out is None:
+            out = np.zeros((self.n_nodes, value.shape[1]), dtype=value.dtype)  # (G·L, Ev)
+        for tiles, rows, width in self.panels:
+            nodes, key_rows, routes = self._panel(tiles, rows, width)
+            weights = np.zeros(len(tiles) * rows * width, dtype=value.dtype)
+            weights[self._slots(tiles, routes)] = shares[routes]
+            pulled = np.matmul(weights.reshape(len(tiles), rows, width), value[key_rows])
+            rows_out = nodes.reshape(-1)
+            if rows_out[-1] - rows_out[0] == len(rows_out) - 1:       # consecutive nodes
+                out[rows_out[0]:rows_out[-1] + 1] = pulled.reshape(-1, value.shape[1])
+            else:
+                out[rows_out] = pulled.reshape(-1, value.shape[1])
+        return out
+
+
+def _runs(indptr: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(first route, length)`` of every run: consecutive keys within one row."""
+    firsts, chunk = [np.zeros(min(len(keys), 1), np.int64)], 2**20
+    for at in range(1, len(keys), chunk):                              # in pieces: small temps
+        firsts.append(np.flatnonzero(np.diff(keys[at - 1:at + chunk]) != 1) + at)
+    starts = indptr[:-1][np.diff(indptr) > 0]                          # rows start runs
+    first = np.sort(np.concatenate([*firsts, starts]))
+    first = first[np.diff(first, prepend=-1) != 0]                     # (runs,) sorted, unique
+    return first, np.diff(np.append(first, len(keys)))
+
+
+def _unions(run_start: np.ndarray, run_length: np.ndarray, run_tile: np.ndarray,
+            n_tiles: int, n_keys: int) -> tuple[np.ndarray, ...]:
+    """Merge every tile's runs into its key union: intervals of keys, sorted by tile.
+
+    Returns ``(start, stop, tile)`` of the intervals, each run's interval and each
+    interval's first column in its tile's union.
+    """
+    if not len(run_start):                                             # no route at all
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty, empty, empty
+    order = np.lexsort((run_start, run_tile))
+    span = n_keys + 1                                                  # keeps tiles apart
+    lo = run_tile[order].astype(np.int64) * span + run_start[order]
+    hi = lo + run_length[order]
+    reach = np.maximum.accumulate(hi) if len(hi) else hi
+    opens = np.ones(len(lo), dtype=bool)
+    opens[1:] = lo[1:] > reach[:-1]
+    closes = np.append(np.flatnonzero(opens)[1:] - 1, len(lo) - 1)
+    start, stop = lo[opens], reach[closes]
+    tile = start // span
+    start, stop = start - tile * span, stop - tile * span
+    run_interval = np.empty(len(order), dtype=np.int64)
+    run_interval[order] = np.cumsum(opens) - 1
+    length = stop - start
+    offset = np.cumsum(length) - length                                # in all unions together
+    first = np.minimum(np.searchsorted(tile, np.arange(n_tiles)), max(len(start) - 1, 0))
+    column0 = offset - offset[first][tile] if len(start) else offset
+    return start, stop, tile, run_interval, column0

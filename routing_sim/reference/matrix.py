@@ -1,0 +1,337 @@
+"""Matrix-form attention: the independent oracle every simulation is compared against.
+
+This module computes ``softmax(Q Kᵀ · scale + bias) V`` with whole-matrix numpy
+operations. It shares argument handling with the simulator (:mod:`routing_sim.routes.problem`)
+but none of its arithmetic, so an equivalence test really compares two computations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from ..errors import EmptyRowError, InvalidArgumentError, NumericalError
+from ..inputs.mods import derivative, modified
+from ..numerics.exact import exact_pull, exact_scores, exact_shares, exact_unnormalised
+from ..numerics.exact_row import exact_row
+from ..options import NUMERICS, CausalAlignment, EmptyRows, Numerics, check_choice
+from ..routes.problem import Problem, prepare
+from ..routes.restrictions import DENSE_LIMIT
+from ..routes.route_set import batch_head
+from .segments import segment_attention, segment_backward
+
+if TYPE_CHECKING:
+    import networkx as nx
+
+    from ..inputs.positions import RotaryEmbedding
+    from ..routes.route_set import RouteSet
+
+__all__ = ["attention", "attention_backward"]
+
+
+def attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
+              attn_mask: ArrayLike | None = None, dropout_p: float = 0.0,
+              is_causal: bool = False, scale: float | None = None, enable_gqa: bool = False, *,
+              causal_alignment: CausalAlignment = "top_left", empty_rows: EmptyRows = "zero",
+              numerics: Numerics = "float", dropout_mask: ArrayLike | None = None,
+              seed: int | None = 0, alibi_slopes: ArrayLike | None = None,
+              rope: RotaryEmbedding | float | None = None, return_weights: bool = False,
+              graph: nx.DiGraph | RouteSet | None = None, mask_mod: Callable | None = None,
+              score_mod: Callable | None = None
+              ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    r"""Scaled dot-product attention in matrix form, with PyTorch's SDPA semantics.
+
+    .. math:: \mathrm{out} = \mathrm{softmax}(Q K^\top \cdot \mathrm{scale} + B)\, V
+
+    Parameters
+    ----------
+    query : array_like, shape (..., L, E)
+        What each query token is looking for.
+    key : array_like, shape (..., S, E)
+        How each key token can be found.
+    value : array_like, shape (..., S, Ev)
+        What each key token hands out when pulled.
+    attn_mask : array_like of bool or float, broadcastable to (..., L, S), optional
+        Bool: True = route allowed. Float: added to the scores; ``-inf`` blocks the route.
+    dropout_p : float
+        Probability of dropping a route after softmax; survivors are rescaled by
+        ``1 / (1 - dropout_p)``. The mask is ``default_rng(seed).random((..., L, S)) >=
+        dropout_p`` unless ``dropout_mask`` gives it.
+    is_causal : bool
+        Allow only ``j <= i`` (aligned as ``causal_alignment`` says). Not with ``attn_mask``.
+    scale : float, optional
+        Score scale; ``1 / sqrt(E)`` by default.
+    enable_gqa : bool
+        Grouped-query attention: query head ``h`` uses key/value head ``h // (Hq // Hkv)``.
+    causal_alignment : {"top_left", "bottom_right"}
+        Where the causal diagonal starts when ``L != S`` (PyTorch's ``is_causal`` is top-left).
+    empty_rows : {"zero", "nan", "error"}
+        What a query with no allowed route gets: zeros (PyTorch's math backend), NaN, or
+        an :class:`~routing_sim.EmptyRowError`.
+    numerics : {"float", "exact"}
+        Matrix products (BLAS), or correctly rounded dot products and sums, one query at a
+        time (the formula is in :mod:`routing_sim.numerics.kernels`); exact mode is bit-identical
+        to ``simulate(..., numerics="exact")`` under every schedule.
+    dropout_mask : array_like of bool, optional
+        The exact routes dropout keeps (True = kept), broadcastable to (..., L, S).
+    seed : int, optional
+        Seed of the dropout draw.
+    alibi_slopes : array_like, shape (H,), optional
+        ALiBi: add ``-alibi_slopes[h] · |pos_i - j|`` to head ``h``'s scores (heads are the
+        last batch dim; positions follow ``causal_alignment``).
+    rope : float or RotaryEmbedding, optional
+        Rotate queries and keys by their positions (a float is the base, layout "half").
+    return_weights : bool
+        Also return the routing tables (attention weights, after dropout); dense, so a
+        sparse route set must be small enough (see
+        :data:`~routing_sim.routes.restrictions.DENSE_LIMIT`).
+    graph : networkx.DiGraph or RouteSet, optional
+        The routes that exist (see :mod:`routing_sim.graphs`, :mod:`routing_sim.patterns`).
+        A RouteSet is computed sparsely: a softmax per query over its own routes
+        (:mod:`routing_sim.reference.segments`), never an ``L × S`` array.
+    mask_mod : callable, optional
+        ``mask_mod(b, h, q_idx, kv_idx) -> bool`` (FlexAttention): True where the route
+        exists. Combines with ``attn_mask``, ``is_causal`` and ``graph`` (all must allow a
+        route); computed sparsely. See :mod:`routing_sim.mods` for how it is called.
+    score_mod : callable, optional
+        ``score_mod(score, b, h, q_idx, kv_idx) -> score`` (FlexAttention): changes the
+        scaled score ``q·k·scale`` before ``attn_mask``/ALiBi biases are added and before
+        the softmax. Not with ``numerics="exact"``.
+
+    Returns
+    -------
+    output : ndarray, shape (..., L, Ev)
+    weights : ndarray, shape (..., L, S)
+        Only with ``return_weights=True``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> q = np.array([[1.0, 0.0]]); k = np.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> v = np.array([[10.0], [20.0]])
+    >>> out, w = attention(q, k, v, scale=np.log(3), return_weights=True)
+    >>> w.round(2)
+    array([[0.75, 0.25]])
+    >>> out.round(2)
+    array([[12.5]])
+    """
+    problem = prepare(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
+                      causal_alignment=causal_alignment, empty_rows=empty_rows,
+                      dropout_mask=dropout_mask, seed=seed, alibi_slopes=alibi_slopes,
+                      rope=rope, graph=graph, mask_mod=mask_mod, score_mod=score_mod)
+    check_choice("numerics", numerics, NUMERICS)
+    if numerics == "exact" and score_mod is not None:
+        raise InvalidArgumentError("score_mod runs in float arithmetic; it cannot be combined "
+                                   "with numerics='exact'")
+    if numerics == "exact":
+        weights, output = _exact(problem, return_weights)
+    elif problem.sparse is not None:
+        output, shares = segment_attention(problem)                    # (G, L, Ev), (R,)
+        weights = _dense_weights(problem, shares) if return_weights else None
+    else:
+        weights = _weights(problem)                                    # (G, L, S)
+        output = weights @ problem.value                               # (G, L, Ev)
+    has_route = _has_route(problem)                                    # (G, L)
+    if problem.empty_rows == "nan":
+        output[~has_route] = np.nan
+        if weights is not None:
+            weights[~has_route] = np.nan
+    if not return_weights:
+        return problem.unflatten(output)
+    assert weights is not None                                         # built when asked
+    return problem.unflatten(output), problem.unflatten(weights)
+
+
+def _has_route(problem: Problem) -> np.ndarray:
+    """``(G, L)``: which query tokens have at least one route."""
+    if problem.sparse is None:
+        return np.asarray(problem.dense_allowed.any(axis=-1))
+    return (np.diff(problem.sparse.routes.indptr) > 0).reshape(problem.shape[:2])
+
+
+def _dense_weights(problem: Problem, shares: np.ndarray) -> np.ndarray:
+    """The per-route shares as a dense ``(G, L, S)`` array, if that is small enough."""
+    groups, n_queries, n_keys, _, _ = problem.shape
+    if groups * n_queries * n_keys > DENSE_LIMIT:
+        raise InvalidArgumentError(f"return_weights=True would build a dense (G, L, S) = "
+                                   f"{(groups, n_queries, n_keys)} array, over {DENSE_LIMIT:,} "
+                                   "entries; simulate(...).route_weights() gives them per route")
+    routes = problem.sparse_form.routes
+    weights = np.zeros((groups * n_queries, n_keys), dtype=problem.dtype)
+    weights[routes.query_node, routes.indices] = shares
+    return weights.reshape(groups, n_queries, n_keys)
+
+
+def _weights(problem: Problem, dropout: bool = True) -> np.ndarray:
+    """Routing tables ``(G, L, S)``: stable softmax over allowed routes, then dropout."""
+    allowed = problem.dense_allowed                                    # (G, L, S)
+    with np.errstate(over="ignore", invalid="ignore"):   # overflow is reported below
+        scores = problem.query @ problem.key.transpose(0, 2, 1)        # (G, L, S)
+        scores *= problem.dtype.type(problem.scale)
+        if problem.score_mod is not None:
+            scores = modified(problem.score_mod, scores, *_grid(problem))
+        if problem.bias is not None:
+            scores += problem.bias
+    overflow = allowed & ~np.isfinite(scores)
+    if overflow.any():
+        g, i, j = np.argwhere(overflow)[0]
+        raise NumericalError(f"the score of query {i} and key {j} (group {g}) overflowed "
+                             f"to {scores[g, i, j]}; scale the inputs down (a score_mod must "
+                             "return finite scores)")
+    has_route = allowed.any(axis=-1, keepdims=True)                    # (G, L, 1)
+    if problem.empty_rows == "error" and not has_route.all():
+        g, i, _ = np.argwhere(~has_route)[0]
+        raise EmptyRowError(f"query token {i} (group {g}) has no route to any key token")
+    scores = np.where(allowed, scores, -np.inf)
+    # An empty row's max is -inf; shift it by 0 instead so -inf - -inf never happens.
+    row_max = np.where(has_route, scores.max(axis=-1, keepdims=True, initial=-np.inf), 0)
+    weights = np.exp(scores - row_max)                                 # (G, L, S)
+    total = weights.sum(axis=-1, keepdims=True)                        # (G, L, 1)
+    weights /= np.where(has_route, total, 1)
+    if dropout and problem.keep is not None:
+        weights *= problem.keep * problem.dtype.type(1.0 / (1.0 - problem.dropout_p))
+    return weights
+
+
+def _grid(problem: Problem) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """FlexAttention's ``(b, h, q_idx, kv_idx)`` as arrays broadcasting to ``(G, L, S)``."""
+    groups, n_queries, n_keys, _, _ = problem.shape
+    batch, head = batch_head(np.arange(groups), problem.batch_shape)
+    return (batch[:, None, None], head[:, None, None], np.arange(n_queries)[None, :, None],
+            np.arange(n_keys)[None, None, :])
+
+
+def _rows(problem: Problem):
+    """``(g, i, keys, bias, keep)`` of every query with a route: dense or sparse form."""
+    if problem.sparse is None:
+        allowed = problem.dense_allowed
+        for g, i in zip(*np.nonzero(allowed.any(axis=-1))):
+            keys = np.flatnonzero(allowed[g, i])
+            yield (g, i, keys, None if problem.bias is None else problem.bias[g, i, keys],
+                   None if problem.keep is None else problem.keep[g, i, keys])
+        return
+    sparse, n_queries = problem.sparse, problem.shape[1]
+    indptr = sparse.routes.indptr
+    for node in np.flatnonzero(np.diff(indptr)).tolist():
+        span = slice(indptr[node], indptr[node + 1])
+        yield (node // n_queries, node % n_queries, sparse.routes.indices[span],
+               None if sparse.bias is None else sparse.bias[span],
+               None if sparse.keep is None else sparse.keep[span])
+
+
+def _score_name(group: int, query: int, keys: np.ndarray, row: int) -> str:
+    """How an exact-mode error names the score of key row ``row`` of a query's routes."""
+    return f"the score of query {query} and key {keys[row]} (group {group})"
+
+
+def _exact(problem: Problem, return_weights: bool) -> tuple[np.ndarray | None, np.ndarray]:
+    """Exact mode: each query's row with correctly rounded dot products and sums."""
+    groups, n_queries, n_keys, _, value_dim = problem.shape
+    dense = problem.sparse is None or return_weights
+    if dense and problem.sparse is not None and groups * n_queries * n_keys > DENSE_LIMIT:
+        raise InvalidArgumentError("return_weights=True would build a dense "
+                                   f"{(groups, n_queries, n_keys)} array, over "
+                                   f"{DENSE_LIMIT:,} entries")
+    weights = np.zeros((groups, n_queries, n_keys), dtype=problem.dtype) if dense else None
+    output = np.zeros((groups, n_queries, value_dim), dtype=problem.dtype)
+    has_route = _has_route(problem)
+    if problem.empty_rows == "error" and not has_route.all():
+        g, i = np.argwhere(~has_route)[0]
+        raise EmptyRowError(f"query token {i} (group {g}) has no route to any key token")
+    factor = problem.dtype.type(1.0 / (1.0 - problem.dropout_p))
+    for g, i, keys, bias, keep in _rows(problem):
+        high, low = exact_scores(
+            problem.key[g, keys], problem.query[g, i], problem.scale, bias,
+            name=partial(_score_name, g, i, keys))
+        e_high, e_low, l_high, l_low = exact_unnormalised(high, low)
+        shares = exact_shares(e_high, e_low, l_high, l_low, high.max())
+        pulled = np.ones(len(keys), dtype=bool) if keep is None else keep
+        row = exact_pull(e_high[pulled], e_low[pulled], l_high, l_low,
+                         problem.value[g, keys[pulled]], high.max())
+        if np.isnan(shares).any() or np.isnan(row).any():             # undecided: integers
+            shares, decided = exact_row(problem.key[g, keys], problem.query[g, i],
+                                        problem.scale, bias, problem.value[g, keys], pulled)
+            assert decided is not None                                 # values given
+            row = decided
+        shares, row = shares.astype(problem.dtype), row.astype(problem.dtype)
+        if keep is not None:
+            with np.errstate(over="ignore"):      # 1/(1-p) may take it past the float range
+                shares, row = shares * pulled * factor, row * factor
+        if weights is not None:
+            weights[g, i, keys] = shares
+        output[g, i] = row
+    return weights, output
+
+
+def attention_backward(query: ArrayLike, key: ArrayLike, value: ArrayLike, d_output: ArrayLike,
+                       attn_mask: ArrayLike | None = None, dropout_p: float = 0.0,
+                       is_causal: bool = False, scale: float | None = None,
+                       enable_gqa: bool = False, *,
+                       causal_alignment: CausalAlignment = "top_left",
+                       empty_rows: EmptyRows = "zero", numerics: Numerics = "float",
+                       dropout_mask: ArrayLike | None = None, seed: int | None = 0,
+                       alibi_slopes: ArrayLike | None = None,
+                       rope: RotaryEmbedding | float | None = None,
+                       return_weights: bool = False, graph: nx.DiGraph | RouteSet | None = None,
+                       mask_mod: Callable | None = None, score_mod: Callable | None = None
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r"""Gradients of :func:`attention` with respect to query, key and value, in matrix form.
+
+    With ``P = softmax(S)``, ``P' = P ⊙ keep / (1-p)`` and ``O = P' V``, given ``dO``:
+
+    .. math:: dV = P'^\top dO,\quad dP = (dO\,V^\top) ⊙ keep / (1-p),\quad
+              dS = P ⊙ (dP - \mathrm{rowsum}(P ⊙ dP)),\quad dQ = s\,dS\,K,\quad
+              dK = s\,dS^\top Q
+
+    then carried back through RoPE, GQA head sharing and broadcasting to the inputs' shapes.
+    Takes every argument of :func:`attention`. A query with no route gets zero gradients
+    whatever ``empty_rows`` says (its output does not depend on the inputs);
+    ``empty_rows="error"`` raises :class:`~routing_sim.EmptyRowError` as in the forward
+    pass. The arithmetic is float: ``numerics="exact"`` is accepted (the gradients of an
+    exact forward pass) and computed in float, as :meth:`Run.backward
+    <routing_sim.Run.backward>` does. ``return_weights=True`` is refused with an
+    :class:`~routing_sim.InvalidArgumentError`: take the weights from :func:`attention`. A
+    ``score_mod`` multiplies ``dS`` by its derivative at the raw score, so it must carry one
+    (:mod:`routing_sim.mods`); a plain function raises InvalidArgumentError. A RouteSet
+    ``graph`` or a ``mask_mod`` is computed sparsely (:mod:`routing_sim.reference.segments`).
+
+    Examples
+    --------
+    >>> q = np.array([[1.0, 0.0]]); k = np.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> v = np.array([[1.0], [0.0]])
+    >>> dq, dk, dv = attention_backward(q, k, v, np.ones((1, 1)), scale=1.0)
+    >>> dv.round(3).tolist()
+    [[0.731], [0.269]]
+    """
+    problem = prepare(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
+                      causal_alignment=causal_alignment, empty_rows=empty_rows,
+                      dropout_mask=dropout_mask, seed=seed, alibi_slopes=alibi_slopes,
+                      rope=rope, graph=graph, mask_mod=mask_mod, score_mod=score_mod)
+    check_choice("numerics", numerics, NUMERICS)
+    if return_weights is not False:
+        raise InvalidArgumentError("attention_backward returns (d_query, d_key, d_value) only; "
+                                   "return_weights=True belongs to attention()")
+    slope = derivative(score_mod)
+    upstream = problem.upstream(d_output)                           # (G, L, Ev)
+    if problem.sparse is not None:
+        d_query, d_key, d_value = segment_backward(problem, upstream)
+        return (problem.to_inputs(d_query, "query"), problem.to_inputs(d_key, "key"),
+                problem.to_inputs(d_value, "value"))
+    weights = _weights(problem, dropout=False)                         # (G, L, S)  P
+    factor = 1.0 if problem.keep is None else problem.keep * problem.dtype.type(
+        1.0 / (1.0 - problem.dropout_p))
+    dropped = weights * factor                                         # (G, L, S)  P'
+    d_value = dropped.transpose(0, 2, 1) @ upstream                    # (G, S, Ev)
+    d_weights = (upstream @ problem.value.transpose(0, 2, 1)) * factor  # (G, L, S)  dP
+    d_scores = weights * (d_weights - (weights * d_weights).sum(-1, keepdims=True))
+    if slope is not None:                                              # through score_mod
+        raw = problem.query @ problem.key.transpose(0, 2, 1) * problem.dtype.type(problem.scale)
+        d_scores = d_scores * slope(raw, *_grid(problem))
+    d_query = problem.scale * d_scores @ problem.key                   # (G, L, E)
+    d_key = problem.scale * d_scores.transpose(0, 2, 1) @ problem.query  # (G, S, E)
+    return (problem.to_inputs(d_query, "query"), problem.to_inputs(d_key, "key"),
+            problem.to_inputs(d_value, "value"))

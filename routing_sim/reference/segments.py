@@ -1,0 +1,153 @@
+r"""Matrix-form attention over a sparse route set: a segment softmax, no ``L × S`` array.
+
+The routes of query node ``u`` are one segment of the flat route list. For every route
+``r = (u, j)``:
+
+.. math:: s_r = \mathrm{mod}(q_u \cdot k_j \cdot \mathrm{scale}) + b_r,\quad
+          w_r = \frac{e^{s_r - \max_{seg} s}}{\sum_{seg} e^{s - \max_{seg} s}},\quad
+          o_u = \sum_{r \in u} w_r v_j
+
+computed with gathers, ``einsum`` and ``np.*.reduceat`` over chunks of whole segments, so
+memory stays at a chunk of routes times the feature size. Like :mod:`routing_sim.reference.matrix`
+it shares argument handling with the simulator and none of its arithmetic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from ..errors import EmptyRowError, NumericalError
+from ..inputs.mods import derivative, modified
+from ..routes.problem import Problem
+from ..routes.route_set import batch_head
+
+__all__ = ["segment_attention", "segment_backward"]
+
+CHUNK_ROUTES = 2**16     # routes per chunk: a chunk gathers CHUNK_ROUTES x E floats
+
+
+class Chunk:
+    """One run of whole segments: the routes of query nodes ``first .. last - 1``."""
+
+    def __init__(self, problem: Problem, first: int, last: int) -> None:
+        routes = problem.sparse_form.routes
+        groups, n_queries, n_keys, _, _ = problem.shape
+        self.span = slice(int(routes.indptr[first]), int(routes.indptr[last]))
+        counts = np.diff(routes.indptr[first:last + 1])                # (nodes,)
+        self.nodes = np.arange(first, last)[counts > 0]                # segments with routes
+        self.counts = counts[counts > 0]
+        self.starts = np.cumsum(self.counts) - self.counts             # (segments,)
+        self.node = np.repeat(self.nodes, self.counts)                 # (r,) query node u
+        group = self.node // n_queries
+        self.query_token = self.node % n_queries                       # (r,) i
+        self.key_token = routes.indices[self.span].astype(np.int64)    # (r,) j
+        self.key_row = group * n_keys + self.key_token                 # (r,) row of (G·S, ·)
+        self.batch, self.head = batch_head(group, routes.batch_shape)
+
+    def total(self, per_route: np.ndarray) -> np.ndarray:
+        """Per segment: the sum of a per-route array (first axis)."""
+        return np.add.reduceat(per_route, self.starts, axis=0)
+
+    def spread(self, per_segment: np.ndarray) -> np.ndarray:
+        """Per route: its segment's entry."""
+        return np.repeat(per_segment, self.counts, axis=0)
+
+
+def chunks(problem: Problem) -> Iterator[Chunk]:
+    """Whole segments, about CHUNK_ROUTES routes at a time."""
+    indptr = problem.sparse_form.routes.indptr
+    first, n_nodes = 0, len(indptr) - 1
+    while first < n_nodes:
+        last = int(np.searchsorted(indptr, indptr[first] + CHUNK_ROUTES, side="right")) - 1
+        last = min(max(last, first + 1), n_nodes)
+        if indptr[last] > indptr[first]:
+            yield Chunk(problem, first, last)
+        first = last
+
+
+def route_scores(problem: Problem, chunk: Chunk) -> tuple[np.ndarray, np.ndarray]:
+    """``(raw, s)``: ``q · k · scale`` and the score after score_mod and bias, per route."""
+    dim = problem.shape[3]
+    queries = problem.query.reshape(-1, dim)[chunk.node]               # (r, E)
+    keys = problem.key.reshape(-1, dim)[chunk.key_row]                 # (r, E)
+    with np.errstate(over="ignore", invalid="ignore"):
+        raw = np.einsum("re,re->r", queries, keys) * problem.dtype.type(problem.scale)
+        scores = raw if problem.score_mod is None else modified(
+            problem.score_mod, raw, chunk.batch, chunk.head, chunk.query_token, chunk.key_token)
+        if problem.sparse_form.bias is not None:
+            scores = scores + problem.sparse_form.bias[chunk.span]
+    if not np.isfinite(scores).all():
+        bad = int(np.flatnonzero(~np.isfinite(scores))[0])
+        raise NumericalError(f"the score of query {chunk.query_token[bad]} and key "
+                             f"{chunk.key_token[bad]} (group {chunk.node[bad] // problem.shape[1]})"
+                             f" overflowed to {scores[bad]}; scale the inputs down (a score_mod "
+                             "must return finite scores)")
+    return raw, scores
+
+
+def route_shares(chunk: Chunk, scores: np.ndarray) -> np.ndarray:
+    """Stable softmax within each segment: subtract the segment max, no epsilon."""
+    top = np.maximum.reduceat(scores, chunk.starts)                    # (segments,)
+    shares = np.exp(scores - chunk.spread(top))                        # (r,)
+    return shares / chunk.spread(chunk.total(shares))
+
+
+def dropout_factor(problem: Problem, chunk: Chunk) -> np.ndarray | float:
+    keep = problem.sparse_form.keep
+    if keep is None:
+        return 1.0
+    return keep[chunk.span] * problem.dtype.type(1.0 / (1.0 - problem.dropout_p))
+
+
+def segment_attention(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
+    """``(output (G, L, Ev), shares (R,))``: shares after dropout, in canonical order."""
+    groups, n_queries, _, _, value_dim = problem.shape
+    _check_empty(problem)
+    output = np.zeros((groups * n_queries, value_dim), dtype=problem.dtype)
+    shares = np.zeros(len(problem.sparse_form.routes), dtype=problem.dtype)
+    values = problem.value.reshape(-1, value_dim)
+    for chunk in chunks(problem):
+        _, scores = route_scores(problem, chunk)
+        pulled = route_shares(chunk, scores) * dropout_factor(problem, chunk)
+        shares[chunk.span] = pulled
+        output[chunk.nodes] = chunk.total(pulled[:, None] * values[chunk.key_row])
+    return output.reshape(groups, n_queries, value_dim), shares
+
+
+def segment_backward(problem: Problem, upstream: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(dQ (G, L, E), dK (G, S, E), dV (G, S, Ev))`` for ``upstream`` ``(G, L, Ev)``."""
+    groups, n_queries, n_keys, dim, value_dim = problem.shape
+    slope = derivative(problem.score_mod)
+    upstream = upstream.reshape(-1, value_dim)
+    queries, keys = problem.query.reshape(-1, dim), problem.key.reshape(-1, dim)
+    values = problem.value.reshape(-1, value_dim)
+    d_query = np.zeros_like(queries)
+    d_key, d_value = np.zeros_like(keys), np.zeros_like(values)
+    for chunk in chunks(problem):
+        raw, scores = route_scores(problem, chunk)
+        shares = route_shares(chunk, scores)                           # (r,) P
+        factor = dropout_factor(problem, chunk)
+        d_out = upstream[chunk.node]                                   # (r, Ev)
+        np.add.at(d_value, chunk.key_row, (shares * factor)[:, None] * d_out)
+        d_shares = np.einsum("re,re->r", d_out, values[chunk.key_row]) * factor  # dP
+        d_scores = shares * (d_shares - chunk.spread(chunk.total(shares * d_shares)))
+        if slope is not None:
+            d_scores = d_scores * slope(raw, chunk.batch, chunk.head, chunk.query_token,
+                                        chunk.key_token)
+        d_scores = d_scores * problem.dtype.type(problem.scale)        # (r,) through the scale
+        d_query[chunk.nodes] = chunk.total(d_scores[:, None] * keys[chunk.key_row])
+        np.add.at(d_key, chunk.key_row, d_scores[:, None] * queries[chunk.node])
+    return (d_query.reshape(groups, n_queries, dim), d_key.reshape(groups, n_keys, dim),
+            d_value.reshape(groups, n_keys, value_dim))
+
+
+def _check_empty(problem: Problem) -> None:
+    if problem.empty_rows != "error":
+        return
+    empty = np.flatnonzero(np.diff(problem.sparse_form.routes.indptr) == 0)
+    if empty.size:
+        group, token = divmod(int(empty[0]), problem.shape[1])
+        raise EmptyRowError(f"query token {token} (group {group}) has no route to any key token")

@@ -1,0 +1,215 @@
+"""The route table: every allowed route ``j -> i`` of every routing group, as flat arrays.
+
+Routes are numbered in canonical order: by query node ``u = g · L + i``, then by key
+index ``j``. A query node's routes are the slice ``indptr[u]:indptr[u + 1]``, already
+in source order, which is the order the numerics kernels need.
+
+"Node" has three numberings; every module uses these names for them (``g`` is the
+routing group, i.e. batch element and head; ``L`` query and ``S`` key tokens per group):
+
+==============  =======================================  ================================
+name            id                                       what is indexed by it
+==============  =======================================  ================================
+query node u    ``g · L + i``                            ``RouteTable.query_node``,
+                                                         ``indptr``, ForwardState's
+                                                         ``(G·L,)`` arrays, outputs, dQ
+key node        ``g · S + j``                            the backward pass's ``key_node``,
+                                                         dK and dV rows
+physical node   self-attention: ``g · L + t`` (token     ``asker``, ``answerer``, crash
+                t asks and answers there); cross:        windows, NIC queues,
+                ``g · (L + S) + i`` for query token i,   ``Stats.node_bytes``
+                ``g · (L + S) + L + j`` for key token j
+==============  =======================================  ================================
+
+``span`` is the number of physical nodes per group (``L``, or ``L + S`` in cross-attention).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .route_set import concat_ranges
+
+if TYPE_CHECKING:
+    from ..network.conditions import Crash
+    from ..network.messages import Kind
+
+__all__ = ["RouteTable"]
+
+
+class RouteTable:
+    """Allowed routes of ``G`` groups of ``L`` query and ``S`` key tokens.
+
+    Examples
+    --------
+    >>> table = RouteTable(np.array([[[True, False], [True, True]]]))
+    >>> table.query_node.tolist(), table.key_index.tolist(), table.indptr.tolist()
+    ([0, 1, 1], [0, 0, 1], [0, 1, 3])
+    """
+
+    def __init__(self, allowed: np.ndarray, self_attention: bool = True) -> None:
+        groups, n_queries, n_keys = allowed.shape                      # (G, L, S)
+        # Physical nodes: in self-attention token t asks and answers on one node; in
+        # cross-attention the key tokens are nodes of their own, after the query tokens.
+        self.self_attention = self_attention and n_queries == n_keys
+        self.span = n_queries if self.self_attention else n_queries + n_keys
+        index_type = np.int32 if groups * (n_queries + n_keys) < 2**31 else np.int64
+        self.n_groups, self.n_queries, self.n_keys = groups, n_queries, n_keys
+        self.index_type = index_type
+        # Full attention: every row holds every key, so the index arrays follow from the
+        # shape; they are built only if something asks for them.
+        self.full = bool(allowed.all())
+        if self.full:
+            self._query_node = self._key_index = None
+            self.indptr = np.arange(groups * n_queries + 1, dtype=np.int64) * n_keys
+        else:
+            query_node, key_index = np.nonzero(allowed.reshape(groups * n_queries, n_keys))
+            self._query_node = query_node.astype(index_type)           # (R,) u = g·L + i
+            self._key_index = key_index.astype(index_type)             # (R,) j
+            counts = np.bincount(self._query_node, minlength=groups * n_queries)
+            self.indptr = np.concatenate(([0], np.cumsum(counts)))     # (G·L + 1,)
+        self._asker: np.ndarray | None = None
+        self._answerer: np.ndarray | None = None
+        self._every: np.ndarray | None = None
+
+    @classmethod
+    def from_csr(cls, indptr: np.ndarray, key_index: np.ndarray | None, n_groups: int,
+                 n_queries: int, n_keys: int, self_attention: bool = True) -> RouteTable:
+        """The table of a sparse route set: ``indptr (G·L + 1,)`` and ``key_index (R,)``
+        (None: every key), never an ``L × S`` array.
+
+        Examples
+        --------
+        >>> table = RouteTable.from_csr(np.array([0, 1, 3]), np.array([0, 0, 1]), 1, 2, 2)
+        >>> table.query_node.tolist(), len(table), table.full
+        ([0, 1, 1], 3, False)
+        """
+        table = cls.__new__(cls)
+        table.self_attention = self_attention and n_queries == n_keys
+        table.span = n_queries if table.self_attention else n_queries + n_keys
+        table.n_groups, table.n_queries, table.n_keys = n_groups, n_queries, n_keys
+        table.index_type = np.int32 if n_groups * (n_queries + n_keys) < 2**31 else np.int64
+        table.indptr = np.asarray(indptr, dtype=np.int64)              # (G·L + 1,)
+        table.full = key_index is None or len(key_index) == n_groups * n_queries * n_keys
+        table._key_index = None if table.full else np.asarray(key_index).astype(
+            table.index_type, copy=False)                              # (R,) j
+        table._query_node = None                                       # built on first use
+        table._asker = table._answerer = table._every = None
+        return table
+
+    @property
+    def query_node(self) -> np.ndarray:
+        """``(R,)``: the query node ``u = g·L + i`` of every route."""
+        if self._query_node is None:
+            self._query_node = np.repeat(np.arange(self.n_nodes, dtype=self.index_type),
+                                         np.diff(self.indptr))
+        return self._query_node
+
+    @property
+    def key_index(self) -> np.ndarray:
+        """``(R,)``: the key token ``j`` of every route."""
+        if self._key_index is None:
+            self._key_index = np.tile(np.arange(self.n_keys, dtype=self.index_type),
+                                      self.n_nodes)
+        return self._key_index
+
+    @property
+    def asker(self) -> np.ndarray:
+        """Physical node id of every route's query token (built on first use)."""
+        if self._asker is None:
+            group, token = np.divmod(self.query_node, self.n_queries)
+            self._asker = (group * self.span + token).astype(self.index_type)
+        return self._asker
+
+    @property
+    def answerer(self) -> np.ndarray:
+        """Physical node id of every route's key token (built on first use)."""
+        if self._answerer is None:
+            offset = 0 if self.self_attention else self.n_queries
+            group = self.query_node // self.n_queries
+            self._answerer = (group * self.span + offset + self.key_index).astype(
+                self.index_type)
+        return self._answerer
+
+    def __len__(self) -> int:
+        return int(self.indptr[-1])
+
+    @property
+    def n_nodes(self) -> int:
+        """Number of query nodes, ``G · L``."""
+        return self.n_groups * self.n_queries
+
+    def routes_per_node(self) -> np.ndarray:
+        return np.diff(self.indptr)                                    # (G·L,)
+
+    def group(self, routes: np.ndarray) -> np.ndarray:
+        return self.query_node[routes] // self.n_queries
+
+    def query_token(self, routes: np.ndarray) -> np.ndarray:
+        return self.query_node[routes] % self.n_queries
+
+    def endpoints(self, kind: Kind, routes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Physical (sender, receiver) node ids of one message of ``kind`` on each route."""
+        asker, answerer = self.asker[routes], self.answerer[routes]
+        return (asker, answerer) if kind.to_key else (answerer, asker)
+
+    def crash_filter(self, crashes: Iterable[Crash]
+                     ) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+        """``down(nodes, times)``: which (node, time) pairs fall in one of ``crashes``."""
+        windows = []
+        for crash in crashes:
+            local = set()
+            if crash.side in ("query", "both"):
+                local.add(crash.token)
+            if crash.side in ("key", "both"):
+                local.add(crash.token + (0 if self.self_attention else self.n_queries))
+            windows.append((np.array(sorted(local)), crash.start, crash.end))
+
+        def down(nodes: np.ndarray, times: np.ndarray) -> np.ndarray:
+            local = nodes % self.span
+            hit = np.zeros(len(nodes), dtype=bool)
+            for targets, start, end in windows:
+                hit |= np.isin(local, targets) & (times >= start) & (times < end)
+            return hit
+
+        return down
+
+    def route_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per physical node: how many routes it asks on, and how many it answers on."""
+        size = self.n_groups * self.span
+        asking = np.zeros(size, np.int64)
+        group, token = np.divmod(np.arange(self.n_nodes), self.n_queries)
+        asking[group * self.span + token] = self.routes_per_node()
+        answering = np.zeros(size, np.int64)
+        offset = 0 if self.self_attention else self.n_queries
+        if self.full:                             # every query of a group asks every key
+            answering.reshape(self.n_groups, self.span)[:, offset:offset + self.n_keys] = \
+                self.n_queries
+            return asking, answering
+        chunk = 2**20                             # bincount in pieces: no (R,) int64 copy
+        for g in range(self.n_groups):            # one group's routes are one slice
+            first, last = self.indptr[g * self.n_queries], self.indptr[(g + 1) * self.n_queries]
+            start = g * self.span + offset
+            for at in range(int(first), int(last), chunk):
+                answering[start:start + self.n_keys] += np.bincount(
+                    self.key_index[at:min(at + chunk, last)], minlength=self.n_keys)
+        return asking, answering
+
+    def every_route(self) -> np.ndarray:
+        """``arange(R)``: the route ids of a whole wave (kept: the waves share it)."""
+        if self._every is None:
+            self._every = np.arange(len(self), dtype=self.index_type)
+        return self._every
+
+    def routes_of(self, nodes: np.ndarray) -> np.ndarray:
+        """All route ids of the given query nodes, node by node, each in source order."""
+        if len(nodes) and nodes[-1] - nodes[0] == len(nodes) - 1:     # consecutive nodes
+            first, last = self.indptr[nodes[0]], self.indptr[nodes[-1] + 1]
+            if first == 0 and last == len(self):
+                return self.every_route()
+            return np.arange(first, last, dtype=self.index_type)
+        return concat_ranges(self.indptr[nodes], self.indptr[nodes + 1])
+

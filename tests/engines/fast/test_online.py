@@ -1,0 +1,142 @@
+"""Streaming softmax: same answer as two-phase, rescaling visible, states merge."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+
+import routing_sim as rs
+from routing_sim.numerics.kernels import merge_states, online_state
+from tests.conftest import attention_inputs, route_masks
+
+
+@given(st.data())
+def test_online_equals_two_phase_and_matrix(data):
+    query, key, value = data.draw(attention_inputs())
+    masks = data.draw(route_masks(len(query), len(key)))
+    network = rs.Network(jitter=data.draw(st.sampled_from([0.0, 2.0])),
+                         seed=data.draw(st.integers(0, 100)))
+    online = rs.simulate(query, key, value, softmax="online", network=network, **masks)
+    two_phase = rs.simulate(query, key, value, **masks)
+    expected = rs.attention(query, key, value, **masks)
+    output_tol, _ = rs.verify.tolerance(query, key, value, **masks)
+    assert (np.abs(online.output - expected) <= output_tol).all()
+    assert (np.abs(online.output - two_phase.output) <= output_tol).all()
+    np.testing.assert_array_equal(online.weights, two_phase.weights)
+
+
+def test_trace_shows_each_rescale():
+    rng = np.random.default_rng(3)
+    query, key, value = rng.normal(size=(3, 4, 3))
+    run = rs.simulate(query, key, value, softmax="online", trace="full",
+                      network=rs.Network(jitter=2.0, seed=1))
+    trace = run.trace
+    for node in range(4):
+        mine = (trace.kind == rs.Kind.VALUE) & (trace.dst == node)
+        scores = {int(j): s for j, s in zip(trace.src[(trace.kind == rs.Kind.SCORE)
+                                                      & (trace.dst == node)],
+                                            trace.value[(trace.kind == rs.Kind.SCORE)
+                                                        & (trace.dst == node)])}
+        running = -np.inf
+        for source, factor in zip(trace.src[mine], trace.rescale[mine]):
+            new = max(running, scores[int(source)])
+            assert factor == np.exp(running - new)
+            running = new
+        stream = run.stream(node)
+        assert len(stream) == 4 and np.array_equal(stream[-1][1], run.output[node])
+        assert [t for t, _ in stream] == sorted(trace.arrive[mine].tolist())
+
+
+@given(st.integers(1, 8), st.integers(0, 8), st.integers(0, 2**32 - 1))
+def test_partial_states_merge(n_keys, split, seed):
+    rng = np.random.default_rng(seed)
+    scores, values = rng.normal(size=n_keys) * 5, rng.normal(size=(n_keys, 3))
+    split = min(split, n_keys)
+    m, l, o = merge_states(online_state(scores[:split], values[:split]),  # noqa: E741 (m, l, o)
+                           online_state(scores[split:], values[split:]))
+    whole = np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum() @ values
+    np.testing.assert_allclose(o / l, whole, rtol=1e-12, atol=1e-12)
+
+
+def test_online_with_dropout_and_degrade():
+    rng = np.random.default_rng(4)
+    query, key, value = rng.normal(size=(3, 5, 3))
+    keep = rng.random((5, 5)) < 0.6
+    online = rs.simulate(query, key, value, softmax="online", dropout_p=0.4, dropout_mask=keep)
+    expected = rs.attention(query, key, value, dropout_p=0.4, dropout_mask=keep)
+    np.testing.assert_allclose(online.output, expected, rtol=1e-12, atol=1e-12)
+    assert online.stats.messages["PULL"] == keep.sum()
+    lossy = rs.simulate(query, key, value, softmax="online",
+                        network=rs.Network(loss=0.4, retries=0, on_missing="degrade", seed=3))
+    survived = np.ones((5, 5), dtype=bool)
+    for route in lossy.dropped:
+        survived[route.query, route.key] = False
+    np.testing.assert_allclose(lossy.output, rs.attention(query, key, value, survived),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_exact_online_is_refused():
+    try:
+        rs.simulate(np.eye(2), np.eye(2), np.eye(2), softmax="online", numerics="exact")
+    except rs.InvalidArgumentError as error:
+        assert "two_phase" in str(error)
+    else:
+        raise AssertionError("exact online should be refused")
+
+
+@st.composite
+def top_of_range(draw):
+    """(query, key, value) with ordinary scores and values near the largest float
+    (log-uniform in [1e290, max], random signs; some rows all equal to one value)."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    n_queries, n_keys, dim = draw(st.integers(1, 4)), draw(st.integers(1, 40)), 2
+    exponent = rng.uniform(290, 308.25, size=(n_keys, 2))
+    value = np.minimum(10.0 ** exponent, np.finfo(float).max) * rng.choice([-1, 1], (n_keys, 2))
+    if draw(st.booleans()):
+        value[:] = value[0]                           # the sum of values overflows
+    return rng.normal(size=(n_queries, dim)), rng.normal(size=(n_keys, dim)), value
+
+
+def assert_close_to(output, expected, weights, value):
+    """Within 1e-12 of Σ w·|v|, the conditioning of a weighted mean (scaled by 2^-64 so
+    the bound itself cannot overflow)."""
+    assert np.isfinite(output).all()
+    bound = 1e-12 * (weights @ np.ldexp(np.abs(value), -64))
+    assert (np.abs(np.ldexp(output, -64) - np.ldexp(expected, -64)) <= bound).all()
+
+
+@given(top_of_range(), st.integers(0, 100))
+def test_online_stays_finite_near_the_largest_float(inputs, seed):
+    query, key, value = inputs
+    online = rs.simulate(query, key, value, softmax="online",
+                         network=rs.Network(jitter=2.0, seed=seed))
+    two_phase = rs.simulate(query, key, value)
+    expected, weights = rs.attention(query, key, value, return_weights=True)
+    assert np.isfinite(expected).all()
+    assert_close_to(online.output, expected, weights, value)
+    assert_close_to(online.output, two_phase.output, weights, value)
+    merged = merge_states(online_state(np.zeros(1), value[:1] / 2), online_state(np.zeros(1),
+                                                                                 value[:1] / 2))
+    np.testing.assert_array_equal(merged[2] / merged[1], value[0] / 2)
+
+
+def test_online_reproducer_of_issue_16():
+    run = rs.simulate(np.zeros((1, 1)), np.zeros((20, 1)), np.full((20, 1), 1e307), scale=1.0,
+                      softmax="online")
+    assert run.output.tolist() == [[1e307]]
+    largest = np.finfo(float).max
+    run = rs.simulate(np.zeros((1, 1)), np.zeros((20, 1)), np.full((20, 1), largest),
+                      scale=1.0, softmax="online", network=rs.Network(jitter=1.0))
+    np.testing.assert_allclose(run.output, [[largest]], rtol=1e-12)
+
+
+@given(top_of_range(), st.sampled_from(["ring", "allgather", "tree"]), st.integers(2, 4))
+def test_context_parallel_states_stay_finite(inputs, strategy, devices):
+    _, key, value = inputs
+    n_keys = len(key) - len(key) % devices or devices
+    key, value = np.resize(key, (n_keys, 2)), np.resize(value, (n_keys, 2))
+    run = rs.context_parallel(key, key, value, strategy=strategy,
+                              cluster=rs.Cluster(devices=devices))
+    expected, weights = rs.attention(key, key, value, return_weights=True)
+    assert_close_to(run.output, expected, weights, value)

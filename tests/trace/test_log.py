@@ -1,0 +1,76 @@
+"""The trace as a REPL object: records, length, iteration, pandas, and clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import routing_sim as rs
+from routing_sim.network.messages import Message
+
+
+def test_a_summary_trace_has_no_columns_and_hasattr_says_so():
+    run = rs.simulate(np.eye(2), np.eye(2), np.eye(2), trace="summary")
+    assert not hasattr(run.trace, "kind")
+    with pytest.raises(rs.SummaryTraceError, match="trace='full'") as caught:
+        _ = run.trace.arrive
+    assert isinstance(caught.value, AttributeError)
+    assert isinstance(caught.value, rs.InvalidArgumentError)
+    for use in (lambda t: t[0], list, lambda t: t.to_mermaid()):
+        with pytest.raises(rs.SummaryTraceError):
+            use(run.trace)
+
+
+def test_the_trace_answers_only_to_its_documented_names():
+    trace = rs.simulate(np.eye(2), np.eye(2), np.eye(2), trace="full").trace
+    assert not hasattr(trace, "arrives") and not hasattr(trace, "payload")
+    with pytest.raises(AttributeError, match="'Trace' object has no attribute 'arrives'"):
+        _ = trace.arrives
+
+
+def test_a_full_trace_is_a_sequence_of_named_records():
+    q = k = v = np.eye(2)
+    trace = rs.simulate(q, k, v, trace="full", network=rs.Network(latency=1.0)).trace
+    assert len(trace) == 16
+    first = trace[0]
+    assert isinstance(first, Message)
+    # Route 0 -> 0 asks first: a QUERY of 2 float64 from token 0 to itself, sent at 0.
+    assert first == Message(id=0, kind="QUERY", src=0, dst=0, group=0, sent=0.0, arrive=1.0,
+                            nbytes=16, value=None, attempt=0, copy=0, fate="delivered",
+                            rescale=None)
+    assert trace[-1].kind == "VALUE" and trace[-1] == list(trace)[15]
+    assert [m.kind for m in trace].count("SCORE") == 4
+    assert [m.value for m in trace if m.kind == "SCORE"] == trace.value[trace.kind == 1].tolist()
+    with pytest.raises(IndexError, match="16"):
+        trace[16]
+    with pytest.raises(rs.InvalidArgumentError, match="integer"):
+        trace["0"]
+
+
+def test_len_counts_every_logged_transmission_in_both_details():
+    q, k, v = np.random.default_rng(1).normal(size=(3, 4, 2))
+    network = dict(loss=0.3, duplicate=0.3, retries=30, seed=4)
+    full = rs.simulate(q, k, v, trace="full", network=rs.Network(**network)).trace
+    summary = rs.simulate(q, k, v, trace="summary", network=rs.Network(**network)).trace
+    assert (full.copy == 1).any() and (full.fate != 0).any()
+    assert len(full) == len(full.kind) == len(list(full)) == len(summary)
+
+
+def test_repr_is_one_short_line():
+    trace = rs.simulate(np.eye(3), np.eye(3), np.eye(3), trace="full").trace
+    assert repr(trace) == ("<Trace full: 36 transmissions (QUERY 9, SCORE 9, PULL 9, "
+                           "VALUE 9)>")
+
+
+def test_to_pandas_names_kinds_and_fates():
+    pandas = pytest.importorskip("pandas", reason="pandas is optional")
+    q, k, v = np.random.default_rng(1).normal(size=(3, 3, 2))
+    trace = rs.simulate(q, k, v, trace="full",
+                        network=rs.Network(loss=0.3, retries=30, seed=2)).trace
+    frame = trace.to_pandas()
+    assert isinstance(frame, pandas.DataFrame) and len(frame) == len(trace)
+    assert list(frame.columns) == list(Message._fields)
+    assert frame["kind"].tolist() == [m.kind for m in trace]
+    assert frame["fate"].tolist() == [m.fate for m in trace]
+    assert "lost" in set(frame["fate"])
+    np.testing.assert_array_equal(frame["sent"].to_numpy(), trace.sent)
