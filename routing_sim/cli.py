@@ -1,9 +1,10 @@
-"""The ``routing-sim`` command: demo, scenarios, traces, replay pages, plots, an equivalence
-sweep, benchmarks."""
+"""The ``routing-sim`` command: demo, the tour, scenarios, traces, replay pages, plots, an
+equivalence sweep, benchmarks."""
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import inspect
 import sys
 from collections.abc import Sequence
@@ -20,6 +21,9 @@ __all__ = ["main"]
 
 FORMATS = ("perfetto", "mermaid", "jsonl", "csv")
 PLOTS = ("heatmap", "graph", "timeline")
+# The extra that installs each optional module, named when its import fails.
+EXTRAS = {"matplotlib": "plot", "torch": "hf", "transformers": "hf", "distributed": "distributed",
+          "dask": "distributed"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -40,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     except ImportError as error:          # an optional extra that is not installed
-        print(f"routing-sim: error: {error}; pip install 'routing_sim[plot]'", file=sys.stderr)
+        print(f"routing-sim: error: {_missing_extra(error)}", file=sys.stderr)
         return 1
 
 
@@ -62,14 +66,29 @@ def _parser() -> argparse.ArgumentParser:
                       help="largest random extra delay per message (default 0.3)")
     demo.set_defaults(handler=_demo)
 
-    listing = commands.add_parser("list", help="the scenario library, one line each",
-                                  description="List the scenarios with a one-line summary.")
+    tour = commands.add_parser(
+        "tour", help="start here: the idea in 11 lessons, one command each",
+        description="Print the tour: attention as a routing table in 11 lessons, in the order "
+                    "of the article routing_sim started from. Each lesson gives the idea in two "
+                    "sentences, one command to run, what to look at in its output, and a "
+                    "question the next lesson's command answers.")
+    tour.add_argument("lesson", nargs="?", type=_lesson_number, metavar="N",
+                      help="print only lesson N (1 to 11) and the command of the next one")
+    tour.add_argument("--lang", choices=("en", "zh"), default="en",
+                      help="language: en (default) or zh (中文)")
+    tour.set_defaults(handler=_tour)
+
+    listing = commands.add_parser(
+        "list", help="the scenario library, grouped by the tour's lessons",
+        description="List the scenarios with a one-line summary, grouped under the tour's "
+                    "lessons in their order (`routing-sim tour N` tells lesson N).")
     listing.set_defaults(handler=_list)
 
     run = commands.add_parser("run", help="run one scenario by name",
                               description="Run a scenario from the library and print its "
                                           "story and verdict (see `routing-sim list`).")
-    run.add_argument("name", help="scenario name, e.g. routing_table")
+    run.add_argument("name", nargs="?", help="scenario name, e.g. routing_table; without it, "
+                                             "the list of scenarios")
     run.add_argument("arguments", nargs="*", metavar="ARGUMENT",
                      help="passed to the scenario, e.g. `run learning_to_route curve.png` "
                           "also saves its loss curve")
@@ -187,23 +206,67 @@ def _demo(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def _tour(arguments: argparse.Namespace) -> int:
+    from .tour import text
+
+    print(text(arguments.lesson, arguments.lang))
+    return 0
+
+
+def _lesson_number(text: str) -> int:
+    from .tour import LESSONS
+
+    number = positive(text)
+    if number > len(LESSONS):
+        raise argparse.ArgumentTypeError(f"the tour has lessons 1 to {len(LESSONS)}, got "
+                                         f"{text!r}")
+    return number
+
+
 def _list(arguments: argparse.Namespace) -> int:
+    print(_scenario_list())
+    return 0
+
+
+def _scenario_list() -> str:
+    """The scenarios under the tour's lesson headings, in the tour's order; a lesson without
+    a scenario shows its command instead."""
     from . import scenarios
+    from .tour import LESSONS
 
     available = scenarios.available()
     width = max(map(len, available))
-    for name, summary in available.items():
-        print(f"{name:<{width}}  {summary}")
-    return 0
+    lines = ["The scenarios in the tour's order (`routing-sim tour N` tells lesson N; "
+             "`routing-sim run NAME` runs one):"]
+    placed: set[str] = set()
+    for lesson in LESSONS:
+        lines += ["", f"{lesson.number}. {lesson.en.title}"]
+        mine = [name for name in lesson.scenarios if name in available]
+        lines += [f"   {name:<{width}}  {available[name]}" for name in mine]
+        if not mine:
+            lines.append(f"   {lesson.command}")
+        placed.update(mine)
+    others = [name for name in available if name not in placed]
+    if others:
+        lines += ["", "Beyond the tour"]
+        lines += [f"   {name:<{width}}  {available[name]}" for name in others]
+    return "\n".join(lines)
 
 
 def _run(arguments: argparse.Namespace) -> int:
     from . import scenarios
 
     available = scenarios.available()
+    if arguments.name is None:
+        print(_scenario_list(), file=sys.stderr)
+        print("routing-sim: error: name a scenario to run, e.g. `routing-sim run "
+              "routing_table`", file=sys.stderr)
+        return 2
     if arguments.name not in available:
-        print(f"routing-sim: error: no scenario {arguments.name!r}; choose one of "
-              f"{', '.join(available)}", file=sys.stderr)
+        near = difflib.get_close_matches(arguments.name.replace("-", "_"), available, n=1)
+        hint = f"did you mean {near[0]}? " if near else ""
+        print(f"routing-sim: error: no scenario {arguments.name!r}; {hint}`routing-sim list` "
+              "shows them all", file=sys.stderr)
         return 1
     scenario = scenarios.load(arguments.name)
     try:
@@ -239,9 +302,13 @@ def _simulate(arguments: argparse.Namespace):
 
 
 def _trace(arguments: argparse.Namespace) -> int:
+    from .demo import RANDOM_WORDS
+
     run = _simulate(arguments)
     if arguments.format == "mermaid":
         text = run.trace.to_mermaid(query=arguments.query, fenced=arguments.fenced)
+        # A Mermaid comment: the diagram stays the same, its reader learns what the words are.
+        text = text.replace("sequenceDiagram\n", f"sequenceDiagram\n    %% {RANDOM_WORDS}\n", 1)
         if arguments.output:
             arguments.output.write_text(text, encoding="utf-8")
             print(f"wrote {arguments.output}")
@@ -258,18 +325,22 @@ def _trace(arguments: argparse.Namespace) -> int:
     writer(path)
     note = " (open it in https://ui.perfetto.dev or chrome://tracing)" \
         if arguments.format == "perfetto" else ""
-    print(f"wrote {path}: {len(run.trace.kind)} messages{note}")
+    print(f"wrote {path}: {len(run.trace.kind)} messages{note}; the tokens are {RANDOM_WORDS}")
     return 0
 
 
 def _replay(arguments: argparse.Namespace) -> int:
+    from .demo import RANDOM_WORDS
+    from .replay import write_html
+
     run = _simulate(arguments)
+    note = f"The tokens are {RANDOM_WORDS}."
     if arguments.backward:
         grads = run.backward(np.ones_like(run.output))
-        path = grads.to_html(arguments.output)
+        path = write_html(run, arguments.output, grads.trace, grads.stats, "backward", note)
         what = f"{len(grads.trace)} gradient messages"
     else:
-        path = run.to_html(arguments.output)
+        path = write_html(run, arguments.output, note=note)
         what = f"{len(run.trace)} messages"
     print(f"wrote {path}: {what}, {path.stat().st_size:,} bytes (open it in a browser)")
     return 0
@@ -277,10 +348,13 @@ def _replay(arguments: argparse.Namespace) -> int:
 
 def _plot(arguments: argparse.Namespace) -> int:
     from . import plots
+    from .demo import RANDOM_WORDS
 
     if arguments.output.suffix.lower() not in (".png", ".svg"):
         raise _user_error(f"--output must end in .png or .svg, got {arguments.output}")
+    plots.require_matplotlib()                     # before simulating, not after
     figure = getattr(plots, arguments.kind)(_simulate(arguments))
+    figure.supxlabel(f"the tokens are {RANDOM_WORDS}", fontsize=8, color="0.35")
     figure.savefig(arguments.output, dpi=120)
     print(f"wrote {arguments.output}")
     return 0
@@ -331,6 +405,21 @@ def _bench(arguments: argparse.Namespace) -> int:
     from .benchmarks.suite import main as bench_main
 
     return bench_main(["--quick"] if arguments.quick else [])
+
+
+def _missing_extra(error: ImportError) -> str:
+    """The error of a missing optional module, with the extra that installs it (the message
+    as is if it already says what to install).
+
+    Examples
+    --------
+    >>> _missing_extra(ModuleNotFoundError("No module named 'torch'", name="torch"))
+    "No module named 'torch'; pip install 'routing_sim[hf]'"
+    """
+    extra = EXTRAS.get((error.name or "").partition(".")[0])
+    if "pip install" in str(error) or extra is None:
+        return str(error)
+    return f"{error}; pip install 'routing_sim[{extra}]'"
 
 
 def _user_error(message: str) -> RoutingSimError:
