@@ -4,6 +4,7 @@ route's share (:class:`RouteWeights`). :mod:`routing_sim.run` builds them."""
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -11,7 +12,32 @@ import numpy as np
 
 from .times import format_time
 
-__all__ = ["DroppedRoute", "Route", "RouteWeights", "RoutingTable"]
+__all__ = ["DroppedRoute", "Route", "RouteWeights", "RoutingTable", "display_width", "pad"]
+
+
+def display_width(text: str) -> int:
+    """Terminal columns ``text`` takes: two for wide and full-width characters (Chinese,
+    Japanese, Korean), none for combining marks, one for the rest.
+
+    Examples
+    --------
+    >>> display_width("cat"), display_width("喝茶"), display_width("e\u0301")
+    (3, 4, 1)
+    """
+    return sum(0 if unicodedata.combining(c) else
+               2 if unicodedata.east_asian_width(c) in ("W", "F") else 1 for c in text)
+
+
+def pad(text: str, width: int) -> str:
+    """``text`` padded with spaces on the right to ``width`` terminal columns (an f-string's
+    ``:<width`` counts characters, so wide labels would push their column out of line).
+
+    Examples
+    --------
+    >>> [pad(word, 5) + "|" for word in ("tea", "喝茶")]
+    ['tea  |', '喝茶 |']
+    """
+    return text + " " * (width - display_width(text))
 
 
 class RouteWeights(NamedTuple):
@@ -72,11 +98,11 @@ class RoutingTable:
     def __str__(self) -> str:
         who = f"token {self.label!r} (#{self.token})" if self.label else f"token #{self.token}"
         lines = [f"routing table of {who}{self.where}"]
-        width = max((len(route.name) for route in self.routes), default=0) + 1
+        width = max((display_width(route.name) for route in self.routes), default=0) + 1
         for route in self.routes:
             pulled = (f"pulled {route.bytes_pulled} B at t={format_time(route.arrived)}"
                       if route.bytes_pulled else "not pulled")
-            lines.append(f"  token {route.name + ':':<{width}} {route.share:.2f} "
+            lines.append(f"  token {pad(route.name + ':', width)} {route.share:.2f} "
                          f"({100 * route.share:5.1f}%)  position {route.source:<3} "
                          f"score {route.score:+.3f}   {pulled}")
         if not self.routes:
