@@ -73,15 +73,17 @@ class Run:
             self._weights = self._dense_weights()
         return self._weights
 
-    def require_dense(self, what: str = "run.weights") -> None:
-        """Raise a clear error if the dense ``(..., L, S)`` tables are over the limit."""
+    def require_dense(self, what: str = "run.weights", instead: str | None = None) -> None:
+        """Raise a clear error if the dense ``(..., L, S)`` tables are over the limit; the
+        message ends with ``instead`` (what to do), by default the per-route views."""
         table, shape = self._routes, self.weights_shape
         entries = table.n_groups * table.n_queries * table.n_keys
         if entries > WEIGHTS_LIMIT:
             raise InvalidArgumentError(
                 f"{what} needs the dense routing tables {shape} ({entries:,} entries), over "
-                f"the limit rs.run.WEIGHTS_LIMIT = {WEIGHTS_LIMIT:,}; run.route_weights() "
-                "gives the shares per route, and run.routing_table(i) one token's table")
+                f"the limit rs.run.WEIGHTS_LIMIT = {WEIGHTS_LIMIT:,}; " + (
+                    instead or "run.route_weights() gives the shares per route, and "
+                    "run.routing_table(i) one token's table"))
 
     def _dense_weights(self) -> np.ndarray:
         self.require_dense()
