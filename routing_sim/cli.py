@@ -16,6 +16,7 @@ from . import pattern_cli, sweep_cli
 from .cli_args import check_size, count, non_negative, positive, probability, seed
 from .errors import RoutingSimError
 from .options import ENGINES, NUMERICS, SOFTMAX, VERIFY_PATTERNS
+from .tour import LANGUAGES
 
 __all__ = ["main"]
 
@@ -74,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
                     "question the next lesson's command answers.")
     tour.add_argument("lesson", nargs="?", type=_lesson_number, metavar="N",
                       help="print only lesson N (1 to 11) and the command of the next one")
-    tour.add_argument("--lang", choices=("en", "zh"), default="en",
+    tour.add_argument("--lang", choices=LANGUAGES, default="en",
                       help="language: en (default) or zh (中文)")
     tour.set_defaults(handler=_tour)
 

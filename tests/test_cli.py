@@ -211,13 +211,19 @@ def test_trace_writes_files(tmp_path, capsys, fmt, name):
     path = tmp_path / name
     assert main(["trace", "--format", fmt, "-o", str(path), "--tokens", "a b c",
                  "--loss", "0.2"]) == 0
-    assert path.stat().st_size > 100 and f"wrote {path}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert path.stat().st_size > 100 and f"wrote {path}" in out
+    assert out.rstrip().endswith("the tokens are random vectors named after words: the shares "
+                                 "show the mechanism, not English")
 
 
 def test_trace_mermaid_to_stdout(capsys):
     assert main(["trace", "--format", "mermaid", "--tokens", "a b", "--causal"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("sequenceDiagram") and out.count("QUERY") == 3
+    # The words name random vectors, and the diagram says so in a Mermaid comment.
+    assert out.splitlines()[1] == ("    %% random vectors named after words: the shares show "
+                                   "the mechanism, not English")
 
 
 def test_plot_writes_an_image(tmp_path, capsys):
