@@ -13,6 +13,7 @@ import pytest
 import routing_sim as rs
 from routing_sim.cli import main
 from routing_sim.demo import SENTENCE
+from routing_sim.tour import lesson_of
 
 
 def test_demo_prints_tables_counts_and_verdict(capsys):
@@ -29,7 +30,7 @@ def test_demo_prints_tables_counts_and_verdict(capsys):
         in text.splitlines()[4]
     # The last lines say what to run next: the tour, and lesson 2's command.
     assert text.splitlines()[-2].startswith("next: `routing-sim tour` walks the idea")
-    assert text.splitlines()[-1].strip() == rs.tour.lesson_of(2).command
+    assert text.splitlines()[-1].strip() == lesson_of(2).command
 
 
 def test_demo_shares_match_matrix_attention(capsys):
