@@ -154,6 +154,8 @@ def main(plot_path: str | None = None, seed: int | str = 0, steps: int | str | N
 
     ``routing-sim run heads_specialise heads.png 3`` passes the seed as text.
     """
+    if plot_path:
+        rs.plots.require_matplotlib()          # before 300 steps of training, not after
     result = train(int(seed), None if steps is None else int(steps))
     x, relations = result.batch, result.relations
     before, after = (_routing(layer, x) for layer in (result.untrained, result.model))

@@ -20,6 +20,8 @@ def main() -> None:
     words = ["routing", "is", "all", "you", "need"]
     query, key, value = rng.normal(size=(3, len(words), 4))
     full = rs.attention(query, key, value, is_causal=True)
+    print("the words name random vectors: the shares show the mechanism, not English")
+    print()
     decoder = rs.Decoder(network=rs.Network(latency=1.0))
     for t, word in enumerate(words):
         step = decoder.step(query[t], key[t], value[t], label=word)

@@ -58,6 +58,13 @@ def train(routing: str, seed: int = 0) -> tuple[list[float], rs.Run, tuple]:
 
 
 def main(plot_path: str | None = None) -> None:
+    if plot_path:
+        rs.plots.require_matplotlib()          # before training, not after
+    print(f"the task: each of {TOKENS} tokens must pull the value of the token just before "
+          "it (token 0 has none);")
+    print(f"queries and keys are learned from (content, position), {STEPS} Adam steps of "
+          f"{BATCH} random sequences")
+    print()
     soft_losses, soft_run, soft_inputs = train("softmax")
     hard_losses, hard_run, _ = train("topk")
     print(f"{'step':>5} | {'soft routing loss':>17} | {'hard top-1 loss':>15}")

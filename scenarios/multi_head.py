@@ -40,9 +40,11 @@ def main() -> None:
     for head, name in enumerate(names):
         print(f"head {head} ({name}):")
         table = run.routing_table(3, head=head)
-        best = table.routes[0]
-        print(f"  token 'the' (#3) sends {best.share:.0%} of its budget to token "
-              f"{best.name}")
+        # "the" occurs twice (#0 and #3): each route names its position, not just its word.
+        shares = [f"{route.share:.0%} to {route.name} (#{route.source}"
+                  f"{', itself' if route.source == 3 else ''})"
+                  for route in table.routes if route.share >= 0.01]
+        print("  token 'the' (#3) sends " + ", ".join(shares))
     print()
     print("every token, every head (where the biggest share goes):")
     for i, token in enumerate(SENTENCE):

@@ -46,6 +46,8 @@ def _paint(lane: list[str], start: float, end: float, tick: float, mark: str) ->
 
 
 def main(plot_folder: str | None = None) -> None:
+    if plot_folder is not None:
+        rs.plots.require_matplotlib()          # before the sweeps, not after
     rng = np.random.default_rng(11)
     block = CRITICAL
     query, key, value = rng.normal(size=(3, HEADS, DEVICES * block, DIM))

@@ -18,6 +18,7 @@ def main() -> None:
     w_q, w_k, w_v = rng.normal(size=(3, 6, 4)) / np.sqrt(6)
     inside = rs.simulate(x @ w_q, x @ w_k, x @ w_v, graph=rs.graphs.complete(4, labels=words))
     print("self-attention: one cluster of 4 nodes, every node asks and answers")
+    print("(random vectors named after words: the shares show the mechanism, not English)")
     print(inside.routing_table(3))
     print(f"  {inside.stats.total_messages} messages between {len(words)} nodes")
     print()
@@ -30,6 +31,7 @@ def main() -> None:
     graph = rs.graphs.complete(3, 5, labels=orders, key_labels=shelves)
     call = rs.simulate(need, labels, stock, graph=graph, trace="full")
     print("cross-attention: the orders service calls the inventory service")
+    print("(random vectors again: the names tell who calls whom, the shares carry no meaning)")
     print(call.routing_table(1))
     crossing = {(int(s), int(d)) for s, d, k in zip(call.trace.src, call.trace.dst,
                                                      call.trace.kind) if k == rs.Kind.QUERY}

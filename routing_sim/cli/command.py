@@ -1,10 +1,9 @@
-"""The ``routing-sim`` command: demo, scenarios, traces, replay pages, plots, an equivalence
-sweep, benchmarks."""
+"""The ``routing-sim`` command: demo, the tour, scenarios, traces, replay pages, plots, an
+equivalence sweep, benchmarks."""
 
 from __future__ import annotations
 
 import argparse
-import inspect
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +13,7 @@ import numpy as np
 
 from ..errors import RoutingSimError
 from ..options import ENGINES, NUMERICS, SOFTMAX, VERIFY_PATTERNS
+from . import learn
 from . import pattern_options as pattern_cli
 from . import sweep as sweep_cli
 from .arguments import check_size, count, non_negative, positive, probability, seed
@@ -22,6 +22,9 @@ __all__ = ["main"]
 
 FORMATS = ("perfetto", "mermaid", "jsonl", "csv")
 PLOTS = ("heatmap", "graph", "timeline")
+# The extra that installs each optional module, named when its import fails.
+EXTRAS = {"matplotlib": "plot", "torch": "hf", "transformers": "hf", "distributed": "distributed",
+          "dask": "distributed"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -42,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     except ImportError as error:          # an optional extra that is not installed
-        print(f"routing-sim: error: {error}; pip install 'routing_sim[plot]'", file=sys.stderr)
+        print(f"routing-sim: error: {_missing_extra(error)}", file=sys.stderr)
         return 1
 
 
@@ -53,29 +56,7 @@ def _parser() -> argparse.ArgumentParser:
                     "messages on SimPy and checked against matrix-form attention.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    demo = commands.add_parser(
-        "demo", help="a six-token sentence routing its attention, with the verdict",
-        description="Run a short sentence through the routing protocol: print every token's "
-                    "routing table, the messages on the network, the outputs, and the verdict "
-                    "against matrix attention.")
-    demo.add_argument("--seed", type=seed, default=0, help="seed of embeddings, projections "
-                      "and jitter (default 0)")
-    demo.add_argument("--jitter", type=non_negative, default=0.3,
-                      help="largest random extra delay per message (default 0.3)")
-    demo.set_defaults(handler=_demo)
-
-    listing = commands.add_parser("list", help="the scenario library, one line each",
-                                  description="List the scenarios with a one-line summary.")
-    listing.set_defaults(handler=_list)
-
-    run = commands.add_parser("run", help="run one scenario by name",
-                              description="Run a scenario from the library and print its "
-                                          "story and verdict (see `routing-sim list`).")
-    run.add_argument("name", help="scenario name, e.g. routing_table")
-    run.add_argument("arguments", nargs="*", metavar="ARGUMENT",
-                     help="passed to the scenario, e.g. `run learning_to_route curve.png` "
-                          "also saves its loss curve")
-    run.set_defaults(handler=_run)
+    learn.add_parsers(commands)
 
     simulation = argparse.ArgumentParser(add_help=False)
     group = simulation.add_argument_group("the simulation")
@@ -185,41 +166,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _demo(arguments: argparse.Namespace) -> int:
-    from .demo import demo
-
-    print(demo(seed=arguments.seed, jitter=arguments.jitter))
-    return 0
-
-
-def _list(arguments: argparse.Namespace) -> int:
-    from .. import scenarios
-
-    available = scenarios.available()
-    width = max(map(len, available))
-    for name, summary in available.items():
-        print(f"{name:<{width}}  {summary}")
-    return 0
-
-
-def _run(arguments: argparse.Namespace) -> int:
-    from .. import scenarios
-
-    available = scenarios.available()
-    if arguments.name not in available:
-        print(f"routing-sim: error: no scenario {arguments.name!r}; choose one of "
-              f"{', '.join(available)}", file=sys.stderr)
-        return 1
-    scenario = scenarios.load(arguments.name)
-    try:
-        inspect.signature(scenario.main).bind(*arguments.arguments)
-    except TypeError:
-        raise _user_error(f"scenario {arguments.name} takes no argument "
-                          f"{' '.join(arguments.arguments)!r}") from None
-    scenario.main(*arguments.arguments)
-    return 0
-
-
 def _simulate(arguments: argparse.Namespace):
     from ..network.conditions import Network
     from ..routes.graphs import causal, complete
@@ -244,9 +190,13 @@ def _simulate(arguments: argparse.Namespace):
 
 
 def _trace(arguments: argparse.Namespace) -> int:
+    from .demo import RANDOM_WORDS
+
     run = _simulate(arguments)
     if arguments.format == "mermaid":
         text = run.trace.to_mermaid(query=arguments.query, fenced=arguments.fenced)
+        # A Mermaid comment: the diagram stays the same, its reader learns what the words are.
+        text = text.replace("sequenceDiagram\n", f"sequenceDiagram\n    %% {RANDOM_WORDS}\n", 1)
         if arguments.output:
             arguments.output.write_text(text, encoding="utf-8")
             print(f"wrote {arguments.output}")
@@ -263,18 +213,22 @@ def _trace(arguments: argparse.Namespace) -> int:
     writer(path)
     note = " (open it in https://ui.perfetto.dev or chrome://tracing)" \
         if arguments.format == "perfetto" else ""
-    print(f"wrote {path}: {len(run.trace.kind)} messages{note}")
+    print(f"wrote {path}: {len(run.trace.kind)} messages{note}; the tokens are {RANDOM_WORDS}")
     return 0
 
 
 def _replay(arguments: argparse.Namespace) -> int:
+    from .demo import RANDOM_WORDS
+    from ..views.replay import write_html
+
     run = _simulate(arguments)
+    note = f"The tokens are {RANDOM_WORDS}."
     if arguments.backward:
         grads = run.backward(np.ones_like(run.output))
-        path = grads.to_html(arguments.output)
+        path = write_html(run, arguments.output, grads.trace, grads.stats, "backward", note)
         what = f"{len(grads.trace)} gradient messages"
     else:
-        path = run.to_html(arguments.output)
+        path = write_html(run, arguments.output, note=note)
         what = f"{len(run.trace)} messages"
     print(f"wrote {path}: {what}, {path.stat().st_size:,} bytes (open it in a browser)")
     return 0
@@ -282,10 +236,13 @@ def _replay(arguments: argparse.Namespace) -> int:
 
 def _plot(arguments: argparse.Namespace) -> int:
     from ..views import plots
+    from .demo import RANDOM_WORDS
 
     if arguments.output.suffix.lower() not in (".png", ".svg"):
         raise _user_error(f"--output must end in .png or .svg, got {arguments.output}")
+    plots.require_matplotlib()                     # before simulating, not after
     figure = getattr(plots, arguments.kind)(_simulate(arguments))
+    figure.supxlabel(f"the tokens are {RANDOM_WORDS}", fontsize=8, color="0.35")
     figure.savefig(arguments.output, dpi=120)
     print(f"wrote {arguments.output}")
     return 0
@@ -339,6 +296,21 @@ def _bench(arguments: argparse.Namespace) -> int:
         raise _user_error(message)
 
     return run(arguments, refuse)
+
+
+def _missing_extra(error: ImportError) -> str:
+    """The error of a missing optional module, with the extra that installs it (the message
+    as is if it already says what to install).
+
+    Examples
+    --------
+    >>> _missing_extra(ModuleNotFoundError("No module named 'torch'", name="torch"))
+    "No module named 'torch'; pip install 'routing_sim[hf]'"
+    """
+    extra = EXTRAS.get((error.name or "").partition(".")[0])
+    if "pip install" in str(error) or extra is None:
+        return str(error)
+    return f"{error}; pip install 'routing_sim[{extra}]'"
 
 
 def _user_error(message: str) -> RoutingSimError:

@@ -117,8 +117,9 @@ class Recorder:
 
 
 def token_texts(tokenizer: Any, ids: list[int]) -> list[str]:
-    """Each id's text from ``tokenizer.convert_ids_to_tokens``; ``#id`` for an id it does not
-    know (a model's vocabulary is often larger than its tokenizer's).
+    """Each id's text from ``tokenizer.convert_ids_to_tokens``; ``id<number>`` for an id it
+    does not know (a model's vocabulary is often larger than its tokenizer's; ``#`` would read
+    as a position, as it does in routing tables).
 
     Examples
     --------
@@ -126,9 +127,9 @@ def token_texts(tokenizer: Any, ids: list[int]) -> list[str]:
     ...     def convert_ids_to_tokens(self, ids):
     ...         return [{3: "cat"}.get(i) for i in ids]
     >>> token_texts(Words(), [3, 90])
-    ['cat', '#90']
+    ['cat', 'id90']
     """
-    return [f"#{i}" if text is None else str(text)
+    return [f"id{i}" if text is None else str(text)
             for i, text in zip(ids, tokenizer.convert_ids_to_tokens(ids))]
 
 

@@ -9,6 +9,7 @@ routing table is printed for every layer and head, then the messages and bytes p
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ class WordTokenizer:
     --------
     >>> words = WordTokenizer("the cat saw the dog", vocab=96)
     >>> words.ids, words.convert_ids_to_tokens([5, 3, 40])
-    ([3, 4, 5, 3, 6], ['saw', 'the', '#40'])
+    ([3, 4, 5, 3, 6], ['saw', 'the', 'id40'])
     """
 
     def __init__(self, text: str, vocab: int):
@@ -50,7 +51,7 @@ class WordTokenizer:
             self.ids.append(index[word])
 
     def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
-        return [self.words.get(i, f"#{i}") for i in ids]
+        return [self.words.get(i, f"id{i}") for i in ids]
 
 
 def load(family: str = "llama", layers: int = 2, model: str | Path | None = None,
@@ -81,6 +82,7 @@ def tell(ours: Any, sdpa: Any, text: str, tokenizer: Any = None, new_tokens: int
     """Run ``text`` through both models and return the story as text."""
     if not text.split():
         raise InvalidArgumentError("--tokens needs at least one word")
+    tokenizer_given = tokenizer is not None
     if tokenizer is None:
         tokenizer = WordTokenizer(text, ours.config.vocab_size)
         ids = torch.tensor([tokenizer.ids])
@@ -103,11 +105,21 @@ def tell(ours: Any, sdpa: Any, text: str, tokenizer: Any = None, new_tokens: int
     lines.append(f"greedy generation, {new_tokens} tokens with a KV cache: {' '.join(words)}"
                  f" ({same} SDPA's)")
     last = max(r.step for r in rec.runs)
-    for entry in [r for r in rec.runs if r.step == last]:
-        heads = entry.run.weights.shape[1]
+    steps = [r for r in rec.runs if r.step == last]
+    _, heads, n_queries, n_keys = steps[0].run.weights.shape
+    position = n_keys - n_queries                  # the step's first query, in the sequence
+    asking = steps[0].run.labels[0][0]
+    lines += ["", f"the last step's routing tables, for token {asking!r} at position "
+                  f"{position}:"]
+    if not tokenizer_given:                        # WordTokenizer: words on arbitrary ids
+        lines.append("(the words are labels on arbitrary token ids: the shares show the "
+                     "mechanism, not English)")
+    for entry in steps:
         for head in range(heads):
+            table = entry.run.routing_table(0, head=head, batch=0)
+            # The run numbers its query rows from 0; the table names the token's position.
             lines += ["", f"layer {entry.layer}, head {head}:",
-                      str(entry.run.routing_table(0, head=head, batch=0))]
+                      str(replace(table, token=position))]
     lines += ["", _cost(rec.runs)]
     verdicts = [entry.verdict() for entry in rec.runs]
     equal = sum(v.within_tolerance for v in verdicts)

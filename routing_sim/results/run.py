@@ -8,6 +8,7 @@ After :class:`Run`: what it hands back about its routes, a token's routing table
 from __future__ import annotations
 
 import os
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,7 +27,33 @@ from ..trace.log import Trace
 from ..trace.stats import Gradients, Stats
 from ..views.time_format import format_time
 
-__all__ = ["DroppedRoute", "Route", "RouteWeights", "RoutingTable", "Run", "WEIGHTS_LIMIT"]
+__all__ = ["DroppedRoute", "Route", "RouteWeights", "RoutingTable", "Run", "WEIGHTS_LIMIT",
+           "display_width", "pad"]
+
+
+def display_width(text: str) -> int:
+    """Terminal columns ``text`` takes: two for wide and full-width characters (Chinese,
+    Japanese, Korean), none for combining marks, one for the rest.
+
+    Examples
+    --------
+    >>> display_width("cat"), display_width("喝茶"), display_width("e\u0301")
+    (3, 4, 1)
+    """
+    return sum(0 if unicodedata.combining(c) else
+               2 if unicodedata.east_asian_width(c) in ("W", "F") else 1 for c in text)
+
+
+def pad(text: str, width: int) -> str:
+    """``text`` padded with spaces on the right to ``width`` terminal columns (an f-string's
+    ``:<width`` counts characters, so wide labels would push their column out of line).
+
+    Examples
+    --------
+    >>> [pad(word, 5) + "|" for word in ("tea", "喝茶")]
+    ['tea  |', '喝茶 |']
+    """
+    return text + " " * (width - display_width(text))
 
 
 WEIGHTS_LIMIT = DENSE_LIMIT    # largest G·L·S a Run builds as the dense ``weights`` (256 MB)
@@ -79,15 +106,17 @@ class Run:
             self._weights = self._dense_weights()
         return self._weights
 
-    def require_dense(self, what: str = "run.weights") -> None:
-        """Raise a clear error if the dense ``(..., L, S)`` tables are over the limit."""
+    def require_dense(self, what: str = "run.weights", instead: str | None = None) -> None:
+        """Raise a clear error if the dense ``(..., L, S)`` tables are over the limit; the
+        message ends with ``instead`` (what to do), by default the per-route views."""
         table, shape = self._routes, self.weights_shape
         entries = table.n_groups * table.n_queries * table.n_keys
         if entries > WEIGHTS_LIMIT:
             raise InvalidArgumentError(
                 f"{what} needs the dense routing tables {shape} ({entries:,} entries), over "
-                f"the limit rs.run.WEIGHTS_LIMIT = {WEIGHTS_LIMIT:,}; run.route_weights() "
-                "gives the shares per route, and run.routing_table(i) one token's table")
+                f"the limit rs.run.WEIGHTS_LIMIT = {WEIGHTS_LIMIT:,}; " + (
+                    instead or "run.route_weights() gives the shares per route, and "
+                    "run.routing_table(i) one token's table"))
 
     def _dense_weights(self) -> np.ndarray:
         self.require_dense()
@@ -376,11 +405,11 @@ class RoutingTable:
     def __str__(self) -> str:
         who = f"token {self.label!r} (#{self.token})" if self.label else f"token #{self.token}"
         lines = [f"routing table of {who}{self.where}"]
-        width = max((len(route.name) for route in self.routes), default=0) + 1
+        width = max((display_width(route.name) for route in self.routes), default=0) + 1
         for route in self.routes:
             pulled = (f"pulled {route.bytes_pulled} B at t={format_time(route.arrived)}"
                       if route.bytes_pulled else "not pulled")
-            lines.append(f"  token {route.name + ':':<{width}} {route.share:.2f} "
+            lines.append(f"  token {pad(route.name + ':', width)} {route.share:.2f} "
                          f"({100 * route.share:5.1f}%)  position {route.source:<3} "
                          f"score {route.score:+.3f}   {pulled}")
         if not self.routes:

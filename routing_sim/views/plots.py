@@ -7,6 +7,7 @@ Needs the ``plot`` extra (matplotlib). Every function returns a
 
 from __future__ import annotations
 
+import importlib.util
 from typing import TYPE_CHECKING
 
 import networkx as nx
@@ -20,17 +21,27 @@ if TYPE_CHECKING:
 
     from ..results.run import Run
 
-__all__ = ["graph", "heatmap", "timeline"]
+__all__ = ["graph", "heatmap", "require_matplotlib", "timeline"]
 
 MASKED = "#dddddd"        # the heatmap's colour for cells with no route
 
 
+def require_matplotlib() -> None:
+    """Raise a clear error now if matplotlib is missing: call it before a long computation
+    whose result is to be drawn, so the missing extra is not found after the work.
+
+    Examples
+    --------
+    >>> require_matplotlib()          # the plot extra is installed here
+    """
+    if importlib.util.find_spec("matplotlib") is None:
+        raise InvalidArgumentError("plots need matplotlib: pip install 'routing_sim[plot]'")
+
+
 def new_figure(width: float, height: float) -> Figure:
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise InvalidArgumentError("plots need matplotlib: pip install 'routing_sim[plot]'"
-                                   ) from None
+    require_matplotlib()
+    from matplotlib.figure import Figure
+
     return Figure(figsize=(width, height), layout="constrained")
 
 

@@ -13,6 +13,7 @@ import pytest
 import routing_sim as rs
 from routing_sim.cli import main
 from routing_sim.cli.demo import SENTENCE
+from routing_sim.cli.tour import lesson_of
 
 
 def test_demo_prints_tables_counts_and_verdict(capsys):
@@ -23,7 +24,13 @@ def test_demo_prints_tables_counts_and_verdict(capsys):
     for kind in ("QUERY", "SCORE", "PULL", "VALUE"):
         assert f"{kind:<6} {n_routes:>10,}" in text
     assert "max abs difference from matrix attention" in text
-    assert text.rstrip().endswith("bit-identical across both delivery schedules: yes")
+    assert "verdict: EQUAL to matrix attention (within the float tolerance); bit-identical " \
+           "across both delivery schedules: yes\n" in text
+    assert "random vectors named after words: the shares show the mechanism, not English" \
+        in text.splitlines()[4]
+    # The last lines say what to run next: the tour, and lesson 2's command.
+    assert text.splitlines()[-2].startswith("next: `routing-sim tour` walks the idea")
+    assert text.splitlines()[-1].strip() == lesson_of(2).command
 
 
 def test_demo_shares_match_matrix_attention(capsys):
@@ -84,11 +91,119 @@ def test_list_names_every_scenario(capsys):
         assert name in out and summary in out
 
 
+def test_list_groups_the_scenarios_under_the_tour_lessons_in_order(capsys):
+    from routing_sim import scenarios
+    from routing_sim.cli.tour import LESSONS
+
+    assert main(["list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    headings = [line for line in lines if line[:1].isdigit()]
+    assert headings == [f"{lesson.number}. {lesson.en.title}" for lesson in LESSONS]
+    under, lesson = {}, None                         # scenario -> the heading above it
+    for line in lines:
+        if line[:1].isdigit():
+            lesson = int(line.split(".")[0])
+        elif line.startswith("   ") and line.split()[0] in scenarios.available():
+            under[line.split()[0]] = lesson
+    assert set(under) == set(scenarios.available())
+    assert under["routing_table"] == 3 and under["soft_vs_hard"] == 5
+    assert under["self_vs_cross"] == 6 and under["learning_to_route"] == 8
+    assert under["heads_specialise"] == under["multi_head"] == 7
+    assert under["ring_attention"] == 11 and under["network_chaos"] == 10
+    # Lesson 1 has no scenario: the list shows its command (the demo).
+    assert lines[lines.index("1. A token is a node") + 1] == "   routing-sim demo"
+
+
+def test_tour_prints_every_lesson_or_one(capsys):
+    from routing_sim.cli.tour import LESSONS
+
+    assert main(["tour"]) == 0
+    text = capsys.readouterr().out
+    assert [line for line in text.splitlines() if line.startswith("Lesson ")] == \
+        [f"Lesson {n} of 11: {lesson.en.title}" for n, lesson in enumerate(LESSONS, 1)]
+    assert main(["tour", "9"]) == 0
+    one = capsys.readouterr().out
+    assert one.startswith("Lesson 9 of 11: Layer after layer\n")
+    assert "  run:      routing-sim run induction_heads\n" in one
+    assert one.rstrip().endswith("next:     routing-sim tour 10")
+    assert main(["tour", "11", "--lang", "zh"]) == 0
+    assert capsys.readouterr().out.startswith("第 11 课（共 11 课）：跨机器\n")
+
+
+@pytest.mark.parametrize("lesson", ["0", "12", "two"])
+def test_tour_refuses_a_lesson_it_does_not_have(lesson, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["tour", lesson])
+    assert exit_.value.code == 2
+    assert "argument N: " in capsys.readouterr().err
+
+
+def test_run_without_a_name_lists_the_scenarios_and_fails(capsys):
+    assert main(["run"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "1. A token is a node" in captured.err and "routing_table" in captured.err
+    assert captured.err.splitlines()[-1] == ("routing-sim: error: name a scenario to run, e.g. "
+                                             "`routing-sim run routing_table`")
+
+
+def test_run_without_a_name_as_a_command_has_no_traceback():
+    result = subprocess.run([sys.executable, "-m", "routing_sim.cli", "run"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "name a scenario to run" in result.stderr
+
+
+@pytest.mark.parametrize("typed, meant", [("routing-table", "routing_table"),
+                                          ("soft_vs_hrd", "soft_vs_hard"),
+                                          ("multihead", "multi_head")])
+def test_a_near_miss_gets_did_you_mean(typed, meant, capsys):
+    assert main(["run", typed]) == 1
+    assert f"no scenario {typed!r}; did you mean {meant}? " in one_line_error(capsys)
+
+
+def test_a_missing_extra_names_the_extra_that_installs_it():
+    """Without torch, `run real_model` names the hf extra only; without matplotlib, `plot`
+    names the plot extra, before simulating."""
+    hide = ("import sys; sys.modules.update({m: None for m in %r}); "
+            "from routing_sim.cli import main; sys.exit(main(%r))")
+    for modules, argv, extra in [(("torch", "transformers"), ["run", "real_model"], "hf"),
+                                 (("matplotlib",), ["plot", "-o", "x.png"], "plot")]:
+        result = subprocess.run([sys.executable, "-c", hide % (modules, argv)],
+                                capture_output=True, text=True)
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+        assert f"pip install 'routing_sim[{extra}]'" in result.stderr
+        assert result.stderr.count("pip install 'routing_sim[") == 1
+
+
+def test_plot_checks_for_matplotlib_before_simulating(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setattr("routing_sim.cli.command._simulate", lambda arguments: pytest.fail("simulated"))
+    assert main(["plot", "-o", "x.png"]) == 1
+    assert "plots need matplotlib: pip install 'routing_sim[plot]'" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("name, argv", [("heads_specialise", ("heads.png",)),
+                                        ("learning_to_route", ("curve.png",)),
+                                        ("ring_attention", ("figures",))])
+def test_scenarios_check_for_matplotlib_before_training(name, argv, monkeypatch, capsys):
+    from routing_sim import scenarios
+
+    scenario = scenarios.load(name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    # Each of them starts its work by drawing random data: it must not get that far.
+    monkeypatch.setattr(np.random, "default_rng", lambda *a, **k: pytest.fail("computed"))
+    with pytest.raises(rs.InvalidArgumentError, match=r"pip install 'routing_sim\[plot\]'"):
+        scenario.main(*argv)
+    assert capsys.readouterr().out == ""
+
+
 def test_run_prints_the_scenario(capsys):
     assert main(["run", "routing_table"]) == 0
     assert capsys.readouterr().out.rstrip().endswith("(within the float tolerance)")
     assert main(["run", "nope"]) == 1
-    assert "no scenario 'nope'" in capsys.readouterr().err
+    assert "no scenario 'nope'; `routing-sim list` shows them all" in one_line_error(capsys)
 
 
 @pytest.mark.parametrize("fmt, name", [("perfetto", "t.json"), ("jsonl", "t.jsonl"),
@@ -97,13 +212,19 @@ def test_trace_writes_files(tmp_path, capsys, fmt, name):
     path = tmp_path / name
     assert main(["trace", "--format", fmt, "-o", str(path), "--tokens", "a b c",
                  "--loss", "0.2"]) == 0
-    assert path.stat().st_size > 100 and f"wrote {path}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert path.stat().st_size > 100 and f"wrote {path}" in out
+    assert out.rstrip().endswith("the tokens are random vectors named after words: the shares "
+                                 "show the mechanism, not English")
 
 
 def test_trace_mermaid_to_stdout(capsys):
     assert main(["trace", "--format", "mermaid", "--tokens", "a b", "--causal"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("sequenceDiagram") and out.count("QUERY") == 3
+    # The words name random vectors, and the diagram says so in a Mermaid comment.
+    assert out.splitlines()[1] == ("    %% random vectors named after words: the shares show "
+                                   "the mechanism, not English")
 
 
 def test_plot_writes_an_image(tmp_path, capsys):
@@ -164,7 +285,7 @@ def test_verify_refuses_an_unknown_pattern(capsys):
     assert "invalid choice: 'window'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["list", "run", "trace", "plot", "verify", "bench"])
+@pytest.mark.parametrize("command", ["tour", "list", "run", "trace", "plot", "verify", "bench"])
 def test_every_subcommand_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([command, "--help"])

@@ -7,6 +7,7 @@ model is the same architecture with the same seed, so it has the same weights.
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -343,7 +344,7 @@ def test_cli_hf_with_a_local_checkpoint(tmp_path, capsys):
 
 def test_cli_hf_with_a_checkpoint_and_its_tokenizer(tmp_path, capsys):
     """A checkpoint directory with a tokenizer: tables name the words; ids the tokenizer
-    does not know (this model has 96, the tokenizer 8) print as #id."""
+    does not know (this model has 96, the tokenizer 8) print as idN (# is a position)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -361,10 +362,13 @@ def test_cli_hf_with_a_checkpoint_and_its_tokenizer(tmp_path, capsys):
     printed = capsys.readouterr().out
     generated = next(line for line in printed.splitlines() if line.startswith("greedy"))
     new = generated.split("KV cache: routing is all you need ")[1].split(" (")[0].split()
-    assert len(new) == 2 and all(w in words or w.startswith("#") for w in new)
+    assert len(new) == 2 and all(w in words or re.fullmatch(r"id\d+", w) for w in new)
     assert generated.endswith("(identical to SDPA's)")
     # the last step's query is the 6th token; it routes to all 6, the first five by name
     assert printed.count("6 routes, 24 messages") == 4
+    assert printed.count(f"routing table of token {new[0]!r} (#5), batch 0, head ") == 4
+    assert f"the last step's routing tables, for token {new[0]!r} at position 5:" in printed
+    assert "arbitrary token ids" not in printed          # the checkpoint's own tokenizer
     for word in words[3:]:
         assert printed.count(f"  token {word}: ") >= 4
 

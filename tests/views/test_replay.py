@@ -182,3 +182,34 @@ def test_context_parallel_page_has_devices_transfers_and_byte_shares(tmp_path):
                           for src in np.flatnonzero(received[device])}
     with pytest.raises(rs.InvalidArgumentError, match="summary trace"):
         context_parallel_run("summary").to_html(tmp_path / "summary.html")
+
+
+def test_cli_pages_say_their_words_name_random_vectors(tmp_path, jitter_run, capsys):
+    for extra in ([], ["--backward"]):
+        path = tmp_path / f"page{len(extra)}.html"
+        assert main(["replay", "--tokens", "the cat sat", *extra, "-o", str(path)]) == 0
+        assert page_of(path)[1]["note"] == ("The tokens are random vectors named after words: "
+                                            "the shares show the mechanism, not English.")
+    assert page_of(jitter_run.to_html(tmp_path / "own.html"))[1]["note"] is None
+
+
+def test_a_page_refused_for_size_says_how_to_get_one(tmp_path, monkeypatch):
+    q, k, v = np.random.default_rng(5).normal(size=(3, 2, 6, 4))
+    run = rs.simulate(q, k, v, is_causal=True)
+    monkeypatch.setattr(rs.run, "WEIGHTS_LIMIT", 71)                 # 2 x 6 x 6 = 72 entries
+    with pytest.raises(rs.InvalidArgumentError) as refused:
+        run.to_html(tmp_path / "run.html")
+    message = str(refused.value)
+    assert message.startswith("the replay page (forward pass) needs the dense routing tables "
+                              "(2, 6, 6) (72 entries)")
+    for way in ("one head (q[h], k[h], v[h])", "a smaller slice (q[..., :n, :]",
+                "a range of queries against every key (q[..., a:b, :]", "attn_mask=mask[a:b]"):
+        assert way in message
+    assert "route_weights" not in message
+    # What it suggests does make a page: one head, and a range of queries with its mask rows.
+    monkeypatch.setattr(rs.run, "WEIGHTS_LIMIT", 36)
+    rs.simulate(q[0], k[0], v[0], is_causal=True).to_html(tmp_path / "head.html")
+    mask = np.tril(np.ones((6, 6), dtype=bool))
+    part = rs.simulate(q[:, 2:4], k, v, attn_mask=mask[2:4])
+    np.testing.assert_array_equal(part.output, run.output[:, 2:4])
+    part.to_html(tmp_path / "queries.html")

@@ -363,3 +363,34 @@ def test_context_parallel_page_counts_transfers_in_flight(tmp_path, opened):
         {src: size / sum(received.values()) for src, size in received.items()}
     assert page.page.locator('[data-role="what-if-panel"]').is_hidden()
     non_blank(page.page.screenshot())
+
+
+@pytest.mark.parametrize("argv", [["--causal"], ["--heads", "2", "--tokens", "我 喜欢 喝 茶"]])
+def test_messages_in_flight_at_t0_are_drawn_where_they_can_be_seen(tmp_path, opened, argv,
+                                                                   capsys):
+    """At t = 0 every QUERY has just left its sender. Each is drawn as a dot outside every
+    token's circle (not hidden under its sender), and a stack of dots on one spot says how
+    many it holds, so the dots account for the "N messages in flight" of the counter."""
+    path = tmp_path / "run.html"
+    assert main(["replay", *argv, "-o", str(path)]) == 0
+    page = opened(path)
+    [(_, counter)] = page.scrub(["0"])
+    tokens = page.page.evaluate("""() =>
+        Array.from(document.querySelectorAll('[data-token] circle')).map(c =>
+            [Number(c.getAttribute('cx')), Number(c.getAttribute('cy')),
+             Number(c.getAttribute('r'))])""")
+    dots = page.page.evaluate("""() => Array.from(document.querySelectorAll("svg circle[r='5']"))
+        .filter(c => c.style.display !== 'none')
+        .map(c => [Number(c.getAttribute('cx')), Number(c.getAttribute('cy'))])""")
+    stacks = page.page.evaluate("""() => Array.from(document.querySelectorAll('svg text.stack'))
+        .filter(t => t.style.display !== 'none').map(t => t.textContent)""")
+    n = len(tokens)
+    assert counter == f"{n * (n + 1) // 2 if '--causal' in argv else n * n} messages in flight"
+    assert len(dots) == int(counter.split()[0])
+    for x, y in dots:
+        assert min(np.hypot(x - cx, y - cy) - r for cx, cy, r in tokens) > 0
+    assert stacks and all(text.startswith("×") for text in stacks)
+    assert sum(int(text[1:]) for text in stacks) <= len(dots)
+    png = page.page.locator('[data-role="stage"]').screenshot()
+    non_blank(png)
+    (tmp_path / "t0.png").write_bytes(png)

@@ -47,13 +47,20 @@ def page_html(data: dict, title: str) -> str:
     return template
 
 
+# How to get a page of a run too big for one: the page holds every dense routing table.
+SMALLER = ("for a page, simulate a part of the run: one head (q[h], k[h], v[h]), a smaller "
+           "slice (q[..., :n, :] with k and v cut alike), or a range of queries against every "
+           "key (q[..., a:b, :] with the whole k and v; a mask or is_causal becomes "
+           "attn_mask=mask[a:b])")
+
+
 def write_html(run: Run, path: str | os.PathLike[str], trace: Trace | None = None,
-               stats: Stats | None = None,
-               phase: str = "forward") -> Path:
+               stats: Stats | None = None, phase: str = "forward",
+               note: str | None = None) -> Path:
     """Write the replay page of ``run`` (messages from ``trace``, default its own) to
-    ``path``; returns the path."""
-    run.require_dense(f"the replay page ({phase} pass)")
-    return _write(path, lambda: page_html(page_data(run, trace, stats, phase),
+    ``path``, with ``note`` among the page's notices; returns the path."""
+    run.require_dense(f"the replay page ({phase} pass)", instead=SMALLER)
+    return _write(path, lambda: page_html(page_data(run, trace, stats, phase, note),
                                           title_of(run, phase)))
 
 

@@ -27,9 +27,10 @@ ANIMATED_LIMIT = 6000    # messages the page animates; beyond, a seeded sample o
 
 
 def page_data(run: Run, trace: Trace | None = None, stats: Stats | None = None,
-              phase: str = "forward") -> dict:
+              phase: str = "forward", note: str | None = None) -> dict:
     """The page's data for ``run``: its tables, and the messages of ``trace`` (default
-    ``run.trace``; the backward pass passes its own trace and ``stats``)."""
+    ``run.trace``; the backward pass passes its own trace and ``stats``); ``note`` is shown
+    first among the page's notices (e.g. that the token labels name random vectors)."""
     trace = run.trace if trace is None else trace
     stats = run.stats if stats is None else stats
     weights = np.asarray(run.weights)
@@ -59,6 +60,7 @@ def page_data(run: Run, trace: Trace | None = None, stats: Stats | None = None,
         "messages": None,
         "sample": None,
         "end": float(stats.makespan),
+        "note": note,
     }
     if trace.full:
         _add_messages(data, trace)

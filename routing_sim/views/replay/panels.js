@@ -156,7 +156,7 @@ for (const kind of kindsShown) {
 legend.appendChild(Object.assign(document.createElement("span"), {
   textContent: `black ring: retry · dashed ring: network duplicate · red ×: lost (network or crashed node) · green node: done${cluster ? " · amber: computing" : ""} · blue curves: the selected node's routes (width = share)`,
 }));
-const notes = [];
+const notes = D.note ? [D.note] : [];
 if (D.columns) {
   document.querySelectorAll(".routes")[0].querySelectorAll("th").forEach((th, c) => { th.textContent = D.columns[c]; });
 }

@@ -53,6 +53,22 @@ function pointOn(c, f) {
   return { x: w[0] * c[0].x + w[1] * c[1].x + w[2] * c[2].x + w[3] * c[3].x,
            y: w[0] * c[0].y + w[1] * c[1].y + w[2] * c[2].y + w[3] * c[3].y };
 }
+// Where a message is drawn along its curve, as [first, last] fractions: from just outside its
+// sender's circle to just outside its receiver's, so a message that has just left (at t = 0,
+// every QUERY) is seen beside its sender instead of hidden under it.
+const rims = new Map();
+function rimSpan(toKey, i, j) {
+  const id = `${toKey ? "q" : "a"}:${i}:${j}`;
+  if (!rims.has(id)) {
+    const c = curve(toKey, i, j), clear = radius + 6;
+    const away = (f, end) => { const p = pointOn(c, f); return Math.hypot(p.x - end.x, p.y - end.y) >= clear; };
+    let first = 0, last = 1;
+    while (first < 0.5 && !away(first, c[0])) first += 1 / 128;
+    while (last > 0.5 && !away(last, c[3])) last -= 1 / 128;
+    rims.set(id, [first, last]);
+  }
+  return rims.get(id);
+}
 const pathOf = (c) => `M${c[0].x},${c[0].y} C${c[1].x},${c[1].y} ${c[2].x},${c[2].y} ${c[3].x},${c[3].y}`;
 
 // ---- numbers ----------------------------------------------------------------------
@@ -191,7 +207,7 @@ function drawRoutes() {
 }
 
 // ---- the moving messages ----------------------------------------------------------------
-const dots = [], crosses = [];
+const dots = [], crosses = [], stacks = [];
 function pooled(pool, build) {
   return (index) => {
     while (pool.length <= index) pool.push(build());
@@ -201,16 +217,23 @@ function pooled(pool, build) {
 }
 const dot = pooled(dots, () => make("circle", { r: 5 }, messageLayer));
 const cross = pooled(crosses, () => make("path", { class: "lost", d: "M-5,-5 L5,5 M-5,5 L5,-5" }, messageLayer));
+const stack = pooled(stacks, () => make("text", { class: "stack", "font-size": 11 }, messageLayer));
 function drawMessages(t) {
-  let shown = 0, lost = 0;
+  let shown = 0, lost = 0, stacked = 0;
+  const piles = new Map();              // dots drawn on one spot: "x:y" -> [x, y, count]
   if (M) {
     for (const m of byHead[state.head]) {
       if (M.sent[m] > t || fadeOf(m) <= t) continue;
       const toKey = D.toKey[M.kind[m]];
-      const c = curve(toKey, toKey ? M.src[m] : M.dst[m], toKey ? M.dst[m] : M.src[m]);
+      const [i, j] = toKey ? [M.src[m], M.dst[m]] : [M.dst[m], M.src[m]];
+      const c = curve(toKey, i, j), [first, last] = rimSpan(toKey, i, j);
+      const along = (f) => pointOn(c, first + (last - first) * f);
       if (M.fate[m] === DELIVERED) {
         const span = M.arrive[m] - M.sent[m];
-        const at = pointOn(c, span > 0 ? (t - M.sent[m]) / span : 1);
+        const at = along(span > 0 ? (t - M.sent[m]) / span : 1);
+        const spot = `${Math.round(at.x / 6)}:${Math.round(at.y / 6)}`;
+        if (!piles.has(spot)) piles.set(spot, [at.x, at.y, 0]);
+        piles.get(spot)[2] += 1;
         const circle = dot(shown++);
         circle.setAttribute("cx", at.x);
         circle.setAttribute("cy", at.y);
@@ -219,13 +242,23 @@ function drawMessages(t) {
         circle.setAttribute("stroke-width", M.copy[m] || M.attempt[m] ? 1.6 : 1);
         circle.setAttribute("stroke-dasharray", M.copy[m] ? "2 2" : "none");
       } else {
-        const at = pointOn(c, Math.min(0.5, (t - M.sent[m]) / typicalLatency));
+        const at = along(Math.min(0.5, (t - M.sent[m]) / typicalLatency));
         cross(lost++).setAttribute("transform", `translate(${at.x},${at.y})`);
       }
     }
   }
+  // Messages that share a spot (those just sent from one node leave along the same first
+  // stretch) would look like one dot: say how many there are.
+  for (const [x, y, count] of piles.values()) {
+    if (count < 2) continue;
+    const label = stack(stacked++);
+    label.setAttribute("x", x + 8);
+    label.setAttribute("y", y - 6);
+    label.textContent = `×${count}`;
+  }
   for (let k = shown; k < dots.length; k++) dots[k].style.display = "none";
   for (let k = lost; k < crosses.length; k++) crosses[k].style.display = "none";
+  for (let k = stacked; k < stacks.length; k++) stacks[k].style.display = "none";
   const completed = D.heads[state.head].completed;
   const busy = D.heads[state.head].busy;
   tokens.forEach((token, i) => {
