@@ -45,6 +45,7 @@ class Problem:
     origin: dict | None = None  # input shapes, GQA group size and rotation: for gradients
     sparse: SparseRoutes | None = None  # per-route form (then allowed/bias/keep are None)
     score_mod: Callable | None = None   # FlexAttention score_mod, applied before bias
+    sinks: np.ndarray | None = None     # (G,) each group's sink logit, or None
 
     @property
     def dense_allowed(self) -> np.ndarray:
@@ -81,6 +82,12 @@ class Problem:
             grad = _unbroadcast(grad, repeated)
             grad = grad.reshape(*shape[:-3], shape[-3], group, *shape[-2:]).sum(axis=-3)
         return _unbroadcast(grad, shape)
+
+    def to_sinks(self, grad: np.ndarray) -> np.ndarray:
+        """Carry the sinks' gradient ``(G,)`` back to the caller's ``sinks``: (H,) or (1,)."""
+        assert self.origin is not None, "prepare() records where the inputs came from"
+        shape = self.origin["sinks_shape"]
+        return _unbroadcast(grad.reshape(self.batch_shape or (1,)), shape)
 
     @property
     def dtype(self) -> np.dtype:
@@ -134,7 +141,7 @@ def prepare(query: ArrayLike, key: ArrayLike, value: ArrayLike,
             dropout_mask: ArrayLike | None = None, seed: int | None = 0,
             graph: nx.DiGraph | RouteSet | None = None, alibi_slopes: ArrayLike | None = None,
             rope: RotaryEmbedding | float | None = None, mask_mod: Callable | None = None,
-            score_mod: Callable | None = None) -> Problem:
+            score_mod: Callable | None = None, sinks: ArrayLike | None = None) -> Problem:
     """Validate the public arguments and flatten them into a :class:`Problem`.
 
     A RouteSet ``graph`` or a ``mask_mod`` gives the sparse form (``problem.sparse``: one
@@ -199,6 +206,11 @@ def prepare(query: ArrayLike, key: ArrayLike, value: ArrayLike,
     if sparse is None:
         keep = _dropout_keep(dropout_p, dropout_mask, seed, scores_shape)
     groups = math.prod(batch_shape)
+    group_sinks = None
+    if sinks is not None:
+        head_sinks = _sinks(sinks, batch_shape, query.dtype)                   # (H,) or (1,)
+        origin["sinks_shape"] = head_sinks.shape
+        group_sinks = np.broadcast_to(head_sinks, batch_shape or (1,)).reshape(groups)  # (G,)
 
     def flat(array: np.ndarray, tail: tuple[int, ...]) -> np.ndarray:
         return np.ascontiguousarray(np.broadcast_to(array, (*batch_shape, *tail))
@@ -218,6 +230,7 @@ def prepare(query: ArrayLike, key: ArrayLike, value: ArrayLike,
         origin=origin,
         sparse=sparse,
         score_mod=score_mod,
+        sinks=group_sinks,
     )
 
 
@@ -245,6 +258,26 @@ def _alibi(slopes: ArrayLike, scores_shape: tuple[int, ...], alignment: CausalAl
         raise ShapeError(f"alibi_slopes has {bias.shape[0]} slopes for {batch_shape[-1]} heads "
                          f"(inputs' head dim is the last batch dim of {tuple(batch_shape)})")
     return bias
+
+
+def _sinks(sinks: ArrayLike, batch_shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """The sink logits, checked: shape (H,) for the inputs' H heads (the last batch dim), or
+    (1,) for one logit every head shares; cast to the inputs' dtype."""
+    array = as_numpy("sinks", sinks)
+    if array.dtype.kind not in "fiu":
+        raise DTypeError(f"sinks must hold real numbers (one logit per head), got dtype "
+                         f"{array.dtype}")
+    heads = batch_shape[-1] if batch_shape else 1
+    if array.ndim != 1 or array.shape[0] not in (1, heads):
+        where = f"the inputs have H = {heads} heads (the last batch dim of " \
+            f"{tuple(batch_shape)})" if batch_shape else "the inputs have no head dim"
+        raise ShapeError(f"sinks must have shape ({heads},) (one logit per head) or (1,) (one "
+                         f"for every head); {where}, got shape {array.shape}")
+    if not np.isfinite(array).all():
+        bad = int(np.flatnonzero(~np.isfinite(array))[0])
+        raise InvalidArgumentError(f"sinks holds {array[bad]} at index {bad}; a sink logit "
+                                   "must be finite")
+    return array.astype(dtype)
 
 
 def as_float_array(name: str, x: ArrayLike) -> np.ndarray:
