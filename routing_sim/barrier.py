@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .exact import exact_pull, exact_shares, exact_unnormalised, with_sink
+from .exact import exact_pull, exact_shares, exact_unnormalised
 from .exact_row import exact_row
 from .mods import modified
-from .numerics import routing_budget, sink_budget, weighted_pull
+from .numerics import routing_budget, sink_budget, weighted_pull, with_sink
 from .routeset import batch_head
 from .state import VALUE_PHASE, ExactParts, ForwardState
 
@@ -137,7 +137,7 @@ def exact_budget_shares(keep: ExactParts | None, nodes: int | np.ndarray, span: 
                   top: np.ndarray | float, sink: bool = False) -> np.ndarray:
     """Exact mode: shares e / l, rounded once; ``keep`` e and l for the weighted pull.
 
-    ``sink``: the last column is the sink (:func:`~routing_sim.exact.with_sink`): its e is
+    ``sink``: the last column is the sink (:func:`~routing_sim.numerics.with_sink`): its e is
     in l and its share is returned last, but it pulls nothing, so its e is not kept."""
     e_high, e_low, l_high, l_low = unnormalised
     if keep is not None:

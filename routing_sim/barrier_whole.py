@@ -23,8 +23,8 @@ from .barrier import (
     top_routes,
 )
 from .errors import NumericalError
-from .exact import exact_unnormalised, with_sink
-from .numerics import routing_budget, scale_scores, sink_budget, weighted_pull
+from .exact import exact_unnormalised
+from .numerics import routing_budget, scale_scores, sink_budget, weighted_pull, with_sink
 from .state import ForwardState
 
 __all__ = ["allocate_whole", "pull_whole", "tiled_shares"]

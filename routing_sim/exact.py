@@ -34,7 +34,7 @@ from numpy.typing import ArrayLike
 from .errors import NumericalError
 
 __all__ = ["exact_budget", "exact_numerator", "exact_pull", "exact_scores", "exact_shares",
-           "exact_unnormalised", "rounded_or_nan", "with_sink"]
+           "exact_unnormalised", "rounded_or_nan"]
 
 _LN2 = (0.6931471805599453, 2.3190468138462996e-17)    # ln 2 as a double-double
 _SPLIT = 134217729.0            # 2**27 + 1: Dekker's splitting constant
@@ -174,23 +174,6 @@ def exact_unnormalised(high: np.ndarray, low: np.ndarray, dd_max: bool = True
     rows = np.concatenate([e_high, e_low], axis=-1).reshape(-1, 2 * high.shape[-1])
     l_high, l_low = row_sums(rows)
     return e_high, e_low, l_high.reshape(high.shape[:-1]), l_low.reshape(high.shape[:-1])
-
-
-def with_sink(high: np.ndarray, low: np.ndarray, sinks: np.ndarray | float
-              ) -> tuple[np.ndarray, np.ndarray]:
-    """Scores ``(high, low)`` with each row's sink logit as one more route at the end: its
-    high part is the logit and its low part 0 (a logit is a float, exactly). The sink joins
-    ``m`` and ``l``; it pulls no value, so it never enters :func:`exact_pull`'s numerator.
-
-    Examples
-    --------
-    >>> high, low = with_sink(np.array([[1.0, 2.0]]), np.array([[1e-17, 0.0]]), np.array([3.0]))
-    >>> high.tolist(), low.tolist()
-    ([[1.0, 2.0, 3.0]], [[1e-17, 0.0, 0.0]])
-    """
-    sink = np.broadcast_to(np.asarray(sinks, np.float64)[..., None], (*high.shape[:-1], 1))
-    return np.concatenate([high, sink], axis=-1), np.concatenate([low, np.zeros_like(sink)],
-                                                                 axis=-1)
 
 
 def exact_budget(high: np.ndarray, low: np.ndarray) -> np.ndarray:

@@ -22,6 +22,7 @@ from .masks import route_set
 from .options import EMPTY_ROWS, CausalAlignment, EmptyRows, check_choice
 from .positions import RotaryEmbedding, alibi_bias, as_rotary, query_positions
 from .routeset import RouteSet
+from .sinks import group_sinks
 from .sparse import DENSE_LIMIT, SparseRoutes, sparse_routes
 
 __all__ = ["EMPTY_ROWS", "Problem", "prepare"]
@@ -206,11 +207,10 @@ def prepare(query: ArrayLike, key: ArrayLike, value: ArrayLike,
     if sparse is None:
         keep = _dropout_keep(dropout_p, dropout_mask, seed, scores_shape)
     groups = math.prod(batch_shape)
-    group_sinks = None
+    per_group = None
     if sinks is not None:
-        head_sinks = _sinks(sinks, batch_shape, query.dtype)                   # (H,) or (1,)
-        origin["sinks_shape"] = head_sinks.shape
-        group_sinks = np.broadcast_to(head_sinks, batch_shape or (1,)).reshape(groups)  # (G,)
+        given, per_group = group_sinks(sinks, batch_shape, query.dtype)        # (H,), (G,)
+        origin["sinks_shape"] = given.shape
 
     def flat(array: np.ndarray, tail: tuple[int, ...]) -> np.ndarray:
         return np.ascontiguousarray(np.broadcast_to(array, (*batch_shape, *tail))
@@ -230,7 +230,7 @@ def prepare(query: ArrayLike, key: ArrayLike, value: ArrayLike,
         origin=origin,
         sparse=sparse,
         score_mod=score_mod,
-        sinks=group_sinks,
+        sinks=per_group,
     )
 
 
@@ -258,26 +258,6 @@ def _alibi(slopes: ArrayLike, scores_shape: tuple[int, ...], alignment: CausalAl
         raise ShapeError(f"alibi_slopes has {bias.shape[0]} slopes for {batch_shape[-1]} heads "
                          f"(inputs' head dim is the last batch dim of {tuple(batch_shape)})")
     return bias
-
-
-def _sinks(sinks: ArrayLike, batch_shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """The sink logits, checked: shape (H,) for the inputs' H heads (the last batch dim), or
-    (1,) for one logit every head shares; cast to the inputs' dtype."""
-    array = as_numpy("sinks", sinks)
-    if array.dtype.kind not in "fiu":
-        raise DTypeError(f"sinks must hold real numbers (one logit per head), got dtype "
-                         f"{array.dtype}")
-    heads = batch_shape[-1] if batch_shape else 1
-    if array.ndim != 1 or array.shape[0] not in (1, heads):
-        where = f"the inputs have H = {heads} heads (the last batch dim of " \
-            f"{tuple(batch_shape)})" if batch_shape else "the inputs have no head dim"
-        raise ShapeError(f"sinks must have shape ({heads},) (one logit per head) or (1,) (one "
-                         f"for every head); {where}, got shape {array.shape}")
-    if not np.isfinite(array).all():
-        bad = int(np.flatnonzero(~np.isfinite(array))[0])
-        raise InvalidArgumentError(f"sinks holds {array[bad]} at index {bad}; a sink logit "
-                                   "must be finite")
-    return array.astype(dtype)
 
 
 def as_float_array(name: str, x: ArrayLike) -> np.ndarray:

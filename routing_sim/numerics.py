@@ -18,13 +18,12 @@ from .exact import (
     exact_scores,
     exact_shares,
     exact_unnormalised,
-    with_sink,
 )
 
 __all__ = ["Kernels", "exact_budget", "exact_pull", "exact_scores", "exact_shares",
            "exact_numerator", "exact_unnormalised",
            "match_scores", "merge_states", "online_state", "routing_budget", "scale_scores",
-           "sink_budget", "value_shift", "weighted_pull"]
+           "sink_budget", "value_shift", "weighted_pull", "with_sink"]
 
 
 def match_scores(keys: np.ndarray, query: np.ndarray, scale: float,
@@ -92,6 +91,23 @@ def sink_budget(scores: np.ndarray, sinks: np.ndarray | float, out: np.ndarray |
     total = shares.sum(axis=-1, keepdims=True) + sink_weight
     shares /= total
     return shares, (sink_weight / total)[..., 0]
+
+
+def with_sink(high: np.ndarray, low: np.ndarray, sinks: np.ndarray | float
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Scores ``(high, low)`` with each row's sink logit as one more route at the end: its
+    high part is the logit and its low part 0 (a logit is a float, exactly). The sink joins
+    ``m`` and ``l``; it pulls no value, so it never enters :func:`exact_pull`'s numerator.
+
+    Examples
+    --------
+    >>> high, low = with_sink(np.array([[1.0, 2.0]]), np.array([[1e-17, 0.0]]), np.array([3.0]))
+    >>> high.tolist(), low.tolist()
+    ([[1.0, 2.0, 3.0]], [[1e-17, 0.0, 0.0]])
+    """
+    sink = np.broadcast_to(np.asarray(sinks, np.float64)[..., None], (*high.shape[:-1], 1))
+    return np.concatenate([high, sink], axis=-1), np.concatenate([low, np.zeros_like(sink)],
+                                                                 axis=-1)
 
 
 def weighted_pull(shares: np.ndarray, values: np.ndarray) -> np.ndarray:

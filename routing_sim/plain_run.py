@@ -17,11 +17,12 @@ import numpy as np
 
 from .deliveries import Deliveries
 from .errors import InvalidArgumentError
-from .exact import exact_pull, exact_shares, exact_unnormalised, with_sink
+from .exact import exact_pull, exact_shares, exact_unnormalised
 from .exact_row import exact_row
 from .inputs import Problem
 from .messages import FORWARD
 from .network import Network
+from .numerics import with_sink
 from .routes import RouteTable
 from .state import ForwardState
 from .trace import Trace

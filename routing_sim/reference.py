@@ -8,18 +8,16 @@ but none of its arithmetic, so an equivalence test really compares two computati
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from .errors import EmptyRowError, InvalidArgumentError, NumericalError
-from .exact import exact_pull, exact_scores, exact_shares, exact_unnormalised, with_sink
-from .exact_row import exact_row
 from .inputs import Problem, prepare
 from .mods import derivative, modified
 from .options import NUMERICS, CausalAlignment, EmptyRows, Numerics, check_choice
+from .reference_exact import exact_attention, has_route
 from .routeset import batch_head
 from .segments import segment_attention, segment_backward
 from .sparse import DENSE_LIMIT
@@ -141,29 +139,22 @@ def attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
         raise InvalidArgumentError("score_mod runs in float arithmetic; it cannot be combined "
                                    "with numerics='exact'")
     if numerics == "exact":
-        weights, output = _exact(problem, return_weights)
+        weights, output = exact_attention(problem, return_weights)
     elif problem.sparse is not None:
         output, shares = segment_attention(problem)                    # (G, L, Ev), (R,)
         weights = _dense_weights(problem, shares) if return_weights else None
     else:
         weights = _weights(problem)[0]                                 # (G, L, S)
         output = weights @ problem.value                               # (G, L, Ev)
-    has_route = _has_route(problem)                                    # (G, L)
+    routed = has_route(problem)                                        # (G, L)
     if problem.empty_rows == "nan":
-        output[~has_route] = np.nan
+        output[~routed] = np.nan
         if weights is not None:
-            weights[~has_route] = np.nan
+            weights[~routed] = np.nan
     if not return_weights:
         return problem.unflatten(output)
     assert weights is not None                                         # built when asked
     return problem.unflatten(output), problem.unflatten(weights)
-
-
-def _has_route(problem: Problem) -> np.ndarray:
-    """``(G, L)``: which query tokens have at least one route."""
-    if problem.sparse is None:
-        return np.asarray(problem.dense_allowed.any(axis=-1))
-    return (np.diff(problem.sparse.routes.indptr) > 0).reshape(problem.shape[:2])
 
 
 def _dense_weights(problem: Problem, shares: np.ndarray) -> np.ndarray:
@@ -227,72 +218,6 @@ def _grid(problem: Problem) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
     batch, head = batch_head(np.arange(groups), problem.batch_shape)
     return (batch[:, None, None], head[:, None, None], np.arange(n_queries)[None, :, None],
             np.arange(n_keys)[None, None, :])
-
-
-def _rows(problem: Problem):
-    """``(g, i, keys, bias, keep)`` of every query with a route: dense or sparse form."""
-    if problem.sparse is None:
-        allowed = problem.dense_allowed
-        for g, i in zip(*np.nonzero(allowed.any(axis=-1))):
-            keys = np.flatnonzero(allowed[g, i])
-            yield (g, i, keys, None if problem.bias is None else problem.bias[g, i, keys],
-                   None if problem.keep is None else problem.keep[g, i, keys])
-        return
-    sparse, n_queries = problem.sparse, problem.shape[1]
-    indptr = sparse.routes.indptr
-    for node in np.flatnonzero(np.diff(indptr)).tolist():
-        span = slice(indptr[node], indptr[node + 1])
-        yield (node // n_queries, node % n_queries, sparse.routes.indices[span],
-               None if sparse.bias is None else sparse.bias[span],
-               None if sparse.keep is None else sparse.keep[span])
-
-
-def _score_name(group: int, query: int, keys: np.ndarray, row: int) -> str:
-    """How an exact-mode error names the score of key row ``row`` of a query's routes."""
-    return f"the score of query {query} and key {keys[row]} (group {group})"
-
-
-def _exact(problem: Problem, return_weights: bool) -> tuple[np.ndarray | None, np.ndarray]:
-    """Exact mode: each query's row with correctly rounded dot products and sums."""
-    groups, n_queries, n_keys, _, value_dim = problem.shape
-    dense = problem.sparse is None or return_weights
-    if dense and problem.sparse is not None and groups * n_queries * n_keys > DENSE_LIMIT:
-        raise InvalidArgumentError("return_weights=True would build a dense "
-                                   f"{(groups, n_queries, n_keys)} array, over "
-                                   f"{DENSE_LIMIT:,} entries")
-    weights = np.zeros((groups, n_queries, n_keys), dtype=problem.dtype) if dense else None
-    output = np.zeros((groups, n_queries, value_dim), dtype=problem.dtype)
-    has_route = _has_route(problem)
-    if problem.empty_rows == "error" and not has_route.all():
-        g, i = np.argwhere(~has_route)[0]
-        raise EmptyRowError(f"query token {i} (group {g}) has no route to any key token")
-    factor = problem.dtype.type(1.0 / (1.0 - problem.dropout_p))
-    for g, i, keys, bias, keep in _rows(problem):
-        high, low = exact_scores(
-            problem.key[g, keys], problem.query[g, i], problem.scale, bias,
-            name=partial(_score_name, g, i, keys))
-        sink = None if problem.sinks is None else float(problem.sinks[g])
-        if sink is not None:                   # one more route: the logit, no value
-            high, low = with_sink(high, low, sink)
-        e_high, e_low, l_high, l_low = exact_unnormalised(high, low)
-        shares = exact_shares(e_high, e_low, l_high, l_low, high.max())
-        pulled = np.ones(len(keys), dtype=bool) if keep is None else keep
-        row = exact_pull(e_high[:len(keys)][pulled], e_low[:len(keys)][pulled], l_high, l_low,
-                         problem.value[g, keys[pulled]], high.max())
-        if np.isnan(shares).any() or np.isnan(row).any():             # undecided: integers
-            shares, decided = exact_row(problem.key[g, keys], problem.query[g, i],
-                                        problem.scale, bias, problem.value[g, keys], pulled,
-                                        sink)
-            assert decided is not None                                 # values given
-            row = decided
-        shares, row = shares[:len(keys)].astype(problem.dtype), row.astype(problem.dtype)
-        if keep is not None:
-            with np.errstate(over="ignore"):      # 1/(1-p) may take it past the float range
-                shares, row = shares * pulled * factor, row * factor
-        if weights is not None:
-            weights[g, i, keys] = shares
-        output[g, i] = row
-    return weights, output
 
 
 def attention_backward(query: ArrayLike, key: ArrayLike, value: ArrayLike, d_output: ArrayLike,
