@@ -495,3 +495,20 @@ def test_verdict_compares_with_the_sinks():
                                    sinks=[40.0, -3.0])
     without = rs.verify.verdict(run.output, run.weights, query, key, value, is_causal=True)
     assert with_sinks.within_tolerance and not without.within_tolerance
+
+
+@pytest.mark.parametrize("engine", ["messages", "matrix"])
+def test_multihead_attention_gives_the_sinks_gradient(engine):
+    mha = rs.MultiHeadAttention(8, 2, seed=0)
+    x = np.random.default_rng(18).normal(size=(2, 5, 8))
+    d_output = np.random.default_rng(19).normal(size=(2, 5, 8))
+    sinks = np.array([0.3, -0.8])
+    grads = mha.gradients(x, x, x, d_output, is_causal=True, engine=engine, sinks=sinks)
+
+    def loss(logits):                   # the forward pass alone, differentiated numerically
+        out, _ = mha(x, x, x, is_causal=True, engine=engine, sinks=logits)
+        return float((out * d_output).sum())
+
+    step = 1e-6
+    numeric = [(loss(sinks + step * e) - loss(sinks - step * e)) / (2 * step) for e in np.eye(2)]
+    np.testing.assert_allclose(grads["sinks"], numeric, rtol=1e-6, atol=1e-9)
