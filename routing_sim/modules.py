@@ -213,13 +213,11 @@ class MultiHeadAttention:
             core = run.backward(d_heads if batched else d_heads[0])
             d_q, d_k, d_v = (d if batched else d[None] for d in (core.query, core.key,
                                                                  core.value))
-            d_sinks = core.sinks
+            d_sinks = [] if core.sinks is None else [core.sinks]
         else:
             q, k, v = projected
-            d_q, d_k, d_v, *d_rest = attention_backward(q, k, v, d_heads, **arguments)
-            d_sinks = d_rest[0] if d_rest else None                   # with sinks=
-        if d_sinks is not None:
-            grads["sinks"] = d_sinks
+            d_q, d_k, d_v, *d_sinks = attention_backward(q, k, v, d_heads, **arguments)
+        grads.update(zip(["sinks"], d_sinks))                          # with sinks= only
 
         def unheads(x: np.ndarray) -> np.ndarray:                     # (N, H, T, d) -> (N, T, H·d)
             return x.transpose(0, 2, 1, 3).reshape(x.shape[0], x.shape[2], -1)
