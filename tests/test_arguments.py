@@ -48,6 +48,7 @@ def non_default(name: str) -> dict:
         "graph": {"graph": rs.graphs.causal(TOKENS)},
         "mask_mod": {"mask_mod": lambda b, h, q_idx, kv_idx: q_idx >= kv_idx},
         "score_mod": {"score_mod": rs.mods.softcap(2.0)},
+        "sinks": {"sinks": [0.5, -1.0]},
     }[name]
 
 

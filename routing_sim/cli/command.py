@@ -218,8 +218,8 @@ def _trace(arguments: argparse.Namespace) -> int:
 
 
 def _replay(arguments: argparse.Namespace) -> int:
-    from .demo import RANDOM_WORDS
     from ..views.replay import write_html
+    from .demo import RANDOM_WORDS
 
     run = _simulate(arguments)
     note = f"The tokens are {RANDOM_WORDS}."

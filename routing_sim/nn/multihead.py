@@ -183,7 +183,8 @@ class MultiHeadAttention:
 
         Takes the call's arguments plus ``d_output`` (the output's shape). Returns a dict
         keyed by the state-dict names (``in_proj_weight``, ``out_proj.bias``, ``bias_k``,
-        ...) and ``"query"``, ``"key"``, ``"value"``. With ``engine="messages"`` the
+        ...) and ``"query"``, ``"key"``, ``"value"`` (and ``"sinks"`` when ``sinks=`` is
+        given: one logit per head). With ``engine="messages"`` the
         attention core's gradients travel back along the routes as messages
         (:meth:`Run.backward <routing_sim.Run.backward>`); with ``"matrix"`` they come from
         :func:`~routing_sim.attention_backward`. Inputs passed as the same array still get
@@ -218,9 +219,11 @@ class MultiHeadAttention:
             core = run.backward(d_heads if batched else d_heads[0])
             d_q, d_k, d_v = (d if batched else d[None] for d in (core.query, core.key,
                                                                  core.value))
+            d_sinks = [] if core.sinks is None else [core.sinks]
         else:
             q, k, v = projected
-            d_q, d_k, d_v = attention_backward(q, k, v, d_heads, **arguments)
+            d_q, d_k, d_v, *d_sinks = attention_backward(q, k, v, d_heads, **arguments)
+        grads.update(zip(["sinks"], d_sinks))                          # with sinks= only
 
         def unheads(x: np.ndarray) -> np.ndarray:                     # (N, H, T, d) -> (N, T, H·d)
             return x.transpose(0, 2, 1, 3).reshape(x.shape[0], x.shape[2], -1)

@@ -68,7 +68,8 @@ class Run:
     output : ndarray, shape (..., L, Ev)
         What every query token pulled: the attention output.
     weights : ndarray, shape (..., L, S)
-        Row ``i`` is token ``i``'s routing table (shares, after dropout), built on first
+        Row ``i`` is token ``i``'s routing table (shares, after dropout; with sinks, the
+        real keys' shares, the sink's is in :meth:`routing_table`), built on first
         use; past :data:`WEIGHTS_LIMIT` entries asking for it raises an error that points
         to :meth:`route_weights`, which has the same shares per route at any size.
     trace : Trace
@@ -195,10 +196,12 @@ class Run:
         """Gradients of ``sum(output * d_output)``, sent back along the routes as messages.
 
         Returns :class:`~routing_sim.trace.stats.Gradients` with ``query``, ``key`` and
-        ``value`` (the inputs' shapes), and the backward pass's own ``stats`` and ``trace`` (see
-        :mod:`routing_sim.engines.fast.backward` for the four message kinds). Covers masks,
-        scale, dropout, heads, GQA, cross-attention, RoPE and hard routing; the arithmetic is
-        float. Online-softmax runs allocate their shares as they stream, so their backward pass
+        ``value`` (the inputs' shapes), ``sinks`` (the sinks' shape; None without sinks:
+        equal to :func:`~routing_sim.attention_backward`'s ``d_sinks``), and the backward
+        pass's own ``stats`` and ``trace`` (see :mod:`routing_sim.engines.fast.backward` for
+        the four message kinds). Covers masks, scale, dropout, heads, GQA, cross-attention,
+        RoPE and hard routing; the arithmetic is float.
+        Online-softmax runs allocate their shares as they stream, so their backward pass
         uses the final shares, like two-phase.
 
         Examples
@@ -317,9 +320,13 @@ class Run:
         pulled = sum(1 for route in routes if route.bytes_pulled)
         where = "".join(f", {name} {value}" for name, value in
                         zip(("batch", "head")[-len(index):] if index else (), index))
+        state = self.state
+        sink = None if state.sink_shares is None else float(state.sink_shares[node])
+        sink_logit = None if state.sinks is None else float(state.sinks[node])
         return RoutingTable(query_positions[i], query_labels[i], where, routes,
                             messages=2 * len(routes) + 2 * pulled,
-                            completed=float(self._completed.reshape(-1, n_queries)[group, i]))
+                            completed=float(self._completed.reshape(-1, n_queries)[group, i]),
+                            sink=sink, sink_logit=sink_logit)
 
 
 def _group_index(batch_shape: tuple[int, ...], head, batch) -> tuple[int, ...]:
@@ -392,7 +399,9 @@ class RoutingTable:
     ``str(table)`` (and ``repr``, so a REPL shows it) prints one route a line, like
     ``token cat: 0.50 ( 50.0%)  position 1`` (``token #1: ...`` without labels), followed
     by the route's score, the bytes pulled and when the value arrived, and a footer
-    (routes, messages, when the output was complete).
+    (routes, messages, when the output was complete). With sinks, a ``sink:`` line shows
+    the share of the budget the head's sink logit took (it pulls no value): the routes'
+    shares and ``sink`` add up to 1.
     """
 
     token: int
@@ -401,6 +410,8 @@ class RoutingTable:
     routes: list[Route]
     messages: int
     completed: float
+    sink: float | None = None        # the sink's share of the budget (None: no sinks)
+    sink_logit: float | None = None  # the head's sink logit
 
     def __str__(self) -> str:
         who = f"token {self.label!r} (#{self.token})" if self.label else f"token #{self.token}"
@@ -414,9 +425,13 @@ class RoutingTable:
                          f"score {route.score:+.3f}   {pulled}")
         if not self.routes:
             lines.append("  (no routes: this token cannot reach any key)")
+        if self.sink is not None:
+            lines.append(f"  {'sink:':<{width + 6}} {self.sink:.2f} ({100 * self.sink:5.1f}%)  "
+                         f"logit {self.sink_logit:+.3f}   pulls no value (budget that goes "
+                         "nowhere)")
         lines.append(f"  {len(self.routes)} routes, {self.messages} messages, "
                      f"output complete at t={format_time(self.completed)}")
-        total = sum(route.share for route in self.routes)
+        total = sum(route.share for route in self.routes) + (self.sink or 0.0)
         if self.routes and abs(total - 1) > 1e-9:
             lines.append(f"  shares sum to {100 * total:.1f}%: dropout scaled the kept routes "
                          "by 1/(1 - p), so each share is right in expectation")

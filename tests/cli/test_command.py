@@ -179,7 +179,8 @@ def test_a_missing_extra_names_the_extra_that_installs_it():
 
 def test_plot_checks_for_matplotlib_before_simulating(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    monkeypatch.setattr("routing_sim.cli.command._simulate", lambda arguments: pytest.fail("simulated"))
+    monkeypatch.setattr("routing_sim.cli.command._simulate",
+                        lambda arguments: pytest.fail("simulated"))
     assert main(["plot", "-o", "x.png"]) == 1
     assert "plots need matplotlib: pip install 'routing_sim[plot]'" in one_line_error(capsys)
 
