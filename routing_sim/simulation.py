@@ -60,7 +60,7 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
              causal_alignment: CausalAlignment = "top_left", empty_rows: EmptyRows = "zero",
              dropout_mask: ArrayLike | None = None, seed: int | None = 0,
              alibi_slopes: ArrayLike | None = None, rope: RotaryEmbedding | float | None = None,
-             routing: Routing = "softmax", top_k: int = 1, trace: TraceDetail = "auto",
+             routing: Routing = "softmax", top_k: int | None = None, trace: TraceDetail = "auto",
              delivery: Delivery = "window",
              labels: Sequence[str] | None = None, key_labels: Sequence[str] | None = None,
              mask_mod: Callable | None = None, score_mod: Callable | None = None,
@@ -99,8 +99,11 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
         best-scoring routes (ties: lower source first), with the softmax renormalised
         over them. Hard routing equals attention with those routes as the mask; its
         gradient with respect to the scores is zero almost everywhere.
-    top_k : int
-        How many routes hard routing keeps per query.
+    top_k : int, optional
+        How many routes hard routing keeps per query; 1 (the single best route) when
+        ``routing="topk"`` is given without it. Only with ``routing="topk"``: soft routing
+        pulls every route, so ``top_k`` there is refused with an InvalidArgumentError
+        rather than ignored.
     trace : {"auto", "full", "summary"}
         Keep every message (``"full"``), only totals (``"summary"``), or full up to
         200,000 messages (``"auto"``: four per route, so up to 50,000 routes; retries and
@@ -174,8 +177,7 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
     check_choice("delivery", delivery, DELIVERY_MODES)
     check_choice("routing", routing, ROUTING)
     check_choice("engine", engine, ENGINES)
-    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
-        raise InvalidArgumentError(f"top_k must be a positive integer, got {top_k!r}")
+    top_k = _hard_routes(routing, top_k)
     if routing == "topk" and softmax == "online":
         raise InvalidArgumentError("routing='topk' needs every score first: use "
                                    "softmax='two_phase'")
@@ -217,7 +219,7 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
     if engine == "plain":
         check_plain(softmax, network, problem)
         plain = PlainEngine(problem, routes, network, latency, nbytes, Kernels(numerics),
-                            int(top_k) if routing == "topk" else None)
+                            top_k)
         plain.run(log)
         return collect(problem, routes, plain, log, plain.wire, tokens)
     env = simpy.Environment()
@@ -231,7 +233,7 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
                             keep_stream=log.full)
     else:
         nodes = TwoPhaseNodes(*arguments, on_missing=network.on_missing,
-                              top_k=int(top_k) if routing == "topk" else None)
+                              top_k=top_k)
     if problem.sparse is not None and numerics == "float" and routing == "softmax" \
             and not routes.full:
         tiles = Tiles(routes.indptr, routes.key_index, routes.n_queries, routes.n_keys,
@@ -241,6 +243,21 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
     env.process(transport.run())
     env.run()
     return collect(problem, routes, nodes, log, transport, tokens)
+
+
+def _hard_routes(routing: str, top_k: int | None) -> int | None:
+    """How many routes each query pulls under hard routing; None for soft routing."""
+    if routing != "topk":
+        if top_k is not None:
+            raise InvalidArgumentError(f"top_k={top_k!r} only applies with routing=\"topk\" "
+                                       f"(hard routing); routing={routing!r} pulls every route. "
+                                       "Pass routing=\"topk\" too, or drop top_k")
+        return None
+    if top_k is None:
+        return 1
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        raise InvalidArgumentError(f"top_k must be a positive integer, got {top_k!r}")
+    return int(top_k)
 
 
 def _route_table(problem: Problem, graph) -> RouteTable:
