@@ -10,7 +10,7 @@ from numpy.typing import ArrayLike
 
 from .arrays import as_numpy
 from .errors import InvalidArgumentError, ShapeError
-from .masks import mha_route_mask
+from .masks import checked_upstream, mha_route_mask
 from .mha_weights import checked_weights, initial_weights
 from .options import MHA_ENGINES, MhaEngine, check_choice
 from .reference import attention, attention_backward
@@ -214,7 +214,8 @@ class MultiHeadAttention:
                                                                  core.value))
         else:
             q, k, v = projected
-            d_q, d_k, d_v = attention_backward(q, k, v, d_heads, **arguments)
+            with checked_upstream():
+                d_q, d_k, d_v = attention_backward(q, k, v, d_heads, **arguments)
 
         def unheads(x: np.ndarray) -> np.ndarray:                     # (N, H, T, d) -> (N, T, H·d)
             return x.transpose(0, 2, 1, 3).reshape(x.shape[0], x.shape[2], -1)
@@ -265,19 +266,22 @@ class MultiHeadAttention:
                     "need_weights=False (the module's last_run.route_weights() then has "
                     "the shares per route)")
             if batched:
-                run = simulate(q, k, v, **arguments)
+                with checked_upstream():
+                    run = simulate(q, k, v, **arguments)
                 heads = run.output
                 weights = run.weights if need_weights else None
             else:      # unbatched: a Run of (H, L, ...) heads, addressed by head= alone
                 mask = arguments["attn_mask"]
-                run = simulate(q[0], k[0], v[0], **{**arguments, "attn_mask": None if mask
-                                                    is None else mask[0]})
+                with checked_upstream():
+                    run = simulate(q[0], k[0], v[0], **{**arguments, "attn_mask": None if mask
+                                                        is None else mask[0]})
                 heads = run.output[None]
                 weights = run.weights[None] if need_weights else None
             self.last_run = run
         else:
-            heads, weights = attention(q, k, v, return_weights=True, **arguments) \
-                if need_weights else (attention(q, k, v, **arguments), None)
+            with checked_upstream():
+                heads, weights = attention(q, k, v, return_weights=True, **arguments) \
+                    if need_weights else (attention(q, k, v, **arguments), None)
         merged = heads.transpose(0, 2, 1, 3).reshape(n_batch, n_queries, self.embed_dim)
         output = merged @ self._parameters["out_proj.weight"].T        # (N, L, E)
         if "out_proj.bias" in self._parameters:

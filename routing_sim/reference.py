@@ -57,6 +57,8 @@ def attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
         What each key token hands out when pulled.
     attn_mask : array_like of bool or float, broadcastable to (..., L, S), optional
         Bool: True = route allowed. Float: added to the scores; ``-inf`` blocks the route.
+        A float mask of only 0s and 1s blocks nothing, so it warns
+        (:class:`~routing_sim.MaskWarning`): pass it as bool if it says which routes exist.
     dropout_p : float
         Probability of dropping a route after softmax; survivors are rescaled by
         ``1 / (1 - dropout_p)``. The mask is ``default_rng(seed).random((..., L, S)) >=
