@@ -125,9 +125,7 @@ class TiledGradients:
             if forward.kept is None:
                 weights = forward.shares[span]                         # w: no dropout
             else:                                                      # w before dropout
-                scores = forward.scores[span]
-                weights = np.exp(scores - _per_route(np.maximum, scores, *rows))
-                weights /= _per_route(np.add, weights, *rows)
+                weights = _budget_rows(forward.scores[span], *rows)
                 d_prime = d_prime * forward.kept[span] * forward.dropout_scale
             scores_grad = weights * (d_prime - _per_route(np.add, weights * d_prime, *rows))
             if not every:
@@ -172,6 +170,21 @@ class TiledGradients:
                 part = mine[at:at + step]
                 total += weights[part] @ gather(rows, query_node[part])
             out[node] = total
+
+
+def _budget_rows(scores: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The softmax of each row of ``scores`` (R,), as :func:`~routing_sim.numerics.
+    routing_budget` computes it for rows of equal length: a row whose every route a
+    score_mod removed (all -inf) gets 0s, never the NaN of -inf - -inf."""
+    top = np.maximum.reduceat(scores, starts)                          # (rows,)
+    empty = np.isneginf(top)
+    if empty.any():
+        top[empty] = 0.0
+    weights = np.exp(scores - np.repeat(top, counts))                  # (R,)
+    total = np.add.reduceat(weights, starts)                           # (rows,)
+    if empty.any():
+        total[empty] = 1.0
+    return weights / np.repeat(total, counts)
 
 
 def _per_route(ufunc: np.ufunc, values: np.ndarray, starts: np.ndarray, counts: np.ndarray

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import EmptyRowError
 from .exact import exact_pull, exact_shares, exact_unnormalised
 from .exact_row import exact_row
-from .mods import modified
+from .mods import modified, removed_by
 from .numerics import routing_budget, weighted_pull
 from .routeset import batch_head
 from .state import VALUE_PHASE, ExactParts, ForwardState
@@ -55,7 +56,7 @@ def node_scores(state: ForwardState, node: int) -> None:
     if state.raw is not None:                                          # float mode only
         scaled = state.kernels.scores(gather(problem.key[group], keys),
                                       problem.query[group, token], problem.scale)[0]
-        state.scores[span] = modify(state, span, scaled, bias)
+        state.scores[span] = modify(state, span, scaled, bias)[0]
         return
     high, low = state.kernels.scores(gather(problem.key[group], keys),
                                      problem.query[group, token], problem.scale, bias)
@@ -65,9 +66,11 @@ def node_scores(state: ForwardState, node: int) -> None:
 
 
 def modify(state: ForwardState, span: slice | np.ndarray, scaled: np.ndarray,
-           bias: np.ndarray | None) -> np.ndarray:
+           bias: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """The key node's score_mod on scaled scores of routes ``span`` (kept in
-    ``state.raw`` for the backward pass), then the bias."""
+    ``state.raw`` for the backward pass), then the bias; and which routes the mod removed
+    (``-inf``: they take no share and pull no value). ``scaled`` is one node's scores or
+    ``(nodes, routes)`` rows of whole nodes, so an all-removed row is an empty row."""
     routes, score_mod, raw = state.routes, state.problem.score_mod, state.raw
     assert score_mod is not None and raw is not None, "only a score_mod modifies scores"
     raw[span] = scaled.reshape(-1)
@@ -75,10 +78,19 @@ def modify(state: ForwardState, span: slice | np.ndarray, scaled: np.ndarray,
     batch, head = batch_head(nodes // routes.n_queries, state.problem.batch_shape)
     scores = modified(score_mod, scaled.reshape(-1), batch, head,
                       nodes % routes.n_queries, routes.key_index[span]).reshape(scaled.shape)
+    removed = removed_by(scaled, scores)
+    rows = removed.reshape(-1, max(removed.shape[-1], 1))              # (nodes, routes)
+    gone = np.flatnonzero(rows.all(axis=1)) if removed.size else np.zeros(0, np.int64)
+    if state.problem.empty_rows == "error" and len(gone):
+        first = int(nodes.reshape(rows.shape)[gone[0], 0])
+        group, token = divmod(first, routes.n_queries)
+        raise EmptyRowError(f"query token {token} (group {group}) has no route to any key "
+                            "token (the score_mod removed every one); empty_rows='error' "
+                            "was asked for")
     if bias is not None:
         with np.errstate(over="ignore", invalid="ignore"):
             scores = scores + bias.reshape(scaled.shape)
-    return scores
+    return scores, removed
 
 
 def scores_of(state: ForwardState, span: slice, routes: np.ndarray
@@ -174,6 +186,8 @@ def allocate(state: ForwardState, node: int) -> np.ndarray:
     state.shares[span] = budget(state, node, alive)
     pull = alive if state.chosen is None else alive & state.chosen[span]
     pull = pull if state.kept is None else pull & state.kept[span]
+    if state.raw is not None:                          # a removed route (-inf): no PULL
+        pull &= ~np.isneginf(state.scores[span])
     state.values_needed[node] = int(pull.sum())
     return np.flatnonzero(pull) + span.start
 

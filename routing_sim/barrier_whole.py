@@ -56,7 +56,9 @@ def allocate_whole(state: ForwardState, nodes: np.ndarray) -> np.ndarray:
         pulls = pulls[state.chosen[pulls]]
     if state.kept is not None:
         pulls = pulls[state.kept[pulls]]
-    if state.top_k or state.kept is not None:
+    if state.raw is not None:                          # a removed route (-inf): no PULL
+        pulls = pulls[~np.isneginf(state.scores[pulls])]
+    if state.top_k or state.kept is not None or state.raw is not None:
         state.values_needed[nodes] = np.bincount(routes.query_node[pulls],
                                                  minlength=routes.n_nodes)[nodes]
     return pulls
@@ -122,11 +124,13 @@ def _float_block(state: ForwardState, chosen: np.ndarray, count: int) -> None:
     bias = None if state.bias is None else state.bias[span].reshape(block.shape)
     if state.raw is None:
         block = scale_scores(block, problem.scale, bias)
-    else:
-        block = modify(state, span, scale_scores(block, problem.scale), bias)
+        overflow = ~np.isfinite(block)
+    else:                                 # -inf where the score_mod removed the route
+        block, removed = modify(state, span, scale_scores(block, problem.scale), bias)
+        overflow = ~np.isfinite(block) & ~removed
     state.scores[span] = block.reshape(-1)
-    if not np.isfinite(block).all():
-        raise NumericalError(f"a score overflowed to {block[~np.isfinite(block)][0]}; "
+    if overflow.any():
+        raise NumericalError(f"a score overflowed to {block[overflow][0]}; "
                              "scale the inputs down")
     if state.top_k and state.chosen is not None:
         pick = top_routes(block, state.top_k)

@@ -18,7 +18,7 @@ from .errors import EmptyRowError, InvalidArgumentError, NumericalError
 from .exact import exact_pull, exact_scores, exact_shares, exact_unnormalised
 from .exact_row import exact_row
 from .inputs import Problem, prepare
-from .mods import derivative, modified
+from .mods import derivative, modified, removed_by
 from .options import NUMERICS, CausalAlignment, EmptyRows, Numerics, check_choice
 from .routeset import batch_head
 from .segments import segment_attention, segment_backward
@@ -101,7 +101,9 @@ def attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
     score_mod : callable, optional
         ``score_mod(score, b, h, q_idx, kv_idx) -> score`` (FlexAttention): changes the
         scaled score ``q·k·scale`` before ``attn_mask``/ALiBi biases are added and before
-        the softmax. Not with ``numerics="exact"``.
+        the softmax. ``-inf`` removes the route (as in FlexAttention; a query left with
+        none is an empty row); ``+inf`` and NaN raise InvalidArgumentError. Not with
+        ``numerics="exact"``.
 
     Returns
     -------
@@ -130,13 +132,14 @@ def attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
                                    "with numerics='exact'")
     if numerics == "exact":
         weights, output = _exact(problem, return_weights)
+        has_route = _has_route(problem)                                # (G, L)
     elif problem.sparse is not None:
-        output, shares = segment_attention(problem)                    # (G, L, Ev), (R,)
+        output, shares, has_route = segment_attention(problem)         # (G, L, Ev), (R,)
         weights = _dense_weights(problem, shares) if return_weights else None
     else:
-        weights = _weights(problem)                                    # (G, L, S)
+        weights, live = _weights(problem)                              # (G, L, S) x2
         output = weights @ problem.value                               # (G, L, Ev)
-    has_route = _has_route(problem)                                    # (G, L)
+        has_route = np.asarray(live.any(axis=-1))                      # (G, L)
     if problem.empty_rows == "nan":
         output[~has_route] = np.nan
         if weights is not None:
@@ -167,27 +170,33 @@ def _dense_weights(problem: Problem, shares: np.ndarray) -> np.ndarray:
     return weights.reshape(groups, n_queries, n_keys)
 
 
-def _weights(problem: Problem, dropout: bool = True) -> np.ndarray:
-    """Routing tables ``(G, L, S)``: stable softmax over allowed routes, then dropout."""
+def _weights(problem: Problem, dropout: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Routing tables ``(G, L, S)``: stable softmax over live routes, then dropout; and
+    which routes are live ``(G, L, S)``: allowed, and not removed by a score_mod."""
     allowed = problem.dense_allowed                                    # (G, L, S)
+    live = allowed
     with np.errstate(over="ignore", invalid="ignore"):   # overflow is reported below
         scores = problem.query @ problem.key.transpose(0, 2, 1)        # (G, L, S)
         scores *= problem.dtype.type(problem.scale)
         if problem.score_mod is not None:
-            scores = modified(problem.score_mod, scores, *_grid(problem))
+            raw, scores = scores, modified(problem.score_mod, scores, *_grid(problem),
+                                           exists=allowed)
+            live = allowed & ~removed_by(raw, scores)
         if problem.bias is not None:
             scores += problem.bias
-    overflow = allowed & ~np.isfinite(scores)
+    overflow = live & ~np.isfinite(scores)
     if overflow.any():
         g, i, j = np.argwhere(overflow)[0]
         raise NumericalError(f"the score of query {i} and key {j} (group {g}) overflowed "
                              f"to {scores[g, i, j]}; scale the inputs down (a score_mod must "
-                             "return finite scores)")
-    has_route = allowed.any(axis=-1, keepdims=True)                    # (G, L, 1)
+                             "return finite scores, or -inf to remove the route)")
+    has_route = live.any(axis=-1, keepdims=True)                       # (G, L, 1)
     if problem.empty_rows == "error" and not has_route.all():
         g, i, _ = np.argwhere(~has_route)[0]
-        raise EmptyRowError(f"query token {i} (group {g}) has no route to any key token")
-    scores = np.where(allowed, scores, -np.inf)
+        raise EmptyRowError(f"query token {i} (group {g}) has no route to any key token"
+                            + (" (the score_mod removed every one)" if allowed[g, i].any()
+                               else ""))
+    scores = np.where(live, scores, -np.inf)
     # An empty row's max is -inf; shift it by 0 instead so -inf - -inf never happens.
     row_max = np.where(has_route, scores.max(axis=-1, keepdims=True, initial=-np.inf), 0)
     weights = np.exp(scores - row_max)                                 # (G, L, S)
@@ -195,7 +204,7 @@ def _weights(problem: Problem, dropout: bool = True) -> np.ndarray:
     weights /= np.where(has_route, total, 1)
     if dropout and problem.keep is not None:
         weights *= problem.keep * problem.dtype.type(1.0 / (1.0 - problem.dropout_p))
-    return weights
+    return weights, live
 
 
 def _grid(problem: Problem) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -322,7 +331,7 @@ def attention_backward(query: ArrayLike, key: ArrayLike, value: ArrayLike, d_out
         d_query, d_key, d_value = segment_backward(problem, upstream)
         return (problem.to_inputs(d_query, "query"), problem.to_inputs(d_key, "key"),
                 problem.to_inputs(d_value, "value"))
-    weights = _weights(problem, dropout=False)                         # (G, L, S)  P
+    weights, live = _weights(problem, dropout=False)                   # (G, L, S)  P
     factor = 1.0 if problem.keep is None else problem.keep * problem.dtype.type(
         1.0 / (1.0 - problem.dropout_p))
     dropped = weights * factor                                         # (G, L, S)  P'
@@ -331,7 +340,8 @@ def attention_backward(query: ArrayLike, key: ArrayLike, value: ArrayLike, d_out
     d_scores = weights * (d_weights - (weights * d_weights).sum(-1, keepdims=True))
     if slope is not None:                                              # through score_mod
         raw = problem.query @ problem.key.transpose(0, 2, 1) * problem.dtype.type(problem.scale)
-        d_scores = d_scores * slope(raw, *_grid(problem))
+        # A removed route (-inf) had no share: its gradient is 0, whatever the slope says.
+        d_scores = np.where(live, d_scores * slope(raw, *_grid(problem)), 0)
     d_query = problem.scale * d_scores @ problem.key                   # (G, L, E)
     d_key = problem.scale * d_scores.transpose(0, 2, 1) @ problem.query  # (G, S, E)
     return (problem.to_inputs(d_query, "query"), problem.to_inputs(d_key, "key"),

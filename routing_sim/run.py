@@ -94,7 +94,7 @@ class Run:
             weights[table.query_node, table.key_index] = self._shares  # (G·L, S)
             weights = weights.reshape(groups, n_queries, n_keys)
         if self._empty_nan:
-            weights[(table.routes_per_node() == 0).reshape(groups, n_queries)] = np.nan
+            weights[table.empty_nodes(self._scores).reshape(groups, n_queries)] = np.nan
         return weights.reshape(shape)
 
     def route_weights(self) -> RouteWeights:

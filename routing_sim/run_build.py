@@ -47,7 +47,7 @@ def collect(problem: Problem, routes: RouteTable, nodes: ForwardNodes | PlainEng
               nodes.rescale if isinstance(nodes, OnlineNodes) else None, state.context)
     output = state.output.reshape(groups, n_queries, problem.shape[4])
     if problem.empty_rows == "nan":
-        output[~has_routes.reshape(groups, n_queries)] = np.nan
+        output[routes.empty_nodes(state.scores).reshape(groups, n_queries)] = np.nan
     completed = np.where(has_routes, state.done_time, 0.0)
     return Run(
         output=problem.unflatten(output), _shares=state.shares, trace=log,

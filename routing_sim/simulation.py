@@ -118,7 +118,8 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
         per-route arrays when combined with a ``graph``).
     score_mod : callable, optional
         FlexAttention's ``score_mod(score, b, h, q_idx, kv_idx) -> score``: the key node
-        applies it to the scaled score it sends, before the bias is added. It is called
+        applies it to the scaled score it sends, before the bias is added; ``-inf``
+        removes the route (that SCORE is sent, then no PULL or VALUE). It is called
         with flat per-route arrays (see :mod:`routing_sim.mods`); ``run.backward`` needs
         a mod that carries its derivative (``rs.mods.softcap``, ``alibi``,
         ``relative_bias``).

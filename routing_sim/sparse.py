@@ -18,6 +18,7 @@ from numpy.typing import ArrayLike
 
 from .errors import DTypeError, InvalidArgumentError, ShapeError
 from .masks import route_set
+from .mods import call_mod
 from .options import CAUSAL_ALIGNMENTS, CausalAlignment
 from .positions import query_positions
 from .routeset import RouteSet, batch_head
@@ -95,7 +96,7 @@ def _allowed_by(mask_mod: Callable, batch, head, query, key) -> np.ndarray:
     if not callable(mask_mod):
         raise InvalidArgumentError(f"mask_mod must be a function (b, h, q_idx, kv_idx) -> "
                                    f"bool, got {type(mask_mod).__name__}")
-    allowed = np.asarray(mask_mod(batch, head, query, key))
+    allowed = call_mod(mask_mod, batch, head, query, key)
     if allowed.dtype != bool:
         raise DTypeError(f"mask_mod must return a bool array (True = route allowed), got "
                          f"dtype {allowed.dtype}")

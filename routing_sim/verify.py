@@ -51,6 +51,7 @@ from numpy.typing import ArrayLike
 
 from .errors import InvalidArgumentError
 from .inputs import Problem, prepare
+from .masks import checked_upstream
 from .mods import alibi, modified, relative_bias, softcap
 from .reference import attention
 from .routeset import batch_head
@@ -172,15 +173,18 @@ def _tolerance(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
     modded = raw if problem.score_mod is None else _modded(problem, raw)  # (G, L, S) f(t)
     scores = np.where(allowed, modded + (0 if problem.bias is None else problem.bias),
                       -np.inf)                                         # (G, L, S) s
-    # Zero scale: the mask is the whole score, so these are the reference's tables of s.
-    weights = attention(q, k, v, scale=0.0, attn_mask=scores, return_weights=True)[1]
+    # Zero scale: the mask is the whole score, so these are the reference's tables of s
+    # (scores, not a mask a user wrote: no MaskWarning however they come out).
+    with checked_upstream():
+        weights = attention(q, k, v, scale=0.0, attn_mask=scores, return_weights=True)[1]
     if problem.keep is not None:
         weights = weights * problem.keep / (1.0 - problem.dropout_p)
     with np.errstate(invalid="ignore"):
         ref_output = weights @ v                                       # (G, L, Ev)
     output_tol = contract * (1 + np.abs(ref_output))
     weight_tol = contract * (1 + weights)
-    largest = max(np.abs(np.where(allowed, scores, 0)).max(initial=0.0),
+    live = allowed & ~np.isneginf(scores)              # -inf: the score_mod removed it
+    largest = max(np.abs(np.where(live, scores, 0)).max(initial=0.0),
                   np.abs(np.where(allowed, raw, 0)).max(initial=0.0))
     if largest <= CONTRACT_SCORE_LIMIT:
         return output_tol, weight_tol
