@@ -22,8 +22,8 @@ from .routeset import batch_head
 from .state import VALUE_PHASE, ExactParts, ForwardState
 
 __all__ = ["aggregate", "allocate", "budget", "exact_budget_shares", "exact_fallback", "gather",
-           "modify", "node_scores", "note_would_have", "scores_of", "softmax_routes",
-           "top_routes"]
+           "keep_probabilities", "modify", "node_scores", "note_would_have", "scores_of",
+           "softmax_routes", "top_routes"]
 
 
 def gather(rows: np.ndarray, keys: np.ndarray) -> np.ndarray:
@@ -127,8 +127,17 @@ def budget(state: ForwardState, node: int, alive: np.ndarray, remember: bool = T
         else:
             shares[alive] = routing_budget(state.scores[span][alive])
     if state.kept is not None:
+        if remember:
+            keep_probabilities(state, span, shares)
         shares *= state.kept[span] * state.dropout_scale
     return shares
+
+
+def keep_probabilities(state: ForwardState, span: slice | np.ndarray, shares: np.ndarray
+                       ) -> None:
+    """Keep the shares before dropout (``run.probabilities``): rows that sum to 1."""
+    assert state.probabilities is not None, "kept with dropout"
+    state.probabilities[span] = shares.reshape(-1)
 
 
 def exact_budget_shares(keep: ExactParts | None, nodes: int | np.ndarray, span: slice,

@@ -18,6 +18,7 @@ from .barrier import (
     exact_budget_shares,
     exact_fallback,
     gather,
+    keep_probabilities,
     modify,
     node_scores,
     top_routes,
@@ -141,6 +142,7 @@ def _float_block(state: ForwardState, chosen: np.ndarray, count: int) -> None:
     else:
         shares = state.kernels.budget(block, None)
     if state.kept is not None:
+        keep_probabilities(state, span, shares)
         shares *= state.kept[span].reshape(shares.shape) * state.dropout_scale
     state.shares[span] = shares.reshape(-1)
 
@@ -161,6 +163,7 @@ def _exact_block(state: ForwardState, chosen: np.ndarray, count: int) -> None:
     for row in np.flatnonzero(np.isnan(shares).any(axis=1)).tolist():  # undecided: integers
         shares[row] = exact_fallback(state, int(chosen[row]), np.ones(count, dtype=bool))[0]
     if state.kept is not None:
+        keep_probabilities(state, span, shares)
         shares *= state.kept[span].reshape(shares.shape) * state.dropout_scale
     state.shares[span] = shares.reshape(-1)
 

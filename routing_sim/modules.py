@@ -136,7 +136,10 @@ class MultiHeadAttention:
         key_padding_mask : array_like, shape (N, S) or (S,), optional
             Bool: True = padded key, ignored. Float: added to the scores.
         need_weights : bool
-            Also return the attention weights.
+            Also return the attention weights, after dropout (``dropout_p`` in
+            ``options``), as ``nn.MultiheadAttention`` returns them: a row need not sum
+            to 1. The softmax before dropout: ``self.last_run.probabilities``
+            (``engine="messages"``) or ``rs.attention(..., return_weights="probabilities")``.
         attn_mask : array_like, shape (L, S) or (N·num_heads, L, S), optional
             Bool: **True = blocked** (the opposite of SDPA). Float: added to the scores.
         average_attn_weights : bool

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -39,7 +39,8 @@ def attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
               causal_alignment: CausalAlignment = "top_left", empty_rows: EmptyRows = "zero",
               numerics: Numerics = "float", dropout_mask: ArrayLike | None = None,
               seed: int | None = 0, alibi_slopes: ArrayLike | None = None,
-              rope: RotaryEmbedding | float | None = None, return_weights: bool = False,
+              rope: RotaryEmbedding | float | None = None,
+              return_weights: bool | Literal["probabilities"] = False,
               graph: nx.DiGraph | RouteSet | None = None, mask_mod: Callable | None = None,
               score_mod: Callable | None = None
               ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
@@ -87,9 +88,13 @@ def attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
         last batch dim; positions follow ``causal_alignment``).
     rope : float or RotaryEmbedding, optional
         Rotate queries and keys by their positions (a float is the base, layout "half").
-    return_weights : bool
-        Also return the routing tables (attention weights, after dropout); dense, so a
-        sparse route set must be small enough (see :data:`~routing_sim.sparse.DENSE_LIMIT`).
+    return_weights : bool or "probabilities"
+        Also return the routing tables: ``True`` gives them after dropout (the weights the
+        output was computed with, as ``nn.MultiheadAttention`` and transformers' eager
+        attention return them: a dropped route is 0 and the kept ones are scaled by
+        ``1 / (1 - dropout_p)``, so a row need not sum to 1); ``"probabilities"`` gives
+        the softmax before dropout, rows summing to 1. The same without dropout. Dense, so
+        a sparse route set must be small enough (see :data:`~routing_sim.sparse.DENSE_LIMIT`).
     graph : networkx.DiGraph or RouteSet, optional
         The routes that exist (see :mod:`routing_sim.graphs`, :mod:`routing_sim.patterns`).
         A RouteSet is computed sparsely: a softmax per query over its own routes
@@ -127,18 +132,28 @@ def attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
                       dropout_mask=dropout_mask, seed=seed, alibi_slopes=alibi_slopes,
                       rope=rope, graph=graph, mask_mod=mask_mod, score_mod=score_mod)
     check_choice("numerics", numerics, NUMERICS)
+    if not (isinstance(return_weights, (bool, np.bool_)) or return_weights == "probabilities"):
+        raise InvalidArgumentError(f"return_weights must be False, True (the weights after "
+                                   f"dropout) or 'probabilities' (before it), got "
+                                   f"{return_weights!r}")
+    after_dropout = return_weights != "probabilities"
     if numerics == "exact" and score_mod is not None:
         raise InvalidArgumentError("score_mod runs in float arithmetic; it cannot be combined "
                                    "with numerics='exact'")
     if numerics == "exact":
-        weights, output = _exact(problem, return_weights)
+        weights, output = _exact(problem, bool(return_weights), after_dropout)
         has_route = _has_route(problem)                                # (G, L)
     elif problem.sparse is not None:
         output, shares, has_route = segment_attention(problem)         # (G, L, Ev), (R,)
+        keep = problem.sparse.keep
+        if after_dropout and keep is not None:       # as the output pulled them
+            shares = shares * (keep * problem.dtype.type(1.0 / (1.0 - problem.dropout_p)))
         weights = _dense_weights(problem, shares) if return_weights else None
     else:
-        weights, live = _weights(problem)                              # (G, L, S) x2
-        output = weights @ problem.value                               # (G, L, Ev)
+        weights, live = _weights(problem, dropout=False)               # (G, L, S) x2
+        pulled = _dropped_out(problem, weights)                        # (G, L, S)
+        output = pulled @ problem.value                                # (G, L, Ev)
+        weights = pulled if after_dropout else weights
         has_route = np.asarray(live.any(axis=-1))                      # (G, L)
     if problem.empty_rows == "nan":
         output[~has_route] = np.nan
@@ -202,9 +217,14 @@ def _weights(problem: Problem, dropout: bool = True) -> tuple[np.ndarray, np.nda
     weights = np.exp(scores - row_max)                                 # (G, L, S)
     total = weights.sum(axis=-1, keepdims=True)                        # (G, L, 1)
     weights /= np.where(has_route, total, 1)
-    if dropout and problem.keep is not None:
-        weights *= problem.keep * problem.dtype.type(1.0 / (1.0 - problem.dropout_p))
-    return weights, live
+    return (_dropped_out(problem, weights) if dropout else weights), live
+
+
+def _dropped_out(problem: Problem, weights: np.ndarray) -> np.ndarray:
+    """The routing tables after dropout: the kept shares scaled by ``1 / (1 - p)``."""
+    if problem.keep is None:
+        return weights
+    return weights * (problem.keep * problem.dtype.type(1.0 / (1.0 - problem.dropout_p)))
 
 
 def _grid(problem: Problem) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -238,8 +258,10 @@ def _score_name(group: int, query: int, keys: np.ndarray, row: int) -> str:
     return f"the score of query {query} and key {keys[row]} (group {group})"
 
 
-def _exact(problem: Problem, return_weights: bool) -> tuple[np.ndarray | None, np.ndarray]:
-    """Exact mode: each query's row with correctly rounded dot products and sums."""
+def _exact(problem: Problem, return_weights: bool, after_dropout: bool = True
+           ) -> tuple[np.ndarray | None, np.ndarray]:
+    """Exact mode: each query's row with correctly rounded dot products and sums; the
+    weights after dropout, or (``after_dropout=False``) before it."""
     groups, n_queries, n_keys, _, value_dim = problem.shape
     dense = problem.sparse is None or return_weights
     if dense and problem.sparse is not None and groups * n_queries * n_keys > DENSE_LIMIT:
@@ -270,7 +292,9 @@ def _exact(problem: Problem, return_weights: bool) -> tuple[np.ndarray | None, n
         shares, row = shares.astype(problem.dtype), row.astype(problem.dtype)
         if keep is not None:
             with np.errstate(over="ignore"):      # 1/(1-p) may take it past the float range
-                shares, row = shares * pulled * factor, row * factor
+                row = row * factor
+                if after_dropout:
+                    shares = shares * pulled * factor
         if weights is not None:
             weights[g, i, keys] = shares
         output[g, i] = row

@@ -126,9 +126,9 @@ def dropout_factor(problem: Problem, chunk: Chunk) -> np.ndarray | float:
 
 
 def segment_attention(problem: Problem) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(output (G, L, Ev), shares (R,), has_route (G, L))``: shares after dropout, in
-    canonical order; ``has_route`` is False for a query with no route or none left after
-    the score_mod."""
+    """``(output (G, L, Ev), shares (R,), has_route (G, L))``: shares before dropout (the
+    output pulls them after it), in canonical order; ``has_route`` is False for a query
+    with no route or none left after the score_mod."""
     groups, n_queries, _, _, value_dim = problem.shape
     _check_empty(problem)
     output = np.zeros((groups * n_queries, value_dim), dtype=problem.dtype)
@@ -139,8 +139,8 @@ def segment_attention(problem: Problem) -> tuple[np.ndarray, np.ndarray, np.ndar
         _, scores = route_scores(problem, chunk)
         if problem.score_mod is not None:
             has_route[chunk.nodes] = np.maximum.reduceat(scores, chunk.starts) > -np.inf
-        pulled = route_shares(chunk, scores) * dropout_factor(problem, chunk)
-        shares[chunk.span] = pulled
+        shares[chunk.span] = route_shares(chunk, scores)
+        pulled = shares[chunk.span] * dropout_factor(problem, chunk)
         output[chunk.nodes] = chunk.total(pulled[:, None] * values[chunk.key_row])
     return (output.reshape(groups, n_queries, value_dim), shares,
             has_route.reshape(groups, n_queries))

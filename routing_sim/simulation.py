@@ -135,8 +135,9 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
     Returns
     -------
     Run
-        ``output`` (..., L, Ev), ``weights`` (..., L, S; dense, for runs up to
-        :data:`~routing_sim.run.WEIGHTS_LIMIT` entries), ``route_weights()`` (per route, any
+        ``output`` (..., L, Ev), ``weights`` (..., L, S; after dropout; dense, for runs up
+        to :data:`~routing_sim.run.WEIGHTS_LIMIT` entries), ``probabilities`` (the same
+        before dropout, rows summing to 1), ``route_weights()`` (per route, any
         size), ``trace``, ``stats``, ``routing_table(i)``, ``dropped`` and (online)
         ``stream(i)``.
 
