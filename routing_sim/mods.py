@@ -83,30 +83,44 @@ class softcap(ScoreMod):  # noqa: N801 - named like the function users call
 
 
 class alibi(ScoreMod):  # noqa: N801
-    """ALiBi: ``score - slopes[h] · |q_idx - kv_idx|`` (as ``alibi_slopes``, top-left).
+    """ALiBi as a score mod, in either convention (as ``alibi_slopes`` / ``alibi_mode``).
+
+    ``signed=False``: ``score - slopes[h] · |q_idx - kv_idx|``, FlashAttention's
+    ``alibi_slopes``. ``signed=True``: ``score + slopes[h] · (kv_idx - q_idx)``, the ALiBi
+    paper's and FlexAttention's (attention-gym's ``generate_alibi_bias``); a key after the
+    query then gets a positive bias, so without a causal mask the two differ. ``slopes``
+    is ``(H,)`` or, per batch element, ``(B, H)``.
 
     Examples
     --------
     >>> alibi([0.5, 1.0])(np.zeros(2), 0, np.array([0, 1]), 3, 1).tolist()
     [-1.0, -2.0]
+    >>> alibi([0.5], signed=True)(np.zeros(3), 0, 0, 1, np.arange(3)).tolist()
+    [-0.5, 0.0, 0.5]
     """
 
-    def __init__(self, slopes) -> None:
+    def __init__(self, slopes, signed: bool = False) -> None:
         self.slopes = np.asarray(slopes, dtype=np.float64)
-        if self.slopes.ndim != 1 or not np.isfinite(self.slopes).all():
-            raise ShapeError(f"alibi slopes must be a 1-D array of finite numbers, one per "
+        if self.slopes.ndim not in (1, 2) or not np.isfinite(self.slopes).all():
+            raise ShapeError(f"alibi slopes must be (H,) or (B, H) finite numbers, one per "
                              f"head, got shape {self.slopes.shape}")
+        if not isinstance(signed, (bool, np.bool_)):
+            raise InvalidArgumentError(f"signed must be True or False, got {signed!r}")
+        self.signed = bool(signed)
 
     def __call__(self, score, b, h, q_idx, kv_idx):
-        distance = np.abs(np.asarray(q_idx) - np.asarray(kv_idx))
-        return score - self.slopes[np.asarray(h) % len(self.slopes)] * distance
+        heads = np.asarray(h) % self.slopes.shape[-1]
+        slope = self.slopes[heads] if self.slopes.ndim == 1 else \
+            self.slopes[np.asarray(b) % len(self.slopes), heads]
+        offset = np.asarray(kv_idx) - np.asarray(q_idx)
+        return score + slope * offset if self.signed else score - slope * np.abs(offset)
 
     def grad(self, score: np.ndarray, b: ArrayLike, h: ArrayLike, q_idx: ArrayLike,
              kv_idx: ArrayLike) -> np.ndarray:
-        return np.ones(np.broadcast_shapes(*map(np.shape, (score, h, q_idx, kv_idx))))
+        return np.ones(np.broadcast_shapes(*map(np.shape, (score, b, h, q_idx, kv_idx))))
 
     def __repr__(self) -> str:
-        return f"alibi({self.slopes.tolist()})"
+        return f"alibi({self.slopes.tolist()}{', signed=True' if self.signed else ''})"
 
 
 class relative_bias(ScoreMod):  # noqa: N801

@@ -136,10 +136,8 @@ class MultiHeadAttention:
         key_padding_mask : array_like, shape (N, S) or (S,), optional
             Bool: True = padded key, ignored. Float: added to the scores.
         need_weights : bool
-            Also return the attention weights, after dropout (``dropout_p`` in
-            ``options``), as ``nn.MultiheadAttention`` returns them: a row need not sum
-            to 1. The softmax before dropout: ``self.last_run.probabilities``
-            (``engine="messages"``) or ``rs.attention(..., return_weights="probabilities")``.
+            Also return the attention weights, after dropout as ``nn.MultiheadAttention``
+            returns them (before it: ``self.last_run.probabilities``, engine="messages").
         attn_mask : array_like, shape (L, S) or (N·num_heads, L, S), optional
             Bool: **True = blocked** (the opposite of SDPA). Float: added to the scores.
         average_attn_weights : bool
@@ -268,18 +266,17 @@ class MultiHeadAttention:
                     f"entries, over rs.run.WEIGHTS_LIMIT = {WEIGHTS_LIMIT:,}: pass "
                     "need_weights=False (the module's last_run.route_weights() then has "
                     "the shares per route)")
-            if batched:
-                with checked_upstream():
+            with checked_upstream():
+                if batched:
                     run = simulate(q, k, v, **arguments)
-                heads = run.output
-                weights = run.weights if need_weights else None
-            else:      # unbatched: a Run of (H, L, ...) heads, addressed by head= alone
-                mask = arguments["attn_mask"]
-                with checked_upstream():
+                    heads = run.output
+                    weights = run.weights if need_weights else None
+                else:  # unbatched: a Run of (H, L, ...) heads, addressed by head= alone
+                    mask = arguments["attn_mask"]
                     run = simulate(q[0], k[0], v[0], **{**arguments, "attn_mask": None if mask
                                                         is None else mask[0]})
-                heads = run.output[None]
-                weights = run.weights[None] if need_weights else None
+                    heads = run.output[None]
+                    weights = run.weights[None] if need_weights else None
             self.last_run = run
         else:
             with checked_upstream():

@@ -8,15 +8,13 @@ but none of its arithmetic, so an equivalence test really compares two computati
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from .errors import EmptyRowError, InvalidArgumentError, NumericalError
-from .exact import exact_pull, exact_scores, exact_shares, exact_unnormalised
-from .exact_row import exact_row
+from .exact_reference import exact_attention, has_route_of
 from .inputs import Problem, prepare
 from .mods import derivative, modified, removed_by
 from .options import NUMERICS, CausalAlignment, EmptyRows, Numerics, check_choice
@@ -27,7 +25,7 @@ from .sparse import DENSE_LIMIT
 if TYPE_CHECKING:
     import networkx as nx
 
-    from .positions import RotaryEmbedding
+    from .positions import AlibiMode, RotaryEmbedding
     from .routeset import RouteSet
 
 __all__ = ["attention", "attention_backward"]
@@ -39,6 +37,7 @@ def attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
               causal_alignment: CausalAlignment = "top_left", empty_rows: EmptyRows = "zero",
               numerics: Numerics = "float", dropout_mask: ArrayLike | None = None,
               seed: int | None = 0, alibi_slopes: ArrayLike | None = None,
+              alibi_mode: AlibiMode = "symmetric",
               rope: RotaryEmbedding | float | None = None,
               return_weights: bool | Literal["probabilities"] = False,
               graph: nx.DiGraph | RouteSet | None = None, mask_mod: Callable | None = None,
@@ -83,9 +82,14 @@ def attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
         The exact routes dropout keeps (True = kept), broadcastable to (..., L, S).
     seed : int, optional
         Seed of the dropout draw.
-    alibi_slopes : array_like, shape (H,), optional
+    alibi_slopes : array_like, shape (H,) or (B, H), optional
         ALiBi: add ``-alibi_slopes[h] · |pos_i - j|`` to head ``h``'s scores (heads are the
-        last batch dim; positions follow ``causal_alignment``).
+        last batch dim; positions follow ``causal_alignment``). ``(B, H)`` gives each batch
+        element its own slopes, as FlashAttention takes them.
+    alibi_mode : {"symmetric", "signed"}
+        ``"symmetric"``: ``-m · |pos_i - j|``, FlashAttention's convention. ``"signed"``:
+        ``m · (j - pos_i)``, the ALiBi paper's and FlexAttention's (attention-gym); a key
+        after the query then gets a positive bias. The two agree on causal routes.
     rope : float or RotaryEmbedding, optional
         Rotate queries and keys by their positions (a float is the base, layout "half").
     return_weights : bool or "probabilities"
@@ -130,7 +134,8 @@ def attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
     problem = prepare(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
                       causal_alignment=causal_alignment, empty_rows=empty_rows,
                       dropout_mask=dropout_mask, seed=seed, alibi_slopes=alibi_slopes,
-                      rope=rope, graph=graph, mask_mod=mask_mod, score_mod=score_mod)
+                      alibi_mode=alibi_mode, rope=rope, graph=graph, mask_mod=mask_mod,
+                      score_mod=score_mod)
     check_choice("numerics", numerics, NUMERICS)
     if not (isinstance(return_weights, (bool, np.bool_)) or return_weights == "probabilities"):
         raise InvalidArgumentError(f"return_weights must be False, True (the weights after "
@@ -141,8 +146,8 @@ def attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
         raise InvalidArgumentError("score_mod runs in float arithmetic; it cannot be combined "
                                    "with numerics='exact'")
     if numerics == "exact":
-        weights, output = _exact(problem, bool(return_weights), after_dropout)
-        has_route = _has_route(problem)                                # (G, L)
+        weights, output = exact_attention(problem, bool(return_weights), after_dropout)
+        has_route = has_route_of(problem)                              # (G, L)
     elif problem.sparse is not None:
         output, shares, has_route = segment_attention(problem)         # (G, L, Ev), (R,)
         keep = problem.sparse.keep
@@ -163,13 +168,6 @@ def attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
         return problem.unflatten(output)
     assert weights is not None                                         # built when asked
     return problem.unflatten(output), problem.unflatten(weights)
-
-
-def _has_route(problem: Problem) -> np.ndarray:
-    """``(G, L)``: which query tokens have at least one route."""
-    if problem.sparse is None:
-        return np.asarray(problem.dense_allowed.any(axis=-1))
-    return (np.diff(problem.sparse.routes.indptr) > 0).reshape(problem.shape[:2])
 
 
 def _dense_weights(problem: Problem, shares: np.ndarray) -> np.ndarray:
@@ -235,72 +233,6 @@ def _grid(problem: Problem) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
             np.arange(n_keys)[None, None, :])
 
 
-def _rows(problem: Problem):
-    """``(g, i, keys, bias, keep)`` of every query with a route: dense or sparse form."""
-    if problem.sparse is None:
-        allowed = problem.dense_allowed
-        for g, i in zip(*np.nonzero(allowed.any(axis=-1))):
-            keys = np.flatnonzero(allowed[g, i])
-            yield (g, i, keys, None if problem.bias is None else problem.bias[g, i, keys],
-                   None if problem.keep is None else problem.keep[g, i, keys])
-        return
-    sparse, n_queries = problem.sparse, problem.shape[1]
-    indptr = sparse.routes.indptr
-    for node in np.flatnonzero(np.diff(indptr)).tolist():
-        span = slice(indptr[node], indptr[node + 1])
-        yield (node // n_queries, node % n_queries, sparse.routes.indices[span],
-               None if sparse.bias is None else sparse.bias[span],
-               None if sparse.keep is None else sparse.keep[span])
-
-
-def _score_name(group: int, query: int, keys: np.ndarray, row: int) -> str:
-    """How an exact-mode error names the score of key row ``row`` of a query's routes."""
-    return f"the score of query {query} and key {keys[row]} (group {group})"
-
-
-def _exact(problem: Problem, return_weights: bool, after_dropout: bool = True
-           ) -> tuple[np.ndarray | None, np.ndarray]:
-    """Exact mode: each query's row with correctly rounded dot products and sums; the
-    weights after dropout, or (``after_dropout=False``) before it."""
-    groups, n_queries, n_keys, _, value_dim = problem.shape
-    dense = problem.sparse is None or return_weights
-    if dense and problem.sparse is not None and groups * n_queries * n_keys > DENSE_LIMIT:
-        raise InvalidArgumentError("return_weights=True would build a dense "
-                                   f"{(groups, n_queries, n_keys)} array, over "
-                                   f"{DENSE_LIMIT:,} entries")
-    weights = np.zeros((groups, n_queries, n_keys), dtype=problem.dtype) if dense else None
-    output = np.zeros((groups, n_queries, value_dim), dtype=problem.dtype)
-    has_route = _has_route(problem)
-    if problem.empty_rows == "error" and not has_route.all():
-        g, i = np.argwhere(~has_route)[0]
-        raise EmptyRowError(f"query token {i} (group {g}) has no route to any key token")
-    factor = problem.dtype.type(1.0 / (1.0 - problem.dropout_p))
-    for g, i, keys, bias, keep in _rows(problem):
-        high, low = exact_scores(
-            problem.key[g, keys], problem.query[g, i], problem.scale, bias,
-            name=partial(_score_name, g, i, keys))
-        e_high, e_low, l_high, l_low = exact_unnormalised(high, low)
-        shares = exact_shares(e_high, e_low, l_high, l_low, high.max())
-        pulled = np.ones(len(keys), dtype=bool) if keep is None else keep
-        row = exact_pull(e_high[pulled], e_low[pulled], l_high, l_low,
-                         problem.value[g, keys[pulled]], high.max())
-        if np.isnan(shares).any() or np.isnan(row).any():             # undecided: integers
-            shares, decided = exact_row(problem.key[g, keys], problem.query[g, i],
-                                        problem.scale, bias, problem.value[g, keys], pulled)
-            assert decided is not None                                 # values given
-            row = decided
-        shares, row = shares.astype(problem.dtype), row.astype(problem.dtype)
-        if keep is not None:
-            with np.errstate(over="ignore"):      # 1/(1-p) may take it past the float range
-                row = row * factor
-                if after_dropout:
-                    shares = shares * pulled * factor
-        if weights is not None:
-            weights[g, i, keys] = shares
-        output[g, i] = row
-    return weights, output
-
-
 def attention_backward(query: ArrayLike, key: ArrayLike, value: ArrayLike, d_output: ArrayLike,
                        attn_mask: ArrayLike | None = None, dropout_p: float = 0.0,
                        is_causal: bool = False, scale: float | None = None,
@@ -309,6 +241,7 @@ def attention_backward(query: ArrayLike, key: ArrayLike, value: ArrayLike, d_out
                        empty_rows: EmptyRows = "zero", numerics: Numerics = "float",
                        dropout_mask: ArrayLike | None = None, seed: int | None = 0,
                        alibi_slopes: ArrayLike | None = None,
+                       alibi_mode: AlibiMode = "symmetric",
                        rope: RotaryEmbedding | float | None = None,
                        return_weights: bool = False, graph: nx.DiGraph | RouteSet | None = None,
                        mask_mod: Callable | None = None, score_mod: Callable | None = None
@@ -344,7 +277,8 @@ def attention_backward(query: ArrayLike, key: ArrayLike, value: ArrayLike, d_out
     problem = prepare(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
                       causal_alignment=causal_alignment, empty_rows=empty_rows,
                       dropout_mask=dropout_mask, seed=seed, alibi_slopes=alibi_slopes,
-                      rope=rope, graph=graph, mask_mod=mask_mod, score_mod=score_mod)
+                      alibi_mode=alibi_mode, rope=rope, graph=graph, mask_mod=mask_mod,
+                      score_mod=score_mod)
     check_choice("numerics", numerics, NUMERICS)
     if return_weights is not False:
         raise InvalidArgumentError("attention_backward returns (d_query, d_key, d_value) only; "

@@ -37,7 +37,7 @@ from .options import (
 )
 from .pages import small_pages
 from .plain import PlainEngine, check_plain
-from .positions import RotaryEmbedding
+from .positions import AlibiMode, RotaryEmbedding
 from .protocol import ForwardNodes, TwoPhaseNodes
 from .routes import RouteTable
 from .routeset import RouteSet
@@ -59,7 +59,8 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
              numerics: Numerics = "float", softmax: Softmax = "two_phase",
              causal_alignment: CausalAlignment = "top_left", empty_rows: EmptyRows = "zero",
              dropout_mask: ArrayLike | None = None, seed: int | None = 0,
-             alibi_slopes: ArrayLike | None = None, rope: RotaryEmbedding | float | None = None,
+             alibi_slopes: ArrayLike | None = None, alibi_mode: AlibiMode = "symmetric",
+             rope: RotaryEmbedding | float | None = None,
              routing: Routing = "softmax", top_k: int | None = None, trace: TraceDetail = "auto",
              delivery: Delivery = "window",
              labels: Sequence[str] | None = None, key_labels: Sequence[str] | None = None,
@@ -90,7 +91,7 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
     softmax : {"two_phase", "online"}
         Wait for every score (a barrier), then allocate the budget; or stream: update a
         running max, normaliser and accumulator as each (score, value) pair arrives.
-    causal_alignment, empty_rows, dropout_mask, seed, alibi_slopes, rope
+    causal_alignment, empty_rows, dropout_mask, seed, alibi_slopes, alibi_mode, rope
         As in :func:`~routing_sim.attention`. RoPE rotates q and k before a token
         publishes them; ALiBi is added by the key node to the score it sends. Not taken:
         ``return_weights`` (a Run always has ``weights``).
@@ -197,8 +198,8 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
     problem = prepare(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
                       causal_alignment=causal_alignment, empty_rows=empty_rows,
                       dropout_mask=dropout_mask, seed=seed, graph=graph,
-                      alibi_slopes=alibi_slopes, rope=rope, mask_mod=mask_mod,
-                      score_mod=score_mod)
+                      alibi_slopes=alibi_slopes, alibi_mode=alibi_mode, rope=rope,
+                      mask_mod=mask_mod, score_mod=score_mod)
     token_graph = graph if isinstance(graph, nx.DiGraph) else None
     tokens = _token_names(token_graph, labels, key_labels, problem.shape[1], problem.shape[2])
     n_routes = int(np.count_nonzero(problem.dense_allowed)) if problem.sparse is None else \

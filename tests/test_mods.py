@@ -44,7 +44,8 @@ def test_relative_bias_reads_the_table_by_distance():
 @pytest.mark.parametrize("call, message", [
     (lambda: mods.softcap(0), "cap must be a finite number > 0"),
     (lambda: mods.softcap(np.inf), "cap must be a finite number > 0"),
-    (lambda: mods.alibi([[1.0]]), "1-D array"),
+    (lambda: mods.alibi([[[1.0]]]), r"\(H,\) or \(B, H\)"),
+    (lambda: mods.alibi([1.0], signed="yes"), "signed must be True or False"),
     (lambda: mods.relative_bias(np.ones(4)), r"\(2M - 1,\)"),
     (lambda: mods.derivative(lambda s, b, h, q, kv: s), "needs the derivative"),
 ])

@@ -1,0 +1,91 @@
+"""Exact mode of the matrix reference: each query's row on its own, with correctly
+rounded dot products and sums (:mod:`routing_sim.exact`), so the result is bit-identical
+to ``simulate(..., numerics="exact")`` under every schedule.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+
+from .errors import EmptyRowError, InvalidArgumentError
+from .exact import exact_pull, exact_scores, exact_shares, exact_unnormalised
+from .exact_row import exact_row
+from .inputs import Problem
+from .sparse import DENSE_LIMIT
+
+__all__ = ["exact_attention", "has_route_of"]
+
+
+def has_route_of(problem: Problem) -> np.ndarray:
+    """``(G, L)``: which query tokens have at least one route."""
+    if problem.sparse is None:
+        return np.asarray(problem.dense_allowed.any(axis=-1))
+    return (np.diff(problem.sparse.routes.indptr) > 0).reshape(problem.shape[:2])
+
+
+def _rows(problem: Problem):
+    """``(g, i, keys, bias, keep)`` of every query with a route: dense or sparse form."""
+    if problem.sparse is None:
+        allowed = problem.dense_allowed
+        for g, i in zip(*np.nonzero(allowed.any(axis=-1))):
+            keys = np.flatnonzero(allowed[g, i])
+            yield (g, i, keys, None if problem.bias is None else problem.bias[g, i, keys],
+                   None if problem.keep is None else problem.keep[g, i, keys])
+        return
+    sparse, n_queries = problem.sparse, problem.shape[1]
+    indptr = sparse.routes.indptr
+    for node in np.flatnonzero(np.diff(indptr)).tolist():
+        span = slice(indptr[node], indptr[node + 1])
+        yield (node // n_queries, node % n_queries, sparse.routes.indices[span],
+               None if sparse.bias is None else sparse.bias[span],
+               None if sparse.keep is None else sparse.keep[span])
+
+
+def _score_name(group: int, query: int, keys: np.ndarray, row: int) -> str:
+    """How an exact-mode error names the score of key row ``row`` of a query's routes."""
+    return f"the score of query {query} and key {keys[row]} (group {group})"
+
+
+def exact_attention(problem: Problem, return_weights: bool, after_dropout: bool = True
+           ) -> tuple[np.ndarray | None, np.ndarray]:
+    """Exact mode: each query's row with correctly rounded dot products and sums; the
+    weights after dropout, or (``after_dropout=False``) before it."""
+    groups, n_queries, n_keys, _, value_dim = problem.shape
+    dense = problem.sparse is None or return_weights
+    if dense and problem.sparse is not None and groups * n_queries * n_keys > DENSE_LIMIT:
+        raise InvalidArgumentError("return_weights=True would build a dense "
+                                   f"{(groups, n_queries, n_keys)} array, over "
+                                   f"{DENSE_LIMIT:,} entries")
+    weights = np.zeros((groups, n_queries, n_keys), dtype=problem.dtype) if dense else None
+    output = np.zeros((groups, n_queries, value_dim), dtype=problem.dtype)
+    has_route = has_route_of(problem)
+    if problem.empty_rows == "error" and not has_route.all():
+        g, i = np.argwhere(~has_route)[0]
+        raise EmptyRowError(f"query token {i} (group {g}) has no route to any key token")
+    factor = problem.dtype.type(1.0 / (1.0 - problem.dropout_p))
+    for g, i, keys, bias, keep in _rows(problem):
+        high, low = exact_scores(
+            problem.key[g, keys], problem.query[g, i], problem.scale, bias,
+            name=partial(_score_name, g, i, keys))
+        e_high, e_low, l_high, l_low = exact_unnormalised(high, low)
+        shares = exact_shares(e_high, e_low, l_high, l_low, high.max())
+        pulled = np.ones(len(keys), dtype=bool) if keep is None else keep
+        row = exact_pull(e_high[pulled], e_low[pulled], l_high, l_low,
+                         problem.value[g, keys[pulled]], high.max())
+        if np.isnan(shares).any() or np.isnan(row).any():             # undecided: integers
+            shares, decided = exact_row(problem.key[g, keys], problem.query[g, i],
+                                        problem.scale, bias, problem.value[g, keys], pulled)
+            assert decided is not None                                 # values given
+            row = decided
+        shares, row = shares.astype(problem.dtype), row.astype(problem.dtype)
+        if keep is not None:
+            with np.errstate(over="ignore"):      # 1/(1-p) may take it past the float range
+                row = row * factor
+                if after_dropout:
+                    shares = shares * pulled * factor
+        if weights is not None:
+            weights[g, i, keys] = shares
+        output[g, i] = row
+    return weights, output
