@@ -2,16 +2,25 @@
 
 Every error a user can provoke is a :class:`RoutingSimError`. The subclasses also
 derive from the built-in type that fits (``ValueError``, ``TypeError``), so code that
-already catches those keeps working.
+already catches those keeps working. A valid input that is almost certainly a mistake
+gets a warning instead (:class:`MaskWarning`), pointed at the user's call.
 """
 
 from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import warnings
+from pathlib import Path
+from types import FrameType
 
 __all__ = [
     "DeliveryError",
     "DTypeError",
     "EmptyRowError",
     "InvalidArgumentError",
+    "MaskWarning",
     "MemoryBudgetError",
     "NumericalError",
     "RoutingSimError",
@@ -62,3 +71,26 @@ class MemoryBudgetError(RoutingSimError):
     (:mod:`routing_sim.budget`) said the run would not fit. The message gives the
     estimate, the budget and the way out (``trace="summary"``, a sparse route set).
     """
+
+
+class MaskWarning(UserWarning):
+    """A mask that is valid but almost certainly not what was meant (a 0/1 float mask).
+
+    Silence it with ``warnings.filterwarnings("ignore", category=rs.MaskWarning)`` when
+    the additive meaning is intended.
+    """
+
+
+_PACKAGE = str(Path(__file__).resolve().parent) + os.sep
+_WRAPPERS = (contextlib.__file__,)             # a @contextmanager decorator's frames
+
+
+def warn_caller(message: str, category: type[Warning]) -> None:
+    """``warnings.warn`` pointing at the first frame outside routing_sim (and the
+    decorators wrapping its entry points): the user's call."""
+    frame: FrameType | None = sys._getframe(1)
+    level = 2                                          # stacklevel 2: warn_caller's caller
+    while frame is not None and (frame.f_code.co_filename.startswith(_PACKAGE)
+                                 or frame.f_code.co_filename in _WRAPPERS):
+        level, frame = level + 1, frame.f_back
+    warnings.warn(message, category, stacklevel=level)

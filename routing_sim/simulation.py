@@ -21,7 +21,7 @@ from .engines.pages import small_pages
 from .engines.plain import PlainEngine, Wire, check_plain
 from .engines.state import SCORE_PHASE, ForwardState
 from .errors import DeliveryError, EmptyRowError, InvalidArgumentError, ShapeError
-from .inputs.positions import RotaryEmbedding
+from .inputs.positions import AlibiMode, RotaryEmbedding
 from .network.conditions import Network
 from .network.messages import FORWARD, Fate, Kind, payload_bytes
 from .network.transport import Transport
@@ -64,8 +64,9 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
              numerics: Numerics = "float", softmax: Softmax = "two_phase",
              causal_alignment: CausalAlignment = "top_left", empty_rows: EmptyRows = "zero",
              dropout_mask: ArrayLike | None = None, seed: int | None = 0,
-             alibi_slopes: ArrayLike | None = None, rope: RotaryEmbedding | float | None = None,
-             routing: Routing = "softmax", top_k: int = 1, trace: TraceDetail = "auto",
+             alibi_slopes: ArrayLike | None = None, alibi_mode: AlibiMode = "symmetric",
+             rope: RotaryEmbedding | float | None = None,
+             routing: Routing = "softmax", top_k: int | None = None, trace: TraceDetail = "auto",
              delivery: Delivery = "window",
              labels: Sequence[str] | None = None, key_labels: Sequence[str] | None = None,
              mask_mod: Callable | None = None, score_mod: Callable | None = None,
@@ -95,7 +96,7 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
     softmax : {"two_phase", "online"}
         Wait for every score (a barrier), then allocate the budget; or stream: update a
         running max, normaliser and accumulator as each (score, value) pair arrives.
-    causal_alignment, empty_rows, dropout_mask, seed, alibi_slopes, rope
+    causal_alignment, empty_rows, dropout_mask, seed, alibi_slopes, alibi_mode, rope
         As in :func:`~routing_sim.attention`. RoPE rotates q and k before a token
         publishes them; ALiBi is added by the key node to the score it sends. Not taken:
         ``return_weights`` (a Run always has ``weights``).
@@ -104,8 +105,11 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
         best-scoring routes (ties: lower source first), with the softmax renormalised
         over them. Hard routing equals attention with those routes as the mask; its
         gradient with respect to the scores is zero almost everywhere.
-    top_k : int
-        How many routes hard routing keeps per query.
+    top_k : int, optional
+        How many routes hard routing keeps per query; 1 (the single best route) when
+        ``routing="topk"`` is given without it. Only with ``routing="topk"``: soft routing
+        pulls every route, so ``top_k`` there is refused with an InvalidArgumentError
+        rather than ignored.
     trace : {"auto", "full", "summary"}
         Keep every message (``"full"``), only totals (``"summary"``), or full up to
         200,000 messages (``"auto"``: four per route, so up to 50,000 routes; retries and
@@ -120,7 +124,8 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
         per-route arrays when combined with a ``graph``).
     score_mod : callable, optional
         FlexAttention's ``score_mod(score, b, h, q_idx, kv_idx) -> score``: the key node
-        applies it to the scaled score it sends, before the bias is added. It is called
+        applies it to the scaled score it sends, before the bias is added; ``-inf``
+        removes the route (that SCORE is sent, then no PULL or VALUE). It is called
         with flat per-route arrays (see :mod:`routing_sim.mods`); ``run.backward`` needs
         a mod that carries its derivative (``rs.mods.softcap``, ``alibi``,
         ``relative_bias``).
@@ -143,8 +148,9 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
     Returns
     -------
     Run
-        ``output`` (..., L, Ev), ``weights`` (..., L, S; dense, for runs up to
-        :data:`~routing_sim.run.WEIGHTS_LIMIT` entries), ``route_weights()`` (per route, any
+        ``output`` (..., L, Ev), ``weights`` (..., L, S; after dropout; dense, for runs up
+        to :data:`~routing_sim.run.WEIGHTS_LIMIT` entries), ``probabilities`` (the same
+        before dropout, rows summing to 1), ``route_weights()`` (per route, any
         size), ``trace``, ``stats``, ``routing_table(i)``, ``dropped`` and (online)
         ``stream(i)``.
 
@@ -190,8 +196,7 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
     check_choice("delivery", delivery, DELIVERY_MODES)
     check_choice("routing", routing, ROUTING)
     check_choice("engine", engine, ENGINES)
-    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
-        raise InvalidArgumentError(f"top_k must be a positive integer, got {top_k!r}")
+    top_k = _hard_routes(routing, top_k)
     if routing == "topk" and softmax == "online":
         raise InvalidArgumentError("routing='topk' needs every score first: use "
                                    "softmax='two_phase'")
@@ -209,8 +214,8 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
     problem = prepare(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
                       causal_alignment=causal_alignment, empty_rows=empty_rows,
                       dropout_mask=dropout_mask, seed=seed, graph=graph,
-                      alibi_slopes=alibi_slopes, rope=rope, mask_mod=mask_mod,
-                      score_mod=score_mod, sinks=sinks)
+                      alibi_slopes=alibi_slopes, alibi_mode=alibi_mode, rope=rope,
+                      mask_mod=mask_mod, score_mod=score_mod, sinks=sinks)
     token_graph = graph if isinstance(graph, nx.DiGraph) else None
     tokens = _token_names(token_graph, labels, key_labels, problem.shape[1], problem.shape[2])
     n_routes = int(np.count_nonzero(problem.dense_allowed)) if problem.sparse is None else \
@@ -233,7 +238,7 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
     if engine == "plain":
         check_plain(softmax, network, problem)
         plain = PlainEngine(problem, routes, network, latency, nbytes, Kernels(numerics),
-                            int(top_k) if routing == "topk" else None)
+                            top_k)
         plain.run(log)
         return collect(problem, routes, plain, log, plain.wire, tokens)
     env = simpy.Environment()
@@ -247,7 +252,7 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
                             keep_stream=log.full)
     else:
         nodes = TwoPhaseNodes(*arguments, on_missing=network.on_missing,
-                              top_k=int(top_k) if routing == "topk" else None)
+                              top_k=top_k)
     if problem.sparse is not None and numerics == "float" and routing == "softmax" \
             and not routes.full:
         tiles = Tiles(routes.indptr, routes.key_index, routes.n_queries, routes.n_keys,
@@ -257,6 +262,21 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
     env.process(transport.run())
     env.run()
     return collect(problem, routes, nodes, log, transport, tokens)
+
+
+def _hard_routes(routing: str, top_k: int | None) -> int | None:
+    """How many routes each query pulls under hard routing; None for soft routing."""
+    if routing != "topk":
+        if top_k is not None:
+            raise InvalidArgumentError(f"top_k={top_k!r} only applies with routing=\"topk\" "
+                                       f"(hard routing); routing={routing!r} pulls every route. "
+                                       "Pass routing=\"topk\" too, or drop top_k")
+        return None
+    if top_k is None:
+        return 1
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        raise InvalidArgumentError(f"top_k must be a positive integer, got {top_k!r}")
+    return int(top_k)
 
 
 def _route_table(problem: Problem, graph) -> RouteTable:
@@ -355,7 +375,7 @@ def collect(problem: Problem, routes: RouteTable, nodes: ForwardNodes | PlainEng
               nodes.rescale if isinstance(nodes, OnlineNodes) else None, state.context)
     output = state.output.reshape(groups, n_queries, problem.shape[4])
     if problem.empty_rows == "nan":
-        output[~has_routes.reshape(groups, n_queries)] = np.nan
+        output[routes.empty_nodes(state.scores).reshape(groups, n_queries)] = np.nan
     completed = np.where(has_routes, state.done_time, 0.0)
     return Run(
         output=problem.unflatten(output), _shares=state.shares, trace=log,

@@ -43,6 +43,7 @@ def non_default(name: str) -> dict:
         "dropout_mask": {"dropout_mask": rng.random((HEADS, TOKENS, TOKENS)) > 0.3},
         "seed": {"seed": 5, "dropout_p": 0.2},
         "alibi_slopes": {"alibi_slopes": [0.5, 0.25]},
+        "alibi_mode": {"alibi_slopes": [0.5, 0.25], "alibi_mode": "signed"},
         "rope": {"rope": 100.0},
         "return_weights": {"return_weights": True},
         "graph": {"graph": rs.graphs.causal(TOKENS)},

@@ -95,3 +95,71 @@ def test_patterns_match_flex_attention():
 
     np.testing.assert_allclose(rs.simulate(q, k, v, graph=routes).output, expected, rtol=RTOL,
                                atol=1e-13)
+
+
+# ---------------------------------------------------------------- mods written for torch
+
+DOCUMENT = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 3])               # a captured tensor
+PREFIX = torch.tensor([3, 6])                                          # per batch element
+
+
+def _alibi_gym(heads):
+    def alibi(score, b, h, q_idx, kv_idx):                            # attention-gym
+        return score + (kv_idx - q_idx) * torch.exp2(-((h + 1) * 8.0 / heads))
+    return alibi
+
+
+TORCH_MASKS = {                                 # attention-gym style, torch ops throughout
+    "causal": lambda b, h, q, kv: q >= kv,
+    "sliding_window": lambda b, h, q, kv: (q >= kv) & ((q - kv).abs() <= 3),
+    "prefix_lm": lambda b, h, q, kv: (kv <= PREFIX[b]) | (q >= kv),
+    "document": lambda b, h, q, kv: (DOCUMENT[q] == DOCUMENT[kv]) & (q >= kv),
+    "where": lambda b, h, q, kv: torch.where(h == 0, q >= kv, kv <= q + 1),
+}
+TORCH_SCORE_MODS = {
+    "none": None,
+    "alibi": _alibi_gym(3),
+    "softcap": lambda score, b, h, q, kv: 20.0 * torch.tanh(score / 20.0),
+    "minus_inf": lambda score, b, h, q, kv: torch.where((q - kv).abs() > 4, -torch.inf, score),
+}
+
+
+PAIRS = ([(mask, "none") for mask in sorted(TORCH_MASKS)]
+         + [("causal", mod) for mod in sorted(TORCH_SCORE_MODS) if mod != "none"]
+         + [("document", "alibi"), ("prefix_lm", "minus_inf")])
+
+
+@pytest.mark.parametrize("mask_name, mod_name", PAIRS)
+def test_flex_mods_written_with_torch_work_unchanged(mask_name, mod_name):
+    rng = np.random.default_rng(11)
+    q, k, v = rng.normal(size=(3, 2, 3, 10, 8))
+    mask_mod, score_mod = TORCH_MASKS[mask_name], TORCH_SCORE_MODS[mod_name]
+    expected = flex_reference(q, k, v, mask_mod, score_mod)
+    routes = rs.RouteSet.from_mask_mod(mask_mod, 10, 10, batch_shape=(2, 3), block_size=4)
+    for engine in ("attention", "simulate"):
+        for options in ({"mask_mod": mask_mod}, {"graph": routes}):
+            got, _ = engine_output(engine, q, k, v, score_mod=score_mod, **options)
+            np.testing.assert_allclose(got, expected, rtol=RTOL, atol=1e-13,
+                                       err_msg=f"{engine} {sorted(options)}")
+
+
+def test_a_score_mod_masking_with_minus_inf_matches_flex_including_an_empty_row():
+    rng = np.random.default_rng(12)
+    q, k, v = rng.normal(size=(3, 1, 2, 6, 4))
+
+    def removing(score, b, h, q_idx, kv_idx):                          # row 2 of head 1: empty
+        return torch.where((kv_idx > q_idx) | ((h == 1) & (q_idx == 2)), -torch.inf, score)
+
+    expected = flex_reference(q, k, v, None, removing)
+    assert not expected[0, 1, 2].any()                                 # flex gives 0
+    np.testing.assert_allclose(rs.attention(q, k, v, score_mod=removing), expected,
+                               rtol=RTOL, atol=1e-13)
+    for softmax in ("two_phase", "online"):
+        run = rs.simulate(q, k, v, score_mod=removing, softmax=softmax)
+        np.testing.assert_allclose(run.output, expected, rtol=RTOL, atol=1e-13)
+
+
+def test_a_torch_mod_that_is_wrong_on_torch_too_reports_the_numpy_error():
+    q = np.ones((2, 3))
+    with pytest.raises(AttributeError, match="abs"):
+        rs.attention(q, q, q, mask_mod=lambda b, h, i, j: (i - j).abs().nosuch() > 0)

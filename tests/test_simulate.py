@@ -226,3 +226,21 @@ def test_sliding_window_and_padding_graphs_route_like_their_masks():
     run = rs.simulate(batch_q[:, None], batch_q[:, None], np.stack([v, v])[:, None],
                       attn_mask=padded)
     assert (run.weights[0, 0][:, 2:] == 0).all() and (run.weights[1, 0] > 0).all()
+
+
+@pytest.mark.parametrize("routing", ["softmax", None])
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_top_k_without_hard_routing_is_refused_not_ignored(routing, top_k):
+    q = np.random.default_rng(0).normal(size=(5, 4))
+    options = {} if routing is None else {"routing": routing}
+    with pytest.raises(rs.InvalidArgumentError, match='routing="topk"'):
+        rs.simulate(q, q, q, top_k=top_k, **options)
+
+
+def test_topk_routing_without_top_k_keeps_the_single_best_route():
+    q, k, v = np.random.default_rng(1).normal(size=(3, 5, 4))
+    run = rs.simulate(q, k, v, routing="topk")
+    best = (q @ k.T).argmax(axis=-1)                                   # (L,)
+    np.testing.assert_array_equal(run.output, v[best])
+    assert run.stats.messages["PULL"] == 5
+    assert np.array_equal(run.weights, rs.simulate(q, k, v, routing="topk", top_k=1).weights)

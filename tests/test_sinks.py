@@ -427,6 +427,41 @@ def test_gradients_through_a_score_mod_and_a_shared_sink():
     assert_gradients_close((back.query, back.key, back.value, back.sinks), expected)
 
 
+@pytest.mark.parametrize("form", ["dense", "sparse"])
+def test_a_score_mod_that_removes_routes_leaves_their_budget_to_the_sink(form):
+    rng = np.random.default_rng(5)
+    query, key, value = rng.normal(size=(3, 2, 5, 4))
+    sinks = np.array([0.4, -1.0])
+    removed = np.triu(np.ones((5, 5), bool), 1)                      # j > i removed
+    removed[2] = True                                                 # and all of row 2
+
+    class Cut(rs.mods.ScoreMod):                                      # slope 1 where kept
+        def __call__(self, score, b, h, q_idx, kv_idx):
+            return np.where(removed[q_idx, kv_idx], -np.inf, score)
+
+        def grad(self, score, b, h, q_idx, kv_idx):
+            return np.ones_like(score)
+
+    cut = Cut()
+    graph = rs.patterns.document([5]) if form == "sparse" else None
+    expected, weights, sink_shares = concatenated(query, key, value, sinks, ~removed)
+    assert relative(rs.attention(query, key, value, score_mod=cut, sinks=sinks,
+                                 graph=graph), expected) <= 1e-12
+    for softmax in ("two_phase", "online"):
+        run = rs.simulate(query, key, value, score_mod=cut, sinks=sinks, graph=graph,
+                          softmax=softmax)
+        assert relative(run.output, expected) <= 1e-12
+        assert not run.output[:, 2].any()                             # the sink took it all
+    assert run.routing_table(2, head=0).sink == 1.0
+    d_output = rng.normal(size=expected.shape)
+    grads = rs.simulate(query, key, value, score_mod=cut, sinks=sinks, graph=graph
+                        ).backward(d_output)
+    matrix = rs.attention_backward(query, key, value, d_output, score_mod=cut, sinks=sinks,
+                                   graph=graph)
+    for mine, theirs in zip((grads.query, grads.key, grads.value, grads.sinks), matrix):
+        assert relative(mine, theirs) <= 1e-12
+
+
 @pytest.mark.parametrize("numerics, softmax", [("float", "online"), ("exact", "two_phase")])
 def test_backward_of_online_and_exact_runs(numerics, softmax):
     rng = np.random.default_rng(13)

@@ -57,6 +57,7 @@ class ForwardState:
     scores: np.ndarray = field(init=False)          # (R,) s_ij (exact: high part)
     exact: ExactParts | None = field(init=False)    # exact mode only
     shares: np.ndarray = field(init=False)          # (R,) w_ij after dropout
+    probabilities: np.ndarray | None = field(init=False)  # (R,) dropout: w_ij before it
     score_time: np.ndarray | None = field(init=False)  # (R,) first SCORE in (idempotence)
     value_time: np.ndarray = field(init=False)      # (R,) first VALUE in, NaN if none
     would_have: np.ndarray | None = field(init=False)  # (R,) a dead route's full share
@@ -97,6 +98,7 @@ class ForwardState:
         # A node with no route (or none left) gives the sink its whole budget.
         self.sink_shares = None if self.sinks is None else np.ones(n_nodes, dtype=dtype)
         self.dropout_scale = dtype.type(1.0 / (1.0 - problem.dropout_p))
+        self.probabilities = None if self.kept is None else np.zeros(n_routes, dtype=dtype)
         self.needed = routes.routes_per_node()
         self.values_needed = self.needed.copy() if self.kept is None else np.bincount(
             routes.query_node[self.kept], minlength=n_nodes)

@@ -8,14 +8,19 @@ edge) ends up as a False in ``allowed``; a route exists only if every source all
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 from numpy.typing import ArrayLike
 
-from ..errors import DTypeError, InvalidArgumentError, ShapeError
+from ..errors import DTypeError, InvalidArgumentError, MaskWarning, ShapeError, warn_caller
 from ..options import CAUSAL_ALIGNMENTS, CausalAlignment
 from .arrays import as_numpy
 
-__all__ = ["CAUSAL_ALIGNMENTS", "causal_mask", "mha_route_mask", "padding_mask", "route_set"]
+__all__ = ["CAUSAL_ALIGNMENTS", "causal_mask", "check_additive", "checked_upstream",
+           "mha_route_mask", "padding_mask", "route_set"]
 
 
 
@@ -61,6 +66,44 @@ def padding_mask(lengths: ArrayLike, n_keys: int) -> np.ndarray:
     return (np.arange(n_keys)[None, :] < lengths[:, None])[:, None, None, :]
 
 
+def check_additive(name: str, mask: np.ndarray) -> None:
+    """Warn (:class:`~routing_sim.MaskWarning`) when a float mask holds only 0s and 1s.
+
+    A float mask is added to the scores, as in PyTorch, so such a mask blocks nothing
+    and lifts the 1-routes by one: almost always a bool mask written as floats. A float
+    mask of zeros alone is a no-op bias, not this trap, so it passes quietly.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     check_additive("attn_mask", np.tril(np.ones((2, 2))))
+    >>> caught[0].category.__name__, "bool" in str(caught[0].message)
+    ('MaskWarning', True)
+    """
+    if mask.dtype.kind != "f" or not mask.size:
+        return
+    ones = mask == 1
+    if ones.any() and (ones | (mask == 0)).all():
+        warn_caller(f"{name} is a float mask of only 0s and 1s, so it is ADDED to the scores "
+                    "(as in PyTorch): 0 blocks nothing and 1 lifts a score by one. For a mask "
+                    f"of allowed routes pass it as bool ({name}.astype(bool)); to block routes "
+                    "with a float mask put -inf (or a large negative number) on them; to keep "
+                    "this 0/1 bias, silence the warning with warnings.filterwarnings(\"ignore\", "
+                    "category=routing_sim.MaskWarning)", MaskWarning)
+
+
+@contextmanager
+def checked_upstream() -> Iterator[None]:
+    """No MaskWarning inside: the caller checked its users' masks under their own names
+    (``nn.MultiheadAttention``'s ``attn_mask``, ``key_padding_mask``) and passes on a mask
+    built from them, which would otherwise warn a second time under another name."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MaskWarning)
+        yield
+
+
 def route_set(attn_mask: ArrayLike | None, is_causal: bool, causal_alignment: CausalAlignment,
               graph_mask: np.ndarray | None,
               batch_shape: tuple[int, ...], n_queries: int, n_keys: int, dtype: np.dtype
@@ -96,6 +139,7 @@ def route_set(attn_mask: ArrayLike | None, is_causal: bool, causal_alignment: Ca
                 raise InvalidArgumentError(f"attn_mask has {mask[tuple(bad)]} at index "
                                            f"{tuple(int(b) for b in bad)}; a float mask may hold "
                                            "finite values and -inf only")
+            check_additive("attn_mask", mask)
             allowed = ~np.isneginf(mask)
             bias = np.where(allowed, mask, 0).astype(dtype)
         else:
@@ -127,7 +171,7 @@ def mha_route_mask(attn_mask: ArrayLike | None, key_padding_mask: ArrayLike | No
     array([[[[1, 0, 1]]]])
     """
     H = n_heads
-    blocked = []                                                   # float (-inf) or bool
+    blocked, names = [], []                                        # float (-inf) or bool
     if attn_mask is not None:
         mask = as_numpy("attn_mask", attn_mask)
         if mask.shape == (n_queries, n_keys):
@@ -139,8 +183,10 @@ def mha_route_mask(attn_mask: ArrayLike | None, key_padding_mask: ArrayLike | No
                              f"(N*num_heads, L, S) = {(n_batch * H, n_queries, n_keys)}, "
                              f"got {mask.shape}")
         blocked.append(mask)
+        names.append("attn_mask")
     elif is_causal:
         blocked.append(np.triu(np.ones((n_queries, n_keys), dtype=bool), k=1)[None, None])
+        names.append("is_causal")
     if key_padding_mask is not None:
         padded = as_numpy("key_padding_mask", key_padding_mask)
         expected = (n_batch, n_keys) if batched else (n_keys,)
@@ -148,12 +194,14 @@ def mha_route_mask(attn_mask: ArrayLike | None, key_padding_mask: ArrayLike | No
             raise ShapeError(f"key_padding_mask must have shape {expected} (batch, S), got "
                              f"{padded.shape}")
         blocked.append(padded.reshape(n_batch, 1, 1, n_keys))
+        names.append("key_padding_mask")
     if not blocked:
         return None
-    for mask in blocked:
+    for name, mask in zip(names, blocked):
         if mask.dtype != bool and not np.issubdtype(mask.dtype, np.floating):
             raise InvalidArgumentError(f"MHA masks must be bool (True = blocked) or float "
                                        f"(added), got dtype {mask.dtype}")
+        check_additive(name, mask)
     extra = n_routes - n_keys        # bias_k / zero-attention tokens: always reachable
     if all(mask.dtype == bool for mask in blocked):
         allowed = ~np.logical_or.reduce(np.broadcast_arrays(*blocked))

@@ -7,6 +7,16 @@ calls it with arrays that broadcast together (flat per-route arrays in the simul
 ``(G, 1, 1)`` / ``(1, L, 1)`` / ``(1, 1, S)`` grids in the matrix reference). ``b`` and
 ``h`` index the leading batch and head dims (see :func:`~routing_sim.routes.route_set.batch_head`).
 
+A mod that returns ``-inf`` removes the route, as FlexAttention users mask: in the
+protocol the key node still sends that SCORE (it is the one applying the mod), and the
+route then takes no share and pulls no value; its gradient is zero. ``+inf`` and NaN are
+refused with an error naming the mod.
+
+A mod written for ``torch.nn.attention.flex_attention`` works unchanged when torch is
+installed: a mod that fails on numpy arrays is called again with torch tensors of the same
+values (:func:`call_mod`; torch is imported only then). ``mask_mod`` functions go through
+the same call.
+
 The backward pass needs ``d score' / d score`` as well, so it accepts only mods that carry
 it: the built-ins below (or any object with a matching ``grad`` method). A plain function
 gets a clear error there, never a wrong gradient.
@@ -14,14 +24,17 @@ gets a clear error there, never a wrong gradient.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from ..errors import InvalidArgumentError, ShapeError
 
-__all__ = ["ScoreMod", "alibi", "derivative", "modified", "relative_bias", "softcap"]
+__all__ = ["ScoreMod", "alibi", "call_mod", "derivative", "modified", "relative_bias", "removed_by",
+           "softcap"]
 
 
 class ScoreMod:
@@ -70,30 +83,44 @@ class softcap(ScoreMod):  # noqa: N801 - named like the function users call
 
 
 class alibi(ScoreMod):  # noqa: N801
-    """ALiBi: ``score - slopes[h] · |q_idx - kv_idx|`` (as ``alibi_slopes``, top-left).
+    """ALiBi as a score mod, in either convention (as ``alibi_slopes`` / ``alibi_mode``).
+
+    ``signed=False``: ``score - slopes[h] · |q_idx - kv_idx|``, FlashAttention's
+    ``alibi_slopes``. ``signed=True``: ``score + slopes[h] · (kv_idx - q_idx)``, the ALiBi
+    paper's and FlexAttention's (attention-gym's ``generate_alibi_bias``); a key after the
+    query then gets a positive bias, so without a causal mask the two differ. ``slopes``
+    is ``(H,)`` or, per batch element, ``(B, H)``.
 
     Examples
     --------
     >>> alibi([0.5, 1.0])(np.zeros(2), 0, np.array([0, 1]), 3, 1).tolist()
     [-1.0, -2.0]
+    >>> alibi([0.5], signed=True)(np.zeros(3), 0, 0, 1, np.arange(3)).tolist()
+    [-0.5, 0.0, 0.5]
     """
 
-    def __init__(self, slopes) -> None:
+    def __init__(self, slopes, signed: bool = False) -> None:
         self.slopes = np.asarray(slopes, dtype=np.float64)
-        if self.slopes.ndim != 1 or not np.isfinite(self.slopes).all():
-            raise ShapeError(f"alibi slopes must be a 1-D array of finite numbers, one per "
+        if self.slopes.ndim not in (1, 2) or not np.isfinite(self.slopes).all():
+            raise ShapeError(f"alibi slopes must be (H,) or (B, H) finite numbers, one per "
                              f"head, got shape {self.slopes.shape}")
+        if not isinstance(signed, (bool, np.bool_)):
+            raise InvalidArgumentError(f"signed must be True or False, got {signed!r}")
+        self.signed = bool(signed)
 
     def __call__(self, score, b, h, q_idx, kv_idx):
-        distance = np.abs(np.asarray(q_idx) - np.asarray(kv_idx))
-        return score - self.slopes[np.asarray(h) % len(self.slopes)] * distance
+        heads = np.asarray(h) % self.slopes.shape[-1]
+        slope = self.slopes[heads] if self.slopes.ndim == 1 else \
+            self.slopes[np.asarray(b) % len(self.slopes), heads]
+        offset = np.asarray(kv_idx) - np.asarray(q_idx)
+        return score + slope * offset if self.signed else score - slope * np.abs(offset)
 
     def grad(self, score: np.ndarray, b: ArrayLike, h: ArrayLike, q_idx: ArrayLike,
              kv_idx: ArrayLike) -> np.ndarray:
-        return np.ones(np.broadcast_shapes(*map(np.shape, (score, h, q_idx, kv_idx))))
+        return np.ones(np.broadcast_shapes(*map(np.shape, (score, b, h, q_idx, kv_idx))))
 
     def __repr__(self) -> str:
-        return f"alibi({self.slopes.tolist()})"
+        return f"alibi({self.slopes.tolist()}{', signed=True' if self.signed else ''})"
 
 
 class relative_bias(ScoreMod):  # noqa: N801
@@ -130,20 +157,76 @@ class relative_bias(ScoreMod):  # noqa: N801
         return f"relative_bias(table of shape {self.table.shape})"
 
 
+def call_mod(mod: Callable, *arguments) -> np.ndarray:
+    """``mod(*arguments)`` as an array: with the numpy arguments, or, for a mod written
+    for ``torch.nn.attention.flex_attention`` (torch ops such as ``.abs()``,
+    ``torch.where``, ``torch.tanh``, a captured tensor), with torch tensors of the same
+    values.
+
+    The numpy call comes first. Only when it fails the way a torch mod fails on numpy
+    arrays (a TypeError or AttributeError, or numpy meeting a tensor) or answers with a
+    tensor is torch imported, lazily, and the mod called again on tensors, its answer
+    converted back with ``.numpy()``. If torch is not installed, or the mod fails on
+    tensors too, the numpy call's error is raised.
+
+    Examples
+    --------
+    >>> call_mod(lambda b, h, q_idx, kv_idx: kv_idx <= q_idx, 0, 0, np.arange(3)[:, None],
+    ...          np.arange(3)[None]).astype(int)
+    array([[1, 0, 0],
+           [1, 1, 0],
+           [1, 1, 1]])
+    """
+    numpy_error: Exception | None = None
+    try:
+        with warnings.catch_warnings():               # numpy handed a tensor: a torch mod
+            warnings.filterwarnings("error", message=".*__array_wrap__",
+                                    category=DeprecationWarning)
+            result = mod(*arguments)
+        if type(result).__module__.split(".")[0] != "torch":
+            return np.asarray(result)
+    except (TypeError, AttributeError, DeprecationWarning) as error:
+        numpy_error = error
+    try:
+        import torch
+    except ImportError:
+        assert numpy_error is not None, "a tensor answer means torch is loaded"
+        raise numpy_error from None
+    tensors = [torch.from_numpy(np.ascontiguousarray(argument))
+               if isinstance(argument, np.ndarray) else torch.as_tensor(argument)
+               for argument in arguments]
+    try:
+        result = mod(*tensors)
+    except Exception:
+        if numpy_error is None:
+            raise
+        raise numpy_error from None
+    if isinstance(result, torch.Tensor):
+        return result.detach().cpu().numpy()
+    return np.asarray(result)
+
+
 def modified(score_mod: Callable, scores: np.ndarray, b: ArrayLike, h: ArrayLike,
-             q_idx: ArrayLike, kv_idx: ArrayLike) -> np.ndarray:
+             q_idx: ArrayLike, kv_idx: ArrayLike, exists: np.ndarray | None = None
+             ) -> np.ndarray:
     """``score_mod`` applied to ``scores``, checked: real, the shape of ``scores``.
 
-    Callers check the modded scores of existing routes are finite (a score_mod that
-    returns ``-inf`` does not remove a route: use ``mask_mod`` for that).
+    ``-inf`` from a finite score removes the route, as in FlexAttention (see
+    :func:`removed_by`); ``+inf`` or NaN from a finite score has no softmax, so it raises
+    an :class:`~routing_sim.InvalidArgumentError` naming the mod (only on routes that
+    ``exists``, a bool mask broadcasting to ``scores``, when given). A score that was not
+    finite before the mod is an overflow, which the callers report.
 
     Examples
     --------
     >>> modified(softcap(1.0), np.array([0.0, 50.0]), 0, 0, 0, np.array([0, 1])).tolist()
     [0.0, 1.0]
+    >>> modified(lambda s, b, h, q, kv: np.where(kv > q, -np.inf, s), np.zeros(2), 0, 0, 0,
+    ...          np.array([0, 1])).tolist()
+    [0.0, -inf]
     """
     with np.errstate(over="ignore", invalid="ignore"):
-        result = np.asarray(score_mod(scores, b, h, q_idx, kv_idx))
+        result = call_mod(score_mod, scores, b, h, q_idx, kv_idx)
     if result.dtype.kind not in "fiu":
         raise InvalidArgumentError(f"score_mod must return real scores, got dtype {result.dtype}")
     try:
@@ -151,7 +234,40 @@ def modified(score_mod: Callable, scores: np.ndarray, b: ArrayLike, h: ArrayLike
     except ValueError:
         raise ShapeError(f"score_mod returned shape {result.shape} for scores of shape "
                          f"{scores.shape}; it must work elementwise") from None
+    unusable = (np.isnan(result) | np.isposinf(result)) & np.isfinite(scores)
+    if exists is not None:
+        unusable &= exists
+    if unusable.any():
+        at = tuple(np.argwhere(unusable)[0])
+        b, h, q_idx, kv_idx = (int(np.broadcast_to(index, scores.shape)[at])
+                               for index in (b, h, q_idx, kv_idx))
+        raise InvalidArgumentError(
+            f"score_mod {_name(score_mod)} returned {result[at]} for the score {scores[at]} "
+            f"of query {q_idx} and key {kv_idx} (b={b}, h={h}); a score_mod must return "
+            "finite scores, or -inf to remove a route (as in FlexAttention): +inf and NaN "
+            "have no softmax")
     return result.astype(scores.dtype)
+
+
+def removed_by(raw: np.ndarray, modded: np.ndarray) -> np.ndarray:
+    """Routes a score_mod removed: ``-inf`` from a finite score (FlexAttention's masking).
+
+    Such a route takes no share of the budget and pulls no value; a query whose every
+    route is removed is an empty row (``empty_rows``), as flex_attention gives it zeros.
+
+    Examples
+    --------
+    >>> removed_by(np.array([1.0, 2.0, -np.inf]), np.array([1.0, -np.inf, -np.inf])).tolist()
+    [False, True, False]
+    """
+    return np.isneginf(modded) & np.isfinite(raw)
+
+
+def _name(score_mod: Callable) -> str:
+    """How an error names a mod: a function's qualified name, else its repr."""
+    if isinstance(score_mod, ScoreMod):
+        return repr(score_mod)
+    return getattr(score_mod, "__qualname__", None) or repr(score_mod)
 
 
 def derivative(score_mod: Callable | None) -> Callable | None:
@@ -164,4 +280,4 @@ def derivative(score_mod: Callable | None) -> Callable | None:
             f"the backward pass needs the derivative of score_mod {score_mod!r}; use a "
             "built-in (rs.mods.softcap, alibi, relative_bias) or give an object with a "
             "grad(score, b, h, q_idx, kv_idx) method")
-    return grad
+    return partial(call_mod, grad)                 # a grad written with torch works too

@@ -16,7 +16,7 @@ from numpy.typing import ArrayLike
 
 from ..errors import InvalidArgumentError, ShapeError
 from ..inputs.arrays import as_numpy
-from ..inputs.masks import mha_route_mask
+from ..inputs.masks import checked_upstream, mha_route_mask
 from ..options import MHA_ENGINES, MhaEngine, check_choice
 from ..reference.matrix import attention, attention_backward
 from ..results.run import WEIGHTS_LIMIT
@@ -142,7 +142,8 @@ class MultiHeadAttention:
         key_padding_mask : array_like, shape (N, S) or (S,), optional
             Bool: True = padded key, ignored. Float: added to the scores.
         need_weights : bool
-            Also return the attention weights.
+            Also return the attention weights, after dropout as ``nn.MultiheadAttention``
+            returns them (before it: ``self.last_run.probabilities``, engine="messages").
         attn_mask : array_like, shape (L, S) or (N·num_heads, L, S), optional
             Bool: **True = blocked** (the opposite of SDPA). Float: added to the scores.
         average_attn_weights : bool
@@ -222,7 +223,8 @@ class MultiHeadAttention:
             d_sinks = [] if core.sinks is None else [core.sinks]
         else:
             q, k, v = projected
-            d_q, d_k, d_v, *d_sinks = attention_backward(q, k, v, d_heads, **arguments)
+            with checked_upstream():
+                d_q, d_k, d_v, *d_sinks = attention_backward(q, k, v, d_heads, **arguments)
         grads.update(zip(["sinks"], d_sinks))                          # with sinks= only
 
         def unheads(x: np.ndarray) -> np.ndarray:                     # (N, H, T, d) -> (N, T, H·d)
@@ -273,20 +275,22 @@ class MultiHeadAttention:
                     f"entries, over rs.run.WEIGHTS_LIMIT = {WEIGHTS_LIMIT:,}: pass "
                     "need_weights=False (the module's last_run.route_weights() then has "
                     "the shares per route)")
-            if batched:
-                run = simulate(q, k, v, **arguments)
-                heads = run.output
-                weights = run.weights if need_weights else None
-            else:      # unbatched: a Run of (H, L, ...) heads, addressed by head= alone
-                mask = arguments["attn_mask"]
-                run = simulate(q[0], k[0], v[0], **{**arguments, "attn_mask": None if mask
-                                                    is None else mask[0]})
-                heads = run.output[None]
-                weights = run.weights[None] if need_weights else None
+            with checked_upstream():
+                if batched:
+                    run = simulate(q, k, v, **arguments)
+                    heads = run.output
+                    weights = run.weights if need_weights else None
+                else:  # unbatched: a Run of (H, L, ...) heads, addressed by head= alone
+                    mask = arguments["attn_mask"]
+                    run = simulate(q[0], k[0], v[0], **{**arguments, "attn_mask": None if mask
+                                                        is None else mask[0]})
+                    heads = run.output[None]
+                    weights = run.weights[None] if need_weights else None
             self.last_run = run
         else:
-            heads, weights = attention(q, k, v, return_weights=True, **arguments) \
-                if need_weights else (attention(q, k, v, **arguments), None)
+            with checked_upstream():
+                heads, weights = attention(q, k, v, return_weights=True, **arguments) \
+                    if need_weights else (attention(q, k, v, **arguments), None)
         merged = heads.transpose(0, 2, 1, 3).reshape(n_batch, n_queries, self.embed_dim)
         output = merged @ self._parameters["out_proj.weight"].T        # (N, L, E)
         if "out_proj.bias" in self._parameters:

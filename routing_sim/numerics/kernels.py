@@ -61,10 +61,20 @@ def routing_budget(scores: np.ndarray, out: np.ndarray | None = None) -> np.ndar
     --------
     >>> routing_budget(np.log(np.array([5.0, 3.0, 2.0]))).round(2)
     array([0.5, 0.3, 0.2])
+    >>> routing_budget(np.array([[0.0, -np.inf], [-np.inf, -np.inf]]))
+    array([[1., 0.],
+           [0., 0.]])
     """
-    shares = np.subtract(scores, scores.max(axis=-1, keepdims=True), out=out)  # (..., n_routes)
+    top = scores.max(axis=-1, keepdims=True)                           # (..., 1)
+    # A row whose every route a score_mod removed is all -inf: it gets no budget (shares
+    # of 0, as an empty row), shifted by 0 and divided by 1 so -inf - -inf never happens.
+    empty = np.isneginf(top)
+    if empty.any():
+        top = np.where(empty, 0, top)
+    shares = np.subtract(scores, top, out=out)                         # (..., n_routes)
     np.exp(shares, out=shares)
-    shares /= shares.sum(axis=-1, keepdims=True)
+    total = shares.sum(axis=-1, keepdims=True)
+    shares /= np.where(empty, 1, total) if empty.any() else total
     return shares
 
 

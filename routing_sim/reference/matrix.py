@@ -8,26 +8,24 @@ but none of its arithmetic, so an equivalence test really compares two computati
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from ..errors import EmptyRowError, InvalidArgumentError, NumericalError
-from ..inputs.mods import derivative, modified
-from ..numerics.exact import exact_pull, exact_scores, exact_shares, exact_unnormalised
-from ..numerics.exact_row import exact_row
+from ..inputs.mods import derivative, modified, removed_by
 from ..options import NUMERICS, CausalAlignment, EmptyRows, Numerics, check_choice
 from ..routes.problem import Problem, prepare
 from ..routes.restrictions import DENSE_LIMIT
 from ..routes.route_set import batch_head
+from .exact_rows import exact_attention, has_route
 from .segments import segment_attention, segment_backward
 
 if TYPE_CHECKING:
     import networkx as nx
 
-    from ..inputs.positions import RotaryEmbedding
+    from ..inputs.positions import AlibiMode, RotaryEmbedding
     from ..routes.route_set import RouteSet
 
 __all__ = ["attention", "attention_backward"]
@@ -39,7 +37,9 @@ def attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
               causal_alignment: CausalAlignment = "top_left", empty_rows: EmptyRows = "zero",
               numerics: Numerics = "float", dropout_mask: ArrayLike | None = None,
               seed: int | None = 0, alibi_slopes: ArrayLike | None = None,
-              rope: RotaryEmbedding | float | None = None, return_weights: bool = False,
+              alibi_mode: AlibiMode = "symmetric",
+              rope: RotaryEmbedding | float | None = None,
+              return_weights: bool | Literal["probabilities"] = False,
               graph: nx.DiGraph | RouteSet | None = None, mask_mod: Callable | None = None,
               score_mod: Callable | None = None, sinks: ArrayLike | None = None
               ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
@@ -57,6 +57,8 @@ def attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
         What each key token hands out when pulled.
     attn_mask : array_like of bool or float, broadcastable to (..., L, S), optional
         Bool: True = route allowed. Float: added to the scores; ``-inf`` blocks the route.
+        A float mask of only 0s and 1s blocks nothing, so it warns
+        (:class:`~routing_sim.MaskWarning`): pass it as bool if it says which routes exist.
     dropout_p : float
         Probability of dropping a route after softmax; survivors are rescaled by
         ``1 / (1 - dropout_p)``. The mask is ``default_rng(seed).random((..., L, S)) >=
@@ -80,14 +82,23 @@ def attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
         The exact routes dropout keeps (True = kept), broadcastable to (..., L, S).
     seed : int, optional
         Seed of the dropout draw.
-    alibi_slopes : array_like, shape (H,), optional
+    alibi_slopes : array_like, shape (H,) or (B, H), optional
         ALiBi: add ``-alibi_slopes[h] · |pos_i - j|`` to head ``h``'s scores (heads are the
-        last batch dim; positions follow ``causal_alignment``).
+        last batch dim; positions follow ``causal_alignment``). ``(B, H)`` gives each batch
+        element its own slopes, as FlashAttention takes them.
+    alibi_mode : {"symmetric", "signed"}
+        ``"symmetric"``: ``-m · |pos_i - j|``, FlashAttention's convention. ``"signed"``:
+        ``m · (j - pos_i)``, the ALiBi paper's and FlexAttention's (attention-gym); a key
+        after the query then gets a positive bias. The two agree on causal routes.
     rope : float or RotaryEmbedding, optional
         Rotate queries and keys by their positions (a float is the base, layout "half").
-    return_weights : bool
-        Also return the routing tables (attention weights, after dropout); dense, so a
-        sparse route set must be small enough (see
+    return_weights : bool or "probabilities"
+        Also return the routing tables: ``True`` gives them after dropout (the weights the
+        output was computed with, as ``nn.MultiheadAttention`` and transformers' eager
+        attention return them: a dropped route is 0 and the kept ones are scaled by
+        ``1 / (1 - dropout_p)``, so a row need not sum to 1); ``"probabilities"`` gives
+        the softmax before dropout, rows summing to 1. The same without dropout. Dense, so
+        a sparse route set must be small enough (see
         :data:`~routing_sim.routes.restrictions.DENSE_LIMIT`).
     graph : networkx.DiGraph or RouteSet, optional
         The routes that exist (see :mod:`routing_sim.graphs`, :mod:`routing_sim.patterns`).
@@ -100,7 +111,9 @@ def attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
     score_mod : callable, optional
         ``score_mod(score, b, h, q_idx, kv_idx) -> score`` (FlexAttention): changes the
         scaled score ``q·k·scale`` before ``attn_mask``/ALiBi biases are added and before
-        the softmax. Not with ``numerics="exact"``.
+        the softmax. ``-inf`` removes the route (as in FlexAttention; a query left with
+        none is an empty row); ``+inf`` and NaN raise InvalidArgumentError. Not with
+        ``numerics="exact"``.
     sinks : array_like, shape (H,) or (1,), optional
         Attention sinks (gpt-oss's ``s_aux``, FlashAttention's learnable sink): one logit
         per head (heads are the last batch dim; (1,): one logit every head shares), added
@@ -135,21 +148,32 @@ def attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
     problem = prepare(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
                       causal_alignment=causal_alignment, empty_rows=empty_rows,
                       dropout_mask=dropout_mask, seed=seed, alibi_slopes=alibi_slopes,
-                      rope=rope, graph=graph, mask_mod=mask_mod, score_mod=score_mod,
-                      sinks=sinks)
+                      alibi_mode=alibi_mode, rope=rope, graph=graph, mask_mod=mask_mod,
+                      score_mod=score_mod, sinks=sinks)
     check_choice("numerics", numerics, NUMERICS)
+    if not (isinstance(return_weights, (bool, np.bool_)) or return_weights == "probabilities"):
+        raise InvalidArgumentError(f"return_weights must be False, True (the weights after "
+                                   f"dropout) or 'probabilities' (before it), got "
+                                   f"{return_weights!r}")
+    after_dropout = return_weights != "probabilities"
     if numerics == "exact" and score_mod is not None:
         raise InvalidArgumentError("score_mod runs in float arithmetic; it cannot be combined "
                                    "with numerics='exact'")
     if numerics == "exact":
-        weights, output = exact_attention(problem, return_weights)
+        weights, output = exact_attention(problem, bool(return_weights), after_dropout)
+        routed = has_route(problem)                                    # (G, L)
     elif problem.sparse is not None:
-        output, shares = segment_attention(problem)                    # (G, L, Ev), (R,)
+        output, shares, routed = segment_attention(problem)            # (G, L, Ev), (R,)
+        keep = problem.sparse.keep
+        if after_dropout and keep is not None:       # as the output pulled them
+            shares = shares * (keep * problem.dtype.type(1.0 / (1.0 - problem.dropout_p)))
         weights = _dense_weights(problem, shares) if return_weights else None
     else:
-        weights = _weights(problem)[0]                                 # (G, L, S)
-        output = weights @ problem.value                               # (G, L, Ev)
-    routed = has_route(problem)                                        # (G, L)
+        weights, _, live = _weights(problem)                           # (G, L, S) x2
+        pulled = _dropped_out(problem, weights)                        # (G, L, S)
+        output = pulled @ problem.value                                # (G, L, Ev)
+        weights = pulled if after_dropout else weights
+        routed = np.asarray(live.any(axis=-1))                         # (G, L)
     if problem.empty_rows == "nan":
         output[~routed] = np.nan
         if weights is not None:
@@ -173,28 +197,34 @@ def _dense_weights(problem: Problem, shares: np.ndarray) -> np.ndarray:
     return weights.reshape(groups, n_queries, n_keys)
 
 
-def _weights(problem: Problem, dropout: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-    """Routing tables ``(G, L, S)``: stable softmax over allowed routes (and the sink),
-    then dropout; and the sinks' shares ``(G, L)`` (None without sinks)."""
+def _weights(problem: Problem) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Routing tables ``(G, L, S)`` before dropout: stable softmax over live routes (and
+    the sink); the sinks' shares ``(G, L)`` (None without sinks); and which routes are
+    live ``(G, L, S)``: allowed, and not removed by a score_mod."""
     allowed = problem.dense_allowed                                    # (G, L, S)
+    live = allowed
     with np.errstate(over="ignore", invalid="ignore"):   # overflow is reported below
         scores = problem.query @ problem.key.transpose(0, 2, 1)        # (G, L, S)
         scores *= problem.dtype.type(problem.scale)
         if problem.score_mod is not None:
-            scores = modified(problem.score_mod, scores, *_grid(problem))
+            raw, scores = scores, modified(problem.score_mod, scores, *_grid(problem),
+                                           exists=allowed)
+            live = allowed & ~removed_by(raw, scores)
         if problem.bias is not None:
             scores += problem.bias
-    overflow = allowed & ~np.isfinite(scores)
+    overflow = live & ~np.isfinite(scores)
     if overflow.any():
         g, i, j = np.argwhere(overflow)[0]
         raise NumericalError(f"the score of query {i} and key {j} (group {g}) overflowed "
                              f"to {scores[g, i, j]}; scale the inputs down (a score_mod must "
-                             "return finite scores)")
-    has_route = allowed.any(axis=-1, keepdims=True)                    # (G, L, 1)
+                             "return finite scores, or -inf to remove the route)")
+    has_route = live.any(axis=-1, keepdims=True)                       # (G, L, 1)
     if problem.empty_rows == "error" and not has_route.all():
         g, i, _ = np.argwhere(~has_route)[0]
-        raise EmptyRowError(f"query token {i} (group {g}) has no route to any key token")
-    scores = np.where(allowed, scores, -np.inf)
+        raise EmptyRowError(f"query token {i} (group {g}) has no route to any key token"
+                            + (" (the score_mod removed every one)" if allowed[g, i].any()
+                               else ""))
+    scores = np.where(live, scores, -np.inf)
     row_max = scores.max(axis=-1, keepdims=True, initial=-np.inf)      # (G, L, 1)
     sink_shares = None
     if problem.sinks is None:
@@ -210,9 +240,14 @@ def _weights(problem: Problem, dropout: bool = True) -> tuple[np.ndarray, np.nda
         total = weights.sum(axis=-1, keepdims=True) + sink_weight      # (G, L, 1)
         weights /= total
         sink_shares = (sink_weight / total)[..., 0]                    # (G, L)
-    if dropout and problem.keep is not None:
-        weights *= problem.keep * problem.dtype.type(1.0 / (1.0 - problem.dropout_p))
-    return weights, sink_shares
+    return weights, sink_shares, live
+
+
+def _dropped_out(problem: Problem, weights: np.ndarray) -> np.ndarray:
+    """The routing tables after dropout: the kept shares scaled by ``1 / (1 - p)``."""
+    if problem.keep is None:
+        return weights
+    return weights * (problem.keep * problem.dtype.type(1.0 / (1.0 - problem.dropout_p)))
 
 
 def _grid(problem: Problem) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -231,6 +266,7 @@ def attention_backward(query: ArrayLike, key: ArrayLike, value: ArrayLike, d_out
                        empty_rows: EmptyRows = "zero", numerics: Numerics = "float",
                        dropout_mask: ArrayLike | None = None, seed: int | None = 0,
                        alibi_slopes: ArrayLike | None = None,
+                       alibi_mode: AlibiMode = "symmetric",
                        rope: RotaryEmbedding | float | None = None,
                        return_weights: bool = False, graph: nx.DiGraph | RouteSet | None = None,
                        mask_mod: Callable | None = None, score_mod: Callable | None = None,
@@ -277,8 +313,8 @@ def attention_backward(query: ArrayLike, key: ArrayLike, value: ArrayLike, d_out
     problem = prepare(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
                       causal_alignment=causal_alignment, empty_rows=empty_rows,
                       dropout_mask=dropout_mask, seed=seed, alibi_slopes=alibi_slopes,
-                      rope=rope, graph=graph, mask_mod=mask_mod, score_mod=score_mod,
-                      sinks=sinks)
+                      alibi_mode=alibi_mode, rope=rope, graph=graph, mask_mod=mask_mod,
+                      score_mod=score_mod, sinks=sinks)
     check_choice("numerics", numerics, NUMERICS)
     if return_weights is not False:
         raise InvalidArgumentError("attention_backward returns (d_query, d_key, d_value) only; "
@@ -288,7 +324,7 @@ def attention_backward(query: ArrayLike, key: ArrayLike, value: ArrayLike, d_out
     if problem.sparse is not None:
         d_query, d_key, d_value, d_sinks = segment_backward(problem, upstream)
         return _gradients(problem, d_query, d_key, d_value, d_sinks)
-    weights, sink_shares = _weights(problem, dropout=False)            # (G, L, S)  P
+    weights, sink_shares, live = _weights(problem)                     # (G, L, S)  P
     factor = 1.0 if problem.keep is None else problem.keep * problem.dtype.type(
         1.0 / (1.0 - problem.dropout_p))
     dropped = weights * factor                                         # (G, L, S)  P'
@@ -299,7 +335,8 @@ def attention_backward(query: ArrayLike, key: ArrayLike, value: ArrayLike, d_out
     d_sinks = None if sink_shares is None else -(sink_shares * through[..., 0]).sum(-1)  # (G,)
     if slope is not None:                                              # through score_mod
         raw = problem.query @ problem.key.transpose(0, 2, 1) * problem.dtype.type(problem.scale)
-        d_scores = d_scores * slope(raw, *_grid(problem))
+        # A removed route (-inf) had no share: its gradient is 0, whatever the slope says.
+        d_scores = np.where(live, d_scores * slope(raw, *_grid(problem)), 0)
     d_query = problem.scale * d_scores @ problem.key                   # (G, L, E)
     d_key = problem.scale * d_scores.transpose(0, 2, 1) @ problem.query  # (G, S, E)
     return _gradients(problem, d_query, d_key, d_value, d_sinks)
@@ -311,78 +348,3 @@ def _gradients(problem: Problem, d_query: np.ndarray, d_key: np.ndarray, d_value
     grads = (problem.to_inputs(d_query, "query"), problem.to_inputs(d_key, "key"),
              problem.to_inputs(d_value, "value"))
     return grads if d_sinks is None else (*grads, problem.to_sinks(d_sinks))
-
-
-def has_route(problem: Problem) -> np.ndarray:
-    """``(G, L)``: which query tokens have at least one route."""
-    if problem.sparse is None:
-        return np.asarray(problem.dense_allowed.any(axis=-1))
-    return (np.diff(problem.sparse.routes.indptr) > 0).reshape(problem.shape[:2])
-
-
-def _rows(problem: Problem):
-    """``(g, i, keys, bias, keep)`` of every query with a route: dense or sparse form."""
-    if problem.sparse is None:
-        allowed = problem.dense_allowed
-        for g, i in zip(*np.nonzero(allowed.any(axis=-1))):
-            keys = np.flatnonzero(allowed[g, i])
-            yield (g, i, keys, None if problem.bias is None else problem.bias[g, i, keys],
-                   None if problem.keep is None else problem.keep[g, i, keys])
-        return
-    sparse, n_queries = problem.sparse, problem.shape[1]
-    indptr = sparse.routes.indptr
-    for node in np.flatnonzero(np.diff(indptr)).tolist():
-        span = slice(indptr[node], indptr[node + 1])
-        yield (node // n_queries, node % n_queries, sparse.routes.indices[span],
-               None if sparse.bias is None else sparse.bias[span],
-               None if sparse.keep is None else sparse.keep[span])
-
-
-def _score_name(group: int, query: int, keys: np.ndarray, row: int) -> str:
-    """How an exact-mode error names the score of key row ``row`` of a query's routes."""
-    return f"the score of query {query} and key {keys[row]} (group {group})"
-
-
-def exact_attention(problem: Problem, return_weights: bool
-                    ) -> tuple[np.ndarray | None, np.ndarray]:
-    """``(weights (G, L, S) or None, output (G, L, Ev))``: each query's row with
-    correctly rounded dot products and sums (weights when asked, or for a dense problem)."""
-    groups, n_queries, n_keys, _, value_dim = problem.shape
-    dense = problem.sparse is None or return_weights
-    if dense and problem.sparse is not None and groups * n_queries * n_keys > DENSE_LIMIT:
-        raise InvalidArgumentError("return_weights=True would build a dense "
-                                   f"{(groups, n_queries, n_keys)} array, over "
-                                   f"{DENSE_LIMIT:,} entries")
-    weights = np.zeros((groups, n_queries, n_keys), dtype=problem.dtype) if dense else None
-    output = np.zeros((groups, n_queries, value_dim), dtype=problem.dtype)
-    routed = has_route(problem)
-    if problem.empty_rows == "error" and not routed.all():
-        g, i = np.argwhere(~routed)[0]
-        raise EmptyRowError(f"query token {i} (group {g}) has no route to any key token")
-    factor = problem.dtype.type(1.0 / (1.0 - problem.dropout_p))
-    for g, i, keys, bias, keep in _rows(problem):
-        high, low = exact_scores(
-            problem.key[g, keys], problem.query[g, i], problem.scale, bias,
-            name=partial(_score_name, g, i, keys))
-        sink = None if problem.sinks is None else float(problem.sinks[g])
-        if sink is not None:        # one more route, last: its score is the logit, exactly
-            high, low = np.append(high, sink), np.append(low, 0.0)
-        e_high, e_low, l_high, l_low = exact_unnormalised(high, low)
-        shares = exact_shares(e_high, e_low, l_high, l_low, high.max())
-        pulled = np.ones(len(keys), dtype=bool) if keep is None else keep
-        row = exact_pull(e_high[:len(keys)][pulled], e_low[:len(keys)][pulled], l_high, l_low,
-                         problem.value[g, keys[pulled]], high.max())
-        if np.isnan(shares).any() or np.isnan(row).any():             # undecided: integers
-            shares, decided = exact_row(problem.key[g, keys], problem.query[g, i],
-                                        problem.scale, bias, problem.value[g, keys], pulled,
-                                        sink)
-            assert decided is not None                                 # values given
-            row = decided
-        shares, row = shares[:len(keys)].astype(problem.dtype), row.astype(problem.dtype)
-        if keep is not None:
-            with np.errstate(over="ignore"):      # 1/(1-p) may take it past the float range
-                shares, row = shares * pulled * factor, row * factor
-        if weights is not None:
-            weights[g, i, keys] = shares
-        output[g, i] = row
-    return weights, output

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from ..errors import EmptyRowError, NumericalError
-from ..inputs.mods import derivative, modified
+from ..inputs.mods import derivative, modified, removed_by
 from ..routes.problem import Problem
 from ..routes.route_set import batch_head
 
@@ -72,34 +72,55 @@ def chunks(problem: Problem) -> Iterator[Chunk]:
 
 
 def route_scores(problem: Problem, chunk: Chunk) -> tuple[np.ndarray, np.ndarray]:
-    """``(raw, s)``: ``q · k · scale`` and the score after score_mod and bias, per route."""
+    """``(raw, s)``: ``q · k · scale`` and the score after score_mod and bias, per route
+    (``-inf`` where the score_mod removed the route)."""
     dim = problem.shape[3]
     queries = problem.query.reshape(-1, dim)[chunk.node]               # (r, E)
     keys = problem.key.reshape(-1, dim)[chunk.key_row]                 # (r, E)
+    removed = None
     with np.errstate(over="ignore", invalid="ignore"):
         raw = np.einsum("re,re->r", queries, keys) * problem.dtype.type(problem.scale)
-        scores = raw if problem.score_mod is None else modified(
-            problem.score_mod, raw, chunk.batch, chunk.head, chunk.query_token, chunk.key_token)
+        scores = raw
+        if problem.score_mod is not None:
+            scores = modified(problem.score_mod, raw, chunk.batch, chunk.head,
+                              chunk.query_token, chunk.key_token)
+            removed = removed_by(raw, scores)
         if problem.sparse_form.bias is not None:
             scores = scores + problem.sparse_form.bias[chunk.span]
-    if not np.isfinite(scores).all():
-        bad = int(np.flatnonzero(~np.isfinite(scores))[0])
+    overflow = ~np.isfinite(scores) if removed is None else ~np.isfinite(scores) & ~removed
+    if overflow.any():
+        bad = int(np.flatnonzero(overflow)[0])
         raise NumericalError(f"the score of query {chunk.query_token[bad]} and key "
                              f"{chunk.key_token[bad]} (group {chunk.node[bad] // problem.shape[1]})"
                              f" overflowed to {scores[bad]}; scale the inputs down (a score_mod "
-                             "must return finite scores)")
+                             "must return finite scores, or -inf to remove the route)")
+    if removed is not None and problem.empty_rows == "error":
+        gone = np.logical_and.reduceat(removed, chunk.starts)          # (segments,)
+        if gone.any():
+            node = int(chunk.nodes[np.flatnonzero(gone)[0]])
+            raise EmptyRowError(f"query token {node % problem.shape[1]} (group "
+                                f"{node // problem.shape[1]}) has no route to any key token "
+                                "(the score_mod removed every one)")
     return raw, scores
 
 
 def route_shares(chunk: Chunk, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """Stable softmax within each segment: subtract the segment max, no epsilon. With
     sinks, each segment's sink logit joins the max and the normaliser; returns the routes'
-    shares ``(r,)`` and the sinks' shares ``(segments,)`` (None without sinks)."""
+    shares ``(r,)`` and the sinks' shares ``(segments,)`` (None without sinks).
+
+    A segment whose every route a score_mod removed (all ``-inf``) and that has no sink
+    gets shares of 0, as an empty row does: its max is shifted by 0 and its total divided
+    by 1, so ``-inf - -inf`` never happens.
+    """
     top = np.maximum.reduceat(scores, chunk.starts)                    # (segments,)
     if chunk.sinks is not None:
         top = np.maximum(top, chunk.sinks)
+    empty = np.isneginf(top)
+    top[empty] = 0.0
     shares = np.exp(scores - chunk.spread(top))                        # (r,)
     total = chunk.total(shares)                                        # (segments,)
+    total[empty] = 1.0
     if chunk.sinks is None:
         return shares / chunk.spread(total), None
     sink_weight = np.exp(chunk.sinks - top)                            # (segments,)
@@ -114,19 +135,26 @@ def dropout_factor(problem: Problem, chunk: Chunk) -> np.ndarray | float:
     return keep[chunk.span] * problem.dtype.type(1.0 / (1.0 - problem.dropout_p))
 
 
-def segment_attention(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
-    """``(output (G, L, Ev), shares (R,))``: shares after dropout, in canonical order."""
+def segment_attention(problem: Problem) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(output (G, L, Ev), shares (R,), has_route (G, L))``: shares before dropout (the
+    output pulls them after it), in canonical order; ``has_route`` is False for a query
+    with no route or none left after the score_mod."""
     groups, n_queries, _, _, value_dim = problem.shape
     _check_empty(problem)
     output = np.zeros((groups * n_queries, value_dim), dtype=problem.dtype)
     shares = np.zeros(len(problem.sparse_form.routes), dtype=problem.dtype)
+    has_route = np.diff(problem.sparse_form.routes.indptr) > 0          # (G·L,)
     values = problem.value.reshape(-1, value_dim)
     for chunk in chunks(problem):
         _, scores = route_scores(problem, chunk)
-        pulled = route_shares(chunk, scores)[0] * dropout_factor(problem, chunk)
+        if problem.score_mod is not None:
+            has_route[chunk.nodes] = np.maximum.reduceat(scores, chunk.starts) > -np.inf
+        pulled = route_shares(chunk, scores)[0]
         shares[chunk.span] = pulled
+        pulled = pulled * dropout_factor(problem, chunk)
         output[chunk.nodes] = chunk.total(pulled[:, None] * values[chunk.key_row])
-    return output.reshape(groups, n_queries, value_dim), shares
+    return (output.reshape(groups, n_queries, value_dim), shares,
+            has_route.reshape(groups, n_queries))
 
 
 def segment_backward(problem: Problem, upstream: np.ndarray
@@ -152,9 +180,9 @@ def segment_backward(problem: Problem, upstream: np.ndarray
         d_scores = shares * (d_shares - chunk.spread(through))
         if d_sinks is not None and sink_shares is not None:  # d sink = -p_sink · Σ P dP
             np.add.at(d_sinks, chunk.nodes // n_queries, -sink_shares * through)
-        if slope is not None:
-            d_scores = d_scores * slope(raw, chunk.batch, chunk.head, chunk.query_token,
-                                        chunk.key_token)
+        if slope is not None:        # a removed route (-inf) had no share: gradient 0
+            d_scores = np.where(np.isneginf(scores), 0, d_scores * slope(
+                raw, chunk.batch, chunk.head, chunk.query_token, chunk.key_token))
         d_scores = d_scores * problem.dtype.type(problem.scale)        # (r,) through the scale
         d_query[chunk.nodes] = chunk.total(d_scores[:, None] * keys[chunk.key_row])
         np.add.at(d_key, chunk.key_row, d_scores[:, None] * queries[chunk.node])

@@ -51,6 +51,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ..errors import InvalidArgumentError
+from ..inputs.masks import checked_upstream
 from ..inputs.mods import alibi, modified, relative_bias, softcap
 from ..routes.problem import Problem, prepare
 from ..routes.restrictions import DENSE_LIMIT
@@ -175,16 +176,19 @@ def _tolerance(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
     scores = np.where(allowed, modded + (0 if problem.bias is None else problem.bias),
                       -np.inf)                                         # (G, L, S) s
     # Zero scale: the mask is the whole score, so these are the reference's tables of s
-    # (the groups are the heads here: one sink logit each).
-    weights = attention(q, k, v, scale=0.0, attn_mask=scores, return_weights=True,
-                        sinks=problem.sinks)[1]
+    # (the groups are the heads here: one sink logit each; scores, not a mask a user
+    # wrote: no MaskWarning however they come out).
+    with checked_upstream():
+        weights = attention(q, k, v, scale=0.0, attn_mask=scores, return_weights=True,
+                            sinks=problem.sinks)[1]
     if problem.keep is not None:
         weights = weights * problem.keep / (1.0 - problem.dropout_p)
     with np.errstate(invalid="ignore"):
         ref_output = weights @ v                                       # (G, L, Ev)
     output_tol = contract * (1 + np.abs(ref_output))
     weight_tol = contract * (1 + weights)
-    largest = max(np.abs(np.where(allowed, scores, 0)).max(initial=0.0),
+    live = allowed & ~np.isneginf(scores)              # -inf: the score_mod removed it
+    largest = max(np.abs(np.where(live, scores, 0)).max(initial=0.0),
                   np.abs(np.where(allowed, raw, 0)).max(initial=0.0),
                   0.0 if problem.sinks is None else float(np.abs(problem.sinks).max()))
     if largest <= CONTRACT_SCORE_LIMIT:

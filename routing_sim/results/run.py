@@ -102,10 +102,32 @@ class Run:
 
     @property
     def weights(self) -> np.ndarray:
-        """The dense routing tables ``(..., L, S)``: zero where there is no route."""
+        """The dense routing tables ``(..., L, S)`` the nodes pulled with: zero where there
+        is no route, and after dropout (a dropped route 0, the kept shares scaled by
+        ``1 / (1 - p)``, so a row need not sum to 1), as ``nn.MultiheadAttention`` returns
+        them. :attr:`probabilities` has the tables before dropout."""
         if self._weights is None:
-            self._weights = self._dense_weights()
+            self._weights = self._dense_weights(self._shares)
         return self._weights
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        """The dense routing tables before dropout ``(..., L, S)``: each query's softmax,
+        a row summing to 1 (0 for a query with no route), and ``weights == probabilities
+        * keep / (1 - dropout_p)``. Without dropout, :attr:`weights` itself.
+
+        Examples
+        --------
+        >>> import numpy as np, routing_sim as rs
+        >>> q, k, v = np.random.default_rng(0).normal(size=(3, 4, 2))
+        >>> run = rs.simulate(q, k, v, dropout_p=0.5, seed=1)
+        >>> run.probabilities.sum(axis=-1).round(12).tolist()
+        [1.0, 1.0, 1.0, 1.0]
+        >>> bool(np.allclose(run.weights, run.probabilities * (run.weights != 0) * 2))
+        True
+        """
+        kept = self._forward[0].probabilities
+        return self.weights if kept is None else self._dense_weights(kept)
 
     def require_dense(self, what: str = "run.weights", instead: str | None = None) -> None:
         """Raise a clear error if the dense ``(..., L, S)`` tables are over the limit; the
@@ -119,18 +141,19 @@ class Run:
                     instead or "run.route_weights() gives the shares per route, and "
                     "run.routing_table(i) one token's table"))
 
-    def _dense_weights(self) -> np.ndarray:
+    def _dense_weights(self, shares: np.ndarray) -> np.ndarray:
+        """Per-route ``shares`` (R,) as dense tables ``(..., L, S)``."""
         self.require_dense()
         table, shape = self._routes, self.weights_shape
         groups, n_queries, n_keys = table.n_groups, table.n_queries, table.n_keys
         if table.full:                                                 # every route exists
-            weights = self._shares.reshape(groups, n_queries, n_keys)
+            weights = shares.reshape(groups, n_queries, n_keys)
         else:
-            weights = np.zeros((groups * n_queries, n_keys), dtype=self._shares.dtype)
-            weights[table.query_node, table.key_index] = self._shares  # (G·L, S)
+            weights = np.zeros((groups * n_queries, n_keys), dtype=shares.dtype)
+            weights[table.query_node, table.key_index] = shares        # (G·L, S)
             weights = weights.reshape(groups, n_queries, n_keys)
         if self._empty_nan:
-            weights[(table.routes_per_node() == 0).reshape(groups, n_queries)] = np.nan
+            weights[table.empty_nodes(self._scores).reshape(groups, n_queries)] = np.nan
         return weights.reshape(shape)
 
     def route_weights(self) -> RouteWeights:

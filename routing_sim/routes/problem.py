@@ -18,7 +18,14 @@ from numpy.typing import ArrayLike
 from ..errors import DTypeError, InvalidArgumentError, ShapeError
 from ..inputs.arrays import as_numpy
 from ..inputs.masks import route_set
-from ..inputs.positions import RotaryEmbedding, alibi_bias, as_rotary, query_positions
+from ..inputs.positions import (
+    RotaryEmbedding,
+    alibi_bias,
+    as_rotary,
+    check_alibi_mode,
+    check_alibi_slopes,
+    query_positions,
+)
 from ..inputs.sinks import group_sinks
 from ..options import EMPTY_ROWS, CausalAlignment, EmptyRows, check_choice
 from .graphs import graph_mask
@@ -141,8 +148,9 @@ def prepare(query: ArrayLike, key: ArrayLike, value: ArrayLike,
             causal_alignment: CausalAlignment = "top_left", empty_rows: EmptyRows = "zero",
             dropout_mask: ArrayLike | None = None, seed: int | None = 0,
             graph: nx.DiGraph | RouteSet | None = None, alibi_slopes: ArrayLike | None = None,
-            rope: RotaryEmbedding | float | None = None, mask_mod: Callable | None = None,
-            score_mod: Callable | None = None, sinks: ArrayLike | None = None) -> Problem:
+            alibi_mode: str = "symmetric", rope: RotaryEmbedding | float | None = None,
+            mask_mod: Callable | None = None, score_mod: Callable | None = None,
+            sinks: ArrayLike | None = None) -> Problem:
     """Validate the public arguments and flatten them into a :class:`Problem`.
 
     A RouteSet ``graph`` or a ``mask_mod`` gives the sparse form (``problem.sparse``: one
@@ -176,6 +184,7 @@ def prepare(query: ArrayLike, key: ArrayLike, value: ArrayLike,
     if not isinstance(is_causal, (bool, np.bool_)):
         raise InvalidArgumentError(f"is_causal must be True or False, got {is_causal!r}")
     scale = resolve_scale(scale, dim)
+    check_alibi_mode(alibi_mode)
     if score_mod is not None and not callable(score_mod):
         raise InvalidArgumentError(f"score_mod must be a function (score, b, h, q_idx, kv_idx) "
                                    f"-> score, got {type(score_mod).__name__}")
@@ -187,7 +196,8 @@ def prepare(query: ArrayLike, key: ArrayLike, value: ArrayLike,
                                        "dropout_mask (bool, broadcastable) instead")
         keep = _dropout_keep(dropout_p, dropout_mask, seed, scores_shape)
         sparse = sparse_routes(graph, mask_mod, attn_mask, bool(is_causal), causal_alignment,
-                               batch_shape, n_queries, n_keys, query.dtype, alibi_slopes, keep)
+                               batch_shape, n_queries, n_keys, query.dtype, alibi_slopes, keep,
+                               alibi_mode)
         allowed = bias = keep = None
     else:
         sparse = None
@@ -195,7 +205,8 @@ def prepare(query: ArrayLike, key: ArrayLike, value: ArrayLike,
                                   None if graph is None else graph_mask(graph, n_queries, n_keys),
                                   batch_shape, n_queries, n_keys, query.dtype)
     if alibi_slopes is not None and sparse is None:
-        alibi = _alibi(alibi_slopes, scores_shape, causal_alignment).astype(query.dtype)
+        alibi = _alibi(alibi_slopes, scores_shape, causal_alignment, alibi_mode
+                       ).astype(query.dtype)
         bias = alibi if bias is None else bias + alibi
     rotary = as_rotary(rope)
     origin["rotary"] = rotary
@@ -244,20 +255,13 @@ def _unbroadcast(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return grad.sum(axis=stretched, keepdims=True) if stretched else grad
 
 
-def _alibi(slopes: ArrayLike, scores_shape: tuple[int, ...], alignment: CausalAlignment
-           ) -> np.ndarray:
-    """ALiBi biases shaped to broadcast over ``(..., H, L, S)``: heads are the last batch dim."""
+def _alibi(slopes: ArrayLike, scores_shape: tuple[int, ...], alignment: CausalAlignment,
+           mode: str) -> np.ndarray:
+    """ALiBi biases shaped to broadcast over ``(..., H, L, S)``: heads are the last batch
+    dim, slopes ``(H,)`` or ``(B, H)``."""
     *batch_shape, n_queries, n_keys = scores_shape
-    bias = alibi_bias(slopes, n_queries, n_keys, alignment)            # (H, L, S)
-    if not batch_shape:
-        if bias.shape[0] != 1:
-            raise ShapeError(f"alibi_slopes has {bias.shape[0]} slopes but the inputs have no "
-                             "head dim; give (..., H, L, E) inputs or one slope")
-        return bias[0]
-    if bias.shape[0] not in (1, batch_shape[-1]):
-        raise ShapeError(f"alibi_slopes has {bias.shape[0]} slopes for {batch_shape[-1]} heads "
-                         f"(inputs' head dim is the last batch dim of {tuple(batch_shape)})")
-    return bias
+    checked = check_alibi_slopes(slopes, tuple(batch_shape))           # (), (H,) or (B, H)
+    return alibi_bias(checked, n_queries, n_keys, alignment, mode)     # (..., L, S)
 
 
 def as_float_array(name: str, x: ArrayLike) -> np.ndarray:

@@ -18,7 +18,8 @@ from numpy.typing import ArrayLike
 
 from ..errors import DTypeError, InvalidArgumentError, ShapeError
 from ..inputs.masks import route_set
-from ..inputs.positions import query_positions
+from ..inputs.mods import call_mod
+from ..inputs.positions import alibi_distance, check_alibi_slopes, query_positions
 from ..options import CAUSAL_ALIGNMENTS, CausalAlignment
 from .route_set import RouteSet, batch_head
 
@@ -47,7 +48,8 @@ def sparse_routes(graph: nx.DiGraph | RouteSet | None, mask_mod: Callable | None
                   attn_mask: ArrayLike | None, is_causal: bool,
                   causal_alignment: CausalAlignment, batch_shape: tuple[int, ...],
                   n_queries: int, n_keys: int, dtype: np.dtype,
-                  alibi_slopes: ArrayLike | None = None, keep: np.ndarray | None = None
+                  alibi_slopes: ArrayLike | None = None, keep: np.ndarray | None = None,
+                  alibi_mode: str = "symmetric"
                   ) -> SparseRoutes:
     """Every route restriction, applied route by route (a route exists where all allow it)."""
     if causal_alignment not in CAUSAL_ALIGNMENTS:
@@ -66,7 +68,7 @@ def sparse_routes(graph: nx.DiGraph | RouteSet | None, mask_mod: Callable | None
         routes = routes.select(_gather(allowed, routes))
         bias = None if mask_bias is None else _gather(mask_bias, routes).astype(dtype)
     if alibi_slopes is not None:
-        alibi = _alibi(alibi_slopes, routes, causal_alignment).astype(dtype)
+        alibi = _alibi(alibi_slopes, routes, causal_alignment, alibi_mode).astype(dtype)
         bias = alibi if bias is None else bias + alibi
     return SparseRoutes(routes, bias, None if keep is None else _gather(keep, routes))
 
@@ -95,7 +97,7 @@ def _allowed_by(mask_mod: Callable, batch, head, query, key) -> np.ndarray:
     if not callable(mask_mod):
         raise InvalidArgumentError(f"mask_mod must be a function (b, h, q_idx, kv_idx) -> "
                                    f"bool, got {type(mask_mod).__name__}")
-    allowed = np.asarray(mask_mod(batch, head, query, key))
+    allowed = call_mod(mask_mod, batch, head, query, key)
     if allowed.dtype != bool:
         raise DTypeError(f"mask_mod must return a bool array (True = route allowed), got "
                          f"dtype {allowed.dtype}")
@@ -114,16 +116,11 @@ def _gather(array: np.ndarray, routes: RouteSet) -> np.ndarray:
     return full[tuple(batch) + (query, routes.indices)]
 
 
-def _alibi(slopes, routes: RouteSet, alignment: str) -> np.ndarray:
-    """ALiBi's ``-slopes[h] · |pos_i - j|`` per route (heads are the last batch dim)."""
-    slopes = np.asarray(slopes, dtype=np.float64)
-    if slopes.ndim != 1 or not np.isfinite(slopes).all():
-        raise ShapeError(f"alibi_slopes must be a 1-D array of finite slopes, one per head, "
-                         f"got shape {slopes.shape}")
-    heads = routes.batch_shape[-1] if routes.batch_shape else 1
-    if len(slopes) not in (1, heads):
-        raise ShapeError(f"alibi_slopes has {len(slopes)} slopes for {heads} heads (inputs' "
-                         f"head dim is the last batch dim of {routes.batch_shape})")
-    _, head, query, key = route_coordinates(routes)
+def _alibi(slopes, routes: RouteSet, alignment: str, mode: str) -> np.ndarray:
+    """ALiBi's ``slope · alibi_distance`` per route; slopes ``(H,)`` or ``(B, H)`` (heads
+    are the last batch dim)."""
+    per_group = np.broadcast_to(check_alibi_slopes(slopes, routes.batch_shape),
+                                routes.batch_shape).reshape(-1)        # (G,)
+    group, query = np.divmod(routes.query_node, routes.n_queries)      # (R,) x2
     position = query_positions(routes.n_queries, routes.n_keys, alignment)[query]
-    return 0.0 - slopes[head % len(slopes)] * np.abs(position - key)
+    return 0.0 + per_group[group] * alibi_distance(position, routes.indices, mode)

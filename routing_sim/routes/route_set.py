@@ -19,6 +19,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ..errors import DTypeError, InvalidArgumentError, ShapeError
+from ..inputs.mods import call_mod
 from .graphs import check_count
 
 __all__ = ["RouteSet", "batch_head", "concat_ranges", "from_ranges"]
@@ -306,7 +307,7 @@ def _tile(mask_mod: Callable, batch: int, head: int, rows: np.ndarray, left: int
           ) -> tuple[np.ndarray, np.ndarray]:
     """The (row, key) pairs a mask_mod allows in one tile of rows x keys left:right."""
     keys = np.arange(left, right)[None, :]
-    allowed = np.asarray(mask_mod(batch, head, rows, keys))
+    allowed = call_mod(mask_mod, batch, head, rows, keys)
     if allowed.dtype != bool:
         raise DTypeError(f"mask_mod must return a bool array (True = route allowed), "
                          f"got dtype {allowed.dtype}")

@@ -145,6 +145,14 @@ class RouteTable:
     def routes_per_node(self) -> np.ndarray:
         return np.diff(self.indptr)                                    # (G·L,)
 
+    def empty_nodes(self, scores: np.ndarray) -> np.ndarray:
+        """``(G·L,)`` bool: nodes with no route, or whose every route a score_mod removed
+        (its score ``scores[r]`` is -inf): the rows ``empty_rows`` applies to."""
+        removed = np.isneginf(scores)                                  # (R,)
+        if not removed.any():
+            return self.routes_per_node() == 0
+        return np.bincount(self.query_node[~removed], minlength=self.n_nodes) == 0
+
     def group(self, routes: np.ndarray) -> np.ndarray:
         return self.query_node[routes] // self.n_queries
 

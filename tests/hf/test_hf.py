@@ -298,6 +298,7 @@ def test_dropout_follows_routing_sim_semantics(models):
     ({"attn_mask": None}, "supplies"),
     ({"bandwidth": 3}, "no option"),
     ({"numerics": "fast"}, "numerics"),
+    ({"top_k": 2}, 'routing="topk"'),
 ])
 def test_register_refuses(options, message):
     with pytest.raises(rs.RoutingSimError, match=message):

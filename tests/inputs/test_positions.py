@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 import routing_sim as rs
+from routing_sim.inputs import mods
 from routing_sim.inputs.positions import RotaryEmbedding, alibi_bias
 
 
@@ -76,8 +79,8 @@ def test_rope_is_an_explicit_check_against_manual_rotation():
 
 
 @pytest.mark.parametrize("kwargs, words", [
-    ({"alibi_slopes": [1.0, 2.0]}, ["2 slopes", "no head dim"]),
-    ({"alibi_slopes": [[1.0]]}, ["1-D"]),
+    ({"alibi_slopes": [1.0, 2.0]}, ["shape (2,)", "no head dim"]),
+    ({"alibi_slopes": [[[1.0]]]}, ["(H,) or (B, H)"]),
     ({"rope": "big"}, ["rope", "big"]),
 ])
 def test_position_errors(kwargs, words):
@@ -90,3 +93,94 @@ def test_position_errors(kwargs, words):
 def test_rope_needs_even_dim():
     with pytest.raises(rs.ShapeError, match="even feature dim"):
         rs.simulate(np.ones((2, 3)), np.ones((2, 3)), np.ones((2, 1)), rope=10000.0)
+
+
+# ---------------------------------------------------------------- ALiBi: (B, H), two conventions
+
+def _alibi_reference(q, k, v, slopes, signed):
+    """Independent formula: m·(j - i) (signed) or -m·|i - j| added to q·k/√E, softmax."""
+    n_queries, n_keys = q.shape[-2], k.shape[-2]
+    offset = np.arange(n_keys)[None, :] - np.arange(n_queries)[:, None]   # (L, S) j - i
+    distance = offset if signed else -np.abs(offset)
+    scores = q @ np.swapaxes(k, -1, -2) / np.sqrt(q.shape[-1]) \
+        + np.asarray(slopes)[..., None, None] * distance
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    return weights / weights.sum(-1, keepdims=True) @ v
+
+
+@pytest.mark.parametrize("mode", ["symmetric", "signed"])
+@pytest.mark.parametrize("per_batch", [False, True])
+def test_alibi_slopes_per_head_or_per_batch_and_head_in_both_conventions(mode, per_batch):
+    rng = np.random.default_rng(3)
+    q, k, v = rng.normal(size=(3, 2, 3, 5, 4))                        # (B, H, L, E)
+    slopes = rng.uniform(0.1, 1.0, size=(2, 3) if per_batch else (3,))
+    expected = _alibi_reference(q, k, v, slopes, mode == "signed")
+    options = {"alibi_slopes": slopes, "alibi_mode": mode}
+    np.testing.assert_allclose(rs.attention(q, k, v, **options), expected, rtol=1e-12)
+    routes = rs.RouteSet.complete(5, 5, (2, 3))
+    np.testing.assert_allclose(rs.attention(q, k, v, graph=routes, **options), expected,
+                               rtol=1e-12)
+    run = rs.simulate(q, k, v, **options)
+    np.testing.assert_allclose(run.output, expected, rtol=1e-12)
+    window = rs.patterns.sliding_window(5, 5)                         # causal: modes agree
+    causal = rs.attention(q, k, v, graph=window, **options)
+    np.testing.assert_allclose(rs.simulate(q, k, v, graph=window, **options).output, causal,
+                               rtol=1e-12)
+    np.testing.assert_allclose(causal, rs.attention(q, k, v, graph=window,
+                                                    alibi_slopes=slopes), rtol=1e-14)
+    mod = mods.alibi(slopes, signed=mode == "signed")
+    np.testing.assert_allclose(rs.attention(q, k, v, score_mod=mod), expected, rtol=1e-12)
+    d_out = rng.normal(size=v.shape)
+    np.testing.assert_allclose(run.backward(d_out).query,
+                               rs.attention_backward(q, k, v, d_out, **options)[0], rtol=1e-10)
+
+
+def test_the_two_conventions_differ_without_a_causal_mask():
+    q = k = np.zeros((1, 3, 2))
+    v = np.eye(3)[None]                                                # output = weights
+    symmetric = rs.attention(q, k, v, alibi_slopes=[1.0])
+    signed = rs.attention(q, k, v, alibi_slopes=[1.0], alibi_mode="signed")
+    first = np.exp([0.0, -1.0, -2.0])
+    np.testing.assert_allclose(symmetric[0, 0], first / first.sum(), rtol=1e-15)
+    last = np.exp([-2.0, -1.0, 0.0])                                   # query 0 leans ahead
+    np.testing.assert_allclose(signed[0, 0], last / last.sum(), rtol=1e-15)
+
+
+@pytest.mark.parametrize("slopes, message", [
+    (np.ones((3, 3)), r"alibi_slopes of shape \(3, 3\) does not fit .* \(B, H\) = \(2, 3\)"),
+    (np.ones(4), r"H = 3 heads"),
+    (np.ones((1, 2, 3)), r"\(H,\) or \(B, H\)"),
+])
+def test_alibi_slopes_that_do_not_fit_are_refused_with_the_shapes(slopes, message):
+    q = np.ones((2, 3, 4, 2))
+    with pytest.raises(rs.ShapeError, match=message):
+        rs.attention(q, q, q, alibi_slopes=slopes)
+    with pytest.raises(rs.ShapeError, match=message):
+        rs.simulate(q, q, q, alibi_slopes=slopes, graph=rs.RouteSet.complete(4, 4, (2, 3)))
+
+
+def test_alibi_mode_is_checked():
+    q = np.ones((3, 2))
+    with pytest.raises(rs.InvalidArgumentError, match="alibi_mode must be one of"):
+        rs.attention(q, q, q, alibi_slopes=[1.0], alibi_mode="abs")
+
+
+def test_signed_alibi_matches_flex_attention_with_attention_gyms_mod():
+    torch = pytest.importorskip("torch")
+    flex = pytest.importorskip("torch.nn.attention.flex_attention")
+    rng = np.random.default_rng(9)
+    q, k, v = rng.normal(size=(3, 2, 4, 6, 8))
+    heads = 4
+
+    def alibi_mod(score, b, h, q_idx, kv_idx):                         # attention-gym
+        return score + (kv_idx - q_idx) * torch.exp2(-((h + 1) * 8.0 / heads))
+
+    slopes = np.exp2(-(np.arange(heads) + 1) * 8.0 / heads).astype(np.float32)  # as gym
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")                                # eager flex
+        expected = flex.flex_attention(*(torch.from_numpy(x) for x in (q, k, v)),
+                                       score_mod=alibi_mod).numpy()
+    for got in (rs.attention(q, k, v, alibi_slopes=slopes.astype(np.float64),
+                             alibi_mode="signed"),
+                rs.simulate(q, k, v, score_mod=mods.alibi(slopes, signed=True)).output):
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-13)

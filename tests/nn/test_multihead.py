@@ -209,3 +209,10 @@ def test_unbatched_call_keeps_an_unbatched_run():
     for name, gradient in mha.gradients(x, x, x, np.ones((3, 4))).items():
         expected = grads[name][0] if name in ("query", "key", "value") else grads[name]
         np.testing.assert_array_equal(gradient, expected)
+
+
+def test_top_k_without_hard_routing_is_refused():
+    mha = rs.MultiHeadAttention(4, 2, seed=0)
+    x = np.random.default_rng(0).normal(size=(3, 4))
+    with pytest.raises(rs.InvalidArgumentError, match='routing="topk"'):
+        mha(x, x, x, top_k=2)

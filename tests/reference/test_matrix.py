@@ -126,3 +126,40 @@ def test_empty_sequences():
     assert rs.attention(np.zeros((0, 3)), np.zeros((4, 3)), np.zeros((4, 2))).shape == (0, 2)
     np.testing.assert_array_equal(
         rs.attention(np.zeros((2, 3)), np.zeros((0, 3)), np.zeros((0, 2))), np.zeros((2, 2)))
+
+
+def _softmax_and_dropout(q, k, v, keep, p):
+    """Independent reference: the softmax, then dropout's keep / (1 - p)."""
+    scores = q @ np.swapaxes(k, -1, -2) / np.sqrt(q.shape[-1])
+    probabilities = np.exp(scores - scores.max(-1, keepdims=True))
+    probabilities /= probabilities.sum(-1, keepdims=True)
+    return probabilities, probabilities * keep / (1 - p)
+
+
+@pytest.mark.parametrize("numerics", ["float", "exact"])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_weights_are_after_dropout_and_probabilities_before(numerics, sparse):
+    rng = np.random.default_rng(4)
+    q, k, v = rng.normal(size=(3, 2, 5, 4))
+    keep = rng.random((2, 5, 5)) >= 0.4
+    options = {"dropout_p": 0.4, "dropout_mask": keep, "numerics": numerics}
+    if sparse:
+        options["graph"] = rs.RouteSet.complete(5, 5, (2,))
+    probabilities, weights = _softmax_and_dropout(q, k, v, keep, 0.4)
+    out, got_weights = rs.attention(q, k, v, return_weights=True, **options)
+    same_out, got_probabilities = rs.attention(q, k, v, return_weights="probabilities",
+                                               **options)
+    np.testing.assert_array_equal(out, same_out)                      # the same output
+    np.testing.assert_allclose(got_probabilities, probabilities, rtol=1e-12)
+    np.testing.assert_allclose(got_probabilities.sum(-1), 1.0, rtol=1e-14)
+    np.testing.assert_allclose(got_weights, weights, rtol=1e-12)
+    np.testing.assert_allclose(got_weights, got_probabilities * keep / 0.6, rtol=1e-15)
+    np.testing.assert_allclose(out, weights @ v, rtol=1e-12)
+    assert not np.allclose(got_weights.sum(-1), 1.0)                   # the trap, documented
+
+
+@pytest.mark.parametrize("bad", ["probs", 1, None])
+def test_return_weights_takes_true_false_or_probabilities(bad):
+    q = np.ones((2, 3))
+    with pytest.raises(rs.InvalidArgumentError, match="return_weights must be .*probabilities"):
+        rs.attention(q, q, q, return_weights=bad)

@@ -68,3 +68,18 @@ def test_simulate_with_built_in_mods_stays_within_the_bound(seed, magnitude, whi
         wrong = run.output + 1e-6 * (1 + np.abs(run.output))
         assert not rs.verify.verdict(wrong, run.weights, q, k, v, graph=graph,
                                      score_mod=mod).within_tolerance
+
+
+def test_a_score_mod_that_removes_routes_gets_a_verdict():
+    q, k, v = np.random.default_rng(0).normal(size=(3, 2, 5, 4))
+
+    def causal(score, b, h, q_idx, kv_idx):                            # FlexAttention style
+        return np.where(kv_idx > q_idx, -np.inf, score)
+
+    run = rs.simulate(q, k, v, score_mod=causal)
+    assert rs.verify.verdict(run.output, run.weights, q, k, v, score_mod=causal
+                             ).within_tolerance
+    wrong = run.output.copy()
+    wrong[0, 3] += 1e-9
+    assert not rs.verify.verdict(wrong, run.weights, q, k, v, score_mod=causal
+                                 ).within_tolerance

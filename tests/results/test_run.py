@@ -137,3 +137,27 @@ def test_cross_attention_labels_name_both_sides():
     assert {r.label for r in run.routing_table("y").routes} == {"a", "b", "c"}
     assert "participant n1 as query y (1)" in run.trace.to_mermaid()
     assert "participant n4 as key c (2)" in run.trace.to_mermaid()
+
+
+@pytest.mark.parametrize("options", [{}, {"softmax": "online"}, {"numerics": "exact"},
+                                     {"graph": "window"}, {"routing": "topk", "top_k": 2}])
+def test_run_probabilities_are_the_softmax_before_dropout(options):
+    rng = np.random.default_rng(6)
+    q, k, v = rng.normal(size=(3, 2, 6, 4))
+    keep = rng.random((2, 6, 6)) >= 0.3
+    if options.get("graph") == "window":
+        options = {"graph": rs.patterns.sliding_window(6, 3)}
+    run = rs.simulate(q, k, v, dropout_p=0.3, dropout_mask=keep, **options)
+    plain = rs.simulate(q, k, v, **options)                            # no dropout
+    np.testing.assert_allclose(run.probabilities, plain.weights, rtol=1e-12)
+    np.testing.assert_allclose(run.probabilities.sum(-1), 1.0, rtol=1e-14)
+    np.testing.assert_allclose(run.weights, run.probabilities * keep / 0.7, rtol=1e-15)
+    assert plain.probabilities is plain.weights
+
+
+def test_probabilities_follow_empty_rows():
+    q, k, v = np.random.default_rng(7).normal(size=(3, 3, 2))
+    mask = np.array([[True, False, False], [False, False, False], [True, True, True]])
+    run = rs.simulate(q, k, v, attn_mask=mask, dropout_p=0.5, empty_rows="nan")
+    assert np.isnan(run.probabilities[1]).all() and not np.isnan(run.probabilities[[0, 2]]).any()
+    assert run.probabilities[0].tolist() == [1.0, 0.0, 0.0]

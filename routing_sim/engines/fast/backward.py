@@ -71,6 +71,8 @@ class BackwardNodes(TokenNodes):
         self.in_softmax = forward.dead == 0                            # (R,) had a share
         if forward.chosen is not None:
             self.in_softmax &= forward.chosen
+        if forward.raw is not None:                # a route the score_mod removed (-inf)
+            self.in_softmax &= ~np.isneginf(forward.scores)
         # A node that pulled nothing (every route dropped) has dS = 0: it sends no dS.
         every_query = routes.routes_per_node()                         # (G·L,)
         pulls = every_query if self.pulled.all() else np.bincount(

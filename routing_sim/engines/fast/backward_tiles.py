@@ -181,12 +181,17 @@ class TiledGradients:
 def _softmax_rows(scores: np.ndarray, sinks: np.ndarray | None, starts: np.ndarray,
                   counts: np.ndarray) -> np.ndarray:
     """Each row's stable softmax of ``scores`` (R,), its sink logit (``sinks``, one a row)
-    in the max and the normaliser; rows are ``starts`` / ``counts``, none empty."""
+    in the max and the normaliser; rows are ``starts`` / ``counts``, none empty. A row
+    whose every route a score_mod removed (all -inf) and no sink gets 0s, never the NaN
+    of -inf - -inf."""
     top = np.maximum.reduceat(scores, starts)                          # (rows,)
     if sinks is not None:
         top = np.maximum(top, sinks)
+    empty = np.isneginf(top)
+    top[empty] = 0.0
     weights = np.exp(scores - np.repeat(top, counts))                  # (R,)
     total = np.add.reduceat(weights, starts)                           # (rows,)
+    total[empty] = 1.0
     if sinks is not None:
         total += np.exp(sinks - top)
     weights /= np.repeat(total, counts)

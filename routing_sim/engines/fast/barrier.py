@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...errors import NumericalError
-from ...inputs.mods import modified
+from ...errors import EmptyRowError, NumericalError
+from ...inputs.mods import modified, removed_by
 from ...numerics.exact import exact_pull, exact_shares, exact_unnormalised
 from ...numerics.exact_row import exact_row
 from ...numerics.kernels import (
@@ -31,8 +31,8 @@ from ...routes.route_set import batch_head
 from ..state import VALUE_PHASE, ExactParts, ForwardState
 
 __all__ = ["aggregate", "allocate", "allocate_whole", "budget", "exact_budget_shares",
-           "exact_fallback", "gather", "modify", "node_scores", "note_would_have", "pull_whole",
-           "scores_of", "softmax_routes", "tiled_shares"]
+           "exact_fallback", "gather", "keep_probabilities", "modify", "node_scores",
+           "note_would_have", "pull_whole", "scores_of", "softmax_routes", "tiled_shares"]
 
 
 def gather(rows: np.ndarray, keys: np.ndarray) -> np.ndarray:
@@ -51,7 +51,7 @@ def node_scores(state: ForwardState, node: int) -> None:
     if state.raw is not None:                                          # float mode only
         scaled = state.kernels.scores(gather(problem.key[group], keys),
                                       problem.query[group, token], problem.scale)[0]
-        state.scores[span] = modify(state, span, scaled, bias)
+        state.scores[span] = modify(state, span, scaled, bias)[0]
         return
     high, low = state.kernels.scores(gather(problem.key[group], keys),
                                      problem.query[group, token], problem.scale, bias)
@@ -61,9 +61,11 @@ def node_scores(state: ForwardState, node: int) -> None:
 
 
 def modify(state: ForwardState, span: slice | np.ndarray, scaled: np.ndarray,
-           bias: np.ndarray | None) -> np.ndarray:
+           bias: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """The key node's score_mod on scaled scores of routes ``span`` (kept in
-    ``state.raw`` for the backward pass), then the bias."""
+    ``state.raw`` for the backward pass), then the bias; and which routes the mod removed
+    (``-inf``: they take no share and pull no value). ``scaled`` is one node's scores or
+    ``(nodes, routes)`` rows of whole nodes, so an all-removed row is an empty row."""
     routes, score_mod, raw = state.routes, state.problem.score_mod, state.raw
     assert score_mod is not None and raw is not None, "only a score_mod modifies scores"
     raw[span] = scaled.reshape(-1)
@@ -71,10 +73,19 @@ def modify(state: ForwardState, span: slice | np.ndarray, scaled: np.ndarray,
     batch, head = batch_head(nodes // routes.n_queries, state.problem.batch_shape)
     scores = modified(score_mod, scaled.reshape(-1), batch, head,
                       nodes % routes.n_queries, routes.key_index[span]).reshape(scaled.shape)
+    removed = removed_by(scaled, scores)
+    rows = removed.reshape(-1, max(removed.shape[-1], 1))              # (nodes, routes)
+    gone = np.flatnonzero(rows.all(axis=1)) if removed.size else np.zeros(0, np.int64)
+    if state.problem.empty_rows == "error" and len(gone):
+        first = int(nodes.reshape(rows.shape)[gone[0], 0])
+        group, token = divmod(first, routes.n_queries)
+        raise EmptyRowError(f"query token {token} (group {group}) has no route to any key "
+                            "token (the score_mod removed every one); empty_rows='error' "
+                            "was asked for")
     if bias is not None:
         with np.errstate(over="ignore", invalid="ignore"):
             scores = scores + bias.reshape(scaled.shape)
-    return scores
+    return scores, removed
 
 
 def scores_of(state: ForwardState, span: slice, routes: np.ndarray
@@ -123,8 +134,17 @@ def budget(state: ForwardState, node: int, alive: np.ndarray, remember: bool = T
     if remember and state.sink_shares is not None:
         state.sink_shares[node] = sink_share
     if state.kept is not None:
+        if remember:
+            keep_probabilities(state, span, shares)
         shares *= state.kept[span] * state.dropout_scale
     return shares
+
+
+def keep_probabilities(state: ForwardState, span: slice | np.ndarray, shares: np.ndarray
+                       ) -> None:
+    """Keep the shares before dropout (``run.probabilities``): rows that sum to 1."""
+    assert state.probabilities is not None, "kept with dropout"
+    state.probabilities[span] = shares.reshape(-1)
 
 
 def exact_budget_shares(keep: ExactParts | None, nodes: int | np.ndarray, span: slice,
@@ -188,6 +208,8 @@ def allocate(state: ForwardState, node: int) -> np.ndarray:
     state.shares[span] = budget(state, node, alive)
     pull = alive if state.chosen is None else alive & state.chosen[span]
     pull = pull if state.kept is None else pull & state.kept[span]
+    if state.raw is not None:                          # a removed route (-inf): no PULL
+        pull &= ~np.isneginf(state.scores[span])
     state.values_needed[node] = int(pull.sum())
     return np.flatnonzero(pull) + span.start
 
@@ -251,7 +273,9 @@ def allocate_whole(state: ForwardState, nodes: np.ndarray) -> np.ndarray:
         pulls = pulls[state.chosen[pulls]]
     if state.kept is not None:
         pulls = pulls[state.kept[pulls]]
-    if state.top_k or state.kept is not None:
+    if state.raw is not None:                          # a removed route (-inf): no PULL
+        pulls = pulls[~np.isneginf(state.scores[pulls])]
+    if state.top_k or state.kept is not None or state.raw is not None:
         state.values_needed[nodes] = np.bincount(routes.query_node[pulls],
                                                  minlength=routes.n_nodes)[nodes]
     return pulls
@@ -317,11 +341,13 @@ def _float_block(state: ForwardState, chosen: np.ndarray, count: int) -> None:
     bias = None if state.bias is None else state.bias[span].reshape(block.shape)
     if state.raw is None:
         block = scale_scores(block, problem.scale, bias)
-    else:
-        block = modify(state, span, scale_scores(block, problem.scale), bias)
+        overflow = ~np.isfinite(block)
+    else:                                 # -inf where the score_mod removed the route
+        block, removed = modify(state, span, scale_scores(block, problem.scale), bias)
+        overflow = ~np.isfinite(block) & ~removed
     state.scores[span] = block.reshape(-1)
-    if not np.isfinite(block).all():
-        raise NumericalError(f"a score overflowed to {block[~np.isfinite(block)][0]}; "
+    if overflow.any():
+        raise NumericalError(f"a score overflowed to {block[overflow][0]}; "
                              "scale the inputs down")
     if state.top_k and state.chosen is not None:
         pick = top_routes(block, state.top_k)
@@ -335,6 +361,7 @@ def _float_block(state: ForwardState, chosen: np.ndarray, count: int) -> None:
         assert state.sinks is not None                                 # both or neither
         shares, state.sink_shares[chosen] = sink_budget(block, state.sinks[chosen], out=out)
     if state.kept is not None:
+        keep_probabilities(state, span, shares)
         shares *= state.kept[span].reshape(shares.shape) * state.dropout_scale
     state.shares[span] = shares.reshape(-1)
 
@@ -360,6 +387,7 @@ def _exact_block(state: ForwardState, chosen: np.ndarray, count: int) -> None:
     if state.sink_shares is not None:
         state.sink_shares[chosen], shares = shares[:, -1], shares[:, :-1]
     if state.kept is not None:
+        keep_probabilities(state, span, shares)
         shares *= state.kept[span].reshape(shares.shape) * state.dropout_scale
     state.shares[span] = shares.reshape(-1)
 

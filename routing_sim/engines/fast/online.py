@@ -71,6 +71,8 @@ class OnlineNodes(ForwardNodes):
                     node_scores(state, int(node))
                     self._scored[node] = True
         alive = self.dead[routes] == 0
+        if state.raw is not None:        # a route the score_mod removed (-inf): no budget,
+            alive &= ~np.isneginf(state.scores[routes])        # no PULL, no (m, l) update
         kept = alive if state.kept is None else alive & state.kept[routes]
         self.request(Kind.PULL, routes[kept], times[kept] + self.processing, 0)
         dropped = alive & ~kept
@@ -172,7 +174,7 @@ class OnlineNodes(ForwardNodes):
                     state.done_time[node] = np.nan
                     self._finished_at[node] = -1.0
                     continue
-            if alive.any():
+            if self.normaliser[node] > 0:             # some route took a share
                 state.output[node] = self.output_of(node)
                 if state.kept is not None:
                     state.output[node] *= state.dropout_scale
@@ -184,8 +186,8 @@ class OnlineNodes(ForwardNodes):
         """Nodes that lost no route, their shares already computed (tiles): ``o / l``
         row by row, as :meth:`output_of` computes it for one node."""
         state = self.state
-        rows = nodes[state.needed[nodes] > 0]                          # a node without
-        state.output[rows] = np.ldexp(self.accumulator[rows]           # routes keeps 0
+        rows = nodes[self.normaliser[nodes] > 0]                       # a node without
+        state.output[rows] = np.ldexp(self.accumulator[rows]           # live routes keeps 0
                                       / self.normaliser[rows][:, None],
                                       self.shift[rows][:, None])
         if state.kept is not None:
