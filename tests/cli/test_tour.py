@@ -23,8 +23,6 @@ SHOWN = {1: "QUERY          21", 2: "SCORE s=", 3: "= [7.0, 5.0]", 4: "wrote run
          5: "[0.0, 1.0]", 6: "15 order->shelf routes", 7: "previous token",
          8: "the task: each of 6 tokens must pull", 9: "layer 2",
          10: "bit-identical to the clean network: yes", 11: "2(P-1)(N/P)·H·d·s = 24576: equal"}
-# Lesson 9's scenario comes with the induction_heads branch (issue 26, section 2).
-PENDING = {"induction_heads"}
 
 
 def test_eleven_lessons_in_the_article_order():
@@ -47,9 +45,7 @@ def test_each_lesson_has_two_sentences_one_command_and_a_question(lesson):
 def test_every_scenario_sits_under_one_lesson():
     placed = [name for lesson in tour.LESSONS for name in lesson.scenarios]
     assert len(placed) == len(set(placed))
-    available = set(scenarios.available())
-    assert available - set(placed) == set()
-    assert set(placed) - available <= PENDING
+    assert set(placed) == set(scenarios.available())
 
 
 def test_each_next_command_answers_the_question_before_it():
@@ -91,10 +87,10 @@ def test_every_command_of_the_tour_runs_and_shows_what_it_says(lesson, tmp_path,
                                                                 capsys):
     argv = shlex.split(lesson.command)
     assert argv[0] == "routing-sim"
-    if argv[1] == "run" and argv[2] in PENDING and argv[2] not in scenarios.available():
-        pytest.skip(f"scenario {argv[2]} is added by the induction_heads branch")
     if argv[1:3] == ["run", "heads_specialise"]:              # ~8 s of training: 5 steps
         monkeypatch.setattr(scenarios.load("heads_specialise"), "STEPS", 5)
+    if argv[1:3] == ["run", "induction_heads"]:               # ~15 s of training: 5 steps
+        monkeypatch.setattr(scenarios.load("induction_heads"), "STEPS", 5)
     monkeypatch.chdir(tmp_path)
     assert main(argv[1:]) == 0
     printed = capsys.readouterr().out
