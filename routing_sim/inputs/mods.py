@@ -157,7 +157,7 @@ class relative_bias(ScoreMod):  # noqa: N801
         return f"relative_bias(table of shape {self.table.shape})"
 
 
-def call_mod(mod: Callable, *arguments) -> np.ndarray:
+def call_mod(mod: Callable, *arguments: ArrayLike) -> np.ndarray:
     """``mod(*arguments)`` as an array: with the numpy arguments, or, for a mod written
     for ``torch.nn.attention.flex_attention`` (torch ops such as ``.abs()``,
     ``torch.where``, ``torch.tanh``, a captured tensor), with torch tensors of the same

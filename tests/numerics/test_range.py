@@ -167,7 +167,7 @@ def test_ordinary_rows_never_need_the_integer_fallback(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the double-double kernels should decide ordinary rows")
 
-    monkeypatch.setattr("routing_sim.reference.matrix.exact_row", refuse)
+    monkeypatch.setattr("routing_sim.reference.exact_rows.exact_row", refuse)
     monkeypatch.setattr("routing_sim.engines.fast.barrier.exact_row", refuse)
     rng = np.random.default_rng(7)
     query, key, value = rng.normal(size=(3, 12, 8)) * np.array([1.0, 5.0, 1.0])[:, None, None]
