@@ -35,6 +35,7 @@ from .network.conditions import Crash, Network
 from .network.messages import Kind
 from .nn.decoder import Decoder, DecodeStep
 from .nn.multihead import MultiHeadAttention
+from .options import EngineOptions
 from .parallel import ParallelRun, context_parallel
 from .parallel.cluster import Cluster
 from .parallel.sweep import sweep
@@ -57,6 +58,7 @@ __all__ = [
     "DeliveryError",
     "DroppedRoute",
     "EmptyRowError",
+    "EngineOptions",
     "InvalidArgumentError",
     "Kind",
     "MaskWarning",

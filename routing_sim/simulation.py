@@ -19,6 +19,7 @@ from .engines.fast.online import OnlineNodes
 from .engines.fast.two_phase import ForwardNodes, TwoPhaseNodes
 from .engines.pages import small_pages
 from .engines.plain import PlainEngine, Wire, check_plain
+from .engines.setup import Setup
 from .engines.state import SCORE_PHASE, ForwardState
 from .errors import DeliveryError, EmptyRowError, InvalidArgumentError, ShapeError
 from .inputs.positions import AlibiMode, RotaryEmbedding
@@ -26,24 +27,20 @@ from .network.conditions import Network
 from .network.messages import FORWARD, Fate, Kind, payload_bytes
 from .network.transport import Transport
 from .network.wave_times import uniform
-from .numerics.kernels import Kernels
 from .numerics.tiles import Tiles
 from .options import (
-    DELIVERY_MODES,
-    ENGINES,
-    NUMERICS,
-    ROUTING,
-    SOFTMAX,
     TRACE_DETAILS,
     CausalAlignment,
     Delivery,
     EmptyRows,
     Engine,
+    EngineOptions,
     Numerics,
     Routing,
     Softmax,
     TraceDetail,
     check_choice,
+    engine_options,
 )
 from .results.run import DroppedRoute, Run
 from .routes.graphs import node_labels, node_positions, route_latency
@@ -70,7 +67,7 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
              delivery: Delivery = "window",
              labels: Sequence[str] | None = None, key_labels: Sequence[str] | None = None,
              mask_mod: Callable | None = None, score_mod: Callable | None = None,
-             engine: Engine = "fast", sinks: ArrayLike | None = None) -> Run:
+             engine: Engine | EngineOptions = "fast", sinks: ArrayLike | None = None) -> Run:
     r"""Run attention as messages between token nodes and return what they computed.
 
     Every allowed route ``j -> i`` carries four messages (QUERY, SCORE, PULL, VALUE; see
@@ -133,10 +130,13 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
         Token texts for routing tables, traces and plots, without building a graph:
         ``labels`` names the query tokens (and the key tokens too when ``L == S``),
         ``key_labels`` the key tokens. A graph's ``label`` attributes do the same.
-    engine : {"fast", "plain"}
-        ``"plain"`` runs :mod:`routing_sim.engines.plain`, the protocol as a learner reads it (one
-        SimPy process per token node, messages carrying their payloads): the same
-        messages at the same times, on a reliable network, two-phase softmax only.
+    engine : {"fast", "plain"} or EngineOptions
+        ``"plain"`` runs :mod:`routing_sim.engines.plain`, the protocol as a learner reads
+        it (one SimPy process per token node, messages carrying their payloads): the same
+        messages at the same times, on a reliable network, two-phase softmax only. An
+        :class:`~routing_sim.EngineOptions` gives every engine choice at once (engine,
+        softmax, numerics, routing, top_k, delivery), checked together when it is made;
+        the flat keywords for those are then left out (one given beside it is refused).
     sinks : array_like, shape (H,) or (1,), optional
         As in :func:`~routing_sim.attention`: one logit per head in every query node's
         softmax. A sink is a route that takes a share of the budget and pulls no value; it
@@ -190,22 +190,13 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
     >>> bool(np.isclose(sum(route.share for route in table.routes) + table.sink, 1.0))
     True
     """
-    check_choice("numerics", numerics, NUMERICS)
-    check_choice("softmax", softmax, SOFTMAX)
+    options = engine_options(engine, softmax=softmax, numerics=numerics, routing=routing,
+                             top_k=top_k, delivery=delivery)
+    numerics, softmax = options.numerics, options.softmax
     check_choice("trace", trace, TRACE_DETAILS)
-    check_choice("delivery", delivery, DELIVERY_MODES)
-    check_choice("routing", routing, ROUTING)
-    check_choice("engine", engine, ENGINES)
-    top_k = _hard_routes(routing, top_k)
-    if routing == "topk" and softmax == "online":
-        raise InvalidArgumentError("routing='topk' needs every score first: use "
-                                   "softmax='two_phase'")
     if numerics == "exact" and score_mod is not None:
         raise InvalidArgumentError("score_mod runs in float arithmetic; it cannot be combined "
                                    "with numerics='exact'")
-    if numerics == "exact" and softmax == "online":
-        raise InvalidArgumentError("numerics='exact' needs softmax='two_phase': the online "
-                                   "rescaling rounds at every arrival")
     if network is None:
         network = Network()
     elif not isinstance(network, Network):
@@ -234,26 +225,23 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
     nbytes = {kind: payload_bytes(kind, problem.dtype.itemsize, dim, value_dim,
                                   2 if numerics == "exact" else 1) for kind in FORWARD}
     log = Trace(trace, routes, nbytes)
-    latency = _route_latency(network, token_graph, routes)
-    if engine == "plain":
+    setup = Setup(problem, routes, network, _route_latency(network, token_graph, routes),
+                  nbytes, options, keep_stream=log.full)
+    if options.engine == "plain":
         check_plain(softmax, network, problem)
-        plain = PlainEngine(problem, routes, network, latency, nbytes, Kernels(numerics),
-                            top_k)
+        plain = PlainEngine(setup)
         plain.run(log)
         return collect(problem, routes, plain, log, plain.wire, tokens)
     env = simpy.Environment()
-    transport = Transport(env, network, latency, nbytes,
+    transport = Transport(env, network, setup.latency, nbytes,
                           routes.endpoints, routes.crash_filter(network.crashes), log.record,
-                          delivery)
-    arguments = (problem, routes, transport, Kernels(numerics))
+                          options.delivery)
     nodes: ForwardNodes
     if softmax == "online":
-        nodes = OnlineNodes(*arguments, on_missing=network.on_missing,
-                            keep_stream=log.full)
+        nodes = OnlineNodes(setup, transport)
     else:
-        nodes = TwoPhaseNodes(*arguments, on_missing=network.on_missing,
-                              top_k=top_k)
-    if problem.sparse is not None and numerics == "float" and routing == "softmax" \
+        nodes = TwoPhaseNodes(setup, transport)
+    if problem.sparse is not None and numerics == "float" and options.routing == "softmax" \
             and not routes.full:
         tiles = Tiles(routes.indptr, routes.key_index, routes.n_queries, routes.n_keys,
                       dim=max(problem.shape[3:]))
@@ -262,21 +250,6 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
     env.process(transport.run())
     env.run()
     return collect(problem, routes, nodes, log, transport, tokens)
-
-
-def _hard_routes(routing: str, top_k: int | None) -> int | None:
-    """How many routes each query pulls under hard routing; None for soft routing."""
-    if routing != "topk":
-        if top_k is not None:
-            raise InvalidArgumentError(f"top_k={top_k!r} only applies with routing=\"topk\" "
-                                       f"(hard routing); routing={routing!r} pulls every route. "
-                                       "Pass routing=\"topk\" too, or drop top_k")
-        return None
-    if top_k is None:
-        return 1
-    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
-        raise InvalidArgumentError(f"top_k must be a positive integer, got {top_k!r}")
-    return int(top_k)
 
 
 def _route_table(problem: Problem, graph) -> RouteTable:

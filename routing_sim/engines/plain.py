@@ -44,11 +44,10 @@ import simpy
 from ..errors import NumericalError
 from ..network.conditions import Network
 from ..network.messages import Kind, message_ids
-from ..numerics.kernels import Kernels, routing_budget, sink_budget, top_routes, weighted_pull
-from ..routes.problem import Problem
-from ..routes.table import RouteTable
+from ..numerics.kernels import routing_budget, sink_budget, top_routes, weighted_pull
 from ..trace.log import Trace
 from .plain_record import ExactNode, check_plain, note_barrier, note_output, record_log
+from .setup import Setup
 from .state import ForwardState
 
 __all__ = ["Message", "PlainEngine", "Pull", "Query", "Score", "TokenNode", "Value", "Wire",
@@ -250,16 +249,16 @@ class PlainEngine:
     ('QUERY', 0, 0, 1, 2.041)
     """
 
-    def __init__(self, problem: Problem, table: RouteTable, network: Network,
-                 route_latency: np.ndarray, nbytes: dict[Kind, int], kernels: Kernels,
-                 top_k: int | None = None) -> None:
-        self.problem, self.table, self.kernels, self.top_k = problem, table, kernels, top_k
+    def __init__(self, setup: Setup) -> None:
+        problem, table, network = setup.problem, setup.routes, setup.network
+        self.problem, self.table, self.kernels = problem, table, setup.kernels
+        self.top_k = setup.options.top_k
         self.env = simpy.Environment()
-        self.wire = Wire(self.env, network, route_latency, nbytes)
+        self.wire = Wire(self.env, network, setup.latency, setup.nbytes)
         self.processing = network.processing
         self.dropout_scale = problem.dtype.type(1.0 / (1.0 - problem.dropout_p))
-        self.state = ForwardState(problem, table, kernels, np.zeros(len(table), np.int8),
-                                  network.processing, top_k=top_k)
+        self.state = ForwardState(problem, table, self.kernels, np.zeros(len(table), np.int8),
+                                  network.processing, top_k=self.top_k)
         self.retransmissions: dict[Kind, int] = {}
         self.ignored = 0
         groups, n_queries, n_keys = table.n_groups, table.n_queries, table.n_keys

@@ -13,9 +13,8 @@ import numpy as np
 
 from ...network.messages import Kind
 from ...network.transport import Transport
-from ...numerics.kernels import Kernels, value_shift
-from ...routes.problem import Problem
-from ...routes.table import RouteTable
+from ...numerics.kernels import value_shift
+from ..setup import Setup
 from .barrier import budget, node_scores, note_would_have, tiled_shares
 from .two_phase import ForwardNodes, settle
 
@@ -30,11 +29,10 @@ class OnlineNodes(ForwardNodes):
     factor exp(m_old - m_new) its arrival applied to the node's state.
     """
 
-    def __init__(self, problem: Problem, routes: RouteTable, transport: Transport,
-                 kernels: Kernels, on_missing: str = "strict", keep_stream: bool = False
-                 ) -> None:
-        super().__init__(problem, routes, transport, kernels, on_missing)
-        n_nodes, dtype = routes.n_nodes, problem.dtype
+    def __init__(self, setup: Setup, transport: Transport) -> None:
+        super().__init__(setup, transport)
+        routes, keep_stream = setup.routes, setup.keep_stream
+        n_nodes, dtype = routes.n_nodes, setup.problem.dtype
         self.running_max = np.full(n_nodes, -np.inf, dtype=dtype)     # (G·L,) m
         self.normaliser = np.zeros(n_nodes, dtype=dtype)               # (G·L,) l
         if self.state.sinks is not None:       # the sink is in before any pair: exp(0) = 1

@@ -35,9 +35,9 @@ from ...network.deliveries import Deliveries
 from ...network.messages import Kind
 from ...network.transport import Transport
 from ...network.wave_times import constant
-from ...numerics.kernels import Kernels, top_routes
-from ...routes.problem import Problem
+from ...numerics.kernels import top_routes
 from ...routes.table import RouteTable
+from ..setup import Setup
 from ..state import SCORE_PHASE, VALUE_PHASE, ForwardState
 from .barrier import aggregate, allocate, allocate_whole, pull_whole, tiled_shares
 from .nodes import TokenNodes
@@ -77,12 +77,12 @@ class ForwardNodes(TokenNodes):
 
     REQUESTS = (Kind.QUERY, Kind.PULL)
 
-    def __init__(self, problem: Problem, routes: RouteTable, transport: Transport,
-                 kernels: Kernels, on_missing: str = "strict", top_k: int | None = None) -> None:
-        super().__init__(problem, routes, transport)
-        network = transport.network
-        self.state = ForwardState(problem, routes, kernels, self.dead, self.processing,
-                                  on_missing, top_k, network.faulty, network.duplicate > 0)
+    def __init__(self, setup: Setup, transport: Transport) -> None:
+        super().__init__(setup.problem, setup.routes, transport)
+        network, routes = setup.network, setup.routes
+        self.state = ForwardState(setup.problem, routes, setup.kernels, self.dead,
+                                  self.processing, network.on_missing, setup.options.top_k,
+                                  network.faulty, network.duplicate > 0)
         self._scores_settled = np.zeros(routes.n_nodes, dtype=np.int64)
         self._values_settled = np.zeros(routes.n_nodes, dtype=np.int64)
         self.handlers = {Kind.QUERY: self.on_query, Kind.SCORE: self.on_score,
