@@ -33,8 +33,8 @@ from numpy.typing import ArrayLike
 
 from ..errors import NumericalError
 
-__all__ = ["exact_budget", "exact_numerator", "exact_pull", "exact_scores", "exact_shares",
-           "exact_unnormalised", "rounded_or_nan"]
+__all__ = ["exact_budget", "exact_lse", "exact_numerator", "exact_pull", "exact_scores",
+           "exact_shares", "exact_unnormalised", "rounded_or_nan"]
 
 _LN2 = (0.6931471805599453, 2.3190468138462996e-17)    # ln 2 as a double-double
 _SPLIT = 134217729.0            # 2**27 + 1: Dekker's splitting constant
@@ -152,10 +152,9 @@ def exact_unnormalised(high: np.ndarray, low: np.ndarray, dd_max: bool = True
     :func:`exact_shares` and :func:`exact_pull`). A row the double-doubles cannot decide
     gets NaN throughout.
     """
-    top = high.max(axis=-1, keepdims=True)                             # (..., 1)
-    candidates = np.where(high == top, low, -np.inf)                   # (..., n)
-    reference = np.argmax(candidates, axis=-1)[..., None]              # (..., 1)
-    top_low = np.take_along_axis(candidates, reference, -1) if dd_max else np.zeros_like(top)
+    top, top_low, reference = _dd_max(high, low)                       # (..., 1) each
+    if not dd_max:
+        top_low = np.zeros_like(top)
     with np.errstate(over="ignore", invalid="ignore"):
         near = (high - top) >= -2048.0                                 # else e < e^-2048
         # |s - s_hi - s_lo| <= 2^-104·|s_hi| at both ends: the error of d = s - m
@@ -174,6 +173,57 @@ def exact_unnormalised(high: np.ndarray, low: np.ndarray, dd_max: bool = True
     rows = np.concatenate([e_high, e_low], axis=-1).reshape(-1, 2 * high.shape[-1])
     l_high, l_low = row_sums(rows)
     return e_high, e_low, l_high.reshape(high.shape[:-1]), l_low.reshape(high.shape[:-1])
+
+
+def _dd_max(high: np.ndarray, low: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(m_hi, m_lo, where)`` ``(..., 1)`` each: a row's largest score as a double-double
+    (the largest high part, then the largest low part among its ties) and its index."""
+    top = high.max(axis=-1, keepdims=True)                             # (..., 1)
+    candidates = np.where(high == top, low, -np.inf)                   # (..., n)
+    reference = np.argmax(candidates, axis=-1)[..., None]              # (..., 1)
+    return top, np.take_along_axis(candidates, reference, -1), reference
+
+
+def exact_lse(high: np.ndarray, low: np.ndarray, l_high: ArrayLike, l_low: ArrayLike
+              ) -> np.ndarray:
+    """The log-sum-exp ``log Σ_j exp(s_j) = m + log l`` of rows of scores ``(high, low)``
+    (a sink logit is one more entry), correctly rounded; NaN where not decided.
+
+    ``l_high + l_low`` is the row's ``l = Σ exp(s - m)`` from :func:`exact_unnormalised`
+    (``m`` the largest score as a double-double, so ``l >= 1``). ``log l`` is one Newton
+    step from the float guess ``y = log(l_hi)``: ``log l = y + log(1 + u)`` with ``1 + u =
+    l · exp(-y)`` in double-doubles and ``|u| < 2⁻⁴⁶`` (``y < 64`` is within an ulp of
+    ``log l_hi``), so taking ``u`` for ``log(1 + u)`` leaves ``u²/2 < 2⁻⁹³``. The absolute
+    error of ``m + y + u`` is at most ``l``'s relative error (each ``e`` within
+    :func:`_relative`, at least ``2⁻⁸⁷``; the bounded ones under ``2⁻¹⁰⁹⁶`` each), plus
+    ``dd_exp``'s ``2⁻⁹³``, ``u²/2`` and the products' ``2⁻¹⁰⁴``: ``2 · _relative(m) + n ·
+    2⁻¹⁰⁹⁰`` holds it. Where every
+    number within that bound rounds to the same float (Ziv's test), that float is the
+    correctly rounded lse; elsewhere (or where ``l`` is NaN) the row gets NaN and
+    :func:`~routing_sim.numerics.exact_row.exact_row_lse` decides it in integers. A row of one
+    score is that score (``high`` is its correctly rounded value).
+
+    Examples
+    --------
+    >>> high, low = np.array([[0.0, 0.0]]), np.zeros((1, 2))
+    >>> *_, l_high, l_low = exact_unnormalised(high, low)
+    >>> exact_lse(high, low, l_high, l_low).tolist() == [float(np.log(2))]
+    True
+    """
+    if high.shape[-1] == 1:
+        return high[..., 0].astype(np.float64)
+    top, top_low, _ = _dd_max(high, low)                               # (..., 1) each
+    l_high, l_low = np.asarray(l_high, np.float64), np.asarray(l_low, np.float64)
+    known = ~np.isnan(l_high)                                          # (...,)
+    l_high, l_low = np.where(known, l_high, 1.0), np.where(known, l_low, 0.0)
+    guess = np.log(l_high)                                             # (...,) y >= 0
+    t_high, t_low = dd_exp(-guess, np.zeros_like(guess))               # exp(-y)
+    p_high, p_low = dd_multiply(l_high, l_low, t_high, t_low)          # 1 + u
+    # p_hi - 1 is exact (Sterbenz: p_hi is within 2⁻⁴⁶ of 1); the five terms sum exactly.
+    terms = np.stack([top[..., 0], top_low[..., 0], guess, p_high - 1.0, p_low], axis=-1)
+    first, rest = row_sums(terms.reshape(-1, 5))
+    error = 2 * _relative(top[..., 0]) + high.shape[-1] * 2.0**-1090   # (...,)
+    return rounded_or_nan(first.reshape(guess.shape), rest.reshape(guess.shape), error, known)
 
 
 def exact_budget(high: np.ndarray, low: np.ndarray) -> np.ndarray:

@@ -25,6 +25,7 @@ result too close to a rounding boundary. This module then computes the row exact
 from __future__ import annotations
 
 import math
+import struct
 from fractions import Fraction
 from functools import cache
 
@@ -32,7 +33,7 @@ import numpy as np
 
 from ..errors import NumericalError
 
-__all__ = ["exact_row"]
+__all__ = ["exact_row", "exact_row_lse"]
 
 FLOOR = 3222                 # every score is an integer multiple of 2^-FLOOR
 NEGLIGIBLE = 1600            # s - max s below -NEGLIGIBLE: e < 2^-2308, bounded
@@ -64,8 +65,7 @@ def exact_row(keys: np.ndarray, query: np.ndarray, scale: float, bias: np.ndarra
                                               for row in np.asarray(values, np.float64).tolist()]
     pulls = [True] * len(scores) if pulled is None else [bool(p) for p in pulled]
     if sink is not None:                      # a route with the logit as score, no value
-        mantissa, exponent = _parts(float(sink))
-        scores.append(mantissa << (exponent + FLOOR))
+        scores.append(_sink_score(sink))
         pulls.append(False)
         if values is not None and value_rows is not None:
             value_rows.append([(0, 1)] * np.shape(values)[1])
@@ -78,6 +78,91 @@ def exact_row(keys: np.ndarray, query: np.ndarray, scale: float, bias: np.ndarra
         if decided is not None:
             return decided
     raise AssertionError("unreachable: the last precision always decides")
+
+
+def exact_row_lse(keys: np.ndarray, query: np.ndarray, scale: float, bias: np.ndarray | None,
+                  sink: float | None = None) -> float:
+    """The correctly rounded log-sum-exp ``log Σ_j exp(s_j)`` of one row (a ``sink`` logit
+    one more term), in integers: the fallback of
+    :func:`~routing_sim.numerics.exact.exact_lse`.
+
+    The float nearest ``lse`` is found by bisection over the floats between two bounds
+    (a float estimate's, checked, else ``m <= lse < m + n``), each step asking on which
+    side of a rounding boundary ``c`` (a midpoint of two floats) ``lse`` lies: ``lse > c``
+    exactly when ``Σ_j exp(s_j - c) - 1 > 0``, a sum of exponentials of rationals whose
+    sign :func:`_sign_at` decides exactly. It is never 0 for two or more terms
+    (Lindemann–Weierstrass: ``exp(c)`` is not a sum of other exponentials of rationals),
+    so ``lse`` is never a tie; a row of one score is that score, rounded.
+
+    Examples
+    --------
+    >>> exact_row_lse(np.array([[1.0], [1.0]]), np.array([1e300]), 1.0, None)   # m + log 2
+    1e+300
+    >>> exact_row_lse(np.array([[0.0]]), np.array([0.0]), 1.0, None, sink=0.0)
+    0.6931471805599453
+    """
+    scores = _integer_scores(keys, query, scale, bias)
+    if sink is not None:
+        scores.append(_sink_score(sink))
+    top = max(scores)
+    if len(scores) == 1:
+        return _to_float(Fraction(top, 1 << FLOOR))
+
+    def above(index: int) -> bool:
+        """Is lse above the rounding boundary between float ``index`` and the next?"""
+        boundary = (_value_at(index) + _value_at(index + 1)) / 2 * (1 << FLOOR)
+        assert boundary.denominator == 1, "a midpoint of floats is a multiple of 2^-1075"
+        sign = _sign_at([score - int(boundary) for score in scores] + [0],
+                        [Fraction(1)] * len(scores) + [Fraction(-1)], Fraction(0))
+        assert sign, "lse is transcendental: never on a boundary"
+        return sign > 0
+
+    top_float = _to_float(Fraction(top, 1 << FLOOR))
+    total = math.fsum(math.exp(_to_float(Fraction(score - top, 1 << FLOOR)))
+                      for score in scores)                              # in [1, n]
+    estimate = top_float + math.log(total)
+    width = 2.0**-48 * (abs(top_float) + len(scores))                 # > its error
+    low = max(_index(estimate - width) - 1, -_INFINITE)
+    high = min(_index(estimate + width) + 1, _INFINITE)
+    if not above(low) or (high < _INFINITE and above(high)):         # the estimate missed
+        low = max(_index(top_float) - 1, -_INFINITE)                   # boundary <= m < lse
+        high = _index(_to_float(Fraction(top, 1 << FLOOR) + len(scores)))  # > m + log n
+    while high - low > 1:                       # boundary(low) < lse < boundary(high)
+        middle = (low + high) // 2
+        if above(middle):
+            low = middle
+        else:
+            high = middle
+    return _at_index(high)
+
+
+_INFINITE = struct.unpack("<q", struct.pack("<d", math.inf))[0]     # the index of inf
+
+
+def _index(x: float) -> int:
+    """Floats numbered in order: 0 is ±0, 1 the smallest subnormal, ``_INFINITE`` inf."""
+    bits = struct.unpack("<q", struct.pack("<d", abs(x)))[0]
+    return bits if x >= 0 else -bits
+
+
+def _at_index(index: int) -> float:
+    """The float of an :func:`_index`."""
+    x = struct.unpack("<d", struct.pack("<q", abs(index)))[0]
+    return x if index >= 0 else -x
+
+
+def _value_at(index: int) -> Fraction:
+    """The float of an index as an exact fraction; ±inf counts as ±2^1024, so the boundary
+    between the largest float and inf is where rounding to inf starts."""
+    if abs(index) >= _INFINITE:
+        return Fraction(2**1024 if index > 0 else -2**1024)
+    return Fraction(_at_index(index))
+
+
+def _sink_score(sink: float) -> int:
+    """A sink logit as a score: ``sink · 2^FLOOR``, exactly."""
+    mantissa, exponent = _parts(float(sink))
+    return mantissa << (exponent + FLOOR)
 
 
 def _integer_scores(keys, query, scale, bias) -> list[int]:

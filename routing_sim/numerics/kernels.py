@@ -50,20 +50,26 @@ def scale_scores(dots: np.ndarray, scale: float, bias: np.ndarray | None = None)
     return dots
 
 
-def routing_budget(scores: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+def routing_budget(scores: np.ndarray, out: np.ndarray | None = None, *,
+                   lse: np.ndarray | None = None) -> np.ndarray:
     """Stable softmax of one node's scores (or of rows of equal length): budget shares.
 
     The row max is subtracted before ``exp``; there is no epsilon and no clamping. Every
     operation is elementwise or a reduction along the row, so a row stacked with others
-    gets exactly the bits it gets alone.
+    gets exactly the bits it gets alone. ``lse`` (shape ``scores.shape[:-1]``), when
+    given, receives each row's log-sum-exp ``m + log l`` from the same max ``m`` and
+    normaliser ``l`` (``-inf`` for a row with no live route).
 
     Examples
     --------
     >>> routing_budget(np.log(np.array([5.0, 3.0, 2.0]))).round(2)
     array([0.5, 0.3, 0.2])
-    >>> routing_budget(np.array([[0.0, -np.inf], [-np.inf, -np.inf]]))
+    >>> lse = np.zeros(2)
+    >>> routing_budget(np.array([[0.0, -np.inf], [-np.inf, -np.inf]]), lse=lse)
     array([[1., 0.],
            [0., 0.]])
+    >>> lse
+    array([  0., -inf])
     """
     top = scores.max(axis=-1, keepdims=True)                           # (..., 1)
     # A row whose every route a score_mod removed is all -inf: it gets no budget (shares
@@ -74,14 +80,24 @@ def routing_budget(scores: np.ndarray, out: np.ndarray | None = None) -> np.ndar
     shares = np.subtract(scores, top, out=out)                         # (..., n_routes)
     np.exp(shares, out=shares)
     total = shares.sum(axis=-1, keepdims=True)
+    if lse is not None:
+        _log_sum_exp(top, np.where(empty, 1, total), empty, out=lse)
     shares /= np.where(empty, 1, total) if empty.any() else total
     return shares
 
 
-def sink_budget(scores: np.ndarray, sinks: np.ndarray | float, out: np.ndarray | None = None
-                ) -> tuple[np.ndarray, np.ndarray]:
+def _log_sum_exp(top: np.ndarray, total: np.ndarray, empty: np.ndarray | bool,
+                 out: np.ndarray) -> None:
+    """``m + log l`` per row into ``out`` (rows ``(..., 1)`` in, ``(...)`` out); -inf where
+    ``empty``. ``l >= 1`` (the max's own term is exp(0)), so the log needs no guard."""
+    out[...] = np.where(empty, -np.inf, top + np.log(total))[..., 0]
+
+
+def sink_budget(scores: np.ndarray, sinks: np.ndarray | float, out: np.ndarray | None = None,
+                *, lse: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """:func:`routing_budget` with a sink: one more logit per row that takes a share of the
-    budget and pulls no value. Returns the routes' shares and the sink's share.
+    budget and pulls no value. Returns the routes' shares and the sink's share (and, into
+    ``lse``, each row's log-sum-exp, the sink's term included).
 
     With ``m = max(sink, max_j s_j)``: ``w_j = exp(s_j - m) / (exp(sink - m) + Σ_j exp(s_j
     - m))``, so a row's shares sum to less than 1, and a row with no route gives the sink
@@ -99,6 +115,8 @@ def sink_budget(scores: np.ndarray, sinks: np.ndarray | float, out: np.ndarray |
     np.exp(shares, out=shares)
     sink_weight = np.exp(sink - top)                                   # (..., 1)
     total = shares.sum(axis=-1, keepdims=True) + sink_weight
+    if lse is not None:
+        _log_sum_exp(top, total, False, out=lse)
     shares /= total
     return shares, (sink_weight / total)[..., 0]
 
