@@ -22,6 +22,7 @@ from .engines.plain import PlainEngine, Wire, check_plain
 from .engines.setup import Setup
 from .engines.state import SCORE_PHASE, ForwardState
 from .errors import DeliveryError, EmptyRowError, InvalidArgumentError, ShapeError
+from .inputs.mods import flash_softcap
 from .inputs.positions import AlibiMode, RotaryEmbedding
 from .network.conditions import Network
 from .network.messages import FORWARD, Fate, Kind, payload_bytes
@@ -67,7 +68,8 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
              delivery: Delivery = "window",
              labels: Sequence[str] | None = None, key_labels: Sequence[str] | None = None,
              mask_mod: Callable | None = None, score_mod: Callable | None = None,
-             engine: Engine | EngineOptions = "fast", sinks: ArrayLike | None = None) -> Run:
+             engine: Engine | EngineOptions = "fast", sinks: ArrayLike | None = None,
+             softcap: float | None = 0.0) -> Run:
     r"""Run attention as messages between token nodes and return what they computed.
 
     Every allowed route ``j -> i`` carries four messages (QUERY, SCORE, PULL, VALUE; see
@@ -96,7 +98,8 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
     causal_alignment, empty_rows, dropout_mask, seed, alibi_slopes, alibi_mode, rope
         As in :func:`~routing_sim.attention`. RoPE rotates q and k before a token
         publishes them; ALiBi is added by the key node to the score it sends. Not taken:
-        ``return_weights`` (a Run always has ``weights``).
+        ``return_weights`` (a Run always has ``weights``) and ``return_lse`` (a Run has
+        ``lse``).
     routing : {"softmax", "topk"}
         Soft routing (attention), or hard routing: each query pulls only its ``top_k``
         best-scoring routes (ties: lower source first), with the softmax renormalised
@@ -144,6 +147,9 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
         ``route_weights()`` hold the real keys' shares (a row sums to less than 1),
         ``routing_table(i).sink`` the sink's share, and ``run.backward`` the sinks'
         gradient as ``grads.sinks``. Every engine, softmax, numerics and route set takes it.
+    softcap : float, optional
+        As in :func:`~routing_sim.attention`: ``score_mod=rs.mods.softcap(cap)`` under
+        FlashAttention's name (the key node caps the scaled score it sends).
 
     Returns
     -------
@@ -151,8 +157,8 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
         ``output`` (..., L, Ev), ``weights`` (..., L, S; after dropout; dense, for runs up
         to :data:`~routing_sim.run.WEIGHTS_LIMIT` entries), ``probabilities`` (the same
         before dropout, rows summing to 1), ``route_weights()`` (per route, any
-        size), ``trace``, ``stats``, ``routing_table(i)``, ``dropped`` and (online)
-        ``stream(i)``.
+        size), ``lse`` (..., L; each query node's log-sum-exp), ``trace``, ``stats``,
+        ``routing_table(i)``, ``dropped`` and (online) ``stream(i)``.
 
     Raises
     ------
@@ -194,9 +200,7 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
                              top_k=top_k, delivery=delivery)
     numerics, softmax = options.numerics, options.softmax
     check_choice("trace", trace, TRACE_DETAILS)
-    if numerics == "exact" and score_mod is not None:
-        raise InvalidArgumentError("score_mod runs in float arithmetic; it cannot be combined "
-                                   "with numerics='exact'")
+    score_mod = flash_softcap(softcap, score_mod, numerics)
     if network is None:
         network = Network()
     elif not isinstance(network, Network):

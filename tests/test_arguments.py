@@ -24,7 +24,7 @@ HEADS, TOKENS, DIM, VALUE_DIM = 2, 4, 4, 2
 RTOL, ATOL = 1e-10, 1e-12
 # (entry point, argument) pairs refused on purpose; each docstring says why.
 REFUSED = {("attention_backward", "return_weights"), ("mha", "return_weights"),
-           ("mha", "enable_gqa")}
+           ("mha", "enable_gqa"), ("attention_backward", "return_lse"), ("mha", "return_lse")}
 
 
 def non_default(name: str) -> dict:
@@ -50,6 +50,8 @@ def non_default(name: str) -> dict:
         "mask_mod": {"mask_mod": lambda b, h, q_idx, kv_idx: q_idx >= kv_idx},
         "score_mod": {"score_mod": rs.mods.softcap(2.0)},
         "sinks": {"sinks": [0.5, -1.0]},
+        "softcap": {"softcap": 2.0},
+        "return_lse": {"return_lse": True},
     }[name]
 
 

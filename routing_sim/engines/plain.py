@@ -186,16 +186,18 @@ class TokenNode:
         shares = np.zeros(len(high), dtype=engine.problem.dtype)
         sinks = engine.problem.sinks
         sink_share: np.ndarray | None = None
+        lse = np.zeros(1, dtype=engine.problem.dtype)  # log Σ exp(s) of the budget's scores
         if engine.kernels.exact:                # keep e = exp(s - max) and l = Σ e
             self.exact = ExactNode(engine.problem, self.group, self.query_token, self.routes)
-            sink_share = self.exact.allocate(shares, high, low, chosen, scores)
+            sink_share = self.exact.allocate(shares, high, low, chosen, scores, lse)
         elif sinks is None:
-            shares[chosen] = routing_budget(high[chosen])
+            shares[chosen] = routing_budget(high[chosen], lse=lse)
         else:                                   # the sink takes a share and pulls no value
-            shares[chosen], sink_share = sink_budget(high[chosen], sinks[self.group])
+            shares[chosen], sink_share = sink_budget(high[chosen], sinks[self.group], lse=lse)
         kept = chosen & engine.kept(self.group, self.query_token)      # dropout
         shares *= np.where(kept, engine.dropout_scale, 0).astype(shares.dtype)
-        note_barrier(engine.state, engine.table, scores, shares, chosen, now, sink_share)
+        note_barrier(engine.state, engine.table, scores, shares, chosen, now, lse[0],
+                     sink_share)
         for score, share, pull in zip(scores, shares, kept):
             if pull:
                 self.pulls[score.route] = Pull(score.route, self.group, self.query_token, score.j,

@@ -19,8 +19,8 @@ from ..errors import InvalidArgumentError
 from ..network.conditions import Network
 from ..network.deliveries import Deliveries
 from ..network.messages import FORWARD
-from ..numerics.exact import exact_pull, exact_shares, exact_unnormalised
-from ..numerics.exact_row import exact_row
+from ..numerics.exact import exact_lse, exact_pull, exact_shares, exact_unnormalised
+from ..numerics.exact_row import exact_row, exact_row_lse
 from ..numerics.kernels import with_sink
 from ..routes.problem import Problem
 from ..routes.table import RouteTable
@@ -44,8 +44,9 @@ class ExactNode:
         self.sink = None if problem.sinks is None else float(problem.sinks[group])
 
     def allocate(self, shares: np.ndarray, high: np.ndarray, low: np.ndarray,
-                 chosen: np.ndarray, scores: list[Score]) -> np.ndarray | None:
-        """The shares of the chosen routes, into ``shares``; returns the sink's share."""
+                 chosen: np.ndarray, scores: list[Score], lse: np.ndarray) -> np.ndarray | None:
+        """The shares of the chosen routes, into ``shares``, and their log-sum-exp, into
+        ``lse`` (1,); returns the sink's share."""
         high, low = high[chosen], low[chosen]
         if self.sink is not None:               # the sink: one more route, no value
             high, low = with_sink(high, low, self.sink)
@@ -56,6 +57,9 @@ class ExactNode:
         if np.isnan(every).any():               # undecided: the row in integers
             every = self.exact_row()[0]
         shares[chosen] = every[:int(chosen.sum())]
+        lse[:] = exact_lse(high, low, l_high, l_low)
+        if np.isnan(lse).any():                 # undecided: the row in integers
+            lse[:] = exact_row_lse(*self.row_inputs()[:4], self.sink)
         self.exp = dict(zip([s.route for s, pick in zip(scores, chosen) if pick],
                             zip(e_high, e_low)))
         return None if self.sink is None else every[-1]
@@ -79,18 +83,25 @@ class ExactNode:
                   ) -> tuple[np.ndarray, np.ndarray | None]:
         """Shares over my chosen routes (and the output over ``pulled``) in integers
         (:func:`~routing_sim.numerics.exact_row.exact_row`)."""
+        keys, query, scale, bias, chosen = self.row_inputs()
+        values = None if pulled is None else self.problem.value[self.group, chosen]
+        return exact_row(keys, query, scale, bias, values, pulled, self.sink)
+
+    def row_inputs(self) -> tuple[np.ndarray, np.ndarray, float, np.ndarray | None,
+                                  np.ndarray]:
+        """``(keys, query, scale, bias, key indices)`` of my chosen routes."""
         problem = self.problem
-        keys = np.array([j for (_, j), pick in zip(self.routes, self.chosen) if pick])
-        bias = None if problem.bias is None else problem.bias[self.group, self.i, keys]
-        values = None if pulled is None else problem.value[self.group, keys]
-        return exact_row(problem.key[self.group, keys], problem.query[self.group, self.i],
-                         problem.scale, bias, values, pulled, self.sink)
+        chosen = np.array([j for (_, j), pick in zip(self.routes, self.chosen) if pick])
+        bias = None if problem.bias is None else problem.bias[self.group, self.i, chosen]
+        return (problem.key[self.group, chosen], problem.query[self.group, self.i],
+                problem.scale, bias, chosen)
 
 
 def note_barrier(state: ForwardState, table: RouteTable, scores: list[Score],
-                 shares: np.ndarray, chosen: np.ndarray, now: float,
+                 shares: np.ndarray, chosen: np.ndarray, now: float, lse: float,
                  sink_share: float | np.ndarray | None = None) -> None:
-    """Record a query node's scores and shares (and its sink's share), for the Run."""
+    """Record a query node's scores, shares and log-sum-exp (and its sink's share), for
+    the Run."""
     routes = [score.route for score in scores]
     node = table.query_node[routes[0]]
     state.scores[routes] = [score.score for score in scores]
@@ -101,6 +112,7 @@ def note_barrier(state: ForwardState, table: RouteTable, scores: list[Score],
         state.chosen[routes] = chosen
     if state.sink_shares is not None:
         state.sink_shares[node] = sink_share
+    state.lse[node] = lse
     state.barrier_time[node] = now
 
 

@@ -67,6 +67,7 @@ class ForwardState:
     raw: np.ndarray | None = field(init=False)      # (R,) score_mod: q·k·scale before it
     sinks: np.ndarray | None = field(init=False)    # (G·L,) each node's sink logit, or None
     sink_shares: np.ndarray | None = field(init=False)  # (G·L,) the sink's share of a budget
+    lse: np.ndarray = field(init=False)             # (G·L,) log Σ exp(s) of each softmax
     dropout_scale: np.generic = field(init=False)   # 1 / (1 - p) in the inputs' dtype
     needed: np.ndarray = field(init=False)          # (G·L,) routes per node
     values_needed: np.ndarray = field(init=False)   # (G·L,) VALUEs a node waits for
@@ -97,6 +98,7 @@ class ForwardState:
         self.sinks = None if problem.sinks is None else np.repeat(problem.sinks, routes.n_queries)
         # A node with no route (or none left) gives the sink its whole budget.
         self.sink_shares = None if self.sinks is None else np.ones(n_nodes, dtype=dtype)
+        self.lse = self.no_route_lse(np.arange(n_nodes))
         self.dropout_scale = dtype.type(1.0 / (1.0 - problem.dropout_p))
         self.probabilities = None if self.kept is None else np.zeros(n_routes, dtype=dtype)
         self.needed = routes.routes_per_node()
@@ -106,6 +108,13 @@ class ForwardState:
         self.barrier_time = np.full(n_nodes, -np.inf)
         self.done_time = np.full(n_nodes, np.nan)
         self.failed = np.zeros(n_nodes, dtype=bool)
+
+    def no_route_lse(self, nodes: np.ndarray | int) -> np.ndarray:
+        """The log-sum-exp of nodes whose softmax has no live route: their sink's logit
+        (its term alone), or -inf."""
+        if self.sinks is None:
+            return np.full(np.shape(nodes), -np.inf, dtype=self.problem.dtype)
+        return self.sinks[nodes].astype(self.problem.dtype)
 
     def span(self, node: int) -> tuple[int, int, slice]:
         """``(group, token, routes)`` of one query node: its routes are one slice."""

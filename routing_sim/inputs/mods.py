@@ -33,8 +33,8 @@ from numpy.typing import ArrayLike
 
 from ..errors import InvalidArgumentError, ShapeError
 
-__all__ = ["ScoreMod", "alibi", "call_mod", "derivative", "modified", "relative_bias", "removed_by",
-           "softcap"]
+__all__ = ["ScoreMod", "alibi", "call_mod", "derivative", "flash_softcap", "modified",
+           "relative_bias", "removed_by", "softcap"]
 
 
 class ScoreMod:
@@ -281,3 +281,46 @@ def derivative(score_mod: Callable | None) -> Callable | None:
             "built-in (rs.mods.softcap, alibi, relative_bias) or give an object with a "
             "grad(score, b, h, q_idx, kv_idx) method")
     return partial(call_mod, grad)                 # a grad written with torch works too
+
+
+def flash_softcap(cap: object, score_mod: Callable | None, numerics: str = "float"
+                  ) -> Callable | None:
+    """The score mod of a call: FlashAttention's ``softcap=cap`` as :class:`softcap`, or
+    ``score_mod`` itself; refuses the two together, and either with ``numerics="exact"``.
+
+    ``softcap=0.0`` or None is off, as in ``flash_attn_func``. Given with a ``score_mod``
+    it is refused rather than composed: FlashAttention caps the scaled score and adds
+    ALiBi after, but a FlexAttention ``score_mod`` may add a bias that a cap should or
+    should not see (Gemma 2 caps, then masks), so no order is the obvious one; write the
+    composition as one ``score_mod`` instead. Exact mode refuses both: ``tanh`` and a
+    mod's arithmetic are not correctly rounded.
+
+    Examples
+    --------
+    >>> flash_softcap(30.0, None)
+    softcap(30.0)
+    >>> flash_softcap(0.0, None) is None
+    True
+    >>> flash_softcap(-1.0, None)
+    Traceback (most recent call last):
+    ...
+    routing_sim.errors.InvalidArgumentError: softcap must be a finite number >= 0 (0 or \
+None: off), got -1.0
+    """
+    if cap is not None and (isinstance(cap, (bool, np.bool_)) or not isinstance(
+            cap, (int, float, np.integer, np.floating)) or not np.isfinite(cap) or cap < 0):
+        raise InvalidArgumentError(f"softcap must be a finite number >= 0 (0 or None: off), "
+                                   f"got {cap!r}")
+    mod = score_mod
+    if cap:
+        if score_mod is not None:
+            raise InvalidArgumentError(
+                f"softcap={cap!r} and score_mod={_name(score_mod)} both change the "
+                "scores, and the order they apply in is not given: pass one score_mod that "
+                "does both (rs.mods.softcap(cap)(score, b, h, q_idx, kv_idx) inside it)")
+        mod = softcap(float(cap))
+    if numerics == "exact" and mod is not None:
+        what = f"softcap={cap!r} (cap · tanh(s / cap))" if cap else "score_mod"
+        raise InvalidArgumentError(f"{what} runs in float arithmetic; it cannot be combined "
+                                   "with numerics='exact'")
+    return mod

@@ -80,6 +80,13 @@ class DecodeStep:
         """The positions of the tokens this round added."""
         return range(self.position, self.position + self.tokens)
 
+    @property
+    def lse(self) -> np.ndarray:
+        """The new tokens' log-sum-exp (``run.lse``): ``(...)`` after step(), ``(..., T)``
+        after extend(); the rows of whole-sequence ``attention(..., is_causal=True,
+        return_lse=True)``."""
+        return self.run.lse.reshape(self.output.shape[:-1])
+
 
 class Decoder:
     """A growing cluster of token nodes with a KV cache.
@@ -105,7 +112,8 @@ class Decoder:
     **options
         Passed to every :func:`~routing_sim.simulate` round unchanged: ``scale``,
         ``enable_gqa``, ``numerics``, ``softmax``, ``alibi_slopes``, ``rope``, ``routing``,
-        ``top_k``, ``empty_rows``, ``trace``, ``delivery``, ``engine``, ``seed``.
+        ``top_k``, ``empty_rows``, ``trace``, ``delivery``, ``engine``, ``seed``,
+        ``sinks``, ``softcap``.
 
     Raises
     ------
@@ -131,6 +139,9 @@ class Decoder:
     ([4, 8, 12, 16, 20], 60)
     >>> steps[-1].run.routing_table(4).token
     4
+    >>> _, lse = attention(q, k, v, is_causal=True, return_lse=True)
+    >>> bool(np.allclose([s.lse for s in steps], lse, rtol=1e-12))
+    True
 
     A ``mask_mod`` sees each token's true position, here a window of the two latest tokens;
     ``extend`` adds a chunk of tokens in one round (token 3 sees tokens 2 and 3, token 4

@@ -27,7 +27,9 @@ __all__ = ["MultiHeadAttention", "checked_weights", "initial_weights"]
 
 # Arguments of attention that the module sets itself, and what to use instead.
 OWN_OPTIONS = {"enable_gqa": "grouped-query attention follows num_kv_heads",
-               "return_weights": "use need_weights"}
+               "return_weights": "use need_weights",
+               "return_lse": "it returns (output, weights) as nn.MultiheadAttention does; "
+                             "last_run.lse (engine='messages') has each head's log-sum-exp"}
 
 
 class MultiHeadAttention:
@@ -157,8 +159,9 @@ class MultiHeadAttention:
         **options
             Passed on to :func:`simulate` / :func:`attention` (``empty_rows``, ``network``,
             ``numerics``, ...), and to the gradient engines by :meth:`gradients`: every
-            argument of :func:`attention` but ``enable_gqa`` (set by ``num_kv_heads``) and
-            ``return_weights`` (``need_weights``), which raise InvalidArgumentError.
+            argument of :func:`attention` but ``enable_gqa`` (set by ``num_kv_heads``),
+            ``return_weights`` (``need_weights``) and ``return_lse`` (``last_run.lse``),
+            which raise InvalidArgumentError.
             ``empty_rows="nan"`` reproduces PyTorch's NaN rows when every key of a query is
             masked and ``need_weights=True``. ``graph`` (a RouteSet over ``L`` and ``S``),
             ``mask_mod`` and ``score_mod`` work as in :func:`simulate`, with ``b`` the batch

@@ -10,8 +10,8 @@ from functools import partial
 import numpy as np
 
 from ..errors import EmptyRowError, InvalidArgumentError
-from ..numerics.exact import exact_pull, exact_scores, exact_shares, exact_unnormalised
-from ..numerics.exact_row import exact_row
+from ..numerics.exact import exact_lse, exact_pull, exact_scores, exact_shares, exact_unnormalised
+from ..numerics.exact_row import exact_row, exact_row_lse
 from ..routes.problem import Problem
 from ..routes.restrictions import DENSE_LIMIT
 
@@ -49,10 +49,11 @@ def _score_name(group: int, query: int, keys: np.ndarray, row: int) -> str:
 
 
 def exact_attention(problem: Problem, return_weights: bool, after_dropout: bool = True
-                    ) -> tuple[np.ndarray | None, np.ndarray]:
-    """``(weights (G, L, S) or None, output (G, L, Ev))``: each query's row with
-    correctly rounded dot products and sums (weights when asked, or for a dense problem;
-    after dropout, or with ``after_dropout=False`` before it)."""
+                    ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """``(weights (G, L, S) or None, output (G, L, Ev), lse (G, L))``: each query's row
+    with correctly rounded dot products and sums (weights when asked, or for a dense
+    problem; after dropout, or with ``after_dropout=False`` before it), and its correctly
+    rounded log-sum-exp (-inf, or the sink's logit, for a query with no route)."""
     groups, n_queries, n_keys, _, value_dim = problem.shape
     dense = problem.sparse is None or return_weights
     if dense and problem.sparse is not None and groups * n_queries * n_keys > DENSE_LIMIT:
@@ -61,6 +62,8 @@ def exact_attention(problem: Problem, return_weights: bool, after_dropout: bool 
                                    f"{DENSE_LIMIT:,} entries")
     weights = np.zeros((groups, n_queries, n_keys), dtype=problem.dtype) if dense else None
     output = np.zeros((groups, n_queries, value_dim), dtype=problem.dtype)
+    lse = np.full((groups, n_queries), -np.inf) if problem.sinks is None else \
+        np.repeat(problem.sinks[:, None].astype(np.float64), n_queries, axis=1)  # (G, L)
     routed = has_route(problem)
     if problem.empty_rows == "error" and not routed.all():
         g, i = np.argwhere(~routed)[0]
@@ -74,6 +77,10 @@ def exact_attention(problem: Problem, return_weights: bool, after_dropout: bool 
         if sink is not None:        # one more route, last: its score is the logit, exactly
             high, low = np.append(high, sink), np.append(low, 0.0)
         e_high, e_low, l_high, l_low = exact_unnormalised(high, low)
+        lse[g, i] = exact_lse(high, low, l_high, l_low)
+        if np.isnan(lse[g, i]):                                        # undecided: integers
+            lse[g, i] = exact_row_lse(problem.key[g, keys], problem.query[g, i],
+                                      problem.scale, bias, sink)
         shares = exact_shares(e_high, e_low, l_high, l_low, high.max())
         pulled = np.ones(len(keys), dtype=bool) if keep is None else keep
         row = exact_pull(e_high[:len(keys)][pulled], e_low[:len(keys)][pulled], l_high, l_low,
@@ -93,4 +100,4 @@ def exact_attention(problem: Problem, return_weights: bool, after_dropout: bool 
         if weights is not None:
             weights[g, i, keys] = shares
         output[g, i] = row
-    return weights, output
+    return weights, output, lse.astype(problem.dtype)

@@ -14,7 +14,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ..errors import EmptyRowError, InvalidArgumentError, NumericalError
-from ..inputs.mods import derivative, modified, removed_by
+from ..inputs.mods import derivative, flash_softcap, modified, removed_by
 from ..options import NUMERICS, CausalAlignment, EmptyRows, Numerics, check_choice
 from ..routes.problem import Problem, prepare
 from ..routes.restrictions import DENSE_LIMIT
@@ -41,8 +41,9 @@ def attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
               rope: RotaryEmbedding | float | None = None,
               return_weights: bool | Literal["probabilities"] = False,
               graph: nx.DiGraph | RouteSet | None = None, mask_mod: Callable | None = None,
-              score_mod: Callable | None = None, sinks: ArrayLike | None = None
-              ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+              score_mod: Callable | None = None, sinks: ArrayLike | None = None,
+              softcap: float | None = 0.0, return_lse: bool = False
+              ) -> np.ndarray | tuple[np.ndarray, ...]:
     r"""Scaled dot-product attention in matrix form, with PyTorch's SDPA semantics.
 
     .. math:: \mathrm{out} = \mathrm{softmax}(Q K^\top \cdot \mathrm{scale} + B)\, V
@@ -123,6 +124,18 @@ def attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
         weights sum to less than 1. A row with no route gives the sink its whole budget
         (output zeros, as gpt-oss and FlashAttention do; ``empty_rows="nan"`` or
         ``"error"`` still apply to it). Cast to the inputs' dtype.
+    softcap : float, optional
+        FlashAttention's ``softcap``: ``cap · tanh(s / cap)`` on the scaled score, before
+        ``attn_mask``/ALiBi biases, the same as ``score_mod=rs.mods.softcap(cap)``. ``0.0``
+        or None: off. Not with a ``score_mod`` (write both in one mod: no order of the two
+        is the obvious one) nor with ``numerics="exact"``.
+    return_lse : bool
+        Also return each row's log-sum-exp ``lse_i = log Σ_j exp(s_ij)`` over the scores
+        its softmax ran over (FlashAttention's ``softmax_lse``), computed stably as ``m_i
+        + log Σ_j exp(s_ij - m_i)``: with sinks the sink's term is in the sum, with
+        dropout it is the softmax's before dropout. A row with no route gets ``-inf``
+        (its sink's logit with sinks), whatever ``empty_rows`` does to its output. In
+        exact mode it is correctly rounded.
 
     Returns
     -------
@@ -130,6 +143,9 @@ def attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
     weights : ndarray, shape (..., L, S)
         Only with ``return_weights=True``. With ``sinks``, the real keys' shares (the
         sink's share is ``1 - weights.sum(-1)``, up to rounding).
+    lse : ndarray, shape (..., L)
+        Only with ``return_lse=True``, last: ``(output, lse)`` or ``(output, weights,
+        lse)``. ``weights == exp(s - lse[..., None])`` (before dropout).
 
     Examples
     --------
@@ -144,7 +160,14 @@ def attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
     >>> out, w = attention(q, k, v, scale=np.log(3), sinks=[np.log(4)], return_weights=True)
     >>> w.round(2), out.round(2)                     # the sink takes 4 / (3 + 1 + 4)
     (array([[0.38, 0.12]]), array([[6.25]]))
+    >>> out, lse = attention(q, k, v, scale=np.log(3), return_lse=True)
+    >>> bool(np.isclose(lse[0], np.log(3 + 1)))      # log(e^{log 3} + e^0)
+    True
+    >>> capped = attention(q, k, v, scale=100.0, softcap=2.0, return_lse=True)[1]
+    >>> bool(np.isclose(capped[0], np.log(np.exp(2 * np.tanh(50.0)) + 1)))
+    True
     """
+    score_mod = flash_softcap(softcap, score_mod, numerics)
     problem = prepare(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
                       causal_alignment=causal_alignment, empty_rows=empty_rows,
                       dropout_mask=dropout_mask, seed=seed, alibi_slopes=alibi_slopes,
@@ -155,21 +178,20 @@ def attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
         raise InvalidArgumentError(f"return_weights must be False, True (the weights after "
                                    f"dropout) or 'probabilities' (before it), got "
                                    f"{return_weights!r}")
+    if not isinstance(return_lse, (bool, np.bool_)):
+        raise InvalidArgumentError(f"return_lse must be True or False, got {return_lse!r}")
     after_dropout = return_weights != "probabilities"
-    if numerics == "exact" and score_mod is not None:
-        raise InvalidArgumentError("score_mod runs in float arithmetic; it cannot be combined "
-                                   "with numerics='exact'")
     if numerics == "exact":
-        weights, output = exact_attention(problem, bool(return_weights), after_dropout)
+        weights, output, lse = exact_attention(problem, bool(return_weights), after_dropout)
         routed = has_route(problem)                                    # (G, L)
     elif problem.sparse is not None:
-        output, shares, routed = segment_attention(problem)            # (G, L, Ev), (R,)
+        output, shares, routed, lse = segment_attention(problem)       # (G, L, Ev), (R,)
         keep = problem.sparse.keep
         if after_dropout and keep is not None:       # as the output pulled them
             shares = shares * (keep * problem.dtype.type(1.0 / (1.0 - problem.dropout_p)))
         weights = _dense_weights(problem, shares) if return_weights else None
     else:
-        weights, _, live = _weights(problem)                           # (G, L, S) x2
+        weights, _, live, lse = _weights(problem)                      # (G, L, S) x2, (G, L)
         pulled = _dropped_out(problem, weights)                        # (G, L, S)
         output = pulled @ problem.value                                # (G, L, Ev)
         weights = pulled if after_dropout else weights
@@ -178,10 +200,13 @@ def attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
         output[~routed] = np.nan
         if weights is not None:
             weights[~routed] = np.nan
-    if not return_weights:
-        return problem.unflatten(output)
-    assert weights is not None                                         # built when asked
-    return problem.unflatten(output), problem.unflatten(weights)
+    results = [problem.unflatten(output)]
+    if return_weights:
+        assert weights is not None                                     # built when asked
+        results.append(problem.unflatten(weights))
+    if return_lse:
+        results.append(problem.unflatten(lse[..., None])[..., 0])
+    return results[0] if len(results) == 1 else tuple(results)
 
 
 def _dense_weights(problem: Problem, shares: np.ndarray) -> np.ndarray:
@@ -197,10 +222,12 @@ def _dense_weights(problem: Problem, shares: np.ndarray) -> np.ndarray:
     return weights.reshape(groups, n_queries, n_keys)
 
 
-def _weights(problem: Problem) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+def _weights(problem: Problem
+             ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
     """Routing tables ``(G, L, S)`` before dropout: stable softmax over live routes (and
-    the sink); the sinks' shares ``(G, L)`` (None without sinks); and which routes are
-    live ``(G, L, S)``: allowed, and not removed by a score_mod."""
+    the sink); the sinks' shares ``(G, L)`` (None without sinks); which routes are live
+    ``(G, L, S)``: allowed, and not removed by a score_mod; and each row's log-sum-exp
+    ``m + log Σ exp(s - m)`` ``(G, L)`` (-inf for a row with nothing in its softmax)."""
     allowed = problem.dense_allowed                                    # (G, L, S)
     live = allowed
     with np.errstate(over="ignore", invalid="ignore"):   # overflow is reported below
@@ -231,7 +258,9 @@ def _weights(problem: Problem) -> tuple[np.ndarray, np.ndarray | None, np.ndarra
         # An empty row's max is -inf; shift it by 0 instead so -inf - -inf never happens.
         row_max = np.where(has_route, row_max, 0)
         weights = np.exp(scores - row_max)                             # (G, L, S)
-        weights /= np.where(has_route, weights.sum(axis=-1, keepdims=True), 1)
+        total = np.where(has_route, weights.sum(axis=-1, keepdims=True), 1)  # (G, L, 1)
+        weights /= total
+        lse = np.where(has_route, row_max + np.log(total), -np.inf)    # (G, L, 1)
     else:                                  # the sink is in every row: the max is finite
         sink = problem.sinks[:, None, None]                            # (G, 1, 1)
         row_max = np.maximum(row_max, sink)
@@ -240,7 +269,8 @@ def _weights(problem: Problem) -> tuple[np.ndarray, np.ndarray | None, np.ndarra
         total = weights.sum(axis=-1, keepdims=True) + sink_weight      # (G, L, 1)
         weights /= total
         sink_shares = (sink_weight / total)[..., 0]                    # (G, L)
-    return weights, sink_shares, live
+        lse = row_max + np.log(total)                                  # (G, L, 1)
+    return weights, sink_shares, live, lse[..., 0]
 
 
 def _dropped_out(problem: Problem, weights: np.ndarray) -> np.ndarray:
@@ -270,7 +300,8 @@ def attention_backward(query: ArrayLike, key: ArrayLike, value: ArrayLike, d_out
                        rope: RotaryEmbedding | float | None = None,
                        return_weights: bool = False, graph: nx.DiGraph | RouteSet | None = None,
                        mask_mod: Callable | None = None, score_mod: Callable | None = None,
-                       sinks: ArrayLike | None = None) -> tuple[np.ndarray, ...]:
+                       sinks: ArrayLike | None = None, softcap: float | None = 0.0,
+                       return_lse: bool = False) -> tuple[np.ndarray, ...]:
     r"""Gradients of :func:`attention` with respect to query, key and value (and the sinks),
     in matrix form.
 
@@ -286,10 +317,12 @@ def attention_backward(query: ArrayLike, key: ArrayLike, value: ArrayLike, d_out
     ``empty_rows="error"`` raises :class:`~routing_sim.EmptyRowError` as in the forward
     pass. The arithmetic is float: ``numerics="exact"`` is accepted (the gradients of an
     exact forward pass) and computed in float, as :meth:`Run.backward
-    <routing_sim.Run.backward>` does. ``return_weights=True`` is refused with an
-    :class:`~routing_sim.InvalidArgumentError`: take the weights from :func:`attention`. A
+    <routing_sim.Run.backward>` does. ``return_weights=True`` and ``return_lse=True`` are
+    refused with an :class:`~routing_sim.InvalidArgumentError`: take the weights and the
+    log-sum-exp from :func:`attention`. A
     ``score_mod`` multiplies ``dS`` by its derivative at the raw score, so it must carry one
-    (:mod:`routing_sim.mods`); a plain function raises InvalidArgumentError. A RouteSet
+    (:mod:`routing_sim.mods`); a plain function raises InvalidArgumentError. ``softcap``
+    is ``score_mod=rs.mods.softcap(cap)`` (its derivative ``sech²(s / cap)``). A RouteSet
     ``graph`` or a ``mask_mod`` is computed sparsely (:mod:`routing_sim.reference.segments`).
 
     With ``sinks``, it returns ``(d_query, d_key, d_value, d_sinks)``, ``d_sinks`` of the
@@ -310,21 +343,23 @@ def attention_backward(query: ArrayLike, key: ArrayLike, value: ArrayLike, d_out
     >>> d_sinks.round(3).tolist()                    # -p_sink · (dO · O)
     [-0.122]
     """
+    score_mod = flash_softcap(softcap, score_mod)
     problem = prepare(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
                       causal_alignment=causal_alignment, empty_rows=empty_rows,
                       dropout_mask=dropout_mask, seed=seed, alibi_slopes=alibi_slopes,
                       alibi_mode=alibi_mode, rope=rope, graph=graph, mask_mod=mask_mod,
                       score_mod=score_mod, sinks=sinks)
     check_choice("numerics", numerics, NUMERICS)
-    if return_weights is not False:
-        raise InvalidArgumentError("attention_backward returns (d_query, d_key, d_value) only; "
-                                   "return_weights=True belongs to attention()")
+    for name, asked in (("return_weights", return_weights), ("return_lse", return_lse)):
+        if asked is not False:
+            raise InvalidArgumentError(f"attention_backward returns (d_query, d_key, d_value) "
+                                       f"only; {name}={asked!r} belongs to attention()")
     slope = derivative(score_mod)
     upstream = problem.upstream(d_output)                           # (G, L, Ev)
     if problem.sparse is not None:
         d_query, d_key, d_value, d_sinks = segment_backward(problem, upstream)
         return _gradients(problem, d_query, d_key, d_value, d_sinks)
-    weights, sink_shares, live = _weights(problem)                     # (G, L, S)  P
+    weights, sink_shares, live, _ = _weights(problem)                  # (G, L, S)  P
     factor = 1.0 if problem.keep is None else problem.keep * problem.dtype.type(
         1.0 / (1.0 - problem.dropout_p))
     dropped = weights * factor                                         # (G, L, S)  P'

@@ -104,14 +104,16 @@ def route_scores(problem: Problem, chunk: Chunk) -> tuple[np.ndarray, np.ndarray
     return raw, scores
 
 
-def route_shares(chunk: Chunk, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+def route_shares(chunk: Chunk, scores: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Stable softmax within each segment: subtract the segment max, no epsilon. With
     sinks, each segment's sink logit joins the max and the normaliser; returns the routes'
-    shares ``(r,)`` and the sinks' shares ``(segments,)`` (None without sinks).
+    shares ``(r,)``, the sinks' shares ``(segments,)`` (None without sinks) and each
+    segment's log-sum-exp ``max + log(normaliser)`` ``(segments,)``.
 
     A segment whose every route a score_mod removed (all ``-inf``) and that has no sink
     gets shares of 0, as an empty row does: its max is shifted by 0 and its total divided
-    by 1, so ``-inf - -inf`` never happens.
+    by 1, so ``-inf - -inf`` never happens; its log-sum-exp is -inf.
     """
     top = np.maximum.reduceat(scores, chunk.starts)                    # (segments,)
     if chunk.sinks is not None:
@@ -122,10 +124,11 @@ def route_shares(chunk: Chunk, scores: np.ndarray) -> tuple[np.ndarray, np.ndarr
     total = chunk.total(shares)                                        # (segments,)
     total[empty] = 1.0
     if chunk.sinks is None:
-        return shares / chunk.spread(total), None
+        lse = np.where(empty, -np.inf, top + np.log(total))            # (segments,)
+        return shares / chunk.spread(total), None, lse
     sink_weight = np.exp(chunk.sinks - top)                            # (segments,)
     total += sink_weight
-    return shares / chunk.spread(total), sink_weight / total
+    return shares / chunk.spread(total), sink_weight / total, top + np.log(total)
 
 
 def dropout_factor(problem: Problem, chunk: Chunk) -> np.ndarray | float:
@@ -135,26 +138,30 @@ def dropout_factor(problem: Problem, chunk: Chunk) -> np.ndarray | float:
     return keep[chunk.span] * problem.dtype.type(1.0 / (1.0 - problem.dropout_p))
 
 
-def segment_attention(problem: Problem) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(output (G, L, Ev), shares (R,), has_route (G, L))``: shares before dropout (the
-    output pulls them after it), in canonical order; ``has_route`` is False for a query
-    with no route or none left after the score_mod."""
+def segment_attention(problem: Problem
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(output (G, L, Ev), shares (R,), has_route (G, L), lse (G, L))``: shares before
+    dropout (the output pulls them after it), in canonical order; ``has_route`` is False
+    for a query with no route or none left after the score_mod; ``lse`` each query's
+    log-sum-exp (-inf, or its sink's logit, for a query with no route)."""
     groups, n_queries, _, _, value_dim = problem.shape
     _check_empty(problem)
     output = np.zeros((groups * n_queries, value_dim), dtype=problem.dtype)
     shares = np.zeros(len(problem.sparse_form.routes), dtype=problem.dtype)
     has_route = np.diff(problem.sparse_form.routes.indptr) > 0          # (G·L,)
+    lse = np.full(groups * n_queries, -np.inf, dtype=problem.dtype) if problem.sinks is None \
+        else np.repeat(problem.sinks, n_queries)                       # (G·L,) no route yet
     values = problem.value.reshape(-1, value_dim)
     for chunk in chunks(problem):
         _, scores = route_scores(problem, chunk)
         if problem.score_mod is not None:
             has_route[chunk.nodes] = np.maximum.reduceat(scores, chunk.starts) > -np.inf
-        pulled = route_shares(chunk, scores)[0]
+        pulled, _, lse[chunk.nodes] = route_shares(chunk, scores)
         shares[chunk.span] = pulled
         pulled = pulled * dropout_factor(problem, chunk)
         output[chunk.nodes] = chunk.total(pulled[:, None] * values[chunk.key_row])
     return (output.reshape(groups, n_queries, value_dim), shares,
-            has_route.reshape(groups, n_queries))
+            has_route.reshape(groups, n_queries), lse.reshape(groups, n_queries))
 
 
 def segment_backward(problem: Problem, upstream: np.ndarray
@@ -171,7 +178,7 @@ def segment_backward(problem: Problem, upstream: np.ndarray
     d_sinks = None if problem.sinks is None else np.zeros_like(problem.sinks)  # (G,)
     for chunk in chunks(problem):
         raw, scores = route_scores(problem, chunk)
-        shares, sink_shares = route_shares(chunk, scores)              # (r,) P
+        shares, sink_shares, _ = route_shares(chunk, scores)           # (r,) P
         factor = dropout_factor(problem, chunk)
         d_out = upstream[chunk.node]                                   # (r, Ev)
         np.add.at(d_value, chunk.key_row, (shares * factor)[:, None] * d_out)

@@ -272,6 +272,34 @@ class Run:
         return run_html(self)
 
     @property
+    def lse(self) -> np.ndarray:
+        """Each query node's log-sum-exp ``(..., L)``: ``m + log l`` from the max ``m`` and
+        normaliser ``l`` of its softmax (FlashAttention's ``softmax_lse``).
+
+        Two-phase nodes compute it at their barrier from their own scores in source order,
+        so it is bit-identical under every delivery schedule, and in exact mode correctly
+        rounded, equal to ``attention(..., numerics="exact", return_lse=True)``'s. Online
+        nodes take their streaming ``(m, l)``: its last bits may depend on arrival order,
+        as the output's. With sinks it includes the sink's term; with dropout it is of the
+        softmax before dropout; with hard routing, of the top-k routes the softmax ran
+        over. A node with no route has ``-inf`` (its sink's logit with sinks).
+
+        Examples
+        --------
+        >>> import numpy as np, routing_sim as rs
+        >>> q, k, v = np.random.default_rng(0).normal(size=(3, 4, 2))
+        >>> run = rs.simulate(q, k, v, is_causal=True)
+        >>> scores = np.tril(q @ k.T / np.sqrt(2)) + np.triu(np.full((4, 4), -np.inf), 1)
+        >>> bool(np.allclose(run.lse, np.log(np.exp(scores).sum(-1)), rtol=1e-13))
+        True
+        >>> exact = rs.simulate(q, k, v, is_causal=True, numerics="exact")
+        >>> _, lse = rs.attention(q, k, v, is_causal=True, numerics="exact", return_lse=True)
+        >>> bool(np.array_equal(exact.lse, lse))
+        True
+        """
+        return self._forward[0].lse.reshape(self.output.shape[:-1]).copy()
+
+    @property
     def state(self) -> ForwardState:
         """What the token nodes knew when the run ended: scores, shares, times per route.
 
@@ -349,7 +377,7 @@ class Run:
         return RoutingTable(query_positions[i], query_labels[i], where, routes,
                             messages=2 * len(routes) + 2 * pulled,
                             completed=float(self._completed.reshape(-1, n_queries)[group, i]),
-                            sink=sink, sink_logit=sink_logit)
+                            sink=sink, sink_logit=sink_logit, lse=float(state.lse[node]))
 
 
 def _group_index(batch_shape: tuple[int, ...], head, batch) -> tuple[int, ...]:
@@ -424,7 +452,8 @@ class RoutingTable:
     by the route's score, the bytes pulled and when the value arrived, and a footer
     (routes, messages, when the output was complete). With sinks, a ``sink:`` line shows
     the share of the budget the head's sink logit took (it pulls no value): the routes'
-    shares and ``sink`` add up to 1.
+    shares and ``sink`` add up to 1. ``lse`` is the log-sum-exp of the scores the budget
+    was split over (:attr:`Run.lse`), so a share before dropout is ``exp(score - lse)``.
     """
 
     token: int
@@ -435,6 +464,7 @@ class RoutingTable:
     completed: float
     sink: float | None = None        # the sink's share of the budget (None: no sinks)
     sink_logit: float | None = None  # the head's sink logit
+    lse: float = float("nan")        # log Σ exp(score) of the budget (run.lse)
 
     def __str__(self) -> str:
         who = f"token {self.label!r} (#{self.token})" if self.label else f"token #{self.token}"

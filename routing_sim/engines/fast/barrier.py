@@ -17,8 +17,8 @@ import numpy as np
 
 from ...errors import EmptyRowError, NumericalError
 from ...inputs.mods import modified, removed_by
-from ...numerics.exact import exact_pull, exact_shares, exact_unnormalised
-from ...numerics.exact_row import exact_row
+from ...numerics.exact import exact_lse, exact_pull, exact_shares, exact_unnormalised
+from ...numerics.exact_row import exact_row, exact_row_lse
 from ...numerics.kernels import (
     routing_budget,
     scale_scores,
@@ -30,9 +30,10 @@ from ...numerics.kernels import (
 from ...routes.route_set import batch_head
 from ..state import VALUE_PHASE, ExactParts, ForwardState
 
-__all__ = ["aggregate", "allocate", "allocate_whole", "budget", "exact_budget_shares",
-           "exact_fallback", "gather", "keep_probabilities", "modify", "node_scores",
-           "note_would_have", "pull_whole", "scores_of", "softmax_routes", "tiled_shares"]
+__all__ = ["aggregate", "allocate", "allocate_whole", "budget", "exact_budget_lse",
+           "exact_budget_shares", "exact_fallback", "gather", "keep_probabilities", "modify",
+           "node_scores", "note_would_have", "pull_whole", "scores_of", "softmax_routes",
+           "tiled_shares"]
 
 
 def gather(rows: np.ndarray, keys: np.ndarray) -> np.ndarray:
@@ -100,12 +101,13 @@ def budget(state: ForwardState, node: int, alive: np.ndarray, remember: bool = T
     """Shares (after dropout) of a node's live routes; 0 for the dead ones.
 
     With hard routing only the ``top_k`` best live routes get a share. ``remember``
-    keeps what the pull will need (the chosen routes; exact mode's e and l) and the
-    sink's share.
+    keeps what the pull will need (the chosen routes; exact mode's e and l), the sink's
+    share and the node's log-sum-exp.
     """
     _, _, span = state.span(node)
     shares = np.zeros(span.stop - span.start, dtype=state.problem.dtype)
     sink_share: float | np.ndarray = 1.0       # no live route: the sink takes everything
+    lse = state.no_route_lse(np.array([node]))                         # (1,)
     if state.top_k and alive.any():
         pick = np.zeros_like(alive)
         pick[np.flatnonzero(alive)[top_routes(state.scores[span][alive][None],
@@ -119,18 +121,24 @@ def budget(state: ForwardState, node: int, alive: np.ndarray, remember: bool = T
             keep = state.exact if remember else None
             if state.sinks is not None:
                 high, low = with_sink(high, low, state.sinks[node])
-            every = exact_budget_shares(keep, node, span, alive, exact_unnormalised(high, low),
-                                        high.max(), sink=state.sinks is not None)
+            unnormalised = exact_unnormalised(high, low)
+            every = exact_budget_shares(keep, node, span, alive, unnormalised, high.max(),
+                                        sink=state.sinks is not None)
             if np.isnan(every).any():                                  # undecided: integers
                 every = exact_fallback(state, node, alive)[0]
             shares[alive] = every[:int(alive.sum())]
             if state.sinks is not None:
                 sink_share = every[-1]
+            if remember:
+                lse = exact_budget_lse(state, np.array([node]), high, low, unnormalised,
+                                       alive)
         elif state.sinks is None:
-            shares[alive] = routing_budget(state.scores[span][alive])
+            shares[alive] = routing_budget(state.scores[span][alive], lse=lse)
         else:
             shares[alive], sink_share = sink_budget(state.scores[span][alive],
-                                                    state.sinks[node])
+                                                    state.sinks[node], lse=lse)
+    if remember:
+        state.lse[node] = lse[0]
     if remember and state.sink_shares is not None:
         state.sink_shares[node] = sink_share
     if state.kept is not None:
@@ -164,6 +172,37 @@ def exact_budget_shares(keep: ExactParts | None, nodes: int | np.ndarray, span: 
     return exact_shares(e_high, e_low, l_high, l_low, top)
 
 
+def exact_budget_lse(state: ForwardState, nodes: np.ndarray, high: np.ndarray,
+                     low: np.ndarray,
+                     unnormalised: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+                     routes: np.ndarray | None = None) -> np.ndarray:
+    """Exact mode: the log-sum-exp of nodes ``(n,)``, from the scores their softmax ran
+    over (rows ``high``, ``low``, the sink last) and the same ``l`` as their shares,
+    correctly rounded; a node the double-doubles cannot decide is done in integers.
+    ``routes``: the mask over one node's span the softmax ran over (None: every route)."""
+    lse = np.atleast_1d(exact_lse(high, low, unnormalised[2], unnormalised[3]))  # (n,)
+    for row in np.flatnonzero(np.isnan(lse)).tolist():               # undecided: integers
+        node = int(nodes[row])
+        _, _, span = state.span(node)
+        every = np.ones(span.stop - span.start, dtype=bool)
+        lse[row] = exact_row_lse(*_row_inputs(state, node, every if routes is None
+                                              else routes))
+    return lse.astype(state.problem.dtype)
+
+
+def _row_inputs(state: ForwardState, node: int, routes: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, float, np.ndarray | None, float | None]:
+    """``(keys, query, scale, bias, sink)`` of a node's routes ``routes`` (a mask over
+    its span): what :mod:`~routing_sim.numerics.exact_row` recomputes a row from."""
+    problem = state.problem
+    group, token, span = state.span(node)
+    keys = state.routes.key_index[span][routes]
+    bias = None if state.bias is None else state.bias[span][routes]
+    sink = None if state.sinks is None else float(state.sinks[node])
+    return (gather(problem.key[group], keys), problem.query[group, token], problem.scale,
+            bias, sink)
+
+
 def softmax_routes(state: ForwardState, span: slice) -> np.ndarray:
     """The routes of a node its softmax runs over: the live ones (the chosen, top-k)."""
     members = state.dead[span] == 0
@@ -176,14 +215,11 @@ def exact_fallback(state: ForwardState, node: int, routes: np.ndarray,
     mask over its span; with sinks, the sink's share last) and, given ``pulled``, its
     output, from the exact scores the key nodes computed
     (:func:`~routing_sim.numerics.exact_row.exact_row`)."""
-    problem = state.problem
-    group, token, span = state.span(node)
-    keys = state.routes.key_index[span][routes]
-    bias = None if state.bias is None else state.bias[span][routes]
-    values = None if pulled is None else gather(problem.value[group], keys)
-    sink = None if state.sinks is None else float(state.sinks[node])
-    return exact_row(gather(problem.key[group], keys), problem.query[group, token],
-                     problem.scale, bias, values, pulled, sink)
+    group, _, span = state.span(node)
+    keys, query, scale, bias, sink = _row_inputs(state, node, routes)
+    values = None if pulled is None else gather(state.problem.value[group],
+                                                state.routes.key_index[span][routes])
+    return exact_row(keys, query, scale, bias, values, pulled, sink)
 
 
 def note_would_have(state: ForwardState, node: int) -> None:
@@ -355,11 +391,14 @@ def _float_block(state: ForwardState, chosen: np.ndarray, count: int) -> None:
         block = np.where(pick, block, -np.inf)
     # A slice of routes: the shares go straight into the state.
     out = state.shares[span].reshape(block.shape) if isinstance(span, slice) else None
+    lse = np.empty(len(chosen), dtype=block.dtype)                     # (nodes,)
     if state.sink_shares is None:
-        shares = routing_budget(block, out=out)
+        shares = routing_budget(block, out=out, lse=lse)
     else:
         assert state.sinks is not None                                 # both or neither
-        shares, state.sink_shares[chosen] = sink_budget(block, state.sinks[chosen], out=out)
+        shares, state.sink_shares[chosen] = sink_budget(block, state.sinks[chosen], out=out,
+                                                        lse=lse)
+    state.lse[chosen] = lse
     if state.kept is not None:
         keep_probabilities(state, span, shares)
         shares *= state.kept[span].reshape(shares.shape) * state.dropout_scale
@@ -379,11 +418,12 @@ def _exact_block(state: ForwardState, chosen: np.ndarray, count: int) -> None:
     low = state.exact.score_low[span].reshape(block.shape)
     if state.sinks is not None:                                        # (nodes, routes + 1)
         block, low = with_sink(block, low, state.sinks[chosen])
-    shares = exact_budget_shares(state.exact, chosen, span, slice(None),
-                                 exact_unnormalised(block, low), block.max(axis=1),
-                                 sink=state.sinks is not None)
+    unnormalised = exact_unnormalised(block, low)
+    shares = exact_budget_shares(state.exact, chosen, span, slice(None), unnormalised,
+                                 block.max(axis=1), sink=state.sinks is not None)
     for row in np.flatnonzero(np.isnan(shares).any(axis=1)).tolist():  # undecided: integers
         shares[row] = exact_fallback(state, int(chosen[row]), np.ones(count, dtype=bool))[0]
+    state.lse[chosen] = exact_budget_lse(state, chosen, block, low, unnormalised)
     if state.sink_shares is not None:
         state.sink_shares[chosen], shares = shares[:, -1], shares[:, :-1]
     if state.kept is not None:

@@ -2,9 +2,10 @@
 
 A SCORE is answered at once with a PULL, and each arriving (score, value) pair updates
 the query node's running max m, normaliser l and accumulator o, rescaling by
-exp(m_old - m_new): the FlashAttention algebra. The output is o / l. Unlike the
-two-phase result, its last bits may depend on arrival order. A sink is known at the
-start: the state begins as (m, l, o) = (sink, 1, 0), a pair with no value.
+exp(m_old - m_new): the FlashAttention algebra. The output is o / l and the row's
+log-sum-exp m + log l. Unlike the two-phase result, their last bits may depend on arrival
+order. A sink is known at the start: the state begins as (m, l, o) = (sink, 1, 0), a pair
+with no value.
 """
 
 from __future__ import annotations
@@ -177,6 +178,7 @@ class OnlineNodes(ForwardNodes):
                 if state.kept is not None:
                     state.output[node] *= state.dropout_scale
             state.shares[span] = budget(state, node, alive)
+            self._note_lse(np.array([node]))
             state.done_time[node] += self.processing
             self._finished_at[node] = state.done_time[node]
 
@@ -190,5 +192,12 @@ class OnlineNodes(ForwardNodes):
                                       self.shift[rows][:, None])
         if state.kept is not None:
             state.output[rows] *= state.dropout_scale
+        self._note_lse(nodes)
         state.done_time[nodes] += self.processing
         self._finished_at[nodes] = state.done_time[nodes]
+
+    def _note_lse(self, nodes: np.ndarray) -> None:
+        """The log-sum-exp ``m + log l`` of finished nodes, from their streaming state (a
+        node no pair reached keeps the barrier's: -inf, or its sink's logit)."""
+        rows = nodes[self.normaliser[nodes] > 0]
+        self.state.lse[rows] = self.running_max[rows] + np.log(self.normaliser[rows])
