@@ -163,3 +163,32 @@ def test_a_torch_mod_that_is_wrong_on_torch_too_reports_the_numpy_error():
     q = np.ones((2, 3))
     with pytest.raises(AttributeError, match="abs"):
         rs.attention(q, q, q, mask_mod=lambda b, h, i, j: (i - j).abs().nosuch() > 0)
+
+
+# ---------------------------------------------------------------- FlashAttention's names
+
+
+@pytest.mark.parametrize("mask_name", ["none", "causal", "window", "document"])
+@pytest.mark.parametrize("gqa", [False, True])
+def test_softcap_and_lse_match_flex_attention(mask_name, gqa):
+    """``softcap=`` against flex's softcap score_mod, and ``return_lse`` / ``run.lse``
+    against the log-sum-exp flex returns (natural log, one per query row)."""
+    rng = np.random.default_rng(5)
+    q = rng.normal(size=(2, 4, 9, 8)) * 3
+    k, v = rng.normal(size=(2, 2, 2 if gqa else 4, 9, 8)) * 3
+    mask_mod = MASKS[mask_name]
+    tq, tk, tv = (torch.from_numpy(np.ascontiguousarray(x)) for x in (q, k, v))
+    block_mask = None if mask_mod is None else flex.create_block_mask(
+        mask_mod, 2, 4, 9, 9, device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")                                # eager, on purpose
+        out, aux = flex.flex_attention(
+            tq, tk, tv, score_mod=lambda s, b, h, i, j: 2.5 * torch.tanh(s / 2.5),
+            block_mask=block_mask, enable_gqa=gqa, return_aux=flex.AuxRequest(lse=True))
+    options = dict(mask_mod=mask_mod, softcap=2.5, enable_gqa=gqa)
+    got, lse = rs.attention(q, k, v, return_lse=True, **options)
+    run = rs.simulate(q, k, v, **options)
+    for output in (got, run.output):
+        np.testing.assert_allclose(output, out.numpy(), rtol=RTOL, atol=1e-13)
+    for mine in (lse, run.lse):
+        np.testing.assert_allclose(mine, aux.lse.numpy(), rtol=RTOL, atol=1e-13)
