@@ -35,12 +35,13 @@ import numpy as np
 import torch
 from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.masking_utils import sdpa_mask
+from transformers.utils import output_capturing
 
 from .. import mods
 from ..errors import DTypeError, InvalidArgumentError
 from ..reference import attention
 from ..simulation import simulate
-from . import record
+from . import admit, record
 from .autograd import simulated_attention
 
 __all__ = ["HF_ARGUMENTS", "register", "registered_options"]
@@ -55,6 +56,9 @@ _BOOKKEEPING = frozenset({
     "output_hidden_states", "output_router_logits", "return_dict", "num_items_in_batch",
     "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx",
     "encoder_hidden_states", "past_key_values", "cache", "token_type_ids"})
+# Keywords only flash-attention kernels read, which cannot change what attention computes:
+# ModernBERT's ``deterministic`` picks flash-attention's deterministic backward kernel.
+_KERNEL_ONLY = frozenset({"deterministic"})
 _DTYPES = (torch.float32, torch.float64)
 _ATTENTION_KEYWORDS = frozenset(inspect.signature(attention).parameters)
 _OPTIONS: dict[str, dict[str, Any]] = {}
@@ -112,6 +116,7 @@ def register(name: str = "routing_sim", **options: Any) -> str:
     probe = np.zeros((1, 1, 1))                                        # (G, L, E)
     simulate(probe, probe, probe, **options)                           # bad values fail here
     _OPTIONS[name] = options
+    admit.install(_OPTIONS)
     AttentionInterface.register(name, _attention_function(name))
     AttentionMaskInterface.register(name, sdpa_mask)
     return name
@@ -132,7 +137,7 @@ def _attention_function(name: str):
                               scaling: float | None = None, is_causal: bool | None = None,
                               position_bias=None, sliding_window: int | None = None,
                               softcap: float | None = None, **kwargs):
-        _refuse_unknown(kwargs)
+        _refuse_unknown(module, kwargs)
         _check_tensors(query, key, value)
         n_queries, n_keys = query.shape[-2], key.shape[-2]
         if attention_mask is not None and not isinstance(attention_mask, torch.Tensor):
@@ -170,8 +175,8 @@ def _attention_function(name: str):
         if recorder is not None:
             recorder.add(module, run, _attention_inputs(query, key, value, mask, arguments))
         weights = None
-        if kwargs.get("output_attentions"):
-            weights = torch.from_numpy(run.weights).to(query.device)
+        if _weights_requested(kwargs):
+            weights = torch.from_numpy(run.weights).to(query.device)        # (B, H, L, S)
         return output.transpose(1, 2).contiguous(), weights
 
     return routing_sim_attention
@@ -200,16 +205,34 @@ def _attention_inputs(query, key, value, mask, arguments: dict) -> dict[str, Any
                          if name in _ATTENTION_KEYWORDS}}
 
 
-def _refuse_unknown(kwargs: dict) -> None:
+def _weights_requested(kwargs: dict) -> bool:
+    """Whether the model returns attention weights (``output_attentions=True``).
+
+    Some families (OPT, GPT-BigCode, StableLM) do not pass ``output_attentions`` down to
+    the attention function: transformers collects whatever the function returns, which
+    eager always fills. So the output collector transformers sets up for the call is asked
+    too; without one, the dense routing tables are not built (they cost time).
+    """
+    if kwargs.get("output_attentions"):
+        return True
+    collecting = output_capturing._active_collector.get()
+    return bool(collecting) and bool({"attentions", "cross_attentions"} & set(collecting))
+
+
+def _refuse_unknown(module, kwargs: dict) -> None:
+    family = getattr(getattr(module, "config", None), "model_type", None)
+    of_family = f" of model family {family!r}" if family else ""
     for argument, value in kwargs.items():
         if argument in ("s_aux", "sinks"):
-            raise InvalidArgumentError(f"{argument} (attention sinks) is not supported by the "
-                                       "routing_sim backend")
-        if argument not in _BOOKKEEPING and value is not None:
+            raise InvalidArgumentError(f"{argument} (attention sinks){of_family} is not "
+                                       "supported by the routing_sim backend")
+        if argument not in _BOOKKEEPING | _KERNEL_ONLY and value is not None:
+            shown = (f"a {type(value).__name__} of shape {tuple(value.shape)}"
+                     if isinstance(value, torch.Tensor) else repr(value))
             raise InvalidArgumentError(
-                f"the routing_sim backend does not know the attention argument {argument}="
-                f"{value!r}; refusing rather than ignoring something that may change the "
-                "result")
+                f"the routing_sim backend does not know the attention argument "
+                f"{argument}{of_family} ({shown}); refusing rather than ignoring something "
+                "that may change the result")
 
 
 def _check_tensors(query, key, value) -> None:
