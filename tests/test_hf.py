@@ -16,6 +16,8 @@ pytest.importorskip("transformers", reason="the hf extra (transformers) is not i
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import routing_sim as rs  # noqa: E402
+from routing_sim.hf.families import float64_attention as float64_eager  # noqa: E402
+from routing_sim.hf.families import tiny_config  # noqa: E402
 from routing_sim.hf.tiny import tiny_model  # noqa: E402
 
 RTOL = 1e-12
@@ -23,32 +25,6 @@ GRAD_RTOL = 1e-10
 CAUSAL = ("llama", "mistral", "qwen2", "gemma2", "gpt2")
 SEQ2SEQ = ("bart", "t5")
 FLOAT64_EAGER = "float64_eager_reference"
-
-
-def float64_eager(module, query, key, value, attention_mask, dropout: float = 0.0,
-                  scaling: float | None = None, softcap: float | None = None, **kwargs):
-    """An independent float64 reference where HF has no SDPA path (Gemma-2's soft-capping).
-
-    Plain torch, as HF's eager attention but in float64 throughout (HF's own runs its
-    softmax in float32): scores scaled, soft-capped, masked, softmax, values. A query row
-    with no allowed key gives zeros, the convention of the backend and of SDPA's math path.
-    """
-    groups = getattr(module, "num_key_value_groups", 1)
-    key, value = (x.repeat_interleave(groups, dim=1) for x in (key, value))
-    scores = query @ key.transpose(-1, -2) * scaling                  # (B, H, L, S)
-    if softcap is not None:
-        scores = softcap * torch.tanh(scores / softcap)
-    if attention_mask is None:
-        if query.shape[-2] > 1 and module.is_causal:
-            allowed = torch.ones(scores.shape[-2:], dtype=torch.bool).tril()
-            scores = scores.masked_fill(~allowed, -torch.inf)
-    elif attention_mask.dtype == torch.bool:
-        scores = scores.masked_fill(~attention_mask, -torch.inf)
-    else:
-        scores = scores + attention_mask
-    empty = torch.isneginf(scores).all(dim=-1, keepdim=True)          # (B, H, L, 1)
-    weights = torch.softmax(scores.masked_fill(empty, 0.0), dim=-1).masked_fill(empty, 0.0)
-    return (weights @ value).transpose(1, 2).contiguous(), weights
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +37,8 @@ def models(backend):
     """family -> (routing_sim model, reference model), built once for the whole module.
 
     The reference is the same architecture with the same seed, so the same weights, on
-    SDPA; for Gemma-2 (no SDPA path: soft-capping) on :func:`float64_eager`.
+    SDPA; for Gemma-2 (no SDPA path: soft-capping) on the independent float64 reference
+    (plain torch, HF's eager computation in float64 throughout).
     """
     from transformers import AttentionInterface, AttentionMaskInterface
     from transformers.masking_utils import sdpa_mask
@@ -427,3 +404,63 @@ def test_every_mask_form_equals_sdpa(backend, seed):
         capped = AttentionInterface()[backend](module, q, k, v, mask, softcap=cap, **kwargs)
         assert_close(capped[0], float64_eager(module, q, k, v, mask, softcap=cap,
                                               **kwargs)[0])
+
+
+@pytest.mark.parametrize("family", ["opt", "gpt_bigcode", "stablelm", "llama", "bart"])
+def test_output_attentions_returns_the_routing_tables(backend, family):
+    """Whenever eager returns weights: OPT, GPT-BigCode and StableLM do not pass
+    output_attentions down to the attention function, transformers collects what it
+    returns. The weights are each call's routing tables, equal to the float64 reference's."""
+    import copy
+
+    import transformers
+
+    from routing_sim.hf.families import FLOAT64_REFERENCE, _register_reference
+
+    _register_reference()
+    config = tiny_config(family)
+    auto = transformers.AutoModel
+    models = []
+    for implementation in (backend, FLOAT64_REFERENCE):
+        torch.manual_seed(0)
+        models.append(auto.from_config(copy.deepcopy(config), attn_implementation=implementation,
+                                       dtype=torch.float64).eval())
+    inputs = batch(family if family == "bart" else "llama", length=6)
+    inputs["input_ids"] = inputs["input_ids"] % 100
+    with torch.no_grad(), rs.hf.record() as rec:
+        ours = models[0](**inputs, output_attentions=True)
+        theirs = models[1](**inputs, output_attentions=True)
+    names = ["attentions", "cross_attentions", "encoder_attentions", "decoder_attentions"]
+    got = [w for key in names for w in (getattr(ours, key, None) or ())]
+    expected = [w for key in names for w in (getattr(theirs, key, None) or ())]
+    assert len(got) == len(expected) >= 2
+    for mine, reference in zip(got, expected):
+        assert_close(mine, reference)
+    tables = [torch.from_numpy(r.run.weights) for r in rec.runs]
+    assert all(any(torch.equal(w, table) for table in tables) for w in got)
+
+
+def test_modernbert_runs_and_its_flash_only_keyword_is_accepted(backend):
+    """ModernBERT passes deterministic=False (flash-attention's choice of backward kernel):
+    accepted, since it cannot change the result; unknown keywords are still refused."""
+    import copy
+
+    import transformers
+    from transformers import AttentionInterface
+
+    config = tiny_config("modernbert")
+    models = []
+    for implementation in (backend, "sdpa"):
+        torch.manual_seed(0)
+        models.append(transformers.AutoModel.from_config(
+            copy.deepcopy(config), attn_implementation=implementation,
+            dtype=torch.float64).eval())
+    inputs = batch("bert")
+    inputs["input_ids"] = inputs["input_ids"] % 100
+    with torch.no_grad():
+        assert_close(output_of(models[0], inputs), output_of(models[1], inputs))
+    attention = AttentionInterface()[backend]
+    q = torch.zeros(1, 2, 3, 4, dtype=torch.float64)
+    attention(torch.nn.Module(), q, q, q, None, deterministic=True)
+    with pytest.raises(rs.InvalidArgumentError, match="deterministically"):
+        attention(torch.nn.Module(), q, q, q, None, deterministically=True)
