@@ -9,6 +9,11 @@ value forward::
     i --GRAD_SCORE dS_ij--> j     for every route in the softmax; j: dK_j += s · dS_ij q_i
     i <--GRAD_KEY s·dS_ij·k_j-- j the key stays at j; i adds these up into dQ_i
 
+A sink (``simulate(..., sinks=...)``) is a route with no key node: its logit is the head's,
+known at the query node, so its gradient needs no message. With the Jacobian, node i adds
+``-p_sink,i · Σ_k w_ik dP'_ik`` (its share of the budget times what the rest pulled), and
+each head's sink gets the sum over its query nodes, in node order.
+
 Every sum is taken once per node over its routes in source order (like the forward pass),
 so the gradients do not depend on the delivery schedule. Requests (GRAD_OUTPUT,
 GRAD_SCORE) are retried on a lossy network like the forward ones; a gradient that still
@@ -75,6 +80,7 @@ class BackwardNodes(TokenNodes):
         n_routes = len(routes)
         self.d_share = np.zeros(n_routes, problem.dtype)               # (R,) dP_ij
         self.d_score = np.zeros(n_routes, problem.dtype)               # (R,) dS_ij
+        self.d_sink = np.zeros(routes.n_nodes, problem.dtype)          # (G·L,) d sink at i
         # With a score_mod, the key and query gradients go through its derivative at the
         # scaled score: dS_ij · mod'(raw_ij) (derivative() refuses a mod without one).
         self.slope = derivative(problem.score_mod)
@@ -138,7 +144,7 @@ class BackwardNodes(TokenNodes):
         if not len(ready):
             return
         whole = None if self.tiled is None else partial(
-            self.tiled.scores, self.d_share, self.d_score, self.d_raw, self.pulled,
+            self.tiled.scores, self.d_share, self.d_score, self.d_raw, self.d_sink, self.pulled,
             self.in_softmax)
         self._settle(ready, "scores", whole, self._jacobian, self.lost_queries)
         sends = self.routes.routes_of(ready)
@@ -218,10 +224,15 @@ class BackwardNodes(TokenNodes):
             self.upstream[node]                                        # dP_ij = v_j · dO_i
         self.d_share[span] = d_share
         weights = np.zeros(len(keys), problem.dtype)
-        weights[mine] = forward.kernels.budget(*scores_of(forward, span, mine))  # w (no dropout)
+        sink = None if forward.sinks is None else forward.sinks[node]
+        weights[mine], sink_share = forward.kernels.budget(*scores_of(forward, span, mine),
+                                                           sink)  # w (no dropout)
         if forward.kept is not None:
             d_share = d_share * forward.kept[span] * forward.dropout_scale
-        self.d_score[span] = weights * (d_share - weights @ d_share)
+        through = weights @ d_share                                    # Σ_k w_ik dP'_ik
+        self.d_score[span] = weights * (d_share - through)
+        if sink_share is not None:
+            self.d_sink[node] = -sink_share * through
         if self.slope is not None:
             routes = self.routes
             nodes = routes.query_node[span]
@@ -310,4 +321,6 @@ def backward(forward: ForwardState, d_output: ArrayLike, network: Network, deliv
         query=problem.to_inputs(nodes.d_query.reshape(groups, -1, dim), "query"),
         key=problem.to_inputs(nodes.d_key.reshape(groups, -1, dim), "key"),
         value=problem.to_inputs(nodes.d_value.reshape(groups, -1, value_dim), "value"),
-        stats=stats, trace=log, _score=score)
+        stats=stats, trace=log, _score=score,
+        sinks=None if problem.sinks is None else problem.to_sinks(
+            nodes.d_sink.reshape(groups, n_queries).sum(axis=1)))

@@ -101,9 +101,10 @@ class TiledGradients:
         self.transposed = transposed if transposed.worthwhile() else None  # None: per node
 
     def scores(self, d_share: np.ndarray, d_score: np.ndarray, d_raw: np.ndarray,
-               pulled: np.ndarray, in_softmax: np.ndarray) -> None:
+               d_sink: np.ndarray, pulled: np.ndarray, in_softmax: np.ndarray) -> None:
         """dP of every pulled route (0 elsewhere), then dS (and dS through score_mod) of
-        every route in a softmax (0 elsewhere), a chunk of whole query nodes at a time."""
+        every route in a softmax (0 elsewhere), and with sinks each node's part of its
+        sink's gradient, ``-p_sink Σ w dP'``, a chunk of whole query nodes at a time."""
         forward, problem, routes = self.forward, self.forward.problem, self.forward.routes
         value = problem.value.reshape(-1, self.value_dim)              # (G·S, Ev)
         self.tiles.dots(self.upstream, value, out=d_share)             # (R,) dO_i · v_j
@@ -117,21 +118,24 @@ class TiledGradients:
         for first, last in zip(cuts[:-1].tolist(), cuts[1:].tolist()):
             span = slice(int(indptr[first]), int(indptr[last]))
             counts = np.diff(indptr[first:last + 1])                   # (nodes,)
+            nodes = np.arange(first, last)[counts > 0]                 # (nodes,) with routes
             counts = counts[counts > 0]
             if not len(counts):
                 continue
             rows = (np.cumsum(counts) - counts, counts)                # (nodes,) local
+            sinks = None if forward.sinks is None else forward.sinks[nodes]
             d_prime = d_share[span]
             if forward.kept is None:
                 weights = forward.shares[span]                         # w: no dropout
             else:                                                      # w before dropout
-                scores = forward.scores[span]
-                weights = np.exp(scores - _per_route(np.maximum, scores, *rows))
-                weights /= _per_route(np.add, weights, *rows)
+                weights = _softmax_rows(forward.scores[span], sinks, *rows)
                 d_prime = d_prime * forward.kept[span] * forward.dropout_scale
-            scores_grad = weights * (d_prime - _per_route(np.add, weights * d_prime, *rows))
+            through = np.add.reduceat(weights * d_prime, rows[0])      # (nodes,) Σ w dP'
+            scores_grad = weights * (d_prime - np.repeat(through, counts))
             if not every:
                 scores_grad[~in_softmax[span]] = 0.0
+            if forward.sink_shares is not None:
+                d_sink[nodes] = -forward.sink_shares[nodes] * through
             d_score[span] = scores_grad
             if self.slope is not None:
                 assert forward.raw is not None                         # kept for score_mod
@@ -174,8 +178,16 @@ class TiledGradients:
             out[node] = total
 
 
-def _per_route(ufunc: np.ufunc, values: np.ndarray, starts: np.ndarray, counts: np.ndarray
-               ) -> np.ndarray:
-    """Each row's reduction (``np.add``: sum, ``np.maximum``: max) of ``values`` (R,),
-    repeated on each of its routes; rows are ``starts`` / ``counts``, none empty."""
-    return np.repeat(ufunc.reduceat(values, starts), counts)          # (R,)
+def _softmax_rows(scores: np.ndarray, sinks: np.ndarray | None, starts: np.ndarray,
+                  counts: np.ndarray) -> np.ndarray:
+    """Each row's stable softmax of ``scores`` (R,), its sink logit (``sinks``, one a row)
+    in the max and the normaliser; rows are ``starts`` / ``counts``, none empty."""
+    top = np.maximum.reduceat(scores, starts)                          # (rows,)
+    if sinks is not None:
+        top = np.maximum(top, sinks)
+    weights = np.exp(scores - np.repeat(top, counts))                  # (R,)
+    total = np.add.reduceat(weights, starts)                           # (rows,)
+    if sinks is not None:
+        total += np.exp(sinks - top)
+    weights /= np.repeat(total, counts)
+    return weights

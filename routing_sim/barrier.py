@@ -16,7 +16,7 @@ import numpy as np
 from .exact import exact_pull, exact_shares, exact_unnormalised
 from .exact_row import exact_row
 from .mods import modified
-from .numerics import routing_budget, weighted_pull
+from .numerics import routing_budget, sink_budget, weighted_pull, with_sink
 from .routeset import batch_head
 from .state import VALUE_PHASE, ExactParts, ForwardState
 
@@ -93,10 +93,12 @@ def budget(state: ForwardState, node: int, alive: np.ndarray, remember: bool = T
     """Shares (after dropout) of a node's live routes; 0 for the dead ones.
 
     With hard routing only the ``top_k`` best live routes get a share. ``remember``
-    keeps what the pull will need (the chosen routes; exact mode's e and l).
+    keeps what the pull will need (the chosen routes; exact mode's e and l) and the
+    sink's share.
     """
     _, _, span = state.span(node)
     shares = np.zeros(span.stop - span.start, dtype=state.problem.dtype)
+    sink_share: float | np.ndarray = 1.0       # no live route: the sink takes everything
     if state.top_k and alive.any():
         pick = np.zeros_like(alive)
         pick[np.flatnonzero(alive)[top_routes(state.scores[span][alive][None],
@@ -108,12 +110,22 @@ def budget(state: ForwardState, node: int, alive: np.ndarray, remember: bool = T
         if state.exact is not None:
             high, low = state.scores[span][alive], state.exact.score_low[span][alive]
             keep = state.exact if remember else None
-            shares[alive] = exact_budget_shares(keep, node, span, alive,
-                                                exact_unnormalised(high, low), high.max())
-            if np.isnan(shares[alive]).any():                         # undecided: integers
-                shares[alive] = exact_fallback(state, node, alive)[0]
-        else:
+            if state.sinks is not None:
+                high, low = with_sink(high, low, state.sinks[node])
+            every = exact_budget_shares(keep, node, span, alive, exact_unnormalised(high, low),
+                                        high.max(), sink=state.sinks is not None)
+            if np.isnan(every).any():                                  # undecided: integers
+                every = exact_fallback(state, node, alive)[0]
+            shares[alive] = every[:int(alive.sum())]
+            if state.sinks is not None:
+                sink_share = every[-1]
+        elif state.sinks is None:
             shares[alive] = routing_budget(state.scores[span][alive])
+        else:
+            shares[alive], sink_share = sink_budget(state.scores[span][alive],
+                                                    state.sinks[node])
+    if remember and state.sink_shares is not None:
+        state.sink_shares[node] = sink_share
     if state.kept is not None:
         shares *= state.kept[span] * state.dropout_scale
     return shares
@@ -122,12 +134,16 @@ def budget(state: ForwardState, node: int, alive: np.ndarray, remember: bool = T
 def exact_budget_shares(keep: ExactParts | None, nodes: int | np.ndarray, span: slice,
                   routes: np.ndarray | slice,
                   unnormalised: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
-                  top: np.ndarray | float) -> np.ndarray:
-    """Exact mode: shares e / l, rounded once; ``keep`` e and l for the weighted pull."""
+                  top: np.ndarray | float, sink: bool = False) -> np.ndarray:
+    """Exact mode: shares e / l, rounded once; ``keep`` e and l for the weighted pull.
+
+    ``sink``: the last column is the sink (:func:`~routing_sim.numerics.with_sink`): its e is
+    in l and its share is returned last, but it pulls nothing, so its e is not kept."""
     e_high, e_low, l_high, l_low = unnormalised
     if keep is not None:
-        keep.e_high[span][routes] = e_high.reshape(-1)
-        keep.e_low[span][routes] = e_low.reshape(-1)
+        routes_only = slice(None, -1 if sink else None)
+        keep.e_high[span][routes] = e_high[..., routes_only].reshape(-1)
+        keep.e_low[span][routes] = e_low[..., routes_only].reshape(-1)
         keep.l_high[nodes], keep.l_low[nodes] = l_high, l_low
     return exact_shares(e_high, e_low, l_high, l_low, top)
 
@@ -141,15 +157,17 @@ def softmax_routes(state: ForwardState, span: slice) -> np.ndarray:
 def exact_fallback(state: ForwardState, node: int, routes: np.ndarray,
                    pulled: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Exact mode, a node the double-doubles cannot decide: shares over ``routes`` (a
-    mask over its span) and, given ``pulled``, its output, from the exact scores the key
-    nodes computed (:func:`~routing_sim.exact_row.exact_row`)."""
+    mask over its span; with sinks, the sink's share last) and, given ``pulled``, its
+    output, from the exact scores the key nodes computed
+    (:func:`~routing_sim.exact_row.exact_row`)."""
     problem = state.problem
     group, token, span = state.span(node)
     keys = state.routes.key_index[span][routes]
     bias = None if state.bias is None else state.bias[span][routes]
     values = None if pulled is None else gather(problem.value[group], keys)
+    sink = None if state.sinks is None else float(state.sinks[node])
     return exact_row(gather(problem.key[group], keys), problem.query[group, token],
-                     problem.scale, bias, values, pulled)
+                     problem.scale, bias, values, pulled, sink)
 
 
 def note_would_have(state: ForwardState, node: int) -> None:
@@ -194,6 +212,8 @@ def aggregate(state: ForwardState, node: int) -> None:
     if exact is not None:
         members = softmax_routes(state, span)
         top = state.scores[span][members].max(initial=-np.inf)
+        if state.sinks is not None:                                    # the sink is in l
+            top = max(top, state.sinks[node])
         output = exact_pull(exact.e_high[span][pulled], exact.e_low[span][pulled],
                             exact.l_high[node], exact.l_low[node], values, top)
         if np.isnan(output).any():                                    # undecided: integers

@@ -24,7 +24,7 @@ from .barrier import (
 )
 from .errors import NumericalError
 from .exact import exact_unnormalised
-from .numerics import routing_budget, scale_scores, weighted_pull
+from .numerics import routing_budget, scale_scores, sink_budget, weighted_pull, with_sink
 from .state import ForwardState
 
 __all__ = ["allocate_whole", "pull_whole", "tiled_shares"]
@@ -132,10 +132,13 @@ def _float_block(state: ForwardState, chosen: np.ndarray, count: int) -> None:
         pick = top_routes(block, state.top_k)
         state.chosen[span] = pick.reshape(-1)
         block = np.where(pick, block, -np.inf)
-    if isinstance(span, slice) and not state.kernels.exact:          # straight into shares
-        shares = routing_budget(block, out=state.shares[span].reshape(block.shape))
+    # A slice of routes: the shares go straight into the state.
+    out = state.shares[span].reshape(block.shape) if isinstance(span, slice) else None
+    if state.sink_shares is None:
+        shares = routing_budget(block, out=out)
     else:
-        shares = state.kernels.budget(block, None)
+        assert state.sinks is not None                                 # both or neither
+        shares, state.sink_shares[chosen] = sink_budget(block, state.sinks[chosen], out=out)
     if state.kept is not None:
         shares *= state.kept[span].reshape(shares.shape) * state.dropout_scale
     state.shares[span] = shares.reshape(-1)
@@ -152,10 +155,15 @@ def _exact_block(state: ForwardState, chosen: np.ndarray, count: int) -> None:
     block = state.scores[span].reshape(len(chosen), count)            # (nodes, routes)
     assert state.exact is not None                                     # exact mode
     low = state.exact.score_low[span].reshape(block.shape)
+    if state.sinks is not None:                                        # (nodes, routes + 1)
+        block, low = with_sink(block, low, state.sinks[chosen])
     shares = exact_budget_shares(state.exact, chosen, span, slice(None),
-                                 exact_unnormalised(block, low), block.max(axis=1))
+                                 exact_unnormalised(block, low), block.max(axis=1),
+                                 sink=state.sinks is not None)
     for row in np.flatnonzero(np.isnan(shares).any(axis=1)).tolist():  # undecided: integers
         shares[row] = exact_fallback(state, int(chosen[row]), np.ones(count, dtype=bool))[0]
+    if state.sink_shares is not None:
+        state.sink_shares[chosen], shares = shares[:, -1], shares[:, :-1]
     if state.kept is not None:
         shares *= state.kept[span].reshape(shares.shape) * state.dropout_scale
     state.shares[span] = shares.reshape(-1)

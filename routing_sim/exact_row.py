@@ -41,14 +41,16 @@ PRECISIONS = (128, 256, 512, 1024, 2048, 4096)
 
 
 def exact_row(keys: np.ndarray, query: np.ndarray, scale: float, bias: np.ndarray | None,
-              values: np.ndarray | None = None, pulled: np.ndarray | None = None
-              ) -> tuple[np.ndarray, np.ndarray | None]:
+              values: np.ndarray | None = None, pulled: np.ndarray | None = None,
+              sink: float | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Correctly rounded shares ``e_j / l`` and output ``Σ_pulled e_j v_j / l`` of one row.
 
     ``keys`` ``(n, E)`` are the routes the softmax runs over, ``bias`` ``(n,)`` or None,
     ``values`` ``(n, Ev)`` (None: shares only) and ``pulled`` ``(n,)`` the routes whose
-    values enter the output (None: all). Slow (Python integers), for the rows the
-    double-double kernels cannot decide.
+    values enter the output (None: all). A ``sink`` logit is one more route, last, whose
+    score is the logit and which pulls no value: the shares then have ``n + 1`` entries,
+    the sink's last. Slow (Python integers), for the rows the double-double kernels cannot
+    decide.
 
     Examples
     --------
@@ -58,12 +60,18 @@ def exact_row(keys: np.ndarray, query: np.ndarray, scale: float, bias: np.ndarra
     ([0.5, 0.5], [1e+308])
     """
     scores = _integer_scores(keys, query, scale, bias)
+    value_rows = None if values is None else [[v.as_integer_ratio() for v in row]
+                                              for row in np.asarray(values, np.float64).tolist()]
+    pulls = [True] * len(scores) if pulled is None else [bool(p) for p in pulled]
+    if sink is not None:                      # a route with the logit as score, no value
+        mantissa, exponent = _parts(float(sink))
+        scores.append(mantissa << (exponent + FLOOR))
+        pulls.append(False)
+        if values is not None and value_rows is not None:
+            value_rows.append([(0, 1)] * np.shape(values)[1])
     top = max(scores)
     gaps = [score - top for score in scores]                          # <= 0, times 2^FLOOR
     kept = [gap >= -NEGLIGIBLE << FLOOR for gap in gaps]
-    value_rows = None if values is None else [[v.as_integer_ratio() for v in row]
-                                              for row in np.asarray(values, np.float64).tolist()]
-    pulls = [True] * len(gaps) if pulled is None else [bool(p) for p in pulled]
     for precision in PRECISIONS:
         decided = _attempt(gaps, kept, value_rows, pulls, precision,
                            last=precision == PRECISIONS[-1])

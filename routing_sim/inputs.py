@@ -22,6 +22,7 @@ from .masks import route_set
 from .options import EMPTY_ROWS, CausalAlignment, EmptyRows, check_choice
 from .positions import RotaryEmbedding, alibi_bias, as_rotary, query_positions
 from .routeset import RouteSet
+from .sinks import group_sinks
 from .sparse import DENSE_LIMIT, SparseRoutes, sparse_routes
 
 __all__ = ["EMPTY_ROWS", "Problem", "prepare"]
@@ -45,6 +46,7 @@ class Problem:
     origin: dict | None = None  # input shapes, GQA group size and rotation: for gradients
     sparse: SparseRoutes | None = None  # per-route form (then allowed/bias/keep are None)
     score_mod: Callable | None = None   # FlexAttention score_mod, applied before bias
+    sinks: np.ndarray | None = None     # (G,) each group's sink logit, or None
 
     @property
     def dense_allowed(self) -> np.ndarray:
@@ -81,6 +83,12 @@ class Problem:
             grad = _unbroadcast(grad, repeated)
             grad = grad.reshape(*shape[:-3], shape[-3], group, *shape[-2:]).sum(axis=-3)
         return _unbroadcast(grad, shape)
+
+    def to_sinks(self, grad: np.ndarray) -> np.ndarray:
+        """Carry the sinks' gradient ``(G,)`` back to the caller's ``sinks``: (H,) or (1,)."""
+        assert self.origin is not None, "prepare() records where the inputs came from"
+        shape = self.origin["sinks_shape"]
+        return _unbroadcast(grad.reshape(self.batch_shape or (1,)), shape)
 
     @property
     def dtype(self) -> np.dtype:
@@ -134,7 +142,7 @@ def prepare(query: ArrayLike, key: ArrayLike, value: ArrayLike,
             dropout_mask: ArrayLike | None = None, seed: int | None = 0,
             graph: nx.DiGraph | RouteSet | None = None, alibi_slopes: ArrayLike | None = None,
             rope: RotaryEmbedding | float | None = None, mask_mod: Callable | None = None,
-            score_mod: Callable | None = None) -> Problem:
+            score_mod: Callable | None = None, sinks: ArrayLike | None = None) -> Problem:
     """Validate the public arguments and flatten them into a :class:`Problem`.
 
     A RouteSet ``graph`` or a ``mask_mod`` gives the sparse form (``problem.sparse``: one
@@ -199,6 +207,10 @@ def prepare(query: ArrayLike, key: ArrayLike, value: ArrayLike,
     if sparse is None:
         keep = _dropout_keep(dropout_p, dropout_mask, seed, scores_shape)
     groups = math.prod(batch_shape)
+    per_group = None
+    if sinks is not None:
+        given, per_group = group_sinks(sinks, batch_shape, query.dtype)        # (H,), (G,)
+        origin["sinks_shape"] = given.shape
 
     def flat(array: np.ndarray, tail: tuple[int, ...]) -> np.ndarray:
         return np.ascontiguousarray(np.broadcast_to(array, (*batch_shape, *tail))
@@ -218,6 +230,7 @@ def prepare(query: ArrayLike, key: ArrayLike, value: ArrayLike,
         origin=origin,
         sparse=sparse,
         score_mod=score_mod,
+        sinks=per_group,
     )
 
 

@@ -23,7 +23,7 @@ from .exact import (
 __all__ = ["Kernels", "exact_budget", "exact_pull", "exact_scores", "exact_shares",
            "exact_numerator", "exact_unnormalised",
            "match_scores", "merge_states", "online_state", "routing_budget", "scale_scores",
-           "value_shift", "weighted_pull"]
+           "sink_budget", "value_shift", "weighted_pull", "with_sink"]
 
 
 def match_scores(keys: np.ndarray, query: np.ndarray, scale: float,
@@ -68,6 +68,48 @@ def routing_budget(scores: np.ndarray, out: np.ndarray | None = None) -> np.ndar
     return shares
 
 
+def sink_budget(scores: np.ndarray, sinks: np.ndarray | float, out: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`routing_budget` with a sink: one more logit per row that takes a share of the
+    budget and pulls no value. Returns the routes' shares and the sink's share.
+
+    With ``m = max(sink, max_j s_j)``: ``w_j = exp(s_j - m) / (exp(sink - m) + Σ_j exp(s_j
+    - m))``, so a row's shares sum to less than 1, and a row with no route gives the sink
+    everything. Elementwise and per-row work only, as in :func:`routing_budget`.
+
+    Examples
+    --------
+    >>> shares, sink = sink_budget(np.log(np.array([2.0, 1.0])), np.log(1.0))
+    >>> shares.round(2), sink.round(2)
+    (array([0.5 , 0.25]), np.float64(0.25))
+    """
+    sink = np.asarray(sinks, dtype=scores.dtype)[..., None]            # (..., 1)
+    top = np.maximum(scores.max(axis=-1, keepdims=True, initial=-np.inf), sink)  # (..., 1)
+    shares = np.subtract(scores, top, out=out)                         # (..., n_routes)
+    np.exp(shares, out=shares)
+    sink_weight = np.exp(sink - top)                                   # (..., 1)
+    total = shares.sum(axis=-1, keepdims=True) + sink_weight
+    shares /= total
+    return shares, (sink_weight / total)[..., 0]
+
+
+def with_sink(high: np.ndarray, low: np.ndarray, sinks: np.ndarray | float
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Scores ``(high, low)`` with each row's sink logit as one more route at the end: its
+    high part is the logit and its low part 0 (a logit is a float, exactly). The sink joins
+    ``m`` and ``l``; it pulls no value, so it never enters :func:`exact_pull`'s numerator.
+
+    Examples
+    --------
+    >>> high, low = with_sink(np.array([[1.0, 2.0]]), np.array([[1e-17, 0.0]]), np.array([3.0]))
+    >>> high.tolist(), low.tolist()
+    ([[1.0, 2.0, 3.0]], [[1e-17, 0.0, 0.0]])
+    """
+    sink = np.broadcast_to(np.asarray(sinks, np.float64)[..., None], (*high.shape[:-1], 1))
+    return np.concatenate([high, sink], axis=-1), np.concatenate([low, np.zeros_like(sink)],
+                                                                 axis=-1)
+
+
 def weighted_pull(shares: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Add up the pulled values, each weighted by its share: ``shares @ values``.
 
@@ -83,7 +125,7 @@ class Kernels:
     """The per-node score and budget operations of one numerics mode.
 
     ``scores(keys, query, scale, bias) -> (high, low)`` (``low`` is None in float mode);
-    ``budget(high, low) -> shares``.
+    ``budget(high, low, sinks) -> (shares, sink shares or None)``.
     """
 
     def __init__(self, numerics: str) -> None:
@@ -97,12 +139,18 @@ class Kernels:
             return exact_scores(keys, query, scale, bias)
         return match_scores(keys, query, scale, bias), None
 
-    def budget(self, high: np.ndarray, low: np.ndarray | None) -> np.ndarray:
-        """Shares of the scores ``high`` (plus ``low``: exact mode's double-doubles)."""
+    def budget(self, high: np.ndarray, low: np.ndarray | None,
+               sinks: np.ndarray | float | None = None
+               ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Shares of the scores ``high`` (plus ``low``: exact mode's double-doubles), and
+        the sink's share of each row when ``sinks`` gives its logit (else None)."""
         if not self.exact:
-            return routing_budget(high)
+            return (routing_budget(high), None) if sinks is None else sink_budget(high, sinks)
         assert low is not None, "exact scores are double-doubles (high, low)"
-        return exact_budget(high, low)
+        if sinks is None:
+            return exact_budget(high, low), None
+        shares = exact_budget(*with_sink(high, low, sinks))           # (..., n_routes + 1)
+        return shares[..., :-1], shares[..., -1]
 
 
 # ---------------------------------------------------------------- online softmax states

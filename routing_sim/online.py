@@ -3,7 +3,8 @@
 A SCORE is answered at once with a PULL, and each arriving (score, value) pair updates
 the query node's running max m, normaliser l and accumulator o, rescaling by
 exp(m_old - m_new): the FlashAttention algebra. The output is o / l. Unlike the
-two-phase result, its last bits may depend on arrival order.
+two-phase result, its last bits may depend on arrival order. A sink is known at the
+start: the state begins as (m, l, o) = (sink, 1, 0), a pair with no value.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ class OnlineNodes(ForwardNodes):
         n_nodes, dtype = routes.n_nodes, problem.dtype
         self.running_max = np.full(n_nodes, -np.inf, dtype=dtype)     # (G·L,) m
         self.normaliser = np.zeros(n_nodes, dtype=dtype)               # (G·L,) l
+        if self.state.sinks is not None:       # the sink is in before any pair: exp(0) = 1
+            self.running_max[:] = self.state.sinks
+            self.normaliser[:] = 1
         self.accumulator = np.zeros_like(self.state.output)            # (G·L, Ev) o · 2^-shift
         self.shift = np.zeros(n_nodes, dtype=np.int64)                 # (G·L,) exponent of o
         self.value_shift = value_shift(self.problem.value)              # (G, S) per value row

@@ -9,6 +9,10 @@ token ``j``) of every group (batch element and head)::
     i --Pull(w_ij)-->  j      i asks for the value, telling j its share
     i <--Value(v_j)--  j      once every value is in: o_i = Σ_j w_ij v_j, in source order
 
+With sinks, i's budget also has a share for its head's sink logit: a route with no key
+node, so no message, that takes its share and pulls no value (the shares over the keys
+sum to less than 1).
+
 Every token node is a SimPy process that waits on its inbox (a ``simpy.Store``) and hands
 each message to ``on_query``, ``on_score``, ``on_pull`` or ``on_value``. Messages are
 small dataclasses that carry their payloads. The :class:`Wire` stamps each message with
@@ -42,7 +46,7 @@ from .errors import NumericalError
 from .inputs import Problem
 from .messages import Kind, message_ids
 from .network import Network
-from .numerics import Kernels, routing_budget, weighted_pull
+from .numerics import Kernels, routing_budget, sink_budget, weighted_pull
 from .plain_run import ExactNode, check_plain, note_barrier, note_output, record_log
 from .routes import RouteTable
 from .state import ForwardState
@@ -182,14 +186,18 @@ class TokenNode:
         chosen = top_routes(high[None], engine.top_k)[0] if engine.top_k else \
             np.ones(len(high), dtype=bool)                             # hard routing
         shares = np.zeros(len(high), dtype=engine.problem.dtype)
+        sinks = engine.problem.sinks
+        sink_share: np.ndarray | None = None
         if engine.kernels.exact:                # keep e = exp(s - max) and l = Σ e
             self.exact = ExactNode(engine.problem, self.group, self.query_token, self.routes)
-            self.exact.allocate(shares, high, low, chosen, scores)
-        else:
+            sink_share = self.exact.allocate(shares, high, low, chosen, scores)
+        elif sinks is None:
             shares[chosen] = routing_budget(high[chosen])
+        else:                                   # the sink takes a share and pulls no value
+            shares[chosen], sink_share = sink_budget(high[chosen], sinks[self.group])
         kept = chosen & engine.kept(self.group, self.query_token)      # dropout
         shares *= np.where(kept, engine.dropout_scale, 0).astype(shares.dtype)
-        note_barrier(engine.state, engine.table, scores, shares, chosen, now)
+        note_barrier(engine.state, engine.table, scores, shares, chosen, now, sink_share)
         for score, share, pull in zip(scores, shares, kept):
             if pull:
                 self.pulls[score.route] = Pull(score.route, self.group, self.query_token, score.j,

@@ -22,6 +22,7 @@ from .exact_row import exact_row
 from .inputs import Problem
 from .messages import FORWARD
 from .network import Network
+from .numerics import with_sink
 from .routes import RouteTable
 from .state import ForwardState
 from .trace import Trace
@@ -40,18 +41,24 @@ class ExactNode:
     def __init__(self, problem: Problem, group: int, i: int, routes: list[tuple[int, int]]
                  ) -> None:
         self.problem, self.group, self.i, self.routes = problem, group, i, routes
+        self.sink = None if problem.sinks is None else float(problem.sinks[group])
 
     def allocate(self, shares: np.ndarray, high: np.ndarray, low: np.ndarray,
-                 chosen: np.ndarray, scores: list[Score]) -> None:
-        """The shares of the chosen routes, into ``shares``."""
-        e_high, e_low, l_high, l_low = exact_unnormalised(high[chosen], low[chosen])
+                 chosen: np.ndarray, scores: list[Score]) -> np.ndarray | None:
+        """The shares of the chosen routes, into ``shares``; returns the sink's share."""
+        high, low = high[chosen], low[chosen]
+        if self.sink is not None:               # the sink: one more route, no value
+            high, low = with_sink(high, low, self.sink)
+        e_high, e_low, l_high, l_low = exact_unnormalised(high, low)
         self.total = (l_high, l_low)
-        self.chosen, self.top = chosen, high[chosen].max()
-        shares[chosen] = exact_shares(e_high, e_low, l_high, l_low, self.top)
-        if np.isnan(shares[chosen]).any():      # undecided: the row in integers
-            shares[chosen] = self.exact_row()[0]
+        self.chosen, self.top = chosen, high.max()
+        every = exact_shares(e_high, e_low, l_high, l_low, self.top)
+        if np.isnan(every).any():               # undecided: the row in integers
+            every = self.exact_row()[0]
+        shares[chosen] = every[:int(chosen.sum())]
         self.exp = dict(zip([s.route for s, pick in zip(scores, chosen) if pick],
                             zip(e_high, e_low)))
+        return None if self.sink is None else every[-1]
 
     def pull(self, pulled: list[int], pulls: dict[int, Pull], values: np.ndarray,
              dropout_scale: float) -> np.ndarray:
@@ -77,20 +84,24 @@ class ExactNode:
         bias = None if problem.bias is None else problem.bias[self.group, self.i, keys]
         values = None if pulled is None else problem.value[self.group, keys]
         return exact_row(problem.key[self.group, keys], problem.query[self.group, self.i],
-                         problem.scale, bias, values, pulled)
+                         problem.scale, bias, values, pulled, self.sink)
 
 
 def note_barrier(state: ForwardState, table: RouteTable, scores: list[Score],
-                 shares: np.ndarray, chosen: np.ndarray, now: float) -> None:
-    """Record a query node's scores and shares, for the Run."""
+                 shares: np.ndarray, chosen: np.ndarray, now: float,
+                 sink_share: float | np.ndarray | None = None) -> None:
+    """Record a query node's scores and shares (and its sink's share), for the Run."""
     routes = [score.route for score in scores]
+    node = table.query_node[routes[0]]
     state.scores[routes] = [score.score for score in scores]
     if state.exact is not None:
         state.exact.score_low[routes] = [score.low for score in scores]
     state.shares[routes] = shares
     if state.chosen is not None:
         state.chosen[routes] = chosen
-    state.barrier_time[table.query_node[routes[0]]] = now
+    if state.sink_shares is not None:
+        state.sink_shares[node] = sink_share
+    state.barrier_time[node] = now
 
 
 def note_output(state: ForwardState, table: RouteTable, group: int, i: int,

@@ -8,18 +8,16 @@ but none of its arithmetic, so an equivalence test really compares two computati
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from .errors import EmptyRowError, InvalidArgumentError, NumericalError
-from .exact import exact_pull, exact_scores, exact_shares, exact_unnormalised
-from .exact_row import exact_row
 from .inputs import Problem, prepare
 from .mods import derivative, modified
 from .options import NUMERICS, CausalAlignment, EmptyRows, Numerics, check_choice
+from .reference_exact import exact_attention, has_route
 from .routeset import batch_head
 from .segments import segment_attention, segment_backward
 from .sparse import DENSE_LIMIT
@@ -41,7 +39,7 @@ def attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
               seed: int | None = 0, alibi_slopes: ArrayLike | None = None,
               rope: RotaryEmbedding | float | None = None, return_weights: bool = False,
               graph: nx.DiGraph | RouteSet | None = None, mask_mod: Callable | None = None,
-              score_mod: Callable | None = None
+              score_mod: Callable | None = None, sinks: ArrayLike | None = None
               ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     r"""Scaled dot-product attention in matrix form, with PyTorch's SDPA semantics.
 
@@ -100,12 +98,22 @@ def attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
         ``score_mod(score, b, h, q_idx, kv_idx) -> score`` (FlexAttention): changes the
         scaled score ``q·k·scale`` before ``attn_mask``/ALiBi biases are added and before
         the softmax. Not with ``numerics="exact"``.
+    sinks : array_like, shape (H,) or (1,), optional
+        Attention sinks (gpt-oss's ``s_aux``, FlashAttention's learnable sink): one logit
+        per head (heads are the last batch dim; (1,): one logit every head shares), added
+        to every row's softmax denominator and not multiplied by ``scale``. With ``m =
+        max(sink_h, max_j s_ij)``, ``w_ij = exp(s_ij - m) / (exp(sink_h - m) + Σ_j exp(s_ij
+        - m))``: the sink takes a share of the budget and pulls no value, so a row's
+        weights sum to less than 1. A row with no route gives the sink its whole budget
+        (output zeros, as gpt-oss and FlashAttention do; ``empty_rows="nan"`` or
+        ``"error"`` still apply to it). Cast to the inputs' dtype.
 
     Returns
     -------
     output : ndarray, shape (..., L, Ev)
     weights : ndarray, shape (..., L, S)
-        Only with ``return_weights=True``.
+        Only with ``return_weights=True``. With ``sinks``, the real keys' shares (the
+        sink's share is ``1 - weights.sum(-1)``, up to rounding).
 
     Examples
     --------
@@ -117,39 +125,36 @@ def attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
     array([[0.75, 0.25]])
     >>> out.round(2)
     array([[12.5]])
+    >>> out, w = attention(q, k, v, scale=np.log(3), sinks=[np.log(4)], return_weights=True)
+    >>> w.round(2), out.round(2)                     # the sink takes 4 / (3 + 1 + 4)
+    (array([[0.38, 0.12]]), array([[6.25]]))
     """
     problem = prepare(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
                       causal_alignment=causal_alignment, empty_rows=empty_rows,
                       dropout_mask=dropout_mask, seed=seed, alibi_slopes=alibi_slopes,
-                      rope=rope, graph=graph, mask_mod=mask_mod, score_mod=score_mod)
+                      rope=rope, graph=graph, mask_mod=mask_mod, score_mod=score_mod,
+                      sinks=sinks)
     check_choice("numerics", numerics, NUMERICS)
     if numerics == "exact" and score_mod is not None:
         raise InvalidArgumentError("score_mod runs in float arithmetic; it cannot be combined "
                                    "with numerics='exact'")
     if numerics == "exact":
-        weights, output = _exact(problem, return_weights)
+        weights, output = exact_attention(problem, return_weights)
     elif problem.sparse is not None:
         output, shares = segment_attention(problem)                    # (G, L, Ev), (R,)
         weights = _dense_weights(problem, shares) if return_weights else None
     else:
-        weights = _weights(problem)                                    # (G, L, S)
+        weights = _weights(problem)[0]                                 # (G, L, S)
         output = weights @ problem.value                               # (G, L, Ev)
-    has_route = _has_route(problem)                                    # (G, L)
+    routed = has_route(problem)                                        # (G, L)
     if problem.empty_rows == "nan":
-        output[~has_route] = np.nan
+        output[~routed] = np.nan
         if weights is not None:
-            weights[~has_route] = np.nan
+            weights[~routed] = np.nan
     if not return_weights:
         return problem.unflatten(output)
     assert weights is not None                                         # built when asked
     return problem.unflatten(output), problem.unflatten(weights)
-
-
-def _has_route(problem: Problem) -> np.ndarray:
-    """``(G, L)``: which query tokens have at least one route."""
-    if problem.sparse is None:
-        return np.asarray(problem.dense_allowed.any(axis=-1))
-    return (np.diff(problem.sparse.routes.indptr) > 0).reshape(problem.shape[:2])
 
 
 def _dense_weights(problem: Problem, shares: np.ndarray) -> np.ndarray:
@@ -165,8 +170,9 @@ def _dense_weights(problem: Problem, shares: np.ndarray) -> np.ndarray:
     return weights.reshape(groups, n_queries, n_keys)
 
 
-def _weights(problem: Problem, dropout: bool = True) -> np.ndarray:
-    """Routing tables ``(G, L, S)``: stable softmax over allowed routes, then dropout."""
+def _weights(problem: Problem, dropout: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """Routing tables ``(G, L, S)``: stable softmax over allowed routes (and the sink),
+    then dropout; and the sinks' shares ``(G, L)`` (None without sinks)."""
     allowed = problem.dense_allowed                                    # (G, L, S)
     with np.errstate(over="ignore", invalid="ignore"):   # overflow is reported below
         scores = problem.query @ problem.key.transpose(0, 2, 1)        # (G, L, S)
@@ -186,14 +192,24 @@ def _weights(problem: Problem, dropout: bool = True) -> np.ndarray:
         g, i, _ = np.argwhere(~has_route)[0]
         raise EmptyRowError(f"query token {i} (group {g}) has no route to any key token")
     scores = np.where(allowed, scores, -np.inf)
-    # An empty row's max is -inf; shift it by 0 instead so -inf - -inf never happens.
-    row_max = np.where(has_route, scores.max(axis=-1, keepdims=True, initial=-np.inf), 0)
-    weights = np.exp(scores - row_max)                                 # (G, L, S)
-    total = weights.sum(axis=-1, keepdims=True)                        # (G, L, 1)
-    weights /= np.where(has_route, total, 1)
+    row_max = scores.max(axis=-1, keepdims=True, initial=-np.inf)      # (G, L, 1)
+    sink_shares = None
+    if problem.sinks is None:
+        # An empty row's max is -inf; shift it by 0 instead so -inf - -inf never happens.
+        row_max = np.where(has_route, row_max, 0)
+        weights = np.exp(scores - row_max)                             # (G, L, S)
+        weights /= np.where(has_route, weights.sum(axis=-1, keepdims=True), 1)
+    else:                                  # the sink is in every row: the max is finite
+        sink = problem.sinks[:, None, None]                            # (G, 1, 1)
+        row_max = np.maximum(row_max, sink)
+        weights = np.exp(scores - row_max)                             # (G, L, S)
+        sink_weight = np.exp(sink - row_max)                           # (G, L, 1)
+        total = weights.sum(axis=-1, keepdims=True) + sink_weight      # (G, L, 1)
+        weights /= total
+        sink_shares = (sink_weight / total)[..., 0]                    # (G, L)
     if dropout and problem.keep is not None:
         weights *= problem.keep * problem.dtype.type(1.0 / (1.0 - problem.dropout_p))
-    return weights
+    return weights, sink_shares
 
 
 def _grid(problem: Problem) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -202,68 +218,6 @@ def _grid(problem: Problem) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
     batch, head = batch_head(np.arange(groups), problem.batch_shape)
     return (batch[:, None, None], head[:, None, None], np.arange(n_queries)[None, :, None],
             np.arange(n_keys)[None, None, :])
-
-
-def _rows(problem: Problem):
-    """``(g, i, keys, bias, keep)`` of every query with a route: dense or sparse form."""
-    if problem.sparse is None:
-        allowed = problem.dense_allowed
-        for g, i in zip(*np.nonzero(allowed.any(axis=-1))):
-            keys = np.flatnonzero(allowed[g, i])
-            yield (g, i, keys, None if problem.bias is None else problem.bias[g, i, keys],
-                   None if problem.keep is None else problem.keep[g, i, keys])
-        return
-    sparse, n_queries = problem.sparse, problem.shape[1]
-    indptr = sparse.routes.indptr
-    for node in np.flatnonzero(np.diff(indptr)).tolist():
-        span = slice(indptr[node], indptr[node + 1])
-        yield (node // n_queries, node % n_queries, sparse.routes.indices[span],
-               None if sparse.bias is None else sparse.bias[span],
-               None if sparse.keep is None else sparse.keep[span])
-
-
-def _score_name(group: int, query: int, keys: np.ndarray, row: int) -> str:
-    """How an exact-mode error names the score of key row ``row`` of a query's routes."""
-    return f"the score of query {query} and key {keys[row]} (group {group})"
-
-
-def _exact(problem: Problem, return_weights: bool) -> tuple[np.ndarray | None, np.ndarray]:
-    """Exact mode: each query's row with correctly rounded dot products and sums."""
-    groups, n_queries, n_keys, _, value_dim = problem.shape
-    dense = problem.sparse is None or return_weights
-    if dense and problem.sparse is not None and groups * n_queries * n_keys > DENSE_LIMIT:
-        raise InvalidArgumentError("return_weights=True would build a dense "
-                                   f"{(groups, n_queries, n_keys)} array, over "
-                                   f"{DENSE_LIMIT:,} entries")
-    weights = np.zeros((groups, n_queries, n_keys), dtype=problem.dtype) if dense else None
-    output = np.zeros((groups, n_queries, value_dim), dtype=problem.dtype)
-    has_route = _has_route(problem)
-    if problem.empty_rows == "error" and not has_route.all():
-        g, i = np.argwhere(~has_route)[0]
-        raise EmptyRowError(f"query token {i} (group {g}) has no route to any key token")
-    factor = problem.dtype.type(1.0 / (1.0 - problem.dropout_p))
-    for g, i, keys, bias, keep in _rows(problem):
-        high, low = exact_scores(
-            problem.key[g, keys], problem.query[g, i], problem.scale, bias,
-            name=partial(_score_name, g, i, keys))
-        e_high, e_low, l_high, l_low = exact_unnormalised(high, low)
-        shares = exact_shares(e_high, e_low, l_high, l_low, high.max())
-        pulled = np.ones(len(keys), dtype=bool) if keep is None else keep
-        row = exact_pull(e_high[pulled], e_low[pulled], l_high, l_low,
-                         problem.value[g, keys[pulled]], high.max())
-        if np.isnan(shares).any() or np.isnan(row).any():             # undecided: integers
-            shares, decided = exact_row(problem.key[g, keys], problem.query[g, i],
-                                        problem.scale, bias, problem.value[g, keys], pulled)
-            assert decided is not None                                 # values given
-            row = decided
-        shares, row = shares.astype(problem.dtype), row.astype(problem.dtype)
-        if keep is not None:
-            with np.errstate(over="ignore"):      # 1/(1-p) may take it past the float range
-                shares, row = shares * pulled * factor, row * factor
-        if weights is not None:
-            weights[g, i, keys] = shares
-        output[g, i] = row
-    return weights, output
 
 
 def attention_backward(query: ArrayLike, key: ArrayLike, value: ArrayLike, d_output: ArrayLike,
@@ -276,9 +230,10 @@ def attention_backward(query: ArrayLike, key: ArrayLike, value: ArrayLike, d_out
                        alibi_slopes: ArrayLike | None = None,
                        rope: RotaryEmbedding | float | None = None,
                        return_weights: bool = False, graph: nx.DiGraph | RouteSet | None = None,
-                       mask_mod: Callable | None = None, score_mod: Callable | None = None
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    r"""Gradients of :func:`attention` with respect to query, key and value, in matrix form.
+                       mask_mod: Callable | None = None, score_mod: Callable | None = None,
+                       sinks: ArrayLike | None = None) -> tuple[np.ndarray, ...]:
+    r"""Gradients of :func:`attention` with respect to query, key and value (and the sinks),
+    in matrix form.
 
     With ``P = softmax(S)``, ``P' = P ⊙ keep / (1-p)`` and ``O = P' V``, given ``dO``:
 
@@ -298,6 +253,13 @@ def attention_backward(query: ArrayLike, key: ArrayLike, value: ArrayLike, d_out
     (:mod:`routing_sim.mods`); a plain function raises InvalidArgumentError. A RouteSet
     ``graph`` or a ``mask_mod`` is computed sparsely (:mod:`routing_sim.segments`).
 
+    With ``sinks``, it returns ``(d_query, d_key, d_value, d_sinks)``, ``d_sinks`` of the
+    sinks' shape. The sink is a score with no value, so its gradient is the Jacobian's
+    term for it, summed over every row of its head (and the batch):
+
+    .. math:: d\,\mathrm{sink}_h = -\sum_{i} p_{\mathrm{sink},i}\,
+              \mathrm{rowsum}(P ⊙ dP')_i = -\sum_i p_{\mathrm{sink},i}\,(dO_i \cdot O_i)
+
     Examples
     --------
     >>> q = np.array([[1.0, 0.0]]); k = np.array([[1.0, 0.0], [0.0, 1.0]])
@@ -305,11 +267,15 @@ def attention_backward(query: ArrayLike, key: ArrayLike, value: ArrayLike, d_out
     >>> dq, dk, dv = attention_backward(q, k, v, np.ones((1, 1)), scale=1.0)
     >>> dv.round(3).tolist()
     [[0.731], [0.269]]
+    >>> *_, d_sinks = attention_backward(q, k, v, np.ones((1, 1)), scale=1.0, sinks=[0.0])
+    >>> d_sinks.round(3).tolist()                    # -p_sink · (dO · O)
+    [-0.122]
     """
     problem = prepare(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
                       causal_alignment=causal_alignment, empty_rows=empty_rows,
                       dropout_mask=dropout_mask, seed=seed, alibi_slopes=alibi_slopes,
-                      rope=rope, graph=graph, mask_mod=mask_mod, score_mod=score_mod)
+                      rope=rope, graph=graph, mask_mod=mask_mod, score_mod=score_mod,
+                      sinks=sinks)
     check_choice("numerics", numerics, NUMERICS)
     if return_weights is not False:
         raise InvalidArgumentError("attention_backward returns (d_query, d_key, d_value) only; "
@@ -317,20 +283,28 @@ def attention_backward(query: ArrayLike, key: ArrayLike, value: ArrayLike, d_out
     slope = derivative(score_mod)
     upstream = problem.upstream(d_output)                           # (G, L, Ev)
     if problem.sparse is not None:
-        d_query, d_key, d_value = segment_backward(problem, upstream)
-        return (problem.to_inputs(d_query, "query"), problem.to_inputs(d_key, "key"),
-                problem.to_inputs(d_value, "value"))
-    weights = _weights(problem, dropout=False)                         # (G, L, S)  P
+        d_query, d_key, d_value, d_sinks = segment_backward(problem, upstream)
+        return _gradients(problem, d_query, d_key, d_value, d_sinks)
+    weights, sink_shares = _weights(problem, dropout=False)            # (G, L, S)  P
     factor = 1.0 if problem.keep is None else problem.keep * problem.dtype.type(
         1.0 / (1.0 - problem.dropout_p))
     dropped = weights * factor                                         # (G, L, S)  P'
     d_value = dropped.transpose(0, 2, 1) @ upstream                    # (G, S, Ev)
     d_weights = (upstream @ problem.value.transpose(0, 2, 1)) * factor  # (G, L, S)  dP
-    d_scores = weights * (d_weights - (weights * d_weights).sum(-1, keepdims=True))
+    through = (weights * d_weights).sum(-1, keepdims=True)             # (G, L, 1) Σ P dP
+    d_scores = weights * (d_weights - through)
+    d_sinks = None if sink_shares is None else -(sink_shares * through[..., 0]).sum(-1)  # (G,)
     if slope is not None:                                              # through score_mod
         raw = problem.query @ problem.key.transpose(0, 2, 1) * problem.dtype.type(problem.scale)
         d_scores = d_scores * slope(raw, *_grid(problem))
     d_query = problem.scale * d_scores @ problem.key                   # (G, L, E)
     d_key = problem.scale * d_scores.transpose(0, 2, 1) @ problem.query  # (G, S, E)
-    return (problem.to_inputs(d_query, "query"), problem.to_inputs(d_key, "key"),
-            problem.to_inputs(d_value, "value"))
+    return _gradients(problem, d_query, d_key, d_value, d_sinks)
+
+
+def _gradients(problem: Problem, d_query: np.ndarray, d_key: np.ndarray, d_value: np.ndarray,
+               d_sinks: np.ndarray | None) -> tuple[np.ndarray, ...]:
+    """The gradients in the caller's shapes: ``(dQ, dK, dV)``, and ``d_sinks`` with sinks."""
+    grads = (problem.to_inputs(d_query, "query"), problem.to_inputs(d_key, "key"),
+             problem.to_inputs(d_value, "value"))
+    return grads if d_sinks is None else (*grads, problem.to_sinks(d_sinks))

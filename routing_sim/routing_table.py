@@ -59,7 +59,9 @@ class RoutingTable:
     ``str(table)`` (and ``repr``, so a REPL shows it) prints one route a line, like
     ``token cat: 0.50 ( 50.0%)  position 1`` (``token #1: ...`` without labels), followed
     by the route's score, the bytes pulled and when the value arrived, and a footer
-    (routes, messages, when the output was complete).
+    (routes, messages, when the output was complete). With sinks, a ``sink:`` line shows
+    the share of the budget the head's sink logit took (it pulls no value): the routes'
+    shares and ``sink`` add up to 1.
     """
 
     token: int
@@ -68,6 +70,8 @@ class RoutingTable:
     routes: list[Route]
     messages: int
     completed: float
+    sink: float | None = None        # the sink's share of the budget (None: no sinks)
+    sink_logit: float | None = None  # the head's sink logit
 
     def __str__(self) -> str:
         who = f"token {self.label!r} (#{self.token})" if self.label else f"token #{self.token}"
@@ -81,9 +85,13 @@ class RoutingTable:
                          f"score {route.score:+.3f}   {pulled}")
         if not self.routes:
             lines.append("  (no routes: this token cannot reach any key)")
+        if self.sink is not None:
+            lines.append(f"  {'sink:':<{width + 6}} {self.sink:.2f} ({100 * self.sink:5.1f}%)  "
+                         f"logit {self.sink_logit:+.3f}   pulls no value (budget that goes "
+                         "nowhere)")
         lines.append(f"  {len(self.routes)} routes, {self.messages} messages, "
                      f"output complete at t={format_time(self.completed)}")
-        total = sum(route.share for route in self.routes)
+        total = sum(route.share for route in self.routes) + (self.sink or 0.0)
         if self.routes and abs(total - 1) > 1e-9:
             lines.append(f"  shares sum to {100 * total:.1f}%: dropout scaled the kept routes "
                          "by 1/(1 - p), so each share is right in expectation")

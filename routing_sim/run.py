@@ -35,7 +35,8 @@ class Run:
     output : ndarray, shape (..., L, Ev)
         What every query token pulled: the attention output.
     weights : ndarray, shape (..., L, S)
-        Row ``i`` is token ``i``'s routing table (shares, after dropout), built on first
+        Row ``i`` is token ``i``'s routing table (shares, after dropout; with sinks, the
+        real keys' shares, the sink's is in :meth:`routing_table`), built on first
         use; past :data:`WEIGHTS_LIMIT` entries asking for it raises an error that points
         to :meth:`route_weights`, which has the same shares per route at any size.
     trace : Trace
@@ -160,7 +161,9 @@ class Run:
         """Gradients of ``sum(output * d_output)``, sent back along the routes as messages.
 
         Returns :class:`~routing_sim.stats.Gradients` with ``query``, ``key`` and
-        ``value`` (the inputs' shapes), and the backward pass's own ``stats`` and ``trace``
+        ``value`` (the inputs' shapes), ``sinks`` (the sinks' shape; None without sinks:
+        equal to :func:`~routing_sim.attention_backward`'s ``d_sinks``), and the backward
+        pass's own ``stats`` and ``trace``
         (see :mod:`routing_sim.backward` for the four message kinds). Covers masks, scale,
         dropout, heads, GQA, cross-attention, RoPE and hard routing; the arithmetic is float.
         Online-softmax runs allocate their shares as they stream, so their backward pass
@@ -282,9 +285,13 @@ class Run:
         pulled = sum(1 for route in routes if route.bytes_pulled)
         where = "".join(f", {name} {value}" for name, value in
                         zip(("batch", "head")[-len(index):] if index else (), index))
+        state = self.state
+        sink = None if state.sink_shares is None else float(state.sink_shares[node])
+        sink_logit = None if state.sinks is None else float(state.sinks[node])
         return RoutingTable(query_positions[i], query_labels[i], where, routes,
                             messages=2 * len(routes) + 2 * pulled,
-                            completed=float(self._completed.reshape(-1, n_queries)[group, i]))
+                            completed=float(self._completed.reshape(-1, n_queries)[group, i]),
+                            sink=sink, sink_logit=sink_logit)
 
 
 def _group_index(batch_shape: tuple[int, ...], head, batch) -> tuple[int, ...]:

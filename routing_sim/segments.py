@@ -7,6 +7,8 @@ The routes of query node ``u`` are one segment of the flat route list. For every
           w_r = \frac{e^{s_r - \max_{seg} s}}{\sum_{seg} e^{s - \max_{seg} s}},\quad
           o_u = \sum_{r \in u} w_r v_j
 
+(with sinks, the segment's sink logit joins the max and the normaliser's sum).
+
 computed with gathers, ``einsum`` and ``np.*.reduceat`` over chunks of whole segments, so
 memory stays at a chunk of routes times the feature size. Like :mod:`routing_sim.reference`
 it shares argument handling with the simulator and none of its arithmetic.
@@ -45,6 +47,8 @@ class Chunk:
         self.key_token = routes.indices[self.span].astype(np.int64)    # (r,) j
         self.key_row = group * n_keys + self.key_token                 # (r,) row of (G·S, ·)
         self.batch, self.head = batch_head(group, routes.batch_shape)
+        # (segments,) each query node's sink logit, or None
+        self.sinks = None if problem.sinks is None else problem.sinks[self.nodes // n_queries]
 
     def total(self, per_route: np.ndarray) -> np.ndarray:
         """Per segment: the sum of a per-route array (first axis)."""
@@ -87,11 +91,20 @@ def route_scores(problem: Problem, chunk: Chunk) -> tuple[np.ndarray, np.ndarray
     return raw, scores
 
 
-def route_shares(chunk: Chunk, scores: np.ndarray) -> np.ndarray:
-    """Stable softmax within each segment: subtract the segment max, no epsilon."""
+def route_shares(chunk: Chunk, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Stable softmax within each segment: subtract the segment max, no epsilon. With
+    sinks, each segment's sink logit joins the max and the normaliser; returns the routes'
+    shares ``(r,)`` and the sinks' shares ``(segments,)`` (None without sinks)."""
     top = np.maximum.reduceat(scores, chunk.starts)                    # (segments,)
+    if chunk.sinks is not None:
+        top = np.maximum(top, chunk.sinks)
     shares = np.exp(scores - chunk.spread(top))                        # (r,)
-    return shares / chunk.spread(chunk.total(shares))
+    total = chunk.total(shares)                                        # (segments,)
+    if chunk.sinks is None:
+        return shares / chunk.spread(total), None
+    sink_weight = np.exp(chunk.sinks - top)                            # (segments,)
+    total += sink_weight
+    return shares / chunk.spread(total), sink_weight / total
 
 
 def dropout_factor(problem: Problem, chunk: Chunk) -> np.ndarray | float:
@@ -110,15 +123,16 @@ def segment_attention(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
     values = problem.value.reshape(-1, value_dim)
     for chunk in chunks(problem):
         _, scores = route_scores(problem, chunk)
-        pulled = route_shares(chunk, scores) * dropout_factor(problem, chunk)
+        pulled = route_shares(chunk, scores)[0] * dropout_factor(problem, chunk)
         shares[chunk.span] = pulled
         output[chunk.nodes] = chunk.total(pulled[:, None] * values[chunk.key_row])
     return output.reshape(groups, n_queries, value_dim), shares
 
 
 def segment_backward(problem: Problem, upstream: np.ndarray
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(dQ (G, L, E), dK (G, S, E), dV (G, S, Ev))`` for ``upstream`` ``(G, L, Ev)``."""
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """``(dQ (G, L, E), dK (G, S, E), dV (G, S, Ev), d_sinks (G,) or None)`` for
+    ``upstream`` ``(G, L, Ev)``."""
     groups, n_queries, n_keys, dim, value_dim = problem.shape
     slope = derivative(problem.score_mod)
     upstream = upstream.reshape(-1, value_dim)
@@ -126,14 +140,18 @@ def segment_backward(problem: Problem, upstream: np.ndarray
     values = problem.value.reshape(-1, value_dim)
     d_query = np.zeros_like(queries)
     d_key, d_value = np.zeros_like(keys), np.zeros_like(values)
+    d_sinks = None if problem.sinks is None else np.zeros_like(problem.sinks)  # (G,)
     for chunk in chunks(problem):
         raw, scores = route_scores(problem, chunk)
-        shares = route_shares(chunk, scores)                           # (r,) P
+        shares, sink_shares = route_shares(chunk, scores)              # (r,) P
         factor = dropout_factor(problem, chunk)
         d_out = upstream[chunk.node]                                   # (r, Ev)
         np.add.at(d_value, chunk.key_row, (shares * factor)[:, None] * d_out)
         d_shares = np.einsum("re,re->r", d_out, values[chunk.key_row]) * factor  # dP
-        d_scores = shares * (d_shares - chunk.spread(chunk.total(shares * d_shares)))
+        through = chunk.total(shares * d_shares)                       # (segments,) Σ P dP
+        d_scores = shares * (d_shares - chunk.spread(through))
+        if d_sinks is not None and sink_shares is not None:  # d sink = -p_sink · Σ P dP
+            np.add.at(d_sinks, chunk.nodes // n_queries, -sink_shares * through)
         if slope is not None:
             d_scores = d_scores * slope(raw, chunk.batch, chunk.head, chunk.query_token,
                                         chunk.key_token)
@@ -141,7 +159,7 @@ def segment_backward(problem: Problem, upstream: np.ndarray
         d_query[chunk.nodes] = chunk.total(d_scores[:, None] * keys[chunk.key_row])
         np.add.at(d_key, chunk.key_row, d_scores[:, None] * queries[chunk.node])
     return (d_query.reshape(groups, n_queries, dim), d_key.reshape(groups, n_keys, dim),
-            d_value.reshape(groups, n_keys, value_dim))
+            d_value.reshape(groups, n_keys, value_dim), d_sinks)
 
 
 def _check_empty(problem: Problem) -> None:

@@ -64,7 +64,7 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
              delivery: Delivery = "window",
              labels: Sequence[str] | None = None, key_labels: Sequence[str] | None = None,
              mask_mod: Callable | None = None, score_mod: Callable | None = None,
-             engine: Engine = "fast") -> Run:
+             engine: Engine = "fast", sinks: ArrayLike | None = None) -> Run:
     r"""Run attention as messages between token nodes and return what they computed.
 
     Every allowed route ``j -> i`` carries four messages (QUERY, SCORE, PULL, VALUE; see
@@ -127,6 +127,13 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
         ``"plain"`` runs :mod:`routing_sim.plain`, the protocol as a learner reads it (one
         SimPy process per token node, messages carrying their payloads): the same
         messages at the same times, on a reliable network, two-phase softmax only.
+    sinks : array_like, shape (H,) or (1,), optional
+        As in :func:`~routing_sim.attention`: one logit per head in every query node's
+        softmax. A sink is a route that takes a share of the budget and pulls no value; it
+        needs no message (the query node knows its head's logit). ``weights`` and
+        ``route_weights()`` hold the real keys' shares (a row sums to less than 1),
+        ``routing_table(i).sink`` the sink's share, and ``run.backward`` the sinks'
+        gradient as ``grads.sinks``. Every engine, softmax, numerics and route set takes it.
 
     Returns
     -------
@@ -167,6 +174,10 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
     >>> named = rs.simulate(q, k, v, is_causal=True, labels=["we", "route", "the", "tokens"])
     >>> [route.label for route in named.routing_table("route").routes]
     ['we', 'route']
+    >>> sunk = rs.simulate(q, k, v, is_causal=True, sinks=[1.0])    # one head, one sink
+    >>> table = sunk.routing_table(1)
+    >>> bool(np.isclose(sum(route.share for route in table.routes) + table.sink, 1.0))
+    True
     """
     check_choice("numerics", numerics, NUMERICS)
     check_choice("softmax", softmax, SOFTMAX)
@@ -194,7 +205,7 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
                       causal_alignment=causal_alignment, empty_rows=empty_rows,
                       dropout_mask=dropout_mask, seed=seed, graph=graph,
                       alibi_slopes=alibi_slopes, rope=rope, mask_mod=mask_mod,
-                      score_mod=score_mod)
+                      score_mod=score_mod, sinks=sinks)
     token_graph = graph if isinstance(graph, nx.DiGraph) else None
     tokens = _token_names(token_graph, labels, key_labels, problem.shape[1], problem.shape[2])
     n_routes = int(np.count_nonzero(problem.dense_allowed)) if problem.sparse is None else \

@@ -64,6 +64,8 @@ class ForwardState:
     kept: np.ndarray | None = field(init=False)     # (R,) dropout: routes kept
     bias: np.ndarray | None = field(init=False)     # (R,) added to the scores, or None
     raw: np.ndarray | None = field(init=False)      # (R,) score_mod: q·k·scale before it
+    sinks: np.ndarray | None = field(init=False)    # (G·L,) each node's sink logit, or None
+    sink_shares: np.ndarray | None = field(init=False)  # (G·L,) the sink's share of a budget
     dropout_scale: np.generic = field(init=False)   # 1 / (1 - p) in the inputs' dtype
     needed: np.ndarray = field(init=False)          # (G·L,) routes per node
     values_needed: np.ndarray = field(init=False)   # (G·L,) VALUEs a node waits for
@@ -91,6 +93,9 @@ class ForwardState:
         self.kept = problem.per_route("keep", *where)                  # (R,) bool or None
         self.bias = problem.per_route("bias", *where)                  # (R,) or None
         self.raw = None if problem.score_mod is None else np.zeros(n_routes, dtype=dtype)
+        self.sinks = None if problem.sinks is None else np.repeat(problem.sinks, routes.n_queries)
+        # A node with no route (or none left) gives the sink its whole budget.
+        self.sink_shares = None if self.sinks is None else np.ones(n_nodes, dtype=dtype)
         self.dropout_scale = dtype.type(1.0 / (1.0 - problem.dropout_p))
         self.needed = routes.routes_per_node()
         self.values_needed = self.needed.copy() if self.kept is None else np.bincount(

@@ -89,6 +89,7 @@ class Gradients:
     trace: Trace
     _score: Callable[[], np.ndarray] = field(repr=False, compare=False)
     _run: Run | None = field(default=None, repr=False, compare=False)   # the forward Run
+    sinks: np.ndarray | None = None     # the sinks' gradient (their shape), if the run had sinks
 
     def score(self) -> np.ndarray:
         """The gradient of every score ``s_ij`` (scaled, bias included), shape (..., L, S).

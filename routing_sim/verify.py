@@ -14,7 +14,8 @@ Two correct implementations of ``softmax(f(Q Kᵀ · scale) + B) V`` (``f`` the 
    The two scores differ by at most ``Δ_i = 2 · max_j e_ij``;
 2. shifting a row's scores by at most ``Δ_i`` moves each weight by a relative factor of
    at most ``exp(2Δ_i) - 1``; ``exp(s - m)``, the row sum and the division add a relative
-   ``u·|s_ij - m_i| + γ_S + 3u`` per implementation;
+   ``u·|s_ij - m_i| + γ_S + 3u`` per implementation (a sink logit has no error of its
+   own: it only joins the max ``m_i`` and the sum);
 3. the weighted pull adds ``γ_S`` relative to ``Σ_j w_ij |v_j|`` per implementation.
 
 So ``|o_sim - o_ref| <= Σ_j w_ij |v_j| · (exp(2Δ_i) - 1 + 2·(u·|s_ij - m_i| + 2γ_S + 3u))``
@@ -172,8 +173,10 @@ def _tolerance(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
     modded = raw if problem.score_mod is None else _modded(problem, raw)  # (G, L, S) f(t)
     scores = np.where(allowed, modded + (0 if problem.bias is None else problem.bias),
                       -np.inf)                                         # (G, L, S) s
-    # Zero scale: the mask is the whole score, so these are the reference's tables of s.
-    weights = attention(q, k, v, scale=0.0, attn_mask=scores, return_weights=True)[1]
+    # Zero scale: the mask is the whole score, so these are the reference's tables of s
+    # (the groups are the heads here: one sink logit each).
+    weights = attention(q, k, v, scale=0.0, attn_mask=scores, return_weights=True,
+                        sinks=problem.sinks)[1]
     if problem.keep is not None:
         weights = weights * problem.keep / (1.0 - problem.dropout_p)
     with np.errstate(invalid="ignore"):
@@ -181,7 +184,8 @@ def _tolerance(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
     output_tol = contract * (1 + np.abs(ref_output))
     weight_tol = contract * (1 + weights)
     largest = max(np.abs(np.where(allowed, scores, 0)).max(initial=0.0),
-                  np.abs(np.where(allowed, raw, 0)).max(initial=0.0))
+                  np.abs(np.where(allowed, raw, 0)).max(initial=0.0),
+                  0.0 if problem.sinks is None else float(np.abs(problem.sinks).max()))
     if largest <= CONTRACT_SCORE_LIMIT:
         return output_tol, weight_tol
     if problem.score_mod is not None and type(problem.score_mod) not in _BOUNDED_MODS:
@@ -213,6 +217,8 @@ def _relative_bound(problem: Problem, q: np.ndarray, k: np.ndarray, raw: np.ndar
     spread = 2 * score_error.max(axis=-1, keepdims=True)               # (G, L, 1) Δ_i
     row_max = np.where(allowed.any(-1, keepdims=True),
                        scores.max(-1, keepdims=True, initial=-np.inf), 0)
+    if problem.sinks is not None:             # a sink above the scores is the row's max
+        row_max = np.maximum(row_max, problem.sinks[:, None, None])
     distance = np.where(allowed, row_max - scores, 0)          # (G, L, S) |s - m|
     return np.expm1(2 * spread) + 2 * (unit * distance + 2 * _gamma(n_keys, unit) + 3 * unit)
 

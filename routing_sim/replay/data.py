@@ -38,11 +38,17 @@ def page_data(run: Run, trace: Trace | None = None, stats: Stats | None = None,
     groups = [group_name(batch_shape, group) for group in range(_size(batch_shape))]
     values = np.asarray(run.state.problem.value)                  # (G, S, Ev)
     outputs = np.asarray(run.output).reshape(len(groups), n_queries, -1)  # (G, L, Ev)
+    state = run.state
     heads = [{"name": name,
               "tables": [_table(run, batch_shape, group, i) for i in range(n_queries)],
               "values": _numbers(values[group]), "outputs": _numbers(outputs[group]),
               "completed": _numbers(run.completed.reshape(-1, n_queries)[group]),
-              "inFlight": None}
+              "inFlight": None,
+              # With sinks: each token's sink share, and the head's logit (the what-if's).
+              "sinks": None if state.sink_shares is None else _numbers(
+                  state.sink_shares.reshape(-1, n_queries)[group]),
+              "sinkLogit": None if state.problem.sinks is None else _number(
+                  state.problem.sinks[group])}
              for group, name in enumerate(groups)]
     data = {
         "phase": phase,

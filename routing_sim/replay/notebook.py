@@ -40,6 +40,11 @@ def table_html(table: RoutingTable) -> str:
             f"<td>{pulled}</td></tr>")
     if not table.routes:
         rows.append("<tr><td colspan='4'>no routes: this token cannot reach any key</td></tr>")
+    if table.sink is not None:
+        rows.append(f"<tr><td><i>sink</i></td><td style='text-align:left'><span style='{_BAR};"
+                    f"width:{100 * table.sink:.1f}px'></span>{table.sink:.4f} "
+                    f"({100 * table.sink:.1f}%)</td><td>{table.sink_logit:+.3f}</td>"
+                    "<td>pulls no value</td></tr>")
     return (f"<table><caption style='text-align:left'><b>routing table of "
             f"{html.escape(who)}{html.escape(table.where)}</b></caption>"
             "<thead><tr><th>key token</th><th>share</th><th>score</th><th>value pulled</th>"

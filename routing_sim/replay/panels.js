@@ -33,10 +33,12 @@ function renderTable() {
     row.addEventListener("mouseleave", () => { hotRoute(j, false); hideTooltip(); });
   }
   const done = head.completed[i];
+  // A sink's share is budget that goes nowhere: no key, no row, said in the footer.
+  const sink = head.sinks ? `; the sink (logit ${head.sinkLogit.toFixed(3)}) took ${percent(head.sinks[i])} and pulled no value` : "";
   role("table-footer").textContent = cluster
     ? `${rows.length} senders; device finished at t = ${fmt(done)} s`
-    : rows.length ? `${rows.length} routes; output complete at t = ${fmt(done)}; shares are the run's own (run.weights)`
-      : "no routes: this token cannot reach any key";
+    : rows.length ? `${rows.length} routes; output complete at t = ${fmt(done)}; shares are the run's own (run.weights)${sink}`
+      : `no routes: this token cannot reach any key${sink}`;
 }
 function hotRoute(j, on) {
   for (const path of routeLayer.querySelectorAll(`[data-route="${j}"]`)) path.classList.toggle("hot", on);
@@ -45,16 +47,18 @@ function hotRoute(j, on) {
 // ---- what-if: temperature and top-k -------------------------------------------------------
 const temperature = role("temperature"), topK = role("top-k");
 // Shares from scores: softmax(score / T) over the k best routes (ties: lower key first);
-// T = 0 gives everything to the best one.
-function reallocate(rows, T, k) {
+// T = 0 gives everything to the best one. A sink logit (null: none) competes like a score
+// at every k and takes its share to nowhere.
+function reallocate(rows, T, k, sink) {
   const order = rows.map((row, r) => r).filter((r) => rows[r][1] !== null)
     .sort((a, b) => rows[b][1] - rows[a][1] || rows[a][0] - rows[b][0]).slice(0, k);
   const shares = rows.map(() => 0);
   if (!order.length) return shares;
-  if (T === 0) { shares[order[0]] = 1; return shares; }
   const best = rows[order[0]][1];
-  let total = 0;
-  for (const r of order) { shares[r] = Math.exp((rows[r][1] - best) / T); total += shares[r]; }
+  if (T === 0) { if (sink === null || best > sink) shares[order[0]] = 1; return shares; }
+  const top = sink === null ? best : Math.max(best, sink);
+  let total = sink === null ? 0 : Math.exp((sink - top) / T);
+  for (const r of order) { shares[r] = Math.exp((rows[r][1] - top) / T); total += shares[r]; }
   for (const r of order) shares[r] /= total;
   return shares;
 }
@@ -66,7 +70,7 @@ function renderWhatIf() {
   const k = state.topK === null ? rows.length : Math.min(state.topK, rows.length);
   topK.value = String(Math.max(1, k));
   role("temperature-value").textContent = T === 0 ? "0 (hard: top-1)" : T.toFixed(2);
-  const shares = reallocate(rows, T, k);
+  const shares = reallocate(rows, T, k, head.sinkLogit ?? null);
   const body = role("what-if");
   body.replaceChildren();
   rows.forEach(([j, score, share], r) => {
