@@ -295,8 +295,6 @@ def test_call_refuses_what_it_cannot_do_exactly(backend):
         capped(module, q, k, v, None, softcap=30.0)
     with pytest.raises(rs.InvalidArgumentError, match="sliding_window=2"):
         attention(module, q, k, v, None, sliding_window=2)
-    with pytest.raises(rs.InvalidArgumentError, match="s_aux"):
-        attention(module, q, k, v, None, s_aux=torch.zeros(2))
     with pytest.raises(rs.InvalidArgumentError, match="mystery"):
         attention(module, q, k, v, None, mystery=1)
     with pytest.raises(rs.DTypeError, match="bfloat16"):
@@ -464,3 +462,43 @@ def test_modernbert_runs_and_its_flash_only_keyword_is_accepted(backend):
     attention(torch.nn.Module(), q, q, q, None, deterministic=True)
     with pytest.raises(rs.InvalidArgumentError, match="deterministically"):
         attention(torch.nn.Module(), q, q, q, None, deterministically=True)
+
+
+def test_gpt_oss_sinks_and_their_gradient_equal_the_float64_reference(backend):
+    """gpt-oss's s_aux (one learned logit per head in the softmax denominator) is simulate's
+    sinks: outputs and every gradient, the sinks' own included, equal the reference's."""
+    import copy
+
+    import transformers
+
+    from routing_sim.hf.families import FLOAT64_REFERENCE, _register_reference
+
+    _register_reference()
+    config = tiny_config("gpt_oss")
+    models = []
+    for implementation in (backend, FLOAT64_REFERENCE):
+        torch.manual_seed(0)
+        model = transformers.AutoModelForCausalLM.from_config(
+            copy.deepcopy(config), attn_implementation=implementation,
+            experts_implementation="eager", dtype=torch.float64).eval()
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if name.endswith("sinks"):
+                    parameter.uniform_(-2.0, 2.0)                     # zeros at init
+        models.append(model)
+    inputs = batch("llama", length=6)
+    inputs["input_ids"] = inputs["input_ids"] % 100
+    outputs = []
+    with rs.hf.record() as rec:
+        for model in models:
+            output = output_of(model, inputs)
+            loss_of(output).backward()
+            outputs.append(output)
+    assert_close(*outputs)
+    assert len(rec.runs) == 2                                          # the backend's layers
+    for entry in rec.runs:
+        table = entry.run.routing_table(5, head=0, batch=0)
+        assert 0 < table.sink < 1 and entry.verdict().within_tolerance
+    sinks = [dict(m.named_parameters())["model.layers.0.self_attn.sinks"].grad for m in models]
+    assert sinks[1].abs().max() > 0
+    assert_close(sinks[0], sinks[1], GRAD_RTOL)

@@ -62,6 +62,7 @@ SIZES = {"hidden_size": 64, "num_attention_heads": 4, "encoder_attention_heads":
          "q_lora_rank": 32, "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "v_head_dim": 16}
 _AT_MOST = ("num_key_value_heads", "num_experts_per_tok", "n_shared_experts")  # never grow
 VOCAB = 128
+PARAMETERS = 5_000_000          # the most a tiny model may have (most have under 200,000)
 LENGTH = 7
 PADDING = 3
 
@@ -288,9 +289,15 @@ def _check(family: str, name: str) -> FamilyResult:
     return FamilyResult(family, "failed" if failed else "exact", "; ".join(failed or checks))
 
 
+class _TooLarge(Exception):
+    """The tiny config is still too large to sweep."""
+
+
 def _failure(family: str, kind: str, auto: Any, failure: Exception) -> FamilyResult:
     """Failed, unless the tiny model does not run on transformers' eager attention either:
     then its generic tiny config is what fails, and the family is not swept."""
+    if isinstance(failure, _TooLarge):
+        return FamilyResult(family, "not swept", f"its tiny config has {failure}")
     try:
         _first_run(family, kind, auto, "eager", shrink_depth=False)
     except Exception as error:                                         # noqa: BLE001
@@ -308,12 +315,17 @@ def _first_run(family: str, kind: str, auto: Any, name: str, shrink_depth: bool
                ) -> tuple[Any, dict, torch.Tensor, int]:
     """The tiny model on implementation ``name``, its inputs, its output and how many
     attention calls reached the routing_sim backend."""
+    config = tiny_config(family, shrink_depth)
+    with torch.device("meta"):                   # sizes the generic shrink did not reach
+        size = sum(p.numel() for p in auto.from_config(copy.deepcopy(config)).parameters())
+    if size > PARAMETERS:
+        raise _TooLarge(f"{size:,} parameters after shrinking, over the sweep's "
+                        f"{PARAMETERS:,}")
     torch.manual_seed(0)
     # Its own copy of the config: from_config writes the implementation into it. Experts
     # run as plain loops: the grouped matrix product has no float64 kernel.
-    model = auto.from_config(copy.deepcopy(tiny_config(family, shrink_depth)),
-                             attn_implementation=name, experts_implementation="eager",
-                             dtype=torch.float64).eval()
+    model = auto.from_config(copy.deepcopy(config), attn_implementation=name,
+                             experts_implementation="eager", dtype=torch.float64).eval()
     inputs = _batch(kind, model.config)
     with torch.no_grad(), record(limit=0, trace="summary") as recorder:
         output = _output(model(**inputs))
