@@ -7,10 +7,11 @@
 After it, ``from_config(..., attn_implementation="routing_sim")``,
 ``from_pretrained(path, attn_implementation="routing_sim")`` or
 ``model.set_attn_implementation("routing_sim")`` run every attention call of the model as
-messages between token nodes; ``with rs.hf.record() as rec:`` keeps the runs. A family whose attention does not go
-through transformers' attention interface is refused when the model is built
-(:class:`BypassError`), and a model built on a config object another model of a different
-implementation holds warns (:class:`SharedConfigWarning`). See docs/en/transformers.md.
+messages between token nodes; ``with rs.hf.record() as rec:`` keeps the runs. A family
+whose attention does not go through transformers' attention interface is refused when the
+model is built (:class:`BypassError`), and a model built on a config object that a model of
+another implementation holds warns (:class:`SharedConfigWarning`). See
+docs/en/transformers.md.
 """
 
 from __future__ import annotations

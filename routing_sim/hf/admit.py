@@ -32,7 +32,7 @@ import inspect
 import sys
 import warnings
 import weakref
-from collections.abc import Container
+from collections.abc import Collection
 from typing import Any
 
 import torch
@@ -57,7 +57,7 @@ _BUILT: dict[int, list[tuple[weakref.ref, str | None]]] = {}
 _WARNED: weakref.WeakSet = weakref.WeakSet()
 
 
-def install(backends: Container[str]) -> None:
+def install(backends: Collection[str]) -> None:
     """Wrap ``PreTrainedModel``'s build hooks (once) to check models using ``backends``."""
     if getattr(PreTrainedModel.post_init, "_routing_sim_backends", None) is not None:
         return
@@ -76,7 +76,8 @@ def install(backends: Container[str]) -> None:
     @functools.wraps(adjust)
     def checked_adjust(model: PreTrainedModel, attn_implementation: str | None,
                        is_init_check: bool = False, **kwargs: Any) -> str:
-        if is_init_check and attn_implementation in backends:
+        if is_init_check and attn_implementation is not None and \
+                attn_implementation in backends:
             _refuse_own_class_table(type(model), model.config, attn_implementation)
         return adjust(model, attn_implementation, is_init_check=is_init_check, **kwargs)
 
@@ -133,7 +134,7 @@ def _family(config: Any) -> str:
 def _refuse_bypass(model: torch.nn.Module, implementation: str) -> None:
     """Refuse ``model`` if one of its attention modules computes attention itself."""
     bypassing = sorted({type(module).__name__ for module in model.modules()
-                        if _self_computing(type(module))})
+                        if self_computing_attention(type(module))})
     if bypassing:
         raise BypassError(
             f"model family {_family(model.config)!r} computes attention itself in "
@@ -157,7 +158,7 @@ def _refuse_own_class_table(model_class: type, config: Any, implementation: str)
 
 
 def _warn_shared_config(model: PreTrainedModel, implementation: str | None,
-                        backends: Container[str]) -> None:
+                        backends: Collection[str]) -> None:
     """Warn if a live model built with another implementation holds ``model.config``."""
     config = model.config
     built = [(ref, used) for ref, used in _BUILT.get(id(config), []) if ref() is not None]

@@ -61,6 +61,7 @@ class _SimulatedAttention(torch.autograd.Function):
         run = simulate(_numpy(query), _numpy(key), _numpy(value), attn_mask=attn_mask,
                        sinks=sink_logits, **arguments)
         ctx.run, ctx.mask_shape = run, None if mask is None else mask.shape
+        ctx.sinks_dtype = None if sinks is None else sinks.dtype
         holder.append(run)
         return torch.from_numpy(run.output).to(query.device)
 
@@ -74,7 +75,8 @@ class _SimulatedAttention(torch.autograd.Function):
         if ctx.needs_input_grad[3]:
             d_mask = torch.from_numpy(_sum_to(grads.score(), ctx.mask_shape)).to(device)
         if ctx.needs_input_grad[4]:
-            d_sinks = torch.from_numpy(np.ascontiguousarray(grads.sinks)).to(device)
+            d_sinks = torch.from_numpy(np.ascontiguousarray(grads.sinks)).to(
+                device, ctx.sinks_dtype)                   # a float32 s_aux in a float64 model
         return (*tensors, d_mask, d_sinks, None, None)
 
 
