@@ -174,6 +174,9 @@ def _parser() -> argparse.ArgumentParser:
                          "SDPA with padding, generation and gradients; print each family's "
                          "status (exact, refused, not swept, failed) as a markdown table; "
                          "exit 1 if one failed")
+    hf.add_argument("--language", choices=("en", "zh"), default="en",
+                    help="the table's language with --families (default en; the docs' "
+                         "family tables are this output)")
     hf.set_defaults(handler=_hf)
 
     bench = commands.add_parser(
@@ -331,7 +334,7 @@ def _hf(arguments: argparse.Namespace) -> int:
         return 1
     if arguments.families is not None:
         results = sweep(arguments.families or None)
-        print(family_table(results))
+        print(family_table(results, arguments.language))
         return 1 if any(result.status == "failed" for result in results) else 0
     ours, sdpa, tokenizer = load(arguments.family, arguments.layers, arguments.model)
     print(tell(ours, sdpa, arguments.tokens, tokenizer, arguments.new_tokens))

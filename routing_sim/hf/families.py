@@ -1,18 +1,20 @@
 """Every model family of the installed transformers, run through the backend: exact or refused.
 
 :func:`sweep` builds one tiny random-init model per text family (a config from the
-family's own defaults, its sizes shrunk: hidden size 64, 4 heads of 16, 2 key/value heads,
-2 layers, small vocabulary and feed-forward, few experts), in float64, with the routing_sim
-backend. A family whose attention does not go through the backend is refused when built
-(:class:`~routing_sim.hf.admit.BypassError`) or first called; the error names it. Every
-other family must be exact: the same model switched to PyTorch SDPA (or, where the family
-has no SDPA path, to :func:`float64_attention`, an independent float64 reference) gives the
-same output within 1e-12 of its largest magnitude on a padded batch (left padding for
-decoders, right padding for encoders), the same greedy tokens with a KV cache, and every
-parameter gradient within 1e-10.
+family's own defaults, its sizes shrunk: hidden size 64, 4 heads of 16, 2 key/value heads
+where the family groups them, 2 layers, small vocabularies, feed-forward, state and experts),
+in float64, with the routing_sim backend. A family whose attention does not go through the
+backend is refused when built (:class:`~routing_sim.hf.admit.BypassError`) or first called;
+the error names it. Every other family must be exact: the same model switched to PyTorch
+SDPA (or, where the family has no SDPA path, to :func:`float64_attention`, an independent
+float64 reference) gives the same output within 1e-12 of its largest magnitude on a padded
+batch (left padding for decoders, right padding for encoders), the same greedy tokens with
+a KV cache, and every parameter gradient within 1e-10.
 
-Families that need other inputs than token ids (vision, audio, multimodal, time series)
-are listed as not swept, with the input they need.
+Listed as not swept, each with its reason: families that need other inputs than token ids
+(vision, audio, multimodal, time series), families whose tiny config does not run on
+transformers' eager attention either or stays over :data:`PARAMETERS`, and families with
+no softmax attention.
 """
 
 from __future__ import annotations
@@ -59,8 +61,20 @@ SIZES = {"hidden_size": 64, "num_attention_heads": 4, "encoder_attention_heads":
          "n_inner": 128, "moe_intermediate_size": 32, "shared_expert_intermediate_size": 32,
          "num_experts": 4, "num_local_experts": 4, "n_routed_experts": 4,
          "num_experts_per_tok": 2, "n_shared_experts": 1, "kv_lora_rank": 16,
-         "q_lora_rank": 32, "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "v_head_dim": 16}
-_AT_MOST = ("num_key_value_heads", "num_experts_per_tok", "n_shared_experts")  # never grow
+         "q_lora_rank": 32, "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "v_head_dim": 16,
+         "n_group": 1, "topk_group": 1, "rotary_dim": 16,
+         "moe_shared_expert_intermediate_size": 32, "linear_key_head_dim": 16,
+         "linear_value_head_dim": 16, "linear_num_key_heads": 2, "linear_num_value_heads": 4,
+         "mamba_d_state": 16, "ssm_state_size": 16, "mamba_n_heads": 16, "mamba_d_ssm": 128,
+         "mamba_num_heads": 8, "mamba_head_dim": 16, "mamba_chunk_size": 16, "chunk_size": 16,
+         "first_k_dense_replace": 1}
+# Never grown: a count that must not exceed another, or a size some families tie to others.
+_AT_MOST = frozenset({
+    "num_key_value_heads", "num_experts_per_tok", "n_shared_experts", "n_group",
+    "topk_group", "rotary_dim", "linear_key_head_dim", "linear_value_head_dim",
+    "linear_num_key_heads", "linear_num_value_heads", "mamba_d_state", "ssm_state_size",
+    "mamba_n_heads", "mamba_d_ssm", "mamba_num_heads", "mamba_head_dim", "mamba_chunk_size",
+    "chunk_size", "first_k_dense_replace"})
 VOCAB = 128
 PARAMETERS = 5_000_000          # the most a tiny model may have (most have under 200,000)
 LENGTH = 7
@@ -82,7 +96,7 @@ def text_families() -> dict[str, str | None]:
     model takes ``input_ids`` and nothing of another modality), else why it is not one."""
     families: dict[str, str | None] = {}
     for family, names in modeling_auto.MODEL_MAPPING_NAMES.items():
-        base = names[0] if isinstance(names, tuple) else names
+        base = str(names[0] if isinstance(names, tuple) else names)
         try:
             parameters = inspect.signature(getattr(transformers, base).forward).parameters
         except (AttributeError, ImportError) as error:
@@ -113,21 +127,26 @@ def tiny_config(family: str, shrink_depth: bool = True) -> Any:
     (64, 4, 2, 128)
     """
     keep = frozenset() if shrink_depth else _LAYERS
-    try:
-        return _shrunk(CONFIG_MAPPING[family], keep)
-    except (ValueError, TypeError, StrictDataclassClassValidationError):
-        return _shrunk(CONFIG_MAPPING[family], _LAYERS)
+    # Grouped key/value heads first; then as many as query heads (ESMC's config refuses
+    # groups); then the family's own depth.
+    attempts = [(keep, True), (keep, False), (_LAYERS, True), (_LAYERS, False)]
+    for kept, grouped in attempts[:-1]:
+        try:
+            return _shrunk(CONFIG_MAPPING[family], kept, grouped)
+        except (ValueError, TypeError, StrictDataclassClassValidationError):
+            continue
+    return _shrunk(CONFIG_MAPPING[family], *attempts[-1])
 
 
 _LAYERS = frozenset(name for name in SIZES if name.endswith("layers"))
 
 
-def _shrunk(config_class: type, keep: frozenset[str]) -> Any:
+def _shrunk(config_class: type, keep: frozenset[str], grouped: bool = True) -> Any:
     default = config_class()
     renamed = getattr(config_class, "attribute_map", {})
     settable = ({field.name for field in dataclasses.fields(config_class)}
                 if dataclasses.is_dataclass(config_class)
-                else set(inspect.signature(config_class.__init__).parameters))
+                else set(inspect.signature(config_class).parameters))
     fields: dict[str, Any] = {}
     for name, size in SIZES.items():
         value = getattr(default, name, None)
@@ -136,6 +155,20 @@ def _shrunk(config_class: type, keep: frozenset[str]) -> Any:
             continue
         if isinstance(value, int) and not isinstance(value, bool):
             fields[field] = min(value, size) if name in _AT_MOST else size
+            if name == "num_key_value_heads" and (not grouped or isinstance(
+                    getattr(default, "kv_lora_rank", None), int)):
+                # ungrouped; and always for latent attention (DeepSeek's MLA), which expands
+                # its keys to every query head itself: groups would repeat them again
+                fields[field] = SIZES["num_attention_heads"]
+        elif value is None and (name == "head_dim" or name == "num_experts_per_tok" and
+                                isinstance(getattr(default, "num_experts", None), int)):
+            fields[field] = size        # None: some models derive it, some fail on it
+    # Every vocabulary (entities', hashed byte groups', ...) as small as the tokens'.
+    for name in dir(default):
+        value = getattr(default, name, None)
+        if (name.endswith("vocab_size") or name.endswith("_vocab")) and name in settable \
+                and isinstance(value, int) and not isinstance(value, bool) and value > VOCAB:
+            fields[name] = VOCAB
     if isinstance(getattr(default, "vocab_size", None), int):
         fields[renamed.get("vocab_size", "vocab_size")] = VOCAB
         # Special tokens keep their ids if the small vocabulary has them, else take its last.
@@ -144,9 +177,16 @@ def _shrunk(config_class: type, keep: frozenset[str]) -> Any:
                 token = getattr(default, name, None)
                 if isinstance(token, int) and not isinstance(token, bool) and token >= VOCAB:
                     fields[name] = VOCAB - 1
+    if "mrope_section" in getattr(config_class, "ignore_keys_at_rope_validation", ()):
+        # multimodal rotary sections (time, height, width) of a head of 16's frequencies
+        rope = dict(getattr(default, "rope_parameters", None) or {})
+        rotated = int(SIZES["head_dim"] * rope.get("partial_rotary_factor", 1.0)) // 2
+        third = 3 * rotated // 8
+        fields["rope_parameters"] = {**rope, "mrope_section": [rotated - 2 * third, third,
+                                                               third]}
     for key, sub_class in getattr(default, "sub_configs", {}).items():
         if getattr(default, key, None) is not None and isinstance(sub_class, type):
-            fields[key] = _shrunk(sub_class, keep).to_dict()
+            fields[key] = _shrunk(sub_class, keep, grouped).to_dict()
     return config_class(**fields)
 
 
@@ -185,7 +225,9 @@ def float64_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     empty = torch.isneginf(scores).all(dim=-1, keepdim=True)          # (B, H, L, 1)
     scores = scores.masked_fill(empty, 0.0)
     if s_aux is not None:
-        sinks = s_aux.reshape(1, -1, 1, 1).expand(*scores.shape[:-1], 1)  # (B, H, L, 1)
+        # in the scores' dtype before the sum over rows of the backward pass: a float32
+        # s_aux (DeepSeek-V4 keeps it so) would otherwise sum its gradient in float32
+        sinks = s_aux.to(scores.dtype).reshape(1, -1, 1, 1).expand(*scores.shape[:-1], 1)
         weights = torch.softmax(torch.cat([scores, sinks], dim=-1), dim=-1)[..., :-1]
     else:
         weights = torch.softmax(scores, dim=-1)
@@ -215,30 +257,78 @@ def sweep(families: Iterable[str] | None = None, name: str = "routing_sim"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)         # matrices this small only wait on each other's threads
     try:
-        return [FamilyResult(family, "not swept", kinds[family]) if kinds.get(family)
-                else _check(family, name) for family in chosen]
+        return [_check(family, name) if kinds[family] is None
+                else FamilyResult(family, "not swept", str(kinds[family])) for family in chosen]
     finally:
         torch.set_num_threads(threads)
 
 
-def family_table(results: Iterable[FamilyResult]) -> str:
-    """The results as a markdown table, one row per family, with the first clause of each
-    detail (what the docs print; ``routing-sim hf --families`` prints it too).
+def family_table(results: Iterable[FamilyResult], language: str = "en") -> str:
+    """The results as a markdown table, one row per family, with a short note on each
+    detail, in English (``"en"``) or Chinese (``"zh"``): what the docs print and
+    ``routing-sim hf --families`` prints.
 
     Examples
     --------
-    >>> print(family_table([FamilyResult("bloom", "refused", "model family 'bloom' computes "
-    ...                                  "attention itself in BloomAttention (a softmax)")]))
+    >>> bloom = FamilyResult("bloom", "refused", "model family 'bloom' computes attention "
+    ...                      "itself in BloomAttention (a softmax of its own)")
+    >>> print(family_table([bloom]))
     | family | status | why |
     | --- | --- | --- |
     | bloom | refused | computes attention itself in BloomAttention |
+    >>> print(family_table([bloom], "zh"))
+    | 模型族 | 状态 | 说明 |
+    | --- | --- | --- |
+    | bloom | 拒绝 | 在 BloomAttention 中自己计算注意力 |
     """
-    rows = ["| family | status | why |", "| --- | --- | --- |"]
+    if language not in _TABLE_HEADERS:
+        raise InvalidArgumentError(f"language must be one of {sorted(_TABLE_HEADERS)}, "
+                                   f"got {language!r}")
+    rows = [_TABLE_HEADERS[language], "| --- | --- | --- |"]
     for result in results:
-        note = re.sub(r"^model family '[^']*' ", "", result.detail)
-        note = re.split(r" \(| \d+ calls|; |, so ", note)[0].replace("|", "/")
-        rows.append(f"| {result.family} | {result.status} | {note} |")
+        status = _STATUS_WORDS[language].get(result.status, result.status)
+        rows.append(f"| {result.family} | {status} | {_note(result, language)} |")
     return "\n".join(rows)
+
+
+_TABLE_HEADERS = {"en": "| family | status | why |", "zh": "| 模型族 | 状态 | 说明 |"}
+_STATUS_WORDS = {"en": {}, "zh": {"exact": "精确", "refused": "拒绝", "not swept": "未扫描",
+                                  "failed": "失败"}}
+# (pattern on a result's detail, English note, Chinese note): the first that matches.
+_NOTES = [
+    (r"output within \S+ of sdpa(?!.*generation)", "= SDPA: output, gradients",
+     "= SDPA：输出、梯度"),
+    (r"output within \S+ of sdpa", "= SDPA: output, generation, gradients",
+     "= SDPA：输出、生成、梯度"),
+    (r"output within \S+ of the float64 reference(?!.*generation)",
+     "= float64 reference: output, gradients", "= float64 参考：输出、梯度"),
+    (r"output within \S+ of the float64 reference",
+     "= float64 reference: output, generation, gradients", "= float64 参考：输出、生成、梯度"),
+    (r"computes attention itself in (\w+)", r"computes attention itself in \1",
+     r"在 \1 中自己计算注意力"),
+    (r"picks its attention class from its own table (\w+)",
+     r"picks its attention class from its own table \1", r"从自己的表 \1 中选注意力类"),
+    (r"does not know the attention argument (\w+)", r"unknown attention argument `\1`",
+     r"未知的注意力参数 `\1`"),
+    (r"no softmax attention", "no softmax attention", "没有 softmax 注意力"),
+    (r"its tiny config has ([\d,]+) parameters", r"tiny config still has \1 parameters",
+     r"缩小后的配置仍有 \1 个参数"),
+    (r"does not run on eager attention either \((\w+)",
+     r"tiny config fails on eager too (\1)", r"缩小后的配置在 eager 下同样失败（\1）"),
+    (r"^(\w+) takes no input_ids", r"\1 takes no input_ids", r"\1 不接受 input_ids"),
+    (r"^(\w+) needs ([\w, ]+)", r"\1 needs \2", r"\1 需要 \2"),
+    (r"^its model class (\w+) cannot be imported", r"\1 cannot be imported",
+     r"无法导入 \1"),
+]
+
+
+def _note(result: FamilyResult, language: str) -> str:
+    column = 1 if language == "en" else 2
+    for pattern, *notes in _NOTES:
+        found = re.search(pattern, result.detail)
+        if found:
+            return found.expand(notes[column - 1])
+    return result.detail.split(" (")[0].replace("|", "/")     # a failure: its own words
 
 
 def _kind(family: str) -> tuple[str, Any]:
@@ -256,33 +346,41 @@ def _check(family: str, name: str) -> FamilyResult:
     kind, auto = _kind(family)
     _register_reference()
     first: tuple | None = None
-    for shrink_depth in (True, False):     # two layers of a hybrid model may hold no attention
+    failure: Exception | None = None
+    for shrink_depth in (True, False):  # two layers of a hybrid model may hold no attention
         try:
             first = _first_run(family, kind, auto, name, shrink_depth)
         except RoutingSimError as error:
             if f"'{family}'" in str(error):
                 return FamilyResult(family, "refused", str(error))
-            failure: Exception = error
+            first, failure = None, error
         except Exception as error:                                     # noqa: BLE001
-            failure = error
+            first, failure = None, error
         else:
             if first[3] > 0:
                 break
-            failure = RuntimeError("the model never called the backend")
     else:
-        return _failure(family, kind, auto, failure)
+        if first is None:
+            assert failure is not None
+            return _failure(family, kind, auto, failure)
+        # Admission refused every module computing a softmax attention of its own, so what
+        # is left has none (state-space, recurrent, FFT or hashing layers). The test holds
+        # this list to the families known to be so.
+        return FamilyResult(family, "not swept", "no softmax attention: no call reached the "
+                                                 "backend")
+    assert first is not None
     model, inputs, ours, calls = first
     try:
         reference = _reference(model, inputs, name)
         with torch.no_grad():
             theirs = _output(model(**inputs))
-        gap = _gap(ours, theirs)
+        gap = _gap(_real(ours, inputs, kind), _real(theirs, inputs, kind))
         if not gap <= TOLERANCE:
             return FamilyResult(family, "failed", f"output differs from {reference} by {gap:.3g}")
         checks = [f"output within {TOLERANCE:g} of {reference} ({calls} calls)"]
         if kind != "encoder":
             checks.append(_generation(model, inputs, name, reference))
-        checks.append(_gradients(model, inputs, name, reference))
+        checks.append(_gradients(model, inputs, kind, name, reference))
     except Exception as error:                                         # noqa: BLE001
         return FamilyResult(family, "failed", f"{type(error).__name__}: {error}")
     failed = [check for check in checks if check.startswith("FAILED")]
@@ -374,6 +472,15 @@ def _output(result: Any) -> torch.Tensor:
     return result[0]
 
 
+def _real(output: torch.Tensor, inputs: dict, kind: str) -> torch.Tensor:
+    """A decoder's output at its real tokens. A left-padded token's query node has no
+    route, and what it gets is a convention (routing_sim's zeros, SDPA's average of every
+    value where a position bias fills blocked routes with the dtype's minimum)."""
+    if kind != "decoder":
+        return output
+    return output[inputs["attention_mask"].bool()]                    # (real tokens, ...)
+
+
 def _gap(ours: torch.Tensor, theirs: torch.Tensor) -> float:
     """max |ours - theirs| / max |theirs| (inf if either is not finite)."""
     if not (torch.isfinite(ours).all() and torch.isfinite(theirs).all()):
@@ -400,14 +507,14 @@ def _generation(model: Any, inputs: dict, name: str, reference: str) -> str:
     return "greedy generation identical"
 
 
-def _gradients(model: Any, inputs: dict, name: str, reference: str) -> str:
+def _gradients(model: Any, inputs: dict, kind: str, name: str, reference: str) -> str:
     """Every parameter gradient within 1e-10 of the reference's (relative to its own largest
     magnitude, or the model's largest where softmax makes it zero up to rounding)."""
     grads = []
     for implementation in (_implementation(reference), name):
         model.set_attn_implementation(implementation)
         model.zero_grad()
-        output = _output(model(**inputs))
+        output = _real(_output(model(**inputs)), inputs, kind)
         direction = torch.randn(output.shape, dtype=output.dtype,
                                 generator=torch.Generator().manual_seed(7))
         (output * direction).sum().backward()
