@@ -90,11 +90,7 @@ def check_alibi_slopes(slopes: ArrayLike, batch_shape: tuple[int, ...]) -> np.nd
             raise ShapeError(f"alibi_slopes has shape {slopes.shape} but the inputs have no "
                              "head dim; give (..., H, L, E) inputs or one slope")
         return slopes.reshape(())
-    try:
-        fits = np.broadcast_shapes(slopes.shape, batch_shape) == tuple(batch_shape)
-    except ValueError:
-        fits = False
-    if not fits:
+    if not _broadcasts_into(slopes.shape, tuple(batch_shape)):
         pair = f" or (B, H) = {tuple(batch_shape[-2:])}" if len(batch_shape) > 1 else ""
         raise ShapeError(f"alibi_slopes of shape {slopes.shape} does not fit the inputs' batch "
                          f"dims {tuple(batch_shape)}: give (H,) with H = {batch_shape[-1]} "
@@ -405,15 +401,18 @@ def _fit_positions(name: str, position_ids: ArrayLike, batch_shape: tuple[int, .
     if ids.ndim == 1:
         return ids
     placed = ids[..., None, :]                                         # (B, 1, T)
-    target = (*batch_shape, n_tokens)
-    try:
-        fits = np.broadcast_shapes(placed.shape, target) == target
-    except ValueError:
-        fits = False
-    if not fits:
+    if not _broadcasts_into(placed.shape, (*batch_shape, n_tokens)):
         batch = f"B = {batch_shape[-2]}" if len(batch_shape) > 1 else "inputs (B, H, T, E)"
         raise ShapeError(f"{name} of shape {ids.shape} does not fit the inputs' batch dims "
                          f"{tuple(batch_shape)}: (B, T) gives each batch element its "
                          f"positions and needs {batch} (the batch dim before the heads); "
                          "(T,) gives every sequence the same")
     return placed
+
+
+def _broadcasts_into(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
+    """Whether an array of ``shape`` broadcasts to ``target`` without growing it."""
+    try:
+        return np.broadcast_shapes(shape, target) == target
+    except ValueError:
+        return False
