@@ -67,7 +67,9 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
              delivery: Delivery = "window",
              labels: Sequence[str] | None = None, key_labels: Sequence[str] | None = None,
              mask_mod: Callable | None = None, score_mod: Callable | None = None,
-             engine: Engine | EngineOptions = "fast", sinks: ArrayLike | None = None) -> Run:
+             engine: Engine | EngineOptions = "fast", sinks: ArrayLike | None = None,
+             position_ids: ArrayLike | None = None, key_position_ids: ArrayLike | None = None
+             ) -> Run:
     r"""Run attention as messages between token nodes and return what they computed.
 
     Every allowed route ``j -> i`` carries four messages (QUERY, SCORE, PULL, VALUE; see
@@ -144,6 +146,11 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
         ``route_weights()`` hold the real keys' shares (a row sums to less than 1),
         ``routing_table(i).sink`` the sink's share, and ``run.backward`` the sinks'
         gradient as ``grads.sinks``. Every engine, softmax, numerics and route set takes it.
+    position_ids, key_position_ids : array_like of int, optional
+        As in :func:`~routing_sim.attention`: where RoPE places each query (``(L,)`` or
+        ``(B, L)``) and key. A token rotates its query and key before it publishes them,
+        so the messages carry rotated vectors, and ``run.backward`` carries the gradients
+        back through the same rotations.
 
     Returns
     -------
@@ -206,7 +213,8 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
                       causal_alignment=causal_alignment, empty_rows=empty_rows,
                       dropout_mask=dropout_mask, seed=seed, graph=graph,
                       alibi_slopes=alibi_slopes, alibi_mode=alibi_mode, rope=rope,
-                      mask_mod=mask_mod, score_mod=score_mod, sinks=sinks)
+                      mask_mod=mask_mod, score_mod=score_mod, sinks=sinks,
+                      position_ids=position_ids, key_position_ids=key_position_ids)
     token_graph = graph if isinstance(graph, nx.DiGraph) else None
     tokens = _token_names(token_graph, labels, key_labels, problem.shape[1], problem.shape[2])
     n_routes = int(np.count_nonzero(problem.dense_allowed)) if problem.sparse is None else \

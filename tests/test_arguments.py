@@ -50,6 +50,8 @@ def non_default(name: str) -> dict:
         "mask_mod": {"mask_mod": lambda b, h, q_idx, kv_idx: q_idx >= kv_idx},
         "score_mod": {"score_mod": rs.mods.softcap(2.0)},
         "sinks": {"sinks": [0.5, -1.0]},
+        "position_ids": {"rope": 100.0, "position_ids": [3, 0, 5, 1]},
+        "key_position_ids": {"rope": 100.0, "key_position_ids": [2, 7, 1, 4]},
     }[name]
 
 

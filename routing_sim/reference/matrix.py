@@ -41,7 +41,8 @@ def attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
               rope: RotaryEmbedding | float | None = None,
               return_weights: bool | Literal["probabilities"] = False,
               graph: nx.DiGraph | RouteSet | None = None, mask_mod: Callable | None = None,
-              score_mod: Callable | None = None, sinks: ArrayLike | None = None
+              score_mod: Callable | None = None, sinks: ArrayLike | None = None,
+              position_ids: ArrayLike | None = None, key_position_ids: ArrayLike | None = None
               ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     r"""Scaled dot-product attention in matrix form, with PyTorch's SDPA semantics.
 
@@ -91,7 +92,11 @@ def attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
         ``m · (j - pos_i)``, the ALiBi paper's and FlexAttention's (attention-gym); a key
         after the query then gets a positive bias. The two agree on causal routes.
     rope : float or RotaryEmbedding, optional
-        Rotate queries and keys by their positions (a float is the base, layout "half").
+        Rotate queries and keys by their positions (a float is the base, layout "half",
+        every feature); a :class:`~routing_sim.RotaryEmbedding` also takes ``rotary_dim``
+        (partial rotary), the ``"interleaved"`` layout, or cos/sin tables. Key ``j`` sits
+        at ``j`` and query ``i`` where ``causal_alignment`` puts it, unless
+        ``position_ids`` say otherwise.
     return_weights : bool or "probabilities"
         Also return the routing tables: ``True`` gives them after dropout (the weights the
         output was computed with, as ``nn.MultiheadAttention`` and transformers' eager
@@ -123,6 +128,16 @@ def attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
         weights sum to less than 1. A row with no route gives the sink its whole budget
         (output zeros, as gpt-oss and FlashAttention do; ``empty_rows="nan"`` or
         ``"error"`` still apply to it). Cast to the inputs' dtype.
+    position_ids : array_like of int, shape (L,) or (B, L), optional
+        The positions RoPE rotates the queries by (needs ``rope``), as transformers'
+        ``position_ids``: ``(B, L)`` gives each batch element its own (left padding,
+        packed or shifted sequences; heads, the last batch dim, share them). With
+        ``S == L`` the keys take the same positions, as in self-attention; with ``S != L``
+        pass ``key_position_ids`` too. They move the rotation only: ``is_causal``,
+        ALiBi and the mods still see the token indices.
+    key_position_ids : array_like of int, shape (S,) or (B, S), optional
+        The keys' positions for RoPE (default: ``position_ids`` when ``S == L``, else key
+        ``j`` at ``j``).
 
     Returns
     -------
@@ -144,12 +159,25 @@ def attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
     >>> out, w = attention(q, k, v, scale=np.log(3), sinks=[np.log(4)], return_weights=True)
     >>> w.round(2), out.round(2)                     # the sink takes 4 / (3 + 1 + 4)
     (array([[0.38, 0.12]]), array([[6.25]]))
+
+    RoPE with per-sequence positions is attention on rotated queries and keys:
+
+    >>> from routing_sim import RotaryEmbedding
+    >>> q, k, v = np.random.default_rng(0).normal(size=(3, 2, 1, 4, 8))   # (B, H, L, E)
+    >>> rope = RotaryEmbedding(rotary_dim=4, layout="interleaved")
+    >>> ids = np.array([[0, 1, 2, 3], [2, 3, 4, 5]])                     # (B, L)
+    >>> out = attention(q, k, v, is_causal=True, rope=rope, position_ids=ids)
+    >>> at = ids[:, None, :]                                               # (B, 1, L)
+    >>> rotated = attention(rope.rotate(q, at), rope.rotate(k, at), v, is_causal=True)
+    >>> bool(np.array_equal(out, rotated))
+    True
     """
     problem = prepare(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
                       causal_alignment=causal_alignment, empty_rows=empty_rows,
                       dropout_mask=dropout_mask, seed=seed, alibi_slopes=alibi_slopes,
                       alibi_mode=alibi_mode, rope=rope, graph=graph, mask_mod=mask_mod,
-                      score_mod=score_mod, sinks=sinks)
+                      score_mod=score_mod, sinks=sinks, position_ids=position_ids,
+                      key_position_ids=key_position_ids)
     check_choice("numerics", numerics, NUMERICS)
     if not (isinstance(return_weights, (bool, np.bool_)) or return_weights == "probabilities"):
         raise InvalidArgumentError(f"return_weights must be False, True (the weights after "
@@ -270,7 +298,8 @@ def attention_backward(query: ArrayLike, key: ArrayLike, value: ArrayLike, d_out
                        rope: RotaryEmbedding | float | None = None,
                        return_weights: bool = False, graph: nx.DiGraph | RouteSet | None = None,
                        mask_mod: Callable | None = None, score_mod: Callable | None = None,
-                       sinks: ArrayLike | None = None) -> tuple[np.ndarray, ...]:
+                       sinks: ArrayLike | None = None, position_ids: ArrayLike | None = None,
+                       key_position_ids: ArrayLike | None = None) -> tuple[np.ndarray, ...]:
     r"""Gradients of :func:`attention` with respect to query, key and value (and the sinks),
     in matrix form.
 
@@ -280,7 +309,8 @@ def attention_backward(query: ArrayLike, key: ArrayLike, value: ArrayLike, d_out
               dS = P ⊙ (dP - \mathrm{rowsum}(P ⊙ dP)),\quad dQ = s\,dS\,K,\quad
               dK = s\,dS^\top Q
 
-    then carried back through RoPE, GQA head sharing and broadcasting to the inputs' shapes.
+    then carried back through RoPE (each rotation's transpose, at the same positions), GQA
+    head sharing and broadcasting to the inputs' shapes.
     Takes every argument of :func:`attention`. A query with no route gets zero gradients
     whatever ``empty_rows`` says (its output does not depend on the inputs);
     ``empty_rows="error"`` raises :class:`~routing_sim.EmptyRowError` as in the forward
@@ -314,7 +344,8 @@ def attention_backward(query: ArrayLike, key: ArrayLike, value: ArrayLike, d_out
                       causal_alignment=causal_alignment, empty_rows=empty_rows,
                       dropout_mask=dropout_mask, seed=seed, alibi_slopes=alibi_slopes,
                       alibi_mode=alibi_mode, rope=rope, graph=graph, mask_mod=mask_mod,
-                      score_mod=score_mod, sinks=sinks)
+                      score_mod=score_mod, sinks=sinks, position_ids=position_ids,
+                      key_position_ids=key_position_ids)
     check_choice("numerics", numerics, NUMERICS)
     if return_weights is not False:
         raise InvalidArgumentError("attention_backward returns (d_query, d_key, d_value) only; "

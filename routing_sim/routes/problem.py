@@ -24,7 +24,7 @@ from ..inputs.positions import (
     as_rotary,
     check_alibi_mode,
     check_alibi_slopes,
-    query_positions,
+    rotary_positions,
 )
 from ..inputs.sinks import group_sinks
 from ..options import EMPTY_ROWS, CausalAlignment, EmptyRows, check_choice
@@ -80,9 +80,7 @@ class Problem:
         grad = grad.reshape(*self.batch_shape, *grad.shape[1:])
         rotary = origin["rotary"]
         if rotary is not None and which != "value":
-            positions = origin["query_positions"] if which == "query" else \
-                np.arange(grad.shape[-2])
-            grad = rotary.rotate(grad, -positions)          # R(θ)ᵀ = R(-θ)
+            grad = rotary.rotate(grad, origin[f"{which}_positions"], transpose=True)
         shape = origin[f"{which}_shape"]
         group = origin["kv_group"] if which != "query" else 1
         if group > 1:
@@ -150,7 +148,8 @@ def prepare(query: ArrayLike, key: ArrayLike, value: ArrayLike,
             graph: nx.DiGraph | RouteSet | None = None, alibi_slopes: ArrayLike | None = None,
             alibi_mode: str = "symmetric", rope: RotaryEmbedding | float | None = None,
             mask_mod: Callable | None = None, score_mod: Callable | None = None,
-            sinks: ArrayLike | None = None) -> Problem:
+            sinks: ArrayLike | None = None, position_ids: ArrayLike | None = None,
+            key_position_ids: ArrayLike | None = None) -> Problem:
     """Validate the public arguments and flatten them into a :class:`Problem`.
 
     A RouteSet ``graph`` or a ``mask_mod`` gives the sparse form (``problem.sparse``: one
@@ -209,12 +208,12 @@ def prepare(query: ArrayLike, key: ArrayLike, value: ArrayLike,
                        ).astype(query.dtype)
         bias = alibi if bias is None else bias + alibi
     rotary = as_rotary(rope)
-    origin["rotary"] = rotary
-    positions = query_positions(n_queries, n_keys, causal_alignment)          # (L,)
-    origin["query_positions"] = positions
+    at_query, at_key = rotary_positions(rotary, position_ids, key_position_ids, batch_shape,
+                                        n_queries, n_keys, causal_alignment)  # (..., L), (..., S)
+    origin.update(rotary=rotary, query_positions=at_query, key_positions=at_key)
     if rotary is not None:
-        query = rotary.rotate(query, positions)
-        key = rotary.rotate(key, np.arange(n_keys))
+        query = rotary.rotate(query, at_query)
+        key = rotary.rotate(key, at_key)
     if sparse is None:
         keep = _dropout_keep(dropout_p, dropout_mask, seed, scores_shape)
     groups = math.prod(batch_shape)
