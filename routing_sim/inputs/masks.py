@@ -9,7 +9,7 @@ edge) ends up as a False in ``allowed``; a route exists only if every source all
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 
 import numpy as np
@@ -167,12 +167,12 @@ def check_window_size(window_size: object) -> Window | None:
     >>> check_window_size((4, 0)), check_window_size((-1, None)), check_window_size([2, -1])
     ((4, 0), None, (2, None))
     """
-    if isinstance(window_size, (str, bytes)) or not hasattr(window_size, "__len__") \
-            or len(window_size) != 2:  # type: ignore[arg-type]
+    if isinstance(window_size, (str, bytes)) or not isinstance(window_size, Collection) \
+            or len(window_size) != 2:
         raise InvalidArgumentError(f"window_size must be a pair (left, right) of integers "
                                    f"(-1 or None: unbounded on that side), got {window_size!r}")
-    sides = []
-    for side in window_size:  # type: ignore[attr-defined]
+    sides: list[int | None] = []
+    for side in window_size:
         if side is None:
             sides.append(None)
             continue

@@ -7,7 +7,7 @@ from typing import Literal
 import numpy as np
 
 from ..errors import InvalidArgumentError, ShapeError
-from ..routes.spans import KeySpans, key_spans
+from ..routes.spans import KeySpans
 
 __all__ = ["LAYOUTS", "allowed_routes", "shard"]
 
@@ -51,6 +51,7 @@ def allowed_routes(query_positions: np.ndarray, key_positions: np.ndarray,
 
     Examples
     --------
+    >>> from routing_sim.routes.spans import key_spans
     >>> causal = key_spans(4, 4, None, None, True, "top_left")
     >>> allowed_routes(np.array([0, 3]), np.array([1, 2]), causal).tolist()
     [[False, False], [True, True]]

@@ -80,9 +80,11 @@ def sparse_routes(graph: nx.DiGraph | RouteSet | None, mask_mod: Callable | None
         routes = routes.select(_gather(allowed, routes))
         bias = None if mask_bias is None else _gather(mask_bias, routes).astype(dtype)
     if alibi_slopes is not None:
-        positions = (query_positions(n_queries, n_keys, causal_alignment), np.arange(n_keys)) \
-            if spans is None else (spans.query_positions, spans.key_positions)
-        alibi = _alibi(alibi_slopes, routes, *positions, alibi_mode).astype(dtype)
+        query_position, key_position = (
+            query_positions(n_queries, n_keys, causal_alignment), np.arange(n_keys)
+        ) if spans is None else (spans.query_positions, spans.key_positions)
+        alibi = _alibi(alibi_slopes, routes, query_position, key_position, alibi_mode
+                       ).astype(dtype)
         bias = alibi if bias is None else bias + alibi
     return SparseRoutes(routes, bias, None if keep is None else _gather(keep, routes))
 
