@@ -456,3 +456,11 @@ def test_unbounded_windows_are_no_window():
     for window in ((-1, -1), (None, None), [-1, None], (np.int64(-1), -1)):
         assert np.array_equal(rs.attention(query, key, value, is_causal=True,
                                            window_size=window), plain)
+
+
+@pytest.mark.parametrize("options", [{"window_size": (1, 0)},
+                                     {"cu_seqlens_q": [0, 2, 4], "cu_seqlens_k": [0, 2, 4]}])
+def test_the_plain_engine_names_what_it_cannot_run(options):
+    x = np.ones((4, 2))
+    with pytest.raises(InvalidArgumentError, match="window_size or cu_seqlens"):
+        rs.simulate(x, x, x, engine="plain", **options)
