@@ -52,6 +52,10 @@ def non_default(name: str) -> dict:
         "sinks": {"sinks": [0.5, -1.0]},
         "position_ids": {"rope": 100.0, "position_ids": [3, 0, 5, 1]},
         "key_position_ids": {"rope": 100.0, "key_position_ids": [2, 7, 1, 4]},
+        "window_size": {"window_size": (1, 0)},
+        "cu_seqlens_q": {"cu_seqlens_q": [0, 1, 4], "cu_seqlens_k": [0, 2, 4]},
+        "cu_seqlens_k": {"cu_seqlens_q": [0, 3, 4], "cu_seqlens_k": [0, 1, 4],
+                         "is_causal": True},
     }[name]
 
 

@@ -349,14 +349,17 @@ def check_position_ids(name: str, position_ids: ArrayLike, n_tokens: int) -> np.
 
 def rotary_positions(rotary: RotaryEmbedding | None, position_ids: ArrayLike | None,
                      key_position_ids: ArrayLike | None, batch_shape: tuple[int, ...],
-                     n_queries: int, n_keys: int, alignment: CausalAlignment
+                     n_queries: int, n_keys: int, alignment: CausalAlignment,
+                     defaults: tuple[np.ndarray, np.ndarray] | None = None
                      ) -> tuple[np.ndarray, np.ndarray]:
     """The positions RoPE rotates queries ``(..., L)`` and keys ``(..., S)`` by.
 
     By default key ``j`` sits at ``j`` and queries follow ``alignment``
-    (:func:`query_positions`). ``position_ids`` places the queries, and the keys too when
-    ``S == L`` (self-attention, as transformers' ``apply_rotary_pos_emb(q, k, ...)``);
-    with ``S != L`` the keys need ``key_position_ids``. A ``(B, T)`` array gives each
+    (:func:`query_positions`), or ``defaults`` gives both ``((L,), (S,))`` (packed
+    sequences: each token's position in its own sequence). ``position_ids`` places the
+    queries, and the keys too when ``S == L`` (self-attention, as transformers'
+    ``apply_rotary_pos_emb(q, k, ...)``); with ``S != L`` the keys need
+    ``key_position_ids``. A ``(B, T)`` array gives each
     batch element its own positions: it broadcasts over the heads (the last batch dim).
 
     Examples
@@ -374,16 +377,18 @@ def rotary_positions(rotary: RotaryEmbedding | None, position_ids: ArrayLike | N
         if given:
             raise InvalidArgumentError(f"{' and '.join(given)} place tokens for RoPE only; "
                                        "pass rope= too (a base or a RotaryEmbedding)")
-        return query_positions(n_queries, n_keys, alignment), np.arange(n_keys)
+        return defaults or (query_positions(n_queries, n_keys, alignment), np.arange(n_keys))
     if key_position_ids is None and position_ids is not None and n_keys != n_queries:
         raise InvalidArgumentError(f"position_ids places the L = {n_queries} queries; with "
                                    f"S = {n_keys} keys (S != L) give key_position_ids (S,) or "
                                    "(B, S) too")
-    query_name, at_query = "the query positions", query_positions(n_queries, n_keys, alignment)
+    at_query, at_key = defaults or (query_positions(n_queries, n_keys, alignment),
+                                    np.arange(n_keys))
+    query_name = "the query positions"
     if position_ids is not None:
         query_name = "position_ids"
         at_query = _fit_positions(query_name, position_ids, batch_shape, n_queries)
-    key_name, at_key = "the key positions", np.arange(n_keys)
+    key_name = "the key positions"
     if key_position_ids is not None:
         key_name = "key_position_ids"
         at_key = _fit_positions(key_name, key_position_ids, batch_shape, n_keys)

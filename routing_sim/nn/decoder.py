@@ -15,6 +15,8 @@ round computes exactly the rows ``t .. t+T-1`` of whole-sequence causal attentio
   ``t + i`` through the bottom-right alignment; ``position_ids`` given to a round (as a
   model passes them, per batch element) place its tokens for RoPE instead, and the cache
   keeps every key's position for the rounds after;
+* a ``window_size=(left, right)`` (FlashAttention's; aligned bottom-right, causal sets
+  ``right = 0``) lets query ``t + i`` reach the keys ``t + i - left .. t + i``;
 * ``mask_mod`` and ``score_mod`` receive ``q_idx = t + i`` (a score mod's derivative too,
   so ``step.run.backward`` stays right) and ``kv_idx`` = the key's position;
 * a route-set ``graph`` (a pattern of :mod:`routing_sim.patterns`) over the whole
@@ -58,6 +60,10 @@ _REFUSED = {
                     "whole sequence's; attention dropout is for training, where simulate "
                     "runs the whole sequence",
     "labels": "label each token as it joins: step(..., label=) or extend(..., labels=)",
+    "cu_seqlens_q": "packed sequences are offsets into one call's rows; a Decoder's sequences "
+                    "are its batch dims, each growing by a round's tokens",
+    "cu_seqlens_k": "packed sequences are offsets into one call's rows; a Decoder's sequences "
+                    "are its batch dims, each growing by a round's tokens",
     "key_labels": "label each token as it joins: step(..., label=) or extend(..., labels=)",
     "position_ids": "give each round's positions as its tokens join: step(..., position_ids=) "
                     "or extend(..., position_ids=)",
@@ -112,7 +118,9 @@ class Decoder:
     **options
         Passed to every :func:`~routing_sim.simulate` round unchanged: ``scale``,
         ``enable_gqa``, ``numerics``, ``softmax``, ``alibi_slopes``, ``rope``, ``routing``,
-        ``top_k``, ``empty_rows``, ``trace``, ``delivery``, ``engine``, ``seed``.
+        ``top_k``, ``empty_rows``, ``trace``, ``delivery``, ``engine``, ``seed``,
+        ``sinks``, ``window_size`` (a local window: each round sends messages only on the
+        window's routes, so a step costs O(left) messages however long the cache grows).
 
     Raises
     ------
@@ -122,9 +130,9 @@ class Decoder:
         RouteSet ``graph``), ``dropout_p > 0`` and ``dropout_mask`` (a round would draw or
         read its own dropout, not the whole sequence's), ``labels``/``key_labels`` (label
         tokens as they join), ``position_ids``/``key_position_ids`` (give each round's
-        ``position_ids`` to ``step`` or ``extend``), a networkx ``graph`` or a
-        cross-attention or per-head RouteSet; and for a keyword
-        :func:`~routing_sim.simulate` does not take.
+        ``position_ids`` to ``step`` or ``extend``), ``cu_seqlens_q``/``cu_seqlens_k`` (the
+        batch dims are the sequences), a networkx ``graph`` or a cross-attention or per-head
+        RouteSet; and for a keyword :func:`~routing_sim.simulate` does not take.
 
     Examples
     --------
@@ -156,6 +164,17 @@ class Decoder:
     True
     >>> sorted(route.source for route in chunk.run.routing_table(4).routes), chunk.messages
     ([3, 4], 16)
+
+    FlashAttention's ``window_size`` says the same: the two latest tokens, and a step's
+    messages stop growing with the cache:
+
+    >>> decoder = Decoder(window_size=(1, 0))
+    >>> steps = [decoder.step(q[t], k[t], v[t]) for t in range(5)]
+    >>> full = attention(q, k, v, is_causal=True, window_size=(1, 0))
+    >>> all(np.allclose(s.output, full[s.position], rtol=1e-12, atol=1e-12) for s in steps)
+    True
+    >>> [s.messages for s in steps]
+    [4, 8, 8, 8, 8]
     """
 
     def __init__(self, *, graph: RouteSet | None = None, mask_mod: Callable | None = None,

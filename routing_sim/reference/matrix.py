@@ -25,6 +25,7 @@ from .segments import segment_attention, segment_backward
 if TYPE_CHECKING:
     import networkx as nx
 
+    from ..inputs.masks import Window
     from ..inputs.positions import AlibiMode, RotaryEmbedding
     from ..routes.route_set import RouteSet
 
@@ -42,7 +43,9 @@ def attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
               return_weights: bool | Literal["probabilities"] = False,
               graph: nx.DiGraph | RouteSet | None = None, mask_mod: Callable | None = None,
               score_mod: Callable | None = None, sinks: ArrayLike | None = None,
-              position_ids: ArrayLike | None = None, key_position_ids: ArrayLike | None = None
+              position_ids: ArrayLike | None = None, key_position_ids: ArrayLike | None = None,
+              window_size: Window | None = None, cu_seqlens_q: ArrayLike | None = None,
+              cu_seqlens_k: ArrayLike | None = None
               ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     r"""Scaled dot-product attention in matrix form, with PyTorch's SDPA semantics.
 
@@ -138,6 +141,24 @@ def attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
     key_position_ids : array_like of int, shape (S,) or (B, S), optional
         The keys' positions for RoPE (default: ``position_ids`` when ``S == L``, else key
         ``j`` at ``j``).
+    window_size : (int, int), optional
+        FlashAttention's local attention ``(left, right)``: query ``i`` reaches keys ``j``
+        with ``p - left <= j <= p + right``, where ``p = i + S - L`` (aligned bottom-right,
+        as FlashAttention aligns it); ``-1`` or None leaves that side unbounded.
+        ``is_causal=True`` sets ``right = 0`` (for ``L != S`` it then needs
+        ``causal_alignment="bottom_right"``, FlashAttention's ``causal``; top-left is
+        refused). Combines with ``attn_mask``, ``graph`` and ``mask_mod`` (all must allow a
+        route). Computed sparsely: memory and time grow with the routes, never ``L × S``.
+        A query whose window holds no key is an empty row (``empty_rows``).
+    cu_seqlens_q, cu_seqlens_k : array_like of int, shape (B + 1,), optional
+        FlashAttention's varlen: packed sequences along L and S (inputs ``(..., H, total,
+        E)``). Sequence ``b`` is query rows ``cu_seqlens_q[b]:cu_seqlens_q[b + 1]`` and key
+        rows ``cu_seqlens_k[b]:cu_seqlens_k[b + 1]``; its q and k lengths may differ. No
+        route crosses sequences, and ``is_causal`` (aligned as ``causal_alignment`` says),
+        ``window_size`` (bottom-right), ALiBi and RoPE positions apply per sequence, each
+        starting at 0 (FlashAttention's ``flash_attn_varlen_func`` aligns ``causal``
+        bottom-right: pass ``causal_alignment="bottom_right"`` for it). Both or neither.
+        ``mask_mod``, ``score_mod`` and ``attn_mask`` see packed indices. Computed sparsely.
 
     Returns
     -------
@@ -171,13 +192,30 @@ def attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
     >>> rotated = attention(rope.rotate(q, at), rope.rotate(k, at), v, is_causal=True)
     >>> bool(np.array_equal(out, rotated))
     True
+
+    A window and packed sequences are route sets: query 3 reaches keys 2 and 3; the two
+    packed sequences (3 and 2 tokens) never see each other.
+
+    >>> x = np.eye(5)
+    >>> _, w = attention(x, x, x, window_size=(1, 0), return_weights=True)
+    >>> (w > 0).astype(int)[3]
+    array([0, 0, 1, 1, 0])
+    >>> _, w = attention(x, x, x, cu_seqlens_q=[0, 3, 5], cu_seqlens_k=[0, 3, 5],
+    ...                  return_weights=True)
+    >>> (w > 0).astype(int)
+    array([[1, 1, 1, 0, 0],
+           [1, 1, 1, 0, 0],
+           [1, 1, 1, 0, 0],
+           [0, 0, 0, 1, 1],
+           [0, 0, 0, 1, 1]])
     """
     problem = prepare(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
                       causal_alignment=causal_alignment, empty_rows=empty_rows,
                       dropout_mask=dropout_mask, seed=seed, alibi_slopes=alibi_slopes,
                       alibi_mode=alibi_mode, rope=rope, graph=graph, mask_mod=mask_mod,
                       score_mod=score_mod, sinks=sinks, position_ids=position_ids,
-                      key_position_ids=key_position_ids)
+                      key_position_ids=key_position_ids, window_size=window_size,
+                      cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k)
     check_choice("numerics", numerics, NUMERICS)
     if not (isinstance(return_weights, (bool, np.bool_)) or return_weights == "probabilities"):
         raise InvalidArgumentError(f"return_weights must be False, True (the weights after "
@@ -299,7 +337,10 @@ def attention_backward(query: ArrayLike, key: ArrayLike, value: ArrayLike, d_out
                        return_weights: bool = False, graph: nx.DiGraph | RouteSet | None = None,
                        mask_mod: Callable | None = None, score_mod: Callable | None = None,
                        sinks: ArrayLike | None = None, position_ids: ArrayLike | None = None,
-                       key_position_ids: ArrayLike | None = None) -> tuple[np.ndarray, ...]:
+                       key_position_ids: ArrayLike | None = None,
+                       window_size: Window | None = None,
+                       cu_seqlens_q: ArrayLike | None = None,
+                       cu_seqlens_k: ArrayLike | None = None) -> tuple[np.ndarray, ...]:
     r"""Gradients of :func:`attention` with respect to query, key and value (and the sinks),
     in matrix form.
 
@@ -345,7 +386,8 @@ def attention_backward(query: ArrayLike, key: ArrayLike, value: ArrayLike, d_out
                       dropout_mask=dropout_mask, seed=seed, alibi_slopes=alibi_slopes,
                       alibi_mode=alibi_mode, rope=rope, graph=graph, mask_mod=mask_mod,
                       score_mod=score_mod, sinks=sinks, position_ids=position_ids,
-                      key_position_ids=key_position_ids)
+                      key_position_ids=key_position_ids, window_size=window_size,
+                      cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k)
     check_choice("numerics", numerics, NUMERICS)
     if return_weights is not False:
         raise InvalidArgumentError("attention_backward returns (d_query, d_key, d_value) only; "
