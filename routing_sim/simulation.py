@@ -22,6 +22,7 @@ from .engines.plain import PlainEngine, Wire, check_plain
 from .engines.setup import Setup
 from .engines.state import SCORE_PHASE, ForwardState
 from .errors import DeliveryError, EmptyRowError, InvalidArgumentError, ShapeError
+from .inputs.masks import Window
 from .inputs.mods import flash_softcap
 from .inputs.positions import AlibiMode, RotaryEmbedding
 from .network.conditions import Network
@@ -69,6 +70,9 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
              labels: Sequence[str] | None = None, key_labels: Sequence[str] | None = None,
              mask_mod: Callable | None = None, score_mod: Callable | None = None,
              engine: Engine | EngineOptions = "fast", sinks: ArrayLike | None = None,
+             position_ids: ArrayLike | None = None, key_position_ids: ArrayLike | None = None,
+             window_size: Window | None = None, cu_seqlens_q: ArrayLike | None = None,
+             cu_seqlens_k: ArrayLike | None = None,
              softcap: float | None = 0.0) -> Run:
     r"""Run attention as messages between token nodes and return what they computed.
 
@@ -147,6 +151,16 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
         ``route_weights()`` hold the real keys' shares (a row sums to less than 1),
         ``routing_table(i).sink`` the sink's share, and ``run.backward`` the sinks'
         gradient as ``grads.sinks``. Every engine, softmax, numerics and route set takes it.
+    position_ids, key_position_ids : array_like of int, optional
+        As in :func:`~routing_sim.attention`: where RoPE places each query (``(L,)`` or
+        ``(B, L)``) and key. A token rotates its query and key before it publishes them,
+        so the messages carry rotated vectors, and ``run.backward`` carries the gradients
+        back through the same rotations.
+    window_size, cu_seqlens_q, cu_seqlens_k
+        As in :func:`~routing_sim.attention`: FlashAttention's local window and packed
+        sequences. Both are route sets: messages travel only on the routes inside a
+        query's window and its own sequence, so memory and time grow with the routes. The
+        trace and the replay page show the routes; tokens keep their packed indices.
     softcap : float, optional
         As in :func:`~routing_sim.attention`: ``score_mod=rs.mods.softcap(cap)`` under
         FlashAttention's name (the key node caps the scaled score it sends).
@@ -191,6 +205,10 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
     >>> named = rs.simulate(q, k, v, is_causal=True, labels=["we", "route", "the", "tokens"])
     >>> [route.label for route in named.routing_table("route").routes]
     ['we', 'route']
+    >>> local = rs.simulate(q, k, v, window_size=(1, 0))            # each token and the one before
+    >>> local.stats.messages["QUERY"], bool(np.array_equal(
+    ...     local.output, rs.simulate(q, k, v, graph=rs.patterns.sliding_window(4, 2)).output))
+    (7, True)
     >>> sunk = rs.simulate(q, k, v, is_causal=True, sinks=[1.0])    # one head, one sink
     >>> table = sunk.routing_table(1)
     >>> bool(np.isclose(sum(route.share for route in table.routes) + table.sink, 1.0))
@@ -210,7 +228,10 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
                       causal_alignment=causal_alignment, empty_rows=empty_rows,
                       dropout_mask=dropout_mask, seed=seed, graph=graph,
                       alibi_slopes=alibi_slopes, alibi_mode=alibi_mode, rope=rope,
-                      mask_mod=mask_mod, score_mod=score_mod, sinks=sinks)
+                      mask_mod=mask_mod, score_mod=score_mod, sinks=sinks,
+                      position_ids=position_ids, key_position_ids=key_position_ids,
+                      window_size=window_size, cu_seqlens_q=cu_seqlens_q,
+                      cu_seqlens_k=cu_seqlens_k)
     token_graph = graph if isinstance(graph, nx.DiGraph) else None
     tokens = _token_names(token_graph, labels, key_labels, problem.shape[1], problem.shape[2])
     n_routes = int(np.count_nonzero(problem.dense_allowed)) if problem.sparse is None else \

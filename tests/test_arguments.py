@@ -50,6 +50,12 @@ def non_default(name: str) -> dict:
         "mask_mod": {"mask_mod": lambda b, h, q_idx, kv_idx: q_idx >= kv_idx},
         "score_mod": {"score_mod": rs.mods.softcap(2.0)},
         "sinks": {"sinks": [0.5, -1.0]},
+        "position_ids": {"rope": 100.0, "position_ids": [3, 0, 5, 1]},
+        "key_position_ids": {"rope": 100.0, "key_position_ids": [2, 7, 1, 4]},
+        "window_size": {"window_size": (1, 0)},
+        "cu_seqlens_q": {"cu_seqlens_q": [0, 1, 4], "cu_seqlens_k": [0, 2, 4]},
+        "cu_seqlens_k": {"cu_seqlens_q": [0, 3, 4], "cu_seqlens_k": [0, 1, 4],
+                         "is_causal": True},
         "softcap": {"softcap": 2.0},
         "return_lse": {"return_lse": True},
     }[name]

@@ -151,6 +151,15 @@ def _parser() -> argparse.ArgumentParser:
                     help="the prompt (default %(default)r)")
     hf.add_argument("--new-tokens", type=positive, default=3,
                     help="tokens to generate greedily (default 3)")
+    hf.add_argument("--families", nargs="*", metavar="FAMILY",
+                    help="instead: sweep these model families of the installed transformers "
+                         "(every one if none is named), one tiny float64 model each, against "
+                         "SDPA with padding, generation and gradients; print each family's "
+                         "status (exact, refused, not swept, failed) as a markdown table; "
+                         "exit 1 if one failed")
+    hf.add_argument("--language", choices=("en", "zh"), default="en",
+                    help="the table's language with --families (default en; the docs' "
+                         "family tables are this output)")
     hf.set_defaults(handler=_hf)
 
     from ..benchmarks.suite import add_options
@@ -280,10 +289,15 @@ def _verify(arguments: argparse.Namespace) -> int:
 
 def _hf(arguments: argparse.Namespace) -> int:
     try:
+        from ..hf.families import family_table, sweep
         from ..hf.story import load, tell
     except ImportError as error:
         print(f"routing-sim: error: {error}", file=sys.stderr)
         return 1
+    if arguments.families is not None:
+        results = sweep(arguments.families or None)
+        print(family_table(results, arguments.language))
+        return 1 if any(result.status == "failed" for result in results) else 0
     ours, sdpa, tokenizer = load(arguments.family, arguments.layers, arguments.model)
     print(tell(ours, sdpa, arguments.tokens, tokenizer, arguments.new_tokens))
     return 0

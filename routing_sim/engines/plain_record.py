@@ -142,7 +142,8 @@ def check_plain(softmax: str, network: Network, problem: Problem) -> None:
                ("a lossy network (loss, crashes)", network.faulty),
                ("duplicate > 0", network.duplicate > 0),
                ("contention=True", network.contention),
-               ("a RouteSet graph or mask_mod", problem.sparse is not None),
+               ("a sparse route set (a RouteSet graph, mask_mod, window_size or cu_seqlens)",
+                problem.sparse is not None),
                ("score_mod", problem.score_mod is not None)]
     for what, asked in refused:
         if asked:

@@ -7,7 +7,10 @@
 After it, ``from_config(..., attn_implementation="routing_sim")``,
 ``from_pretrained(path, attn_implementation="routing_sim")`` or
 ``model.set_attn_implementation("routing_sim")`` run every attention call of the model as
-messages between token nodes; ``with rs.hf.record() as rec:`` keeps the runs. See
+messages between token nodes; ``with rs.hf.record() as rec:`` keeps the runs. A family
+whose attention does not go through transformers' attention interface is refused when the
+model is built (:class:`BypassError`), and a model built on a config object that a model of
+another implementation holds warns (:class:`SharedConfigWarning`). See
 docs/en/transformers.md.
 """
 
@@ -20,7 +23,9 @@ except ImportError as error:                                          # pragma: 
     raise ImportError("routing_sim.hf needs torch and transformers: pip install "
                       "'routing_sim[hf]' (CPU torch: pip install torch==2.13.0)") from error
 
+from .admit import BypassError, SharedConfigWarning
 from .backend import register, registered_options
 from .record import AttentionRecord, Recorder, record
 
-__all__ = ["AttentionRecord", "Recorder", "record", "register", "registered_options"]
+__all__ = ["AttentionRecord", "BypassError", "Recorder", "SharedConfigWarning", "record",
+           "register", "registered_options"]

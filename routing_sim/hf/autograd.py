@@ -5,7 +5,8 @@ backward pass sends the gradients back along the same routes as messages
 (:mod:`routing_sim.engines.fast.backward`) and hands torch the gradients of query, key, value and of
 a float mask. The mask enters every score as is, so its gradient is the score gradient
 (``Gradients.score()``), summed over the dimensions the mask was broadcast along; this
-is how T5's relative position bias learns.
+is how T5's relative position bias learns. The attention sinks' gradient is
+``Gradients.sinks``; this is how gpt-oss's ``s_aux`` learns.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ __all__ = ["simulated_attention"]
 
 
 def simulated_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                        mask: torch.Tensor | None, arguments: dict[str, Any]
-                        ) -> tuple[torch.Tensor, Run]:
-    """``simulate(query, key, value, attn_mask=mask, **arguments)`` on tensors.
+                        mask: torch.Tensor | None, arguments: dict[str, Any],
+                        sinks: torch.Tensor | None = None) -> tuple[torch.Tensor, Run]:
+    """``simulate(query, key, value, attn_mask=mask, sinks=sinks, **arguments)`` on tensors.
 
     Returns the output ``(..., L, Ev)`` as a tensor on the query's device, differentiable
-    with respect to query, key, value and a float ``mask``, and the :class:`Run`.
+    with respect to query, key, value, a float ``mask`` and the ``sinks`` ``(H,)`` (one
+    logit per head in every row's softmax denominator: gpt-oss's ``s_aux``), and the
+    :class:`Run`.
 
     Examples
     --------
@@ -42,7 +45,7 @@ def simulated_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Ten
     True
     """
     holder: list[Run] = []
-    output = _SimulatedAttention.apply(query, key, value, mask, arguments, holder)
+    output = _SimulatedAttention.apply(query, key, value, mask, sinks, arguments, holder)
     return output, holder[0]
 
 
@@ -51,12 +54,14 @@ class _SimulatedAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                mask: torch.Tensor | None, arguments: dict[str, Any], holder: list[Run]
-                ) -> torch.Tensor:
+                mask: torch.Tensor | None, sinks: torch.Tensor | None,
+                arguments: dict[str, Any], holder: list[Run]) -> torch.Tensor:
         attn_mask = None if mask is None else _numpy(mask)
+        sink_logits = None if sinks is None else _numpy(sinks)
         run = simulate(_numpy(query), _numpy(key), _numpy(value), attn_mask=attn_mask,
-                       **arguments)
+                       sinks=sink_logits, **arguments)
         ctx.run, ctx.mask_shape = run, None if mask is None else mask.shape
+        ctx.sinks_dtype = None if sinks is None else sinks.dtype
         holder.append(run)
         return torch.from_numpy(run.output).to(query.device)
 
@@ -66,10 +71,13 @@ class _SimulatedAttention(torch.autograd.Function):
         device = d_output.device
         tensors = [torch.from_numpy(np.ascontiguousarray(grad)).to(device)
                    for grad in (grads.query, grads.key, grads.value)]
-        d_mask = None
+        d_mask = d_sinks = None
         if ctx.needs_input_grad[3]:
             d_mask = torch.from_numpy(_sum_to(grads.score(), ctx.mask_shape)).to(device)
-        return (*tensors, d_mask, None, None)
+        if ctx.needs_input_grad[4]:
+            d_sinks = torch.from_numpy(np.ascontiguousarray(grads.sinks)).to(
+                device, ctx.sinks_dtype)                   # a float32 s_aux in a float64 model
+        return (*tensors, d_mask, d_sinks, None, None)
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:

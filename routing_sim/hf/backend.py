@@ -15,6 +15,9 @@ PyTorch SDPA receives, and reads them the way SDPA does:
 - ``position_bias`` (T5) is an additive per-head bias on the allowed routes;
 - ``softcap`` (Gemma-2) is ``score_mod=rs.mods.softcap(cap)``: ``cap · tanh(s / cap)`` on
   the scaled score ``s`` before the mask is added, with its derivative for training;
+- ``s_aux`` (gpt-oss) is ``sinks``: one logit per head in every row's softmax
+  denominator, a route that takes a share of the budget and pulls no value; its gradient
+  is ``Gradients.sinks``;
 - ``scaling``, grouped-query heads (``module.num_key_value_groups``: the key/value heads
   are repeated for their query heads) and, in training, ``dropout`` (routing_sim's
   dropout: routes dropped out after the softmax, the kept ones scaled by ``1 / (1 - p)``, the draw
@@ -22,8 +25,8 @@ PyTorch SDPA receives, and reads them the way SDPA does:
 
 What it cannot do exactly it refuses with :class:`~routing_sim.InvalidArgumentError`:
 soft-capping in exact mode (``tanh`` is not correctly rounded), a sliding window that
-would bind while no mask arrived, flex-attention block masks, attention sinks, dtypes
-other than float32/float64, and any other argument it does not know.
+would bind while no mask arrived, flex-attention block masks, dtypes other than
+float32/float64, and any other argument it does not know (naming it and the model family).
 """
 
 from __future__ import annotations
@@ -35,19 +38,20 @@ import numpy as np
 import torch
 from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.masking_utils import sdpa_mask
+from transformers.utils import output_capturing
 
 from ..errors import DTypeError, InvalidArgumentError
 from ..inputs import mods
 from ..reference.matrix import attention
 from ..simulation import simulate
-from . import record
+from . import admit, record
 from .autograd import simulated_attention
 
 __all__ = ["HF_ARGUMENTS", "register", "registered_options"]
 
 # simulate() arguments the model supplies on every call: an option may not set them.
 HF_ARGUMENTS = ("attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa", "graph",
-                "causal_alignment", "dropout_mask", "seed", "alibi_slopes", "rope")
+                "causal_alignment", "dropout_mask", "seed", "alibi_slopes", "rope", "sinks")
 # Keywords transformers passes that do not change what attention computes: positions are
 # already in q and k, the masks already carry packing, and the rest is bookkeeping.
 _BOOKKEEPING = frozenset({
@@ -55,6 +59,9 @@ _BOOKKEEPING = frozenset({
     "output_hidden_states", "output_router_logits", "return_dict", "num_items_in_batch",
     "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx",
     "encoder_hidden_states", "past_key_values", "cache", "token_type_ids"})
+# Keywords only flash-attention kernels read, which cannot change what attention computes:
+# ModernBERT's ``deterministic`` picks flash-attention's deterministic backward kernel.
+_KERNEL_ONLY = frozenset({"deterministic"})
 _DTYPES = (torch.float32, torch.float64)
 _ATTENTION_KEYWORDS = frozenset(inspect.signature(attention).parameters)
 _OPTIONS: dict[str, dict[str, Any]] = {}
@@ -112,6 +119,7 @@ def register(name: str = "routing_sim", **options: Any) -> str:
     probe = np.zeros((1, 1, 1))                                        # (G, L, E)
     simulate(probe, probe, probe, **options)                           # bad values fail here
     _OPTIONS[name] = options
+    admit.install(_OPTIONS)
     AttentionInterface.register(name, _attention_function(name))
     AttentionMaskInterface.register(name, sdpa_mask)
     return name
@@ -131,8 +139,8 @@ def _attention_function(name: str):
     def routing_sim_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
                               scaling: float | None = None, is_causal: bool | None = None,
                               position_bias=None, sliding_window: int | None = None,
-                              softcap: float | None = None, **kwargs):
-        _refuse_unknown(kwargs)
+                              softcap: float | None = None, s_aux=None, **kwargs):
+        _refuse_unknown(module, kwargs)
         _check_tensors(query, key, value)
         n_queries, n_keys = query.shape[-2], key.shape[-2]
         if attention_mask is not None and not isinstance(attention_mask, torch.Tensor):
@@ -166,12 +174,15 @@ def _attention_function(name: str):
         arguments = {"is_causal": causal and bias is None, "scale": scaling,
                      "dropout_p": float(dropout), "seed": seed, **options}
         mask = bias if bias is not None else attention_mask
-        output, run = simulated_attention(query, key, value, mask, arguments)
+        output, run = simulated_attention(query, key, value, mask, arguments, s_aux)
         if recorder is not None:
-            recorder.add(module, run, _attention_inputs(query, key, value, mask, arguments))
+            inputs = _attention_inputs(query, key, value, mask, arguments)
+            if s_aux is not None:
+                inputs["sinks"] = s_aux.detach().cpu().numpy().copy()
+            recorder.add(module, run, inputs)
         weights = None
-        if kwargs.get("output_attentions"):
-            weights = torch.from_numpy(run.weights).to(query.device)
+        if _weights_requested(kwargs):
+            weights = torch.from_numpy(run.weights).to(query.device)        # (B, H, L, S)
         return output.transpose(1, 2).contiguous(), weights
 
     return routing_sim_attention
@@ -200,16 +211,31 @@ def _attention_inputs(query, key, value, mask, arguments: dict) -> dict[str, Any
                          if name in _ATTENTION_KEYWORDS}}
 
 
-def _refuse_unknown(kwargs: dict) -> None:
+def _weights_requested(kwargs: dict) -> bool:
+    """Whether the model returns attention weights (``output_attentions=True``).
+
+    Some families (OPT, GPT-BigCode, StableLM) do not pass ``output_attentions`` down to
+    the attention function: transformers collects whatever the function returns, which
+    eager always fills. So the output collector transformers sets up for the call is asked
+    too; without one, the dense routing tables are not built (they cost time).
+    """
+    if kwargs.get("output_attentions"):
+        return True
+    collecting = output_capturing._active_collector.get()
+    return bool(collecting) and bool({"attentions", "cross_attentions"} & set(collecting))
+
+
+def _refuse_unknown(module, kwargs: dict) -> None:
+    family = getattr(getattr(module, "config", None), "model_type", None)
+    of_family = f" of model family {family!r}" if family else ""
     for argument, value in kwargs.items():
-        if argument in ("s_aux", "sinks"):
-            raise InvalidArgumentError(f"{argument} (attention sinks) is not supported by the "
-                                       "routing_sim backend")
-        if argument not in _BOOKKEEPING and value is not None:
+        if argument not in _BOOKKEEPING | _KERNEL_ONLY and value is not None:
+            shown = (f"a {type(value).__name__} of shape {tuple(value.shape)}"
+                     if isinstance(value, torch.Tensor) else repr(value))
             raise InvalidArgumentError(
-                f"the routing_sim backend does not know the attention argument {argument}="
-                f"{value!r}; refusing rather than ignoring something that may change the "
-                "result")
+                f"the routing_sim backend does not know the attention argument "
+                f"{argument}{of_family} ({shown}); refusing rather than ignoring something "
+                "that may change the result")
 
 
 def _check_tensors(query, key, value) -> None:

@@ -9,7 +9,7 @@ edge) ends up as a False in ``allowed``; a route exists only if every source all
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 
 import numpy as np
@@ -19,8 +19,11 @@ from ..errors import DTypeError, InvalidArgumentError, MaskWarning, ShapeError, 
 from ..options import CAUSAL_ALIGNMENTS, CausalAlignment
 from .arrays import as_numpy
 
-__all__ = ["CAUSAL_ALIGNMENTS", "causal_mask", "check_additive", "checked_upstream",
-           "mha_route_mask", "padding_mask", "route_set"]
+__all__ = ["CAUSAL_ALIGNMENTS", "Window", "causal_mask", "check_additive", "check_cu_seqlens",
+           "check_window_size", "checked_upstream", "mha_route_mask", "padding_mask",
+           "route_set"]
+
+Window = tuple[int | None, int | None]   # (left, right); None: unbounded on that side
 
 
 
@@ -153,6 +156,80 @@ def route_set(attn_mask: ArrayLike | None, is_causal: bool, causal_alignment: Ca
     if graph_mask is not None:
         allowed = allowed & graph_mask
     return allowed, bias
+
+
+def check_window_size(window_size: object) -> Window | None:
+    """FlashAttention's ``window_size=(left, right)``, checked: ``(left, right)`` with None
+    for an unbounded side (given as ``-1`` or None), or None when both sides are unbounded.
+
+    Examples
+    --------
+    >>> check_window_size((4, 0)), check_window_size((-1, None)), check_window_size([2, -1])
+    ((4, 0), None, (2, None))
+    """
+    if isinstance(window_size, (str, bytes)) or not isinstance(window_size, Collection) \
+            or len(window_size) != 2:
+        raise InvalidArgumentError(f"window_size must be a pair (left, right) of integers "
+                                   f"(-1 or None: unbounded on that side), got {window_size!r}")
+    sides: list[int | None] = []
+    for side in window_size:
+        if side is None:
+            sides.append(None)
+            continue
+        if isinstance(side, (bool, np.bool_)) or not isinstance(side, (int, np.integer)) \
+                or side < -1:
+            raise InvalidArgumentError(f"window_size must be a pair (left, right) of integers "
+                                       f">= -1 (-1 or None: unbounded on that side), got "
+                                       f"{window_size!r}")
+        sides.append(None if side == -1 else int(side))
+    left, right = sides
+    return None if left is None and right is None else (left, right)
+
+
+def check_cu_seqlens(cu_seqlens_q: ArrayLike | None, cu_seqlens_k: ArrayLike | None,
+                     n_queries: int, n_keys: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """FlashAttention's varlen offsets, checked: packed sequence ``b`` is query rows
+    ``cu_seqlens_q[b]:cu_seqlens_q[b + 1]`` and key rows ``cu_seqlens_k[b]:cu_seqlens_k[b +
+    1]``. Returns both as int64 arrays ``(B + 1,)``, or None when neither is given.
+
+    Examples
+    --------
+    >>> [c.tolist() for c in check_cu_seqlens([0, 2, 5], [0, 3, 4], 5, 4)]
+    [[0, 2, 5], [0, 3, 4]]
+    """
+    if cu_seqlens_q is None and cu_seqlens_k is None:
+        return None
+    if cu_seqlens_q is None or cu_seqlens_k is None:
+        given, missing = ("cu_seqlens_q", "cu_seqlens_k") if cu_seqlens_k is None else \
+            ("cu_seqlens_k", "cu_seqlens_q")
+        raise InvalidArgumentError(f"{given} was given without {missing}: packed sequences "
+                                   "need both (pass the same offsets twice for self-attention)")
+    checked = []
+    for name, offsets, total, axis in (("cu_seqlens_q", cu_seqlens_q, n_queries, "L"),
+                                       ("cu_seqlens_k", cu_seqlens_k, n_keys, "S")):
+        array = as_numpy(name, offsets)
+        if array.ndim != 1 or array.dtype.kind not in "iu" or len(array) == 0:
+            raise InvalidArgumentError(f"{name} must be a 1-D integer array (batch + 1,) of "
+                                       f"offsets, got dtype {array.dtype} and shape "
+                                       f"{array.shape}")
+        array = array.astype(np.int64)
+        if array[0] != 0:
+            raise InvalidArgumentError(f"{name} must start at 0, got {array.tolist()}")
+        falls = np.flatnonzero(np.diff(array) < 0)
+        if falls.size:
+            at = int(falls[0])
+            raise InvalidArgumentError(f"{name} must be non-decreasing, got {array.tolist()} "
+                                       f"({array[at]} then {array[at + 1]} at index {at})")
+        if array[-1] != total:
+            raise InvalidArgumentError(f"{name} must end at the packed length {axis} = {total}, "
+                                       f"got {array.tolist()}")
+        checked.append(array)
+    queries, keys = checked
+    if len(queries) != len(keys):
+        raise InvalidArgumentError(f"cu_seqlens_q has {len(queries) - 1} sequences but "
+                                   f"cu_seqlens_k has {len(keys) - 1}; they must describe the "
+                                   "same sequences")
+    return queries, keys
 
 
 def mha_route_mask(attn_mask: ArrayLike | None, key_padding_mask: ArrayLike | None,

@@ -12,7 +12,11 @@ option that depends on a position sees the token's place in the whole sequence, 
 round computes exactly the rows ``t .. t+T-1`` of whole-sequence causal attention:
 
 * ALiBi (``alibi_slopes``) and RoPE (``rope``) place query ``i`` of the round at
-  ``t + i`` through the bottom-right alignment;
+  ``t + i`` through the bottom-right alignment; ``position_ids`` given to a round (as a
+  model passes them, per batch element) place its tokens for RoPE instead, and the cache
+  keeps every key's position for the rounds after;
+* a ``window_size=(left, right)`` (FlashAttention's; aligned bottom-right, causal sets
+  ``right = 0``) lets query ``t + i`` reach the keys ``t + i - left .. t + i``;
 * ``mask_mod`` and ``score_mod`` receive ``q_idx = t + i`` (a score mod's derivative too,
   so ``step.run.backward`` stays right) and ``kv_idx`` = the key's position;
 * a route-set ``graph`` (a pattern of :mod:`routing_sim.patterns`) over the whole
@@ -33,6 +37,7 @@ from numpy.typing import ArrayLike
 
 from ..errors import InvalidArgumentError, ShapeError
 from ..inputs.mods import derivative
+from ..inputs.positions import check_position_ids
 from ..network.conditions import Network
 from ..network.messages import FORWARD
 from ..results.run import Run
@@ -55,7 +60,15 @@ _REFUSED = {
                     "whole sequence's; attention dropout is for training, where simulate "
                     "runs the whole sequence",
     "labels": "label each token as it joins: step(..., label=) or extend(..., labels=)",
+    "cu_seqlens_q": "packed sequences are offsets into one call's rows; a Decoder's sequences "
+                    "are its batch dims, each growing by a round's tokens",
+    "cu_seqlens_k": "packed sequences are offsets into one call's rows; a Decoder's sequences "
+                    "are its batch dims, each growing by a round's tokens",
     "key_labels": "label each token as it joins: step(..., label=) or extend(..., labels=)",
+    "position_ids": "give each round's positions as its tokens join: step(..., position_ids=) "
+                    "or extend(..., position_ids=)",
+    "key_position_ids": "the Decoder keeps every cached key's position; give each round's "
+                        "position_ids to step() or extend()",
 }
 _OPTIONS = frozenset(inspect.signature(simulate).parameters) - {"query", "key", "value"}
 
@@ -113,7 +126,9 @@ class Decoder:
         Passed to every :func:`~routing_sim.simulate` round unchanged: ``scale``,
         ``enable_gqa``, ``numerics``, ``softmax``, ``alibi_slopes``, ``rope``, ``routing``,
         ``top_k``, ``empty_rows``, ``trace``, ``delivery``, ``engine``, ``seed``,
-        ``sinks``, ``softcap``.
+        ``sinks``, ``window_size`` (a local window: each round sends messages only on the
+        window's routes, so a step costs O(left) messages however long the cache grows),
+        ``softcap``.
 
     Raises
     ------
@@ -122,7 +137,9 @@ class Decoder:
         ``causal_alignment`` (the Decoder sets them), ``attn_mask`` (use ``mask_mod`` or a
         RouteSet ``graph``), ``dropout_p > 0`` and ``dropout_mask`` (a round would draw or
         read its own dropout, not the whole sequence's), ``labels``/``key_labels`` (label
-        tokens as they join), a networkx ``graph`` or a cross-attention or per-head
+        tokens as they join), ``position_ids``/``key_position_ids`` (give each round's
+        ``position_ids`` to ``step`` or ``extend``), ``cu_seqlens_q``/``cu_seqlens_k`` (the
+        batch dims are the sequences), a networkx ``graph`` or a cross-attention or per-head
         RouteSet; and for a keyword :func:`~routing_sim.simulate` does not take.
 
     Examples
@@ -158,6 +175,17 @@ class Decoder:
     True
     >>> sorted(route.source for route in chunk.run.routing_table(4).routes), chunk.messages
     ([3, 4], 16)
+
+    FlashAttention's ``window_size`` says the same: the two latest tokens, and a step's
+    messages stop growing with the cache:
+
+    >>> decoder = Decoder(window_size=(1, 0))
+    >>> steps = [decoder.step(q[t], k[t], v[t]) for t in range(5)]
+    >>> full = attention(q, k, v, is_causal=True, window_size=(1, 0))
+    >>> all(np.allclose(s.output, full[s.position], rtol=1e-12, atol=1e-12) for s in steps)
+    True
+    >>> [s.messages for s in steps]
+    [4, 8, 8, 8, 8]
     """
 
     def __init__(self, *, graph: RouteSet | None = None, mask_mod: Callable | None = None,
@@ -187,6 +215,7 @@ class Decoder:
         self.keys: np.ndarray | None = None      # (..., t, E) the registry of published keys
         self.values: np.ndarray | None = None    # (..., t, Ev)
         self.labels: list[str] = []
+        self.key_positions: np.ndarray | None = None  # (..., t) RoPE positions, once given
         self.messages = 0                        # sent over all rounds so far
         self.routes = 0                          # routes over all rounds: the causal sequence's
 
@@ -194,11 +223,12 @@ class Decoder:
         return 0 if self.keys is None else self.keys.shape[-2]
 
     def step(self, query: ArrayLike, key: ArrayLike, value: ArrayLike,
-             label: str | None = None) -> DecodeStep:
+             label: str | None = None, position_ids: ArrayLike | None = None) -> DecodeStep:
         """Add one token (its query ``(..., E)``, key ``(..., E)``, value ``(..., Ev)``).
 
-        Returns a :class:`DecodeStep` whose ``output`` is ``(..., Ev)``: row ``position``
-        of whole-sequence causal attention.
+        ``position_ids`` (an int, or ``(B,)``: one per batch element) is where RoPE places
+        the token, as in :meth:`extend`. Returns a :class:`DecodeStep` whose ``output`` is
+        ``(..., Ev)``: row ``position`` of whole-sequence causal attention.
         """
         tokens = []
         for name, array in (("query", query), ("key", key), ("value", value)):
@@ -208,11 +238,15 @@ class Decoder:
                                  f"shape {array.shape}")
             tokens.append(array[..., None, :])                          # (..., 1, F)
         query, key, value = tokens
-        joined = self.extend(query, key, value, None if label is None else [label])
+        if position_ids is not None:
+            position_ids = np.asarray(position_ids)[..., None]                 # (..., 1)
+        joined = self.extend(query, key, value, None if label is None else [label],
+                             position_ids)
         return replace(joined, output=joined.output[..., 0, :])
 
     def extend(self, query: ArrayLike, key: ArrayLike, value: ArrayLike,
-               labels: Sequence[str] | None = None) -> DecodeStep:
+               labels: Sequence[str] | None = None, position_ids: ArrayLike | None = None
+               ) -> DecodeStep:
         """Add a chunk of ``T`` tokens in one round (query ``(..., T, E)``, key
         ``(..., T, E)``, value ``(..., T, Ev)``), as a prefill or speculative decoding does.
 
@@ -220,6 +254,13 @@ class Decoder:
         sees the cache and the chunk's tokens up to itself (bottom-right causal). Returns a
         :class:`DecodeStep` whose ``output`` is ``(..., T, Ev)``: rows ``t .. t+T-1`` of
         whole-sequence causal attention.
+
+        ``position_ids`` ``(T,)`` or ``(B, T)`` place the chunk's tokens for RoPE (needs
+        ``rope``), as a model's ``position_ids`` for the new tokens (left padding, packed
+        prompts); the cache keeps them, so later rounds rotate the cached keys at the same
+        places. Tokens of a round given none sit at their index ``t + i``. The rounds then
+        equal whole-sequence :func:`~routing_sim.attention` with ``position_ids`` the
+        rounds' positions side by side.
         """
         query, key, value = (np.asarray(x) for x in (query, key, value))
         for name, array in (("query", query), ("key", key), ("value", value)):
@@ -247,6 +288,7 @@ class Decoder:
             else [str(label) for label in labels]
         keys = key if self.keys is None else np.concatenate([self.keys, key], axis=-2)
         values = value if self.values is None else np.concatenate([self.values, value], axis=-2)
+        position_ids, key_position_ids = self._placed(position_ids, first, stop)
         graph = complete(count, stop, labels=new_labels, key_labels=[*self.labels, *new_labels])
         for offset in range(count):                 # the new tokens, not the cache's first
             graph.nodes[offset]["position"] = first + offset
@@ -256,8 +298,10 @@ class Decoder:
         run = simulate(query, keys, values, is_causal=True, graph=graph,
                        network=_round_network(self.network, first, stop),
                        causal_alignment="bottom_right", mask_mod=mask_mod,
-                       score_mod=score_mod, **self.options)
+                       score_mod=score_mod, position_ids=position_ids,
+                       key_position_ids=key_position_ids, **self.options)
         self.keys, self.values = keys, values
+        self.key_positions = key_position_ids
         self.labels += new_labels
         self.messages += run.stats.total_messages
         # Rows of causal attention depend only on the keys up to them, so the routes of
@@ -266,6 +310,27 @@ class Decoder:
         self.routes += run.stats.routes
         return DecodeStep(first, run.output, run, run.stats.total_messages,
                           len(FORWARD) * self.routes, count)
+
+    def _placed(self, position_ids: ArrayLike | None, first: int, stop: int
+                ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The round's RoPE positions for simulate: ``position_ids`` ``(..., T)`` of the new
+        tokens and ``key_position_ids`` ``(..., t + T)`` of the whole cache; None for both
+        while no round was given positions (the bottom-right alignment then places every
+        token at its index)."""
+        if position_ids is None and self.key_positions is None:
+            return None, None
+        new = np.arange(first, stop) if position_ids is None else \
+            check_position_ids("position_ids", position_ids, stop - first)      # (..., T)
+        cached = np.arange(first) if self.key_positions is None else self.key_positions
+        try:
+            batch = np.broadcast_shapes(new.shape[:-1], cached.shape[:-1])
+        except ValueError:
+            raise ShapeError(f"position_ids of shape {new.shape} does not fit the positions of "
+                             f"earlier rounds {cached.shape}: give (T,) or the same (B, T) "
+                             "batch") from None
+        keys = np.concatenate([np.broadcast_to(cached, (*batch, first)),
+                               np.broadcast_to(new, (*batch, stop - first))], axis=-1)
+        return new, keys                                                  # (..., t + T)
 
 
 class _Pattern:

@@ -10,10 +10,12 @@ import simpy
 from numpy.typing import ArrayLike
 
 from ..errors import DeliveryError, DTypeError, InvalidArgumentError, ShapeError
+from ..inputs.masks import Window, check_window_size
 from ..network.conditions import Network
 from ..numerics.exact_row import exact_row
 from ..options import NUMERICS, TRACE_DETAILS, Numerics, TraceDetail, check_choice
 from ..routes.problem import as_float_array, resolve_scale
+from ..routes.spans import key_spans
 from . import strategies
 from .cluster import Cluster
 from .fabric import Fabric
@@ -33,7 +35,8 @@ def context_parallel(query: ArrayLike, key: ArrayLike, value: ArrayLike, *,
                      scale: float | None = None, network: Network | None = None,
                      numerics: Numerics = "float",
                      transit_dtype: str | None = None, seed: int = 0,
-                     trace: TraceDetail = "auto") -> ParallelRun:
+                     trace: TraceDetail = "auto",
+                     window_size: Window | None = None) -> ParallelRun:
     """Attention with the sequence sharded over ``cluster.devices`` simulated devices.
 
     Every protocol step is an explicit transfer on SimPy, timed by the cluster's model
@@ -70,6 +73,11 @@ def context_parallel(query: ArrayLike, key: ArrayLike, value: ArrayLike, *,
         Mixed into the network's seed: another fault pattern from the same network.
     trace : {"auto", "full", "summary"}
         ``"summary"`` keeps the stats and drops the event records.
+    window_size : (int, int), optional
+        FlashAttention's local window ``(left, right)``, as in :func:`~routing_sim.attention`
+        (aligned bottom-right; ``is_causal`` sets ``right = 0`` and then needs ``L == S``).
+        A key block outside every local query's window is never computed (its slice is
+        skipped), though ring and all-gather still move it.
 
     Returns
     -------
@@ -118,6 +126,8 @@ def context_parallel(query: ArrayLike, key: ArrayLike, value: ArrayLike, *,
     if strategy in ("ring", "allgather", "ulysses") and length != keys and is_causal:
         raise ShapeError(f"is_causal with strategy={strategy!r} needs as many queries as keys, "
                          f"got {length} and {keys}")
+    window = None if window_size is None else check_window_size(window_size)
+    spans = key_spans(length, keys, window, None, bool(is_causal), "top_left")
     query_shards = ([np.arange(length)] * devices if strategy == "tree"
                     else shard(length, devices, layout, "query"))
     key_shards = shard(keys, devices, layout, "key")
@@ -127,7 +137,7 @@ def context_parallel(query: ArrayLike, key: ArrayLike, value: ArrayLike, *,
     fabric = Fabric(env, cluster, network, transfers)
     dtype = np.result_type(query, key, value)
     job = strategies.Job(env, fabric, cluster, query, key, value, query_shards, key_shards,
-                         bool(is_causal), resolve_scale(scale, query.shape[-1]),
+                         spans, resolve_scale(scale, query.shape[-1]),
                          numerics == "exact",
                          None if transit_dtype is None else np.dtype(transit_dtype),
                          np.zeros(query.shape[:3] + (value.shape[-1],), dtype))
@@ -155,7 +165,7 @@ def _finish_undecided(job: strategies.Job) -> None:
     the row's keys and values. Not timed: a rare fallback outside the protocol."""
     key_positions = np.arange(job.key.shape[2])
     for batch, head, row in zip(*np.nonzero(np.isnan(job.output).any(axis=-1))):
-        keys = allowed_routes(np.array([row]), key_positions, job.is_causal)[0]
+        keys = allowed_routes(np.array([row]), key_positions, job.spans)[0]
         job.output[batch, head, row] = exact_row(
             job.key[batch, head, keys], job.query[batch, head, row], job.scale, None,
             job.value[batch, head, keys])[1]

@@ -7,6 +7,7 @@ from typing import Literal
 import numpy as np
 
 from ..errors import InvalidArgumentError, ShapeError
+from ..routes.spans import KeySpans
 
 __all__ = ["LAYOUTS", "allowed_routes", "shard"]
 
@@ -44,14 +45,17 @@ def shard(length: int, devices: int, layout: str, what: str = "sequence") -> lis
 
 
 def allowed_routes(query_positions: np.ndarray, key_positions: np.ndarray,
-                   is_causal: bool) -> np.ndarray:
-    """Which (query, key) pairs of a block may route: all, or ``key <= query`` (top-left).
+                   spans: KeySpans) -> np.ndarray:
+    """Which (query, key) pairs of a block may route: those inside each query's key span
+    (all keys, ``key <= query`` when causal, a window's keys).
 
     Examples
     --------
-    >>> allowed_routes(np.array([0, 3]), np.array([1, 2]), True).tolist()
+    >>> from routing_sim.routes.spans import key_spans
+    >>> causal = key_spans(4, 4, None, None, True, "top_left")
+    >>> allowed_routes(np.array([0, 3]), np.array([1, 2]), causal).tolist()
     [[False, False], [True, True]]
     """
-    if not is_causal:
-        return np.ones((len(query_positions), len(key_positions)), dtype=bool)
-    return key_positions[None, :] <= query_positions[:, None]          # (cq, ck)
+    start = spans.start[query_positions][:, None]                     # (cq, 1)
+    stop = spans.stop[query_positions][:, None]
+    return (start <= key_positions[None, :]) & (key_positions[None, :] < stop)  # (cq, ck)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import simpy
 
+from ..routes.spans import KeySpans
 from .cluster import Cluster
 from .fabric import Fabric
 from .layouts import allowed_routes
@@ -36,7 +37,7 @@ class Job:
     value: np.ndarray                        # (B, H, S, Ev)
     query_shards: list[np.ndarray]           # positions of each device's queries
     key_shards: list[np.ndarray]             # positions of each device's keys and values
-    is_causal: bool
+    spans: KeySpans                          # each query's keys: causal, window
     scale: float
     exact: bool
     transit: np.dtype | None
@@ -66,7 +67,7 @@ class Job:
                ) -> Generator[simpy.Event, Any, PartialState | None]:
         """Compute the partial state of ``query`` ``(B, h, cq, d)`` over one key block
         ``(B, h, ck, d)`` as a compute slice; None if the block is fully masked."""
-        allowed = allowed_routes(query_positions, key_positions, self.is_causal)  # (cq, ck)
+        allowed = allowed_routes(query_positions, key_positions, self.spans)  # (cq, ck)
         routes = int(allowed.sum())
         if routes == 0:
             return None

@@ -25,6 +25,7 @@ from .segments import segment_attention, segment_backward
 if TYPE_CHECKING:
     import networkx as nx
 
+    from ..inputs.masks import Window
     from ..inputs.positions import AlibiMode, RotaryEmbedding
     from ..routes.route_set import RouteSet
 
@@ -42,8 +43,10 @@ def attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
               return_weights: bool | Literal["probabilities"] = False,
               graph: nx.DiGraph | RouteSet | None = None, mask_mod: Callable | None = None,
               score_mod: Callable | None = None, sinks: ArrayLike | None = None,
-              softcap: float | None = 0.0, return_lse: bool = False
-              ) -> np.ndarray | tuple[np.ndarray, ...]:
+              position_ids: ArrayLike | None = None, key_position_ids: ArrayLike | None = None,
+              window_size: Window | None = None, cu_seqlens_q: ArrayLike | None = None,
+              cu_seqlens_k: ArrayLike | None = None, softcap: float | None = 0.0,
+              return_lse: bool = False) -> np.ndarray | tuple[np.ndarray, ...]:
     r"""Scaled dot-product attention in matrix form, with PyTorch's SDPA semantics.
 
     .. math:: \mathrm{out} = \mathrm{softmax}(Q K^\top \cdot \mathrm{scale} + B)\, V
@@ -92,7 +95,11 @@ def attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
         ``m · (j - pos_i)``, the ALiBi paper's and FlexAttention's (attention-gym); a key
         after the query then gets a positive bias. The two agree on causal routes.
     rope : float or RotaryEmbedding, optional
-        Rotate queries and keys by their positions (a float is the base, layout "half").
+        Rotate queries and keys by their positions (a float is the base, layout "half",
+        every feature); a :class:`~routing_sim.RotaryEmbedding` also takes ``rotary_dim``
+        (partial rotary), the ``"interleaved"`` layout, or cos/sin tables. Key ``j`` sits
+        at ``j`` and query ``i`` where ``causal_alignment`` puts it, unless
+        ``position_ids`` say otherwise.
     return_weights : bool or "probabilities"
         Also return the routing tables: ``True`` gives them after dropout (the weights the
         output was computed with, as ``nn.MultiheadAttention`` and transformers' eager
@@ -124,6 +131,34 @@ def attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
         weights sum to less than 1. A row with no route gives the sink its whole budget
         (output zeros, as gpt-oss and FlashAttention do; ``empty_rows="nan"`` or
         ``"error"`` still apply to it). Cast to the inputs' dtype.
+    position_ids : array_like of int, shape (L,) or (B, L), optional
+        The positions RoPE rotates the queries by (needs ``rope``), as transformers'
+        ``position_ids``: ``(B, L)`` gives each batch element its own (left padding,
+        packed or shifted sequences; heads, the last batch dim, share them). With
+        ``S == L`` the keys take the same positions, as in self-attention; with ``S != L``
+        pass ``key_position_ids`` too. They move the rotation only: ``is_causal``,
+        ALiBi and the mods still see the token indices.
+    key_position_ids : array_like of int, shape (S,) or (B, S), optional
+        The keys' positions for RoPE (default: ``position_ids`` when ``S == L``, else key
+        ``j`` at ``j``).
+    window_size : (int, int), optional
+        FlashAttention's local attention ``(left, right)``: query ``i`` reaches keys ``j``
+        with ``p - left <= j <= p + right``, where ``p = i + S - L`` (aligned bottom-right,
+        as FlashAttention aligns it); ``-1`` or None leaves that side unbounded.
+        ``is_causal=True`` sets ``right = 0`` (for ``L != S`` it then needs
+        ``causal_alignment="bottom_right"``, FlashAttention's ``causal``; top-left is
+        refused). Combines with ``attn_mask``, ``graph`` and ``mask_mod`` (all must allow a
+        route). Computed sparsely: memory and time grow with the routes, never ``L × S``.
+        A query whose window holds no key is an empty row (``empty_rows``).
+    cu_seqlens_q, cu_seqlens_k : array_like of int, shape (B + 1,), optional
+        FlashAttention's varlen: packed sequences along L and S (inputs ``(..., H, total,
+        E)``). Sequence ``b`` is query rows ``cu_seqlens_q[b]:cu_seqlens_q[b + 1]`` and key
+        rows ``cu_seqlens_k[b]:cu_seqlens_k[b + 1]``; its q and k lengths may differ. No
+        route crosses sequences, and ``is_causal`` (aligned as ``causal_alignment`` says),
+        ``window_size`` (bottom-right), ALiBi and RoPE positions apply per sequence, each
+        starting at 0 (FlashAttention's ``flash_attn_varlen_func`` aligns ``causal``
+        bottom-right: pass ``causal_alignment="bottom_right"`` for it). Both or neither.
+        ``mask_mod``, ``score_mod`` and ``attn_mask`` see packed indices. Computed sparsely.
     softcap : float, optional
         FlashAttention's ``softcap``: ``cap · tanh(s / cap)`` on the scaled score, before
         ``attn_mask``/ALiBi biases, the same as ``score_mod=rs.mods.softcap(cap)``. ``0.0``
@@ -166,13 +201,43 @@ def attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
     >>> capped = attention(q, k, v, scale=100.0, softcap=2.0, return_lse=True)[1]
     >>> bool(np.isclose(capped[0], np.log(np.exp(2 * np.tanh(50.0)) + 1)))
     True
+
+    RoPE with per-sequence positions is attention on rotated queries and keys:
+
+    >>> from routing_sim import RotaryEmbedding
+    >>> q, k, v = np.random.default_rng(0).normal(size=(3, 2, 1, 4, 8))   # (B, H, L, E)
+    >>> rope = RotaryEmbedding(rotary_dim=4, layout="interleaved")
+    >>> ids = np.array([[0, 1, 2, 3], [2, 3, 4, 5]])                     # (B, L)
+    >>> out = attention(q, k, v, is_causal=True, rope=rope, position_ids=ids)
+    >>> at = ids[:, None, :]                                               # (B, 1, L)
+    >>> rotated = attention(rope.rotate(q, at), rope.rotate(k, at), v, is_causal=True)
+    >>> bool(np.array_equal(out, rotated))
+    True
+
+    A window and packed sequences are route sets: query 3 reaches keys 2 and 3; the two
+    packed sequences (3 and 2 tokens) never see each other.
+
+    >>> x = np.eye(5)
+    >>> _, w = attention(x, x, x, window_size=(1, 0), return_weights=True)
+    >>> (w > 0).astype(int)[3]
+    array([0, 0, 1, 1, 0])
+    >>> _, w = attention(x, x, x, cu_seqlens_q=[0, 3, 5], cu_seqlens_k=[0, 3, 5],
+    ...                  return_weights=True)
+    >>> (w > 0).astype(int)
+    array([[1, 1, 1, 0, 0],
+           [1, 1, 1, 0, 0],
+           [1, 1, 1, 0, 0],
+           [0, 0, 0, 1, 1],
+           [0, 0, 0, 1, 1]])
     """
     score_mod = flash_softcap(softcap, score_mod, numerics)
     problem = prepare(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
                       causal_alignment=causal_alignment, empty_rows=empty_rows,
                       dropout_mask=dropout_mask, seed=seed, alibi_slopes=alibi_slopes,
                       alibi_mode=alibi_mode, rope=rope, graph=graph, mask_mod=mask_mod,
-                      score_mod=score_mod, sinks=sinks)
+                      score_mod=score_mod, sinks=sinks, position_ids=position_ids,
+                      key_position_ids=key_position_ids, window_size=window_size,
+                      cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k)
     check_choice("numerics", numerics, NUMERICS)
     if not (isinstance(return_weights, (bool, np.bool_)) or return_weights == "probabilities"):
         raise InvalidArgumentError(f"return_weights must be False, True (the weights after "
@@ -300,7 +365,11 @@ def attention_backward(query: ArrayLike, key: ArrayLike, value: ArrayLike, d_out
                        rope: RotaryEmbedding | float | None = None,
                        return_weights: bool = False, graph: nx.DiGraph | RouteSet | None = None,
                        mask_mod: Callable | None = None, score_mod: Callable | None = None,
-                       sinks: ArrayLike | None = None, softcap: float | None = 0.0,
+                       sinks: ArrayLike | None = None, position_ids: ArrayLike | None = None,
+                       key_position_ids: ArrayLike | None = None,
+                       window_size: Window | None = None,
+                       cu_seqlens_q: ArrayLike | None = None,
+                       cu_seqlens_k: ArrayLike | None = None, softcap: float | None = 0.0,
                        return_lse: bool = False) -> tuple[np.ndarray, ...]:
     r"""Gradients of :func:`attention` with respect to query, key and value (and the sinks),
     in matrix form.
@@ -311,7 +380,8 @@ def attention_backward(query: ArrayLike, key: ArrayLike, value: ArrayLike, d_out
               dS = P ⊙ (dP - \mathrm{rowsum}(P ⊙ dP)),\quad dQ = s\,dS\,K,\quad
               dK = s\,dS^\top Q
 
-    then carried back through RoPE, GQA head sharing and broadcasting to the inputs' shapes.
+    then carried back through RoPE (each rotation's transpose, at the same positions), GQA
+    head sharing and broadcasting to the inputs' shapes.
     Takes every argument of :func:`attention`. A query with no route gets zero gradients
     whatever ``empty_rows`` says (its output does not depend on the inputs);
     ``empty_rows="error"`` raises :class:`~routing_sim.EmptyRowError` as in the forward
@@ -348,7 +418,9 @@ def attention_backward(query: ArrayLike, key: ArrayLike, value: ArrayLike, d_out
                       causal_alignment=causal_alignment, empty_rows=empty_rows,
                       dropout_mask=dropout_mask, seed=seed, alibi_slopes=alibi_slopes,
                       alibi_mode=alibi_mode, rope=rope, graph=graph, mask_mod=mask_mod,
-                      score_mod=score_mod, sinks=sinks)
+                      score_mod=score_mod, sinks=sinks, position_ids=position_ids,
+                      key_position_ids=key_position_ids, window_size=window_size,
+                      cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k)
     check_choice("numerics", numerics, NUMERICS)
     for name, asked in (("return_weights", return_weights), ("return_lse", return_lse)):
         if asked is not False:

@@ -17,20 +17,21 @@ from numpy.typing import ArrayLike
 
 from ..errors import DTypeError, InvalidArgumentError, ShapeError
 from ..inputs.arrays import as_numpy
-from ..inputs.masks import route_set
+from ..inputs.masks import Window, check_cu_seqlens, check_window_size, route_set
 from ..inputs.positions import (
     RotaryEmbedding,
     alibi_bias,
     as_rotary,
     check_alibi_mode,
     check_alibi_slopes,
-    query_positions,
+    rotary_positions,
 )
 from ..inputs.sinks import group_sinks
-from ..options import EMPTY_ROWS, CausalAlignment, EmptyRows, check_choice
+from ..options import CAUSAL_ALIGNMENTS, EMPTY_ROWS, CausalAlignment, EmptyRows, check_choice
 from .graphs import graph_mask
 from .restrictions import DENSE_LIMIT, SparseRoutes, sparse_routes
 from .route_set import RouteSet
+from .spans import key_spans
 
 __all__ = ["EMPTY_ROWS", "Problem", "prepare"]
 
@@ -80,9 +81,7 @@ class Problem:
         grad = grad.reshape(*self.batch_shape, *grad.shape[1:])
         rotary = origin["rotary"]
         if rotary is not None and which != "value":
-            positions = origin["query_positions"] if which == "query" else \
-                np.arange(grad.shape[-2])
-            grad = rotary.rotate(grad, -positions)          # R(θ)ᵀ = R(-θ)
+            grad = rotary.rotate(grad, origin[f"{which}_positions"], transpose=True)
         shape = origin[f"{which}_shape"]
         group = origin["kv_group"] if which != "query" else 1
         if group > 1:
@@ -150,11 +149,15 @@ def prepare(query: ArrayLike, key: ArrayLike, value: ArrayLike,
             graph: nx.DiGraph | RouteSet | None = None, alibi_slopes: ArrayLike | None = None,
             alibi_mode: str = "symmetric", rope: RotaryEmbedding | float | None = None,
             mask_mod: Callable | None = None, score_mod: Callable | None = None,
-            sinks: ArrayLike | None = None) -> Problem:
+            sinks: ArrayLike | None = None, position_ids: ArrayLike | None = None,
+            key_position_ids: ArrayLike | None = None, window_size: Window | None = None,
+            cu_seqlens_q: ArrayLike | None = None, cu_seqlens_k: ArrayLike | None = None
+            ) -> Problem:
     """Validate the public arguments and flatten them into a :class:`Problem`.
 
-    A RouteSet ``graph`` or a ``mask_mod`` gives the sparse form (``problem.sparse``: one
-    entry per route); otherwise the route set is a dense ``(G, L, S)`` mask.
+    A RouteSet ``graph``, a ``mask_mod``, a ``window_size`` or packed sequences
+    (``cu_seqlens_q``/``cu_seqlens_k``) give the sparse form (``problem.sparse``: one entry
+    per route); otherwise the route set is a dense ``(G, L, S)`` mask.
     """
     query, key, value = (as_float_array(name, x) for name, x in
                          (("query", query), ("key", key), ("value", value)))
@@ -189,7 +192,12 @@ def prepare(query: ArrayLike, key: ArrayLike, value: ArrayLike,
         raise InvalidArgumentError(f"score_mod must be a function (score, b, h, q_idx, kv_idx) "
                                    f"-> score, got {type(score_mod).__name__}")
     scores_shape = (*batch_shape, n_queries, n_keys)
-    if isinstance(graph, RouteSet) or mask_mod is not None:
+    check_choice("causal_alignment", causal_alignment, CAUSAL_ALIGNMENTS)
+    window = None if window_size is None else check_window_size(window_size)
+    sequences = check_cu_seqlens(cu_seqlens_q, cu_seqlens_k, n_queries, n_keys)
+    spans = None if window is None and sequences is None else \
+        key_spans(n_queries, n_keys, window, sequences, bool(is_causal), causal_alignment)
+    if isinstance(graph, RouteSet) or mask_mod is not None or spans is not None:
         if dropout_mask is None and dropout_p and math.prod(scores_shape) > DENSE_LIMIT:
             raise InvalidArgumentError(f"dropout_p > 0 on scores of shape {scores_shape} draws "
                                        f"a dense mask of over {DENSE_LIMIT:,} entries; pass "
@@ -197,7 +205,7 @@ def prepare(query: ArrayLike, key: ArrayLike, value: ArrayLike,
         keep = _dropout_keep(dropout_p, dropout_mask, seed, scores_shape)
         sparse = sparse_routes(graph, mask_mod, attn_mask, bool(is_causal), causal_alignment,
                                batch_shape, n_queries, n_keys, query.dtype, alibi_slopes, keep,
-                               alibi_mode)
+                               alibi_mode, spans)
         allowed = bias = keep = None
     else:
         sparse = None
@@ -209,12 +217,15 @@ def prepare(query: ArrayLike, key: ArrayLike, value: ArrayLike,
                        ).astype(query.dtype)
         bias = alibi if bias is None else bias + alibi
     rotary = as_rotary(rope)
-    origin["rotary"] = rotary
-    positions = query_positions(n_queries, n_keys, causal_alignment)          # (L,)
-    origin["query_positions"] = positions
+    # Packed sequences each start at 0: RoPE's default positions are within a sequence.
+    defaults = None if spans is None else (spans.query_positions, spans.key_positions)
+    at_query, at_key = rotary_positions(rotary, position_ids, key_position_ids, batch_shape,
+                                        n_queries, n_keys, causal_alignment,
+                                        defaults)              # (..., L), (..., S)
+    origin.update(rotary=rotary, query_positions=at_query, key_positions=at_key)
     if rotary is not None:
-        query = rotary.rotate(query, positions)
-        key = rotary.rotate(key, np.arange(n_keys))
+        query = rotary.rotate(query, at_query)
+        key = rotary.rotate(key, at_key)
     if sparse is None:
         keep = _dropout_keep(dropout_p, dropout_mask, seed, scores_shape)
     groups = math.prod(batch_shape)

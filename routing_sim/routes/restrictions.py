@@ -1,6 +1,7 @@
 """Route restrictions on a sparse route set: one entry per route, never an ``L × S`` array.
 
-When ``graph`` is a :class:`~routing_sim.RouteSet` or a ``mask_mod`` is given,
+When ``graph`` is a :class:`~routing_sim.RouteSet`, a ``mask_mod`` is given, or key spans
+(``window_size``, ``cu_seqlens``: :mod:`routing_sim.routes.spans`) bound the routes,
 :func:`~routing_sim.routes.problem.prepare` calls :func:`sparse_routes` instead of building the
 dense ``(G, L, S)`` mask: the route set of every group, then each other restriction
 (``mask_mod``, ``is_causal``, ``attn_mask``) evaluated on its routes only, and the additive
@@ -22,6 +23,7 @@ from ..inputs.mods import call_mod
 from ..inputs.positions import alibi_distance, check_alibi_slopes, query_positions
 from ..options import CAUSAL_ALIGNMENTS, CausalAlignment
 from .route_set import RouteSet, batch_head
+from .spans import KeySpans
 
 __all__ = ["DENSE_LIMIT", "SparseRoutes", "route_coordinates", "sparse_routes"]
 
@@ -49,16 +51,26 @@ def sparse_routes(graph: nx.DiGraph | RouteSet | None, mask_mod: Callable | None
                   causal_alignment: CausalAlignment, batch_shape: tuple[int, ...],
                   n_queries: int, n_keys: int, dtype: np.dtype,
                   alibi_slopes: ArrayLike | None = None, keep: np.ndarray | None = None,
-                  alibi_mode: str = "symmetric"
+                  alibi_mode: str = "symmetric", spans: KeySpans | None = None
                   ) -> SparseRoutes:
-    """Every route restriction, applied route by route (a route exists where all allow it)."""
+    """Every route restriction, applied route by route (a route exists where all allow it).
+
+    ``spans`` (window and packed sequences, causality folded in) bound every query's keys;
+    without a graph they are the base route set, so only their routes are ever built.
+    """
     if causal_alignment not in CAUSAL_ALIGNMENTS:
         raise InvalidArgumentError(f"causal_alignment must be one of {CAUSAL_ALIGNMENTS}, "
                                    f"got {causal_alignment!r}")
-    routes = _base(graph, mask_mod, batch_shape, n_queries, n_keys)
-    if mask_mod is not None and graph is not None:
+    if spans is not None and graph is None:
+        routes = spans.routes().broadcast_to(batch_shape)
+    else:
+        routes = _base(graph, mask_mod, batch_shape, n_queries, n_keys)
+    if mask_mod is not None and (graph is not None or spans is not None):
         routes = routes.select(_allowed_by(mask_mod, *route_coordinates(routes)))
-    if is_causal and attn_mask is None:
+    if spans is not None and graph is not None:
+        _, _, query, key = route_coordinates(routes)
+        routes = routes.select(spans.holds(query, key))
+    if is_causal and attn_mask is None and spans is None:
         _, _, query, key = route_coordinates(routes)
         routes = routes.select(key <= query_positions(n_queries, n_keys, causal_alignment)[query])
     bias = None
@@ -68,7 +80,11 @@ def sparse_routes(graph: nx.DiGraph | RouteSet | None, mask_mod: Callable | None
         routes = routes.select(_gather(allowed, routes))
         bias = None if mask_bias is None else _gather(mask_bias, routes).astype(dtype)
     if alibi_slopes is not None:
-        alibi = _alibi(alibi_slopes, routes, causal_alignment, alibi_mode).astype(dtype)
+        query_position, key_position = (
+            query_positions(n_queries, n_keys, causal_alignment), np.arange(n_keys)
+        ) if spans is None else (spans.query_positions, spans.key_positions)
+        alibi = _alibi(alibi_slopes, routes, query_position, key_position, alibi_mode
+                       ).astype(dtype)
         bias = alibi if bias is None else bias + alibi
     return SparseRoutes(routes, bias, None if keep is None else _gather(keep, routes))
 
@@ -116,11 +132,12 @@ def _gather(array: np.ndarray, routes: RouteSet) -> np.ndarray:
     return full[tuple(batch) + (query, routes.indices)]
 
 
-def _alibi(slopes, routes: RouteSet, alignment: str, mode: str) -> np.ndarray:
-    """ALiBi's ``slope · alibi_distance`` per route; slopes ``(H,)`` or ``(B, H)`` (heads
-    are the last batch dim)."""
+def _alibi(slopes, routes: RouteSet, query_position: np.ndarray, key_position: np.ndarray,
+           mode: str) -> np.ndarray:
+    """ALiBi's ``slope · alibi_distance`` per route between the tokens' positions ``(L,)``
+    and ``(S,)``; slopes ``(H,)`` or ``(B, H)`` (heads are the last batch dim)."""
     per_group = np.broadcast_to(check_alibi_slopes(slopes, routes.batch_shape),
                                 routes.batch_shape).reshape(-1)        # (G,)
     group, query = np.divmod(routes.query_node, routes.n_queries)      # (R,) x2
-    position = query_positions(routes.n_queries, routes.n_keys, alignment)[query]
-    return 0.0 + per_group[group] * alibi_distance(position, routes.indices, mode)
+    return 0.0 + per_group[group] * alibi_distance(query_position[query],
+                                                   key_position[routes.indices], mode)

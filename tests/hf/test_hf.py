@@ -17,6 +17,8 @@ pytest.importorskip("transformers", reason="the hf extra (transformers) is not i
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import routing_sim as rs  # noqa: E402
+from routing_sim.hf.families import float64_attention as float64_eager  # noqa: E402
+from routing_sim.hf.families import tiny_config  # noqa: E402
 from routing_sim.hf.tiny import tiny_model  # noqa: E402
 
 RTOL = 1e-12
@@ -24,32 +26,6 @@ GRAD_RTOL = 1e-10
 CAUSAL = ("llama", "mistral", "qwen2", "gemma2", "gpt2")
 SEQ2SEQ = ("bart", "t5")
 FLOAT64_EAGER = "float64_eager_reference"
-
-
-def float64_eager(module, query, key, value, attention_mask, dropout: float = 0.0,
-                  scaling: float | None = None, softcap: float | None = None, **kwargs):
-    """An independent float64 reference where HF has no SDPA path (Gemma-2's soft-capping).
-
-    Plain torch, as HF's eager attention but in float64 throughout (HF's own runs its
-    softmax in float32): scores scaled, soft-capped, masked, softmax, values. A query row
-    with no allowed key gives zeros, the convention of the backend and of SDPA's math path.
-    """
-    groups = getattr(module, "num_key_value_groups", 1)
-    key, value = (x.repeat_interleave(groups, dim=1) for x in (key, value))
-    scores = query @ key.transpose(-1, -2) * scaling                  # (B, H, L, S)
-    if softcap is not None:
-        scores = softcap * torch.tanh(scores / softcap)
-    if attention_mask is None:
-        if query.shape[-2] > 1 and module.is_causal:
-            allowed = torch.ones(scores.shape[-2:], dtype=torch.bool).tril()
-            scores = scores.masked_fill(~allowed, -torch.inf)
-    elif attention_mask.dtype == torch.bool:
-        scores = scores.masked_fill(~attention_mask, -torch.inf)
-    else:
-        scores = scores + attention_mask
-    empty = torch.isneginf(scores).all(dim=-1, keepdim=True)          # (B, H, L, 1)
-    weights = torch.softmax(scores.masked_fill(empty, 0.0), dim=-1).masked_fill(empty, 0.0)
-    return (weights @ value).transpose(1, 2).contiguous(), weights
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +38,8 @@ def models(backend):
     """family -> (routing_sim model, reference model), built once for the whole module.
 
     The reference is the same architecture with the same seed, so the same weights, on
-    SDPA; for Gemma-2 (no SDPA path: soft-capping) on :func:`float64_eager`.
+    SDPA; for Gemma-2 (no SDPA path: soft-capping) on the independent float64 reference
+    (plain torch, HF's eager computation in float64 throughout).
     """
     from transformers import AttentionInterface, AttentionMaskInterface
     from transformers.masking_utils import sdpa_mask
@@ -320,8 +297,6 @@ def test_call_refuses_what_it_cannot_do_exactly(backend):
         capped(module, q, k, v, None, softcap=30.0)
     with pytest.raises(rs.InvalidArgumentError, match="sliding_window=2"):
         attention(module, q, k, v, None, sliding_window=2)
-    with pytest.raises(rs.InvalidArgumentError, match="s_aux"):
-        attention(module, q, k, v, None, s_aux=torch.zeros(2))
     with pytest.raises(rs.InvalidArgumentError, match="mystery"):
         attention(module, q, k, v, None, mystery=1)
     with pytest.raises(rs.DTypeError, match="bfloat16"):
@@ -432,3 +407,103 @@ def test_every_mask_form_equals_sdpa(backend, seed):
         capped = AttentionInterface()[backend](module, q, k, v, mask, softcap=cap, **kwargs)
         assert_close(capped[0], float64_eager(module, q, k, v, mask, softcap=cap,
                                               **kwargs)[0])
+
+
+@pytest.mark.parametrize("family", ["opt", "gpt_bigcode", "stablelm", "llama", "bart"])
+def test_output_attentions_returns_the_routing_tables(backend, family):
+    """Whenever eager returns weights: OPT, GPT-BigCode and StableLM do not pass
+    output_attentions down to the attention function, transformers collects what it
+    returns. The weights are each call's routing tables, equal to the float64 reference's."""
+    import copy
+
+    import transformers
+
+    from routing_sim.hf.families import FLOAT64_REFERENCE, _register_reference
+
+    _register_reference()
+    config = tiny_config(family)
+    auto = transformers.AutoModel
+    models = []
+    for implementation in (backend, FLOAT64_REFERENCE):
+        torch.manual_seed(0)
+        models.append(auto.from_config(copy.deepcopy(config), attn_implementation=implementation,
+                                       dtype=torch.float64).eval())
+    inputs = batch(family if family == "bart" else "llama", length=6)
+    inputs["input_ids"] = inputs["input_ids"] % 100
+    with torch.no_grad(), rs.hf.record() as rec:
+        ours = models[0](**inputs, output_attentions=True)
+        theirs = models[1](**inputs, output_attentions=True)
+    names = ["attentions", "cross_attentions", "encoder_attentions", "decoder_attentions"]
+    got = [w for key in names for w in (getattr(ours, key, None) or ())]
+    expected = [w for key in names for w in (getattr(theirs, key, None) or ())]
+    assert len(got) == len(expected) >= 2
+    for mine, reference in zip(got, expected):
+        assert_close(mine, reference)
+    tables = [torch.from_numpy(r.run.weights) for r in rec.runs]
+    assert all(any(torch.equal(w, table) for table in tables) for w in got)
+
+
+def test_modernbert_runs_and_its_flash_only_keyword_is_accepted(backend):
+    """ModernBERT passes deterministic=False (flash-attention's choice of backward kernel):
+    accepted, since it cannot change the result; unknown keywords are still refused."""
+    import copy
+
+    import transformers
+    from transformers import AttentionInterface
+
+    config = tiny_config("modernbert")
+    models = []
+    for implementation in (backend, "sdpa"):
+        torch.manual_seed(0)
+        models.append(transformers.AutoModel.from_config(
+            copy.deepcopy(config), attn_implementation=implementation,
+            dtype=torch.float64).eval())
+    inputs = batch("bert")
+    inputs["input_ids"] = inputs["input_ids"] % 100
+    with torch.no_grad():
+        assert_close(output_of(models[0], inputs), output_of(models[1], inputs))
+    attention = AttentionInterface()[backend]
+    q = torch.zeros(1, 2, 3, 4, dtype=torch.float64)
+    attention(torch.nn.Module(), q, q, q, None, deterministic=True)
+    with pytest.raises(rs.InvalidArgumentError, match="deterministically"):
+        attention(torch.nn.Module(), q, q, q, None, deterministically=True)
+
+
+def test_gpt_oss_sinks_and_their_gradient_equal_the_float64_reference(backend):
+    """gpt-oss's s_aux (one learned logit per head in the softmax denominator) is simulate's
+    sinks: outputs and every gradient, the sinks' own included, equal the reference's."""
+    import copy
+
+    import transformers
+
+    from routing_sim.hf.families import FLOAT64_REFERENCE, _register_reference
+
+    _register_reference()
+    config = tiny_config("gpt_oss")
+    models = []
+    for implementation in (backend, FLOAT64_REFERENCE):
+        torch.manual_seed(0)
+        model = transformers.AutoModelForCausalLM.from_config(
+            copy.deepcopy(config), attn_implementation=implementation,
+            experts_implementation="eager", dtype=torch.float64).eval()
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if name.endswith("sinks"):
+                    parameter.uniform_(-2.0, 2.0)                     # zeros at init
+        models.append(model)
+    inputs = batch("llama", length=6)
+    inputs["input_ids"] = inputs["input_ids"] % 100
+    outputs = []
+    with rs.hf.record() as rec:
+        for model in models:
+            output = output_of(model, inputs)
+            loss_of(output).backward()
+            outputs.append(output)
+    assert_close(*outputs)
+    assert len(rec.runs) == 2                                          # the backend's layers
+    for entry in rec.runs:
+        table = entry.run.routing_table(5, head=0, batch=0)
+        assert 0 < table.sink < 1 and entry.verdict().within_tolerance
+    sinks = [dict(m.named_parameters())["model.layers.0.self_attn.sinks"].grad for m in models]
+    assert sinks[1].abs().max() > 0
+    assert_close(sinks[0], sinks[1], GRAD_RTOL)

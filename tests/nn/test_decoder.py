@@ -349,3 +349,66 @@ def test_a_crash_names_a_token_by_its_position():
         lost[side] = [sorted((d.query, d.key) for d in s.run.dropped) for s in steps]
     assert lost["key"] == [[], [(1, 1)], [(2, 1)], [(3, 1)]]
     assert lost["query"] == [[], [], [(2, 0), (2, 1), (2, 2)], []]
+
+
+@settings(deadline=None, max_examples=30)
+@given(st.integers(1, 7), st.integers(0, 2**32 - 1), st.sampled_from(["half", "interleaved"]),
+       st.sampled_from([2, 4, 6]), st.booleans(), st.data())
+def test_rounds_with_partial_rotary_and_per_batch_positions_equal_the_whole_sequence(
+        n, seed, layout, rotary_dim, exact, data):
+    """Each round gives its tokens' positions (B, T), as a model's position_ids; the whole
+    sequence gets them side by side, and rotates with the same partial RoPE."""
+    rng = np.random.default_rng(seed)
+    q, k = rng.normal(size=(2, 2, 3, n, 6))                            # (B, H, n, E)
+    v = rng.normal(size=(2, 3, n, 2))
+    starts = np.array(data.draw(st.lists(st.integers(0, 30), min_size=2, max_size=2)))
+    position_ids = starts[:, None] + np.arange(n)                      # (B, n): left padding
+    rope = rs.RotaryEmbedding(20.0, layout, rotary_dim)
+    numerics = "exact" if exact else "float"
+    full = rs.attention(q, k, v, is_causal=True, rope=rope, position_ids=position_ids,
+                        numerics=numerics)
+    cuts = sorted(data.draw(st.sets(st.integers(1, n - 1), max_size=3))) if n > 1 else []
+    bounds = [0, *cuts, n]
+    decoder = rs.Decoder(rope=rope, numerics=numerics)
+    rows = []
+    for first, stop in zip(bounds, bounds[1:]):
+        if stop - first == 1 and data.draw(st.booleans()):
+            step = decoder.step(q[..., first, :], k[..., first, :], v[..., first, :],
+                                position_ids=position_ids[:, first])
+            rows.append(step.output[..., None, :])
+        else:
+            rows.append(decoder.extend(q[..., first:stop, :], k[..., first:stop, :],
+                                       v[..., first:stop, :],
+                                       position_ids=position_ids[:, first:stop]).output)
+    got = np.concatenate(rows, axis=-2)
+    if exact:
+        np.testing.assert_array_equal(got, full)
+    else:
+        np.testing.assert_allclose(got, full, rtol=1e-12, atol=1e-13)
+    np.testing.assert_array_equal(decoder.key_positions, position_ids)
+
+
+def test_a_round_without_positions_places_its_tokens_at_their_index():
+    rng = np.random.default_rng(3)
+    q, k, v = rng.normal(size=(3, 2, 4, 8))
+    rope = rs.RotaryEmbedding(rotary_dim=4)
+    decoder = rs.Decoder(rope=rope)
+    decoder.extend(q[:, :2], k[:, :2], v[:, :2])
+    last = decoder.extend(q[:, 2:], k[:, 2:], v[:, 2:], position_ids=[7, 8])
+    full = rs.attention(q, k, v, is_causal=True, rope=rope, position_ids=[0, 1, 7, 8])
+    np.testing.assert_allclose(last.output, full[:, 2:], rtol=1e-12)
+
+
+def test_decoder_positions_are_given_per_round():
+    with pytest.raises(rs.InvalidArgumentError, match="position_ids.*step"):
+        rs.Decoder(rope=10.0, position_ids=[0, 1])
+    with pytest.raises(rs.InvalidArgumentError, match="key_position_ids.*cached key"):
+        rs.Decoder(rope=10.0, key_position_ids=[0, 1])
+    decoder = rs.Decoder(rope=10.0)
+    x = np.ones((2, 1, 3, 4))                                          # (B, H, T, E)
+    decoder.extend(x, x, x, position_ids=[[0, 1, 2], [5, 6, 7]])
+    with pytest.raises(rs.ShapeError, match=r"\(3, 1\) does not fit .* earlier rounds"):
+        decoder.step(x[..., 0, :], x[..., 0, :], x[..., 0, :], position_ids=[3, 8, 9])
+    with pytest.raises(rs.InvalidArgumentError, match="position_ids.*rope="):
+        rs.Decoder().step(np.ones(4), np.ones(4), np.ones(4), position_ids=0)
+    assert len(decoder) == 3                                           # the refusals kept none
