@@ -206,3 +206,38 @@ def test_a_sparse_route_set_gives_the_dense_masks_lse(numerics):
         assert np.array_equal(sparse, expected)
     else:
         np.testing.assert_allclose(sparse, expected, rtol=1e-14)
+
+
+@pytest.mark.parametrize("numerics", ["float", "exact"])
+@pytest.mark.parametrize("options", [{"window_size": (2, 0)},
+                                     {"window_size": (1, 1), "sinks": [0.3, -0.5]},
+                                     {"cu_seqlens_q": [0, 4, 9], "cu_seqlens_k": [0, 3, 9],
+                                      "is_causal": True, "causal_alignment": "bottom_right"}],
+                         ids=["window", "window_sinks", "varlen"])
+def test_windows_and_packed_sequences_give_their_routes_lse(numerics, options):
+    """The lse runs over the routes a window or a packed sequence leaves, in attention and
+    in every query node of simulate (exact mode: the same bits)."""
+    rng = np.random.default_rng(6)
+    q, k, v = rng.normal(size=(3, 2, 9, 4))
+    _, lse = rs.attention(q, k, v, numerics=numerics, return_lse=True, **options)
+    sinks = options.get("sinks")
+    rows, cols = np.arange(9)[:, None], np.arange(9)[None, :]
+    if "window_size" in options:                 # FlashAttention's window, L == S
+        left, right = options["window_size"]
+        allowed = (cols >= rows - left) & (cols <= rows + right)
+    else:                                        # per sequence, causal bottom-right
+        starts_q, starts_k = options["cu_seqlens_q"], options["cu_seqlens_k"]
+        allowed = np.zeros((9, 9), bool)
+        for b in range(2):
+            n_q, n_k = starts_q[b + 1] - starts_q[b], starts_k[b + 1] - starts_k[b]
+            local = np.arange(n_k)[None, :] <= np.arange(n_q)[:, None] + n_k - n_q
+            allowed[starts_q[b]:starts_q[b + 1], starts_k[b]:starts_k[b + 1]] = local
+    expected = np.array([reference_lse(q[h], k[h], allowed, np.zeros((9, 9)), 0.5,
+                                       None if sinks is None else sinks[h])[0]
+                         for h in range(2)])
+    if numerics == "exact":
+        assert np.array_equal(lse, expected)
+        assert np.array_equal(rs.simulate(q, k, v, numerics="exact", **options).lse, lse)
+    else:
+        np.testing.assert_allclose(lse, expected, rtol=1e-14)
+        np.testing.assert_allclose(rs.simulate(q, k, v, **options).lse, lse, rtol=1e-14)
