@@ -13,24 +13,9 @@ from hypothesis import strategies as st
 
 import routing_sim as rs
 from tests.conftest import route_masks
+from tests.reference.test_matrix import explicit_routes
 
 U = 2.0**-53
-
-
-def allowed_and_bias(n_queries, n_keys, attn_mask=None, is_causal=False,
-                     causal_alignment="top_left"):
-    """Which routes exist and their additive bias, from SDPA's documented semantics."""
-    allowed = np.ones((n_queries, n_keys), dtype=bool)
-    bias = np.zeros((n_queries, n_keys))
-    if is_causal:
-        shift = 0 if causal_alignment == "top_left" else n_keys - n_queries
-        allowed &= np.arange(n_keys)[None, :] <= np.arange(n_queries)[:, None] + shift
-    if attn_mask is not None and attn_mask.dtype == bool:
-        allowed &= attn_mask
-    elif attn_mask is not None:
-        allowed &= ~np.isneginf(attn_mask)
-        bias = np.where(allowed, attn_mask, 0.0)
-    return allowed, bias
 
 
 def reference_lse(query, key, allowed, bias, scale, sink=None):
@@ -89,7 +74,7 @@ def lse_case(draw, max_len=6):
 def reference_for(query, key, masks, sinks, scale):
     """Every head's reference lse and bound ``(H, L)``; query head h reads kv head
     h // (H / Hkv)."""
-    allowed, bias = allowed_and_bias(query.shape[1], key.shape[1], **masks)
+    allowed, bias = explicit_routes(query.shape[1], key.shape[1], **masks)
     group = query.shape[0] // key.shape[0]
     rows = [reference_lse(query[h], key[h // group], allowed, bias, scale,
                           None if sinks is None else sinks[h]) for h in range(query.shape[0])]
