@@ -194,13 +194,14 @@ def float64_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
                       value: torch.Tensor, attention_mask: torch.Tensor | None,
                       dropout: float = 0.0, scaling: float | None = None,
                       softcap: float | None = None, position_bias: torch.Tensor | None = None,
-                      s_aux: torch.Tensor | None = None, **kwargs: Any
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+                      s_aux: torch.Tensor | None = None, indices: torch.Tensor | None = None,
+                      **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """An independent float64 reference for families without an SDPA path.
 
     Plain torch, as transformers' eager attention but in float64 throughout (HF's runs its
     softmax in float32): scores scaled, soft-capped, plus T5's position bias, masked
     (a ``None`` mask is causal when the module is and the query has more than one token),
+    only the keys each query selected where DeepSeek sparse attention's ``indices`` say,
     softmax over the routes and the attention sinks ``s_aux`` (one logit per head that
     takes a share and pulls no value), then the values. A query row with no allowed key
     gives zeros, the convention of the backend and of SDPA's math path.
@@ -222,6 +223,11 @@ def float64_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
         scores = scores.masked_fill(~attention_mask, -torch.inf)
     else:
         scores = scores + attention_mask
+    if indices is not None:
+        for row, chosen in enumerate(indices.long().unbind(0)):      # (L, k) per batch row
+            unchosen = torch.ones(scores.shape[-2:], dtype=torch.bool)
+            unchosen[torch.arange(len(chosen)).unsqueeze(1), chosen] = False
+            scores[row] = scores[row].masked_fill(unchosen, -torch.inf)
     empty = torch.isneginf(scores).all(dim=-1, keepdim=True)          # (B, H, L, 1)
     scores = scores.masked_fill(empty, 0.0)
     if s_aux is not None:
