@@ -21,7 +21,8 @@ mask as a float one. So :func:`install` wraps two methods of ``PreTrainedModel``
 
 An attention module "computes attention itself" when its class (or a transformers base
 class of it) is named ``*Attention*``/``*Attn*``, contains a softmax and never consults
-``ALL_ATTENTION_FUNCTIONS``. The family sweep (:mod:`routing_sim.hf.families`) holds every
+``ALL_ATTENTION_FUNCTIONS``, or is one of the few whose softmax sits in a helper function
+(MRA's). The family sweep (:mod:`routing_sim.hf.families`) holds every
 family that passes this check to SDPA within 1e-12, so a miss cannot stay silent.
 """
 
@@ -75,11 +76,13 @@ def install(backends: Collection[str]) -> None:
 
     @functools.wraps(adjust)
     def checked_adjust(model: PreTrainedModel, attn_implementation: str | None,
-                       is_init_check: bool = False, **kwargs: Any) -> str:
+                       is_init_check: bool = False, *args: Any, **kwargs: Any) -> str:
+        # the rest passes through as given: HRM's override passes allow_all_kernels by
+        # position
         if is_init_check and attn_implementation is not None and \
                 attn_implementation in backends:
             _refuse_own_class_table(type(model), model.config, attn_implementation)
-        return adjust(model, attn_implementation, is_init_check=is_init_check, **kwargs)
+        return adjust(model, attn_implementation, is_init_check, *args, **kwargs)
 
     @functools.wraps(set_implementation)
     def checked_set(model: PreTrainedModel, attn_implementation: str | dict,
@@ -109,9 +112,17 @@ def self_computing_attention(module_class: type) -> bool:
     return _self_computing(module_class)
 
 
+# Attention classes whose softmax sits in a helper function the source check cannot see:
+# MRA's multi-resolution approximation (mra2_attention: exponentials of the scores less
+# their row maxima, over a sum of them).
+_SOFTMAX_IN_A_HELPER = frozenset({"MraSelfAttention"})
+
+
 @functools.cache
 def _self_computing(module_class: type) -> bool:
     name = module_class.__name__
+    if name in _SOFTMAX_IN_A_HELPER and module_class.__module__.startswith("transformers."):
+        return True
     if "Attention" not in name and "Attn" not in name:
         return False
     sources = []

@@ -18,6 +18,9 @@ PyTorch SDPA receives, and reads them the way SDPA does:
 - ``s_aux`` (gpt-oss) is ``sinks``: one logit per head in every row's softmax
   denominator, a route that takes a share of the budget and pulls no value; its gradient
   is ``Gradients.sinks``;
+- ``indices`` (DeepSeek sparse attention's indexer: the keys ``(B, L, k)`` each query
+  selected) removes every route to a key its query did not select, as the family's own
+  eager path does with its mask;
 - ``scaling``, grouped-query heads (``module.num_key_value_groups``: the key/value heads
   are repeated for their query heads) and, in training, ``dropout`` (routing_sim's
   dropout: routes dropped out after the softmax, the kept ones scaled by ``1 / (1 - p)``, the draw
@@ -53,12 +56,13 @@ __all__ = ["HF_ARGUMENTS", "register", "registered_options"]
 HF_ARGUMENTS = ("attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa", "graph",
                 "causal_alignment", "dropout_mask", "seed", "alibi_slopes", "rope", "sinks")
 # Keywords transformers passes that do not change what attention computes: positions are
-# already in q and k, the masks already carry packing, and the rest is bookkeeping.
+# already in q and k, the masks already carry packing, the token ids (GLM-5-Next passes
+# them down every layer) are already embedded, and the rest is bookkeeping.
 _BOOKKEEPING = frozenset({
     "position_ids", "use_cache", "cache_position", "output_attentions",
     "output_hidden_states", "output_router_logits", "return_dict", "num_items_in_batch",
     "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx",
-    "encoder_hidden_states", "past_key_values", "cache", "token_type_ids"})
+    "encoder_hidden_states", "past_key_values", "cache", "token_type_ids", "input_ids"})
 # Keywords only flash-attention kernels read, which cannot change what attention computes:
 # ModernBERT's ``deterministic`` picks flash-attention's deterministic backward kernel.
 _KERNEL_ONLY = frozenset({"deterministic"})
@@ -139,7 +143,8 @@ def _attention_function(name: str):
     def routing_sim_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
                               scaling: float | None = None, is_causal: bool | None = None,
                               position_bias=None, sliding_window: int | None = None,
-                              softcap: float | None = None, s_aux=None, **kwargs):
+                              softcap: float | None = None, s_aux=None, indices=None,
+                              **kwargs):
         _refuse_unknown(module, kwargs)
         _check_tensors(query, key, value)
         n_queries, n_keys = query.shape[-2], key.shape[-2]
@@ -154,6 +159,9 @@ def _attention_function(name: str):
                 "function too)")
         causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
         causal = bool(n_queries > 1 and attention_mask is None and causal)
+        if indices is not None:
+            attention_mask = _selected(attention_mask, indices, causal, n_keys)
+            causal = False                                  # the mask now holds it
         bias = _additive_bias(attention_mask, position_bias, causal, n_queries, n_keys)
         groups = getattr(module, "num_key_value_groups", 1)
         if groups > 1:
@@ -243,6 +251,26 @@ def _check_tensors(query, key, value) -> None:
         if tensor.dtype not in _DTYPES:
             raise DTypeError(f"{argument} is {tensor.dtype}; the routing_sim backend computes "
                              "in float32 or float64 (model.to(torch.float64))")
+
+
+def _selected(attention_mask, indices, causal: bool, n_keys: int):
+    """The mask with only the routes to the keys each query's indexer selected.
+
+    ``indices`` ``(B, L, k)`` are DeepSeek sparse attention's top-k keys per query. A float
+    mask blocks the others with ``-inf`` (the family's eager path writes the dtype's
+    minimum, which differs only on a row with no route left, whose query gets zeros here).
+    """
+    batch_size, n_queries = indices.shape[:2]
+    selected = torch.zeros(batch_size, n_queries, n_keys, dtype=torch.bool,
+                           device=indices.device).scatter(-1, indices.long(), True)
+    selected = selected.unsqueeze(1)                                   # (B, 1, L, S)
+    if attention_mask is None:
+        if causal:
+            selected = selected & torch.ones(n_queries, n_keys, dtype=torch.bool).tril()
+        return selected
+    if attention_mask.dtype == torch.bool:
+        return attention_mask & selected                               # (B, 1, L, S)
+    return attention_mask.masked_fill(~selected, -torch.inf)
 
 
 def _additive_bias(attention_mask, position_bias, causal: bool, n_queries: int,

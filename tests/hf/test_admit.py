@@ -25,7 +25,8 @@ def backend():
 
 # family -> the attention class that computes attention itself (the error names both)
 BYPASS = {"bloom": "BloomAttention", "mpt": "MptAttention",
-          "deberta-v2": "DisentangledSelfAttention", "longt5": "LongT5LocalAttention"}
+          "deberta-v2": "DisentangledSelfAttention", "longt5": "LongT5LocalAttention",
+          "mra": "MraSelfAttention"}
 
 
 @pytest.mark.parametrize("family", BYPASS)
@@ -86,3 +87,13 @@ def test_models_from_their_own_copies_do_not_warn(backend):
                                                              attn_implementation=backend)
     assert (sdpa.config._attn_implementation, ours.config._attn_implementation) == (
         "sdpa", backend)
+
+
+def test_a_family_passing_the_init_check_its_own_arguments_builds(backend):
+    """HRM's override of _check_and_adjust_attn_implementation passes allow_all_kernels by
+    position: the admission check must pass it on, for every implementation."""
+    config = tiny_config("hrm_text")
+    for implementation in ("eager", backend):
+        model = transformers.AutoModelForCausalLM.from_config(
+            copy.deepcopy(config), attn_implementation=implementation)
+        assert model.config._attn_implementation == implementation

@@ -409,6 +409,46 @@ def test_every_mask_form_equals_sdpa(backend, seed):
                                               **kwargs)[0])
 
 
+@pytest.mark.parametrize("seed", range(9))
+def test_sparse_attention_indices_remove_the_unselected_routes(backend, seed):
+    """DeepSeek sparse attention hands a backend other than eager/SDPA the keys each
+    query's indexer chose (``indices`` (B, L, k)) beside the mask; its eager/SDPA path
+    merges them into the mask instead. Both ways must give the same attention."""
+    from transformers import AttentionInterface
+
+    rng = np.random.default_rng(seed)
+    batch_size, heads, n_keys = 2, 2, int(rng.integers(2, 9))
+    n_queries = int(rng.choice([1, n_keys]))
+    module = torch.nn.Module()
+    module.is_causal = True
+    tensor = lambda *shape: torch.from_numpy(rng.normal(size=shape) * 2)  # noqa: E731
+    q, k, v = (tensor(batch_size, heads, length, 16) for length in (n_queries, n_keys, n_keys))
+    top_k = int(rng.integers(1, n_keys + 1))
+    order = np.argsort(rng.random((batch_size, n_queries, n_keys)), axis=-1)
+    order[..., 0] = n_keys - 1                          # the last key in every selection
+    indices = torch.from_numpy(order[..., :top_k]).to(torch.int32)      # (B, L, k)
+    selected = np.zeros((batch_size, 1, n_queries, n_keys), bool)
+    for row, query in np.ndindex(batch_size, n_queries):
+        selected[row, 0, query, order[row, query, :top_k]] = True
+    causal = np.tril(np.ones((n_queries, n_keys), bool), k=n_keys - n_queries)
+    form = ["none", "bool", "float"][seed % 3]
+    if form == "none":
+        mask, merged = None, torch.from_numpy(selected & causal)
+    elif form == "bool":
+        allowed = np.broadcast_to(causal, selected.shape).copy()
+        allowed[1, ..., : n_keys // 2] = False                        # left padding
+        mask, merged = torch.from_numpy(allowed), torch.from_numpy(allowed & selected)
+    else:
+        mask = tensor(batch_size, 1, n_queries, n_keys)
+        mask[torch.from_numpy(rng.random(mask.shape) < 0.3)] = -torch.inf
+        mask[..., -1] = 0.0                                           # no empty row
+        merged = mask.masked_fill(torch.from_numpy(~selected), -torch.inf)
+    ours = AttentionInterface()[backend](module, q, k, v, mask, indices=indices, scaling=0.25)
+    assert_close(ours[0], _sdpa_reference(module, q, k, v, merged, scaling=0.25))
+    reference = float64_eager(module, q, k, v, mask, indices=indices, scaling=0.25)
+    assert_close(reference[0], _sdpa_reference(module, q, k, v, merged, scaling=0.25))
+
+
 @pytest.mark.parametrize("family", ["opt", "gpt_bigcode", "stablelm", "llama", "bart"])
 def test_output_attentions_returns_the_routing_tables(backend, family):
     """Whenever eager returns weights: OPT, GPT-BigCode and StableLM do not pass
