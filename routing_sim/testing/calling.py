@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,11 +48,12 @@ class Outcome:
     error: str | None = None
 
 
-def detect(fn: Callable, layout: str) -> Kind:
+def detect(fn: Callable, layout: str, dtype: str = "float64") -> Kind:
     """Whether ``fn`` takes numpy arrays or torch tensors: it is called on a two-token
-    case with numpy arrays first, then with torch tensors (if torch is installed); the
-    first call that returns an array of its own kind decides."""
-    probe = Case(np.ones((1, 1, 2, 4)), np.ones((1, 1, 2, 4)), np.eye(2, 4)[None, None])
+    case in ``dtype`` with numpy arrays first, then with torch tensors (if torch is
+    installed); the first call that returns an array of its own kind decides."""
+    probe = Case(np.ones((1, 1, 2, 4)), np.ones((1, 1, 2, 4)), np.eye(2, 4)[None, None],
+                 dtype)
     errors = []
     kinds: list[Kind] = ["numpy", "torch"] if importlib.util.find_spec("torch") else ["numpy"]
     for kind in kinds:
@@ -188,7 +190,9 @@ def arguments(case: Case, layout: str, kind: Kind, value: np.ndarray | None = No
         from torch.nn.attention.bias import causal_lower_right
 
         del kwargs["causal_alignment"], kwargs["is_causal"]
-        kwargs["attn_mask"] = causal_lower_right(case.query.shape[2], case.key.shape[2])
+        with warnings.catch_warnings():   # torch warns of NaNs for L > S: the check judges
+            warnings.simplefilter("ignore", UserWarning)
+            kwargs["attn_mask"] = causal_lower_right(case.query.shape[2], case.key.shape[2])
     for name, given in kwargs.items():
         if isinstance(given, np.ndarray):
             dtype = "float32" if name == "alibi_slopes" else case.dtype
@@ -296,7 +300,7 @@ def case_from_call(query: Any, key: Any, value: Any, layout: str = "sdpa",
     mask = kwargs.get("attn_mask")
     causal: Causal | None = None
     if mask is not None and type(mask).__name__ == "CausalBias":   # torch's causal_lower_right
-        causal = "bottom_right" if "LOWER_RIGHT" in str(mask.variant) else "top_left"
+        causal = "bottom_right" if mask.variant.name == "LOWER_RIGHT" else "top_left"
         mask = None
     elif kwargs.get("is_causal") or kwargs.get("causal"):
         causal = "bottom_right" if layout == "flash" or packed or \

@@ -28,7 +28,7 @@ import numpy as np
 from .calling import Kind, call
 from .cases import Case
 from .oracle import Expected, restrictions
-from .precision import ulp
+from .precision import round_to, ulp
 
 __all__ = ["Divergence", "diverges", "shares"]
 
@@ -98,6 +98,13 @@ def diverges(fn: Callable, case: Case, layout: str, kind: Kind, expected: Expect
         return int(np.flatnonzero(where)[0])
 
     high, low = _RANGE[case.dtype]
+    if not np.isfinite(row_max) and not np.isfinite(kernel).all():
+        j = first(~np.isfinite(kernel))
+        return Divergence("row max", row, j, (
+            f"row max, {at}: the query has no route, so its row max is -inf and "
+            f"exp(s - m) = exp(-inf + inf) is NaN: the kernel's share of key {j} is "
+            f"{float(kernel[j])!r}; the oracle returns zeros for such a row, as PyTorch's math "
+            "backend and FlashAttention do"), table)
     lost = ~np.isfinite(kernel).all() or (kernel == 0).all() and (oracle > 0).any()
     if lost and (row_max > high or row_max < low):
         j = first(~np.isfinite(kernel) | (kernel != oracle))
@@ -133,6 +140,15 @@ def diverges(fn: Callable, case: Case, layout: str, kind: Kind, expected: Expect
         return Divergence("scores", row, j, (
             f"scores, {at}, key {j}: the route exists (score {scores[j]:.6g}) and the oracle "
             f"gives it a share of {oracle[j]:.6g}; the kernel gives it none"), table)
+    off = np.abs(kernel - oracle) > tolerance
+    coarser = _coarser(case.dtype, kernel, oracle) if off.any() else ""
+    if coarser:
+        j = first(off)
+        return Divergence("a share", row, j, (
+            f"a share, {at}, key {j}: {float(kernel[j])!r} where the oracle has "
+            f"{float(oracle[j])!r}; every "
+            f"share is the oracle's to within a few ULPs of {coarser}, not of {case.dtype}: "
+            f"the softmax runs in {coarser}"), table)
     both = (kernel > 0) & (oracle > 0)
     live = np.where(both, scores, 0.0)
     implied = live + np.log(np.where(both, kernel, 1.0)) - np.log(np.where(both, oracle, 1.0))
@@ -150,13 +166,26 @@ def diverges(fn: Callable, case: Case, layout: str, kind: Kind, expected: Expect
         j = first(np.abs(kernel - oracle) > tolerance)
         return Divergence("normaliser", row, j, (
             f"normaliser, {at}: the shares are in the oracle's proportions but sum to "
-            f"{kernel.sum():.6g}, the oracle's to {oracle.sum():.6g} (its normaliser "
+            f"{float(kernel.sum())!r}, the oracle's to {float(oracle.sum())!r} (its normaliser "
             f"l = {expected.normaliser[b, h, i]:.6g} with row max {row_max:.6g}"
             f"{', the sink included' if case.sinks is not None else ''})"), table)
     return Divergence("output", row, None, (
         f"output, {at}: every share matches the oracle's routing table, but output element "
         f"{element} is {got!r}, expected {wanted!r}: the values are pulled or added wrong"
         f"{_other_head(case, expected, row, output)}"), table)
+
+
+def _coarser(dtype: str, kernel: np.ndarray, oracle: np.ndarray) -> str:
+    """The coarser dtype the kernel's shares were rounded to (each one a value of that
+    dtype, within 4 of its ULPs of the oracle's), or ``""``."""
+    order = ["float64", "float32", "bfloat16"]
+    if dtype not in order:
+        return ""
+    for coarser in order[order.index(dtype) + 1:]:
+        if np.array_equal(round_to(kernel, coarser), kernel) and \
+                (np.abs(kernel - oracle) <= 4 * ulp(oracle, coarser)).all():
+            return coarser
+    return ""
 
 
 def _pattern(oracle: np.ndarray, kernel: np.ndarray, keys: np.ndarray, apart: np.ndarray
@@ -166,7 +195,8 @@ def _pattern(oracle: np.ndarray, kernel: np.ndarray, keys: np.ndarray, apart: np
     (a block of keys rescaled wrong)."""
     if len(oracle) >= 2 and np.ptp(oracle) > 0:
         slope, offset = np.polyfit(oracle, kernel, 1)
-        if np.abs(slope * oracle + offset - kernel).max() <= 1e-6 * max(np.ptp(kernel), 1e-300):
+        if abs(slope - 1) > 1e-6 and np.abs(slope * oracle + offset - kernel).max() <= \
+                1e-6 * max(np.ptp(kernel), 1e-300):
             return f"; every score of the row looks multiplied by {slope:.6g}: a wrong scale?"
     start = int(apart[0])
     after = keys >= start

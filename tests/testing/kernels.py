@@ -177,3 +177,24 @@ PLANTED = {
     "window off by one": (window_off_by_one, "flash", ("window",)),
     "lse off by the scale": (lse_off_by_the_scale, "flash", ("lse",)),
 }
+
+
+def planted_section() -> str:
+    """The planted bugs' part of docs/en/testing.md (and docs/zh/testing.md): each bug's
+    check (battery only), the failure it shrinks to and where it diverges. The tests hold
+    the pages to it."""
+    import routing_sim as rs
+
+    parts = []
+    for title, (fn, layout, features) in PLANTED.items():
+        report = rs.testing.check_attention(fn, layout=layout, features=features, cases=0)
+        failure = report.failures[0]
+        shown = str(failure).split("\n  worst error:")[0]
+        parts.append(f"**{title}** (`tests/testing/kernels.py:{fn.__name__}`, layout "
+                     f"{layout}, features: {', '.join(features) or 'none'})\n\n"
+                     f"```text\n{shown}\n```\n")
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    print(planted_section(), end="")
