@@ -16,6 +16,7 @@ True
 import importlib as _importlib
 import sys as _sys
 
+from . import testing
 from .engines import memory as budget
 from .errors import (
     DeliveryError,
@@ -88,6 +89,7 @@ __all__ = [
     "plots",
     "simulate",
     "sweep",
+    "testing",
     "verify",
 ]
 

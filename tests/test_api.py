@@ -26,7 +26,7 @@ def test_public_names_are_exactly_all():
     modules = {name for name in public if type(getattr(rs, name)).__name__ == "module"}
     assert rs.__all__ == sorted(rs.__all__)
     assert set(rs.__all__) == (public - modules) | {"budget", "graphs", "masks", "mods",
-                                                    "patterns", "plots", "verify"}
+                                                    "patterns", "plots", "testing", "verify"}
 
 
 def test_dir_shows_the_public_api_not_the_modules_it_is_built_from():

@@ -34,7 +34,7 @@ FLOORS = [
     {"engines"},
     {"results"},
     {"simulation"},
-    {"nn", "parallel", "hf"},
+    {"nn", "parallel", "hf", "testing"},
     {"cli"},
 ]
 FLOOR = {room: number for number, rooms in enumerate(FLOORS) for room in rooms}

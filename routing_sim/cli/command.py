@@ -1,5 +1,5 @@
 """The ``routing-sim`` command: demo, the tour, scenarios, traces, replay pages, plots, an
-equivalence sweep, benchmarks."""
+equivalence sweep, benchmarks, and the oracle's check of another attention function."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import RoutingSimError
 from ..options import ENGINES, NUMERICS, SOFTMAX, VERIFY_PATTERNS
+from . import check as check_cli
 from . import learn
 from . import pattern_options as pattern_cli
 from . import sweep as sweep_cli
@@ -24,7 +25,7 @@ FORMATS = ("perfetto", "mermaid", "jsonl", "csv")
 PLOTS = ("heatmap", "graph", "timeline")
 # The extra that installs each optional module, named when its import fails.
 EXTRAS = {"matplotlib": "plot", "torch": "hf", "transformers": "hf", "distributed": "distributed",
-          "dask": "distributed"}
+          "dask": "distributed", "hypothesis": "testing"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -172,6 +173,7 @@ def _parser() -> argparse.ArgumentParser:
     add_options(bench)
     bench.set_defaults(handler=_bench)
     sweep_cli.add_parser(commands)
+    check_cli.add_parser(commands)
     return parser
 
 

@@ -58,7 +58,7 @@ from ..routes.restrictions import DENSE_LIMIT
 from ..routes.route_set import batch_head
 from .matrix import attention
 
-__all__ = ["CONTRACT_SCORE_LIMIT", "Verdict", "tolerance", "verdict"]
+__all__ = ["CONTRACT_SCORE_LIMIT", "Verdict", "bound", "tolerance", "verdict"]
 
 CONTRACT_SCORE_LIMIT = 100.0
 _CONTRACT = {np.dtype(np.float64): 1e-12, np.dtype(np.float32): 1e-5}
@@ -167,46 +167,107 @@ def _dense(problem: Problem) -> Problem:
                    bias=spread(sparse.bias, 0), keep=spread(sparse.keep, False), sparse=None)
 
 
+def bound(query: ArrayLike, key: ArrayLike, value: ArrayLike,
+          attn_mask: ArrayLike | None = None, dropout_p: float = 0.0, is_causal: bool = False,
+          scale: float | None = None, enable_gqa: bool = False,
+          **options: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The derived bound of the module docstring alone, per output and per weight.
+
+    Takes the arguments of :func:`~routing_sim.attention`. Unlike :func:`tolerance` it has
+    no floor from the project's contract: it is what two correct implementations in the
+    inputs' dtype may differ by, however small the scores, so it can tell a last-bit
+    difference from an error of 1e-9 relative (:mod:`routing_sim.testing` builds on it).
+    A ``score_mod`` other than the built-in ones has no bound and is refused.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> q = np.ones((1, 4)); k = np.ones((2, 4)); v = np.ones((2, 3))
+    >>> output_bound, weight_bound = bound(q, k, v)
+    >>> bool(output_bound.max() < 1e-14), weight_bound.shape
+    (True, (1, 2))
+    """
+    problem = _dense(prepare(query, key, value, attn_mask, dropout_p, is_causal, scale,
+                             enable_gqa, **options))
+    _check_mod(problem, None)
+    reference = _Reference.of(problem)
+    weight_bound = reference.weights * _relative_bound(problem, reference)
+    return (problem.unflatten(weight_bound @ np.abs(reference.value)),    # (G, L, Ev)
+            problem.unflatten(weight_bound))
+
+
+@dataclass(frozen=True)
+class _Reference:
+    """The float64 quantities the bound is computed from, for one dense problem."""
+
+    query: np.ndarray        # (G, L, E)
+    key: np.ndarray          # (G, S, E)
+    value: np.ndarray        # (G, S, Ev)
+    raw: np.ndarray          # (G, L, S) t = q·k·scale
+    modded: np.ndarray       # (G, L, S) f(t)
+    scores: np.ndarray       # (G, L, S) s = f(t) + b, -inf off the routes
+    weights: np.ndarray      # (G, L, S) after dropout
+
+    @classmethod
+    def of(cls, problem: Problem) -> _Reference:
+        q, k, v = (x.astype(np.float64) for x in (problem.query, problem.key, problem.value))
+        allowed = problem.dense_allowed                                # (G, L, S)
+        raw = q @ k.transpose(0, 2, 1) * problem.scale                 # (G, L, S) t
+        modded = raw if problem.score_mod is None else _modded(problem, raw)  # (G, L, S)
+        scores = np.where(allowed, modded + (0 if problem.bias is None else problem.bias),
+                          -np.inf)                                     # (G, L, S) s
+        # Zero scale: the mask is the whole score, so these are the reference's tables of s
+        # (the groups are the heads here: one sink logit each; scores, not a mask a user
+        # wrote: no MaskWarning however they come out).
+        with checked_upstream():
+            weights = attention(q, k, v, scale=0.0, attn_mask=scores, return_weights=True,
+                                sinks=problem.sinks)[1]
+        if problem.keep is not None:
+            weights = weights * problem.keep / (1.0 - problem.dropout_p)
+        return cls(q, k, v, raw, modded, scores, weights)
+
+    def largest(self, problem: Problem) -> float:
+        """The largest score magnitude: scaled ``t``, modded ``s``, or a sink logit."""
+        allowed = problem.dense_allowed
+        live = allowed & ~np.isneginf(self.scores)     # -inf: the score_mod removed it
+        return max(np.abs(np.where(live, self.scores, 0)).max(initial=0.0),
+                   np.abs(np.where(allowed, self.raw, 0)).max(initial=0.0),
+                   0.0 if problem.sinks is None else float(np.abs(problem.sinks).max()))
+
+
+def _check_mod(problem: Problem, largest: float | None) -> None:
+    """Refuse a score mod the bound knows nothing of (beyond the contract, when
+    ``largest`` is given)."""
+    if problem.score_mod is None or type(problem.score_mod) in _BOUNDED_MODS:
+        return
+    where = "" if largest is None else \
+        f" with scores beyond ±{CONTRACT_SCORE_LIMIT:g} (largest {largest:.3g})"
+    raise InvalidArgumentError(
+        f"no error bound for score_mod {problem.score_mod!r}{where}: the bound knows the "
+        "rounding of rs.mods.softcap, alibi and relative_bias only; scale the inputs "
+        "into the contract or use a built-in mod")
+
+
 def _tolerance(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
-    q, k, v = (x.astype(np.float64) for x in (problem.query, problem.key, problem.value))
     contract = _CONTRACT[problem.dtype]
-    allowed = problem.dense_allowed                                    # (G, L, S)
-    raw = q @ k.transpose(0, 2, 1) * problem.scale                     # (G, L, S) t
-    modded = raw if problem.score_mod is None else _modded(problem, raw)  # (G, L, S) f(t)
-    scores = np.where(allowed, modded + (0 if problem.bias is None else problem.bias),
-                      -np.inf)                                         # (G, L, S) s
-    # Zero scale: the mask is the whole score, so these are the reference's tables of s
-    # (the groups are the heads here: one sink logit each; scores, not a mask a user
-    # wrote: no MaskWarning however they come out).
-    with checked_upstream():
-        weights = attention(q, k, v, scale=0.0, attn_mask=scores, return_weights=True,
-                            sinks=problem.sinks)[1]
-    if problem.keep is not None:
-        weights = weights * problem.keep / (1.0 - problem.dropout_p)
+    reference = _Reference.of(problem)
     with np.errstate(invalid="ignore"):
-        ref_output = weights @ v                                       # (G, L, Ev)
+        ref_output = reference.weights @ reference.value               # (G, L, Ev)
     output_tol = contract * (1 + np.abs(ref_output))
-    weight_tol = contract * (1 + weights)
-    live = allowed & ~np.isneginf(scores)              # -inf: the score_mod removed it
-    largest = max(np.abs(np.where(live, scores, 0)).max(initial=0.0),
-                  np.abs(np.where(allowed, raw, 0)).max(initial=0.0),
-                  0.0 if problem.sinks is None else float(np.abs(problem.sinks).max()))
+    weight_tol = contract * (1 + reference.weights)
+    largest = reference.largest(problem)
     if largest <= CONTRACT_SCORE_LIMIT:
         return output_tol, weight_tol
-    if problem.score_mod is not None and type(problem.score_mod) not in _BOUNDED_MODS:
-        raise InvalidArgumentError(
-            f"no error bound for score_mod {problem.score_mod!r} with scores beyond "
-            f"±{CONTRACT_SCORE_LIMIT:g} (largest {largest:.3g}): the bound knows the "
-            "rounding of rs.mods.softcap, alibi and relative_bias only; scale the inputs "
-            "into the contract or use a built-in mod")
-    weight_bound = weights * _relative_bound(problem, q, k, raw, modded, scores)
-    return (np.maximum(output_tol, weight_bound @ np.abs(v)),          # (G, L, Ev)
+    _check_mod(problem, largest)
+    weight_bound = reference.weights * _relative_bound(problem, reference)
+    return (np.maximum(output_tol, weight_bound @ np.abs(reference.value)),  # (G, L, Ev)
             np.maximum(weight_tol, weight_bound))
 
 
-def _relative_bound(problem: Problem, q: np.ndarray, k: np.ndarray, raw: np.ndarray,
-                    modded: np.ndarray, scores: np.ndarray) -> np.ndarray:
+def _relative_bound(problem: Problem, reference: _Reference) -> np.ndarray:
     """Steps 1-2 of the module docstring: each weight's relative error bound ``(G, L, S)``."""
+    q, k, raw, modded, scores = (reference.query, reference.key, reference.raw,
+                                 reference.modded, reference.scores)
     unit = float(np.finfo(problem.dtype).eps) / 2
     dim, n_keys = q.shape[-1], k.shape[-2]
     allowed = problem.dense_allowed                                    # (G, L, S)

@@ -83,3 +83,30 @@ def test_a_score_mod_that_removes_routes_gets_a_verdict():
     wrong[0, 3] += 1e-9
     assert not rs.verify.verdict(wrong, run.weights, q, k, v, score_mod=causal
                                  ).within_tolerance
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.sampled_from([0.5, 3.0, 30.0]))
+def test_the_bound_alone_covers_float_against_exact_and_is_far_below_1e_9(seed, magnitude):
+    q, k, v = inputs(seed, magnitude)
+    output_bound, weight_bound = rs.verify.bound(q, k, v, is_causal=True)
+    exact = rs.attention(q, k, v, is_causal=True, numerics="exact")
+    float_ = rs.attention(q, k, v, is_causal=True)
+    # An independent float64 implementation: plain numpy, another summation order.
+    scores = np.einsum("...le,...se->...ls", q, k)[..., ::-1] / 2.0
+    scores = np.where(np.tri(6, 6, dtype=bool)[:, ::-1], scores, -np.inf)
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    shares = weights / weights.sum(-1, keepdims=True)
+    mine = np.einsum("...ls,...sv->...lv", shares, v[..., ::-1, :])
+    for other in (float_, mine):
+        assert (np.abs(other - exact) <= output_bound).all()
+    magnitude_ = np.abs(rs.attention(q, k, v, is_causal=True, return_weights=True)[1]) @ np.abs(v)
+    assert (output_bound < 1e-9 * magnitude_).all()
+    assert weight_bound.shape == (2, 3, 6, 6)
+
+
+def test_the_bound_has_no_contract_floor():
+    q, k, v = inputs(1, 1.0)
+    output_bound, _ = rs.verify.bound(q, k, v)
+    output_tol, _ = rs.verify.tolerance(q, k, v)
+    assert (output_bound < output_tol / 100).all()

@@ -1,0 +1,163 @@
+"""check_attention and assert_attention_close: correct kernels pass, planted bugs are caught
+and shrunk to the minimal cases docs/en/testing.md shows, a float64 kernel off by 1e-9
+relative fails, torch's SDPA passes."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import routing_sim as rs
+from routing_sim.errors import InvalidArgumentError
+from routing_sim.testing.cases import FEATURES
+from tests.testing import kernels
+
+ROOT = Path(__file__).resolve().parents[2]
+EVERY = [f for f in FEATURES if f != "backward"]
+FLASH = [f for f in EVERY if f not in ("mask", "bottom_right")]
+
+
+@pytest.mark.parametrize("fn, layout, features", [(kernels.sdpa, "sdpa", EVERY),
+                                                  (kernels.flash, "flash", FLASH)])
+def test_a_correct_kernel_passes_every_feature(fn, layout, features):
+    report = rs.testing.check_attention(fn, layout=layout, features=features, cases=26)
+    assert report.passed, str(report)
+    assert set(report.by_feature) == {"plain", *features}
+    assert all(result.cases > 0 and result.failed == 0 for result in report.by_feature.values())
+    # Far inside the tolerance, not at its edge: the two readings agree to a few ULPs.
+    assert max(r.worst_ratio for r in report.by_feature.values()) < 0.5
+
+
+def _planted_section() -> str:
+    """The planted bugs' section of docs/en/testing.md, as a fast run writes it."""
+    return kernels.planted_section()
+
+
+def test_every_planted_bug_is_caught_and_the_page_shows_its_minimal_case():
+    page = (ROOT / "docs" / "en" / "testing.md").read_text(encoding="utf-8")
+    shown = page.split("<!-- planted:begin -->\n")[1].split("<!-- planted:end -->")[0]
+    assert shown == _planted_section()
+    assert shown.count("FAIL (") == len(kernels.PLANTED)
+    zh = (ROOT / "docs" / "zh" / "testing.md").read_text(encoding="utf-8")
+    assert shown in zh
+
+
+@pytest.mark.parametrize("title, stage, key", [
+    ("scale 1/d", "scores", 0),
+    ("causal off by one", "scores", 1),
+    ("wrong GQA head mapping", "output", None),
+    ("softmax without subtracting the max", "row max", 0),
+    ("top-left and bottom-right swapped", "scores", 1),
+    ("bool mask inverted", "scores", 0),
+    ("a bug only past 64 keys", "scores", 64),
+    ("window off by one", "scores", 0),
+    ("lse off by the scale", "lse", None),
+])
+def test_each_planted_bug_diverges_where_its_bug_is(title, stage, key):
+    fn, layout, features = kernels.PLANTED[title]
+    report = rs.testing.check_attention(fn, layout=layout, features=features, cases=0)
+    assert not report.passed
+    failure = report.failures[0]
+    assert (failure.divergence.stage, failure.divergence.key) == (stage, key)
+    assert failure.case.shape[3] <= 2 and failure.case.shape[0] == 1    # shrunk: B=1, L<=2
+
+
+def test_the_reproducer_of_a_failure_fails_and_passes_on_a_correct_kernel():
+    report = rs.testing.check_attention(kernels.causal_off_by_one, features=["causal"],
+                                        cases=0, name="tests.testing.kernels:causal_off_by_one")
+    code = report.failures[0].reproducer
+    assert "from tests.testing.kernels import causal_off_by_one as fn" in code
+    with pytest.raises(AssertionError, match="output, query 0"):
+        exec(compile(code, "<reproducer>", "exec"), {})
+    exec(compile(code.replace("causal_off_by_one as fn", "sdpa as fn"), "<ok>", "exec"), {})
+
+
+def test_a_float64_kernel_off_by_1e_9_relative_fails_on_every_normal_case():
+    def off(q, k, v, **kwargs):
+        return kernels.sdpa(q, k, v, **kwargs) * (1 + 1e-9)
+
+    report = rs.testing.check_attention(off, cases=0)
+    plain = report.by_feature["plain"]
+    assert plain.failed == plain.cases > 15           # huge scores and subnormal values too
+    # Read through one-hot values, the kernel's shares sum to 1 + 1e-9.
+    assert report.failures[0].divergence.stage == "normaliser"
+
+
+def test_torch_sdpa_float64_passes_with_its_features_and_gradients():
+    torch = pytest.importorskip("torch")
+
+    def sdpa(q, k, v, **kwargs):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, **kwargs)
+
+    report = rs.testing.check_attention(sdpa, features=["mask", "causal", "bottom_right", "gqa",
+                                                        "backward"], cases=12)
+    assert report.passed, str(report)
+    assert report.kind == "torch" and report.by_feature["backward"].cases > 20
+
+
+def test_torch_sdpa_float32_passes_and_a_kernel_rounding_scores_to_bfloat16_fails():
+    torch = pytest.importorskip("torch")
+
+    def sdpa(q, k, v, **kwargs):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, **kwargs)
+
+    def coarse(q, k, v):
+        scores = (q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).bfloat16().float()
+        return torch.softmax(scores, -1) @ v
+
+    assert rs.testing.check_attention(sdpa, dtype="float32", cases=10).passed
+    report = rs.testing.check_attention(coarse, dtype=torch.float32, cases=0)
+    assert not report.passed and report.dtype == "float32"
+
+
+def test_the_report_reads_as_a_table_and_as_json():
+    report = rs.testing.check_attention(kernels.scale_one_over_d, cases=0, name="mine")
+    text = str(report)
+    assert text.startswith("mine (numpy, layout sdpa, float64) against the routing_sim oracle: "
+                           "FAILED (1 failures)")
+    assert re.search(r"^plain\s+\d+\s+\d+\s+\S+\s+\S+$", text, re.MULTILINE)
+    data = report.to_json()
+    assert data["passed"] is False and data["failures"][0]["stage"] == "scores"
+    assert data["by_feature"]["plain"]["failed"] == report.by_feature["plain"].failed
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"features": ["causl"]}, "unknown feature 'causl'"),
+    ({"features": ["mask"], "layout": "flash"}, "takes no attn_mask"),
+    ({"layout": "xla"}, "layout must be"),
+    ({"features": ["backward"]}, "fn must take torch tensors"),
+    ({"dtype": "bfloat16"}, "numpy has no bfloat16"),
+    ({"dtype": "int8"}, "dtype must be one of"),
+    ({"cases": -1}, "cases must be an int >= 0"),
+])
+def test_bad_arguments_are_refused_by_name(arguments, message):
+    with pytest.raises(InvalidArgumentError, match=message):
+        rs.testing.check_attention(kernels.sdpa, **arguments)
+
+
+def test_a_function_of_neither_kind_is_refused():
+    with pytest.raises(InvalidArgumentError, match="numpy arrays or torch tensors"):
+        rs.testing.check_attention(lambda q, k, v: "no", cases=0)
+
+
+def test_assert_attention_close_checks_lse_and_gradients():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    q, k, v = (torch.tensor(rng.normal(size=(1, 2, 3, 4)), requires_grad=True)
+               for _ in range(3))
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    d_out = torch.ones_like(out)
+    out.backward(d_out)
+    rs.testing.assert_attention_close(out, q, k, v, is_causal=True, d_output=d_out,
+                                      gradients=(q.grad, k.grad, v.grad))
+    with pytest.raises(AssertionError, match="gradient of key"):
+        rs.testing.assert_attention_close(out, q, k, v, is_causal=True, d_output=d_out,
+                                          gradients=(q.grad, k.grad * 1.001, v.grad))
+    qn, kn, vn = (x.detach().numpy() for x in (q, k, v))
+    out, lse = kernels.sdpa(qn, kn, vn, return_lse=True)
+    rs.testing.assert_attention_close((out, lse), qn, kn, vn, return_lse=True)
+    with pytest.raises(AssertionError, match="lse, query 0"):
+        rs.testing.assert_attention_close((out, lse + 1e-12), qn, kn, vn, return_lse=True)
