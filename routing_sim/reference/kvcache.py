@@ -25,7 +25,7 @@ from ..inputs.sinks import group_sinks
 from ..options import Numerics
 from .matrix import attention
 
-__all__ = ["CacheLayout", "attention_with_kvcache"]
+__all__ = ["CacheLayout", "attention_with_kvcache", "check_new_tokens", "check_tokens"]
 
 
 def _indices(name: str, values: ArrayLike, shape: tuple[int, ...]) -> np.ndarray:
@@ -38,7 +38,7 @@ def _indices(name: str, values: ArrayLike, shape: tuple[int, ...]) -> np.ndarray
     return array.astype(np.int64)
 
 
-def _tokens(name: str, x: ArrayLike) -> np.ndarray:
+def check_tokens(name: str, x: ArrayLike) -> np.ndarray:
     """A 4-D floating array in FlashAttention's layout (batch, seqlen, heads, headdim)."""
     array = as_numpy(name, x)
     if array.ndim != 4:
@@ -76,11 +76,12 @@ class CacheLayout:
     capacity: int
 
     @classmethod
-    def check(cls, k_cache: ArrayLike, v_cache: ArrayLike, n_batch: int, heads: int,
-              head_dim: int, cache_batch_idx: ArrayLike | None = None,
+    def check(cls, k_cache: ArrayLike, v_cache: ArrayLike, n_batch: int, heads: int | None,
+              head_dim: int | None, cache_batch_idx: ArrayLike | None = None,
               block_table: ArrayLike | None = None) -> CacheLayout:
         """Check the caches against ``n_batch`` sequences of ``heads`` query heads of
-        ``head_dim`` features (errors name the argument), and address them.
+        ``head_dim`` features (errors name the argument; None: not known yet), and address
+        them.
 
         Examples
         --------
@@ -89,12 +90,13 @@ class CacheLayout:
         >>> layout.capacity, layout.slots(0, 1, 4)         # slots 1..3: (page, offset)
         (4, (array([2, 0, 0]), array([1, 0, 1])))
         """
-        keys, values = _tokens("k_cache", k_cache), _tokens("v_cache", v_cache)
+        keys, values = check_tokens("k_cache", k_cache), check_tokens("v_cache", v_cache)
         if keys.shape[:3] != values.shape[:3]:
             raise ShapeError(f"k_cache and v_cache must agree on (blocks or batch, slots, "
                              f"heads), got {keys.shape} and {values.shape}")
         n_rows, seqlen, kv_heads, key_dim = keys.shape
-        if key_dim != head_dim:
+        heads = kv_heads if heads is None else heads           # None: the queries come later
+        if head_dim is not None and key_dim != head_dim:
             raise ShapeError(f"k_cache has headdim {key_dim} but q has {head_dim}")
         if kv_heads == 0 or heads % kv_heads:
             raise ShapeError(f"q's {heads} heads must be a multiple of the caches' {kv_heads} "
@@ -119,6 +121,22 @@ class CacheLayout:
                              f"{n_batch}, got {table.shape}")
         table = _indices("block_table", table, table.shape)
         return cls(keys, values, np.arange(n_batch), table, table.shape[1] * seqlen)
+
+    def sequences(self, cache_seqlens: ArrayLike | int | None,
+                  cache_leftpad: ArrayLike | None, n_new: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """Each sequence's length and left padding ``(B,)``, checked: room for ``n_new``
+        more keys, ``0 <= cache_leftpad <= cache_seqlens``, and the pages they reach."""
+        n_batch = len(self.rows)
+        lengths = _cache_seqlens(cache_seqlens, n_batch, self.capacity, n_new)
+        leftpad = np.zeros(n_batch, np.int64) if cache_leftpad is None else \
+            _indices("cache_leftpad", cache_leftpad, (n_batch,))
+        if ((leftpad < 0) | (leftpad > lengths)).any():
+            b = int(np.flatnonzero((leftpad < 0) | (leftpad > lengths))[0])
+            raise InvalidArgumentError(f"cache_leftpad[{b}] = {leftpad[b]} must lie in 0.."
+                                       f"cache_seqlens[{b}] = {lengths[b]}")
+        self.check_pages(lengths + n_new)
+        return lengths, leftpad
 
     def check_pages(self, lengths: np.ndarray) -> None:
         """Refuse a block_table whose pages, as far as each sequence reaches, lie past the
@@ -268,20 +286,13 @@ def attention_with_kvcache(
     >>> bool(np.allclose(out[0, :, 0], first)), out.shape
     (True, (2, 1, 1, 2))
     """
-    queries = _tokens("q", q)
+    queries = check_tokens("q", q)
     n_batch, n_queries, heads, head_dim = queries.shape
     layout = CacheLayout.check(k_cache, v_cache, n_batch, heads, head_dim, cache_batch_idx,
                                block_table)
-    new_keys, new_values = _new_tokens(k, v, layout, n_batch)
+    new_keys, new_values = check_new_tokens(k, v, layout, n_batch)
     n_new = 0 if new_keys is None else new_keys.shape[1]
-    lengths = _cache_seqlens(cache_seqlens, n_batch, layout.capacity, n_new)
-    leftpad = np.zeros(n_batch, np.int64) if cache_leftpad is None else \
-        _indices("cache_leftpad", cache_leftpad, (n_batch,))
-    if ((leftpad < 0) | (leftpad > lengths)).any():
-        b = int(np.flatnonzero((leftpad < 0) | (leftpad > lengths))[0])
-        raise InvalidArgumentError(f"cache_leftpad[{b}] = {leftpad[b]} must lie in 0.."
-                                   f"cache_seqlens[{b}] = {lengths[b]}")
-    layout.check_pages(lengths + n_new)
+    lengths, leftpad = layout.sequences(cache_seqlens, cache_leftpad, n_new)
     slopes = None if alibi_slopes is None else check_alibi_slopes(alibi_slopes,
                                                                   (n_batch, heads))
     rope = _rotary(rotary_cos, rotary_sin, rotary_interleaved, new_keys)
@@ -327,15 +338,15 @@ def attention_with_kvcache(
     return (out, np.stack(lses)) if return_lse else out
 
 
-def _new_tokens(k: ArrayLike | None, v: ArrayLike | None, layout: CacheLayout, n_batch: int
-                ) -> tuple[np.ndarray | None, np.ndarray | None]:
+def check_new_tokens(k: ArrayLike | None, v: ArrayLike | None, layout: CacheLayout,
+                     n_batch: int) -> tuple[np.ndarray | None, np.ndarray | None]:
     """The new keys and values, checked against the cache (or None, None)."""
     if (k is None) != (v is None):
         raise InvalidArgumentError("k and v come together: give both new keys and values, "
                                    "or neither")
     if k is None or v is None:
         return None, None
-    keys, values = _tokens("k", k), _tokens("v", v)
+    keys, values = check_tokens("k", k), check_tokens("v", v)
     for name, new, cache in (("k", keys, layout.k_cache), ("v", values, layout.v_cache)):
         expected = (n_batch, keys.shape[1], *cache.shape[2:])
         if new.shape != expected:
