@@ -41,6 +41,7 @@ from .parallel import ParallelRun, context_parallel
 from .parallel.cluster import Cluster
 from .parallel.sweep import sweep
 from .reference import verify
+from .reference.kvcache import attention_with_kvcache
 from .reference.matrix import attention, attention_backward
 from .results.run import DroppedRoute, Route, RoutingTable, Run
 from .routes import graphs, patterns
@@ -80,6 +81,7 @@ __all__ = [
     "Trace",
     "attention",
     "attention_backward",
+    "attention_with_kvcache",
     "budget",
     "context_parallel",
     "graphs",

@@ -40,6 +40,7 @@ from ..inputs.mods import derivative
 from ..inputs.positions import check_position_ids
 from ..network.conditions import Network
 from ..network.messages import FORWARD
+from ..reference.kvcache import CacheLayout, check_new_tokens, check_tokens
 from ..results.run import Run
 from ..routes.graphs import complete
 from ..routes.route_set import RouteSet
@@ -71,6 +72,16 @@ _REFUSED = {
                         "position_ids to step() or extend()",
 }
 _OPTIONS = frozenset(inspect.signature(simulate).parameters) - {"query", "key", "value"}
+# What a Decoder on a FlashAttention-layout cache refuses besides, and why.
+_REFUSED_WITH_CACHE = {
+    "graph": "a route set over one sequence does not say which of the batch's sequences it "
+             "means; pass window_size",
+    "mask_mod": "its indices would be the packed rows of the batch's sequences",
+    "score_mod": "its indices would be the packed rows of the batch's sequences; pass softcap",
+    "rope": "a FlashAttention cache holds keys already rotated: rotate q and k before step "
+            "(rope.rotate), or use attention_with_kvcache's rotary_cos/rotary_sin",
+    "enable_gqa": "grouped-query attention follows the head counts of q and the cache",
+}
 
 
 @dataclass(frozen=True)
@@ -87,6 +98,8 @@ class DecodeStep:
     messages: int               # sent this round, retransmissions included
     recompute_messages: int     # what recomputing the causal sequence sends, fault-free
     tokens: int = 1
+    cache_seqlens: np.ndarray | None = None   # (B,) each sequence's length before the round,
+                                              # with a FlashAttention-layout cache
 
     @property
     def positions(self) -> range:
@@ -98,6 +111,9 @@ class DecodeStep:
         """The new tokens' log-sum-exp (``run.lse``): ``(...)`` after step(), ``(..., T)``
         after extend(); the rows of whole-sequence ``attention(..., is_causal=True,
         return_lse=True)``."""
+        if self.cache_seqlens is not None:      # run.lse is (H, B·T): FlashAttention's (B, H, T)
+            heads = self.output.shape[2]
+            return self.run.lse.reshape(heads, -1, self.tokens).transpose(1, 0, 2)
         return self.run.lse.reshape(self.output.shape[:-1])
 
 
@@ -110,6 +126,23 @@ class Decoder:
 
     Parameters
     ----------
+    k_cache, v_cache : ndarray, shape (B, S, H_kv, D) or (num_blocks, page_size, H_kv, D)
+        Optional: start from a FlashAttention-layout cache, as
+        :func:`~routing_sim.attention_with_kvcache` takes it: a batch of sequences, each
+        with its own length, a row each or pages of ``block_table``. :meth:`step` (and
+        :meth:`extend`, the same) then take ``(B, T, heads, headdim)``, write the new keys
+        and values into the cache **in place**, and return ``.output`` as ``(B, T, H, Dv)``
+        and ``.lse`` as ``(B, H, T)``: ``attention_with_kvcache(..., causal=True)`` of the
+        same tensors, with the same options. One round simulates every sequence's new
+        tokens together, packed (no route crosses sequences); a key's label says where it
+        lives: ``"seq b page p slot s"`` (paged) or ``"seq b row r slot s"``.
+    cache_seqlens : int or array_like of int, shape (B,), optional
+        Each sequence's length before the first step (default 0); the Decoder tracks them
+        (``decoder.cache_seqlens``).
+    block_table : array_like of int, shape (B, max_blocks), optional
+        The pages of each sequence (a paged cache); pages may be shared.
+    cache_leftpad : array_like of int, shape (B,), optional
+        Where each sequence starts: slots before it are never attended.
     graph : RouteSet, optional
         A self-attention route set over the whole sequence (``n_queries == n_keys == N``,
         one group, e.g. ``rs.patterns.sliding_window(N, 4)``); a round reads its rows at
@@ -140,7 +173,10 @@ class Decoder:
         tokens as they join), ``position_ids``/``key_position_ids`` (give each round's
         ``position_ids`` to ``step`` or ``extend``), ``cu_seqlens_q``/``cu_seqlens_k`` (the
         batch dims are the sequences), a networkx ``graph`` or a cross-attention or per-head
-        RouteSet; and for a keyword :func:`~routing_sim.simulate` does not take.
+        RouteSet; and for a keyword :func:`~routing_sim.simulate` does not take. With a
+        FlashAttention-layout cache also ``graph``, ``mask_mod``, ``score_mod``, ``rope``
+        (the cache holds rotated keys), ``enable_gqa`` (it follows the head counts) and a
+        network with crashes; and the cache's own errors (as ``attention_with_kvcache``).
 
     Examples
     --------
@@ -186,10 +222,30 @@ class Decoder:
     True
     >>> [s.messages for s in steps]
     [4, 8, 8, 8, 8]
+
+    On a paged FlashAttention-layout cache, two sequences of lengths 3 and 1 grow by one
+    token each; the step equals ``attention_with_kvcache(..., causal=True)``:
+
+    >>> from routing_sim import attention_with_kvcache
+    >>> pages, page_values = rng.normal(size=(2, 4, 2, 1, 4))        # 4 pages of 2 slots
+    >>> before = pages.copy(), page_values.copy()
+    >>> decoder = Decoder(k_cache=pages, v_cache=page_values, cache_seqlens=[3, 1],
+    ...                   block_table=[[2, 0], [3, 1]])
+    >>> q, k, v = rng.normal(size=(3, 2, 1, 1, 4))                   # (B, T, heads, headdim)
+    >>> step = decoder.step(q, k, v)
+    >>> expected = attention_with_kvcache(q, *before, k, v, cache_seqlens=[3, 1],
+    ...                                   block_table=[[2, 0], [3, 1]], causal=True)
+    >>> bool(np.allclose(step.output, expected, rtol=1e-12)), decoder.cache_seqlens.tolist()
+    (True, [4, 2])
+    >>> sorted(route.label for route in step.run.routing_table(1, head=0).routes)
+    ['seq 1 page 3 slot 0', 'seq 1 page 3 slot 1']
     """
 
     def __init__(self, *, graph: RouteSet | None = None, mask_mod: Callable | None = None,
                  score_mod: Callable | None = None, network: Network | None = None,
+                 k_cache: ArrayLike | None = None, v_cache: ArrayLike | None = None,
+                 cache_seqlens: ArrayLike | int | None = None,
+                 block_table: ArrayLike | None = None, cache_leftpad: ArrayLike | None = None,
                  **options) -> None:
         for name in options:
             if name in _REFUSED:
@@ -218,8 +274,39 @@ class Decoder:
         self.key_positions: np.ndarray | None = None  # (..., t) RoPE positions, once given
         self.messages = 0                        # sent over all rounds so far
         self.routes = 0                          # routes over all rounds: the causal sequence's
+        self.cache: CacheLayout | None = None    # a FlashAttention-layout cache, if given
+        self.cache_seqlens: np.ndarray | None = None  # (B,) its sequences' lengths
+        self.cache_leftpad: np.ndarray | None = None  # (B,)
+        if k_cache is None and v_cache is None:
+            for name, given in (("cache_seqlens", cache_seqlens), ("block_table", block_table),
+                                ("cache_leftpad", cache_leftpad)):
+                if given is not None:
+                    raise InvalidArgumentError(f"{name} describes a FlashAttention-layout "
+                                               "cache: give k_cache and v_cache with it")
+            return
+        if k_cache is None or v_cache is None:
+            raise InvalidArgumentError("k_cache and v_cache come together: give both")
+        given_options = {"graph": graph, "mask_mod": mask_mod, "score_mod": score_mod,
+                         **options}
+        for name, reason in _REFUSED_WITH_CACHE.items():
+            if given_options.get(name) is not None:
+                raise InvalidArgumentError(f"a Decoder on a FlashAttention-layout cache does "
+                                           f"not take {name}: {reason}")
+        if network is not None and network.crashes:
+            raise InvalidArgumentError("a Decoder on a FlashAttention-layout cache does not "
+                                       "take a network with crashes: its token nodes are the "
+                                       "packed rows of the batch's sequences")
+        n_batch = np.shape(block_table)[0] if block_table is not None and np.ndim(
+            block_table) else np.shape(k_cache)[0]
+        self.cache = CacheLayout.check(k_cache, v_cache, n_batch, None, None,
+                                       block_table=block_table)
+        self.cache_seqlens, self.cache_leftpad = self.cache.sequences(
+            0 if cache_seqlens is None else cache_seqlens, cache_leftpad, 0)
 
     def __len__(self) -> int:
+        """The tokens in the cache (the longest sequence's, on a FlashAttention cache)."""
+        if self.cache_seqlens is not None:
+            return int(self.cache_seqlens.max(initial=0))
         return 0 if self.keys is None else self.keys.shape[-2]
 
     def step(self, query: ArrayLike, key: ArrayLike, value: ArrayLike,
@@ -229,7 +316,13 @@ class Decoder:
         ``position_ids`` (an int, or ``(B,)``: one per batch element) is where RoPE places
         the token, as in :meth:`extend`. Returns a :class:`DecodeStep` whose ``output`` is
         ``(..., Ev)``: row ``position`` of whole-sequence causal attention.
+
+        On a FlashAttention-layout cache (``Decoder(k_cache=...)``) it takes ``(B, T,
+        heads, headdim)`` and is :meth:`extend`.
         """
+        if self.cache is not None:
+            return self.extend(query, key, value, None if label is None else [label],
+                               position_ids)
         tokens = []
         for name, array in (("query", query), ("key", key), ("value", value)):
             array = np.asarray(array)
@@ -261,7 +354,17 @@ class Decoder:
         places. Tokens of a round given none sit at their index ``t + i``. The rounds then
         equal whole-sequence :func:`~routing_sim.attention` with ``position_ids`` the
         rounds' positions side by side.
+
+        On a FlashAttention-layout cache it takes query ``(B, T, H, D)``, key and value
+        ``(B, T, H_kv, D)`` and ``(B, T, H_kv, Dv)``, and no labels or positions (see the
+        class).
         """
+        if self.cache is not None:
+            if labels is not None or position_ids is not None:
+                raise InvalidArgumentError("on a FlashAttention-layout cache a key's label is "
+                                           "its page and slot, and its position its slot: "
+                                           "step() takes no label or position_ids")
+            return self._extend_cache(query, key, value)
         query, key, value = (np.asarray(x) for x in (query, key, value))
         for name, array in (("query", query), ("key", key), ("value", value)):
             if array.ndim < 2:
@@ -310,6 +413,49 @@ class Decoder:
         self.routes += run.stats.routes
         return DecodeStep(first, run.output, run, run.stats.total_messages,
                           len(FORWARD) * self.routes, count)
+
+    def _extend_cache(self, query: ArrayLike, key: ArrayLike, value: ArrayLike
+                      ) -> DecodeStep:
+        """One round on the FlashAttention-layout cache: append, then simulate the batch's
+        sequences packed (varlen), each over its keys from its left pad to its new end."""
+        assert self.cache is not None and self.cache_seqlens is not None \
+            and self.cache_leftpad is not None, "set together in __init__"
+        queries = check_tokens("query", query)
+        n_batch, count, heads, head_dim = queries.shape
+        cache = self.cache
+        CacheLayout.check(cache.k_cache, cache.v_cache, n_batch, heads, head_dim,
+                          block_table=cache.block_table)
+        keys, values = check_new_tokens(key, value, cache, n_batch)
+        assert keys is not None and values is not None, "key and value are given"
+        if keys.shape[1] != count:
+            raise ShapeError(f"a round adds tokens with a query, key and value each: query "
+                             f"has {count} new tokens but key has {keys.shape[1]}")
+        lengths, leftpad = cache.sequences(self.cache_seqlens, self.cache_leftpad, count)
+        for b in range(n_batch):
+            cache.write(b, int(lengths[b]), keys[b], values[b])
+        kind = "row" if cache.block_table is None else "page"
+        gathered, key_labels = [], []
+        for b in range(n_batch):
+            gathered.append(cache.gather(b, int(leftpad[b]), int(lengths[b]) + count))
+            where, slots = cache.slots(b, int(leftpad[b]), int(lengths[b]) + count)
+            key_labels += [f"seq {b} {kind} {w} slot {s}" for w, s in zip(where, slots)]
+        labels = [f"seq {b} t{int(lengths[b]) + i}" for b in range(n_batch)
+                  for i in range(count)]
+        n_keys = lengths + count - leftpad                                   # (B,)
+        run = simulate(queries.transpose(2, 0, 1, 3).reshape(heads, n_batch * count, head_dim),
+                       np.concatenate([k for k, _ in gathered], axis=1),     # (H_kv, ΣS, D)
+                       np.concatenate([v for _, v in gathered], axis=1),     # (H_kv, ΣS, Dv)
+                       is_causal=True, causal_alignment="bottom_right", enable_gqa=True,
+                       cu_seqlens_q=np.arange(n_batch + 1) * count,
+                       cu_seqlens_k=np.concatenate([[0], np.cumsum(n_keys)]),
+                       labels=labels, key_labels=key_labels, network=self.network,
+                       **self.options)
+        output = run.output.reshape(heads, n_batch, count, -1).transpose(1, 2, 0, 3)
+        self.cache_seqlens = lengths + count
+        self.messages += run.stats.total_messages
+        self.routes += run.stats.routes
+        return DecodeStep(int(lengths[0]), output, run, run.stats.total_messages,
+                          len(FORWARD) * self.routes, count, cache_seqlens=lengths)
 
     def _placed(self, position_ids: ArrayLike | None, first: int, stop: int
                 ) -> tuple[np.ndarray | None, np.ndarray | None]:

@@ -9,6 +9,7 @@ independent of what it checks. tests/test_structure.py holds that.
 
 from __future__ import annotations
 
+from .kvcache import attention_with_kvcache
 from .matrix import attention, attention_backward
 
-__all__ = ["attention", "attention_backward"]
+__all__ = ["attention", "attention_backward", "attention_with_kvcache"]
