@@ -195,8 +195,8 @@ def _to_float(numerator: int | Fraction, denominator: int = 1) -> float:
     """The correctly rounded float of a fraction, ±inf beyond the largest float."""
     try:
         return float(numerator / denominator)
-    except OverflowError:
-        return math.copysign(math.inf, numerator)
+    except OverflowError:                    # the sign by comparison: float() overflows again
+        return math.inf if (numerator > 0) == (denominator > 0) else -math.inf
 
 
 @cache

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import routing_sim as rs
 from routing_sim.numerics.exact import exact_lse, exact_scores, exact_unnormalised
 from routing_sim.numerics.exact_row import exact_row_lse
 from routing_sim.numerics.kernels import with_sink
@@ -101,3 +102,19 @@ def test_rows_stacked_get_the_bits_they_get_alone():
     stacked = exact_lse(high, low, l_high, l_low)
     alone = [exact_lse(h, lo, *exact_unnormalised(h, lo)[2:]) for h, lo in zip(high, low)]
     assert stacked.tolist() == [float(x) for x in alone]
+
+
+def test_a_row_spanning_the_whole_float_range_is_rounded_not_overflowed():
+    # Found by hypothesis: biases of -max and 1e300 in one row put the integer path's
+    # bisection bounds past the largest float (an OverflowError, before the fix).
+    query = [0.1257302210933933, -0.1321048632913019, 0.6404226504432821]
+    keys = np.array([[-0.535669373161111, 0.36159505490948474, 1.3040000451301372],
+                     [0.9470809631292422, -0.7037352358069926, -1.2654214710460525],
+                     [-0.6232744625373522, 0.0413259793472436, -2.3250307746388343],
+                     [-0.21879166393254573, -1.2459109472530652, -0.7322673547034516]])
+    bias = [-np.finfo(np.float64).max, 1e300, 1e300, 1e300]
+    expected = mpmath_lse(keys, query, 1 / math.sqrt(3), bias)
+    assert exact_row_lse(keys, query, 1 / math.sqrt(3), bias) == expected
+    _, lse = rs.attention(np.array([query]), keys, np.ones((4, 1)), attn_mask=np.array([bias]),
+                          numerics="exact", return_lse=True)
+    assert lse[0] == expected
