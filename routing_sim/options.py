@@ -148,7 +148,19 @@ def _hard_routes(routing: str, top_k: object) -> int | None:
 def engine_options(engine: Engine | EngineOptions, **flat: object) -> EngineOptions:
     """``simulate``'s engine choices as one checked :class:`EngineOptions`: ``engine`` if it
     is one (then every flat keyword in ``flat`` must be left at its default, or it would
-    say the same thing twice), else one built from ``engine`` and ``flat``."""
+    say the same thing twice), else one built from ``engine`` and ``flat``.
+
+    Examples
+    --------
+    >>> engine_options("plain", numerics="exact").engine
+    'plain'
+    >>> engine_options(EngineOptions(softmax="online"), softmax="online").softmax
+    Traceback (most recent call last):
+    ...
+    routing_sim.errors.InvalidArgumentError: engine=EngineOptions(...) already holds the \
+engine's choices; softmax='online' given beside it would say one of them twice: put it in \
+the EngineOptions
+    """
     if not isinstance(engine, EngineOptions):
         return EngineOptions(engine, **flat)  # type: ignore[arg-type]
     defaults = {field.name: field.default for field in fields(EngineOptions)}
