@@ -253,7 +253,7 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
     setup = Setup(problem, routes, network, _route_latency(network, token_graph, routes),
                   nbytes, options, keep_stream=log.full)
     if options.engine == "plain":
-        check_plain(softmax, network, problem)
+        check_plain(network, problem)
         plain = PlainEngine(setup)
         plain.run(log)
         return collect(problem, routes, plain, log, plain.wire, tokens)

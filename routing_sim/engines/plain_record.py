@@ -136,10 +136,10 @@ def record_log(log: Trace, messages: list[Message], table: RouteTable) -> None:
                                   n_routes=len(table)), None)
 
 
-def check_plain(softmax: str, network: Network, problem: Problem) -> None:
-    """Refuse, naming the argument, what only the fast engine simulates."""
-    refused = [("softmax='online'", softmax == "online"),
-               ("a lossy network (loss, crashes)", network.faulty),
+def check_plain(network: Network, problem: Problem) -> None:
+    """Refuse, naming the argument, what only the fast engine simulates (online softmax is
+    refused earlier, by :class:`~routing_sim.EngineOptions`)."""
+    refused = [("a lossy network (loss, crashes)", network.faulty),
                ("duplicate > 0", network.duplicate > 0),
                ("contention=True", network.contention),
                ("a sparse route set (a RouteSet graph, mask_mod, window_size or cu_seqlens)",
