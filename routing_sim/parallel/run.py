@@ -88,7 +88,8 @@ class ParallelStats:
 class ParallelRun:
     """What :func:`~routing_sim.context_parallel` returns.
 
-    ``output`` has the shape ``rs.attention`` gives for the same inputs.
+    ``output`` has the shape ``rs.attention`` gives for the same inputs; ``lse``
+    (``(..., H, L)``) each row's log-sum-exp, with ``return_lse=True`` (else None).
     """
 
     output: np.ndarray
@@ -97,6 +98,7 @@ class ParallelRun:
     strategy: str
     layout: str
     cluster: Cluster
+    lse: np.ndarray | None = None
 
     def to_html(self, path: str | os.PathLike[str]) -> Path:
         """Write the offline replay page of this run: the devices as nodes and every

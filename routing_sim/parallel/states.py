@@ -11,10 +11,17 @@ left out), the exp factors of a merge are double-double too, the merged sums are
 correctly rounded (``math.fsum``) and the output is rounded once, in :func:`finish`: the
 correctly rounded attention output, as :func:`routing_sim.attention` gives with
 ``numerics="exact"``.
+
+Attention sinks have no key block: :func:`sink_state` is the state of a sink alone (its
+logit as ``m``, ``l = 1``, no value), merged once into each finished row's state by the
+device that finishes it. :func:`log_sum_exp` reads each row's ``m + log l`` from its final
+state.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import reduce
 
@@ -34,7 +41,8 @@ from ..numerics.exact import (
 )
 from ..numerics.kernels import merge_states, scale_scores, value_shift
 
-__all__ = ["PartialState", "block_state", "finish", "merge", "rounded"]
+__all__ = ["PartialState", "block_state", "empty_state", "finish", "log_sum_exp", "merge",
+           "rounded", "sink_state"]
 
 
 @dataclass(frozen=True)
@@ -68,12 +76,22 @@ class PartialState:
 
 
 def block_state(query: np.ndarray, key: np.ndarray, value: np.ndarray, allowed: np.ndarray,
-                scale: float, exact: bool) -> PartialState:
+                scale: float, exact: bool, bias: np.ndarray | None = None,
+                cap: Callable | None = None) -> PartialState:
     """The partial state of query rows ``(G, cq, d)`` over one key block ``(G, ck, d)``
-    with values ``(G, ck, Ev)``, where ``allowed`` ``(cq, ck)`` says which routes exist."""
+    with values ``(G, ck, Ev)``, where ``allowed`` ``(cq, ck)`` says which routes exist.
+
+    A score is ``q·k·scale``, through ``cap`` (FlashAttention's softcap, float mode only),
+    plus ``bias`` ``(G, cq, ck)`` (ALiBi), in the order :func:`routing_sim.attention`
+    applies them."""
     if exact:
-        return _exact_block_state(query, key, value, allowed, scale)
+        return _exact_block_state(query, key, value, allowed, scale, bias)
     scores = scale_scores(query @ key.swapaxes(-1, -2), scale)         # (G, cq, ck)
+    if cap is not None:
+        with np.errstate(over="ignore", invalid="ignore"):
+            scores = cap(scores, None, None, None, None)               # softcap reads no index
+    if bias is not None:
+        scores += bias                                                 # (G, cq, ck)
     if np.isinf(scores[:, allowed]).any():
         raise NumericalError("a score overflowed to inf; scale the inputs down")
     scores[:, ~allowed] = -np.inf
@@ -89,7 +107,7 @@ def block_state(query: np.ndarray, key: np.ndarray, value: np.ndarray, allowed: 
                         shift=np.repeat(shift[:, None], m.shape[1], axis=1))
 
 
-def _exact_block_state(query, key, value, allowed, scale) -> PartialState:
+def _exact_block_state(query, key, value, allowed, scale, bias) -> PartialState:
     groups, rows = query.shape[:2]
     m = np.full((groups, rows), -np.inf)                               # (G, cq)
     l_high, l_low = np.zeros((2, groups, rows))                        # (G, cq) each
@@ -97,13 +115,34 @@ def _exact_block_state(query, key, value, allowed, scale) -> PartialState:
     for group in range(groups):
         for row in np.flatnonzero(allowed.any(axis=1)):
             keys = key[group][allowed[row]]                            # (n, d)
-            high, low = exact_scores(keys, query[group, row], scale)
+            high, low = exact_scores(keys, query[group, row], scale,
+                                     None if bias is None else bias[group, row, allowed[row]])
             unnormalised = exact_unnormalised(high, low, dd_max=False)   # NaN: undecided
             e_high, e_low, l_high[group, row], l_low[group, row] = unnormalised
             m[group, row] = high.max()
             o_high[group, row], o_low[group, row] = exact_numerator(
                 e_high, e_low, value[group][allowed[row]])
     return PartialState(m, l_high, o_high, l_low, o_low)
+
+
+def empty_state(groups: int, rows: int, value_dim: int, dtype: np.dtype, exact: bool
+                ) -> PartialState:
+    """The state of rows that have seen no key: ``(-inf, 0, 0)``."""
+    m = np.full((groups, rows), -np.inf, dtype)                        # (G, c)
+    o = np.zeros((groups, rows, value_dim), dtype)                     # (G, c, Ev)
+    if exact:
+        return PartialState(m.astype(np.float64), np.zeros(m.shape), o.astype(np.float64),
+                            np.zeros(m.shape), np.zeros(o.shape))
+    return PartialState(m, np.zeros_like(m), o)
+
+
+def sink_state(sinks: np.ndarray, rows: int, value_dim: int, exact: bool) -> PartialState:
+    """The state of ``rows`` query rows of each group over its sink alone: ``m`` the
+    group's logit ``sinks`` ``(G,)``, ``l = e^0 = 1`` exactly, ``o = 0`` (a sink pulls no
+    value). Merged once into a row's state, it puts the sink's term in the denominator."""
+    empty = empty_state(len(sinks), rows, value_dim, sinks.dtype, exact)
+    m = np.repeat(sinks[:, None], rows, axis=1).astype(empty.m.dtype)  # (G, c)
+    return dataclasses.replace(empty, m=m, l=np.ones_like(empty.l))
 
 
 def merge(states: list[PartialState], transit: np.dtype | None = None) -> PartialState:
@@ -195,3 +234,32 @@ def finish(state: PartialState, dtype: np.dtype, value_bound: np.ndarray | None 
         if state.shift is not None:
             output = np.ldexp(output, state.shift[..., None])
     return np.where(routed[..., None] | np.isnan(state.l)[..., None], output, 0).astype(dtype)
+
+
+def log_sum_exp(state: PartialState) -> np.ndarray:
+    """Each row's log-sum-exp ``m + log l`` ``(G, c)`` (-inf for a row with nothing in its
+    softmax), in the state's dtype; float64 in exact mode, correctly rounded, or NaN
+    where the double-doubles cannot decide it (the caller then computes it in integers).
+
+    Exact mode follows :func:`routing_sim.numerics.exact.exact_lse`, with the partial
+    state's ``m`` (a float) and ``l = Σ e^(s - m)`` (a double-double, ``l >= 1`` up to
+    rounding): ``log l = y + u`` with ``y = log(l_hi)`` and ``1 + u = l · e^-y`` in
+    double-doubles, ``|u| < 2⁻⁴⁶``. The error of ``m + y + u`` is ``l``'s relative error
+    (at most ``2⁻⁸⁴ + 2⁻⁹⁹|m|``, the bound :func:`finish` takes for ``o / l``) plus
+    ``exp``'s ``2⁻⁹³`` and ``u²/2 < 2⁻⁹³``: under ``2⁻⁸³ + 2⁻⁹⁹|m|``, the Ziv bound."""
+    empty = state.l == 0                                               # (G, c) NaN: not empty
+    if state.l_low is None:
+        with np.errstate(divide="ignore"):
+            return np.where(empty, -np.inf, state.m + np.log(np.where(empty, 1, state.l)))
+    known = ~empty & ~np.isnan(state.l)                                # (G, c)
+    l_high, l_low = np.where(known, state.l, 1.0), np.where(known, state.l_low, 0.0)
+    top = np.where(known, state.m, 0.0)
+    guess = np.log(l_high)                                             # (G, c) y
+    t_high, t_low = dd_exp(-guess, np.zeros_like(guess))               # e^-y
+    p_high, p_low = dd_multiply(l_high, l_low, t_high, t_low)          # 1 + u
+    # p_hi - 1 is exact (Sterbenz: p_hi is within 2⁻⁴⁶ of 1); the four terms sum exactly.
+    terms = np.stack([top, guess, p_high - 1.0, p_low], axis=-1)       # (G, c, 4)
+    first, rest = row_sums(terms.reshape(-1, 4))
+    error = 2.0**-83 + 2.0**-99 * np.abs(top)                          # (G, c)
+    lse = rounded_or_nan(first.reshape(top.shape), rest.reshape(top.shape), error, known)
+    return np.where(empty, -np.inf, lse)

@@ -3,24 +3,35 @@
 Every protocol step is an explicit transfer on the :class:`~.fabric.Fabric`; every block of
 attention is a compute slice of ``cluster.attention_time(...)`` seconds. Devices merge the
 partial states of their key blocks in a canonical order (by the block's home device, or by
-the reduction tree), never in arrival order.
+the reduction tree), never in arrival order. The device that finishes a query row merges
+its head's sink (if any) last, once, and reads the row's log-sum-exp from the same state.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import simpy
 
+from ..inputs.positions import alibi_distance
 from ..routes.spans import KeySpans
 from .cluster import Cluster
 from .fabric import Fabric
 from .layouts import allowed_routes
-from .states import PartialState, block_state, finish, merge, rounded
+from .states import (
+    PartialState,
+    block_state,
+    empty_state,
+    finish,
+    log_sum_exp,
+    merge,
+    rounded,
+    sink_state,
+)
 
 __all__ = ["STRATEGIES", "Job"]
 
@@ -37,11 +48,15 @@ class Job:
     value: np.ndarray                        # (B, H, S, Ev)
     query_shards: list[np.ndarray]           # positions of each device's queries
     key_shards: list[np.ndarray]             # positions of each device's keys and values
-    spans: KeySpans                          # each query's keys: causal, window
+    spans: KeySpans                          # each query's keys: causal, window, varlen
     scale: float
     exact: bool
     transit: np.dtype | None
     output: np.ndarray                       # (B, H, L, Ev)
+    lse: np.ndarray | None = None            # (B, H, L), when asked for
+    slopes: np.ndarray | None = None         # (B, H) float64 ALiBi slopes
+    sinks: np.ndarray | None = None          # (B, H) sink logits, the inputs' dtype
+    cap: Callable | None = None              # FlashAttention's softcap (a mods.softcap)
     slices: list[dict] = field(default_factory=list)
     finished: dict[int, float] = field(default_factory=dict)
     waiting: dict[int, str] = field(default_factory=dict)
@@ -63,16 +78,18 @@ class Job:
         return self.query.dtype.itemsize
 
     def attend(self, device: int, query: np.ndarray, query_positions: np.ndarray,
-               key_positions: np.ndarray, keys: np.ndarray, values: np.ndarray, label: str
-               ) -> Generator[simpy.Event, Any, PartialState | None]:
-        """Compute the partial state of ``query`` ``(B, h, cq, d)`` over one key block
-        ``(B, h, ck, d)`` as a compute slice; None if the block is fully masked."""
+               key_positions: np.ndarray, keys: np.ndarray, values: np.ndarray, label: str,
+               heads: slice = slice(None)) -> Generator[simpy.Event, Any, PartialState | None]:
+        """Compute the partial state of ``query`` ``(B, h, cq, d)`` (the heads ``heads``)
+        over one key block ``(B, h, ck, d)`` as a compute slice; None if the block is fully
+        masked."""
         allowed = allowed_routes(query_positions, key_positions, self.spans)  # (cq, ck)
         routes = int(allowed.sum())
         if routes == 0:
             return None
         state = block_state(_groups(query), _groups(keys), _groups(values), allowed,
-                            self.scale, self.exact)
+                            self.scale, self.exact,
+                            self.alibi(heads, query_positions, key_positions), self.cap)
         cost = self.cluster.attention_time(routes, self.query.shape[-1], self.value.shape[-1],
                                            query.shape[0] * query.shape[1])
         start = self.env.now
@@ -106,11 +123,39 @@ class Job:
         positions = self.key_shards[device]
         return self.key[:, :, positions], self.value[:, :, positions]
 
+    def alibi(self, heads: slice, query_positions: np.ndarray, key_positions: np.ndarray
+              ) -> np.ndarray | None:
+        """``(B·h, cq, ck)``: ALiBi's ``slope · -|i - j|`` of a block, between the tokens'
+        positions in their sequences, as :func:`routing_sim.attention` computes it."""
+        if self.slopes is None:
+            return None
+        distance = alibi_distance(self.spans.query_positions[query_positions][:, None],
+                                  self.spans.key_positions[key_positions][None, :],
+                                  "symmetric")                         # (cq, ck)
+        bias = 0.0 + self.slopes[:, heads, None, None] * distance      # (B, h, cq, ck)
+        return bias.astype(self.output.dtype).reshape(-1, *distance.shape)
+
+    def complete(self, state: PartialState | None, heads: slice, rows: int
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The output ``(B, h, c, Ev)`` and, when asked for, the log-sum-exp ``(B, h, c)``
+        of finished query rows: their key blocks' merged state, with the sink merged last."""
+        batch, width = self.query.shape[0], len(range(self.query.shape[1])[heads])
+        value_dim = self.value.shape[-1]
+        if self.sinks is not None:
+            sink = sink_state(self.sinks[:, heads].reshape(-1), rows, value_dim, self.exact)
+            state = sink if state is None else merge([state, sink], self.transit)
+        if state is None:
+            state = empty_state(batch * width, rows, value_dim, self.output.dtype, self.exact)
+        output = finish(state, self.output.dtype, self.value_bound(heads))
+        lse = None if self.lse is None else log_sum_exp(state).reshape(batch, width, rows)
+        return output.reshape(batch, width, rows, value_dim), lse
+
     def place(self, state: PartialState | None, rows: np.ndarray) -> None:
         """Write a device's finished query rows (all heads) into the output."""
-        shape = self.output[:, :, rows].shape                          # (B, H, c, Ev)
-        self.output[:, :, rows] = 0 if state is None else finish(
-            state, self.output.dtype, self.value_bound()).reshape(shape)
+        output, lse = self.complete(state, slice(None), len(rows))
+        self.output[:, :, rows] = output
+        if self.lse is not None:
+            self.lse[:, :, rows] = lse
 
     def value_bound(self, heads: slice = slice(None)) -> np.ndarray:
         """``(B·h, 1, 1)``: the largest |value| of each head, which bounds exact mode's
@@ -206,20 +251,26 @@ def ulysses(job: Job, device: int) -> Generator[simpy.Event, Any, None]:
     query, key, value = (np.concatenate([gathered[p][i] for p in order], axis=2)
                          for i in range(3))
     state = yield from job.attend(device, query, query_positions, key_positions, key, value,
-                                  f"heads {heads[device].start}–{heads[device].stop - 1}")
-    output = np.zeros(query.shape[:-1] + (job.value.shape[-1],), job.output.dtype)
-    if state is not None:
-        output = finish(state, job.output.dtype, job.value_bound(heads[device])
-                        ).reshape(output.shape)                        # (B, h, L, Ev)
+                                  f"heads {heads[device].start}–{heads[device].stop - 1}",
+                                  heads[device])
+    output, lse = job.complete(state, heads[device], len(query_positions))  # (B, h, L, ·)
     offsets = np.cumsum([0] + [len(job.query_shards[p]) for p in order])
+    shares = [(output[:, :, offsets[p]:offsets[p + 1]],
+               None if lse is None else lse[:, :, offsets[p]:offsets[p + 1]]) for p in order]
     for target in [(device + step) % count for step in range(1, count)]:
-        part, = job.in_transit(output[:, :, offsets[target]:offsets[target + 1]])
-        sends.append(job.fabric.send("out", device, target, ("out", device), part,
-                                     part.size * job.itemsize))
-    job.output[:, heads[device], rows] = output[:, :, offsets[device]:offsets[device + 1]]
+        (out,), rows_lse = job.in_transit(shares[target][0]), shares[target][1]
+        # the lse is not rounded in transit, as kernels keep it in float32 or better
+        sends.append(job.fabric.send("out", device, target, ("out", device), (out, rows_lse),
+                                     (out.size + (0 if rows_lse is None else rows_lse.size))
+                                     * job.itemsize))
+    received = {device: shares[device]}
     for source in [(device - step) % count for step in range(1, count)]:
-        job.output[:, heads[source], rows] = yield from job.receive(
-            device, ("out", source), f"the output of device {source}")
+        received[source] = yield from job.receive(device, ("out", source),
+                                                  f"the output of device {source}")
+    for source, (out, rows_lse) in received.items():
+        job.output[:, heads[source], rows] = out
+        if job.lse is not None:
+            job.lse[:, heads[source], rows] = rows_lse
     yield env.all_of(sends)
 
 
@@ -230,7 +281,8 @@ def tree(job: Job, device: int) -> Generator[simpy.Event, Any, None]:
     state = yield from job.attend(device, job.query, everything, job.key_shards[device],
                                   *job.local_kv(device), f"q·kv{device}")
     if state is None:
-        state = _empty_state(job)
+        state = empty_state(job.query.shape[0] * job.query.shape[1], job.query.shape[2],
+                            job.value.shape[-1], job.output.dtype, job.exact)
     for level in range(math.ceil(math.log2(job.devices))):
         span = 2 ** level
         if device % (2 * span) == span:
@@ -242,20 +294,7 @@ def tree(job: Job, device: int) -> Generator[simpy.Event, Any, None]:
             other = yield from job.receive(device, ("state", device + span),
                                            f"the partial state of device {device + span}")
             state = merge([state, other], job.transit)
-    job.output[...] = finish(state, job.output.dtype, job.value_bound()
-                             ).reshape(job.output.shape)
-
-
-def _empty_state(job: Job) -> PartialState:
-    batch, heads, rows = job.query.shape[:3]
-    m = np.full((batch * heads, rows), -np.inf, job.output.dtype)
-    zeros = np.zeros_like(m)
-    o = np.zeros((batch * heads, rows, job.value.shape[-1]), job.output.dtype)
-    if job.exact:
-        return PartialState(m.astype(np.float64), zeros.astype(np.float64),
-                            o.astype(np.float64), zeros.astype(np.float64),
-                            o.astype(np.float64))
-    return PartialState(m, zeros, o)
+    job.place(state, everything)
 
 
 STRATEGIES = ("ring", "allgather", "ulysses", "tree")
