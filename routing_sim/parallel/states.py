@@ -139,7 +139,15 @@ def empty_state(groups: int, rows: int, value_dim: int, dtype: np.dtype, exact: 
 def sink_state(sinks: np.ndarray, rows: int, value_dim: int, exact: bool) -> PartialState:
     """The state of ``rows`` query rows of each group over its sink alone: ``m`` the
     group's logit ``sinks`` ``(G,)``, ``l = e^0 = 1`` exactly, ``o = 0`` (a sink pulls no
-    value). Merged once into a row's state, it puts the sink's term in the denominator."""
+    value). Merged once into a row's state, it puts the sink's term in the denominator.
+
+    Examples
+    --------
+    >>> row = PartialState(np.array([[0.0]]), np.array([[1.0]]), np.array([[[6.0]]]))
+    >>> merged = merge([row, sink_state(np.array([0.0]), 1, 1, exact=False)])
+    >>> finish(merged, np.dtype(np.float64)).tolist()       # 6 · e^0 / (e^0 + e^0)
+    [[[3.0]]]
+    """
     empty = empty_state(len(sinks), rows, value_dim, sinks.dtype, exact)
     m = np.repeat(sinks[:, None], rows, axis=1).astype(empty.m.dtype)  # (G, c)
     return dataclasses.replace(empty, m=m, l=np.ones_like(empty.l))
@@ -246,7 +254,15 @@ def log_sum_exp(state: PartialState) -> np.ndarray:
     rounding): ``log l = y + u`` with ``y = log(l_hi)`` and ``1 + u = l · e^-y`` in
     double-doubles, ``|u| < 2⁻⁴⁶``. The error of ``m + y + u`` is ``l``'s relative error
     (at most ``2⁻⁸⁴ + 2⁻⁹⁹|m|``, the bound :func:`finish` takes for ``o / l``) plus
-    ``exp``'s ``2⁻⁹³`` and ``u²/2 < 2⁻⁹³``: under ``2⁻⁸³ + 2⁻⁹⁹|m|``, the Ziv bound."""
+    ``exp``'s ``2⁻⁹³`` and ``u²/2 < 2⁻⁹³``: under ``2⁻⁸³ + 2⁻⁹⁹|m|``, the Ziv bound.
+
+    Examples
+    --------
+    >>> state = PartialState(np.array([[1.0, -np.inf]]), np.array([[2.0, 0.0]]),
+    ...                      np.zeros((1, 2, 1)), np.zeros((1, 2)), np.zeros((1, 2, 1)))
+    >>> log_sum_exp(state).tolist() == [[1.0 + float(np.log(2.0)), -np.inf]]
+    True
+    """
     empty = state.l == 0                                               # (G, c) NaN: not empty
     if state.l_low is None:
         with np.errstate(divide="ignore"):

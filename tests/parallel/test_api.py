@@ -402,6 +402,21 @@ def test_exact_lse_near_zero_is_decided_in_integers(strategy):
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
+def test_exact_rows_with_a_far_sink_and_steep_alibi_are_finished_with_their_bias(strategy):
+    """A sink 700 above the scores (its state's factor is out of the double-doubles'
+    range) and ALiBi biases of -800: the integer tier gets the row's bias and sink."""
+    rng = np.random.default_rng(16)
+    query, key, value = rng.normal(size=(3, 2, 2, 8, 3))
+    options = {"sinks": [700.0, -3.0], "alibi_slopes": [[0.5, 90.0], [1.0, 200.0]],
+               "is_causal": True, "cu_seqlens_q": [0, 3, 8], "cu_seqlens_k": [0, 3, 8]}
+    run = rs.context_parallel(query, key, value, strategy=strategy, numerics="exact",
+                              cluster=rs.Cluster(devices=2), return_lse=True, **options)
+    output, lse = rs.attention(query, key, value, numerics="exact", return_lse=True,
+                               **options)
+    assert np.array_equal(run.output, output) and np.array_equal(run.lse, lse)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
 def test_float32_features_stay_float32(strategy):
     rng = np.random.default_rng(13)
     query, key, value = rng.normal(size=(3, 2, 4, 8, 4)).astype(np.float32)
