@@ -90,8 +90,8 @@ def unstated(fn: Callable, chosen: frozenset[str], layout: str) -> frozenset[str
         return frozenset()
     # A bottom-right diagonal reaches a torch kernel as attn_mask=causal_lower_right(L, S),
     # which no mask shares: in the sdpa layout mask and causal never meet in one case.
-    saying = {"sdpa": {"is_causal", "causal_alignment"} | (
-        {"attn_mask"} if patterns == {"bottom_right"} else set()), "flash": {"causal"}}
+    saying = {"sdpa": {"is_causal", "causal_alignment", "attn_mask"}
+              if patterns == {"bottom_right"} else {"is_causal"}, "flash": {"causal"}}
     try:
         parameters = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):             # no signature to read: pass them all
@@ -400,7 +400,8 @@ def reproducer(case: Case, layout: str, kind: Kind, fn_name: str | None,
         del kwargs["causal_alignment"], kwargs["is_causal"]
         kwargs["attn_mask"] = _Code(f"causal_lower_right({case.query.shape[2]}, "
                                     f"{case.key.shape[2]})")
-    items, stated = [], []
+    items: list[str] = []
+    stated: list[str] = []
     for key, given in kwargs.items():
         if isinstance(given, np.ndarray):
             dtype = "float32" if key == "alibi_slopes" else case.dtype

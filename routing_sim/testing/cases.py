@@ -367,9 +367,9 @@ def _following(case: Case, features: frozenset[str], layout: str) -> Case | None
 def _everything(draw: _Inputs, rng: np.random.Generator, features: frozenset[str],
                 layout: str, causal: Causal) -> Case:
     """One case with every chosen feature that combines with the others."""
-    # The restricting patterns first: "full" is what a case without them follows.
-    restricting = [name for name in patterns_with(None, features, layout) if name != "full"]
-    on = compatible(features - OUTPUTS - {"full"}, layout, first=restricting[:1])
+    # A kernel that cannot compute full attention gets its first pattern before the rest.
+    first = [] if "full" in features else patterns_with(None, features, layout)[:1]
+    on = compatible(features - OUTPUTS - {"full"}, layout, first=first)
     heads, kv_heads = (4, 2) if "gqa" in on else (2, 2)
     n_queries, n_keys = (1, 70) if "decode" in on else (5, 70)
     value_dim = 6 if "value_dim" in on else 4
@@ -384,7 +384,8 @@ def _everything(draw: _Inputs, rng: np.random.Generator, features: frozenset[str
     if "mask" in on:
         case = replace(case, mask=rng.random(shape) < 0.8)
     if "causal" in on or "bottom_right" in on:
-        case = replace(case, causal="bottom_right" if "bottom_right" in on else causal)
+        aligned = "bottom_right" in on or "varlen" in on
+        case = replace(case, causal="bottom_right" if aligned else causal)
     if "window" in on:
         case = replace(case, window=(40, 0 if case.causal else 3))
     if "softcap" in on:

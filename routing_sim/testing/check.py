@@ -306,9 +306,17 @@ def check_attention(fn: Callable, *, layout: str = "sdpa", features: Any = (),
         keyword names; ``"flash"``: ``(B, L, H, E)`` with ``flash_attn_func``'s
         (:mod:`routing_sim.testing.calling` lists them all).
     features : iterable of str or str
-        What ``fn`` supports, from mask, causal, bottom_right, gqa, window, softcap, alibi,
-        sinks, varlen, lse, dropout_mask, decode, backward (a comma-separated string works).
-        Plain attention is always checked; each feature adds its cases.
+        What ``fn`` supports, from full, mask, causal, bottom_right, gqa, window, softcap,
+        alibi, sinks, varlen, lse, dropout_mask, decode, value_dim, backward (a
+        comma-separated string works). The **patterns** full (every query reaches every
+        key), causal, bottom_right and window are what ``fn`` computes, and each case
+        follows one of those named: ``["causal"]`` checks a causal-only kernel on causal
+        cases only (called without ``is_causal`` / ``causal`` if it takes no such
+        keyword), ``["full", "causal"]`` a kernel that does both, on both; naming no
+        pattern means full. The other features are options ``fn`` also takes: each adds
+        its cases, and cases without it run too. ``value_dim`` adds value head dims
+        other than the query/key head dim; ``lse`` and ``backward`` are asked of every
+        case (``backward`` with ``sinks`` checks their gradient too).
     dtype : str, numpy or torch dtype, optional
         The dtype ``fn`` is called in: float64 (the default), float32, float16 or
         bfloat16 (torch functions only).
@@ -335,9 +343,9 @@ def check_attention(fn: Callable, *, layout: str = "sdpa", features: Any = (),
     ...         scores = np.where(np.tri(*scores.shape[-2:], dtype=bool), scores, -np.inf)
     ...     weights = np.exp(scores - scores.max(-1, keepdims=True))
     ...     return weights / weights.sum(-1, keepdims=True) @ v
-    >>> report = rs.testing.check_attention(mine, features=["causal"], cases=0)
-    >>> report.passed, report.by_feature["causal"].cases
-    (True, 5)
+    >>> report = rs.testing.check_attention(mine, features=["full", "causal"], cases=0)
+    >>> report.passed, report.by_feature["full"].cases, report.by_feature["causal"].cases
+    (True, 20, 5)
     """
     chosen = check_features(features, layout)
     dtype_name = check_dtype(dtype)
