@@ -49,3 +49,10 @@ def test_bad_input_is_one_line(capsys):
     assert main(["check", "tests.testing.kernels:sdpa", "--features", "mask",
                  "--layout", "flash"]) == 1
     assert "not in layout 'flash'" in capsys.readouterr().err
+
+
+def test_a_causal_only_function_is_checked_on_causal_cases_only(capsys):
+    assert main(["check", "tests.testing.kernels:causal_only", "--features", "causal",
+                 "--cases", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[2:4]] == ["causal", "tolerance:"]

@@ -190,6 +190,16 @@ def torch_sdpa(q, k, v, is_causal=False, scale=None, enable_gqa=False, *, softca
     return weights[..., :k.shape[2]] @ v
 
 
+def causal_only(q, k, v, scale=None):
+    """Causal attention and nothing else: it has no is_causal parameter."""
+    return sdpa(q, k, v, is_causal=True, scale=scale)
+
+
+def causal_only_off_by_one(q, k, v, scale=None):
+    """Causal attention and nothing else, each query seeing one key past the diagonal."""
+    return sdpa(q, k, v, is_causal=True, scale=scale, _bug="causal off by one")
+
+
 def sinks_gradient_negated(q, k, v, **kwargs):
     """Right forward; the gradient of the sinks with its sign flipped."""
     return torch_sdpa(q, k, v, _bug="sinks sign", **kwargs)
@@ -211,6 +221,10 @@ PLANTED = {
     "a bug only past 64 keys": (past_64_keys, "sdpa", ()),
     "window off by one": (window_off_by_one, "flash", ("window",)),
     "lse off by the scale": (lse_off_by_the_scale, "flash", ("lse",)),
+    "a causal-only kernel off by one": (causal_only_off_by_one, "sdpa", ("causal",)),
+    "the sinks' gradient negated": (sinks_gradient_negated, "sdpa", ("sinks", "backward")),
+    "softcap's slope left out of the gradients": (softcap_slope_omitted, "sdpa",
+                                                  ("softcap", "backward")),
 }
 
 

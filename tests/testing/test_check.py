@@ -55,6 +55,9 @@ def test_every_planted_bug_is_caught_and_the_page_shows_its_minimal_case():
     ("a bug only past 64 keys", "scores", 64),
     ("window off by one", "scores", 0),
     ("lse off by the scale", "lse", None),
+    ("a causal-only kernel off by one", "scores", 1),
+    ("the sinks' gradient negated", "gradient", None),
+    ("softcap's slope left out of the gradients", "gradient", None),
 ])
 def test_each_planted_bug_diverges_where_its_bug_is(title, stage, key):
     fn, layout, features = kernels.PLANTED[title]
@@ -163,25 +166,16 @@ def test_assert_attention_close_checks_lse_and_gradients():
         rs.testing.assert_attention_close((out, lse + 1e-12), qn, kn, vn, return_lse=True)
 
 
-def _causal_only(q, k, v, scale=None):
-    """Causal attention, always: no is_causal parameter at all."""
-    return kernels.sdpa(q, k, v, is_causal=True, scale=scale)
-
-
 def _causal_ignoring_the_flag(q, k, v, is_causal=False, scale=None):
     """Causal attention, always: its is_causal flag changes nothing."""
     return kernels.sdpa(q, k, v, is_causal=True, scale=scale)
-
-
-def _causal_only_off_by_one(q, k, v, scale=None):
-    return kernels.sdpa(q, k, v, is_causal=True, scale=scale, _bug="causal off by one")
 
 
 def _flash_causal_only(q, k, v, softmax_scale=None):
     return kernels.flash(q, k, v, causal=True, softmax_scale=softmax_scale)
 
 
-@pytest.mark.parametrize("fn, layout", [(_causal_only, "sdpa"),
+@pytest.mark.parametrize("fn, layout", [(kernels.causal_only, "sdpa"),
                                         (_causal_ignoring_the_flag, "sdpa"),
                                         (_flash_causal_only, "flash")])
 def test_a_causal_only_kernel_is_checked_on_causal_attention_only(fn, layout):
@@ -193,8 +187,9 @@ def test_a_causal_only_kernel_is_checked_on_causal_attention_only(fn, layout):
 
 
 def test_a_causal_only_kernel_with_a_planted_bug_fails_on_a_causal_case():
-    report = rs.testing.check_attention(_causal_only_off_by_one, features=["causal"], cases=4,
-                                        name="tests.testing.test_check:_causal_only_off_by_one")
+    report = rs.testing.check_attention(kernels.causal_only_off_by_one, features=["causal"],
+                                        cases=4,
+                                        name="tests.testing.kernels:causal_only_off_by_one")
     assert not report.passed
     failure = report.failures[0]
     assert failure.case.causal == "top_left" and failure.divergence.stage == "scores"
