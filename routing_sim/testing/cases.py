@@ -492,6 +492,12 @@ def smaller(case: Case) -> Iterator[Case]:
     for name, options in plain.items():
         if getattr(case, name) is not None:
             yield replace(case, **options)
+    if case.window is not None:             # narrower, on one side at a time
+        left, right = case.window
+        for narrower in sorted({0, *_fewer(left)}) if left > 0 else []:
+            yield replace(case, window=(narrower, right))
+        for narrower in sorted({0, *_fewer(right)}) if right > 0 else []:
+            yield replace(case, window=(left, narrower))
     if case.softcap:
         yield replace(case, softcap=0.0)
 

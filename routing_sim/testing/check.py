@@ -192,10 +192,13 @@ class _Checker:
 
     def __init__(self, fn: Callable, layout: str, kind: Kind, name: str | None,
                  chosen: frozenset[str], dtype: str) -> None:
-        self.left_out = unstated(fn, chosen, layout)
-        self.fn, self.layout, self.kind, self.name = leaving_out(fn, self.left_out), layout, \
-            kind, name
-        self.chosen = chosen
+        self.left_out = unstated(fn, chosen, layout)    # flags fn has no parameter for
+        self.fn = leaving_out(fn, self.left_out)
+        self.layout, self.kind, self.name, self.chosen = layout, kind, name, chosen
+        # What every case has, and so no failure needs: full attention, or the one
+        # pattern a kernel computes.
+        patterns = chosen & PATTERNS
+        self.always = patterns if len(patterns) == 1 else frozenset({"full"})
         self.report = Report(name or str(getattr(fn, "__qualname__", repr(fn))), layout, dtype,
                              kind, tuple(f for f in FEATURES if f in chosen),
                              describe_tolerance(dtype))
@@ -243,7 +246,8 @@ class _Checker:
         """Whether an earlier failure already explains this one: the same kind of
         failure, on a minimal case that needs no feature this case lacks."""
         return any(failure.what == judgement.what
-                   and failure.case.features(self.layout) <= case.features(self.layout)
+                   and failure.case.features(self.layout) - self.always
+                   <= case.features(self.layout)
                    for failure in self.report.failures)
 
     def fails_like(self, case: Case, judgement: Judgement) -> bool:
@@ -375,8 +379,9 @@ def check_attention(fn: Callable, *, layout: str = "sdpa", features: Any = (),
 
 def _search(checker: _Checker, chosen: frozenset[str], layout: str, dtype: str, count: int,
             seed: int) -> None:
-    """The hypothesis search: for plain attention and each feature, cases that use it
-    (and a random choice of the others); hypothesis shrinks the first failure."""
+    """The hypothesis search: for each pattern and option chosen, cases that use it (and
+    a random choice of the others; plain cases for ``full``); hypothesis shrinks the first
+    failure."""
     if count == 0:
         return
     try:
@@ -391,10 +396,8 @@ def _search(checker: _Checker, chosen: frozenset[str], layout: str, dtype: str, 
               and patterns_with(name, chosen, layout)]
     each = max(1, count // len(groups))
     draw = random.Random(seed)
-    # What every case has: full attention, or the one pattern a kernel computes.
-    always = chosen & PATTERNS if len(chosen & PATTERNS) == 1 else frozenset({"full"})
     for group in groups:
-        if any(failure.case.features(layout) - OUTPUTS - always <= {group}
+        if any(failure.case.features(layout) - OUTPUTS - checker.always <= {group}
                for failure in checker.report.failures):
             continue                    # a failure already shows what this search would
         # full attention's search draws plain cases; every other, any chosen features.
