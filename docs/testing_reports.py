@@ -43,17 +43,23 @@ def sdpa_flash(q, k, v, **kwargs):
         return F.scaled_dot_product_attention(q, k, v, **kwargs)
 
 
-def flex(q, k, v, is_causal=False, scale=None, enable_gqa=False, return_lse=False):
-    """torch flex_attention, eager (no torch.compile); causal as a mask_mod."""
-    block = None
+def flex(q, k, v, is_causal=False, scale=None, enable_gqa=False, softcap=0.0,
+         return_lse=False):
+    """torch flex_attention, eager (no torch.compile); causal as a mask_mod, softcap as a
+    score_mod."""
+    block = score_mod = None
     if is_causal:
         block = create_block_mask(lambda b, h, i, j: j <= i, None, None, q.shape[2],
                                   k.shape[2], device="cpu")
+    if softcap:
+        def score_mod(score, b, h, i, j):
+            return softcap * torch.tanh(score / softcap)
     if return_lse:
-        out, aux = flex_attention(q, k, v, block_mask=block, scale=scale,
+        out, aux = flex_attention(q, k, v, score_mod=score_mod, block_mask=block, scale=scale,
                                   enable_gqa=enable_gqa, return_aux=AuxRequest(lse=True))
         return out, aux.lse
-    return flex_attention(q, k, v, block_mask=block, scale=scale, enable_gqa=enable_gqa)
+    return flex_attention(q, k, v, score_mod=score_mod, block_mask=block, scale=scale,
+                          enable_gqa=enable_gqa)
 
 
 def hf_eager(q, k, v, attn_mask=None, is_causal=False, scale=None, enable_gqa=False):
@@ -73,19 +79,25 @@ def hf_eager(q, k, v, attn_mask=None, is_causal=False, scale=None, enable_gqa=Fa
     return out.transpose(1, 2)
 
 
+# The CPU flash backend refuses a value dim other than the head dim ("No available
+# kernel"), and flex_attention has no backward pass on CPU: neither is asked of them.
 RUNS = [
     ("torch SDPA, math backend", sdpa_math, "float64",
-     ["mask", "causal", "bottom_right", "gqa", "backward"]),
+     ["full", "mask", "causal", "bottom_right", "gqa", "value_dim", "backward"]),
     ("torch SDPA, math backend", sdpa_math, "float32",
-     ["mask", "causal", "bottom_right", "gqa", "backward"]),
+     ["full", "mask", "causal", "bottom_right", "gqa", "value_dim", "backward"]),
     ("torch SDPA, CPU flash backend", sdpa_flash, "float64",
-     ["causal", "bottom_right", "gqa", "backward"]),
+     ["full", "causal", "bottom_right", "gqa", "backward"]),
     ("torch SDPA, CPU flash backend", sdpa_flash, "float32",
-     ["causal", "bottom_right", "gqa", "backward"]),
-    ("torch SDPA, CPU flash backend", sdpa_flash, "bfloat16", ["causal", "gqa", "backward"]),
-    ("torch flex_attention, eager", flex, "float64", ["causal", "gqa", "lse"]),
-    ("transformers eager_attention_forward", hf_eager, "float64", ["mask", "causal", "gqa"]),
-    ("transformers eager_attention_forward", hf_eager, "float32", ["mask", "causal", "gqa"]),
+     ["full", "causal", "bottom_right", "gqa", "backward"]),
+    ("torch SDPA, CPU flash backend", sdpa_flash, "bfloat16",
+     ["full", "causal", "gqa", "backward"]),
+    ("torch flex_attention, eager", flex, "float64",
+     ["full", "causal", "gqa", "softcap", "value_dim", "lse"]),
+    ("transformers eager_attention_forward", hf_eager, "float64",
+     ["full", "mask", "causal", "gqa"]),
+    ("transformers eager_attention_forward", hf_eager, "float32",
+     ["full", "mask", "causal", "gqa"]),
 ]
 
 

@@ -31,7 +31,12 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                              "flash: (B, L, H, E) and flash_attn_func's (default sdpa)")
     parser.add_argument("--features", default="",
                         help=f"what FUNCTION supports, comma-separated, from: "
-                             f"{', '.join(FEATURES)} (default: plain attention only)")
+                             f"{', '.join(FEATURES)}. Each case follows one of the "
+                             f"patterns named (full, causal, bottom_right, window): "
+                             f"'causal' checks a causal-only FUNCTION on causal cases only, "
+                             f"'full,causal' one that does both; no pattern means full. "
+                             f"The other features add their cases (default: full "
+                             f"attention only)")
     parser.add_argument("--dtype", choices=DTYPES, default="float64",
                         help="the dtype FUNCTION is called in (default float64)")
     parser.add_argument("--cases", type=count, default=100,

@@ -9,7 +9,8 @@ own tests, :mod:`~routing_sim.testing.strategies` (hypothesis) their inputs.
 
 :mod:`.cases` holds the cases and the battery, :mod:`.oracle` the expected answers and
 tolerances, :mod:`.calling` the layouts and the reproducers, :mod:`.diagnose` the probes,
-:mod:`.check` the checks, :mod:`.report` the report, :mod:`.precision` the dtypes.
+:mod:`.check` the checks, :mod:`.report` the report, :mod:`.precision` the dtypes;
+:mod:`.pytest_plugin` is the fixture ``attention_oracle`` (``pytest_plugins = [...]``).
 """
 
 from __future__ import annotations

@@ -17,8 +17,10 @@ causal diagonal aligned bottom-right is torch's ``causal_lower_right(L, S)`` as
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
+import inspect
 import sys
 import warnings
 from collections.abc import Callable
@@ -29,11 +31,11 @@ from typing import Any, Literal
 import numpy as np
 
 from ..errors import InvalidArgumentError
-from .cases import Case, Causal
+from .cases import PATTERNS, Case, Causal
 from .precision import check_dtype
 
 __all__ = ["Outcome", "arguments", "call", "canonical", "case_from_call", "detect", "keywords",
-           "load_function", "reproducer"]
+           "leaving_out", "load_function", "reproducer", "unstated"]
 
 Kind = Literal["numpy", "torch"]
 
@@ -44,7 +46,7 @@ class Outcome:
 
     output: np.ndarray | None = None               # (B, Hq, L, Ev)
     lse: np.ndarray | None = None                  # (B, Hq, L)
-    gradients: tuple[np.ndarray, ...] | None = None   # dq, dk, dv
+    gradients: tuple[np.ndarray | None, ...] | None = None   # dq, dk, dv (, d_sinks)
     error: str | None = None
 
 
@@ -70,6 +72,45 @@ def detect(fn: Callable, layout: str, dtype: str = "float64") -> Kind:
         errors.append(f"with {kind} arrays it returned {type(first).__name__}")
     raise InvalidArgumentError(f"fn must take and return numpy arrays or torch tensors: "
                                f"{'; '.join(errors)}")
+
+
+def unstated(fn: Callable, chosen: frozenset[str], layout: str) -> frozenset[str]:
+    """The keywords that only say "causal" to a kernel that computes causal attention
+    and nothing else (``causal`` or ``bottom_right`` its one pattern) and takes no such
+    keyword: the checker leaves them out of its calls (:func:`leaving_out`).
+
+    >>> def causal_only(q, k, v, scale=None): ...
+    >>> sorted(unstated(causal_only, frozenset({"causal"}), "sdpa"))
+    ['is_causal']
+    >>> unstated(causal_only, frozenset({"causal", "full"}), "sdpa")
+    frozenset()
+    """
+    patterns = chosen & PATTERNS
+    if patterns not in ({"causal"}, {"bottom_right"}):
+        return frozenset()
+    # A bottom-right diagonal reaches a torch kernel as attn_mask=causal_lower_right(L, S),
+    # which no mask shares: in the sdpa layout mask and causal never meet in one case.
+    saying = {"sdpa": {"is_causal", "causal_alignment", "attn_mask"}
+              if patterns == {"bottom_right"} else {"is_causal"}, "flash": {"causal"}}
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):             # no signature to read: pass them all
+        return frozenset()
+    if any(parameter.kind is parameter.VAR_KEYWORD for parameter in parameters):
+        return frozenset()
+    return frozenset(saying[layout] - {parameter.name for parameter in parameters})
+
+
+def leaving_out(fn: Callable, names: frozenset[str]) -> Callable:
+    """``fn`` called without the keywords ``names`` (``fn`` itself when there are none)."""
+    if not names:
+        return fn
+
+    @functools.wraps(fn)
+    def called(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **{name: given for name, given in kwargs.items() if name not in names})
+
+    return called
 
 
 def load_function(spec: str) -> Callable:
@@ -224,6 +265,8 @@ def call(fn: Callable, case: Case, layout: str, kind: Kind,
     backward = case.d_output is not None and value is None
     if backward:
         args = tuple(x.requires_grad_() for x in args)
+        if case.sinks is not None:
+            kwargs["sinks"].requires_grad_()
     try:
         returned = fn(*args, **kwargs)
     except Exception as error:                     # noqa: BLE001 - the user's function
@@ -256,8 +299,12 @@ def call(fn: Callable, case: Case, layout: str, kind: Kind,
             assert case.d_output is not None
             upstream = _converted(_to_layout(case.d_output, layout, packed), kind, case.dtype)
             returned.backward(upstream)
-            gradients = tuple(_from_layout(_numpy(x.grad, "a gradient"), layout, packed)
+            gradients = tuple(None if x.grad is None else
+                              _from_layout(_numpy(x.grad, "a gradient"), layout, packed)
                               for x in args)
+            if case.sinks is not None:         # (H,) in either layout
+                sinks = kwargs["sinks"].grad
+                gradients += (None if sinks is None else _numpy(sinks, "a gradient"),)
     except Exception as error:                     # noqa: BLE001 - the user's function
         return Outcome(error=f"{type(error).__name__}: {error}")
     return Outcome(output, lse_array, gradients)
@@ -327,9 +374,11 @@ def case_from_call(query: Any, key: Any, value: Any, layout: str = "sdpa",
                 else 0.0, dropout_mask=dropout_mask, lse=bool(kwargs.get("return_lse")))
 
 
-def reproducer(case: Case, layout: str, kind: Kind, fn_name: str | None) -> str:
+def reproducer(case: Case, layout: str, kind: Kind, fn_name: str | None,
+               left_out: frozenset[str] = frozenset()) -> str:
     """Python a user pastes to see the failure: the case's arrays written out exactly,
-    the call, and the one-line assertion."""
+    the call (without the keywords ``left_out``: :func:`unstated`), and the one-line
+    assertion (with them)."""
     torch_fn = kind == "torch"
     lines = ["import numpy as np", "import routing_sim as rs"]
     if torch_fn:
@@ -351,21 +400,25 @@ def reproducer(case: Case, layout: str, kind: Kind, fn_name: str | None) -> str:
         del kwargs["causal_alignment"], kwargs["is_causal"]
         kwargs["attn_mask"] = _Code(f"causal_lower_right({case.query.shape[2]}, "
                                     f"{case.key.shape[2]})")
-    items = []
+    items: list[str] = []
+    stated: list[str] = []
     for key, given in kwargs.items():
         if isinstance(given, np.ndarray):
             dtype = "float32" if key == "alibi_slopes" else case.dtype
             given = _Code(_literal(given, kind, dtype))
-        items.append(f"{key}={given!r}")
+        (stated if key in left_out else items).append(f"{key}={given!r}")
     lines.append(f"kwargs = dict({', '.join(items)})")
-    extra = f"layout={layout!r}, "
+    extra = "".join(f"{item}, " for item in [f"layout={layout!r}", *stated])
     if case.d_output is not None and torch_fn:
         upstream = _literal(_to_layout(case.d_output, layout, packed), kind, case.dtype)
+        sinks = case.sinks is not None
         lines += ["q, k, v = (x.requires_grad_() for x in (q, k, v))",
+                  *(['kwargs["sinks"].requires_grad_()'] if sinks else []),
                   "actual = fn(q, k, v, **kwargs)",
                   f"d_out = {upstream}",
                   "(actual[0] if isinstance(actual, tuple) else actual).backward(d_out)"]
-        extra += "d_output=d_out, gradients=(q.grad, k.grad, v.grad), "
+        sink_grad = ', kwargs["sinks"].grad' if sinks else ""
+        extra += f"d_output=d_out, gradients=(q.grad, k.grad, v.grad{sink_grad}), "
     else:
         lines.append("actual = fn(q, k, v, **kwargs)")
     lines.append(f"rs.testing.assert_attention_close(actual, q, k, v, {extra}**kwargs)")

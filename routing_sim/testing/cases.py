@@ -6,6 +6,14 @@ dtype holds exactly (:func:`~routing_sim.testing.precision.round_to`), so the or
 the very numbers the kernel sees. Its features are the options it uses; a check runs only
 cases whose features the kernel claims (``features=`` of
 :func:`~routing_sim.testing.check_attention`).
+
+Every case has one **pattern** (:data:`PATTERNS`), the routes it allows before any mask:
+``full`` (every query reaches every key), ``causal``, ``bottom_right`` or ``window``
+(in the flash layout ``causal`` and ``window`` together). A kernel is checked on the
+patterns it names, and only on those: one that names ``causal`` alone may apply its
+causal mask always, so it gets causal cases only, the battery's edges included; one that
+names no pattern computes ``full`` attention. The other features are options a kernel
+takes and can do without, so cases without them run too.
 """
 
 from __future__ import annotations
@@ -20,16 +28,21 @@ import numpy as np
 from ..errors import InvalidArgumentError
 from .precision import round_to
 
-__all__ = ["FEATURES", "LAYOUTS", "Case", "battery", "check_features", "compatible",
-           "smaller"]
+__all__ = ["FEATURES", "LAYOUTS", "PATTERNS", "Case", "battery", "check_features", "compatible",
+           "patterns_with", "smaller"]
 
-FEATURES = ("mask", "causal", "bottom_right", "gqa", "window", "softcap", "alibi", "sinks",
-            "varlen", "lse", "dropout_mask", "decode", "backward")
+FEATURES = ("full", "mask", "causal", "bottom_right", "gqa", "window", "softcap", "alibi",
+            "sinks", "varlen", "lse", "dropout_mask", "decode", "value_dim", "backward")
 LAYOUTS = ("sdpa", "flash")
 Layout = Literal["sdpa", "flash"]
 Causal = Literal["top_left", "bottom_right"]
 # Asked of every case of a check, not drawn per case: more outputs of the same call.
 OUTPUTS = frozenset({"lse", "backward"})
+# The routes a case allows before any mask; a kernel is checked on the ones it names.
+PATTERNS = frozenset({"full", "causal", "bottom_right", "window"})
+# The window a battery case gets for a kernel that computes windows only: it reaches past
+# a tile of 64 keys, and it is lopsided, so left and right cannot be swapped unseen.
+_WINDOW = (50, 3)
 # flash_attn_func has no attn_mask, and its causal is aligned bottom-right already.
 _NOT_IN = {"flash": {"mask": "flash_attn_func takes no attn_mask",
                      "bottom_right": "its causal is aligned bottom-right already "
@@ -37,20 +50,25 @@ _NOT_IN = {"flash": {"mask": "flash_attn_func takes no attn_mask",
 # Features one case cannot combine, per layout: SDPA refuses attn_mask beside is_causal, a
 # top-left causal diagonal and a (bottom-right) window disagree when L != S, and packed
 # sequences carry their own masks.
+# ``full`` is the absence of the other patterns.
 _APART = {"sdpa": [{"mask", "causal", "bottom_right"}, {"window", "causal"},
                    {"varlen", "mask"}, {"varlen", "bottom_right"}, {"varlen", "dropout_mask"},
-                   {"varlen", "decode"}],
-          "flash": [{"varlen", "dropout_mask"}, {"varlen", "decode"}]}
+                   {"varlen", "decode"}, {"full", "causal", "bottom_right"}, {"full", "window"}],
+          "flash": [{"varlen", "dropout_mask"}, {"varlen", "decode"}, {"full", "causal"},
+                    {"full", "window"}]}
 
 
 def check_features(features: Iterable[str] | str, layout: str) -> frozenset[str]:
     """The features a check runs, validated: names from :data:`FEATURES` that ``layout``
-    can express (a comma-separated string works too).
+    can express (a comma-separated string works too), with ``full`` added when no
+    pattern (:data:`PATTERNS`) is named.
 
     Examples
     --------
     >>> sorted(check_features("causal, gqa", "sdpa"))
     ['causal', 'gqa']
+    >>> sorted(check_features("gqa", "sdpa")), sorted(check_features("full, causal", "sdpa"))
+    (['full', 'gqa'], ['causal', 'full'])
     """
     if layout not in LAYOUTS:
         raise InvalidArgumentError(f"layout must be 'sdpa' or 'flash', got {layout!r}")
@@ -64,23 +82,38 @@ def check_features(features: Iterable[str] | str, layout: str) -> frozenset[str]
         if name in _NOT_IN.get(layout, {}):
             raise InvalidArgumentError(f"feature {name!r} is not in layout {layout!r}: "
                                        f"{_NOT_IN[layout][name]}")
-    return chosen
+    return chosen if chosen & PATTERNS else chosen | {"full"}
 
 
-def compatible(wanted: Iterable[str], layout: str, first: str | None = None
+def patterns_with(feature: str | None, chosen: frozenset[str], layout: str) -> list[str]:
+    """The chosen patterns a case using ``feature`` can follow, in the order of
+    :data:`FEATURES` (none: ``feature`` never runs, e.g. ``mask`` beside ``causal`` alone
+    in the sdpa layout, whose ``attn_mask`` and ``is_causal`` exclude each other).
+
+    >>> patterns_with("mask", frozenset({"mask", "causal", "full"}), "sdpa")
+    ['full']
+    >>> patterns_with("mask", frozenset({"mask", "causal"}), "sdpa")
+    []
+    """
+    first = () if feature is None else (feature,)
+    return [name for name in FEATURES if name in chosen & PATTERNS
+            and name in compatible((), layout, first=(*first, name))]
+
+
+def compatible(wanted: Iterable[str], layout: str, first: Iterable[str] = ()
                ) -> frozenset[str]:
-    """``wanted`` without the features one case cannot combine with an earlier one (in the
-    order of :data:`FEATURES`, ``first`` before all).
+    """``wanted`` and ``first`` without the features one case cannot combine with an
+    earlier one (in the order of :data:`FEATURES`, the names in ``first`` before all).
 
     >>> sorted(compatible({"mask", "causal", "gqa"}, "sdpa"))
     ['gqa', 'mask']
-    >>> sorted(compatible({"mask", "causal", "gqa"}, "sdpa", first="causal"))
+    >>> sorted(compatible({"mask", "causal", "gqa"}, "sdpa", first=["causal"]))
     ['causal', 'gqa']
     """
-    kept: set[str] = set() if first is None else {first}
-    for name in FEATURES:
-        if name in wanted and not any(name in group and kept & group
-                                      for group in _APART[layout]):
+    wanted = set(wanted)
+    kept: set[str] = set()
+    for name in (*first, *(name for name in FEATURES if name in wanted)):
+        if not any(name in group and kept & (group - {name}) for group in _APART[layout]):
             kept.add(name)
     return frozenset(kept)
 
@@ -148,12 +181,14 @@ class Case:
         _, heads, kv_heads, *_ = self.shape
         aligned = self.causal == "bottom_right" and layout == "sdpa" and \
             self.cu_seqlens is None
-        used = {"mask": self.mask is not None, "causal": self.causal is not None and not aligned,
+        used = {"full": self.causal is None and self.window is None,
+                "mask": self.mask is not None, "causal": self.causal is not None and not aligned,
                 "bottom_right": aligned, "gqa": heads != kv_heads,
                 "window": self.window is not None, "softcap": self.softcap > 0,
                 "alibi": self.alibi is not None, "sinks": self.sinks is not None,
                 "varlen": self.cu_seqlens is not None, "lse": self.lse,
                 "dropout_mask": self.dropout_mask is not None, "decode": self.decode,
+                "value_dim": self.value.shape[3] != self.query.shape[3],
                 "backward": self.d_output is not None}
         return frozenset(name for name, on in used.items() if on)
 
@@ -195,7 +230,10 @@ def battery(features: frozenset[str], layout: str, dtype: str) -> list[Case]:
 
     Every case of the plain battery; then for each chosen feature its own edges (a case
     may use other chosen features too); then one case with every chosen feature that
-    combines. ``lse`` and ``backward`` are asked of every case.
+    combines. A case that follows no chosen pattern gets the first one chosen (causal
+    for a kernel that names only causal), or is left out when it cannot take it.
+    ``lse`` and ``backward`` are asked of every case. ``features`` are
+    :func:`check_features`'s.
     """
     rng = np.random.default_rng(20240624)
     huge, tiny = _extremes(dtype)
@@ -217,6 +255,10 @@ def battery(features: frozenset[str], layout: str, dtype: str) -> list[Case]:
         draw("every score far below zero", 1, 1, 1, 3, 5, 4, far_below=True),
         draw("values that cancel", 1, 1, 1, 3, 6, 4, cancelling=True),
     ]
+    if "value_dim" in features:      # every feature takes Ev != E: nothing else changes
+        cases += [draw("value dim 3 < head dim 8", 1, 2, 2, 4, 6, 8, value_dim=3),
+                  draw("value dim 6 > head dim 2", 1, 2, 2, 4, 6, 2, value_dim=6),
+                  draw("value dim 1, 70 keys", 1, 1, 1, 3, 70, 4, value_dim=1)]
     if "gqa" in features:
         cases += [draw(f"GQA {heads} query heads on {kv_heads} KV heads", 2, heads, kv_heads,
                        3, 5, 4) for heads, kv_heads in ((2, 1), (4, 1), (4, 2), (6, 2),
@@ -295,27 +337,55 @@ def battery(features: frozenset[str], layout: str, dtype: str) -> list[Case]:
             cases.append(replace(draw("decode: two new tokens", 1, heads, kv_heads, 2, 9, 4),
                                  decode=True, causal="bottom_right"))
     cases.append(_everything(draw, rng, features, layout, causal))
-    return [_outputs(case, features, layout, rng) for case in cases
-            if case.features(layout) - OUTPUTS <= features]
+    followed = (_following(case, features, layout) for case in cases)
+    return [_outputs(case, features, layout, rng) for case in followed if case is not None]
+
+
+def _following(case: Case, features: frozenset[str], layout: str) -> Case | None:
+    """``case`` as a kernel that computes only the chosen patterns gets it: as it is, or
+    with the first chosen pattern it combines with imposed; None if it uses a feature
+    that is not chosen or combines with no chosen pattern."""
+    used = case.features(layout) - OUTPUTS
+    if "full" in used and "full" not in features:
+        options = used - {"full"}
+        pattern = next((name for name in patterns_with(None, features, layout)
+                        if compatible(options, layout, first=[name]) == options | {name}),
+                       None)
+        if pattern is None:
+            return None
+        used = options | {pattern}
+        if pattern == "window":
+            case = replace(case, window=_WINDOW)
+        else:
+            aligned = pattern == "bottom_right" or layout == "flash" or \
+                case.cu_seqlens is not None
+            case = replace(case, causal="bottom_right" if aligned else "top_left")
+        case = replace(case, label=f"{case.label}, {pattern.replace('_', '-')}")
+    return case if case.features(layout) - OUTPUTS <= features else None
 
 
 def _everything(draw: _Inputs, rng: np.random.Generator, features: frozenset[str],
                 layout: str, causal: Causal) -> Case:
     """One case with every chosen feature that combines with the others."""
-    on = compatible(features - OUTPUTS, layout)
+    # A kernel that cannot compute full attention gets its first pattern before the rest.
+    first = [] if "full" in features else patterns_with(None, features, layout)[:1]
+    on = compatible(features - OUTPUTS - {"full"}, layout, first=first)
     heads, kv_heads = (4, 2) if "gqa" in on else (2, 2)
     n_queries, n_keys = (1, 70) if "decode" in on else (5, 70)
-    case = replace(draw("every feature at once", 1, heads, kv_heads, n_queries, n_keys, 4),
-                   scale=0.4, decode="decode" in on)
+    value_dim = 6 if "value_dim" in on else 4
+    case = replace(draw("every feature at once", 1, heads, kv_heads, n_queries, n_keys, 4,
+                        value_dim=value_dim), scale=0.4, decode="decode" in on)
     if "varlen" in on:
-        case = replace(draw("every feature at once", 1, heads, kv_heads, 7, 75, 4), scale=0.4,
+        case = replace(draw("every feature at once", 1, heads, kv_heads, 7, 75, 4,
+                            value_dim=value_dim), scale=0.4,
                        cu_seqlens=(np.array([0, 2, 7]), np.array([0, 5, 75])))
         n_queries, n_keys = 7, 75
     shape = (1, heads, n_queries, n_keys)
     if "mask" in on:
         case = replace(case, mask=rng.random(shape) < 0.8)
     if "causal" in on or "bottom_right" in on:
-        case = replace(case, causal="bottom_right" if "bottom_right" in on else causal)
+        aligned = "bottom_right" in on or "varlen" in on
+        case = replace(case, causal="bottom_right" if aligned else causal)
     if "window" in on:
         case = replace(case, window=(40, 0 if case.causal else 3))
     if "softcap" in on:
@@ -334,7 +404,7 @@ def _outputs(case: Case, features: frozenset[str], layout: str,
     """Ask ``case`` for the log-sum-exp and the gradients, when the check does."""
     if "lse" in features:
         case = replace(case, lse=True)
-    if "backward" in features and not case.softcap:     # see oracle: no softcap bound
+    if "backward" in features:
         case = replace(case, d_output=rng.normal(size=case.query.shape[:3]
                                                  + case.value.shape[3:]))
     return case
@@ -357,11 +427,11 @@ class _Inputs:
     def __call__(self, label: str, batch: int, heads: int, kv_heads: int, n_queries: int,
                  n_keys: int, dim: int, magnitude: float = 1.0,
                  subnormal: bool = False, far_below: bool = False,
-                 cancelling: bool = False) -> Case:
+                 cancelling: bool = False, value_dim: int | None = None) -> Case:
         normal = self.rng.normal
         query = normal(size=(batch, heads, n_queries, dim)) * magnitude
         key = normal(size=(batch, kv_heads, n_keys, dim)) * magnitude
-        value = normal(size=(batch, kv_heads, n_keys, dim))
+        value = normal(size=(batch, kv_heads, n_keys, value_dim or dim))
         if subnormal:
             smallest = float(np.finfo(np.float64 if self.dtype == "float64" else
                                       np.float16 if self.dtype == "float16" else
@@ -400,6 +470,10 @@ def smaller(case: Case) -> Iterator[Case]:
         for fewer in _fewer(n_keys):
             yield _take(case, keys=slice(0, fewer))
             yield _take(case, keys=slice(n_keys - fewer, n_keys))
+    for fewer in _fewer(min(dim, value_dim)):      # both head dims at once: Ev = E stays
+        yield replace(case, query=case.query[..., :fewer], key=case.key[..., :fewer],
+                      value=case.value[..., :fewer],
+                      d_output=None if case.d_output is None else case.d_output[..., :fewer])
     for fewer in _fewer(dim):
         yield replace(case, query=case.query[..., :fewer], key=case.key[..., :fewer])
     for fewer in _fewer(value_dim):
@@ -418,6 +492,12 @@ def smaller(case: Case) -> Iterator[Case]:
     for name, options in plain.items():
         if getattr(case, name) is not None:
             yield replace(case, **options)
+    if case.window is not None:             # narrower, on one side at a time
+        left, right = case.window
+        for narrower in sorted({0, *_fewer(left)}) if left > 0 else []:
+            yield replace(case, window=(narrower, right))
+        for narrower in sorted({0, *_fewer(right)}) if right > 0 else []:
+            yield replace(case, window=(left, narrower))
     if case.softcap:
         yield replace(case, softcap=0.0)
 

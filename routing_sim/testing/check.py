@@ -17,8 +17,27 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidArgumentError
-from .calling import Kind, Outcome, call, canonical, case_from_call, detect, reproducer
-from .cases import FEATURES, OUTPUTS, Case, battery, check_features, smaller
+from .calling import (
+    Kind,
+    Outcome,
+    call,
+    canonical,
+    case_from_call,
+    detect,
+    leaving_out,
+    reproducer,
+    unstated,
+)
+from .cases import (
+    FEATURES,
+    OUTPUTS,
+    PATTERNS,
+    Case,
+    battery,
+    check_features,
+    patterns_with,
+    smaller,
+)
 from .diagnose import Divergence, diverges
 from .oracle import Expected, correctly_rounded, describe_tolerance, expect
 from .precision import check_dtype, ulp
@@ -90,8 +109,8 @@ def judge(case: Case, expected: Expected, outcome: Outcome) -> Judgement:
                       f"{hint}")
     if expected.gradients is not None:
         assert expected.gradient_tolerance is not None and expected.gradient_magnitude is not None
-        gradients = outcome.gradients or (None, None, None)
-        names = ("query", "key", "value")
+        gradients = outcome.gradients or (None,) * len(expected.gradients)
+        names = ("query", "key", "value", "sinks")
         for name, got, want, tolerance, size in zip(names, gradients, expected.gradients,
                                                     expected.gradient_tolerance,
                                                     expected.gradient_magnitude):
@@ -109,12 +128,14 @@ def judge(case: Case, expected: Expected, outcome: Outcome) -> Judgement:
                                           float(gradient_ratio.max(initial=0.0)))
             bad = np.argwhere(gradient_ratio > 1)
             if len(bad) and not what:
-                b, h, t, c = (int(x) for x in bad[0])
+                index = tuple(int(x) for x in bad[0])
+                where = f"head {index[0]}" if name == "sinks" else \
+                    "batch {}, head {}, token {}, feature {}".format(*index)
                 what = f"gradient of {name}"
-                detail = (f"gradient of {name}, batch {b}, head {h}, token {t}, feature {c}: "
+                detail = (f"gradient of {name}, {where}: "
                           + ("the kernel gave none" if got is None or got.shape != want.shape
-                             else f"{float(got[b, h, t, c])!r}, expected "
-                                  f"{float(want[b, h, t, c])!r}"))
+                             else f"{float(got[index])!r}, expected {float(want[index])!r}"
+                             f"{_sign_hint(float(got[index]), float(want[index]))}"))
     return Judgement(what, row, detail, **found)
 
 
@@ -123,6 +144,13 @@ def _in_ulps(error: np.ndarray, magnitude: np.ndarray, dtype: str) -> np.ndarray
     that is exactly zero) the tolerance alone judges, and the ULPs count 0."""
     with np.errstate(over="ignore", invalid="ignore"):
         return np.where(magnitude > 0, error / ulp(magnitude, dtype), 0.0)
+
+
+def _sign_hint(kernel: float, oracle: float) -> str:
+    """A hint when a gradient is the oracle's with the sign flipped."""
+    if oracle != 0 and abs(kernel + oracle) <= 1e-6 * abs(oracle):
+        return ": the oracle's with the sign flipped"
+    return ""
 
 
 def _lse_hint(kernel: float, oracle: float, case: Case) -> str:
@@ -164,11 +192,16 @@ class _Checker:
 
     def __init__(self, fn: Callable, layout: str, kind: Kind, name: str | None,
                  chosen: frozenset[str], dtype: str) -> None:
-        self.fn, self.layout, self.kind, self.name = fn, layout, kind, name
+        self.left_out = unstated(fn, chosen, layout)    # flags fn has no parameter for
+        self.fn = leaving_out(fn, self.left_out)
+        self.layout, self.kind, self.name, self.chosen = layout, kind, name, chosen
+        # What every case has, and so no failure needs: full attention, or the one
+        # pattern a kernel computes.
+        patterns = chosen & PATTERNS
+        self.always = patterns if len(patterns) == 1 else frozenset({"full"})
         self.report = Report(name or str(getattr(fn, "__qualname__", repr(fn))), layout, dtype,
                              kind, tuple(f for f in FEATURES if f in chosen),
                              describe_tolerance(dtype))
-        self.report.by_feature["plain"] = FeatureResult()
         for feature in self.report.features:
             self.report.by_feature[feature] = FeatureResult()
 
@@ -178,10 +211,9 @@ class _Checker:
         return judge(case, expected, outcome), expected, outcome
 
     def record(self, case: Case, judgement: Judgement) -> None:
-        """Count the case under each feature it uses (``plain`` if none)."""
+        """Count the case under each feature it uses (its pattern included)."""
         features = case.features(self.layout)
-        rows = features - OUTPUTS or {"plain"}
-        for row in rows:
+        for row in features - OUTPUTS:
             self.report.by_feature[row].add(judgement.passed and not judgement.what,
                                             judgement.ulps, judgement.ratio)
         called = judgement.what != "the call"
@@ -214,7 +246,8 @@ class _Checker:
         """Whether an earlier failure already explains this one: the same kind of
         failure, on a minimal case that needs no feature this case lacks."""
         return any(failure.what == judgement.what
-                   and failure.case.features(self.layout) <= case.features(self.layout)
+                   and failure.case.features(self.layout) - self.always
+                   <= case.features(self.layout)
                    for failure in self.report.failures)
 
     def fails_like(self, case: Case, judgement: Judgement) -> bool:
@@ -232,6 +265,8 @@ class _Checker:
         while progress and calls < _SHRINK_CALLS:
             progress = False
             for candidate in smaller(case):
+                if not candidate.features(self.layout) <= self.chosen:
+                    continue                # e.g. a causal-only kernel on a full case
                 calls += 1
                 if self.fails_like(candidate, judgement):
                     case, progress = candidate, True
@@ -257,7 +292,7 @@ class _Checker:
             if not judgement.what.startswith("gradient") else judgement.gradient_ulps
         self.report.failures.append(Failure(case, found_by, judgement.what, where, worst,
                                             reproducer(case, self.layout, self.kind,
-                                                       self.name)))
+                                                       self.name, self.left_out)))
 
 
 def check_attention(fn: Callable, *, layout: str = "sdpa", features: Any = (),
@@ -275,9 +310,17 @@ def check_attention(fn: Callable, *, layout: str = "sdpa", features: Any = (),
         keyword names; ``"flash"``: ``(B, L, H, E)`` with ``flash_attn_func``'s
         (:mod:`routing_sim.testing.calling` lists them all).
     features : iterable of str or str
-        What ``fn`` supports, from mask, causal, bottom_right, gqa, window, softcap, alibi,
-        sinks, varlen, lse, dropout_mask, decode, backward (a comma-separated string works).
-        Plain attention is always checked; each feature adds its cases.
+        What ``fn`` supports, from full, mask, causal, bottom_right, gqa, window, softcap,
+        alibi, sinks, varlen, lse, dropout_mask, decode, value_dim, backward (a
+        comma-separated string works). The **patterns** full (every query reaches every
+        key), causal, bottom_right and window are what ``fn`` computes, and each case
+        follows one of those named: ``["causal"]`` checks a causal-only kernel on causal
+        cases only (called without ``is_causal`` / ``causal`` if it takes no such
+        keyword), ``["full", "causal"]`` a kernel that does both, on both; naming no
+        pattern means full. The other features are options ``fn`` also takes: each adds
+        its cases, and cases without it run too. ``value_dim`` adds value head dims
+        other than the query/key head dim; ``lse`` and ``backward`` are asked of every
+        case (``backward`` with ``sinks`` checks their gradient too).
     dtype : str, numpy or torch dtype, optional
         The dtype ``fn`` is called in: float64 (the default), float32, float16 or
         bfloat16 (torch functions only).
@@ -304,9 +347,9 @@ def check_attention(fn: Callable, *, layout: str = "sdpa", features: Any = (),
     ...         scores = np.where(np.tri(*scores.shape[-2:], dtype=bool), scores, -np.inf)
     ...     weights = np.exp(scores - scores.max(-1, keepdims=True))
     ...     return weights / weights.sum(-1, keepdims=True) @ v
-    >>> report = rs.testing.check_attention(mine, features=["causal"], cases=0)
-    >>> report.passed, report.by_feature["causal"].cases
-    (True, 5)
+    >>> report = rs.testing.check_attention(mine, features=["full", "causal"], cases=0)
+    >>> report.passed, report.by_feature["full"].cases, report.by_feature["causal"].cases
+    (True, 20, 5)
     """
     chosen = check_features(features, layout)
     dtype_name = check_dtype(dtype)
@@ -326,13 +369,19 @@ def check_attention(fn: Callable, *, layout: str = "sdpa", features: Any = (),
         if not judgement.passed and not checker.explained(case, judgement):
             checker.add_failure(checker.shrink(case, judgement), f"battery case '{case.label}'")
     _search(checker, chosen, layout, dtype_name, 100 if cases is None else cases, seed)
+    for feature in sorted(chosen - OUTPUTS - PATTERNS, key=FEATURES.index):
+        if not patterns_with(feature, chosen, layout):
+            checker.report.notes.append(
+                f"{feature}: no case, it combines with none of the patterns named "
+                f"({', '.join(sorted(chosen & PATTERNS))}) in layout {layout!r}")
     return checker.report
 
 
 def _search(checker: _Checker, chosen: frozenset[str], layout: str, dtype: str, count: int,
             seed: int) -> None:
-    """The hypothesis search: for plain attention and each feature, cases that use it
-    (and a random choice of the others); hypothesis shrinks the first failure."""
+    """The hypothesis search: for each pattern and option chosen, cases that use it (and
+    a random choice of the others; plain cases for ``full``); hypothesis shrinks the first
+    failure."""
     if count == 0:
         return
     try:
@@ -343,16 +392,18 @@ def _search(checker: _Checker, chosen: frozenset[str], layout: str, dtype: str, 
         checker.report.notes.append("hypothesis is not installed (pip install "
                                     "'routing_sim[testing]'): the battery ran, no search")
         return
-    groups = ["plain", *sorted(chosen - OUTPUTS, key=FEATURES.index)]
+    groups = [name for name in FEATURES if name in chosen - OUTPUTS
+              and patterns_with(name, chosen, layout)]
     each = max(1, count // len(groups))
     draw = random.Random(seed)
     for group in groups:
-        if any(failure.case.features(layout) - OUTPUTS <= ({group} - {"plain"})
+        if any(failure.case.features(layout) - OUTPUTS - checker.always <= {group}
                for failure in checker.report.failures):
             continue                    # a failure already shows what this search would
-        strategy = strategies.cases(features=chosen & OUTPUTS if group == "plain" else chosen,
-                                    layout=layout, dtype=dtype,
-                                    require=None if group == "plain" else group)
+        # full attention's search draws plain cases; every other, any chosen features.
+        features = chosen & OUTPUTS | {"full"} if group == "full" else chosen
+        strategy = strategies.cases(features=features, layout=layout, dtype=dtype,
+                                    require=group)
         settings = hypothesis.settings(max_examples=each, database=None, deadline=None)
         try:
             found = hypothesis.find(strategy, checker.searcher(), settings=settings,
@@ -396,8 +447,9 @@ def assert_attention_close(actual: Any, query: Any, key: Any, value: Any, *,
     outcome = Outcome(canonical(output, layout, packed),
                       None if lse is None else canonical(lse, "sdpa", False).reshape(
                           case.query.shape[:3]),
-                      None if gradients is None else
-                      tuple(canonical(g, layout, packed) for g in gradients))
+                      None if gradients is None else      # d_sinks: (H,) in either layout
+                      tuple(canonical(g, layout if n < 3 else "sdpa", packed and n < 3)
+                            for n, g in enumerate(gradients)))
     judgement = judge(case, expected, outcome)
     if judgement.passed:
         return

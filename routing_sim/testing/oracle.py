@@ -290,8 +290,9 @@ def correctly_rounded(case: Case, rows: np.ndarray) -> np.ndarray:
 
 def _gradients(case: Case, grouped: Routes, arguments: dict, rounding: Rounding
                ) -> tuple[tuple[np.ndarray, ...], ...]:
-    """The float64 gradients ``(dq, dk, dv)`` in the case's shapes, the tolerance of
-    each (two implementations), and the magnitude its ULPs are counted at.
+    """The float64 gradients ``(dq, dk, dv)`` (and ``d_sinks`` with sinks) in the case's
+    shapes, the tolerance of each (two implementations), and the magnitude its ULPs are
+    counted at.
 
     The bound follows each product of the backward pass through its absolute values, with
     ``u`` and ``γ_n = n·u / (1 - n·u)`` of the accumulating dtype (``εP`` the weights'
@@ -307,11 +308,27 @@ def _gradients(case: Case, grouped: Routes, arguments: dict, rounding: Rounding
     then summed over the query heads that share a KV head (``γ_r`` more); twice each, for
     the kernel and the reference. A 16-bit kernel also stores ``dP``, ``dS`` and the
     gradients in its dtype: ``u_store`` relative on each.
+
+    **softcap** ``f(t) = c·tanh(t / c)`` passes ``dS`` back to the scaled score ``t`` times
+    its slope ``f'(t) = sech²(t / c)`` (then ``dQ`` and ``dK`` take ``f' ⊙ dS`` for ``dS``)::
+
+        εt  = γ_E |s| |q|·|k| + (3u + u_store) |t|      (dot product, scale, division by c)
+        εf' = 4 / (3√3 c) · εt + 14u                    (|f''| <= 4 / (3√3 c); tanh is
+                                                         within 4u, then 1 - tanh², the
+                                                         products: an absolute 14u)
+        ε(f' dS) = f' εdS + (εf' + u f') |dS|
+
+    **sinks**: ``d sink_h = -Σ_{b,i} p_i D_i`` with ``p_i = exp(sink_h - m_i) / l_i`` the
+    sink's share of row ``i``. The sink's logit has no rounding of its own, so ``p_i`` is
+    off by at most what every share of its row is, less the share's own score error:
+    ``εp_i / p_i <= min_j εP_ij / P_ij + 2u |sink_h - m_i| + 8u`` (its ``exp`` argument
+    and one more term in the sum), and ``ε d sink_h = Σ_{b,i} (εp_i Σ_j P |dP| + p_i εD_i)
+    + γ_{BL+1} Σ_{b,i} p_i Σ_j P |dP|``.
     """
     d_output = case.d_output
     assert d_output is not None
     with checked_upstream():
-        d_query, d_key, d_value, *_ = attention_backward(
+        d_query, d_key, d_value, *d_sinks = attention_backward(
             grouped.query, grouped.key, grouped.value, d_output, **arguments)
     u, store = unit(rounding.accumulate), rounding.store
 
@@ -344,13 +361,19 @@ def _gradients(case: Case, grouped: Routes, arguments: dict, rounding: Rounding
                 + (2 * u + store) * before * centred)
     # dS's magnitude without the cancellation in dP - D: what its errors scale with.
     abs_ds = before * (np.abs(d_weights) + np.abs(through))             # (B, Hq, L, S)
-    magnitudes = (scale * abs_ds @ np.abs(grouped.key),                  # (B, Hq, L, E)
-                  scale * swap(abs_ds, -1, -2) @ np.abs(grouped.query),  # (B, Hq, S, E)
-                  swap(weights, -1, -2) @ abs_out)                      # (B, Hq, S, Ev)
-    errors = (scale * (error_ds @ np.abs(grouped.key)) + gamma(n_keys + 1) * magnitudes[0],
-              scale * (swap(error_ds, -1, -2) @ np.abs(grouped.query))
-              + gamma(n_queries + 1) * magnitudes[1],
-              swap(weight_bound + gamma(n_queries) * weights, -1, -2) @ abs_out)
+    if case.softcap:
+        slope, slope_error = _softcap_slope(case, grouped, u, store)    # (B, Hq, L, S)
+        error_ds = slope * error_ds + (slope_error + u * slope) * abs_ds
+        abs_ds = (slope + slope_error) * abs_ds
+    magnitudes: tuple[np.ndarray, ...] = (
+        scale * abs_ds @ np.abs(grouped.key),                            # (B, Hq, L, E)
+        scale * swap(abs_ds, -1, -2) @ np.abs(grouped.query),            # (B, Hq, S, E)
+        swap(weights, -1, -2) @ abs_out)                                # (B, Hq, S, Ev)
+    errors: tuple[np.ndarray, ...] = (
+        scale * (error_ds @ np.abs(grouped.key)) + gamma(n_keys + 1) * magnitudes[0],
+        scale * (swap(error_ds, -1, -2) @ np.abs(grouped.query))
+        + gamma(n_queries + 1) * magnitudes[1],
+        swap(weight_bound + gamma(n_queries) * weights, -1, -2) @ abs_out)
     shared = case.shape[1] // case.shape[2]
 
     def folded(per_query_head: np.ndarray) -> np.ndarray:
@@ -358,7 +381,7 @@ def _gradients(case: Case, grouped: Routes, arguments: dict, rounding: Rounding
         batch, heads, *rest = per_query_head.shape
         return per_query_head.reshape(batch, heads // shared, shared, *rest).sum(2)
 
-    gradients = (d_query, folded(d_key), folded(d_value))
+    gradients: tuple[np.ndarray, ...] = (d_query, folded(d_key), folded(d_value))
     magnitudes = (magnitudes[0], folded(magnitudes[1]), folded(magnitudes[2]))
     errors = (errors[0], folded(errors[1]), folded(errors[2]))
     # A value stored below the smallest normal carries up to a subnormal ULP absolute,
@@ -367,9 +390,46 @@ def _gradients(case: Case, grouped: Routes, arguments: dict, rounding: Rounding
     reach = (1 + largest[0]) * (1 + largest[1]) * (1 + scale * max(
         float(np.abs(grouped.query).max(initial=0.0)), float(np.abs(grouped.key).max(initial=0.0))))
     underflow = (n_keys + n_queries + 2) * reach * ulp(np.zeros(()), case.dtype)
+    if d_sinks:
+        gradients += (d_sinks[0],)
+        rows = (before * np.abs(d_weights)).sum(-1)                      # (B, Hq, L) ≥ |D|
+        sink_share, sink_error = _sink_share(case, grouped, before, bound_before, u)
+        batch = case.shape[0]
+        magnitudes += ((sink_share * rows).sum((0, 2)),)                 # (Hq,)
+        errors += ((sink_error * rows + sink_share * error_through[..., 0]).sum((0, 2))
+                   + gamma(batch * n_queries + 1) * magnitudes[3],)
     tolerances = tuple(2 * (error + (gamma(shared) + store) * size) + ulp(size, case.dtype)
                        + underflow for error, size in zip(errors, magnitudes))
     return gradients, tolerances, magnitudes
+
+
+def _softcap_slope(case: Case, grouped: Routes, u: float, store: float
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """softcap's slope ``sech²(t / c)`` at each scaled score ``t`` and how far a kernel's
+    may be from it ``(B, Hq, L, S)`` (:func:`_gradients`)."""
+    cap, scale = case.softcap, abs(case.effective_scale)
+    raw = grouped.query @ np.swapaxes(grouped.key, -1, -2) * case.effective_scale  # t
+    dim = case.query.shape[3]
+    raw_error = (dim * u / (1 - dim * u) * scale
+                 * (np.abs(grouped.query) @ np.swapaxes(np.abs(grouped.key), -1, -2))
+                 + (3 * u + store) * np.abs(raw))
+    with np.errstate(over="ignore"):         # sech² of a score the cap flattens: 0
+        slope = 1 / np.cosh(raw / cap) ** 2
+    return slope, 4 / (3 * np.sqrt(3) * cap) * raw_error + 14 * u
+
+
+def _sink_share(case: Case, grouped: Routes, weights: np.ndarray, weight_bound: np.ndarray,
+                u: float) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's sink share ``p_i`` and its error bound ``(B, Hq, L)`` (:func:`_gradients`;
+    ``weights`` and ``weight_bound`` before dropout)."""
+    assert case.sinks is not None
+    _, row_max, normaliser = _softmax_parts(case, grouped)
+    sinks = case.sinks[None, :, None]                                    # (1, Hq, 1)
+    share = np.exp(sinks - row_max) / normaliser                         # (B, Hq, L)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        relative = np.where(weights > 0, weight_bound / weights, np.inf).min(-1)
+    relative = np.where(np.isfinite(relative), relative, 0.0)    # no route: p = 1 exactly
+    return share, share * (relative + 2 * u * np.abs(sinks - row_max) + 8 * u)
 
 
 def describe_tolerance(dtype: str) -> str:

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from .calling import arguments as layout_arguments
-from .cases import OUTPUTS, Case, check_features, compatible
+from .cases import OUTPUTS, PATTERNS, Case, check_features, compatible, patterns_with
 from .precision import check_dtype
 
 __all__ = ["arguments", "cases"]
@@ -43,14 +43,20 @@ def cases(features: Any = (), layout: str = "sdpa", dtype: Any = None,
     """Attention cases (:class:`~routing_sim.testing.cases.Case`) that use a random choice
     of ``features`` (``require``: always this one), in ``dtype`` (float64 by default).
 
-    Sizes shrink towards one token, values towards zero: a failure hypothesis finds is
-    reported small.
+    Every case follows one of the patterns named (``full`` when none is: see
+    :func:`~routing_sim.testing.cases.check_features`), so ``features=["causal"]`` draws
+    causal cases only. Sizes shrink towards one token, values towards zero: a failure
+    hypothesis finds is reported small.
     """
     chosen = check_features(features, layout)
     dtype_name = check_dtype(dtype)
     if require is not None and require not in chosen - OUTPUTS:
         raise ValueError(f"require={require!r} is not one of the features {sorted(chosen)}")
-    return _cases(chosen, layout, dtype_name, require)
+    patterns = patterns_with(require, chosen, layout)
+    if not patterns:
+        raise ValueError(f"require={require!r} combines with none of the patterns named "
+                         f"({', '.join(sorted(chosen & PATTERNS))}) in layout {layout!r}")
+    return _cases(chosen, layout, dtype_name, require, patterns)
 
 
 def arguments(case: Case, layout: str = "sdpa") -> tuple[Any, Any, Any, dict[str, Any]]:
@@ -61,9 +67,10 @@ def arguments(case: Case, layout: str = "sdpa") -> tuple[Any, Any, Any, dict[str
 
 @st.composite
 def _cases(draw: st.DrawFn, chosen: frozenset[str], layout: str, dtype: str,
-           require: str | None) -> Case:
+           require: str | None, patterns: list[str]) -> Case:
     wanted = {name for name in sorted(chosen - OUTPUTS) if draw(st.booleans())}
-    on = compatible(wanted | ({require} if require else set()), layout, first=require)
+    pattern = draw(st.sampled_from(patterns))
+    on = compatible(wanted, layout, first=[name for name in (require, pattern) if name])
     batch = 1 if "varlen" in on else draw(st.integers(1, 2))
     kv_heads = draw(st.integers(1, 2))
     heads = kv_heads * (draw(st.integers(2, 3)) if "gqa" in on else 1)
@@ -80,7 +87,10 @@ def _cases(draw: st.DrawFn, chosen: frozenset[str], layout: str, dtype: str,
         cu_seqlens = None
         n_queries = draw(st.integers(1, 2)) if "decode" in on else draw(_SIZES)
         n_keys = draw(_SIZES)
-    dim = value_dim = draw(st.integers(1, 8))     # FlashAttention's kernels need Ev = E
+    dim = draw(st.integers(1, 8))
+    # Ev = E unless asked: FlashAttention 2's kernels need it.
+    value_dim = draw(st.integers(1, 8).filter(lambda n: n != dim)) if "value_dim" in on \
+        else dim
     size = draw(st.sampled_from([1.0, 0.25, 8.0]))
 
     def values(shape: tuple[int, ...]) -> np.ndarray:
@@ -117,7 +127,7 @@ def _cases(draw: st.DrawFn, chosen: frozenset[str], layout: str, dtype: str,
                        dropout_mask=draw(arrays(bool, routes)))
     if "lse" in chosen:
         options["lse"] = True
-    if "backward" in chosen and not options.get("softcap"):
+    if "backward" in chosen:
         options["d_output"] = draw(arrays(np.float64, (batch, heads, n_queries, value_dim),
                                           elements=_VALUES))
     return replace(case, **options)

@@ -9,14 +9,14 @@ from routing_sim.cli import main
 
 
 def test_a_correct_function_passes_with_one_line_per_feature(capsys):
-    status = main(["check", "tests.testing.kernels:sdpa", "--features", "causal,gqa",
+    status = main(["check", "tests.testing.kernels:sdpa", "--features", "full,causal,gqa",
                    "--cases", "6"])
     text = capsys.readouterr().out
     assert status == 0
     lines = text.splitlines()
     assert lines[0] == ("tests.testing.kernels:sdpa (numpy, layout sdpa, float64) against the "
                         "routing_sim oracle: PASSED")
-    assert [line.split()[0] for line in lines[2:5]] == ["plain", "causal", "gqa"]
+    assert [line.split()[0] for line in lines[2:5]] == ["full", "causal", "gqa"]
 
 
 def test_a_planted_bug_fails_with_its_reproducer_and_json(capsys, tmp_path):
@@ -49,3 +49,10 @@ def test_bad_input_is_one_line(capsys):
     assert main(["check", "tests.testing.kernels:sdpa", "--features", "mask",
                  "--layout", "flash"]) == 1
     assert "not in layout 'flash'" in capsys.readouterr().err
+
+
+def test_a_causal_only_function_is_checked_on_causal_cases_only(capsys):
+    assert main(["check", "tests.testing.kernels:causal_only", "--features", "causal",
+                 "--cases", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[2:4]] == ["causal", "tolerance:"]

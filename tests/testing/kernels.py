@@ -165,6 +165,51 @@ def lse_off_by_the_scale(q, k, v, **kwargs):
     return flash(q, k, v, _bug="lse off by the scale", **kwargs)
 
 
+def torch_sdpa(q, k, v, is_causal=False, scale=None, enable_gqa=False, *, softcap=0.0,
+               sinks=None, _bug=None):
+    """A correct torch kernel in the sdpa layout with softcap and sinks, whose gradients
+    autograd takes (``_bug`` plants one in the backward pass only)."""
+    import torch
+
+    shared = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(shared, 1), v.repeat_interleave(shared, 1)
+    scores = q @ k.transpose(-1, -2) * (q.shape[-1] ** -0.5 if scale is None else scale)
+    if softcap:
+        capped = softcap * torch.tanh(scores / softcap)
+        # The same forward value; the backward pass as if the slope of tanh were 1.
+        scores = scores + (capped - scores).detach() if _bug == "softcap slope" else capped
+    if is_causal:
+        allowed = torch.ones(scores.shape[-2:], dtype=torch.bool).tril()
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    if sinks is not None:
+        if _bug == "sinks sign":                   # the same value, the gradient negated
+            sinks = 2 * sinks.detach() - sinks
+        column = sinks.reshape(1, -1, 1, 1).expand(*scores.shape[:-1], 1)
+        scores = torch.cat([scores, column], -1)
+    weights = torch.softmax(scores, -1)
+    return weights[..., :k.shape[2]] @ v
+
+
+def causal_only(q, k, v, scale=None):
+    """Causal attention and nothing else: it has no is_causal parameter."""
+    return sdpa(q, k, v, is_causal=True, scale=scale)
+
+
+def causal_only_off_by_one(q, k, v, scale=None):
+    """Causal attention and nothing else, each query seeing one key past the diagonal."""
+    return sdpa(q, k, v, is_causal=True, scale=scale, _bug="causal off by one")
+
+
+def sinks_gradient_negated(q, k, v, **kwargs):
+    """Right forward; the gradient of the sinks with its sign flipped."""
+    return torch_sdpa(q, k, v, _bug="sinks sign", **kwargs)
+
+
+def softcap_slope_omitted(q, k, v, **kwargs):
+    """Right forward; the backward pass leaves out softcap's tanh derivative."""
+    return torch_sdpa(q, k, v, _bug="softcap slope", **kwargs)
+
+
 # Each planted bug: (its kernel, the layout, the features its check runs).
 PLANTED = {
     "scale 1/d": (scale_one_over_d, "sdpa", ()),
@@ -176,6 +221,10 @@ PLANTED = {
     "a bug only past 64 keys": (past_64_keys, "sdpa", ()),
     "window off by one": (window_off_by_one, "flash", ("window",)),
     "lse off by the scale": (lse_off_by_the_scale, "flash", ("lse",)),
+    "a causal-only kernel off by one": (causal_only_off_by_one, "sdpa", ("causal",)),
+    "the sinks' gradient negated": (sinks_gradient_negated, "sdpa", ("sinks", "backward")),
+    "softcap's slope left out of the gradients": (softcap_slope_omitted, "sdpa",
+                                                  ("softcap", "backward")),
 }
 
 

@@ -25,7 +25,7 @@ FLASH = [f for f in EVERY if f not in ("mask", "bottom_right")]
 def test_a_correct_kernel_passes_every_feature(fn, layout, features):
     report = rs.testing.check_attention(fn, layout=layout, features=features, cases=26)
     assert report.passed, str(report)
-    assert set(report.by_feature) == {"plain", *features}
+    assert set(report.by_feature) == set(features)
     assert all(result.cases > 0 and result.failed == 0 for result in report.by_feature.values())
     # Far inside the tolerance, not at its edge: the two readings agree to a few ULPs.
     assert max(r.worst_ratio for r in report.by_feature.values()) < 0.5
@@ -55,6 +55,9 @@ def test_every_planted_bug_is_caught_and_the_page_shows_its_minimal_case():
     ("a bug only past 64 keys", "scores", 64),
     ("window off by one", "scores", 0),
     ("lse off by the scale", "lse", None),
+    ("a causal-only kernel off by one", "scores", 1),
+    ("the sinks' gradient negated", "gradient", None),
+    ("softcap's slope left out of the gradients", "gradient", None),
 ])
 def test_each_planted_bug_diverges_where_its_bug_is(title, stage, key):
     fn, layout, features = kernels.PLANTED[title]
@@ -80,7 +83,7 @@ def test_a_float64_kernel_off_by_1e_9_relative_fails_on_every_normal_case():
         return kernels.sdpa(q, k, v, **kwargs) * (1 + 1e-9)
 
     report = rs.testing.check_attention(off, cases=0)
-    plain = report.by_feature["plain"]
+    plain = report.by_feature["full"]
     assert plain.failed == plain.cases > 15           # huge scores and subnormal values too
     # Read through one-hot values, the kernel's shares sum to 1 + 1e-9.
     assert report.failures[0].divergence.stage == "normaliser"
@@ -118,10 +121,10 @@ def test_the_report_reads_as_a_table_and_as_json():
     text = str(report)
     assert text.startswith("mine (numpy, layout sdpa, float64) against the routing_sim oracle: "
                            "FAILED (1 failures)")
-    assert re.search(r"^plain\s+\d+\s+\d+\s+\S+\s+\S+$", text, re.MULTILINE)
+    assert re.search(r"^full\s+\d+\s+\d+\s+\S+\s+\S+$", text, re.MULTILINE)
     data = report.to_json()
     assert data["passed"] is False and data["failures"][0]["stage"] == "scores"
-    assert data["by_feature"]["plain"]["failed"] == report.by_feature["plain"].failed
+    assert data["by_feature"]["full"]["failed"] == report.by_feature["full"].failed
 
 
 @pytest.mark.parametrize("arguments, message", [
@@ -161,3 +164,100 @@ def test_assert_attention_close_checks_lse_and_gradients():
     rs.testing.assert_attention_close((out, lse), qn, kn, vn, return_lse=True)
     with pytest.raises(AssertionError, match="lse, query 0"):
         rs.testing.assert_attention_close((out, lse + 1e-12), qn, kn, vn, return_lse=True)
+
+
+def _causal_ignoring_the_flag(q, k, v, is_causal=False, scale=None):
+    """Causal attention, always: its is_causal flag changes nothing."""
+    return kernels.sdpa(q, k, v, is_causal=True, scale=scale)
+
+
+def _flash_causal_only(q, k, v, softmax_scale=None):
+    return kernels.flash(q, k, v, causal=True, softmax_scale=softmax_scale)
+
+
+@pytest.mark.parametrize("fn, layout", [(kernels.causal_only, "sdpa"),
+                                        (_causal_ignoring_the_flag, "sdpa"),
+                                        (_flash_causal_only, "flash")])
+def test_a_causal_only_kernel_is_checked_on_causal_attention_only(fn, layout):
+    report = rs.testing.check_attention(fn, layout=layout, features=["causal"], cases=8)
+    assert report.passed, str(report)
+    assert set(report.by_feature) == {"causal"}
+    # The battery's edges (tiles, huge scores, subnormals, ...) run causal too.
+    assert report.by_feature["causal"].cases > 25
+
+
+def test_a_causal_only_kernel_with_a_planted_bug_fails_on_a_causal_case():
+    report = rs.testing.check_attention(kernels.causal_only_off_by_one, features=["causal"],
+                                        cases=4,
+                                        name="tests.testing.kernels:causal_only_off_by_one")
+    assert not report.passed
+    failure = report.failures[0]
+    assert failure.case.causal == "top_left" and failure.divergence.stage == "scores"
+    # The reproducer calls it without is_causal and tells the assertion the case is causal.
+    assert "kwargs = dict()" in failure.reproducer
+    assert "layout='sdpa', is_causal=True, **kwargs)" in failure.reproducer
+    with pytest.raises(AssertionError, match="output, query 0"):
+        exec(compile(failure.reproducer, "<reproducer>", "exec"), {})
+
+
+def test_a_kernel_naming_full_and_causal_gets_both_and_a_plain_kernel_gets_full():
+    both = rs.testing.check_attention(kernels.sdpa, features=["full", "causal"], cases=4)
+    assert both.passed and both.by_feature["full"].cases > 15
+    assert both.by_feature["causal"].cases > 4
+    plain = rs.testing.check_attention(kernels.sdpa, features=["gqa"], cases=4)
+    assert set(plain.by_feature) == {"full", "gqa"}
+    # A kernel that is only causal cannot be given a full case: it fails on one.
+    wrong = rs.testing.check_attention(_causal_ignoring_the_flag, features=["full"], cases=0)
+    assert not wrong.passed
+
+
+def test_a_feature_that_combines_with_no_named_pattern_is_said_to_get_no_case():
+    report = rs.testing.check_attention(_causal_ignoring_the_flag, features=["causal", "mask"],
+                                        cases=4)
+    assert report.passed and report.by_feature["mask"].cases == 0
+    assert any(note.startswith("mask: no case") for note in report.notes)
+
+
+def test_value_dims_other_than_the_head_dim_in_both_layouts():
+    for fn, layout in ((kernels.sdpa, "sdpa"), (kernels.flash, "flash")):
+        report = rs.testing.check_attention(fn, layout=layout,
+                                            features=["value_dim", "gqa", "causal", "full"],
+                                            cases=8)
+        assert report.passed, str(report)
+        assert report.by_feature["value_dim"].cases >= 4
+
+    def drops_a_value_column(q, k, v, **kwargs):      # right when Ev = E only
+        return kernels.sdpa(q, k, v[..., :q.shape[-1]], **kwargs)
+
+    assert rs.testing.check_attention(drops_a_value_column, cases=4).passed
+    report = rs.testing.check_attention(drops_a_value_column, features=["value_dim"], cases=0)
+    assert not report.passed and report.failures[0].what == "the call"
+
+
+BACKWARD = ["full", "causal", "gqa", "softcap", "sinks", "backward"]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_gradients_through_softcap_and_of_the_sinks_pass_for_a_correct_kernel(dtype):
+    pytest.importorskip("torch")
+    report = rs.testing.check_attention(kernels.torch_sdpa, features=BACKWARD, dtype=dtype,
+                                        cases=8)
+    assert report.passed, str(report)
+    assert report.by_feature["backward"].cases > 20
+    assert report.by_feature["backward"].worst_ratio < 0.5
+
+
+@pytest.mark.parametrize("fn, features, what, hint", [
+    (kernels.sinks_gradient_negated, ["sinks", "backward"], "gradient of sinks",
+     "the oracle's with the sign flipped"),
+    (kernels.softcap_slope_omitted, ["softcap", "backward"], "gradient of query", ""),
+])
+def test_a_planted_backward_bug_is_caught(fn, features, what, hint):
+    pytest.importorskip("torch")
+    report = rs.testing.check_attention(fn, features=features, cases=0)
+    assert not report.passed
+    failure = report.failures[0]
+    assert failure.what == what and hint in failure.divergence.text
+    assert failure.case.shape[0] == 1 and failure.case.shape[3] <= 2         # shrunk
+    # Its forward pass is right: only the gradients fail.
+    assert all(f.what.startswith("gradient") for f in report.failures)

@@ -52,3 +52,16 @@ def test_cases_shrink_to_small_ones():
                 settings=settings(database=None))
     batch, heads, _, n_queries, n_keys, *_ = case.shape
     assert (batch, n_queries, n_keys) == (1, 1, 3) and heads <= 2
+
+
+@settings(max_examples=25, deadline=None)
+@given(strategies.cases(features=["causal", "gqa", "value_dim"]))
+def test_a_kernel_naming_one_pattern_gets_only_that_pattern(case):
+    assert case.causal == "top_left" and case.window is None
+    q, k, v, kwargs = strategies.arguments(case)
+    rs.testing.assert_attention_close(kernels.sdpa(q, k, v, **kwargs), q, k, v, **kwargs)
+
+
+def test_a_required_feature_must_combine_with_a_named_pattern():
+    with pytest.raises(ValueError, match="combines with none of the patterns named"):
+        strategies.cases(features=["causal", "mask"], require="mask")
