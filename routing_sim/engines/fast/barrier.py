@@ -29,6 +29,7 @@ from ...numerics.kernels import (
 )
 from ...routes.route_set import batch_head
 from ..state import VALUE_PHASE, ExactParts, ForwardState
+from .exact_whole import exact_scores_whole
 
 __all__ = ["aggregate", "allocate", "allocate_whole", "budget", "exact_budget_lse",
            "exact_budget_shares", "exact_fallback", "gather", "keep_probabilities", "modify",
@@ -294,8 +295,7 @@ def allocate_whole(state: ForwardState, nodes: np.ndarray) -> np.ndarray:
     if state.tiles is not None:
         tiled_shares(state)
     elif state.kernels.exact:
-        for node in nodes.tolist():
-            node_scores(state, node)
+        exact_scores_whole(state, nodes)
     else:
         _float_scores(state, nodes)
     for chosen, count in ([] if state.tiles is not None else _by_count(state, nodes)):
