@@ -127,7 +127,8 @@ class _Sum:
         rest = error + self.third                                      # rounds once
         high, low = two_sum(high, rest)
         bound = (_CARRIES * _UNIT * self.size + _UNIT * np.abs(rest)) * _MARGIN + _FLOOR
-        return high, low, bound
+        # Every third-level term 0: rest is error, exactly, and high + low the total.
+        return high, low, np.where(self.size == 0, 0.0, bound)
 
 
 def _scaled(total: _Sum, products: np.ndarray, scale: float) -> None:
@@ -190,8 +191,8 @@ def exact_dots(queries: np.ndarray, keys: np.ndarray, scale: float, rows: np.nda
         total.add(np.where(usable, bias, 0.0))
     high, low, bound = total.result()
     toward_zero = np.abs(high - np.nextafter(high, 0.0))               # the smaller gap
-    decided = (usable & (bound <= _SCORE_BOUND * np.abs(high))
-               & ((np.abs(low) + bound) * _MARGIN < 0.5 * toward_zero))
+    decided = usable & ((bound == 0) | (bound <= _SCORE_BOUND * np.abs(high))
+                        & ((np.abs(low) + bound) * _MARGIN < 0.5 * toward_zero))
     return high, low, decided
 
 
@@ -239,10 +240,14 @@ def exact_outputs(e_high: np.ndarray, e_low: np.ndarray, pulled: np.ndarray,
         # 0 (below e^-760); every product that underflows loses less than 2^-1074.
         bounded = (pulled & (e_high == 0)).astype(np.float64)          # (N, S)
         error = (n_keys * _UNIT * _matmul(np.abs(e_low), size) + _matmul(np.abs(weight_left), size)
-                 + _matmul(e_high, np.abs(value_left.T)) + _matmul(bounded, size) * _BOUND_ROOT * _BOUND_ROOT) * 1.01 \
+                 + 2 * _matmul(e_high, np.abs(value_left.T))     # |Σ_a W_a| <= 2·e
+                 + _matmul(bounded, size) * _BOUND_ROOT * _BOUND_ROOT) * 1.01 \
             + bound + n_keys * 2.0**-1070
         first, rest = dd_quotient(high, low, l_high[:, None], l_low[:, None])
         error = ((2 * _relative(top)[:, None] * magnitude * 1.01 + error)
                  / l_high[:, None] + 2.0**-98 * np.abs(first))
+    # No pulled route with a weight (or a bounded one) meets a nonzero value: exactly 0.
+    zero = _matmul(((e_high != 0) | (bounded != 0)).astype(np.float64),
+                   (values != 0).astype(np.float64)) == 0                # (N, Ev)
     decided = usable[:, None] & (np.abs(first) >= _TINY)
-    return rounded_or_nan(first, rest, error, decided)
+    return np.where(usable[:, None] & zero, 0.0, rounded_or_nan(first, rest, error, decided))
