@@ -45,6 +45,8 @@ _BOUNDED = -760.0               # e < 2^-1096 for d < this: taken as 0, bounded
 _BOUND_ROOT = 2.0**-548         # its square 2^-1096 > exp(_BOUNDED) (not a float)
 _RELATIVE = 2.0**-87            # error of e from exp, range reduction and rounding of d
 _TINY = 2.0**-960               # results below: the dd division may underflow
+_PIECE = 2**15                  # elementwise work in pieces that stay in cache (3x faster
+                                # than over 2^18 elements at once; the same bits)
 
 
 def exact_scores(keys: np.ndarray, query: np.ndarray, scale: float,
@@ -152,6 +154,11 @@ def exact_unnormalised(high: np.ndarray, low: np.ndarray, dd_max: bool = True
     :func:`exact_shares` and :func:`exact_pull`). A row the double-doubles cannot decide
     gets NaN throughout.
     """
+    if high.ndim == 2 and high.size > _PIECE:                          # rows, in pieces
+        rows = max(1, _PIECE // high.shape[1])
+        parts = [exact_unnormalised(high[start:start + rows], low[start:start + rows], dd_max)
+                 for start in range(0, len(high), rows)]
+        return tuple(np.concatenate(part) for part in zip(*parts))    # type: ignore[return-value]
     top, top_low, reference = _dd_max(high, low)                       # (..., 1) each
     if not dd_max:
         top_low = np.zeros_like(top)
@@ -335,6 +342,12 @@ def dd_exp(high: np.ndarray, low: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     x = k·ln 2 + r; exp(r / 1024) by an 11-term Taylor series in Horner form; then ten
     squarings and a multiplication by 2^k (exact).
     """
+    if np.size(high) > _PIECE:                                         # elementwise: pieces
+        flat_high, flat_low = np.ravel(high), np.ravel(low)
+        parts = [dd_exp(flat_high[start:start + _PIECE], flat_low[start:start + _PIECE])
+                 for start in range(0, len(flat_high), _PIECE)]
+        return (np.concatenate([part[0] for part in parts]).reshape(np.shape(high)),
+                np.concatenate([part[1] for part in parts]).reshape(np.shape(high)))
     gone = high < -800.0
     high, low = np.where(gone, 0.0, high), np.where(gone, 0.0, low)
     with np.errstate(under="ignore"):

@@ -73,7 +73,7 @@ def split_rows(x: np.ndarray, beta: int, most: int
     _, exponent = np.frexp(np.where(usable & (top > 0), top, 1.0))    # top <= 2^exponent
     unit = np.ldexp(1.0, exponent)[:, None]                            # (rows, 1) μ
     remainder = np.where(usable[:, None], x, 0.0)                      # (rows, n)
-    slices = []
+    slices: list[np.ndarray] = []
     while len(slices) < most and remainder.any():
         unit = unit * 2.0**-beta                                       # exact: a power of 2
         part = np.rint(remainder / unit) * unit                        # nearest multiple
@@ -168,8 +168,8 @@ def exact_dots(queries: np.ndarray, keys: np.ndarray, scale: float, rows: np.nda
     >>> keys = np.array([[1e16, 1.0, -1e16], [0.1, 0.2, 0.3]])
     >>> high, low, decided = exact_dots(np.ones((1, 3)), keys, 1.0, np.zeros(2, int),
     ...                                 np.arange(2))
-    >>> high.tolist(), decided.tolist()
-    ([1.0, 0.6000000000000001], [True, True])
+    >>> high.tolist(), decided.tolist()          # floats would give 0.0, 0.6000000000000001
+    ([1.0, 0.6], [True, True])
     """
     dim = queries.shape[1]
     beta, most = _beta(dim), 4
@@ -202,14 +202,14 @@ def exact_outputs(e_high: np.ndarray, e_low: np.ndarray, pulled: np.ndarray,
     """Outputs ``o = Σ_j e_j v_j / l`` of a block of query nodes, each rounded once; NaN
     where not decided (left to :func:`~routing_sim.numerics.exact.exact_pull`).
 
-    ``e_high``, ``e_low``: ``(N, S)`` the weights ``e = exp(s - m)`` of each node's routes
-    as double-doubles, ``pulled``: ``(N, S)`` the routes whose value it pulled; ``l_high``, ``l_low``: ``(N,)`` the
-    normalisers; ``values``: ``(S, Ev)``; ``top``: ``(N,)`` each node's largest score.
-    The numerator ``Σ_j e_hi v_j`` is an exact sum of slice products (weights below
-    ``2^-110`` of a row's largest are bounded, not sliced), ``Σ_j e_lo v_j`` a float
-    product with its bound; the error bound then takes the weights' own error
-    (``_relative(top)``), the weights taken as 0 (each below ``2⁻¹⁰⁹⁶``) and the division,
-    as :func:`~routing_sim.numerics.exact.exact_pull` does.
+    ``e_high``, ``e_low``: ``(N, S)`` the weights ``e = exp(s - m)`` of each node's
+    routes as double-doubles; ``pulled``: ``(N, S)`` the routes whose value it pulled;
+    ``l_high``, ``l_low``: ``(N,)`` the normalisers; ``values``: ``(S, Ev)``; ``top``:
+    ``(N,)`` each node's largest score. The numerator ``Σ_j e_hi v_j`` is an exact sum of
+    slice products (the parts of weights below ``2⁻¹¹⁰`` of a row's largest are bounded,
+    not sliced), ``Σ_j e_lo v_j`` a float product with its bound; the error bound then
+    takes the weights' own error (``_relative(top)``), the weights taken as 0 (each below
+    ``2⁻¹⁰⁹⁶``) and the division, as :func:`~routing_sim.numerics.exact.exact_pull` does.
 
     Examples
     --------
@@ -222,32 +222,34 @@ def exact_outputs(e_high: np.ndarray, e_low: np.ndarray, pulled: np.ndarray,
     values = np.asarray(values, np.float64)                            # (S, Ev)
     n_keys = values.shape[0]
     beta = _beta(n_keys)
-    usable = np.isfinite(l_high) & np.isfinite(e_high).all(axis=1) & np.isfinite(e_low).all(axis=1)
+    usable = (np.isfinite(l_high) & np.isfinite(e_high).all(axis=1)
+              & np.isfinite(e_low).all(axis=1))                        # (N,)
     e_high = np.where(pulled & usable[:, None], e_high, 0.0)           # (N, S)
     e_low = np.where(pulled & usable[:, None], e_low, 0.0)             # (N, S)
     weight_slices, weight_left, weight_ok = split_rows(e_high, beta, -(-110 // beta))
-    value_slices, value_left, value_ok = split_rows(values.T, beta, 4)   # per column
-    usable &= weight_ok & value_ok.all()                               # (N,)
+    value_slices, value_left, value_ok = split_rows(values.T, beta, 4)  # per column
+    usable &= weight_ok & value_ok.all()
     size = np.abs(values)                                              # (S, Ev)
     total = _Sum((len(e_high), values.shape[1]))
     for a, b in sorted(np.ndindex(len(weight_slices), len(value_slices)), key=sum):
-        total.add(_matmul(weight_slices[a], value_slices[b].T))  # (N, Ev) exact
-    total.add(_matmul(e_low, values))                                        # (N, Ev) rounded
+        total.add(_matmul(weight_slices[a], value_slices[b].T))       # (N, Ev) exact
+    total.add(_matmul(e_low, values))                                  # (N, Ev) rounded
     high, low, bound = total.result()
+    bounded = (pulled & (e_high == 0)).astype(np.float64)              # (N, S) e < e^-760
     with np.errstate(over="ignore", under="ignore", invalid="ignore"):  # NaN: undecided
-        magnitude = _matmul(e_high, size)                                    # Σ e|v|, (N, Ev)
-        # The float product Σ e_lo·v, the remainders left unsliced, the weights taken as
-        # 0 (below e^-760); every product that underflows loses less than 2^-1074.
-        bounded = (pulled & (e_high == 0)).astype(np.float64)          # (N, S)
-        error = (n_keys * _UNIT * _matmul(np.abs(e_low), size) + _matmul(np.abs(weight_left), size)
-                 + 2 * _matmul(e_high, np.abs(value_left.T))     # |Σ_a W_a| <= 2·e
+        magnitude = _matmul(e_high, size)                              # (N, Ev) Σ e|v|
+        # The float product Σ e_lo·v, the remainders left unsliced (|Σ_a W_a| <= 2·e),
+        # the weights taken as 0; a product that underflows loses less than 2^-1074.
+        error = (n_keys * _UNIT * _matmul(np.abs(e_low), size)
+                 + _matmul(np.abs(weight_left), size)
+                 + 2 * _matmul(e_high, np.abs(value_left.T))
                  + _matmul(bounded, size) * _BOUND_ROOT * _BOUND_ROOT) * 1.01 \
-            + bound + n_keys * 2.0**-1070
+            + bound + n_keys * 2.0**-1070                              # (N, Ev)
         first, rest = dd_quotient(high, low, l_high[:, None], l_low[:, None])
         error = ((2 * _relative(top)[:, None] * magnitude * 1.01 + error)
                  / l_high[:, None] + 2.0**-98 * np.abs(first))
     # No pulled route with a weight (or a bounded one) meets a nonzero value: exactly 0.
     zero = _matmul(((e_high != 0) | (bounded != 0)).astype(np.float64),
-                   (values != 0).astype(np.float64)) == 0                # (N, Ev)
+                   (values != 0).astype(np.float64)) == 0              # (N, Ev)
     decided = usable[:, None] & (np.abs(first) >= _TINY)
     return np.where(usable[:, None] & zero, 0.0, rounded_or_nan(first, rest, error, decided))

@@ -108,9 +108,9 @@ def test_split_rows_is_exact_or_says_so():
     assert not remainder[0].any() and remainder[1].any()    # 2⁻¹⁰⁰ is below 80 bits
 
 
-def exact_output(e, values, l) -> list[Fraction]:
+def exact_output(e, values, total) -> list[Fraction]:
     return [sum((Fraction(float(w)) * Fraction(float(v)) for w, v in zip(e, values[:, c])),
-                Fraction(0)) / l for c in range(values.shape[1])]
+                Fraction(0)) / total for c in range(values.shape[1])]
 
 
 weights = st.one_of(st.floats(0, 1), st.sampled_from([0.0, 1.0, 2.0**-700, 1e-300, 0.5]))

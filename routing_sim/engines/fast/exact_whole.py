@@ -22,7 +22,7 @@ from ..state import ForwardState
 
 __all__ = ["exact_pull_whole", "exact_scores_whole"]
 
-BLOCK_ENTRIES = 2**20       # query nodes x union keys per block: 8 MB per dense product
+BLOCK_ENTRIES = 2**15       # query nodes x union keys per block: its arrays stay in cache
 
 
 def _blocks(state: ForwardState, nodes: np.ndarray
