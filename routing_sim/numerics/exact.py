@@ -19,6 +19,11 @@ row (a weight between e⁻⁷⁶⁰ and e⁻⁶⁶⁰, scores beyond 2⁷⁰ tha
 beyond 2⁹⁹⁰, a result below 2⁻⁹⁶⁰), the row's results are NaN: the callers then compute
 that row with :func:`routing_sim.numerics.exact_row.exact_row`, in integers. No order of arrival
 changes a bit. The work is in float64 whatever the input dtype.
+
+The simulator's default engine computes the scores and outputs of nodes that lost no
+route a block at a time (:mod:`routing_sim.numerics.exact_blocks`, no ``fsum``) and comes
+here only for what those blocks leave undecided; the matrix reference works row by row
+here, so the tests compare two computations that share no summation code.
 """
 
 from __future__ import annotations
