@@ -408,10 +408,9 @@ def _float_block(state: ForwardState, chosen: np.ndarray, count: int) -> None:
 def _exact_block(state: ForwardState, chosen: np.ndarray, count: int) -> None:
     """Exact shares of nodes with ``count`` routes each (scores already in)."""
     span = _routes_block(state, chosen)
-    if not isinstance(span, slice):                    # scattered nodes: one at a time
-        for node in chosen.tolist():
-            _, _, own = state.span(node)
-            state.shares[own] = budget(state, node, np.ones(count, dtype=bool))
+    if not isinstance(span, slice):                    # runs of consecutive nodes: slices
+        for run in np.split(chosen, np.flatnonzero(np.diff(chosen) != 1) + 1):
+            _exact_block(state, run, count)
         return
     block = state.scores[span].reshape(len(chosen), count)            # (nodes, routes)
     assert state.exact is not None                                     # exact mode

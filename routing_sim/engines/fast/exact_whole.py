@@ -22,25 +22,32 @@ from ..state import ForwardState
 
 __all__ = ["exact_pull_whole", "exact_scores_whole"]
 
-BLOCK_ENTRIES = 2**15       # query nodes x union keys per block: its arrays stay in cache
+BLOCK_ROUTES = 2**15        # routes per block: its arrays stay in cache
 
 
 def _blocks(state: ForwardState, nodes: np.ndarray
             ) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """``(group, nodes, routes, rows, union)`` per block: the block's route ids (node by
     node, in source order), each route's row in the block, and the sorted key indices
-    the block's routes reach (a route's column is its key's place in ``union``)."""
+    the block's routes reach (a route's column is its key's place in ``union``).
+
+    A block holds up to ``BLOCK_ROUTES`` routes of one group; one whose dense nodes x
+    union array would be over four times that (scattered keys) is halved."""
     table = state.routes
     nodes = np.sort(nodes[state.needed[nodes] > 0])
-    per_block = max(1, min(512, BLOCK_ENTRIES // max(table.n_keys, 1)))
     groups = nodes // table.n_queries
-    for bounds in np.split(np.arange(len(nodes)), np.flatnonzero(np.diff(groups)) + 1):
-        for start in range(0, len(bounds), per_block):
-            chosen = nodes[bounds[start:start + per_block]]
+    for same in np.split(nodes, np.flatnonzero(np.diff(groups)) + 1):
+        filled = np.cumsum(state.needed[same]) // BLOCK_ROUTES           # (nodes,)
+        pending = np.split(same, np.flatnonzero(np.diff(filled)) + 1)
+        while pending:
+            chosen = pending.pop()
             routes = table.routes_of(chosen)
+            union = np.unique(table.key_index[routes])
+            if len(chosen) > 1 and len(chosen) * len(union) > 4 * BLOCK_ROUTES:
+                pending += np.array_split(chosen, 2)
+                continue
             rows = np.repeat(np.arange(len(chosen)), state.needed[chosen])
-            yield int(groups[bounds[0]]), chosen, routes, rows, np.unique(
-                table.key_index[routes])
+            yield int(chosen[0] // table.n_queries), chosen, routes, rows, union
 
 
 def exact_scores_whole(state: ForwardState, nodes: np.ndarray) -> None:
