@@ -39,7 +39,7 @@ from numpy.typing import ArrayLike
 from ..errors import NumericalError
 
 __all__ = ["exact_budget", "exact_lse", "exact_numerator", "exact_pull", "exact_scores",
-           "exact_shares", "exact_unnormalised", "rounded_or_nan"]
+           "exact_shares", "exact_unnormalised", "rounded_or_nan", "weight_error"]
 
 _LN2 = (0.6931471805599453, 2.3190468138462996e-17)    # ln 2 as a double-double
 _SPLIT = 134217729.0            # 2**27 + 1: Dekker's splitting constant
@@ -207,8 +207,8 @@ def exact_lse(high: np.ndarray, low: np.ndarray, l_high: ArrayLike, l_low: Array
     l · exp(-y)`` in double-doubles and ``|u| < 2⁻⁴⁶`` (``y < 64`` is within an ulp of
     ``log l_hi``), so taking ``u`` for ``log(1 + u)`` leaves ``u²/2 < 2⁻⁹³``. The absolute
     error of ``m + y + u`` is at most ``l``'s relative error (each ``e`` within
-    :func:`_relative`, at least ``2⁻⁸⁷``; the bounded ones under ``2⁻¹⁰⁹⁶`` each), plus
-    ``dd_exp``'s ``2⁻⁹³``, ``u²/2`` and the products' ``2⁻¹⁰⁴``: ``2 · _relative(m) + n ·
+    :func:`weight_error`, at least ``2⁻⁸⁷``; the bounded ones under ``2⁻¹⁰⁹⁶`` each), plus
+    ``dd_exp``'s ``2⁻⁹³``, ``u²/2`` and the products' ``2⁻¹⁰⁴``: ``2 · weight_error(m) + n ·
     2⁻¹⁰⁹⁰`` holds it. Where every
     number within that bound rounds to the same float (Ziv's test), that float is the
     correctly rounded lse; elsewhere (or where ``l`` is NaN) the row gets NaN and
@@ -234,7 +234,7 @@ def exact_lse(high: np.ndarray, low: np.ndarray, l_high: ArrayLike, l_low: Array
     # p_hi - 1 is exact (Sterbenz: p_hi is within 2⁻⁴⁶ of 1); the five terms sum exactly.
     terms = np.stack([top[..., 0], top_low[..., 0], guess, p_high - 1.0, p_low], axis=-1)
     first, rest = row_sums(terms.reshape(-1, 5))
-    error = 2 * _relative(top[..., 0]) + high.shape[-1] * 2.0**-1090   # (...,)
+    error = 2 * weight_error(top[..., 0]) + high.shape[-1] * 2.0**-1090   # (...,)
     return rounded_or_nan(first.reshape(guess.shape), rest.reshape(guess.shape), error, known)
 
 
@@ -244,8 +244,15 @@ def exact_budget(high: np.ndarray, low: np.ndarray) -> np.ndarray:
     return exact_shares(*exact_unnormalised(high, low), top=high.max(axis=-1))
 
 
-def _relative(top: ArrayLike) -> np.ndarray:
-    """Relative error bound of each e: exp and rounding, plus the scores' dd error."""
+def weight_error(top: ArrayLike) -> np.ndarray:
+    """Relative error bound of each e: exp and rounding, plus the scores' dd error
+    (``top``: the row's largest score).
+
+    Examples
+    --------
+    >>> float(weight_error(0.0)) == 2.0**-87
+    True
+    """
     return _RELATIVE + 2.0**-100 * np.abs(np.asarray(top, np.float64))
 
 
@@ -256,7 +263,7 @@ def exact_shares(e_high: np.ndarray, e_low: np.ndarray, l_high: ArrayLike, l_low
     l_high, l_low = np.asarray(l_high)[..., None], np.asarray(l_low)[..., None]
     first, rest = dd_quotient(e_high, e_low, l_high, l_low)
     with np.errstate(over="ignore"):                                   # inf: undecided
-        error = 2.5 * _relative(top)[..., None] * np.abs(first)
+        error = 2.5 * weight_error(top)[..., None] * np.abs(first)
     return rounded_or_nan(first, rest, error, np.ones(first.shape, dtype=bool))
 
 
@@ -278,7 +285,7 @@ def exact_pull(e_high: np.ndarray, e_low: np.ndarray, l_high: np.ndarray | float
     tail = np.where(bounded, size, 0.0).sum(axis=0) * _BOUND_ROOT * _BOUND_ROOT  # bounded
     underflow = 2.0**-1072 * len(e_high)                               # subnormal products
     with np.errstate(over="ignore"):                                   # inf: undecided
-        error = ((2 * _relative(top) + len(e_high) * 2.0**-104) * magnitude * 1.01 + tail
+        error = ((2 * weight_error(top) + len(e_high) * 2.0**-104) * magnitude * 1.01 + tail
                  + underflow) / l_high + 2.0**-98 * np.abs(first)
     decided = (np.abs(first) >= _TINY) | ((magnitude == 0) & (tail == 0))
     return rounded_or_nan(first, rest, error, decided).astype(values.dtype)

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .exact import _relative, dd_quotient, rounded_or_nan, two_sum
+from .exact import dd_quotient, rounded_or_nan, two_sum, weight_error
 
 __all__ = ["exact_dots", "exact_outputs", "split_rows"]
 
@@ -208,7 +208,7 @@ def exact_outputs(e_high: np.ndarray, e_low: np.ndarray, pulled: np.ndarray,
     ``(N,)`` each node's largest score. The numerator ``Σ_j e_hi v_j`` is an exact sum of
     slice products (the parts of weights below ``2⁻¹¹⁰`` of a row's largest are bounded,
     not sliced), ``Σ_j e_lo v_j`` a float product with its bound; the error bound then
-    takes the weights' own error (``_relative(top)``), the weights taken as 0 (each below
+    takes the weights' own error (``weight_error(top)``), the weights taken as 0 (each below
     ``2⁻¹⁰⁹⁶``) and the division, as :func:`~routing_sim.numerics.exact.exact_pull` does.
 
     Examples
@@ -246,7 +246,7 @@ def exact_outputs(e_high: np.ndarray, e_low: np.ndarray, pulled: np.ndarray,
                  + _matmul(bounded, size) * _BOUND_ROOT * _BOUND_ROOT) * 1.01 \
             + bound + n_keys * 2.0**-1070                              # (N, Ev)
         first, rest = dd_quotient(high, low, l_high[:, None], l_low[:, None])
-        error = ((2 * _relative(top)[:, None] * magnitude * 1.01 + error)
+        error = ((2 * weight_error(top)[:, None] * magnitude * 1.01 + error)
                  / l_high[:, None] + 2.0**-98 * np.abs(first))
     # No pulled route with a weight (or a bounded one) meets a nonzero value: exactly 0.
     zero = _matmul(((e_high != 0) | (bounded != 0)).astype(np.float64),
