@@ -340,10 +340,14 @@ def _fast_two_sum(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return total, b - (total - a)
 
 
-def dd_multiply(a_high: np.ndarray, a_low: np.ndarray, b_high: np.ndarray, b_low: np.ndarray
+def dd_multiply(a_high: np.ndarray, a_low: np.ndarray, b_high: np.ndarray | float,
+                b_low: np.ndarray | float, b_parts: tuple | None = None
                 ) -> tuple[np.ndarray, np.ndarray]:
+    """``(a_high + a_low) · (b_high + b_low)`` as a double-double (``b_parts``: Dekker's
+    split of ``b_high``, when the caller has it already)."""
     product = a_high * b_high
-    error = _product_error(a_high, b_high, product) + (a_high * b_low + a_low * b_high)
+    error = (_product_error(a_high, b_high, product, b_parts)
+             + (a_high * b_low + a_low * b_high))
     return _fast_two_sum(product, error)
 
 
@@ -365,16 +369,16 @@ def dd_exp(high: np.ndarray, low: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     with np.errstate(under="ignore"):
         steps = np.rint(high / _LN2[0])
         zero = np.zeros_like(high)
-        multiple = dd_multiply(steps, zero, np.full_like(high, _LN2[0]),
-                                np.full_like(high, _LN2[1]))
+        multiple = dd_multiply(steps, zero, _LN2[0], _LN2[1])
         r_high, error = two_sum(high, -multiple[0])
         r_high, r_low = _fast_two_sum(r_high, error + (low - multiple[1]))
         r_high, r_low = r_high / 1024.0, r_low / 1024.0               # exact: a power of 2
         t_high, t_low = np.ones_like(high), zero
+        r_parts = _split(r_high)                                       # split once, not 11x
         for n in range(11, 0, -1):
-            t_high, t_low = dd_multiply(t_high, t_low, r_high, r_low)
+            t_high, t_low = dd_multiply(t_high, t_low, r_high, r_low, r_parts)
             t_high, t_low = _dd_divide_int(t_high, t_low, n)
-            t_high, error = two_sum(t_high, np.ones_like(high))
+            t_high, error = two_sum(t_high, 1.0)
             t_high, t_low = _fast_two_sum(t_high, error + t_low)
         for _ in range(10):
             t_high, t_low = dd_multiply(t_high, t_low, t_high, t_low)
@@ -386,7 +390,7 @@ def dd_exp(high: np.ndarray, low: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _dd_divide_int(high, low, n: int) -> tuple[np.ndarray, np.ndarray]:
     quotient = high / n
     product = quotient * n
-    error = _product_error(quotient, np.full_like(quotient, float(n)), product)
+    error = _product_error(quotient, float(n), product)
     return _fast_two_sum(quotient, ((high - product) - error + low) / n)
 
 
@@ -408,10 +412,13 @@ def _dekker_safe(a: np.ndarray, b: np.ndarray) -> bool:
                 and not ((magnitude > 0) & (magnitude < _SAFE_MIN)).any())
 
 
-def _product_error(a: np.ndarray, b: np.ndarray, product: np.ndarray) -> np.ndarray:
-    """Dekker's TwoProduct: ``a · b - fl(a · b)``, exactly (given no overflow/underflow)."""
+def _product_error(a: np.ndarray, b: np.ndarray | float, product: np.ndarray,
+                   b_parts: tuple | None = None) -> np.ndarray:
+    """Dekker's TwoProduct: ``a · b - fl(a · b)``, exactly (given no overflow/underflow).
+    A square (``b is a``) or a given ``b_parts`` splits once."""
     a_high, a_low = _split(a)
-    b_high, b_low = _split(b)
+    b_high, b_low = b_parts if b_parts is not None else (a_high, a_low) if b is a \
+        else _split(b)
     return (((a_high * b_high - product) + a_high * b_low) + a_low * b_high) + a_low * b_low
 
 
