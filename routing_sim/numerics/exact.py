@@ -327,7 +327,7 @@ def exact_numerator(e_high: np.ndarray, e_low: np.ndarray, values: np.ndarray
     return n_high, np.array([float(x - Fraction(h)) for x, h in zip(exact, n_high.tolist())])
 
 
-def two_sum(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def two_sum(a: np.ndarray, b: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
     """Knuth's TwoSum: ``a + b = s + e`` exactly."""
     total = a + b
     shifted = total - a
@@ -422,7 +422,7 @@ def _product_error(a: np.ndarray, b: np.ndarray | float, product: np.ndarray,
     return (((a_high * b_high - product) + a_high * b_low) + a_low * b_high) + a_low * b_low
 
 
-def _split(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _split(x: np.ndarray | float) -> tuple[np.ndarray | float, np.ndarray | float]:
     scaled = _SPLIT * x
     high = scaled - (scaled - x)
     return high, x - high
