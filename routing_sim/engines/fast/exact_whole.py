@@ -35,6 +35,8 @@ def _blocks(state: ForwardState, nodes: np.ndarray
     union array would be over four times that (scattered keys) is halved."""
     table = state.routes
     nodes = np.sort(nodes[state.needed[nodes] > 0])
+    if not len(nodes):
+        return
     groups = nodes // table.n_queries
     for same in np.split(nodes, np.flatnonzero(np.diff(groups)) + 1):
         filled = np.cumsum(state.needed[same]) // BLOCK_ROUTES           # (nodes,)
