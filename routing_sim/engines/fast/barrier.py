@@ -29,6 +29,7 @@ from ...numerics.kernels import (
 )
 from ...routes.route_set import batch_head
 from ..state import VALUE_PHASE, ExactParts, ForwardState
+from .exact_whole import exact_scores_whole
 
 __all__ = ["aggregate", "allocate", "allocate_whole", "budget", "exact_budget_lse",
            "exact_budget_shares", "exact_fallback", "gather", "keep_probabilities", "modify",
@@ -294,8 +295,7 @@ def allocate_whole(state: ForwardState, nodes: np.ndarray) -> np.ndarray:
     if state.tiles is not None:
         tiled_shares(state)
     elif state.kernels.exact:
-        for node in nodes.tolist():
-            node_scores(state, node)
+        exact_scores_whole(state, nodes)
     else:
         _float_scores(state, nodes)
     for chosen, count in ([] if state.tiles is not None else _by_count(state, nodes)):
@@ -408,10 +408,9 @@ def _float_block(state: ForwardState, chosen: np.ndarray, count: int) -> None:
 def _exact_block(state: ForwardState, chosen: np.ndarray, count: int) -> None:
     """Exact shares of nodes with ``count`` routes each (scores already in)."""
     span = _routes_block(state, chosen)
-    if not isinstance(span, slice):                    # scattered nodes: one at a time
-        for node in chosen.tolist():
-            _, _, own = state.span(node)
-            state.shares[own] = budget(state, node, np.ones(count, dtype=bool))
+    if not isinstance(span, slice):                    # runs of consecutive nodes: slices
+        for run in np.split(chosen, np.flatnonzero(np.diff(chosen) != 1) + 1):
+            _exact_block(state, run, count)
         return
     block = state.scores[span].reshape(len(chosen), count)            # (nodes, routes)
     assert state.exact is not None                                     # exact mode

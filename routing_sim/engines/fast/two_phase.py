@@ -40,6 +40,7 @@ from ...routes.table import RouteTable
 from ..setup import Setup
 from ..state import SCORE_PHASE, VALUE_PHASE, ForwardState
 from .barrier import aggregate, allocate, allocate_whole, pull_whole, tiled_shares
+from .exact_whole import exact_pull_whole
 from .nodes import TokenNodes
 
 __all__ = ["ForwardNodes", "TwoPhaseNodes", "settle", "top_routes"]
@@ -168,8 +169,10 @@ class TwoPhaseNodes(ForwardNodes):
         ready = settle(self.routes, routes, times, self._values_settled, state.values_needed,
                        state.done_time)
         if state.kernels.exact:
-            for node in ready:
-                aggregate(state, int(node))
+            for node in exact_pull_whole(state, ready[self.dead_routes[ready] == 0]).tolist():
+                aggregate(state, node)
+            for node in ready[self.dead_routes[ready] > 0].tolist():
+                aggregate(state, node)
             return
         pull_whole(state, ready[self.dead_routes[ready] == 0])
         for node in ready[self.dead_routes[ready] > 0]:
