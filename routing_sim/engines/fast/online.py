@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...network.deliveries import arrival_order
 from ...network.messages import Kind
 from ...network.transport import Transport
 from ...numerics.kernels import value_shift
 from ..setup import Setup
+from .backward_tiles import key_major_order
 from .barrier import allocate_whole, budget, note_would_have, tiled_shares
 from .two_phase import ForwardNodes, settle
 
@@ -131,8 +133,9 @@ class OnlineNodes(ForwardNodes):
         """Each node's pairs in arrival order (ties by route): step k updates every node's
         k-th pair, one vectorised update per step, nodes ascending in it."""
         nodes = self.routes.query_node[routes]
-        if not _node_major(nodes, times, routes):
-            order = np.lexsort((routes, times, nodes))                 # node by node
+        if not _node_major(nodes, times, routes):    # node by node, arrival, route:
+            by_arrival = arrival_order(times, routes)  # np.lexsort((routes, times, nodes))
+            order = by_arrival[key_major_order(nodes[by_arrival], self.routes.n_nodes)]
             routes, times, has_value, nodes = routes[order], times[order], has_value[order], \
                 nodes[order]
         starts = np.r_[0, np.flatnonzero(np.diff(nodes)) + 1]
