@@ -21,7 +21,7 @@ at the first handler that needs it, whatever order the messages come in: the gra
 same bits under every schedule. A lost route (``on_missing="degrade"``) carries no share and no
 dS, so it adds nothing here; the query and key nodes at its ends then redo their own sums with
 the per-node handlers of :mod:`routing_sim.engines.fast.backward`, which also cover what has no
-tiles (top-k, exact mode, online softmax, dense route tables).
+tiles (exact mode, dense route tables).
 """
 
 from __future__ import annotations
