@@ -15,6 +15,7 @@ import numpy as np
 from ...network.deliveries import arrival_order
 from ...network.messages import Kind
 from ...network.transport import Transport
+from ...network.wave_times import shifted
 from ...numerics.kernels import value_shift
 from ..setup import Setup
 from .backward_tiles import key_major_order
@@ -86,6 +87,12 @@ class OnlineNodes(ForwardNodes):
             if fresh.any():
                 allocate_whole(state, np.flatnonzero(fresh))
                 self._shared |= fresh
+        settle(self.routes, routes, times, self._scores_settled, state.needed,
+               state.barrier_time)
+        self._touched[self.routes.query_node[routes]] = True
+        if not self._retrying and state.raw is None and state.kept is None:
+            self.request(Kind.PULL, routes, shifted(times, self.processing), 0)  # every one
+            return
         alive = self.dead[routes] == 0
         if state.raw is not None:        # a route the score_mod removed (-inf): no budget,
             alive &= ~np.isneginf(state.scores[routes])        # no PULL, no (m, l) update
@@ -93,16 +100,16 @@ class OnlineNodes(ForwardNodes):
         self.request(Kind.PULL, routes[kept], times[kept] + self.processing, 0)
         dropped = alive & ~kept
         self._updates.append((routes[dropped], times[dropped], np.zeros(int(dropped.sum()), bool)))
-        settle(self.routes, routes, times, self._scores_settled, state.needed,
-               state.barrier_time)
         settle(self.routes, routes[~kept], times[~kept], self._values_settled, state.needed,
                state.done_time)
-        self._touched[self.routes.query_node[routes]] = True
 
     def _settle_values(self, routes: np.ndarray, times: np.ndarray) -> None:
         """Queue each live (score, value) pair's update for the end of the step."""
-        alive = self.dead[routes] == 0
-        self._updates.append((routes[alive], times[alive], np.ones(int(alive.sum()), bool)))
+        live, at = routes, times
+        if self._retrying:                             # a route given up pulls nothing
+            alive = self.dead[routes] == 0
+            live, at = routes[alive], times[alive]
+        self._updates.append((live, at, np.ones(len(live), bool)))
         settle(self.routes, routes, times, self._values_settled, self.state.needed,
                self.state.done_time)
         self._touched[self.routes.query_node[routes]] = True
@@ -110,8 +117,10 @@ class OnlineNodes(ForwardNodes):
     def apply_updates(self) -> None:
         """Apply the pair updates no later arrival can precede, node by node in arrival
         order, vectorised over nodes; finish nodes with every route settled and applied."""
-        routes, times, has_value = (np.concatenate(part) for part in zip(self._held,
-                                                                         *self._updates))
+        parts = self._updates if self._updates and not len(self._held[0]) else \
+            [self._held, *self._updates]
+        routes, times, has_value = (np.concatenate(part) if len(part) != 1 else
+                                    np.asarray(part[0]) for part in zip(*parts))
         self._updates = []
         due = times < self.transport.horizon()
         if not due.all():
@@ -142,14 +151,19 @@ class OnlineNodes(ForwardNodes):
         counts = np.diff(np.r_[starts, len(nodes)])                    # (nodes,) pairs each
         grid = counts.min() == counts.max()     # as many pairs each: a (steps, nodes) grid
         if grid:
-            by_step = np.arange(len(nodes)).reshape(len(starts), -1).T.ravel()
-            bounds = np.arange(0, len(nodes) + 1, len(starts))
+            width = len(starts)
+            bounds = np.arange(0, len(nodes) + 1, width)
+
+            def by_step(pairs: np.ndarray) -> np.ndarray:              # a transposed copy
+                return pairs.reshape(width, -1).T.ravel()
         else:
             rank = np.arange(len(nodes)) - np.repeat(starts, counts)
-            by_step = np.argsort(rank, kind="stable")
-            bounds = np.searchsorted(rank[by_step], np.arange(int(counts.max()) + 1))
-        routes, times, has_value, nodes = routes[by_step], times[by_step], \
-            has_value[by_step], nodes[by_step]
+            order = np.argsort(rank, kind="stable")
+            bounds = np.searchsorted(rank[order], np.arange(int(counts.max()) + 1))
+
+            def by_step(pairs: np.ndarray) -> np.ndarray:
+                return pairs[order]
+        routes, nodes = by_step(routes), by_step(nodes)
         scores = self.state.scores[routes]
         if grid:
             factors, weights, normalisers = self._grid_scalars(nodes[:bounds[1]],
@@ -157,8 +171,10 @@ class OnlineNodes(ForwardNodes):
         else:
             factors, weights, normalisers = self._scalar_updates(nodes, scores, bounds)
         self.rescale[routes] = factors
-        self._pull_values(routes, nodes, bounds, factors, weights * has_value,
-                          (times, normalisers))
+        if not has_value.all():                         # a dropped route pulls nothing
+            weights *= by_step(has_value)
+        self._pull_values(routes, nodes, bounds, factors, weights,
+                          None if self.stream is None else (by_step(times), normalisers))
 
     def _grid_scalars(self, nodes: np.ndarray, scores: np.ndarray
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -202,48 +218,49 @@ class OnlineNodes(ForwardNodes):
 
     def _pull_values(self, routes: np.ndarray, nodes: np.ndarray, bounds: np.ndarray,
                      factors: np.ndarray, pulled: np.ndarray,
-                     arrivals: tuple[np.ndarray, np.ndarray]) -> None:
+                     arrivals: tuple[np.ndarray, np.ndarray] | None) -> None:
         """o <- c·o + p·v_j, step by step (each node's pairs in arrival order); with a
         stream kept, each node's o / l after the step, at its pair's arrival
         (``arrivals``: per pair, its time and the node's l after it)."""
         n_keys = self.problem.value.shape[1]
-        value_rows = self.routes.group(routes) * n_keys + self.routes.key_index[routes]
+        value_rows = nodes // self.routes.n_queries * n_keys + self.routes.key_index[routes]
         values = self.problem.value.reshape(-1, self.problem.value.shape[2])   # (G·S, Ev)
         shifted = bool(self.value_shift.any())      # values near the largest float
         # One scratch buffer for every step's shares: a fresh (n, Ev) array each step would
         # fault in new pages every time.
-        scratch = np.empty((int(np.diff(bounds).max(initial=0)), values.shape[1]),
-                           dtype=values.dtype)
-        for step in range(len(bounds) - 1):
-            at = slice(bounds[step], bounds[step + 1])
+        sizes = np.diff(bounds)                                        # (steps,) nodes each
+        scratch = np.empty((int(sizes.max(initial=0)), values.shape[1]), dtype=values.dtype)
+        # Per step, decided for all steps at once: does any factor differ from 1, do all
+        # nodes read one key, are the nodes consecutive?
+        firsts = bounds[:-1]
+        rescaled = np.logical_or.reduceat(factors != 1, firsts) if len(firsts) else firsts
+        one_key = np.logical_and.reduceat(value_rows == np.repeat(value_rows[firsts], sizes),
+                                          firsts) if len(firsts) else firsts
+        consecutive = nodes[bounds[1:] - 1] - nodes[firsts] == sizes - 1
+        for step, (first, last) in enumerate(zip(firsts.tolist(), bounds[1:].tolist())):
+            at = slice(first, last)
             node, factor, rows = nodes[at], factors[at], value_rows[at]
             if shifted:
                 self._scaled_update(node, rows, factor, pulled[at])
             else:
-                self._update(node, rows, factor, pulled[at], values,
-                             scratch[:len(node)])
-            if self.stream is not None:
+                share = scratch[:last - first]                         # (n, Ev)
+                if one_key[step]:
+                    np.multiply.outer(pulled[at], values[rows[0]], out=share)  # p · v_j
+                else:
+                    np.take(values, rows, axis=0, out=share)           # v_j
+                    share *= pulled[at, None]                           # p · v_j
+                if consecutive[step]:           # the nodes' rows in place, no gather
+                    kept = self.accumulator[node[0]:node[-1] + 1]       # (n, Ev) a view
+                    if rescaled[step]:          # x · 1 is x: skip the steps with no rescale
+                        kept *= factor[:, None]
+                    kept += share
+                else:
+                    self.accumulator[node] = self.accumulator[node] * factor[:, None] + share
+            if self.stream is not None and arrivals is not None:
                 for u, t, norm in zip(node.tolist(), arrivals[0][at].tolist(),
                                       arrivals[1][at]):
                     self.stream.append((t, u, np.ldexp(self.accumulator[u] / norm,
                                                        self.shift[u])))
-
-    def _update(self, node: np.ndarray, rows: np.ndarray, factor: np.ndarray,
-                pulled: np.ndarray, values: np.ndarray, share: np.ndarray) -> None:
-        """One step: o <- c·o + p·v for nodes ``node`` (ascending), value rows ``rows``;
-        ``share`` is scratch space for the (n, Ev) products."""
-        if rows[0] == rows[-1] and (rows == rows[0]).all():        # one key for all
-            np.multiply.outer(pulled, values[rows[0]], out=share)   # (n, Ev) p · v_j
-        else:
-            np.take(values, rows, axis=0, out=share)                # (n, Ev) v_j
-            share *= pulled[:, None]                                # p · v_j
-        if node[-1] - node[0] == len(node) - 1:     # consecutive nodes: rows in place
-            kept = self.accumulator[node[0]:node[-1] + 1]           # (n, Ev) a view
-            if (factor != 1).any():         # x · 1 is x: skip the steps with no rescale
-                kept *= factor[:, None]
-            kept += share
-        else:
-            self.accumulator[node] = self.accumulator[node] * factor[:, None] + share
 
     def _scaled_update(self, node: np.ndarray, value_rows: np.ndarray, factor: np.ndarray,
                        pulled: np.ndarray) -> None:
