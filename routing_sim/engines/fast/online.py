@@ -185,15 +185,19 @@ class OnlineNodes(ForwardNodes):
         top[0] = self.running_max[nodes]
         for step, score in enumerate(scores):     # faster than maximum.accumulate on axis 0
             np.maximum(top[step], score, out=top[step + 1])
-        factors = np.exp(top[:-1] - top[1:])                           # (steps, nodes)
-        weights = np.exp(scores - top[1:])                             # (steps, nodes)
+        factors = np.subtract(top[:-1], top[1:])                       # (steps, nodes)
+        moved = factors != 0                    # the max moved (or NaN): exp(0) is 1 exactly
+        factors[~moved] = 1.0
+        factors[moved] = np.exp(factors[moved])                        # rescale of (l, o)
+        newest = top[-1].copy()                                        # (nodes,) m at the end
+        weights = np.exp(np.subtract(scores, top[1:], out=top[1:]))    # (steps, nodes)
         normalisers = np.empty_like(scores)                            # (steps, nodes)
         normaliser = self.normaliser[nodes]                            # (nodes,) l
         for step in range(len(scores)):
-            normaliser = factors[step] * normaliser + weights[step]
-            normalisers[step] = normaliser
+            normaliser = np.multiply(factors[step], normaliser, out=normalisers[step])
+            normaliser += weights[step]
         self.normaliser[nodes] = normaliser
-        self.running_max[nodes] = top[-1]
+        self.running_max[nodes] = newest
         return factors.ravel(), weights.ravel(), normalisers.ravel()
 
     def _scalar_updates(self, nodes: np.ndarray, scores: np.ndarray, bounds: np.ndarray
