@@ -266,8 +266,7 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
         nodes = OnlineNodes(setup, transport)
     else:
         nodes = TwoPhaseNodes(setup, transport)
-    if problem.sparse is not None and numerics == "float" and options.routing == "softmax" \
-            and not routes.full:
+    if problem.sparse is not None and numerics == "float" and not routes.full:
         tiles = Tiles(routes.indptr, routes.key_index, routes.n_queries, routes.n_keys,
                       dim=max(problem.shape[3:]))
         nodes.state.tiles = tiles if tiles.worthwhile() else None

@@ -9,12 +9,14 @@ import numpy as np
 from .messages import Kind, message_ids
 from .wave_times import constant
 
-__all__ = ["Deliveries", "Timers", "concat", "merge"]
+__all__ = ["Deliveries", "Timers", "arrival_order", "concat", "merge"]
 
 
 @dataclass
 class Deliveries:
-    """Messages of one kind, sorted by arrival time, then message id, then copy.
+    """Messages of one kind, sorted by arrival time, then message id, then copy (or in
+    the order they were sent, where the transport may hand them over in any order:
+    :meth:`~routing_sim.network.transport.Outbox.any_order`).
 
     A message id (:func:`~routing_sim.network.messages.message_ids`) is derived on demand.
     ``attempts`` None means every message is a first attempt, ``copy`` None that none is a
@@ -62,6 +64,8 @@ class Deliveries:
         later = times[1:] > times[:-1]
         if later.all():
             return True
+        if not (later | (times[1:] == times[:-1])).all():             # one arrives earlier
+            return False
         ids = self.ids
         same = times[1:] == times[:-1]
         ahead = (ids[1:] > ids[:-1]) | ((ids[1:] == ids[:-1])
@@ -69,8 +73,39 @@ class Deliveries:
         return bool((later | (same & ahead)).all())
 
     def sorted(self) -> Deliveries:
-        return self if self.in_order() else self.take(np.lexsort((self.copies, self.ids,
-                                                                  self.arrive)))
+        return self if self.in_order() else self.take(arrival_order(self.arrive, self.ids,
+                                                                    self.copies))
+
+
+def arrival_order(arrive: np.ndarray, ids: np.ndarray, copies: np.ndarray | None = None
+                  ) -> np.ndarray:
+    """The permutation that sorts messages by (arrival, id, copy): ``np.lexsort((copies,
+    ids, arrive))``, in less time when few arrivals tie (as with jitter). ``copies`` None:
+    no copies.
+
+    One unstable sort by arrival decides every message whose time no other shares; only
+    the runs of equal times are sorted again by id and copy. NaN times (never arrived)
+    take the full sort.
+
+    Examples
+    --------
+    >>> arrival_order(np.array([2.0, 1.0, 2.0, 0.5]), np.array([9, 8, 3, 1])).tolist()
+    [3, 1, 2, 0]
+    """
+    order = np.argsort(arrive)                                         # (m,) ties unordered
+    times = arrive[order]
+    keys = (ids, arrive) if copies is None else (copies, ids, arrive)
+    if len(times) and np.isnan(times[-1]):                             # NaN sorts last
+        return np.lexsort(keys)
+    tied = times[1:] == times[:-1]
+    if not tied.any():
+        return order
+    in_run = np.zeros(len(order), dtype=bool)                          # shares its time
+    in_run[1:] |= tied
+    in_run[:-1] |= tied
+    runs = order[in_run]                    # the runs, in time order, each unordered inside
+    order[in_run] = runs[np.lexsort(tuple(key[runs] for key in keys))]
+    return order
 
 
 @dataclass

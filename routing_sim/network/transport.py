@@ -197,12 +197,16 @@ class Outbox:
                 copies.arrive = copies.arrive + network.duplicate_lag(copies.ids)
                 copies.copy = np.ones(len(copies), np.int8)
                 batch = merge(batch.kind, [batch, copies])
-        batch = batch.sorted()
         if len(batch):
-            if batch.arrive[0] < self._window_end and not self._whole:
+            if self.any_order():
+                first = float(batch.arrive.min())
+            else:
+                batch = batch.sorted()
+                first = float(batch.arrive[0])
+            if first < self._window_end and not self._whole:
                 raise AssertionError("lookahead violated: a message would arrive inside the "
                                      "window that sent it")
-            self._enqueue(batch)
+            self._enqueue(batch, first)
 
     def _contend(self, parts: list[Deliveries]) -> None:
         """With contention: each sender's NIC serves all kinds first come first served."""
@@ -237,14 +241,46 @@ class Outbox:
             sizes[mine] = self.nbytes[kind]
         return merged, kinds, ids, nodes, sizes
 
-    def _enqueue(self, batch: Deliveries) -> None:
+    def any_order(self) -> bool:
+        """May batches stay in the order they were sent rather than sorted by arrival?
+
+        Yes when every window takes everything pending (:meth:`_whole_waves`)
+        and no retry timer or copy exists: each message is then handed over in the one
+        window whatever its place in its batch, to handlers that commute, and the trace
+        sorts its rows itself. Sorting a wave of a million jittered messages costs more
+        than the handlers of it.
+        """
+        network = self.network
+        return self._whole_waves() and not network.faulty and network.duplicate == 0
+
+    def _whole_waves(self) -> bool:
+        """Can one window take everything pending, each message at its own time?
+
+        Yes when the nodes' handlers do not depend on the order messages are handled in
+        (``order_free``: a barrier counts and takes the latest time) and nothing else
+        does: no NIC queue (first come first served), and retry timers that never fire
+        before an answer that is still on its way (the timeout is at least the slowest
+        round trip), so that no route ever has a late answer that a later window could
+        hand over before an earlier one. Timers then fire once every message due before
+        them is handled, as with one event per message. Copies of a message travel in
+        one batch. Arrival times are known when messages are sent, whatever the latency.
+        """
+        network = self.network
+        if not (self._windowed and self.order_free) or network.contention:
+            return False
+        return not network.faulty or self._answers_in_time
+
+    def _enqueue(self, batch: Deliveries, first: float | None = None) -> None:
+        """Queue a batch for delivery; ``first``: its earliest arrival (default: the first
+        row's, the batch being sorted)."""
         if self.mode == "per_message":
             ids, copies = batch.ids, batch.copies
             for index in range(len(batch)):
                 self._schedule(batch.take(slice(index, index + 1)), batch.arrive[index],
                                int(ids[index]) * 2 + int(copies[index]))
         else:
-            heapq.heappush(self._pending, (batch.arrive[0], next(self._order), batch))
+            heapq.heappush(self._pending, (batch.arrive[0] if first is None else first,
+                                           next(self._order), batch))
 
     def _schedule(self, item: Deliveries | Timers | None, time: float, rank: int) -> None:
         """per_message mode: put one message, timer or end of instant on the agenda."""
@@ -278,7 +314,7 @@ class Transport(Outbox):
             # is one instant, as with zero lookahead.
             self._whole = self._whole_waves()
             if self._whole:      # every message up to the first timer, then the timers
-                first_message = min((item.arrive[0] for _, _, item in self._pending
+                first_message = min((first for first, _, item in self._pending
                                      if not isinstance(item, Timers)), default=np.inf)
                 self._timers_wait = first_message <= first_timer
                 # Timers of different routes do not interact: fire all that are due
@@ -299,29 +335,13 @@ class Transport(Outbox):
             for batch in [m for m in messages if m.received] + self._receive(
                     [m for m in messages if not m.received]):
                 ready.setdefault(batch.kind, []).append(batch)
+            join = concat if self.any_order() else merge
             for kind, parts in sorted(ready.items()):
-                self._deliver(merge(kind, parts))
+                self._deliver(join(kind, parts))
             for due in timers:
                 self.on_timer(due)
             self.end_step()
         self._window_end, self._whole = -np.inf, False
-
-    def _whole_waves(self) -> bool:
-        """Can one window take everything pending, each message at its own time?
-
-        Yes when the nodes' handlers do not depend on the order messages are handled in
-        (``order_free``: a barrier counts and takes the latest time) and nothing else
-        does: no NIC queue (first come first served), and retry timers that never fire
-        before an answer that is still on its way (the timeout is at least the slowest
-        round trip), so that no route ever has a late answer that a later window could
-        hand over before an earlier one. Timers then fire once every message due before
-        them is handled, as with one event per message. Copies of a message travel in
-        one batch. Arrival times are known when messages are sent, whatever the latency.
-        """
-        network = self.network
-        if not (self._windowed and self.order_free) or network.contention:
-            return False
-        return not network.faulty or self._answers_in_time
 
     def horizon(self) -> float:
         """No delivery still to come can be earlier than this (inf: nothing can come
@@ -446,7 +466,8 @@ class Transport(Outbox):
         for entry in waiting:
             heapq.heappush(self._pending, entry)
         self._timers_wait = False
-        messages = [merge(kind, parts) for (kind, _), parts in sorted(taken.items())]
+        join = concat if self.any_order() else merge
+        messages = [join(kind, parts) for (kind, _), parts in sorted(taken.items())]
         due = [Timers(kind, *(np.concatenate([getattr(p, f) for p in parts])
                               for f in ("routes", "attempts", "due")))
                for kind, parts in sorted(timers.items())]

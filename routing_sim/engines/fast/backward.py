@@ -24,8 +24,7 @@ the same times but leave the arithmetic to
 :class:`~routing_sim.engines.fast.backward_tiles.TiledGradients`: each gradient for every
 node at once, in products fixed by the route table, at the first handler that needs it. The nodes at
 either end of a route lost forward (degrade) then redo their own sums with the per-node
-arithmetic below, which everything else (top-k, exact mode, online softmax, dense tables)
-takes throughout.
+arithmetic below, which exact mode and dense tables take throughout.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ at the first handler that needs it, whatever order the messages come in: the gra
 same bits under every schedule. A lost route (``on_missing="degrade"``) carries no share and no
 dS, so it adds nothing here; the query and key nodes at its ends then redo their own sums with
 the per-node handlers of :mod:`routing_sim.engines.fast.backward`, which also cover what has no
-tiles (top-k, exact mode, online softmax, dense route tables).
+tiles (exact mode, dense route tables).
 """
 
 from __future__ import annotations
@@ -122,15 +122,15 @@ class TiledGradients:
             counts = counts[counts > 0]
             if not len(counts):
                 continue
-            rows = (np.cumsum(counts) - counts, counts)                # (nodes,) local
-            sinks = None if forward.sinks is None else forward.sinks[nodes]
+            starts = np.cumsum(counts) - counts                        # (nodes,) local
             d_prime = d_share[span]
             if forward.kept is None:
                 weights = forward.shares[span]                         # w: no dropout
-            else:                                                      # w before dropout
-                weights = _softmax_rows(forward.scores[span], sinks, *rows)
+            else:                # w before dropout, as the forward's budget kernel made it
+                assert forward.probabilities is not None               # kept with dropout
+                weights = forward.probabilities[span]
                 d_prime = d_prime * forward.kept[span] * forward.dropout_scale
-            through = np.add.reduceat(weights * d_prime, rows[0])      # (nodes,) Σ w dP'
+            through = np.add.reduceat(weights * d_prime, starts)       # (nodes,) Σ w dP'
             scores_grad = weights * (d_prime - np.repeat(through, counts))
             if not every:
                 scores_grad[~in_softmax[span]] = 0.0
@@ -177,22 +177,3 @@ class TiledGradients:
                 total += weights[part] @ gather(rows, query_node[part])
             out[node] = total
 
-
-def _softmax_rows(scores: np.ndarray, sinks: np.ndarray | None, starts: np.ndarray,
-                  counts: np.ndarray) -> np.ndarray:
-    """Each row's stable softmax of ``scores`` (R,), its sink logit (``sinks``, one a row)
-    in the max and the normaliser; rows are ``starts`` / ``counts``, none empty. A row
-    whose every route a score_mod removed (all -inf) and no sink gets 0s, never the NaN
-    of -inf - -inf."""
-    top = np.maximum.reduceat(scores, starts)                          # (rows,)
-    if sinks is not None:
-        top = np.maximum(top, sinks)
-    empty = np.isneginf(top)
-    top[empty] = 0.0
-    weights = np.exp(scores - np.repeat(top, counts))                  # (R,)
-    total = np.add.reduceat(weights, starts)                           # (rows,)
-    total[empty] = 1.0
-    if sinks is not None:
-        total += np.exp(sinks - top)
-    weights /= np.repeat(total, counts)
-    return weights

@@ -12,14 +12,27 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...network.deliveries import arrival_order
 from ...network.messages import Kind
 from ...network.transport import Transport
+from ...network.wave_times import shifted
 from ...numerics.kernels import value_shift
 from ..setup import Setup
-from .barrier import budget, node_scores, note_would_have, tiled_shares
+from .backward_tiles import key_major_order
+from .barrier import allocate_whole, budget, note_would_have, tiled_shares
 from .two_phase import ForwardNodes, settle
 
 __all__ = ["OnlineNodes"]
+
+
+def _node_major(nodes: np.ndarray, times: np.ndarray, routes: np.ndarray) -> bool:
+    """Are pairs already sorted by (node, arrival, route)? Cheaper to check than to sort."""
+    if len(nodes) < 2:
+        return True
+    node_after, same_node = nodes[1:] > nodes[:-1], nodes[1:] == nodes[:-1]
+    later, same_time = times[1:] > times[:-1], times[1:] == times[:-1]
+    return bool((node_after | (same_node & (later | (same_time & (routes[1:] > routes[:-1])
+                                                     )))).all())
 
 
 class OnlineNodes(ForwardNodes):
@@ -44,10 +57,10 @@ class OnlineNodes(ForwardNodes):
         self.value_shift = value_shift(self.problem.value)              # (G, S) per value row
         self.rescale = np.full(len(routes), np.nan)                    # (R,) factor applied
         self.stream: list[tuple[float, int, np.ndarray]] | None = [] if keep_stream else None
-        self._scored = np.zeros(n_nodes, dtype=bool)
         self._finished_at = np.full(n_nodes, np.nan)
         self._updates: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        self._touched: list[np.ndarray] = []
+        self._touched = np.zeros(n_nodes, dtype=bool)  # nodes with news since the last step
+        self._shared = np.zeros(n_nodes, dtype=bool)   # scores and shares computed
         transport.on_step_end = self.apply_updates
         # Pair updates wait until nothing earlier can still arrive (Transport.horizon), so
         # they apply in arrival order however the transport groups deliveries. Ties at one
@@ -59,16 +72,27 @@ class OnlineNodes(ForwardNodes):
     def _settle_scores(self, routes: np.ndarray, times: np.ndarray) -> None:
         """No barrier: PULL each kept route at once; a dropped route updates l alone.
 
-        On a sparse run's tiles every score (and its share, for the routing tables) is
-        computed at the first SCORE, as in two-phase: fixed products, any schedule."""
+        Every score of a node (and its shares, for the routing tables) is computed at its
+        first SCORE, as two-phase computes them at its barrier: on a sparse run's tiles,
+        every node's at once; else each new node's one product, the softmax on rows of
+        equal length stacked together. Fixed products, the same bits under any schedule."""
         state = self.state
         if state.tiles is not None:
             tiled_shares(state)
+            self._shared[:] = True
         else:
-            for node in np.unique(self.routes.query_node[routes]):
-                if not self._scored[node]:
-                    node_scores(state, int(node))
-                    self._scored[node] = True
+            fresh = np.zeros(len(self._shared), dtype=bool)
+            fresh[self.routes.query_node[routes]] = True
+            fresh &= ~self._shared
+            if fresh.any():
+                allocate_whole(state, np.flatnonzero(fresh))
+                self._shared |= fresh
+        settle(self.routes, routes, times, self._scores_settled, state.needed,
+               state.barrier_time)
+        self._touched[self.routes.query_node[routes]] = True
+        if not self._retrying and state.raw is None and state.kept is None:
+            self.request(Kind.PULL, routes, shifted(times, self.processing), 0)  # every one
+            return
         alive = self.dead[routes] == 0
         if state.raw is not None:        # a route the score_mod removed (-inf): no budget,
             alive &= ~np.isneginf(state.scores[routes])        # no PULL, no (m, l) update
@@ -76,79 +100,184 @@ class OnlineNodes(ForwardNodes):
         self.request(Kind.PULL, routes[kept], times[kept] + self.processing, 0)
         dropped = alive & ~kept
         self._updates.append((routes[dropped], times[dropped], np.zeros(int(dropped.sum()), bool)))
-        settle(self.routes, routes, times, self._scores_settled, state.needed,
-               state.barrier_time)
         settle(self.routes, routes[~kept], times[~kept], self._values_settled, state.needed,
                state.done_time)
-        self._touched.append(self.routes.query_node[routes])
 
     def _settle_values(self, routes: np.ndarray, times: np.ndarray) -> None:
         """Queue each live (score, value) pair's update for the end of the step."""
-        alive = self.dead[routes] == 0
-        self._updates.append((routes[alive], times[alive], np.ones(int(alive.sum()), bool)))
+        live, at = routes, times
+        if self._retrying:                             # a route given up pulls nothing
+            alive = self.dead[routes] == 0
+            live, at = routes[alive], times[alive]
+        self._updates.append((live, at, np.ones(len(live), bool)))
         settle(self.routes, routes, times, self._values_settled, self.state.needed,
                self.state.done_time)
-        self._touched.append(self.routes.query_node[routes])
+        self._touched[self.routes.query_node[routes]] = True
 
     def apply_updates(self) -> None:
         """Apply the pair updates no later arrival can precede, node by node in arrival
         order, vectorised over nodes; finish nodes with every route settled and applied."""
-        touched = np.unique(np.concatenate(self._touched)) if self._touched else np.zeros(0, int)
-        self._touched = []
-        routes, times, has_value = (np.concatenate(part) for part in zip(self._held,
-                                                                         *self._updates))
+        parts = self._updates if self._updates and not len(self._held[0]) else \
+            [self._held, *self._updates]
+        routes, times, has_value = (np.concatenate(part) if len(part) != 1 else
+                                    np.asarray(part[0]) for part in zip(*parts))
         self._updates = []
         due = times < self.transport.horizon()
-        self._held = [routes[~due], times[~due], has_value[~due]]
-        routes, times, has_value = routes[due], times[due], has_value[due]
-        waiting = np.unique(self.routes.query_node[self._held[0]])
-        touched = np.setdiff1d(np.union1d(touched, self.routes.query_node[routes]), waiting)
-        if not len(routes):
-            self._finish(touched)
-            return
+        if not due.all():
+            self._held = [routes[~due], times[~due], has_value[~due]]
+            routes, times, has_value = routes[due], times[due], has_value[due]
+        elif len(self._held[0]):
+            self._held = [part[:0] for part in self._held]
+        touched = self._touched
+        touched[self.routes.query_node[routes]] = True
+        touched[self.routes.query_node[self._held[0]]] = False        # still waiting
+        nodes = np.flatnonzero(touched)
+        touched[:] = False
+        if len(routes):
+            self._apply_in_order(routes, times, has_value)
+        self._finish(nodes)
+
+    def _apply_in_order(self, routes: np.ndarray, times: np.ndarray, has_value: np.ndarray
+                        ) -> None:
+        """Each node's pairs in arrival order (ties by route): step k updates every node's
+        k-th pair, one vectorised update per step, nodes ascending in it."""
         nodes = self.routes.query_node[routes]
-        order = np.lexsort((routes, times, nodes))
-        routes, times, has_value, nodes = routes[order], times[order], has_value[order], \
-            nodes[order]
+        if not _node_major(nodes, times, routes):    # node by node, arrival, route:
+            by_arrival = arrival_order(times, routes)  # np.lexsort((routes, times, nodes))
+            order = by_arrival[key_major_order(nodes[by_arrival], self.routes.n_nodes)]
+            routes, times, has_value, nodes = routes[order], times[order], has_value[order], \
+                nodes[order]
         starts = np.r_[0, np.flatnonzero(np.diff(nodes)) + 1]
-        rank = np.arange(len(nodes)) - np.repeat(starts, np.diff(np.r_[starts, len(nodes)]))
-        # Step k updates every node's k-th pair: one slice per step, nodes ascending in it.
-        by_step = np.argsort(rank, kind="stable")
-        routes, times, has_value, nodes = routes[by_step], times[by_step], \
-            has_value[by_step], nodes[by_step]
-        bounds = np.searchsorted(rank[by_step], np.arange(int(rank.max(initial=-1)) + 2))
-        value, groups, scores = self.problem.value, self.routes.group(routes), self.state.scores
+        counts = np.diff(np.r_[starts, len(nodes)])                    # (nodes,) pairs each
+        grid = counts.min() == counts.max()     # as many pairs each: a (steps, nodes) grid
+        if grid:
+            width = len(starts)
+            bounds = np.arange(0, len(nodes) + 1, width)
+
+            def by_step(pairs: np.ndarray) -> np.ndarray:              # a transposed copy
+                return pairs.reshape(width, -1).T.ravel()
+        else:
+            rank = np.arange(len(nodes)) - np.repeat(starts, counts)
+            order = np.argsort(rank, kind="stable")
+            bounds = np.searchsorted(rank[order], np.arange(int(counts.max()) + 1))
+
+            def by_step(pairs: np.ndarray) -> np.ndarray:
+                return pairs[order]
+        routes, nodes = by_step(routes), by_step(nodes)
+        scores = self.state.scores[routes]
+        if grid:
+            factors, weights, normalisers = self._grid_scalars(nodes[:bounds[1]],
+                                                               scores.reshape(-1, bounds[1]))
+        else:
+            factors, weights, normalisers = self._scalar_updates(nodes, scores, bounds)
+        self.rescale[routes] = factors
+        if not has_value.all():                         # a dropped route pulls nothing
+            weights *= by_step(has_value)
+        self._pull_values(routes, nodes, bounds, factors, weights,
+                          None if self.stream is None else (by_step(times), normalisers))
+
+    def _grid_scalars(self, nodes: np.ndarray, scores: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`_scalar_updates` for nodes with as many pairs each: ``scores`` a
+        (steps, nodes) grid; the exps are two calls over the grid (elementwise: the same
+        bits as step by step)."""
+        top = np.empty((len(scores) + 1, len(nodes)), dtype=scores.dtype)  # (steps + 1, nodes)
+        top[0] = self.running_max[nodes]
+        for step, score in enumerate(scores):     # faster than maximum.accumulate on axis 0
+            np.maximum(top[step], score, out=top[step + 1])
+        factors = np.subtract(top[:-1], top[1:])                       # (steps, nodes)
+        moved = factors != 0                    # the max moved (or NaN): exp(0) is 1 exactly
+        factors[~moved] = 1.0
+        factors[moved] = np.exp(factors[moved])                        # rescale of (l, o)
+        newest = top[-1].copy()                                        # (nodes,) m at the end
+        weights = np.exp(np.subtract(scores, top[1:], out=top[1:]))    # (steps, nodes)
+        normalisers = np.empty_like(scores)                            # (steps, nodes)
+        normaliser = self.normaliser[nodes]                            # (nodes,) l
+        for step in range(len(scores)):
+            normaliser = np.multiply(factors[step], normaliser, out=normalisers[step])
+            normaliser += weights[step]
+        self.normaliser[nodes] = normaliser
+        self.running_max[nodes] = newest
+        return factors.ravel(), weights.ravel(), normalisers.ravel()
+
+    def _scalar_updates(self, nodes: np.ndarray, scores: np.ndarray, bounds: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The running max m and normaliser l through every step; per pair, the rescale
+        exp(m_old - m_new) it applies, its weight exp(s - m_new) and its node's l after
+        it."""
+        factors, weights, normalisers = (np.empty(len(nodes), dtype=scores.dtype)
+                                         for _ in range(3))            # (pairs,) each
         for step in range(len(bounds) - 1):
             at = slice(bounds[step], bounds[step + 1])
-            node, route = nodes[at], routes[at]
-            score = scores[route]
+            node, score = nodes[at], scores[at]
             old_max = self.running_max[node]
             new_max = np.maximum(old_max, score)
             factor = np.exp(old_max - new_max)                          # rescale of (l, o)
             weight = np.exp(score - new_max)
-            self.normaliser[node] = factor * self.normaliser[node] + weight
-            pulled = weight * has_value[at]
-            key = groups[at], self.routes.key_index[route]
-            pair_value = value[key]                                      # (n, Ev)
-            shift = np.maximum(self.shift[node], self.value_shift[key])  # (n,)
-            # Consecutive nodes (a window's steps): update the rows in place, no gather.
-            rows = slice(node[0], node[-1] + 1) if node[-1] - node[0] == len(node) - 1 \
-                else node
-            kept = self.accumulator[rows]                # (n, Ev): a view for a slice
-            if shift.any():                     # values near the largest float: scale exactly
-                kept = np.ldexp(kept, (self.shift[node] - shift)[:, None])
-                pair_value = np.ldexp(pair_value, -shift[:, None])
-            kept *= factor[:, None]
-            kept += pulled[:, None] * pair_value
-            if not np.may_share_memory(kept, self.accumulator):        # a copy: write back
-                self.accumulator[rows] = kept
-            self.shift[node] = shift
+            normalisers[at] = factor * self.normaliser[node] + weight
+            self.normaliser[node] = normalisers[at]
             self.running_max[node] = new_max
-            self.rescale[route] = factor
-            if self.stream is not None:
-                for u, t in zip(node.tolist(), times[at].tolist()):
-                    self.stream.append((t, u, self.output_of(u)))
-        self._finish(touched)
+            factors[at], weights[at] = factor, weight
+        return factors, weights, normalisers
+
+    def _pull_values(self, routes: np.ndarray, nodes: np.ndarray, bounds: np.ndarray,
+                     factors: np.ndarray, pulled: np.ndarray,
+                     arrivals: tuple[np.ndarray, np.ndarray] | None) -> None:
+        """o <- c·o + p·v_j, step by step (each node's pairs in arrival order); with a
+        stream kept, each node's o / l after the step, at its pair's arrival
+        (``arrivals``: per pair, its time and the node's l after it)."""
+        n_keys = self.problem.value.shape[1]
+        value_rows = nodes // self.routes.n_queries * n_keys + self.routes.key_index[routes]
+        values = self.problem.value.reshape(-1, self.problem.value.shape[2])   # (G·S, Ev)
+        shifted = bool(self.value_shift.any())      # values near the largest float
+        # One scratch buffer for every step's shares: a fresh (n, Ev) array each step would
+        # fault in new pages every time.
+        sizes = np.diff(bounds)                                        # (steps,) nodes each
+        scratch = np.empty((int(sizes.max(initial=0)), values.shape[1]), dtype=values.dtype)
+        # Per step, decided for all steps at once: does any factor differ from 1, do all
+        # nodes read one key, are the nodes consecutive?
+        firsts = bounds[:-1]
+        rescaled = np.logical_or.reduceat(factors != 1, firsts) if len(firsts) else firsts
+        one_key = np.logical_and.reduceat(value_rows == np.repeat(value_rows[firsts], sizes),
+                                          firsts) if len(firsts) else firsts
+        consecutive = nodes[bounds[1:] - 1] - nodes[firsts] == sizes - 1
+        for step, (first, last) in enumerate(zip(firsts.tolist(), bounds[1:].tolist())):
+            at = slice(first, last)
+            node, factor, rows = nodes[at], factors[at], value_rows[at]
+            if shifted:
+                self._scaled_update(node, rows, factor, pulled[at])
+            else:
+                share = scratch[:last - first]                         # (n, Ev)
+                if one_key[step]:
+                    np.multiply.outer(pulled[at], values[rows[0]], out=share)  # p · v_j
+                else:
+                    np.take(values, rows, axis=0, out=share)           # v_j
+                    share *= pulled[at, None]                           # p · v_j
+                if consecutive[step]:           # the nodes' rows in place, no gather
+                    kept = self.accumulator[node[0]:node[-1] + 1]       # (n, Ev) a view
+                    if rescaled[step]:          # x · 1 is x: skip the steps with no rescale
+                        kept *= factor[:, None]
+                    kept += share
+                else:
+                    self.accumulator[node] = self.accumulator[node] * factor[:, None] + share
+            if self.stream is not None and arrivals is not None:
+                for u, t, norm in zip(node.tolist(), arrivals[0][at].tolist(),
+                                      arrivals[1][at]):
+                    self.stream.append((t, u, np.ldexp(self.accumulator[u] / norm,
+                                                       self.shift[u])))
+
+    def _scaled_update(self, node: np.ndarray, value_rows: np.ndarray, factor: np.ndarray,
+                       pulled: np.ndarray) -> None:
+        """One step with values near the largest float: o and v scaled by exact powers of
+        two so that their sum cannot overflow."""
+        values = self.problem.value.reshape(-1, self.problem.value.shape[2])   # (G·S, Ev)
+        shift = np.maximum(self.shift[node], self.value_shift.reshape(-1)[value_rows])  # (n,)
+        kept = np.ldexp(self.accumulator[node], (self.shift[node] - shift)[:, None])
+        pair_value = np.ldexp(values[value_rows], -shift[:, None])     # (n, Ev)
+        kept *= factor[:, None]
+        kept += pulled[:, None] * pair_value
+        self.accumulator[node] = kept
+        self.shift[node] = shift
 
     def output_of(self, node: int) -> np.ndarray:
         """The running output ``o / l`` of one node, scaled back by its power of two."""
@@ -159,10 +288,9 @@ class OnlineNodes(ForwardNodes):
         state = self.state
         done = nodes[(self._values_settled[nodes] == state.needed[nodes])
                      & np.isnan(self._finished_at[nodes])]
-        if state.tiled_shares:                 # shares in already: whole nodes at once
-            whole = done[self.dead_routes[done] == 0]
-            done = done[self.dead_routes[done] > 0]
-            self._finish_whole(whole)
+        whole = self._shared[done] & (self.dead_routes[done] == 0)   # shares in already
+        self._finish_whole(done[whole])
+        done = done[~whole]
         for node in done.tolist():
             _, _, span = state.span(node)
             alive = self.dead[span] == 0
@@ -183,7 +311,7 @@ class OnlineNodes(ForwardNodes):
             self._finished_at[node] = state.done_time[node]
 
     def _finish_whole(self, nodes: np.ndarray) -> None:
-        """Nodes that lost no route, their shares already computed (tiles): ``o / l``
+        """Nodes that lost no route, their shares already computed: ``o / l``
         row by row, as :meth:`output_of` computes it for one node."""
         state = self.state
         rows = nodes[self.normaliser[nodes] > 0]                       # a node without

@@ -96,6 +96,42 @@ def test_key_side_without_tiles_takes_the_per_node_sums(tiled, monkeypatch):
     check(grads, rs.attention_backward(q, k, v, d_output, graph=routes))
 
 
+@pytest.mark.parametrize("dropout", [False, True])
+@pytest.mark.parametrize("top_k", [1, 3])
+@pytest.mark.parametrize("pattern", sorted(PATTERNS))
+def test_top_k_takes_the_tiles_both_ways(tiled, pattern, top_k, dropout):
+    """Hard routing on a route set: forward and backward on the tiles, equal to the matrix
+    form restricted to the routes each query chose (a fixed mask), the same bits with
+    jitter."""
+    routes = PATTERNS[pattern]()
+    q, k, v, d_output = problem(top_k, routes.n_queries, kv_heads=2)
+    options: dict = dict(graph=routes, routing="topk", top_k=top_k)
+    if dropout:
+        keep = np.random.default_rng(top_k).random((2, 2, routes.n_queries, routes.n_keys))
+        options.update(dropout_p=0.3, dropout_mask=keep >= 0.3)
+    run = rs.simulate(q, k, v, **options)
+    grads = run.backward(d_output)
+    assert run.state.tiles is not None and len(tiled) == 1         # the fast path ran
+    state = run.state
+    assert state.chosen is not None
+    chosen = np.zeros((2 * 2, routes.n_queries, routes.n_keys), dtype=bool)  # (G, L, S)
+    picked = np.flatnonzero(state.chosen)
+    chosen[state.routes.group(picked), state.routes.query_token(picked),
+           state.routes.key_index[picked]] = True
+    fixed = {key: value for key, value in options.items()
+             if key not in ("graph", "routing", "top_k")}
+    mask = chosen.reshape(2, 2, routes.n_queries, routes.n_keys)
+    np.testing.assert_allclose(run.output, rs.attention(q, k, v, mask, **fixed),
+                               rtol=RTOL, atol=ATOL)
+    check(grads, rs.attention_backward(q, k, v, d_output, mask, **fixed))
+    jittered = rs.simulate(q, k, v, network=rs.Network(jitter=1.5, seed=2), **options)
+    np.testing.assert_array_equal(jittered.output, run.output)
+    again = jittered.backward(d_output)
+    for ours, theirs in zip((grads.query, grads.key, grads.value),
+                            (again.query, again.key, again.value)):
+        np.testing.assert_array_equal(ours, theirs)
+
+
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 40), window=st.integers(1, 12),
        sinks=st.integers(0, 3), heads=st.sampled_from([(1, 1), (2, 1), (4, 2)]),
