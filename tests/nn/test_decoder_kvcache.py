@@ -203,3 +203,27 @@ def test_cache_arguments_need_a_cache_and_steps_need_the_layout():
         decoder.step(*np.ones((3, 2, 1, 1, 2)))
     with pytest.raises(InvalidArgumentError, match="beyond the cache"):
         decoder.step(*np.ones((3, 2, 1, 1, 2)))
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_rotary_and_per_sequence_alibi_rounds_are_bit_identical_under_any_schedule(seed):
+    """Float mode: jitter, reordering, loss and duplicates change when messages arrive,
+    never a bit of the output."""
+    rng = np.random.default_rng(seed)
+    angle = rng.random((10, 2)) * np.pi                                # rotary_dim 4
+    cache = rng.normal(size=(2, 2, 10, 1, 4))                           # k_cache, v_cache
+    rounds = [(rng.normal(size=(2, count, 2, 4)), *rng.normal(size=(2, 2, count, 1, 4)))
+              for count in (2, 1)]                                      # q, k, v: GQA 2:1
+    slopes = rng.random((2, 2))                                         # (B, H)
+    outputs = []
+    for network in (None, rs.Network(jitter=0.7, reorder=0.3, seed=seed),
+                    rs.Network(loss=0.3, retries=40, duplicate=0.2, seed=seed + 1)):
+        decoder = rs.Decoder(k_cache=cache[0].copy(), v_cache=cache[1].copy(),
+                             cache_seqlens=[3, 0], cache_leftpad=[1, 0],
+                             rotary_cos=np.cos(angle), rotary_sin=np.sin(angle),
+                             rotary_interleaved=False, alibi_slopes=slopes, network=network)
+        outputs.append([decoder.step(q, k, v).output for q, k, v in rounds])
+    for other in outputs[1:]:
+        for expected, got in zip(outputs[0], other):
+            np.testing.assert_array_equal(got, expected)
