@@ -159,6 +159,43 @@ def test_a_score_mod_masking_with_minus_inf_matches_flex_including_an_empty_row(
         np.testing.assert_allclose(run.output, expected, rtol=RTOL, atol=1e-13)
 
 
+INTERVALS = torch.tensor([[0, 4], [2, 10]])        # (images, 2): the queries each image serves
+IMAGE_OF_KEY = torch.tensor([0, 0, 0, 1, 1, 1])     # 3 key tokens per image
+ROPE_Q = torch.from_numpy(np.random.default_rng(3).normal(size=(2, 3, 10, 4)))
+ROPE_K = torch.from_numpy(np.random.default_rng(4).normal(size=(2, 1, 6, 4)))
+
+
+def _image_mask(b, h, q_idx, kv_idx):
+    """attention-gym's vision cross-attention mask: a row of a table picked by kv_idx, then
+    indexed again, which only means that on one element at a time."""
+    interval = INTERVALS[IMAGE_OF_KEY[kv_idx]]
+    return (q_idx >= interval[0]) & (q_idx < interval[1])
+
+
+def _rope_dot(score, b, h, q_idx, kv_idx):
+    """attention-gym's MLA score mod: torch.dot of two rows, a scalar op."""
+    return score + 0.5 * torch.dot(ROPE_Q[b, h, q_idx], ROPE_K[b, 0, kv_idx])
+
+
+def test_mods_written_for_one_element_at_a_time_run_as_flex_runs_them():
+    """FlexAttention calls a mod under torch.vmap, one element at a time; a mod that only
+    works so (scalar ops on captured tables) gives the same attention here."""
+    rng = np.random.default_rng(13)
+    q = rng.normal(size=(2, 3, 10, 4))
+    k, v = rng.normal(size=(2, 2, 3, 6, 4))
+    images = np.asarray(INTERVALS)[np.asarray(IMAGE_OF_KEY)]             # (S, 2)
+    allowed = (np.arange(10)[:, None] >= images[:, 0]) & (np.arange(10)[:, None] < images[:, 1])
+    bias = 0.5 * np.einsum("bhqe,bke->bhqk", ROPE_Q.numpy(), ROPE_K.numpy()[:, 0])
+    scores = np.where(allowed, q @ np.swapaxes(k, -1, -2) / 2 + bias, -np.inf)  # (2, 3, 10, 6)
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    expected = weights / weights.sum(-1, keepdims=True) @ v
+    np.testing.assert_allclose(flex_reference(q, k, v, _image_mask, _rope_dot), expected,
+                               rtol=RTOL)
+    for engine in ("attention", "simulate"):
+        got, _ = engine_output(engine, q, k, v, mask_mod=_image_mask, score_mod=_rope_dot)
+        np.testing.assert_allclose(got, expected, rtol=RTOL, atol=1e-13, err_msg=engine)
+
+
 def test_a_torch_mod_that_is_wrong_on_torch_too_reports_the_numpy_error():
     q = np.ones((2, 3))
     with pytest.raises(AttributeError, match="abs"):

@@ -16,11 +16,11 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import routing_sim as rs
-from routing_sim.errors import InvalidArgumentError
+from routing_sim.errors import InvalidArgumentError, ShapeError
 
 
 def definition_mask(cu_q, cu_k, window, causal, alignment="bottom_right"):
@@ -176,6 +176,38 @@ def test_alibi_and_sinks_apply_per_sequence(alignment):
     out = rs.attention(query, key, value, causal_alignment=alignment, window_size=(2, 1),
                        cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, alibi_slopes=slopes, sinks=sinks)
     np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-14)
+
+
+@settings(deadline=None)
+@given(packed_problems(), st.integers(0, 2**32 - 1), st.sampled_from(["float", "exact"]))
+def test_alibi_slopes_per_packed_sequence(problem, seed, numerics):
+    """``flash_attn_varlen_func``'s ``alibi_slopes`` of shape ``(batch_size, nheads)``: with
+    ``(H, total, E)`` inputs the table has one row per packed sequence; the simulation
+    agrees."""
+    query, key, value, cu_q, cu_k, window, causal, alignment = problem
+    query, key, value = query[0], key[0], value[0]                    # (H, total, E)
+    heads, n_seqs = query.shape[0], len(cu_q) - 1
+    slopes = np.random.default_rng(seed).random((n_seqs, heads))      # (n_seqs, H)
+    bias = np.zeros((heads, cu_q[-1], cu_k[-1]))
+    for b in range(n_seqs):                     # each sequence's bias with its own slopes
+        one = definition_bias(cu_q, cu_k, slopes[b], alignment)
+        bias[:, cu_q[b]:cu_q[b + 1]] = one[:, cu_q[b]:cu_q[b + 1]]
+    mask = definition_mask(cu_q, cu_k, window, causal, alignment)
+    expected, _ = masked_softmax_attention(query, key, value, mask, bias=bias)
+    options = dict(is_causal=causal, causal_alignment=alignment, window_size=window,
+                   cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, alibi_slopes=slopes)
+    out = rs.attention(query, key, value, numerics=numerics, **options)
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-14)
+    run = rs.simulate(query, key, value, numerics=numerics, **options)
+    np.testing.assert_allclose(run.output, expected, rtol=1e-12, atol=1e-14)
+
+
+def test_a_slope_table_of_other_rows_than_sequences_is_refused():
+    query = np.zeros((2, 5, 3))
+    with pytest.raises(ShapeError, match=r"alibi_slopes of shape \(3, 2\) does not fit 2 "
+                                         r"packed sequences of 2 heads"):
+        rs.attention(query, query, query, cu_seqlens_q=[0, 2, 5], cu_seqlens_k=[0, 2, 5],
+                     alibi_slopes=np.ones((3, 2)))
 
 
 def test_rope_positions_start_again_in_every_sequence():

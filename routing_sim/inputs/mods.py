@@ -164,10 +164,12 @@ def call_mod(mod: Callable, *arguments: ArrayLike) -> np.ndarray:
     values.
 
     The numpy call comes first. Only when it fails the way a torch mod fails on numpy
-    arrays (a TypeError or AttributeError, or numpy meeting a tensor) or answers with a
-    tensor is torch imported, lazily, and the mod called again on tensors, its answer
-    converted back with ``.numpy()``. If torch is not installed, or the mod fails on
-    tensors too, the numpy call's error is raised.
+    arrays (a TypeError, AttributeError or torch's RuntimeError, or numpy meeting a tensor)
+    or answers with a tensor is torch imported, lazily, and the mod called again on
+    tensors, its answer converted back with ``.numpy()``; a mod that fails on whole
+    tensors too (it was written for FlexAttention's one-element-at-a-time calls) is called
+    element by element under ``torch.vmap``, as FlexAttention calls it. If torch is not
+    installed, or every call fails, the first call's error is raised.
 
     Examples
     --------
@@ -185,7 +187,7 @@ def call_mod(mod: Callable, *arguments: ArrayLike) -> np.ndarray:
             result = mod(*arguments)
         if type(result).__module__.split(".")[0] != "torch":
             return np.asarray(result)
-    except (TypeError, AttributeError, DeprecationWarning) as error:
+    except (TypeError, AttributeError, RuntimeError, DeprecationWarning) as error:
         numpy_error = error
     try:
         import torch
@@ -197,13 +199,23 @@ def call_mod(mod: Callable, *arguments: ArrayLike) -> np.ndarray:
                for argument in arguments]
     try:
         result = mod(*tensors)
-    except Exception:
-        if numpy_error is None:
-            raise
-        raise numpy_error from None
+    except Exception as tensor_error:
+        try:
+            result = _per_element(torch, mod, tensors)
+        except Exception:
+            raise (tensor_error if numpy_error is None else numpy_error) from None
     if isinstance(result, torch.Tensor):
         return result.detach().cpu().numpy()
     return np.asarray(result)
+
+
+def _per_element(torch, mod: Callable, tensors: list) -> object:
+    """``mod`` called as FlexAttention calls it, one element at a time under
+    ``torch.vmap``: for a mod whose ops only make sense on scalars (``torch.dot`` of rows
+    picked by ``q_idx``, a row of a captured table indexed twice)."""
+    shape = torch.broadcast_shapes(*(tensor.shape for tensor in tensors))
+    flat = [tensor.broadcast_to(shape).reshape(-1) for tensor in tensors]     # (R,) each
+    return torch.vmap(mod)(*flat).reshape(shape)
 
 
 def modified(score_mod: Callable, scores: np.ndarray, b: ArrayLike, h: ArrayLike,

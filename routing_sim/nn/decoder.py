@@ -12,7 +12,9 @@ option that depends on a position sees the token's place in the whole sequence, 
 round computes exactly the rows ``t .. t+T-1`` of whole-sequence causal attention:
 
 * ALiBi (``alibi_slopes``) and RoPE (``rope``) place query ``i`` of the round at
-  ``t + i`` through the bottom-right alignment; ``position_ids`` given to a round (as a
+  ``t + i`` through the bottom-right alignment (on a FlashAttention-layout cache, RoPE
+  comes as ``rotary_cos``/``rotary_sin`` tables read at each token's slot, and ALiBi
+  slopes may differ per sequence); ``position_ids`` given to a round (as a
   model passes them, per batch element) place its tokens for RoPE instead, and the cache
   keeps every key's position for the rounds after;
 * a ``window_size=(left, right)`` (FlashAttention's; aligned bottom-right, causal sets
@@ -37,10 +39,17 @@ from numpy.typing import ArrayLike
 
 from ..errors import InvalidArgumentError, ShapeError
 from ..inputs.mods import derivative
-from ..inputs.positions import check_position_ids
+from ..inputs.positions import RotaryEmbedding, check_alibi_slopes, check_position_ids
 from ..network.conditions import Network
 from ..network.messages import FORWARD
-from ..reference.kvcache import CacheLayout, check_new_tokens, check_tokens
+from ..reference.kvcache import (
+    CacheLayout,
+    check_new_tokens,
+    check_tokens,
+    query_slots,
+    rotary_tables,
+    rotate_new_keys,
+)
 from ..results.run import Run
 from ..routes.graphs import complete
 from ..routes.route_set import RouteSet
@@ -78,8 +87,9 @@ _REFUSED_WITH_CACHE = {
              "means; pass window_size",
     "mask_mod": "its indices would be the packed rows of the batch's sequences",
     "score_mod": "its indices would be the packed rows of the batch's sequences; pass softcap",
-    "rope": "a FlashAttention cache holds keys already rotated: rotate q and k before step "
-            "(rope.rotate), or use attention_with_kvcache's rotary_cos/rotary_sin",
+    "rope": "a FlashAttention cache holds keys already rotated: give the tables as "
+            "rotary_cos/rotary_sin (and rotary_interleaved), as attention_with_kvcache takes "
+            "them, and each step rotates its q and k at their slots",
     "enable_gqa": "grouped-query attention follows the head counts of q and the cache",
 }
 
@@ -143,6 +153,15 @@ class Decoder:
         The pages of each sequence (a paged cache); pages may be shared.
     cache_leftpad : array_like of int, shape (B,), optional
         Where each sequence starts: slots before it are never attended.
+    rotary_cos, rotary_sin : array_like, shape (seqlen_ro, rotary_dim / 2), optional
+        RoPE tables for a FlashAttention-layout cache, as
+        :func:`~routing_sim.attention_with_kvcache` takes them: each round turns its new
+        keys by the rows of their slots ``cache_seqlens[b] + t`` and stores them rotated,
+        and turns its queries by the same rows (features past ``rotary_dim`` pass
+        unchanged). A slot with no row is refused before the cache changes.
+    rotary_interleaved : bool
+        The tables' pairs: ``(0, 1), (2, 3), ...`` (GPT-J) if True, else ``(d, d +
+        rotary_dim / 2)`` (GPT-NeoX).
     graph : RouteSet, optional
         A self-attention route set over the whole sequence (``n_queries == n_keys == N``,
         one group, e.g. ``rs.patterns.sliding_window(N, 4)``); a round reads its rows at
@@ -161,7 +180,9 @@ class Decoder:
         ``top_k``, ``empty_rows``, ``trace``, ``delivery``, ``engine``, ``seed``,
         ``sinks``, ``window_size`` (a local window: each round sends messages only on the
         window's routes, so a step costs O(left) messages however long the cache grows),
-        ``softcap``.
+        ``softcap``. On a FlashAttention-layout cache ``alibi_slopes`` may be ``(B, H)``,
+        one row per sequence, and ALiBi counts a key's position from its sequence's left
+        pad.
 
     Raises
     ------
@@ -175,8 +196,10 @@ class Decoder:
         batch dims are the sequences), a networkx ``graph`` or a cross-attention or per-head
         RouteSet; and for a keyword :func:`~routing_sim.simulate` does not take. With a
         FlashAttention-layout cache also ``graph``, ``mask_mod``, ``score_mod``, ``rope``
-        (the cache holds rotated keys), ``enable_gqa`` (it follows the head counts) and a
-        network with crashes; and the cache's own errors (as ``attention_with_kvcache``).
+        (the cache holds rotated keys: give ``rotary_cos``/``rotary_sin``), ``enable_gqa``
+        (it follows the head counts) and a network with crashes; and the cache's own errors
+        (as ``attention_with_kvcache``). ``rotary_cos``/``rotary_sin`` without a
+        FlashAttention-layout cache (pass ``rope``).
 
     Examples
     --------
@@ -239,6 +262,22 @@ class Decoder:
     (True, [4, 2])
     >>> sorted(route.label for route in step.run.routing_table(1, head=0).routes)
     ['seq 1 page 3 slot 0', 'seq 1 page 3 slot 1']
+
+    With RoPE tables (a row per slot) and ALiBi slopes per sequence, each new key is
+    rotated at its slot and stored so:
+
+    >>> angle = rng.random((8, 2)) * np.pi                          # 8 slots, rotary_dim 4
+    >>> cache = rng.normal(size=(2, 2, 8, 1, 4))                    # k_cache, v_cache
+    >>> before = cache.copy()
+    >>> decoder = Decoder(k_cache=cache[0], v_cache=cache[1], cache_seqlens=[2, 5],
+    ...                   rotary_cos=np.cos(angle), rotary_sin=np.sin(angle),
+    ...                   alibi_slopes=[[0.5], [0.25]])
+    >>> step = decoder.step(q, k, v)
+    >>> expected = attention_with_kvcache(q, *before, k, v, cache_seqlens=[2, 5], causal=True,
+    ...                                   rotary_cos=np.cos(angle), rotary_sin=np.sin(angle),
+    ...                                   alibi_slopes=[[0.5], [0.25]])
+    >>> bool(np.allclose(step.output, expected, rtol=1e-12)), bool((before == cache).all())
+    (True, True)
     """
 
     def __init__(self, *, graph: RouteSet | None = None, mask_mod: Callable | None = None,
@@ -246,7 +285,8 @@ class Decoder:
                  k_cache: ArrayLike | None = None, v_cache: ArrayLike | None = None,
                  cache_seqlens: ArrayLike | int | None = None,
                  block_table: ArrayLike | None = None, cache_leftpad: ArrayLike | None = None,
-                 **options) -> None:
+                 rotary_cos: ArrayLike | None = None, rotary_sin: ArrayLike | None = None,
+                 rotary_interleaved: bool = True, **options) -> None:
         for name in options:
             if name in _REFUSED:
                 raise InvalidArgumentError(f"Decoder does not take {name}: {_REFUSED[name]}")
@@ -277,9 +317,11 @@ class Decoder:
         self.cache: CacheLayout | None = None    # a FlashAttention-layout cache, if given
         self.cache_seqlens: np.ndarray | None = None  # (B,) its sequences' lengths
         self.cache_leftpad: np.ndarray | None = None  # (B,)
+        self.rotary: RotaryEmbedding | None = None    # the cache's cos/sin tables, if given
         if k_cache is None and v_cache is None:
             for name, given in (("cache_seqlens", cache_seqlens), ("block_table", block_table),
-                                ("cache_leftpad", cache_leftpad)):
+                                ("cache_leftpad", cache_leftpad), ("rotary_cos", rotary_cos),
+                                ("rotary_sin", rotary_sin)):
                 if given is not None:
                     raise InvalidArgumentError(f"{name} describes a FlashAttention-layout "
                                                "cache: give k_cache and v_cache with it")
@@ -302,6 +344,7 @@ class Decoder:
                                        block_table=block_table)
         self.cache_seqlens, self.cache_leftpad = self.cache.sequences(
             0 if cache_seqlens is None else cache_seqlens, cache_leftpad, 0)
+        self.rotary = rotary_tables(rotary_cos, rotary_sin, rotary_interleaved)
 
     def __len__(self) -> int:
         """The tokens in the cache (the longest sequence's, on a FlashAttention cache)."""
@@ -431,6 +474,18 @@ class Decoder:
             raise ShapeError(f"a round adds tokens with a query, key and value each: query "
                              f"has {count} new tokens but key has {keys.shape[1]}")
         lengths, leftpad = cache.sequences(self.cache_seqlens, self.cache_leftpad, count)
+        options = dict(self.options)
+        if options.get("alibi_slopes") is not None:   # (B, H): one row per packed sequence
+            slopes = check_alibi_slopes(options["alibi_slopes"], (n_batch, heads))
+            options["alibi_slopes"] = slopes if slopes.ndim < 2 else \
+                np.broadcast_to(slopes, (n_batch, heads))
+        if self.rotary is not None:
+            # FlashAttention's order: k is rotated at its slot, then stored; q turns at the
+            # same slots (a Decoder is causal). Checked before the cache changes.
+            keys = rotate_new_keys(self.rotary, keys, lengths)              # (B, T, H_kv, D)
+            slots = query_slots(lengths, count, local=True)                 # (B, T)
+            queries = self.rotary.rotate(queries.transpose(0, 2, 1, 3), slots[:, None, :]
+                                         ).transpose(0, 2, 1, 3)            # (B, T, H, D)
         for b in range(n_batch):
             cache.write(b, int(lengths[b]), keys[b], values[b])
         kind = "row" if cache.block_table is None else "page"
@@ -449,7 +504,7 @@ class Decoder:
                        cu_seqlens_q=np.arange(n_batch + 1) * count,
                        cu_seqlens_k=np.concatenate([[0], np.cumsum(n_keys)]),
                        labels=labels, key_labels=key_labels, network=self.network,
-                       **self.options)
+                       **options)
         output = run.output.reshape(heads, n_batch, count, -1).transpose(1, 2, 0, 3)
         self.cache_seqlens = lengths + count
         self.messages += run.stats.total_messages

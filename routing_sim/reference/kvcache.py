@@ -25,7 +25,8 @@ from ..inputs.sinks import group_sinks
 from ..options import Numerics
 from .matrix import attention
 
-__all__ = ["CacheLayout", "attention_with_kvcache", "check_new_tokens", "check_tokens"]
+__all__ = ["CacheLayout", "attention_with_kvcache", "check_new_tokens", "check_tokens",
+           "query_slots", "rotary_tables", "rotate_new_keys"]
 
 
 def _indices(name: str, values: ArrayLike, shape: tuple[int, ...]) -> np.ndarray:
@@ -295,30 +296,24 @@ def attention_with_kvcache(
     lengths, leftpad = layout.sequences(cache_seqlens, cache_leftpad, n_new)
     slopes = None if alibi_slopes is None else check_alibi_slopes(alibi_slopes,
                                                                   (n_batch, heads))
-    rope = _rotary(rotary_cos, rotary_sin, rotary_interleaved, new_keys)
+    rope = rotary_tables(rotary_cos, rotary_sin, rotary_interleaved)
+    if rope is not None and new_keys is None:
+        raise InvalidArgumentError("rotary_cos/rotary_sin rotate the new k and q: they need k "
+                                   "and v (the cached keys were rotated when appended)")
     local = causal or check_window_size(window_size) is not None
     if sinks is not None:
         group_sinks(sinks, (heads,), queries.dtype)       # refused before the cache changes
-    if rope is not None:
-        rope.check_positions("the new keys' slots (cache_seqlens + t)",
-                             lengths[:, None] + np.arange(n_new))      # (B, L_new)
     queries_by_head = queries.transpose(0, 2, 1, 3)                    # (B, H, Lq, D)
+    if rope is not None and new_keys is not None:
+        new_keys = rotate_new_keys(rope, new_keys, lengths)            # (B, L_new, H_kv, D)
+        positions = query_slots(lengths, n_queries, local)             # (B, Lq)
+        rope.check_positions("the queries' slots (cache_seqlens + i)", positions)
+        queries_by_head = rope.rotate(queries_by_head, positions[:, None, :])
     if new_keys is not None and new_values is not None:
         # Every append lands before any sequence reads: a page two sequences share reads
         # the same whichever sequence comes first.
         for b in range(n_batch):
-            appended = new_keys[b]                                     # (L_new, H_kv, D)
-            if rope is not None:
-                slots = lengths[b] + np.arange(n_new)                  # (L_new,)
-                appended = rope.rotate(appended.transpose(1, 0, 2), slots).transpose(1, 0, 2)
-            layout.write(b, int(lengths[b]), appended, new_values[b])
-    if rope is not None:
-        # FlashAttention's rule: queries sit at their own slots only when the mask looks
-        # at positions (causal or local); otherwise all at the first new slot.
-        offsets = np.arange(n_queries) if local else np.zeros(n_queries, np.int64)
-        positions = lengths[:, None] + offsets                         # (B, Lq)
-        rope.check_positions("the queries' slots (cache_seqlens + i)", positions)
-        queries_by_head = rope.rotate(queries_by_head, positions[:, None, :])
+            layout.write(b, int(lengths[b]), new_keys[b], new_values[b])
     outputs, lses = [], []
     for b in range(n_batch):
         start, end = int(leftpad[b]), int(lengths[b])
@@ -379,16 +374,39 @@ def _cache_seqlens(cache_seqlens: ArrayLike | int | None, n_batch: int, capacity
     return lengths
 
 
-def _rotary(rotary_cos: ArrayLike | None, rotary_sin: ArrayLike | None, interleaved: bool,
-            new_keys: np.ndarray | None) -> RotaryEmbedding | None:
-    """The rotary embedding of the cos/sin tables, or None."""
+def rotary_tables(rotary_cos: ArrayLike | None, rotary_sin: ArrayLike | None,
+                  interleaved: bool) -> RotaryEmbedding | None:
+    """The rotary embedding of FlashAttention's ``rotary_cos``/``rotary_sin`` tables
+    ``(seqlen_ro, rotary_dim / 2)``, or None when neither is given.
+
+    Examples
+    --------
+    >>> angle = np.arange(4)[:, None] * np.array([[1.0, 0.1]])       # 4 positions, R = 4
+    >>> rotary_tables(np.cos(angle), np.sin(angle), True).layout
+    'interleaved'
+    """
     if rotary_cos is None and rotary_sin is None:
         return None
     if rotary_cos is None or rotary_sin is None:
         raise InvalidArgumentError("rotary_cos and rotary_sin come together: give both or "
                                    "neither")
-    if new_keys is None:
-        raise InvalidArgumentError("rotary_cos/rotary_sin rotate the new k and q: they need k "
-                                   "and v (the cached keys were rotated when appended)")
     return RotaryEmbedding.from_tables(rotary_cos, rotary_sin,
                                        layout="interleaved" if interleaved else "half")
+
+
+def rotate_new_keys(rope: RotaryEmbedding, keys: np.ndarray, lengths: np.ndarray
+                    ) -> np.ndarray:
+    """New keys ``(B, L_new, H_kv, D)`` turned by the table rows of their slots
+    ``cache_seqlens[b] + t`` (refused, naming them, when a slot has no row)."""
+    slots = lengths[:, None] + np.arange(keys.shape[1])                 # (B, L_new)
+    rope.check_positions("the new keys' slots (cache_seqlens + t)", slots)
+    by_head = keys.transpose(0, 2, 1, 3)                                # (B, H_kv, L_new, D)
+    return rope.rotate(by_head, slots[:, None, :]).transpose(0, 2, 1, 3).astype(keys.dtype)
+
+
+def query_slots(lengths: np.ndarray, n_queries: int, local: bool) -> np.ndarray:
+    """FlashAttention's rotary positions of the queries ``(B, Lq)``: their own slots
+    ``cache_seqlens[b] + i`` when the mask looks at positions (causal or a window), else
+    all at the first new slot ``cache_seqlens[b]``."""
+    offsets = np.arange(n_queries) if local else np.zeros(n_queries, np.int64)
+    return lengths[:, None] + offsets                                   # (B, Lq)

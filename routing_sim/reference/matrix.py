@@ -89,7 +89,9 @@ def attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
     alibi_slopes : array_like, shape (H,) or (B, H), optional
         ALiBi: add ``-alibi_slopes[h] · |pos_i - j|`` to head ``h``'s scores (heads are the
         last batch dim; positions follow ``causal_alignment``). ``(B, H)`` gives each batch
-        element its own slopes, as FlashAttention takes them.
+        element its own slopes, as FlashAttention takes them; with ``cu_seqlens`` and
+        inputs ``(H, total, E)``, ``(n_seqs, H)`` gives each packed sequence its own, as
+        ``flash_attn_varlen_func`` takes them.
     alibi_mode : {"symmetric", "signed"}
         ``"symmetric"``: ``-m · |pos_i - j|``, FlashAttention's convention. ``"signed"``:
         ``m · (j - pos_i)``, the ALiBi paper's and FlexAttention's (attention-gym); a key

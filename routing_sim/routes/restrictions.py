@@ -83,8 +83,8 @@ def sparse_routes(graph: nx.DiGraph | RouteSet | None, mask_mod: Callable | None
         query_position, key_position = (
             query_positions(n_queries, n_keys, causal_alignment), np.arange(n_keys)
         ) if spans is None else (spans.query_positions, spans.key_positions)
-        alibi = _alibi(alibi_slopes, routes, query_position, key_position, alibi_mode
-                       ).astype(dtype)
+        alibi = _alibi(alibi_slopes, routes, query_position, key_position, alibi_mode,
+                       spans).astype(dtype)
         bias = alibi if bias is None else bias + alibi
     return SparseRoutes(routes, bias, None if keep is None else _gather(keep, routes))
 
@@ -133,11 +133,38 @@ def _gather(array: np.ndarray, routes: RouteSet) -> np.ndarray:
 
 
 def _alibi(slopes, routes: RouteSet, query_position: np.ndarray, key_position: np.ndarray,
-           mode: str) -> np.ndarray:
+           mode: str, spans: KeySpans | None = None) -> np.ndarray:
     """ALiBi's ``slope · alibi_distance`` per route between the tokens' positions ``(L,)``
-    and ``(S,)``; slopes ``(H,)`` or ``(B, H)`` (heads are the last batch dim)."""
+    and ``(S,)``; slopes ``(H,)`` or ``(B, H)`` (heads are the last batch dim), or with
+    packed sequences and inputs ``(H, total, E)`` one row per sequence ``(n_seqs, H)``, as
+    FlashAttention's varlen functions take them."""
+    group, query = np.divmod(routes.query_node, routes.n_queries)      # (R,) x2
+    distance = alibi_distance(query_position[query], key_position[routes.indices], mode)
+    per_sequence = _per_sequence_slopes(slopes, routes.batch_shape, spans)
+    if per_sequence is not None and spans is not None:                 # (n_seqs, H)
+        head = group % routes.batch_shape[-1] if routes.batch_shape else np.zeros_like(group)
+        return 0.0 + per_sequence[spans.query_sequence[query], head] * distance
     per_group = np.broadcast_to(check_alibi_slopes(slopes, routes.batch_shape),
                                 routes.batch_shape).reshape(-1)        # (G,)
-    group, query = np.divmod(routes.query_node, routes.n_queries)      # (R,) x2
-    return 0.0 + per_group[group] * alibi_distance(query_position[query],
-                                                   key_position[routes.indices], mode)
+    return 0.0 + per_group[group] * distance
+
+
+def _per_sequence_slopes(slopes, batch_shape: tuple[int, ...], spans: KeySpans | None
+                         ) -> np.ndarray | None:
+    """Slopes ``(n_seqs, H)`` of packed sequences, or None when they are not that: only
+    inputs with no batch dim besides the heads (``(H, total, E)``, FlashAttention's
+    ``(total, H, D)``) read a 2-D slope table by sequence; ``(B, H, ...)`` inputs keep
+    reading it by batch element."""
+    table = np.asarray(slopes, dtype=np.float64)
+    if spans is None or table.ndim != 2 or len(batch_shape) > 1:
+        return None
+    heads = batch_shape[-1] if batch_shape else 1
+    if table.shape != (spans.n_sequences, heads):
+        if spans.n_sequences < 2:            # not packed: check_alibi_slopes says what fits
+            return None
+        raise ShapeError(f"alibi_slopes of shape {table.shape} does not fit {spans.n_sequences} "
+                         f"packed sequences of {heads} heads: give (H,) or (n_seqs, H) = "
+                         f"{(spans.n_sequences, heads)}")
+    if not np.isfinite(table).all():
+        raise ShapeError(f"alibi_slopes must be finite slopes, got {table.tolist()}")
+    return table

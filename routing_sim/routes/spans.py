@@ -36,6 +36,8 @@ class KeySpans:
     stop: np.ndarray              # (L,) one past its last key (stop >= start)
     query_positions: np.ndarray   # (L,) each query's position in its sequence's key axis
     key_positions: np.ndarray     # (S,) each key's position in its sequence
+    query_sequence: np.ndarray    # (L,) the packed sequence that owns each query
+    n_sequences: int = 1          # packed sequences (1 without cu_seqlens)
 
     def routes(self) -> RouteSet:
         """The spans as a one-group route set."""
@@ -95,4 +97,5 @@ def key_spans(n_queries: int, n_keys: int, window: Window | None,
             stop = np.minimum(stop, first_key + bottom + right + 1)
     stop = np.maximum(stop, start)                                     # empty, not negative
     key_owner = np.searchsorted(key_start, np.arange(n_keys), side="right") - 1   # (S,)
-    return KeySpans(start, stop, aligned, np.arange(n_keys) - key_start[key_owner])
+    return KeySpans(start, stop, aligned, np.arange(n_keys) - key_start[key_owner], owner,
+                    len(query_start) - 1)
