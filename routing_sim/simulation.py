@@ -54,6 +54,9 @@ from .trace.stats import Stats
 
 __all__ = ["collect", "simulate"]
 
+# The network when none is given: a Network is frozen, so one instance serves every run.
+_IDEAL_NETWORK = Network()
+
 
 @small_pages()
 def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
@@ -220,7 +223,7 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
     check_choice("trace", trace, TRACE_DETAILS)
     score_mod = flash_softcap(softcap, score_mod, numerics)
     if network is None:
-        network = Network()
+        network = _IDEAL_NETWORK
     elif not isinstance(network, Network):
         raise InvalidArgumentError(f"network must be a routing_sim.Network, got "
                                    f"{type(network).__name__}")
