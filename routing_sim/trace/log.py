@@ -75,6 +75,7 @@ class Trace:
         self.latency_histogram = dict(zip(self.kinds, histograms))
         self.node_bytes = np.zeros((routes.n_groups * routes.span, 2), np.int64)  # sent, received
         self._routes = routes
+        # a whole wave's (sent, received) routes per node: towards the key, and back
         self._wave_counts: tuple[np.ndarray, np.ndarray] | None = None
         self._parts: list[tuple] = []
         self._columns: dict[str, np.ndarray] | None = None
@@ -119,13 +120,14 @@ class Trace:
         size = self.nbytes_of[kind]
         if len(routes) == len(self._routes):   # every route once: the counts never change
             if self._wave_counts is None:
-                self._wave_counts = self._routes.route_counts()
-            asker, answerer = self._wave_counts
-            sent, received = (asker, answerer) if kind.to_key else (answerer, asker)
-        else:
-            senders, receivers = self._routes.endpoints(kind, routes)
-            sent = np.bincount(senders, minlength=len(self.node_bytes))
-            received = np.bincount(receivers, minlength=len(self.node_bytes))
+                asker, answerer = self._routes.route_counts()
+                self._wave_counts = (np.stack([asker, answerer], axis=1),  # (nodes, 2)
+                                     np.stack([answerer, asker], axis=1))
+            self.node_bytes += self._wave_counts[0 if kind.to_key else 1] * size
+            return
+        senders, receivers = self._routes.endpoints(kind, routes)
+        sent = np.bincount(senders, minlength=len(self.node_bytes))
+        received = np.bincount(receivers, minlength=len(self.node_bytes))
         self.node_bytes[:, 0] += sent * size
         self.node_bytes[:, 1] += received * size
 

@@ -51,6 +51,13 @@ def settle(table: RouteTable, routes: np.ndarray, times: np.ndarray, settled: np
 
     ``latest`` keeps, per node, the time of its latest settled route.
     """
+    one = constant(times)
+    if len(routes) == len(table) and one is not None:   # a whole wave at one instant
+        counts = table.routes_per_node()
+        settled += counts
+        asked = counts > 0
+        np.fmax(latest, one, out=latest, where=asked)
+        return np.flatnonzero(asked & (settled == needed))
     if len(routes) == len(table):                 # every route once (a whole wave)
         counts, nodes = table.routes_per_node(), None
     else:
@@ -58,7 +65,6 @@ def settle(table: RouteTable, routes: np.ndarray, times: np.ndarray, settled: np
         counts = np.bincount(nodes, minlength=len(settled))            # (G·L,)
     touched = np.flatnonzero(counts)
     settled[touched] += counts[touched]
-    one = constant(times)
     if one is not None or (len(times) and times.min() == times.max()):  # one instant
         latest[touched] = np.fmax(latest[touched], times[0])
     else:
