@@ -170,10 +170,11 @@ def check(needed: MemoryEstimate, what: str, way_out: str) -> None:
     ...
     routing_sim.errors.MemoryBudgetError: a huge run would need about 4194304.0 TB ...
     """
-    if not os.environ.get(ENVIRONMENT) and needed.total * SMALL_SHARE <= _LAST_READING[0]:
+    system = not os.environ.get(ENVIRONMENT)
+    if system and needed.total * SMALL_SHARE <= _LAST_READING[0]:
         return                       # a small run: reading /proc again costs more than it
     budget, source = available_memory()
-    if not os.environ.get(ENVIRONMENT):
+    if system:
         _LAST_READING[0] = budget
     if needed.total > budget:
         raise MemoryBudgetError(f"{what} would need about {needed} but {format_bytes(budget)} "
