@@ -152,9 +152,9 @@ class TwoPhaseNodes(ForwardNodes):
             return
         if state.tiles is not None:
             tiled_shares(state)                        # first, before any node's own shares
-        whole = ready[self.dead_routes[ready] == 0]
+        whole, lossy = self._by_losses(ready)
         parts = [allocate_whole(state, whole)] if len(whole) else []
-        parts += [allocate(state, int(node)) for node in ready[self.dead_routes[ready] > 0]]
+        parts += [allocate(state, int(node)) for node in lossy]
         pulls = parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else \
             np.zeros(0, np.int64)
         barrier = state.barrier_time[ready]
@@ -177,6 +177,15 @@ class TwoPhaseNodes(ForwardNodes):
             for node in ready:
                 aggregate(state, int(node))
             return
-        pull_whole(state, ready[self.dead_routes[ready] == 0])
-        for node in ready[self.dead_routes[ready] > 0]:
+        whole, lossy = self._by_losses(ready)
+        pull_whole(state, whole)
+        for node in lossy:
             aggregate(state, int(node))
+
+    def _by_losses(self, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``nodes`` split into those that lost no route and those that lost some (routes
+        are lost only where requests are retried: never on a network without faults)."""
+        if not self._retrying:
+            return nodes, nodes[:0]
+        lost = self.dead_routes[nodes] > 0
+        return nodes[~lost], nodes[lost]
