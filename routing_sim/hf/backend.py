@@ -66,6 +66,7 @@ _BOOKKEEPING = frozenset({
 # Keywords only flash-attention kernels read, which cannot change what attention computes:
 # ModernBERT's ``deterministic`` picks flash-attention's deterministic backward kernel.
 _KERNEL_ONLY = frozenset({"deterministic"})
+_KNOWN = _BOOKKEEPING | _KERNEL_ONLY
 _DTYPES = (torch.float32, torch.float64)
 _ATTENTION_KEYWORDS = frozenset(inspect.signature(attention).parameters)
 _OPTIONS: dict[str, dict[str, Any]] = {}
@@ -231,10 +232,10 @@ def _weights_requested(kwargs: dict) -> bool:
 
 
 def _refuse_unknown(module, kwargs: dict) -> None:
-    family = getattr(getattr(module, "config", None), "model_type", None)
-    of_family = f" of model family {family!r}" if family else ""
     for argument, value in kwargs.items():
-        if argument not in _BOOKKEEPING | _KERNEL_ONLY and value is not None:
+        if argument not in _KNOWN and value is not None:
+            family = getattr(getattr(module, "config", None), "model_type", None)
+            of_family = f" of model family {family!r}" if family else ""
             shown = (f"a {type(value).__name__} of shape {tuple(value.shape)}"
                      if isinstance(value, torch.Tensor) else repr(value))
             raise InvalidArgumentError(
