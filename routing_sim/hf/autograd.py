@@ -92,7 +92,7 @@ class _SimulatedAttention(torch.autograd.Function):
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:
-    return tensor.detach().cpu().numpy()
+    return tensor.numpy(force=True)              # detached, on the CPU: a view when it can
 
 
 def _sum_to(gradient: np.ndarray, shape: torch.Size) -> np.ndarray:
