@@ -54,6 +54,9 @@ from .trace.stats import Stats
 
 __all__ = ["collect", "simulate"]
 
+# The network when none is given: a Network is frozen, so one instance serves every run.
+_IDEAL_NETWORK = Network()
+
 
 @small_pages()
 def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
@@ -220,7 +223,7 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
     check_choice("trace", trace, TRACE_DETAILS)
     score_mod = flash_softcap(softcap, score_mod, numerics)
     if network is None:
-        network = Network()
+        network = _IDEAL_NETWORK
     elif not isinstance(network, Network):
         raise InvalidArgumentError(f"network must be a routing_sim.Network, got "
                                    f"{type(network).__name__}")
@@ -422,19 +425,21 @@ def _token_name(side: str, position: int, label: str | None) -> str:
 
 def _stats(log: Trace, transport: Transport | Wire, nodes: ForwardNodes | PlainEngine,
            routes: RouteTable, completed: np.ndarray) -> Stats:
-    per_kind = lambda numbers: {kind.name: int(numbers[kind]) for kind in log.kinds}  # noqa: E731
+    kinds = log.kinds
+    names = [kind.name for kind in kinds]
+    per_kind = lambda numbers: dict(zip(names, map(int, numbers)))  # noqa: E731
+    fates = np.array([log.fates[kind] for kind in kinds])              # (kinds, fates)
     return Stats(
-        messages=per_kind(log.counts),
-        bytes={kind.name: count for kind, count in log.bytes.items()},
+        messages=per_kind(log.counts[kind] for kind in kinds),
+        bytes=per_kind(log.bytes.values()),
         makespan=float(completed.max(initial=0.0)),
         events=transport.events, delivery=transport.mode, routes=len(routes),
-        lost=per_kind({kind: log.fates[kind][Fate.LOST] for kind in log.kinds}),
-        duplicated=per_kind(log.duplicates),
-        retransmitted=per_kind({kind: nodes.retransmissions.get(kind, 0) for kind in log.kinds}),
-        dropped=per_kind({kind: log.fates[kind][Fate.SENDER_DOWN]
-                          + log.fates[kind][Fate.RECEIVER_DOWN] for kind in log.kinds}),
+        lost=per_kind(fates[:, Fate.LOST]),
+        duplicated=per_kind(log.duplicates[kind] for kind in kinds),
+        retransmitted=per_kind(nodes.retransmissions.get(kind, 0) for kind in kinds),
+        dropped=per_kind(fates[:, Fate.SENDER_DOWN] + fates[:, Fate.RECEIVER_DOWN]),
         ignored=nodes.ignored,
-        latency={kind.name: log.latency_percentiles(kind) for kind in log.kinds},
+        latency=dict(zip(names, map(log.latency_percentiles, kinds))),
         node_bytes=log.node_bytes.reshape(routes.n_groups, routes.span, 2),
     )
 

@@ -43,6 +43,10 @@ MESSAGE_BYTES = {"two_phase": 112, "online": 200}  # per message of a full trace
 MASK_BYTES = 4         # per (G, L, S) entry: the bool mask and its temporaries (measured 4)
 MESSAGES_PER_ROUTE = 4                            # QUERY, SCORE, PULL, VALUE
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+# A run needing at most 1/SMALL_SHARE of the system budget last read is not checked again:
+# the files behind the budget cost more to read than such a run (a decoding step) takes.
+SMALL_SHARE = 1024
+_LAST_READING = [0]                  # the system budget at the last full check (bytes)
 
 
 @dataclass(frozen=True)
@@ -166,7 +170,12 @@ def check(needed: MemoryEstimate, what: str, way_out: str) -> None:
     ...
     routing_sim.errors.MemoryBudgetError: a huge run would need about 4194304.0 TB ...
     """
+    system = not os.environ.get(ENVIRONMENT)
+    if system and needed.total * SMALL_SHARE <= _LAST_READING[0]:
+        return                       # a small run: reading /proc again costs more than it
     budget, source = available_memory()
+    if system:
+        _LAST_READING[0] = budget
     if needed.total > budget:
         raise MemoryBudgetError(f"{what} would need about {needed} but {format_bytes(budget)} "
                                 f"is available ({source}); {way_out}; or set {ENVIRONMENT} "

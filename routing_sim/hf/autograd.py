@@ -44,9 +44,23 @@ def simulated_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Ten
     >>> bool(torch.allclose(q.grad, torch.from_numpy(expected), rtol=1e-10, atol=1e-12))
     True
     """
-    holder: list[Run] = []
-    output = _SimulatedAttention.apply(query, key, value, mask, sinks, arguments, holder)
-    return output, holder[0]
+    inputs = (query, key, value, mask, sinks)
+    if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in inputs):
+        holder: list[Run] = []
+        output = _SimulatedAttention.apply(query, key, value, mask, sinks, arguments, holder)
+        return output, holder[0]
+    # Nothing to differentiate (inference, a decoding step): no autograd node to build.
+    run = _simulate(query, key, value, mask, sinks, arguments)
+    return torch.from_numpy(run.output).to(query.device), run
+
+
+def _simulate(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+              mask: torch.Tensor | None, sinks: torch.Tensor | None,
+              arguments: dict[str, Any]) -> Run:
+    """``simulate`` on the tensors' float data."""
+    return simulate(_numpy(query), _numpy(key), _numpy(value),
+                    attn_mask=None if mask is None else _numpy(mask),
+                    sinks=None if sinks is None else _numpy(sinks), **arguments)
 
 
 class _SimulatedAttention(torch.autograd.Function):
@@ -56,10 +70,7 @@ class _SimulatedAttention(torch.autograd.Function):
     def forward(ctx: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 mask: torch.Tensor | None, sinks: torch.Tensor | None,
                 arguments: dict[str, Any], holder: list[Run]) -> torch.Tensor:
-        attn_mask = None if mask is None else _numpy(mask)
-        sink_logits = None if sinks is None else _numpy(sinks)
-        run = simulate(_numpy(query), _numpy(key), _numpy(value), attn_mask=attn_mask,
-                       sinks=sink_logits, **arguments)
+        run = _simulate(query, key, value, mask, sinks, arguments)
         ctx.run, ctx.mask_shape = run, None if mask is None else mask.shape
         ctx.sinks_dtype = None if sinks is None else sinks.dtype
         holder.append(run)
@@ -81,7 +92,7 @@ class _SimulatedAttention(torch.autograd.Function):
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:
-    return tensor.detach().cpu().numpy()
+    return tensor.numpy(force=True)              # detached, on the CPU: a view when it can
 
 
 def _sum_to(gradient: np.ndarray, shape: torch.Size) -> np.ndarray:

@@ -21,8 +21,8 @@ PyTorch SDPA receives, and reads them the way SDPA does:
 - ``indices`` (DeepSeek sparse attention's indexer: the keys ``(B, L, k)`` each query
   selected) removes every route to a key its query did not select, as the family's own
   eager path does with its mask;
-- ``scaling``, grouped-query heads (``module.num_key_value_groups``: the key/value heads
-  are repeated for their query heads) and, in training, ``dropout`` (routing_sim's
+- ``scaling``, grouped-query heads (``module.num_key_value_groups``: ``enable_gqa``, each
+  key/value head serving its group of query heads) and, in training, ``dropout`` (routing_sim's
   dropout: routes dropped out after the softmax, the kept ones scaled by ``1 / (1 - p)``, the draw
   seeded from torch's generator) carry over.
 
@@ -66,6 +66,7 @@ _BOOKKEEPING = frozenset({
 # Keywords only flash-attention kernels read, which cannot change what attention computes:
 # ModernBERT's ``deterministic`` picks flash-attention's deterministic backward kernel.
 _KERNEL_ONLY = frozenset({"deterministic"})
+_KNOWN = _BOOKKEEPING | _KERNEL_ONLY
 _DTYPES = (torch.float32, torch.float64)
 _ATTENTION_KEYWORDS = frozenset(inspect.signature(attention).parameters)
 _OPTIONS: dict[str, dict[str, Any]] = {}
@@ -163,12 +164,9 @@ def _attention_function(name: str):
             attention_mask = _selected(attention_mask, indices, causal, n_keys)
             causal = False                                  # the mask now holds it
         bias = _additive_bias(attention_mask, position_bias, causal, n_queries, n_keys)
-        groups = getattr(module, "num_key_value_groups", 1)
-        if groups > 1:
-            # Each key/value head serves `groups` query heads. Repeating them here (as HF's
-            # SDPA path does) gives the same routes and bits as simulate's enable_gqa at half
-            # its cost today, and autograd sums the repeated heads' gradients back.
-            key, value = (x.repeat_interleave(groups, dim=1) for x in (key, value))
+        # Each key/value head serves `num_key_value_groups` query heads: simulate repeats
+        # them (the routes and bits of HF's repeat_kv) and sums their gradients back.
+        gqa = getattr(module, "num_key_value_groups", 1) > 1
         options = dict(_OPTIONS[name])
         if softcap is not None:
             options["score_mod"] = _softcap(softcap, options)
@@ -180,7 +178,7 @@ def _attention_function(name: str):
         if dropout:
             seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
         arguments = {"is_causal": causal and bias is None, "scale": scaling,
-                     "dropout_p": float(dropout), "seed": seed, **options}
+                     "dropout_p": float(dropout), "seed": seed, "enable_gqa": gqa, **options}
         mask = bias if bias is not None else attention_mask
         output, run = simulated_attention(query, key, value, mask, arguments, s_aux)
         if recorder is not None:
@@ -234,10 +232,10 @@ def _weights_requested(kwargs: dict) -> bool:
 
 
 def _refuse_unknown(module, kwargs: dict) -> None:
-    family = getattr(getattr(module, "config", None), "model_type", None)
-    of_family = f" of model family {family!r}" if family else ""
     for argument, value in kwargs.items():
-        if argument not in _BOOKKEEPING | _KERNEL_ONLY and value is not None:
+        if argument not in _KNOWN and value is not None:
+            family = getattr(getattr(module, "config", None), "model_type", None)
+            of_family = f" of model family {family!r}" if family else ""
             shown = (f"a {type(value).__name__} of shape {tuple(value.shape)}"
                      if isinstance(value, torch.Tensor) else repr(value))
             raise InvalidArgumentError(

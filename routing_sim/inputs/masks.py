@@ -131,7 +131,7 @@ def route_set(attn_mask: ArrayLike | None, is_causal: bool, causal_alignment: Ca
                                        "(as in PyTorch's scaled_dot_product_attention); "
                                        "build the causal part into the mask instead")
         mask = as_numpy("attn_mask", attn_mask)
-        if _broadcast_shape(mask.shape, target) != target:
+        if mask.shape != target and _broadcast_shape(mask.shape, target) != target:
             raise ShapeError(f"attn_mask of shape {mask.shape} does not broadcast to the "
                              f"scores' shape {target} (..., L, S)")
         if mask.dtype == bool:

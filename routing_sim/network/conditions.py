@@ -192,7 +192,8 @@ class Network:
         result is a scalar when they are, and ``message_ids`` may be None. ``sized=False``
         leaves out ``nbytes / bandwidth`` (a sender's NIC already spent it).
         """
-        delay = np.float64(base) if np.ndim(base) == 0 else np.asarray(base, np.float64)
+        delay = np.asarray(base, np.float64) if isinstance(base, np.ndarray) and base.ndim \
+            else np.float64(base)
         if self.bandwidth is not None and sized:
             delay = delay + np.asarray(nbytes, np.float64) / self.bandwidth
         if not (self.jitter > 0 or self.reorder > 0 or self.spike > 0):

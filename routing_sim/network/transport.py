@@ -54,6 +54,11 @@ END_RANK = 2**62
 END_OF_INSTANT = None
 
 
+def _scalar(value: np.ndarray | float) -> bool:
+    """``np.ndim(value) == 0`` for a number or an array, without numpy's dispatch."""
+    return not isinstance(value, np.ndarray) or value.ndim == 0
+
+
 def _unattached(_: Deliveries | Timers) -> None:
     raise RuntimeError("no token nodes are attached to this transport")
 
@@ -115,9 +120,9 @@ class Outbox:
         """
         if len(routes) == 0:
             return
-        ready = uniform(float(ready), len(routes)) if np.ndim(ready) == 0 else \
+        ready = uniform(float(ready), len(routes)) if _scalar(ready) else \
             np.asarray(ready, np.float64)
-        attempts = None if np.ndim(attempt) == 0 and attempt == 0 else \
+        attempts = None if _scalar(attempt) and attempt == 0 else \
             np.broadcast_to(np.asarray(attempt, np.int64), routes.shape)
         self._outbox.append(Deliveries(kind, routes, ready, ready, attempts,
                                        n_routes=self.n_routes))
@@ -182,7 +187,7 @@ class Outbox:
         delay = network.delays(ids, base, self.nbytes[batch.kind], sized=leave is None)
         one = constant(start)
         batch.arrive = uniform(one + float(delay), len(batch)) if one is not None and \
-            np.ndim(delay) == 0 else start + delay
+            _scalar(delay) else start + delay
         if fate is not None and (fate != Fate.DELIVERED).any():
             gone = fate != Fate.DELIVERED
             lost = batch.take(gone)
@@ -442,26 +447,30 @@ class Transport(Outbox):
         timers: dict[Kind, list[Timers]] = {}
         side: Literal["left", "right"] = "right" if self._inclusive else "left"
         waiting = []
-        while self._pending and self._inside(np.array([self._pending[0][0]]))[0]:
+        end, inclusive = self._window_end, self._inclusive
+        while self._pending and (self._pending[0][0] <= end if inclusive
+                                 else self._pending[0][0] < end):
             entry = heapq.heappop(self._pending)
             item = entry[2]
             if self._timers_wait and isinstance(item, Timers):
                 waiting.append(entry)
                 continue
             times = item.due if isinstance(item, Timers) else item.arrive
-            cut = len(times) if times[-1] < self._window_end or (
-                self._inclusive and times[-1] == self._window_end) else \
-                int(np.searchsorted(times, self._window_end, side=side))
-            rest: Deliveries | Timers
+            last = times[-1]
+            whole = last < end or (inclusive and last == end)
+            cut = len(times) if whole else int(np.searchsorted(times, end, side=side))
             if isinstance(item, Timers):
-                rest = Timers(item.kind, item.routes[cut:], item.attempts[cut:], item.due[cut:])
-                timers.setdefault(item.kind, []).append(
-                    Timers(item.kind, item.routes[:cut], item.attempts[:cut], item.due[:cut]))
+                timers.setdefault(item.kind, []).append(item if whole else Timers(
+                    item.kind, item.routes[:cut], item.attempts[:cut], item.due[:cut]))
+                if not whole:
+                    rest: Deliveries | Timers = Timers(item.kind, item.routes[cut:],
+                                                       item.attempts[cut:], item.due[cut:])
             else:
-                rest = item.take(slice(cut, None))
                 taken.setdefault((item.kind, item.received), []).append(
-                    item.take(slice(0, cut)))
-            if cut < len(times):
+                    item if whole else item.take(slice(0, cut)))
+                if not whole:
+                    rest = item.take(slice(cut, None))
+            if not whole:
                 heapq.heappush(self._pending, (times[cut], next(self._order), rest))
         for entry in waiting:
             heapq.heappush(self._pending, entry)

@@ -235,8 +235,9 @@ def prepare(query: ArrayLike, key: ArrayLike, value: ArrayLike,
         origin["sinks_shape"] = given.shape
 
     def flat(array: np.ndarray, tail: tuple[int, ...]) -> np.ndarray:
-        return np.ascontiguousarray(np.broadcast_to(array, (*batch_shape, *tail))
-                                    ).reshape(groups, *tail)
+        shape = (*batch_shape, *tail)
+        whole = array if array.shape == shape else np.broadcast_to(array, shape)
+        return np.ascontiguousarray(whole).reshape(groups, *tail)
 
     return Problem(
         query=flat(query, (n_queries, dim)),
@@ -317,6 +318,8 @@ def _share_kv_heads(query: np.ndarray, key: np.ndarray, value: np.ndarray, enabl
 
 
 def _broadcast(what: str, *shapes: tuple[int, ...]) -> tuple[int, ...]:
+    if all(shape == shapes[0] for shape in shapes):
+        return tuple(shapes[0])
     try:
         return tuple(np.broadcast_shapes(*shapes))
     except ValueError:

@@ -74,6 +74,7 @@ class RouteTable:
         self._asker: np.ndarray | None = None
         self._answerer: np.ndarray | None = None
         self._every: np.ndarray | None = None
+        self._per_node: np.ndarray | None = None
 
     @classmethod
     def from_csr(cls, indptr: np.ndarray, key_index: np.ndarray | None, n_groups: int,
@@ -97,7 +98,7 @@ class RouteTable:
         table._key_index = None if table.full else np.asarray(key_index).astype(
             table.index_type, copy=False)                              # (R,) j
         table._query_node = None                                       # built on first use
-        table._asker = table._answerer = table._every = None
+        table._asker = table._answerer = table._every = table._per_node = None
         return table
 
     @property
@@ -143,7 +144,11 @@ class RouteTable:
         return self.n_groups * self.n_queries
 
     def routes_per_node(self) -> np.ndarray:
-        return np.diff(self.indptr)                                    # (G·L,)
+        """``(G·L,)`` routes of every query node (read-only: a run asks for it often)."""
+        if self._per_node is None:
+            self._per_node = np.diff(self.indptr)                      # (G·L,)
+            self._per_node.flags.writeable = False
+        return self._per_node
 
     def empty_nodes(self, scores: np.ndarray) -> np.ndarray:
         """``(G·L,)`` bool: nodes with no route, or whose every route a score_mod removed

@@ -12,6 +12,7 @@ A full trace is also a sequence of :class:`Message` records: ``trace[0]``, ``len
 
 from __future__ import annotations
 
+import bisect
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -66,12 +67,15 @@ class Trace:
         self.detail = detail
         self.nbytes_of = nbytes
         self.kinds = tuple(nbytes)                                     # the kinds it logs
-        self.counts = {kind: 0 for kind in Kind}                       # put on the wire
-        self.fates = {kind: np.zeros(len(Fate), np.int64) for kind in Kind}
-        self.duplicates = {kind: 0 for kind in Kind}
-        self.latency_histogram = {kind: np.zeros(len(LATENCY_BINS) - 1, np.int64) for kind in Kind}
+        self.counts = {kind: 0 for kind in self.kinds}                 # put on the wire
+        fates = np.zeros((len(self.kinds), len(Fate)), np.int64)
+        self.fates = dict(zip(self.kinds, fates))
+        self.duplicates = {kind: 0 for kind in self.kinds}
+        histograms = np.zeros((len(self.kinds), len(LATENCY_BINS) - 1), np.int64)
+        self.latency_histogram = dict(zip(self.kinds, histograms))
         self.node_bytes = np.zeros((routes.n_groups * routes.span, 2), np.int64)  # sent, received
         self._routes = routes
+        # a whole wave's (sent, received) routes per node: towards the key, and back
         self._wave_counts: tuple[np.ndarray, np.ndarray] | None = None
         self._parts: list[tuple] = []
         self._columns: dict[str, np.ndarray] | None = None
@@ -88,8 +92,10 @@ class Trace:
             self.counts[kind] += len(batch)
             self.fates[kind][Fate.DELIVERED] += len(batch)
             sent, arrive = constant(batch.sent), constant(batch.arrive)
-            self._add_latency(kind, np.array([arrive - sent]) if sent is not None and
-                              arrive is not None else batch.arrive - batch.sent, len(batch))
+            if sent is not None and arrive is not None:                # one latency for all
+                self.latency_histogram[kind][_bin_of(arrive - sent)] += len(batch)
+            else:
+                self._add_latency(kind, batch.arrive - batch.sent, len(batch))
             self._add_bytes(kind, batch.routes)
         else:
             senders, receivers = self._routes.endpoints(kind, batch.routes)
@@ -114,13 +120,14 @@ class Trace:
         size = self.nbytes_of[kind]
         if len(routes) == len(self._routes):   # every route once: the counts never change
             if self._wave_counts is None:
-                self._wave_counts = self._routes.route_counts()
-            asker, answerer = self._wave_counts
-            sent, received = (asker, answerer) if kind.to_key else (answerer, asker)
-        else:
-            senders, receivers = self._routes.endpoints(kind, routes)
-            sent = np.bincount(senders, minlength=len(self.node_bytes))
-            received = np.bincount(receivers, minlength=len(self.node_bytes))
+                asker, answerer = self._routes.route_counts()
+                self._wave_counts = (np.stack([asker, answerer], axis=1),  # (nodes, 2)
+                                     np.stack([answerer, asker], axis=1))
+            self.node_bytes += self._wave_counts[0 if kind.to_key else 1] * size
+            return
+        senders, receivers = self._routes.endpoints(kind, routes)
+        sent = np.bincount(senders, minlength=len(self.node_bytes))
+        received = np.bincount(receivers, minlength=len(self.node_bytes))
         self.node_bytes[:, 0] += sent * size
         self.node_bytes[:, 1] += received * size
 
@@ -129,7 +136,7 @@ class Trace:
         if not len(latency):
             return
         if count is not None or latency.min() == latency.max():       # one bin for all
-            self.latency_histogram[kind][self._bin(latency[:1])[0]] += count or len(latency)
+            self.latency_histogram[kind][_bin_of(float(latency[0]))] += count or len(latency)
         else:
             self.latency_histogram[kind] += np.bincount(self._bin(latency),
                                                         minlength=len(LATENCY_BINS) - 1)
@@ -230,12 +237,16 @@ class Trace:
             return {f"p{q}": float(np.percentile(latency, q, method="inverted_cdf"))
                     for q in quantiles} | {"max": float(latency.max())}
         counts = self.latency_histogram[kind]
-        if not counts.sum():
+        filled = np.flatnonzero(counts)
+        if not filled.size:
             return {}
+        if filled.size == 1 and min(quantiles) > 0:                   # one bin holds all
+            edge = float(LATENCY_BINS[filled[0] + 1])
+            return {f"p{q}": edge for q in quantiles} | {"max": edge}
         cumulative = np.cumsum(counts) / counts.sum()
         edges = LATENCY_BINS[1:]
         return {f"p{q}": float(edges[np.searchsorted(cumulative, q / 100)]) for q in quantiles} \
-            | {"max": float(edges[np.flatnonzero(counts)[-1]])}
+            | {"max": float(edges[filled[-1]])}
 
     def to_perfetto(self, path: str | os.PathLike[str]) -> Path:
         """Write Chrome trace event JSON for Perfetto UI / chrome://tracing (see
@@ -298,6 +309,15 @@ class Trace:
                           None if arrive != arrive else arrive, nbytes,
                           None if value != value else value, attempt, copy, Fate(fate).label,
                           None if rescale != rescale else rescale)
+
+
+_BIN_EDGES = LATENCY_BINS.tolist()
+
+
+def _bin_of(latency: float) -> int:
+    """The histogram bin of one latency: :meth:`Trace._bin` for a single value, without
+    an array (``bisect`` on the same edges gives ``searchsorted``'s index)."""
+    return min(max(bisect.bisect_right(_BIN_EDGES, latency) - 1, 0), len(_BIN_EDGES) - 2)
 
 
 def _check_index(name: str, index, count: int, what: str) -> None:

@@ -85,3 +85,29 @@ def test_a_backward_pass_over_the_budget_is_refused(monkeypatch):
     grads = run.backward(np.ones((64, 4)))
     expected = rs.attention_backward(q, k, v, np.ones((64, 4)))
     np.testing.assert_allclose(grads.query, expected[0], rtol=1e-10, atol=1e-12)
+
+
+def test_a_small_run_skips_rereading_the_system_budget_but_a_large_one_reads_it(monkeypatch):
+    reads = []
+    real = budget.available_memory
+
+    def system_budget():
+        reads.append(1)
+        return 2**30, "memory available"                       # 1 GB
+
+    monkeypatch.delenv(budget.ENVIRONMENT, raising=False)
+    monkeypatch.setattr(budget, "available_memory", system_budget)
+    monkeypatch.setattr(budget, "_LAST_READING", [0])
+    small = budget.MemoryEstimate({"routes": 2**30 // budget.SMALL_SHARE})
+    budget.check(small, "a small run", "nothing")              # nothing read yet: reads
+    budget.check(small, "a small run", "nothing")              # 1/1024 of 1 GB: no read
+    assert len(reads) == 1
+    larger = budget.MemoryEstimate({"routes": 2**30 // budget.SMALL_SHARE + 1})
+    budget.check(larger, "a larger run", "nothing")
+    assert len(reads) == 2
+    with pytest.raises(MemoryBudgetError, match="a huge run"):
+        budget.check(budget.MemoryEstimate({"routes": 2**31}), "a huge run", "fewer routes")
+    monkeypatch.setattr(budget, "available_memory", real)
+    monkeypatch.setenv(budget.ENVIRONMENT, "1K")               # a user's budget: always read
+    with pytest.raises(MemoryBudgetError, match="a small run"):
+        budget.check(small, "a small run", "nothing")

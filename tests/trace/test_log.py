@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import routing_sim as rs
-from routing_sim.network.messages import Message
+from routing_sim.network.messages import Kind, Message
+from routing_sim.trace.log import LATENCY_BINS, Trace, _bin_of
 
 
 def test_a_summary_trace_has_no_columns_and_hasattr_says_so():
@@ -74,3 +77,23 @@ def test_to_pandas_names_kinds_and_fates():
     assert frame["fate"].tolist() == [m.fate for m in trace]
     assert "lost" in set(frame["fate"])
     np.testing.assert_array_equal(frame["sent"].to_numpy(), trace.sent)
+
+
+@given(st.one_of(st.floats(allow_nan=False, allow_infinity=True),
+                 st.sampled_from(LATENCY_BINS.tolist())))
+def test_one_latency_falls_in_the_bin_the_array_binning_gives(latency):
+    assert _bin_of(latency) == int(Trace._bin(np.array([latency]))[0])
+
+
+@pytest.mark.parametrize("latency", [0.0, 1e-7, 1.0, 3.7, 1e7])
+def test_percentiles_of_one_latency_match_the_histogram_definition(latency):
+    run = rs.simulate(np.eye(3), np.eye(3), np.eye(3), trace="summary",
+                      network=rs.Network(latency=latency))
+    counts = run.trace.latency_histogram[Kind.SCORE]
+    cumulative = np.cumsum(counts) / counts.sum()                  # the general definition
+    edges = LATENCY_BINS[1:]
+    expected = {f"p{q}": float(edges[np.searchsorted(cumulative, q / 100)])
+                for q in (0, 50, 90, 99)} | {"max": float(edges[np.flatnonzero(counts)[-1]])}
+    assert run.trace.latency_percentiles(Kind.SCORE, (0, 50, 90, 99)) == expected
+    assert run.trace.latency_percentiles(Kind.SCORE) == {
+        name: expected[name] for name in ("p50", "p90", "p99", "max")}

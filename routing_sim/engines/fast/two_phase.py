@@ -52,6 +52,13 @@ def settle(table: RouteTable, routes: np.ndarray, times: np.ndarray, settled: np
 
     ``latest`` keeps, per node, the time of its latest settled route.
     """
+    one = constant(times)
+    if len(routes) == len(table) and one is not None:   # a whole wave at one instant
+        counts = table.routes_per_node()
+        settled += counts
+        asked = counts > 0
+        np.fmax(latest, one, out=latest, where=asked)
+        return np.flatnonzero(asked & (settled == needed))
     if len(routes) == len(table):                 # every route once (a whole wave)
         counts, nodes = table.routes_per_node(), None
     else:
@@ -59,7 +66,6 @@ def settle(table: RouteTable, routes: np.ndarray, times: np.ndarray, settled: np
         counts = np.bincount(nodes, minlength=len(settled))            # (G·L,)
     touched = np.flatnonzero(counts)
     settled[touched] += counts[touched]
-    one = constant(times)
     if one is not None or (len(times) and times.min() == times.max()):  # one instant
         latest[touched] = np.fmax(latest[touched], times[0])
     else:
@@ -147,9 +153,9 @@ class TwoPhaseNodes(ForwardNodes):
             return
         if state.tiles is not None:
             tiled_shares(state)                        # first, before any node's own shares
-        whole = ready[self.dead_routes[ready] == 0]
+        whole, lossy = self._by_losses(ready)
         parts = [allocate_whole(state, whole)] if len(whole) else []
-        parts += [allocate(state, int(node)) for node in ready[self.dead_routes[ready] > 0]]
+        parts += [allocate(state, int(node)) for node in lossy]
         pulls = parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else \
             np.zeros(0, np.int64)
         barrier = state.barrier_time[ready]
@@ -174,6 +180,15 @@ class TwoPhaseNodes(ForwardNodes):
             for node in ready[self.dead_routes[ready] > 0].tolist():
                 aggregate(state, node)
             return
-        pull_whole(state, ready[self.dead_routes[ready] == 0])
-        for node in ready[self.dead_routes[ready] > 0]:
+        whole, lossy = self._by_losses(ready)
+        pull_whole(state, whole)
+        for node in lossy:
             aggregate(state, int(node))
+
+    def _by_losses(self, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``nodes`` split into those that lost no route and those that lost some (routes
+        are lost only where requests are retried: never on a network without faults)."""
+        if not self._retrying:
+            return nodes, nodes[:0]
+        lost = self.dead_routes[nodes] > 0
+        return nodes[~lost], nodes[lost]
