@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..numerics.kernels import Kernels
-from ..numerics.tiles import Tiles
+from ..numerics.tiles import RowBlocks, Tiles
 from ..routes.problem import Problem
 from ..routes.table import RouteTable
 
@@ -76,8 +76,9 @@ class ForwardState:
     done_time: np.ndarray = field(init=False)       # (G·L,) output complete
     failed: np.ndarray = field(init=False)          # (G·L,) strict: gave up
     tiles: Tiles | None = None                      # sparse fast path (see tiles.py)
-    tiled_shares: bool = False                      # every route's share is in (tiles)
-    tiled_output: bool = False                      # every node's pull is in (tiles)
+    rows: RowBlocks | None = None                   # full table fast path (tiles.py)
+    tiled_shares: bool = False                      # every route's share is in (tiles, rows)
+    tiled_output: bool = False                      # every node's pull is in (tiles, rows)
     context: dict | None = None                     # names and events for the exporters
     route_latency: np.ndarray | None = None         # (R,) base latency the run used
 

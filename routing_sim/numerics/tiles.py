@@ -20,9 +20,10 @@ import numpy as np
 
 from ..routes.route_set import concat_ranges
 
-__all__ = ["PANEL_ENTRIES", "Tiles", "tile_size"]
+__all__ = ["BLOCK_ENTRIES", "PANEL_ENTRIES", "RowBlocks", "Tiles", "tile_size"]
 
 PANEL_ENTRIES = 2**21    # entries of a batch's blocks or gathered keys (16 MB of float64)
+BLOCK_ENTRIES = 2**20    # entries of a full table's row block (8 MB of float64)
 MAX_WASTE = 4.0          # tile blocks may hold at most this many entries per route
 
 
@@ -184,6 +185,66 @@ class Tiles:
             else:
                 out[rows_out] = pulled.reshape(-1, value.shape[1])
         return out
+
+
+class RowBlocks:
+    """Blocks of consecutive query nodes of a full route table (every node reads every key).
+
+    On a full table node ``u = g · L + i`` owns routes ``u · S .. (u + 1) · S``, one per key
+    in order, so the scores of a block of a group's rows are one row-major ``(rows, S)``
+    matrix: ``Q_block @ K_gᵀ`` writes straight into the route array, and ``W_block @ V_g``
+    is every output row of the block. A block holds about :data:`BLOCK_ENTRIES` routes
+    (at least one row), so the softmax that follows each product runs on scores still in
+    cache. The blocks depend on the table's shape alone, never on the delivery schedule.
+
+    Parameters
+    ----------
+    n_groups, n_queries, n_keys : int
+        ``G``, ``L`` and ``S`` of the table.
+    entries : int, optional
+        Routes per block (rounded down to whole rows, at least one).
+
+    Examples
+    --------
+    >>> blocks = RowBlocks(2, 3, 4, entries=8)
+    >>> blocks.blocks                                  # (group, first row, stop row)
+    [(0, 0, 2), (0, 2, 3), (1, 0, 2), (1, 2, 3)]
+    >>> q = k = np.eye(4)[None, :3]                     # (G=1, L=3, E=4), keys (1, 3, 4)
+    >>> blocks = RowBlocks(1, 3, 3)
+    >>> scores = np.zeros(9)
+    >>> blocks.dots(q, k, *blocks.blocks[0], out=scores).tolist()
+    [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    >>> blocks.pull(scores, np.arange(6.0).reshape(1, 3, 2), 0, 0, 3,
+    ...             out=np.zeros((3, 2))).tolist()
+    [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]
+    """
+
+    def __init__(self, n_groups: int, n_queries: int, n_keys: int,
+                 entries: int = BLOCK_ENTRIES) -> None:
+        self.n_queries, self.n_keys = n_queries, n_keys
+        rows = max(1, min(n_queries, entries // max(n_keys, 1)))        # rows per block
+        self.blocks = [(group, first, min(first + rows, n_queries))
+                       for group in range(n_groups) for first in range(0, n_queries, rows)]
+
+    def routes(self, group: int, first: int, stop: int) -> slice:
+        """The route ids of rows ``first:stop`` of ``group``: one slice."""
+        start = (group * self.n_queries + first) * self.n_keys
+        return slice(start, start + (stop - first) * self.n_keys)
+
+    def dots(self, query: np.ndarray, key: np.ndarray, group: int, first: int, stop: int,
+             out: np.ndarray) -> np.ndarray:
+        """``q_i · k_j`` (unscaled) of one block's routes into ``out (R,)``, for ``query
+        (G, L, E)`` and ``key (G, S, E)``; returns the block ``(rows, S)``."""
+        block = out[self.routes(group, first, stop)].reshape(stop - first, self.n_keys)
+        return np.matmul(query[group, first:stop], key[group].T, out=block)  # (rows, S)
+
+    def pull(self, shares: np.ndarray, value: np.ndarray, group: int, first: int, stop: int,
+             out: np.ndarray) -> np.ndarray:
+        """``Σ_j w_ij v_j`` of one block's rows into ``out (G·L, Ev)``, for ``shares (R,)``
+        and ``value (G, S, Ev)``; returns the rows ``(rows, Ev)``."""
+        weights = shares[self.routes(group, first, stop)].reshape(stop - first, self.n_keys)
+        nodes = slice(group * self.n_queries + first, group * self.n_queries + stop)
+        return np.matmul(weights, value[group], out=out[nodes])       # (rows, Ev)
 
 
 def _runs(indptr: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

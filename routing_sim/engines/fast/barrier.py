@@ -291,14 +291,14 @@ def allocate_whole(state: ForwardState, nodes: np.ndarray) -> np.ndarray:
     """
     if state.kernels.exact and state.top_k:
         return np.concatenate([allocate(state, int(node)) for node in nodes])
-    if state.tiles is not None:
+    if state.tiles is not None or state.rows is not None:
         tiled_shares(state)
     elif state.kernels.exact:
         for node in nodes.tolist():
             node_scores(state, node)
     else:
         _float_scores(state, nodes)
-    for chosen, count in ([] if state.tiles is not None else _by_count(state, nodes)):
+    for chosen, count in ([] if state.tiled_shares else _by_count(state, nodes)):
         if state.kernels.exact:
             _exact_block(state, chosen, count)
         else:
@@ -328,18 +328,23 @@ def _by_count(state: ForwardState, nodes: np.ndarray) -> list[tuple[np.ndarray, 
 
 
 def tiled_shares(state: ForwardState) -> None:
-    """Sparse fast path, at the first barrier: every route's score and share at once.
+    """Fast paths, at the first barrier: every route's score and share at once.
 
-    The dot products come from the fixed tiles (:mod:`routing_sim.numerics.tiles`), the softmax
-    runs row by row; the same products whatever order the barriers pass in, so a node's
-    shares are the same bits under every schedule. A node that later loses a route
-    recomputes its own (:func:`allocate`), after this: the two-phase nodes call it at
-    their first barrier, whichever node passes it.
+    The dot products come from the fixed tiles of a sparse run (:mod:`routing_sim.numerics.tiles`)
+    or the row blocks of a full one, the softmax runs row by row; the same products
+    whatever order the barriers pass in, so a node's shares are the same bits under every
+    schedule. A node that later loses a route recomputes its own (:func:`allocate`),
+    after this: the two-phase nodes call it at their first barrier, whichever node passes
+    it.
     """
     if state.tiled_shares:
         return
-    assert state.tiles is not None, "a sparse run's state has tiles"
     problem = state.problem
+    if state.rows is not None:
+        _row_block_shares(state)
+        state.tiled_shares = True
+        return
+    assert state.tiles is not None, "a sparse run's state has tiles"
     dim = problem.shape[3]
     with np.errstate(over="ignore", invalid="ignore"):                 # overflow reported later
         state.tiles.dots(problem.query.reshape(-1, dim), problem.key.reshape(-1, dim),
@@ -347,6 +352,17 @@ def tiled_shares(state: ForwardState) -> None:
     for chosen, count in _by_count(state, np.flatnonzero(state.needed)):
         _float_block(state, chosen, count)
     state.tiled_shares = True
+
+
+def _row_block_shares(state: ForwardState) -> None:
+    """A full table: each block of rows one product, then its softmax while in cache."""
+    assert state.rows is not None, "a full run's state has row blocks"
+    problem, rows = state.problem, state.rows
+    for group, first, stop in rows.blocks:
+        with np.errstate(over="ignore", invalid="ignore"):             # overflow reported later
+            rows.dots(problem.query, problem.key, group, first, stop, out=state.scores)
+        node = group * rows.n_queries
+        _float_block(state, np.arange(node + first, node + stop), rows.n_keys)
 
 
 def _float_scores(state: ForwardState, nodes: np.ndarray) -> None:
@@ -433,18 +449,11 @@ def _exact_block(state: ForwardState, chosen: np.ndarray, count: int) -> None:
 
 
 def pull_whole(state: ForwardState, nodes: np.ndarray) -> None:
-    """o_i = Σ_j w_ij v_j for nodes whose values all came: one product per node."""
-    if state.tiles is not None:                        # sparse fast path: every pull at once
+    """o_i = Σ_j w_ij v_j for nodes whose values all came: on the fast paths every node's
+    row at once (tiles or row blocks), else one product per node."""
+    if state.tiles is not None or state.rows is not None:
         if not state.tiled_output:
-            # Every row at once, straight into the outputs; a node that lost a route keeps
-            # (or later gets) its own row from aggregate().
-            dead = np.flatnonzero(state.dead)
-            lost = np.unique(state.routes.query_node[dead]) if len(dead) else dead
-            rows = state.output[lost]
-            value = state.problem.value
-            state.tiles.pull(state.shares, value.reshape(-1, value.shape[2]), out=state.output)
-            state.output[lost] = rows
-            state.tiled_output = True
+            _pull_every_row(state)
         state.done_time[nodes] += state.processing
         return
     routes, value, shares, kept = state.routes, state.problem.value, state.shares, state.kept
@@ -460,3 +469,21 @@ def pull_whole(state: ForwardState, nodes: np.ndarray) -> None:
             pulled, weights = pulled[kept[start:stop]], weights[kept[start:stop]]
         state.output[node] = weighted_pull(weights, gather(value[node // n_queries], pulled))
     state.done_time[nodes] += state.processing
+
+
+def _pull_every_row(state: ForwardState) -> None:
+    """Every node's pull at once, straight into the outputs; a node that lost a route keeps
+    (or later gets) its own row from :func:`aggregate`. A route that takes no value (not
+    chosen, dropped, removed) has a share of exactly 0 here."""
+    dead = np.flatnonzero(state.dead)
+    lost = np.unique(state.routes.query_node[dead]) if len(dead) else dead
+    kept_rows = state.output[lost]
+    value = state.problem.value
+    if state.rows is not None:
+        for group, first, stop in state.rows.blocks:
+            state.rows.pull(state.shares, value, group, first, stop, out=state.output)
+    else:
+        assert state.tiles is not None, "a sparse run's state has tiles"
+        state.tiles.pull(state.shares, value.reshape(-1, value.shape[2]), out=state.output)
+    state.output[lost] = kept_rows
+    state.tiled_output = True

@@ -59,10 +59,11 @@ class OnlineNodes(ForwardNodes):
     def _settle_scores(self, routes: np.ndarray, times: np.ndarray) -> None:
         """No barrier: PULL each kept route at once; a dropped route updates l alone.
 
-        On a sparse run's tiles every score (and its share, for the routing tables) is
-        computed at the first SCORE, as in two-phase: fixed products, any schedule."""
+        On a sparse run's tiles, or a full run's row blocks, every score (and its share, for
+        the routing tables) is computed at the first SCORE, as in two-phase: fixed products,
+        any schedule."""
         state = self.state
-        if state.tiles is not None:
+        if state.tiles is not None or state.rows is not None:
             tiled_shares(state)
         else:
             for node in np.unique(self.routes.query_node[routes]):
