@@ -23,21 +23,26 @@ from ..routes.route_set import concat_ranges
 __all__ = ["BLOCK_ENTRIES", "PANEL_ENTRIES", "RowBlocks", "Tiles", "tile_size"]
 
 PANEL_ENTRIES = 2**21    # entries of a batch's blocks or gathered keys (16 MB of float64)
-BLOCK_ENTRIES = 2**20    # entries of a full table's row block (8 MB of float64)
+BLOCK_ENTRIES = 2**22    # entries of a full table's row block (32 MB of float64)
 MAX_WASTE = 4.0          # tile blocks may hold at most this many entries per route
 
 
 def tile_size(indptr: np.ndarray) -> int:
-    """Query nodes per tile: about the mean fan-in, a power of two in 8 .. 64.
+    """Query nodes per tile: about the mean fan-in, a power of two in 8 .. 32.
+
+    At most 32 so that one tile's product (``T × |U| × E``, about 0.3 M multiply-adds for a
+    window of 128) stays below the size where OpenBLAS splits a product across threads:
+    a panel is thousands of such products in a row, and split ones cost up to 40 times as
+    much wall time on a machine whose cores are busy (measured: docs/design.md).
 
     Examples
     --------
     >>> tile_size(np.arange(0, 1321, 132)), tile_size(np.arange(0, 201, 20))
-    (64, 16)
+    (32, 16)
     """
     nodes = max(len(indptr) - 1, 1)
     mean = max((indptr[-1] - indptr[0]) / nodes, 1.0)
-    return int(2 ** np.clip(np.round(np.log2(mean)), 3, 6))
+    return int(2 ** np.clip(np.round(np.log2(mean)), 3, 5))
 
 
 class Tiles:
@@ -193,9 +198,10 @@ class RowBlocks:
     On a full table node ``u = g · L + i`` owns routes ``u · S .. (u + 1) · S``, one per key
     in order, so the scores of a block of a group's rows are one row-major ``(rows, S)``
     matrix: ``Q_block @ K_gᵀ`` writes straight into the route array, and ``W_block @ V_g``
-    is every output row of the block. A block holds about :data:`BLOCK_ENTRIES` routes
-    (at least one row), so the softmax that follows each product runs on scores still in
-    cache. The blocks depend on the table's shape alone, never on the delivery schedule.
+    is every output row of the block. A block holds at most :data:`BLOCK_ENTRIES` routes
+    (at least one row), which bounds the temporaries of the softmax that follows each
+    product; blocks are few and large, since each is a product OpenBLAS splits across
+    threads. They depend on the table's shape alone, never on the delivery schedule.
 
     Parameters
     ----------
