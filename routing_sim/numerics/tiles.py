@@ -218,7 +218,9 @@ class RowBlocks:
     >>> q = k = np.eye(4)[None, :3]                     # (G=1, L=3, E=4), keys (1, 3, 4)
     >>> blocks = RowBlocks(1, 3, 3)
     >>> scores = np.zeros(9)
-    >>> blocks.dots(q, k, *blocks.blocks[0], out=scores).tolist()
+    >>> blocks.dots(q, k, *blocks.blocks[0], out=scores).tolist()     # the block (rows, S)
+    [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+    >>> scores.tolist()                                # written in place: q_i · k_j by route
     [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
     >>> blocks.pull(scores, np.arange(6.0).reshape(1, 3, 2), 0, 0, 3,
     ...             out=np.zeros((3, 2))).tolist()

@@ -352,7 +352,7 @@ def concat_ranges(starts: np.ndarray, stops: np.ndarray, dtype: type = np.int64
     if not (lengths > 0).all():                                        # skip empty ranges
         keep = lengths > 0
         starts, stops, lengths = starts[keep], stops[keep], lengths[keep]
-    steps = np.ones(int(lengths.sum()), dtype=dtype)                   # (total,)
+    steps: np.ndarray = np.ones(int(lengths.sum()), dtype=dtype)       # (total,)
     if len(steps):
         begins = np.cumsum(lengths[:-1])                               # (k - 1,) 2nd range on
         steps[0] = starts[0]

@@ -34,7 +34,8 @@ def test_row_blocks_cover_every_row_once_and_stay_in_bounds(shape):
 def test_row_blocks_compute_every_score_and_pull(shape, seed):
     groups, n_queries, n_keys, dim, value_dim, entries = shape
     rng = np.random.default_rng(seed)
-    query, key = small_integers(rng, groups, n_queries, dim), small_integers(rng, groups, n_keys, dim)
+    query = small_integers(rng, groups, n_queries, dim)
+    key = small_integers(rng, groups, n_keys, dim)
     value = small_integers(rng, groups, n_keys, value_dim)
     shares = small_integers(rng, groups * n_queries * n_keys)
     blocks = RowBlocks(groups, n_queries, n_keys, entries=entries)

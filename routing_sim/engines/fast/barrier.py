@@ -393,14 +393,15 @@ def _float_block(state: ForwardState, chosen: np.ndarray, count: int) -> None:
     bias = None if state.bias is None else state.bias[span].reshape(block.shape)
     if state.raw is None:
         block = scale_scores(block, problem.scale, bias)
-        overflow = ~np.isfinite(block)
+        removed = None
     else:                                 # -inf where the score_mod removed the route
         block, removed = modify(state, span, scale_scores(block, problem.scale), bias)
-        overflow = ~np.isfinite(block) & ~removed
     state.scores[span] = block.reshape(-1)
-    if overflow.any():
-        raise NumericalError(f"a score overflowed to {block[overflow][0]}; "
-                             "scale the inputs down")
+    if not np.isfinite(block).all():                    # one pass in the common case
+        overflow = ~np.isfinite(block) if removed is None else ~np.isfinite(block) & ~removed
+        if overflow.any():
+            raise NumericalError(f"a score overflowed to {block[overflow][0]}; "
+                                 "scale the inputs down")
     if state.top_k and state.chosen is not None:
         pick = top_routes(block, state.top_k)
         state.chosen[span] = pick.reshape(-1)
