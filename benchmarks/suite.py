@@ -32,9 +32,10 @@ from . import hf, sparse
 from .harness import MIN_PUBLISHED, Case, Row, block, interleave, skipped, table, with_small_pages
 
 D_HEAD = 64
-# n = 4096 runs with 1 and 2 heads, not 8: with 8 (537 M routes) one simulation takes 14 s
-# on a quiet 2-core VM and over a minute under load, too slow for 5 interleaved runs.
-DENSE = ((256, 1), (256, 8), (1024, 1), (1024, 8), (4096, 1), (4096, 2))
+# n = 4096 with 8 heads (134 M routes) runs since the full graph computes on row blocks
+# (numerics/tiles.py): one simulation took 14 s on a quiet 2-core VM before, and took
+# about twice plain numpy's time after, under a load average of 9.
+DENSE = ((256, 1), (256, 8), (1024, 1), (1024, 8), (4096, 1), (4096, 2), (4096, 8))
 QUICK_DENSE = DENSE[:4]
 
 
