@@ -110,6 +110,12 @@ class ForwardState:
         self.done_time = np.full(n_nodes, np.nan)
         self.failed = np.zeros(n_nodes, dtype=bool)
 
+    @property
+    def fixed_blocks(self) -> bool:
+        """Whether every node's products come from fixed blocks (the sparse tiles or a full
+        table's row blocks), all computed at the first barrier."""
+        return self.tiles is not None or self.rows is not None
+
     def no_route_lse(self, nodes: np.ndarray | int) -> np.ndarray:
         """The log-sum-exp of nodes whose softmax has no live route: their sink's logit
         (its term alone), or -inf."""

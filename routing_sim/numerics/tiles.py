@@ -183,12 +183,13 @@ class Tiles:
             nodes, key_rows, routes = self._panel(tiles, rows, width)
             weights = np.zeros(len(tiles) * rows * width, dtype=value.dtype)
             weights[self._slots(tiles, routes)] = shares[routes]
-            pulled = np.matmul(weights.reshape(len(tiles), rows, width), value[key_rows])
+            weights_t = weights.reshape(len(tiles), rows, width)          # (n, T, |U|)
             rows_out = nodes.reshape(-1)
-            if rows_out[-1] - rows_out[0] == len(rows_out) - 1:       # consecutive nodes
-                out[rows_out[0]:rows_out[-1] + 1] = pulled.reshape(-1, value.shape[1])
+            if rows_out[-1] - rows_out[0] == len(rows_out) - 1:       # consecutive: in place
+                np.matmul(weights_t, value[key_rows], out=out[rows_out[0]:rows_out[-1] + 1]
+                          .reshape(len(tiles), rows, value.shape[1]))
             else:
-                out[rows_out] = pulled.reshape(-1, value.shape[1])
+                out[rows_out] = np.matmul(weights_t, value[key_rows]).reshape(-1, value.shape[1])
         return out
 
 

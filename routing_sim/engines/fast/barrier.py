@@ -291,7 +291,7 @@ def allocate_whole(state: ForwardState, nodes: np.ndarray) -> np.ndarray:
     """
     if state.kernels.exact and state.top_k:
         return np.concatenate([allocate(state, int(node)) for node in nodes])
-    if state.tiles is not None or state.rows is not None:
+    if state.fixed_blocks:
         tiled_shares(state)
     elif state.kernels.exact:
         for node in nodes.tolist():
@@ -355,7 +355,7 @@ def tiled_shares(state: ForwardState) -> None:
 
 
 def _row_block_shares(state: ForwardState) -> None:
-    """A full table: each block of rows one product, then its softmax while in cache."""
+    """A full table: each block of rows one product, then the softmax of those rows."""
     assert state.rows is not None, "a full run's state has row blocks"
     problem, rows = state.problem, state.rows
     for group, first, stop in rows.blocks:
@@ -452,7 +452,7 @@ def _exact_block(state: ForwardState, chosen: np.ndarray, count: int) -> None:
 def pull_whole(state: ForwardState, nodes: np.ndarray) -> None:
     """o_i = Σ_j w_ij v_j for nodes whose values all came: on the fast paths every node's
     row at once (tiles or row blocks), else one product per node."""
-    if state.tiles is not None or state.rows is not None:
+    if state.fixed_blocks:
         if not state.tiled_output:
             _pull_every_row(state)
         state.done_time[nodes] += state.processing

@@ -63,7 +63,7 @@ class OnlineNodes(ForwardNodes):
         the routing tables) is computed at the first SCORE, as in two-phase: fixed products,
         any schedule."""
         state = self.state
-        if state.tiles is not None or state.rows is not None:
+        if state.fixed_blocks:
             tiled_shares(state)
         else:
             for node in np.unique(self.routes.query_node[routes]):

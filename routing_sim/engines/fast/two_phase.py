@@ -144,7 +144,7 @@ class TwoPhaseNodes(ForwardNodes):
                        state.barrier_time)
         if not len(ready):
             return
-        if state.tiles is not None or state.rows is not None:
+        if state.fixed_blocks:
             tiled_shares(state)                        # first, before any node's own shares
         whole = ready[self.dead_routes[ready] == 0]
         parts = [allocate_whole(state, whole)] if len(whole) else []
