@@ -4,8 +4,9 @@ Rows (issue 27's targets): n = 131,072 tokens in a causal window of 128 + 4 sink
 head, d = 64, ``trace="summary"``: its routes per second against the full graph's
 (n = 1024, 8 heads), the two simulations run in turns (target: at least 50%), and its peak
 RSS in a fresh process (target: at most 1 GB); n = 1,048,576 in a window of 16 + 4 sinks:
-time and peak RSS (targets: at most 3 s and 3.5 GB); and, with PyTorch Geometric installed, ``TransformerConv`` on the same
-kind of graph (8,192 tokens: its float64 gathers hold a (routes, d) array each). The spread
+time and peak RSS (targets: at most 3 s and 3.5 GB); and, with PyTorch Geometric installed,
+``TransformerConv`` on the same kind of graph (8,192 tokens: its float64 gathers hold a
+(routes, d) array each). The spread
 between runs is mostly the kernel faulting in fresh memory (docs/design.md, memory pages).
 ``--quick`` runs the window row at 16,384 tokens and skips the others.
 """

@@ -59,13 +59,20 @@ def peak_rss(n: int, heads: int, *pattern: int) -> float:
 
 
 def fits_in_memory(n: int, heads: int) -> bool:
-    """Whether the larger side of a dense row fits in 70% of physical memory: plain numpy's
-    two (h, n, n) float64 matrices, 16 bytes a route (simulate peaks at about 8: 3.9 GB at
-    537 M routes). The sides run one at a time and a side's last result is dropped before
-    its next run (``harness.interleave``), so no two of them add up."""
+    """Whether a dense row can run here: the larger side fits in 70% of physical memory
+    (plain numpy's two (h, n, n) float64 matrices, 16 bytes a route; simulate peaks at about
+    8), and simulate's own memory budget (``rs.budget``, which counts what other processes
+    hold) lets it start. The sides run one at a time and a side's last result is dropped
+    before its next run (``harness.interleave``), so no two of them add up."""
     routes = heads * n * n
     physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return 16 * routes < 0.7 * physical
+    if 16 * routes >= 0.7 * physical:
+        return False
+    try:
+        rs.budget.check_simulation((heads, n, n, D_HEAD, D_HEAD), routes, trace="summary")
+    except rs.MemoryBudgetError:
+        return False
+    return True
 
 
 def inputs(n: int, heads: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
