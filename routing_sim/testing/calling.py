@@ -50,12 +50,23 @@ class Outcome:
     error: str | None = None
 
 
-def detect(fn: Callable, layout: str, dtype: str = "float64") -> Kind:
-    """Whether ``fn`` takes numpy arrays or torch tensors: it is called on a two-token
-    case in ``dtype`` with numpy arrays first, then with torch tensors (if torch is
-    installed); the first call that returns an array of its own kind decides."""
-    probe = Case(np.ones((1, 1, 2, 4)), np.ones((1, 1, 2, 4)), np.eye(2, 4)[None, None],
-                 dtype)
+def detect(fn: Callable, layout: str, dtype: str = "float64", shape: str = "padded"
+           ) -> Kind:
+    """Whether ``fn`` takes numpy arrays or torch tensors: it is called on a two-key case
+    of ``shape`` (padded: two queries; varlen: two packed sequences of one query and key
+    each; decode: one query) in ``dtype`` with numpy arrays first, then with torch tensors
+    (if torch is installed); the first call that returns an array of its own kind decides.
+
+    >>> import routing_sim as rs
+    >>> def packed_only(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
+    ...     return rs.attention(q, k, v, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k)
+    >>> detect(packed_only, "sdpa", shape="varlen")
+    'numpy'
+    """
+    queries = 1 if shape == "decode" else 2
+    probe = Case(np.ones((1, 1, queries, 4)), np.ones((1, 1, 2, 4)), np.eye(2, 4)[None, None],
+                 dtype, decode=shape == "decode",
+                 cu_seqlens=(np.arange(3), np.arange(3)) if shape == "varlen" else None)
     errors = []
     kinds: list[Kind] = ["numpy", "torch"] if importlib.util.find_spec("torch") else ["numpy"]
     for kind in kinds:
