@@ -35,8 +35,12 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                              f"patterns named (full, causal, bottom_right, window): "
                              f"'causal' checks a causal-only FUNCTION on causal cases only, "
                              f"'full,causal' one that does both; no pattern means full. "
-                             f"The other features add their cases (default: full "
-                             f"attention only)")
+                             f"Likewise each case has one of the shapes named (padded, "
+                             f"varlen, decode): 'varlen' checks a packed-only FUNCTION "
+                             f"(cu_seqlens required) on packed cases only, 'decode' a "
+                             f"one-query FUNCTION on decode steps only, 'padded,varlen' one "
+                             f"that takes both; no shape means padded. The other features "
+                             f"add their cases (default: full attention, padded)")
     parser.add_argument("--dtype", choices=DTYPES, default="float64",
                         help="the dtype FUNCTION is called in (default float64)")
     parser.add_argument("--cases", type=count, default=100,

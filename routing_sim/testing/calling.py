@@ -23,7 +23,7 @@ import importlib.util
 import inspect
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -50,26 +50,39 @@ class Outcome:
     error: str | None = None
 
 
-def detect(fn: Callable, layout: str, dtype: str = "float64") -> Kind:
-    """Whether ``fn`` takes numpy arrays or torch tensors: it is called on a two-token
-    case in ``dtype`` with numpy arrays first, then with torch tensors (if torch is
-    installed); the first call that returns an array of its own kind decides."""
-    probe = Case(np.ones((1, 1, 2, 4)), np.ones((1, 1, 2, 4)), np.eye(2, 4)[None, None],
-                 dtype)
+def detect(fn: Callable, layout: str, dtype: str = "float64",
+           shapes: Sequence[str] = ("padded",)) -> Kind:
+    """Whether ``fn`` takes numpy arrays or torch tensors: it is called on a two-key case
+    in ``dtype`` of each of ``shapes`` (padded: two queries; varlen: two packed sequences
+    of one query and key each; decode: one query) with numpy arrays first, then with torch
+    tensors (if torch is installed); the first call that returns an array of its own kind
+    decides.
+
+    >>> import routing_sim as rs
+    >>> def packed_only(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
+    ...     return rs.attention(q, k, v, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k)
+    >>> detect(packed_only, "sdpa", shapes=["padded", "varlen"])
+    'numpy'
+    """
     errors = []
     kinds: list[Kind] = ["numpy", "torch"] if importlib.util.find_spec("torch") else ["numpy"]
     for kind in kinds:
-        try:
-            args, kwargs = arguments(probe, layout, kind)
-            returned = fn(*args, **kwargs)
-        except Exception as error:                 # noqa: BLE001 - the user's function
-            errors.append(f"with {kind} arrays it raised {type(error).__name__}: {error}")
-            continue
-        first = returned[0] if isinstance(returned, tuple) else returned
-        if kind == "numpy" and isinstance(first, np.ndarray) or \
-                kind == "torch" and type(first).__module__.startswith("torch"):
-            return kind
-        errors.append(f"with {kind} arrays it returned {type(first).__name__}")
+        for shape in shapes:
+            probe = Case(np.ones((1, 1, 1 if shape == "decode" else 2, 4)), np.ones((1, 1, 2, 4)),
+                         np.eye(2, 4)[None, None], dtype, decode=shape == "decode",
+                         cu_seqlens=(np.arange(3), np.arange(3)) if shape == "varlen" else None)
+            try:
+                args, kwargs = arguments(probe, layout, kind)
+                returned = fn(*args, **kwargs)
+            except Exception as error:                 # noqa: BLE001 - the user's function
+                errors.append(f"with {kind} arrays ({shape}) it raised "
+                              f"{type(error).__name__}: {error}")
+                continue
+            first = returned[0] if isinstance(returned, tuple) else returned
+            if kind == "numpy" and isinstance(first, np.ndarray) or \
+                    kind == "torch" and type(first).__module__.startswith("torch"):
+                return kind
+            errors.append(f"with {kind} arrays ({shape}) it returned {type(first).__name__}")
     raise InvalidArgumentError(f"fn must take and return numpy arrays or torch tensors: "
                                f"{'; '.join(errors)}")
 

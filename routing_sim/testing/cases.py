@@ -9,11 +9,16 @@ cases whose features the kernel claims (``features=`` of
 
 Every case has one **pattern** (:data:`PATTERNS`), the routes it allows before any mask:
 ``full`` (every query reaches every key), ``causal``, ``bottom_right`` or ``window``
-(in the flash layout ``causal`` and ``window`` together). A kernel is checked on the
-patterns it names, and only on those: one that names ``causal`` alone may apply its
-causal mask always, so it gets causal cases only, the battery's edges included; one that
-names no pattern computes ``full`` attention. The other features are options a kernel
-takes and can do without, so cases without them run too.
+(in the flash layout ``causal`` and ``window`` together), and one **shape**
+(:data:`SHAPES`), how its sequences reach the kernel: ``padded`` (a batch of ``B``
+sequences of ``L`` queries and ``S`` keys each), ``varlen`` (sequences of their own
+lengths packed into one, with ``cu_seqlens``) or ``decode`` (one query per sequence). A
+kernel is checked on the patterns and shapes it names, and only on those: one that names
+``causal`` alone may apply its causal mask always, so it gets causal cases only, the
+battery's edges included; one that names ``varlen`` alone may need ``cu_seqlens``, so it
+gets packed cases only. Naming no pattern means ``full``, naming no shape ``padded``. The
+other features are options a kernel takes and can do without, so cases without them run
+too.
 """
 
 from __future__ import annotations
@@ -28,11 +33,12 @@ import numpy as np
 from ..errors import InvalidArgumentError
 from .precision import round_to
 
-__all__ = ["FEATURES", "LAYOUTS", "PATTERNS", "Case", "battery", "check_features", "compatible",
-           "patterns_with", "smaller"]
+__all__ = ["FEATURES", "LAYOUTS", "PATTERNS", "SHAPES", "Case", "battery", "check_features",
+           "compatible", "forms", "smaller"]
 
 FEATURES = ("full", "mask", "causal", "bottom_right", "gqa", "window", "softcap", "alibi",
-            "sinks", "varlen", "lse", "dropout_mask", "decode", "value_dim", "backward")
+            "sinks", "padded", "varlen", "lse", "dropout_mask", "decode", "value_dim",
+            "backward")
 LAYOUTS = ("sdpa", "flash")
 Layout = Literal["sdpa", "flash"]
 Causal = Literal["top_left", "bottom_right"]
@@ -40,6 +46,11 @@ Causal = Literal["top_left", "bottom_right"]
 OUTPUTS = frozenset({"lse", "backward"})
 # The routes a case allows before any mask; a kernel is checked on the ones it names.
 PATTERNS = frozenset({"full", "causal", "bottom_right", "window"})
+# How a case's sequences reach the kernel; a kernel is checked on the ones it names.
+SHAPES = frozenset({"padded", "varlen", "decode"})
+# The lengths of the sequence a padded battery case gets before its own when it is packed
+# for a kernel that takes packed sequences only: other lengths than most cases' own.
+_LEAD = (2, 3)
 # The window a battery case gets for a kernel that computes windows only: it reaches past
 # a tile of 64 keys, and it is lopsided, so left and right cannot be swapped unseen.
 _WINDOW = (50, 3)
@@ -50,25 +61,26 @@ _NOT_IN = {"flash": {"mask": "flash_attn_func takes no attn_mask",
 # Features one case cannot combine, per layout: SDPA refuses attn_mask beside is_causal, a
 # top-left causal diagonal and a (bottom-right) window disagree when L != S, and packed
 # sequences carry their own masks.
-# ``full`` is the absence of the other patterns.
+# ``full`` is the absence of the other patterns; a case has one shape.
 _APART = {"sdpa": [{"mask", "causal", "bottom_right"}, {"window", "causal"},
                    {"varlen", "mask"}, {"varlen", "bottom_right"}, {"varlen", "dropout_mask"},
-                   {"varlen", "decode"}, {"full", "causal", "bottom_right"}, {"full", "window"}],
-          "flash": [{"varlen", "dropout_mask"}, {"varlen", "decode"}, {"full", "causal"},
-                    {"full", "window"}]}
+                   {"padded", "varlen", "decode"}, {"full", "causal", "bottom_right"},
+                   {"full", "window"}],
+          "flash": [{"varlen", "dropout_mask"}, {"padded", "varlen", "decode"},
+                    {"full", "causal"}, {"full", "window"}]}
 
 
 def check_features(features: Iterable[str] | str, layout: str) -> frozenset[str]:
     """The features a check runs, validated: names from :data:`FEATURES` that ``layout``
     can express (a comma-separated string works too), with ``full`` added when no
-    pattern (:data:`PATTERNS`) is named.
+    pattern (:data:`PATTERNS`) is named and ``padded`` when no shape (:data:`SHAPES`) is.
 
     Examples
     --------
     >>> sorted(check_features("causal, gqa", "sdpa"))
-    ['causal', 'gqa']
-    >>> sorted(check_features("gqa", "sdpa")), sorted(check_features("full, causal", "sdpa"))
-    (['full', 'gqa'], ['causal', 'full'])
+    ['causal', 'gqa', 'padded']
+    >>> sorted(check_features("varlen", "flash")), sorted(check_features("padded, decode", "sdpa"))
+    (['full', 'varlen'], ['decode', 'full', 'padded'])
     """
     if layout not in LAYOUTS:
         raise InvalidArgumentError(f"layout must be 'sdpa' or 'flash', got {layout!r}")
@@ -82,22 +94,39 @@ def check_features(features: Iterable[str] | str, layout: str) -> frozenset[str]
         if name in _NOT_IN.get(layout, {}):
             raise InvalidArgumentError(f"feature {name!r} is not in layout {layout!r}: "
                                        f"{_NOT_IN[layout][name]}")
-    return chosen if chosen & PATTERNS else chosen | {"full"}
+    chosen |= set() if chosen & PATTERNS else {"full"}
+    chosen |= set() if chosen & SHAPES else {"padded"}
+    if not forms(None, chosen, layout):
+        raise InvalidArgumentError(
+            f"no case takes a shape named ({', '.join(_ordered(chosen & SHAPES))}) with a "
+            f"pattern named ({', '.join(_ordered(chosen & PATTERNS))}) in layout {layout!r}: "
+            f"features {', '.join(_ordered(chosen))}")
+    return chosen
 
 
-def patterns_with(feature: str | None, chosen: frozenset[str], layout: str) -> list[str]:
-    """The chosen patterns a case using ``feature`` can follow, in the order of
-    :data:`FEATURES` (none: ``feature`` never runs, e.g. ``mask`` beside ``causal`` alone
-    in the sdpa layout, whose ``attn_mask`` and ``is_causal`` exclude each other).
+def forms(feature: str | None, chosen: frozenset[str], layout: str
+          ) -> list[tuple[str, str]]:
+    """The ``(shape, pattern)`` pairs of the chosen ones that a case using ``feature`` can
+    take, in the order of :data:`FEATURES` (none: ``feature`` never runs, e.g. ``mask``
+    beside ``causal`` alone in the sdpa layout, whose ``attn_mask`` and ``is_causal``
+    exclude each other, or beside ``varlen`` alone).
 
-    >>> patterns_with("mask", frozenset({"mask", "causal", "full"}), "sdpa")
-    ['full']
-    >>> patterns_with("mask", frozenset({"mask", "causal"}), "sdpa")
+    >>> forms("mask", frozenset({"mask", "causal", "full", "padded"}), "sdpa")
+    [('padded', 'full')]
+    >>> forms("mask", frozenset({"mask", "full", "varlen"}), "sdpa")
     []
+    >>> forms(None, frozenset({"causal", "padded", "varlen"}), "flash")
+    [('padded', 'causal'), ('varlen', 'causal')]
     """
     first = () if feature is None else (feature,)
-    return [name for name in FEATURES if name in chosen & PATTERNS
-            and name in compatible((), layout, first=(*first, name))]
+    return [(shape, pattern) for shape in _ordered(chosen & SHAPES)
+            for pattern in _ordered(chosen & PATTERNS)
+            if compatible((), layout, first=(*first, shape, pattern)) == {*first, shape, pattern}]
+
+
+def _ordered(names: Iterable[str]) -> list[str]:
+    """``names`` in the order of :data:`FEATURES`."""
+    return sorted(names, key=FEATURES.index)
 
 
 def compatible(wanted: Iterable[str], layout: str, first: Iterable[str] = ()
@@ -130,7 +159,8 @@ class Case:
     query ``i`` reaches keys ``i + S - L - left ..= i + S - L + right`` (-1: unbounded).
     ALiBi adds ``-slope · |i + S - L - j|`` (FlashAttention's). ``mask`` is SDPA's
     ``attn_mask`` (bool: True = allowed; float: added). ``dropout_mask`` (True = kept)
-    with ``dropout_p`` scales the kept shares by ``1 / (1 - p)``.
+    with ``dropout_p`` scales the kept shares by ``1 / (1 - p)``. A ``decode`` case is a
+    decode step: one query per sequence (``L = 1``), never packed.
     """
 
     query: np.ndarray                     # (B, Hq, L, E)
@@ -163,6 +193,9 @@ class Case:
         object.__setattr__(self, "alibi", rounded(self.alibi, "float32"))
         if self.scale is not None:
             object.__setattr__(self, "scale", float(self.scale))
+        if self.decode and (self.query.shape[2] != 1 or self.cu_seqlens is not None):
+            raise InvalidArgumentError(f"a decode case has one query and no cu_seqlens, got "
+                                       f"query shape {self.query.shape}")
 
     @property
     def shape(self) -> tuple[int, int, int, int, int, int, int]:
@@ -186,6 +219,7 @@ class Case:
                 "bottom_right": aligned, "gqa": heads != kv_heads,
                 "window": self.window is not None, "softcap": self.softcap > 0,
                 "alibi": self.alibi is not None, "sinks": self.sinks is not None,
+                "padded": self.cu_seqlens is None and not self.decode,
                 "varlen": self.cu_seqlens is not None, "lse": self.lse,
                 "dropout_mask": self.dropout_mask is not None, "decode": self.decode,
                 "value_dim": self.value.shape[3] != self.query.shape[3],
@@ -213,6 +247,8 @@ class Case:
             parts.append(f"alibi_slopes {tuple(self.alibi.shape)}")
         if self.sinks is not None:
             parts.append("sinks")
+        if self.decode:
+            parts.append("decode")
         if self.cu_seqlens is not None:
             parts.append(f"cu_seqlens_q={self.cu_seqlens[0].tolist()} "
                          f"cu_seqlens_k={self.cu_seqlens[1].tolist()}")
@@ -231,7 +267,9 @@ def battery(features: frozenset[str], layout: str, dtype: str) -> list[Case]:
     Every case of the plain battery; then for each chosen feature its own edges (a case
     may use other chosen features too); then one case with every chosen feature that
     combines. A case that follows no chosen pattern gets the first one chosen (causal
-    for a kernel that names only causal), or is left out when it cannot take it.
+    for a kernel that names only causal), a padded case for a kernel that takes no padded
+    input the first chosen shape (:func:`_packed`, :func:`_decoded`); a case that cannot
+    take them is left out.
     ``lse`` and ``backward`` are asked of every case. ``features`` are
     :func:`check_features`'s.
     """
@@ -316,7 +354,9 @@ def battery(features: frozenset[str], layout: str, dtype: str) -> list[Case]:
     if "varlen" in features:
         packed = [("three sequences", [0, 3, 4, 9], [0, 2, 7, 9]),
                   ("a sequence with no keys", [0, 2, 5], [0, 0, 4]),
-                  ("a sequence with no queries", [0, 0, 3, 5], [0, 3, 5, 8])]
+                  ("a sequence with no queries", [0, 0, 3, 5], [0, 3, 5, 8]),
+                  ("sequences past tiles of 64 and 128", [0, 3, 3, 73, 74],
+                   [0, 130, 134, 199, 199])]
         for name, starts_q, starts_k in packed:
             base = draw(f"varlen, {name}", 1, 2, 2, starts_q[-1], starts_k[-1], 4)
             cases.append(replace(base, cu_seqlens=(np.array(starts_q), np.array(starts_k))))
@@ -333,27 +373,34 @@ def battery(features: frozenset[str], layout: str, dtype: str) -> list[Case]:
         heads, kv_heads = (4, 2) if "gqa" in features else (2, 2)
         cases += [replace(draw(f"decode: one query, {n} keys", 2, heads, kv_heads, 1, n, 4),
                           decode=True) for n in (1, 64, 65, 129, 300)]
-        if "causal" in features or "bottom_right" in features:
-            cases.append(replace(draw("decode: two new tokens", 1, heads, kv_heads, 2, 9, 4),
-                                 decode=True, causal="bottom_right"))
     cases.append(_everything(draw, rng, features, layout, causal))
-    followed = (_following(case, features, layout) for case in cases)
+    followed = [_following(case, features, layout, draw) for case in cases]
     return [_outputs(case, features, layout, rng) for case in followed if case is not None]
 
 
-def _following(case: Case, features: frozenset[str], layout: str) -> Case | None:
-    """``case`` as a kernel that computes only the chosen patterns gets it: as it is, or
-    with the first chosen pattern it combines with imposed; None if it uses a feature
-    that is not chosen or combines with no chosen pattern."""
+def _following(case: Case, features: frozenset[str], layout: str,
+               draw: _Inputs) -> Case | None:
+    """``case`` as a kernel that takes only the chosen shapes and computes only the chosen
+    patterns gets it: as it is, or in the first chosen shape and with the first chosen
+    pattern it combines with; None if it uses a feature that is not chosen or combines
+    with no chosen shape and pattern."""
+    if "padded" in case.features(layout) and "padded" not in features:
+        for shape in _ordered(features & SHAPES):
+            converted = (_packed if shape == "varlen" else _decoded)(case, draw)
+            followed = None if converted is None else \
+                _following(converted, features, layout, draw)
+            if followed is not None:
+                return followed
+        return None
     used = case.features(layout) - OUTPUTS
     if "full" in used and "full" not in features:
         options = used - {"full"}
-        pattern = next((name for name in patterns_with(None, features, layout)
+        shape = next(iter(options & SHAPES))
+        pattern = next((name for _, name in forms(shape, features, layout)
                         if compatible(options, layout, first=[name]) == options | {name}),
                        None)
         if pattern is None:
             return None
-        used = options | {pattern}
         if pattern == "window":
             case = replace(case, window=_WINDOW)
         else:
@@ -364,11 +411,46 @@ def _following(case: Case, features: frozenset[str], layout: str) -> Case | None
     return case if case.features(layout) - OUTPUTS <= features else None
 
 
+def _packed(case: Case, draw: _Inputs) -> Case | None:
+    """A padded ``case`` as packed sequences: a sequence of :data:`_LEAD` queries and keys
+    (drawn), then each batch element as a sequence, so lengths differ and a route that
+    crosses sequences shows; its causal diagonal is aligned bottom-right in each sequence.
+    None for a case with a mask or a dropout mask (packed sequences carry their own)."""
+    if case.mask is not None or case.dropout_mask is not None:
+        return None
+    if case.alibi is not None and case.alibi.ndim == 2:    # slopes per batch element: one
+        case = _take(case, batch=slice(0, 1))
+    batch, heads, kv_heads, n_queries, n_keys, dim, value_dim = case.shape
+    lead = draw(case.label, 1, heads, kv_heads, *_LEAD, dim, value_dim=value_dim)
+
+    def packed(first: np.ndarray, rest: np.ndarray) -> np.ndarray:
+        # (1, H, n, F) and (B, H, m, F) -> (1, H, n + B·m, F)
+        return np.concatenate([first[0], *rest], axis=1)[None]
+
+    starts_q = np.r_[0, _LEAD[0] + n_queries * np.arange(batch + 1)]
+    starts_k = np.r_[0, _LEAD[1] + n_keys * np.arange(batch + 1)]
+    return replace(case, query=packed(lead.query, case.query), key=packed(lead.key, case.key),
+                   value=packed(lead.value, case.value), cu_seqlens=(starts_q, starts_k),
+                   causal=None if case.causal is None else "bottom_right",
+                   label=f"{case.label}, packed")
+
+
+def _decoded(case: Case, draw: _Inputs) -> Case:
+    """A padded ``case`` as a decode step: its last query alone, every key (``draw``
+    unused: :func:`_packed`'s signature)."""
+    n_queries = case.shape[3]
+    return replace(_take(case, queries=slice(n_queries - 1, n_queries)), decode=True,
+                   label=f"{case.label}, decode")
+
+
 def _everything(draw: _Inputs, rng: np.random.Generator, features: frozenset[str],
                 layout: str, causal: Causal) -> Case:
     """One case with every chosen feature that combines with the others."""
-    # A kernel that cannot compute full attention gets its first pattern before the rest.
-    first = [] if "full" in features else patterns_with(None, features, layout)[:1]
+    # Packed or decode if chosen (padded is every other case), and a kernel that cannot
+    # compute full attention its first pattern, before the rest.
+    form = next((form for form in forms(None, features, layout) if form[0] != "padded"),
+                forms(None, features, layout)[0])
+    first = [form[0]] if "full" in features else list(form)
     on = compatible(features - OUTPUTS - {"full"}, layout, first=first)
     heads, kv_heads = (4, 2) if "gqa" in on else (2, 2)
     n_queries, n_keys = (1, 70) if "decode" in on else (5, 70)
@@ -463,6 +545,7 @@ def smaller(case: Case) -> Iterator[Case]:
         yield _take(case, ratio=fewer)
     if case.cu_seqlens is not None:
         yield from _fewer_sequences(case)
+        yield from _shorter_sequences(case)
     else:
         for fewer in _fewer(n_queries):
             yield _take(case, queries=slice(0, fewer))
@@ -545,13 +628,40 @@ def _fewer_sequences(case: Case) -> Iterator[Case]:
     assert case.cu_seqlens is not None
     starts_q, starts_k = case.cu_seqlens
     for n in range(len(starts_q) - 1 if len(starts_q) > 2 else 0):
-        rows = np.r_[0:starts_q[n], starts_q[n + 1]:starts_q[-1]]
-        columns = np.r_[0:starts_k[n], starts_k[n + 1]:starts_k[-1]]
-        lengths_q, lengths_k = np.delete(np.diff(starts_q), n), np.delete(np.diff(starts_k), n)
-        if lengths_q.sum() == 0 or lengths_k.sum() == 0:
-            continue                        # no query or no key left: not a case
-        yield replace(case, query=case.query[:, :, rows], key=case.key[:, :, columns],
-                      value=case.value[:, :, columns],
-                      d_output=None if case.d_output is None else case.d_output[:, :, rows],
-                      cu_seqlens=(np.r_[0, np.cumsum(lengths_q)],
-                                  np.r_[0, np.cumsum(lengths_k)]))
+        yield from _kept(case, np.r_[0:starts_q[n], starts_q[n + 1]:starts_q[-1]],
+                         np.r_[0:starts_k[n], starts_k[n + 1]:starts_k[-1]], dropped=n)
+
+
+def _shorter_sequences(case: Case) -> Iterator[Case]:
+    """``case`` with one packed sequence cut to fewer queries or keys (none too: a
+    sequence without queries or without keys is a case), its first or its last ones."""
+    assert case.cu_seqlens is not None
+    for side, starts in enumerate(case.cu_seqlens):
+        every, others = np.arange(starts[-1]), np.arange(case.cu_seqlens[1 - side][-1])
+        for start, stop in zip(starts[:-1], starts[1:]):
+            for fewer in [0, *_fewer(int(stop - start))] if stop > start else []:
+                ends = (every[start:start + fewer], every[stop - fewer:stop])
+                for kept in ends[:1] if fewer == 0 else ends:
+                    cut = np.r_[every[:start], kept, every[stop:]]
+                    yield from _kept(case, *((cut, others) if side == 0 else (others, cut)))
+
+
+def _kept(case: Case, rows: np.ndarray, columns: np.ndarray,
+          dropped: int | None = None) -> Iterator[Case]:
+    """The packed ``case`` with the queries ``rows`` and the keys ``columns`` alone, and
+    without sequence ``dropped`` (nothing when no query or no key is left: no case)."""
+    assert case.cu_seqlens is not None
+    if not len(rows) or not len(columns):
+        return
+
+    def lengths(kept: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        found = np.searchsorted(starts, kept, side="right") - 1       # sequence of each
+        counts = np.bincount(found, minlength=len(starts) - 1)
+        return np.r_[0, np.cumsum(np.delete(counts, dropped) if dropped is not None
+                                  else counts)]
+
+    yield replace(case, query=case.query[:, :, rows], key=case.key[:, :, columns],
+                  value=case.value[:, :, columns],
+                  d_output=None if case.d_output is None else case.d_output[:, :, rows],
+                  cu_seqlens=(lengths(rows, case.cu_seqlens[0]),
+                              lengths(columns, case.cu_seqlens[1])))

@@ -32,10 +32,11 @@ from .cases import (
     FEATURES,
     OUTPUTS,
     PATTERNS,
+    SHAPES,
     Case,
     battery,
     check_features,
-    patterns_with,
+    forms,
     smaller,
 )
 from .diagnose import Divergence, diverges
@@ -196,11 +197,14 @@ class _Checker:
         self.fn = leaving_out(fn, self.left_out)
         self.layout, self.kind, self.name, self.chosen = layout, kind, name, chosen
         # What every case has, and so no failure needs: full attention, or the one
-        # pattern a kernel computes.
-        patterns = chosen & PATTERNS
-        self.always = patterns if len(patterns) == 1 else frozenset({"full"})
+        # pattern a kernel computes; padded sequences, or the one shape it takes.
+        patterns, shapes = chosen & PATTERNS, chosen & SHAPES
+        self.always = (patterns if len(patterns) == 1 else frozenset({"full"})) | \
+            (shapes if len(shapes) == 1 else frozenset({"padded"}))
+        # A line for padded only beside another shape: alone it would count every case.
+        rows = chosen - {"padded"} if shapes == {"padded"} else chosen
         self.report = Report(name or str(getattr(fn, "__qualname__", repr(fn))), layout, dtype,
-                             kind, tuple(f for f in FEATURES if f in chosen),
+                             kind, tuple(f for f in FEATURES if f in rows),
                              describe_tolerance(dtype))
         for feature in self.report.features:
             self.report.by_feature[feature] = FeatureResult()
@@ -213,7 +217,7 @@ class _Checker:
     def record(self, case: Case, judgement: Judgement) -> None:
         """Count the case under each feature it uses (its pattern included)."""
         features = case.features(self.layout)
-        for row in features - OUTPUTS:
+        for row in (features - OUTPUTS) & self.report.by_feature.keys():
             self.report.by_feature[row].add(judgement.passed and not judgement.what,
                                             judgement.ulps, judgement.ratio)
         called = judgement.what != "the call"
@@ -311,14 +315,19 @@ def check_attention(fn: Callable, *, layout: str = "sdpa", features: Any = (),
         (:mod:`routing_sim.testing.calling` lists them all).
     features : iterable of str or str
         What ``fn`` supports, from full, mask, causal, bottom_right, gqa, window, softcap,
-        alibi, sinks, varlen, lse, dropout_mask, decode, value_dim, backward (a
+        alibi, sinks, padded, varlen, lse, dropout_mask, decode, value_dim, backward (a
         comma-separated string works). The **patterns** full (every query reaches every
         key), causal, bottom_right and window are what ``fn`` computes, and each case
         follows one of those named: ``["causal"]`` checks a causal-only kernel on causal
         cases only (called without ``is_causal`` / ``causal`` if it takes no such
         keyword), ``["full", "causal"]`` a kernel that does both, on both; naming no
-        pattern means full. The other features are options ``fn`` also takes: each adds
-        its cases, and cases without it run too. ``value_dim`` adds value head dims
+        pattern means full. The **shapes** padded (a batch of equal lengths), varlen
+        (packed sequences with ``cu_seqlens``) and decode (one query) are the inputs
+        ``fn`` takes, and each case has one of those named: ``["varlen"]`` checks a
+        packed-only kernel (``flash_attn_varlen_func``) on packed cases only, the
+        battery's edges packed too, ``["padded", "varlen"]`` one that takes both; naming
+        no shape means padded. The other features are options ``fn`` also takes: each
+        adds its cases, and cases without it run too. ``value_dim`` adds value head dims
         other than the query/key head dim; ``lse`` and ``backward`` are asked of every
         case (``backward`` with ``sinks`` checks their gradient too).
     dtype : str, numpy or torch dtype, optional
@@ -356,7 +365,7 @@ def check_attention(fn: Callable, *, layout: str = "sdpa", features: Any = (),
     if cases is not None and (isinstance(cases, bool) or not isinstance(cases, int)
                               or cases < 0):
         raise InvalidArgumentError(f"cases must be an int >= 0, got {cases!r}")
-    kind = detect(fn, layout, dtype_name)
+    kind = detect(fn, layout, dtype_name, [s for s in FEATURES if s in chosen & SHAPES])
     if "backward" in chosen and kind != "torch":
         raise InvalidArgumentError("feature 'backward' takes the gradients with torch's "
                                    "autograd: fn must take torch tensors")
@@ -369,19 +378,20 @@ def check_attention(fn: Callable, *, layout: str = "sdpa", features: Any = (),
         if not judgement.passed and not checker.explained(case, judgement):
             checker.add_failure(checker.shrink(case, judgement), f"battery case '{case.label}'")
     _search(checker, chosen, layout, dtype_name, 100 if cases is None else cases, seed)
+    named = [f for f in FEATURES if f in chosen & (PATTERNS | SHAPES)]
     for feature in sorted(chosen - OUTPUTS - PATTERNS, key=FEATURES.index):
-        if not patterns_with(feature, chosen, layout):
+        if not forms(feature, chosen, layout):
             checker.report.notes.append(
-                f"{feature}: no case, it combines with none of the patterns named "
-                f"({', '.join(sorted(chosen & PATTERNS))}) in layout {layout!r}")
+                f"{feature}: no case, it combines with none of the patterns and shapes "
+                f"named ({', '.join(named)}) in layout {layout!r}")
     return checker.report
 
 
 def _search(checker: _Checker, chosen: frozenset[str], layout: str, dtype: str, count: int,
             seed: int) -> None:
-    """The hypothesis search: for each pattern and option chosen, cases that use it (and
-    a random choice of the others; plain cases for ``full``); hypothesis shrinks the first
-    failure."""
+    """The hypothesis search: for each pattern, shape other than padded and option
+    chosen, cases that use it (and a random choice of the others; plain cases for
+    ``full``); hypothesis shrinks the first failure."""
     if count == 0:
         return
     try:
@@ -392,8 +402,8 @@ def _search(checker: _Checker, chosen: frozenset[str], layout: str, dtype: str, 
         checker.report.notes.append("hypothesis is not installed (pip install "
                                     "'routing_sim[testing]'): the battery ran, no search")
         return
-    groups = [name for name in FEATURES if name in chosen - OUTPUTS
-              and patterns_with(name, chosen, layout)]
+    groups = [name for name in FEATURES if name in chosen - OUTPUTS - {"padded"}
+              and forms(name, chosen, layout)]
     each = max(1, count // len(groups))
     draw = random.Random(seed)
     for group in groups:
@@ -401,7 +411,7 @@ def _search(checker: _Checker, chosen: frozenset[str], layout: str, dtype: str, 
                for failure in checker.report.failures):
             continue                    # a failure already shows what this search would
         # full attention's search draws plain cases; every other, any chosen features.
-        features = chosen & OUTPUTS | {"full"} if group == "full" else chosen
+        features = chosen & (OUTPUTS | SHAPES) | {"full"} if group == "full" else chosen
         strategy = strategies.cases(features=features, layout=layout, dtype=dtype,
                                     require=group)
         settings = hypothesis.settings(max_examples=each, database=None, deadline=None)
@@ -457,7 +467,8 @@ def assert_attention_close(actual: Any, query: Any, key: Any, value: Any, *,
         assert judgement.row is not None and outcome.output is not None
         b, h, i = judgement.row
         row = outcome.output[b, h, i]
-        errors = np.abs(row - expected.output[b, h, i]) / expected.tolerance[b, h, i]
+        with np.errstate(over="ignore", divide="ignore"):    # inf: far outside, named first
+            errors = np.abs(row - expected.output[b, h, i]) / expected.tolerance[b, h, i]
         c = int(np.argmax(np.where(np.isnan(errors), np.inf, errors)))
         raise AssertionError(
             f"output, query {i} (batch {b}, head {h}), element {c}: {float(row[c])!r}, "

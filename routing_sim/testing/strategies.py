@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from .calling import arguments as layout_arguments
-from .cases import OUTPUTS, PATTERNS, Case, check_features, compatible, patterns_with
+from .cases import FEATURES, OUTPUTS, PATTERNS, SHAPES, Case, check_features, compatible, forms
 from .precision import check_dtype
 
 __all__ = ["arguments", "cases"]
@@ -44,19 +44,21 @@ def cases(features: Any = (), layout: str = "sdpa", dtype: Any = None,
     of ``features`` (``require``: always this one), in ``dtype`` (float64 by default).
 
     Every case follows one of the patterns named (``full`` when none is: see
-    :func:`~routing_sim.testing.cases.check_features`), so ``features=["causal"]`` draws
-    causal cases only. Sizes shrink towards one token, values towards zero: a failure
-    hypothesis finds is reported small.
+    :func:`~routing_sim.testing.cases.check_features`) and has one of the shapes named
+    (``padded`` when none is), so ``features=["causal"]`` draws causal cases only,
+    ``features=["varlen"]`` packed ones only. Sizes shrink towards one token (packed:
+    one sequence), values towards zero: a failure hypothesis finds is reported small.
     """
     chosen = check_features(features, layout)
     dtype_name = check_dtype(dtype)
     if require is not None and require not in chosen - OUTPUTS:
         raise ValueError(f"require={require!r} is not one of the features {sorted(chosen)}")
-    patterns = patterns_with(require, chosen, layout)
-    if not patterns:
-        raise ValueError(f"require={require!r} combines with none of the patterns named "
-                         f"({', '.join(sorted(chosen & PATTERNS))}) in layout {layout!r}")
-    return _cases(chosen, layout, dtype_name, require, patterns)
+    found = forms(require, chosen, layout)
+    if not found:
+        named = [name for name in FEATURES if name in chosen & (PATTERNS | SHAPES)]
+        raise ValueError(f"require={require!r} combines with none of the patterns and shapes "
+                         f"named ({', '.join(named)}) in layout {layout!r}")
+    return _cases(chosen, layout, dtype_name, require, found)
 
 
 def arguments(case: Case, layout: str = "sdpa") -> tuple[Any, Any, Any, dict[str, Any]]:
@@ -67,10 +69,10 @@ def arguments(case: Case, layout: str = "sdpa") -> tuple[Any, Any, Any, dict[str
 
 @st.composite
 def _cases(draw: st.DrawFn, chosen: frozenset[str], layout: str, dtype: str,
-           require: str | None, patterns: list[str]) -> Case:
+           require: str | None, found: list[tuple[str, str]]) -> Case:
     wanted = {name for name in sorted(chosen - OUTPUTS) if draw(st.booleans())}
-    pattern = draw(st.sampled_from(patterns))
-    on = compatible(wanted, layout, first=[name for name in (require, pattern) if name])
+    form = draw(st.sampled_from(found))                 # (shape, pattern)
+    on = compatible(wanted, layout, first=[name for name in (require, *form) if name])
     batch = 1 if "varlen" in on else draw(st.integers(1, 2))
     kv_heads = draw(st.integers(1, 2))
     heads = kv_heads * (draw(st.integers(2, 3)) if "gqa" in on else 1)
@@ -85,7 +87,7 @@ def _cases(draw: st.DrawFn, chosen: frozenset[str], layout: str, dtype: str,
         n_queries, n_keys = int(cu_seqlens[0][-1]), int(cu_seqlens[1][-1])
     else:
         cu_seqlens = None
-        n_queries = draw(st.integers(1, 2)) if "decode" in on else draw(_SIZES)
+        n_queries = 1 if "decode" in on else draw(_SIZES)
         n_keys = draw(_SIZES)
     dim = draw(st.integers(1, 8))
     # Ev = E unless asked: FlashAttention 2's kernels need it.
@@ -104,7 +106,7 @@ def _cases(draw: st.DrawFn, chosen: frozenset[str], layout: str, dtype: str,
     options: dict[str, Any] = {}
     if "causal" in on:
         options["causal"] = "bottom_right" if layout == "flash" or "varlen" in on else "top_left"
-    if "bottom_right" in on or "decode" in on and "causal" in on and n_queries > 1:
+    if "bottom_right" in on:
         options["causal"] = "bottom_right"
     if "mask" in on:
         shape = (draw(st.sampled_from([1, batch])), draw(st.sampled_from([1, heads])),

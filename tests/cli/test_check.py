@@ -56,3 +56,14 @@ def test_a_causal_only_function_is_checked_on_causal_cases_only(capsys):
                  "--cases", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines[2:4]] == ["causal", "tolerance:"]
+
+
+def test_a_packed_only_function_is_checked_on_packed_cases_only(capsys):
+    assert main(["check", "tests.testing.kernels:flash_varlen", "--layout", "flash",
+                 "--features", "varlen,causal", "--cases", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[2:5]] == ["causal", "varlen", "tolerance:"]
+    assert main(["check", "tests.testing.kernels:flash_varlen", "--features",
+                 "varlen,bottom_right"]) == 1
+    assert "no case takes a shape named (varlen) with a pattern named (bottom_right)" in \
+        capsys.readouterr().err

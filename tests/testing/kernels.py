@@ -33,8 +33,10 @@ def _attention(q, k, v, *, scale, causal, bottom_right, mask, window, softcap, a
         starts_q, starts_k = (np.asarray(x) for x in starts)
         seq_q = np.searchsorted(starts_q, i, side="right") - 1
         seq_k = np.searchsorted(starts_k, j, side="right") - 1
-        allowed = seq_q == seq_k
+        allowed = seq_q >= seq_k if bug == "earlier sequences" else seq_q == seq_k
         offset = np.diff(starts_k)[seq_q] - np.diff(starts_q)[seq_q]
+        if bug == "pack aligned":             # the diagonal of the whole pack, S - L
+            offset = np.full_like(offset, n_keys - n_queries)
         i, j = i - starts_q[seq_q], j - starts_k[seq_k]
     if causal:
         aligned = bottom_right or starts is not None
@@ -210,6 +212,62 @@ def softcap_slope_omitted(q, k, v, **kwargs):
     return torch_sdpa(q, k, v, _bug="softcap slope", **kwargs)
 
 
+def flash_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                 dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
+                 softcap=0.0, alibi_slopes=None, *, return_lse=False, _bug=None):
+    """``flash_attn_varlen_func``'s signature: packed sequences ``(total, H, E)`` only,
+    the cumulative lengths required (``_bug`` plants one; ``return_lse``: routing_sim's)."""
+    assert q.ndim == 3, "packed (total, H, E) inputs only"
+    assert max_seqlen_q == np.diff(cu_seqlens_q).max()
+    assert max_seqlen_k == np.diff(cu_seqlens_k).max()
+    return flash(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes,
+                 cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, return_lse=return_lse,
+                 _bug=_bug)
+
+
+def varlen_reads_earlier_sequences(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                   max_seqlen_k, **kwargs):
+    """Packed sequences only; each query also reads the keys of the sequences before its own."""
+    return flash_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                        _bug="earlier sequences", **kwargs)
+
+
+def varlen_causal_on_the_pack(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                              max_seqlen_k, **kwargs):
+    """Packed sequences only; the causal diagonal aligned bottom-right on the whole pack
+    (its total keys minus total queries), not on each sequence."""
+    return flash_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                        _bug="pack aligned", **kwargs)
+
+
+def decode_split_kv(q, k, v, scale=None, enable_gqa=False, _bug=None):
+    """One decode step as flash-decoding takes it: one query (``L = 1``) only, the keys in
+    splits of 64, each split's row max, sum and unnormalised output, then the splits
+    combined, each rescaled by ``exp(m_split - m)`` (``_bug``: not rescaled)."""
+    if q.shape[2] != 1:
+        raise ValueError(f"a decode step takes one query, got {q.shape[2]}")
+    shared = q.shape[1] // k.shape[1]
+    k, v = np.repeat(k, shared, 1), np.repeat(v, shared, 1)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    maxima, sums, outputs = [], [], []
+    for start in range(0, k.shape[2], 64):
+        scores = q @ np.swapaxes(k[:, :, start:start + 64], -1, -2) * scale   # (B, H, 1, 64)
+        maxima.append(scores.max(-1, keepdims=True))
+        exps = np.exp(scores - maxima[-1])
+        sums.append(exps.sum(-1, keepdims=True))
+        outputs.append(exps @ v[:, :, start:start + 64])                       # (B, H, 1, Ev)
+    row_max = np.max(maxima, axis=0)
+    factors = [np.ones_like(m) if _bug == "splits not rescaled" else np.exp(m - row_max)
+               for m in maxima]
+    total = sum(f * s for f, s in zip(factors, sums))
+    return sum(f * o for f, o in zip(factors, outputs)) / total
+
+
+def decode_splits_not_rescaled(q, k, v, **kwargs):
+    """A decode step that adds its splits of 64 keys without rescaling them to one max."""
+    return decode_split_kv(q, k, v, _bug="splits not rescaled", **kwargs)
+
+
 # Each planted bug: (its kernel, the layout, the features its check runs).
 PLANTED = {
     "scale 1/d": (scale_one_over_d, "sdpa", ()),
@@ -225,6 +283,12 @@ PLANTED = {
     "the sinks' gradient negated": (sinks_gradient_negated, "sdpa", ("sinks", "backward")),
     "softcap's slope left out of the gradients": (softcap_slope_omitted, "sdpa",
                                                   ("softcap", "backward")),
+    "a packed-only kernel reading earlier sequences": (varlen_reads_earlier_sequences,
+                                                       "flash", ("varlen",)),
+    "a packed-only kernel aligning causal on the whole pack": (varlen_causal_on_the_pack,
+                                                               "flash", ("varlen", "causal")),
+    "a decode-only kernel not rescaling its splits": (decode_splits_not_rescaled, "sdpa",
+                                                      ("decode", "gqa")),
 }
 
 

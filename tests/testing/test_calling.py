@@ -15,7 +15,7 @@ from routing_sim.testing.calling import (
     load_function,
     reproducer,
 )
-from routing_sim.testing.cases import FEATURES, battery
+from routing_sim.testing.cases import FEATURES, battery, check_features
 from tests.testing import kernels
 
 EVERY = frozenset(f for f in FEATURES if f != "backward")
@@ -45,14 +45,14 @@ def test_a_case_goes_to_the_kernel_and_comes_back_the_same(layout, kind):
 
 
 def test_the_layouts_shapes_and_names():
-    case = next(c for c in battery(frozenset({"full", "gqa", "causal"}), "flash", "float64")
+    case = next(c for c in battery(check_features("full, gqa, causal", "flash"), "flash", "float64")
                 if c.shape[:3] == (2, 4, 2))
     (q, k, v), kwargs = arguments(case, "flash", "numpy")
     batch, heads, kv_heads, n_queries, n_keys, dim, _ = case.shape
     assert q.shape == (batch, n_queries, heads, dim) and k.shape == (batch, n_keys, kv_heads, dim)
     (q, k, v), kwargs = arguments(case, "sdpa", "numpy")
     assert q.shape == (batch, heads, n_queries, dim) and kwargs["enable_gqa"] is True
-    varlen = next(c for c in battery(frozenset({"full", "varlen"}), "flash", "float64")
+    varlen = next(c for c in battery(check_features("varlen", "flash"), "flash", "float64")
                   if c.cu_seqlens is not None)
     (q, k, v), kwargs = arguments(varlen, "flash", "numpy")
     assert q.shape == (varlen.shape[3], varlen.shape[1], varlen.shape[5])
@@ -66,7 +66,7 @@ def test_the_kind_of_a_function_is_detected():
 
 
 def test_a_kernel_that_raises_or_returns_the_wrong_shape_is_an_outcome_not_a_crash():
-    case = battery(frozenset({"full"}), "sdpa", "float64")[0]
+    case = battery(check_features("full", "sdpa"), "sdpa", "float64")[0]
 
     def raises(q, k, v):
         raise RuntimeError("no kernel for this shape")
@@ -90,7 +90,7 @@ def test_functions_load_by_module_or_by_path(tmp_path):
 
 def test_a_reproducer_rebuilds_the_arrays_exactly():
     torch = pytest.importorskip("torch")
-    case = next(c for c in battery(frozenset({"full", "mask"}), "sdpa", "bfloat16")
+    case = next(c for c in battery(check_features("full, mask", "sdpa"), "sdpa", "bfloat16")
                 if c.mask is not None and c.mask.dtype != bool)
     code = reproducer(case, "sdpa", "torch", None)
     scope: dict = {}

@@ -58,6 +58,9 @@ def test_every_planted_bug_is_caught_and_the_page_shows_its_minimal_case():
     ("a causal-only kernel off by one", "scores", 1),
     ("the sinks' gradient negated", "gradient", None),
     ("softcap's slope left out of the gradients", "gradient", None),
+    ("a packed-only kernel reading earlier sequences", "scores", 0),
+    ("a packed-only kernel aligning causal on the whole pack", "scores", 1),
+    ("a decode-only kernel not rescaling its splits", "scores", 64),
 ])
 def test_each_planted_bug_diverges_where_its_bug_is(title, stage, key):
     fn, layout, features = kernels.PLANTED[title]
@@ -261,3 +264,68 @@ def test_a_planted_backward_bug_is_caught(fn, features, what, hint):
     assert failure.case.shape[0] == 1 and failure.case.shape[3] <= 2         # shrunk
     # Its forward pass is right: only the gradients fail.
     assert all(f.what.startswith("gradient") for f in report.failures)
+
+
+VARLEN = ["varlen", "causal", "full", "window", "softcap", "alibi", "gqa", "lse"]
+
+
+def test_a_packed_only_kernel_is_checked_on_packed_sequences_only():
+    report = rs.testing.check_attention(kernels.flash_varlen, layout="flash", features=VARLEN,
+                                        cases=8)
+    assert report.passed, str(report)
+    assert "padded" not in report.by_feature
+    packed = report.by_feature["varlen"].cases
+    # Every case (lse is asked of each) is packed, the battery's edges (tiles, huge
+    # scores, ...) included.
+    assert packed == report.by_feature["lse"].cases > 40
+    # Given padded cases too, it fails their calls: it has no default for cu_seqlens.
+    both = rs.testing.check_attention(kernels.flash_varlen, layout="flash",
+                                      features=["padded", "varlen"], cases=0)
+    assert not both.passed and both.failures[0].what == "the call"
+    assert both.by_feature["padded"].failed == both.by_feature["padded"].cases > 15
+    assert both.by_feature["varlen"].failed == 0
+
+
+@pytest.mark.parametrize("fn, features, sequences", [
+    # One sequence with a key and no query, then one with a query and no key: the query
+    # reads the earlier sequence's key, which it must not.
+    (kernels.varlen_reads_earlier_sequences, ["varlen"], [(0, 1), (1, 0)]),
+    # Two queries on one key: bottom-right, the first reaches none; aligned on the whole
+    # pack (2 queries, 2 keys) it reaches that key.
+    (kernels.varlen_causal_on_the_pack, ["varlen", "causal"], [(0, 1), (2, 1)]),
+])
+def test_a_planted_per_sequence_bug_shrinks_to_a_minimal_packed_case(fn, features, sequences):
+    name = f"tests.testing.kernels:{fn.__name__}"
+    report = rs.testing.check_attention(fn, layout="flash", features=features, cases=8,
+                                        name=name)
+    assert not report.passed
+    failure = report.failures[0]
+    case = failure.case
+    assert case.shape[1:3] == (1, 1) and case.shape[5:] == (1, 1)
+    assert list(zip(np.diff(case.cu_seqlens[0]).tolist(),
+                    np.diff(case.cu_seqlens[1]).tolist())) == sequences
+    assert failure.divergence.text.endswith(
+        "the route is blocked (another sequence) but the kernel gives it a share of 1"
+        if fn is kernels.varlen_reads_earlier_sequences else
+        "the route is blocked (causal) but the kernel gives it a share of 1")
+    with pytest.raises(AssertionError, match="output, query 0"):
+        exec(compile(failure.reproducer, "<reproducer>", "exec"), {})
+    fixed = failure.reproducer.replace(f"{fn.__name__} as fn", "flash_varlen as fn")
+    exec(compile(fixed, "<ok>", "exec"), {})
+
+
+def test_a_decode_only_kernel_is_checked_on_one_query_and_a_planted_bug_is_caught():
+    report = rs.testing.check_attention(kernels.decode_split_kv, features=["decode", "gqa"],
+                                        cases=8)
+    assert report.passed, str(report)
+    assert report.by_feature["decode"].cases == report.by_feature["full"].cases > 25
+    # A kernel that takes both shapes names both; this one refuses L > 1.
+    both = rs.testing.check_attention(kernels.decode_split_kv, features=["padded", "decode"],
+                                      cases=0)
+    assert both.failures[0].what == "the call" and both.by_feature["decode"].failed == 0
+    wrong = rs.testing.check_attention(kernels.decode_splits_not_rescaled,
+                                       features=["decode", "gqa"], cases=8)
+    failure = wrong.failures[0]
+    # Right on one split of 64 keys, wrong on two: 65 keys, the first and second split.
+    assert failure.case.decode and failure.case.shape == (1, 1, 1, 1, 65, 1, 1)
+    assert (failure.divergence.stage, failure.divergence.key) == ("scores", 64)

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 
 import routing_sim as rs
-from routing_sim.testing.cases import FEATURES, battery
+from routing_sim.testing.cases import FEATURES, battery, check_features
 from routing_sim.testing.oracle import correctly_rounded, expect
 
 EVERY = frozenset(f for f in FEATURES if f != "backward")
 
 
 def test_the_lse_is_the_log_of_the_normaliser_written_out():
-    for case in battery(frozenset({"full", "mask", "sinks", "lse", "window"}), "sdpa", "float64"):
+    for case in battery(check_features("mask, sinks, lse, window", "sdpa"), "sdpa", "float64"):
         expected = expect(case)
         assert expected.lse is not None
         scores = expected.scores                                       # -inf off the routes
@@ -30,7 +30,7 @@ def test_the_lse_is_the_log_of_the_normaliser_written_out():
 
 
 def test_correctly_rounded_rows_are_exact_modes():
-    case = next(c for c in battery(frozenset({"full", "gqa", "sinks"}), "sdpa", "float64")
+    case = next(c for c in battery(check_features("full, gqa, sinks", "sdpa"), "sdpa", "float64")
                 if c.sinks is not None)
     batch, heads, _, n_queries, *_ = case.shape
     rows = np.array([(b, h, i) for b in range(batch) for h in range(heads)
@@ -55,7 +55,7 @@ def test_a_float64_tolerance_is_a_few_ulps_scaled_by_the_rows_conditioning():
 
 
 def test_a_bfloat16_tolerance_grows_with_the_scores_it_cannot_resolve():
-    small, huge = (next(c for c in battery(frozenset({"full"}), "sdpa", "bfloat16")
+    small, huge = (next(c for c in battery(check_features("full", "sdpa"), "sdpa", "bfloat16")
                         if c.label == label) for label in ("L = S", "huge scores"))
     assert (expect(small).tolerance < 0.1 * expect(small).magnitude).all()
     assert (expect(huge).tolerance > expect(huge).magnitude).any()
@@ -63,7 +63,7 @@ def test_a_bfloat16_tolerance_grows_with_the_scores_it_cannot_resolve():
 
 def test_gradients_are_torch_autograds_within_the_bound_and_1e_9_is_outside():
     torch = pytest.importorskip("torch")
-    for case in battery(frozenset({"full", "gqa", "backward", "causal", "dropout_mask"}), "sdpa",
+    for case in battery(check_features("full, gqa, backward, causal, dropout_mask", "sdpa"), "sdpa",
                         "float64")[::3]:
         expected = expect(case)
         assert expected.gradients is not None and expected.gradient_tolerance is not None

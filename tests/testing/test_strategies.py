@@ -18,7 +18,7 @@ CHOSEN = ("mask", "gqa", "window", "alibi", "sinks", "dropout_mask", "lse")
 @given(strategies.cases(features=CHOSEN, require="window"))
 def test_cases_use_the_chosen_features_and_the_required_one(case):
     assert "window" in case.features("sdpa")
-    assert case.features("sdpa") - OUTPUTS <= set(CHOSEN)
+    assert case.features("sdpa") - OUTPUTS <= {*CHOSEN, "padded"}
     assert case.lse
     q, k, v, kwargs = strategies.arguments(case)
     rs.testing.assert_attention_close(kernels.sdpa(q, k, v, **kwargs), q, k, v, **kwargs)
@@ -63,5 +63,23 @@ def test_a_kernel_naming_one_pattern_gets_only_that_pattern(case):
 
 
 def test_a_required_feature_must_combine_with_a_named_pattern():
-    with pytest.raises(ValueError, match="combines with none of the patterns named"):
+    with pytest.raises(ValueError, match="combines with none of the patterns and shapes"):
         strategies.cases(features=["causal", "mask"], require="mask")
+    with pytest.raises(ValueError, match=r"named \(full, varlen\)"):
+        strategies.cases(features=["varlen", "mask"], require="mask")
+
+
+@settings(max_examples=25, deadline=None)
+@given(strategies.cases(features=["varlen", "causal", "window"], layout="flash"))
+def test_a_kernel_naming_one_shape_gets_only_that_shape(case):
+    assert case.cu_seqlens is not None and case.shape[0] == 1
+    q, k, v, kwargs = strategies.arguments(case, "flash")
+    assert q.ndim == 3 and "cu_seqlens_q" in kwargs
+    rs.testing.assert_attention_close(kernels.flash(q, k, v, **kwargs), q, k, v,
+                                      layout="flash", **kwargs)
+
+
+@settings(max_examples=15, deadline=None)
+@given(strategies.cases(features=["decode", "gqa"]))
+def test_decode_cases_have_one_query(case):
+    assert case.decode and case.shape[3] == 1
