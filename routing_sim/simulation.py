@@ -435,19 +435,21 @@ def _stats(log: Trace, transport: Transport | WaveTransport | Wire,
            nodes: ForwardNodes | PlainEngine, routes: RouteTable, completed: np.ndarray) -> Stats:
     kinds = log.kinds
     names = [kind.name for kind in kinds]
-    per_kind = lambda numbers: dict(zip(names, map(int, numbers)))  # noqa: E731
-    fates = np.array([log.fates[kind] for kind in kinds])              # (kinds, fates)
+    fates = [log.fates[kind].tolist() for kind in kinds]               # (kinds, fates)
+    retransmissions = nodes.retransmissions
     return Stats(
-        messages=per_kind(log.counts[kind] for kind in kinds),
-        bytes=per_kind(log.bytes.values()),
+        messages={name: int(log.counts[kind]) for name, kind in zip(names, kinds)},
+        bytes={name: int(log.counts[kind]) * log.nbytes_of[kind]
+               for name, kind in zip(names, kinds)},
         makespan=float(completed.max(initial=0.0)),
         events=transport.events, delivery=transport.mode, routes=len(routes),
-        lost=per_kind(fates[:, Fate.LOST]),
-        duplicated=per_kind(log.duplicates[kind] for kind in kinds),
-        retransmitted=per_kind(nodes.retransmissions.get(kind, 0) for kind in kinds),
-        dropped=per_kind(fates[:, Fate.SENDER_DOWN] + fates[:, Fate.RECEIVER_DOWN]),
+        lost={name: fate[Fate.LOST] for name, fate in zip(names, fates)},
+        duplicated={name: int(log.duplicates[kind]) for name, kind in zip(names, kinds)},
+        retransmitted={name: int(retransmissions.get(kind, 0)) for name, kind in zip(names, kinds)},
+        dropped={name: fate[Fate.SENDER_DOWN] + fate[Fate.RECEIVER_DOWN]
+                 for name, fate in zip(names, fates)},
         ignored=nodes.ignored,
-        latency=dict(zip(names, map(log.latency_percentiles, kinds))),
+        latency={name: log.latency_percentiles(kind) for name, kind in zip(names, kinds)},
         node_bytes=log.node_bytes.reshape(routes.n_groups, routes.span, 2),
     )
 

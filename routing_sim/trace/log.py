@@ -73,6 +73,7 @@ class Trace:
         self.duplicates = {kind: 0 for kind in self.kinds}
         histograms = np.zeros((len(self.kinds), len(LATENCY_BINS) - 1), np.int64)
         self.latency_histogram = dict(zip(self.kinds, histograms))
+        self._one_bin: dict[Kind, int] = {}     # the one bin a kind's latencies fill; -1: more
         self._node_bytes = np.zeros((routes.n_groups * routes.span, 2), np.int64)
         self._routes = routes
         # Bytes per route of the whole waves logged so far, towards the key and back: a
@@ -106,7 +107,9 @@ class Trace:
             self.fates[kind][Fate.DELIVERED] += count
             sent, arrive = constant(batch.sent), constant(batch.arrive)
             if sent is not None and arrive is not None:                # one latency for all
-                self.latency_histogram[kind][_bin_of(arrive - sent)] += count
+                one = _bin_of(arrive - sent)
+                self.latency_histogram[kind][one] += count
+                self._one_bin[kind] = one if self._one_bin.get(kind, one) == one else -1
             else:
                 self._add_latency(kind, batch.arrive - batch.sent)
             if count == len(self._routes):     # every route once: a whole wave
@@ -144,6 +147,7 @@ class Trace:
         """Add latencies to the histogram."""
         if not len(latency):
             return
+        self._one_bin[kind] = -1
         if latency.min() == latency.max():                             # one bin for all
             self.latency_histogram[kind][_bin_of(float(latency[0]))] += len(latency)
         else:
@@ -245,6 +249,10 @@ class Trace:
                 return {}
             return {f"p{q}": float(np.percentile(latency, q, method="inverted_cdf"))
                     for q in quantiles} | {"max": float(latency.max())}
+        one = self._one_bin.get(kind, -1)
+        if one >= 0 and min(quantiles) > 0:                            # one bin holds all
+            edge = float(LATENCY_BINS[one + 1])
+            return {f"p{q}": edge for q in quantiles} | {"max": edge}
         counts = self.latency_histogram[kind]
         filled = np.flatnonzero(counts)
         if not filled.size:
