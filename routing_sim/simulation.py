@@ -30,7 +30,7 @@ from .network.messages import FORWARD, Fate, Kind, payload_bytes
 from .network.transport import Transport
 from .network.wave_times import uniform
 from .network.waves import WaveTransport, whole_waves
-from .numerics.tiles import Tiles
+from .numerics.tiles import RowBlocks, Tiles
 from .options import (
     TRACE_DETAILS,
     CausalAlignment,
@@ -278,6 +278,9 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
         tiles = Tiles(routes.indptr, routes.key_index, routes.n_queries, routes.n_keys,
                       dim=max(problem.shape[3:]))
         nodes.state.tiles = tiles if tiles.worthwhile() else None
+    elif routes.full and numerics == "float" and (options.routing == "softmax"
+                                                  or softmax == "two_phase"):
+        nodes.state.rows = RowBlocks(routes.n_groups, routes.n_queries, routes.n_keys)
     nodes.start()
     if isinstance(transport, WaveTransport):
         transport.run()

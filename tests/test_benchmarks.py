@@ -235,3 +235,13 @@ def test_readme_performance_holds_the_commands_block():
             if abs(spread - 2) > 0.02:                 # the cells are rounded for display
                 assert (f"noisy: {name} median" in row["notes"]) == (spread > 2), row
 
+
+
+def test_a_dense_row_runs_only_where_the_memory_budget_lets_simulate_start(monkeypatch):
+    assert suite.fits_in_memory(8, 1)
+
+    def refuse(*args, **kwargs):
+        raise rs.MemoryBudgetError("simulate would need more than is available")
+
+    monkeypatch.setattr(rs.budget, "check_simulation", refuse)
+    assert not suite.fits_in_memory(8, 1)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..numerics.kernels import Kernels
-from ..numerics.tiles import Tiles
+from ..numerics.tiles import RowBlocks, Tiles
 from ..routes.problem import Problem
 from ..routes.table import RouteTable
 
@@ -76,8 +76,9 @@ class ForwardState:
     done_time: np.ndarray = field(init=False)       # (G·L,) output complete
     failed: np.ndarray = field(init=False)          # (G·L,) strict: gave up
     tiles: Tiles | None = None                      # sparse fast path (see tiles.py)
-    tiled_shares: bool = False                      # every route's share is in (tiles)
-    tiled_output: bool = False                      # every node's pull is in (tiles)
+    rows: RowBlocks | None = None                   # full table fast path (tiles.py)
+    tiled_shares: bool = False                      # every route's share is in (tiles, rows)
+    tiled_output: bool = False                      # every node's pull is in (tiles, rows)
     context: dict | None = None                     # names and events for the exporters
     route_latency: np.ndarray | None = None         # (R,) base latency the run used
 
@@ -108,6 +109,12 @@ class ForwardState:
         self.barrier_time = np.full(n_nodes, -np.inf)
         self.done_time = np.full(n_nodes, np.nan)
         self.failed = np.zeros(n_nodes, dtype=bool)
+
+    @property
+    def fixed_blocks(self) -> bool:
+        """Whether every node's products come from fixed blocks (the sparse tiles or a full
+        table's row blocks), all computed at the first barrier."""
+        return self.tiles is not None or self.rows is not None
 
     def no_route_lse(self, nodes: np.ndarray | int) -> np.ndarray:
         """The log-sum-exp of nodes whose softmax has no live route: their sink's logit

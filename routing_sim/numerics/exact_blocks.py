@@ -171,14 +171,15 @@ def exact_dots(queries: np.ndarray, keys: np.ndarray, scale: float, rows: np.nda
     >>> high.tolist(), decided.tolist()          # floats would give 0.0, 0.6000000000000001
     ([1.0, 0.6], [True, True])
     """
+    scale = float(scale)
+    if not (scale == 0 or 1 / _SPAN <= abs(scale) <= _SPAN):     # left to exact_scores
+        undecided = np.zeros(rows.shape)
+        return undecided, undecided.copy(), np.zeros(rows.shape, dtype=bool)
     dim = queries.shape[1]
     beta, most = _beta(dim), 4
     query_slices, query_left, query_ok = split_rows(queries, beta, most)
     key_slices, key_left, key_ok = split_rows(keys, beta, most)
     usable = (query_ok & ~query_left.any(axis=1))[rows] & (key_ok & ~key_left.any(axis=1))[cols]
-    scale = float(scale)
-    if not (scale == 0 or 1 / _SPAN <= abs(scale) <= _SPAN):
-        usable[:] = False
     if bias is not None:
         bias = np.asarray(bias, np.float64)
         usable &= np.isfinite(bias)

@@ -20,23 +20,29 @@ import numpy as np
 
 from ..routes.route_set import concat_ranges
 
-__all__ = ["PANEL_ENTRIES", "Tiles", "tile_size"]
+__all__ = ["BLOCK_ENTRIES", "PANEL_ENTRIES", "RowBlocks", "Tiles", "tile_size"]
 
 PANEL_ENTRIES = 2**21    # entries of a batch's blocks or gathered keys (16 MB of float64)
+BLOCK_ENTRIES = 2**22    # entries of a full table's row block (32 MB of float64)
 MAX_WASTE = 4.0          # tile blocks may hold at most this many entries per route
 
 
 def tile_size(indptr: np.ndarray) -> int:
-    """Query nodes per tile: about the mean fan-in, a power of two in 8 .. 64.
+    """Query nodes per tile: about the mean fan-in, a power of two in 8 .. 32.
+
+    At most 32 so that one tile's product (``T × |U| × E``, about 0.3 M multiply-adds for a
+    window of 128) stays below the size where OpenBLAS splits a product across threads:
+    a panel is thousands of such products in a row, and split ones cost up to 40 times as
+    much wall time on a machine whose cores are busy (measured: docs/design.md).
 
     Examples
     --------
     >>> tile_size(np.arange(0, 1321, 132)), tile_size(np.arange(0, 201, 20))
-    (64, 16)
+    (32, 16)
     """
     nodes = max(len(indptr) - 1, 1)
     mean = max((indptr[-1] - indptr[0]) / nodes, 1.0)
-    return int(2 ** np.clip(np.round(np.log2(mean)), 3, 6))
+    return int(2 ** np.clip(np.round(np.log2(mean)), 3, 5))
 
 
 class Tiles:
@@ -177,13 +183,77 @@ class Tiles:
             nodes, key_rows, routes = self._panel(tiles, rows, width)
             weights = np.zeros(len(tiles) * rows * width, dtype=value.dtype)
             weights[self._slots(tiles, routes)] = shares[routes]
-            pulled = np.matmul(weights.reshape(len(tiles), rows, width), value[key_rows])
+            weights_t = weights.reshape(len(tiles), rows, width)          # (n, T, |U|)
             rows_out = nodes.reshape(-1)
-            if rows_out[-1] - rows_out[0] == len(rows_out) - 1:       # consecutive nodes
-                out[rows_out[0]:rows_out[-1] + 1] = pulled.reshape(-1, value.shape[1])
+            if rows_out[-1] - rows_out[0] == len(rows_out) - 1:       # consecutive: in place
+                np.matmul(weights_t, value[key_rows], out=out[rows_out[0]:rows_out[-1] + 1]
+                          .reshape(len(tiles), rows, value.shape[1]))
             else:
-                out[rows_out] = pulled.reshape(-1, value.shape[1])
+                out[rows_out] = np.matmul(weights_t, value[key_rows]).reshape(-1, value.shape[1])
         return out
+
+
+class RowBlocks:
+    """Blocks of consecutive query nodes of a full route table (every node reads every key).
+
+    On a full table node ``u = g · L + i`` owns routes ``u · S .. (u + 1) · S``, one per key
+    in order, so the scores of a block of a group's rows are one row-major ``(rows, S)``
+    matrix: ``Q_block @ K_gᵀ`` writes straight into the route array, and ``W_block @ V_g``
+    is every output row of the block. A block holds at most :data:`BLOCK_ENTRIES` routes
+    (at least one row), which bounds the temporaries of the softmax that follows each
+    product; blocks are few and large, since each is a product OpenBLAS splits across
+    threads. They depend on the table's shape alone, never on the delivery schedule.
+
+    Parameters
+    ----------
+    n_groups, n_queries, n_keys : int
+        ``G``, ``L`` and ``S`` of the table.
+    entries : int, optional
+        Routes per block (rounded down to whole rows, at least one).
+
+    Examples
+    --------
+    >>> blocks = RowBlocks(2, 3, 4, entries=8)
+    >>> blocks.blocks                                  # (group, first row, stop row)
+    [(0, 0, 2), (0, 2, 3), (1, 0, 2), (1, 2, 3)]
+    >>> q = k = np.eye(4)[None, :3]                     # (G=1, L=3, E=4), keys (1, 3, 4)
+    >>> blocks = RowBlocks(1, 3, 3)
+    >>> scores = np.zeros(9)
+    >>> blocks.dots(q, k, *blocks.blocks[0], out=scores).tolist()     # the block (rows, S)
+    [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+    >>> scores.tolist()                                # written in place: q_i · k_j by route
+    [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    >>> blocks.pull(scores, np.arange(6.0).reshape(1, 3, 2), 0, 0, 3,
+    ...             out=np.zeros((3, 2))).tolist()
+    [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]
+    """
+
+    def __init__(self, n_groups: int, n_queries: int, n_keys: int,
+                 entries: int = BLOCK_ENTRIES) -> None:
+        self.n_queries, self.n_keys = n_queries, n_keys
+        rows = max(1, min(n_queries, entries // max(n_keys, 1)))        # rows per block
+        self.blocks = [(group, first, min(first + rows, n_queries))
+                       for group in range(n_groups) for first in range(0, n_queries, rows)]
+
+    def routes(self, group: int, first: int, stop: int) -> slice:
+        """The route ids of rows ``first:stop`` of ``group``: one slice."""
+        start = (group * self.n_queries + first) * self.n_keys
+        return slice(start, start + (stop - first) * self.n_keys)
+
+    def dots(self, query: np.ndarray, key: np.ndarray, group: int, first: int, stop: int,
+             out: np.ndarray) -> np.ndarray:
+        """``q_i · k_j`` (unscaled) of one block's routes into ``out (R,)``, for ``query
+        (G, L, E)`` and ``key (G, S, E)``; returns the block ``(rows, S)``."""
+        block = out[self.routes(group, first, stop)].reshape(stop - first, self.n_keys)
+        return np.matmul(query[group, first:stop], key[group].T, out=block)  # (rows, S)
+
+    def pull(self, shares: np.ndarray, value: np.ndarray, group: int, first: int, stop: int,
+             out: np.ndarray) -> np.ndarray:
+        """``Σ_j w_ij v_j`` of one block's rows into ``out (G·L, Ev)``, for ``shares (R,)``
+        and ``value (G, S, Ev)``; returns the rows ``(rows, Ev)``."""
+        weights = shares[self.routes(group, first, stop)].reshape(stop - first, self.n_keys)
+        nodes = slice(group * self.n_queries + first, group * self.n_queries + stop)
+        return np.matmul(weights, value[group], out=out[nodes])       # (rows, Ev)
 
 
 def _runs(indptr: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -286,7 +286,8 @@ def from_ranges(n_queries: int, n_keys: int, starts: np.ndarray, stops: np.ndarr
     starts = np.clip(starts, 0, n_keys).astype(np.int64)              # (L, k)
     stops = np.clip(np.maximum(stops, starts), 0, n_keys)              # (L, k)
     counts = (stops - starts).sum(axis=1)                              # (L,)
-    indices = concat_ranges(starts.reshape(-1), stops.reshape(-1))
+    indices = concat_ranges(starts.reshape(-1), stops.reshape(-1),
+                            np.int32 if max(n_queries, n_keys) < 2**31 else np.int64)
     return RouteSet(np.concatenate(([0], np.cumsum(counts))), indices, n_queries, n_keys)
 
 
@@ -332,17 +333,29 @@ def _ascending(indptr: np.ndarray, indices: np.ndarray) -> bool:
     return True
 
 
-def concat_ranges(starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+def concat_ranges(starts: np.ndarray, stops: np.ndarray, dtype: type = np.int64
+                  ) -> np.ndarray:
     """``concatenate([arange(a, b) for a, b in zip(starts, stops)])`` without the loop.
+
+    One array of the result's size, in ``dtype``, and no larger temporary: it holds the
+    step from each entry to the next (1 inside a range, a jump where one begins) and is
+    summed up in place.
 
     Examples
     --------
-    >>> concat_ranges(np.array([0, 5]), np.array([2, 8])).tolist()
-    [0, 1, 5, 6, 7]
+    >>> concat_ranges(np.array([0, 5, 9, 3]), np.array([2, 8, 9, 4])).tolist()
+    [0, 1, 5, 6, 7, 3]
+    >>> concat_ranges(np.array([4]), np.array([4]), np.int32).dtype
+    dtype('int32')
     """
-    lengths = stops - starts
-    total = int(lengths.sum())
-    if total == 0:
-        return np.zeros(0, dtype=np.int64)
-    offsets = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
-    return np.arange(total, dtype=np.int64) + offsets
+    lengths = stops - starts                                           # (k,)
+    if not (lengths > 0).all():                                        # skip empty ranges
+        keep = lengths > 0
+        starts, stops, lengths = starts[keep], stops[keep], lengths[keep]
+    steps: np.ndarray = np.ones(int(lengths.sum()), dtype=dtype)       # (total,)
+    if len(steps):
+        begins = np.cumsum(lengths[:-1])                               # (k - 1,) 2nd range on
+        steps[0] = starts[0]
+        steps[begins] = starts[1:] - (stops[:-1] - 1)                  # from the last entry
+        np.add.accumulate(steps, out=steps)
+    return steps

@@ -11,7 +11,7 @@ from hypothesis.extra.numpy import arrays
 
 import routing_sim as rs
 from routing_sim.routes import graphs
-from routing_sim.routes.route_set import batch_head
+from routing_sim.routes.route_set import batch_head, concat_ranges
 
 masks = arrays(bool, st.tuples(st.integers(0, 3), st.integers(0, 7), st.integers(0, 7)))
 
@@ -81,6 +81,17 @@ def test_broadcast_and_select():
     expected = many.to_mask().copy()
     expected.reshape(-1)[np.flatnonzero(expected.reshape(-1))[~keep]] = False
     assert np.array_equal(many.select(keep).to_mask(), expected)
+
+
+@given(st.lists(st.tuples(st.integers(-5, 40), st.integers(0, 6)), max_size=12),
+       st.sampled_from([np.int32, np.int64]))
+def test_concat_ranges_is_the_ranges_one_after_another(ranges, dtype):
+    starts = np.array([start for start, _ in ranges], dtype=np.int64)
+    stops = np.array([start + length for start, length in ranges], dtype=np.int64)
+    expected = [key for start, stop in zip(starts, stops) for key in range(start, stop)]
+    joined = concat_ranges(starts, stops, dtype)
+    assert joined.tolist() == expected
+    assert joined.dtype == dtype
 
 
 def test_batch_head_convention():

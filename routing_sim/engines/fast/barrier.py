@@ -292,13 +292,13 @@ def allocate_whole(state: ForwardState, nodes: np.ndarray) -> np.ndarray:
     """
     if state.kernels.exact and state.top_k:
         return np.concatenate([allocate(state, int(node)) for node in nodes])
-    if state.tiles is not None:
+    if state.fixed_blocks:
         tiled_shares(state)
     elif state.kernels.exact:
         exact_scores_whole(state, nodes)
     else:
         _float_scores(state, nodes)
-    for chosen, count in ([] if state.tiles is not None else _by_count(state, nodes)):
+    for chosen, count in ([] if state.tiled_shares else _by_count(state, nodes)):
         if state.kernels.exact:
             _exact_block(state, chosen, count)
         else:
@@ -328,18 +328,23 @@ def _by_count(state: ForwardState, nodes: np.ndarray) -> list[tuple[np.ndarray, 
 
 
 def tiled_shares(state: ForwardState) -> None:
-    """Sparse fast path, at the first barrier: every route's score and share at once.
+    """Fast paths, at the first barrier: every route's score and share at once.
 
-    The dot products come from the fixed tiles (:mod:`routing_sim.numerics.tiles`), the softmax
-    runs row by row; the same products whatever order the barriers pass in, so a node's
-    shares are the same bits under every schedule. A node that later loses a route
-    recomputes its own (:func:`allocate`), after this: the two-phase nodes call it at
-    their first barrier, whichever node passes it.
+    The dot products come from the fixed tiles of a sparse run (:mod:`routing_sim.numerics.tiles`)
+    or the row blocks of a full one, the softmax runs row by row; the same products
+    whatever order the barriers pass in, so a node's shares are the same bits under every
+    schedule. A node that later loses a route recomputes its own (:func:`allocate`),
+    after this: the two-phase nodes call it at their first barrier, whichever node passes
+    it.
     """
     if state.tiled_shares:
         return
-    assert state.tiles is not None, "a sparse run's state has tiles"
     problem = state.problem
+    if state.rows is not None:
+        _row_block_shares(state)
+        state.tiled_shares = True
+        return
+    assert state.tiles is not None, "a sparse run's state has tiles"
     dim = problem.shape[3]
     with np.errstate(over="ignore", invalid="ignore"):                 # overflow reported later
         state.tiles.dots(problem.query.reshape(-1, dim), problem.key.reshape(-1, dim),
@@ -347,6 +352,17 @@ def tiled_shares(state: ForwardState) -> None:
     for chosen, count in _by_count(state, np.flatnonzero(state.needed)):
         _float_block(state, chosen, count)
     state.tiled_shares = True
+
+
+def _row_block_shares(state: ForwardState) -> None:
+    """A full table: each block of rows one product, then the softmax of those rows."""
+    assert state.rows is not None, "a full run's state has row blocks"
+    problem, rows = state.problem, state.rows
+    for group, first, stop in rows.blocks:
+        with np.errstate(over="ignore", invalid="ignore"):             # overflow reported later
+            rows.dots(problem.query, problem.key, group, first, stop, out=state.scores)
+        node = group * rows.n_queries
+        _float_block(state, np.arange(node + first, node + stop), rows.n_keys)
 
 
 def _float_scores(state: ForwardState, nodes: np.ndarray) -> None:
@@ -377,14 +393,15 @@ def _float_block(state: ForwardState, chosen: np.ndarray, count: int) -> None:
     bias = None if state.bias is None else state.bias[span].reshape(block.shape)
     if state.raw is None:
         block = scale_scores(block, problem.scale, bias)
-        overflow = ~np.isfinite(block)
+        removed = None
     else:                                 # -inf where the score_mod removed the route
         block, removed = modify(state, span, scale_scores(block, problem.scale), bias)
-        overflow = ~np.isfinite(block) & ~removed
     state.scores[span] = block.reshape(-1)
-    if overflow.any():
-        raise NumericalError(f"a score overflowed to {block[overflow][0]}; "
-                             "scale the inputs down")
+    if not np.isfinite(block).all():                    # one pass in the common case
+        overflow = ~np.isfinite(block) if removed is None else ~np.isfinite(block) & ~removed
+        if overflow.any():
+            raise NumericalError(f"a score overflowed to {block[overflow][0]}; "
+                                 "scale the inputs down")
     if state.top_k and state.chosen is not None:
         pick = top_routes(block, state.top_k)
         state.chosen[span] = pick.reshape(-1)
@@ -432,18 +449,11 @@ def _exact_block(state: ForwardState, chosen: np.ndarray, count: int) -> None:
 
 
 def pull_whole(state: ForwardState, nodes: np.ndarray) -> None:
-    """o_i = Σ_j w_ij v_j for nodes whose values all came: one product per node."""
-    if state.tiles is not None:                        # sparse fast path: every pull at once
+    """o_i = Σ_j w_ij v_j for nodes whose values all came: on the fast paths every node's
+    row at once (tiles or row blocks), else one product per node."""
+    if state.fixed_blocks:
         if not state.tiled_output:
-            # Every row at once, straight into the outputs; a node that lost a route keeps
-            # (or later gets) its own row from aggregate().
-            dead = np.flatnonzero(state.dead)
-            lost = np.unique(state.routes.query_node[dead]) if len(dead) else dead
-            rows = state.output[lost]
-            value = state.problem.value
-            state.tiles.pull(state.shares, value.reshape(-1, value.shape[2]), out=state.output)
-            state.output[lost] = rows
-            state.tiled_output = True
+            _pull_every_row(state)
         state.done_time[nodes] += state.processing
         return
     routes, value, shares, kept = state.routes, state.problem.value, state.shares, state.kept
@@ -459,3 +469,21 @@ def pull_whole(state: ForwardState, nodes: np.ndarray) -> None:
             pulled, weights = pulled[kept[start:stop]], weights[kept[start:stop]]
         state.output[node] = weighted_pull(weights, gather(value[node // n_queries], pulled))
     state.done_time[nodes] += state.processing
+
+
+def _pull_every_row(state: ForwardState) -> None:
+    """Every node's pull at once, straight into the outputs; a node that lost a route keeps
+    (or later gets) its own row from :func:`aggregate`. A route that takes no value (not
+    chosen, dropped, removed) has a share of exactly 0 here."""
+    dead = np.flatnonzero(state.dead)
+    lost = np.unique(state.routes.query_node[dead]) if len(dead) else dead
+    kept_rows = state.output[lost]
+    value = state.problem.value
+    if state.rows is not None:
+        for group, first, stop in state.rows.blocks:
+            state.rows.pull(state.shares, value, group, first, stop, out=state.output)
+    else:
+        assert state.tiles is not None, "a sparse run's state has tiles"
+        state.tiles.pull(state.shares, value.reshape(-1, value.shape[2]), out=state.output)
+    state.output[lost] = kept_rows
+    state.tiled_output = True

@@ -75,11 +75,12 @@ class OnlineNodes(ForwardNodes):
         """No barrier: PULL each kept route at once; a dropped route updates l alone.
 
         Every score of a node (and its shares, for the routing tables) is computed at its
-        first SCORE, as two-phase computes them at its barrier: on a sparse run's tiles,
-        every node's at once; else each new node's one product, the softmax on rows of
-        equal length stacked together. Fixed products, the same bits under any schedule."""
+        first SCORE, as two-phase computes them at its barrier: on a sparse run's tiles or a
+        full run's row blocks, every node's at once; else each new node's one product, the
+        softmax on rows of equal length stacked together. Fixed products, the same bits
+        under any schedule."""
         state = self.state
-        if state.tiles is not None:
+        if state.fixed_blocks:
             tiled_shares(state)
             self._shared[:] = True
         else:

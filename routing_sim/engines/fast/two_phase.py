@@ -152,7 +152,7 @@ class TwoPhaseNodes(ForwardNodes):
                        state.barrier_time)
         if not len(ready):
             return
-        if state.tiles is not None:
+        if state.fixed_blocks:
             tiled_shares(state)                        # first, before any node's own shares
         whole, lossy = self._by_losses(ready)
         parts = [allocate_whole(state, whole)] if len(whole) else []

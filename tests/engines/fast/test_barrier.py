@@ -1,0 +1,83 @@
+"""The barrier arithmetic's fast path on a full graph: row blocks, any schedule, same bits."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import routing_sim as rs
+from routing_sim import simulation
+from routing_sim.numerics.tiles import RowBlocks
+
+SCHEDULES = [rs.Network(latency=0.0), rs.Network(jitter=2.0, seed=4),
+             rs.Network(loss=0.3, duplicate=0.2, reorder=0.3, retries=30, seed=5)]
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Row blocks of 12 routes: several blocks per group, blocks of one row at S > 12."""
+    monkeypatch.setattr(simulation, "RowBlocks", partial(RowBlocks, entries=12))
+
+
+def full_inputs(seed: int, batch: tuple[int, ...] = (2,), n_queries: int = 7,
+                n_keys: int = 5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(*batch, n_queries, 4)) * 2, rng.normal(size=(*batch, n_keys, 4)) * 2,
+            rng.normal(size=(*batch, n_keys, 3)))
+
+
+@pytest.mark.usefixtures("small_blocks")
+@given(st.integers(0, 2**32 - 1), st.sampled_from(["two_phase", "online"]),
+       st.sampled_from([{}, {"sinks": [0.5, -1.0]}, {"score_mod": rs.mods.softcap(3.0)},
+                        {"dropout_p": 0.4, "seed": 3}, {"attn_mask": "bias"}]))
+def test_every_schedule_gives_the_same_bits(seed, softmax, options):
+    query, key, value = full_inputs(seed)
+    if options.get("attn_mask") == "bias":                     # a float mask: every route kept
+        options = {"attn_mask": np.random.default_rng(seed).normal(size=(7, 5))}
+    runs = [rs.simulate(query, key, value, network=network, softmax=softmax, **options)
+            for network in [rs.Network(), *SCHEDULES]]
+    assert all(run.state.rows is not None for run in runs)      # the row blocks ran
+    for run in runs[1:]:
+        np.testing.assert_array_equal(run.weights, runs[0].weights)
+        if softmax == "two_phase":                 # online: its last bits follow arrivals
+            np.testing.assert_array_equal(run.output, runs[0].output)
+    expected = rs.attention(query, key, value, **options)
+    tolerance, _ = rs.verify.tolerance(query, key, value, **options)
+    assert (np.abs(runs[0].output - expected) <= tolerance).all()
+
+
+@pytest.mark.usefixtures("small_blocks")
+@given(st.integers(0, 2**32 - 1), st.integers(1, 3))
+def test_hard_routing_keeps_the_top_k_on_row_blocks(seed, top_k):
+    query, key, value = full_inputs(seed, batch=(), n_queries=6, n_keys=6)
+    run = rs.simulate(query, key, value, routing="topk", top_k=top_k,
+                      network=rs.Network(jitter=1.0, seed=seed % 97))
+    assert run.state.rows is not None
+    scores = query @ key.T / 2.0                                       # (L, S), scale 1/sqrt(4)
+    for row, weights in enumerate(run.weights):
+        top = np.sort(np.argsort(-scores[row], kind="stable")[:top_k])
+        assert set(np.flatnonzero(weights)) <= set(top)
+        exp = np.exp(scores[row, top] - scores[row, top].max())
+        np.testing.assert_allclose(weights[top], exp / exp.sum(), rtol=1e-12)
+
+
+@pytest.mark.usefixtures("small_blocks")
+@pytest.mark.parametrize("seed", range(3))
+def test_a_node_that_loses_a_route_computes_its_own_row(seed):
+    query, key, value = full_inputs(seed)
+    lossy = rs.Network(loss=0.3, retries=1, on_missing="degrade", seed=seed)
+    run = rs.simulate(query, key, value, network=lossy)
+    whole = rs.simulate(query, key, value)
+    assert run.dropped and run.state.rows is not None
+    allowed = np.ones((2, 7, 5), dtype=bool)
+    for route in run.dropped:
+        allowed[route.group[0], route.query, route.key] = False
+    touched = ~allowed.all(axis=-1)                                    # (2, 7) lost a route
+    np.testing.assert_array_equal(run.output[~touched], whole.output[~touched])
+    expected = rs.attention(query, key, value, attn_mask=allowed)
+    tolerance, _ = rs.verify.tolerance(query, key, value, attn_mask=allowed)
+    assert (np.abs(run.output - expected) <= tolerance).all()
