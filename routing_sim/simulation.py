@@ -29,6 +29,7 @@ from .network.conditions import Network
 from .network.messages import FORWARD, Fate, Kind, payload_bytes
 from .network.transport import Transport
 from .network.wave_times import uniform
+from .network.waves import WaveTransport, whole_waves
 from .numerics.tiles import RowBlocks, Tiles
 from .options import (
     TRACE_DETAILS,
@@ -260,15 +261,19 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
         plain = PlainEngine(setup)
         plain.run(log)
         return collect(problem, routes, plain, log, plain.wire, tokens)
-    env = simpy.Environment()
-    transport = Transport(env, network, setup.latency, nbytes,
-                          routes.endpoints, routes.crash_filter(network.crashes), log.record,
-                          options.delivery)
     nodes: ForwardNodes
-    if softmax == "online":
-        nodes = OnlineNodes(setup, transport)
-    else:
+    transport: Transport | WaveTransport
+    if softmax == "two_phase" and options.delivery == "window" and whole_waves(network):
+        # A barrier on a network that never loses, copies or queues: whole waves, no SimPy.
+        transport = WaveTransport(network, setup.latency, nbytes, log.record)
         nodes = TwoPhaseNodes(setup, transport)
+    else:
+        general = Transport(simpy.Environment(), network, setup.latency, nbytes,
+                            routes.endpoints, routes.crash_filter(network.crashes),
+                            log.record, options.delivery)
+        nodes = OnlineNodes(setup, general) if softmax == "online" else \
+            TwoPhaseNodes(setup, general)
+        transport = general
     if problem.sparse is not None and numerics == "float" and not routes.full:
         tiles = Tiles(routes.indptr, routes.key_index, routes.n_queries, routes.n_keys,
                       dim=max(problem.shape[3:]))
@@ -277,8 +282,11 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
                                                   or softmax == "two_phase"):
         nodes.state.rows = RowBlocks(routes.n_groups, routes.n_queries, routes.n_keys)
     nodes.start()
-    env.process(transport.run())
-    env.run()
+    if isinstance(transport, WaveTransport):
+        transport.run()
+    else:
+        transport.env.process(transport.run())
+        transport.env.run()
     return collect(problem, routes, nodes, log, transport, tokens)
 
 
@@ -354,7 +362,7 @@ def _check_crashes(network: Network, routes: RouteTable) -> None:
 
 
 def collect(problem: Problem, routes: RouteTable, nodes: ForwardNodes | PlainEngine,
-             log: Trace, transport: Transport | Wire, tokens: tuple) -> Run:
+             log: Trace, transport: Transport | WaveTransport | Wire, tokens: tuple) -> Run:
     """Check every node finished (or say what is missing), then assemble the Run."""
     groups, n_queries, _, _, _ = problem.shape
     state = nodes.state
@@ -426,23 +434,25 @@ def _token_name(side: str, position: int, label: str | None) -> str:
     return f"{side} {label} ({position})" if label is not None else f"{side} {position}"
 
 
-def _stats(log: Trace, transport: Transport | Wire, nodes: ForwardNodes | PlainEngine,
-           routes: RouteTable, completed: np.ndarray) -> Stats:
+def _stats(log: Trace, transport: Transport | WaveTransport | Wire,
+           nodes: ForwardNodes | PlainEngine, routes: RouteTable, completed: np.ndarray) -> Stats:
     kinds = log.kinds
     names = [kind.name for kind in kinds]
-    per_kind = lambda numbers: dict(zip(names, map(int, numbers)))  # noqa: E731
-    fates = np.array([log.fates[kind] for kind in kinds])              # (kinds, fates)
+    fates = [log.fates[kind].tolist() for kind in kinds]               # (kinds, fates)
+    retransmissions = nodes.retransmissions
     return Stats(
-        messages=per_kind(log.counts[kind] for kind in kinds),
-        bytes=per_kind(log.bytes.values()),
+        messages={name: int(log.counts[kind]) for name, kind in zip(names, kinds)},
+        bytes={name: int(log.counts[kind]) * log.nbytes_of[kind]
+               for name, kind in zip(names, kinds)},
         makespan=float(completed.max(initial=0.0)),
         events=transport.events, delivery=transport.mode, routes=len(routes),
-        lost=per_kind(fates[:, Fate.LOST]),
-        duplicated=per_kind(log.duplicates[kind] for kind in kinds),
-        retransmitted=per_kind(nodes.retransmissions.get(kind, 0) for kind in kinds),
-        dropped=per_kind(fates[:, Fate.SENDER_DOWN] + fates[:, Fate.RECEIVER_DOWN]),
+        lost={name: fate[Fate.LOST] for name, fate in zip(names, fates)},
+        duplicated={name: int(log.duplicates[kind]) for name, kind in zip(names, kinds)},
+        retransmitted={name: int(retransmissions.get(kind, 0)) for name, kind in zip(names, kinds)},
+        dropped={name: fate[Fate.SENDER_DOWN] + fate[Fate.RECEIVER_DOWN]
+                 for name, fate in zip(names, fates)},
         ignored=nodes.ignored,
-        latency=dict(zip(names, map(log.latency_percentiles, kinds))),
+        latency={name: log.latency_percentiles(kind) for name, kind in zip(names, kinds)},
         node_bytes=log.node_bytes.reshape(routes.n_groups, routes.span, 2),
     )
 

@@ -44,7 +44,8 @@ from .messages import Fate, Kind
 from .timers import retransmission_timer
 from .wave_times import constant, uniform
 
-__all__ = ["DELIVERY_MODES", "END_OF_INSTANT", "END_RANK", "Outbox", "TIMER_RANK", "Transport"]
+__all__ = ["DELIVERY_MODES", "END_OF_INSTANT", "END_RANK", "Outbox", "TIMER_RANK", "Transport",
+           "arrivals", "one_latency", "outgoing"]
 
 
 # per_message mode: the rank of an agenda entry within its instant. Messages rank by
@@ -63,6 +64,36 @@ def _unattached(_: Deliveries | Timers) -> None:
     raise RuntimeError("no token nodes are attached to this transport")
 
 
+def one_latency(route_latency: np.ndarray) -> float | None:
+    """The one base latency every route shares, or None when routes differ."""
+    if route_latency.strides == (0,):
+        return constant(route_latency)
+    if len(route_latency) and (route_latency == route_latency[0]).all():
+        return float(route_latency[0])
+    return None
+
+
+def outgoing(kind: Kind, routes: np.ndarray, ready: np.ndarray | float,
+             attempt: np.ndarray | int, n_routes: int) -> Deliveries:
+    """One message of ``kind`` per route, ready to leave at ``ready`` (a time or one per
+    route), as a batch whose arrival times are still to be decided."""
+    ready = uniform(float(ready), len(routes)) if _scalar(ready) else \
+        np.asarray(ready, np.float64)
+    attempts = None if _scalar(attempt) and attempt == 0 else \
+        np.broadcast_to(np.asarray(attempt, np.int64), routes.shape)
+    return Deliveries(kind, routes, ready, ready, attempts, n_routes=n_routes)
+
+
+def arrivals(network: Network, ids: np.ndarray | None, start: np.ndarray,
+             base: np.ndarray | float, nbytes: int, sized: bool = True) -> np.ndarray:
+    """When messages that leave at ``start`` over routes of latency ``base`` arrive
+    (a zero-stride view when they all leave together and share one delay)."""
+    delay = network.delays(ids, base, nbytes, sized=sized)
+    one = constant(start)
+    return uniform(one + float(delay), len(start)) if one is not None and _scalar(delay) \
+        else start + delay
+
+
 class Outbox:
     """Sends message batches: their fates and arrival times, then onto the delivery queues."""
 
@@ -74,9 +105,7 @@ class Outbox:
         self.env = env
         self.network = network
         self.route_latency = route_latency                             # (R,)
-        self._uniform_latency = constant(route_latency) if route_latency.strides == (0,) \
-            else float(route_latency[0]) if len(route_latency) and (
-                route_latency == route_latency[0]).all() else None
+        self._uniform_latency = one_latency(route_latency)
         self.n_routes = len(route_latency)
         self.nbytes = nbytes
         self.mode = mode
@@ -120,12 +149,7 @@ class Outbox:
         """
         if len(routes) == 0:
             return
-        ready = uniform(float(ready), len(routes)) if _scalar(ready) else \
-            np.asarray(ready, np.float64)
-        attempts = None if _scalar(attempt) and attempt == 0 else \
-            np.broadcast_to(np.asarray(attempt, np.int64), routes.shape)
-        self._outbox.append(Deliveries(kind, routes, ready, ready, attempts,
-                                       n_routes=self.n_routes))
+        self._outbox.append(outgoing(kind, routes, ready, attempt, self.n_routes))
         self._end_step_later()
 
     def _end_step_later(self) -> None:
@@ -184,10 +208,8 @@ class Outbox:
         if batch.kind in self.timed and len(batch):
             self._arm(batch, start)
         # With contention the sender's NIC already spent the size time.
-        delay = network.delays(ids, base, self.nbytes[batch.kind], sized=leave is None)
-        one = constant(start)
-        batch.arrive = uniform(one + float(delay), len(batch)) if one is not None and \
-            _scalar(delay) else start + delay
+        batch.arrive = arrivals(network, ids, start, base, self.nbytes[batch.kind],
+                                sized=leave is None)
         if fate is not None and (fate != Fate.DELIVERED).any():
             gone = fate != Fate.DELIVERED
             lost = batch.take(gone)

@@ -73,10 +73,12 @@ class Trace:
         self.duplicates = {kind: 0 for kind in self.kinds}
         histograms = np.zeros((len(self.kinds), len(LATENCY_BINS) - 1), np.int64)
         self.latency_histogram = dict(zip(self.kinds, histograms))
-        self.node_bytes = np.zeros((routes.n_groups * routes.span, 2), np.int64)  # sent, received
+        self._one_bin: dict[Kind, int] = {}     # the one bin a kind's latencies fill; -1: more
+        self._node_bytes = np.zeros((routes.n_groups * routes.span, 2), np.int64)
         self._routes = routes
-        # a whole wave's (sent, received) routes per node: towards the key, and back
-        self._wave_counts: tuple[np.ndarray, np.ndarray] | None = None
+        # Bytes per route of the whole waves logged so far, towards the key and back: a
+        # whole wave adds the same per-node counts, so they are folded in once, when read.
+        self._wave_bytes = [0, 0]
         self._parts: list[tuple] = []
         self._columns: dict[str, np.ndarray] | None = None
         self.context: dict = {}
@@ -85,18 +87,35 @@ class Trace:
     def full(self) -> bool:
         return self.detail == "full"
 
+    @property
+    def node_bytes(self) -> np.ndarray:
+        """``(G · span, 2)``: bytes each physical node sent and received."""
+        towards_key, back = self._wave_bytes
+        if towards_key or back:
+            asker, answerer = self._routes.route_counts()              # routes per node
+            self._node_bytes[:, 0] += asker * towards_key + answerer * back
+            self._node_bytes[:, 1] += answerer * towards_key + asker * back
+            self._wave_bytes = [0, 0]
+        return self._node_bytes
+
     def record(self, batch: Deliveries, fate: np.ndarray | None) -> None:
         """Log transmissions once their fate is known (``fate`` None: all delivered)."""
         kind, size = batch.kind, self.nbytes_of[batch.kind]
         if fate is None and batch.copy is None:                       # the common case
-            self.counts[kind] += len(batch)
-            self.fates[kind][Fate.DELIVERED] += len(batch)
+            count = len(batch.routes)
+            self.counts[kind] += count
+            self.fates[kind][Fate.DELIVERED] += count
             sent, arrive = constant(batch.sent), constant(batch.arrive)
             if sent is not None and arrive is not None:                # one latency for all
-                self.latency_histogram[kind][_bin_of(arrive - sent)] += len(batch)
+                one = _bin_of(arrive - sent)
+                self.latency_histogram[kind][one] += count
+                self._one_bin[kind] = one if self._one_bin.get(kind, one) == one else -1
             else:
-                self._add_latency(kind, batch.arrive - batch.sent, len(batch))
-            self._add_bytes(kind, batch.routes)
+                self._add_latency(kind, batch.arrive - batch.sent)
+            if count == len(self._routes):     # every route once: a whole wave
+                self._wave_bytes[0 if kind.to_key else 1] += size
+            else:
+                self._add_bytes(kind, batch.routes)
         else:
             senders, receivers = self._routes.endpoints(kind, batch.routes)
             fate = np.zeros(len(batch), np.int8) if fate is None else fate
@@ -107,10 +126,10 @@ class Trace:
             self.duplicates[kind] += int((~originals).sum())
             self.fates[kind] += np.bincount(fate, minlength=len(Fate))
             self._add_latency(kind, batch.arrive[arrived] - batch.sent[arrived])
-            self.node_bytes[:, 0] += np.bincount(senders[left],
-                                                 minlength=len(self.node_bytes)) * size
-            self.node_bytes[:, 1] += np.bincount(receivers[arrived],
-                                                 minlength=len(self.node_bytes)) * size
+            self._node_bytes[:, 0] += np.bincount(senders[left],
+                                                  minlength=len(self._node_bytes)) * size
+            self._node_bytes[:, 1] += np.bincount(receivers[arrived],
+                                                  minlength=len(self._node_bytes)) * size
         if self.full:
             self._parts.append((kind, batch.routes, batch.ids, np.asarray(batch.sent),
                                 np.asarray(batch.arrive), batch.copies,
@@ -118,25 +137,19 @@ class Trace:
 
     def _add_bytes(self, kind: Kind, routes: np.ndarray) -> None:
         size = self.nbytes_of[kind]
-        if len(routes) == len(self._routes):   # every route once: the counts never change
-            if self._wave_counts is None:
-                asker, answerer = self._routes.route_counts()
-                self._wave_counts = (np.stack([asker, answerer], axis=1),  # (nodes, 2)
-                                     np.stack([answerer, asker], axis=1))
-            self.node_bytes += self._wave_counts[0 if kind.to_key else 1] * size
-            return
         senders, receivers = self._routes.endpoints(kind, routes)
-        sent = np.bincount(senders, minlength=len(self.node_bytes))
-        received = np.bincount(receivers, minlength=len(self.node_bytes))
-        self.node_bytes[:, 0] += sent * size
-        self.node_bytes[:, 1] += received * size
+        sent = np.bincount(senders, minlength=len(self._node_bytes))
+        received = np.bincount(receivers, minlength=len(self._node_bytes))
+        self._node_bytes[:, 0] += sent * size
+        self._node_bytes[:, 1] += received * size
 
-    def _add_latency(self, kind: Kind, latency: np.ndarray, count: int | None = None) -> None:
-        """Add latencies to the histogram (one value standing for ``count`` messages)."""
+    def _add_latency(self, kind: Kind, latency: np.ndarray) -> None:
+        """Add latencies to the histogram."""
         if not len(latency):
             return
-        if count is not None or latency.min() == latency.max():       # one bin for all
-            self.latency_histogram[kind][_bin_of(float(latency[0]))] += count or len(latency)
+        self._one_bin[kind] = -1
+        if latency.min() == latency.max():                             # one bin for all
+            self.latency_histogram[kind][_bin_of(float(latency[0]))] += len(latency)
         else:
             self.latency_histogram[kind] += np.bincount(self._bin(latency),
                                                         minlength=len(LATENCY_BINS) - 1)
@@ -236,6 +249,10 @@ class Trace:
                 return {}
             return {f"p{q}": float(np.percentile(latency, q, method="inverted_cdf"))
                     for q in quantiles} | {"max": float(latency.max())}
+        one = self._one_bin.get(kind, -1)
+        if one >= 0 and min(quantiles) > 0:                            # one bin holds all
+            edge = float(LATENCY_BINS[one + 1])
+            return {f"p{q}": edge for q in quantiles} | {"max": edge}
         counts = self.latency_histogram[kind]
         filled = np.flatnonzero(counts)
         if not filled.size:

@@ -97,3 +97,18 @@ def test_percentiles_of_one_latency_match_the_histogram_definition(latency):
     assert run.trace.latency_percentiles(Kind.SCORE, (0, 50, 90, 99)) == expected
     assert run.trace.latency_percentiles(Kind.SCORE) == {
         name: expected[name] for name in ("p50", "p90", "p99", "max")}
+
+
+@pytest.mark.parametrize("network", [rs.Network(latency=1.0, jitter=0.5, seed=3),
+                                     rs.Network(latency=0.5, bandwidth=64.0, reorder=0.5)])
+def test_summary_histogram_bins_each_message_by_its_own_latency(network):
+    q, k, v = np.random.default_rng(4).normal(size=(3, 2, 5, 4))
+    full = rs.simulate(q, k, v, trace="full", network=network).trace
+    summary = rs.simulate(q, k, v, trace="summary", network=network).trace
+    for kind in full.kinds:
+        mine = full.kind == kind
+        latency = full.arrive[mine] - full.sent[mine]
+        assert len(np.unique(latency)) > 1                             # they differ
+        bins = np.searchsorted(LATENCY_BINS, latency, side="right") - 1
+        expected = np.bincount(bins, minlength=len(LATENCY_BINS) - 1)
+        np.testing.assert_array_equal(summary.latency_histogram[kind], expected)

@@ -18,6 +18,7 @@ from ...network.deliveries import Deliveries, Timers
 from ...network.messages import Kind
 from ...network.transport import Transport
 from ...network.wave_times import constant, shifted
+from ...network.waves import WaveTransport
 from ...routes.problem import Problem
 from ...routes.table import RouteTable
 
@@ -35,7 +36,8 @@ class TokenNodes:
 
     REQUESTS: tuple[Kind, ...] = ()
 
-    def __init__(self, problem: Problem, routes: RouteTable, transport: Transport) -> None:
+    def __init__(self, problem: Problem, routes: RouteTable,
+                 transport: Transport | WaveTransport) -> None:
         self.problem, self.routes, self.transport = problem, routes, transport
         network = transport.network
         n_routes = len(routes)

@@ -43,6 +43,8 @@ class OnlineNodes(ForwardNodes):
     factor exp(m_old - m_new) its arrival applied to the node's state.
     """
 
+    transport: Transport                # streaming needs the general transport's horizon
+
     def __init__(self, setup: Setup, transport: Transport) -> None:
         super().__init__(setup, transport)
         routes, keep_stream = setup.routes, setup.keep_stream

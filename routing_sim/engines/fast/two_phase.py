@@ -35,6 +35,7 @@ from ...network.deliveries import Deliveries
 from ...network.messages import Kind
 from ...network.transport import Transport
 from ...network.wave_times import constant
+from ...network.waves import WaveTransport
 from ...numerics.kernels import top_routes
 from ...routes.table import RouteTable
 from ..setup import Setup
@@ -84,7 +85,7 @@ class ForwardNodes(TokenNodes):
 
     REQUESTS = (Kind.QUERY, Kind.PULL)
 
-    def __init__(self, setup: Setup, transport: Transport) -> None:
+    def __init__(self, setup: Setup, transport: Transport | WaveTransport) -> None:
         super().__init__(setup.problem, setup.routes, transport)
         network, routes = setup.network, setup.routes
         self.state = ForwardState(setup.problem, routes, setup.kernels, self.dead,
