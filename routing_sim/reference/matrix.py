@@ -372,9 +372,10 @@ def attention_backward(query: ArrayLike, key: ArrayLike, value: ArrayLike, d_out
                        window_size: Window | None = None,
                        cu_seqlens_q: ArrayLike | None = None,
                        cu_seqlens_k: ArrayLike | None = None, softcap: float | None = 0.0,
-                       return_lse: bool = False) -> tuple[np.ndarray, ...]:
+                       return_lse: bool = False, d_lse: ArrayLike | None = None
+                       ) -> tuple[np.ndarray, ...]:
     r"""Gradients of :func:`attention` with respect to query, key and value (and the sinks),
-    in matrix form.
+    in matrix form: of the loss ``Σ dO ⊙ O`` (plus ``Σ d_lse ⊙ lse`` with ``d_lse``).
 
     With ``P = softmax(S)``, ``P' = P ⊙ keep / (1-p)`` and ``O = P' V``, given ``dO``:
 
@@ -384,6 +385,20 @@ def attention_backward(query: ArrayLike, key: ArrayLike, value: ArrayLike, d_out
 
     then carried back through RoPE (each rotation's transpose, at the same positions), GQA
     head sharing and broadcasting to the inputs' shapes.
+
+    ``d_lse`` (shape ``(..., L)``, the log-sum-exp's as :func:`attention` returns it with
+    ``return_lse=True``) lets the loss read the lse too, as FlashAttention's backward
+    takes a gradient for ``softmax_lse``. Since :math:`\partial\,\mathrm{lse}_i /
+    \partial s_{ij} = P_{ij}` (the share before dropout, the sink in the denominator),
+    it joins the Jacobian as one more term per row:
+
+    .. math:: dS = P ⊙ (dP - \mathrm{rowsum}(P ⊙ dP) + d\mathrm{lse})
+
+    then through the score_mod's (or softcap's) derivative and the scale like the rest;
+    the value's gradient does not change. A row with no route has nothing to pass it to
+    (its lse is ``-inf``), or with sinks passes all of it to its sink (its lse is the
+    sink's logit). Leaving it out (None) is ``d_lse = 0``.
+
     Takes every argument of :func:`attention`. A query with no route gets zero gradients
     whatever ``empty_rows`` says (its output does not depend on the inputs);
     ``empty_rows="error"`` raises :class:`~routing_sim.EmptyRowError` as in the forward
@@ -401,8 +416,17 @@ def attention_backward(query: ArrayLike, key: ArrayLike, value: ArrayLike, d_out
     sinks' shape. The sink is a score with no value, so its gradient is the Jacobian's
     term for it, summed over every row of its head (and the batch):
 
-    .. math:: d\,\mathrm{sink}_h = -\sum_{i} p_{\mathrm{sink},i}\,
-              \mathrm{rowsum}(P ⊙ dP')_i = -\sum_i p_{\mathrm{sink},i}\,(dO_i \cdot O_i)
+    .. math:: d\,\mathrm{sink}_h = \sum_{i} p_{\mathrm{sink},i}\,
+              (d\mathrm{lse}_i - \mathrm{rowsum}(P ⊙ dP')_i)
+              = \sum_i p_{\mathrm{sink},i}\,(d\mathrm{lse}_i - dO_i \cdot O_i)
+
+    Raises
+    ------
+    ShapeError
+        ``d_output`` not of the output's shape, or ``d_lse`` not of the lse's.
+    InvalidArgumentError
+        A non-finite ``d_output`` or ``d_lse``, ``return_weights`` or ``return_lse``,
+        or a ``score_mod`` without a derivative.
 
     Examples
     --------
@@ -414,6 +438,13 @@ def attention_backward(query: ArrayLike, key: ArrayLike, value: ArrayLike, d_out
     >>> *_, d_sinks = attention_backward(q, k, v, np.ones((1, 1)), scale=1.0, sinks=[0.0])
     >>> d_sinks.round(3).tolist()                    # -p_sink · (dO · O)
     [-0.122]
+
+    A loss that reads only the lse: its score gradient is the softmax itself, so
+    ``dQ = scale · P K``, and the value gets none.
+
+    >>> dq, dk, dv = attention_backward(q, k, v, np.zeros((1, 1)), scale=1.0, d_lse=[1.0])
+    >>> dq.round(3).tolist(), dv.tolist()
+    ([[0.731, 0.269]], [[0.0], [0.0]])
     """
     score_mod = flash_softcap(softcap, score_mod)
     problem = prepare(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa,
@@ -430,8 +461,9 @@ def attention_backward(query: ArrayLike, key: ArrayLike, value: ArrayLike, d_out
                                        f"only; {name}={asked!r} belongs to attention()")
     slope = derivative(score_mod)
     upstream = problem.upstream(d_output)                           # (G, L, Ev)
+    lse_upstream = problem.upstream_lse(d_lse)                         # (G·L,) or None
     if problem.sparse is not None:
-        d_query, d_key, d_value, d_sinks = segment_backward(problem, upstream)
+        d_query, d_key, d_value, d_sinks = segment_backward(problem, upstream, lse_upstream)
         return _gradients(problem, d_query, d_key, d_value, d_sinks)
     weights, sink_shares, live, _ = _weights(problem)                  # (G, L, S)  P
     factor = 1.0 if problem.keep is None else problem.keep * problem.dtype.type(
@@ -440,6 +472,8 @@ def attention_backward(query: ArrayLike, key: ArrayLike, value: ArrayLike, d_out
     d_value = dropped.transpose(0, 2, 1) @ upstream                    # (G, S, Ev)
     d_weights = (upstream @ problem.value.transpose(0, 2, 1)) * factor  # (G, L, S)  dP
     through = (weights * d_weights).sum(-1, keepdims=True)             # (G, L, 1) Σ P dP
+    if lse_upstream is not None:                                       # dS = P (dP - Σ + dlse)
+        through -= lse_upstream.reshape(through.shape)
     d_scores = weights * (d_weights - through)
     d_sinks = None if sink_shares is None else -(sink_shares * through[..., 0]).sum(-1)  # (G,)
     if slope is not None:                                              # through score_mod

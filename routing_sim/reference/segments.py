@@ -164,10 +164,12 @@ def segment_attention(problem: Problem
             has_route.reshape(groups, n_queries), lse.reshape(groups, n_queries))
 
 
-def segment_backward(problem: Problem, upstream: np.ndarray
+def segment_backward(problem: Problem, upstream: np.ndarray,
+                     lse_upstream: np.ndarray | None = None
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """``(dQ (G, L, E), dK (G, S, E), dV (G, S, Ev), d_sinks (G,) or None)`` for
-    ``upstream`` ``(G, L, Ev)``."""
+    ``upstream`` ``(G, L, Ev)`` and the log-sum-exp's ``lse_upstream`` ``(G·L,)`` (None:
+    the loss does not read it); ``dS = P (dP - Σ P dP + d_lse)`` per segment."""
     groups, n_queries, n_keys, dim, value_dim = problem.shape
     slope = derivative(problem.score_mod)
     upstream = upstream.reshape(-1, value_dim)
@@ -176,6 +178,9 @@ def segment_backward(problem: Problem, upstream: np.ndarray
     d_query = np.zeros_like(queries)
     d_key, d_value = np.zeros_like(keys), np.zeros_like(values)
     d_sinks = None if problem.sinks is None else np.zeros_like(problem.sinks)  # (G,)
+    if d_sinks is not None and lse_upstream is not None:  # no route: the sink's share is 1
+        empty = np.flatnonzero(np.diff(problem.sparse_form.routes.indptr) == 0)  # (nodes,)
+        np.add.at(d_sinks, empty // n_queries, lse_upstream[empty])
     for chunk in chunks(problem):
         raw, scores = route_scores(problem, chunk)
         shares, sink_shares, _ = route_shares(chunk, scores)           # (r,) P
@@ -184,6 +189,8 @@ def segment_backward(problem: Problem, upstream: np.ndarray
         np.add.at(d_value, chunk.key_row, (shares * factor)[:, None] * d_out)
         d_shares = np.einsum("re,re->r", d_out, values[chunk.key_row]) * factor  # dP
         through = chunk.total(shares * d_shares)                       # (segments,) Σ P dP
+        if lse_upstream is not None:
+            through -= lse_upstream[chunk.nodes]                       # Σ P dP - d_lse
         d_scores = shares * (d_shares - chunk.spread(through))
         if d_sinks is not None and sink_shares is not None:  # d sink = -p_sink · Σ P dP
             np.add.at(d_sinks, chunk.nodes // n_queries, -sink_shares * through)

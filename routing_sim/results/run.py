@@ -215,8 +215,9 @@ class Run:
         return list(positions).index(int(token))
 
     @small_pages()
-    def backward(self, d_output: ArrayLike) -> Gradients:
-        """Gradients of ``sum(output * d_output)``, sent back along the routes as messages.
+    def backward(self, d_output: ArrayLike, d_lse: ArrayLike | None = None) -> Gradients:
+        """Gradients of ``sum(output * d_output)`` (plus ``sum(lse * d_lse)`` with
+        ``d_lse``), sent back along the routes as messages.
 
         Returns :class:`~routing_sim.trace.stats.Gradients` with ``query``, ``key`` and
         ``value`` (the inputs' shapes), ``sinks`` (the sinks' shape; None without sinks:
@@ -226,6 +227,13 @@ class Run:
         RoPE and hard routing; the arithmetic is float.
         Online-softmax runs allocate their shares as they stream, so their backward pass
         uses the final shares, like two-phase.
+
+        ``d_lse`` (shape ``(..., L)``, :attr:`lse`'s) lets the loss read the log-sum-exp,
+        as FlashAttention's backward takes a gradient for ``softmax_lse``: each query node
+        adds ``w_ij · d_lse_i`` to the dS it sends (its shares before dropout, the sink in
+        the denominator; no new message kind), equal to
+        :func:`~routing_sim.attention_backward`'s ``d_lse`` within the float contract.
+        A wrong shape raises :class:`~routing_sim.ShapeError` naming ``d_lse``.
 
         Examples
         --------
@@ -238,12 +246,18 @@ class Run:
         True
         >>> grads.stats.messages
         {'GRAD_OUTPUT': 10, 'GRAD_SHARE': 10, 'GRAD_SCORE': 10, 'GRAD_KEY': 10}
+        >>> d_lse = np.ones(4)                           # the loss reads run.lse too
+        >>> grads = rs.simulate(q, k, v, is_causal=True).backward(np.ones((4, 2)), d_lse)
+        >>> expected = rs.attention_backward(q, k, v, np.ones((4, 2)), is_causal=True,
+        ...                                  d_lse=d_lse)
+        >>> bool(np.allclose(grads.query, expected[0], rtol=1e-10, atol=1e-12))
+        True
         """
         from ..engines.fast.backward import backward
 
         state, network, delivery = self._forward
-        return replace(backward(state, d_output, network, delivery, self.trace.detail),
-                       _run=self)
+        return replace(backward(state, d_output, network, delivery, self.trace.detail,
+                                d_lse), _run=self)
 
     def to_html(self, path: str | os.PathLike[str]) -> Path:
         """Write the offline replay page of this run: one self-contained HTML file.

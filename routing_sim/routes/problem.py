@@ -118,6 +118,21 @@ class Problem:
             raise InvalidArgumentError("d_output must hold finite real numbers")
         return upstream.astype(self.dtype).reshape(groups, n_queries, value_dim)
 
+    def upstream_lse(self, d_lse: ArrayLike | None) -> np.ndarray | None:
+        """The log-sum-exp's upstream gradient ``(..., L)``, checked against the lse's
+        shape, flattened to ``(G·L,)`` (None stays None: the loss does not read the lse)."""
+        if d_lse is None:
+            return None
+        groups, n_queries = self.shape[:2]
+        expected = (*self.batch_shape, n_queries)
+        gradient = as_numpy("d_lse", d_lse)
+        if gradient.shape != expected:
+            raise ShapeError(f"d_lse must have the log-sum-exp's shape {expected} (the "
+                             f"output's without its last dim), got {gradient.shape}")
+        if gradient.dtype.kind not in "fiu" or not np.isfinite(gradient).all():
+            raise InvalidArgumentError("d_lse must hold finite real numbers")
+        return gradient.astype(self.dtype).reshape(groups * n_queries)
+
     def per_route(self, name: str, query_node: Callable[[], np.ndarray],
                   key_index: Callable[[], np.ndarray]) -> np.ndarray | None:
         """``bias`` or ``keep`` of every route ``(R,)`` in canonical order, or None.

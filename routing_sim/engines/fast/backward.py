@@ -14,6 +14,16 @@ known at the query node, so its gradient needs no message. With the Jacobian, no
 ``-p_sink,i · Σ_k w_ik dP'_ik`` (its share of the budget times what the rest pulled), and
 each head's sink gets the sum over its query nodes, in node order.
 
+A loss that reads the log-sum-exp too (``run.backward(d_output, d_lse=...)``) adds no
+message kind. ``∂lse_i / ∂s_ij = w_ij`` (the share before dropout, the sink in the
+denominator), and query node i holds its shares and its ``d_lse_i`` from the start, so
+its Jacobian becomes ``dS_ij = w_ij (dP'_ij - Σ_k w_ik dP'_ik + d_lse_i)`` and the
+GRAD_SCORE messages carry that dS to the key nodes as before (the sink's term likewise:
+``p_sink,i (d_lse_i - Σ_k w_ik dP'_ik)``). A node that pulled no value (every route
+dropped) waits for no GRAD_SHARE: with ``d_lse_i != 0`` it sends its dS at time 0. A
+node with no route passes its ``d_lse_i`` to its sink whole (its share is 1), or to
+nothing without sinks.
+
 Every sum is taken once per node over its routes in source order (like the forward pass),
 so the gradients do not depend on the delivery schedule. Requests (GRAD_OUTPUT,
 GRAD_SCORE) are retried on a lossy network like the forward ones; a gradient that still
@@ -60,28 +70,38 @@ class BackwardNodes(TokenNodes):
 
     REQUESTS = (Kind.GRAD_OUTPUT, Kind.GRAD_SCORE)
 
-    def __init__(self, forward: ForwardState, upstream: np.ndarray, transport: Transport
-                 ) -> None:
+    def __init__(self, forward: ForwardState, upstream: np.ndarray, transport: Transport,
+                 lse_upstream: np.ndarray | None = None) -> None:
         super().__init__(forward.problem, forward.routes, transport)
         routes, problem = forward.routes, forward.problem
         groups, n_queries, n_keys, dim, value_dim = problem.shape
         self.forward, self.upstream = forward, upstream                 # (G·L, Ev) dO
+        self.lse_upstream = lse_upstream                               # (G·L,) d_lse or None
         self.pulled = ~np.isnan(forward.value_time)                    # (R,) carried a value
         self.in_softmax = forward.dead == 0                            # (R,) had a share
         if forward.chosen is not None:
             self.in_softmax &= forward.chosen
         if forward.raw is not None:                # a route the score_mod removed (-inf)
             self.in_softmax &= ~np.isneginf(forward.scores)
-        # A node that pulled nothing (every route dropped) has dS = 0: it sends no dS.
+        # A node that pulled nothing (every route dropped) has dS = w · d_lse: it sends no
+        # dS unless its d_lse is nonzero, and then at the start (``idle``), as no dP comes.
         every_query = routes.routes_per_node()                         # (G·L,)
         pulls = every_query if self.pulled.all() else np.bincount(
             routes.query_node[self.pulled], minlength=routes.n_nodes)
-        if ((pulls == 0) & (every_query > 0)).any():
-            self.in_softmax &= pulls[routes.query_node] > 0
+        idle = (pulls == 0) & (every_query > 0)                        # (G·L,)
+        if lse_upstream is not None:
+            idle &= lse_upstream != 0
+            silent = (pulls == 0) & ~idle                              # (G·L,) no dS at all
+        else:
+            silent, idle = idle, np.zeros_like(idle)
+        if silent.any():
+            self.in_softmax &= ~silent[routes.query_node]
         n_routes = len(routes)
         self.d_share = np.zeros(n_routes, problem.dtype)               # (R,) dP_ij
         self.d_score = np.zeros(n_routes, problem.dtype)               # (R,) dS_ij
         self.d_sink = np.zeros(routes.n_nodes, problem.dtype)          # (G·L,) d sink at i
+        if lse_upstream is not None and forward.sinks is not None:     # no route: p_sink = 1
+            self.d_sink[every_query == 0] = lse_upstream[every_query == 0]
         # With a score_mod, the key and query gradients go through its derivative at the
         # scaled score: dS_ij · mod'(raw_ij) (derivative() refuses a mod without one).
         self.slope = derivative(problem.score_mod)
@@ -123,10 +143,17 @@ class BackwardNodes(TokenNodes):
         self.lost_queries = np.unique(routes.query_node[dead]).tolist()
         self.lost_keys = np.unique(self.key_node[dead]).tolist()
         self._computed: set[str] = set()                               # by the tiles
+        # Idle nodes with a Jacobian to run: a route in their softmax, or a sink to feed.
+        in_softmax = np.bincount(routes.query_node[self.in_softmax], minlength=routes.n_nodes)
+        self.idle = np.flatnonzero(idle & ((in_softmax > 0) | (forward.sinks is not None)))
 
     def start(self) -> None:
-        """At time 0 every query node sends dO_i to the tokens whose values it pulled."""
+        """At time 0 every query node sends dO_i to the tokens whose values it pulled, and
+        a node that pulled nothing but has a d_lse sends its dS."""
         self.request(Kind.GRAD_OUTPUT, np.flatnonzero(self.pulled), 0.0, 0)
+        if len(self.idle):
+            self._latest["shares"][self.idle] = 0.0
+            self._release_scores(self.idle)
 
     def on_output(self, batch: Deliveries) -> None:
         """Key node j: answer with dP_ij; once every dO is in, dV_j = Σ_i w'_ij dO_i."""
@@ -142,15 +169,21 @@ class BackwardNodes(TokenNodes):
         """Query node i: once every dP is in, apply the softmax Jacobian; send dS."""
         routes, times = self.first_answers(batch, self.share_time)
         ready = self._count("shares", self.routes.query_node, routes, times)
-        if not len(ready):
-            return
+        if len(ready):
+            self._release_scores(ready)
+
+    def _release_scores(self, ready: np.ndarray) -> None:
+        """Query nodes ``ready`` (every dP in, or none to wait for) apply the Jacobian and
+        send dS along the routes of their softmaxes."""
         whole = None if self.tiled is None else partial(
             self.tiled.scores, self.d_share, self.d_score, self.d_raw, self.d_sink, self.pulled,
-            self.in_softmax)
+            self.in_softmax, self.lse_upstream)
         self._settle(ready, "scores", whole, self._jacobian, self.lost_queries)
         sends = self.routes.routes_of(ready)
         if not self.in_softmax.all():
             sends = sends[self.in_softmax[sends]]
+        if not len(sends):
+            return
         latest = self._latest["shares"]
         ready_at = latest[ready[0]] + self.processing if \
             latest[ready].min() == latest[ready].max() else \
@@ -231,6 +264,8 @@ class BackwardNodes(TokenNodes):
         if forward.kept is not None:
             d_share = d_share * forward.kept[span] * forward.dropout_scale
         through = weights @ d_share                                    # Σ_k w_ik dP'_ik
+        if self.lse_upstream is not None:
+            through -= self.lse_upstream[node]                         # Σ w dP' - d_lse
         self.d_score[span] = weights * (d_share - through)
         if sink_share is not None:
             self.d_sink[node] = -sink_share * through
@@ -274,10 +309,11 @@ class BackwardNodes(TokenNodes):
 
 
 def backward(forward: ForwardState, d_output: ArrayLike, network: Network, delivery: str,
-             detail: str) -> Gradients:
+             detail: str, d_lse: ArrayLike | None = None) -> Gradients:
     """Run the backward pass of a finished forward run (see :meth:`Run.backward`)."""
     problem, routes = forward.problem, forward.routes
     upstream = problem.upstream(d_output).reshape(-1, problem.shape[4])
+    lse_upstream = problem.upstream_lse(d_lse)                         # (G·L,) or None
     _, _, _, dim, value_dim = problem.shape
     nbytes = {kind: payload_bytes(kind, problem.dtype.itemsize, dim, value_dim)
               for kind in BACKWARD}
@@ -290,7 +326,7 @@ def backward(forward: ForwardState, d_output: ArrayLike, network: Network, deliv
     transport = Transport(env, network, forward.route_latency, nbytes,
                           routes.endpoints, routes.crash_filter(network.crashes), log.record,
                           delivery)
-    nodes = BackwardNodes(forward, upstream, transport)
+    nodes = BackwardNodes(forward, upstream, transport, lse_upstream)
     nodes.start()
     env.process(transport.run())
     env.run()

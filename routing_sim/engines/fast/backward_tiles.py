@@ -5,7 +5,7 @@ the arithmetic inside the backward handlers is a handful of route-proportional p
 instead of a Python loop per node::
 
     dP_ij = dO_i · v_j                       the forward tiles' dots(dO, V)
-    dS_ij = w_ij (dP'_ij - Σ_k w_ik dP'_ik)   segment sums over each query node's routes
+    dS_ij = w_ij (dP'_ij - Σ_k w_ik dP'_ik + d_lse_i)   segment sums per query node
     dQ_i  = s Σ_j dS'_ij k_j                 the forward tiles' pull(dS', K)
     dV_j  = Σ_i w'_ij dO_i                   tiles over the key-major table: pull(w', dO)
     dK_j  = s Σ_i dS'_ij q_i                 the same tiles: pull(dS', Q)
@@ -101,10 +101,12 @@ class TiledGradients:
         self.transposed = transposed if transposed.worthwhile() else None  # None: per node
 
     def scores(self, d_share: np.ndarray, d_score: np.ndarray, d_raw: np.ndarray,
-               d_sink: np.ndarray, pulled: np.ndarray, in_softmax: np.ndarray) -> None:
+               d_sink: np.ndarray, pulled: np.ndarray, in_softmax: np.ndarray,
+               lse_upstream: np.ndarray | None = None) -> None:
         """dP of every pulled route (0 elsewhere), then dS (and dS through score_mod) of
         every route in a softmax (0 elsewhere), and with sinks each node's part of its
-        sink's gradient, ``-p_sink Σ w dP'``, a chunk of whole query nodes at a time."""
+        sink's gradient, ``p_sink (d_lse - Σ w dP')``, a chunk of whole query nodes at a
+        time (``lse_upstream`` ``(G·L,)``: d_lse, None for 0)."""
         forward, problem, routes = self.forward, self.forward.problem, self.forward.routes
         value = problem.value.reshape(-1, self.value_dim)              # (G·S, Ev)
         self.tiles.dots(self.upstream, value, out=d_share)             # (R,) dO_i · v_j
@@ -131,6 +133,8 @@ class TiledGradients:
                 weights = forward.probabilities[span]
                 d_prime = d_prime * forward.kept[span] * forward.dropout_scale
             through = np.add.reduceat(weights * d_prime, starts)       # (nodes,) Σ w dP'
+            if lse_upstream is not None:
+                through -= lse_upstream[nodes]                         # Σ w dP' - d_lse
             scores_grad = weights * (d_prime - np.repeat(through, counts))
             if not every:
                 scores_grad[~in_softmax[span]] = 0.0
