@@ -158,3 +158,14 @@ def test_a_non_finite_d_lse_is_refused():
     run = rs.simulate(*np.ones((3, 2, 2)))
     with pytest.raises(rs.InvalidArgumentError, match="d_lse must hold finite real numbers"):
         run.backward(np.ones((2, 2)), d_lse=[0.0, np.nan])
+
+
+def test_plain_engine_runs_take_d_lse():
+    """The plain engine records the same forward state, so its runs go backward here too."""
+    rng = np.random.default_rng(11)
+    q, k, v = rng.normal(size=(3, 2, 4, 3))
+    d_output, d_lse = rng.normal(size=(2, 4, 3)), rng.normal(size=(2, 4))
+    options = {"is_causal": True, "sinks": [0.1, -0.3]}
+    grads = rs.simulate(q, k, v, engine="plain", **options).backward(d_output, d_lse)
+    expected = rs.attention_backward(q, k, v, d_output, d_lse=d_lse, **options)
+    assert_close(gradients(grads, True), expected)
