@@ -2,6 +2,7 @@
 implementations checked against the oracle, and the planted bugs' minimal cases.
 
     PYTHONPATH=. python docs/testing_reports.py        # a few minutes; needs the hf extra
+    PYTHONPATH=. python docs/testing_reports.py --only Geometric   # TransformerConv alone
 
 Each page holds the output between ``<!-- reports:begin -->`` and ``<!-- reports:end -->``
 (and ``<!-- planted:... -->``); tests/testing/test_check.py holds the planted part to a
@@ -10,6 +11,7 @@ fresh run, so it cannot drift from the code.
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import re
 import sys
@@ -17,6 +19,7 @@ import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -79,6 +82,104 @@ def hf_eager(q, k, v, attn_mask=None, is_causal=False, scale=None, enable_gqa=Fa
     return out.transpose(1, 2)
 
 
+def _routes(n_queries: int, n_keys: int, is_causal: bool, alignment: str,
+            window_size: tuple[int, int] | None) -> np.ndarray:
+    """(L, S) bool: the routes of one sequence before any mask (causal top-left or
+    bottom-right, FlashAttention's window aligned bottom-right)."""
+    i, j = np.ogrid[:n_queries, :n_keys]
+    diagonal = i + n_keys - n_queries                          # bottom-right alignment
+    allowed = np.ones((n_queries, n_keys), bool)
+    if is_causal:
+        allowed &= j <= (diagonal if alignment == "bottom_right" else i)
+    if window_size is not None:
+        left, right = window_size
+        if left >= 0:
+            allowed &= j >= diagonal - left
+        if right >= 0:
+            allowed &= j <= diagonal + right
+    return allowed
+
+
+def pyg_transformer_conv(q, k, v, attn_mask=None, is_causal=False, scale=None,
+                         enable_gqa=False, causal_alignment="top_left", window_size=None,
+                         cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None,
+                         max_seqlen_k=None):
+    """PyTorch Geometric's TransformerConv as the attention kernel (numpy in and out).
+
+    Every (batch element, query head) is its own bipartite graph, and the graphs are batched
+    as PyG batches them, into one disjoint union: query node (b, h, i) pulls from key node
+    (b, h // group, j) over an edge when the route is allowed (pattern, window, mask, same
+    packed sequence); GQA is query nodes of several heads sharing key nodes. One
+    ``TransformerConv(heads=1, concat=True, beta=False, root_weight=False, bias=False)``
+    with identity projections: x_dst holds the queries, x_src the keys then the values,
+    each zero-padded to C channels, C the smallest power of 4 that holds E and Ev (plus one
+    channel for a float mask), so PyG's 1/sqrt(C) is a power of two and exact. The queries
+    are multiplied by scale * sqrt(C) first (one rounding each, as kernels that scale q
+    do). A float mask's finite entries reach the score through ``edge_attr``: lin_edge
+    adds b * sqrt(C) to the key's last channel, which meets a query channel of 1 (PyG adds
+    edge_attr to the value too, in that last channel, which is cut off); its -inf entries
+    are missing edges.
+    """
+    import torch
+    from torch_geometric.nn import TransformerConv
+
+    batch, heads, n_queries, dim = q.shape
+    kv_heads, n_keys, value_dim = k.shape[1], k.shape[2], v.shape[3]
+    group = heads // kv_heads
+    if attn_mask is None:
+        mask = np.ones((1, 1, n_queries, n_keys), bool)
+    else:
+        mask = np.broadcast_to(attn_mask, (batch, heads, n_queries, n_keys))
+    bias = None if mask.dtype == bool else mask
+    allowed = np.broadcast_to(mask != -np.inf if bias is not None else mask,
+                              (batch, heads, n_queries, n_keys)).copy()  # (B, H, L, S)
+    if cu_seqlens_q is None:
+        allowed &= _routes(n_queries, n_keys, is_causal, causal_alignment, window_size)
+    else:                                # packed: routes inside each sequence, bottom-right
+        starts = list(zip(cu_seqlens_q, cu_seqlens_q[1:], cu_seqlens_k, cu_seqlens_k[1:]))
+        packed = np.zeros((n_queries, n_keys), bool)
+        for q_start, q_end, k_start, k_end in starts:
+            packed[q_start:q_end, k_start:k_end] = _routes(
+                q_end - q_start, k_end - k_start, is_causal, "bottom_right", window_size)
+        allowed &= packed
+    b, h, i, j = np.nonzero(allowed)                                 # one entry per edge
+    source = (b * kv_heads + h // group) * n_keys + j                # key node
+    target = (b * heads + h) * n_queries + i                         # query node
+    channels = 4 ** int(np.ceil(np.log(max(dim, value_dim) + (bias is not None)) / np.log(4)))
+    root = float(np.sqrt(channels))                                  # a power of two
+    factor = (dim ** -0.5 if scale is None else scale) * root
+
+    def padded(x: np.ndarray) -> np.ndarray:                         # (B, H, T, F) -> (N, C)
+        out = np.zeros((x.shape[0] * x.shape[1] * x.shape[2], channels), x.dtype)
+        out[:, :x.shape[3]] = x.reshape(-1, x.shape[3])
+        return out
+
+    queries = padded(q * np.asarray(factor, q.dtype))               # (B*H*L, C)
+    if bias is not None:
+        queries[:, -1] = 1
+    x_src = np.concatenate([padded(k), padded(v)], axis=1)          # (B*Hkv*S, 2C)
+    dtype = getattr(torch, str(q.dtype))
+    conv = TransformerConv((2 * channels, channels), channels, heads=1, concat=True,
+                           beta=False, root_weight=False, bias=False,
+                           edge_dim=None if bias is None else 1).to(dtype)
+    eye = torch.eye(channels, dtype=dtype)
+    with torch.no_grad():
+        conv.lin_query.weight.copy_(eye)
+        conv.lin_key.weight.copy_(torch.cat([eye, torch.zeros_like(eye)], dim=1))
+        conv.lin_value.weight.copy_(torch.cat([torch.zeros_like(eye), eye], dim=1))
+        edge_attr = None
+        if bias is not None:
+            conv.lin_edge.weight.zero_()
+            conv.lin_edge.weight[-1, 0] = root
+            edge_attr = torch.from_numpy(np.ascontiguousarray(bias[b, h, i, j, None]))
+        out = conv((torch.from_numpy(x_src), torch.from_numpy(queries)),
+                   torch.from_numpy(np.stack([source, target])), edge_attr)   # (B*H*L, C)
+    return out.numpy()[:, :value_dim].reshape(batch, heads, n_queries, value_dim)
+
+
+PYG_FEATURES = ["full", "mask", "causal", "bottom_right", "window", "gqa", "value_dim", "padded",
+                "varlen", "decode"]
+
 # The CPU flash backend refuses a value dim other than the head dim ("No available
 # kernel"), and flex_attention has no backward pass on CPU: neither is asked of them.
 RUNS = [
@@ -98,6 +199,9 @@ RUNS = [
      ["full", "mask", "causal", "gqa"]),
     ("transformers eager_attention_forward", hf_eager, "float32",
      ["full", "mask", "causal", "gqa"]),
+    # Numpy in and out, so no backward; GQA and packed sequences are the graph's doing.
+    ("PyTorch Geometric TransformerConv", pyg_transformer_conv, "float64", PYG_FEATURES),
+    ("PyTorch Geometric TransformerConv", pyg_transformer_conv, "float32", PYG_FEATURES),
 ]
 
 
@@ -110,32 +214,57 @@ def shown(report: rs.testing.Report) -> str:
     return "\n\n".join(parts)
 
 
-def reports() -> str:
+def heading(title: str, fn, dtype: str) -> str:
+    return f"**{title}**, {dtype} (`{fn.__name__}` in docs/testing_reports.py)"
+
+
+def part(title: str, fn, dtype: str, features: list[str]) -> str:
+    """One run's section of the reports."""
+    if fn is pyg_transformer_conv and importlib.util.find_spec("torch_geometric") is None:
+        return f"{heading(title, fn, dtype)}: not checked, torch_geometric is not installed.\n"
+    report = rs.testing.check_attention(fn, features=features, dtype=dtype, cases=CASES,
+                                        name=fn.__name__)
+    print(f"{title} {dtype}: {'passed' if report.passed else 'FAILED'}", file=sys.stderr)
+    return f"{heading(title, fn, dtype)}\n\n```text\n{shown(report)}\n```\n"
+
+
+def reports(only: str | None, previous: str) -> str:
+    """Every run's section; with ``only`` (a regular expression), the runs whose title does
+    not match keep their section from ``previous`` (the page's reports)."""
+    kept = {section.split("\n")[0].split(":")[0]: section
+            for section in re.split(r"\n(?=\*\*)", previous) if section.startswith("**")}
     parts = []
     for title, fn, dtype, features in RUNS:
-        report = rs.testing.check_attention(fn, features=features, dtype=dtype, cases=CASES,
-                                            name=fn.__name__)
-        parts.append(f"**{title}**, {dtype} (`{fn.__name__}` in docs/testing_reports.py)\n\n"
-                     f"```text\n{shown(report)}\n```\n")
-        print(f"{title} {dtype}: {'passed' if report.passed else 'FAILED'}", file=sys.stderr)
-    if importlib.util.find_spec("torch_geometric") is None:
-        parts.append("PyTorch Geometric's `TransformerConv` is not checked: torch_geometric is "
-                     "not installed here.\n")
+        old = kept.get(heading(title, fn, dtype))
+        if only is not None and not re.search(only, title) and old is not None:
+            parts.append(old)
+        else:
+            parts.append(part(title, fn, dtype, features))
     return "\n".join(parts)
 
 
 def replace(page: Path, marker: str, text: str) -> None:
     content = page.read_text(encoding="utf-8")
-    pattern = re.compile(f"(<!-- {marker}:begin -->\n).*?(<!-- {marker}:end -->)", re.DOTALL)
+    pattern = _markers(marker)
     assert pattern.search(content), f"{page} has no {marker} markers"
-    page.write_text(pattern.sub(lambda m: m.group(1) + text + m.group(2), content),
+    page.write_text(pattern.sub(lambda m: m.group(1) + text + m.group(3), content),
                     encoding="utf-8")
 
 
+def _markers(marker: str) -> re.Pattern:
+    return re.compile(f"(<!-- {marker}:begin -->\n)(.*?)(<!-- {marker}:end -->)", re.DOTALL)
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", metavar="PATTERN",
+                        help="rerun only the implementations whose title matches this regular "
+                             "expression (e.g. 'Geometric'); the others keep their reports")
+    only = parser.parse_args().only
     warnings.filterwarnings("ignore")           # flex_attention's eager-mode notices
     planted = planted_section()
-    found = reports()
+    english = (ROOT / "docs" / "en" / "testing.md").read_text(encoding="utf-8")
+    found = reports(only, _markers("reports").search(english).group(2))
     for language in ("en", "zh"):
         page = ROOT / "docs" / language / "testing.md"
         replace(page, "planted", planted)

@@ -31,6 +31,22 @@ def test_transformer_conv_is_simulate_on_its_graph(seed):
     run = rs.simulate(project(conv.lin_query), project(conv.lin_key), project(conv.lin_value),
                       graph=graph, network=rs.Network(jitter=0.5, seed=seed))
     output = run.output.transpose(1, 0, 2).reshape(n_nodes, heads * channels)
-    # PyG adds 1e-16 to its softmax denominator; that is all that separates the two.
+    # Roundings apart (PyG divides by sqrt(C), sums in edge order): its 1e-16 in the softmax
+    # denominator never shows, the denominator being >= 1 once the row max is subtracted.
     np.testing.assert_allclose(output, expected, rtol=1e-12, atol=1e-12)
     assert not output[0].any()
+
+
+def test_transformer_conv_passes_the_oracle_on_its_features():
+    """docs/testing_reports.py's adapter (the graph built from the routes) through the
+    oracle's battery; the same adapter with bottom-right causal read as top-left fails."""
+    from docs.testing_reports import PYG_FEATURES, pyg_transformer_conv
+
+    report = rs.testing.check_attention(pyg_transformer_conv, features=PYG_FEATURES, cases=0)
+    assert report.passed, str(report)
+
+    def top_left(q, k, v, **kwargs):
+        return pyg_transformer_conv(q, k, v, **{**kwargs, "causal_alignment": "top_left"})
+
+    broken = rs.testing.check_attention(top_left, features=["bottom_right"], cases=0)
+    assert not broken.passed
