@@ -19,7 +19,6 @@ from ...errors import EmptyRowError, NumericalError
 from ...inputs.mods import modified, removed_by
 from ...numerics.exact import exact_lse, exact_pull, exact_shares, exact_unnormalised
 from ...numerics.exact_row import exact_row, exact_row_lse
-from ...numerics.tiles import RaggedRows
 from ...numerics.kernels import (
     routing_budget,
     scale_scores,
@@ -28,6 +27,7 @@ from ...numerics.kernels import (
     weighted_pull,
     with_sink,
 )
+from ...numerics.tiles import RaggedRows
 from ...routes.route_set import batch_head
 from ..state import VALUE_PHASE, ExactParts, ForwardState
 from .exact_whole import exact_scores_whole
