@@ -27,6 +27,7 @@ PANEL_ENTRIES = 2**21    # entries of a batch's blocks or gathered keys (16 MB o
 BLOCK_ENTRIES = 2**22    # entries of a full table's row block (32 MB of float64)
 MAX_WASTE = 4.0          # tile blocks may hold at most this many entries per route
 SPAN_WASTE = 1.25        # SpanBlocks: block entries per route it accepts
+CALL_ROUTES = 2**16      # RaggedRows: routes of padding copies one numpy call is worth
 SPREAD = 1.25            # a ragged block's rows: fan-ins within this factor of each other
 
 
@@ -413,9 +414,13 @@ class RaggedRows:
                 self.blocks.append((at, end, int(counts[at:end].max())))
 
     def worthwhile(self) -> bool:
-        """Fewer blocks than nodes of distinct fan-ins would make stacked alone."""
+        """Whether the blocks beat stacking the rows of each distinct fan-in: every call
+        they save is worth :data:`CALL_ROUTES` routes of the copies padding costs (a
+        window's rows, nearly all of one fan-in, stay stacked; a causal triangle's 2,048
+        fan-ins become a few dozen blocks)."""
         counts = np.diff(self.indptr)
-        return len(self.blocks) <= len(np.unique(counts[counts > 0]))
+        saved = len(np.unique(counts[counts > 0])) - len(self.blocks)
+        return saved * CALL_ROUTES > int(self.indptr[-1] - self.indptr[0])
 
     def routes(self, first: int, stop: int) -> slice:
         """The route ids of nodes ``first:stop``: one slice."""

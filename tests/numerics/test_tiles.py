@@ -136,3 +136,10 @@ def test_ragged_rows_cover_every_route_once_in_bands(fan_in, entries):
         assert (block[~filled] == -1.0).all()
         seen += block[filled].tolist()
     assert seen == values.tolist()
+
+
+def test_ragged_rows_take_a_causal_triangle_not_a_long_window():
+    causal = np.tile(np.arange(1, 2049), 4)                           # 4 groups, L = 2048
+    assert RaggedRows(np.concatenate(([0], np.cumsum(causal)))).worthwhile()
+    window = np.minimum(np.arange(1, 131_073), 132)                   # 128 + 4 from row 131
+    assert not RaggedRows(np.concatenate(([0], np.cumsum(window)))).worthwhile()
