@@ -30,7 +30,7 @@ from .network.messages import FORWARD, Fate, Kind, payload_bytes
 from .network.transport import Transport
 from .network.wave_times import uniform
 from .network.waves import WaveTransport, whole_waves
-from .numerics.tiles import RowBlocks, Tiles
+from .numerics.tiles import RowBlocks, SpanBlocks, Tiles
 from .options import (
     TRACE_DETAILS,
     CausalAlignment,
@@ -274,7 +274,13 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
         nodes = OnlineNodes(setup, general) if softmax == "online" else \
             TwoPhaseNodes(setup, general)
         transport = general
-    if problem.sparse is not None and numerics == "float" and not routes.full:
+    spans = None
+    if problem.sparse is None and numerics == "float" and not routes.full and \
+            problem.score_mod is None and options.routing == "softmax":
+        spans = SpanBlocks.of(routes.indptr, routes.key_index, routes.n_queries, routes.n_keys)
+    if spans is not None:                              # a dense mask of one run per row
+        nodes.state.spans = spans
+    elif problem.sparse is not None and numerics == "float" and not routes.full:
         tiles = Tiles(routes.indptr, routes.key_index, routes.n_queries, routes.n_keys,
                       dim=max(problem.shape[3:]))
         nodes.state.tiles = tiles if tiles.worthwhile() else None

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..numerics.kernels import Kernels
-from ..numerics.tiles import RowBlocks, Tiles
+from ..numerics.tiles import RowBlocks, SpanBlocks, Tiles
 from ..routes.problem import Problem
 from ..routes.table import RouteTable
 
@@ -77,6 +77,7 @@ class ForwardState:
     failed: np.ndarray = field(init=False)          # (G·L,) strict: gave up
     tiles: Tiles | None = None                      # sparse fast path (see tiles.py)
     rows: RowBlocks | None = None                   # full table fast path (tiles.py)
+    spans: SpanBlocks | None = None                 # dense mask, one key run a row (tiles.py)
     tiled_shares: bool = False                      # every route's share is in (tiles, rows)
     tiled_output: bool = False                      # every node's pull is in (tiles, rows)
     context: dict | None = None                     # names and events for the exporters
@@ -112,9 +113,10 @@ class ForwardState:
 
     @property
     def fixed_blocks(self) -> bool:
-        """Whether every node's products come from fixed blocks (the sparse tiles or a full
-        table's row blocks), all computed at the first barrier."""
-        return self.tiles is not None or self.rows is not None
+        """Whether every node's products come from fixed blocks (the sparse tiles, a full
+        table's row blocks or a dense mask's span blocks), all computed at the first
+        barrier."""
+        return self.tiles is not None or self.rows is not None or self.spans is not None
 
     def no_route_lse(self, nodes: np.ndarray | int) -> np.ndarray:
         """The log-sum-exp of nodes whose softmax has no live route: their sink's logit

@@ -20,11 +20,15 @@ import numpy as np
 
 from ..routes.route_set import concat_ranges
 
-__all__ = ["BLOCK_ENTRIES", "PANEL_ENTRIES", "RowBlocks", "Tiles", "tile_size"]
+__all__ = ["BLOCK_ENTRIES", "PANEL_ENTRIES", "RaggedRows", "RowBlocks", "SpanBlocks", "Tiles",
+           "tile_size"]
 
 PANEL_ENTRIES = 2**21    # entries of a batch's blocks or gathered keys (16 MB of float64)
 BLOCK_ENTRIES = 2**22    # entries of a full table's row block (32 MB of float64)
 MAX_WASTE = 4.0          # tile blocks may hold at most this many entries per route
+SPAN_WASTE = 1.25        # SpanBlocks: block entries per route it accepts
+CALL_ROUTES = 2**16      # RaggedRows: routes of padding copies one numpy call is worth
+SPREAD = 1.25            # a ragged block's rows: fan-ins within this factor of each other
 
 
 def tile_size(indptr: np.ndarray) -> int:
@@ -254,6 +258,186 @@ class RowBlocks:
         weights = shares[self.routes(group, first, stop)].reshape(stop - first, self.n_keys)
         nodes = slice(group * self.n_queries + first, group * self.n_queries + stop)
         return np.matmul(weights, value[group], out=out[nodes])       # (rows, Ev)
+
+
+class SpanBlocks:
+    """Blocks of consecutive query nodes of a table whose every row is one run of keys.
+
+    A dense causal or padding mask gives each query one interval of keys, and neighbouring
+    queries nearly the same one. A block of ``T`` consecutive nodes of one group then reads
+    the keys ``lo:hi`` (the union of its rows' intervals): one product ``Q_block @
+    K[lo:hi]ᵀ`` holds every score of the block, key-aligned, and row ``r``'s routes are
+    its columns ``first_r - lo .. first_r - lo + count_r`` in source order, so a boolean
+    mask moves them to and from the route array (consecutive nodes own one slice of it).
+    ``T`` is the largest power of two (up to ``L``) whose blocks hold at most
+    :data:`SPAN_WASTE` entries per route, and a block at most :data:`BLOCK_ENTRIES`: a
+    causal triangle of 2,048 rows takes 8 blocks of 256 per group, products large enough
+    for OpenBLAS's threads. The blocks depend on the table alone, never on the delivery
+    schedule.
+
+    Examples
+    --------
+    >>> causal = np.tril(np.ones((4, 4), dtype=bool))            # one group, L = S = 4
+    >>> indptr = np.concatenate(([0], np.cumsum(causal.sum(axis=1))))
+    >>> spans = SpanBlocks.of(indptr, np.nonzero(causal)[1], 4)
+    >>> spans.size, spans.blocks                               # (first node, stop, lo, hi)
+    (4, [(0, 4, 0, 4)])
+    >>> spans.filled(*spans.blocks[0]).astype(int).tolist()
+    [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]]
+    >>> q = k = np.eye(4)
+    >>> spans.dots(q, k, *spans.blocks[0]).tolist() == np.eye(4).tolist()  # (rows, hi - lo)
+    True
+    >>> SpanBlocks.of(np.array([0, 2]), np.array([0, 2]), 1) is None   # keys 0 and 2
+    True
+    """
+
+    def __init__(self, indptr: np.ndarray, first: np.ndarray, n_queries: int,
+                 n_keys: int, size: int) -> None:
+        self.indptr, self.first, self.size = indptr, first, size
+        self.n_queries, self.n_keys = n_queries, n_keys
+        counts = np.diff(indptr)                                       # (G·L,)
+        self.blocks: list[tuple[int, int, int, int]] = []
+        for start in range(0, len(counts), n_queries):                 # one group at a time
+            for at in range(start, start + n_queries, size):
+                stop = min(at + size, start + n_queries)
+                busy = counts[at:stop] > 0
+                if not busy.any():
+                    continue
+                lo = int(first[at:stop][busy].min())
+                hi = int((first[at:stop] + counts[at:stop])[busy].max())
+                rows = max(1, BLOCK_ENTRIES // (hi - lo))              # cap one block's size
+                for part in range(at, stop, rows):
+                    self.blocks.append((part, min(part + rows, stop), lo, hi))
+
+    @classmethod
+    def of(cls, indptr: np.ndarray, keys: np.ndarray, n_queries: int,
+           n_keys: int | None = None) -> SpanBlocks | None:
+        """The blocks of a table (``indptr (G·L + 1,)``, ``keys (R,)``), or None when some
+        row is not one run of consecutive keys."""
+        n_keys = int(keys.max(initial=-1)) + 1 if n_keys is None else n_keys
+        counts = np.diff(indptr)                                       # (G·L,)
+        busy = counts > 0
+        first = np.zeros(len(counts), dtype=np.int64)
+        first[busy] = keys[indptr[:-1][busy]]                          # each row's lowest key
+        if len(keys) == 0 or n_queries == 0 or \
+                (keys[indptr[1:][busy] - 1] - first[busy] + 1 != counts[busy]).any():
+            return None                                                # a row with a gap
+        routes = int(indptr[-1])
+        end = first + counts
+        groups, size = len(counts) // n_queries, 8
+        while 2 * size <= n_queries:                                   # the largest T that fits
+            bigger = 2 * size
+            pad = -(-n_queries // bigger) * bigger - n_queries
+            low = np.pad(np.where(busy, first, n_keys).reshape(groups, n_queries),
+                         ((0, 0), (0, pad)), constant_values=n_keys)
+            high = np.pad(np.where(busy, end, 0).reshape(groups, n_queries),
+                          ((0, 0), (0, pad)), constant_values=0)
+            width = np.maximum(high.reshape(groups, -1, bigger).max(axis=2)
+                               - low.reshape(groups, -1, bigger).min(axis=2), 0)  # (G, tiles)
+            rows = np.minimum(bigger, n_queries - np.arange(width.shape[1]) * bigger)
+            if (width * rows).sum() > SPAN_WASTE * routes:
+                break
+            size = bigger
+        return cls(indptr, first, n_queries, n_keys, min(size, n_queries))
+
+    def routes(self, first: int, stop: int) -> slice:
+        """The route ids of nodes ``first:stop``: one slice."""
+        return slice(int(self.indptr[first]), int(self.indptr[stop]))
+
+    def filled(self, first: int, stop: int, lo: int, hi: int) -> np.ndarray:
+        """``(rows, hi - lo)`` bool: where a block's entries are routes."""
+        column = np.arange(lo, hi)                                     # (hi - lo,) key j
+        start = self.first[first:stop, None]                           # (rows, 1)
+        return (column >= start) & (column < start + np.diff(self.indptr[first:stop + 1])[:, None])
+
+    def dots(self, query: np.ndarray, key: np.ndarray, first: int, stop: int, lo: int,
+             hi: int) -> np.ndarray:
+        """``q_u · k_j`` (unscaled) of a block, for ``query (G·L, E)`` and ``key (G·S, E)``:
+        ``(rows, hi - lo)``, key-aligned."""
+        base = first // self.n_queries * self.n_keys                   # g · S
+        return query[first:stop] @ key[base + lo:base + hi].T
+
+    def pull(self, weights: np.ndarray, value: np.ndarray, first: int, stop: int, lo: int,
+             hi: int, out: np.ndarray) -> np.ndarray:
+        """``Σ_j w_uj v_j`` of a block's rows into ``out (G·L, Ev)``, for its key-aligned
+        ``weights (rows, hi - lo)`` (0 off the routes) and ``value (G·S, Ev)``."""
+        base = first // self.n_queries * self.n_keys                   # g · S
+        return np.matmul(weights, value[base + lo:base + hi], out=out[first:stop])
+
+
+class RaggedRows:
+    """Blocks of consecutive query nodes of similar fan-in, each a padded ``(rows, width)``
+    matrix: the row-wise work (softmax) of a route table whose rows differ in length.
+
+    Node ``u``'s routes are ``indptr[u]:indptr[u + 1]``, so a block of consecutive nodes
+    owns one slice of the route array. Row ``r`` of the block holds its node's routes in
+    columns ``0 .. count - 1`` (source order) and padding after them; ``width`` is the
+    block's longest row. A block holds nodes whose fan-ins lie in one band
+    ``[SPREAD^b, SPREAD^(b+1))``, so padding stays below a quarter of a block, and at most
+    :data:`PANEL_ENTRIES` entries (at least one row). A causal triangle of ``L`` rows is
+    about ``log(L) / log(SPREAD)`` blocks per group; nodes without routes are in none. The
+    blocks depend on the table alone, never on the delivery schedule.
+
+    Parameters
+    ----------
+    indptr : ndarray, shape (G·L + 1,)
+        A route table's rows.
+    entries : int, optional
+        Padded entries per block (rounded down to whole rows, at least one).
+
+    Examples
+    --------
+    >>> ragged = RaggedRows(np.array([0, 1, 3, 3, 13, 24]))  # fan-ins 1, 2, 0, 10, 11
+    >>> ragged.blocks                                         # (first node, stop, width)
+    [(0, 1, 1), (1, 2, 2), (3, 5, 11)]
+    >>> block = ragged.pad(np.arange(24.0), *ragged.blocks[2], fill=-1.0)   # (2, 11)
+    >>> block[:, :2].tolist(), block[:, -2:].tolist()        # routes 3.. and 13..; padding
+    ([[3.0, 4.0], [13.0, 14.0]], [[12.0, -1.0], [22.0, 23.0]])
+    """
+
+    def __init__(self, indptr: np.ndarray, entries: int = PANEL_ENTRIES) -> None:
+        self.indptr = indptr
+        counts = np.diff(indptr)                                       # (G·L,) fan-in
+        band = np.full(len(counts), -1, dtype=np.int64)                # -1: no route
+        busy = counts > 0
+        band[busy] = np.floor(np.log(counts[busy]) / np.log(SPREAD)).astype(np.int64)
+        starts = np.flatnonzero(np.diff(band, prepend=-2) != 0)        # (runs,) of one band
+        stops = np.append(starts[1:], len(counts))
+        self.blocks: list[tuple[int, int, int]] = []
+        for first, stop in zip(starts.tolist(), stops.tolist()):
+            if band[first] < 0:
+                continue
+            widest = int(counts[first:stop].max())
+            rows = max(1, entries // widest)
+            for at in range(first, stop, rows):
+                end = min(at + rows, stop)
+                self.blocks.append((at, end, int(counts[at:end].max())))
+
+    def worthwhile(self) -> bool:
+        """Whether the blocks beat stacking the rows of each distinct fan-in: every call
+        they save is worth :data:`CALL_ROUTES` routes of the copies padding costs (a
+        window's rows, nearly all of one fan-in, stay stacked; a causal triangle's 2,048
+        fan-ins become a few dozen blocks)."""
+        counts = np.diff(self.indptr)
+        saved = len(np.unique(counts[counts > 0])) - len(self.blocks)
+        return saved * CALL_ROUTES > int(self.indptr[-1] - self.indptr[0])
+
+    def routes(self, first: int, stop: int) -> slice:
+        """The route ids of nodes ``first:stop``: one slice."""
+        return slice(int(self.indptr[first]), int(self.indptr[stop]))
+
+    def filled(self, first: int, stop: int, width: int) -> np.ndarray:
+        """``(rows, width)`` bool: where a block's entries are routes (not padding)."""
+        counts = np.diff(self.indptr[first:stop + 1])                  # (rows,)
+        return np.arange(width) < counts[:, None]
+
+    def pad(self, values: np.ndarray, first: int, stop: int, width: int, fill: float
+            ) -> np.ndarray:
+        """The block of a per-route array ``values (R,)``: ``(rows, width)``, padded with
+        ``fill``."""
+        block = np.full((stop - first, width), fill, dtype=values.dtype)
+        block[self.filled(first, stop, width)] = values[self.routes(first, stop)]
+        return block
 
 
 def _runs(indptr: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -66,11 +66,17 @@ class RouteTable:
             self._query_node = self._key_index = None
             self.indptr = np.arange(groups * n_queries + 1, dtype=np.int64) * n_keys
         else:
-            query_node, key_index = np.nonzero(allowed.reshape(groups * n_queries, n_keys))
-            self._query_node = query_node.astype(index_type)           # (R,) u = g·L + i
-            self._key_index = key_index.astype(index_type)             # (R,) j
-            counts = np.bincount(self._query_node, minlength=groups * n_queries)
+            rows = allowed.reshape(groups * n_queries, n_keys)             # (G·L, S)
+            counts = np.count_nonzero(rows, axis=1)                        # (G·L,)
             self.indptr = np.concatenate(([0], np.cumsum(counts)))     # (G·L + 1,)
+            self._query_node = self._key_index = None
+            runs = _one_run_per_row(rows, counts)
+            if runs is not None:             # causal, padding, windows: ranges, no nonzero
+                self._key_index = concat_ranges(runs, runs + counts, index_type)  # (R,) j
+            else:
+                query_node, key_index = np.nonzero(rows)
+                self._query_node = query_node.astype(index_type)       # (R,) u = g·L + i
+                self._key_index = key_index.astype(index_type)         # (R,) j
         self._asker: np.ndarray | None = None
         self._answerer: np.ndarray | None = None
         self._every: np.ndarray | None = None
@@ -226,3 +232,13 @@ class RouteTable:
             return np.arange(first, last, dtype=self.index_type)
         return concat_ranges(self.indptr[nodes], self.indptr[nodes + 1])
 
+
+def _one_run_per_row(rows: np.ndarray, counts: np.ndarray) -> np.ndarray | None:
+    """Each row's first allowed key when every row's allowed keys are one run of
+    consecutive keys (or none), else None: ``(G·L,)`` from ``rows (G·L, S)`` bool."""
+    first = rows.argmax(axis=1)                                        # (G·L,) 0 if none
+    last = rows.shape[1] - 1 - rows[:, ::-1].argmax(axis=1)            # (G·L,)
+    busy = counts > 0
+    if (last[busy] - first[busy] + 1 != counts[busy]).any():
+        return None
+    return first

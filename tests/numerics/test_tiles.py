@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from routing_sim.numerics.tiles import RowBlocks, tile_size
+from routing_sim.numerics.tiles import SPREAD, RaggedRows, RowBlocks, SpanBlocks, tile_size
 
 shapes = st.tuples(st.integers(1, 3), st.integers(1, 9), st.integers(1, 9), st.integers(1, 5),
                    st.integers(1, 4), st.integers(1, 40))
@@ -58,3 +58,88 @@ def test_row_blocks_compute_every_score_and_pull(shape, seed):
 def test_tile_size_is_a_small_power_of_two(fan_in):
     size = tile_size(np.concatenate(([0], np.cumsum(fan_in))))
     assert size in (8, 16, 32)
+
+
+def one_run_rows(rng: np.random.Generator, groups: int, n_queries: int, n_keys: int
+                 ) -> np.ndarray:
+    """(G, L, S) bool: each row one run of keys or none (causal, padding, windows)."""
+    low = rng.integers(0, n_keys + 1, size=(groups, n_queries))
+    high = rng.integers(0, n_keys + 1, size=(groups, n_queries))
+    column = np.arange(n_keys)
+    return (column >= low[..., None]) & (column < high[..., None])
+
+
+def csr(allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    rows = allowed.reshape(-1, allowed.shape[-1])
+    return np.concatenate(([0], np.cumsum(rows.sum(axis=1)))), np.nonzero(rows)[1]
+
+
+@given(shapes, st.integers(0, 2**32 - 1))
+def test_span_blocks_compute_every_score_and_pull(shape, seed):
+    groups, n_queries, n_keys, dim, value_dim, _ = shape
+    rng = np.random.default_rng(seed)
+    allowed = one_run_rows(rng, groups, n_queries, n_keys)
+    indptr, keys = csr(allowed)
+    spans = SpanBlocks.of(indptr, keys, n_queries, n_keys)
+    if len(keys) == 0:
+        assert spans is None
+        return
+    assert spans is not None
+    query = small_integers(rng, groups * n_queries, dim)
+    key = small_integers(rng, groups * n_keys, dim)
+    value = small_integers(rng, groups * n_keys, value_dim)
+    shares = small_integers(rng, len(keys))
+    scores, output = np.full(len(keys), np.nan), np.zeros((groups * n_queries, value_dim))
+    covered = []
+    for first, stop, lo, hi in spans.blocks:
+        assert first // n_queries == (stop - 1) // n_queries            # one group a block
+        covered += list(range(first, stop))
+        filled = spans.filled(first, stop, lo, hi)
+        scores[spans.routes(first, stop)] = spans.dots(query, key, first, stop, lo, hi)[filled]
+        weights = np.zeros(filled.shape)
+        weights[filled] = shares[spans.routes(first, stop)]
+        spans.pull(weights, value, first, stop, lo, hi, out=output)
+    busy = np.flatnonzero(np.diff(indptr))
+    assert set(busy) <= set(covered) and len(covered) == len(set(covered))
+    node = np.repeat(np.arange(groups * n_queries), np.diff(indptr))   # (R,) g·L + i
+    key_row = node // n_queries * n_keys + keys                       # (R,) g·S + j
+    np.testing.assert_array_equal(scores, np.einsum("re,re->r", query[node], key[key_row]))
+    expected = np.zeros_like(output)
+    np.add.at(expected, node, shares[:, None] * value[key_row])
+    np.testing.assert_array_equal(output[busy], expected[busy])
+
+
+def test_span_blocks_refuse_a_row_with_a_gap_and_size_a_causal_triangle():
+    assert SpanBlocks.of(np.array([0, 1, 3]), np.array([0, 0, 2]), 2, 3) is None
+    causal = np.tril(np.ones((2048, 2048), dtype=bool))[None]
+    spans = SpanBlocks.of(*csr(causal), 2048, 2048)
+    assert spans is not None
+    entries = sum((stop - first) * (hi - lo) for first, stop, lo, hi in spans.blocks)
+    assert len(spans.blocks) <= 16 and entries <= 1.25 * causal.sum()
+
+
+@given(st.lists(st.integers(0, 40), min_size=1, max_size=60), st.integers(1, 200))
+def test_ragged_rows_cover_every_route_once_in_bands(fan_in, entries):
+    indptr = np.concatenate(([0], np.cumsum(fan_in)))
+    ragged = RaggedRows(indptr, entries=entries)
+    values = np.arange(indptr[-1], dtype=np.float64)
+    seen = []
+    for first, stop, width in ragged.blocks:
+        counts = np.array(fan_in[first:stop])
+        assert (counts > 0).all() and width == counts.max()
+        assert stop - first == 1 or (stop - first) * width <= entries
+        assert counts.max() < SPREAD * counts.min() or \
+            np.floor(np.log(counts.max()) / np.log(SPREAD)) == \
+            np.floor(np.log(counts.min()) / np.log(SPREAD))
+        block = ragged.pad(values, first, stop, width, fill=-1.0)
+        filled = ragged.filled(first, stop, width)
+        assert (block[~filled] == -1.0).all()
+        seen += block[filled].tolist()
+    assert seen == values.tolist()
+
+
+def test_ragged_rows_take_a_causal_triangle_not_a_long_window():
+    causal = np.tile(np.arange(1, 2049), 4)                           # 4 groups, L = 2048
+    assert RaggedRows(np.concatenate(([0], np.cumsum(causal)))).worthwhile()
+    window = np.minimum(np.arange(1, 131_073), 132)                   # 128 + 4 from row 131
+    assert not RaggedRows(np.concatenate(([0], np.cumsum(window)))).worthwhile()

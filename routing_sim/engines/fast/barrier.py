@@ -27,6 +27,7 @@ from ...numerics.kernels import (
     weighted_pull,
     with_sink,
 )
+from ...numerics.tiles import RaggedRows
 from ...routes.route_set import batch_head
 from ..state import VALUE_PHASE, ExactParts, ForwardState
 from .exact_whole import exact_scores_whole
@@ -344,14 +345,76 @@ def tiled_shares(state: ForwardState) -> None:
         _row_block_shares(state)
         state.tiled_shares = True
         return
+    if state.spans is not None:
+        _span_block_shares(state)
+        state.tiled_shares = True
+        return
     assert state.tiles is not None, "a sparse run's state has tiles"
     dim = problem.shape[3]
     with np.errstate(over="ignore", invalid="ignore"):                 # overflow reported later
         state.tiles.dots(problem.query.reshape(-1, dim), problem.key.reshape(-1, dim),
                          out=state.scores)
-    for chosen, count in _by_count(state, np.flatnonzero(state.needed)):
-        _float_block(state, chosen, count)
+    ragged = RaggedRows(state.routes.indptr)
+    if state.raw is None and not state.top_k and ragged.worthwhile():
+        for first, stop, width in ragged.blocks:
+            _ragged_block(state, ragged, first, stop, width)
+    else:
+        for chosen, count in _by_count(state, np.flatnonzero(state.needed)):
+            _float_block(state, chosen, count)
     state.tiled_shares = True
+
+
+def _span_block_shares(state: ForwardState) -> None:
+    """A dense mask of one key run per row: each span block one product, then the softmax
+    of its rows, off the routes -inf (no share; each row's max and sum as they are)."""
+    assert state.spans is not None, "a span run's state has span blocks"
+    problem, spans = state.problem, state.spans
+    query = problem.query.reshape(-1, problem.shape[3])                # (G·L, E)
+    key = problem.key.reshape(-1, problem.shape[3])                    # (G·S, E)
+    for first, stop, lo, hi in spans.blocks:
+        span = spans.routes(first, stop)
+        filled = spans.filled(first, stop, lo, hi)                     # (rows, hi - lo)
+        with np.errstate(over="ignore", invalid="ignore"):             # overflow reported next
+            block = spans.dots(query, key, first, stop, lo, hi)       # (rows, hi - lo)
+        flat = state.scores[span]                                      # a view: in place
+        flat[:] = block[filled]
+        block[~filled] = -np.inf
+        _padded_softmax(state, span, slice(first, stop), flat, filled, block)
+
+
+def _padded_softmax(state: ForwardState, span: slice, nodes: slice, flat: np.ndarray,
+                    filled: np.ndarray, block: np.ndarray) -> None:
+    """Scale, bias and softmax of the nodes ``nodes`` whose routes ``span`` hold the dot
+    products ``flat``; ``block (rows, width)`` is their rows padded with -inf where not
+    ``filled``, and the work array (the padding takes no share)."""
+    scale_scores(flat, state.problem.scale, None if state.bias is None else state.bias[span])
+    if not np.isfinite(flat).all():
+        raise NumericalError(f"a score overflowed to {flat[~np.isfinite(flat)][0]}; "
+                             "scale the inputs down")
+    block[filled] = flat
+    lse = np.empty(nodes.stop - nodes.start, dtype=flat.dtype)         # (rows,)
+    if state.sink_shares is None:
+        padded = routing_budget(block, out=block, lse=lse)
+    else:
+        assert state.sinks is not None                                 # both or neither
+        padded, state.sink_shares[nodes] = sink_budget(block, state.sinks[nodes], out=block,
+                                                       lse=lse)
+    state.lse[nodes] = lse
+    shares = padded[filled]                                            # (routes,)
+    if state.kept is not None:
+        keep_probabilities(state, span, shares)
+        shares *= state.kept[span] * state.dropout_scale
+    state.shares[span] = shares
+
+
+def _ragged_block(state: ForwardState, ragged: RaggedRows, first: int, stop: int,
+                  width: int) -> None:
+    """Scale, bias and softmax of nodes ``first:stop`` (one ragged block): the rows padded
+    with -inf, which takes no share and leaves each row's max and sum as they are."""
+    span = ragged.routes(first, stop)
+    filled = ragged.filled(first, stop, width)                         # (rows, width)
+    block = np.full(filled.shape, -np.inf, dtype=state.scores.dtype)
+    _padded_softmax(state, span, slice(first, stop), state.scores[span], filled, block)
 
 
 def _row_block_shares(state: ForwardState) -> None:
@@ -450,7 +513,7 @@ def _exact_block(state: ForwardState, chosen: np.ndarray, count: int) -> None:
 
 def pull_whole(state: ForwardState, nodes: np.ndarray) -> None:
     """o_i = Σ_j w_ij v_j for nodes whose values all came: on the fast paths every node's
-    row at once (tiles or row blocks), else one product per node."""
+    row at once (tiles, row or span blocks), else one product per node."""
     if state.fixed_blocks:
         if not state.tiled_output:
             _pull_every_row(state)
@@ -479,7 +542,14 @@ def _pull_every_row(state: ForwardState) -> None:
     lost = np.unique(state.routes.query_node[dead]) if len(dead) else dead
     kept_rows = state.output[lost]
     value = state.problem.value
-    if state.rows is not None:
+    if state.spans is not None:
+        flat_value = value.reshape(-1, value.shape[2])                 # (G·S, Ev)
+        for first, stop, lo, hi in state.spans.blocks:
+            filled = state.spans.filled(first, stop, lo, hi)           # (rows, hi - lo)
+            weights = np.zeros(filled.shape, dtype=state.shares.dtype)
+            weights[filled] = state.shares[state.spans.routes(first, stop)]
+            state.spans.pull(weights, flat_value, first, stop, lo, hi, out=state.output)
+    elif state.rows is not None:
         for group, first, stop in state.rows.blocks:
             state.rows.pull(state.shares, value, group, first, stop, out=state.output)
     else:

@@ -1,4 +1,5 @@
-"""The barrier arithmetic's fast path on a full graph: row blocks, any schedule, same bits."""
+"""The barrier arithmetic's fast paths: row blocks (a full graph) and span blocks (a dense mask
+of one key run per row), any schedule, same bits."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 
 import routing_sim as rs
 from routing_sim import simulation
+from routing_sim.numerics import tiles
 from routing_sim.numerics.tiles import RowBlocks
 
 SCHEDULES = [rs.Network(latency=0.0), rs.Network(jitter=2.0, seed=4),
@@ -77,6 +79,69 @@ def test_a_node_that_loses_a_route_computes_its_own_row(seed):
     for route in run.dropped:
         allowed[route.group[0], route.query, route.key] = False
     touched = ~allowed.all(axis=-1)                                    # (2, 7) lost a route
+    np.testing.assert_array_equal(run.output[~touched], whole.output[~touched])
+    expected = rs.attention(query, key, value, attn_mask=allowed)
+    tolerance, _ = rs.verify.tolerance(query, key, value, attn_mask=allowed)
+    assert (np.abs(run.output - expected) <= tolerance).all()
+
+
+def one_run_mask(seed: int, n_queries: int, n_keys: int, kind: str) -> np.ndarray:
+    """(L, S): a causal mask, causal with left padding, or any one run per row (some empty)."""
+    rng = np.random.default_rng(seed)
+    causal = np.tril(np.ones((n_queries, n_keys), dtype=bool))
+    if kind == "causal":
+        return causal
+    if kind == "padded":                                          # the first keys are padding
+        return causal & (np.arange(n_keys) >= rng.integers(0, n_keys))
+    low, high = rng.integers(0, n_keys + 1, size=(2, n_queries))
+    return (np.arange(n_keys) >= low[:, None]) & (np.arange(n_keys) < high[:, None])
+
+
+@given(st.integers(0, 2**32 - 1), st.sampled_from(["two_phase", "online"]),
+       st.sampled_from(["causal", "padded", "runs"]),
+       st.sampled_from([{}, {"sinks": [0.5, -1.0]}, {"dropout_p": 0.4, "seed": 3},
+                        {"bias": True}, {"alibi_slopes": [0.5, 0.25]}]), st.booleans())
+def test_span_blocks_give_the_same_bits_on_every_schedule(seed, softmax, kind, options, small):
+    with pytest.MonkeyPatch.context() as patch:
+        if small:                 # blocks of at most 12 entries: several a group, some one row
+            patch.setattr(tiles, "BLOCK_ENTRIES", 12)
+        same_bits_on_span_blocks(seed, softmax, kind, options)
+
+
+def same_bits_on_span_blocks(seed: int, softmax: str, kind: str, options: dict) -> None:
+    query, key, value = full_inputs(seed, n_queries=9, n_keys=9)
+    mask = one_run_mask(seed, 9, 9, kind)
+    if options.get("bias"):                       # a float mask: -inf drops, the rest adds
+        bias = np.random.default_rng(seed).normal(size=(9, 9))
+        options = {"attn_mask": np.where(mask, bias, -np.inf)}
+    else:
+        options = {"attn_mask": mask, **options}
+    runs = [rs.simulate(query, key, value, network=network, softmax=softmax, **options)
+            for network in [rs.Network(), *SCHEDULES]]
+    assert all(run.state.spans is not None and run.state.tiles is None for run in runs)
+    for run in runs[1:]:
+        np.testing.assert_array_equal(run.weights, runs[0].weights)
+        if softmax == "two_phase":                 # online: its last bits follow arrivals
+            np.testing.assert_array_equal(run.output, runs[0].output)
+            np.testing.assert_array_equal(run.lse, runs[0].lse)
+    expected, lse = rs.attention(query, key, value, return_lse=True, **options)
+    tolerance, _ = rs.verify.tolerance(query, key, value, **options)
+    assert (np.abs(runs[0].output - expected) <= tolerance).all()
+    np.testing.assert_allclose(runs[0].lse, lse, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_node_that_loses_a_route_on_span_blocks_computes_its_own_row(seed):
+    query, key, value = full_inputs(seed, n_queries=9, n_keys=9)
+    mask = one_run_mask(seed, 9, 9, "causal")
+    lossy = rs.Network(loss=0.3, retries=1, on_missing="degrade", seed=seed)
+    run = rs.simulate(query, key, value, attn_mask=mask, network=lossy)
+    whole = rs.simulate(query, key, value, attn_mask=mask)
+    assert run.dropped and run.state.spans is not None
+    allowed = np.broadcast_to(mask, (2, 9, 9)).copy()
+    for route in run.dropped:
+        allowed[route.group[0], route.query, route.key] = False
+    touched = (allowed != mask).any(axis=-1)                           # (2, 9) lost a route
     np.testing.assert_array_equal(run.output[~touched], whole.output[~touched])
     expected = rs.attention(query, key, value, attn_mask=allowed)
     tolerance, _ = rs.verify.tolerance(query, key, value, attn_mask=allowed)
