@@ -86,7 +86,8 @@ def test_a_node_that_loses_a_route_computes_its_own_row(seed):
 
 
 def one_run_mask(seed: int, n_queries: int, n_keys: int, kind: str) -> np.ndarray:
-    """(L, S): a causal mask, causal with left padding, or any one run per row (some empty)."""
+    """(L, S): a causal mask, causal with left padding, or any one run per row (some empty,
+    never all: a table with no route has no blocks)."""
     rng = np.random.default_rng(seed)
     causal = np.tril(np.ones((n_queries, n_keys), dtype=bool))
     if kind == "causal":
@@ -94,6 +95,8 @@ def one_run_mask(seed: int, n_queries: int, n_keys: int, kind: str) -> np.ndarra
     if kind == "padded":                                          # the first keys are padding
         return causal & (np.arange(n_keys) >= rng.integers(0, n_keys))
     low, high = rng.integers(0, n_keys + 1, size=(2, n_queries))
+    low[0] = min(low[0], n_keys - 1)                   # one route at least: a table to block
+    high[0] = max(high[0], low[0] + 1)
     return (np.arange(n_keys) >= low[:, None]) & (np.arange(n_keys) < high[:, None])
 
 
