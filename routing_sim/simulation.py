@@ -284,8 +284,7 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
         tiles = Tiles(routes.indptr, routes.key_index, routes.n_queries, routes.n_keys,
                       dim=max(problem.shape[3:]))
         nodes.state.tiles = tiles if tiles.worthwhile() else None
-    elif routes.full and numerics == "float" and (options.routing == "softmax"
-                                                  or softmax == "two_phase"):
+    elif routes.full and numerics == "float":    # EngineOptions refuses online with top-k
         nodes.state.rows = RowBlocks(routes.n_groups, routes.n_queries, routes.n_keys)
     nodes.start()
     if isinstance(transport, WaveTransport):

@@ -78,8 +78,8 @@ class ForwardState:
     tiles: Tiles | None = None                      # sparse fast path (see tiles.py)
     rows: RowBlocks | None = None                   # full table fast path (tiles.py)
     spans: SpanBlocks | None = None                 # dense mask, one key run a row (tiles.py)
-    tiled_shares: bool = False                      # every route's share is in (tiles, rows)
-    tiled_output: bool = False                      # every node's pull is in (tiles, rows)
+    tiled_shares: bool = False                      # every route's share is in (fixed blocks)
+    tiled_output: bool = False                      # every node's pull is in (fixed blocks)
     context: dict | None = None                     # names and events for the exporters
     route_latency: np.ndarray | None = None         # (R,) base latency the run used
 

@@ -390,9 +390,9 @@ class RaggedRows:
     >>> ragged = RaggedRows(np.array([0, 1, 3, 3, 13, 24]))  # fan-ins 1, 2, 0, 10, 11
     >>> ragged.blocks                                         # (first node, stop, width)
     [(0, 1, 1), (1, 2, 2), (3, 5, 11)]
-    >>> block = ragged.pad(np.arange(24.0), *ragged.blocks[2], fill=-1.0)   # (2, 11)
-    >>> block[:, :2].tolist(), block[:, -2:].tolist()        # routes 3.. and 13..; padding
-    ([[3.0, 4.0], [13.0, 14.0]], [[12.0, -1.0], [22.0, 23.0]])
+    >>> filled = ragged.filled(*ragged.blocks[2])              # (2, 11): routes, then padding
+    >>> filled.sum(axis=1).tolist(), ragged.routes(3, 5)
+    ([10, 11], slice(3, 24, None))
     """
 
     def __init__(self, indptr: np.ndarray, entries: int = PANEL_ENTRIES) -> None:
@@ -430,14 +430,6 @@ class RaggedRows:
         """``(rows, width)`` bool: where a block's entries are routes (not padding)."""
         counts = np.diff(self.indptr[first:stop + 1])                  # (rows,)
         return np.arange(width) < counts[:, None]
-
-    def pad(self, values: np.ndarray, first: int, stop: int, width: int, fill: float
-            ) -> np.ndarray:
-        """The block of a per-route array ``values (R,)``: ``(rows, width)``, padded with
-        ``fill``."""
-        block = np.full((stop - first, width), fill, dtype=values.dtype)
-        block[self.filled(first, stop, width)] = values[self.routes(first, stop)]
-        return block
 
 
 def _runs(indptr: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -131,10 +131,10 @@ def test_ragged_rows_cover_every_route_once_in_bands(fan_in, entries):
         assert counts.max() < SPREAD * counts.min() or \
             np.floor(np.log(counts.max()) / np.log(SPREAD)) == \
             np.floor(np.log(counts.min()) / np.log(SPREAD))
-        block = ragged.pad(values, first, stop, width, fill=-1.0)
-        filled = ragged.filled(first, stop, width)
-        assert (block[~filled] == -1.0).all()
-        seen += block[filled].tolist()
+        filled = ragged.filled(first, stop, width)                     # (rows, width)
+        assert (filled.sum(axis=1) == counts).all() and filled[:, 0].all()
+        assert (filled[:, :-1] | ~filled[:, 1:]).all()                 # routes first, padding after
+        seen += values[ragged.routes(first, stop)].tolist()
     assert seen == values.tolist()
 
 

@@ -7,8 +7,11 @@ delivery schedule changes a bit of the result. ``allocate`` and ``aggregate`` ta
 at a time and cover dead routes, hard routing and exact mode. ``allocate_whole`` and
 ``pull_whole``, after them, are the vectorised paths for nodes that lost no route: the
 scores and shares of every node that passed its barrier in one step (rows of equal length
-stacked together, or the sparse tiles), then their outputs; each row is computed exactly as
-it would be alone, so the result is the same bits as the one-node paths.
+stacked together; or, computed at the first barrier for every node at once, the sparse
+tiles, a full table's row blocks or a dense mask's span blocks), then their outputs. Block
+products may round differently from a one-node product in the last bit, within the float
+contract; what never changes them is the schedule: the blocks are fixed by the route table
+alone, and a node that loses a route recomputes its own row with the one-node paths.
 """
 
 from __future__ import annotations
@@ -331,8 +334,9 @@ def _by_count(state: ForwardState, nodes: np.ndarray) -> list[tuple[np.ndarray, 
 def tiled_shares(state: ForwardState) -> None:
     """Fast paths, at the first barrier: every route's score and share at once.
 
-    The dot products come from the fixed tiles of a sparse run (:mod:`routing_sim.numerics.tiles`)
-    or the row blocks of a full one, the softmax runs row by row; the same products
+    The dot products come from the fixed tiles of a sparse run (:mod:`routing_sim.numerics.tiles`),
+    the row blocks of a full one or the span blocks of a dense one-run-per-row mask; the
+    softmax runs on stacked rows; the same products
     whatever order the barriers pass in, so a node's shares are the same bits under every
     schedule. A node that later loses a route recomputes its own (:func:`allocate`),
     after this: the two-phase nodes call it at their first barrier, whichever node passes
@@ -382,6 +386,11 @@ def _span_block_shares(state: ForwardState) -> None:
         _padded_softmax(state, span, slice(first, stop), flat, filled, block)
 
 
+def overflowed(scores: np.ndarray) -> None:
+    """Refuse scores that overflowed (``scores``: the non-finite ones, not removed routes)."""
+    raise NumericalError(f"a score overflowed to {scores[0]}; scale the inputs down")
+
+
 def _padded_softmax(state: ForwardState, span: slice, nodes: slice, flat: np.ndarray,
                     filled: np.ndarray, block: np.ndarray) -> None:
     """Scale, bias and softmax of the nodes ``nodes`` whose routes ``span`` hold the dot
@@ -389,8 +398,7 @@ def _padded_softmax(state: ForwardState, span: slice, nodes: slice, flat: np.nda
     ``filled``, and the work array (the padding takes no share)."""
     scale_scores(flat, state.problem.scale, None if state.bias is None else state.bias[span])
     if not np.isfinite(flat).all():
-        raise NumericalError(f"a score overflowed to {flat[~np.isfinite(flat)][0]}; "
-                             "scale the inputs down")
+        overflowed(flat[~np.isfinite(flat)])
     block[filled] = flat
     lse = np.empty(nodes.stop - nodes.start, dtype=flat.dtype)         # (rows,)
     if state.sink_shares is None:
@@ -463,8 +471,7 @@ def _float_block(state: ForwardState, chosen: np.ndarray, count: int) -> None:
     if not np.isfinite(block).all():                    # one pass in the common case
         overflow = ~np.isfinite(block) if removed is None else ~np.isfinite(block) & ~removed
         if overflow.any():
-            raise NumericalError(f"a score overflowed to {block[overflow][0]}; "
-                                 "scale the inputs down")
+            overflowed(block[overflow])
     if state.top_k and state.chosen is not None:
         pick = top_routes(block, state.top_k)
         state.chosen[span] = pick.reshape(-1)
