@@ -30,7 +30,7 @@ from .network.messages import FORWARD, Fate, Kind, payload_bytes
 from .network.transport import Transport
 from .network.wave_times import uniform
 from .network.waves import WaveTransport, whole_waves
-from .numerics.tiles import RowBlocks, SpanBlocks, Tiles
+from .numerics.tiles import ROW_BLOCK_ROWS, RowBlocks, SpanBlocks, Tiles
 from .options import (
     TRACE_DETAILS,
     CausalAlignment,
@@ -284,7 +284,7 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
         tiles = Tiles(routes.indptr, routes.key_index, routes.n_queries, routes.n_keys,
                       dim=max(problem.shape[3:]))
         nodes.state.tiles = tiles if tiles.worthwhile() else None
-    elif routes.full and numerics == "float":    # EngineOptions refuses online with top-k
+    elif routes.full and numerics == "float" and routes.n_queries >= ROW_BLOCK_ROWS:
         nodes.state.rows = RowBlocks(routes.n_groups, routes.n_queries, routes.n_keys)
     nodes.start()
     if isinstance(transport, WaveTransport):

@@ -25,6 +25,8 @@ __all__ = ["BLOCK_ENTRIES", "PANEL_ENTRIES", "RaggedRows", "RowBlocks", "SpanBlo
 
 PANEL_ENTRIES = 2**21    # entries of a batch's blocks or gathered keys (16 MB of float64)
 BLOCK_ENTRIES = 2**22    # entries of a full table's row block (32 MB of float64)
+ROW_BLOCK_ROWS = 2       # one query row a group (a decoding step): the per-node path, whose
+#                          stacked softmax covers every group in one call, costs less
 MAX_WASTE = 4.0          # tile blocks may hold at most this many entries per route
 SPAN_WASTE = 1.25        # SpanBlocks: block entries per route it accepts
 CALL_ROUTES = 2**16      # RaggedRows: routes of padding copies one numpy call is worth

@@ -149,3 +149,18 @@ def test_a_node_that_loses_a_route_on_span_blocks_computes_its_own_row(seed):
     expected = rs.attention(query, key, value, attn_mask=allowed)
     tolerance, _ = rs.verify.tolerance(query, key, value, attn_mask=allowed)
     assert (np.abs(run.output - expected) <= tolerance).all()
+
+
+def test_a_decoding_step_takes_the_per_node_path():
+    """One query row a group: no row blocks (the stacked per-node softmax covers every
+    group in one call); the bits still hold under every schedule and the float contract."""
+    rng = np.random.default_rng(5)
+    query, key, value = rng.normal(size=(4, 1, 16)), *rng.normal(size=(2, 4, 160, 16))
+    runs = [rs.simulate(query, key, value, network=network)
+            for network in [rs.Network(), *SCHEDULES]]
+    assert all(run.state.rows is None and run.state.spans is None for run in runs)
+    for run in runs[1:]:
+        np.testing.assert_array_equal(run.output, runs[0].output)
+    expected = rs.attention(query, key, value)
+    tolerance, _ = rs.verify.tolerance(query, key, value)
+    assert (np.abs(runs[0].output - expected) <= tolerance).all()
