@@ -109,14 +109,9 @@ class Problem:
     def upstream(self, d_output: ArrayLike) -> np.ndarray:
         """The upstream gradient, checked against the output's shape, flattened to groups."""
         groups, n_queries, _, _, value_dim = self.shape
-        expected = (*self.batch_shape, n_queries, value_dim)
-        upstream = as_numpy("d_output", d_output)
-        if upstream.shape != expected:
-            raise ShapeError(f"d_output must have the output's shape {expected}, got "
-                             f"{upstream.shape}")
-        if upstream.dtype.kind not in "fiu" or not np.isfinite(upstream).all():
-            raise InvalidArgumentError("d_output must hold finite real numbers")
-        return upstream.astype(self.dtype).reshape(groups, n_queries, value_dim)
+        upstream = self._gradient("d_output", d_output, (*self.batch_shape, n_queries, value_dim),
+                                  "the output's shape")
+        return upstream.reshape(groups, n_queries, value_dim)
 
     def upstream_lse(self, d_lse: ArrayLike | None) -> np.ndarray | None:
         """The log-sum-exp's upstream gradient ``(..., L)``, checked against the lse's
@@ -124,14 +119,20 @@ class Problem:
         if d_lse is None:
             return None
         groups, n_queries = self.shape[:2]
-        expected = (*self.batch_shape, n_queries)
-        gradient = as_numpy("d_lse", d_lse)
+        gradient = self._gradient("d_lse", d_lse, (*self.batch_shape, n_queries),
+                                  "the log-sum-exp's shape")
+        return gradient.reshape(groups * n_queries)
+
+    def _gradient(self, name: str, value: ArrayLike, expected: tuple[int, ...],
+                  what: str) -> np.ndarray:
+        """An upstream gradient checked (``expected``, ``what`` names that shape; finite
+        real numbers) and cast to the problem's dtype."""
+        gradient = as_numpy(name, value)
         if gradient.shape != expected:
-            raise ShapeError(f"d_lse must have the log-sum-exp's shape {expected} (the "
-                             f"output's without its last dim), got {gradient.shape}")
+            raise ShapeError(f"{name} must have {what} {expected}, got {gradient.shape}")
         if gradient.dtype.kind not in "fiu" or not np.isfinite(gradient).all():
-            raise InvalidArgumentError("d_lse must hold finite real numbers")
-        return gradient.astype(self.dtype).reshape(groups * n_queries)
+            raise InvalidArgumentError(f"{name} must hold finite real numbers")
+        return gradient.astype(self.dtype)
 
     def per_route(self, name: str, query_node: Callable[[], np.ndarray],
                   key_index: Callable[[], np.ndarray]) -> np.ndarray | None:

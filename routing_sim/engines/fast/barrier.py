@@ -391,6 +391,22 @@ def overflowed(scores: np.ndarray) -> None:
     raise NumericalError(f"a score overflowed to {scores[0]}; scale the inputs down")
 
 
+def _stacked_budget(state: ForwardState, nodes: slice | np.ndarray, block: np.ndarray,
+                    out: np.ndarray | None) -> np.ndarray:
+    """The softmax of ``nodes``' stacked rows ``block (rows, width)`` (their sinks in the
+    denominators): the shares, into ``out`` when given; each row's log-sum-exp and sink
+    share go into the state."""
+    lse = np.empty(len(block), dtype=block.dtype)                      # (rows,)
+    if state.sink_shares is None:
+        shares = routing_budget(block, out=out, lse=lse)
+    else:
+        assert state.sinks is not None                                 # both or neither
+        shares, state.sink_shares[nodes] = sink_budget(block, state.sinks[nodes], out=out,
+                                                       lse=lse)
+    state.lse[nodes] = lse
+    return shares
+
+
 def _padded_softmax(state: ForwardState, span: slice, nodes: slice, flat: np.ndarray,
                     filled: np.ndarray, block: np.ndarray) -> None:
     """Scale, bias and softmax of the nodes ``nodes`` whose routes ``span`` hold the dot
@@ -400,15 +416,7 @@ def _padded_softmax(state: ForwardState, span: slice, nodes: slice, flat: np.nda
     if not np.isfinite(flat).all():
         overflowed(flat[~np.isfinite(flat)])
     block[filled] = flat
-    lse = np.empty(nodes.stop - nodes.start, dtype=flat.dtype)         # (rows,)
-    if state.sink_shares is None:
-        padded = routing_budget(block, out=block, lse=lse)
-    else:
-        assert state.sinks is not None                                 # both or neither
-        padded, state.sink_shares[nodes] = sink_budget(block, state.sinks[nodes], out=block,
-                                                       lse=lse)
-    state.lse[nodes] = lse
-    shares = padded[filled]                                            # (routes,)
+    shares = _stacked_budget(state, nodes, block, out=block)[filled]   # (routes,)
     if state.kept is not None:
         keep_probabilities(state, span, shares)
         shares *= state.kept[span] * state.dropout_scale
@@ -478,14 +486,7 @@ def _float_block(state: ForwardState, chosen: np.ndarray, count: int) -> None:
         block = np.where(pick, block, -np.inf)
     # A slice of routes: the shares go straight into the state.
     out = state.shares[span].reshape(block.shape) if isinstance(span, slice) else None
-    lse = np.empty(len(chosen), dtype=block.dtype)                     # (nodes,)
-    if state.sink_shares is None:
-        shares = routing_budget(block, out=out, lse=lse)
-    else:
-        assert state.sinks is not None                                 # both or neither
-        shares, state.sink_shares[chosen] = sink_budget(block, state.sinks[chosen], out=out,
-                                                        lse=lse)
-    state.lse[chosen] = lse
+    shares = _stacked_budget(state, chosen, block, out=out)
     if state.kept is not None:
         keep_probabilities(state, span, shares)
         shares *= state.kept[span].reshape(shares.shape) * state.dropout_scale

@@ -11,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import routing_sim as rs
-from routing_sim.engines.fast import backward, backward_tiles
 from routing_sim.routes import patterns
 from tests.reference.test_matrix_lse_backward import lse_problems
 
@@ -29,20 +28,6 @@ def assert_close(actual, expected) -> None:
         assert ours.shape == theirs.shape
         np.testing.assert_allclose(ours, theirs, rtol=RTOL,
                                    atol=RTOL * max(np.abs(theirs).max(), 1.0))
-
-
-@pytest.fixture
-def tiled(monkeypatch):
-    """The TiledGradients each backward pass made (none: the per-node path ran)."""
-    made = []
-
-    class Spy(backward_tiles.TiledGradients):
-        def __init__(self, *args, **kwargs) -> None:
-            super().__init__(*args, **kwargs)
-            made.append(self)
-
-    monkeypatch.setattr(backward, "TiledGradients", Spy)
-    return made
 
 
 @given(lse_problems(), st.sampled_from(NETWORKS))

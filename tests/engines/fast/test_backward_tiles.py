@@ -32,20 +32,6 @@ SCORE_MODS = {
 }
 
 
-@pytest.fixture
-def tiled(monkeypatch):
-    """The TiledGradients each backward pass made (none: the per-node path ran)."""
-    made = []
-
-    class Spy(backward_tiles.TiledGradients):
-        def __init__(self, *args, **kwargs) -> None:
-            super().__init__(*args, **kwargs)
-            made.append(self)
-
-    monkeypatch.setattr(backward, "TiledGradients", Spy)
-    return made
-
-
 def problem(seed: int, n_queries: int, n_keys: int | None = None, heads: int = 2,
             kv_heads: int = 1, dim: int = 8, value_dim: int = 3):
     rng = np.random.default_rng(seed)
