@@ -48,6 +48,7 @@ from ..inputs import mods
 from ..reference.matrix import attention
 from ..simulation import simulate
 from . import admit, record
+from .lean import lean_options, lean_step
 from .autograd import simulated_attention
 
 __all__ = ["HF_ARGUMENTS", "register", "registered_options"]
@@ -70,6 +71,7 @@ _KNOWN = _BOOKKEEPING | _KERNEL_ONLY
 _DTYPES = (torch.float32, torch.float64)
 _ATTENTION_KEYWORDS = frozenset(inspect.signature(attention).parameters)
 _OPTIONS: dict[str, dict[str, Any]] = {}
+_LEAN: dict[str, bool] = {}            # whether a name's options allow the lean decoding step
 
 
 def register(name: str = "routing_sim", **options: Any) -> str:
@@ -124,6 +126,7 @@ def register(name: str = "routing_sim", **options: Any) -> str:
     probe = np.zeros((1, 1, 1))                                        # (G, L, E)
     simulate(probe, probe, probe, **options)                           # bad values fail here
     _OPTIONS[name] = options
+    _LEAN[name] = lean_options(options)
     admit.install(_OPTIONS)
     AttentionInterface.register(name, _attention_function(name))
     AttentionMaskInterface.register(name, sdpa_mask)
@@ -171,6 +174,13 @@ def _attention_function(name: str):
         if softcap is not None:
             options["score_mod"] = _softcap(softcap, options)
         recorder = record.active()
+        if n_queries == 1 and _LEAN[name] and recorder is None and not dropout \
+                and not _weights_requested(kwargs):
+            # A decoding step nobody observes: the same bits without building a Run.
+            output = lean_step(query, key, value, bias if bias is not None else attention_mask,
+                               scaling, gqa, s_aux, options.get("score_mod"))
+            if output is not None:
+                return output, None
         if recorder is not None:
             options["trace"] = recorder.trace
             options.update(recorder.labels(module, n_queries, n_keys))

@@ -1,0 +1,200 @@
+"""One query token a group (a decoding step): simulate's arithmetic without building a Run.
+
+A decoding step asks ``G = B · H`` query nodes, one per batch row and head, each over the
+cached keys. :func:`~routing_sim.simulate` sends its messages and, on a network without
+faults, evaluates each node's numbers in one of two fixed ways (:mod:`.barrier`):
+
+- every key allowed (no mask, or one that blocks nothing): the node's scores are one product
+  ``K_g @ q_g``, the softmax runs on the nodes' rows stacked, and the pull is one product
+  ``w_g @ V_g`` a node (the per-node path);
+- a mask that leaves each node one run of keys ``lo:hi`` (padding, a sliding window): the
+  span blocks, which for one query row a group are ``q_g @ K_g[lo:hi]ᵀ``, the softmax of that
+  row, and ``w_g @ V_g[lo:hi]``.
+
+:func:`decode_step` makes the same calls in the same order on the same arrays, so its output
+has the same bits as ``simulate(...).output``; it skips what only a Run needs (route table,
+network, trace, stats, timings). Whatever it does not cover it declines by returning None,
+and the caller runs ``simulate``, which also gives the clear error for bad input: keys with
+a gap in a row, a score_mod beside a mask, an empty row under a policy other than
+``"zero"``, a score that overflowed, non-finite inputs, a float mask of only 0s and 1s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from ...inputs.masks import check_additive
+from ...inputs.mods import modified
+from ...inputs.sinks import group_sinks
+from ...numerics.kernels import routing_budget, scale_scores, sink_budget, weighted_pull
+from ...routes.problem import resolve_scale
+
+__all__ = ["decode_step"]
+
+
+def decode_step(query: np.ndarray, key: np.ndarray, value: np.ndarray,
+                attn_mask: np.ndarray | None = None, scale: float | None = None,
+                enable_gqa: bool = False, sinks: np.ndarray | None = None,
+                score_mod: Callable | None = None) -> np.ndarray | None:
+    """``simulate(query, key, value, attn_mask, scale=scale, enable_gqa=enable_gqa,
+    sinks=sinks, score_mod=score_mod).output`` for one query a group, or None where it
+    declines.
+
+    Parameters
+    ----------
+    query : ndarray, shape (B, H, 1, E)
+    key, value : ndarray, shape (B, Hkv, S, E) and (B, Hkv, S, Ev)
+        ``Hkv = H``, or with ``enable_gqa`` a divisor of ``H``: key/value head
+        ``h // (H / Hkv)`` serves query head ``h`` (grouped-query attention).
+    attn_mask : ndarray, optional
+        Broadcastable to ``(B, H, 1, S)``: bool (True = route allowed) or float (added to
+        the scores, ``-inf`` blocks a route).
+    scale, enable_gqa, sinks, score_mod
+        As in :func:`~routing_sim.simulate` (``sinks``: ``(H,)`` or ``(1,)`` logits).
+
+    Returns
+    -------
+    ndarray of shape (B, H, Ev), or None
+        Bit-identical to ``simulate``'s output (its one query row squeezed); None when the
+        step is outside what this path covers (see the module docstring).
+
+    Examples
+    --------
+    >>> import routing_sim as rs
+    >>> rng = np.random.default_rng(0)
+    >>> q = rng.normal(size=(1, 4, 1, 8))                      # (B, H, 1, E)
+    >>> k, v = rng.normal(size=(2, 1, 2, 6, 8))                # (B, Hkv, S, E): GQA
+    >>> padding = np.array([False, True, True, True, True, True])
+    >>> run = rs.simulate(q, k, v, padding, enable_gqa=True)
+    >>> np.array_equal(decode_step(q, k, v, padding, enable_gqa=True), run.output[:, :, 0])
+    True
+    >>> gap = np.array([True, False, True, True, True, True])
+    >>> decode_step(q, k, v, gap, enable_gqa=True) is None             # simulate's to do
+    True
+    """
+    batch, heads, n_queries, dim = query.shape if query.ndim == 4 else (0, 0, 0, 0)
+    if n_queries != 1 or dim == 0 or key.ndim != 4 or value.ndim != 4 \
+            or key.shape[:2] != value.shape[:2] or key.shape[0] != batch \
+            or key.shape[3] != dim or value.shape[2] != key.shape[2] or key.shape[2] == 0 \
+            or key.shape[1] == 0 or heads % key.shape[1] \
+            or not (enable_gqa or key.shape[1] == heads) \
+            or not query.dtype == key.dtype == value.dtype \
+            or not np.isfinite(query.sum() + key.sum() + value.sum()):
+        return None                  # simulate names the bad shape, dtype or value
+    scale = resolve_scale(scale, dim)
+    per_group = None if sinks is None else group_sinks(sinks, (batch, heads), query.dtype)[1]
+    allowed, bias = _routes(attn_mask, batch, heads, key.shape[2], query.dtype)
+    if allowed is False:
+        return None
+    # Contiguous rows, as simulate copies them: BLAS sees the same operands.
+    query = np.ascontiguousarray(query).reshape(batch * heads, dim)          # (G, E)
+    key, value = np.ascontiguousarray(key), np.ascontiguousarray(value)
+    if allowed is None:
+        return _every_key(query, key, value, bias, scale, per_group, score_mod)
+    if score_mod is not None:
+        return None                  # simulate: per-node gathers, not covered here
+    return _key_runs(query, key, value, allowed, bias, scale, per_group)
+
+
+def _routes(attn_mask: np.ndarray | None, batch: int, heads: int, n_keys: int,
+            dtype: np.dtype) -> tuple[np.ndarray | None | bool, np.ndarray | None]:
+    """``(allowed (G, S) bool, or None for every key, or False to decline; bias (G, S) in
+    the inputs' dtype, or None)``, as simulate reads a mask."""
+    if attn_mask is None:
+        return None, None
+    shape = (batch, heads, 1, n_keys)
+    try:
+        mask = np.broadcast_to(attn_mask, shape).reshape(batch * heads, n_keys)  # (G, S)
+    except ValueError:
+        return False, None
+    if mask.dtype == bool:
+        return (None if mask.all() else mask), None
+    if mask.dtype.kind != "f" or np.isnan(mask).any() or np.isposinf(mask).any():
+        return False, None                                             # simulate refuses
+    check_additive("attn_mask", attn_mask)                             # warns as simulate does
+    blocked = np.isneginf(mask)
+    if not blocked.any():
+        return None, mask.astype(dtype)
+    return ~blocked, np.where(blocked, 0, mask).astype(dtype)
+
+
+def _every_key(query: np.ndarray, key: np.ndarray, value: np.ndarray, bias: np.ndarray | None,
+               scale: float, sinks: np.ndarray | None, score_mod: Callable | None
+               ) -> np.ndarray | None:
+    """Every node reads every key: the per-node path (one product a node, the softmax of
+    the stacked rows, one pull a node)."""
+    groups, n_keys = len(query), key.shape[2]
+    heads, kv_heads = groups // key.shape[0], key.shape[1]
+    share = heads // kv_heads                                          # query heads per kv head
+    scores = np.empty((groups, n_keys), dtype=query.dtype)            # (G, S)
+    with np.errstate(over="ignore", invalid="ignore"):                 # overflow: declined below
+        for group in range(groups):
+            batch, head = divmod(group, heads)
+            scores[group] = key[batch, head // share] @ query[group]   # (S,)
+    if score_mod is None:
+        scale_scores(scores, scale, bias)
+    else:
+        scores = _modified(scores, scale, bias, score_mod, heads)
+        if scores is None:
+            return None
+    if not np.isfinite(scores).all():
+        return None                  # an overflow (or a removed route): simulate's to handle
+    shares = routing_budget(scores, out=scores) if sinks is None else \
+        sink_budget(scores, sinks, out=scores)[0]                      # (G, S)
+    output = np.empty((groups, value.shape[3]), dtype=query.dtype)    # (G, Ev)
+    for group in range(groups):
+        batch, head = divmod(group, heads)
+        output[group] = weighted_pull(shares[group], value[batch, head // share])
+    return output.reshape(-1, heads, value.shape[3])                   # (B, H, Ev)
+
+
+def _modified(scores: np.ndarray, scale: float, bias: np.ndarray | None,
+              score_mod: Callable, heads: int) -> np.ndarray | None:
+    """The key nodes' score_mod on the scaled scores ``(G, S)``, then the bias."""
+    groups, n_keys = scores.shape
+    scaled = scale_scores(scores, scale).reshape(-1)                   # (G·S,)
+    node = np.repeat(np.arange(groups, dtype=np.int32), n_keys)        # (G·S,) u = g
+    batch, head = np.divmod(node, heads)
+    keys = np.tile(np.arange(n_keys, dtype=np.int32), groups)          # (G·S,) j
+    result = modified(score_mod, scaled, batch, head, node % 1, keys).reshape(groups, n_keys)
+    if bias is not None:
+        with np.errstate(over="ignore", invalid="ignore"):
+            result = result + bias
+    return result
+
+
+def _key_runs(query: np.ndarray, key: np.ndarray, value: np.ndarray, allowed: np.ndarray,
+              bias: np.ndarray | None, scale: float, sinks: np.ndarray | None
+              ) -> np.ndarray | None:
+    """Each node reads one run of keys ``lo:hi`` (none: a zero row): simulate's span
+    blocks, one row each."""
+    groups = len(allowed)
+    heads, share = groups // key.shape[0], groups // key.shape[0] // key.shape[1]
+    counts = np.count_nonzero(allowed, axis=1)                        # (G,)
+    lo = allowed.argmax(axis=1)                                        # (G,) first key
+    if not _one_run_each(allowed, counts, lo):
+        return None                  # a row with a gap: simulate's per-node gathers
+    output = np.zeros((groups, value.shape[3]), dtype=query.dtype)    # (G, Ev): empty rows 0
+    for group, first, count in zip(range(groups), lo.tolist(), counts.tolist()):
+        if not count:
+            continue
+        batch, head = divmod(group, heads)
+        stop = first + count
+        with np.errstate(over="ignore", invalid="ignore"):
+            dots = query[group:group + 1] @ key[batch, head // share, first:stop].T  # (1, w)
+        scale_scores(dots, scale, None if bias is None else bias[group, first:stop])
+        if not np.isfinite(dots).all():
+            return None
+        shares = routing_budget(dots, out=dots) if sinks is None else \
+            sink_budget(dots, sinks[group:group + 1], out=dots)[0]     # (1, w)
+        np.matmul(shares, value[batch, head // share, first:stop], out=output[group:group + 1])
+    return output.reshape(-1, heads, value.shape[3])                   # (B, H, Ev)
+
+
+def _one_run_each(allowed: np.ndarray, counts: np.ndarray, lo: np.ndarray) -> bool:
+    """Whether each row's allowed keys are one run ``lo:lo + count`` (or none)."""
+    column = np.arange(allowed.shape[1])                               # (S,)
+    run = (column >= lo[:, None]) & (column < (lo + counts)[:, None])  # (G, S)
+    return bool(np.array_equal(run, allowed))
