@@ -48,8 +48,8 @@ from ..inputs import mods
 from ..reference.matrix import attention
 from ..simulation import simulate
 from . import admit, record
-from .lean import lean_options, lean_step
 from .autograd import simulated_attention
+from .lean import lean_options, lean_step
 
 __all__ = ["HF_ARGUMENTS", "register", "registered_options"]
 

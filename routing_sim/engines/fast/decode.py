@@ -85,9 +85,10 @@ def decode_step(query: np.ndarray, key: np.ndarray, value: np.ndarray,
         return None                  # simulate names the bad shape, dtype or value
     scale = resolve_scale(scale, dim)
     per_group = None if sinks is None else group_sinks(sinks, (batch, heads), query.dtype)[1]
-    allowed, bias = _routes(attn_mask, batch, heads, key.shape[2], query.dtype)
-    if allowed is False:
+    routes = _routes(attn_mask, batch, heads, key.shape[2], query.dtype)
+    if routes is None:
         return None
+    allowed, bias = routes
     # Contiguous rows, as simulate copies them: BLAS sees the same operands.
     query = np.ascontiguousarray(query).reshape(batch * heads, dim)          # (G, E)
     key, value = np.ascontiguousarray(key), np.ascontiguousarray(value)
@@ -99,20 +100,20 @@ def decode_step(query: np.ndarray, key: np.ndarray, value: np.ndarray,
 
 
 def _routes(attn_mask: np.ndarray | None, batch: int, heads: int, n_keys: int,
-            dtype: np.dtype) -> tuple[np.ndarray | None | bool, np.ndarray | None]:
-    """``(allowed (G, S) bool, or None for every key, or False to decline; bias (G, S) in
-    the inputs' dtype, or None)``, as simulate reads a mask."""
+            dtype: np.dtype) -> tuple[np.ndarray | None, np.ndarray | None] | None:
+    """``(allowed (G, S) bool, or None for every key; bias (G, S) in the inputs' dtype, or
+    None)`` as simulate reads a mask; None to decline (simulate refuses the mask)."""
     if attn_mask is None:
         return None, None
     shape = (batch, heads, 1, n_keys)
     try:
         mask = np.broadcast_to(attn_mask, shape).reshape(batch * heads, n_keys)  # (G, S)
     except ValueError:
-        return False, None
+        return None
     if mask.dtype == bool:
         return (None if mask.all() else mask), None
     if mask.dtype.kind != "f" or np.isnan(mask).any() or np.isposinf(mask).any():
-        return False, None                                             # simulate refuses
+        return None                                                    # simulate refuses
     check_additive("attn_mask", attn_mask)                             # warns as simulate does
     blocked = np.isneginf(mask)
     if not blocked.any():
@@ -137,8 +138,6 @@ def _every_key(query: np.ndarray, key: np.ndarray, value: np.ndarray, bias: np.n
         scale_scores(scores, scale, bias)
     else:
         scores = _modified(scores, scale, bias, score_mod, heads)
-        if scores is None:
-            return None
     if not np.isfinite(scores).all():
         return None                  # an overflow (or a removed route): simulate's to handle
     shares = routing_budget(scores, out=scores) if sinks is None else \
@@ -151,7 +150,7 @@ def _every_key(query: np.ndarray, key: np.ndarray, value: np.ndarray, bias: np.n
 
 
 def _modified(scores: np.ndarray, scale: float, bias: np.ndarray | None,
-              score_mod: Callable, heads: int) -> np.ndarray | None:
+              score_mod: Callable, heads: int) -> np.ndarray:
     """The key nodes' score_mod on the scaled scores ``(G, S)``, then the bias."""
     groups, n_keys = scores.shape
     scaled = scale_scores(scores, scale).reshape(-1)                   # (G·S,)
