@@ -1,5 +1,8 @@
 """routing_sim as a transformers attention backend: every attention call runs ``simulate``.
 
+(A one-query call that nobody records, asks weights of or differentiates takes the lean
+step of :mod:`routing_sim.hf.lean`: the same bits, without building a Run.)
+
 ``register(name, **options)`` puts two functions into transformers' registries under
 ``name``: the attention function (``AttentionInterface``) and the mask function
 (``AttentionMaskInterface``, transformers' own ``sdpa_mask``). The mask function matters:
