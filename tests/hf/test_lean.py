@@ -81,21 +81,21 @@ def test_a_step_has_the_bits_of_simulate(attention, seed, batch, kv_heads, share
     assert np.array_equal(ours.numpy(), run.output.transpose(0, 2, 1, 3))
 
 
-def test_an_unobserved_step_builds_no_run(attention, simulations):
-    module, query, key, value, allowed = step(0, 2, 2, 2, 12, 8, "padding")
+@pytest.mark.parametrize("mask", MASKS)
+def test_an_unobserved_step_builds_no_run(attention, simulations, mask):
+    module, query, key, value, allowed = step(0, 2, 2, 2, 12, 8, mask)
     with torch.no_grad():
         attention(module, query, key, value, allowed, scaling=0.25)
-        attention(module, query, key, value, None, scaling=0.25)
+        attention(module, query, key, value, allowed, scaling=0.25, softcap=5.0)
     assert simulations == []
 
 
 @pytest.mark.parametrize("observer", ["record", "weights", "gradient", "two queries",
-                                      "dropout", "gap", "exact", "network", "full trace"])
+                                      "dropout", "exact", "network", "full trace"])
 def test_whoever_looks_gets_the_simulation(attention, simulations, observer):
-    """Recording, attention weights, a gradient, more than one query, dropout, a mask the
-    lean step declines, or options asking for numerics or a network: simulate runs."""
-    module, query, key, value, allowed = step(1, 2, 2, 2, 12, 8, "gap" if observer == "gap"
-                                              else "padding")
+    """Recording, attention weights, a gradient, more than one query, dropout, or options
+    asking for numerics, a network or every message: simulate runs."""
+    module, query, key, value, allowed = step(1, 2, 2, 2, 12, 8, "padding")
     options = {"exact": {"numerics": "exact"}, "network": {"network": rs.Network(latency=2.0)},
                "full trace": {"trace": "full"}}.get(observer)
     call = attention if options is None else __import__("transformers").AttentionInterface(

@@ -2,21 +2,24 @@
 
 A decoding step asks ``G = B · H`` query nodes, one per batch row and head, each over the
 cached keys. :func:`~routing_sim.simulate` sends its messages and, on a network without
-faults, evaluates each node's numbers in one of two fixed ways (:mod:`.barrier`):
+faults, evaluates each node's numbers in one of three fixed ways (:mod:`.barrier`):
 
 - every key allowed (no mask, or one that blocks nothing): the node's scores are one product
   ``K_g @ q_g``, the softmax runs on the nodes' rows stacked, and the pull is one product
   ``w_g @ V_g`` a node (the per-node path);
-- a mask that leaves each node one run of keys ``lo:hi`` (padding, a sliding window): the
-  span blocks, which for one query row a group are ``q_g @ K_g[lo:hi]ᵀ``, the softmax of that
-  row, and ``w_g @ V_g[lo:hi]``.
+- a mask that leaves each node one run of keys ``lo:hi`` (padding, a sliding window), and
+  no score_mod: the span blocks, which for one query row a group are
+  ``q_g @ K_g[lo:hi]ᵀ``, the softmax of that row, and ``w_g @ V_g[lo:hi]``;
+- any other mask: the per-node path over each node's keys gathered, the softmax of the
+  rows of equal fan-in stacked.
 
 :func:`decode_step` makes the same calls in the same order on the same arrays, so its output
-has the same bits as ``simulate(...).output``; it skips what only a Run needs (route table,
-network, trace, stats, timings). Whatever it does not cover it declines by returning None,
-and the caller runs ``simulate``, which also gives the clear error for bad input: keys with
-a gap in a row, a score_mod beside a mask, an empty row under a policy other than
-``"zero"``, a score that overflowed, non-finite inputs, a float mask of only 0s and 1s.
+has the same bits as ``simulate(...).output`` (no dropout, ``empty_rows="zero"``); it skips
+what only a Run needs (route table, network, trace, stats, timings). Where ``simulate``
+would refuse the input or report an overflow, it declines by returning None, and the
+caller runs ``simulate``, which gives the clear error: shapes or dtypes that do not fit,
+non-finite inputs, a mask that does not broadcast or holds NaN or +inf, a score that
+overflowed (or that a score_mod removed: ``simulate`` handles those rows).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from ...inputs.mods import modified
 from ...inputs.sinks import group_sinks
 from ...numerics.kernels import routing_budget, scale_scores, sink_budget, weighted_pull
 from ...routes.problem import resolve_scale
+from .barrier import gather
 
 __all__ = ["decode_step"]
 
@@ -70,8 +74,11 @@ def decode_step(query: np.ndarray, key: np.ndarray, value: np.ndarray,
     >>> run = rs.simulate(q, k, v, padding, enable_gqa=True)
     >>> np.array_equal(decode_step(q, k, v, padding, enable_gqa=True), run.output[:, :, 0])
     True
-    >>> gap = np.array([True, False, True, True, True, True])
-    >>> decode_step(q, k, v, gap, enable_gqa=True) is None             # simulate's to do
+    >>> gap = np.array([True, False, True, True, True, True])        # gathered keys
+    >>> np.array_equal(decode_step(q, k, v, gap, enable_gqa=True),
+    ...                rs.simulate(q, k, v, gap, enable_gqa=True).output[:, :, 0])
+    True
+    >>> decode_step(q, k, v, gap) is None          # 4 query heads, 2 key heads, no GQA asked
     True
     """
     batch, heads, n_queries, dim = query.shape if query.ndim == 4 else (0, 0, 0, 0)
@@ -94,9 +101,11 @@ def decode_step(query: np.ndarray, key: np.ndarray, value: np.ndarray,
     key, value = np.ascontiguousarray(key), np.ascontiguousarray(value)
     if allowed is None:
         return _every_key(query, key, value, bias, scale, per_group, score_mod)
-    if score_mod is not None:
-        return None                  # simulate: per-node gathers, not covered here
-    return _key_runs(query, key, value, allowed, bias, scale, per_group)
+    counts = np.count_nonzero(allowed, axis=1)                        # (G,) routes a node
+    first = allowed.argmax(axis=1)                                     # (G,) its first key
+    if score_mod is None and counts.any() and _one_run_each(allowed, counts, first):
+        return _key_runs(query, key, value, counts, first, bias, scale, per_group)
+    return _gathered(query, key, value, allowed, counts, bias, scale, per_group, score_mod)
 
 
 def _routes(attn_mask: np.ndarray | None, batch: int, heads: int, n_keys: int,
@@ -137,7 +146,8 @@ def _every_key(query: np.ndarray, key: np.ndarray, value: np.ndarray, bias: np.n
     if score_mod is None:
         scale_scores(scores, scale, bias)
     else:
-        scores = _modified(scores, scale, bias, score_mod, heads)
+        scores = _modified(scores, scale, bias, score_mod, heads, np.arange(groups),
+                           np.tile(np.arange(n_keys, dtype=np.int32), groups))
     if not np.isfinite(scores).all():
         return None                  # an overflow (or a removed route): simulate's to handle
     shares = routing_budget(scores, out=scores) if sinks is None else \
@@ -150,31 +160,27 @@ def _every_key(query: np.ndarray, key: np.ndarray, value: np.ndarray, bias: np.n
 
 
 def _modified(scores: np.ndarray, scale: float, bias: np.ndarray | None,
-              score_mod: Callable, heads: int) -> np.ndarray:
-    """The key nodes' score_mod on the scaled scores ``(G, S)``, then the bias."""
-    groups, n_keys = scores.shape
-    scaled = scale_scores(scores, scale).reshape(-1)                   # (G·S,)
-    node = np.repeat(np.arange(groups, dtype=np.int32), n_keys)        # (G·S,) u = g
+              score_mod: Callable, heads: int, nodes: np.ndarray, keys: np.ndarray
+              ) -> np.ndarray:
+    """The key nodes' score_mod on the scaled scores ``(n, count)`` of ``nodes (n,)``
+    from ``keys (n·count,)``, then the bias (``(n·count,)`` or ``(n, count)``)."""
+    scaled = scale_scores(scores, scale).reshape(-1)                   # (n·count,)
+    node = np.repeat(nodes.astype(np.int32), scores.shape[1])          # (n·count,) u = g
     batch, head = np.divmod(node, heads)
-    keys = np.tile(np.arange(n_keys, dtype=np.int32), groups)          # (G·S,) j
-    result = modified(score_mod, scaled, batch, head, node % 1, keys).reshape(groups, n_keys)
+    result = modified(score_mod, scaled, batch, head, node % 1, keys).reshape(scores.shape)
     if bias is not None:
         with np.errstate(over="ignore", invalid="ignore"):
-            result = result + bias
+            result = result + bias.reshape(scores.shape)
     return result
 
 
-def _key_runs(query: np.ndarray, key: np.ndarray, value: np.ndarray, allowed: np.ndarray,
-              bias: np.ndarray | None, scale: float, sinks: np.ndarray | None
+def _key_runs(query: np.ndarray, key: np.ndarray, value: np.ndarray, counts: np.ndarray,
+              lo: np.ndarray, bias: np.ndarray | None, scale: float, sinks: np.ndarray | None
               ) -> np.ndarray | None:
-    """Each node reads one run of keys ``lo:hi`` (none: a zero row): simulate's span
-    blocks, one row each."""
-    groups = len(allowed)
+    """Each node reads one run of keys ``lo:lo + count`` (none: a zero row): simulate's
+    span blocks, one row each."""
+    groups = len(counts)
     heads, share = groups // key.shape[0], groups // key.shape[0] // key.shape[1]
-    counts = np.count_nonzero(allowed, axis=1)                        # (G,)
-    lo = allowed.argmax(axis=1)                                        # (G,) first key
-    if not _one_run_each(allowed, counts, lo):
-        return None                  # a row with a gap: simulate's per-node gathers
     output = np.zeros((groups, value.shape[3]), dtype=query.dtype)    # (G, Ev): empty rows 0
     for group, first, count in zip(range(groups), lo.tolist(), counts.tolist()):
         if not count:
@@ -197,3 +203,39 @@ def _one_run_each(allowed: np.ndarray, counts: np.ndarray, lo: np.ndarray) -> bo
     column = np.arange(allowed.shape[1])                               # (S,)
     run = (column >= lo[:, None]) & (column < (lo + counts)[:, None])  # (G, S)
     return bool(np.array_equal(run, allowed))
+
+
+def _gathered(query: np.ndarray, key: np.ndarray, value: np.ndarray, allowed: np.ndarray,
+              counts: np.ndarray, bias: np.ndarray | None, scale: float,
+              sinks: np.ndarray | None, score_mod: Callable | None) -> np.ndarray | None:
+    """Any other mask: simulate's per-node path, one product a node over its gathered
+    keys, the softmax of the rows of each fan-in stacked, one pull a node (a node with no
+    route: a zero row)."""
+    groups = len(allowed)
+    heads, share = groups // key.shape[0], groups // key.shape[0] // key.shape[1]
+    keys = [np.flatnonzero(row) for row in allowed]                    # G × (count,) j
+    output = np.zeros((groups, value.shape[3]), dtype=query.dtype)    # (G, Ev)
+    for count in np.unique(counts[counts > 0]).tolist():
+        nodes = np.flatnonzero(counts == count)                        # (n,) in node order
+        block = np.empty((len(nodes), count), dtype=query.dtype)       # (n, count)
+        with np.errstate(over="ignore", invalid="ignore"):             # overflow: declined
+            for row, node in enumerate(nodes.tolist()):
+                batch, head = divmod(node, heads)
+                block[row] = gather(key[batch, head // share], keys[node]) @ query[node]
+        where = np.concatenate([keys[node] for node in nodes.tolist()])  # (n·count,) j
+        rows = None if bias is None else bias[np.repeat(nodes, count), where]
+        if score_mod is None:
+            scale_scores(block, scale, None if rows is None else rows.reshape(block.shape))
+        else:
+            block = _modified(block, scale, rows, score_mod, heads, nodes,
+                              where.astype(np.int32))
+        if not np.isfinite(block).all():
+            return None
+        shares = routing_budget(block, out=block) if sinks is None else \
+            sink_budget(block, sinks[nodes], out=block)[0]             # (n, count)
+        for row, node in enumerate(nodes.tolist()):
+            batch, head = divmod(node, heads)
+            pulled = value[batch, head // share]                       # (S, Ev)
+            output[node] = weighted_pull(shares[row], pulled if count == len(pulled)
+                                         else gather(pulled, keys[node]))
+    return output.reshape(-1, heads, value.shape[3])                   # (B, H, Ev)
