@@ -128,7 +128,7 @@ def test_bad_input_is_refused_as_before(attention):
         attention(module, query, key, value, allowed)
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma2", "gpt2", "bart"])
+@pytest.mark.parametrize("family", ["llama", "gemma2", "gpt2", "bart", "t5"])
 def test_generation_without_a_recorder_has_the_recorded_bits(monkeypatch, family):
     """Greedy generation: every step's logits with the lean step (nobody records) equal,
     bit for bit, the logits of the same generation recorded (every step simulated)."""
