@@ -98,14 +98,27 @@ def decode_step(query: np.ndarray, key: np.ndarray, value: np.ndarray,
     allowed, bias = routes
     # Contiguous rows, as simulate copies them: BLAS sees the same operands.
     query = np.ascontiguousarray(query).reshape(batch * heads, dim)          # (G, E)
-    key, value = np.ascontiguousarray(key), np.ascontiguousarray(value)
+    keys, values = _groups(np.ascontiguousarray(key), np.ascontiguousarray(value), heads)
     if allowed is None:
-        return _every_key(query, key, value, bias, scale, per_group, score_mod)
-    counts = np.count_nonzero(allowed, axis=1)                        # (G,) routes a node
-    first = allowed.argmax(axis=1)                                     # (G,) its first key
-    if score_mod is None and counts.any() and _one_run_each(allowed, counts, first):
-        return _key_runs(query, key, value, counts, first, bias, scale, per_group)
-    return _gathered(query, key, value, allowed, counts, bias, scale, per_group, score_mod)
+        output = _every_key(query, keys, values, bias, scale, per_group, score_mod, heads)
+    else:
+        counts = np.count_nonzero(allowed, axis=1)                    # (G,) routes a node
+        first = allowed.argmax(axis=1)                                 # (G,) its first key
+        if score_mod is None and counts.any() and _one_run_each(allowed, counts, first):
+            output = _key_runs(query, keys, values, counts, first, bias, scale, per_group)
+        else:
+            output = _gathered(query, keys, values, allowed, counts, bias, scale, per_group,
+                               score_mod, heads)
+    return None if output is None else output.reshape(batch, heads, -1)      # (B, H, Ev)
+
+
+def _groups(key: np.ndarray, value: np.ndarray, heads: int
+            ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each group's keys ``(S, E)`` and values ``(S, Ev)``: group ``b · H + h`` reads
+    key/value head ``h // (H / Hkv)`` of batch row ``b`` (views, no repeat)."""
+    share = heads // key.shape[1]                                      # query heads a kv head
+    heads_of = [(row, head // share) for row in range(key.shape[0]) for head in range(heads)]
+    return [key[at] for at in heads_of], [value[at] for at in heads_of]
 
 
 def _routes(attn_mask: np.ndarray | None, batch: int, heads: int, n_keys: int,
@@ -130,19 +143,16 @@ def _routes(attn_mask: np.ndarray | None, batch: int, heads: int, n_keys: int,
     return ~blocked, np.where(blocked, 0, mask).astype(dtype)
 
 
-def _every_key(query: np.ndarray, key: np.ndarray, value: np.ndarray, bias: np.ndarray | None,
-               scale: float, sinks: np.ndarray | None, score_mod: Callable | None
-               ) -> np.ndarray | None:
+def _every_key(query: np.ndarray, keys: list[np.ndarray], values: list[np.ndarray],
+               bias: np.ndarray | None, scale: float, sinks: np.ndarray | None,
+               score_mod: Callable | None, heads: int) -> np.ndarray | None:
     """Every node reads every key: the per-node path (one product a node, the softmax of
-    the stacked rows, one pull a node)."""
-    groups, n_keys = len(query), key.shape[2]
-    heads, kv_heads = groups // key.shape[0], key.shape[1]
-    share = heads // kv_heads                                          # query heads per kv head
+    the stacked rows, one pull a node). ``(G, Ev)``, or None on an overflow."""
+    groups, n_keys = len(query), len(keys[0])
     scores = np.empty((groups, n_keys), dtype=query.dtype)            # (G, S)
     with np.errstate(over="ignore", invalid="ignore"):                 # overflow: declined below
         for group in range(groups):
-            batch, head = divmod(group, heads)
-            scores[group] = key[batch, head // share] @ query[group]   # (S,)
+            scores[group] = keys[group] @ query[group]                 # (S,)
     if score_mod is None:
         scale_scores(scores, scale, bias)
     else:
@@ -152,11 +162,10 @@ def _every_key(query: np.ndarray, key: np.ndarray, value: np.ndarray, bias: np.n
         return None                  # an overflow (or a removed route): simulate's to handle
     shares = routing_budget(scores, out=scores) if sinks is None else \
         sink_budget(scores, sinks, out=scores)[0]                      # (G, S)
-    output = np.empty((groups, value.shape[3]), dtype=query.dtype)    # (G, Ev)
+    output = np.empty((groups, values[0].shape[1]), dtype=query.dtype)  # (G, Ev)
     for group in range(groups):
-        batch, head = divmod(group, heads)
-        output[group] = weighted_pull(shares[group], value[batch, head // share])
-    return output.reshape(-1, heads, value.shape[3])                   # (B, H, Ev)
+        output[group] = weighted_pull(shares[group], values[group])
+    return output
 
 
 def _modified(scores: np.ndarray, scale: float, bias: np.ndarray | None,
@@ -174,28 +183,25 @@ def _modified(scores: np.ndarray, scale: float, bias: np.ndarray | None,
     return result
 
 
-def _key_runs(query: np.ndarray, key: np.ndarray, value: np.ndarray, counts: np.ndarray,
-              lo: np.ndarray, bias: np.ndarray | None, scale: float, sinks: np.ndarray | None
-              ) -> np.ndarray | None:
+def _key_runs(query: np.ndarray, keys: list[np.ndarray], values: list[np.ndarray],
+              counts: np.ndarray, lo: np.ndarray, bias: np.ndarray | None, scale: float,
+              sinks: np.ndarray | None) -> np.ndarray | None:
     """Each node reads one run of keys ``lo:lo + count`` (none: a zero row): simulate's
-    span blocks, one row each."""
-    groups = len(counts)
-    heads, share = groups // key.shape[0], groups // key.shape[0] // key.shape[1]
-    output = np.zeros((groups, value.shape[3]), dtype=query.dtype)    # (G, Ev): empty rows 0
-    for group, first, count in zip(range(groups), lo.tolist(), counts.tolist()):
+    span blocks, one row each. ``(G, Ev)``, or None on an overflow."""
+    output = np.zeros((len(query), values[0].shape[1]), dtype=query.dtype)  # (G, Ev)
+    for group, first, count in zip(range(len(query)), lo.tolist(), counts.tolist()):
         if not count:
-            continue
-        batch, head = divmod(group, heads)
+            continue                                                   # an empty row: 0
         stop = first + count
         with np.errstate(over="ignore", invalid="ignore"):
-            dots = query[group:group + 1] @ key[batch, head // share, first:stop].T  # (1, w)
+            dots = query[group:group + 1] @ keys[group][first:stop].T  # (1, w)
         scale_scores(dots, scale, None if bias is None else bias[group, first:stop])
         if not np.isfinite(dots).all():
             return None
         shares = routing_budget(dots, out=dots) if sinks is None else \
             sink_budget(dots, sinks[group:group + 1], out=dots)[0]     # (1, w)
-        np.matmul(shares, value[batch, head // share, first:stop], out=output[group:group + 1])
-    return output.reshape(-1, heads, value.shape[3])                   # (B, H, Ev)
+        np.matmul(shares, values[group][first:stop], out=output[group:group + 1])
+    return output
 
 
 def _one_run_each(allowed: np.ndarray, counts: np.ndarray, lo: np.ndarray) -> bool:
@@ -205,24 +211,22 @@ def _one_run_each(allowed: np.ndarray, counts: np.ndarray, lo: np.ndarray) -> bo
     return bool(np.array_equal(run, allowed))
 
 
-def _gathered(query: np.ndarray, key: np.ndarray, value: np.ndarray, allowed: np.ndarray,
-              counts: np.ndarray, bias: np.ndarray | None, scale: float,
-              sinks: np.ndarray | None, score_mod: Callable | None) -> np.ndarray | None:
+def _gathered(query: np.ndarray, keys: list[np.ndarray], values: list[np.ndarray],
+              allowed: np.ndarray, counts: np.ndarray, bias: np.ndarray | None, scale: float,
+              sinks: np.ndarray | None, score_mod: Callable | None, heads: int
+              ) -> np.ndarray | None:
     """Any other mask: simulate's per-node path, one product a node over its gathered
     keys, the softmax of the rows of each fan-in stacked, one pull a node (a node with no
-    route: a zero row)."""
-    groups = len(allowed)
-    heads, share = groups // key.shape[0], groups // key.shape[0] // key.shape[1]
-    keys = [np.flatnonzero(row) for row in allowed]                    # G × (count,) j
-    output = np.zeros((groups, value.shape[3]), dtype=query.dtype)    # (G, Ev)
+    route: a zero row). ``(G, Ev)``, or None on an overflow."""
+    routes = [np.flatnonzero(row) for row in allowed]                  # G × (count,) j
+    output = np.zeros((len(query), values[0].shape[1]), dtype=query.dtype)  # (G, Ev)
     for count in np.unique(counts[counts > 0]).tolist():
         nodes = np.flatnonzero(counts == count)                        # (n,) in node order
         block = np.empty((len(nodes), count), dtype=query.dtype)       # (n, count)
         with np.errstate(over="ignore", invalid="ignore"):             # overflow: declined
             for row, node in enumerate(nodes.tolist()):
-                batch, head = divmod(node, heads)
-                block[row] = gather(key[batch, head // share], keys[node]) @ query[node]
-        where = np.concatenate([keys[node] for node in nodes.tolist()])  # (n·count,) j
+                block[row] = gather(keys[node], routes[node]) @ query[node]  # (count,)
+        where = np.concatenate([routes[node] for node in nodes.tolist()])  # (n·count,) j
         rows = None if bias is None else bias[np.repeat(nodes, count), where]
         if score_mod is None:
             scale_scores(block, scale, None if rows is None else rows.reshape(block.shape))
@@ -234,8 +238,7 @@ def _gathered(query: np.ndarray, key: np.ndarray, value: np.ndarray, allowed: np
         shares = routing_budget(block, out=block) if sinks is None else \
             sink_budget(block, sinks[nodes], out=block)[0]             # (n, count)
         for row, node in enumerate(nodes.tolist()):
-            batch, head = divmod(node, heads)
-            pulled = value[batch, head // share]                       # (S, Ev)
+            pulled = values[node]                                      # (S, Ev)
             output[node] = weighted_pull(shares[row], pulled if count == len(pulled)
-                                         else gather(pulled, keys[node]))
-    return output.reshape(-1, heads, value.shape[3])                   # (B, H, Ev)
+                                         else gather(pulled, routes[node]))
+    return output
