@@ -1,5 +1,8 @@
 """routing_sim as a transformers attention backend: every attention call runs ``simulate``.
 
+(A one-query call that nobody records, asks weights of or differentiates takes the lean
+step of :mod:`routing_sim.hf.lean`: the same bits, without building a Run.)
+
 ``register(name, **options)`` puts two functions into transformers' registries under
 ``name``: the attention function (``AttentionInterface``) and the mask function
 (``AttentionMaskInterface``, transformers' own ``sdpa_mask``). The mask function matters:
@@ -49,6 +52,7 @@ from ..reference.matrix import attention
 from ..simulation import simulate
 from . import admit, record
 from .autograd import simulated_attention
+from .lean import lean_options, lean_step
 
 __all__ = ["HF_ARGUMENTS", "register", "registered_options"]
 
@@ -70,6 +74,7 @@ _KNOWN = _BOOKKEEPING | _KERNEL_ONLY
 _DTYPES = (torch.float32, torch.float64)
 _ATTENTION_KEYWORDS = frozenset(inspect.signature(attention).parameters)
 _OPTIONS: dict[str, dict[str, Any]] = {}
+_LEAN: dict[str, bool] = {}            # whether a name's options allow the lean decoding step
 
 
 def register(name: str = "routing_sim", **options: Any) -> str:
@@ -124,6 +129,7 @@ def register(name: str = "routing_sim", **options: Any) -> str:
     probe = np.zeros((1, 1, 1))                                        # (G, L, E)
     simulate(probe, probe, probe, **options)                           # bad values fail here
     _OPTIONS[name] = options
+    _LEAN[name] = lean_options(options)
     admit.install(_OPTIONS)
     AttentionInterface.register(name, _attention_function(name))
     AttentionMaskInterface.register(name, sdpa_mask)
@@ -171,6 +177,13 @@ def _attention_function(name: str):
         if softcap is not None:
             options["score_mod"] = _softcap(softcap, options)
         recorder = record.active()
+        if n_queries == 1 and _LEAN[name] and recorder is None and not dropout \
+                and not _weights_requested(kwargs):
+            # A decoding step nobody observes: the same bits without building a Run.
+            output = lean_step(query, key, value, bias if bias is not None else attention_mask,
+                               scaling, gqa, s_aux, options.get("score_mod"))
+            if output is not None:
+                return output, None
         if recorder is not None:
             options["trace"] = recorder.trace
             options.update(recorder.labels(module, n_queries, n_keys))
