@@ -89,6 +89,9 @@ def arrivals(network: Network, ids: np.ndarray | None, start: np.ndarray,
     """When messages that leave at ``start`` over routes of latency ``base`` arrive
     (a zero-stride view when they all leave together and share one delay)."""
     delay = network.delays(ids, base, nbytes, sized=sized)
+    if network.random_delays:           # a new array per wave: the arrivals take its memory
+        delay += start
+        return delay
     one = constant(start)
     return uniform(one + float(delay), len(start)) if one is not None and _scalar(delay) \
         else start + delay
