@@ -354,8 +354,10 @@ def _latency_counts(latency: np.ndarray) -> np.ndarray:
     inner = LATENCY_BINS[first + 1:last + 1]                           # (last - first,)
     counts = np.zeros(len(LATENCY_BINS) - 1, np.int64)                 # (bins,)
     if len(inner) <= _COUNTING_PASSES:
-        at_least = [len(latency)] + [np.count_nonzero(latency >= edge) for edge in inner] + [0]
-        counts[first:last + 1] = -np.diff(at_least)
+        at_least = np.zeros(len(inner) + 2, np.int64)                  # (edges + 2,)
+        at_least[0] = len(latency)
+        at_least[1:-1] = [np.count_nonzero(latency >= edge) for edge in inner]
+        counts[first:last + 1] = at_least[:-1] - at_least[1:]
     else:
         counts[first:last + 1] = np.bincount(np.searchsorted(inner, latency, side="right"),
                                              minlength=last - first + 1)
