@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from unittest import mock
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import routing_sim as rs
+from routing_sim.network import conditions
 from routing_sim.network.conditions import _JITTER, _REORDER, _REORDER_DELAY, _SPIKE
 from routing_sim.network.messages import Fate
 from tests.engines.test_plain import networks
@@ -49,9 +51,11 @@ def expected_delay(network: rs.Network, message_id: int, nbytes: int) -> float:
 
 
 @given(st.integers(-2**40, 2**40), st.integers(0, 6),
-       st.lists(st.integers(0, 2**62), min_size=1, max_size=40))
-def test_draws_are_splitmix64_of_seed_purpose_and_message_id(seed, purpose, ids):
-    drawn = rs.Network(seed=seed).draw(np.array(ids, np.int64), purpose)
+       st.lists(st.integers(0, 2**62), max_size=40), st.sampled_from([1, 3, 2**16]))
+def test_draws_are_splitmix64_of_seed_purpose_and_message_id(seed, purpose, ids, chunk):
+    """Whatever the slices the ids are mixed in (``chunk``)."""
+    with mock.patch.object(conditions, "_DRAW_CHUNK", chunk):
+        drawn = rs.Network(seed=seed).draw(np.array(ids, np.int64), purpose)
     assert drawn.dtype == np.float64
     assert drawn.tolist() == [splitmix_uniform(seed, purpose, ident) for ident in ids]
 

@@ -8,7 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import routing_sim as rs
-from routing_sim.network.messages import Kind, Message
+from routing_sim.network.messages import Fate, Kind, Message
+from routing_sim.trace import log
 from routing_sim.trace.log import _COUNTING_PASSES, LATENCY_BINS, _bin_of, _latency_counts
 
 
@@ -137,14 +138,18 @@ def test_percentiles_of_one_latency_match_the_histogram_definition(latency):
         name: expected[name] for name in ("p50", "p90", "p99", "max")}
 
 
+@pytest.mark.parametrize("chunk", [1, 7, 2**16])
 @pytest.mark.parametrize("network", [rs.Network(latency=1.0, jitter=0.5, seed=3),
-                                     rs.Network(latency=0.5, bandwidth=64.0, reorder=0.5)])
-def test_summary_histogram_bins_each_message_by_its_own_latency(network):
+                                     rs.Network(latency=0.5, bandwidth=64.0, reorder=0.5),
+                                     rs.Network(jitter=2.0, loss=0.2, retries=30, seed=5)])
+def test_summary_histogram_bins_each_message_by_its_own_latency(network, chunk, monkeypatch):
+    """Whatever the slices the latencies are binned in (``chunk``), delivered messages only."""
+    monkeypatch.setattr(log, "_LATENCY_CHUNK", chunk)
     q, k, v = np.random.default_rng(4).normal(size=(3, 2, 5, 4))
     full = rs.simulate(q, k, v, trace="full", network=network).trace
     summary = rs.simulate(q, k, v, trace="summary", network=network).trace
     for kind in full.kinds:
-        mine = full.kind == kind
+        mine = (full.kind == kind) & (full.fate == Fate.DELIVERED)
         latency = full.arrive[mine] - full.sent[mine]
         assert len(np.unique(latency)) > 1                             # they differ
         np.testing.assert_array_equal(summary.latency_histogram[kind],
