@@ -25,8 +25,6 @@ _JITTER, _LOSS, _DUPLICATE, _DUPLICATE_JITTER, _REORDER, _REORDER_DELAY, _SPIKE 
 _EXPONENTIAL_TAIL = 53 * math.log(2)
 # splitmix64's finaliser: (shift, multiplier) per round, x ^= x >> shift; x *= multiplier.
 _SPLITMIX_ROUNDS = ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB), (31, 0))
-# Ids mixed at a time: two 512 KB scratch arrays, which stay in a core's cache.
-_DRAW_CHUNK = 2**16
 
 
 @dataclass(frozen=True)
@@ -292,28 +290,21 @@ class Network:
     def draw(self, message_ids: np.ndarray, purpose: int) -> np.ndarray:
         """Uniform numbers in [0, 1): splitmix64 of ``(seed, purpose, message id)``.
 
-        One new array of uniforms per call (callers may scale it in place). A wave draws
-        for millions of messages, so the mixing runs on slices of :data:`_DRAW_CHUNK` ids
-        in two scratch arrays that stay in cache, not on whole-wave temporaries (each of
-        which would be fresh memory for the kernel to fault in).
+        One new array of uniforms per call (callers may scale it in place); the mixing runs
+        in place, in it and one more.
         """
-        mix = np.uint64((self.seed * _GOLDEN + purpose * 0xD1B54A32D192ED03) % 2**64)
+        mix = (self.seed * _GOLDEN + purpose * 0xD1B54A32D192ED03) % 2**64
         ids = np.asarray(message_ids, np.int64).view(np.uint64)       # (m,) two's complement
-        uniform = np.empty(ids.shape, np.float64)                      # (m,)
-        x = np.empty(min(len(ids), _DRAW_CHUNK), np.uint64)            # (chunk,) scratch
+        x = np.add(ids, np.uint64(mix))                                # (m,) mod 2**64
         shifted = np.empty_like(x)
-        for start in range(0, len(ids), _DRAW_CHUNK):
-            stop = min(start + _DRAW_CHUNK, len(ids))
-            mixed, spare = x[:stop - start], shifted[:stop - start]
-            np.add(ids[start:stop], mix, out=mixed)                    # mod 2**64
-            for shift, multiplier in _SPLITMIX_ROUNDS:
-                mixed ^= np.right_shift(mixed, np.uint64(shift), out=spare)
-                if multiplier:
-                    mixed *= np.uint64(multiplier)
-            mixed >>= np.uint64(11)                                    # 53 random bits
-            part = uniform[start:stop]
-            np.copyto(part, mixed, casting="unsafe")                   # exact below 2**53
-            part *= 2.0**-53
+        for shift, multiplier in _SPLITMIX_ROUNDS:
+            x ^= np.right_shift(x, np.uint64(shift), out=shifted)
+            if multiplier:
+                x *= np.uint64(multiplier)
+        x >>= np.uint64(11)                                            # 53 random bits
+        uniform = shifted.view(np.float64)                             # (m,) reuses memory
+        np.copyto(uniform, x, casting="unsafe")                        # exact below 2**53
+        uniform *= 2.0**-53
         return uniform
 
     def _jitter(self, message_ids: np.ndarray, purpose: int) -> np.ndarray:

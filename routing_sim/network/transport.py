@@ -55,6 +55,10 @@ END_RANK = 2**62
 END_OF_INSTANT = None
 
 
+# Messages whose random delays are drawn at a time (see _drawn_arrivals).
+DRAW_SLICE = 2**16
+
+
 def _scalar(value: np.ndarray | float) -> bool:
     """``np.ndim(value) == 0`` for a number or an array, without numpy's dispatch."""
     return not isinstance(value, np.ndarray) or value.ndim == 0
@@ -88,13 +92,28 @@ def arrivals(network: Network, ids: np.ndarray | None, start: np.ndarray,
              base: np.ndarray | float, nbytes: int, sized: bool = True) -> np.ndarray:
     """When messages that leave at ``start`` over routes of latency ``base`` arrive
     (a zero-stride view when they all leave together and share one delay)."""
+    if network.random_delays:
+        return _drawn_arrivals(network, ids, start, base, nbytes, sized)
     delay = network.delays(ids, base, nbytes, sized=sized)
-    if network.random_delays:           # a new array per wave: the arrivals take its memory
-        delay += start
-        return delay
     one = constant(start)
     return uniform(one + float(delay), len(start)) if one is not None and _scalar(delay) \
         else start + delay
+
+
+def _drawn_arrivals(network: Network, ids: np.ndarray | None, start: np.ndarray,
+                    base: np.ndarray | float, nbytes: int, sized: bool) -> np.ndarray:
+    """:func:`arrivals` with random delays, drawn :data:`DRAW_SLICE` messages at a time:
+    a draw's temporaries stay in a core's cache, and the only array as long as the wave
+    is its arrival times (a temporary that long is fresh memory the kernel faults in)."""
+    assert ids is not None, "random delays are drawn per message id"
+    arrive = np.empty(len(start))                                      # (m,)
+    per_route = base if isinstance(base, np.ndarray) and base.ndim else None      # (m,)
+    for first in range(0, len(start), DRAW_SLICE):
+        part = slice(first, first + DRAW_SLICE)
+        delay = network.delays(ids[part], base if per_route is None else per_route[part],
+                               nbytes, sized=sized)
+        np.add(start[part], delay, out=arrive[part])
+    return arrive
 
 
 class Outbox:

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import routing_sim as rs
-from routing_sim.network import conditions
+from routing_sim.network import transport
 from routing_sim.network.conditions import _JITTER, _REORDER, _REORDER_DELAY, _SPIKE
 from routing_sim.network.messages import Fate
 from tests.engines.test_plain import networks
@@ -51,11 +51,9 @@ def expected_delay(network: rs.Network, message_id: int, nbytes: int) -> float:
 
 
 @given(st.integers(-2**40, 2**40), st.integers(0, 6),
-       st.lists(st.integers(0, 2**62), max_size=40), st.sampled_from([1, 3, 2**16]))
-def test_draws_are_splitmix64_of_seed_purpose_and_message_id(seed, purpose, ids, chunk):
-    """Whatever the slices the ids are mixed in (``chunk``)."""
-    with mock.patch.object(conditions, "_DRAW_CHUNK", chunk):
-        drawn = rs.Network(seed=seed).draw(np.array(ids, np.int64), purpose)
+       st.lists(st.integers(0, 2**62), max_size=40))
+def test_draws_are_splitmix64_of_seed_purpose_and_message_id(seed, purpose, ids):
+    drawn = rs.Network(seed=seed).draw(np.array(ids, np.int64), purpose)
     assert drawn.dtype == np.float64
     assert drawn.tolist() == [splitmix_uniform(seed, purpose, ident) for ident in ids]
 
@@ -98,15 +96,16 @@ def faulty_networks(draw):
                                duplicate=duplicate)
 
 
-@given(simulations(), faulty_networks())
+@given(simulations(), faulty_networks(), st.sampled_from([1, 3, 2**16]))
 @settings(max_examples=60, deadline=None)
-def test_every_arrival_is_its_send_time_plus_its_own_documented_delay(case, network):
+def test_every_arrival_is_its_send_time_plus_its_own_documented_delay(case, network, step):
     """Every transmission that left (retries included; network copies arrive later by
-    their own draw) arrives at its send time plus the delay its id draws; a summary trace
-    bins those same latencies."""
+    their own draw) arrives at its send time plus the delay its id draws, whatever the
+    slices the delays are drawn in (``step``); a summary trace bins those same latencies."""
     inputs, options = case
-    trace = rs.simulate(*inputs, network=network, trace="full", **options).trace
-    summary = rs.simulate(*inputs, network=network, trace="summary", **options).trace
+    with mock.patch.object(transport, "DRAW_SLICE", step):
+        trace = rs.simulate(*inputs, network=network, trace="full", **options).trace
+        summary = rs.simulate(*inputs, network=network, trace="summary", **options).trace
     arrived = (trace.fate == Fate.DELIVERED) & (trace.copy == 0)
     for ident, sent, arrive, nbytes in zip(trace.id[arrived].tolist(),
                                            trace.sent[arrived].tolist(),
