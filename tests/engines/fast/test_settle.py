@@ -1,18 +1,21 @@
-"""The two-phase barrier's bookkeeping: counting settled routes per query node and keeping
-each node's latest arrival, whatever form a wave's routes take (the whole table in canonical
-order, the whole table in another order, a part), against a loop over the routes."""
+"""The two-phase barrier's bookkeeping: counting settled routes per query node, keeping
+each node's latest arrival and each route's first, whatever form a wave's routes take (the
+whole table in canonical order, the whole table in another order, a part), against a loop
+over the routes or the trace."""
 
 from __future__ import annotations
 
 from unittest import mock
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import routing_sim as rs
 from routing_sim.engines.fast import two_phase
 from routing_sim.engines.fast.two_phase import on_routes, settle
+from routing_sim.network.messages import Fate
 from routing_sim.routes.table import RouteTable
 
 
@@ -85,3 +88,23 @@ def test_a_jittered_whole_wave_settles_in_canonical_order():
     with mock.patch.object(two_phase, "settle", spy):
         rs.simulate(q, k, v, network=rs.Network(jitter=0.5, seed=1))
     assert seen and all(seen)
+
+
+@pytest.mark.parametrize("network", [rs.Network(jitter=0.5, seed=2),
+                                     rs.Network(latency=0.0, jitter=1.0, seed=4),
+                                     rs.Network(jitter=0.5, duplicate=0.3, seed=6)])
+def test_routing_tables_show_when_each_value_first_arrived(network):
+    """A query node's first VALUE per route, as the trace logged it (a whole jittered wave
+    records its arrivals as one copy; copies of a message do not count)."""
+    q, k, v = np.random.default_rng(5).normal(size=(3, 7, 4))
+    run = rs.simulate(q, k, v, network=network, trace="full", is_causal=True)
+    trace = run.trace
+    values = (trace.kind == rs.Kind.VALUE) & (trace.fate == Fate.DELIVERED)
+    first: dict[tuple[int, int], float] = {}
+    for query, key, arrive in zip(trace.dst[values].tolist(), trace.src[values].tolist(),
+                                  trace.arrive[values].tolist()):
+        first[query, key] = min(arrive, first.get((query, key), np.inf))
+    for query in range(7):
+        assert {(query, route.source): route.arrived
+                for route in run.routing_table(query).routes} == \
+            {pair: time for pair, time in first.items() if pair[0] == query}
