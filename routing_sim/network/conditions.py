@@ -303,7 +303,8 @@ class Network:
                 x *= np.uint64(multiplier)
         x >>= np.uint64(11)                                            # 53 random bits
         uniform = shifted.view(np.float64)                             # (m,) reuses memory
-        np.copyto(uniform, x, casting="unsafe")                        # exact below 2**53
+        # Exact below 2**53; as int64, which converts to float in SIMD (uint64 does not).
+        np.copyto(uniform, x.view(np.int64))
         uniform *= 2.0**-53
         return uniform
 
