@@ -23,6 +23,8 @@ _GOLDEN = 0x9E3779B97F4A7C15
 _JITTER, _LOSS, _DUPLICATE, _DUPLICATE_JITTER, _REORDER, _REORDER_DELAY, _SPIKE = range(7)
 # The largest exponential jitter draw: -log1p(-u) for u = 1 - 2^-53.
 _EXPONENTIAL_TAIL = 53 * math.log(2)
+# splitmix64's finaliser: (shift, multiplier) per round, x ^= x >> shift; x *= multiplier.
+_SPLITMIX_ROUNDS = ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB), (31, 0))
 
 
 @dataclass(frozen=True)
@@ -183,24 +185,33 @@ class Network:
         """Do message ids feed any random draw (jitter, loss, reordering, spikes, copies)?"""
         return bool(self.jitter or self.loss or self.reorder or self.spike or self.duplicate)
 
+    @property
+    def random_delays(self) -> bool:
+        """Is a transit time drawn per message (jitter, reordering, spikes)?"""
+        return self.jitter > 0 or self.reorder > 0 or self.spike > 0
+
     def delays(self, message_ids: np.ndarray | None, base: np.ndarray | float,
                nbytes: np.ndarray | float,
                sized: bool = True) -> np.ndarray | np.float64:
         """Transit time of each message (before NIC queueing), given its route's latency.
 
         ``base`` and ``nbytes`` are per-message arrays or scalars; without randomness the
-        result is a scalar when they are, and ``message_ids`` may be None. ``sized=False``
-        leaves out ``nbytes / bandwidth`` (a sender's NIC already spent it).
+        result is a scalar when they are, and ``message_ids`` may be None. With
+        :attr:`random_delays` the result is a new array, one delay per message id, that the
+        caller may change in place. ``sized=False`` leaves out ``nbytes / bandwidth`` (a
+        sender's NIC already spent it).
         """
         delay = np.asarray(base, np.float64) if isinstance(base, np.ndarray) and base.ndim \
             else np.float64(base)
         if self.bandwidth is not None and sized:
             delay = delay + np.asarray(nbytes, np.float64) / self.bandwidth
-        if not (self.jitter > 0 or self.reorder > 0 or self.spike > 0):
+        if not self.random_delays:
             return delay
         assert message_ids is not None, "random delays are drawn per message id"
         if self.jitter > 0:
-            delay = delay + self._jitter(message_ids, _JITTER)
+            jitter = self._jitter(message_ids, _JITTER)                # (m,) a new array
+            jitter += delay                     # delay + jitter, in the memory of the draw
+            delay = jitter
         if self.reorder > 0:
             held = self.draw(message_ids, _REORDER) < self.reorder
             delay = delay + held * self.draw(message_ids, _REORDER_DELAY) * 2 * (
@@ -277,19 +288,35 @@ class Network:
             "(1.8e308), so its events cannot share one clock; scale these parameters down")
 
     def draw(self, message_ids: np.ndarray, purpose: int) -> np.ndarray:
-        """Uniform numbers in [0, 1): splitmix64 of ``(seed, purpose, message id)``."""
+        """Uniform numbers in [0, 1): splitmix64 of ``(seed, purpose, message id)``.
+
+        One new array of uniforms per call (callers may scale it in place); the mixing runs
+        in place, in it and one more.
+        """
         mix = (self.seed * _GOLDEN + purpose * 0xD1B54A32D192ED03) % 2**64
-        x = message_ids.astype(np.uint64) + np.uint64(mix)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        x ^= x >> np.uint64(31)
-        return (x >> np.uint64(11)).astype(np.float64) * 2.0**-53
+        ids = np.asarray(message_ids, np.int64).view(np.uint64)       # (m,) two's complement
+        x = np.add(ids, np.uint64(mix))                                # (m,) mod 2**64
+        shifted = np.empty_like(x)
+        for shift, multiplier in _SPLITMIX_ROUNDS:
+            x ^= np.right_shift(x, np.uint64(shift), out=shifted)
+            if multiplier:
+                x *= np.uint64(multiplier)
+        x >>= np.uint64(11)                                            # 53 random bits
+        uniform = shifted.view(np.float64)                             # (m,) reuses memory
+        # Exact below 2**53; as int64, which converts to float in SIMD (uint64 does not).
+        np.copyto(uniform, x.view(np.int64))
+        uniform *= 2.0**-53
+        return uniform
 
     def _jitter(self, message_ids: np.ndarray, purpose: int) -> np.ndarray:
+        """``jitter · u`` (uniform) or ``-jitter · log1p(-u)`` (exponential), as a new array."""
         u = self.draw(message_ids, purpose)
         if self.jitter_dist == "uniform":
-            return self.jitter * u
-        return -self.jitter * np.log1p(-u)
+            u *= self.jitter
+            return u
+        np.log1p(np.negative(u, out=u), out=u)
+        u *= -self.jitter
+        return u
 
 
 def _number(x) -> bool:

@@ -41,7 +41,12 @@ class Deliveries:
 
     @property
     def ids(self) -> np.ndarray:
-        return message_ids(self.kind, self.routes, self.attempts, self.n_routes)
+        return self.ids_of(slice(None))
+
+    def ids_of(self, part: slice) -> np.ndarray:
+        """The message ids of the messages in ``part`` (a slice: no copy of the rest)."""
+        attempts = None if self.attempts is None else self.attempts[part]
+        return message_ids(self.kind, self.routes[part], attempts, self.n_routes)
 
     @property
     def copies(self) -> np.ndarray:

@@ -104,10 +104,10 @@ def message_ids(kind: Kind, routes: np.ndarray, attempts: np.ndarray | None = No
     >>> message_ids(Kind.PULL, np.array([0, 5])).tolist()
     [2, 42]
     """
-    first = routes.astype(np.int64)
-    if attempts is not None:
-        first = first + attempts * n_routes
-    return first * len(Kind) + int(kind)
+    first = routes if attempts is None else routes.astype(np.int64) + attempts * n_routes
+    ids = np.multiply(first, len(Kind), dtype=np.int64)                # (m,) a new array
+    ids += int(kind)
+    return ids
 
 
 def payload_bytes(kind: Kind, itemsize: int, dim: int, value_dim: int,

@@ -55,6 +55,10 @@ END_RANK = 2**62
 END_OF_INSTANT = None
 
 
+# Messages whose random delays are drawn at a time (see _drawn_arrivals).
+DRAW_SLICE = 2**16
+
+
 def _scalar(value: np.ndarray | float) -> bool:
     """``np.ndim(value) == 0`` for a number or an array, without numpy's dispatch."""
     return not isinstance(value, np.ndarray) or value.ndim == 0
@@ -84,14 +88,38 @@ def outgoing(kind: Kind, routes: np.ndarray, ready: np.ndarray | float,
     return Deliveries(kind, routes, ready, ready, attempts, n_routes=n_routes)
 
 
-def arrivals(network: Network, ids: np.ndarray | None, start: np.ndarray,
-             base: np.ndarray | float, nbytes: int, sized: bool = True) -> np.ndarray:
-    """When messages that leave at ``start`` over routes of latency ``base`` arrive
-    (a zero-stride view when they all leave together and share one delay)."""
+def arrivals(network: Network, batch: Deliveries, start: np.ndarray,
+             base: np.ndarray | float, nbytes: int, sized: bool = True,
+             ids: np.ndarray | None = None) -> np.ndarray:
+    """When ``batch``'s messages, leaving at ``start`` over routes of latency ``base``,
+    arrive (a zero-stride view when they all leave together and share one delay).
+
+    ``ids``: the batch's message ids, if the caller has them already.
+    """
+    if network.random_delays:
+        return _drawn_arrivals(network, batch, start, base, nbytes, sized, ids)
     delay = network.delays(ids, base, nbytes, sized=sized)
     one = constant(start)
     return uniform(one + float(delay), len(start)) if one is not None and _scalar(delay) \
         else start + delay
+
+
+def _drawn_arrivals(network: Network, batch: Deliveries, start: np.ndarray,
+                    base: np.ndarray | float, nbytes: int, sized: bool,
+                    ids: np.ndarray | None) -> np.ndarray:
+    """:func:`arrivals` with random delays, drawn :data:`DRAW_SLICE` messages at a time:
+    the message ids of a slice and its draw's temporaries stay in a core's cache, and the
+    only array as long as the wave is its arrival times (a temporary that long is fresh
+    memory the kernel faults in)."""
+    arrive = np.empty(len(start))                                      # (m,)
+    per_route = base if isinstance(base, np.ndarray) and base.ndim else None      # (m,)
+    for first in range(0, len(start), DRAW_SLICE):
+        part = slice(first, first + DRAW_SLICE)
+        delay = network.delays(batch.ids_of(part) if ids is None else ids[part],
+                               base if per_route is None else per_route[part], nbytes,
+                               sized=sized)
+        np.add(start[part], delay, out=arrive[part])
+    return arrive
 
 
 class Outbox:
@@ -208,8 +236,8 @@ class Outbox:
         if batch.kind in self.timed and len(batch):
             self._arm(batch, start)
         # With contention the sender's NIC already spent the size time.
-        batch.arrive = arrivals(network, ids, start, base, self.nbytes[batch.kind],
-                                sized=leave is None)
+        batch.arrive = arrivals(network, batch, start, base, self.nbytes[batch.kind],
+                                sized=leave is None, ids=ids)
         if fate is not None and (fate != Fate.DELIVERED).any():
             gone = fate != Fate.DELIVERED
             lost = batch.take(gone)

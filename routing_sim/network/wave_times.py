@@ -43,13 +43,19 @@ def uniform(value: float, size: int) -> np.ndarray:
 
 
 def shifted(times: np.ndarray, delay: float) -> np.ndarray:
-    """``times + delay``, staying a zero-stride view when ``times`` is one.
+    """``times + delay``, staying a zero-stride view when ``times`` is one (``times``
+    itself for no delay: time arrays are never changed in place).
 
     Examples
     --------
     >>> shifted(uniform(1.0, 3), 0.5).strides, shifted(uniform(1.0, 3), 0.5).tolist()
     ((0,), [1.5, 1.5, 1.5])
+    >>> times = np.array([0.0, 2.5])
+    >>> shifted(times, 0.0) is times, shifted(times, 0.25).tolist()
+    (True, [0.25, 2.75])
     """
+    if delay == 0:          # times + 0.0 is times, as no time is -0.0 (a run starts at +0.0)
+        return times
     one = constant(times)
     return uniform(one + delay, len(times)) if one is not None and len(times) > 1 \
         else times + delay

@@ -91,8 +91,7 @@ class WaveTransport:
         batch = outgoing(kind, routes, ready, attempt, len(self.route_latency))
         network = self.network
         base = self._latency if self._latency is not None else self.route_latency[routes]
-        batch.arrive = arrivals(network, batch.ids if network.randomised else None,
-                                batch.sent, base, self.nbytes[kind])
+        batch.arrive = arrivals(network, batch, batch.sent, base, self.nbytes[kind])
         self._outbox.append(batch)
 
     def run(self) -> None:

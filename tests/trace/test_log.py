@@ -8,8 +8,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import routing_sim as rs
-from routing_sim.network.messages import Kind, Message
-from routing_sim.trace.log import LATENCY_BINS, Trace, _bin_of
+from routing_sim.network.messages import Fate, Kind, Message
+from routing_sim.trace import log
+from routing_sim.trace.log import _COUNTING_PASSES, LATENCY_BINS, _bin_of, _latency_counts
 
 
 def test_a_summary_trace_has_no_columns_and_hasattr_says_so():
@@ -79,10 +80,48 @@ def test_to_pandas_names_kinds_and_fates():
     np.testing.assert_array_equal(frame["sent"].to_numpy(), trace.sent)
 
 
-@given(st.one_of(st.floats(allow_nan=False, allow_infinity=True),
-                 st.sampled_from(LATENCY_BINS.tolist())))
+def searchsorted_bins(latency: np.ndarray) -> np.ndarray:
+    """The histogram's definition, independently: each latency's bin by a binary search
+    over every edge, clipped to the first and last bin."""
+    return np.clip(np.searchsorted(LATENCY_BINS, latency, side="right") - 1, 0,
+                   len(LATENCY_BINS) - 2)
+
+
+def searchsorted_counts(latency: np.ndarray) -> np.ndarray:
+    return np.bincount(searchsorted_bins(latency), minlength=len(LATENCY_BINS) - 1)
+
+
+latencies = st.one_of(st.floats(allow_nan=False, allow_infinity=True),
+                      st.sampled_from(LATENCY_BINS.tolist()))
+
+
+@given(latencies)
 def test_one_latency_falls_in_the_bin_the_array_binning_gives(latency):
-    assert _bin_of(latency) == int(Trace._bin(np.array([latency]))[0])
+    assert _bin_of(latency) == int(searchsorted_bins(np.array([latency]))[0])
+
+
+@given(st.lists(latencies, min_size=1, max_size=50))
+def test_latency_counts_bin_each_latency_as_a_binary_search_over_every_edge(values):
+    latency = np.array(values)
+    np.testing.assert_array_equal(_latency_counts(latency), searchsorted_counts(latency))
+
+
+@given(st.floats(1e-7, 1e5), st.integers(0, 3 * _COUNTING_PASSES), st.integers(1, 300),
+       st.integers(0, 2**32 - 1))
+def test_latency_counts_on_narrow_and_wide_spans(low, bins_spanned, size, seed):
+    """Both ways of counting (a pass per edge inside the span, a search among those edges)
+    against the definition, with latencies on and next to the edges."""
+    rng = np.random.default_rng(seed)
+    high = low * 10 ** (bins_spanned / 50)
+    edges = LATENCY_BINS[(LATENCY_BINS >= low) & (LATENCY_BINS <= high)]
+    latency = np.concatenate((rng.uniform(low, high, size), edges, np.nextafter(edges, 0),
+                              [low, high]))
+    np.testing.assert_array_equal(_latency_counts(latency), searchsorted_counts(latency))
+
+
+def test_a_nan_latency_takes_the_last_bin_as_the_binary_search_puts_it():
+    latency = np.array([1.0, np.nan, 2.0])
+    np.testing.assert_array_equal(_latency_counts(latency), searchsorted_counts(latency))
 
 
 @pytest.mark.parametrize("latency", [0.0, 1e-7, 1.0, 3.7, 1e7])
@@ -99,16 +138,19 @@ def test_percentiles_of_one_latency_match_the_histogram_definition(latency):
         name: expected[name] for name in ("p50", "p90", "p99", "max")}
 
 
+@pytest.mark.parametrize("chunk", [1, 7, 2**16])
 @pytest.mark.parametrize("network", [rs.Network(latency=1.0, jitter=0.5, seed=3),
-                                     rs.Network(latency=0.5, bandwidth=64.0, reorder=0.5)])
-def test_summary_histogram_bins_each_message_by_its_own_latency(network):
+                                     rs.Network(latency=0.5, bandwidth=64.0, reorder=0.5),
+                                     rs.Network(jitter=2.0, loss=0.2, retries=30, seed=5)])
+def test_summary_histogram_bins_each_message_by_its_own_latency(network, chunk, monkeypatch):
+    """Whatever the slices the latencies are binned in (``chunk``), delivered messages only."""
+    monkeypatch.setattr(log, "_LATENCY_CHUNK", chunk)
     q, k, v = np.random.default_rng(4).normal(size=(3, 2, 5, 4))
     full = rs.simulate(q, k, v, trace="full", network=network).trace
     summary = rs.simulate(q, k, v, trace="summary", network=network).trace
     for kind in full.kinds:
-        mine = full.kind == kind
+        mine = (full.kind == kind) & (full.fate == Fate.DELIVERED)
         latency = full.arrive[mine] - full.sent[mine]
         assert len(np.unique(latency)) > 1                             # they differ
-        bins = np.searchsorted(LATENCY_BINS, latency, side="right") - 1
-        expected = np.bincount(bins, minlength=len(LATENCY_BINS) - 1)
-        np.testing.assert_array_equal(summary.latency_histogram[kind], expected)
+        np.testing.assert_array_equal(summary.latency_histogram[kind],
+                                      searchsorted_counts(latency))

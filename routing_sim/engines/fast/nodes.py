@@ -110,8 +110,11 @@ class TokenNodes:
         if not self._dedupe:
             if first_time is not None:
                 one = constant(batch.arrive)
-                if one is not None and len(batch) == len(first_time):  # every route, in order
+                whole = len(batch) == len(first_time)
+                if one is not None and whole:                          # every route, in order
                     first_time[:] = one
+                elif whole and batch.routes is self.routes.every_route():
+                    first_time[:] = batch.arrive                       # a copy, not a scatter
                 else:
                     first_time[batch.routes] = batch.arrive
             return batch.routes, batch.arrive

@@ -44,7 +44,7 @@ from .barrier import aggregate, allocate, allocate_whole, pull_whole, tiled_shar
 from .exact_whole import exact_pull_whole
 from .nodes import TokenNodes
 
-__all__ = ["ForwardNodes", "TwoPhaseNodes", "settle", "top_routes"]
+__all__ = ["ForwardNodes", "TwoPhaseNodes", "on_routes", "settle", "top_routes"]
 
 
 def settle(table: RouteTable, routes: np.ndarray, times: np.ndarray, settled: np.ndarray,
@@ -69,9 +69,26 @@ def settle(table: RouteTable, routes: np.ndarray, times: np.ndarray, settled: np
     settled[touched] += counts[touched]
     if one is not None or (len(times) and times.min() == times.max()):  # one instant
         latest[touched] = np.fmax(latest[touched], times[0])
+    elif routes is table.every_route():           # node by node: each node's routes a slice
+        latest[touched] = np.fmax(latest[touched],
+                                  np.fmax.reduceat(times, table.indptr[touched]))
     else:
         np.fmax.at(latest, table.query_node[routes] if nodes is None else nodes, times)
     return touched[settled[touched] == needed[touched]]
+
+
+def on_routes(table: RouteTable, routes: np.ndarray, per_node: np.ndarray) -> np.ndarray:
+    """``(m,)``: each route's query node's entry of ``per_node (G·L,)``.
+
+    Examples
+    --------
+    >>> table = RouteTable(np.array([[[True, False], [True, True]]]))
+    >>> on_routes(table, table.every_route(), np.array([5.0, 7.0])).tolist()
+    [5.0, 7.0, 7.0]
+    """
+    if routes is table.every_route():             # node by node: repeat, no gather
+        return np.repeat(per_node, table.routes_per_node())
+    return per_node[table.query_node[routes]]
 
 
 class ForwardNodes(TokenNodes):
@@ -163,7 +180,7 @@ class TwoPhaseNodes(ForwardNodes):
         if barrier.min() == barrier.max():                             # one instant
             ready_at = barrier[0] + self.processing
         else:
-            ready_at = state.barrier_time[self.routes.query_node[pulls]] + self.processing
+            ready_at = on_routes(self.routes, pulls, state.barrier_time + self.processing)
         self.request(Kind.PULL, pulls, ready_at, 0)
         no_values = ready[(state.values_needed[ready] == 0) & ~state.failed[ready]]
         state.done_time[no_values] = state.barrier_time[no_values] + self.processing
