@@ -32,11 +32,7 @@ from . import hf, sparse
 from .harness import MIN_PUBLISHED, Case, Row, block, interleave, skipped, table, with_small_pages
 
 D_HEAD = 64
-# n = 4096 with 8 heads (134 M routes) is fast enough since the full graph computes on row
-# blocks (numerics/tiles.py): 1.75x plain numpy best to best under a load average of 5-7.
-# It joins DENSE when the README's table is next generated: that table must list every row
-# (tests/test_benchmarks.py), so the two change together.
-DENSE = ((256, 1), (256, 8), (1024, 1), (1024, 8), (4096, 1), (4096, 2))
+DENSE = ((256, 1), (256, 8), (1024, 1), (1024, 8), (4096, 1), (4096, 2), (4096, 8))
 QUICK_DENSE = DENSE[:4]
 
 
