@@ -24,16 +24,18 @@ online, exact and per-node paths. Each number in :data:`ROUTE_BYTES`,
 :data:`FEATURE_ROUTE_BYTES`, :data:`BACKWARD_ROUTE_BYTES` and :data:`MESSAGE_BYTES` is the
 largest of the peaks measured for that path, rounded up: one :func:`~routing_sim.simulate`
 (or ``run.backward``) per fresh interpreter, float64, E = Ev = 64, random inputs, at two
-sizes or more (n = 512 to 4,096 dense, 1 to 8 M routes; windows of 128 at n = 8,192 and
-32,768; random 5 % route sets at n = 1,024 to 4,096), peak taken both as the tracemalloc
-peak and as the rise of VmHWM over VmRSS before the call, minus :data:`FIXED_BYTES` and
-the inputs-and-outputs part of :func:`estimate` (what the estimate counts apart). The
-measured bytes a route (December 2026, numpy 2, Linux):
+sizes or more (dense: n = 512 to 4,096, 2 heads, up to 34 M routes; exact and plain from
+n = 64; windows of 128 at n = 8,192 and 32,768; random 5 % route sets at n = 1,024 to
+4,096), peak taken both as the tracemalloc peak and as the rise of VmHWM over VmRSS before
+the call, minus :data:`FIXED_BYTES` and the inputs-and-outputs part of :func:`estimate`
+(what the estimate counts apart), divided by the routes. The measured bytes a route
+(December 2026, numpy 2, Linux; tests/engines/test_memory.py holds each path to its
+tracemalloc peak in-process):
 
 =================  ==========  ==============================================
 path               estimate    measured (largest of tracemalloc and RSS)
 =================  ==========  ==============================================
-row blocks         36          29 (raw peak / routes: 30.3 to 33.8)
+row blocks         36          29 (peak / routes without subtracting: 29 to 34)
 masked             40          36 (span blocks, causal n = 4,096); per node 30
 sparse             112         103 (random routes, per node); tiles 43
 online             120         108 (a window); 94 full, 103 causal
@@ -42,11 +44,11 @@ plain              2560        2297 (``engine="plain"``, n = 128)
 backward           64          52
 =================  ==========  ==============================================
 
-plus 64 with a bias, dropout or a score_mod (59 measured with all three), 32 with
-``routing="topk"`` (24) and 240 on a network that loses or copies messages (225; with
-loss 0.3 and duplicate 0.2 less: 186), and a full trace's 128 (two-phase, 111 measured)
-or 320 (online, 293) per message. A dense mask adds :data:`MASK_BYTES` per ``(G, L, S)``
-entry on top of its path's per-route bytes. They are estimates, not guarantees.
+Options add to a path's bytes (measured over the row blocks' 29): 64 with a bias, dropout
+or a score_mod (59 with all three), 32 with ``routing="topk"`` (24), 240 on a network that
+loses or copies messages (225 at loss and duplicate 0.05; 166 at loss 0.3 and duplicate
+0.2). A full trace adds 128 (two-phase, 113 measured) or 320 (online, 289) per message, a
+dense mask :data:`MASK_BYTES` per ``(G, L, S)`` entry. They are estimates, not guarantees.
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ ROUTE_BYTES = {"row blocks": 36, "masked": 40, "sparse": 112, "online": 120, "ex
 BACKWARD_ROUTE_BYTES = 64   # run.backward, per route, trace="summary" (measured 52)
 # Added to a path's bytes a route by options that keep more per route (measured 59, 24, 225).
 FEATURE_ROUTE_BYTES = {"scores": 64, "top_k": 32, "faulty": 240}
-MESSAGE_BYTES = {"two_phase": 128, "online": 320}  # per message of a full trace (111, 293)
+MESSAGE_BYTES = {"two_phase": 128, "online": 320}  # per message of a full trace (113, 289)
 MASK_BYTES = 4         # per (G, L, S) entry: the bool mask and its temporaries (measured 4)
 FIXED_BYTES = 4 * 2**20  # any run: Python objects, first-call imports (measured 2.3 MB)
 MESSAGES_PER_ROUTE = 4                            # QUERY, SCORE, PULL, VALUE
@@ -85,6 +87,8 @@ _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 # A run needing at most 1/SMALL_SHARE of the system budget last read is not checked again:
 # the files behind the budget cost more to read than such a run (a decoding step) takes.
 SMALL_SHARE = 1024
+# A run needing more than 1/COLLECT_SHARE of the budget collects dropped runs first (check).
+COLLECT_SHARE = 8
 _LAST_READING = [0]                  # the system budget at the last full check (bytes)
 
 
@@ -284,10 +288,11 @@ def check(needed: MemoryEstimate, what: str, way_out: str) -> None:
     if system and needed.total * SMALL_SHARE <= _LAST_READING[0]:
         return                       # a small run: reading /proc again costs more than it
     budget, source = available_memory()
-    if system and needed.total > budget:
-        # A finished run's token nodes and transport refer to each other, so the memory of
-        # a run the caller dropped returns only when the cycle collector runs: collect it
-        # before refusing (a benchmark's next run of 4096 tokens x 8 heads was refused so).
+    if system and needed.total * COLLECT_SHARE > budget:
+        # A finished run's token nodes hold its state in a reference cycle (their handlers
+        # are their own bound methods), so a run the caller dropped returns its memory only
+        # when the cycle collector runs, which counts objects, not bytes: back-to-back runs
+        # of 4096 tokens x 8 heads piled up 21 GB and were OOM-killed. Collect first.
         gc.collect()
         budget, source = available_memory()
     if system:
