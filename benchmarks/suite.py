@@ -32,11 +32,7 @@ from . import hf, sparse
 from .harness import MIN_PUBLISHED, Case, Row, block, interleave, skipped, table, with_small_pages
 
 D_HEAD = 64
-# n = 4096 with 8 heads (134 M routes) is fast enough since the full graph computes on row
-# blocks (numerics/tiles.py): 1.75x plain numpy best to best under a load average of 5-7.
-# It joins DENSE when the README's table is next generated: that table must list every row
-# (tests/test_benchmarks.py), so the two change together.
-DENSE = ((256, 1), (256, 8), (1024, 1), (1024, 8), (4096, 1), (4096, 2))
+DENSE = ((256, 1), (256, 8), (1024, 1), (1024, 8), (4096, 1), (4096, 2), (4096, 8))
 QUICK_DENSE = DENSE[:4]
 
 
@@ -60,11 +56,13 @@ def peak_rss(n: int, heads: int, *pattern: int) -> float:
 
 
 def fits_in_memory(n: int, heads: int) -> bool:
-    """Whether a dense row can run here: the larger side fits in 70% of physical memory
-    (plain numpy's two (h, n, n) float64 matrices, 16 bytes a route; simulate peaks at about
-    8), and simulate's own memory budget (``rs.budget``, which counts what other processes
-    hold) lets it start. The sides run one at a time and a side's last result is dropped
-    before its next run (``harness.interleave``), so no two of them add up."""
+    """Whether a dense row can run here: plain numpy fits in 70% of physical memory (its two
+    (h, n, n) float64 matrices, 16 bytes a route), and simulate's own memory budget
+    (``rs.budget``: 36 bytes a route on the full graph's row blocks, which peak at about 31;
+    it counts what other processes hold) lets it start. The sides run one at a time and a
+    side's last result is dropped before its next run (``harness.interleave``; a dropped
+    run's memory returns at the next garbage collection, which ``rs.budget`` runs before a
+    run of more than an eighth of the budget), so no two of them add up."""
     routes = heads * n * n
     physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if 16 * routes >= 0.7 * physical:

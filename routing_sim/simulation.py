@@ -243,7 +243,9 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
     if trace == "auto":
         trace = "full" if len(FORWARD) * n_routes <= AUTO_FULL_LIMIT else "summary"
     budget.check_simulation(problem.shape, n_routes, trace=trace, softmax=softmax,
-                            numerics=numerics, itemsize=problem.dtype.itemsize,
+                            numerics=numerics, engine=options.engine,
+                            features=budget.run_features(problem, network, options.top_k),
+                            itemsize=problem.dtype.itemsize,
                             transmissions=(1 + network.duplicate) / (1 - network.loss),
                             dense=problem.sparse is None)
     routes = _route_table(problem, graph)

@@ -18,34 +18,77 @@ The budget (:func:`available_memory`) is the smallest of
 * the environment variable ``ROUTING_SIM_MEMORY`` (bytes, or with a suffix: ``"16G"``,
   ``"512M"``), which also lets a user raise the budget above the system's answer.
 
-The per-route and per-message costs are tracemalloc peaks of :func:`~routing_sim.simulate`
-(numpy 2, float64, four features), rounded up; they are estimates, not guarantees.
+The per-route cost depends on the path the run takes (:func:`route_path`): the fast engine
+keeps about 30 bytes a route on the full graph's row blocks but several times that on the
+online, exact and per-node paths. Each number in :data:`ROUTE_BYTES`,
+:data:`FEATURE_ROUTE_BYTES`, :data:`BACKWARD_ROUTE_BYTES` and :data:`MESSAGE_BYTES` is the
+largest of the peaks measured for that path, rounded up: one :func:`~routing_sim.simulate`
+(or ``run.backward``) per fresh interpreter, float64, E = Ev = 64, random inputs, at two
+sizes or more (dense: n = 512 to 4,096, 2 heads, up to 34 M routes; exact and plain from
+n = 64; windows of 128 at n = 8,192 and 32,768; random 5 % route sets at n = 1,024 to
+4,096), peak taken both as the tracemalloc peak and as the rise of VmHWM over VmRSS before
+the call, minus :data:`FIXED_BYTES` and the inputs-and-outputs part of :func:`estimate`
+(what the estimate counts apart), divided by the routes. The measured bytes a route
+(December 2026, numpy 2, Linux; tests/engines/test_memory.py holds each path to its
+tracemalloc peak in-process):
+
+=================  ==========  ==============================================
+path               estimate    measured (largest of tracemalloc and RSS)
+=================  ==========  ==============================================
+row blocks         36          29 (peak / routes without subtracting: 29 to 34)
+masked             40          36 (span blocks, causal n = 4,096); per node 30
+sparse             112         103 (random routes, per node); tiles 43
+online             120         108 (a window); 94 full, 103 causal
+exact              152         133
+plain              2560        2297 (``engine="plain"``, n = 128)
+backward           64          52
+=================  ==========  ==============================================
+
+Options add to a path's bytes (measured over the row blocks' 29): 64 with a bias, dropout
+or a score_mod (59 with all three), 32 with ``routing="topk"`` (24), 240 on a network that
+loses or copies messages (225 at loss and duplicate 0.05; 166 at loss 0.3 and duplicate
+0.2). A full trace adds 128 (two-phase, 113 measured) or 320 (online, 289) per message, a
+dense mask :data:`MASK_BYTES` per ``(G, L, S)`` entry. They are estimates, not guarantees.
 """
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING
 
 from ..errors import InvalidArgumentError, MemoryBudgetError
+from ..numerics.tiles import ROW_BLOCK_ROWS
+
+if TYPE_CHECKING:
+    from ..network.conditions import Network
+    from ..routes.problem import Problem
 
 __all__ = ["ENVIRONMENT", "MemoryEstimate", "available_memory", "check", "check_simulation",
-           "estimate", "format_bytes"]
+           "estimate", "format_bytes", "route_path", "run_features"]
 
 ENVIRONMENT = "ROUTING_SIM_MEMORY"
-ROUTE_BYTES = {"two_phase": 88, "online": 160}   # per route, trace="summary" (measured 81, 139)
-BACKWARD_ROUTE_BYTES = 144  # run.backward, per route, trace="summary" (measured 130)
-EXACT_ROUTE_BYTES = 200     # numerics="exact": error-free sums' temporaries (measured 195)
-MESSAGE_BYTES = {"two_phase": 112, "online": 200}  # per message of a full trace (108, 190)
+# Bytes a route of each path (:func:`route_path`), trace="summary"; measured, see above.
+ROUTE_BYTES = {"row blocks": 36, "masked": 40, "sparse": 112, "online": 120, "exact": 152,
+               "plain": 2560}
+BACKWARD_ROUTE_BYTES = 64   # run.backward, per route, trace="summary" (measured 52)
+# Added to a path's bytes a route by options that keep more per route (measured 59, 24, 225).
+FEATURE_ROUTE_BYTES = {"scores": 64, "top_k": 32, "faulty": 240}
+MESSAGE_BYTES = {"two_phase": 128, "online": 320}  # per message of a full trace (113, 289)
 MASK_BYTES = 4         # per (G, L, S) entry: the bool mask and its temporaries (measured 4)
+FIXED_BYTES = 4 * 2**20  # any run: Python objects, first-call imports (measured 2.3 MB)
 MESSAGES_PER_ROUTE = 4                            # QUERY, SCORE, PULL, VALUE
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 # A run needing at most 1/SMALL_SHARE of the system budget last read is not checked again:
 # the files behind the budget cost more to read than such a run (a decoding step) takes.
 SMALL_SHARE = 1024
+# A run needing more than 1/COLLECT_SHARE of the budget collects dropped runs first (check).
+COLLECT_SHARE = 8
 _LAST_READING = [0]                  # the system budget at the last full check (bytes)
 
 
@@ -72,10 +115,65 @@ class MemoryEstimate:
         return f"{format_bytes(self.total)} ({shown})"
 
 
+def route_path(groups: int, n_queries: int, n_keys: int, routes: int, *,
+               softmax: str = "two_phase", numerics: str = "float", engine: str = "fast",
+               dense: bool = True, backward: bool = False) -> str:
+    """The path of :data:`ROUTE_BYTES` a run takes, from what is known before it allocates.
+
+    The full graph (every one of the ``G·L·S`` routes, at least two query rows) computes
+    on row blocks; another dense mask on span blocks or per node (``"masked"``, which
+    costs the more of the two); a RouteSet on tiles or per node (``"sparse"``, the same);
+    online, exact and the plain engine on their own paths whatever the routes.
+
+    Examples
+    --------
+    >>> route_path(8, 4096, 4096, 8 * 4096**2), route_path(1, 64, 64, 64 * 65 // 2)
+    ('row blocks', 'masked')
+    >>> route_path(1, 64, 64, 640, dense=False), route_path(1, 64, 64, 4096, softmax="online")
+    ('sparse', 'online')
+    """
+    if backward:
+        return "backward"
+    if engine == "plain":
+        return "plain"
+    if numerics == "exact":
+        return "exact"
+    if softmax == "online":
+        return "online"
+    if not dense:
+        return "sparse"
+    if routes == groups * n_queries * n_keys and n_queries >= ROW_BLOCK_ROWS:
+        return "row blocks"
+    return "masked"
+
+
+def run_features(problem: Problem, network: Network, top_k: int | None = None
+                 ) -> frozenset[str]:
+    """The options of a run that keep more per route: :func:`estimate`'s ``features``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import routing_sim as rs
+    >>> from routing_sim.routes.problem import prepare
+    >>> q = np.ones((4, 2))
+    >>> problem = prepare(q, q, q, np.zeros((4, 4)), 0.0, False, None, False)   # a bias
+    >>> sorted(run_features(problem, rs.Network(loss=0.1), top_k=2))
+    ['faulty', 'scores', 'top_k']
+    """
+    sparse = problem.sparse
+    bias = problem.bias if sparse is None else sparse.bias
+    keep = problem.keep if sparse is None else sparse.keep
+    scores = bias is not None or keep is not None or problem.score_mod is not None
+    named = {"scores": scores, "top_k": top_k is not None,
+             "faulty": network.faulty or network.duplicate > 0}
+    return frozenset(name for name, present in named.items() if present)
+
+
 def estimate(groups: int, n_queries: int, n_keys: int, routes: int, *, dim: int = 0,
              value_dim: int = 0, itemsize: int = 8, trace: str = "summary",
-             softmax: str = "two_phase", numerics: str = "float",
-             transmissions: float = 1.0, dense: bool = True,
+             softmax: str = "two_phase", numerics: str = "float", engine: str = "fast",
+             features: Collection[str] = (), transmissions: float = 1.0, dense: bool = True,
              backward: bool = False) -> MemoryEstimate:
     """Estimate the memory of a simulated run with ``routes`` routes in ``groups`` groups.
 
@@ -89,15 +187,21 @@ def estimate(groups: int, n_queries: int, n_keys: int, routes: int, *, dim: int 
         Feature sizes ``E``, ``Ev`` and bytes per number (inputs and outputs).
     trace : {"full", "summary"}
         A full trace adds a row per message.
-    softmax, numerics : str
-        As in :func:`~routing_sim.simulate`.
+    softmax, numerics, engine : str
+        As in :func:`~routing_sim.simulate`; with ``dense`` and ``backward`` they choose
+        the path (:func:`route_path`) whose bytes a route count.
+    features : collection of str
+        Options that keep more per route (:data:`FEATURE_ROUTE_BYTES`): ``"scores"`` (a
+        bias, dropout or a score_mod), ``"top_k"`` (hard routing), ``"faulty"`` (a network
+        that loses or copies messages).
     transmissions : float
         Expected transmissions per message (``(1 + duplicate) / (1 - loss)`` on a lossy
         network); only a full trace grows with it.
     dense : bool
-        The run builds a dense ``(G, L, S)`` bool route mask (an attention mask, no
-        RouteSet); False for a sparse route set. ``run.weights`` is not counted: it is
-        built on first use and only up to :data:`~routing_sim.run.WEIGHTS_LIMIT` entries.
+        The routes come from a dense ``(G, L, S)`` bool mask (an attention mask, no
+        RouteSet); False for a sparse route set. The mask's bytes count unless it allows
+        every route (then it is one broadcast value). ``run.weights`` is not counted: it
+        is built on first use and only up to :data:`~routing_sim.run.WEIGHTS_LIMIT` entries.
     backward : bool
         Estimate :meth:`Run.backward <routing_sim.Run.backward>` instead (its four gradient
         messages per route, on top of the forward run already in memory).
@@ -110,14 +214,24 @@ def estimate(groups: int, n_queries: int, n_keys: int, routes: int, *, dim: int 
     >>> window = estimate(1, 24_000, 24_000, 24_000 * 64, dense=False)   # 64-wide window
     >>> window.total < 2**30
     True
+    >>> heads_8 = estimate(8, 4096, 4096, 8 * 4096**2, dim=64, value_dim=64)  # row blocks
+    >>> str(heads_8)
+    '4.6 GB (fixed 4.0 MB, inputs and outputs 80.0 MB, per-route state 4.5 GB)'
     """
+    unknown = set(features) - FEATURE_ROUTE_BYTES.keys()
+    if unknown:
+        raise InvalidArgumentError(f"features must be among {sorted(FEATURE_ROUTE_BYTES)}, "
+                                   f"got {sorted(unknown)}")
     entries = groups * n_queries * n_keys                               # G·L·S
-    per_route = BACKWARD_ROUTE_BYTES if backward else \
-        ROUTE_BYTES[softmax] + (EXACT_ROUTE_BYTES if numerics == "exact" else 0)
+    path = route_path(groups, n_queries, n_keys, routes, softmax=softmax, numerics=numerics,
+                      engine=engine, dense=dense, backward=backward)
+    per_route = BACKWARD_ROUTE_BYTES if backward else ROUTE_BYTES[path]
+    per_route += sum(FEATURE_ROUTE_BYTES[feature] for feature in set(features))
     parts = {
+        "fixed": FIXED_BYTES,
         "inputs and outputs": groups * (n_queries * (dim + 2 * value_dim)
                                         + n_keys * (dim + value_dim)) * itemsize,
-        "dense route mask": entries * MASK_BYTES if dense else 0,
+        "dense route mask": entries * MASK_BYTES if dense and routes < entries else 0,
         "per-route state": routes * per_route,
         "trace rows": math.ceil(routes * MESSAGES_PER_ROUTE * transmissions
                                 * MESSAGE_BYTES[softmax]) if trace == "full" else 0,
@@ -174,6 +288,13 @@ def check(needed: MemoryEstimate, what: str, way_out: str) -> None:
     if system and needed.total * SMALL_SHARE <= _LAST_READING[0]:
         return                       # a small run: reading /proc again costs more than it
     budget, source = available_memory()
+    if system and needed.total * COLLECT_SHARE > budget:
+        # A finished run's token nodes hold its state in a reference cycle (their handlers
+        # are their own bound methods), so a run the caller dropped returns its memory only
+        # when the cycle collector runs, which counts objects, not bytes: back-to-back runs
+        # of 4096 tokens x 8 heads piled up 21 GB and were OOM-killed. Collect first.
+        gc.collect()
+        budget, source = available_memory()
     if system:
         _LAST_READING[0] = budget
     if needed.total > budget:
@@ -183,13 +304,15 @@ def check(needed: MemoryEstimate, what: str, way_out: str) -> None:
 
 
 def check_simulation(shape: tuple[int, int, int, int, int], routes: int, *, trace: str,
-                     softmax: str = "two_phase", numerics: str = "float", itemsize: int = 8,
+                     softmax: str = "two_phase", numerics: str = "float", engine: str = "fast",
+                     features: Collection[str] = (), itemsize: int = 8,
                      transmissions: float = 1.0, dense: bool = True,
                      backward: bool = False) -> None:
     """:func:`check` a simulated run of ``shape = (G, L, S, E, Ev)`` with ``routes`` routes.
 
     The way out named in the error is ``trace="summary"`` (with its own estimate) for a
-    full trace, and fewer routes (a sparse pattern) in every case.
+    full trace, and fewer routes (a sparse pattern) in every case. The other keywords are
+    :func:`estimate`'s.
 
     Examples
     --------
@@ -197,8 +320,9 @@ def check_simulation(shape: tuple[int, int, int, int, int], routes: int, *, trac
     """
     groups, n_queries, n_keys, dim, value_dim = shape
     sized = partial(estimate, groups, n_queries, n_keys, routes, dim=dim, value_dim=value_dim,
-                    itemsize=itemsize, softmax=softmax, numerics=numerics,
-                    transmissions=transmissions, dense=dense, backward=backward)
+                    itemsize=itemsize, softmax=softmax, numerics=numerics, engine=engine,
+                    features=features, transmissions=transmissions, dense=dense,
+                    backward=backward)
     needed, summary = sized(trace=trace), sized(trace="summary")
     way_out = "fewer routes: a sparse pattern such as graph=rs.patterns.sliding_window(n, 64)"
     if trace == "full":

@@ -57,7 +57,7 @@ from ...routes.restrictions import DENSE_LIMIT
 from ...routes.route_set import batch_head
 from ...trace.log import Trace
 from ...trace.stats import Gradients, Stats
-from ..memory import check_simulation
+from ..memory import check_simulation, run_features
 from ..state import ForwardState
 from .backward_tiles import TiledGradients, key_major_order
 from .barrier import gather, scores_of
@@ -318,6 +318,7 @@ def backward(forward: ForwardState, d_output: ArrayLike, network: Network, deliv
     nbytes = {kind: payload_bytes(kind, problem.dtype.itemsize, dim, value_dim)
               for kind in BACKWARD}
     check_simulation(problem.shape, len(routes), trace=detail, itemsize=problem.dtype.itemsize,
+                     features=run_features(problem, network, forward.top_k),
                      transmissions=(1 + network.duplicate) / (1 - network.loss), dense=False,
                      backward=True)
     log = Trace(detail, routes, nbytes)
