@@ -61,8 +61,7 @@ def fits_in_memory(n: int, heads: int) -> bool:
     (``rs.budget``: 36 bytes a route on the full graph's row blocks, which peak at about 31;
     it counts what other processes hold) lets it start. The sides run one at a time and a
     side's last result is dropped before its next run (``harness.interleave``; a dropped
-    run's memory returns at the next garbage collection, which ``rs.budget`` runs before a
-    run of more than an eighth of the budget), so no two of them add up."""
+    run's memory returns at once), so no two of them add up."""
     routes = heads * n * n
     physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if 16 * routes >= 0.7 * physical:

@@ -294,6 +294,7 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
     else:
         transport.env.process(transport.run())
         transport.env.run()
+    nodes.detach()
     return collect(problem, routes, nodes, log, transport, tokens)
 
 

@@ -53,7 +53,6 @@ dense mask :data:`MASK_BYTES` per ``(G, L, S)`` entry. They are estimates, not g
 
 from __future__ import annotations
 
-import gc
 import math
 import os
 import re
@@ -87,8 +86,6 @@ _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 # A run needing at most 1/SMALL_SHARE of the system budget last read is not checked again:
 # the files behind the budget cost more to read than such a run (a decoding step) takes.
 SMALL_SHARE = 1024
-# A run needing more than 1/COLLECT_SHARE of the budget collects dropped runs first (check).
-COLLECT_SHARE = 8
 _LAST_READING = [0]                  # the system budget at the last full check (bytes)
 
 
@@ -288,13 +285,6 @@ def check(needed: MemoryEstimate, what: str, way_out: str) -> None:
     if system and needed.total * SMALL_SHARE <= _LAST_READING[0]:
         return                       # a small run: reading /proc again costs more than it
     budget, source = available_memory()
-    if system and needed.total * COLLECT_SHARE > budget:
-        # A finished run's token nodes hold its state in a reference cycle (their handlers
-        # are their own bound methods), so a run the caller dropped returns its memory only
-        # when the cycle collector runs, which counts objects, not bytes: back-to-back runs
-        # of 4096 tokens x 8 heads piled up 21 GB and were OOM-killed. Collect first.
-        gc.collect()
-        budget, source = available_memory()
     if system:
         _LAST_READING[0] = budget
     if needed.total > budget:

@@ -354,6 +354,12 @@ class Transport(Outbox):
 
     # ----------------------------------------------------------------- delivering
 
+    def detach(self) -> None:
+        """Forget the nodes' callbacks (:meth:`TokenNodes.detach
+        <routing_sim.engines.fast.nodes.TokenNodes.detach>`): the run is over."""
+        self.on_deliver = self.on_timer = _unattached
+        self.on_step_end = None
+
     def run(self) -> Generator[simpy.Event, Any, None]:
         """The SimPy process that delivers pending batches, window by window."""
         if self.mode == "per_message":

@@ -94,6 +94,11 @@ class WaveTransport:
         batch.arrive = arrivals(network, batch, batch.sent, base, self.nbytes[kind])
         self._outbox.append(batch)
 
+    def detach(self) -> None:
+        """Forget the nodes' callbacks: the run is over (as :meth:`Transport.detach
+        <routing_sim.network.transport.Transport.detach>`)."""
+        self.on_deliver = self.on_timer = _unattached
+
     def run(self) -> None:
         """Deliver wave after wave (one event each), every kind in turn, till all is quiet."""
         if not self.order_free:

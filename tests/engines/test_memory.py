@@ -5,7 +5,6 @@ import subprocess
 import sys
 import textwrap
 import tracemalloc
-import weakref
 
 import numpy as np
 import pytest
@@ -249,37 +248,3 @@ def test_a_run_that_cannot_fit_is_refused_before_it_allocates(monkeypatch):
 def test_unknown_features_are_refused():
     with pytest.raises(InvalidArgumentError, match="features"):
         budget.estimate(1, 4, 4, 16, features={"bias"})
-
-
-def test_a_large_run_collects_dropped_runs_before_it_reads_the_budget(monkeypatch):
-    readings = iter([2**30, 8 * 2**30, 2**30, 2**30, 64 * 2**30])  # 1 GB, 8 GB once collected
-    collected = []
-    monkeypatch.delenv(budget.ENVIRONMENT, raising=False)
-    monkeypatch.setattr(budget, "available_memory",
-                        lambda: (next(readings), "memory available"))
-    monkeypatch.setattr(budget.gc, "collect", lambda: collected.append(1))
-    monkeypatch.setattr(budget, "_LAST_READING", [0])
-    needed = budget.MemoryEstimate({"per-route state": 4 * 2**30})
-    budget.check(needed, "a run after a dropped one", "nothing")
-    assert collected == [1]
-    with pytest.raises(MemoryBudgetError, match="4.0 GB .* but 1.0 GB is available"):
-        budget.check(needed, "a run that does not fit", "fewer routes")
-    assert collected == [1, 1]
-    budget.check(needed, "a run of 1/16 of the budget", "nothing")    # no collection
-    assert collected == [1, 1]
-
-
-def test_a_dropped_run_does_not_hold_its_memory_into_the_next_large_run():
-    q, k, v = _inputs(1024, 2)
-    weak = []
-    gc.collect()
-    gc.disable()                                 # only the budget's collection may run
-    try:
-        run = rs.simulate(q, k, v, trace="summary")
-        weak.append(weakref.ref(run.state))
-        del run
-        budget.check(budget.MemoryEstimate({"routes": budget.available_memory()[0] // 4}),
-                     "a large run", "nothing")
-        assert weak[0]() is None
-    finally:
-        gc.enable()

@@ -331,6 +331,7 @@ def backward(forward: ForwardState, d_output: ArrayLike, network: Network, deliv
     nodes.start()
     env.process(transport.run())
     env.run()
+    nodes.detach()
     dead = np.flatnonzero(nodes.dead)
     if dead.size:
         raise DeliveryError(f"{dead.size} gradient messages never delivered after "
