@@ -35,6 +35,27 @@ def _node_major(nodes: np.ndarray, times: np.ndarray, routes: np.ndarray) -> boo
                                                      )))).all())
 
 
+def rescale_rows(kept: np.ndarray, factor: np.ndarray, moved: np.ndarray) -> None:
+    """``kept *= factor[:, None]`` in place, touching only the rows ``moved`` whose factor
+    is not 1 (x · 1 is x, bit for bit: -0.0, inf and NaN included).
+
+    A node's running max moves about ln(n) times in n random scores, so most steps rescale
+    a few rows or none; a step where many move multiplies every row (cheaper than a gather).
+
+    Examples
+    --------
+    >>> kept = np.array([[1.0, 2.0], [3.0, 4.0], [-0.0, 5.0]])
+    >>> factor = np.array([1.0, 0.5, 1.0])
+    >>> rescale_rows(kept, factor, np.flatnonzero(factor != 1))
+    >>> kept.tolist()
+    [[1.0, 2.0], [1.5, 2.0], [-0.0, 5.0]]
+    """
+    if 4 * len(moved) > len(kept):                # many rows: one pass over them all
+        kept *= factor[:, None]
+    elif len(moved):
+        kept[moved] *= factor[moved, None]
+
+
 class OnlineNodes(ForwardNodes):
     """Streaming softmax: no barrier; each (score, value) pair updates (m, l, o) on arrival.
 
@@ -54,10 +75,12 @@ class OnlineNodes(ForwardNodes):
         if self.state.sinks is not None:       # the sink is in before any pair: exp(0) = 1
             self.running_max[:] = self.state.sinks
             self.normaliser[:] = 1
-        self.accumulator = np.zeros_like(self.state.output)            # (G·L, Ev) o · 2^-shift
+        # Column-major: a step's shares p·v_j are made one value component at a time, a
+        # run of nodes long (row-major, numpy would loop over Ev-long rows).
+        self.accumulator = np.zeros_like(self.state.output, order="F")  # (G·L, Ev) o · 2^-shift
         self.shift = np.zeros(n_nodes, dtype=np.int64)                 # (G·L,) exponent of o
         self.value_shift = value_shift(self.problem.value)              # (G, S) per value row
-        self.rescale = np.full(len(routes), np.nan)                    # (R,) factor applied
+        self.rescale = np.full(len(routes), np.nan) if keep_stream else None  # (R,) factor
         self.stream: list[tuple[float, int, np.ndarray]] | None = [] if keep_stream else None
         self._finished_at = np.full(n_nodes, np.nan)
         self._updates: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
@@ -92,7 +115,7 @@ class OnlineNodes(ForwardNodes):
                 self._shared |= fresh
         settle(self.routes, routes, times, self._scores_settled, state.needed,
                state.barrier_time)
-        self._touched[self.routes.query_node[routes]] = True
+        self._touch(routes)
         if not self._retrying and state.raw is None and state.kept is None:
             self.request(Kind.PULL, routes, shifted(times, self.processing), 0)  # every one
             return
@@ -115,7 +138,7 @@ class OnlineNodes(ForwardNodes):
         self._updates.append((live, at, np.ones(len(live), bool)))
         settle(self.routes, routes, times, self._values_settled, self.state.needed,
                self.state.done_time)
-        self._touched[self.routes.query_node[routes]] = True
+        self._touch(routes)
 
     def apply_updates(self) -> None:
         """Apply the pair updates no later arrival can precede, node by node in arrival
@@ -131,14 +154,22 @@ class OnlineNodes(ForwardNodes):
             routes, times, has_value = routes[due], times[due], has_value[due]
         elif len(self._held[0]):
             self._held = [part[:0] for part in self._held]
+        self._touch(routes)
         touched = self._touched
-        touched[self.routes.query_node[routes]] = True
         touched[self.routes.query_node[self._held[0]]] = False        # still waiting
         nodes = np.flatnonzero(touched)
         touched[:] = False
         if len(routes):
             self._apply_in_order(routes, times, has_value)
         self._finish(nodes)
+
+    def _touch(self, routes: np.ndarray) -> None:
+        """Note the query nodes of ``routes`` as having news (a whole wave: every node that
+        has a route, without an (R,) gather)."""
+        if routes is self.routes.every_route():
+            self._touched |= self.routes.routes_per_node() > 0
+        else:
+            self._touched[self.routes.query_node[routes]] = True
 
     def _apply_in_order(self, routes: np.ndarray, times: np.ndarray, has_value: np.ndarray
                         ) -> None:
@@ -173,7 +204,8 @@ class OnlineNodes(ForwardNodes):
                                                                scores.reshape(-1, bounds[1]))
         else:
             factors, weights, normalisers = self._scalar_updates(nodes, scores, bounds)
-        self.rescale[routes] = factors
+        if self.rescale is not None:
+            self.rescale[routes] = factors
         if not has_value.all():                         # a dropped route pulls nothing
             weights *= by_step(has_value)
         self._pull_values(routes, nodes, bounds, factors, weights,
@@ -236,11 +268,13 @@ class OnlineNodes(ForwardNodes):
         # One scratch buffer for every step's shares: a fresh (n, Ev) array each step would
         # fault in new pages every time.
         sizes = np.diff(bounds)                                        # (steps,) nodes each
-        scratch = np.empty((int(sizes.max(initial=0)), values.shape[1]), dtype=values.dtype)
-        # Per step, decided for all steps at once: does any factor differ from 1, do all
-        # nodes read one key, are the nodes consecutive?
+        scratch = np.empty((int(sizes.max(initial=0)), values.shape[1]), dtype=values.dtype,
+                           order="F")                                  # like the accumulator
+        # Per step, decided for all steps at once: which pairs rescale (a factor other
+        # than 1), do all nodes read one key, are the nodes consecutive?
         firsts = bounds[:-1]
-        rescaled = np.logical_or.reduceat(factors != 1, firsts) if len(firsts) else firsts
+        rescaling = np.flatnonzero(factors != 1)                       # (moves,) pair indices
+        rescaling_bounds = np.searchsorted(rescaling, bounds)          # (steps + 1,)
         one_key = np.logical_and.reduceat(value_rows == np.repeat(value_rows[firsts], sizes),
                                           firsts) if len(firsts) else firsts
         consecutive = nodes[bounds[1:] - 1] - nodes[firsts] == sizes - 1
@@ -256,13 +290,13 @@ class OnlineNodes(ForwardNodes):
                 else:
                     np.take(values, rows, axis=0, out=share)           # v_j
                     share *= pulled[at, None]                           # p · v_j
-                if consecutive[step]:           # the nodes' rows in place, no gather
-                    kept = self.accumulator[node[0]:node[-1] + 1]       # (n, Ev) a view
-                    if rescaled[step]:          # x · 1 is x: skip the steps with no rescale
-                        kept *= factor[:, None]
-                    kept += share
-                else:
-                    self.accumulator[node] = self.accumulator[node] * factor[:, None] + share
+                kept = (self.accumulator[node[0]:node[-1] + 1] if consecutive[step]
+                        else self.accumulator[node])         # (n, Ev) a view, or a gather
+                moved = rescaling[rescaling_bounds[step]:rescaling_bounds[step + 1]] - first
+                rescale_rows(kept, factor, moved)
+                kept += share
+                if not consecutive[step]:
+                    self.accumulator[node] = kept
             if self.stream is not None and arrivals is not None:
                 for u, t, norm in zip(node.tolist(), arrivals[0][at].tolist(),
                                       arrivals[1][at]):
