@@ -15,7 +15,7 @@ import numpy as np
 from ...network.deliveries import arrival_order
 from ...network.messages import Kind
 from ...network.transport import Transport
-from ...network.wave_times import shifted
+from ...network.wave_times import constant, shifted
 from ...numerics.kernels import value_shift
 from ..setup import Setup
 from .backward_tiles import key_major_order
@@ -175,14 +175,23 @@ class OnlineNodes(ForwardNodes):
                         ) -> None:
         """Each node's pairs in arrival order (ties by route): step k updates every node's
         k-th pair, one vectorised update per step, nodes ascending in it."""
-        nodes = self.routes.query_node[routes]
-        if not _node_major(nodes, times, routes):    # node by node, arrival, route:
-            by_arrival = arrival_order(times, routes)  # np.lexsort((routes, times, nodes))
-            order = by_arrival[key_major_order(nodes[by_arrival], self.routes.n_nodes)]
-            routes, times, has_value, nodes = routes[order], times[order], has_value[order], \
-                nodes[order]
-        starts = np.r_[0, np.flatnonzero(np.diff(nodes)) + 1]
-        counts = np.diff(np.r_[starts, len(nodes)])                    # (nodes,) pairs each
+        table = self.routes
+        if routes is table.every_route() and constant(times) is not None:
+            # A whole wave at one instant is node by node in route order already: no
+            # gathers, the runs of nodes straight from the table.
+            nodes, scores, keys = table.query_node, self.state.scores, table.key_index
+            per_node = table.routes_per_node()                         # (G·L,)
+            starts, counts = table.indptr[:-1][per_node > 0], per_node[per_node > 0]
+        else:
+            nodes = table.query_node[routes]
+            if not _node_major(nodes, times, routes):    # node by node, arrival, route:
+                by_arrival = arrival_order(times, routes)  # np.lexsort((routes, times, nodes))
+                order = by_arrival[key_major_order(nodes[by_arrival], table.n_nodes)]
+                routes, times, has_value, nodes = routes[order], times[order], \
+                    has_value[order], nodes[order]
+            scores, keys = self.state.scores[routes], table.key_index[routes]   # (pairs,)
+            starts = np.r_[0, np.flatnonzero(np.diff(nodes)) + 1]
+            counts = np.diff(np.r_[starts, len(nodes)])                # (nodes,) pairs each
         grid = counts.min() == counts.max()     # as many pairs each: a (steps, nodes) grid
         if grid:
             width = len(starts)
@@ -197,18 +206,18 @@ class OnlineNodes(ForwardNodes):
 
             def by_step(pairs: np.ndarray) -> np.ndarray:
                 return pairs[order]
-        routes, nodes = by_step(routes), by_step(nodes)
-        scores = self.state.scores[routes]
+        value_rows = nodes // table.n_queries * table.n_keys + keys   # (pairs,) in (G·S)
+        nodes, scores, value_rows = by_step(nodes), by_step(scores), by_step(value_rows)
         if grid:
             factors, weights, normalisers = self._grid_scalars(nodes[:bounds[1]],
                                                                scores.reshape(-1, bounds[1]))
         else:
             factors, weights, normalisers = self._scalar_updates(nodes, scores, bounds)
         if self.rescale is not None:
-            self.rescale[routes] = factors
+            self.rescale[by_step(routes)] = factors
         if not has_value.all():                         # a dropped route pulls nothing
             weights *= by_step(has_value)
-        self._pull_values(routes, nodes, bounds, factors, weights,
+        self._pull_values(value_rows, nodes, bounds, factors, weights,
                           None if self.stream is None else (by_step(times), normalisers))
 
     def _grid_scalars(self, nodes: np.ndarray, scores: np.ndarray
@@ -218,8 +227,8 @@ class OnlineNodes(ForwardNodes):
         bits as step by step)."""
         top = np.empty((len(scores) + 1, len(nodes)), dtype=scores.dtype)  # (steps + 1, nodes)
         top[0] = self.running_max[nodes]
-        for step, score in enumerate(scores):     # faster than maximum.accumulate on axis 0
-            np.maximum(top[step], score, out=top[step + 1])
+        np.maximum.accumulate(scores, axis=0, out=top[1:])            # max is exact: any
+        np.maximum(top[0], top[1:], out=top[1:])                      # grouping, same m
         factors = np.subtract(top[:-1], top[1:])                       # (steps, nodes)
         moved = factors != 0                    # the max moved (or NaN): exp(0) is 1 exactly
         factors[~moved] = 1.0
@@ -255,14 +264,13 @@ class OnlineNodes(ForwardNodes):
             factors[at], weights[at] = factor, weight
         return factors, weights, normalisers
 
-    def _pull_values(self, routes: np.ndarray, nodes: np.ndarray, bounds: np.ndarray,
+    def _pull_values(self, value_rows: np.ndarray, nodes: np.ndarray, bounds: np.ndarray,
                      factors: np.ndarray, pulled: np.ndarray,
                      arrivals: tuple[np.ndarray, np.ndarray] | None) -> None:
-        """o <- c·o + p·v_j, step by step (each node's pairs in arrival order); with a
-        stream kept, each node's o / l after the step, at its pair's arrival
-        (``arrivals``: per pair, its time and the node's l after it)."""
-        n_keys = self.problem.value.shape[1]
-        value_rows = nodes // self.routes.n_queries * n_keys + self.routes.key_index[routes]
+        """o <- c·o + p·v_j, step by step (each node's pairs in arrival order, ``value_rows``
+        their v_j as rows of the (G·S, Ev) values); with a stream kept, each node's o / l
+        after the step, at its pair's arrival (``arrivals``: per pair, its time and the
+        node's l after it)."""
         values = self.problem.value.reshape(-1, self.problem.value.shape[2])   # (G·S, Ev)
         shifted = bool(self.value_shift.any())      # values near the largest float
         # One scratch buffer for every step's shares: a fresh (n, Ev) array each step would
