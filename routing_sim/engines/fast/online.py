@@ -75,9 +75,7 @@ class OnlineNodes(ForwardNodes):
         if self.state.sinks is not None:       # the sink is in before any pair: exp(0) = 1
             self.running_max[:] = self.state.sinks
             self.normaliser[:] = 1
-        # Column-major: a step's shares p·v_j are made one value component at a time, a
-        # run of nodes long (row-major, numpy would loop over Ev-long rows).
-        self.accumulator = np.zeros_like(self.state.output, order="F")  # (G·L, Ev) o · 2^-shift
+        self.accumulator = np.zeros_like(self.state.output)            # (G·L, Ev) o · 2^-shift
         self.shift = np.zeros(n_nodes, dtype=np.int64)                 # (G·L,) exponent of o
         self.value_shift = value_shift(self.problem.value)              # (G, S) per value row
         self.rescale = np.full(len(routes), np.nan) if keep_stream else None  # (R,) factor
@@ -273,11 +271,7 @@ class OnlineNodes(ForwardNodes):
         node's l after it)."""
         values = self.problem.value.reshape(-1, self.problem.value.shape[2])   # (G·S, Ev)
         shifted = bool(self.value_shift.any())      # values near the largest float
-        # One scratch buffer for every step's shares: a fresh (n, Ev) array each step would
-        # fault in new pages every time.
         sizes = np.diff(bounds)                                        # (steps,) nodes each
-        scratch = np.empty((int(sizes.max(initial=0)), values.shape[1]), dtype=values.dtype,
-                           order="F")                                  # like the accumulator
         # Per step, decided for all steps at once: which pairs rescale (a factor other
         # than 1), do all nodes read one key, are the nodes consecutive?
         firsts = bounds[:-1]
@@ -286,6 +280,16 @@ class OnlineNodes(ForwardNodes):
         one_key = np.logical_and.reduceat(value_rows == np.repeat(value_rows[firsts], sizes),
                                           firsts) if len(firsts) else firsts
         consecutive = nodes[bounds[1:] - 1] - nodes[firsts] == sizes - 1
+        # The layout follows the steps (a copy keeps every bit): where each step's nodes
+        # read one key, its shares p·v_j are an outer product, made a column at a time (a
+        # run of nodes long) in column-major order; where they read their own keys, the
+        # shares are gathered rows, row-major.
+        order = "F" if len(one_key) and one_key.all() else "C"
+        self.accumulator = np.asarray(self.accumulator, order=order)    # (G·L, Ev)
+        # One scratch buffer for every step's shares: a fresh (n, Ev) array each step would
+        # fault in new pages every time.
+        scratch = np.empty((int(sizes.max(initial=0)), values.shape[1]), dtype=values.dtype,
+                           order=order)                                # (n, Ev)
         for step, (first, last) in enumerate(zip(firsts.tolist(), bounds[1:].tolist())):
             at = slice(first, last)
             node, factor, rows = nodes[at], factors[at], value_rows[at]
