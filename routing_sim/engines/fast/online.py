@@ -204,8 +204,10 @@ class OnlineNodes(ForwardNodes):
 
             def by_step(pairs: np.ndarray) -> np.ndarray:
                 return pairs[order]
-        value_rows = nodes // table.n_queries * table.n_keys + keys   # (pairs,) in (G·S)
-        nodes, scores, value_rows = by_step(nodes), by_step(scores), by_step(value_rows)
+        value_rows = by_step(nodes // table.n_queries * table.n_keys + keys)  # (pairs,) G·S
+        # A grid's steps hold the same nodes, ascending: a tiled copy, not a transposed one.
+        nodes = np.tile(nodes[starts], len(bounds) - 1) if grid else by_step(nodes)
+        scores = by_step(scores)
         if grid:
             factors, weights, normalisers = self._grid_scalars(nodes[:bounds[1]],
                                                                scores.reshape(-1, bounds[1]))
@@ -225,8 +227,8 @@ class OnlineNodes(ForwardNodes):
         bits as step by step)."""
         top = np.empty((len(scores) + 1, len(nodes)), dtype=scores.dtype)  # (steps + 1, nodes)
         top[0] = self.running_max[nodes]
-        np.maximum.accumulate(scores, axis=0, out=top[1:])            # max is exact: any
-        np.maximum(top[0], top[1:], out=top[1:])                      # grouping, same m
+        for step, score in enumerate(scores):     # faster than maximum.accumulate on axis 0
+            np.maximum(top[step], score, out=top[step + 1])
         factors = np.subtract(top[:-1], top[1:])                       # (steps, nodes)
         moved = factors != 0                    # the max moved (or NaN): exp(0) is 1 exactly
         factors[~moved] = 1.0
