@@ -292,24 +292,26 @@ class OnlineNodes(ForwardNodes):
         # fault in new pages every time.
         scratch = np.empty((int(sizes.max(initial=0)), values.shape[1]), dtype=values.dtype,
                            order=order)                                # (n, Ev)
-        for step, (first, last) in enumerate(zip(firsts.tolist(), bounds[1:].tolist())):
+        for first, last, one, in_place, moves, moves_end in zip(
+                firsts.tolist(), bounds[1:].tolist(), one_key.tolist(), consecutive.tolist(),
+                rescaling_bounds[:-1].tolist(), rescaling_bounds[1:].tolist()):
             at = slice(first, last)
             node, factor, rows = nodes[at], factors[at], value_rows[at]
             if shifted:
                 self._scaled_update(node, rows, factor, pulled[at])
             else:
                 share = scratch[:last - first]                         # (n, Ev)
-                if one_key[step]:
+                if one:
                     np.multiply.outer(pulled[at], values[rows[0]], out=share)  # p · v_j
                 else:
                     np.take(values, rows, axis=0, out=share)           # v_j
                     share *= pulled[at, None]                           # p · v_j
-                kept = (self.accumulator[node[0]:node[-1] + 1] if consecutive[step]
+                kept = (self.accumulator[node[0]:node[-1] + 1] if in_place
                         else self.accumulator[node])         # (n, Ev) a view, or a gather
-                moved = rescaling[rescaling_bounds[step]:rescaling_bounds[step + 1]] - first
-                rescale_rows(kept, factor, moved)
+                if moves_end > moves:
+                    rescale_rows(kept, factor, rescaling[moves:moves_end] - first)
                 kept += share
-                if not consecutive[step]:
+                if not in_place:
                     self.accumulator[node] = kept
             if self.stream is not None and arrivals is not None:
                 for u, t, norm in zip(node.tolist(), arrivals[0][at].tolist(),

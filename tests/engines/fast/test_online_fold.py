@@ -98,12 +98,13 @@ def test_online_output_is_the_per_key_fold(case, jitter, seed):
 @pytest.mark.parametrize("network", [rs.Network(), rs.Network(jitter=0.5, seed=7),
                                      rs.Network(latency=0.0, jitter=2.0, seed=3)])
 def test_every_rescale_branch_keeps_the_fold(monkeypatch, network):
-    """n = 64: steps where every row rescales, a few rows or none, on the column-major
-    (one key a step) and the row-major (jitter) accumulator."""
+    """n = 64: steps where many rows rescale and steps where a few do (steps where none
+    does skip the call), on the column-major (one key a step) and the row-major (jitter)
+    accumulator."""
     seen = []
 
     def spy(kept, factor, moved):
-        seen.append((4 * len(moved) > len(kept), len(moved) > 0, kept.flags.f_contiguous
+        seen.append((4 * len(moved) > len(kept), len(moved), kept.flags.f_contiguous
                      and kept.shape[1] > 1))
         rescale_rows(kept, factor, moved)
 
@@ -114,8 +115,8 @@ def test_every_rescale_branch_keeps_the_fold(monkeypatch, network):
     output, lse = per_key_fold(run, value[None])
     assert_same_bits(run.output, output[0])
     assert_same_bits(run.lse, lse[0])
-    many, some = {s[0] for s in seen}, {s[1] for s in seen if not s[0]}
-    assert many == {True, False} and some == {True, False}     # all, a few and no rows
+    assert {s[0] for s in seen} == {True, False}                # many rows, a few rows
+    assert min(s[1] for s in seen) > 0                          # never called for none
     assert {s[2] for s in seen} == {network.jitter == 0}        # the layout follows the steps
 
 
