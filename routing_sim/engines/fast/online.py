@@ -10,6 +10,8 @@ with no value.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 
 from ...network.deliveries import arrival_order
@@ -286,7 +288,7 @@ class OnlineNodes(ForwardNodes):
         # read one key, its shares p·v_j are an outer product, made a column at a time (a
         # run of nodes long) in column-major order; where they read their own keys, the
         # shares are gathered rows, row-major.
-        order = "F" if len(one_key) and one_key.all() else "C"
+        order: Literal["C", "F"] = "F" if len(one_key) and one_key.all() else "C"
         self.accumulator = np.asarray(self.accumulator, order=order)    # (G·L, Ev)
         # One scratch buffer for every step's shares: a fresh (n, Ev) array each step would
         # fault in new pages every time.

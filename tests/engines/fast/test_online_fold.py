@@ -44,7 +44,7 @@ def per_key_fold(run: rs.Run, value: np.ndarray) -> tuple[np.ndarray, np.ndarray
         new = max(m, s)
         c, p = np.exp(m - new), np.exp(s - new)
         states[g, i] = (new, c * l + p, o * c + p * value[g, key[at]])
-    for (g, i), (m, l, o) in states.items():
+    for (g, i), (m, l, o) in states.items():                        # noqa: E741
         output[g, i], lse[g, i] = o / l, m + np.log(l)
     return output, lse
 
