@@ -206,7 +206,8 @@ class OnlineNodes(ForwardNodes):
 
             def by_step(pairs: np.ndarray) -> np.ndarray:
                 return pairs[order]
-        value_rows = by_step(nodes // table.n_queries * table.n_keys + keys)  # (pairs,) G·S
+        value_rows = by_step(keys if table.n_groups == 1 else             # (pairs,) in G·S
+                             nodes // table.n_queries * table.n_keys + keys)
         # A grid's steps hold the same nodes, ascending: a tiled copy, not a transposed one.
         nodes = np.tile(nodes[starts], len(bounds) - 1) if grid else by_step(nodes)
         scores = by_step(scores)
