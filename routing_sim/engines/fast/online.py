@@ -282,8 +282,8 @@ class OnlineNodes(ForwardNodes):
         firsts = bounds[:-1]
         rescaling = np.flatnonzero(factors != 1)                       # (moves,) pair indices
         rescaling_bounds = np.searchsorted(rescaling, bounds)          # (steps + 1,)
-        one_key = np.logical_and.reduceat(value_rows == np.repeat(value_rows[firsts], sizes),
-                                          firsts) if len(firsts) else firsts
+        one_key = (np.minimum.reduceat(value_rows, firsts) == np.maximum.reduceat(
+            value_rows, firsts)) if len(firsts) else firsts.astype(bool)
         consecutive = nodes[bounds[1:] - 1] - nodes[firsts] == sizes - 1
         # The layout follows the steps (a copy keeps every bit): where each step's nodes
         # read one key, its shares p·v_j are an outer product, made a column at a time (a
