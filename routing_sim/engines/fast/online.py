@@ -288,9 +288,12 @@ class OnlineNodes(ForwardNodes):
         # The layout follows the steps (a copy keeps every bit): where each step's nodes
         # read one key, its shares p·v_j are an outer product, made a column at a time (a
         # run of nodes long) in column-major order; where they read their own keys, the
-        # shares are gathered rows, row-major.
-        order: Literal["C", "F"] = "F" if len(one_key) and one_key.all() else "C"
-        self.accumulator = np.asarray(self.accumulator, order=order)    # (G·L, Ev)
+        # shares are gathered rows, row-major. A small update keeps the layout it finds
+        # (the copy would cost more than it saves).
+        if len(value_rows) >= len(self.accumulator):
+            wanted: Literal["C", "F"] = "F" if len(one_key) and one_key.all() else "C"
+            self.accumulator = np.asarray(self.accumulator, order=wanted)   # (G·L, Ev)
+        order: Literal["C", "F"] = "C" if self.accumulator.flags.c_contiguous else "F"
         # One scratch buffer for every step's shares: a fresh (n, Ev) array each step would
         # fault in new pages every time.
         scratch = np.empty((int(sizes.max(initial=0)), values.shape[1]), dtype=values.dtype,
