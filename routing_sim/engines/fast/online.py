@@ -10,12 +10,14 @@ with no value.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 
 from ...network.deliveries import arrival_order
 from ...network.messages import Kind
 from ...network.transport import Transport
-from ...network.wave_times import shifted
+from ...network.wave_times import constant, shifted
 from ...numerics.kernels import value_shift
 from ..setup import Setup
 from .backward_tiles import key_major_order
@@ -33,6 +35,27 @@ def _node_major(nodes: np.ndarray, times: np.ndarray, routes: np.ndarray) -> boo
     later, same_time = times[1:] > times[:-1], times[1:] == times[:-1]
     return bool((node_after | (same_node & (later | (same_time & (routes[1:] > routes[:-1])
                                                      )))).all())
+
+
+def rescale_rows(kept: np.ndarray, factor: np.ndarray, moved: np.ndarray) -> None:
+    """``kept *= factor[:, None]`` in place, touching only the rows ``moved`` whose factor
+    is not 1 (x · 1 is x, bit for bit: -0.0, inf and NaN included).
+
+    A node's running max moves about ln(n) times in n random scores, so most steps rescale
+    a few rows or none; a step where many move multiplies every row (cheaper than a gather).
+
+    Examples
+    --------
+    >>> kept = np.array([[1.0, 2.0], [3.0, 4.0], [-0.0, 5.0]])
+    >>> factor = np.array([1.0, 0.5, 1.0])
+    >>> rescale_rows(kept, factor, np.flatnonzero(factor != 1))
+    >>> kept.tolist()
+    [[1.0, 2.0], [1.5, 2.0], [-0.0, 5.0]]
+    """
+    if 4 * len(moved) > len(kept):                # many rows: one pass over them all
+        kept *= factor[:, None]
+    elif len(moved):
+        kept[moved] *= factor[moved, None]
 
 
 class OnlineNodes(ForwardNodes):
@@ -57,7 +80,7 @@ class OnlineNodes(ForwardNodes):
         self.accumulator = np.zeros_like(self.state.output)            # (G·L, Ev) o · 2^-shift
         self.shift = np.zeros(n_nodes, dtype=np.int64)                 # (G·L,) exponent of o
         self.value_shift = value_shift(self.problem.value)              # (G, S) per value row
-        self.rescale = np.full(len(routes), np.nan)                    # (R,) factor applied
+        self.rescale = np.full(len(routes), np.nan) if keep_stream else None  # (R,) factor
         self.stream: list[tuple[float, int, np.ndarray]] | None = [] if keep_stream else None
         self._finished_at = np.full(n_nodes, np.nan)
         self._updates: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
@@ -92,7 +115,7 @@ class OnlineNodes(ForwardNodes):
                 self._shared |= fresh
         settle(self.routes, routes, times, self._scores_settled, state.needed,
                state.barrier_time)
-        self._touched[self.routes.query_node[routes]] = True
+        self._touch(routes)
         if not self._retrying and state.raw is None and state.kept is None:
             self.request(Kind.PULL, routes, shifted(times, self.processing), 0)  # every one
             return
@@ -115,7 +138,7 @@ class OnlineNodes(ForwardNodes):
         self._updates.append((live, at, np.ones(len(live), bool)))
         settle(self.routes, routes, times, self._values_settled, self.state.needed,
                self.state.done_time)
-        self._touched[self.routes.query_node[routes]] = True
+        self._touch(routes)
 
     def apply_updates(self) -> None:
         """Apply the pair updates no later arrival can precede, node by node in arrival
@@ -131,8 +154,8 @@ class OnlineNodes(ForwardNodes):
             routes, times, has_value = routes[due], times[due], has_value[due]
         elif len(self._held[0]):
             self._held = [part[:0] for part in self._held]
+        self._touch(routes)
         touched = self._touched
-        touched[self.routes.query_node[routes]] = True
         touched[self.routes.query_node[self._held[0]]] = False        # still waiting
         nodes = np.flatnonzero(touched)
         touched[:] = False
@@ -140,18 +163,35 @@ class OnlineNodes(ForwardNodes):
             self._apply_in_order(routes, times, has_value)
         self._finish(nodes)
 
+    def _touch(self, routes: np.ndarray) -> None:
+        """Note the query nodes of ``routes`` as having news (a whole wave: every node that
+        has a route, without an (R,) gather)."""
+        if routes is self.routes.every_route():
+            self._touched |= self.routes.routes_per_node() > 0
+        else:
+            self._touched[self.routes.query_node[routes]] = True
+
     def _apply_in_order(self, routes: np.ndarray, times: np.ndarray, has_value: np.ndarray
                         ) -> None:
         """Each node's pairs in arrival order (ties by route): step k updates every node's
         k-th pair, one vectorised update per step, nodes ascending in it."""
-        nodes = self.routes.query_node[routes]
-        if not _node_major(nodes, times, routes):    # node by node, arrival, route:
-            by_arrival = arrival_order(times, routes)  # np.lexsort((routes, times, nodes))
-            order = by_arrival[key_major_order(nodes[by_arrival], self.routes.n_nodes)]
-            routes, times, has_value, nodes = routes[order], times[order], has_value[order], \
-                nodes[order]
-        starts = np.r_[0, np.flatnonzero(np.diff(nodes)) + 1]
-        counts = np.diff(np.r_[starts, len(nodes)])                    # (nodes,) pairs each
+        table = self.routes
+        if routes is table.every_route() and constant(times) is not None:
+            # A whole wave at one instant is node by node in route order already: no
+            # gathers, the runs of nodes straight from the table.
+            nodes, scores, keys = table.query_node, self.state.scores, table.key_index
+            per_node = table.routes_per_node()                         # (G·L,)
+            starts, counts = table.indptr[:-1][per_node > 0], per_node[per_node > 0]
+        else:
+            nodes = table.query_node[routes]
+            if not _node_major(nodes, times, routes):    # node by node, arrival, route:
+                by_arrival = arrival_order(times, routes)  # np.lexsort((routes, times, nodes))
+                order = by_arrival[key_major_order(nodes[by_arrival], table.n_nodes)]
+                routes, times, has_value, nodes = routes[order], times[order], \
+                    has_value[order], nodes[order]
+            scores, keys = self.state.scores[routes], table.key_index[routes]   # (pairs,)
+            starts = np.r_[0, np.flatnonzero(np.diff(nodes)) + 1]
+            counts = np.diff(np.r_[starts, len(nodes)])                # (nodes,) pairs each
         grid = counts.min() == counts.max()     # as many pairs each: a (steps, nodes) grid
         if grid:
             width = len(starts)
@@ -166,17 +206,21 @@ class OnlineNodes(ForwardNodes):
 
             def by_step(pairs: np.ndarray) -> np.ndarray:
                 return pairs[order]
-        routes, nodes = by_step(routes), by_step(nodes)
-        scores = self.state.scores[routes]
+        value_rows = by_step(keys if table.n_groups == 1 else             # (pairs,) in G·S
+                             nodes // table.n_queries * table.n_keys + keys)
+        # A grid's steps hold the same nodes, ascending: a tiled copy, not a transposed one.
+        nodes = np.tile(nodes[starts], len(bounds) - 1) if grid else by_step(nodes)
+        scores = by_step(scores)
         if grid:
             factors, weights, normalisers = self._grid_scalars(nodes[:bounds[1]],
                                                                scores.reshape(-1, bounds[1]))
         else:
             factors, weights, normalisers = self._scalar_updates(nodes, scores, bounds)
-        self.rescale[routes] = factors
+        if self.rescale is not None:
+            self.rescale[by_step(routes)] = factors
         if not has_value.all():                         # a dropped route pulls nothing
             weights *= by_step(has_value)
-        self._pull_values(routes, nodes, bounds, factors, weights,
+        self._pull_values(value_rows, nodes, bounds, factors, weights,
                           None if self.stream is None else (by_step(times), normalisers))
 
     def _grid_scalars(self, nodes: np.ndarray, scores: np.ndarray
@@ -223,46 +267,58 @@ class OnlineNodes(ForwardNodes):
             factors[at], weights[at] = factor, weight
         return factors, weights, normalisers
 
-    def _pull_values(self, routes: np.ndarray, nodes: np.ndarray, bounds: np.ndarray,
+    def _pull_values(self, value_rows: np.ndarray, nodes: np.ndarray, bounds: np.ndarray,
                      factors: np.ndarray, pulled: np.ndarray,
                      arrivals: tuple[np.ndarray, np.ndarray] | None) -> None:
-        """o <- c·o + p·v_j, step by step (each node's pairs in arrival order); with a
-        stream kept, each node's o / l after the step, at its pair's arrival
-        (``arrivals``: per pair, its time and the node's l after it)."""
-        n_keys = self.problem.value.shape[1]
-        value_rows = nodes // self.routes.n_queries * n_keys + self.routes.key_index[routes]
+        """o <- c·o + p·v_j, step by step (each node's pairs in arrival order, ``value_rows``
+        their v_j as rows of the (G·S, Ev) values); with a stream kept, each node's o / l
+        after the step, at its pair's arrival (``arrivals``: per pair, its time and the
+        node's l after it)."""
         values = self.problem.value.reshape(-1, self.problem.value.shape[2])   # (G·S, Ev)
         shifted = bool(self.value_shift.any())      # values near the largest float
+        sizes = np.diff(bounds)                                        # (steps,) nodes each
+        # Per step, decided for all steps at once: which pairs rescale (a factor other
+        # than 1), do all nodes read one key, are the nodes consecutive?
+        firsts = bounds[:-1]
+        rescaling = np.flatnonzero(factors != 1)                       # (moves,) pair indices
+        rescaling_bounds = np.searchsorted(rescaling, bounds)          # (steps + 1,)
+        one_key = (np.minimum.reduceat(value_rows, firsts) == np.maximum.reduceat(
+            value_rows, firsts)) if len(firsts) else firsts.astype(bool)
+        consecutive = nodes[bounds[1:] - 1] - nodes[firsts] == sizes - 1
+        # The layout follows the steps (a copy keeps every bit): where each step's nodes
+        # read one key, its shares p·v_j are an outer product, made a column at a time (a
+        # run of nodes long) in column-major order; where they read their own keys, the
+        # shares are gathered rows, row-major. A small update keeps the layout it finds
+        # (the copy would cost more than it saves).
+        if len(value_rows) >= len(self.accumulator):
+            wanted: Literal["C", "F"] = "F" if len(one_key) and one_key.all() else "C"
+            self.accumulator = np.asarray(self.accumulator, order=wanted)   # (G·L, Ev)
+        order: Literal["C", "F"] = "C" if self.accumulator.flags.c_contiguous else "F"
         # One scratch buffer for every step's shares: a fresh (n, Ev) array each step would
         # fault in new pages every time.
-        sizes = np.diff(bounds)                                        # (steps,) nodes each
-        scratch = np.empty((int(sizes.max(initial=0)), values.shape[1]), dtype=values.dtype)
-        # Per step, decided for all steps at once: does any factor differ from 1, do all
-        # nodes read one key, are the nodes consecutive?
-        firsts = bounds[:-1]
-        rescaled = np.logical_or.reduceat(factors != 1, firsts) if len(firsts) else firsts
-        one_key = np.logical_and.reduceat(value_rows == np.repeat(value_rows[firsts], sizes),
-                                          firsts) if len(firsts) else firsts
-        consecutive = nodes[bounds[1:] - 1] - nodes[firsts] == sizes - 1
-        for step, (first, last) in enumerate(zip(firsts.tolist(), bounds[1:].tolist())):
+        scratch = np.empty((int(sizes.max(initial=0)), values.shape[1]), dtype=values.dtype,
+                           order=order)                                # (n, Ev)
+        for first, last, one, in_place, moves, moves_end in zip(
+                firsts.tolist(), bounds[1:].tolist(), one_key.tolist(), consecutive.tolist(),
+                rescaling_bounds[:-1].tolist(), rescaling_bounds[1:].tolist()):
             at = slice(first, last)
             node, factor, rows = nodes[at], factors[at], value_rows[at]
             if shifted:
                 self._scaled_update(node, rows, factor, pulled[at])
             else:
                 share = scratch[:last - first]                         # (n, Ev)
-                if one_key[step]:
+                if one:
                     np.multiply.outer(pulled[at], values[rows[0]], out=share)  # p · v_j
                 else:
                     np.take(values, rows, axis=0, out=share)           # v_j
                     share *= pulled[at, None]                           # p · v_j
-                if consecutive[step]:           # the nodes' rows in place, no gather
-                    kept = self.accumulator[node[0]:node[-1] + 1]       # (n, Ev) a view
-                    if rescaled[step]:          # x · 1 is x: skip the steps with no rescale
-                        kept *= factor[:, None]
-                    kept += share
-                else:
-                    self.accumulator[node] = self.accumulator[node] * factor[:, None] + share
+                kept = (self.accumulator[node[0]:node[-1] + 1] if in_place
+                        else self.accumulator[node])         # (n, Ev) a view, or a gather
+                if moves_end > moves:
+                    rescale_rows(kept, factor, rescaling[moves:moves_end] - first)
+                kept += share
+                if not in_place:
+                    self.accumulator[node] = kept
             if self.stream is not None and arrivals is not None:
                 for u, t, norm in zip(node.tolist(), arrivals[0][at].tolist(),
                                       arrivals[1][at]):
