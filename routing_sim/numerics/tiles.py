@@ -19,11 +19,13 @@ from __future__ import annotations
 import numpy as np
 
 from ..routes.route_set import concat_ranges
+from .regular_panels import RegularPanel
 
 __all__ = ["BLOCK_ENTRIES", "PANEL_ENTRIES", "RaggedRows", "RowBlocks", "SpanBlocks", "Tiles",
            "tile_size"]
 
 PANEL_ENTRIES = 2**21    # entries of a batch's blocks or gathered keys (16 MB of float64)
+REGULAR_ENTRIES = 2**18  # the same for a regular panel (2 MB: its copies stay in cache)
 BLOCK_ENTRIES = 2**22    # entries of a full table's row block (32 MB of float64)
 ROW_BLOCK_ROWS = 2       # one query row a group (a decoding step): the per-node path, whose
 #                          stacked softmax covers every group in one call, costs less
@@ -114,6 +116,8 @@ class Tiles:
         self.run_first, self.run_length, self.run_shift = runs[0], runs[1], shift  # (runs,)
         self.tile_runs = np.searchsorted(runs[0], np.stack([self.route_start,
                                                             self.route_stop]))  # (2, tiles)
+        self.regular = self._cut_regular()
+        self._buffers: dict[str, np.ndarray] = {}
 
     def _slots(self, tiles: np.ndarray, routes: np.ndarray | slice) -> np.ndarray:
         """Each route's slot in its panel's blocks: ``rank·T·|U| + row·|U| + column``,
@@ -150,6 +154,71 @@ class Tiles:
                 rank[same[at:at + step]] = np.arange(len(same[at:at + step]))
         return panels, rank
 
+    def _cut_regular(self) -> list[RegularPanel | None]:
+        """Each panel's :class:`RegularPanel` (None: the general path), regular panels cut
+        into batches of at most :data:`REGULAR_ENTRIES` (its buffers stay in cache; a
+        batch's products are the same gemm calls, so the same bits)."""
+        panels, regular = [], []
+        for tiles, rows, width in self.panels:
+            whole = self._regular(tiles, rows, width)
+            step = len(tiles) if whole is None else \
+                max(1, REGULAR_ENTRIES // (width * max(rows, self.dim)))
+            for at in range(0, len(tiles), step):
+                panels.append((tiles[at:at + step], rows, width))
+                regular.append(None if whole is None else
+                               whole.part(at, min(at + step, len(tiles))))
+        self.panels = panels
+        return regular
+
+    def _regular(self, tiles: np.ndarray, rows: int, width: int) -> RegularPanel | None:
+        """The panel as a :class:`RegularPanel` when its tiles are consecutive tiles of one
+        group that repeat the first one, shifted (a window, a band), else None."""
+        n = len(tiles)
+        if n < 2 or (np.diff(tiles) != 1).any() or \
+                self.first[tiles[0]] // max(self.n_queries, 1) != \
+                (self.first[tiles[-1]] + rows - 1) // max(self.n_queries, 1):
+            return None
+        if (self.route_stop[tiles] - self.route_start[tiles]
+                != self.route_stop[tiles[0]] - self.route_start[tiles[0]]).any():
+            return None
+        rank = np.arange(n)[:, None]                                   # (n, 1)
+        # The key unions: the same intervals in every tile, each moved a fixed step.
+        lo, hi = np.searchsorted(self.union_tile, [tiles[0], tiles[-1] + 1])
+        if (hi - lo) % n:
+            return None
+        start = self.union_start[lo:hi].reshape(n, -1)                 # (n, intervals)
+        length = self.union_stop[lo:hi].reshape(n, -1) - start
+        step = start[1] - start[0]
+        if (self.union_tile[lo:hi].reshape(n, -1) != tiles[:, None]).any() or \
+                (length != length[0]).any() or (step < 0).any() or \
+                (start != start[0] + rank * step).any():
+            return None
+        # The routes: the same block entries in every tile, moved rank·T·|U|.
+        first_run, stop_run = self.tile_runs[0, tiles], self.tile_runs[1, tiles]
+        if (stop_run - first_run != stop_run[0] - first_run[0]).any():
+            return None
+        runs = slice(int(first_run[0]), int(stop_run[-1]))
+        run_length = self.run_length[runs].reshape(n, -1)              # (n, runs a tile)
+        entry = (self.keys[self.run_first[runs]] + self.run_shift[runs]).reshape(n, -1) \
+            - rank * rows * width
+        if (run_length != run_length[0]).any() or (entry != entry[0]).any():
+            return None
+        routes = slice(int(self.route_start[tiles[0]]), int(self.route_stop[tiles[0]]))
+        base = self.first[tiles[0]] // max(self.n_queries, 1) * self.n_keys   # g · S
+        column = np.cumsum(length[0]) - length[0]
+        intervals = [(int(c), int(size), int(base + s), int(d))
+                     for c, size, s, d in zip(column, length[0], start[0], step)]
+        return RegularPanel(self._slots(tiles[:1], routes), intervals, n)
+
+    def _buffer(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """A scratch array reused from panel to panel (and run to run of these tiles): a
+        panel does not fault in fresh pages."""
+        size = int(np.prod(shape))
+        held = self._buffers.get(name)
+        if held is None or held.dtype != dtype or held.size < size:
+            held = self._buffers[name] = np.empty(max(size, PANEL_ENTRIES), dtype=dtype)
+        return held[:size].reshape(shape)
+
     def _panel(self, tiles: np.ndarray, rows: int, width: int
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray | slice]:
         """``(nodes (n, T), key rows (n, |U|), routes)`` of one panel."""
@@ -170,7 +239,10 @@ class Tiles:
              ) -> np.ndarray:
         """``q_u · k_j`` of every route (unscaled), for ``query (G·L, E)``, ``key (G·S, E)``."""
         out = np.zeros(self.n_routes, dtype=query.dtype) if out is None else out  # (R,)
-        for tiles, rows, width in self.panels:
+        for (tiles, rows, width), regular in zip(self.panels, self.regular):
+            if regular is not None:
+                self._regular_dots(query, key, tiles, rows, width, regular, out)
+                continue
             nodes, key_rows, routes = self._panel(tiles, rows, width)
             keys_t = key[key_rows].transpose(0, 2, 1)                  # (n, E, |U|)
             if width > 64:                             # measured: the copy pays off here
@@ -185,7 +257,10 @@ class Tiles:
         rows of nodes without routes keep what ``out`` holds."""
         if out is None:
             out = np.zeros((self.n_nodes, value.shape[1]), dtype=value.dtype)  # (G·L, Ev)
-        for tiles, rows, width in self.panels:
+        for (tiles, rows, width), regular in zip(self.panels, self.regular):
+            if regular is not None:
+                self._regular_pull(shares, value, tiles, rows, width, regular, out)
+                continue
             nodes, key_rows, routes = self._panel(tiles, rows, width)
             weights = np.zeros(len(tiles) * rows * width, dtype=value.dtype)
             weights[self._slots(tiles, routes)] = shares[routes]
@@ -197,6 +272,38 @@ class Tiles:
             else:
                 out[rows_out] = np.matmul(weights_t, value[key_rows]).reshape(-1, value.shape[1])
         return out
+
+    def _regular_dots(self, query: np.ndarray, key: np.ndarray, tiles: np.ndarray, rows: int,
+                      width: int, regular: RegularPanel, out: np.ndarray) -> None:
+        """:meth:`dots` of a regular panel: the same operands in the same layout, built by
+        strided copies (so the same bits), and the routes taken by one pattern."""
+        n, dim = len(tiles), key.shape[1]
+        first = int(self.first[tiles[0]])
+        queries = query[first:first + n * rows].reshape(n, rows, dim)  # (n, T, E)
+        if width > 64:                                 # the layout dots() copies into
+            keys_t = regular.gather_transposed(key, self._buffer("keys", (n, dim, width),
+                                                                 key.dtype))  # (n, E, |U|)
+        else:
+            keys_t = regular.gather(key, self._buffer("keys", (n, width, dim), key.dtype)
+                                    ).transpose(0, 2, 1)               # (n, E, |U|)
+        dtype = np.result_type(query, key)
+        block = np.matmul(queries, keys_t, out=self._buffer("block", (n, rows, width), dtype))
+        routes = slice(int(self.route_start[tiles[0]]), int(self.route_stop[tiles[-1]]))
+        regular.take(block, out[routes])
+
+    def _regular_pull(self, shares: np.ndarray, value: np.ndarray, tiles: np.ndarray,
+                      rows: int, width: int, regular: RegularPanel, out: np.ndarray) -> None:
+        """:meth:`pull` of a regular panel: the same weights and values as the general
+        path, built by one pattern and strided copies (so the same bits)."""
+        n = len(tiles)
+        first = int(self.first[tiles[0]])
+        routes = slice(int(self.route_start[tiles[0]]), int(self.route_stop[tiles[-1]]))
+        weights = regular.scatter(shares[routes], self._buffer(
+            "block", (n, rows * width), value.dtype)).reshape(n, rows, width)  # (n, T, |U|)
+        values = regular.gather(value, self._buffer("keys", (n, width, value.shape[1]),
+                                                    value.dtype))      # (n, |U|, Ev)
+        np.matmul(weights, values,
+                  out=out[first:first + n * rows].reshape(n, rows, value.shape[1]))
 
 
 class RowBlocks:
