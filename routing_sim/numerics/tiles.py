@@ -98,7 +98,7 @@ class Tiles:
         self.route_start = indptr[self.first]                          # (tiles,)
         self.route_stop = indptr[self.first + self.rows]
         runs = _runs(indptr, keys)
-        run_node = np.searchsorted(indptr, runs[0], side="right") - 1  # (runs,)
+        run_node = runs[2]                                             # (runs,)
         run_tile = (run_node // max(n_queries, 1)) * per_group + \
             (run_node % max(n_queries, 1)) // self.size
         self.union_start, self.union_stop, self.union_tile, run_interval, column0 = _unions(
@@ -541,15 +541,21 @@ class RaggedRows:
         return np.arange(width) < counts[:, None]
 
 
-def _runs(indptr: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(first route, length)`` of every run: consecutive keys within one row."""
-    firsts, chunk = [np.zeros(min(len(keys), 1), np.int64)], 2**20
+def _runs(indptr: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(first route, length, query node)`` of every run: consecutive keys within one
+    row."""
+    opens = np.zeros(len(keys), dtype=bool)                            # (R,) a run starts here
+    opens[:1] = True
+    chunk = 2**20
     for at in range(1, len(keys), chunk):                              # in pieces: small temps
-        firsts.append(np.flatnonzero(np.diff(keys[at - 1:at + chunk]) != 1) + at)
-    starts = indptr[:-1][np.diff(indptr) > 0]                          # rows start runs
-    first = np.sort(np.concatenate([*firsts, starts]))
-    first = first[np.diff(first, prepend=-1) != 0]                     # (runs,) sorted, unique
-    return first, np.diff(np.append(first, len(keys)))
+        np.not_equal(np.diff(keys[at - 1:at + chunk]), 1, out=opens[at:at + chunk])
+    busy = np.flatnonzero(np.diff(indptr) > 0)                         # rows with routes
+    opens[indptr[busy]] = True                                         # rows start runs
+    first = np.flatnonzero(opens)                                      # (runs,) sorted
+    row_first = np.searchsorted(first, indptr[busy])                   # each row's first run
+    run_row = np.zeros(len(first), dtype=np.int64)
+    run_row[row_first[1:]] = 1
+    return first, np.diff(np.append(first, len(keys))), busy[np.cumsum(run_row)]
 
 
 def _unions(run_start: np.ndarray, run_length: np.ndarray, run_tile: np.ndarray,
@@ -562,9 +568,10 @@ def _unions(run_start: np.ndarray, run_length: np.ndarray, run_tile: np.ndarray,
     if not len(run_start):                                             # no route at all
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, empty, empty, empty
-    order = np.lexsort((run_start, run_tile))
     span = n_keys + 1                                                  # keeps tiles apart
-    lo = run_tile[order].astype(np.int64) * span + run_start[order]
+    lo = run_tile.astype(np.int64) * span + run_start                  # (runs,) by tile, key
+    order = np.argsort(lo, kind="stable")
+    lo = lo[order]
     hi = lo + run_length[order]
     reach = np.maximum.accumulate(hi) if len(hi) else hi
     opens = np.ones(len(lo), dtype=bool)
