@@ -84,8 +84,8 @@ class RegularPanel:
 
     def take(self, block: np.ndarray, out: np.ndarray) -> np.ndarray:
         """The routes' entries of ``block (n, T, |U|)`` into ``out (n · P,)``, route order."""
-        return np.take(block.reshape(self.tiles, -1), self.pattern, axis=1,
-                       out=out.reshape(self.tiles, len(self.pattern)))
+        return np.take(block.reshape(self.tiles, -1), self.pattern, axis=1,   # in bounds:
+                       out=out.reshape(self.tiles, len(self.pattern)), mode="clip")  # unbuffered
 
     def scatter(self, shares: np.ndarray, out: np.ndarray) -> np.ndarray:
         """``shares (n · P,)`` at their routes' entries of ``out (n, T·|U|)``, zero
