@@ -155,18 +155,26 @@ class Tiles:
         return panels, rank
 
     def _cut_regular(self) -> list[RegularPanel | None]:
-        """Each panel's :class:`RegularPanel` (None: the general path), regular panels cut
-        into batches of at most :data:`REGULAR_ENTRIES` (its buffers stay in cache; a
-        batch's products are the same gemm calls, so the same bits)."""
-        panels, regular = [], []
+        """Each panel's :class:`RegularPanel` (None: the general path). A panel whose every
+        group's tiles are regular is cut into those groups and into batches of at most
+        :data:`REGULAR_ENTRIES` (the buffers stay in cache; each tile's product is the same
+        gemm call whatever batch it is in, so the same bits)."""
+        panels: list[tuple[np.ndarray, int, int]] = []
+        regular: list[RegularPanel | None] = []
         for tiles, rows, width in self.panels:
-            whole = self._regular(tiles, rows, width)
-            step = len(tiles) if whole is None else \
-                max(1, REGULAR_ENTRIES // (width * max(rows, self.dim)))
-            for at in range(0, len(tiles), step):
-                panels.append((tiles[at:at + step], rows, width))
-                regular.append(None if whole is None else
-                               whole.part(at, min(at + step, len(tiles))))
+            group = self.first[tiles] // max(self.n_queries, 1)
+            parts = np.split(tiles, np.flatnonzero(np.diff(group)) + 1)   # one group each
+            found = [self._regular(part, rows, width) for part in parts]
+            if any(whole is None for whole in found):   # the general path, the whole panel
+                panels.append((tiles, rows, width))
+                regular.append(None)
+                continue
+            step = max(1, REGULAR_ENTRIES // (width * max(rows, self.dim)))
+            for part, whole in zip(parts, found):
+                assert whole is not None
+                for at in range(0, len(part), step):
+                    panels.append((part[at:at + step], rows, width))
+                    regular.append(whole.part(at, min(at + step, len(part))))
         self.panels = panels
         return regular
 
@@ -208,7 +216,8 @@ class Tiles:
         column = np.cumsum(length[0]) - length[0]
         intervals = [(int(c), int(size), int(base + s), int(d))
                      for c, size, s, d in zip(column, length[0], start[0], step)]
-        return RegularPanel(self._slots(tiles[:1], routes), intervals, n)
+        entries = self._slots(tiles[:1], routes) % (rows * width)      # row·|U| + column
+        return RegularPanel(entries, intervals, n)
 
     def _buffer(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         """A scratch array reused from panel to panel (and run to run of these tiles): a
