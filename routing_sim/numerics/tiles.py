@@ -225,7 +225,7 @@ class Tiles:
         size = int(np.prod(shape))
         held = self._buffers.get(name)
         if held is None or held.dtype != dtype or held.size < size:
-            held = self._buffers[name] = np.empty(max(size, PANEL_ENTRIES), dtype=dtype)
+            held = self._buffers[name] = np.empty(max(size, REGULAR_ENTRIES), dtype=dtype)
         return held[:size].reshape(shape)
 
     def _panel(self, tiles: np.ndarray, rows: int, width: int
