@@ -117,7 +117,6 @@ class Tiles:
         self.tile_runs = np.searchsorted(runs[0], np.stack([self.route_start,
                                                             self.route_stop]))  # (2, tiles)
         self.regular = self._cut_regular()
-        self._buffers: dict[str, np.ndarray] = {}
 
     def _slots(self, tiles: np.ndarray, routes: np.ndarray | slice) -> np.ndarray:
         """Each route's slot in its panel's blocks: ``rank·T·|U| + row·|U| + column``,
@@ -219,15 +218,6 @@ class Tiles:
         entries = self._slots(tiles[:1], routes) % (rows * width)      # row·|U| + column
         return RegularPanel(entries, intervals, n)
 
-    def _buffer(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        """A scratch array reused from panel to panel (and run to run of these tiles): a
-        panel does not fault in fresh pages."""
-        size = int(np.prod(shape))
-        held = self._buffers.get(name)
-        if held is None or held.dtype != dtype or held.size < size:
-            held = self._buffers[name] = np.empty(max(size, REGULAR_ENTRIES), dtype=dtype)
-        return held[:size].reshape(shape)
-
     def _panel(self, tiles: np.ndarray, rows: int, width: int
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray | slice]:
         """``(nodes (n, T), key rows (n, |U|), routes)`` of one panel."""
@@ -248,9 +238,10 @@ class Tiles:
              ) -> np.ndarray:
         """``q_u · k_j`` of every route (unscaled), for ``query (G·L, E)``, ``key (G·S, E)``."""
         out = np.zeros(self.n_routes, dtype=query.dtype) if out is None else out  # (R,)
+        scratch = Scratch()                            # one call's: calls may run at once
         for (tiles, rows, width), regular in zip(self.panels, self.regular):
             if regular is not None:
-                self._regular_dots(query, key, tiles, rows, width, regular, out)
+                self._regular_dots(query, key, tiles, rows, width, regular, out, scratch)
                 continue
             nodes, key_rows, routes = self._panel(tiles, rows, width)
             keys_t = key[key_rows].transpose(0, 2, 1)                  # (n, E, |U|)
@@ -266,9 +257,10 @@ class Tiles:
         rows of nodes without routes keep what ``out`` holds."""
         if out is None:
             out = np.zeros((self.n_nodes, value.shape[1]), dtype=value.dtype)  # (G·L, Ev)
+        scratch = Scratch()
         for (tiles, rows, width), regular in zip(self.panels, self.regular):
             if regular is not None:
-                self._regular_pull(shares, value, tiles, rows, width, regular, out)
+                self._regular_pull(shares, value, tiles, rows, width, regular, out, scratch)
                 continue
             nodes, key_rows, routes = self._panel(tiles, rows, width)
             weights = np.zeros(len(tiles) * rows * width, dtype=value.dtype)
@@ -283,33 +275,36 @@ class Tiles:
         return out
 
     def _regular_dots(self, query: np.ndarray, key: np.ndarray, tiles: np.ndarray, rows: int,
-                      width: int, regular: RegularPanel, out: np.ndarray) -> None:
+                      width: int, regular: RegularPanel, out: np.ndarray, scratch: Scratch
+                      ) -> None:
         """:meth:`dots` of a regular panel: the same operands in the same layout, built by
         strided copies (so the same bits), and the routes taken by one pattern."""
         n, dim = len(tiles), key.shape[1]
         first = int(self.first[tiles[0]])
-        queries = query[first:first + n * rows].reshape(n, rows, dim)  # (n, T, E)
+        queries = np.ascontiguousarray(query[first:first + n * rows]
+                                       ).reshape(n, rows, dim)        # (n, T, E) as query[nodes]
         if width > 64:                                 # the layout dots() copies into
-            keys_t = regular.gather_transposed(key, self._buffer("keys", (n, dim, width),
+            keys_t = regular.gather_transposed(key, scratch.take("keys", (n, dim, width),
                                                                  key.dtype))  # (n, E, |U|)
         else:
-            keys_t = regular.gather(key, self._buffer("keys", (n, width, dim), key.dtype)
+            keys_t = regular.gather(key, scratch.take("keys", (n, width, dim), key.dtype)
                                     ).transpose(0, 2, 1)               # (n, E, |U|)
         dtype = np.result_type(query, key)
-        block = np.matmul(queries, keys_t, out=self._buffer("block", (n, rows, width), dtype))
+        block = np.matmul(queries, keys_t, out=scratch.take("block", (n, rows, width), dtype))
         routes = slice(int(self.route_start[tiles[0]]), int(self.route_stop[tiles[-1]]))
         regular.take(block, out[routes])
 
     def _regular_pull(self, shares: np.ndarray, value: np.ndarray, tiles: np.ndarray,
-                      rows: int, width: int, regular: RegularPanel, out: np.ndarray) -> None:
+                      rows: int, width: int, regular: RegularPanel, out: np.ndarray,
+                      scratch: Scratch) -> None:
         """:meth:`pull` of a regular panel: the same weights and values as the general
         path, built by one pattern and strided copies (so the same bits)."""
         n = len(tiles)
         first = int(self.first[tiles[0]])
         routes = slice(int(self.route_start[tiles[0]]), int(self.route_stop[tiles[-1]]))
-        weights = regular.scatter(shares[routes], self._buffer(
+        weights = regular.scatter(shares[routes], scratch.take(
             "block", (n, rows * width), value.dtype)).reshape(n, rows, width)  # (n, T, |U|)
-        values = regular.gather(value, self._buffer("keys", (n, width, value.shape[1]),
+        values = regular.gather(value, scratch.take("keys", (n, width, value.shape[1]),
                                                     value.dtype))      # (n, |U|, Ev)
         np.matmul(weights, values,
                   out=out[first:first + n * rows].reshape(n, rows, value.shape[1]))
@@ -548,6 +543,30 @@ class RaggedRows:
         """``(rows, width)`` bool: where a block's entries are routes (not padding)."""
         counts = np.diff(self.indptr[first:stop + 1])                  # (rows,)
         return np.arange(width) < counts[:, None]
+
+
+class Scratch:
+    """Work arrays reused from batch to batch of one call (no fresh pages a batch), grown
+    as needed, at least :data:`REGULAR_ENTRIES` entries each.
+
+    Examples
+    --------
+    >>> scratch = Scratch()
+    >>> first = scratch.take("block", (2, 3), np.dtype(np.float64))
+    >>> scratch.take("block", (3, 2), np.dtype(np.float64)).base is first.base
+    True
+    """
+
+    def __init__(self) -> None:
+        self.held: dict[str, np.ndarray] = {}
+
+    def take(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """A ``shape`` array of ``dtype`` (its contents undefined), reusing ``name``'s."""
+        size = int(np.prod(shape))
+        held = self.held.get(name)
+        if held is None or held.dtype != dtype or held.size < size:
+            held = self.held[name] = np.empty(max(size, REGULAR_ENTRIES), dtype=dtype)
+        return held[:size].reshape(shape)
 
 
 def _runs(indptr: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
