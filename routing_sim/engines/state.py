@@ -124,13 +124,16 @@ class ForwardState:
     def record_values(self, routes: np.ndarray, times: np.ndarray) -> None:
         """Record the first VALUE of each of ``routes``, arrived at ``times``. A whole wave
         at one instant keeps :attr:`value_time` a zero-stride view (no per-route array: a
-        long context's wave is tens of millions of routes); otherwise it becomes an array.
+        long context's wave is tens of millions of routes); a whole wave in canonical order is
+        one copy; otherwise it becomes an array.
 
         Examples
         --------
         >>> from routing_sim.network.wave_times import uniform
         >>> times = uniform(np.nan, 3)
+        >>> from routing_sim.routes.table import RouteTable
         >>> state = ForwardState.__new__(ForwardState)
+        >>> state.routes = RouteTable(np.array([[[True, True], [True, False]]]))
         >>> state.value_time = times
         >>> state.record_values(np.array([2, 0, 1]), uniform(4.0, 3))
         >>> state.value_time.tolist(), state.value_time.strides
@@ -139,15 +142,22 @@ class ForwardState:
         >>> state.record_values(np.array([1]), np.array([2.0]))
         >>> state.value_time.tolist()
         [nan, 2.0, nan]
+        >>> state.value_time = times
+        >>> state.record_values(state.routes.every_route(), np.array([1.0, 2.0, 3.0]))
+        >>> state.value_time.tolist(), state.value_time.flags.writeable
+        ([1.0, 2.0, 3.0], True)
         """
+        first = len(routes) == len(self.value_time) and \
+            constant(self.value_time) is not None and bool(np.isnan(self.value_time[0]))
         one = constant(times)
-        if one is not None and len(routes) == len(self.value_time) and \
-                constant(self.value_time) is not None and np.isnan(self.value_time[0]):
-            self.value_time = uniform(one, len(routes))                # every route, at once
-            return
-        if not self.value_time.flags.writeable:
-            self.value_time = np.array(self.value_time)                # (R,) its own now
-        self.value_time[routes] = times
+        if first and one is not None:                                  # every route, at once
+            self.value_time = uniform(one, len(routes))
+        elif first and routes is self.routes.every_route():            # in canonical order:
+            self.value_time = np.array(times, dtype=np.float64)        # a copy, not a scatter
+        else:
+            if not self.value_time.flags.writeable:
+                self.value_time = np.array(self.value_time)            # (R,) its own now
+            self.value_time[routes] = times
 
     def no_route_lse(self, nodes: np.ndarray | int) -> np.ndarray:
         """The log-sum-exp of nodes whose softmax has no live route: their sink's logit
