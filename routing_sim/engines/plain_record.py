@@ -119,8 +119,9 @@ def note_barrier(state: ForwardState, table: RouteTable, scores: list[Score],
 def note_output(state: ForwardState, table: RouteTable, group: int, i: int,
                 values: Iterable[Value], output: np.ndarray, done: float) -> None:
     """Record a query node's output and when its values came, for the Run."""
-    for value in values:
-        state.value_time[value.route] = value.arrive
+    values = list(values)
+    state.record_values(np.array([value.route for value in values], dtype=np.int64),
+                        np.array([value.arrive for value in values], dtype=np.float64))
     node = group * table.n_queries + i
     state.output[node], state.done_time[node] = output, done
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..network.wave_times import constant, uniform
 from ..numerics.kernels import Kernels
 from ..numerics.tiles import RowBlocks, SpanBlocks, Tiles
 from ..routes.problem import Problem
@@ -59,7 +60,8 @@ class ForwardState:
     shares: np.ndarray = field(init=False)          # (R,) w_ij after dropout
     probabilities: np.ndarray | None = field(init=False)  # (R,) dropout: w_ij before it
     score_time: np.ndarray | None = field(init=False)  # (R,) first SCORE in (idempotence)
-    value_time: np.ndarray = field(init=False)      # (R,) first VALUE in, NaN if none
+    value_time: np.ndarray = field(init=False)      # (R,) first VALUE in, NaN if none;
+    #                                                 zero-stride while one instant (or none)
     would_have: np.ndarray | None = field(init=False)  # (R,) a dead route's full share
     chosen: np.ndarray | None = field(init=False)   # (R,) hard routing: routes kept
     kept: np.ndarray | None = field(init=False)     # (R,) dropout: routes kept
@@ -90,7 +92,8 @@ class ForwardState:
         self.exact = ExactParts.zeros(n_routes, n_nodes) if exact else None
         self.shares = np.zeros(n_routes, dtype=dtype)
         self.score_time = np.full(n_routes, np.nan) if self.faulty or self.duplicates else None
-        self.value_time = np.full(n_routes, np.nan)
+        self.value_time = np.full(n_routes, np.nan) if self.faulty or self.duplicates else \
+            uniform(np.nan, n_routes)                                  # no VALUE yet
         self.would_have = np.full(n_routes, np.nan) if self.faulty else None
         self.chosen = np.ones(n_routes, dtype=bool) if self.top_k else None
         where = (lambda: routes.query_node, lambda: routes.key_index)
@@ -117,6 +120,44 @@ class ForwardState:
         table's row blocks or a dense mask's span blocks), all computed at the first
         barrier."""
         return self.tiles is not None or self.rows is not None or self.spans is not None
+
+    def record_values(self, routes: np.ndarray, times: np.ndarray) -> None:
+        """Record the first VALUE of each of ``routes``, arrived at ``times``. A whole wave
+        at one instant keeps :attr:`value_time` a zero-stride view (no per-route array: a
+        long context's wave is tens of millions of routes); a whole wave in canonical order is
+        one copy; otherwise it becomes an array.
+
+        Examples
+        --------
+        >>> from routing_sim.network.wave_times import uniform
+        >>> times = uniform(np.nan, 3)
+        >>> from routing_sim.routes.table import RouteTable
+        >>> state = ForwardState.__new__(ForwardState)
+        >>> state.routes = RouteTable(np.array([[[True, True], [True, False]]]))
+        >>> state.value_time = times
+        >>> state.record_values(np.array([2, 0, 1]), uniform(4.0, 3))
+        >>> state.value_time.tolist(), state.value_time.strides
+        ([4.0, 4.0, 4.0], (0,))
+        >>> state.value_time = times
+        >>> state.record_values(np.array([1]), np.array([2.0]))
+        >>> state.value_time.tolist()
+        [nan, 2.0, nan]
+        >>> state.value_time = times
+        >>> state.record_values(state.routes.every_route(), np.array([1.0, 2.0, 3.0]))
+        >>> state.value_time.tolist(), state.value_time.flags.writeable
+        ([1.0, 2.0, 3.0], True)
+        """
+        first = len(routes) == len(self.value_time) and \
+            constant(self.value_time) is not None and bool(np.isnan(self.value_time[0]))
+        one = constant(times)
+        if first and one is not None:                                  # every route, at once
+            self.value_time = uniform(one, len(routes))
+        elif first and routes is self.routes.every_route():            # in canonical order:
+            self.value_time = np.array(times, dtype=np.float64)        # a copy, not a scatter
+        else:
+            if not self.value_time.flags.writeable:
+                self.value_time = np.array(self.value_time)            # (R,) its own now
+            self.value_time[routes] = times
 
     def no_route_lse(self, nodes: np.ndarray | int) -> np.ndarray:
         """The log-sum-exp of nodes whose softmax has no live route: their sink's logit

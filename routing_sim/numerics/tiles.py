@@ -19,11 +19,13 @@ from __future__ import annotations
 import numpy as np
 
 from ..routes.route_set import concat_ranges
+from .regular_panels import RegularPanel
 
 __all__ = ["BLOCK_ENTRIES", "PANEL_ENTRIES", "RaggedRows", "RowBlocks", "SpanBlocks", "Tiles",
            "tile_size"]
 
 PANEL_ENTRIES = 2**21    # entries of a batch's blocks or gathered keys (16 MB of float64)
+REGULAR_ENTRIES = 2**18  # the same for a regular panel (2 MB: its copies stay in cache)
 BLOCK_ENTRIES = 2**22    # entries of a full table's row block (32 MB of float64)
 ROW_BLOCK_ROWS = 2       # one query row a group (a decoding step): the per-node path, whose
 #                          stacked softmax covers every group in one call, costs less
@@ -96,7 +98,7 @@ class Tiles:
         self.route_start = indptr[self.first]                          # (tiles,)
         self.route_stop = indptr[self.first + self.rows]
         runs = _runs(indptr, keys)
-        run_node = np.searchsorted(indptr, runs[0], side="right") - 1  # (runs,)
+        run_node = runs[2]                                             # (runs,)
         run_tile = (run_node // max(n_queries, 1)) * per_group + \
             (run_node % max(n_queries, 1)) // self.size
         self.union_start, self.union_stop, self.union_tile, run_interval, column0 = _unions(
@@ -114,6 +116,7 @@ class Tiles:
         self.run_first, self.run_length, self.run_shift = runs[0], runs[1], shift  # (runs,)
         self.tile_runs = np.searchsorted(runs[0], np.stack([self.route_start,
                                                             self.route_stop]))  # (2, tiles)
+        self.regular = self._cut_regular()
 
     def _slots(self, tiles: np.ndarray, routes: np.ndarray | slice) -> np.ndarray:
         """Each route's slot in its panel's blocks: ``rank·T·|U| + row·|U| + column``,
@@ -150,6 +153,71 @@ class Tiles:
                 rank[same[at:at + step]] = np.arange(len(same[at:at + step]))
         return panels, rank
 
+    def _cut_regular(self) -> list[RegularPanel | None]:
+        """Each panel's :class:`RegularPanel` (None: the general path). A panel whose every
+        group's tiles are regular is cut into those groups and into batches of at most
+        :data:`REGULAR_ENTRIES` (the buffers stay in cache; each tile's product is the same
+        gemm call whatever batch it is in, so the same bits)."""
+        panels: list[tuple[np.ndarray, int, int]] = []
+        regular: list[RegularPanel | None] = []
+        for tiles, rows, width in self.panels:
+            group = self.first[tiles] // max(self.n_queries, 1)
+            parts = np.split(tiles, np.flatnonzero(np.diff(group)) + 1)   # one group each
+            found = [self._regular(part, rows, width) for part in parts]
+            if any(whole is None for whole in found):   # the general path, the whole panel
+                panels.append((tiles, rows, width))
+                regular.append(None)
+                continue
+            step = max(1, REGULAR_ENTRIES // (width * max(rows, self.dim)))
+            for part, whole in zip(parts, found):
+                assert whole is not None
+                for at in range(0, len(part), step):
+                    panels.append((part[at:at + step], rows, width))
+                    regular.append(whole.part(at, min(at + step, len(part))))
+        self.panels = panels
+        return regular
+
+    def _regular(self, tiles: np.ndarray, rows: int, width: int) -> RegularPanel | None:
+        """The panel as a :class:`RegularPanel` when its tiles are consecutive tiles of one
+        group that repeat the first one, shifted (a window, a band), else None."""
+        n = len(tiles)
+        if n < 2 or (np.diff(tiles) != 1).any() or \
+                self.first[tiles[0]] // max(self.n_queries, 1) != \
+                (self.first[tiles[-1]] + rows - 1) // max(self.n_queries, 1):
+            return None
+        if (self.route_stop[tiles] - self.route_start[tiles]
+                != self.route_stop[tiles[0]] - self.route_start[tiles[0]]).any():
+            return None
+        rank = np.arange(n)[:, None]                                   # (n, 1)
+        # The key unions: the same intervals in every tile, each moved a fixed step.
+        lo, hi = np.searchsorted(self.union_tile, [tiles[0], tiles[-1] + 1])
+        if (hi - lo) % n:
+            return None
+        start = self.union_start[lo:hi].reshape(n, -1)                 # (n, intervals)
+        length = self.union_stop[lo:hi].reshape(n, -1) - start
+        step = start[1] - start[0]
+        if (self.union_tile[lo:hi].reshape(n, -1) != tiles[:, None]).any() or \
+                (length != length[0]).any() or (step < 0).any() or \
+                (start != start[0] + rank * step).any():
+            return None
+        # The routes: the same block entries in every tile, moved rank·T·|U|.
+        first_run, stop_run = self.tile_runs[0, tiles], self.tile_runs[1, tiles]
+        if (stop_run - first_run != stop_run[0] - first_run[0]).any():
+            return None
+        runs = slice(int(first_run[0]), int(stop_run[-1]))
+        run_length = self.run_length[runs].reshape(n, -1)              # (n, runs a tile)
+        entry = (self.keys[self.run_first[runs]] + self.run_shift[runs]).reshape(n, -1) \
+            - rank * rows * width
+        if (run_length != run_length[0]).any() or (entry != entry[0]).any():
+            return None
+        routes = slice(int(self.route_start[tiles[0]]), int(self.route_stop[tiles[0]]))
+        base = self.first[tiles[0]] // max(self.n_queries, 1) * self.n_keys   # g · S
+        column = np.cumsum(length[0]) - length[0]
+        intervals = [(int(c), int(size), int(base + s), int(d))
+                     for c, size, s, d in zip(column, length[0], start[0], step)]
+        entries = self._slots(tiles[:1], routes) % (rows * width)      # row·|U| + column
+        return RegularPanel(entries, intervals, n)
+
     def _panel(self, tiles: np.ndarray, rows: int, width: int
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray | slice]:
         """``(nodes (n, T), key rows (n, |U|), routes)`` of one panel."""
@@ -170,7 +238,11 @@ class Tiles:
              ) -> np.ndarray:
         """``q_u · k_j`` of every route (unscaled), for ``query (G·L, E)``, ``key (G·S, E)``."""
         out = np.zeros(self.n_routes, dtype=query.dtype) if out is None else out  # (R,)
-        for tiles, rows, width in self.panels:
+        scratch = Scratch()                            # one call's: calls may run at once
+        for (tiles, rows, width), regular in zip(self.panels, self.regular):
+            if regular is not None:
+                self._regular_dots(query, key, tiles, rows, width, regular, out, scratch)
+                continue
             nodes, key_rows, routes = self._panel(tiles, rows, width)
             keys_t = key[key_rows].transpose(0, 2, 1)                  # (n, E, |U|)
             if width > 64:                             # measured: the copy pays off here
@@ -185,7 +257,11 @@ class Tiles:
         rows of nodes without routes keep what ``out`` holds."""
         if out is None:
             out = np.zeros((self.n_nodes, value.shape[1]), dtype=value.dtype)  # (G·L, Ev)
-        for tiles, rows, width in self.panels:
+        scratch = Scratch()
+        for (tiles, rows, width), regular in zip(self.panels, self.regular):
+            if regular is not None:
+                self._regular_pull(shares, value, tiles, rows, width, regular, out, scratch)
+                continue
             nodes, key_rows, routes = self._panel(tiles, rows, width)
             weights = np.zeros(len(tiles) * rows * width, dtype=value.dtype)
             weights[self._slots(tiles, routes)] = shares[routes]
@@ -197,6 +273,41 @@ class Tiles:
             else:
                 out[rows_out] = np.matmul(weights_t, value[key_rows]).reshape(-1, value.shape[1])
         return out
+
+    def _regular_dots(self, query: np.ndarray, key: np.ndarray, tiles: np.ndarray, rows: int,
+                      width: int, regular: RegularPanel, out: np.ndarray, scratch: Scratch
+                      ) -> None:
+        """:meth:`dots` of a regular panel: the same operands in the same layout, built by
+        strided copies (so the same bits), and the routes taken by one pattern."""
+        n, dim = len(tiles), key.shape[1]
+        first = int(self.first[tiles[0]])
+        queries = np.ascontiguousarray(query[first:first + n * rows]
+                                       ).reshape(n, rows, dim)        # (n, T, E) as query[nodes]
+        if width > 64:                                 # the layout dots() copies into
+            keys_t = regular.gather_transposed(key, scratch.take("keys", (n, dim, width),
+                                                                 key.dtype))  # (n, E, |U|)
+        else:
+            keys_t = regular.gather(key, scratch.take("keys", (n, width, dim), key.dtype)
+                                    ).transpose(0, 2, 1)               # (n, E, |U|)
+        dtype = np.result_type(query, key)
+        block = np.matmul(queries, keys_t, out=scratch.take("block", (n, rows, width), dtype))
+        routes = slice(int(self.route_start[tiles[0]]), int(self.route_stop[tiles[-1]]))
+        regular.take(block, out[routes])
+
+    def _regular_pull(self, shares: np.ndarray, value: np.ndarray, tiles: np.ndarray,
+                      rows: int, width: int, regular: RegularPanel, out: np.ndarray,
+                      scratch: Scratch) -> None:
+        """:meth:`pull` of a regular panel: the same weights and values as the general
+        path, built by one pattern and strided copies (so the same bits)."""
+        n = len(tiles)
+        first = int(self.first[tiles[0]])
+        routes = slice(int(self.route_start[tiles[0]]), int(self.route_stop[tiles[-1]]))
+        weights = regular.scatter(shares[routes], scratch.take(
+            "block", (n, rows * width), value.dtype)).reshape(n, rows, width)  # (n, T, |U|)
+        values = regular.gather(value, scratch.take("keys", (n, width, value.shape[1]),
+                                                    value.dtype))      # (n, |U|, Ev)
+        np.matmul(weights, values,
+                  out=out[first:first + n * rows].reshape(n, rows, value.shape[1]))
 
 
 class RowBlocks:
@@ -421,7 +532,7 @@ class RaggedRows:
         window's rows, nearly all of one fan-in, stay stacked; a causal triangle's 2,048
         fan-ins become a few dozen blocks)."""
         counts = np.diff(self.indptr)
-        saved = len(np.unique(counts[counts > 0])) - len(self.blocks)
+        saved = np.count_nonzero(np.bincount(counts)[1:]) - len(self.blocks)  # fan-ins
         return saved * CALL_ROUTES > int(self.indptr[-1] - self.indptr[0])
 
     def routes(self, first: int, stop: int) -> slice:
@@ -434,15 +545,45 @@ class RaggedRows:
         return np.arange(width) < counts[:, None]
 
 
-def _runs(indptr: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(first route, length)`` of every run: consecutive keys within one row."""
-    firsts, chunk = [np.zeros(min(len(keys), 1), np.int64)], 2**20
+class Scratch:
+    """Work arrays reused from batch to batch of one call (no fresh pages a batch), grown
+    as needed, at least :data:`REGULAR_ENTRIES` entries each.
+
+    Examples
+    --------
+    >>> scratch = Scratch()
+    >>> first = scratch.take("block", (2, 3), np.dtype(np.float64))
+    >>> scratch.take("block", (3, 2), np.dtype(np.float64)).base is first.base
+    True
+    """
+
+    def __init__(self) -> None:
+        self.held: dict[str, np.ndarray] = {}
+
+    def take(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """A ``shape`` array of ``dtype`` (its contents undefined), reusing ``name``'s."""
+        size = int(np.prod(shape))
+        held = self.held.get(name)
+        if held is None or held.dtype != dtype or held.size < size:
+            held = self.held[name] = np.empty(max(size, REGULAR_ENTRIES), dtype=dtype)
+        return held[:size].reshape(shape)
+
+
+def _runs(indptr: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(first route, length, query node)`` of every run: consecutive keys within one
+    row."""
+    opens = np.zeros(len(keys), dtype=bool)                            # (R,) a run starts here
+    opens[:1] = True
+    chunk = 2**20
     for at in range(1, len(keys), chunk):                              # in pieces: small temps
-        firsts.append(np.flatnonzero(np.diff(keys[at - 1:at + chunk]) != 1) + at)
-    starts = indptr[:-1][np.diff(indptr) > 0]                          # rows start runs
-    first = np.sort(np.concatenate([*firsts, starts]))
-    first = first[np.diff(first, prepend=-1) != 0]                     # (runs,) sorted, unique
-    return first, np.diff(np.append(first, len(keys)))
+        np.not_equal(np.diff(keys[at - 1:at + chunk]), 1, out=opens[at:at + chunk])
+    busy = np.flatnonzero(np.diff(indptr) > 0)                         # rows with routes
+    opens[indptr[busy]] = True                                         # rows start runs
+    first = np.flatnonzero(opens)                                      # (runs,) sorted
+    row_first = np.searchsorted(first, indptr[busy])                   # each row's first run
+    run_row = np.zeros(len(first), dtype=np.int64)
+    run_row[row_first[1:]] = 1
+    return first, np.diff(np.append(first, len(keys))), busy[np.cumsum(run_row)]
 
 
 def _unions(run_start: np.ndarray, run_length: np.ndarray, run_tile: np.ndarray,
@@ -455,9 +596,10 @@ def _unions(run_start: np.ndarray, run_length: np.ndarray, run_tile: np.ndarray,
     if not len(run_start):                                             # no route at all
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, empty, empty, empty
-    order = np.lexsort((run_start, run_tile))
     span = n_keys + 1                                                  # keeps tiles apart
-    lo = run_tile[order].astype(np.int64) * span + run_start[order]
+    lo = run_tile.astype(np.int64) * span + run_start                  # (runs,) by tile, key
+    order = np.argsort(lo, kind="stable")
+    lo = lo[order]
     hi = lo + run_length[order]
     reach = np.maximum.accumulate(hi) if len(hi) else hi
     opens = np.ones(len(lo), dtype=bool)

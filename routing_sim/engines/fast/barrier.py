@@ -475,8 +475,9 @@ def _float_block(state: ForwardState, chosen: np.ndarray, count: int) -> None:
         removed = None
     else:                                 # -inf where the score_mod removed the route
         block, removed = modify(state, span, scale_scores(block, problem.scale), bias)
-    state.scores[span] = block.reshape(-1)
-    if not np.isfinite(block).all():                    # one pass in the common case
+    if not np.may_share_memory(block, state.scores):   # scaled in place: already there
+        state.scores[span] = block.reshape(-1)
+    if not (np.isfinite(block.max(initial=0.0)) and np.isfinite(block.min(initial=0.0))):
         overflow = ~np.isfinite(block) if removed is None else ~np.isfinite(block) & ~removed
         if overflow.any():
             overflowed(block[overflow])
@@ -490,7 +491,8 @@ def _float_block(state: ForwardState, chosen: np.ndarray, count: int) -> None:
     if state.kept is not None:
         keep_probabilities(state, span, shares)
         shares *= state.kept[span].reshape(shares.shape) * state.dropout_scale
-    state.shares[span] = shares.reshape(-1)
+    if out is None:                                    # else the shares are in place
+        state.shares[span] = shares.reshape(-1)
 
 
 def _exact_block(state: ForwardState, chosen: np.ndarray, count: int) -> None:

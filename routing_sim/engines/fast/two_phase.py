@@ -132,7 +132,11 @@ class ForwardNodes(TokenNodes):
 
     def on_value(self, batch: Deliveries) -> None:
         """Query node i: count each route's first value; settle the values."""
-        routes, times = self.first_answers(batch, self.state.value_time)
+        if self._dedupe:                           # copies and retries: per-route times
+            routes, times = self.first_answers(batch, self.state.value_time)
+        else:
+            routes, times = batch.routes, batch.arrive
+            self.state.record_values(routes, times)
         self._settle_values(routes, times)
 
     def answer_times(self) -> dict[Kind, np.ndarray | None]:
