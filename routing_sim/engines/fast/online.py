@@ -10,7 +10,8 @@ with no value.
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Sequence
+from typing import Literal, NamedTuple
 
 import numpy as np
 
@@ -56,6 +57,41 @@ def rescale_rows(kept: np.ndarray, factor: np.ndarray, moved: np.ndarray) -> Non
         kept *= factor[:, None]
     elif len(moved):
         kept[moved] *= factor[moved, None]
+
+
+class _Steps(NamedTuple):
+    """The steps of an update: step k holds ``nodes[k]`` (each node once, ascending),
+    which read the value rows ``rows[k]``; its pairs are ``bounds[k]:bounds[k + 1]`` of
+    the per-pair arrays."""
+
+    nodes: Sequence[np.ndarray]           # per step (n,)
+    rows: Sequence[np.ndarray] | np.ndarray  # per step (n,) rows of the (G·S, Ev) values
+    bounds: np.ndarray                    # (steps + 1,)
+    one_key: np.ndarray                   # (steps,) do a step's nodes all read one row?
+    consecutive: np.ndarray               # (steps,) are a step's nodes a run?
+
+    @classmethod
+    def same_nodes(cls, nodes: np.ndarray, rows: np.ndarray) -> _Steps:
+        """A grid: every step holds ``nodes (n,)``; ``rows (steps, n)``, a view (zero
+        strides where a step reads one row)."""
+        n_steps, width = rows.shape
+        one_key = np.ones(n_steps, dtype=bool) if rows.strides[1] == 0 else \
+            rows.min(axis=1) == rows.max(axis=1)
+        consecutive = np.full(n_steps, nodes[-1] - nodes[0] == width - 1)
+        return cls([nodes] * n_steps, rows, np.arange(0, n_steps * width + 1, width),
+                   one_key, consecutive)
+
+    @classmethod
+    def ragged(cls, nodes: np.ndarray, bounds: np.ndarray, rows: np.ndarray) -> _Steps:
+        """Steps of any sizes: ``nodes`` and ``rows (pairs,)`` step by step, ``bounds``
+        apart."""
+        firsts, lasts = bounds[:-1], bounds[1:]
+        one_key = (np.minimum.reduceat(rows, firsts) == np.maximum.reduceat(rows, firsts)
+                   ) if len(firsts) else firsts.astype(bool)
+        consecutive = nodes[lasts - 1] - nodes[firsts] == lasts - firsts - 1
+        at = [slice(first, last) for first, last in zip(firsts.tolist(), lasts.tolist())]
+        return cls([nodes[step] for step in at], [rows[step] for step in at], bounds,
+                   one_key, consecutive)
 
 
 class OnlineNodes(ForwardNodes):
@@ -176,12 +212,14 @@ class OnlineNodes(ForwardNodes):
         """Each node's pairs in arrival order (ties by route): step k updates every node's
         k-th pair, one vectorised update per step, nodes ascending in it."""
         table = self.routes
-        if routes is table.every_route() and constant(times) is not None:
+        wave = routes is table.every_route() and constant(times) is not None
+        if wave:
             # A whole wave at one instant is node by node in route order already: no
             # gathers, the runs of nodes straight from the table.
-            nodes, scores, keys = table.query_node, self.state.scores, table.key_index
             per_node = table.routes_per_node()                         # (G·L,)
-            starts, counts = table.indptr[:-1][per_node > 0], per_node[per_node > 0]
+            present = np.flatnonzero(per_node)                         # (nodes,)
+            starts, counts = table.indptr[present], per_node[present]
+            scores = self.state.scores                                 # (pairs,)
         else:
             nodes = table.query_node[routes]
             if not _node_major(nodes, times, routes):    # node by node, arrival, route:
@@ -189,63 +227,87 @@ class OnlineNodes(ForwardNodes):
                 order = by_arrival[key_major_order(nodes[by_arrival], table.n_nodes)]
                 routes, times, has_value, nodes = routes[order], times[order], \
                     has_value[order], nodes[order]
-            scores, keys = self.state.scores[routes], table.key_index[routes]   # (pairs,)
+            scores = self.state.scores[routes]                         # (pairs,)
             starts = np.r_[0, np.flatnonzero(np.diff(nodes)) + 1]
             counts = np.diff(np.r_[starts, len(nodes)])                # (nodes,) pairs each
-        grid = counts.min() == counts.max()     # as many pairs each: a (steps, nodes) grid
-        if grid:
-            width = len(starts)
-            bounds = np.arange(0, len(nodes) + 1, width)
+            present = nodes[starts]                                    # (nodes,)
 
-            def by_step(pairs: np.ndarray) -> np.ndarray:              # a transposed copy
-                return pairs.reshape(width, -1).T.ravel()
+        def keys_of() -> np.ndarray:                                   # (pairs,)
+            return table.key_index if wave else table.key_index[routes]
+
+        if counts.min() == counts.max():        # as many pairs each: a (steps, nodes) grid
+            steps = self._grid_steps(present, int(counts[0]), None if wave and table.full
+                                     else keys_of())
+
+            def by_step(pairs: np.ndarray) -> np.ndarray:   # a transposed copy, its own
+                return pairs.reshape(len(present), -1).T.copy().ravel()   # memory always
+            factors, weights, normalisers = self._grid_scalars(
+                present, by_step(scores).reshape(-1, len(present)), self.stream is not None)
         else:
+            nodes = table.query_node if wave else nodes
             rank = np.arange(len(nodes)) - np.repeat(starts, counts)
             order = np.argsort(rank, kind="stable")
-            bounds = np.searchsorted(rank[order], np.arange(int(counts.max()) + 1))
 
             def by_step(pairs: np.ndarray) -> np.ndarray:
                 return pairs[order]
-        value_rows = by_step(keys if table.n_groups == 1 else             # (pairs,) in G·S
-                             nodes // table.n_queries * table.n_keys + keys)
-        # A grid's steps hold the same nodes, ascending: a tiled copy, not a transposed one.
-        nodes = np.tile(nodes[starts], len(bounds) - 1) if grid else by_step(nodes)
-        scores = by_step(scores)
-        if grid:
-            factors, weights, normalisers = self._grid_scalars(nodes[:bounds[1]],
-                                                               scores.reshape(-1, bounds[1]))
-        else:
-            factors, weights, normalisers = self._scalar_updates(nodes, scores, bounds)
+            bounds = np.searchsorted(rank[order], np.arange(int(counts.max()) + 1))
+            step_nodes = by_step(nodes)
+            steps = _Steps.ragged(step_nodes, bounds, by_step(self._value_row(nodes,
+                                                                              keys_of())))
+            factors, weights, normalisers = self._scalar_updates(step_nodes, by_step(scores),
+                                                                 bounds)
         if self.rescale is not None:
             self.rescale[by_step(routes)] = factors
         if not has_value.all():                         # a dropped route pulls nothing
             weights *= by_step(has_value)
-        self._pull_values(value_rows, nodes, bounds, factors, weights,
-                          None if self.stream is None else (by_step(times), normalisers))
+        self._pull_values(steps, factors, weights, None if self.stream is None or
+                          normalisers is None else (by_step(times), normalisers))
 
-    def _grid_scalars(self, nodes: np.ndarray, scores: np.ndarray
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _value_row(self, nodes: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        """The row of the (G·S, Ev) values that a pair of query node ``nodes`` and key
+        token ``keys`` reads (broadcasting)."""
+        table = self.routes
+        if table.n_groups == 1:
+            return keys
+        return nodes // table.n_queries * table.n_keys + keys
+
+    def _grid_steps(self, nodes: np.ndarray, n_steps: int, keys: np.ndarray | None
+                    ) -> _Steps:
+        """The steps of a grid: the same ``nodes`` ascending in each, step k reading each
+        node's k-th key (``keys``, node by node; None: a full table, step k reads key k)."""
+        if keys is None:                                # (steps, 1): one key a group
+            keys_by_step = np.arange(n_steps)[:, None]
+        else:                                           # (steps, nodes): a transposed view
+            keys_by_step = keys.reshape(len(nodes), n_steps).T
+        rows = self._value_row(nodes, keys_by_step)                    # (steps, 1 or nodes)
+        return _Steps.same_nodes(nodes, np.broadcast_to(rows, (n_steps, len(nodes))))
+
+    def _grid_scalars(self, nodes: np.ndarray, scores: np.ndarray, keep_normalisers: bool
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """:meth:`_scalar_updates` for nodes with as many pairs each: ``scores`` a
-        (steps, nodes) grid; the exps are two calls over the grid (elementwise: the same
-        bits as step by step)."""
+        (steps, nodes) grid, a copy this may overwrite; the exps are over the grid
+        (elementwise on contiguous arrays: the same bits as step by step). Each node's l
+        after each step only when ``keep_normalisers``."""
         top = np.empty((len(scores) + 1, len(nodes)), dtype=scores.dtype)  # (steps + 1, nodes)
         top[0] = self.running_max[nodes]
         for step, score in enumerate(scores):     # faster than maximum.accumulate on axis 0
             np.maximum(top[step], score, out=top[step + 1])
         factors = np.subtract(top[:-1], top[1:])                       # (steps, nodes)
-        moved = factors != 0                    # the max moved (or NaN): exp(0) is 1 exactly
-        factors[~moved] = 1.0
-        factors[moved] = np.exp(factors[moved])                        # rescale of (l, o)
-        newest = top[-1].copy()                                        # (nodes,) m at the end
-        weights = np.exp(np.subtract(scores, top[1:], out=top[1:]))    # (steps, nodes)
-        normalisers = np.empty_like(scores)                            # (steps, nodes)
+        moved = np.flatnonzero(factors)         # the max moved (or NaN): exp(0) is 1 exactly
+        rescaled = np.exp(factors.flat[moved])                         # (moves,) of (l, o)
+        factors.fill(1.0)
+        factors.flat[moved] = rescaled
+        self.running_max[nodes] = top[-1]
+        weights = np.exp(np.subtract(scores, top[1:], out=top[1:]), out=scores)  # (steps, nodes)
+        normalisers = np.empty_like(scores) if keep_normalisers else None  # (steps, nodes)
         normaliser = self.normaliser[nodes]                            # (nodes,) l
         for step in range(len(scores)):
-            normaliser = np.multiply(factors[step], normaliser, out=normalisers[step])
+            normaliser = np.multiply(factors[step], normaliser, out=None if normalisers is
+                                     None else normalisers[step])
             normaliser += weights[step]
         self.normaliser[nodes] = normaliser
-        self.running_max[nodes] = newest
-        return factors.ravel(), weights.ravel(), normalisers.ravel()
+        return factors.ravel(), weights.ravel(), None if normalisers is None else \
+            normalisers.ravel()
 
     def _scalar_updates(self, nodes: np.ndarray, scores: np.ndarray, bounds: np.ndarray
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -267,42 +329,37 @@ class OnlineNodes(ForwardNodes):
             factors[at], weights[at] = factor, weight
         return factors, weights, normalisers
 
-    def _pull_values(self, value_rows: np.ndarray, nodes: np.ndarray, bounds: np.ndarray,
-                     factors: np.ndarray, pulled: np.ndarray,
+    def _pull_values(self, steps: _Steps, factors: np.ndarray, pulled: np.ndarray,
                      arrivals: tuple[np.ndarray, np.ndarray] | None) -> None:
-        """o <- c·o + p·v_j, step by step (each node's pairs in arrival order, ``value_rows``
-        their v_j as rows of the (G·S, Ev) values); with a stream kept, each node's o / l
-        after the step, at its pair's arrival (``arrivals``: per pair, its time and the
-        node's l after it)."""
+        """o <- c·o + p·v_j, step by step (each node's pairs in arrival order; per pair, its
+        rescale c and weight p, ``steps.bounds`` apart); with a stream kept, each node's
+        o / l after the step, at its pair's arrival (``arrivals``: per pair, its time and
+        the node's l after it)."""
         values = self.problem.value.reshape(-1, self.problem.value.shape[2])   # (G·S, Ev)
         shifted = bool(self.value_shift.any())      # values near the largest float
-        sizes = np.diff(bounds)                                        # (steps,) nodes each
-        # Per step, decided for all steps at once: which pairs rescale (a factor other
-        # than 1), do all nodes read one key, are the nodes consecutive?
-        firsts = bounds[:-1]
+        bounds = steps.bounds
         rescaling = np.flatnonzero(factors != 1)                       # (moves,) pair indices
         rescaling_bounds = np.searchsorted(rescaling, bounds)          # (steps + 1,)
-        one_key = (np.minimum.reduceat(value_rows, firsts) == np.maximum.reduceat(
-            value_rows, firsts)) if len(firsts) else firsts.astype(bool)
-        consecutive = nodes[bounds[1:] - 1] - nodes[firsts] == sizes - 1
         # The layout follows the steps (a copy keeps every bit): where each step's nodes
         # read one key, its shares p·v_j are an outer product, made a column at a time (a
         # run of nodes long) in column-major order; where they read their own keys, the
         # shares are gathered rows, row-major. A small update keeps the layout it finds
         # (the copy would cost more than it saves).
-        if len(value_rows) >= len(self.accumulator):
-            wanted: Literal["C", "F"] = "F" if len(one_key) and one_key.all() else "C"
+        if len(pulled) >= len(self.accumulator):
+            wanted: Literal["C", "F"] = "F" if len(steps.one_key) and steps.one_key.all() \
+                else "C"
             self.accumulator = np.asarray(self.accumulator, order=wanted)   # (G·L, Ev)
         order: Literal["C", "F"] = "C" if self.accumulator.flags.c_contiguous else "F"
         # One scratch buffer for every step's shares: a fresh (n, Ev) array each step would
         # fault in new pages every time.
-        scratch = np.empty((int(sizes.max(initial=0)), values.shape[1]), dtype=values.dtype,
-                           order=order)                                # (n, Ev)
-        for first, last, one, in_place, moves, moves_end in zip(
-                firsts.tolist(), bounds[1:].tolist(), one_key.tolist(), consecutive.tolist(),
+        scratch = np.empty((int(np.diff(bounds).max(initial=0)), values.shape[1]),
+                           dtype=values.dtype, order=order)            # (n, Ev)
+        for node, rows, first, last, one, in_place, moves, moves_end in zip(
+                steps.nodes, steps.rows, bounds[:-1].tolist(), bounds[1:].tolist(),
+                steps.one_key.tolist(), steps.consecutive.tolist(),
                 rescaling_bounds[:-1].tolist(), rescaling_bounds[1:].tolist()):
             at = slice(first, last)
-            node, factor, rows = nodes[at], factors[at], value_rows[at]
+            factor = factors[at]
             if shifted:
                 self._scaled_update(node, rows, factor, pulled[at])
             else:
