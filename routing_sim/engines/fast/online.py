@@ -285,20 +285,22 @@ class OnlineNodes(ForwardNodes):
     def _grid_scalars(self, nodes: np.ndarray, scores: np.ndarray, keep_normalisers: bool
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """:meth:`_scalar_updates` for nodes with as many pairs each: ``scores`` a
-        (steps, nodes) grid, a copy this may overwrite; the exps are over the grid
-        (elementwise on contiguous arrays: the same bits as step by step). Each node's l
-        after each step only when ``keep_normalisers``."""
+        (steps, nodes) grid, a copy this overwrites with the weights; the exps are over the
+        grid (elementwise on contiguous arrays: the same bits as step by step). Each node's
+        l after each step only when ``keep_normalisers``."""
         top = np.empty((len(scores) + 1, len(nodes)), dtype=scores.dtype)  # (steps + 1, nodes)
         top[0] = self.running_max[nodes]
-        for step, score in enumerate(scores):     # faster than maximum.accumulate on axis 0
-            np.maximum(top[step], score, out=top[step + 1])
-        factors = np.subtract(top[:-1], top[1:])                       # (steps, nodes)
-        moved = np.flatnonzero(factors)         # the max moved (or NaN): exp(0) is 1 exactly
+        for step, score in enumerate(scores):     # a row at a time, while it is in cache:
+            np.maximum(top[step], score, out=top[step + 1])            # m' = max(m, s)
+            score -= top[step + 1]                                     # s - m'
+            np.subtract(top[step], top[step + 1], out=top[step])       # m - m' (m is done)
+        self.running_max[nodes] = top[-1]
+        factors = top[:-1]                                             # (steps, nodes) m - m'
+        moved = np.flatnonzero(factors != 0)    # the max moved (or NaN): exp(0) is 1 exactly
         rescaled = np.exp(factors.flat[moved])                         # (moves,) of (l, o)
         factors.fill(1.0)
         factors.flat[moved] = rescaled
-        self.running_max[nodes] = top[-1]
-        weights = np.exp(np.subtract(scores, top[1:], out=top[1:]), out=scores)  # (steps, nodes)
+        weights = np.exp(scores, out=scores)                           # (steps, nodes)
         normalisers = np.empty_like(scores) if keep_normalisers else None  # (steps, nodes)
         normaliser = self.normaliser[nodes]                            # (nodes,) l
         for step in range(len(scores)):
