@@ -192,7 +192,8 @@ class OnlineNodes(ForwardNodes):
             self._held = [part[:0] for part in self._held]
         self._touch(routes)
         touched = self._touched
-        touched[self.routes.query_node[self._held[0]]] = False        # still waiting
+        if len(self._held[0]):                                         # still waiting
+            touched[self.routes.query_node[self._held[0]]] = False
         nodes = np.flatnonzero(touched)
         touched[:] = False
         if len(routes):
