@@ -10,7 +10,8 @@ with no value.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator
+from itertools import repeat
 from typing import Literal, NamedTuple
 
 import numpy as np
@@ -60,15 +61,16 @@ def rescale_rows(kept: np.ndarray, factor: np.ndarray, moved: np.ndarray) -> Non
 
 
 class _Steps(NamedTuple):
-    """The steps of an update: step k holds ``nodes[k]`` (each node once, ascending),
-    which read the value rows ``rows[k]``; its pairs are ``bounds[k]:bounds[k + 1]`` of
-    the per-pair arrays."""
+    """The steps of an update: step k's pairs are ``bounds[k]:bounds[k + 1]`` of the
+    per-pair arrays; it holds some nodes (each once, ascending), which read some rows of
+    the (G·S, Ev) values (:meth:`each`)."""
 
-    nodes: Sequence[np.ndarray]           # per step (n,)
-    rows: Sequence[np.ndarray] | np.ndarray  # per step (n,) rows of the (G·S, Ev) values
+    nodes: np.ndarray                     # a grid: (n,) every step's; else (pairs,)
+    rows: np.ndarray                      # a grid: (steps, n); else (pairs,)
     bounds: np.ndarray                    # (steps + 1,)
     one_key: np.ndarray                   # (steps,) do a step's nodes all read one row?
     consecutive: np.ndarray               # (steps,) are a step's nodes a run?
+    grid: bool
 
     @classmethod
     def same_nodes(cls, nodes: np.ndarray, rows: np.ndarray) -> _Steps:
@@ -78,8 +80,8 @@ class _Steps(NamedTuple):
         one_key = np.ones(n_steps, dtype=bool) if rows.strides[1] == 0 else \
             rows.min(axis=1) == rows.max(axis=1)
         consecutive = np.full(n_steps, nodes[-1] - nodes[0] == width - 1)
-        return cls([nodes] * n_steps, rows, np.arange(0, n_steps * width + 1, width),
-                   one_key, consecutive)
+        return cls(nodes, rows, np.arange(0, n_steps * width + 1, width), one_key,
+                   consecutive, True)
 
     @classmethod
     def ragged(cls, nodes: np.ndarray, bounds: np.ndarray, rows: np.ndarray) -> _Steps:
@@ -89,9 +91,14 @@ class _Steps(NamedTuple):
         one_key = (np.minimum.reduceat(rows, firsts) == np.maximum.reduceat(rows, firsts)
                    ) if len(firsts) else firsts.astype(bool)
         consecutive = nodes[lasts - 1] - nodes[firsts] == lasts - firsts - 1
-        at = [slice(first, last) for first, last in zip(firsts.tolist(), lasts.tolist())]
-        return cls([nodes[step] for step in at], [rows[step] for step in at], bounds,
-                   one_key, consecutive)
+        return cls(nodes, rows, bounds, one_key, consecutive, False)
+
+    def each(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Each step's nodes and the value rows they read, ``(n,)`` each."""
+        if self.grid:
+            return zip(repeat(self.nodes), self.rows)
+        return ((self.nodes[first:last], self.rows[first:last]) for first, last in
+                zip(self.bounds[:-1].tolist(), self.bounds[1:].tolist()))
 
 
 class OnlineNodes(ForwardNodes):
@@ -357,8 +364,8 @@ class OnlineNodes(ForwardNodes):
         # fault in new pages every time.
         scratch = np.empty((int(np.diff(bounds).max(initial=0)), values.shape[1]),
                            dtype=values.dtype, order=order)            # (n, Ev)
-        for node, rows, first, last, one, in_place, moves, moves_end in zip(
-                steps.nodes, steps.rows, bounds[:-1].tolist(), bounds[1:].tolist(),
+        for (node, rows), first, last, one, in_place, moves, moves_end in zip(
+                steps.each(), bounds[:-1].tolist(), bounds[1:].tolist(),
                 steps.one_key.tolist(), steps.consecutive.tolist(),
                 rescaling_bounds[:-1].tolist(), rescaling_bounds[1:].tolist()):
             at = slice(first, last)
