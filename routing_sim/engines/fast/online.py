@@ -28,6 +28,8 @@ from .two_phase import ForwardNodes, settle
 
 __all__ = ["OnlineNodes"]
 
+_COLUMN_BUFFER = 64     # elements: numpy's ufunc buffer for the column-major value update
+
 
 def _node_major(nodes: np.ndarray, times: np.ndarray, routes: np.ndarray) -> bool:
     """Are pairs already sorted by (node, arrival, route)? Cheaper to check than to sort."""
@@ -364,33 +366,40 @@ class OnlineNodes(ForwardNodes):
         # fault in new pages every time.
         scratch = np.empty((int(np.diff(bounds).max(initial=0)), values.shape[1]),
                            dtype=values.dtype, order=order)            # (n, Ev)
-        for (node, rows), first, last, one, in_place, moves, moves_end in zip(
-                steps.each(), bounds[:-1].tolist(), bounds[1:].tolist(),
-                steps.one_key.tolist(), steps.consecutive.tolist(),
-                rescaling_bounds[:-1].tolist(), rescaling_bounds[1:].tolist()):
-            at = slice(first, last)
-            factor = factors[at]
-            if shifted:
-                self._scaled_update(node, rows, factor, pulled[at])
-            else:
-                share = scratch[:last - first]                         # (n, Ev)
-                if one:
-                    np.multiply.outer(pulled[at], values[rows[0]], out=share)  # p · v_j
+        # Column-major, numpy's default ufunc buffer (8192 elements) makes it copy the
+        # broadcast operands of p · v_j and o · c into buffers spanning several columns
+        # (about 3x slower at n = 1024, Ev = 64); a buffer shorter than a column lets each
+        # column be one inner loop, with no copy. Elementwise products: the same bits.
+        with np.errstate():                        # restores the buffer size on the way out
+            if order == "F":
+                np.setbufsize(_COLUMN_BUFFER)
+            for (node, rows), first, last, one, in_place, moves, moves_end in zip(
+                    steps.each(), bounds[:-1].tolist(), bounds[1:].tolist(),
+                    steps.one_key.tolist(), steps.consecutive.tolist(),
+                    rescaling_bounds[:-1].tolist(), rescaling_bounds[1:].tolist()):
+                at = slice(first, last)
+                factor = factors[at]
+                if shifted:
+                    self._scaled_update(node, rows, factor, pulled[at])
                 else:
-                    np.take(values, rows, axis=0, out=share)           # v_j
-                    share *= pulled[at, None]                           # p · v_j
-                kept = (self.accumulator[node[0]:node[-1] + 1] if in_place
-                        else self.accumulator[node])         # (n, Ev) a view, or a gather
-                if moves_end > moves:
-                    rescale_rows(kept, factor, rescaling[moves:moves_end] - first)
-                kept += share
-                if not in_place:
-                    self.accumulator[node] = kept
-            if self.stream is not None and arrivals is not None:
-                for u, t, norm in zip(node.tolist(), arrivals[0][at].tolist(),
-                                      arrivals[1][at]):
-                    self.stream.append((t, u, np.ldexp(self.accumulator[u] / norm,
-                                                       self.shift[u])))
+                    share = scratch[:last - first]                         # (n, Ev)
+                    if one:
+                        np.multiply.outer(pulled[at], values[rows[0]], out=share)  # p · v_j
+                    else:
+                        np.take(values, rows, axis=0, out=share)           # v_j
+                        share *= pulled[at, None]                           # p · v_j
+                    kept = (self.accumulator[node[0]:node[-1] + 1] if in_place
+                            else self.accumulator[node])         # (n, Ev) a view, or a gather
+                    if moves_end > moves:
+                        rescale_rows(kept, factor, rescaling[moves:moves_end] - first)
+                    kept += share
+                    if not in_place:
+                        self.accumulator[node] = kept
+                if self.stream is not None and arrivals is not None:
+                    for u, t, norm in zip(node.tolist(), arrivals[0][at].tolist(),
+                                          arrivals[1][at]):
+                        self.stream.append((t, u, np.ldexp(self.accumulator[u] / norm,
+                                                           self.shift[u])))
 
     def _scaled_update(self, node: np.ndarray, value_rows: np.ndarray, factor: np.ndarray,
                        pulled: np.ndarray) -> None:
