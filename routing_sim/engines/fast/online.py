@@ -10,7 +10,7 @@ with no value.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import repeat
 from typing import Literal, NamedTuple
 
@@ -223,13 +223,24 @@ class OnlineNodes(ForwardNodes):
         k-th pair, one vectorised update per step, nodes ascending in it."""
         table = self.routes
         wave = routes is table.every_route() and constant(times) is not None
+        if wave and table.full:
+            # A full table's whole wave at one instant: each group a grid whose step k
+            # reads key k (one value row a step: an outer product); groups share no node,
+            # so they go one after another.
+            span, n_queries = table.n_queries * table.n_keys, table.n_queries
+            for group in range(table.n_groups):
+                at = slice(group * span, (group + 1) * span)           # the group's routes
+                self._apply_grid(np.arange(group * n_queries, (group + 1) * n_queries),
+                                 self.state.scores[at], routes[at], times[at],
+                                 has_value[at], None)
+            return
         if wave:
             # A whole wave at one instant is node by node in route order already: no
             # gathers, the runs of nodes straight from the table.
             per_node = table.routes_per_node()                         # (G·L,)
             present = np.flatnonzero(per_node)                         # (nodes,)
             starts, counts = table.indptr[present], per_node[present]
-            scores = self.state.scores                                 # (pairs,)
+            nodes, scores, keys = table.query_node, self.state.scores, table.key_index
         else:
             nodes = table.query_node[routes]
             if not _node_major(nodes, times, routes):    # node by node, arrival, route:
@@ -237,35 +248,45 @@ class OnlineNodes(ForwardNodes):
                 order = by_arrival[key_major_order(nodes[by_arrival], table.n_nodes)]
                 routes, times, has_value, nodes = routes[order], times[order], \
                     has_value[order], nodes[order]
-            scores = self.state.scores[routes]                         # (pairs,)
+            scores, keys = self.state.scores[routes], table.key_index[routes]   # (pairs,)
             starts = np.r_[0, np.flatnonzero(np.diff(nodes)) + 1]
             counts = np.diff(np.r_[starts, len(nodes)])                # (nodes,) pairs each
             present = nodes[starts]                                    # (nodes,)
-
-        def keys_of() -> np.ndarray:                                   # (pairs,)
-            return table.key_index if wave else table.key_index[routes]
-
         if counts.min() == counts.max():        # as many pairs each: a (steps, nodes) grid
-            steps = self._grid_steps(present, int(counts[0]), None if wave and table.full
-                                     else keys_of())
+            self._apply_grid(present, scores, routes, times, has_value, keys)
+            return
+        rank = np.arange(len(nodes)) - np.repeat(starts, counts)
+        order = np.argsort(rank, kind="stable")
 
-            def by_step(pairs: np.ndarray) -> np.ndarray:   # a transposed copy, its own
-                return pairs.reshape(len(present), -1).T.copy().ravel()   # memory always
-            factors, weights, normalisers = self._grid_scalars(
-                present, by_step(scores).reshape(-1, len(present)), self.stream is not None)
-        else:
-            nodes = table.query_node if wave else nodes
-            rank = np.arange(len(nodes)) - np.repeat(starts, counts)
-            order = np.argsort(rank, kind="stable")
+        def by_step(pairs: np.ndarray) -> np.ndarray:
+            return pairs[order]
+        bounds = np.searchsorted(rank[order], np.arange(int(counts.max()) + 1))
+        step_nodes = by_step(nodes)
+        steps = _Steps.ragged(step_nodes, bounds, by_step(self._value_row(nodes, keys)))
+        factors, weights, normalisers = self._scalar_updates(step_nodes, by_step(scores),
+                                                             bounds)
+        self._fold(steps, by_step, factors, weights, normalisers, routes, times, has_value)
 
-            def by_step(pairs: np.ndarray) -> np.ndarray:
-                return pairs[order]
-            bounds = np.searchsorted(rank[order], np.arange(int(counts.max()) + 1))
-            step_nodes = by_step(nodes)
-            steps = _Steps.ragged(step_nodes, bounds, by_step(self._value_row(nodes,
-                                                                              keys_of())))
-            factors, weights, normalisers = self._scalar_updates(step_nodes, by_step(scores),
-                                                                 bounds)
+    def _apply_grid(self, nodes: np.ndarray, scores: np.ndarray, routes: np.ndarray,
+                    times: np.ndarray, has_value: np.ndarray, keys: np.ndarray | None
+                    ) -> None:
+        """:meth:`_apply_in_order` for ``nodes`` with as many pairs each, node by node
+        (``scores``, ``routes``, ``times``, ``has_value``, ``keys``: per pair; ``keys``
+        None: the nodes are one group of a full table)."""
+        n_steps = len(scores) // len(nodes)
+        steps = self._grid_steps(nodes, n_steps, keys)
+
+        def by_step(pairs: np.ndarray) -> np.ndarray:  # a transposed copy, its own memory
+            return pairs.reshape(len(nodes), n_steps).T.copy().ravel()
+        factors, weights, normalisers = self._grid_scalars(
+            nodes, by_step(scores).reshape(n_steps, len(nodes)), self.stream is not None)
+        self._fold(steps, by_step, factors, weights, normalisers, routes, times, has_value)
+
+    def _fold(self, steps: _Steps, by_step: Callable[[np.ndarray], np.ndarray],
+              factors: np.ndarray, weights: np.ndarray, normalisers: np.ndarray | None,
+              routes: np.ndarray, times: np.ndarray, has_value: np.ndarray) -> None:
+        """Note the rescale factors, drop the weight of a dropped route, pull the values
+        (``by_step``: a per-pair array in the steps' order)."""
         if self.rescale is not None:
             self.rescale[by_step(routes)] = factors
         if not has_value.all():                         # a dropped route pulls nothing
@@ -284,12 +305,12 @@ class OnlineNodes(ForwardNodes):
     def _grid_steps(self, nodes: np.ndarray, n_steps: int, keys: np.ndarray | None
                     ) -> _Steps:
         """The steps of a grid: the same ``nodes`` ascending in each, step k reading each
-        node's k-th key (``keys``, node by node; None: a full table, step k reads key k)."""
-        if keys is None:                                # (steps, 1): one key a group
-            keys_by_step = np.arange(n_steps)[:, None]
+        node's k-th key (``keys``, node by node; None: the nodes are one group of a full
+        table, so step k reads key k)."""
+        if keys is None:                                # (steps, 1): one row a step
+            rows = self._value_row(nodes[:1], np.arange(n_steps)[:, None])
         else:                                           # (steps, nodes): a transposed view
-            keys_by_step = keys.reshape(len(nodes), n_steps).T
-        rows = self._value_row(nodes, keys_by_step)                    # (steps, 1 or nodes)
+            rows = self._value_row(nodes, keys.reshape(len(nodes), n_steps).T)
         return _Steps.same_nodes(nodes, np.broadcast_to(rows, (n_steps, len(nodes))))
 
     def _grid_scalars(self, nodes: np.ndarray, scores: np.ndarray, keep_normalisers: bool
