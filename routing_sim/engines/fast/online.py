@@ -10,7 +10,9 @@ with no value.
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable, Iterator
+from itertools import repeat
+from typing import Literal, NamedTuple
 
 import numpy as np
 
@@ -25,6 +27,8 @@ from .barrier import allocate_whole, budget, note_would_have, tiled_shares
 from .two_phase import ForwardNodes, settle
 
 __all__ = ["OnlineNodes"]
+
+_COLUMN_BUFFER = 64     # elements: numpy's ufunc buffer for the column-major value update
 
 
 def _node_major(nodes: np.ndarray, times: np.ndarray, routes: np.ndarray) -> bool:
@@ -56,6 +60,47 @@ def rescale_rows(kept: np.ndarray, factor: np.ndarray, moved: np.ndarray) -> Non
         kept *= factor[:, None]
     elif len(moved):
         kept[moved] *= factor[moved, None]
+
+
+class _Steps(NamedTuple):
+    """The steps of an update: step k's pairs are ``bounds[k]:bounds[k + 1]`` of the
+    per-pair arrays; it holds some nodes (each once, ascending), which read some rows of
+    the (G·S, Ev) values (:meth:`each`)."""
+
+    nodes: np.ndarray                     # a grid: (n,) every step's; else (pairs,)
+    rows: np.ndarray                      # a grid: (steps, n); else (pairs,)
+    bounds: np.ndarray                    # (steps + 1,)
+    one_key: np.ndarray                   # (steps,) do a step's nodes all read one row?
+    consecutive: np.ndarray               # (steps,) are a step's nodes a run?
+    grid: bool
+
+    @classmethod
+    def same_nodes(cls, nodes: np.ndarray, rows: np.ndarray) -> _Steps:
+        """A grid: every step holds ``nodes (n,)``; ``rows (steps, n)``, a view (zero
+        strides where a step reads one row)."""
+        n_steps, width = rows.shape
+        one_key = np.ones(n_steps, dtype=bool) if rows.strides[1] == 0 else \
+            rows.min(axis=1) == rows.max(axis=1)
+        consecutive = np.full(n_steps, nodes[-1] - nodes[0] == width - 1)
+        return cls(nodes, rows, np.arange(0, n_steps * width + 1, width), one_key,
+                   consecutive, True)
+
+    @classmethod
+    def ragged(cls, nodes: np.ndarray, bounds: np.ndarray, rows: np.ndarray) -> _Steps:
+        """Steps of any sizes: ``nodes`` and ``rows (pairs,)`` step by step, ``bounds``
+        apart."""
+        firsts, lasts = bounds[:-1], bounds[1:]
+        one_key = (np.minimum.reduceat(rows, firsts) == np.maximum.reduceat(rows, firsts)
+                   ) if len(firsts) else firsts.astype(bool)
+        consecutive = nodes[lasts - 1] - nodes[firsts] == lasts - firsts - 1
+        return cls(nodes, rows, bounds, one_key, consecutive, False)
+
+    def each(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Each step's nodes and the value rows they read, ``(n,)`` each."""
+        if self.grid:
+            return zip(repeat(self.nodes), self.rows)
+        return ((self.nodes[first:last], self.rows[first:last]) for first, last in
+                zip(self.bounds[:-1].tolist(), self.bounds[1:].tolist()))
 
 
 class OnlineNodes(ForwardNodes):
@@ -156,7 +201,8 @@ class OnlineNodes(ForwardNodes):
             self._held = [part[:0] for part in self._held]
         self._touch(routes)
         touched = self._touched
-        touched[self.routes.query_node[self._held[0]]] = False        # still waiting
+        if len(self._held[0]):                                         # still waiting
+            touched[self.routes.query_node[self._held[0]]] = False
         nodes = np.flatnonzero(touched)
         touched[:] = False
         if len(routes):
@@ -176,12 +222,25 @@ class OnlineNodes(ForwardNodes):
         """Each node's pairs in arrival order (ties by route): step k updates every node's
         k-th pair, one vectorised update per step, nodes ascending in it."""
         table = self.routes
-        if routes is table.every_route() and constant(times) is not None:
+        wave = routes is table.every_route() and constant(times) is not None
+        if wave and table.full:
+            # A full table's whole wave at one instant: each group a grid whose step k
+            # reads key k (one value row a step: an outer product); groups share no node,
+            # so they go one after another.
+            span, n_queries = table.n_queries * table.n_keys, table.n_queries
+            for group in range(table.n_groups):
+                at = slice(group * span, (group + 1) * span)           # the group's routes
+                self._apply_grid(np.arange(group * n_queries, (group + 1) * n_queries),
+                                 self.state.scores[at], routes[at], times[at],
+                                 has_value[at], None)
+            return
+        if wave:
             # A whole wave at one instant is node by node in route order already: no
             # gathers, the runs of nodes straight from the table.
-            nodes, scores, keys = table.query_node, self.state.scores, table.key_index
             per_node = table.routes_per_node()                         # (G·L,)
-            starts, counts = table.indptr[:-1][per_node > 0], per_node[per_node > 0]
+            present = np.flatnonzero(per_node)                         # (nodes,)
+            starts, counts = table.indptr[present], per_node[present]
+            nodes, scores, keys = table.query_node, self.state.scores, table.key_index
         else:
             nodes = table.query_node[routes]
             if not _node_major(nodes, times, routes):    # node by node, arrival, route:
@@ -192,60 +251,96 @@ class OnlineNodes(ForwardNodes):
             scores, keys = self.state.scores[routes], table.key_index[routes]   # (pairs,)
             starts = np.r_[0, np.flatnonzero(np.diff(nodes)) + 1]
             counts = np.diff(np.r_[starts, len(nodes)])                # (nodes,) pairs each
-        grid = counts.min() == counts.max()     # as many pairs each: a (steps, nodes) grid
-        if grid:
-            width = len(starts)
-            bounds = np.arange(0, len(nodes) + 1, width)
+            present = nodes[starts]                                    # (nodes,)
+        if counts.min() == counts.max():        # as many pairs each: a (steps, nodes) grid
+            self._apply_grid(present, scores, routes, times, has_value, keys)
+            return
+        rank = np.arange(len(nodes)) - np.repeat(starts, counts)
+        order = np.argsort(rank, kind="stable")
 
-            def by_step(pairs: np.ndarray) -> np.ndarray:              # a transposed copy
-                return pairs.reshape(width, -1).T.ravel()
-        else:
-            rank = np.arange(len(nodes)) - np.repeat(starts, counts)
-            order = np.argsort(rank, kind="stable")
-            bounds = np.searchsorted(rank[order], np.arange(int(counts.max()) + 1))
+        def by_step(pairs: np.ndarray) -> np.ndarray:
+            return pairs[order]
+        bounds = np.searchsorted(rank[order], np.arange(int(counts.max()) + 1))
+        step_nodes = by_step(nodes)
+        steps = _Steps.ragged(step_nodes, bounds, by_step(self._value_row(nodes, keys)))
+        factors, weights, normalisers = self._scalar_updates(step_nodes, by_step(scores),
+                                                             bounds)
+        self._fold(steps, by_step, factors, weights, normalisers, routes, times, has_value)
 
-            def by_step(pairs: np.ndarray) -> np.ndarray:
-                return pairs[order]
-        value_rows = by_step(keys if table.n_groups == 1 else             # (pairs,) in G·S
-                             nodes // table.n_queries * table.n_keys + keys)
-        # A grid's steps hold the same nodes, ascending: a tiled copy, not a transposed one.
-        nodes = np.tile(nodes[starts], len(bounds) - 1) if grid else by_step(nodes)
-        scores = by_step(scores)
-        if grid:
-            factors, weights, normalisers = self._grid_scalars(nodes[:bounds[1]],
-                                                               scores.reshape(-1, bounds[1]))
-        else:
-            factors, weights, normalisers = self._scalar_updates(nodes, scores, bounds)
+    def _apply_grid(self, nodes: np.ndarray, scores: np.ndarray, routes: np.ndarray,
+                    times: np.ndarray, has_value: np.ndarray, keys: np.ndarray | None
+                    ) -> None:
+        """:meth:`_apply_in_order` for ``nodes`` with as many pairs each, node by node
+        (``scores``, ``routes``, ``times``, ``has_value``, ``keys``: per pair; ``keys``
+        None: the nodes are one group of a full table)."""
+        n_steps = len(scores) // len(nodes)
+        steps = self._grid_steps(nodes, n_steps, keys)
+
+        def by_step(pairs: np.ndarray) -> np.ndarray:  # a transposed copy, its own memory
+            return pairs.reshape(len(nodes), n_steps).T.copy().ravel()
+        factors, weights, normalisers = self._grid_scalars(
+            nodes, by_step(scores).reshape(n_steps, len(nodes)), self.stream is not None)
+        self._fold(steps, by_step, factors, weights, normalisers, routes, times, has_value)
+
+    def _fold(self, steps: _Steps, by_step: Callable[[np.ndarray], np.ndarray],
+              factors: np.ndarray, weights: np.ndarray, normalisers: np.ndarray | None,
+              routes: np.ndarray, times: np.ndarray, has_value: np.ndarray) -> None:
+        """Note the rescale factors, drop the weight of a dropped route, pull the values
+        (``by_step``: a per-pair array in the steps' order)."""
         if self.rescale is not None:
             self.rescale[by_step(routes)] = factors
         if not has_value.all():                         # a dropped route pulls nothing
             weights *= by_step(has_value)
-        self._pull_values(value_rows, nodes, bounds, factors, weights,
-                          None if self.stream is None else (by_step(times), normalisers))
+        self._pull_values(steps, factors, weights, None if self.stream is None or
+                          normalisers is None else (by_step(times), normalisers))
 
-    def _grid_scalars(self, nodes: np.ndarray, scores: np.ndarray
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _value_row(self, nodes: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        """The row of the (G·S, Ev) values that a pair of query node ``nodes`` and key
+        token ``keys`` reads (broadcasting)."""
+        table = self.routes
+        if table.n_groups == 1:
+            return keys
+        return nodes // table.n_queries * table.n_keys + keys
+
+    def _grid_steps(self, nodes: np.ndarray, n_steps: int, keys: np.ndarray | None
+                    ) -> _Steps:
+        """The steps of a grid: the same ``nodes`` ascending in each, step k reading each
+        node's k-th key (``keys``, node by node; None: the nodes are one group of a full
+        table, so step k reads key k)."""
+        if keys is None:                                # (steps, 1): one row a step
+            rows = self._value_row(nodes[:1], np.arange(n_steps)[:, None])
+        else:                                           # (steps, nodes): a transposed view
+            rows = self._value_row(nodes, keys.reshape(len(nodes), n_steps).T)
+        return _Steps.same_nodes(nodes, np.broadcast_to(rows, (n_steps, len(nodes))))
+
+    def _grid_scalars(self, nodes: np.ndarray, scores: np.ndarray, keep_normalisers: bool
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """:meth:`_scalar_updates` for nodes with as many pairs each: ``scores`` a
-        (steps, nodes) grid; the exps are two calls over the grid (elementwise: the same
-        bits as step by step)."""
+        (steps, nodes) grid, a copy this overwrites with the weights; the exps are over the
+        grid (elementwise on contiguous arrays: the same bits as step by step). Each node's
+        l after each step only when ``keep_normalisers``."""
         top = np.empty((len(scores) + 1, len(nodes)), dtype=scores.dtype)  # (steps + 1, nodes)
         top[0] = self.running_max[nodes]
-        for step, score in enumerate(scores):     # faster than maximum.accumulate on axis 0
-            np.maximum(top[step], score, out=top[step + 1])
-        factors = np.subtract(top[:-1], top[1:])                       # (steps, nodes)
-        moved = factors != 0                    # the max moved (or NaN): exp(0) is 1 exactly
-        factors[~moved] = 1.0
-        factors[moved] = np.exp(factors[moved])                        # rescale of (l, o)
-        newest = top[-1].copy()                                        # (nodes,) m at the end
-        weights = np.exp(np.subtract(scores, top[1:], out=top[1:]))    # (steps, nodes)
-        normalisers = np.empty_like(scores)                            # (steps, nodes)
+        for step, score in enumerate(scores):     # a row at a time, while it is in cache:
+            np.maximum(top[step], score, out=top[step + 1])            # m' = max(m, s)
+            score -= top[step + 1]                                     # s - m'
+            np.subtract(top[step], top[step + 1], out=top[step])       # m - m' (m is done)
+        self.running_max[nodes] = top[-1]
+        factors = top[:-1]                                             # (steps, nodes) m - m'
+        moved = np.flatnonzero(factors != 0)    # the max moved (or NaN): exp(0) is 1 exactly
+        rescaled = np.exp(factors.flat[moved])                         # (moves,) of (l, o)
+        factors.fill(1.0)
+        factors.flat[moved] = rescaled
+        weights = np.exp(scores, out=scores)                           # (steps, nodes)
+        normalisers = np.empty_like(scores) if keep_normalisers else None  # (steps, nodes)
         normaliser = self.normaliser[nodes]                            # (nodes,) l
         for step in range(len(scores)):
-            normaliser = np.multiply(factors[step], normaliser, out=normalisers[step])
+            normaliser = np.multiply(factors[step], normaliser, out=None if normalisers is
+                                     None else normalisers[step])
             normaliser += weights[step]
         self.normaliser[nodes] = normaliser
-        self.running_max[nodes] = newest
-        return factors.ravel(), weights.ravel(), normalisers.ravel()
+        return factors.ravel(), weights.ravel(), None if normalisers is None else \
+            normalisers.ravel()
 
     def _scalar_updates(self, nodes: np.ndarray, scores: np.ndarray, bounds: np.ndarray
                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -267,63 +362,65 @@ class OnlineNodes(ForwardNodes):
             factors[at], weights[at] = factor, weight
         return factors, weights, normalisers
 
-    def _pull_values(self, value_rows: np.ndarray, nodes: np.ndarray, bounds: np.ndarray,
-                     factors: np.ndarray, pulled: np.ndarray,
+    def _pull_values(self, steps: _Steps, factors: np.ndarray, pulled: np.ndarray,
                      arrivals: tuple[np.ndarray, np.ndarray] | None) -> None:
-        """o <- c·o + p·v_j, step by step (each node's pairs in arrival order, ``value_rows``
-        their v_j as rows of the (G·S, Ev) values); with a stream kept, each node's o / l
-        after the step, at its pair's arrival (``arrivals``: per pair, its time and the
-        node's l after it)."""
+        """o <- c·o + p·v_j, step by step (each node's pairs in arrival order; per pair, its
+        rescale c and weight p, ``steps.bounds`` apart); with a stream kept, each node's
+        o / l after the step, at its pair's arrival (``arrivals``: per pair, its time and
+        the node's l after it)."""
         values = self.problem.value.reshape(-1, self.problem.value.shape[2])   # (G·S, Ev)
         shifted = bool(self.value_shift.any())      # values near the largest float
-        sizes = np.diff(bounds)                                        # (steps,) nodes each
-        # Per step, decided for all steps at once: which pairs rescale (a factor other
-        # than 1), do all nodes read one key, are the nodes consecutive?
-        firsts = bounds[:-1]
+        bounds = steps.bounds
         rescaling = np.flatnonzero(factors != 1)                       # (moves,) pair indices
         rescaling_bounds = np.searchsorted(rescaling, bounds)          # (steps + 1,)
-        one_key = (np.minimum.reduceat(value_rows, firsts) == np.maximum.reduceat(
-            value_rows, firsts)) if len(firsts) else firsts.astype(bool)
-        consecutive = nodes[bounds[1:] - 1] - nodes[firsts] == sizes - 1
         # The layout follows the steps (a copy keeps every bit): where each step's nodes
         # read one key, its shares p·v_j are an outer product, made a column at a time (a
         # run of nodes long) in column-major order; where they read their own keys, the
         # shares are gathered rows, row-major. A small update keeps the layout it finds
         # (the copy would cost more than it saves).
-        if len(value_rows) >= len(self.accumulator):
-            wanted: Literal["C", "F"] = "F" if len(one_key) and one_key.all() else "C"
+        if len(pulled) >= len(self.accumulator):
+            wanted: Literal["C", "F"] = "F" if len(steps.one_key) and steps.one_key.all() \
+                else "C"
             self.accumulator = np.asarray(self.accumulator, order=wanted)   # (G·L, Ev)
         order: Literal["C", "F"] = "C" if self.accumulator.flags.c_contiguous else "F"
         # One scratch buffer for every step's shares: a fresh (n, Ev) array each step would
         # fault in new pages every time.
-        scratch = np.empty((int(sizes.max(initial=0)), values.shape[1]), dtype=values.dtype,
-                           order=order)                                # (n, Ev)
-        for first, last, one, in_place, moves, moves_end in zip(
-                firsts.tolist(), bounds[1:].tolist(), one_key.tolist(), consecutive.tolist(),
-                rescaling_bounds[:-1].tolist(), rescaling_bounds[1:].tolist()):
-            at = slice(first, last)
-            node, factor, rows = nodes[at], factors[at], value_rows[at]
-            if shifted:
-                self._scaled_update(node, rows, factor, pulled[at])
-            else:
-                share = scratch[:last - first]                         # (n, Ev)
-                if one:
-                    np.multiply.outer(pulled[at], values[rows[0]], out=share)  # p · v_j
+        scratch = np.empty((int(np.diff(bounds).max(initial=0)), values.shape[1]),
+                           dtype=values.dtype, order=order)            # (n, Ev)
+        # Column-major, numpy's default ufunc buffer (8192 elements) makes it copy the
+        # broadcast operands of p · v_j and o · c into buffers spanning several columns
+        # (about 3x slower at n = 1024, Ev = 64); a buffer shorter than a column lets each
+        # column be one inner loop, with no copy. Elementwise products: the same bits.
+        with np.errstate():                        # restores the buffer size on the way out
+            if order == "F":
+                np.setbufsize(_COLUMN_BUFFER)
+            for (node, rows), first, last, one, in_place, moves, moves_end in zip(
+                    steps.each(), bounds[:-1].tolist(), bounds[1:].tolist(),
+                    steps.one_key.tolist(), steps.consecutive.tolist(),
+                    rescaling_bounds[:-1].tolist(), rescaling_bounds[1:].tolist()):
+                at = slice(first, last)
+                factor = factors[at]
+                if shifted:
+                    self._scaled_update(node, rows, factor, pulled[at])
                 else:
-                    np.take(values, rows, axis=0, out=share)           # v_j
-                    share *= pulled[at, None]                           # p · v_j
-                kept = (self.accumulator[node[0]:node[-1] + 1] if in_place
-                        else self.accumulator[node])         # (n, Ev) a view, or a gather
-                if moves_end > moves:
-                    rescale_rows(kept, factor, rescaling[moves:moves_end] - first)
-                kept += share
-                if not in_place:
-                    self.accumulator[node] = kept
-            if self.stream is not None and arrivals is not None:
-                for u, t, norm in zip(node.tolist(), arrivals[0][at].tolist(),
-                                      arrivals[1][at]):
-                    self.stream.append((t, u, np.ldexp(self.accumulator[u] / norm,
-                                                       self.shift[u])))
+                    share = scratch[:last - first]                         # (n, Ev)
+                    if one:
+                        np.multiply.outer(pulled[at], values[rows[0]], out=share)  # p · v_j
+                    else:
+                        np.take(values, rows, axis=0, out=share)           # v_j
+                        share *= pulled[at, None]                           # p · v_j
+                    kept = (self.accumulator[node[0]:node[-1] + 1] if in_place
+                            else self.accumulator[node])         # (n, Ev) a view, or a gather
+                    if moves_end > moves:
+                        rescale_rows(kept, factor, rescaling[moves:moves_end] - first)
+                    kept += share
+                    if not in_place:
+                        self.accumulator[node] = kept
+                if self.stream is not None and arrivals is not None:
+                    for u, t, norm in zip(node.tolist(), arrivals[0][at].tolist(),
+                                          arrivals[1][at]):
+                        self.stream.append((t, u, np.ldexp(self.accumulator[u] / norm,
+                                                           self.shift[u])))
 
     def _scaled_update(self, node: np.ndarray, value_rows: np.ndarray, factor: np.ndarray,
                        pulled: np.ndarray) -> None:

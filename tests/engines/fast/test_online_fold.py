@@ -120,6 +120,23 @@ def test_every_rescale_branch_keeps_the_fold(monkeypatch, network):
     assert {s[2] for s in seen} == {network.jitter == 0}        # the layout follows the steps
 
 
+@pytest.mark.parametrize("n", [50, 200])
+def test_column_major_update_keeps_the_fold_and_numpy_buffer(n):
+    """The column-major update shrinks numpy's ufunc buffer while it runs: columns
+    shorter and longer than that buffer keep the fold's bits, and the caller's buffer size
+    is what it was afterwards."""
+    rng = np.random.default_rng(n)
+    query, key, value = rng.normal(size=(3, n, 8))
+    value[rng.random(value.shape) < 0.1] = -0.0
+    with np.errstate():
+        np.setbufsize(4096)
+        run = rs.simulate(query, key, value, softmax="online", trace="full", is_causal=n > 100)
+        assert np.getbufsize() == 4096
+    output, lse = per_key_fold(run, value[None])
+    assert_same_bits(run.output, output[0])
+    assert_same_bits(run.lse, lse[0])
+
+
 finite_or_not = st.sampled_from([0.0, -0.0, 1.5, -2.25, np.inf, -np.inf, np.nan, 1e-310])
 
 
