@@ -244,7 +244,8 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
         trace = "full" if len(FORWARD) * n_routes <= AUTO_FULL_LIMIT else "summary"
     budget.check_simulation(problem.shape, n_routes, trace=trace, softmax=softmax,
                             numerics=numerics, engine=options.engine,
-                            features=budget.run_features(problem, network, options.top_k),
+                            features=budget.run_features(problem, network, options.top_k,
+                                                         options.delivery),
                             itemsize=problem.dtype.itemsize,
                             transmissions=(1 + network.duplicate) / (1 - network.loss),
                             dense=problem.sparse is None)

@@ -41,13 +41,15 @@ sparse             112         103 (random routes, per node); tiles 43
 online             120         108 (a window); 94 full, 103 causal
 exact              152         133
 plain              2560        2297 (``engine="plain"``, n = 128)
-backward           64          52
+backward           112         105 (a window); 73 full, 52 full without jitter
 =================  ==========  ==============================================
 
 Options add to a path's bytes (measured over the row blocks' 29): 64 with a bias, dropout
 or a score_mod (59 with all three), 32 with ``routing="topk"`` (24), 240 on a network that
 loses or copies messages (225 at loss and duplicate 0.05; 166 at loss 0.3 and duplicate
-0.2). A full trace adds 128 (two-phase, 113 measured) or 320 (online, 289) per message, a
+0.2), 48 with random delays (jitter, reordering or spikes: 14 to 34 forward, up to 32 on
+a backward pass after them), 1,536 with ``delivery="per_message"`` (about 1,300 in all at
+n = 48). A full trace adds 128 (two-phase, 113 measured) or 320 (online, 289) per message, a
 dense mask :data:`MASK_BYTES` per ``(G, L, S)`` entry. They are estimates, not guarantees.
 """
 
@@ -75,9 +77,11 @@ ENVIRONMENT = "ROUTING_SIM_MEMORY"
 # Bytes a route of each path (:func:`route_path`), trace="summary"; measured, see above.
 ROUTE_BYTES = {"row blocks": 36, "masked": 40, "sparse": 112, "online": 120, "exact": 152,
                "plain": 2560}
-BACKWARD_ROUTE_BYTES = 64   # run.backward, per route, trace="summary" (measured 52)
-# Added to a path's bytes a route by options that keep more per route (measured 59, 24, 225).
-FEATURE_ROUTE_BYTES = {"scores": 64, "top_k": 32, "faulty": 240}
+BACKWARD_ROUTE_BYTES = 112  # run.backward, per route, trace="summary" (measured 73-105)
+# Added to a path's bytes a route by options that keep more per route (measured 59, 24, 225,
+# 14-34 forward and up to 32 backward, about 1,300).
+FEATURE_ROUTE_BYTES = {"scores": 64, "top_k": 32, "faulty": 240, "random delays": 48,
+                       "per message": 1536}
 MESSAGE_BYTES = {"two_phase": 128, "online": 320}  # per message of a full trace (113, 289)
 MASK_BYTES = 4         # per (G, L, S) entry: the bool mask and its temporaries (measured 4)
 FIXED_BYTES = 4 * 2**20  # any run: Python objects, first-call imports (measured 2.3 MB)
@@ -144,8 +148,8 @@ def route_path(groups: int, n_queries: int, n_keys: int, routes: int, *,
     return "masked"
 
 
-def run_features(problem: Problem, network: Network, top_k: int | None = None
-                 ) -> frozenset[str]:
+def run_features(problem: Problem, network: Network, top_k: int | None = None,
+                 delivery: str = "window") -> frozenset[str]:
     """The options of a run that keep more per route: :func:`estimate`'s ``features``.
 
     Examples
@@ -157,13 +161,16 @@ def run_features(problem: Problem, network: Network, top_k: int | None = None
     >>> problem = prepare(q, q, q, np.zeros((4, 4)), 0.0, False, None, False)   # a bias
     >>> sorted(run_features(problem, rs.Network(loss=0.1), top_k=2))
     ['faulty', 'scores', 'top_k']
+    >>> sorted(run_features(problem, rs.Network(jitter=0.5), delivery="per_message"))
+    ['per message', 'random delays', 'scores']
     """
     sparse = problem.sparse
     bias = problem.bias if sparse is None else sparse.bias
     keep = problem.keep if sparse is None else sparse.keep
     scores = bias is not None or keep is not None or problem.score_mod is not None
     named = {"scores": scores, "top_k": top_k is not None,
-             "faulty": network.faulty or network.duplicate > 0}
+             "faulty": network.faulty or network.duplicate > 0,
+             "random delays": network.random_delays, "per message": delivery == "per_message"}
     return frozenset(name for name, present in named.items() if present)
 
 
@@ -190,7 +197,8 @@ def estimate(groups: int, n_queries: int, n_keys: int, routes: int, *, dim: int 
     features : collection of str
         Options that keep more per route (:data:`FEATURE_ROUTE_BYTES`): ``"scores"`` (a
         bias, dropout or a score_mod), ``"top_k"`` (hard routing), ``"faulty"`` (a network
-        that loses or copies messages).
+        that loses or copies messages), ``"random delays"`` (jitter, reordering or spikes:
+        a time per message), ``"per message"`` (one Python object a message).
     transmissions : float
         Expected transmissions per message (``(1 + duplicate) / (1 - loss)`` on a lossy
         network); only a full trace grows with it.

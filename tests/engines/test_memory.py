@@ -161,7 +161,34 @@ PATHS = [
     ("full trace", 256, 2, lambda n: {"trace": "full"}, "row blocks", "row blocks"),
     ("online full trace", 128, 2, lambda n: {"softmax": "online", "trace": "full"}, "online",
      None),
+    ("jitter", 512, 2, lambda n: {"network": rs.Network(jitter=0.5, seed=1)}, "row blocks",
+     "row blocks"),
+    ("causal, reordering", 512, 2,
+     lambda n: {"is_causal": True, "network": rs.Network(reorder=0.3, jitter=0.2, seed=1)},
+     "masked", "span blocks"),
+    ("random mask, spikes", 512, 2,
+     lambda n: {"attn_mask": _random_mask(n, 0.5),
+                "network": rs.Network(spike=0.1, jitter=0.1, seed=1)}, "masked", "per node"),
+    ("window, jitter", 4096, 2,
+     lambda n: {"graph": rs.patterns.sliding_window(n, 128, sinks=4),
+                "network": rs.Network(jitter=0.5, seed=1)}, "sparse", "tiles"),
+    ("online, jitter", 512, 2,
+     lambda n: {"softmax": "online", "network": rs.Network(jitter=0.5, seed=1)}, "online",
+     None),
+    ("online causal, jitter", 512, 2,
+     lambda n: {"softmax": "online", "is_causal": True,
+                "network": rs.Network(jitter=0.5, seed=1)}, "online", None),
+    ("per message", 48, 1, lambda n: {"delivery": "per_message"}, "row blocks", None),
 ]
+
+BACKWARD = {
+    "full graph": lambda n: {},
+    "window": lambda n: {"graph": rs.patterns.sliding_window(n, 128, sinks=4)},
+    "jitter": lambda n: {"network": rs.Network(jitter=0.5, seed=1)},
+    "causal, jitter": lambda n: {"is_causal": True, "network": rs.Network(jitter=0.5, seed=1)},
+    "window, jitter": lambda n: {"graph": rs.patterns.sliding_window(n, 128, sinks=4),
+                                 "network": rs.Network(jitter=0.5, seed=1)},
+}
 
 
 def _estimated(monkeypatch) -> list[budget.MemoryEstimate]:
@@ -204,9 +231,11 @@ def test_the_estimate_covers_the_measured_peak_of_each_path(monkeypatch, case, n
     assert needed.total - needed.parts["fixed"] >= peak, (case, str(needed), peak)
 
 
-def test_the_estimate_covers_the_measured_peak_of_a_backward_pass(monkeypatch):
-    q, k, v = _inputs(512, 2)
-    run = rs.simulate(q, k, v, trace="summary")
+@pytest.mark.parametrize("keywords", BACKWARD.values(), ids=BACKWARD.keys())
+def test_the_estimate_covers_the_measured_peak_of_a_backward_pass(monkeypatch, keywords):
+    n = 2048 if "graph" in keywords(8) else 512
+    q, k, v = _inputs(n, 2)
+    run = rs.simulate(q, k, v, trace="summary", **keywords(n))
     d_output = np.random.default_rng(2).normal(size=run.output.shape)
     run.backward(d_output)                                               # first-call imports
     seen = _estimated(monkeypatch)

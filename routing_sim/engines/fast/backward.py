@@ -318,7 +318,7 @@ def backward(forward: ForwardState, d_output: ArrayLike, network: Network, deliv
     nbytes = {kind: payload_bytes(kind, problem.dtype.itemsize, dim, value_dim)
               for kind in BACKWARD}
     check_simulation(problem.shape, len(routes), trace=detail, itemsize=problem.dtype.itemsize,
-                     features=run_features(problem, network, forward.top_k),
+                     features=run_features(problem, network, forward.top_k, delivery),
                      transmissions=(1 + network.duplicate) / (1 - network.loss), dense=False,
                      backward=True)
     log = Trace(detail, routes, nbytes)
