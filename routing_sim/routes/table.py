@@ -218,9 +218,12 @@ class RouteTable:
         return asking, answering
 
     def every_route(self) -> np.ndarray:
-        """``arange(R)``: the route ids of a whole wave (kept: the waves share it)."""
+        """``arange(R)``: the route ids of a whole wave (kept: the waves share it, and the
+        engines read ``routes is table.every_route()`` as "every route, in order", so it is
+        read-only)."""
         if self._every is None:
             self._every = np.arange(len(self), dtype=self.index_type)
+            self._every.flags.writeable = False
         return self._every
 
     def routes_of(self, nodes: np.ndarray) -> np.ndarray:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -10,7 +12,8 @@ from hypothesis import strategies as st
 import routing_sim as rs
 from routing_sim.engines.fast.decode import decode_step
 
-MASKS = ("none", "all", "padding", "window", "gap", "empty", "bias", "float padding")
+MASKS = ("none", "all", "padding", "window", "gap", "empty", "bias", "float padding",
+         "float gap")
 
 
 def step_inputs(seed: int, batch: int, kv_heads: int, share: int, n_keys: int, dim: int,
@@ -40,6 +43,8 @@ def step_inputs(seed: int, batch: int, kv_heads: int, share: int, n_keys: int, d
     bias = rng.normal(size=(batch, heads, 1, n_keys))
     if mask == "float padding":
         bias = np.where(column >= start, bias, -np.inf)
+    elif mask == "float gap":                                          # a bias, one key blocked
+        bias = np.where(column != n_keys // 2, bias, -np.inf)
     return query, key, value, bias
 
 
@@ -71,7 +76,8 @@ def test_an_empty_row_is_zero_as_in_simulate():
 
 
 @pytest.mark.parametrize("change", ["two queries", "nan query", "no gqa", "heads", "dtypes",
-                                    "no keys", "nan mask", "int mask", "mask shape"])
+                                    "float16", "integers", "no keys", "nan mask", "int mask",
+                                    "mask shape"])
 def test_declines_what_simulate_must_refuse_or_do(change):
     query, key, value, mask = step_inputs(0, 1, 2, 2, 6, 4, 4, np.float64, "padding")
     gqa = True
@@ -85,6 +91,10 @@ def test_declines_what_simulate_must_refuse_or_do(change):
         query = query[:, :3]
     elif change == "dtypes":
         key = key.astype(np.float32)
+    elif change == "float16":                        # simulate refuses it (DTypeError)
+        query, key, value = (x.astype(np.float16) for x in (query, key, value))
+    elif change == "integers":                       # simulate computes them in float64
+        query, key, value = (np.round(x * 3).astype(np.int64) for x in (query, key, value))
     elif change == "no keys":
         key, value, mask = key[:, :, :0], value[:, :, :0], None
     elif change == "nan mask":
@@ -102,6 +112,15 @@ def test_declines_an_overflow_which_simulate_reports():
     assert decode_step(query, key, value) is None
     with pytest.raises(rs.NumericalError):
         rs.simulate(query, key, value)
+
+
+def test_huge_finite_inputs_are_handed_to_simulate_without_a_warning():
+    """Their sum overflows: the step declines (simulate decides) and says nothing."""
+    query, key, value, _ = step_inputs(0, 1, 1, 1, 4, 2, 2, np.float64, "none")
+    value[...] = 1.5e308
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert decode_step(query, key, value) is None
 
 
 def test_a_float_mask_of_zeros_and_ones_warns_as_in_simulate():

@@ -50,7 +50,7 @@ def test_settle_keeps_each_nodes_latest_arrival_as_a_loop_does(case, form):
     rng = np.random.default_rng(len(table))
     routes = table.every_route()
     if form == "shuffled":
-        routes = rng.permutation(routes).astype(routes.dtype)
+        routes = rng.permutation(len(routes)).astype(routes.dtype)     # every route, shuffled
     elif form == "part":
         routes = routes[rng.random(len(routes)) < 0.5]
     times = times[:len(routes)]
