@@ -11,6 +11,7 @@ with no value.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from itertools import repeat
 from typing import Literal, NamedTuple
 
@@ -40,6 +41,19 @@ def _node_major(nodes: np.ndarray, times: np.ndarray, routes: np.ndarray) -> boo
     return bool((node_after | (same_node & (later | (same_time & (routes[1:] > routes[:-1])
                                                      )))).all())
 
+
+
+@contextmanager
+def _ufunc_buffer(size: int | None) -> Iterator[None]:
+    """numpy's ufunc buffer at ``size`` elements inside the block (None: as it is), and the
+    caller's size again after it, on numpy 1 and 2 alike."""
+    before = np.getbufsize()
+    if size is not None:
+        np.setbufsize(size)
+    try:
+        yield
+    finally:
+        np.setbufsize(before)
 
 def rescale_rows(kept: np.ndarray, factor: np.ndarray, moved: np.ndarray) -> None:
     """``kept *= factor[:, None]`` in place, touching only the rows ``moved`` whose factor
@@ -391,9 +405,7 @@ class OnlineNodes(ForwardNodes):
         # broadcast operands of p · v_j and o · c into buffers spanning several columns
         # (about 3x slower at n = 1024, Ev = 64); a buffer shorter than a column lets each
         # column be one inner loop, with no copy. Elementwise products: the same bits.
-        with np.errstate():                        # restores the buffer size on the way out
-            if order == "F":
-                np.setbufsize(_COLUMN_BUFFER)
+        with _ufunc_buffer(_COLUMN_BUFFER if order == "F" else None):
             for (node, rows), first, last, one, in_place, moves, moves_end in zip(
                     steps.each(), bounds[:-1].tolist(), bounds[1:].tolist(),
                     steps.one_key.tolist(), steps.consecutive.tolist(),
