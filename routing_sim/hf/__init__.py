@@ -7,7 +7,9 @@
 After it, ``from_config(..., attn_implementation="routing_sim")``,
 ``from_pretrained(path, attn_implementation="routing_sim")`` or
 ``model.set_attn_implementation("routing_sim")`` run every attention call of the model as
-messages between token nodes; ``with rs.hf.record() as rec:`` keeps the runs. A family
+messages between token nodes (a decoding step nobody records takes the lean step of
+:mod:`routing_sim.hf.lean`: the same bits without a Run); ``with rs.hf.record() as rec:``
+keeps the runs. A family
 whose attention does not go through transformers' attention interface is refused when the
 model is built (:class:`BypassError`), and a model built on a config object that a model of
 another implementation holds warns (:class:`SharedConfigWarning`). See

@@ -1,4 +1,4 @@
-"""routing_sim as a transformers attention backend: every attention call runs ``simulate``.
+"""routing_sim as a transformers attention backend: every attention call runs as messages.
 
 (A one-query call that nobody records, asks weights of or differentiates takes the lean
 step of :mod:`routing_sim.hf.lean`: the same bits, without building a Run.)
@@ -78,7 +78,8 @@ _LEAN: dict[str, bool] = {}            # whether a name's options allow the lean
 
 
 def register(name: str = "routing_sim", **options: Any) -> str:
-    """Make ``attn_implementation=name`` run every attention call through ``simulate``.
+    """Make ``attn_implementation=name`` run every attention call as ``simulate``'s messages
+    (an unobserved one-query call takes the lean step: the same bits, no Run).
 
     Parameters
     ----------
