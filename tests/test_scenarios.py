@@ -15,11 +15,14 @@ FOLDER = Path(__file__).resolve().parent.parent / "scenarios"
 NAMES = sorted(scenarios.available())
 # Scenarios that need an optional extra, and the modules it provides.
 EXTRAS = {"real_model": ("torch", "transformers")}
-# A 300-step training run (~8 s of CPU) whose printed digits are not promised from one
-# machine to the next (issue 18 asks that its numbers are not asserted): it has no golden
-# file, and test_heads_specialise.py checks what it shows (specialisation, losses,
-# bit-identical reruns).
-TRAINED = ("heads_specialise",)
+# Training runs (300 and 600 steps) whose printed digits are not promised from one machine
+# to the next (issue 18 asks that their numbers are not asserted): a BLAS kernel that sums
+# in another order moves the last bits, and hundreds of Adam steps carry them to other
+# weights (induction_heads' seed-0 output differs from one CI machine to the next).
+# They have no golden file; test_heads_specialise.py and test_induction_heads.py check
+# what they show (roles recomputed from the weights, losses, accuracies, bit-identical
+# reruns on one machine).
+TRAINED = ("heads_specialise", "induction_heads")
 GOLDEN = [name for name in NAMES if name not in TRAINED]
 # Scenarios whose default size takes a minute (a million tokens): their golden file holds
 # a smaller run, with these arguments (`routing-sim run long_context 4096`).
