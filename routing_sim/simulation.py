@@ -451,8 +451,7 @@ def _stats(log: Trace, transport: Transport | WaveTransport | Wire,
     retransmissions = nodes.retransmissions
     return Stats(
         messages={name: int(log.counts[kind]) for name, kind in zip(names, kinds)},
-        bytes={name: int(log.counts[kind]) * log.nbytes_of[kind]
-               for name, kind in zip(names, kinds)},
+        bytes={kind.name: int(count) for kind, count in log.bytes.items()},
         makespan=float(completed.max(initial=0.0)),
         events=transport.events, delivery=transport.mode, routes=len(routes),
         lost={name: fate[Fate.LOST] for name, fate in zip(names, fates)},

@@ -44,8 +44,7 @@ def simulated_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Ten
     >>> bool(torch.allclose(q.grad, torch.from_numpy(expected), rtol=1e-10, atol=1e-12))
     True
     """
-    inputs = (query, key, value, mask, sinks)
-    if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in inputs):
+    if needs_grad(query, key, value, mask, sinks):
         holder: list[Run] = []
         output = _SimulatedAttention.apply(query, key, value, mask, sinks, arguments, holder)
         return output, holder[0]
@@ -58,9 +57,9 @@ def _simulate(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
               mask: torch.Tensor | None, sinks: torch.Tensor | None,
               arguments: dict[str, Any]) -> Run:
     """``simulate`` on the tensors' float data."""
-    return simulate(_numpy(query), _numpy(key), _numpy(value),
-                    attn_mask=None if mask is None else _numpy(mask),
-                    sinks=None if sinks is None else _numpy(sinks), **arguments)
+    return simulate(as_numpy(query), as_numpy(key), as_numpy(value),
+                    attn_mask=None if mask is None else as_numpy(mask),
+                    sinks=None if sinks is None else as_numpy(sinks), **arguments)
 
 
 class _SimulatedAttention(torch.autograd.Function):
@@ -78,7 +77,7 @@ class _SimulatedAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, d_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        grads = ctx.run.backward(_numpy(d_output))
+        grads = ctx.run.backward(as_numpy(d_output))
         device = d_output.device
         tensors = [torch.from_numpy(np.ascontiguousarray(grad)).to(device)
                    for grad in (grads.query, grads.key, grads.value)]
@@ -91,8 +90,29 @@ class _SimulatedAttention(torch.autograd.Function):
         return (*tensors, d_mask, d_sinks, None, None)
 
 
-def _numpy(tensor: torch.Tensor) -> np.ndarray:
-    return tensor.numpy(force=True)              # detached, on the CPU: a view when it can
+def needs_grad(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd would differentiate through any of ``tensors`` (None: absent).
+
+    Examples
+    --------
+    >>> needs_grad(torch.ones(2), None), needs_grad(torch.ones(2, requires_grad=True))
+    (False, True)
+    >>> with torch.no_grad():
+    ...     needs_grad(torch.ones(2, requires_grad=True))
+    False
+    """
+    return torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors)
+
+
+def as_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """The tensor's values as an array: detached, on the CPU, a view when it can be.
+
+    Examples
+    --------
+    >>> as_numpy(torch.ones(2, requires_grad=True)).tolist()
+    [1.0, 1.0]
+    """
+    return tensor.numpy(force=True)
 
 
 def _sum_to(gradient: np.ndarray, shape: torch.Size) -> np.ndarray:

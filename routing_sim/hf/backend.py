@@ -178,11 +178,12 @@ def _attention_function(name: str):
         if softcap is not None:
             options["score_mod"] = _softcap(softcap, options)
         recorder = record.active()
+        mask = bias if bias is not None else attention_mask
         if n_queries == 1 and _LEAN[name] and recorder is None and not dropout \
                 and not _weights_requested(kwargs):
             # A decoding step nobody observes: the same bits without building a Run.
-            output = lean_step(query, key, value, bias if bias is not None else attention_mask,
-                               scaling, gqa, s_aux, options.get("score_mod"))
+            output = lean_step(query, key, value, mask, scaling, gqa, s_aux,
+                               options.get("score_mod"))
             if output is not None:
                 return output, None
         if recorder is not None:
@@ -193,7 +194,6 @@ def _attention_function(name: str):
             seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
         arguments = {"is_causal": causal and bias is None, "scale": scaling,
                      "dropout_p": float(dropout), "seed": seed, "enable_gqa": gqa, **options}
-        mask = bias if bias is not None else attention_mask
         output, run = simulated_attention(query, key, value, mask, arguments, s_aux)
         if recorder is not None:
             inputs = _attention_inputs(query, key, value, mask, arguments)

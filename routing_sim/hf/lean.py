@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from ..engines.fast.decode import decode_step
+from .autograd import as_numpy, needs_grad
 
 __all__ = ["lean_options", "lean_step"]
 
@@ -47,13 +48,11 @@ def lean_step(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     """The attention output ``(B, 1, H, Ev)`` (transformers' layout) of a one-query call,
     or None when the step needs ``simulate`` (a gradient, or a case ``decode_step``
     declines)."""
-    if torch.is_grad_enabled() and any(tensor is not None and tensor.requires_grad
-                                       for tensor in (query, key, value, mask, sinks)):
+    if needs_grad(query, key, value, mask, sinks):
         return None
-    output = decode_step(query.numpy(force=True), key.numpy(force=True),
-                         value.numpy(force=True),
-                         None if mask is None else mask.numpy(force=True), scale, enable_gqa,
-                         None if sinks is None else sinks.numpy(force=True), score_mod)
+    output = decode_step(as_numpy(query), as_numpy(key), as_numpy(value),
+                         None if mask is None else as_numpy(mask), scale, enable_gqa,
+                         None if sinks is None else as_numpy(sinks), score_mod)
     if output is None:
         return None
     batch, heads, value_dim = output.shape

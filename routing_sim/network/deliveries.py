@@ -69,10 +69,10 @@ class Deliveries:
         later = times[1:] > times[:-1]
         if later.all():
             return True
-        if not (later | (times[1:] == times[:-1])).all():             # one arrives earlier
+        same = times[1:] == times[:-1]
+        if not (later | same).all():                                   # one arrives earlier
             return False
         ids = self.ids
-        same = times[1:] == times[:-1]
         ahead = (ids[1:] > ids[:-1]) | ((ids[1:] == ids[:-1])
                                         & (self.copies[1:] > self.copies[:-1]))
         return bool((later | (same & ahead)).all())

@@ -64,7 +64,16 @@ def _scalar(value: np.ndarray | float) -> bool:
     return not isinstance(value, np.ndarray) or value.ndim == 0
 
 
-def _unattached(_: Deliveries | Timers) -> None:
+def unattached(_: Deliveries | Timers) -> None:
+    """A transport's callback while no token nodes are attached (before a run, after it).
+
+    Examples
+    --------
+    >>> unattached(None)
+    Traceback (most recent call last):
+    ...
+    RuntimeError: no token nodes are attached to this transport
+    """
     raise RuntimeError("no token nodes are attached to this transport")
 
 
@@ -138,8 +147,8 @@ class Outbox:
         self.nbytes = nbytes
         self.mode = mode
         self.events = 0
-        self.on_deliver: Callable[[Deliveries], None] = _unattached
-        self.on_timer: Callable[[Timers], None] = _unattached
+        self.on_deliver: Callable[[Deliveries], None] = unattached
+        self.on_timer: Callable[[Timers], None] = unattached
         self.on_step_end: Callable[[], None] | None = None
         self._endpoints = endpoints     # kind, routes -> (sender node ids, receiver node ids)
         self._down = down               # node ids, times -> inside a crash window?
@@ -357,7 +366,7 @@ class Transport(Outbox):
     def detach(self) -> None:
         """Forget the nodes' callbacks (:meth:`TokenNodes.detach
         <routing_sim.engines.fast.nodes.TokenNodes.detach>`): the run is over."""
-        self.on_deliver = self.on_timer = _unattached
+        self.on_deliver = self.on_timer = unattached
         self.on_step_end = None
 
     def run(self) -> Generator[simpy.Event, Any, None]:

@@ -20,7 +20,7 @@ import numpy as np
 from .conditions import Network
 from .deliveries import Deliveries, Timers, concat
 from .messages import Kind
-from .transport import arrivals, one_latency, outgoing
+from .transport import arrivals, one_latency, outgoing, unattached
 
 __all__ = ["WaveTransport", "whole_waves"]
 
@@ -39,10 +39,6 @@ def whole_waves(network: Network) -> bool:
     (False, False)
     """
     return not (network.faulty or network.duplicate > 0 or network.contention)
-
-
-def _unattached(_: Deliveries | Timers) -> None:
-    raise RuntimeError("no token nodes are attached to this transport")
 
 
 class WaveTransport:
@@ -76,8 +72,8 @@ class WaveTransport:
         self.nbytes = nbytes
         self.events = 0
         self.order_free = False         # do the nodes' handlers commute? (run needs it)
-        self.on_deliver: Callable[[Deliveries], None] = _unattached
-        self.on_timer: Callable[[Timers], None] = _unattached
+        self.on_deliver: Callable[[Deliveries], None] = unattached
+        self.on_timer: Callable[[Timers], None] = unattached
         self._record = record
         self._latency = one_latency(route_latency)
         self._outbox: list[Deliveries] = []
@@ -97,7 +93,7 @@ class WaveTransport:
     def detach(self) -> None:
         """Forget the nodes' callbacks: the run is over (as :meth:`Transport.detach
         <routing_sim.network.transport.Transport.detach>`)."""
-        self.on_deliver = self.on_timer = _unattached
+        self.on_deliver = self.on_timer = unattached
 
     def run(self) -> None:
         """Deliver wave after wave (one event each), every kind in turn, till all is quiet."""

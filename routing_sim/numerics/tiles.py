@@ -33,6 +33,8 @@ MAX_WASTE = 4.0          # tile blocks may hold at most this many entries per ro
 SPAN_WASTE = 1.25        # SpanBlocks: block entries per route it accepts
 CALL_ROUTES = 2**16      # RaggedRows: routes of padding copies one numpy call is worth
 SPREAD = 1.25            # a ragged block's rows: fan-ins within this factor of each other
+COPY_WIDTH = 64          # tiles wider than this many keys copy their keys contiguous (measured
+#                          to pay off); the regular path lays them out the same: same bits
 
 
 def tile_size(indptr: np.ndarray) -> int:
@@ -245,7 +247,7 @@ class Tiles:
                 continue
             nodes, key_rows, routes = self._panel(tiles, rows, width)
             keys_t = key[key_rows].transpose(0, 2, 1)                  # (n, E, |U|)
-            if width > 64:                             # measured: the copy pays off here
+            if width > COPY_WIDTH:
                 keys_t = np.ascontiguousarray(keys_t)
             block = np.matmul(query[nodes], keys_t)                    # (n, T, |U|)
             out[routes] = block.reshape(-1)[self._slots(tiles, routes)]
@@ -283,7 +285,7 @@ class Tiles:
         first = int(self.first[tiles[0]])
         queries = np.ascontiguousarray(query[first:first + n * rows]
                                        ).reshape(n, rows, dim)        # (n, T, E) as query[nodes]
-        if width > 64:                                 # the layout dots() copies into
+        if width > COPY_WIDTH:                         # the layout dots() copies into
             keys_t = regular.gather_transposed(key, scratch.take("keys", (n, dim, width),
                                                                  key.dtype))  # (n, E, |U|)
         else:

@@ -401,7 +401,7 @@ def rotate_new_keys(rope: RotaryEmbedding, keys: np.ndarray, lengths: np.ndarray
     slots = lengths[:, None] + np.arange(keys.shape[1])                 # (B, L_new)
     rope.check_positions("the new keys' slots (cache_seqlens + t)", slots)
     by_head = keys.transpose(0, 2, 1, 3)                                # (B, H_kv, L_new, D)
-    return rope.rotate(by_head, slots[:, None, :]).transpose(0, 2, 1, 3).astype(keys.dtype)
+    return rope.rotate(by_head, slots[:, None, :]).transpose(0, 2, 1, 3)   # keys' dtype
 
 
 def query_slots(lengths: np.ndarray, n_queries: int, local: bool) -> np.ndarray:

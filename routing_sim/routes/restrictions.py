@@ -142,8 +142,8 @@ def _alibi(slopes, routes: RouteSet, query_position: np.ndarray, key_position: n
     distance = alibi_distance(query_position[query], key_position[routes.indices], mode)
     per_sequence = _per_sequence_slopes(slopes, routes.batch_shape, spans)
     if per_sequence is not None and spans is not None:                 # (n_seqs, H)
-        head = group % routes.batch_shape[-1] if routes.batch_shape else np.zeros_like(group)
-        return 0.0 + per_sequence[spans.query_sequence[query], head] * distance
+        # Only (H,) or no batch dims read slopes by sequence: the group is the head (or 0).
+        return 0.0 + per_sequence[spans.query_sequence[query], group] * distance
     per_group = np.broadcast_to(check_alibi_slopes(slopes, routes.batch_shape),
                                 routes.batch_shape).reshape(-1)        # (G,)
     return 0.0 + per_group[group] * distance

@@ -349,8 +349,8 @@ def concat_ranges(starts: np.ndarray, stops: np.ndarray, dtype: type = np.int64
     dtype('int32')
     """
     lengths = stops - starts                                           # (k,)
-    if not (lengths > 0).all():                                        # skip empty ranges
-        keep = lengths > 0
+    keep = lengths > 0
+    if not keep.all():                                                 # skip empty ranges
         starts, stops, lengths = starts[keep], stops[keep], lengths[keep]
     steps: np.ndarray = np.ones(int(lengths.sum()), dtype=dtype)       # (total,)
     if len(steps):

@@ -34,7 +34,7 @@ from ..errors import InvalidArgumentError
 from .precision import round_to
 
 __all__ = ["FEATURES", "LAYOUTS", "PATTERNS", "SHAPES", "Case", "battery", "check_features",
-           "compatible", "forms", "smaller"]
+           "compatible", "forms", "ordered", "smaller"]
 
 FEATURES = ("full", "mask", "causal", "bottom_right", "gqa", "window", "softcap", "alibi",
             "sinks", "padded", "varlen", "lse", "dropout_mask", "decode", "value_dim",
@@ -98,9 +98,9 @@ def check_features(features: Iterable[str] | str, layout: str) -> frozenset[str]
     chosen |= set() if chosen & SHAPES else {"padded"}
     if not forms(None, chosen, layout):
         raise InvalidArgumentError(
-            f"no case takes a shape named ({', '.join(_ordered(chosen & SHAPES))}) with a "
-            f"pattern named ({', '.join(_ordered(chosen & PATTERNS))}) in layout {layout!r}: "
-            f"features {', '.join(_ordered(chosen))}")
+            f"no case takes a shape named ({', '.join(ordered(chosen & SHAPES))}) with a "
+            f"pattern named ({', '.join(ordered(chosen & PATTERNS))}) in layout {layout!r}: "
+            f"features {', '.join(ordered(chosen))}")
     return chosen
 
 
@@ -119,13 +119,19 @@ def forms(feature: str | None, chosen: frozenset[str], layout: str
     [('padded', 'causal'), ('varlen', 'causal')]
     """
     first = () if feature is None else (feature,)
-    return [(shape, pattern) for shape in _ordered(chosen & SHAPES)
-            for pattern in _ordered(chosen & PATTERNS)
+    return [(shape, pattern) for shape in ordered(chosen & SHAPES)
+            for pattern in ordered(chosen & PATTERNS)
             if compatible((), layout, first=(*first, shape, pattern)) == {*first, shape, pattern}]
 
 
-def _ordered(names: Iterable[str]) -> list[str]:
-    """``names`` in the order of :data:`FEATURES`."""
+def ordered(names: Iterable[str]) -> list[str]:
+    """``names`` in the order of :data:`FEATURES`.
+
+    Examples
+    --------
+    >>> ordered({"causal", "full", "padded"})
+    ['full', 'causal', 'padded']
+    """
     return sorted(names, key=FEATURES.index)
 
 
@@ -385,8 +391,8 @@ def _following(case: Case, features: frozenset[str], layout: str,
     pattern it combines with; None if it uses a feature that is not chosen or combines
     with no chosen shape and pattern."""
     if "padded" in case.features(layout) and "padded" not in features:
-        for shape in _ordered(features & SHAPES):
-            converted = (_packed if shape == "varlen" else _decoded)(case, draw)
+        for shape in ordered(features & SHAPES):
+            converted = _packed(case, draw) if shape == "varlen" else _decoded(case)
             followed = None if converted is None else \
                 _following(converted, features, layout, draw)
             if followed is not None:
@@ -435,7 +441,7 @@ def _packed(case: Case, draw: _Inputs) -> Case | None:
                    label=f"{case.label}, packed")
 
 
-def _decoded(case: Case, draw: _Inputs) -> Case:
+def _decoded(case: Case) -> Case:
     """A padded ``case`` as a decode step: its last query alone, every key (``draw``
     unused: :func:`_packed`'s signature)."""
     n_queries = case.shape[3]

@@ -37,6 +37,7 @@ from .cases import (
     battery,
     check_features,
     forms,
+    ordered,
     smaller,
 )
 from .diagnose import Divergence, diverges
@@ -365,7 +366,7 @@ def check_attention(fn: Callable, *, layout: str = "sdpa", features: Any = (),
     if cases is not None and (isinstance(cases, bool) or not isinstance(cases, int)
                               or cases < 0):
         raise InvalidArgumentError(f"cases must be an int >= 0, got {cases!r}")
-    kind = detect(fn, layout, dtype_name, [s for s in FEATURES if s in chosen & SHAPES])
+    kind = detect(fn, layout, dtype_name, ordered(chosen & SHAPES))
     if "backward" in chosen and kind != "torch":
         raise InvalidArgumentError("feature 'backward' takes the gradients with torch's "
                                    "autograd: fn must take torch tensors")
@@ -378,8 +379,8 @@ def check_attention(fn: Callable, *, layout: str = "sdpa", features: Any = (),
         if not judgement.passed and not checker.explained(case, judgement):
             checker.add_failure(checker.shrink(case, judgement), f"battery case '{case.label}'")
     _search(checker, chosen, layout, dtype_name, 100 if cases is None else cases, seed)
-    named = [f for f in FEATURES if f in chosen & (PATTERNS | SHAPES)]
-    for feature in sorted(chosen - OUTPUTS - PATTERNS, key=FEATURES.index):
+    named = ordered(chosen & (PATTERNS | SHAPES))
+    for feature in ordered(chosen - OUTPUTS - PATTERNS):
         if not forms(feature, chosen, layout):
             checker.report.notes.append(
                 f"{feature}: no case, it combines with none of the patterns and shapes "

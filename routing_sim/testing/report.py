@@ -62,8 +62,9 @@ class Report:
     """What :func:`~routing_sim.testing.check_attention` found.
 
     ``passed`` is True when no case failed; ``failures`` holds each failure shrunk to a
-    minimal case; ``by_feature`` maps ``"plain"`` (cases without a feature) and every
-    checked feature to its :class:`FeatureResult`. ``str(report)`` is the table.
+    minimal case; ``by_feature`` maps every checked feature (each pattern and shape named,
+    and ``lse`` or ``backward`` if asked) to its :class:`FeatureResult`. ``str(report)`` is
+    the table.
     """
 
     name: str

@@ -25,7 +25,16 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from .calling import arguments as layout_arguments
-from .cases import FEATURES, OUTPUTS, PATTERNS, SHAPES, Case, check_features, compatible, forms
+from .cases import (
+    OUTPUTS,
+    PATTERNS,
+    SHAPES,
+    Case,
+    check_features,
+    compatible,
+    forms,
+    ordered,
+)
 from .precision import check_dtype
 
 __all__ = ["arguments", "cases"]
@@ -55,7 +64,7 @@ def cases(features: Any = (), layout: str = "sdpa", dtype: Any = None,
         raise ValueError(f"require={require!r} is not one of the features {sorted(chosen)}")
     found = forms(require, chosen, layout)
     if not found:
-        named = [name for name in FEATURES if name in chosen & (PATTERNS | SHAPES)]
+        named = ordered(chosen & (PATTERNS | SHAPES))
         raise ValueError(f"require={require!r} combines with none of the patterns and shapes "
                          f"named ({', '.join(named)}) in layout {layout!r}")
     return _cases(chosen, layout, dtype_name, require, found)

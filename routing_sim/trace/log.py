@@ -73,7 +73,6 @@ class Trace:
         self.duplicates = {kind: 0 for kind in self.kinds}
         histograms = np.zeros((len(self.kinds), len(LATENCY_BINS) - 1), np.int64)
         self.latency_histogram = dict(zip(self.kinds, histograms))
-        self._one_bin: dict[Kind, int] = {}     # the one bin a kind's latencies fill; -1: more
         self._node_bytes = np.zeros((routes.n_groups * routes.span, 2), np.int64)
         self._routes = routes
         # Bytes per route of the whole waves logged so far, towards the key and back: a
@@ -109,7 +108,6 @@ class Trace:
             if sent is not None and arrive is not None:                # one latency for all
                 one = _bin_of(arrive - sent)
                 self.latency_histogram[kind][one] += count
-                self._one_bin[kind] = one if self._one_bin.get(kind, one) == one else -1
             else:
                 self._add_latency(kind, batch.arrive, batch.sent)
             if count == len(self._routes):     # every route once: a whole wave
@@ -148,7 +146,6 @@ class Trace:
         scratch array (a wave's latencies are millions: never one more array as long)."""
         if not len(arrive):
             return
-        self._one_bin[kind] = -1
         latency = np.empty(min(len(arrive), _LATENCY_CHUNK))              # (chunk,) scratch
         for start in range(0, len(arrive), _LATENCY_CHUNK):
             stop = min(start + _LATENCY_CHUNK, len(arrive))
@@ -245,17 +242,10 @@ class Trace:
                 return {}
             return {f"p{q}": float(np.percentile(latency, q, method="inverted_cdf"))
                     for q in quantiles} | {"max": float(latency.max())}
-        one = self._one_bin.get(kind, -1)
-        if one >= 0 and min(quantiles) > 0:                            # one bin holds all
-            edge = float(LATENCY_BINS[one + 1])
-            return {f"p{q}": edge for q in quantiles} | {"max": edge}
         counts = self.latency_histogram[kind]
         filled = np.flatnonzero(counts)
         if not filled.size:
             return {}
-        if filled.size == 1 and min(quantiles) > 0:                   # one bin holds all
-            edge = float(LATENCY_BINS[filled[0] + 1])
-            return {f"p{q}": edge for q in quantiles} | {"max": edge}
         cumulative = np.cumsum(counts) / counts.sum()
         edges = LATENCY_BINS[1:]
         return {f"p{q}": float(edges[np.searchsorted(cumulative, q / 100)]) for q in quantiles} \

@@ -180,8 +180,9 @@ def _modified(scores: np.ndarray, scale: float, bias: np.ndarray | None,
     from ``keys (n·count,)``, then the bias (``(n·count,)`` or ``(n, count)``)."""
     scaled = scale_scores(scores, scale).reshape(-1)                   # (n·count,)
     node = np.repeat(nodes.astype(np.int32), scores.shape[1])          # (n·count,) u = g
-    batch, head = np.divmod(node, heads)
-    result = modified(score_mod, scaled, batch, head, node % 1, keys).reshape(scores.shape)
+    batch, head = np.divmod(node, heads)                               # group g = b·H + h
+    query_index = np.zeros_like(node)                                  # one query: index 0
+    result = modified(score_mod, scaled, batch, head, query_index, keys).reshape(scores.shape)
     if bias is not None:
         with np.errstate(over="ignore", invalid="ignore"):
             result = result + bias.reshape(scores.shape)

@@ -17,7 +17,7 @@ import numpy as np
 from ...network.deliveries import Deliveries, Timers
 from ...network.messages import Kind
 from ...network.transport import Transport
-from ...network.wave_times import constant, shifted
+from ...network.wave_times import shifted
 from ...network.waves import WaveTransport
 from ...routes.problem import Problem
 from ...routes.table import RouteTable
@@ -115,19 +115,10 @@ class TokenNodes:
                       ) -> tuple[np.ndarray, np.ndarray]:
         """Query-node idempotence: the first answer per live route counts, copies do not.
 
-        Records each counted answer's arrival in ``first_time`` and returns the counted
-        (routes, arrival times).
+        Records each counted answer's arrival in ``first_time`` (kept only where copies or
+        retries can bring a second answer) and returns the counted (routes, arrival times).
         """
-        if not self._dedupe:
-            if first_time is not None:
-                one = constant(batch.arrive)
-                whole = len(batch) == len(first_time)
-                if one is not None and whole:                          # every route, in order
-                    first_time[:] = one
-                elif whole and batch.routes is self.routes.every_route():
-                    first_time[:] = batch.arrive                       # a copy, not a scatter
-                else:
-                    first_time[batch.routes] = batch.arrive
+        if not self._dedupe:               # no copy, no retry: every answer is the first
             return batch.routes, batch.arrive
         assert first_time is not None, "copies and retries keep first arrival times"
         new = np.isnan(first_time[batch.routes]) & (self.dead[batch.routes] == 0)

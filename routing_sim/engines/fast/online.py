@@ -163,8 +163,9 @@ class OnlineNodes(ForwardNodes):
         under any schedule."""
         state = self.state
         if state.fixed_blocks:
-            tiled_shares(state)
-            self._shared[:] = True
+            if not state.tiled_shares:                 # the first SCORE: every node's at once
+                tiled_shares(state)
+                self._shared[:] = True
         else:
             fresh = np.zeros(len(self._shared), dtype=bool)
             fresh[self.routes.query_node[routes]] = True

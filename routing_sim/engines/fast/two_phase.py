@@ -184,7 +184,7 @@ class TwoPhaseNodes(ForwardNodes):
         if barrier.min() == barrier.max():                             # one instant
             ready_at = barrier[0] + self.processing
         else:
-            ready_at = on_routes(self.routes, pulls, state.barrier_time + self.processing)
+            ready_at = on_routes(self.routes, pulls, state.barrier_time) + self.processing
         self.request(Kind.PULL, pulls, ready_at, 0)
         no_values = ready[(state.values_needed[ready] == 0) & ~state.failed[ready]]
         state.done_time[no_values] = state.barrier_time[no_values] + self.processing
