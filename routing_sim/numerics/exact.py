@@ -39,7 +39,7 @@ from numpy.typing import ArrayLike
 from ..errors import NumericalError
 
 __all__ = ["exact_budget", "exact_lse", "exact_numerator", "exact_pull", "exact_scores",
-           "exact_shares", "exact_unnormalised", "rounded_or_nan", "weight_error"]
+           "exact_shares", "exact_unnormalised", "log_terms", "rounded_or_nan", "weight_error"]
 
 _LN2 = (0.6931471805599453, 2.3190468138462996e-17)    # ln 2 as a double-double
 _SPLIT = 134217729.0            # 2**27 + 1: Dekker's splitting constant
@@ -202,10 +202,9 @@ def exact_lse(high: np.ndarray, low: np.ndarray, l_high: ArrayLike, l_low: Array
     (a sink logit is one more entry), correctly rounded; NaN where not decided.
 
     ``l_high + l_low`` is the row's ``l = Σ exp(s - m)`` from :func:`exact_unnormalised`
-    (``m`` the largest score as a double-double, so ``l >= 1``). ``log l`` is one Newton
-    step from the float guess ``y = log(l_hi)``: ``log l = y + log(1 + u)`` with ``1 + u =
-    l · exp(-y)`` in double-doubles and ``|u| < 2⁻⁴⁶`` (``y < 64`` is within an ulp of
-    ``log l_hi``), so taking ``u`` for ``log(1 + u)`` leaves ``u²/2 < 2⁻⁹³``. The absolute
+    (``m`` the largest score as a double-double, so ``l >= 1``). ``log l`` is
+    :func:`log_terms`' one Newton step from ``y = log(l_hi)`` (``y < 64`` is within an
+    ulp of ``log l_hi``, so ``|u| < 2⁻⁴⁶`` and ``u²/2 < 2⁻⁹³``). The absolute
     error of ``m + y + u`` is at most ``l``'s relative error (each ``e`` within
     :func:`weight_error`, at least ``2⁻⁸⁷``; the bounded ones under ``2⁻¹⁰⁹⁶`` each), plus
     ``dd_exp``'s ``2⁻⁹³``, ``u²/2`` and the products' ``2⁻¹⁰⁴``: ``2 · weight_error(m) + n ·
@@ -228,14 +227,35 @@ def exact_lse(high: np.ndarray, low: np.ndarray, l_high: ArrayLike, l_low: Array
     l_high, l_low = np.asarray(l_high, np.float64), np.asarray(l_low, np.float64)
     known = ~np.isnan(l_high)                                          # (...,)
     l_high, l_low = np.where(known, l_high, 1.0), np.where(known, l_low, 0.0)
+    terms = np.stack([top[..., 0], top_low[..., 0], *log_terms(l_high, l_low)], axis=-1)
+    first, rest = row_sums(terms.reshape(-1, 5))
+    error = 2 * weight_error(top[..., 0]) + high.shape[-1] * 2.0**-1090   # (...,)
+    return rounded_or_nan(first.reshape(known.shape), rest.reshape(known.shape), error, known)
+
+
+def log_terms(l_high: np.ndarray, l_low: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``log l`` of a double-double ``l = l_high + l_low >= 1`` as three floats ``y``,
+    ``u_high``, ``u_low`` (elementwise) whose exact sum is within ``2⁻⁹²`` of it, plus
+    ``l``'s own relative error.
+
+    One Newton step from the float guess ``y = log(l_high)``: ``log l = y + log(1 + u)``
+    with ``1 + u = l · exp(-y)`` in double-doubles, ``|u| < 2⁻⁴⁶``; taking ``u`` for
+    ``log(1 + u)`` leaves ``u²/2 < 2⁻⁹³``, and ``dd_exp`` adds at most ``2⁻⁹³``.
+    ``u_high = p_high - 1`` is exact (Sterbenz: ``p_high`` is within ``2⁻⁴⁶`` of 1).
+
+    Examples
+    --------
+    >>> y, u_high, u_low = log_terms(np.array([3.0]), np.array([2.0**-60]))
+    >>> from fractions import Fraction
+    >>> total = sum(Fraction(float(t[0])) for t in (y, u_high, u_low))
+    >>> float(total) == float(np.log(3.0))
+    True
+    """
     guess = np.log(l_high)                                             # (...,) y >= 0
     t_high, t_low = dd_exp(-guess, np.zeros_like(guess))               # exp(-y)
     p_high, p_low = dd_multiply(l_high, l_low, t_high, t_low)          # 1 + u
-    # p_hi - 1 is exact (Sterbenz: p_hi is within 2⁻⁴⁶ of 1); the five terms sum exactly.
-    terms = np.stack([top[..., 0], top_low[..., 0], guess, p_high - 1.0, p_low], axis=-1)
-    first, rest = row_sums(terms.reshape(-1, 5))
-    error = 2 * weight_error(top[..., 0]) + high.shape[-1] * 2.0**-1090   # (...,)
-    return rounded_or_nan(first.reshape(guess.shape), rest.reshape(guess.shape), error, known)
+    return guess, p_high - 1.0, p_low
 
 
 def exact_budget(high: np.ndarray, low: np.ndarray) -> np.ndarray:

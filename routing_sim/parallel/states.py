@@ -35,6 +35,7 @@ from ..numerics.exact import (
     exact_numerator,
     exact_scores,
     exact_unnormalised,
+    log_terms,
     rounded_or_nan,
     row_sums,
     two_sum,
@@ -251,10 +252,10 @@ def log_sum_exp(state: PartialState) -> np.ndarray:
 
     Exact mode follows :func:`routing_sim.numerics.exact.exact_lse`, with the partial
     state's ``m`` (a float) and ``l = Σ e^(s - m)`` (a double-double, ``l >= 1`` up to
-    rounding): ``log l = y + u`` with ``y = log(l_hi)`` and ``1 + u = l · e^-y`` in
-    double-doubles, ``|u| < 2⁻⁴⁶``. The error of ``m + y + u`` is ``l``'s relative error
-    (at most ``2⁻⁸⁴ + 2⁻⁹⁹|m|``, the bound :func:`finish` takes for ``o / l``) plus
-    ``exp``'s ``2⁻⁹³`` and ``u²/2 < 2⁻⁹³``: under ``2⁻⁸³ + 2⁻⁹⁹|m|``, the Ziv bound.
+    rounding), ``log l`` from :func:`~routing_sim.numerics.exact.log_terms`. The error
+    of ``m + y + u`` is ``l``'s relative error (at most ``2⁻⁸⁴ + 2⁻⁹⁹|m|``, the bound
+    :func:`finish` takes for ``o / l``) plus ``exp``'s ``2⁻⁹³`` and ``u²/2 < 2⁻⁹³``: under
+    ``2⁻⁸³ + 2⁻⁹⁹|m|``, the Ziv bound.
 
     Examples
     --------
@@ -270,11 +271,7 @@ def log_sum_exp(state: PartialState) -> np.ndarray:
     known = ~empty & ~np.isnan(state.l)                                # (G, c)
     l_high, l_low = np.where(known, state.l, 1.0), np.where(known, state.l_low, 0.0)
     top = np.where(known, state.m, 0.0)
-    guess = np.log(l_high)                                             # (G, c) y
-    t_high, t_low = dd_exp(-guess, np.zeros_like(guess))               # e^-y
-    p_high, p_low = dd_multiply(l_high, l_low, t_high, t_low)          # 1 + u
-    # p_hi - 1 is exact (Sterbenz: p_hi is within 2⁻⁴⁶ of 1); the four terms sum exactly.
-    terms = np.stack([top, guess, p_high - 1.0, p_low], axis=-1)       # (G, c, 4)
+    terms = np.stack([top, *log_terms(l_high, l_low)], axis=-1)        # (G, c, 4)
     first, rest = row_sums(terms.reshape(-1, 4))
     error = 2.0**-83 + 2.0**-99 * np.abs(top)                          # (G, c)
     lse = rounded_or_nan(first.reshape(top.shape), rest.reshape(top.shape), error, known)

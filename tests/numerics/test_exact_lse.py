@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import routing_sim as rs
-from routing_sim.numerics.exact import exact_lse, exact_scores, exact_unnormalised
+from routing_sim.numerics.exact import exact_lse, exact_scores, exact_unnormalised, log_terms
 from routing_sim.numerics.exact_row import exact_row_lse
 from routing_sim.numerics.kernels import with_sink
 
@@ -118,3 +118,16 @@ def test_a_row_spanning_the_whole_float_range_is_rounded_not_overflowed():
     _, lse = rs.attention(np.array([query]), keys, np.ones((4, 1)), attn_mask=np.array([bias]),
                           numerics="exact", return_lse=True)
     assert lse[0] == expected
+
+
+@given(st.floats(1.0, 2.0**60), st.floats(-1.0, 1.0), st.integers(0, 1))
+def test_log_terms_sum_to_log_l_within_the_bound(l_high, low_fraction, ulp_below):
+    """The three floats of one Newton step sum, exactly, to within 2^-92 (relative to
+    log l's own size, and l's error) of log l, for l = l_high + l_low >= 1 any double-double."""
+    l_high = float(np.nextafter(l_high, 0) if ulp_below and l_high > 1 else l_high)
+    l_low = low_fraction * math.ulp(l_high) / 2                          # |l_low| <= ulp/2
+    terms = log_terms(np.array([l_high]), np.array([l_low]))
+    with mpmath.workprec(300):
+        total = mpmath.fsum(mpmath.mpf(float(t[0])) for t in terms)
+        truth = mpmath.log(mpmath.mpf(l_high) + mpmath.mpf(l_low))
+        assert abs(total - truth) <= mpmath.mpf(2) ** -92
