@@ -46,9 +46,8 @@ from ..reference.kvcache import (
     CacheLayout,
     check_new_tokens,
     check_tokens,
-    query_slots,
     rotary_tables,
-    rotate_new_keys,
+    rotate_round,
 )
 from ..results.run import Run
 from ..routes.graphs import complete
@@ -482,10 +481,7 @@ class Decoder:
         if self.rotary is not None:
             # FlashAttention's order: k is rotated at its slot, then stored; q turns at the
             # same slots (a Decoder is causal). Checked before the cache changes.
-            keys = rotate_new_keys(self.rotary, keys, lengths)              # (B, T, H_kv, D)
-            slots = query_slots(lengths, count, local=True)                 # (B, T)
-            queries = self.rotary.rotate(queries.transpose(0, 2, 1, 3), slots[:, None, :]
-                                         ).transpose(0, 2, 1, 3)            # (B, T, H, D)
+            queries, keys = rotate_round(self.rotary, queries, keys, lengths, local=True)
         for b in range(n_batch):
             cache.write(b, int(lengths[b]), keys[b], values[b])
         kind = "row" if cache.block_table is None else "page"

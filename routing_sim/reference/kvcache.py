@@ -26,7 +26,7 @@ from ..options import Numerics
 from .matrix import attention
 
 __all__ = ["CacheLayout", "attention_with_kvcache", "check_new_tokens", "check_tokens",
-           "query_slots", "rotary_tables", "rotate_new_keys"]
+           "query_slots", "rotary_tables", "rotate_round"]
 
 
 def _indices(name: str, values: ArrayLike, shape: tuple[int, ...]) -> np.ndarray:
@@ -303,12 +303,9 @@ def attention_with_kvcache(
     local = causal or check_window_size(window_size) is not None
     if sinks is not None:
         group_sinks(sinks, (heads,), queries.dtype)       # refused before the cache changes
-    queries_by_head = queries.transpose(0, 2, 1, 3)                    # (B, H, Lq, D)
     if rope is not None and new_keys is not None:
-        new_keys = rotate_new_keys(rope, new_keys, lengths)            # (B, L_new, H_kv, D)
-        positions = query_slots(lengths, n_queries, local)             # (B, Lq)
-        rope.check_positions("the queries' slots (cache_seqlens + i)", positions)
-        queries_by_head = rope.rotate(queries_by_head, positions[:, None, :])
+        queries, new_keys = rotate_round(rope, queries, new_keys, lengths, local)
+    queries_by_head = queries.transpose(0, 2, 1, 3)                    # (B, H, Lq, D)
     if new_keys is not None and new_values is not None:
         # Every append lands before any sequence reads: a page two sequences share reads
         # the same whichever sequence comes first.
@@ -394,14 +391,31 @@ def rotary_tables(rotary_cos: ArrayLike | None, rotary_sin: ArrayLike | None,
                                        layout="interleaved" if interleaved else "half")
 
 
-def rotate_new_keys(rope: RotaryEmbedding, keys: np.ndarray, lengths: np.ndarray
-                    ) -> np.ndarray:
-    """New keys ``(B, L_new, H_kv, D)`` turned by the table rows of their slots
-    ``cache_seqlens[b] + t`` (refused, naming them, when a slot has no row)."""
+def rotate_round(rope: RotaryEmbedding, queries: np.ndarray, keys: np.ndarray,
+                 lengths: np.ndarray, local: bool) -> tuple[np.ndarray, np.ndarray]:
+    """One round's queries ``(B, Lq, H, D)`` and new keys ``(B, L_new, H_kv, D)`` turned as
+    FlashAttention turns them: each key by the table row of its slot ``cache_seqlens[b] +
+    t`` (it is stored so), each query by :func:`query_slots`' row; a slot without a row is
+    refused, naming it. Both keep their dtype.
+
+    Examples
+    --------
+    >>> angle = np.arange(8)[:, None] * np.array([[1.0]])             # 8 slots, R = 2
+    >>> rope = rotary_tables(np.cos(angle), np.sin(angle), False)
+    >>> q, k = np.ones((1, 1, 1, 2)), np.ones((1, 1, 1, 2))           # B = Lq = L_new = 1
+    >>> turned_q, turned_k = rotate_round(rope, q, k, np.array([3]), local=True)
+    >>> bool(np.allclose(turned_k[0, 0, 0], [np.cos(3) - np.sin(3), np.sin(3) + np.cos(3)]))
+    True
+    >>> bool((turned_q == turned_k).all())                             # the same slot, 3
+    True
+    """
     slots = lengths[:, None] + np.arange(keys.shape[1])                 # (B, L_new)
     rope.check_positions("the new keys' slots (cache_seqlens + t)", slots)
-    by_head = keys.transpose(0, 2, 1, 3)                                # (B, H_kv, L_new, D)
-    return rope.rotate(by_head, slots[:, None, :]).transpose(0, 2, 1, 3)   # keys' dtype
+    turned_keys = rope.rotate(keys.transpose(0, 2, 1, 3), slots[:, None, :])  # (B, H_kv, L_new, D)
+    positions = query_slots(lengths, queries.shape[1], local)           # (B, Lq)
+    rope.check_positions("the queries' slots (cache_seqlens + i)", positions)
+    turned_queries = rope.rotate(queries.transpose(0, 2, 1, 3), positions[:, None, :])
+    return turned_queries.transpose(0, 2, 1, 3), turned_keys.transpose(0, 2, 1, 3)
 
 
 def query_slots(lengths: np.ndarray, n_queries: int, local: bool) -> np.ndarray:
