@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import InvalidArgumentError
 from ..options import ON_MISSING
 
-__all__ = ["Crash", "Network", "nic_queue"]
+__all__ = ["Crash", "Network", "nic_queue", "whole_waves"]
 
 JITTER_DISTRIBUTIONS = ("uniform", "exponential")
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -358,3 +358,19 @@ def nic_queue(free: dict[int, float], nodes: np.ndarray, times: np.ndarray,
         free[node] = finish
         done[index] = finish
     return done
+
+
+def whole_waves(network: Network) -> bool:
+    """Can every wave on ``network`` be delivered at once, each message at its own time?
+
+    Yes when no message can be lost (so no retry timer), copied or queued at a NIC; the
+    handlers must commute as well (:attr:`~routing_sim.network.waves.WaveTransport.order_free`).
+
+    Examples
+    --------
+    >>> whole_waves(Network(latency=2.0, bandwidth=64.0, jitter=0.5))
+    True
+    >>> whole_waves(Network(loss=0.1)), whole_waves(Network(duplicate=0.1))
+    (False, False)
+    """
+    return not (network.faulty or network.duplicate > 0 or network.contention)

@@ -38,7 +38,7 @@ import numpy as np
 import simpy
 
 from ..options import DELIVERY_MODES
-from .conditions import Network, nic_queue
+from .conditions import Network, nic_queue, whole_waves
 from .deliveries import Deliveries, Timers, concat, merge
 from .messages import Fate, Kind
 from .timers import retransmission_timer
@@ -314,8 +314,7 @@ class Outbox:
         sorts its rows itself. Sorting a wave of a million jittered messages costs more
         than the handlers of it.
         """
-        network = self.network
-        return self._whole_waves() and not network.faulty and network.duplicate == 0
+        return self._windowed and self.order_free and whole_waves(self.network)
 
     def _whole_waves(self) -> bool:
         """Can one window take everything pending, each message at its own time?

@@ -17,28 +17,12 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .conditions import Network
+from .conditions import Network, whole_waves
 from .deliveries import Deliveries, Timers, concat
 from .messages import Kind
 from .transport import arrivals, one_latency, outgoing, unattached
 
 __all__ = ["WaveTransport", "whole_waves"]
-
-
-def whole_waves(network: Network) -> bool:
-    """Can every wave on ``network`` be delivered at once, each message at its own time?
-
-    Yes when no message can be lost (so no retry timer), copied or queued at a NIC; the
-    handlers must commute as well (:attr:`WaveTransport.order_free`).
-
-    Examples
-    --------
-    >>> whole_waves(Network(latency=2.0, bandwidth=64.0, jitter=0.5))
-    True
-    >>> whole_waves(Network(loss=0.1)), whole_waves(Network(duplicate=0.1))
-    (False, False)
-    """
-    return not (network.faulty or network.duplicate > 0 or network.contention)
 
 
 class WaveTransport:
