@@ -20,8 +20,8 @@ from ..options import CAUSAL_ALIGNMENTS, CausalAlignment
 from .arrays import as_numpy
 
 __all__ = ["CAUSAL_ALIGNMENTS", "Window", "causal_mask", "check_additive", "check_cu_seqlens",
-           "check_window_size", "checked_upstream", "mha_route_mask", "padding_mask",
-           "route_set"]
+           "check_window_size", "checked_upstream", "mask_routes", "mha_route_mask",
+           "padding_mask", "route_set"]
 
 Window = tuple[int | None, int | None]   # (left, right); None: unbounded on that side
 
@@ -107,6 +107,33 @@ def checked_upstream() -> Iterator[None]:
         yield
 
 
+def mask_routes(mask: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray | None]:
+    """An ``attn_mask``'s ``(allowed, bias)``: a bool mask is the allowed routes (no bias);
+    a float mask blocks its ``-inf`` entries and adds the rest (``bias`` in ``dtype``, 0
+    where blocked). Refused: NaN or +inf in a float mask, and any other dtype. A float mask
+    of only 0s and 1s warns (:func:`check_additive`).
+
+    Examples
+    --------
+    >>> allowed, bias = mask_routes(np.array([0.5, -np.inf]), np.dtype(np.float64))
+    >>> allowed.tolist(), bias.tolist()
+    ([True, False], [0.5, 0.0])
+    """
+    if mask.dtype == bool:
+        return mask, None
+    if not np.issubdtype(mask.dtype, np.floating):
+        raise DTypeError(f"attn_mask must be bool (True = route allowed) or floating "
+                         f"(added to the scores), got dtype {mask.dtype}")
+    if np.isnan(mask).any() or np.isposinf(mask).any():
+        bad = np.argwhere(np.isnan(mask) | np.isposinf(mask))[0]
+        raise InvalidArgumentError(f"attn_mask has {mask[tuple(bad)]} at index "
+                                   f"{tuple(int(b) for b in bad)}; a float mask may hold "
+                                   "finite values and -inf only")
+    check_additive("attn_mask", mask)
+    allowed = ~np.isneginf(mask)
+    return allowed, np.where(allowed, mask, 0).astype(dtype)
+
+
 def route_set(attn_mask: ArrayLike | None, is_causal: bool, causal_alignment: CausalAlignment,
               graph_mask: np.ndarray | None,
               batch_shape: tuple[int, ...], n_queries: int, n_keys: int, dtype: np.dtype
@@ -134,20 +161,7 @@ def route_set(attn_mask: ArrayLike | None, is_causal: bool, causal_alignment: Ca
         if mask.shape != target and _broadcast_shape(mask.shape, target) != target:
             raise ShapeError(f"attn_mask of shape {mask.shape} does not broadcast to the "
                              f"scores' shape {target} (..., L, S)")
-        if mask.dtype == bool:
-            allowed = mask
-        elif np.issubdtype(mask.dtype, np.floating):
-            if np.isnan(mask).any() or np.isposinf(mask).any():
-                bad = np.argwhere(np.isnan(mask) | np.isposinf(mask))[0]
-                raise InvalidArgumentError(f"attn_mask has {mask[tuple(bad)]} at index "
-                                           f"{tuple(int(b) for b in bad)}; a float mask may hold "
-                                           "finite values and -inf only")
-            check_additive("attn_mask", mask)
-            allowed = ~np.isneginf(mask)
-            bias = np.where(allowed, mask, 0).astype(dtype)
-        else:
-            raise DTypeError(f"attn_mask must be bool (True = route allowed) or floating "
-                             f"(added to the scores), got dtype {mask.dtype}")
+        allowed, bias = mask_routes(mask, dtype)
     elif is_causal:
         allowed = causal_mask(n_queries, n_keys, causal_alignment)
     if causal_alignment not in CAUSAL_ALIGNMENTS:

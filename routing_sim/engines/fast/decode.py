@@ -28,7 +28,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ...inputs.masks import check_additive
+from ...errors import DTypeError, InvalidArgumentError
+from ...inputs.masks import mask_routes
 from ...inputs.mods import modified
 from ...inputs.sinks import group_sinks
 from ...numerics.kernels import routing_budget, scale_scores, sink_budget, weighted_pull
@@ -137,15 +138,11 @@ def _routes(attn_mask: np.ndarray | None, batch: int, heads: int, n_keys: int,
         mask = np.broadcast_to(attn_mask, shape).reshape(batch * heads, n_keys)  # (G, S)
     except ValueError:
         return None
-    if mask.dtype == bool:
-        return (None if mask.all() else mask), None
-    if mask.dtype.kind != "f" or np.isnan(mask).any() or np.isposinf(mask).any():
+    try:
+        allowed, bias = mask_routes(mask, dtype)                       # warns as simulate does
+    except (DTypeError, InvalidArgumentError):
         return None                                                    # simulate refuses
-    check_additive("attn_mask", attn_mask)                             # warns as simulate does
-    blocked = np.isneginf(mask)
-    if not blocked.any():
-        return None, mask.astype(dtype)
-    return ~blocked, np.where(blocked, 0, mask).astype(dtype)
+    return (None if allowed.all() else allowed), bias
 
 
 def _every_key(query: np.ndarray, keys: list[np.ndarray], values: list[np.ndarray],
