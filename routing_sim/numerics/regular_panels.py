@@ -87,9 +87,21 @@ class RegularPanel:
         return np.take(block.reshape(self.tiles, -1), self.pattern, axis=1,   # in bounds:
                        out=out.reshape(self.tiles, len(self.pattern)), mode="clip")  # unbuffered
 
-    def scatter(self, shares: np.ndarray, out: np.ndarray) -> np.ndarray:
+    def slots(self, entries: int) -> np.ndarray:
+        """``(n · P,)``: each route's entry in the panel's blocks flattened, for blocks of
+        ``entries = T · |U|`` each (tile ``r``'s routes at ``r · entries + pattern``).
+
+        Examples
+        --------
+        >>> RegularPanel(np.array([0, 3]), [(0, 2, 10, 2)], 2).slots(4).tolist()
+        [0, 3, 4, 7]
+        """
+        return (np.arange(self.tiles)[:, None] * entries + self.pattern).reshape(-1)
+
+    def scatter(self, shares: np.ndarray, out: np.ndarray, slots: np.ndarray | None = None
+                ) -> np.ndarray:
         """``shares (n · P,)`` at their routes' entries of ``out (n, T·|U|)``, zero
-        elsewhere."""
+        elsewhere; ``slots``: :meth:`slots` of ``T·|U|``, when the caller keeps them."""
         out.fill(0)
-        out[:, self.pattern] = shares.reshape(self.tiles, len(self.pattern))
+        out.reshape(-1)[self.slots(out.shape[1]) if slots is None else slots] = shares
         return out

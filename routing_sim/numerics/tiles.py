@@ -305,7 +305,8 @@ class Tiles:
         first = int(self.first[tiles[0]])
         routes = slice(int(self.route_start[tiles[0]]), int(self.route_stop[tiles[-1]]))
         weights = regular.scatter(shares[routes], scratch.take(
-            "block", (n, rows * width), value.dtype)).reshape(n, rows, width)  # (n, T, |U|)
+            "block", (n, rows * width), value.dtype), scratch.slots(regular, rows * width)
+        ).reshape(n, rows, width)                                      # (n, T, |U|)
         values = regular.gather(value, scratch.take("keys", (n, width, value.shape[1]),
                                                     value.dtype))      # (n, |U|, Ev)
         np.matmul(weights, values,
@@ -561,6 +562,18 @@ class Scratch:
 
     def __init__(self) -> None:
         self.held: dict[str, np.ndarray] = {}
+        self.held_slots: tuple[np.ndarray, int, np.ndarray] | None = None
+
+    def slots(self, panel: RegularPanel, entries: int) -> np.ndarray:
+        """``panel.slots(entries)``, kept while the next panels share its pattern (the
+        batches of one group: the first is the largest, and the others' slots are the
+        first ones of its)."""
+        size = panel.tiles * len(panel.pattern)
+        held = self.held_slots
+        if held is None or held[0] is not panel.pattern or held[1] != entries or \
+                len(held[2]) < size:
+            held = self.held_slots = (panel.pattern, entries, panel.slots(entries))
+        return held[2][:size]
 
     def take(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         """A ``shape`` array of ``dtype`` (its contents undefined), reusing ``name``'s."""
