@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import routing_sim as rs
+from routing_sim.numerics import tiles
 from routing_sim.numerics.tiles import Tiles
 from routing_sim.routes import patterns
 
@@ -125,3 +126,26 @@ def test_a_window_with_padding_and_minus_infinity_in_the_mask():
     np.testing.assert_array_equal(run.output, general.output, strict=True)
     np.testing.assert_allclose(run.output, rs.attention(q, k, v, mask, graph=graph),
                                rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("entries", [2**10, 2**12])                  # several batches a group
+def test_regular_pulls_cut_into_batches_keep_the_general_paths_bits(entries, monkeypatch):
+    """Batches of one group share the first batch's slots (a shorter last batch takes a
+    prefix of them); the next group builds its own, even where its panels have the same
+    shape and route count (a window of 40 + 3 sinks, then one of 43 without): the same
+    weights, so the same bits."""
+    monkeypatch.setattr(tiles, "REGULAR_ENTRIES", entries)
+    parts = [patterns.sliding_window(700, 40, sinks=3), patterns.sliding_window(700, 43),
+             patterns.sliding_window(700, 40, sinks=3)]
+    counts = np.concatenate([np.diff(part.indptr) for part in parts])
+    indptr = np.concatenate(([0], np.cumsum(counts)))                  # (3·L + 1,)
+    keys = np.concatenate([part.indices for part in parts])            # (R,)
+    rng = np.random.default_rng(7)
+    value, shares = rng.normal(size=(3 * 700, 5)), rng.random(len(keys))
+    fast = Tiles(indptr, keys, 700, 700, size=8, dim=8)
+    regular = [panel for panel in fast.regular if panel is not None]
+    assert len(regular) > 3 * 2 and len({panel.tiles for panel in regular}) > 1
+    with general_path():
+        general = Tiles(indptr, keys, 700, 700, size=8, dim=8)
+    np.testing.assert_array_equal(fast.pull(shares, value), general.pull(shares, value),
+                                  strict=True)
