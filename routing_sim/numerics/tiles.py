@@ -33,6 +33,8 @@ MAX_WASTE = 4.0          # tile blocks may hold at most this many entries per ro
 SPAN_WASTE = 1.25        # SpanBlocks: block entries per route it accepts
 CALL_ROUTES = 2**16      # RaggedRows: routes of padding copies one numpy call is worth
 SPREAD = 1.25            # a ragged block's rows: fan-ins within this factor of each other
+SPAN_PART_ENTRIES = 2**16  # SpanBlocks: entries of a block's rows worked on at once (512 KB
+#                            of float64: its passes stay in L2)
 COPY_WIDTH = 64          # tiles wider than this many keys copy their keys contiguous (measured
 #                          to pay off); the regular path lays them out the same: same bits
 
@@ -411,6 +413,8 @@ class SpanBlocks:
                  n_keys: int, size: int) -> None:
         self.indptr, self.first, self.size = indptr, first, size
         self.n_queries, self.n_keys = n_queries, n_keys
+        self._geometries: dict[tuple[int, bytes, bytes],
+                               tuple[np.ndarray, np.ndarray | None]] = {}
         counts = np.diff(indptr)                                       # (G·L,)
         self.blocks: list[tuple[int, int, int, int]] = []
         for start in range(0, len(counts), n_queries):                 # one group at a time
@@ -461,17 +465,45 @@ class SpanBlocks:
         return slice(int(self.indptr[first]), int(self.indptr[stop]))
 
     def filled(self, first: int, stop: int, lo: int, hi: int) -> np.ndarray:
-        """``(rows, hi - lo)`` bool: where a block's entries are routes."""
-        column = np.arange(lo, hi)                                     # (hi - lo,) key j
-        start = self.first[first:stop, None]                           # (rows, 1)
-        return (column >= start) & (column < start + np.diff(self.indptr[first:stop + 1])[:, None])
+        """``(rows, hi - lo)`` bool: where a block's entries are routes (read-only: blocks
+        of one geometry share it)."""
+        return self._masks(first, stop, lo, hi)[0]
+
+    def padding(self, first: int, stop: int, lo: int, hi: int) -> np.ndarray | None:
+        """``(rows, hi - lo)`` bool: where a block's entries are no route (read-only), or
+        None when every entry is one."""
+        return self._masks(first, stop, lo, hi)[1]
+
+    def _masks(self, first: int, stop: int, lo: int, hi: int
+               ) -> tuple[np.ndarray, np.ndarray | None]:
+        """A block's ``(filled, padding)``, built once per geometry: a causal mask's blocks
+        repeat in every group."""
+        start = self.first[first:stop] - lo                            # (rows,) first column
+        count = np.diff(self.indptr[first:stop + 1])                   # (rows,)
+        geometry = (hi - lo, start.tobytes(), count.tobytes())
+        masks = self._geometries.get(geometry)
+        if masks is None:
+            column = np.arange(hi - lo)                                # (hi - lo,) key j - lo
+            filled = (column >= start[:, None]) & (column < (start + count)[:, None])
+            padding = None if filled.all() else ~filled
+            for mask in (filled, padding):
+                if mask is not None:
+                    mask.flags.writeable = False
+            masks = self._geometries[geometry] = (filled, padding)
+        return masks
+
+    def parts(self, first: int, stop: int, lo: int, hi: int) -> list[tuple[int, int]]:
+        """A block's rows in parts of at most :data:`SPAN_PART_ENTRIES` entries (at least
+        one row): ``[(first node, stop), ...]``, for its row-wise work."""
+        rows = max(1, SPAN_PART_ENTRIES // (hi - lo))
+        return [(part, min(part + rows, stop)) for part in range(first, stop, rows)]
 
     def dots(self, query: np.ndarray, key: np.ndarray, first: int, stop: int, lo: int,
-             hi: int) -> np.ndarray:
+             hi: int, out: np.ndarray | None = None) -> np.ndarray:
         """``q_u · k_j`` (unscaled) of a block, for ``query (G·L, E)`` and ``key (G·S, E)``:
-        ``(rows, hi - lo)``, key-aligned."""
+        ``(rows, hi - lo)``, key-aligned (into ``out`` when given)."""
         base = first // self.n_queries * self.n_keys                   # g · S
-        return query[first:stop] @ key[base + lo:base + hi].T
+        return np.matmul(query[first:stop], key[base + lo:base + hi].T, out=out)
 
     def pull(self, weights: np.ndarray, value: np.ndarray, first: int, stop: int, lo: int,
              hi: int, out: np.ndarray) -> np.ndarray:

@@ -30,7 +30,7 @@ from ...numerics.kernels import (
     weighted_pull,
     with_sink,
 )
-from ...numerics.tiles import RaggedRows
+from ...numerics.tiles import RaggedRows, Scratch, SpanBlocks
 from ...routes.route_set import batch_head
 from ..state import VALUE_PHASE, ExactParts, ForwardState
 from .exact_whole import exact_scores_whole
@@ -369,21 +369,54 @@ def tiled_shares(state: ForwardState) -> None:
 
 
 def _span_block_shares(state: ForwardState) -> None:
-    """A dense mask of one key run per row: each span block one product, then the softmax
-    of its rows, off the routes -inf (no share; each row's max and sum as they are)."""
+    """A dense mask of one key run per row: each span block one product (into one reused
+    array), then its rows part by part (each part's passes stay in cache): scaled (and
+    biased) in place, the padding set to -inf (no share; each row's max and sum as they
+    are), the softmax in place, and one gather each puts the scores and the shares into
+    the route arrays."""
     assert state.spans is not None, "a span run's state has span blocks"
     problem, spans = state.problem, state.spans
     query = problem.query.reshape(-1, problem.shape[3])                # (G·L, E)
     key = problem.key.reshape(-1, problem.shape[3])                    # (G·S, E)
+    scratch = Scratch()
     for first, stop, lo, hi in spans.blocks:
-        span = spans.routes(first, stop)
-        filled = spans.filled(first, stop, lo, hi)                     # (rows, hi - lo)
+        product = scratch.take("product", (stop - first, hi - lo), state.scores.dtype)
         with np.errstate(over="ignore", invalid="ignore"):             # overflow reported next
-            block = spans.dots(query, key, first, stop, lo, hi)       # (rows, hi - lo)
-        flat = state.scores[span]                                      # a view: in place
-        flat[:] = block[filled]
-        block[~filled] = -np.inf
-        _padded_softmax(state, span, slice(first, stop), flat, filled, block)
+            spans.dots(query, key, first, stop, lo, hi, out=product)  # (rows, hi - lo)
+        for part, end in spans.parts(first, stop, lo, hi):
+            _span_part(state, product[part - first:end - first], part, end, lo)
+
+
+def _span_part(state: ForwardState, block: np.ndarray, first: int, stop: int,
+               lo: int) -> None:
+    """The shares of nodes ``first:stop`` from their key-aligned dot products ``block
+    (rows, width)`` (from key ``lo``; contiguous, used as the work array)."""
+    assert state.spans is not None, "a span run's state has span blocks"
+    spans, hi = state.spans, lo + block.shape[1]
+    span = spans.routes(first, stop)
+    filled, padding = spans.filled(first, stop, lo, hi), spans.padding(first, stop, lo, hi)
+    scale_scores(block, state.problem.scale)          # elementwise: the routes' own bits
+    entries = block.reshape(-1)                                        # (rows · width,) a view
+    flat = state.scores[span]                                          # (routes,) a view
+    flat[:] = entries if padding is None else entries[filled.reshape(-1)]
+    if state.bias is not None:
+        flat += state.bias[span]
+        entries[filled.reshape(-1)] = flat
+    _check_overflow(flat)                              # a padded pair's dot is no route's
+    if padding is not None:
+        np.copyto(block, -np.inf, where=padding)
+    _padded_budget(state, span, slice(first, stop), filled, block)
+
+
+def _check_overflow(scores: np.ndarray) -> None:
+    """Refuse when one of these routes' ``scores`` overflowed: one sum, and a look route by
+    route only when it is not finite (huge finite scores can overflow the sum alone)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = np.add.reduce(scores)
+    if not np.isfinite(total):
+        bad = scores[~np.isfinite(scores)]
+        if len(bad):
+            overflowed(bad)
 
 
 def overflowed(scores: np.ndarray) -> None:
@@ -407,20 +440,18 @@ def _stacked_budget(state: ForwardState, nodes: slice | np.ndarray, block: np.nd
     return shares
 
 
-def _padded_softmax(state: ForwardState, span: slice, nodes: slice, flat: np.ndarray,
-                    filled: np.ndarray, block: np.ndarray) -> None:
-    """Scale, bias and softmax of the nodes ``nodes`` whose routes ``span`` hold the dot
-    products ``flat``; ``block (rows, width)`` is their rows padded with -inf where not
-    ``filled``, and the work array (the padding takes no share)."""
-    scale_scores(flat, state.problem.scale, None if state.bias is None else state.bias[span])
-    if not np.isfinite(flat).all():
-        overflowed(flat[~np.isfinite(flat)])
-    block[filled] = flat
-    shares = _stacked_budget(state, nodes, block, out=block)[filled]   # (routes,)
+def _padded_budget(state: ForwardState, span: slice, nodes: slice, filled: np.ndarray,
+                   block: np.ndarray) -> None:
+    """The shares of nodes ``nodes`` whose routes ``span`` are the ``filled`` entries of
+    ``block (rows, width)`` (contiguous; the scaled scores there, -inf elsewhere: the
+    padding takes no share): the softmax in place, then one gather into the state."""
+    _stacked_budget(state, nodes, block, out=block)
+    shares = state.shares[span]                                        # (routes,) a view
+    entries = block.reshape(-1)                                        # (rows · width,) a view
+    shares[:] = entries if filled.all() else entries[filled.reshape(-1)]
     if state.kept is not None:
         keep_probabilities(state, span, shares)
         shares *= state.kept[span] * state.dropout_scale
-    state.shares[span] = shares
 
 
 def _ragged_block(state: ForwardState, ragged: RaggedRows, first: int, stop: int,
@@ -429,8 +460,12 @@ def _ragged_block(state: ForwardState, ragged: RaggedRows, first: int, stop: int
     with -inf, which takes no share and leaves each row's max and sum as they are."""
     span = ragged.routes(first, stop)
     filled = ragged.filled(first, stop, width)                         # (rows, width)
-    block = np.full(filled.shape, -np.inf, dtype=state.scores.dtype)
-    _padded_softmax(state, span, slice(first, stop), state.scores[span], filled, block)
+    flat = state.scores[span]                                          # (routes,) a view
+    scale_scores(flat, state.problem.scale, None if state.bias is None else state.bias[span])
+    _check_overflow(flat)
+    block = np.full(filled.shape, -np.inf, dtype=state.scores.dtype)   # (rows, width)
+    block.reshape(-1)[filled.reshape(-1)] = flat
+    _padded_budget(state, span, slice(first, stop), filled, block)
 
 
 def _row_block_shares(state: ForwardState) -> None:
@@ -544,6 +579,19 @@ def pull_whole(state: ForwardState, nodes: np.ndarray) -> None:
     state.done_time[nodes] += state.processing
 
 
+def _span_weights(spans: SpanBlocks, shares: np.ndarray, weights: np.ndarray, first: int,
+                  stop: int, lo: int) -> None:
+    """Nodes ``first:stop``'s ``shares`` key-aligned into ``weights (rows, width)`` (from
+    key ``lo``), 0 off their routes."""
+    hi = lo + weights.shape[1]
+    routed = shares[spans.routes(first, stop)]                         # (routes,)
+    if spans.padding(first, stop, lo, hi) is None:
+        weights[...] = routed.reshape(weights.shape)
+        return
+    weights.fill(0.0)
+    weights.reshape(-1)[spans.filled(first, stop, lo, hi).reshape(-1)] = routed
+
+
 def _pull_every_row(state: ForwardState) -> None:
     """Every node's pull at once, straight into the outputs; a node that lost a route keeps
     (or later gets) its own row from :func:`aggregate`. A route that takes no value (not
@@ -554,11 +602,13 @@ def _pull_every_row(state: ForwardState) -> None:
     value = state.problem.value
     if state.spans is not None:
         flat_value = value.reshape(-1, value.shape[2])                 # (G·S, Ev)
-        for first, stop, lo, hi in state.spans.blocks:
-            filled = state.spans.filled(first, stop, lo, hi)           # (rows, hi - lo)
-            weights = np.zeros(filled.shape, dtype=state.shares.dtype)
-            weights[filled] = state.shares[state.spans.routes(first, stop)]
-            state.spans.pull(weights, flat_value, first, stop, lo, hi, out=state.output)
+        spans, scratch = state.spans, Scratch()
+        for first, stop, lo, hi in spans.blocks:
+            weights = scratch.take("weights", (stop - first, hi - lo), state.shares.dtype)
+            for part, end in spans.parts(first, stop, lo, hi):         # 0 off the routes
+                _span_weights(spans, state.shares, weights[part - first:end - first], part,
+                              end, lo)
+            spans.pull(weights, flat_value, first, stop, lo, hi, out=state.output)
     elif state.rows is not None:
         for group, first, stop in state.rows.blocks:
             state.rows.pull(state.shares, value, group, first, stop, out=state.output)

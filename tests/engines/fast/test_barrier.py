@@ -107,7 +107,8 @@ def one_run_mask(seed: int, n_queries: int, n_keys: int, kind: str) -> np.ndarra
 def test_span_blocks_give_the_same_bits_on_every_schedule(seed, softmax, kind, options, small):
     with pytest.MonkeyPatch.context() as patch:
         if small:                 # blocks of at most 12 entries: several a group, some one row
-            patch.setattr(tiles, "BLOCK_ENTRIES", 12)
+            patch.setattr(tiles, "BLOCK_ENTRIES", 12)      # and parts of 5: often one row
+            patch.setattr(tiles, "SPAN_PART_ENTRIES", 5)
         same_bits_on_span_blocks(seed, softmax, kind, options)
 
 
@@ -131,6 +132,24 @@ def same_bits_on_span_blocks(seed: int, softmax: str, kind: str, options: dict) 
     tolerance, _ = rs.verify.tolerance(query, key, value, **options)
     assert (np.abs(runs[0].output - expected) <= tolerance).all()
     np.testing.assert_allclose(runs[0].lse, lse, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("parts", [5, 2**16])
+def test_span_blocks_refuse_a_route_that_overflows_not_a_padded_pair(parts, monkeypatch):
+    """A block's product holds pairs that are no route (its padding): their dots may
+    overflow, which is no error; a route's may not."""
+    monkeypatch.setattr(tiles, "SPAN_PART_ENTRIES", parts)
+    query, key, value = full_inputs(0, n_queries=9, n_keys=9)
+    query[0, :, 0], key[0, :, 0] = 0.0, 0.0                # dimension 0: only these two
+    query[0, 2, 0], key[0, 6, 0] = 1e200, 1e200            # q_2 · k_6 overflows: blocked
+    run = rs.simulate(query, key, value, is_causal=True)
+    assert run.state.spans is not None
+    with np.errstate(over="ignore"):                       # the matrix form computes it too
+        expected = rs.attention(query, key, value, is_causal=True)
+    np.testing.assert_allclose(run.output, expected, rtol=1e-12, atol=1e-12)
+    key[0, 1, 0] = 1e200                                   # q_2 · k_1 overflows: a route
+    with pytest.raises(rs.NumericalError, match="overflow"):
+        rs.simulate(query, key, value, is_causal=True)
 
 
 @pytest.mark.parametrize("seed", range(3))
