@@ -442,7 +442,20 @@ class SpanBlocks:
         if len(keys) == 0 or n_queries == 0 or \
                 (keys[indptr[1:][busy] - 1] - first[busy] + 1 != counts[busy]).any():
             return None                                                # a row with a gap
+        return cls.of_runs(indptr, first, n_queries, n_keys)
+
+    @classmethod
+    def of_runs(cls, indptr: np.ndarray, first: np.ndarray, n_queries: int,
+                n_keys: int) -> SpanBlocks | None:
+        """The blocks of a table whose row ``u`` is the keys ``first[u] .. first[u] +
+        count - 1`` (``first (G·L,)``, any value for a row with no route), or None when it
+        has no route."""
+        counts = np.diff(indptr)                                       # (G·L,)
+        busy = counts > 0
+        first = np.where(busy, first, 0).astype(np.int64, copy=False)
         routes = int(indptr[-1])
+        if routes == 0 or n_queries == 0:
+            return None
         end = first + counts
         groups, size = len(counts) // n_queries, 8
         while 2 * size <= n_queries:                                   # the largest T that fits

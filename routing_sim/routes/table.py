@@ -62,18 +62,18 @@ class RouteTable:
         # Full attention: every row holds every key, so the index arrays follow from the
         # shape; they are built only if something asks for them.
         self.full = bool(allowed.all())
+        self._query_node = self._key_index = None
+        self.runs: np.ndarray | None = None
         if self.full:
-            self._query_node = self._key_index = None
             self.indptr = np.arange(groups * n_queries + 1, dtype=np.int64) * n_keys
         else:
             rows = allowed.reshape(groups * n_queries, n_keys)             # (G·L, S)
             counts = np.count_nonzero(rows, axis=1)                        # (G·L,)
             self.indptr = np.concatenate(([0], np.cumsum(counts)))     # (G·L + 1,)
-            self._query_node = self._key_index = None
-            runs = _one_run_per_row(rows, counts)
-            if runs is not None:             # causal, padding, windows: ranges, no nonzero
-                self._key_index = concat_ranges(runs, runs + counts, index_type)  # (R,) j
-            else:
+            # Causal, padding, windows: each row's first key says it all; the key of
+            # every route (R,) is built only if something asks for it.
+            self.runs = _one_run_per_row(rows, counts)
+            if self.runs is None:
                 query_node, key_index = np.nonzero(rows)
                 self._query_node = query_node.astype(index_type)       # (R,) u = g·L + i
                 self._key_index = key_index.astype(index_type)         # (R,) j
@@ -100,6 +100,7 @@ class RouteTable:
         table.n_groups, table.n_queries, table.n_keys = n_groups, n_queries, n_keys
         table.index_type = np.int32 if n_groups * (n_queries + n_keys) < 2**31 else np.int64
         table.indptr = np.asarray(indptr, dtype=np.int64)              # (G·L + 1,)
+        table.runs = None
         table.full = key_index is None or len(key_index) == n_groups * n_queries * n_keys
         table._key_index = None if table.full else np.asarray(key_index).astype(
             table.index_type, copy=False)                              # (R,) j
@@ -118,7 +119,10 @@ class RouteTable:
     @property
     def key_index(self) -> np.ndarray:
         """``(R,)``: the key token ``j`` of every route."""
-        if self._key_index is None:
+        if self._key_index is None and self.runs is not None:          # one run a row
+            self._key_index = concat_ranges(self.runs, self.runs + self.routes_per_node(),
+                                            self.index_type)
+        elif self._key_index is None:
             self._key_index = np.tile(np.arange(self.n_keys, dtype=self.index_type),
                                       self.n_nodes)
         return self._key_index
@@ -207,6 +211,15 @@ class RouteTable:
         if self.full:                             # every query of a group asks every key
             answering.reshape(self.n_groups, self.span)[:, offset:offset + self.n_keys] = \
                 self.n_queries
+            return asking, answering
+        if self.runs is not None:                 # one run a row: +1 where it opens, -1 after
+            width = self.n_keys + 1                                    # a group's key j, and S
+            start = np.arange(self.n_nodes) // self.n_queries * width + self.runs  # (G·L,)
+            stop = start + self.routes_per_node()                      # (G·L,) empty: = start
+            size_of = self.n_groups * width
+            steps = np.bincount(start, minlength=size_of) - np.bincount(stop, minlength=size_of)
+            answering.reshape(self.n_groups, self.span)[:, offset:offset + self.n_keys] = \
+                np.cumsum(steps.reshape(self.n_groups, width), axis=1)[:, :-1]
             return asking, answering
         chunk = 2**20                             # bincount in pieces: no (R,) int64 copy
         for g in range(self.n_groups):            # one group's routes are one slice

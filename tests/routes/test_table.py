@@ -28,3 +28,28 @@ def test_a_dense_mask_gives_every_allowed_route_in_canonical_order(groups, n_que
     assert table.key_index.tolist() == expected_key
     assert table.key_index.dtype == table.index_type
     assert table.indptr.tolist() == [0, *np.cumsum(rows.sum(axis=1)).tolist()]
+
+
+@given(st.integers(1, 3), st.integers(1, 9), st.integers(1, 9), st.booleans(), st.booleans(),
+       st.integers(0, 2**32 - 1))
+def test_route_counts_count_each_nodes_routes(groups, n_queries, n_keys, runs, self_attention,
+                                              seed):
+    """Asking and answering counts per physical node, from the mask itself: the same
+    whether the table holds one run a row (counted from where runs open) or not."""
+    rng = np.random.default_rng(seed)
+    if runs:
+        low, high = rng.integers(0, n_keys + 1, size=(2, groups, n_queries))
+        column = np.arange(n_keys)
+        allowed = (column >= low[..., None]) & (column < high[..., None])
+    else:
+        allowed = rng.random((groups, n_queries, n_keys)) < 0.5
+    table = RouteTable(allowed, self_attention)
+    assert table.runs is not None or table.full or not runs           # the runs' own count
+    asking, answering = table.route_counts()
+    span = n_queries if table.self_attention else n_queries + n_keys
+    offset = 0 if table.self_attention else n_queries
+    expected_asking, expected_answering = np.zeros((2, groups, span), dtype=np.int64)
+    expected_asking[:, :n_queries] = allowed.sum(axis=2)              # (G, L) routes it asks
+    expected_answering[:, offset:offset + n_keys] += allowed.sum(axis=1)  # (G, S) it answers
+    assert asking.tolist() == expected_asking.reshape(-1).tolist()
+    assert answering.tolist() == expected_answering.reshape(-1).tolist()
