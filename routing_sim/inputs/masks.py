@@ -46,7 +46,7 @@ def causal_mask(n_queries: int, n_keys: int, alignment: str = "top_left") -> np.
         raise InvalidArgumentError(f"causal_alignment must be one of {CAUSAL_ALIGNMENTS}, "
                                    f"got {alignment!r}")
     offset = 0 if alignment == "top_left" else n_keys - n_queries
-    return np.tril(np.ones((n_queries, n_keys), dtype=bool), k=offset)
+    return np.arange(n_keys) <= np.arange(n_queries)[:, None] + offset   # (L, S) j <= i + k
 
 
 def padding_mask(lengths: ArrayLike, n_keys: int) -> np.ndarray:

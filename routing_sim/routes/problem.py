@@ -255,11 +255,18 @@ def prepare(query: ArrayLike, key: ArrayLike, value: ArrayLike,
         whole = array if array.shape == shape else np.broadcast_to(array, shape)
         return np.ascontiguousarray(whole).reshape(groups, *tail)
 
+    def shared(mask: np.ndarray) -> np.ndarray:
+        """``flat`` of the route mask, but one ``(L, S)`` mask for every group stays one: a
+        read-only view (stride 0 across groups), read once rather than copied ``G`` times."""
+        if mask.ndim >= 2 and all(size == 1 for size in mask.shape[:-2]):
+            return np.broadcast_to(mask.reshape(mask.shape[-2:]), (groups, n_queries, n_keys))
+        return flat(mask, (n_queries, n_keys))
+
     return Problem(
         query=flat(query, (n_queries, dim)),
         key=flat(key, (n_keys, dim)),
         value=flat(value, (n_keys, value.shape[-1])),
-        allowed=None if allowed is None else flat(allowed, (n_queries, n_keys)),
+        allowed=None if allowed is None else shared(allowed),
         bias=None if bias is None else flat(bias, (n_queries, n_keys)),
         keep=None if keep is None else flat(keep, (n_queries, n_keys)),
         dropout_p=float(dropout_p),

@@ -59,21 +59,27 @@ class RouteTable:
         index_type = np.int32 if groups * (n_queries + n_keys) < 2**31 else np.int64
         self.n_groups, self.n_queries, self.n_keys = groups, n_queries, n_keys
         self.index_type = index_type
-        # Full attention: every row holds every key, so the index arrays follow from the
-        # shape; they are built only if something asks for them.
-        self.full = bool(allowed.all())
+        # One mask for every group (a view of stride 0 across them): read one group's.
+        shared = groups > 1 and allowed.strides[0] == 0
+        mask = allowed[0] if shared else allowed.reshape(groups * n_queries, n_keys)
+        self.full = bool(mask.all())
         self._query_node = self._key_index = None
         self.runs: np.ndarray | None = None
+        # Full attention: every row holds every key, so the index arrays follow from the
+        # shape; they are built only if something asks for them.
         if self.full:
             self.indptr = np.arange(groups * n_queries + 1, dtype=np.int64) * n_keys
         else:
-            rows = allowed.reshape(groups * n_queries, n_keys)             # (G·L, S)
-            counts = np.count_nonzero(rows, axis=1)                        # (G·L,)
-            self.indptr = np.concatenate(([0], np.cumsum(counts)))     # (G·L + 1,)
+            counts = np.count_nonzero(mask, axis=1)                        # (G·L,) or (L,)
             # Causal, padding, windows: each row's first key says it all; the key of
             # every route (R,) is built only if something asks for it.
-            self.runs = _one_run_per_row(rows, counts)
+            self.runs = _one_run_per_row(mask, counts)
+            if shared:
+                counts = np.tile(counts, groups)                           # (G·L,)
+                self.runs = None if self.runs is None else np.tile(self.runs, groups)
+            self.indptr = np.concatenate(([0], np.cumsum(counts)))     # (G·L + 1,)
             if self.runs is None:
+                rows = allowed.reshape(groups * n_queries, n_keys)         # (G·L, S)
                 query_node, key_index = np.nonzero(rows)
                 self._query_node = query_node.astype(index_type)       # (R,) u = g·L + i
                 self._key_index = key_index.astype(index_type)         # (R,) j

@@ -53,3 +53,32 @@ def test_route_counts_count_each_nodes_routes(groups, n_queries, n_keys, runs, s
     expected_answering[:, offset:offset + n_keys] += allowed.sum(axis=1)  # (G, S) it answers
     assert asking.tolist() == expected_asking.reshape(-1).tolist()
     assert answering.tolist() == expected_answering.reshape(-1).tolist()
+
+
+@given(st.integers(2, 4), st.integers(1, 9), st.integers(1, 9), st.sampled_from(
+    ["causal", "runs", "gaps", "full", "keys"]), st.integers(0, 2**32 - 1))
+def test_one_mask_shared_by_every_group_gives_the_same_table(groups, n_queries, n_keys, kind,
+                                                             seed):
+    """A mask broadcast across groups (a view of stride 0) is read once: the same table
+    as its copy in every group."""
+    rng = np.random.default_rng(seed)
+    column = np.arange(n_keys)
+    if kind == "causal":
+        mask = column <= np.arange(n_queries)[:, None]
+    elif kind == "runs":
+        low, high = rng.integers(0, n_keys + 1, size=(2, n_queries))
+        mask = (column >= low[:, None]) & (column < high[:, None])
+    elif kind == "gaps":
+        mask = rng.random((n_queries, n_keys)) < 0.5
+    elif kind == "full":
+        mask = np.ones((1, 1), dtype=bool)
+    else:                                         # one padding mask for every query
+        mask = column[None, :] < rng.integers(0, n_keys + 1)
+    shared = np.broadcast_to(mask, (groups, n_queries, n_keys))
+    table, copied = RouteTable(shared), RouteTable(shared.copy())
+    assert shared.strides[0] == 0 and copied.full == table.full
+    assert table.indptr.tolist() == copied.indptr.tolist()
+    assert table.query_node.tolist() == copied.query_node.tolist()
+    assert table.key_index.tolist() == copied.key_index.tolist()
+    assert [a.tolist() for a in table.route_counts()] == \
+        [a.tolist() for a in copied.route_counts()]
