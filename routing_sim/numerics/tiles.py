@@ -428,6 +428,7 @@ class SpanBlocks:
                 rows = max(1, BLOCK_ENTRIES // (hi - lo))              # cap one block's size
                 for part in range(at, stop, rows):
                     self.blocks.append((part, min(part + rows, stop), lo, hi))
+        self._work: np.ndarray | None = None
 
     @classmethod
     def of(cls, indptr: np.ndarray, keys: np.ndarray, n_queries: int,
@@ -504,6 +505,21 @@ class SpanBlocks:
                     mask.flags.writeable = False
             masks = self._geometries[geometry] = (filled, padding)
         return masks
+
+    def work(self, first: int, stop: int, lo: int, hi: int, dtype: np.dtype) -> np.ndarray:
+        """A block's ``(rows, hi - lo)`` work array (contents undefined): one array for
+        every block, of the largest's size, made on first use and kept until
+        :meth:`release` (the softmax's products and the pull's weights take turns in it,
+        so its pages fault once)."""
+        if self._work is None or self._work.dtype != dtype:
+            largest = max((end - start) * (top - bottom)
+                          for start, end, bottom, top in self.blocks)
+            self._work = np.empty(largest, dtype=dtype)
+        return self._work[:(stop - first) * (hi - lo)].reshape(stop - first, hi - lo)
+
+    def release(self) -> None:
+        """Let the work array go (the run keeps its blocks, not their work)."""
+        self._work = None
 
     def parts(self, first: int, stop: int, lo: int, hi: int) -> list[tuple[int, int]]:
         """A block's rows in parts of at most :data:`SPAN_PART_ENTRIES` entries (at least

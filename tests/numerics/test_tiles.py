@@ -143,3 +143,23 @@ def test_ragged_rows_take_a_causal_triangle_not_a_long_window():
     assert RaggedRows(np.concatenate(([0], np.cumsum(causal)))).worthwhile()
     window = np.minimum(np.arange(1, 131_073), 132)                   # 128 + 4 from row 131
     assert not RaggedRows(np.concatenate(([0], np.cumsum(window)))).worthwhile()
+
+
+def test_span_blocks_share_one_work_array_until_released():
+    """Every block's work array is a view of one array, the largest block's size; each
+    block's parts cover its rows in order; release lets the array go."""
+    causal = np.tril(np.ones((40, 40), dtype=bool))
+    indptr = np.concatenate(([0], np.cumsum(causal.sum(axis=1))))
+    spans = SpanBlocks.of(indptr, np.nonzero(causal)[1], 40)
+    assert spans is not None and len(spans.blocks) > 1
+    largest = max((stop - first) * (hi - lo) for first, stop, lo, hi in spans.blocks)
+    views = [spans.work(*block, np.dtype(np.float64)) for block in spans.blocks]
+    assert all(view.base is views[0].base and view.base.size == largest for view in views)
+    assert [view.shape for view in views] == [(stop - first, hi - lo)
+                                              for first, stop, lo, hi in spans.blocks]
+    for first, stop, lo, hi in spans.blocks:
+        parts = spans.parts(first, stop, lo, hi)
+        assert [row for part, end in parts for row in range(part, end)] == \
+            list(range(first, stop))
+    spans.release()
+    assert spans.work(*spans.blocks[0], np.dtype(np.float64)).base is not views[0].base

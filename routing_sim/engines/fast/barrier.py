@@ -30,7 +30,7 @@ from ...numerics.kernels import (
     weighted_pull,
     with_sink,
 )
-from ...numerics.tiles import RaggedRows, Scratch, SpanBlocks
+from ...numerics.tiles import RaggedRows, SpanBlocks
 from ...routes.route_set import batch_head
 from ..state import VALUE_PHASE, ExactParts, ForwardState
 from .exact_whole import exact_scores_whole
@@ -378,9 +378,8 @@ def _span_block_shares(state: ForwardState) -> None:
     problem, spans = state.problem, state.spans
     query = problem.query.reshape(-1, problem.shape[3])                # (G·L, E)
     key = problem.key.reshape(-1, problem.shape[3])                    # (G·S, E)
-    scratch = Scratch()
     for first, stop, lo, hi in spans.blocks:
-        product = scratch.take("product", (stop - first, hi - lo), state.scores.dtype)
+        product = spans.work(first, stop, lo, hi, state.scores.dtype)  # (rows, hi - lo)
         with np.errstate(over="ignore", invalid="ignore"):             # overflow reported next
             spans.dots(query, key, first, stop, lo, hi, out=product)  # (rows, hi - lo)
         for part, end in spans.parts(first, stop, lo, hi):
@@ -602,13 +601,14 @@ def _pull_every_row(state: ForwardState) -> None:
     value = state.problem.value
     if state.spans is not None:
         flat_value = value.reshape(-1, value.shape[2])                 # (G·S, Ev)
-        spans, scratch = state.spans, Scratch()
+        spans = state.spans
         for first, stop, lo, hi in spans.blocks:
-            weights = scratch.take("weights", (stop - first, hi - lo), state.shares.dtype)
+            weights = spans.work(first, stop, lo, hi, state.shares.dtype)  # (rows, hi - lo)
             for part, end in spans.parts(first, stop, lo, hi):         # 0 off the routes
                 _span_weights(spans, state.shares, weights[part - first:end - first], part,
                               end, lo)
             spans.pull(weights, flat_value, first, stop, lo, hi, out=state.output)
+        spans.release()
     elif state.rows is not None:
         for group, first, stop in state.rows.blocks:
             state.rows.pull(state.shares, value, group, first, stop, out=state.output)
