@@ -3,10 +3,13 @@
 The model: 2 layers, 4 query heads of dimension 16 (2 key/value heads), float64, random
 init from a config. Rows: a forward pass of 128, 512 and 2,048 tokens; greedy generation
 of 32 tokens after a 128-token prompt (time per token); and one one-query attention call
-against 160 cached keys, the per-step overhead. Each row runs ours and SDPA in turns. torch
-runs on one thread, like the simulator's Python loop: on a shared machine torch's idle
-worker threads otherwise turn a millisecond of SDPA into tens. Needs the hf extra; without
-it the rows say so.
+against 160 cached keys, the per-step overhead. Each row runs ours and SDPA in turns, both
+on one thread: torch's (``torch.set_num_threads``) and numpy's BLAS, which ours calls for
+its products (``threadpoolctl``). One core a side is the fair comparison, SDPA's 1 against
+ours' 1, and it holds under load: on a shared machine idle worker threads that spin at a
+barrier otherwise turn a millisecond of SDPA into tens, and numpy's BLAS on two threads made
+ours 2-3x slower while another process ran. Needs the hf extra and threadpoolctl (the test
+extra); without them the rows say so.
 """
 
 from __future__ import annotations
@@ -28,6 +31,10 @@ def cases(quick: bool) -> list[Case]:
     if any(importlib.util.find_spec(name) is None for name in ("torch", "transformers")):
         return [Case("hf backend", skipped("skipped: needs the hf extra (pip install "
                                            "'routing_sim[hf]' torch==2.13.0)"))]
+    if importlib.util.find_spec("threadpoolctl") is None:
+        return [Case("hf backend", skipped("skipped: needs threadpoolctl to run numpy's BLAS "
+                                           "on one thread, as torch (pip install "
+                                           "threadpoolctl)"))]
     return ([Case(f"hf llama forward n={n}", _one_thread(partial(_forward, n)))
              for n in ([128, 512] if quick else [128, 512, 2048])]
             + [Case(f"hf greedy {NEW_TOKENS} tokens, per token", _one_thread(_generation)),
@@ -35,14 +42,15 @@ def cases(quick: bool) -> list[Case]:
 
 
 def _one_thread(measure: Callable[[str, int], Row]) -> Callable[[str, int], Row]:
-    """``measure`` with torch on one thread."""
+    """``measure`` with torch and numpy's BLAS on one thread each."""
     def measured(case: str, repeats: int) -> Row:
         import torch
+        from threadpoolctl import threadpool_limits
 
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            with torch.no_grad():
+            with torch.no_grad(), threadpool_limits(limits=1, user_api="blas"):
                 return measure(case, repeats)
         finally:
             torch.set_num_threads(threads)
