@@ -336,12 +336,11 @@ class OnlineNodes(ForwardNodes):
         l after each step only when ``keep_normalisers``."""
         top = np.empty((len(scores) + 1, len(nodes)), dtype=scores.dtype)  # (steps + 1, nodes)
         top[0] = self.running_max[nodes]
-        for step, score in enumerate(scores):     # a row at a time, while it is in cache:
+        for step, score in enumerate(scores):     # the running max, a row at a time
             np.maximum(top[step], score, out=top[step + 1])            # m' = max(m, s)
-            score -= top[step + 1]                                     # s - m'
-            np.subtract(top[step], top[step + 1], out=top[step])       # m - m' (m is done)
         self.running_max[nodes] = top[-1]
-        factors = top[:-1]                                             # (steps, nodes) m - m'
+        scores -= top[1:]                                              # s - m'
+        factors = np.subtract(top[:-1], top[1:], out=top[:-1])         # (steps, nodes) m - m'
         moved = np.flatnonzero(factors != 0)    # the max moved (or NaN): exp(0) is 1 exactly
         rescaled = np.exp(factors.flat[moved])                         # (moves,) of (l, o)
         factors.fill(1.0)
