@@ -155,3 +155,41 @@ def test_rescale_rows_is_a_multiply_by_every_factor(rows, column_major):
         rescale_rows(kept, factor, np.flatnonzero(factor != 1))
     assert np.array_equal(kept, expected, equal_nan=True)
     assert np.array_equal(np.signbit(kept), np.signbit(expected))
+
+
+@pytest.mark.parametrize("network", [rs.Network(), rs.Network(jitter=0.5, seed=5)])
+@pytest.mark.parametrize("band", [1, 7 * 24, 2**16])
+def test_grid_bands_keep_the_fold(monkeypatch, network, band):
+    """A grid goes in bands of steps (``band`` pairs, so 1, 7 or all 30 steps a band at
+    24 queries; the last band shorter): the output and lse are the per-key fold's, and the
+    rescale column and partial outputs are those of one band, whatever the band."""
+    rng = np.random.default_rng(band)
+    query = rng.normal(size=(2, 24, 4)) * 3                    # two heads on one kv head
+    key, value = rng.normal(size=(2, 1, 30, 4))
+    value[rng.random(value.shape) < 0.1] = -0.0
+    options = dict(softmax="online", trace="full", network=network, enable_gqa=True)
+    whole = rs.simulate(query, key, value, **options)
+    calls = []
+    grid_scalars = online.OnlineNodes._grid_scalars
+
+    def spy(self, nodes, scores, keep_normalisers):
+        calls.append(len(scores))
+        return grid_scalars(self, nodes, scores, keep_normalisers)
+
+    monkeypatch.setattr(online, "_BAND", band)
+    monkeypatch.setattr(online.OnlineNodes, "_grid_scalars", spy)
+    run = rs.simulate(query, key, value, **options)
+    output, lse = per_key_fold(run, np.repeat(value, 2, axis=0))
+    assert_same_bits(run.output, output)
+    assert_same_bits(run.lse, lse)
+    assert np.array_equal(run.trace.rescale, whole.trace.rescale, equal_nan=True)  # NaN: no VALUE
+    for token in range(24):
+        for head in range(2):
+            for (time, partial), (whole_time, whole_partial) in zip(
+                    run.stream(token, head=head), whole.stream(token, head=head), strict=True):
+                assert time == whole_time
+                assert_same_bits(partial, whole_partial)
+    if network.jitter == 0:                      # one wave: each head a grid of 30 steps
+        assert calls == 2 * {1: [1] * 30, 7 * 24: [7, 7, 7, 7, 2], 2**16: [30]}[band]
+    else:                                        # a band holds at most ``band`` pairs
+        assert max(calls, default=1) <= max(1, band)
