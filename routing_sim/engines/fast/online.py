@@ -212,7 +212,8 @@ class OnlineNodes(ForwardNodes):
         routes, times, has_value = (np.concatenate(part) if len(part) != 1 else
                                     np.asarray(part[0]) for part in zip(*parts))
         self._updates = []
-        due = times < self.transport.horizon()
+        # No update, no question: the horizon scans every message in flight.
+        due = times < (self.transport.horizon() if len(times) else np.inf)
         if not due.all():
             self._held = [routes[~due], times[~due], has_value[~due]]
             routes, times, has_value = routes[due], times[due], has_value[due]
