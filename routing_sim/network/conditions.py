@@ -364,7 +364,7 @@ def whole_waves(network: Network) -> bool:
     """Can every wave on ``network`` be delivered at once, each message at its own time?
 
     Yes when no message can be lost (so no retry timer), copied or queued at a NIC; the
-    handlers must commute as well (:attr:`~routing_sim.network.waves.WaveTransport.order_free`).
+    handlers must commute as well (a transport's ``order_free``).
 
     Examples
     --------
