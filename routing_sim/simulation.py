@@ -280,8 +280,8 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
     spans = None
     if problem.sparse is None and numerics == "float" and not routes.full and \
             problem.score_mod is None and options.routing == "softmax":
-        spans = SpanBlocks.of(routes.indptr, routes.key_index, routes.n_queries, routes.n_keys) \
-            if routes.runs is None else \
+        # A dense table whose rows are each one run of keys (else runs is None: a gap)
+        spans = None if routes.runs is None else \
             SpanBlocks.of_runs(routes.indptr, routes.runs, routes.n_queries, routes.n_keys)
     if spans is not None:                              # a dense mask of one run per row
         nodes.state.spans = spans

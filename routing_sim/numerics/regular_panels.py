@@ -98,10 +98,9 @@ class RegularPanel:
         """
         return (np.arange(self.tiles)[:, None] * entries + self.pattern).reshape(-1)
 
-    def scatter(self, shares: np.ndarray, out: np.ndarray, slots: np.ndarray | None = None
-                ) -> np.ndarray:
+    def scatter(self, shares: np.ndarray, out: np.ndarray, slots: np.ndarray) -> np.ndarray:
         """``shares (n · P,)`` at their routes' entries of ``out (n, T·|U|)``, zero
-        elsewhere; ``slots``: :meth:`slots` of ``T·|U|``, when the caller keeps them."""
+        elsewhere (``slots``: :meth:`slots` of ``T·|U|``, which the caller keeps)."""
         out.fill(0)
-        out.reshape(-1)[self.slots(out.shape[1]) if slots is None else slots] = shares
+        out.reshape(-1)[slots] = shares
         return out

@@ -400,7 +400,7 @@ class SpanBlocks:
     >>> spans = SpanBlocks.of(indptr, np.nonzero(causal)[1], 4)
     >>> spans.size, spans.blocks                               # (first node, stop, lo, hi)
     (4, [(0, 4, 0, 4)])
-    >>> spans.filled(*spans.blocks[0]).astype(int).tolist()
+    >>> spans.masks(*spans.blocks[0])[0].astype(int).tolist()
     [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]]
     >>> q = k = np.eye(4)
     >>> spans.dots(q, k, *spans.blocks[0]).tolist() == np.eye(4).tolist()  # (rows, hi - lo)
@@ -478,20 +478,11 @@ class SpanBlocks:
         """The route ids of nodes ``first:stop``: one slice."""
         return slice(int(self.indptr[first]), int(self.indptr[stop]))
 
-    def filled(self, first: int, stop: int, lo: int, hi: int) -> np.ndarray:
-        """``(rows, hi - lo)`` bool: where a block's entries are routes (read-only: blocks
-        of one geometry share it)."""
-        return self._masks(first, stop, lo, hi)[0]
-
-    def padding(self, first: int, stop: int, lo: int, hi: int) -> np.ndarray | None:
-        """``(rows, hi - lo)`` bool: where a block's entries are no route (read-only), or
-        None when every entry is one."""
-        return self._masks(first, stop, lo, hi)[1]
-
-    def _masks(self, first: int, stop: int, lo: int, hi: int
-               ) -> tuple[np.ndarray, np.ndarray | None]:
-        """A block's ``(filled, padding)``, built once per geometry: a causal mask's blocks
-        repeat in every group."""
+    def masks(self, first: int, stop: int, lo: int, hi: int
+              ) -> tuple[np.ndarray, np.ndarray | None]:
+        """A block's ``(filled, padding)``, ``(rows, hi - lo)`` bool each: where its entries
+        are routes, and where they are not (None when every entry is one). Built once per
+        geometry, read-only (a causal mask's blocks repeat in every group)."""
         start = self.first[first:stop] - lo                            # (rows,) first column
         count = np.diff(self.indptr[first:stop + 1])                   # (rows,)
         geometry = (hi - lo, start.tobytes(), count.tobytes())
@@ -518,8 +509,10 @@ class SpanBlocks:
         return self._work[:(stop - first) * (hi - lo)].reshape(stop - first, hi - lo)
 
     def release(self) -> None:
-        """Let the work array go (the run keeps its blocks, not their work)."""
+        """Let the work array and the masks go (the run keeps its blocks, not their
+        work)."""
         self._work = None
+        self._geometries.clear()
 
     def parts(self, first: int, stop: int, lo: int, hi: int) -> list[tuple[int, int]]:
         """A block's rows in parts of at most :data:`SPAN_PART_ENTRIES` entries (at least

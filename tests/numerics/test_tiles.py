@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import routing_sim as rs
 from routing_sim.numerics.tiles import SPREAD, RaggedRows, RowBlocks, SpanBlocks, tile_size
 
 shapes = st.tuples(st.integers(1, 3), st.integers(1, 9), st.integers(1, 9), st.integers(1, 5),
@@ -94,7 +96,7 @@ def test_span_blocks_compute_every_score_and_pull(shape, seed):
     for first, stop, lo, hi in spans.blocks:
         assert first // n_queries == (stop - 1) // n_queries            # one group a block
         covered += list(range(first, stop))
-        filled = spans.filled(first, stop, lo, hi)
+        filled = spans.masks(first, stop, lo, hi)[0]
         scores[spans.routes(first, stop)] = spans.dots(query, key, first, stop, lo, hi)[filled]
         weights = np.zeros(filled.shape)
         weights[filled] = shares[spans.routes(first, stop)]
@@ -163,3 +165,14 @@ def test_span_blocks_share_one_work_array_until_released():
             list(range(first, stop))
     spans.release()
     assert spans.work(*spans.blocks[0], np.dtype(np.float64)).base is not views[0].base
+
+
+@pytest.mark.parametrize("softmax", ["two_phase", "online"])
+def test_a_finished_run_keeps_no_span_work_array_or_masks(softmax):
+    """Both engines let the span blocks' work array and masks go once the shares are in
+    (online pulls without them): a kept Run holds its blocks, not their work."""
+    q, k, v = np.random.default_rng(0).normal(size=(3, 2, 40, 8))
+    run = rs.simulate(q, k, v, is_causal=True, softmax=softmax)
+    spans = run.state.spans
+    assert spans is not None
+    assert spans._work is None and not spans._geometries

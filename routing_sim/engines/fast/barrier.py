@@ -393,18 +393,26 @@ def _span_part(state: ForwardState, block: np.ndarray, first: int, stop: int,
     assert state.spans is not None, "a span run's state has span blocks"
     spans, hi = state.spans, lo + block.shape[1]
     span = spans.routes(first, stop)
-    filled, padding = spans.filled(first, stop, lo, hi), spans.padding(first, stop, lo, hi)
+    filled, padding = spans.masks(first, stop, lo, hi)
     scale_scores(block, state.problem.scale)          # elementwise: the routes' own bits
     entries = block.reshape(-1)                                        # (rows · width,) a view
     flat = state.scores[span]                                          # (routes,) a view
-    flat[:] = entries if padding is None else entries[filled.reshape(-1)]
-    if state.bias is not None:
-        flat += state.bias[span]
-        entries[filled.reshape(-1)] = flat
+    bias = None if state.bias is None else state.bias[span]            # (routes,)
+    with np.errstate(over="ignore", invalid="ignore"):                 # overflow reported next
+        if padding is None:                            # every entry a route, in order
+            if bias is not None:
+                entries += bias
+            flat[:] = entries
+        else:
+            flat[:] = entries[filled.reshape(-1)]
+            if bias is not None:
+                flat += bias
+                entries[filled.reshape(-1)] = flat
     _check_overflow(flat)                              # a padded pair's dot is no route's
     if padding is not None:
         np.copyto(block, -np.inf, where=padding)
-    _padded_budget(state, span, slice(first, stop), filled, block)
+    _padded_budget(state, span, slice(first, stop), None if padding is None else filled,
+                   block)
 
 
 def _check_overflow(scores: np.ndarray) -> None:
@@ -439,15 +447,16 @@ def _stacked_budget(state: ForwardState, nodes: slice | np.ndarray, block: np.nd
     return shares
 
 
-def _padded_budget(state: ForwardState, span: slice, nodes: slice, filled: np.ndarray,
-                   block: np.ndarray) -> None:
+def _padded_budget(state: ForwardState, span: slice, nodes: slice,
+                   filled: np.ndarray | None, block: np.ndarray) -> None:
     """The shares of nodes ``nodes`` whose routes ``span`` are the ``filled`` entries of
-    ``block (rows, width)`` (contiguous; the scaled scores there, -inf elsewhere: the
-    padding takes no share): the softmax in place, then one gather into the state."""
+    ``block (rows, width)`` (None: every entry, in order; contiguous; the scaled scores
+    there, -inf elsewhere: the padding takes no share): the softmax in place, then one
+    gather into the state."""
     _stacked_budget(state, nodes, block, out=block)
     shares = state.shares[span]                                        # (routes,) a view
     entries = block.reshape(-1)                                        # (rows · width,) a view
-    shares[:] = entries if filled.all() else entries[filled.reshape(-1)]
+    shares[:] = entries if filled is None else entries[filled.reshape(-1)]
     if state.kept is not None:
         keep_probabilities(state, span, shares)
         shares *= state.kept[span] * state.dropout_scale
@@ -582,13 +591,13 @@ def _span_weights(spans: SpanBlocks, shares: np.ndarray, weights: np.ndarray, fi
                   stop: int, lo: int) -> None:
     """Nodes ``first:stop``'s ``shares`` key-aligned into ``weights (rows, width)`` (from
     key ``lo``), 0 off their routes."""
-    hi = lo + weights.shape[1]
+    filled, padding = spans.masks(first, stop, lo, lo + weights.shape[1])
     routed = shares[spans.routes(first, stop)]                         # (routes,)
-    if spans.padding(first, stop, lo, hi) is None:
+    if padding is None:
         weights[...] = routed.reshape(weights.shape)
         return
     weights.fill(0.0)
-    weights.reshape(-1)[spans.filled(first, stop, lo, hi).reshape(-1)] = routed
+    weights.reshape(-1)[filled.reshape(-1)] = routed
 
 
 def _pull_every_row(state: ForwardState) -> None:

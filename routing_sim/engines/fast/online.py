@@ -170,6 +170,8 @@ class OnlineNodes(ForwardNodes):
             if not state.tiled_shares:                 # the first SCORE: every node's at once
                 tiled_shares(state)
                 self._shared[:] = True
+                if state.spans is not None:            # online pulls on its own: no work
+                    state.spans.release()              # array or masks to keep
         else:
             fresh = np.zeros(len(self._shared), dtype=bool)
             fresh[self.routes.query_node[routes]] = True
@@ -294,7 +296,8 @@ class OnlineNodes(ForwardNodes):
         (``scores``, ``routes``, ``times``, ``has_value``, ``keys``: per pair; ``keys``
         None: the nodes are one group of a full table)."""
         n_steps = len(scores) // len(nodes)
-        steps = self._grid_steps(nodes, n_steps, keys)
+        rows = self._grid_rows(nodes, n_steps, keys)                   # (steps, nodes)
+        every_value = bool(has_value.all())
         band = max(1, _BAND // len(nodes))                             # steps a band
         for first in range(0, n_steps, band):
             last = min(first + band, n_steps)
@@ -305,17 +308,18 @@ class OnlineNodes(ForwardNodes):
             factors, weights, normalisers = self._grid_scalars(
                 nodes, by_step(scores).reshape(last - first, len(nodes)),
                 self.stream is not None)
-            self._fold(_Steps.same_nodes(nodes, steps.rows[first:last]), by_step, factors,
-                       weights, normalisers, routes, times, has_value)
+            self._fold(_Steps.same_nodes(nodes, rows[first:last]), by_step, factors,
+                       weights, normalisers, routes, times, None if every_value else has_value)
 
     def _fold(self, steps: _Steps, by_step: Callable[[np.ndarray], np.ndarray],
               factors: np.ndarray, weights: np.ndarray, normalisers: np.ndarray | None,
-              routes: np.ndarray, times: np.ndarray, has_value: np.ndarray) -> None:
+              routes: np.ndarray, times: np.ndarray, has_value: np.ndarray | None) -> None:
         """Note the rescale factors, drop the weight of a dropped route, pull the values
-        (``by_step``: a per-pair array in the steps' order)."""
+        (``by_step``: a per-pair array in the steps' order; ``has_value`` None: every pair
+        has one)."""
         if self.rescale is not None:
             self.rescale[by_step(routes)] = factors
-        if not has_value.all():                         # a dropped route pulls nothing
+        if has_value is not None and not has_value.all():   # a dropped route pulls nothing
             weights *= by_step(has_value)
         self._pull_values(steps, factors, weights, None if self.stream is None or
                           normalisers is None else (by_step(times), normalisers))
@@ -328,16 +332,16 @@ class OnlineNodes(ForwardNodes):
             return keys
         return nodes // table.n_queries * table.n_keys + keys
 
-    def _grid_steps(self, nodes: np.ndarray, n_steps: int, keys: np.ndarray | None
-                    ) -> _Steps:
-        """The steps of a grid: the same ``nodes`` ascending in each, step k reading each
-        node's k-th key (``keys``, node by node; None: the nodes are one group of a full
-        table, so step k reads key k)."""
+    def _grid_rows(self, nodes: np.ndarray, n_steps: int, keys: np.ndarray | None
+                   ) -> np.ndarray:
+        """The value rows of a grid's steps ``(steps, nodes)``, the same ``nodes`` ascending
+        in each, step k reading each node's k-th key (``keys``, node by node; None: the
+        nodes are one group of a full table, so step k reads key k: zero strides)."""
         if keys is None:                                # (steps, 1): one row a step
             rows = self._value_row(nodes[:1], np.arange(n_steps)[:, None])
         else:                                           # (steps, nodes): a transposed view
             rows = self._value_row(nodes, keys.reshape(len(nodes), n_steps).T)
-        return _Steps.same_nodes(nodes, np.broadcast_to(rows, (n_steps, len(nodes))))
+        return np.broadcast_to(rows, (n_steps, len(nodes)))
 
     def _grid_scalars(self, nodes: np.ndarray, scores: np.ndarray, keep_normalisers: bool
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:

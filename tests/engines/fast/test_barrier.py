@@ -152,6 +152,26 @@ def test_span_blocks_refuse_a_route_that_overflows_not_a_padded_pair(parts, monk
         rs.simulate(query, key, value, is_causal=True)
 
 
+@pytest.mark.parametrize("padded", [False, True])
+def test_span_blocks_refuse_a_bias_that_overflows_a_route(padded):
+    """A float mask's finite part is added to the routes' scores on span blocks: a sum
+    that overflows is the project's NumericalError, not numpy's RuntimeWarning (an error
+    under this suite's filters), on blocks with padding (causal) and without (every row
+    whole but the last, which has no route)."""
+    query, key, value = full_inputs(0, n_queries=9, n_keys=9)
+    query[0, :, 0], key[0, :, 0] = 0.0, 0.0                # dimension 0: only this pair
+    query[0, 2, 0], key[0, 1, 0] = 1e154, 1e154            # q_2 · k_1 = 1e308, finite
+    mask = np.zeros((9, 9))
+    if padded:
+        mask[np.triu_indices(9, 1)] = -np.inf              # causal: rows of runs, padded
+    else:
+        mask[8] = -np.inf                                  # not full: span blocks, no padding
+    assert rs.simulate(query, key, value, attn_mask=mask).state.spans is not None
+    mask[2, 1] = 1.7e308                                   # the route's score + 1.7e308: inf
+    with pytest.raises(rs.NumericalError, match="overflow"):
+        rs.simulate(query, key, value, attn_mask=mask)
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_a_node_that_loses_a_route_on_span_blocks_computes_its_own_row(seed):
     query, key, value = full_inputs(seed, n_queries=9, n_keys=9)
