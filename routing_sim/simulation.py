@@ -25,11 +25,11 @@ from .errors import DeliveryError, EmptyRowError, InvalidArgumentError, ShapeErr
 from .inputs.masks import Window
 from .inputs.mods import flash_softcap
 from .inputs.positions import AlibiMode, RotaryEmbedding
-from .network.conditions import Network
+from .network.conditions import Network, whole_waves
 from .network.messages import FORWARD, Fate, Kind, payload_bytes
 from .network.transport import Transport
 from .network.wave_times import uniform
-from .network.waves import WaveTransport, whole_waves
+from .network.waves import WaveTransport
 from .numerics.tiles import ROW_BLOCK_ROWS, RowBlocks, SpanBlocks, Tiles
 from .options import (
     TRACE_DETAILS,

@@ -183,7 +183,7 @@ class Network:
     @property
     def randomised(self) -> bool:
         """Do message ids feed any random draw (jitter, loss, reordering, spikes, copies)?"""
-        return bool(self.jitter or self.loss or self.reorder or self.spike or self.duplicate)
+        return self.random_delays or self.loss > 0 or self.duplicate > 0
 
     @property
     def random_delays(self) -> bool:

@@ -107,7 +107,7 @@ def arrivals(network: Network, batch: Deliveries, start: np.ndarray,
     """
     if network.random_delays:
         return _drawn_arrivals(network, batch, start, base, nbytes, sized, ids)
-    delay = network.delays(ids, base, nbytes, sized=sized)
+    delay = network.delays(None, base, nbytes, sized=sized)            # no draw: no ids
     one = constant(start)
     return uniform(one + float(delay), len(start)) if one is not None and _scalar(delay) \
         else start + delay
@@ -229,7 +229,7 @@ class Outbox:
     def _transmit(self, batch: Deliveries, leave: np.ndarray | None = None) -> None:
         """Fate, duplicates and arrival times of one kind's sends; then enqueue them."""
         network = self.network
-        ids = batch.ids if network.randomised else None
+        ids = batch.ids if network.loss > 0 else None  # else drawn a slice at a time
         fate = None
         if network.crashes or network.loss > 0:
             fate = np.full(len(batch), Fate.DELIVERED, dtype=np.int8)

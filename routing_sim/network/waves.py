@@ -22,7 +22,7 @@ from .deliveries import Deliveries, Timers, concat
 from .messages import Kind
 from .transport import arrivals, one_latency, outgoing, unattached
 
-__all__ = ["WaveTransport", "whole_waves"]
+__all__ = ["WaveTransport"]
 
 
 class WaveTransport:

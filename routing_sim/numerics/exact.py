@@ -236,8 +236,8 @@ def exact_lse(high: np.ndarray, low: np.ndarray, l_high: ArrayLike, l_low: Array
 def log_terms(l_high: np.ndarray, l_low: np.ndarray
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``log l`` of a double-double ``l = l_high + l_low >= 1`` as three floats ``y``,
-    ``u_high``, ``u_low`` (elementwise) whose exact sum is within ``2⁻⁹²`` of it, plus
-    ``l``'s own relative error.
+    ``u_high``, ``u_low`` (elementwise) whose exact sum is within ``2⁻⁹²`` of it (an
+    error ``l`` itself carries adds its relative size on top).
 
     One Newton step from the float guess ``y = log(l_high)``: ``log l = y + log(1 + u)``
     with ``1 + u = l · exp(-y)`` in double-doubles, ``|u| < 2⁻⁴⁶``; taking ``u`` for

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from ..network.conditions import Crash
     from ..network.messages import Kind
 
-__all__ = ["RouteTable"]
+__all__ = ["RouteTable", "one_run_per_row"]
 
 
 class RouteTable:
@@ -73,14 +73,14 @@ class RouteTable:
             counts = np.count_nonzero(mask, axis=1)                        # (G·L,) or (L,)
             # Causal, padding, windows: each row's first key says it all; the key of
             # every route (R,) is built only if something asks for it.
-            self.runs = _one_run_per_row(mask, counts)
+            self.runs = one_run_per_row(mask, counts)
             if shared:
                 counts = np.tile(counts, groups)                           # (G·L,)
                 self.runs = None if self.runs is None else np.tile(self.runs, groups)
             self.indptr = np.concatenate(([0], np.cumsum(counts)))     # (G·L + 1,)
             if self.runs is None:
-                rows = allowed.reshape(groups * n_queries, n_keys)         # (G·L, S)
-                query_node, key_index = np.nonzero(rows)
+                rows = allowed.reshape(groups * n_queries, n_keys) if shared else mask
+                query_node, key_index = np.nonzero(rows)                   # rows (G·L, S)
                 self._query_node = query_node.astype(index_type)       # (R,) u = g·L + i
                 self._key_index = key_index.astype(index_type)         # (R,) j
         self._asker: np.ndarray | None = None
@@ -255,7 +255,7 @@ class RouteTable:
         return concat_ranges(self.indptr[nodes], self.indptr[nodes + 1])
 
 
-def _one_run_per_row(rows: np.ndarray, counts: np.ndarray) -> np.ndarray | None:
+def one_run_per_row(rows: np.ndarray, counts: np.ndarray) -> np.ndarray | None:
     """Each row's first allowed key when every row's allowed keys are one run of
     consecutive keys (or none), else None: ``(G·L,)`` from ``rows (G·L, S)`` bool."""
     first = rows.argmax(axis=1)                                        # (G·L,) 0 if none

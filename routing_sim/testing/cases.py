@@ -442,8 +442,7 @@ def _packed(case: Case, draw: _Inputs) -> Case | None:
 
 
 def _decoded(case: Case) -> Case:
-    """A padded ``case`` as a decode step: its last query alone, every key (``draw``
-    unused: :func:`_packed`'s signature)."""
+    """A padded ``case`` as a decode step: its last query alone, every key."""
     n_queries = case.shape[3]
     return replace(_take(case, queries=slice(n_queries - 1, n_queries)), decode=True,
                    label=f"{case.label}, decode")

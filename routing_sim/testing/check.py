@@ -29,7 +29,6 @@ from .calling import (
     unstated,
 )
 from .cases import (
-    FEATURES,
     OUTPUTS,
     PATTERNS,
     SHAPES,
@@ -205,7 +204,7 @@ class _Checker:
         # A line for padded only beside another shape: alone it would count every case.
         rows = chosen - {"padded"} if shapes == {"padded"} else chosen
         self.report = Report(name or str(getattr(fn, "__qualname__", repr(fn))), layout, dtype,
-                             kind, tuple(f for f in FEATURES if f in rows),
+                             kind, tuple(ordered(rows)),
                              describe_tolerance(dtype))
         for feature in self.report.features:
             self.report.by_feature[feature] = FeatureResult()
@@ -403,8 +402,8 @@ def _search(checker: _Checker, chosen: frozenset[str], layout: str, dtype: str, 
         checker.report.notes.append("hypothesis is not installed (pip install "
                                     "'routing_sim[testing]'): the battery ran, no search")
         return
-    groups = [name for name in FEATURES if name in chosen - OUTPUTS - {"padded"}
-              and forms(name, chosen, layout)]
+    groups = [name for name in ordered(chosen - OUTPUTS - {"padded"})
+              if forms(name, chosen, layout)]
     each = max(1, count // len(groups))
     draw = random.Random(seed)
     for group in groups:

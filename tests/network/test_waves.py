@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 
 import routing_sim as rs
 from routing_sim import simulation
+from routing_sim.network.conditions import whole_waves
 from routing_sim.network.messages import Kind
-from routing_sim.network.waves import WaveTransport, whole_waves
+from routing_sim.network.waves import WaveTransport
 from routing_sim.results.run import RouteWeights
 from routing_sim.trace.log import COLUMNS
 from tests.engines.test_plain import cases, networks

@@ -34,6 +34,7 @@ from ...inputs.mods import modified
 from ...inputs.sinks import group_sinks
 from ...numerics.kernels import routing_budget, scale_scores, sink_budget, weighted_pull
 from ...routes.problem import resolve_scale
+from ...routes.table import one_run_per_row
 from .barrier import gather
 
 __all__ = ["decode_step"]
@@ -109,8 +110,8 @@ def decode_step(query: np.ndarray, key: np.ndarray, value: np.ndarray,
         output = _every_key(query, keys, values, bias, scale, per_group, score_mod, heads)
     else:
         counts = np.count_nonzero(allowed, axis=1)                    # (G,) routes a node
-        first = allowed.argmax(axis=1)                                 # (G,) its first key
-        if score_mod is None and counts.any() and _one_run_each(allowed, counts, first):
+        first = one_run_per_row(allowed, counts)       # (G,) each node's first key, or None
+        if score_mod is None and counts.any() and first is not None:
             output = _key_runs(query, keys, values, counts, first, bias, scale, per_group)
         else:
             output = _gathered(query, keys, values, allowed, counts, bias, scale, per_group,
@@ -205,13 +206,6 @@ def _key_runs(query: np.ndarray, keys: list[np.ndarray], values: list[np.ndarray
             sink_budget(dots, sinks[group:group + 1], out=dots)[0]     # (1, w)
         np.matmul(shares, values[group][first:stop], out=output[group:group + 1])
     return output
-
-
-def _one_run_each(allowed: np.ndarray, counts: np.ndarray, lo: np.ndarray) -> bool:
-    """Whether each row's allowed keys are one run ``lo:lo + count`` (or none)."""
-    column = np.arange(allowed.shape[1])                               # (S,)
-    run = (column >= lo[:, None]) & (column < (lo + counts)[:, None])  # (G, S)
-    return bool(np.array_equal(run, allowed))
 
 
 def _gathered(query: np.ndarray, keys: list[np.ndarray], values: list[np.ndarray],

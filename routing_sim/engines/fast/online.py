@@ -233,7 +233,9 @@ class OnlineNodes(ForwardNodes):
 
     def _touch(self, routes: np.ndarray) -> None:
         """Note the query nodes of ``routes`` as having news (a whole wave: every node that
-        has a route, without an (R,) gather)."""
+        has a route, without an (R,) gather; none: nothing, not even the (R,) node table)."""
+        if not len(routes):
+            return
         if routes is self.routes.every_route():
             self._touched |= self.routes.routes_per_node() > 0
         else:
@@ -262,7 +264,7 @@ class OnlineNodes(ForwardNodes):
             per_node = table.routes_per_node()                         # (G·L,)
             present = np.flatnonzero(per_node)                         # (nodes,)
             starts, counts = table.indptr[present], per_node[present]
-            nodes, scores, keys = table.query_node, self.state.scores, table.key_index
+            scores, keys = self.state.scores, table.key_index
         else:
             nodes = table.query_node[routes]
             if not _node_major(nodes, times, routes):    # node by node, arrival, route:
@@ -277,6 +279,8 @@ class OnlineNodes(ForwardNodes):
         if counts.min() == counts.max():        # as many pairs each: a (steps, nodes) grid
             self._apply_grid(present, scores, routes, times, has_value, keys)
             return
+        if wave:                                # (R,): built only for steps of many sizes
+            nodes = table.query_node
         rank = np.arange(len(nodes)) - np.repeat(starts, counts)
         order = np.argsort(rank, kind="stable")
 
@@ -287,7 +291,8 @@ class OnlineNodes(ForwardNodes):
         steps = _Steps.ragged(step_nodes, bounds, by_step(self._value_row(nodes, keys)))
         factors, weights, normalisers = self._scalar_updates(step_nodes, by_step(scores),
                                                              bounds)
-        self._fold(steps, by_step, factors, weights, normalisers, routes, times, has_value)
+        self._fold(steps, by_step, factors, weights, normalisers, routes, times,
+                   None if has_value.all() else has_value)
 
     def _apply_grid(self, nodes: np.ndarray, scores: np.ndarray, routes: np.ndarray,
                     times: np.ndarray, has_value: np.ndarray, keys: np.ndarray | None
@@ -319,7 +324,7 @@ class OnlineNodes(ForwardNodes):
         has one)."""
         if self.rescale is not None:
             self.rescale[by_step(routes)] = factors
-        if has_value is not None and not has_value.all():   # a dropped route pulls nothing
+        if has_value is not None:                       # a dropped route pulls nothing
             weights *= by_step(has_value)
         self._pull_values(steps, factors, weights, None if self.stream is None or
                           normalisers is None else (by_step(times), normalisers))
