@@ -287,8 +287,11 @@ def simulate(query: ArrayLike, key: ArrayLike, value: ArrayLike,
         nodes.state.spans = spans
     elif problem.sparse is not None and numerics == "float" and not routes.full:
         tiles = Tiles(routes.indptr, routes.key_index, routes.n_queries, routes.n_keys,
-                      dim=max(problem.shape[3:]))
-        nodes.state.tiles = tiles if tiles.worthwhile() else None
+                      dim=max(problem.shape[3:]), runs=routes.key_runs())
+        if tiles.worthwhile():
+            nodes.state.tiles = tiles
+        else:                                          # keys too scattered for tiles: about
+            routes.forget_key_runs()                   # a run a route, not worth keeping
     elif routes.full and numerics == "float" and routes.n_queries >= ROW_BLOCK_ROWS:
         nodes.state.rows = RowBlocks(routes.n_groups, routes.n_queries, routes.n_keys)
     nodes.start()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..routes.route_set import concat_ranges
+from ..routes.table import key_runs
 from .regular_panels import RegularPanel
 
 __all__ = ["BLOCK_ENTRIES", "PANEL_ENTRIES", "RaggedRows", "RowBlocks", "SpanBlocks", "Tiles",
@@ -73,6 +74,9 @@ class Tiles:
     dim : int
         The widest feature size (``max(E, Ev)``): batches are cut so that neither the
         blocks nor the gathered keys and values pass :data:`PANEL_ENTRIES` entries.
+    runs : tuple of ndarray, optional
+        The table's runs of consecutive keys, :func:`~routing_sim.routes.table.key_runs`
+        (found here when not given).
 
     Examples
     --------
@@ -86,7 +90,8 @@ class Tiles:
     """
 
     def __init__(self, indptr: np.ndarray, keys: np.ndarray, n_queries: int, n_keys: int,
-                 size: int | None = None, dim: int = 64) -> None:
+                 size: int | None = None, dim: int = 64,
+                 runs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> None:
         self.size = tile_size(indptr) if size is None else int(size)
         self.dim = int(dim)                                            # widest of E, Ev
         self.n_nodes, self.n_routes = len(indptr) - 1, int(indptr[-1])
@@ -101,7 +106,7 @@ class Tiles:
                                ) - self.first                         # (tiles,) nodes in it
         self.route_start = indptr[self.first]                          # (tiles,)
         self.route_stop = indptr[self.first + self.rows]
-        runs = _runs(indptr, keys)
+        runs = key_runs(indptr, keys) if runs is None else runs
         run_node = runs[2]                                             # (runs,)
         run_tile = (run_node // max(n_queries, 1)) * per_group + \
             (run_node % max(n_queries, 1)) // self.size
@@ -636,23 +641,6 @@ class Scratch:
         if held is None or held.dtype != dtype or held.size < size:
             held = self.held[name] = np.empty(max(size, REGULAR_ENTRIES), dtype=dtype)
         return held[:size].reshape(shape)
-
-
-def _runs(indptr: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(first route, length, query node)`` of every run: consecutive keys within one
-    row."""
-    opens = np.zeros(len(keys), dtype=bool)                            # (R,) a run starts here
-    opens[:1] = True
-    chunk = 2**20
-    for at in range(1, len(keys), chunk):                              # in pieces: small temps
-        np.not_equal(np.diff(keys[at - 1:at + chunk]), 1, out=opens[at:at + chunk])
-    busy = np.flatnonzero(np.diff(indptr) > 0)                         # rows with routes
-    opens[indptr[busy]] = True                                         # rows start runs
-    first = np.flatnonzero(opens)                                      # (runs,) sorted
-    row_first = np.searchsorted(first, indptr[busy])                   # each row's first run
-    run_row = np.zeros(len(first), dtype=np.int64)
-    run_row[row_first[1:]] = 1
-    return first, np.diff(np.append(first, len(keys))), busy[np.cumsum(run_row)]
 
 
 def _unions(run_start: np.ndarray, run_length: np.ndarray, run_tile: np.ndarray,

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from ..network.conditions import Crash
     from ..network.messages import Kind
 
-__all__ = ["RouteTable", "one_run_per_row"]
+__all__ = ["RouteTable", "key_runs", "one_run_per_row"]
 
 
 class RouteTable:
@@ -87,6 +87,7 @@ class RouteTable:
         self._answerer: np.ndarray | None = None
         self._every: np.ndarray | None = None
         self._per_node: np.ndarray | None = None
+        self._key_runs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     @classmethod
     def from_csr(cls, indptr: np.ndarray, key_index: np.ndarray | None, n_groups: int,
@@ -112,6 +113,7 @@ class RouteTable:
             table.index_type, copy=False)                              # (R,) j
         table._query_node = None                                       # built on first use
         table._asker = table._answerer = table._every = table._per_node = None
+        table._key_runs = None
         return table
 
     @property
@@ -218,10 +220,17 @@ class RouteTable:
             answering.reshape(self.n_groups, self.span)[:, offset:offset + self.n_keys] = \
                 self.n_queries
             return asking, answering
-        if self.runs is not None:                 # one run a row: +1 where it opens, -1 after
+        # Runs of keys (one a row, or those the tiles found): +1 where one opens, -1 after.
+        runs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        if self.runs is not None:                                      # (first key, length,
+            runs = self.runs, self.routes_per_node(), np.arange(self.n_nodes)  # node) a row
+        elif self._key_runs is not None:
+            first, length, node = self._key_runs
+            runs = self.key_index[first], length, node
+        if runs is not None:
             width = self.n_keys + 1                                    # a group's key j, and S
-            start = np.arange(self.n_nodes) // self.n_queries * width + self.runs  # (G·L,)
-            stop = start + self.routes_per_node()                      # (G·L,) empty: = start
+            start = runs[2] // self.n_queries * width + runs[0]        # (runs,)
+            stop = start + runs[1]                                     # (runs,) empty: = start
             size_of = self.n_groups * width
             steps = np.bincount(start, minlength=size_of) - np.bincount(stop, minlength=size_of)
             answering.reshape(self.n_groups, self.span)[:, offset:offset + self.n_keys] = \
@@ -235,6 +244,25 @@ class RouteTable:
                 answering[start:start + self.n_keys] += np.bincount(
                     self.key_index[at:min(at + chunk, last)], minlength=self.n_keys)
         return asking, answering
+
+    def key_runs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(first route, length, query node)`` of every run of consecutive keys within a
+        row (kept: the sparse tiles are cut from them, and :meth:`route_counts` then counts
+        a run at a time).
+
+        Examples
+        --------
+        >>> table = RouteTable(np.array([[[True, False, True], [True, True, False]]]))
+        >>> [part.tolist() for part in table.key_runs()]
+        [[0, 1, 2], [1, 1, 2], [0, 0, 1]]
+        """
+        if self._key_runs is None:
+            self._key_runs = key_runs(self.indptr, self.key_index)
+        return self._key_runs
+
+    def forget_key_runs(self) -> None:
+        """Let :meth:`key_runs` go (scattered keys: about one run a route)."""
+        self._key_runs = None
 
     def every_route(self) -> np.ndarray:
         """``arange(R)``: the route ids of a whole wave (kept: the waves share it, and the
@@ -253,6 +281,29 @@ class RouteTable:
                 return self.every_route()
             return np.arange(first, last, dtype=self.index_type)
         return concat_ranges(self.indptr[nodes], self.indptr[nodes + 1])
+
+
+def key_runs(indptr: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(first route, length, query node)`` of every run of consecutive keys within one
+    row of a route table (``indptr (G·L + 1,)``, ``keys (R,)``), runs in route order.
+
+    Examples
+    --------
+    >>> [part.tolist() for part in key_runs(np.array([0, 3, 3, 5]), np.array([0, 1, 4, 4, 5]))]
+    [[0, 2, 3], [2, 1, 2], [0, 0, 2]]
+    """
+    opens = np.zeros(len(keys), dtype=bool)                            # (R,) a run starts here
+    opens[:1] = True
+    chunk = 2**20
+    for at in range(1, len(keys), chunk):                              # in pieces: small temps
+        np.not_equal(np.diff(keys[at - 1:at + chunk]), 1, out=opens[at:at + chunk])
+    busy = np.flatnonzero(np.diff(indptr) > 0)                         # rows with routes
+    opens[indptr[busy]] = True                                         # rows start runs
+    first = np.flatnonzero(opens)                                      # (runs,) sorted
+    row_first = np.searchsorted(first, indptr[busy])                   # each row's first run
+    run_row = np.zeros(len(first), dtype=np.int64)
+    run_row[row_first[1:]] = 1
+    return first, np.diff(np.append(first, len(keys))), busy[np.cumsum(run_row)]
 
 
 def one_run_per_row(rows: np.ndarray, counts: np.ndarray) -> np.ndarray | None:

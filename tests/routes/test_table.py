@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from routing_sim.routes.table import RouteTable
@@ -31,11 +31,12 @@ def test_a_dense_mask_gives_every_allowed_route_in_canonical_order(groups, n_que
 
 
 @given(st.integers(1, 3), st.integers(1, 9), st.integers(1, 9), st.booleans(), st.booleans(),
-       st.integers(0, 2**32 - 1))
+       st.booleans(), st.integers(0, 2**32 - 1))
 def test_route_counts_count_each_nodes_routes(groups, n_queries, n_keys, runs, self_attention,
-                                              seed):
+                                              key_runs, seed):
     """Asking and answering counts per physical node, from the mask itself: the same
-    whether the table holds one run a row (counted from where runs open) or not."""
+    whether the table holds one run a row, its runs of keys (the tiles asked for them;
+    both counted from where runs open) or neither."""
     rng = np.random.default_rng(seed)
     if runs:
         low, high = rng.integers(0, n_keys + 1, size=(2, groups, n_queries))
@@ -45,6 +46,8 @@ def test_route_counts_count_each_nodes_routes(groups, n_queries, n_keys, runs, s
         allowed = rng.random((groups, n_queries, n_keys)) < 0.5
     table = RouteTable(allowed, self_attention)
     assert table.runs is not None or table.full or not runs           # the runs' own count
+    if key_runs and not table.full:
+        table.key_runs()
     asking, answering = table.route_counts()
     span = n_queries if table.self_attention else n_queries + n_keys
     offset = 0 if table.self_attention else n_queries
@@ -82,3 +85,24 @@ def test_one_mask_shared_by_every_group_gives_the_same_table(groups, n_queries, 
     assert table.key_index.tolist() == copied.key_index.tolist()
     assert [a.tolist() for a in table.route_counts()] == \
         [a.tolist() for a in copied.route_counts()]
+
+
+@given(st.integers(1, 3), st.integers(1, 9), st.integers(1, 9), st.integers(0, 2**32 - 1))
+def test_key_runs_are_the_runs_of_consecutive_keys_in_each_row(groups, n_queries, n_keys, seed):
+    """Every run: a row's keys k, k + 1, ... that no gap splits, found route by route."""
+    allowed = np.random.default_rng(seed).random((groups, n_queries, n_keys)) < 0.6
+    table = RouteTable(allowed)
+    assume(not table.full)                        # a full table keeps its keys implicit
+    expected = []                                 # (first route, length, node), route order
+    route = 0
+    for node, row in enumerate(allowed.reshape(-1, n_keys)):
+        keys = np.flatnonzero(row).tolist()
+        for at, key in enumerate(keys):
+            if at and key == keys[at - 1] + 1:
+                expected[-1][1] += 1
+            else:
+                expected.append([route, 1, node])
+            route += 1
+    first, length, node = table.key_runs()
+    assert [list(run) for run in zip(first.tolist(), length.tolist(), node.tolist())] == \
+        expected
