@@ -403,7 +403,7 @@ def collect(problem: Problem, routes: RouteTable, nodes: ForwardNodes | PlainEng
         output[routes.empty_nodes(state.scores).reshape(groups, n_queries)] = np.nan
     completed = np.where(has_routes, state.done_time, 0.0)
     return Run(
-        output=problem.unflatten(output), _shares=state.shares, trace=log,
+        output=problem.unflatten(output), trace=log,
         stats=_stats(log, transport, nodes, routes, completed),
         _routes=routes, _scores=state.scores, _arrived=state.value_time,
         _completed=completed.reshape(groups, n_queries),

@@ -57,7 +57,7 @@ class ForwardState:
     duplicates: bool = False             # network copies possible
     scores: np.ndarray = field(init=False)          # (R,) s_ij (exact: high part)
     exact: ExactParts | None = field(init=False)    # exact mode only
-    shares: np.ndarray = field(init=False)          # (R,) w_ij after dropout
+    _shares: np.ndarray = field(init=False, repr=False)  # (R,) :attr:`shares`
     probabilities: np.ndarray | None = field(init=False)  # (R,) dropout: w_ij before it
     score_time: np.ndarray | None = field(init=False)  # (R,) first SCORE in (idempotence)
     value_time: np.ndarray = field(init=False)      # (R,) first VALUE in, NaN if none;
@@ -82,6 +82,7 @@ class ForwardState:
     spans: SpanBlocks | None = None                 # dense mask, one key run a row (tiles.py)
     tiled_shares: bool = False                      # every route's share is in (fixed blocks)
     tiled_output: bool = False                      # every node's pull is in (fixed blocks)
+    shares_pending: bool = False                    # fixed blocks' shares put off till read
     context: dict | None = None                     # names and events for the exporters
     route_latency: np.ndarray | None = None         # (R,) base latency the run used
 
@@ -90,7 +91,7 @@ class ForwardState:
         n_routes, n_nodes, dtype = len(routes), routes.n_nodes, problem.dtype
         self.scores = np.zeros(n_routes, dtype=np.float64 if exact else dtype)
         self.exact = ExactParts.zeros(n_routes, n_nodes) if exact else None
-        self.shares = np.zeros(n_routes, dtype=dtype)
+        self._shares = np.zeros(n_routes, dtype=dtype)
         self.score_time = np.full(n_routes, np.nan) if self.faulty or self.duplicates else None
         self.value_time = np.full(n_routes, np.nan) if self.faulty or self.duplicates else \
             uniform(np.nan, n_routes)                                  # no VALUE yet
@@ -113,6 +114,20 @@ class ForwardState:
         self.barrier_time = np.full(n_nodes, -np.inf)
         self.done_time = np.full(n_nodes, np.nan)
         self.failed = np.zeros(n_nodes, dtype=bool)
+
+    @property
+    def shares(self) -> np.ndarray:
+        """``(R,)`` w_ij after dropout: each route's share of its node's budget.
+
+        A run whose nodes do not pull with them (online softmax: each pair's weight is its
+        own) puts the fixed blocks' shares off (:attr:`shares_pending`); the first read
+        computes them from the same blocks (:func:`~routing_sim.engines.fast.barrier.
+        pending_shares`), so they have the bits they would have had at the barrier.
+        """
+        if self.shares_pending:                  # the arithmetic lives with the barrier's
+            from .fast.barrier import pending_shares
+            pending_shares(self)
+        return self._shares
 
     @property
     def fixed_blocks(self) -> bool:

@@ -263,7 +263,8 @@ class Outbox:
                 batch = merge(batch.kind, [batch, copies])
         if len(batch):
             if self.any_order():
-                first = float(batch.arrive.min())
+                one = constant(batch.arrive)                           # a whole wave at once?
+                first = float(batch.arrive.min()) if one is None else one
             else:
                 batch = batch.sorted()
                 first = float(batch.arrive[0])

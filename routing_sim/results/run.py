@@ -79,7 +79,6 @@ class Run:
     """
 
     output: np.ndarray
-    _shares: np.ndarray = field(repr=False)        # (R,) share of every route
     trace: Trace
     stats: Stats
     _routes: RouteTable = field(repr=False)
@@ -107,7 +106,7 @@ class Run:
         ``1 / (1 - p)``, so a row need not sum to 1), as ``nn.MultiheadAttention`` returns
         them. :attr:`probabilities` has the tables before dropout."""
         if self._weights is None:
-            self._weights = self._dense_weights(self._shares)
+            self._weights = self._dense_weights(self.state.shares)
         return self._weights
 
     @property
@@ -175,7 +174,7 @@ class Run:
         table = self._routes
         nodes = table.query_node
         return RouteWeights(nodes // table.n_queries, nodes % table.n_queries,
-                            table.key_index, self._shares)
+                            table.key_index, self.state.shares)
 
     def __repr__(self) -> str:
         """One line: the shapes and the run's totals (``print(run.stats)`` has the rest)."""
@@ -379,7 +378,7 @@ class Run:
                         self._value_bytes if not np.isnan(arrived) else 0, float(arrived))
                   for j, score, share, arrived in zip(keys.tolist(),
                                                       self._scores[span].tolist(),
-                                                      self._shares[span].tolist(),
+                                                      self.state.shares[span].tolist(),
                                                       self._arrived[span].tolist())]
         routes.sort(key=lambda route: (-route.share, route.source))
         pulled = sum(1 for route in routes if route.bytes_pulled)

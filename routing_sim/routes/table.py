@@ -62,7 +62,8 @@ class RouteTable:
         # One mask for every group (a view of stride 0 across them): read one group's.
         shared = groups > 1 and allowed.strides[0] == 0
         mask = allowed[0] if shared else allowed.reshape(groups * n_queries, n_keys)
-        self.full = bool(mask.all())
+        # One value broadcast over the whole mask (every stride 0): read it once.
+        self.full = bool(mask.flat[0] if mask.size and not any(mask.strides) else mask.all())
         self._query_node = self._key_index = None
         self.runs: np.ndarray | None = None
         # Full attention: every row holds every key, so the index arrays follow from the

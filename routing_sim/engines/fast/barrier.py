@@ -37,8 +37,8 @@ from .exact_whole import exact_scores_whole
 
 __all__ = ["aggregate", "allocate", "allocate_whole", "budget", "exact_budget_lse",
            "exact_budget_shares", "exact_fallback", "gather", "keep_probabilities", "modify",
-           "node_scores", "note_would_have", "pull_whole", "scores_of", "softmax_routes",
-           "tiled_shares"]
+           "node_scores", "note_would_have", "pending_shares", "pull_whole", "scores_of",
+           "softmax_routes", "tiled_shares"]
 
 
 def gather(rows: np.ndarray, keys: np.ndarray) -> np.ndarray:
@@ -331,8 +331,9 @@ def _by_count(state: ForwardState, nodes: np.ndarray) -> list[tuple[np.ndarray, 
     return [(same, int(state.needed[same[0]])) for same in np.split(nodes[order], bounds)]
 
 
-def tiled_shares(state: ForwardState) -> None:
-    """Fast paths, at the first barrier: every route's score and share at once.
+def tiled_shares(state: ForwardState, softmax: bool = True) -> None:
+    """Fast paths, at the first barrier: every route's score and share at once (``softmax``
+    False: the scores alone; :func:`pending_shares` does it all again when they are read).
 
     The dot products come from the fixed tiles of a sparse run (:mod:`routing_sim.numerics.tiles`),
     the row blocks of a full one or the span blocks of a dense one-run-per-row mask; the
@@ -346,11 +347,11 @@ def tiled_shares(state: ForwardState) -> None:
         return
     problem = state.problem
     if state.rows is not None:
-        _row_block_shares(state)
+        _row_block_shares(state, softmax)
         state.tiled_shares = True
         return
     if state.spans is not None:
-        _span_block_shares(state)
+        _span_block_shares(state, softmax)
         state.tiled_shares = True
         return
     assert state.tiles is not None, "a sparse run's state has tiles"
@@ -361,14 +362,28 @@ def tiled_shares(state: ForwardState) -> None:
     ragged = RaggedRows(state.routes.indptr)
     if state.raw is None and not state.top_k and ragged.worthwhile():
         for first, stop, width in ragged.blocks:
-            _ragged_block(state, ragged, first, stop, width)
+            _ragged_block(state, ragged, first, stop, width, softmax)
     else:
         for chosen, count in _by_count(state, np.flatnonzero(state.needed)):
-            _float_block(state, chosen, count)
+            _float_block(state, chosen, count, softmax)
     state.tiled_shares = True
 
 
-def _span_block_shares(state: ForwardState) -> None:
+def pending_shares(state: ForwardState) -> None:
+    """The shares a run put off (:attr:`ForwardState.shares_pending`): the fixed blocks
+    again, products and softmax as at the barrier, so the same bits. The log-sum-exps
+    stay the run's own (online: ``m + log l`` of its stream), and the scores get the bits
+    they have."""
+    state.shares_pending = False
+    lse = state.lse.copy()                                             # (G·L,)
+    state.tiled_shares = False
+    tiled_shares(state)
+    state.lse[:] = lse
+    if state.spans is not None:
+        state.spans.release()
+
+
+def _span_block_shares(state: ForwardState, softmax: bool = True) -> None:
     """A dense mask of one key run per row: each span block one product (into one reused
     array), then its rows part by part (each part's passes stay in cache): scaled (and
     biased) in place, the padding set to -inf (no share; each row's max and sum as they
@@ -383,13 +398,13 @@ def _span_block_shares(state: ForwardState) -> None:
         with np.errstate(over="ignore", invalid="ignore"):             # overflow reported next
             spans.dots(query, key, first, stop, lo, hi, out=product)  # (rows, hi - lo)
         for part, end in spans.parts(first, stop, lo, hi):
-            _span_part(state, product[part - first:end - first], part, end, lo)
+            _span_part(state, product[part - first:end - first], part, end, lo, softmax)
 
 
 def _span_part(state: ForwardState, block: np.ndarray, first: int, stop: int,
-               lo: int) -> None:
-    """The shares of nodes ``first:stop`` from their key-aligned dot products ``block
-    (rows, width)`` (from key ``lo``; contiguous, used as the work array)."""
+               lo: int, softmax: bool = True) -> None:
+    """The scores and (``softmax``) shares of nodes ``first:stop`` from their key-aligned
+    dot products ``block (rows, width)`` (from key ``lo``; contiguous, the work array)."""
     assert state.spans is not None, "a span run's state has span blocks"
     spans, hi = state.spans, lo + block.shape[1]
     span = spans.routes(first, stop)
@@ -409,6 +424,8 @@ def _span_part(state: ForwardState, block: np.ndarray, first: int, stop: int,
                 flat += bias
                 entries[filled.reshape(-1)] = flat
     _check_overflow(flat)                              # a padded pair's dot is no route's
+    if not softmax:
+        return
     if padding is not None:
         np.copyto(block, -np.inf, where=padding)
     _padded_budget(state, span, slice(first, stop), None if padding is None else filled,
@@ -463,28 +480,32 @@ def _padded_budget(state: ForwardState, span: slice, nodes: slice,
 
 
 def _ragged_block(state: ForwardState, ragged: RaggedRows, first: int, stop: int,
-                  width: int) -> None:
-    """Scale, bias and softmax of nodes ``first:stop`` (one ragged block): the rows padded
-    with -inf, which takes no share and leaves each row's max and sum as they are."""
+                  width: int, softmax: bool = True) -> None:
+    """Scale, bias and (``softmax``) the softmax of nodes ``first:stop`` (one ragged
+    block): the rows padded with -inf, which takes no share and leaves each row's max and
+    sum as they are."""
     span = ragged.routes(first, stop)
     filled = ragged.filled(first, stop, width)                         # (rows, width)
     flat = state.scores[span]                                          # (routes,) a view
     scale_scores(flat, state.problem.scale, None if state.bias is None else state.bias[span])
     _check_overflow(flat)
+    if not softmax:
+        return
     block = np.full(filled.shape, -np.inf, dtype=state.scores.dtype)   # (rows, width)
     block.reshape(-1)[filled.reshape(-1)] = flat
     _padded_budget(state, span, slice(first, stop), filled, block)
 
 
-def _row_block_shares(state: ForwardState) -> None:
-    """A full table: each block of rows one product, then the softmax of those rows."""
+def _row_block_shares(state: ForwardState, softmax: bool = True) -> None:
+    """A full table: each block of rows one product, then (``softmax``) the softmax of
+    those rows."""
     assert state.rows is not None, "a full run's state has row blocks"
     problem, rows = state.problem, state.rows
     for group, first, stop in rows.blocks:
         with np.errstate(over="ignore", invalid="ignore"):             # overflow reported later
             rows.dots(problem.query, problem.key, group, first, stop, out=state.scores)
         node = group * rows.n_queries
-        _float_block(state, np.arange(node + first, node + stop), rows.n_keys)
+        _float_block(state, np.arange(node + first, node + stop), rows.n_keys, softmax)
 
 
 def _float_scores(state: ForwardState, nodes: np.ndarray) -> None:
@@ -507,8 +528,10 @@ def _routes_block(state: ForwardState, nodes: np.ndarray) -> slice | np.ndarray:
     return state.routes.routes_of(nodes)
 
 
-def _float_block(state: ForwardState, chosen: np.ndarray, count: int) -> None:
-    """Scale, bias, (top-k) and softmax of nodes with ``count`` routes each, stacked."""
+def _float_block(state: ForwardState, chosen: np.ndarray, count: int, softmax: bool = True
+                 ) -> None:
+    """Scale, bias, (top-k) and (``softmax``) the softmax of nodes with ``count`` routes
+    each, stacked."""
     problem = state.problem
     span = _routes_block(state, chosen)
     block = state.scores[span].reshape(len(chosen), count)            # (nodes, routes)
@@ -528,6 +551,8 @@ def _float_block(state: ForwardState, chosen: np.ndarray, count: int) -> None:
         pick = top_routes(block, state.top_k)
         state.chosen[span] = pick.reshape(-1)
         block = np.where(pick, block, -np.inf)
+    if not softmax:
+        return
     # A slice of routes: the shares go straight into the state.
     out = state.shares[span].reshape(block.shape) if isinstance(span, slice) else None
     shares = _stacked_budget(state, chosen, block, out=out)

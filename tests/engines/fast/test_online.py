@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import given
+import pytest
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import routing_sim as rs
@@ -140,3 +141,59 @@ def test_context_parallel_states_stay_finite(inputs, strategy, devices):
                               cluster=rs.Cluster(devices=devices))
     expected, weights = rs.attention(key, key, value, return_weights=True)
     assert_close_to(run.output, expected, weights, value)
+
+
+def _layouts(rng: np.random.Generator) -> dict[str, dict]:
+    """One case of each fixed-block layout online computes on: a full table's row blocks,
+    a dense one-run-a-row mask's span blocks (with a float bias), a sparse route set's
+    tiles."""
+    n = 96
+    bias = np.where(np.tri(n, dtype=bool), rng.normal(size=(n, n)), -np.inf)   # causal
+    return {"rows": {}, "spans": {"attn_mask": bias},
+            "tiles": {"graph": rs.patterns.sliding_window(n, 16, sinks=2)}}
+
+
+@settings(max_examples=9)
+@given(st.sampled_from(["rows", "spans", "tiles"]), st.integers(0, 2**32 - 1))
+def test_online_puts_its_shares_off_till_they_are_read(layout, seed):
+    """Each pair brings its own weight, so online computes the shares only when something
+    reads them: then they are the barrier's bits, and the run's lse stays its own."""
+    rng = np.random.default_rng(seed)
+    query, key, value = rng.normal(size=(3, 2, 96, 8))
+    options = _layouts(rng)[layout]
+    online = rs.simulate(query, key, value, softmax="online", **options)
+    assert online.state.shares_pending                   # nothing read them yet
+    lse = online.lse
+    shares = online.route_weights().share
+    assert not online.state.shares_pending
+    two_phase = rs.simulate(query, key, value, **options)
+    np.testing.assert_array_equal(shares, two_phase.route_weights().share)
+    np.testing.assert_array_equal(online.lse, lse)       # m + log l of its own stream
+    read_first = rs.simulate(query, key, value, softmax="online", **options)
+    read_first.route_weights()
+    np.testing.assert_array_equal(online.output, read_first.output)
+    d_output = rng.normal(size=value.shape)
+    put_off = rs.simulate(query, key, value, softmax="online", **options).backward(d_output)
+    read = read_first.backward(d_output)
+    for side in ("query", "key", "value"):             # the backward pass reads them
+        np.testing.assert_array_equal(getattr(put_off, side), getattr(read, side))
+
+
+@pytest.mark.parametrize("case", ["loss", "sinks", "dropout"])
+def test_online_computes_its_shares_at_once_where_they_ride_on_the_softmax(case):
+    """A node that may lose routes, a sink's share, dropout's probabilities: the shares
+    come with them at the first SCORE, as before."""
+    query, key, value = np.random.default_rng(5).normal(size=(3, 2, 96, 8))
+    options = {"loss": {"network": rs.Network(loss=0.05, seed=1, on_missing="degrade")},
+               "sinks": {"sinks": np.array([0.5, -1.0])},
+               "dropout": {"dropout_p": 0.3, "seed": 2}}[case]
+    online = rs.simulate(query, key, value, softmax="online", **options)
+    assert not online.state.shares_pending
+    if case == "loss":                      # each row renormalised over what arrived
+        assert online.dropped
+        np.testing.assert_allclose(online.weights.sum(axis=-1), 1.0, rtol=1e-13)
+        return
+    two_phase = rs.simulate(query, key, value, **options)
+    np.testing.assert_array_equal(online.route_weights().share,
+                                  two_phase.route_weights().share)
+    np.testing.assert_array_equal(online.probabilities, two_phase.probabilities)
