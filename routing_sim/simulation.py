@@ -315,11 +315,11 @@ def _route_table(problem: Problem, graph) -> RouteTable:
     groups, n_queries, n_keys, _, _ = problem.shape
     routes = problem.sparse.routes
     return RouteTable.from_csr(routes.indptr, None if routes.full else routes.indices,
-                               groups, n_queries, n_keys, self_attention)
+                               groups, n_queries, n_keys, self_attention, routes.runs)
 
 
 def _token_names(graph: nx.DiGraph | None, labels, key_labels, n_queries: int, n_keys: int
-                 ) -> tuple[tuple[list, list], tuple[list[int], list[int]]]:
+                 ) -> tuple[tuple[list, list], tuple[Sequence[int], Sequence[int]]]:
     """((query labels, key labels), (query positions, key positions)) of a run's tokens."""
     names = node_labels(graph, n_queries, n_keys)
     if labels is None and key_labels is None:
@@ -476,7 +476,7 @@ def _where(problem: Problem, group: int) -> tuple[int, ...]:
 
 
 def _dropped(problem: Problem, routes: RouteTable, state: ForwardState, route: int,
-             positions: tuple[list[int], list[int]]) -> DroppedRoute:
+             positions: tuple[Sequence[int], Sequence[int]]) -> DroppedRoute:
     """Route ``route`` lost for good, named by its tokens' positions (a Decoder round's
     queries sit after the cache)."""
     group, token = divmod(int(routes.query_node[route]), routes.n_queries)
@@ -489,7 +489,7 @@ def _dropped(problem: Problem, routes: RouteTable, state: ForwardState, route: i
 
 
 def _missing_message(problem: Problem, routes: RouteTable, state: ForwardState,
-                     dead: np.ndarray, retries: int, positions: tuple[list[int], list[int]]
+                     dead: np.ndarray, retries: int, positions: tuple[Sequence[int], Sequence[int]]
                      ) -> str:
     shown = []
     for route in dead[:20].tolist():

@@ -121,6 +121,21 @@ def test_schedules_do_not_change_a_bit():
         np.testing.assert_array_equal(again.route_weights().share, first.route_weights().share)
 
 
+@pytest.mark.parametrize("heads", [1, 3])
+def test_a_route_set_that_knows_its_runs_runs_as_one_that_does_not(heads):
+    """from_ranges hands its runs of keys to the tiles and the route counts: the same bits
+    and counts as a copy of the set that leaves them to be found key by key."""
+    routes = patterns.sliding_window(N, 6, sinks=2)
+    bare = rs.RouteSet(routes.indptr, routes.indices, N, N)
+    assert routes.runs is not None and bare.runs is None
+    q, k, v = (x[None].repeat(heads, axis=0) for x in inputs(7))
+    known, found = (rs.simulate(q, k, v, graph=graph) for graph in (routes, bare))
+    assert known.state.tiles is not None                    # the tile path ran
+    np.testing.assert_array_equal(known.output, found.output)
+    np.testing.assert_array_equal(known.route_weights().share, found.route_weights().share)
+    np.testing.assert_array_equal(known.stats.node_bytes, found.stats.node_bytes)
+
+
 @pytest.mark.parametrize("score_name", ["none", "softcap", "alibi", "relative"])
 @pytest.mark.parametrize("pattern", ["window", "bigbird"])
 def test_backward_on_route_sets_equals_attention_backward(pattern, score_name):

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..routes.route_set import concat_ranges
-from ..routes.table import key_runs
+from ..routes.route_set import concat_ranges, key_runs
 from .regular_panels import RegularPanel
 
 __all__ = ["BLOCK_ENTRIES", "PANEL_ENTRIES", "RaggedRows", "RowBlocks", "SpanBlocks", "Tiles",

@@ -90,7 +90,7 @@ class Run:
     _forward: tuple[ForwardState, Network, str] = field(repr=False)  # state, network, delivery
     dropped: list[DroppedRoute] = field(default_factory=list)
     _stream: list | None = field(default=None, repr=False)
-    _positions: tuple[list[int], list[int]] | None = field(default=None, repr=False)
+    _positions: tuple[Sequence[int], Sequence[int]] | None = field(default=None, repr=False)
     _empty_nan: bool = field(default=False, repr=False)        # empty_rows="nan"
     _weights: np.ndarray | None = field(default=None, repr=False)
 

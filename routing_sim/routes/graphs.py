@@ -345,11 +345,12 @@ def node_labels(graph: nx.DiGraph | None, n_queries: int, n_keys: int
 
 
 def node_positions(graph: nx.DiGraph | None, n_queries: int, n_keys: int
-                   ) -> tuple[list[int], list[int]]:
+                   ) -> tuple[Sequence[int], Sequence[int]]:
     """Where the query-side and key-side tokens sit in their sequences: each node's integer
-    ``position`` attribute (its index where unset or not an integer)."""
+    ``position`` attribute (its index where unset or not an integer; with no graph, every
+    token's index: ranges, not lists of a million ints)."""
     if graph is None:
-        return list(range(n_queries)), list(range(n_keys))
+        return range(n_queries), range(n_keys)
 
     def position(node: int, index: int) -> int:
         value = graph.nodes[node].get("position") if graph is not None else None

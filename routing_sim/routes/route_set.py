@@ -22,7 +22,7 @@ from ..errors import DTypeError, InvalidArgumentError, ShapeError
 from ..inputs.mods import call_mod
 from .graphs import check_count
 
-__all__ = ["RouteSet", "batch_head", "concat_ranges", "from_ranges"]
+__all__ = ["RouteSet", "batch_head", "concat_ranges", "from_ranges", "key_runs"]
 
 
 class RouteSet:
@@ -41,6 +41,13 @@ class RouteSet:
     cross : bool, optional
         Query and key tokens are different sequences (cross-attention). Defaults to
         ``L != S``.
+
+    Attributes
+    ----------
+    runs : tuple of ndarray, or None
+        ``(first route, length, query node)`` of every run of consecutive keys within a
+        row (:func:`key_runs`), when the set was built from them (:func:`from_ranges`);
+        None otherwise (the simulation then finds them where it needs them).
 
     Examples
     --------
@@ -65,6 +72,7 @@ class RouteSet:
             raise ShapeError(f"indptr must be a non-decreasing (G·L + 1,) = ({nodes + 1},) array "
                              f"starting at 0, got shape {self.indptr.shape}")
         self.full = indices is None
+        self.runs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         if self.full:
             if not np.array_equal(self.indptr, np.arange(nodes + 1) * self.n_keys):
                 raise ShapeError("a full route set (indices=None) has S routes per query")
@@ -257,10 +265,16 @@ class RouteSet:
             return same
         if self.full:
             return RouteSet.complete(self.n_queries, self.n_keys, batch_shape, cross=self.cross)
-        offsets = np.arange(groups, dtype=np.int64)[:, None] * len(self)
+        group = np.arange(groups, dtype=np.int64)[:, None]             # (groups, 1)
+        offsets = group * len(self)
         indptr = np.concatenate(([0], (self.indptr[1:][None, :] + offsets).reshape(-1)))
-        return RouteSet(indptr, np.tile(self.indices, groups), self.n_queries, self.n_keys,
-                        batch_shape, cross=self.cross)
+        tiled = RouteSet(indptr, np.tile(self.indices, groups), self.n_queries, self.n_keys,
+                         batch_shape, cross=self.cross)
+        if self.runs is not None:                      # each group's runs, moved along
+            first, length, node = self.runs
+            tiled.runs = ((first + offsets).reshape(-1), np.tile(length, groups),
+                          (node + group * self.n_queries).reshape(-1))
+        return tiled
 
     def select(self, keep: np.ndarray) -> RouteSet:
         """The routes where ``keep (R,)`` is True (a route exists only where all allow it)."""
@@ -276,19 +290,32 @@ def from_ranges(n_queries: int, n_keys: int, starts: np.ndarray, stops: np.ndarr
     """A one-group route set whose row ``i`` is the key ranges ``starts[i, k]:stops[i, k]``.
 
     Each row's ranges must be ascending and disjoint; empty ones (stop <= start) are
-    skipped. Builds the set in O(L · ranges + routes).
+    skipped. Builds the set in O(L · ranges + routes), and its :attr:`~RouteSet.runs` from
+    the ranges (a range that ends where the next one begins joins it in one run).
 
     Examples
     --------
-    >>> from_ranges(2, 5, np.array([[0, 3], [1, 1]]), np.array([[1, 5], [3, 0]])).indices
+    >>> routes = from_ranges(2, 5, np.array([[0, 3], [1, 1]]), np.array([[1, 5], [3, 0]]))
+    >>> routes.indices
     array([0, 3, 4, 1, 2], dtype=int32)
+    >>> [part.tolist() for part in routes.runs]          # (first route, length, row)
+    [[0, 1, 3], [1, 2, 2], [0, 0, 1]]
     """
     starts = np.clip(starts, 0, n_keys).astype(np.int64)              # (L, k)
     stops = np.clip(np.maximum(stops, starts), 0, n_keys)              # (L, k)
-    counts = (stops - starts).sum(axis=1)                              # (L,)
+    lengths = stops - starts                                           # (L, k)
+    counts = lengths.sum(axis=1)                                       # (L,)
     indices = concat_ranges(starts.reshape(-1), stops.reshape(-1),
                             np.int32 if max(n_queries, n_keys) < 2**31 else np.int64)
-    return RouteSet(np.concatenate(([0], np.cumsum(counts))), indices, n_queries, n_keys)
+    routes = RouteSet(np.concatenate(([0], np.cumsum(counts))), indices, n_queries, n_keys)
+    if not routes.full:
+        live = lengths > 0                                             # (L, k)
+        row, first = np.nonzero(live)[0], np.cumsum(lengths[live]) - lengths[live]  # (m,)
+        opens = np.ones(len(row), dtype=bool)          # a range opens a run unless it goes on
+        opens[1:] = (row[1:] != row[:-1]) | (starts[live][1:] != stops[live][:-1])  # the last
+        runs = first[opens]
+        routes.runs = runs, np.diff(np.append(runs, len(indices))), row[opens]
+    return routes
 
 
 def batch_head(groups: np.ndarray, batch_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -359,3 +386,26 @@ def concat_ranges(starts: np.ndarray, stops: np.ndarray, dtype: type = np.int64
         steps[begins] = starts[1:] - (stops[:-1] - 1)                  # from the last entry
         np.add.accumulate(steps, out=steps)
     return steps
+
+
+def key_runs(indptr: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(first route, length, query node)`` of every run of consecutive keys within one
+    row of a route table (``indptr (G·L + 1,)``, ``keys (R,)``), runs in route order.
+
+    Examples
+    --------
+    >>> [part.tolist() for part in key_runs(np.array([0, 3, 3, 5]), np.array([0, 1, 4, 4, 5]))]
+    [[0, 2, 3], [2, 1, 2], [0, 0, 2]]
+    """
+    opens = np.zeros(len(keys), dtype=bool)                            # (R,) a run starts here
+    opens[:1] = True
+    chunk = 2**20
+    for at in range(1, len(keys), chunk):                              # in pieces: small temps
+        np.not_equal(np.diff(keys[at - 1:at + chunk]), 1, out=opens[at:at + chunk])
+    busy = np.flatnonzero(np.diff(indptr) > 0)                         # rows with routes
+    opens[indptr[busy]] = True                                         # rows start runs
+    first = np.flatnonzero(opens)                                      # (runs,) sorted
+    row_first = np.searchsorted(first, indptr[busy])                   # each row's first run
+    run_row = np.zeros(len(first), dtype=np.int64)
+    run_row[row_first[1:]] = 1
+    return first, np.diff(np.append(first, len(keys))), busy[np.cumsum(run_row)]

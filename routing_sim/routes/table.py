@@ -31,13 +31,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .route_set import concat_ranges
+from .route_set import concat_ranges, key_runs
 
 if TYPE_CHECKING:
     from ..network.conditions import Crash
     from ..network.messages import Kind
 
-__all__ = ["RouteTable", "key_runs", "one_run_per_row"]
+__all__ = ["RouteTable", "one_run_per_row"]
 
 
 class RouteTable:
@@ -92,9 +92,12 @@ class RouteTable:
 
     @classmethod
     def from_csr(cls, indptr: np.ndarray, key_index: np.ndarray | None, n_groups: int,
-                 n_queries: int, n_keys: int, self_attention: bool = True) -> RouteTable:
+                 n_queries: int, n_keys: int, self_attention: bool = True,
+                 key_runs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+                 ) -> RouteTable:
         """The table of a sparse route set: ``indptr (G·L + 1,)`` and ``key_index (R,)``
-        (None: every key), never an ``L × S`` array.
+        (None: every key), never an ``L × S`` array; ``key_runs``, its :meth:`key_runs`
+        when the route set knows them.
 
         Examples
         --------
@@ -114,7 +117,7 @@ class RouteTable:
             table.index_type, copy=False)                              # (R,) j
         table._query_node = None                                       # built on first use
         table._asker = table._answerer = table._every = table._per_node = None
-        table._key_runs = None
+        table._key_runs = None if table.full else key_runs
         return table
 
     @property
@@ -282,29 +285,6 @@ class RouteTable:
                 return self.every_route()
             return np.arange(first, last, dtype=self.index_type)
         return concat_ranges(self.indptr[nodes], self.indptr[nodes + 1])
-
-
-def key_runs(indptr: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(first route, length, query node)`` of every run of consecutive keys within one
-    row of a route table (``indptr (G·L + 1,)``, ``keys (R,)``), runs in route order.
-
-    Examples
-    --------
-    >>> [part.tolist() for part in key_runs(np.array([0, 3, 3, 5]), np.array([0, 1, 4, 4, 5]))]
-    [[0, 2, 3], [2, 1, 2], [0, 0, 2]]
-    """
-    opens = np.zeros(len(keys), dtype=bool)                            # (R,) a run starts here
-    opens[:1] = True
-    chunk = 2**20
-    for at in range(1, len(keys), chunk):                              # in pieces: small temps
-        np.not_equal(np.diff(keys[at - 1:at + chunk]), 1, out=opens[at:at + chunk])
-    busy = np.flatnonzero(np.diff(indptr) > 0)                         # rows with routes
-    opens[indptr[busy]] = True                                         # rows start runs
-    first = np.flatnonzero(opens)                                      # (runs,) sorted
-    row_first = np.searchsorted(first, indptr[busy])                   # each row's first run
-    run_row = np.zeros(len(first), dtype=np.int64)
-    run_row[row_first[1:]] = 1
-    return first, np.diff(np.append(first, len(keys))), busy[np.cumsum(run_row)]
 
 
 def one_run_per_row(rows: np.ndarray, counts: np.ndarray) -> np.ndarray | None:

@@ -11,7 +11,7 @@ from hypothesis.extra.numpy import arrays
 
 import routing_sim as rs
 from routing_sim.routes import graphs
-from routing_sim.routes.route_set import batch_head, concat_ranges
+from routing_sim.routes.route_set import batch_head, concat_ranges, from_ranges, key_runs
 
 masks = arrays(bool, st.tuples(st.integers(0, 3), st.integers(0, 7), st.integers(0, 7)))
 
@@ -81,6 +81,25 @@ def test_broadcast_and_select():
     expected = many.to_mask().copy()
     expected.reshape(-1)[np.flatnonzero(expected.reshape(-1))[~keep]] = False
     assert np.array_equal(many.select(keep).to_mask(), expected)
+
+
+@given(st.integers(1, 8), st.integers(1, 12), st.integers(1, 3), st.integers(1, 4),
+       st.integers(0, 2**32 - 1))
+def test_ranges_give_their_runs_of_keys(n_queries, n_keys, n_ranges, groups, seed):
+    """A route set built from ranges knows its runs: those key_runs finds key by key,
+    ranges that touch joined in one, in every group it is broadcast to."""
+    rng = np.random.default_rng(seed)
+    cuts = np.sort(rng.integers(0, n_keys + 1, size=(n_queries, 2 * n_ranges)), axis=1)
+    starts, stops = cuts[:, 0::2], cuts[:, 1::2]                      # ascending, disjoint
+    stops[:, :-1] = np.where(rng.random((n_queries, n_ranges - 1)) < 0.5, starts[:, 1:],
+                             stops[:, :-1])                            # some touch the next
+    routes = from_ranges(n_queries, n_keys, starts, stops)
+    for each in (routes, routes.broadcast_to((groups,))):
+        if each.full:
+            assert each.runs is None
+            continue
+        expected = key_runs(each.indptr, each.indices)
+        assert [part.tolist() for part in each.runs] == [part.tolist() for part in expected]
 
 
 @given(st.lists(st.tuples(st.integers(-5, 40), st.integers(0, 6)), max_size=12),
