@@ -83,6 +83,7 @@ class ForwardState:
     tiled_shares: bool = False                      # every route's share is in (fixed blocks)
     tiled_output: bool = False                      # every node's pull is in (fixed blocks)
     shares_pending: bool = False                    # fixed blocks' shares put off till read
+    filling_shares: bool = False                    # ... and being computed now
     context: dict | None = None                     # names and events for the exporters
     route_latency: np.ndarray | None = None         # (R,) base latency the run used
 

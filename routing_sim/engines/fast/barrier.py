@@ -16,6 +16,8 @@ alone, and a node that loses a route recomputes its own row with the one-node pa
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from ...errors import EmptyRowError, NumericalError
@@ -39,6 +41,8 @@ __all__ = ["aggregate", "allocate", "allocate_whole", "budget", "exact_budget_ls
            "exact_budget_shares", "exact_fallback", "gather", "keep_probabilities", "modify",
            "node_scores", "note_would_have", "pending_shares", "pull_whole", "scores_of",
            "softmax_routes", "tiled_shares"]
+
+_FILLING = threading.RLock()        # pending_shares: one fill at a time (re-entered by its own)
 
 
 def gather(rows: np.ndarray, keys: np.ndarray) -> np.ndarray:
@@ -373,14 +377,26 @@ def pending_shares(state: ForwardState) -> None:
     """The shares a run put off (:attr:`ForwardState.shares_pending`): the fixed blocks
     again, products and softmax as at the barrier, so the same bits. The log-sum-exps
     stay the run's own (online: ``m + log l`` of its stream), and the scores get the bits
-    they have."""
-    state.shares_pending = False
-    lse = state.lse.copy()                                             # (G·L,)
-    state.tiled_shares = False
-    tiled_shares(state)
-    state.lse[:] = lse
-    if state.spans is not None:
-        state.spans.release()
+    they have.
+
+    One fill at a time: a reader in another thread waits for it rather than read shares
+    half made; the filling thread's own reads (the blocks write through
+    :attr:`ForwardState.shares`) go straight through.
+    """
+    with _FILLING:
+        if not state.shares_pending or state.filling_shares:
+            return
+        state.filling_shares = True
+        try:
+            lse = state.lse.copy()                                     # (G·L,)
+            state.tiled_shares = False
+            tiled_shares(state)
+            state.lse[:] = lse
+            if state.spans is not None:
+                state.spans.release()
+            state.shares_pending = False
+        finally:
+            state.filling_shares = False
 
 
 def _span_block_shares(state: ForwardState, softmax: bool = True) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -177,6 +180,25 @@ def test_online_puts_its_shares_off_till_they_are_read(layout, seed):
     read = read_first.backward(d_output)
     for side in ("query", "key", "value"):             # the backward pass reads them
         np.testing.assert_array_equal(getattr(put_off, side), getattr(read, side))
+
+
+def test_threads_reading_put_off_shares_at_once_all_read_them_whole():
+    """Readers in several threads: one computes the shares, the others wait for it and
+    none sees them half made."""
+    query, key, value = np.random.default_rng(11).normal(size=(3, 2, 256, 8))
+    options = {"graph": rs.patterns.sliding_window(256, 32, sinks=2)}
+    expected = rs.simulate(query, key, value, **options).route_weights().share
+    online = rs.simulate(query, key, value, softmax="online", **options)
+    assert online.state.shares_pending
+    start = threading.Barrier(4)
+
+    def read() -> np.ndarray:
+        start.wait()
+        return online.route_weights().share.copy()
+    with ThreadPoolExecutor(4) as pool:
+        seen = list(pool.map(lambda _: read(), range(4)))
+    for shares in seen:
+        np.testing.assert_array_equal(shares, expected)
 
 
 @pytest.mark.parametrize("case", ["loss", "sinks", "dropout"])
