@@ -315,7 +315,7 @@ def _route_table(problem: Problem, graph) -> RouteTable:
     groups, n_queries, n_keys, _, _ = problem.shape
     routes = problem.sparse.routes
     return RouteTable.from_csr(routes.indptr, None if routes.full else routes.indices,
-                               groups, n_queries, n_keys, self_attention, routes.runs)
+                               groups, n_queries, n_keys, self_attention, routes.key_runs)
 
 
 def _token_names(graph: nx.DiGraph | None, labels, key_labels, n_queries: int, n_keys: int

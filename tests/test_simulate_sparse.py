@@ -127,7 +127,7 @@ def test_a_route_set_that_knows_its_runs_runs_as_one_that_does_not(heads):
     and counts as a copy of the set that leaves them to be found key by key."""
     routes = patterns.sliding_window(N, 6, sinks=2)
     bare = rs.RouteSet(routes.indptr, routes.indices, N, N)
-    assert routes.runs is not None and bare.runs is None
+    assert routes.key_runs is not None and bare.key_runs is None
     q, k, v = (x[None].repeat(heads, axis=0) for x in inputs(7))
     known, found = (rs.simulate(q, k, v, graph=graph) for graph in (routes, bare))
     assert known.state.tiles is not None                    # the tile path ran

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import InvalidArgumentError
 from ..options import ON_MISSING
-from .wave_times import constant
+from .wave_times import earliest
 
 __all__ = ["Crash", "Network", "nic_queue", "whole_waves"]
 
@@ -240,8 +240,7 @@ class Network:
 
     def min_delay(self, base: np.ndarray, min_bytes: int) -> float:
         """A lower bound on every transit time: the simulator's lookahead."""
-        one = constant(base) if base.size else self.latency            # one for every route?
-        floor = float(base.min()) if one is None else one
+        floor = earliest(base) if base.size else self.latency
         if self.bandwidth is not None:
             floor += min_bytes / self.bandwidth
         return floor

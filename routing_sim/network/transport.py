@@ -42,7 +42,7 @@ from .conditions import Network, nic_queue, whole_waves
 from .deliveries import Deliveries, Timers, concat, merge
 from .messages import Fate, Kind
 from .timers import retransmission_timer
-from .wave_times import constant, uniform
+from .wave_times import constant, earliest, uniform
 
 __all__ = ["DELIVERY_MODES", "END_OF_INSTANT", "END_RANK", "Outbox", "TIMER_RANK", "Transport",
            "arrivals", "one_latency", "outgoing"]
@@ -263,8 +263,7 @@ class Outbox:
                 batch = merge(batch.kind, [batch, copies])
         if len(batch):
             if self.any_order():
-                one = constant(batch.arrive)                           # a whole wave at once?
-                first = float(batch.arrive.min()) if one is None else one
+                first = earliest(batch.arrive)
             else:
                 batch = batch.sorted()
                 first = float(batch.arrive[0])
@@ -423,7 +422,7 @@ class Transport(Outbox):
         if not self._whole:
             return np.inf
         first = self._pending[0][0] if self._pending else np.inf
-        return min([first] + [float(part.sent.min()) for part in self._outbox if len(part)])
+        return min([first] + [earliest(part.sent) for part in self._outbox if len(part)])
 
     def _reach(self, start: float) -> float:
         """The earliest anything sent at or after ``start`` can arrive or time out, rounded

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["constant", "shifted", "uniform"]
+__all__ = ["constant", "earliest", "shifted", "uniform"]
 
 
 def constant(values: np.ndarray) -> float | None:
@@ -23,6 +23,18 @@ def constant(values: np.ndarray) -> float | None:
     if len(values) and (values.strides == (0,) or len(values) == 1):
         return float(values[0])
     return None
+
+
+def earliest(values: np.ndarray) -> float:
+    """``values.min()`` of a non-empty array, with no pass over a zero-stride view.
+
+    Examples
+    --------
+    >>> earliest(uniform(2.5, 10**9)), earliest(np.array([3.0, 1.0]))
+    (2.5, 1.0)
+    """
+    one = constant(values)
+    return float(values.min()) if one is None else one
 
 
 def uniform(value: float, size: int) -> np.ndarray:

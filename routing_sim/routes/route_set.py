@@ -44,7 +44,7 @@ class RouteSet:
 
     Attributes
     ----------
-    runs : tuple of ndarray, or None
+    key_runs : tuple of ndarray, or None
         ``(first route, length, query node)`` of every run of consecutive keys within a
         row (:func:`key_runs`), when the set was built from them (:func:`from_ranges`);
         None otherwise (the simulation then finds them where it needs them).
@@ -72,7 +72,7 @@ class RouteSet:
             raise ShapeError(f"indptr must be a non-decreasing (G·L + 1,) = ({nodes + 1},) array "
                              f"starting at 0, got shape {self.indptr.shape}")
         self.full = indices is None
-        self.runs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self.key_runs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         if self.full:
             if not np.array_equal(self.indptr, np.arange(nodes + 1) * self.n_keys):
                 raise ShapeError("a full route set (indices=None) has S routes per query")
@@ -270,9 +270,9 @@ class RouteSet:
         indptr = np.concatenate(([0], (self.indptr[1:][None, :] + offsets).reshape(-1)))
         tiled = RouteSet(indptr, np.tile(self.indices, groups), self.n_queries, self.n_keys,
                          batch_shape, cross=self.cross)
-        if self.runs is not None:                      # each group's runs, moved along
-            first, length, node = self.runs
-            tiled.runs = ((first + offsets).reshape(-1), np.tile(length, groups),
+        if self.key_runs is not None:                  # each group's runs, moved along
+            first, length, node = self.key_runs
+            tiled.key_runs = ((first + offsets).reshape(-1), np.tile(length, groups),
                           (node + group * self.n_queries).reshape(-1))
         return tiled
 
@@ -290,7 +290,7 @@ def from_ranges(n_queries: int, n_keys: int, starts: np.ndarray, stops: np.ndarr
     """A one-group route set whose row ``i`` is the key ranges ``starts[i, k]:stops[i, k]``.
 
     Each row's ranges must be ascending and disjoint; empty ones (stop <= start) are
-    skipped. Builds the set in O(L · ranges + routes), and its :attr:`~RouteSet.runs` from
+    skipped. Builds the set in O(L · ranges + routes), and its :attr:`~RouteSet.key_runs` from
     the ranges (a range that ends where the next one begins joins it in one run).
 
     Examples
@@ -298,7 +298,7 @@ def from_ranges(n_queries: int, n_keys: int, starts: np.ndarray, stops: np.ndarr
     >>> routes = from_ranges(2, 5, np.array([[0, 3], [1, 1]]), np.array([[1, 5], [3, 0]]))
     >>> routes.indices
     array([0, 3, 4, 1, 2], dtype=int32)
-    >>> [part.tolist() for part in routes.runs]          # (first route, length, row)
+    >>> [part.tolist() for part in routes.key_runs]      # (first route, length, row)
     [[0, 1, 3], [1, 2, 2], [0, 0, 1]]
     """
     starts = np.clip(starts, 0, n_keys).astype(np.int64)              # (L, k)
@@ -314,7 +314,7 @@ def from_ranges(n_queries: int, n_keys: int, starts: np.ndarray, stops: np.ndarr
         opens = np.ones(len(row), dtype=bool)          # a range opens a run unless it goes on
         opens[1:] = (row[1:] != row[:-1]) | (starts[live][1:] != stops[live][:-1])  # the last
         runs = first[opens]
-        routes.runs = runs, np.diff(np.append(runs, len(indices))), row[opens]
+        routes.key_runs = runs, np.diff(np.append(runs, len(indices))), row[opens]
     return routes
 
 

@@ -93,10 +93,10 @@ class RouteTable:
     @classmethod
     def from_csr(cls, indptr: np.ndarray, key_index: np.ndarray | None, n_groups: int,
                  n_queries: int, n_keys: int, self_attention: bool = True,
-                 key_runs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+                 known_runs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
                  ) -> RouteTable:
         """The table of a sparse route set: ``indptr (G·L + 1,)`` and ``key_index (R,)``
-        (None: every key), never an ``L × S`` array; ``key_runs``, its :meth:`key_runs`
+        (None: every key), never an ``L × S`` array; ``known_runs``, its :meth:`key_runs`
         when the route set knows them.
 
         Examples
@@ -117,7 +117,7 @@ class RouteTable:
             table.index_type, copy=False)                              # (R,) j
         table._query_node = None                                       # built on first use
         table._asker = table._answerer = table._every = table._per_node = None
-        table._key_runs = None if table.full else key_runs
+        table._key_runs = None if table.full else known_runs
         return table
 
     @property

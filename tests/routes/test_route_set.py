@@ -96,10 +96,10 @@ def test_ranges_give_their_runs_of_keys(n_queries, n_keys, n_ranges, groups, see
     routes = from_ranges(n_queries, n_keys, starts, stops)
     for each in (routes, routes.broadcast_to((groups,))):
         if each.full:
-            assert each.runs is None
+            assert each.key_runs is None
             continue
         expected = key_runs(each.indptr, each.indices)
-        assert [part.tolist() for part in each.runs] == [part.tolist() for part in expected]
+        assert [part.tolist() for part in each.key_runs] == [part.tolist() for part in expected]
 
 
 @given(st.lists(st.tuples(st.integers(-5, 40), st.integers(0, 6)), max_size=12),

@@ -337,7 +337,7 @@ def _by_count(state: ForwardState, nodes: np.ndarray) -> list[tuple[np.ndarray, 
 
 def tiled_shares(state: ForwardState, softmax: bool = True) -> None:
     """Fast paths, at the first barrier: every route's score and share at once (``softmax``
-    False: the scores alone; :func:`pending_shares` does it all again when they are read).
+    False: the scores alone; :func:`pending_shares` adds the shares when they are read).
 
     The dot products come from the fixed tiles of a sparse run (:mod:`routing_sim.numerics.tiles`),
     the row blocks of a full one or the span blocks of a dense one-run-per-row mask; the
@@ -349,49 +349,27 @@ def tiled_shares(state: ForwardState, softmax: bool = True) -> None:
     """
     if state.tiled_shares:
         return
-    problem = state.problem
-    if state.rows is not None:
-        _row_block_shares(state, softmax)
-        state.tiled_shares = True
-        return
-    if state.spans is not None:
-        _span_block_shares(state, softmax)
-        state.tiled_shares = True
-        return
-    assert state.tiles is not None, "a sparse run's state has tiles"
-    dim = problem.shape[3]
-    with np.errstate(over="ignore", invalid="ignore"):                 # overflow reported later
-        state.tiles.dots(problem.query.reshape(-1, dim), problem.key.reshape(-1, dim),
-                         out=state.scores)
-    ragged = RaggedRows(state.routes.indptr)
-    if state.raw is None and not state.top_k and ragged.worthwhile():
-        for first, stop, width in ragged.blocks:
-            _ragged_block(state, ragged, first, stop, width, softmax)
-    else:
-        for chosen, count in _by_count(state, np.flatnonzero(state.needed)):
-            _float_block(state, chosen, count, softmax)
+    _fixed_blocks(state, softmax=softmax)
     state.tiled_shares = True
 
 
 def pending_shares(state: ForwardState) -> None:
-    """The shares a run put off (:attr:`ForwardState.shares_pending`): the fixed blocks
-    again, products and softmax as at the barrier, so the same bits. The log-sum-exps
-    stay the run's own (online: ``m + log l`` of its stream), and the scores get the bits
-    they have.
+    """The shares a run put off (:attr:`ForwardState.shares_pending`): the softmax of the
+    scores it kept, on the blocks the barrier would have used, so the same bits. Nothing
+    else moves: no product is made again (the inputs may have changed since), no score_mod
+    called, and the log-sum-exps and sink shares stay the run's own.
 
     One fill at a time: a reader in another thread waits for it rather than read shares
     half made; the filling thread's own reads (the blocks write through
-    :attr:`ForwardState.shares`) go straight through.
+    :attr:`ForwardState.shares`) go straight through. A fill that fails leaves the shares
+    pending.
     """
     with _FILLING:
         if not state.shares_pending or state.filling_shares:
             return
         state.filling_shares = True
         try:
-            lse = state.lse.copy()                                     # (G·L,)
-            state.tiled_shares = False
-            tiled_shares(state)
-            state.lse[:] = lse
+            _fixed_blocks(state, scores=False)
             if state.spans is not None:
                 state.spans.release()
             state.shares_pending = False
@@ -399,53 +377,88 @@ def pending_shares(state: ForwardState) -> None:
             state.filling_shares = False
 
 
-def _span_block_shares(state: ForwardState, softmax: bool = True) -> None:
+def _fixed_blocks(state: ForwardState, scores: bool = True, softmax: bool = True) -> None:
+    """Every route's scores (``scores``: the products, scaled, biased and checked) and
+    shares (``softmax``) on the run's fixed blocks; the softmax alone reads the scores the
+    first pass left, and leaves the log-sum-exps and sink shares as they are."""
+    problem = state.problem
+    if state.rows is not None:
+        _row_block_shares(state, scores, softmax)
+        return
+    if state.spans is not None:
+        _span_block_shares(state, scores, softmax)
+        return
+    assert state.tiles is not None, "a sparse run's state has tiles"
+    if scores:
+        dim = problem.shape[3]
+        with np.errstate(over="ignore", invalid="ignore"):             # overflow reported later
+            state.tiles.dots(problem.query.reshape(-1, dim), problem.key.reshape(-1, dim),
+                             out=state.scores)
+    ragged = RaggedRows(state.routes.indptr)
+    if state.raw is None and not state.top_k and ragged.worthwhile():
+        for first, stop, width in ragged.blocks:
+            _ragged_block(state, ragged, first, stop, width, scores, softmax)
+    else:
+        for chosen, count in _by_count(state, np.flatnonzero(state.needed)):
+            _float_block(state, chosen, count, scores, softmax)
+
+
+def _span_block_shares(state: ForwardState, scores: bool = True, softmax: bool = True
+                       ) -> None:
     """A dense mask of one key run per row: each span block one product (into one reused
     array), then its rows part by part (each part's passes stay in cache): scaled (and
     biased) in place, the padding set to -inf (no share; each row's max and sum as they
     are), the softmax in place, and one gather each puts the scores and the shares into
-    the route arrays."""
+    the route arrays (``scores``, ``softmax``: as :func:`_fixed_blocks`)."""
     assert state.spans is not None, "a span run's state has span blocks"
     problem, spans = state.problem, state.spans
     query = problem.query.reshape(-1, problem.shape[3])                # (G·L, E)
     key = problem.key.reshape(-1, problem.shape[3])                    # (G·S, E)
     for first, stop, lo, hi in spans.blocks:
         product = spans.work(first, stop, lo, hi, state.scores.dtype)  # (rows, hi - lo)
-        with np.errstate(over="ignore", invalid="ignore"):             # overflow reported next
-            spans.dots(query, key, first, stop, lo, hi, out=product)  # (rows, hi - lo)
+        if scores:
+            with np.errstate(over="ignore", invalid="ignore"):         # overflow reported next
+                spans.dots(query, key, first, stop, lo, hi, out=product)  # (rows, hi - lo)
         for part, end in spans.parts(first, stop, lo, hi):
-            _span_part(state, product[part - first:end - first], part, end, lo, softmax)
+            _span_part(state, product[part - first:end - first], part, end, lo, scores,
+                       softmax)
 
 
 def _span_part(state: ForwardState, block: np.ndarray, first: int, stop: int,
-               lo: int, softmax: bool = True) -> None:
+               lo: int, scores: bool = True, softmax: bool = True) -> None:
     """The scores and (``softmax``) shares of nodes ``first:stop`` from their key-aligned
-    dot products ``block (rows, width)`` (from key ``lo``; contiguous, the work array)."""
+    dot products ``block (rows, width)`` (from key ``lo``; contiguous, the work array);
+    ``scores`` False: the block is laid out again from the scores already in."""
     assert state.spans is not None, "a span run's state has span blocks"
     spans, hi = state.spans, lo + block.shape[1]
     span = spans.routes(first, stop)
     filled, padding = spans.masks(first, stop, lo, hi)
-    scale_scores(block, state.problem.scale)          # elementwise: the routes' own bits
     entries = block.reshape(-1)                                        # (rows · width,) a view
     flat = state.scores[span]                                          # (routes,) a view
-    bias = None if state.bias is None else state.bias[span]            # (routes,)
-    with np.errstate(over="ignore", invalid="ignore"):                 # overflow reported next
-        if padding is None:                            # every entry a route, in order
-            if bias is not None:
-                entries += bias
-            flat[:] = entries
-        else:
-            flat[:] = entries[filled.reshape(-1)]
-            if bias is not None:
-                flat += bias
-                entries[filled.reshape(-1)] = flat
-    _check_overflow(flat)                              # a padded pair's dot is no route's
+    if scores:
+        scale_scores(block, state.problem.scale)      # elementwise: the routes' own bits
+        bias = None if state.bias is None else state.bias[span]        # (routes,)
+        with np.errstate(over="ignore", invalid="ignore"):             # overflow reported next
+            if padding is None:                        # every entry a route, in order
+                if bias is not None:
+                    entries += bias
+                flat[:] = entries
+            else:
+                flat[:] = entries[filled.reshape(-1)]
+                if bias is not None:
+                    flat += bias
+                    entries[filled.reshape(-1)] = flat
+        _check_overflow(flat)                          # a padded pair's dot is no route's
+    elif padding is None:                              # the block the first pass had
+        entries[:] = flat
+    else:
+        entries[filled.reshape(-1)] = flat
     if not softmax:
         return
     if padding is not None:
         np.copyto(block, -np.inf, where=padding)
     _padded_budget(state, span, slice(first, stop), None if padding is None else filled,
-                   block)
+                   block, remember=scores)
 
 
 def _check_overflow(scores: np.ndarray) -> None:
@@ -465,28 +478,31 @@ def overflowed(scores: np.ndarray) -> None:
 
 
 def _stacked_budget(state: ForwardState, nodes: slice | np.ndarray, block: np.ndarray,
-                    out: np.ndarray | None) -> np.ndarray:
+                    out: np.ndarray | None, remember: bool = True) -> np.ndarray:
     """The softmax of ``nodes``' stacked rows ``block (rows, width)`` (their sinks in the
     denominators): the shares, into ``out`` when given; each row's log-sum-exp and sink
-    share go into the state."""
+    share go into the state (``remember``)."""
     lse = np.empty(len(block), dtype=block.dtype)                      # (rows,)
     if state.sink_shares is None:
         shares = routing_budget(block, out=out, lse=lse)
     else:
         assert state.sinks is not None                                 # both or neither
-        shares, state.sink_shares[nodes] = sink_budget(block, state.sinks[nodes], out=out,
-                                                       lse=lse)
-    state.lse[nodes] = lse
+        shares, sink_shares = sink_budget(block, state.sinks[nodes], out=out, lse=lse)
+        if remember:
+            state.sink_shares[nodes] = sink_shares
+    if remember:
+        state.lse[nodes] = lse
     return shares
 
 
 def _padded_budget(state: ForwardState, span: slice, nodes: slice,
-                   filled: np.ndarray | None, block: np.ndarray) -> None:
+                   filled: np.ndarray | None, block: np.ndarray, remember: bool = True
+                   ) -> None:
     """The shares of nodes ``nodes`` whose routes ``span`` are the ``filled`` entries of
     ``block (rows, width)`` (None: every entry, in order; contiguous; the scaled scores
     there, -inf elsewhere: the padding takes no share): the softmax in place, then one
-    gather into the state."""
-    _stacked_budget(state, nodes, block, out=block)
+    gather into the state (``remember``: as :func:`_stacked_budget`)."""
+    _stacked_budget(state, nodes, block, out=block, remember=remember)
     shares = state.shares[span]                                        # (routes,) a view
     entries = block.reshape(-1)                                        # (rows · width,) a view
     shares[:] = entries if filled is None else entries[filled.reshape(-1)]
@@ -496,32 +512,37 @@ def _padded_budget(state: ForwardState, span: slice, nodes: slice,
 
 
 def _ragged_block(state: ForwardState, ragged: RaggedRows, first: int, stop: int,
-                  width: int, softmax: bool = True) -> None:
-    """Scale, bias and (``softmax``) the softmax of nodes ``first:stop`` (one ragged
-    block): the rows padded with -inf, which takes no share and leaves each row's max and
-    sum as they are."""
+                  width: int, scores: bool = True, softmax: bool = True) -> None:
+    """(``scores``) Scale and bias, and (``softmax``) the softmax of nodes ``first:stop``
+    (one ragged block): the rows padded with -inf, which takes no share and leaves each
+    row's max and sum as they are."""
     span = ragged.routes(first, stop)
     filled = ragged.filled(first, stop, width)                         # (rows, width)
     flat = state.scores[span]                                          # (routes,) a view
-    scale_scores(flat, state.problem.scale, None if state.bias is None else state.bias[span])
-    _check_overflow(flat)
+    if scores:
+        scale_scores(flat, state.problem.scale,
+                     None if state.bias is None else state.bias[span])
+        _check_overflow(flat)
     if not softmax:
         return
     block = np.full(filled.shape, -np.inf, dtype=state.scores.dtype)   # (rows, width)
     block.reshape(-1)[filled.reshape(-1)] = flat
-    _padded_budget(state, span, slice(first, stop), filled, block)
+    _padded_budget(state, span, slice(first, stop), filled, block, remember=scores)
 
 
-def _row_block_shares(state: ForwardState, softmax: bool = True) -> None:
-    """A full table: each block of rows one product, then (``softmax``) the softmax of
-    those rows."""
+def _row_block_shares(state: ForwardState, scores: bool = True, softmax: bool = True
+                      ) -> None:
+    """A full table: each block of rows one product, then the softmax of those rows
+    (``scores``, ``softmax``: as :func:`_fixed_blocks`)."""
     assert state.rows is not None, "a full run's state has row blocks"
     problem, rows = state.problem, state.rows
     for group, first, stop in rows.blocks:
-        with np.errstate(over="ignore", invalid="ignore"):             # overflow reported later
-            rows.dots(problem.query, problem.key, group, first, stop, out=state.scores)
+        if scores:
+            with np.errstate(over="ignore", invalid="ignore"):         # overflow reported later
+                rows.dots(problem.query, problem.key, group, first, stop, out=state.scores)
         node = group * rows.n_queries
-        _float_block(state, np.arange(node + first, node + stop), rows.n_keys, softmax)
+        _float_block(state, np.arange(node + first, node + stop), rows.n_keys, scores,
+                     softmax)
 
 
 def _float_scores(state: ForwardState, nodes: np.ndarray) -> None:
@@ -544,13 +565,34 @@ def _routes_block(state: ForwardState, nodes: np.ndarray) -> slice | np.ndarray:
     return state.routes.routes_of(nodes)
 
 
-def _float_block(state: ForwardState, chosen: np.ndarray, count: int, softmax: bool = True
-                 ) -> None:
-    """Scale, bias, (top-k) and (``softmax``) the softmax of nodes with ``count`` routes
-    each, stacked."""
-    problem = state.problem
+def _float_block(state: ForwardState, chosen: np.ndarray, count: int, scores: bool = True,
+                 softmax: bool = True) -> None:
+    """(``scores``) Scale, bias, top-k, and (``softmax``) the softmax of nodes with
+    ``count`` routes each, stacked."""
     span = _routes_block(state, chosen)
     block = state.scores[span].reshape(len(chosen), count)            # (nodes, routes)
+    if scores:
+        block = _scaled_block(state, span, block)
+    elif state.top_k and state.chosen is not None:     # the routes the first pass chose
+        block = np.where(state.chosen[span].reshape(block.shape), block, -np.inf)
+    if not softmax:
+        return
+    # A slice of routes: the shares go straight into the state.
+    out = state.shares[span].reshape(block.shape) if isinstance(span, slice) else None
+    shares = _stacked_budget(state, chosen, block, out=out, remember=scores)
+    if state.kept is not None:
+        keep_probabilities(state, span, shares)
+        shares *= state.kept[span].reshape(shares.shape) * state.dropout_scale
+    if out is None:                                    # else the shares are in place
+        state.shares[span] = shares.reshape(-1)
+
+
+def _scaled_block(state: ForwardState, span: slice | np.ndarray, block: np.ndarray
+                  ) -> np.ndarray:
+    """Nodes' stacked dot products ``block (nodes, routes)`` (of routes ``span``) scaled,
+    biased and modified into their scores (kept in the state), overflow refused, and the
+    top-k chosen (the others -inf): the block the softmax runs on."""
+    problem = state.problem
     bias = None if state.bias is None else state.bias[span].reshape(block.shape)
     if state.raw is None:
         block = scale_scores(block, problem.scale, bias)
@@ -567,16 +609,7 @@ def _float_block(state: ForwardState, chosen: np.ndarray, count: int, softmax: b
         pick = top_routes(block, state.top_k)
         state.chosen[span] = pick.reshape(-1)
         block = np.where(pick, block, -np.inf)
-    if not softmax:
-        return
-    # A slice of routes: the shares go straight into the state.
-    out = state.shares[span].reshape(block.shape) if isinstance(span, slice) else None
-    shares = _stacked_budget(state, chosen, block, out=out)
-    if state.kept is not None:
-        keep_probabilities(state, span, shares)
-        shares *= state.kept[span].reshape(shares.shape) * state.dropout_scale
-    if out is None:                                    # else the shares are in place
-        state.shares[span] = shares.reshape(-1)
+    return block
 
 
 def _exact_block(state: ForwardState, chosen: np.ndarray, count: int) -> None:

@@ -182,6 +182,32 @@ def test_online_puts_its_shares_off_till_they_are_read(layout, seed):
         np.testing.assert_array_equal(getattr(put_off, side), getattr(read, side))
 
 
+@pytest.mark.parametrize("layout", ["rows", "spans", "tiles"])
+def test_put_off_shares_come_from_the_runs_own_scores(layout):
+    """Inputs changed in place after the run, a score_mod that counts its calls: the shares
+    read later are those of the inputs the run had, from its own scores (no product made
+    again, the score_mod not called again)."""
+    rng = np.random.default_rng(13)
+    query, key, value = rng.normal(size=(3, 2, 96, 8))
+    options = _layouts(rng)[layout]
+    calls = []
+
+    def halved(score, b, h, q_idx, kv_idx):
+        calls.append(1)
+        return score * 0.5
+    if layout == "rows":                          # a score_mod (span blocks take none)
+        options = {"score_mod": halved}
+    expected = rs.simulate(query, key, value, **options).route_weights().share
+    online = rs.simulate(query, key, value, softmax="online", **options)
+    assert online.state.shares_pending
+    scores, count = online.state.scores.copy(), len(calls)
+    query *= 3.0                                  # the caller's arrays, changed in place
+    key[:, ::2] = 0.0
+    np.testing.assert_array_equal(online.route_weights().share, expected)
+    np.testing.assert_array_equal(online.state.scores, scores)
+    assert len(calls) == count
+
+
 def test_threads_reading_put_off_shares_at_once_all_read_them_whole():
     """Readers in several threads: one computes the shares, the others wait for it and
     none sees them half made."""
