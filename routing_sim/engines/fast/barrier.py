@@ -461,15 +461,16 @@ def _span_part(state: ForwardState, block: np.ndarray, first: int, stop: int,
                    block, remember=scores)
 
 
-def _check_overflow(scores: np.ndarray) -> None:
+def _check_overflow(scores: np.ndarray, removed: np.ndarray | None = None) -> None:
     """Refuse when one of these routes' ``scores`` overflowed: one sum, and a look route by
-    route only when it is not finite (huge finite scores can overflow the sum alone)."""
+    route only when it is not finite (huge finite scores can overflow the sum alone; a
+    route the score_mod removed, ``removed``, is -inf and no overflow)."""
     with np.errstate(over="ignore", invalid="ignore"):
-        total = np.add.reduce(scores)
+        total = np.add.reduce(scores, axis=None)
     if not np.isfinite(total):
-        bad = scores[~np.isfinite(scores)]
-        if len(bad):
-            overflowed(bad)
+        overflow = ~np.isfinite(scores) if removed is None else ~np.isfinite(scores) & ~removed
+        if overflow.any():
+            overflowed(scores[overflow])
 
 
 def overflowed(scores: np.ndarray) -> None:
@@ -601,10 +602,7 @@ def _scaled_block(state: ForwardState, span: slice | np.ndarray, block: np.ndarr
         block, removed = modify(state, span, scale_scores(block, problem.scale), bias)
     if not np.may_share_memory(block, state.scores):   # scaled in place: already there
         state.scores[span] = block.reshape(-1)
-    if not (np.isfinite(block.max(initial=0.0)) and np.isfinite(block.min(initial=0.0))):
-        overflow = ~np.isfinite(block) if removed is None else ~np.isfinite(block) & ~removed
-        if overflow.any():
-            overflowed(block[overflow])
+    _check_overflow(block, removed)
     if state.top_k and state.chosen is not None:
         pick = top_routes(block, state.top_k)
         state.chosen[span] = pick.reshape(-1)

@@ -152,6 +152,26 @@ def test_span_blocks_refuse_a_route_that_overflows_not_a_padded_pair(parts, monk
         rs.simulate(query, key, value, is_causal=True)
 
 
+@pytest.mark.parametrize("mod", [False, True])
+def test_row_blocks_refuse_a_score_that_overflows_not_scores_whose_sum_does(mod):
+    """A full table's row block: huge finite scores whose sum overflows, and routes a
+    score_mod removed (-inf), are no overflow; one score that overflows is."""
+    query, key, value = full_inputs(0, n_queries=9, n_keys=9)
+    query[0, :, 0], key[0, :, 0] = 0.0, 0.0                # dimension 0: only these pairs
+    query[0, 2, 0], key[0, :4, 0] = 1e154, 1e154           # q_2 · k_j = 1e308 for j < 4
+    def causal(score, b, h, q_idx, kv_idx):                 # removes k_3 .. from q_2
+        return np.where(kv_idx <= q_idx, score, -np.inf)
+    options = {"score_mod": causal} if mod else {}
+    run = rs.simulate(query, key, value, scale=1.0, **options)
+    assert run.state.rows is not None
+    with np.errstate(over="ignore"):                       # the matrix form sums them too
+        expected = rs.attention(query, key, value, scale=1.0, **options)
+    np.testing.assert_allclose(run.output, expected, rtol=1e-12, atol=1e-12)
+    key[0, 1, 0] = 1e160                                   # q_2 · k_1 overflows: a route
+    with pytest.raises(rs.NumericalError, match="overflow"):
+        rs.simulate(query, key, value, scale=1.0, **options)
+
+
 @pytest.mark.parametrize("padded", [False, True])
 def test_span_blocks_refuse_a_bias_that_overflows_a_route(padded):
     """A float mask's finite part is added to the routes' scores on span blocks: a sum
