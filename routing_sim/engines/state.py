@@ -122,8 +122,9 @@ class ForwardState:
 
         A run whose nodes do not pull with them (online softmax: each pair's weight is its
         own) puts the fixed blocks' shares off (:attr:`shares_pending`); the first read
-        computes them from the same blocks (:func:`~routing_sim.engines.fast.barrier.
-        pending_shares`), so they have the bits they would have had at the barrier.
+        runs the softmax of the scores the run kept on the barrier's blocks
+        (:func:`~routing_sim.engines.fast.barrier.pending_shares`), so they have the bits
+        they would have had at the barrier.
         """
         if self.shares_pending:                  # the arithmetic lives with the barrier's
             from .fast.barrier import pending_shares

@@ -74,7 +74,7 @@ class Tiles:
         The widest feature size (``max(E, Ev)``): batches are cut so that neither the
         blocks nor the gathered keys and values pass :data:`PANEL_ENTRIES` entries.
     runs : tuple of ndarray, optional
-        The table's runs of consecutive keys, :func:`~routing_sim.routes.table.key_runs`
+        The table's runs of consecutive keys, :func:`~routing_sim.routes.route_set.key_runs`
         (found here when not given).
 
     Examples

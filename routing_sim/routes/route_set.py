@@ -273,7 +273,7 @@ class RouteSet:
         if self.key_runs is not None:                  # each group's runs, moved along
             first, length, node = self.key_runs
             tiled.key_runs = ((first + offsets).reshape(-1), np.tile(length, groups),
-                          (node + group * self.n_queries).reshape(-1))
+                              (node + group * self.n_queries).reshape(-1))
         return tiled
 
     def select(self, keep: np.ndarray) -> RouteSet:
