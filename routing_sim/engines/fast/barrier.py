@@ -449,14 +449,12 @@ def _span_part(state: ForwardState, block: np.ndarray, first: int, stop: int,
                     flat += bias
                     entries[filled.reshape(-1)] = flat
         _check_overflow(flat)                          # a padded pair's dot is no route's
-    elif padding is None:                              # the block the first pass had
-        entries[:] = flat
-    else:
-        entries[filled.reshape(-1)] = flat
+        if softmax and padding is not None:
+            np.copyto(block, -np.inf, where=padding)
+    else:                                              # the block the first pass had
+        _key_aligned(spans, state.scores, block, first, stop, lo, -np.inf)
     if not softmax:
         return
-    if padding is not None:
-        np.copyto(block, -np.inf, where=padding)
     _padded_budget(state, span, slice(first, stop), None if padding is None else filled,
                    block, remember=scores)
 
@@ -659,17 +657,17 @@ def pull_whole(state: ForwardState, nodes: np.ndarray) -> None:
     state.done_time[nodes] += state.processing
 
 
-def _span_weights(spans: SpanBlocks, shares: np.ndarray, weights: np.ndarray, first: int,
-                  stop: int, lo: int) -> None:
-    """Nodes ``first:stop``'s ``shares`` key-aligned into ``weights (rows, width)`` (from
-    key ``lo``), 0 off their routes."""
-    filled, padding = spans.masks(first, stop, lo, lo + weights.shape[1])
-    routed = shares[spans.routes(first, stop)]                         # (routes,)
+def _key_aligned(spans: SpanBlocks, per_route: np.ndarray, out: np.ndarray, first: int,
+                 stop: int, lo: int, fill: float) -> None:
+    """Nodes ``first:stop``'s ``per_route`` values (scores, shares) key-aligned into ``out
+    (rows, width)`` (from key ``lo``), ``fill`` off their routes."""
+    filled, padding = spans.masks(first, stop, lo, lo + out.shape[1])
+    routed = per_route[spans.routes(first, stop)]                      # (routes,)
     if padding is None:
-        weights[...] = routed.reshape(weights.shape)
+        out[...] = routed.reshape(out.shape)
         return
-    weights.fill(0.0)
-    weights.reshape(-1)[filled.reshape(-1)] = routed
+    out.fill(fill)
+    out.reshape(-1)[filled.reshape(-1)] = routed
 
 
 def _pull_every_row(state: ForwardState) -> None:
@@ -686,8 +684,8 @@ def _pull_every_row(state: ForwardState) -> None:
         for first, stop, lo, hi in spans.blocks:
             weights = spans.work(first, stop, lo, hi, state.shares.dtype)  # (rows, hi - lo)
             for part, end in spans.parts(first, stop, lo, hi):         # 0 off the routes
-                _span_weights(spans, state.shares, weights[part - first:end - first], part,
-                              end, lo)
+                _key_aligned(spans, state.shares, weights[part - first:end - first], part,
+                             end, lo, 0.0)
             spans.pull(weights, flat_value, first, stop, lo, hi, out=state.output)
         spans.release()
     elif state.rows is not None:
